@@ -1,0 +1,2 @@
+//! beemesh host agent: loads the kernel programs, keeps workload identities and enforces
+//! identity policy from policy.d. `main.rs` is the CLI; everything else lives here.
