@@ -1,0 +1,266 @@
+//! Loading, attaching and pinning the kernel programs, and the small identity maps.
+//!
+//! Links are pinned under `<bpffs>/beemesh/<instance>/gen-<pid>`: if the agent dies, the
+//! programs stay attached with the last policy in force (no unenforced window). The next
+//! start fills fresh maps, attaches its own programs next to the old ones (cgroup
+//! multi-attach: every program must allow), and only then unpins the old generation.
+
+use std::fs::File;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, MapData};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{CgroupAttachMode, CgroupSkbAttachType, Program};
+use aya::{include_bytes_aligned, Ebpf};
+use beemesh_common::{Addr, EndpointKey, LocalPortKey, LocalPortValue};
+use tracing::{debug, info, warn};
+
+use super::flows::{FlowReader, LogReader};
+use super::slots::{addr_of, SlotWriter};
+use super::KernelError;
+
+static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/beemesh-ebpf.o"));
+
+/// Every program in the object, in attach order (taggers before enforcers).
+const PROGRAMS: [&str; 9] = [
+    "post_bind4",
+    "post_bind6",
+    "sock_release",
+    "tag_connect",
+    "connect4",
+    "connect6",
+    "sendmsg4",
+    "sendmsg6",
+    "ingress",
+];
+
+/// Where the programs go.
+#[derive(Clone, Debug)]
+pub struct KernelOptions {
+    /// Root of the agent's cgroup2 subtree; programs attach here and cover every workload.
+    pub cgroup_root: PathBuf,
+    /// This instance's pin directory on bpffs.
+    pub pin_dir: PathBuf,
+}
+
+/// The loaded programs and the maps the agent writes.
+#[derive(Debug)]
+pub struct Kernel {
+    ebpf: Ebpf,
+    opts: KernelOptions,
+    links: Vec<(PathBuf, PinnedLink)>,
+    generation: Option<PathBuf>,
+    pub slots: SlotWriter,
+    cgroups: HashMap<MapData, u64, u32>,
+    local_addrs: HashMap<MapData, Addr, u8>,
+    local_ports: HashMap<MapData, LocalPortKey, LocalPortValue>,
+    endpoints: HashMap<MapData, EndpointKey, u32>,
+}
+
+fn take_hash<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<MapData, K, V>, KernelError> {
+    let map = ebpf.take_map(name).ok_or(KernelError::MissingMap(name))?;
+    HashMap::try_from(map).map_err(KernelError::map(name))
+}
+
+impl Kernel {
+    /// Loads (but does not attach) every program. Returns the flow reader and, when the
+    /// object carries aya-log records, the log forwarder.
+    pub fn load(opts: KernelOptions) -> Result<(Self, FlowReader, Option<LogReader>), KernelError> {
+        let mut ebpf = Ebpf::load(OBJECT)?;
+        let logs = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(LogReader::new(logger).map_err(KernelError::io("aya-log ring"))?),
+            Err(e) => {
+                warn!(error = %e, "kernel program logs unavailable");
+                None
+            }
+        };
+        let flows = {
+            let map = ebpf.take_map("FLOWS").ok_or(KernelError::MissingMap("FLOWS"))?;
+            let ring = aya::maps::RingBuf::try_from(map).map_err(KernelError::map("FLOWS"))?;
+            FlowReader::new(ring).map_err(KernelError::io("flow ring"))?
+        };
+        for name in PROGRAMS {
+            let program = ebpf.program_mut(name).ok_or(KernelError::MissingMap(name))?;
+            let result = match program {
+                Program::CgroupSockAddr(p) => p.load(),
+                Program::CgroupSock(p) => p.load(),
+                Program::SockOps(p) => p.load(),
+                Program::CgroupSkb(p) => p.load(),
+                _ => unreachable!("the object only has cgroup programs"),
+            };
+            result.map_err(|source| KernelError::Program { name, source })?;
+        }
+        let kernel = Self {
+            slots: SlotWriter::new(&mut ebpf)?,
+            cgroups: take_hash(&mut ebpf, "CGROUPS")?,
+            local_addrs: take_hash(&mut ebpf, "LOCAL_ADDRS")?,
+            local_ports: take_hash(&mut ebpf, "LOCAL_PORTS")?,
+            endpoints: take_hash(&mut ebpf, "ENDPOINTS")?,
+            ebpf,
+            opts,
+            links: Vec::new(),
+            generation: None,
+        };
+        Ok((kernel, flows, logs))
+    }
+
+    /// Attaches every program to the cgroup root, pins the links, then retires links left
+    /// pinned by an earlier instance that did not shut down cleanly.
+    pub fn attach(&mut self) -> Result<(), KernelError> {
+        let cgroup = File::open(&self.opts.cgroup_root)
+            .map_err(KernelError::io(format!("open {}", self.opts.cgroup_root.display())))?;
+        let stale = self.previous_generations();
+        let generation = self.opts.pin_dir.join(format!("gen-{}", std::process::id()));
+        std::fs::create_dir_all(&generation).map_err(|source| KernelError::Pin {
+            path: generation.clone(),
+            source,
+        })?;
+        self.generation = Some(generation.clone());
+        for name in PROGRAMS {
+            let link = attach_one(&mut self.ebpf, name, &cgroup)?;
+            let path = generation.join(name);
+            let _ = std::fs::remove_file(&path);
+            let pinned = link.pin(&path).map_err(|e| KernelError::Pin {
+                path: path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            self.links.push((path, pinned));
+        }
+        info!(cgroup = %self.opts.cgroup_root.display(), programs = PROGRAMS.len(), "kernel programs attached");
+        for dir in stale {
+            retire_generation(&dir);
+        }
+        Ok(())
+    }
+
+    fn previous_generations(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(&self.opts.pin_dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("gen-")))
+            .collect()
+    }
+
+    /// Detaches every program and removes this instance's pins (clean shutdown).
+    pub fn detach(&mut self) {
+        for (path, pinned) in self.links.drain(..) {
+            match pinned.unpin() {
+                Ok(link) => drop(link),
+                Err(e) => warn!(path = %path.display(), error = %e, "unpin failed"),
+            }
+        }
+        if let Some(dir) = self.generation.take() {
+            let _ = std::fs::remove_dir(&dir);
+        }
+        let _ = std::fs::remove_dir(&self.opts.pin_dir);
+        info!("kernel programs detached");
+    }
+
+    /// Maps a workload cgroup to its numeric identity.
+    pub fn set_cgroup(&mut self, cgroup_id: u64, identity: u32) -> Result<(), KernelError> {
+        self.cgroups
+            .insert(cgroup_id, identity, 0)
+            .map_err(KernelError::map("CGROUPS"))
+    }
+
+    pub fn remove_cgroup(&mut self, cgroup_id: u64) -> Result<(), KernelError> {
+        match self.cgroups.remove(&cgroup_id) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(KernelError::map("CGROUPS")(e)),
+        }
+    }
+
+    /// Replaces the set of this host's own (non-loopback) addresses.
+    pub fn set_local_addrs(&mut self, addrs: &[IpAddr]) -> Result<(), KernelError> {
+        let wanted: Vec<Addr> = addrs.iter().map(|a| addr_of(*a)).collect();
+        let present: Vec<Addr> = self.local_addrs.keys().filter_map(Result::ok).collect();
+        for old in present.iter().filter(|a| !wanted.contains(a)) {
+            let _ = self.local_addrs.remove(old);
+        }
+        for addr in wanted.iter().filter(|a| !present.contains(a)) {
+            self.local_addrs
+                .insert(addr, 1, 0)
+                .map_err(KernelError::map("LOCAL_ADDRS"))?;
+        }
+        Ok(())
+    }
+
+    /// Workload that owns a local port, as tagged by the kernel programs (O(1)).
+    pub fn local_port_owner(&self, port: u16, proto: u8) -> Option<u32> {
+        let key = LocalPortKey { port, proto, _pad: 0 };
+        self.local_ports.get(&key, 0).ok().map(|v| v.identity)
+    }
+
+    /// Tells the kernel that `addr:port` on another host is workload `identity`.
+    pub fn set_endpoint(&mut self, addr: IpAddr, port: u16, proto: u8, identity: u32) -> Result<(), KernelError> {
+        let key = EndpointKey {
+            addr: addr_of(addr),
+            port,
+            proto,
+            _pad: 0,
+        };
+        self.endpoints
+            .insert(key, identity, 0)
+            .map_err(KernelError::map("ENDPOINTS"))
+    }
+}
+
+fn attach_one(ebpf: &mut Ebpf, name: &'static str, cgroup: &File) -> Result<FdLink, KernelError> {
+    let program = ebpf.program_mut(name).ok_or(KernelError::MissingMap(name))?;
+    let perr = |source| KernelError::Program { name, source };
+    // cgroup bpf_links are always multi-attach and the kernel rejects any attach flag on
+    // them, so "Single" (no flags) is what lets old and new generations coexist.
+    let mode = CgroupAttachMode::Single;
+    let link: Result<FdLink, _> = match program {
+        Program::CgroupSockAddr(p) => {
+            let id = p.attach(cgroup, mode).map_err(perr)?;
+            p.take_link(id).map_err(perr)?.try_into()
+        }
+        Program::CgroupSock(p) => {
+            let id = p.attach(cgroup, mode).map_err(perr)?;
+            p.take_link(id).map_err(perr)?.try_into()
+        }
+        Program::SockOps(p) => {
+            let id = p.attach(cgroup, mode).map_err(perr)?;
+            p.take_link(id).map_err(perr)?.try_into()
+        }
+        Program::CgroupSkb(p) => {
+            let id = p.attach(cgroup, CgroupSkbAttachType::Ingress, mode).map_err(perr)?;
+            p.take_link(id).map_err(perr)?.try_into()
+        }
+        _ => unreachable!("the object only has cgroup programs"),
+    };
+    link.map_err(|e| KernelError::Io {
+        what: format!("link of {name} is not an fd link"),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+/// Unpins (and so detaches) every link of an earlier instance's generation.
+fn retire_generation(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        match PinnedLink::from_pin(&path) {
+            Ok(link) => match link.unpin() {
+                Ok(fd) => drop(fd),
+                Err(e) => warn!(path = %path.display(), error = %e, "cannot unpin stale link"),
+            },
+            Err(e) => {
+                debug!(path = %path.display(), error = %e, "stale pin is not a link; removing");
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => info!(dir = %dir.display(), "retired links of a previous agent instance"),
+        Err(e) => warn!(dir = %dir.display(), error = %e, "cannot remove stale pin directory"),
+    }
+}

@@ -1,0 +1,230 @@
+//! Classification of flow peers, the policy decision for one flow, counters and flow
+//! events. Called by every program in `main.rs`; the decision rule itself is
+//! `beemesh_common::decide`, shared with the agent.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use beemesh_common::{
+    decide, Addr, CidrKey, Decision, EndpointKey, FlowEvent, LocalPortKey, PeerSet, Settings,
+    DIR_EGRESS, DIR_INGRESS, FIRST_CIDR_ID, FIRST_WORKLOAD_ID, FLOWS_ALL, FLOWS_NONE, ID_HOST,
+    ID_NONE, ID_WORLD, MAX_RULES, VERDICT_ALLOW, VERDICT_DENY,
+};
+
+use crate::maps::{
+    ACTIVE, CGROUPS, CIDR0, CIDR1, COUNTERS, ENDPOINTS, FLOWS, ISOLATION0, ISOLATION1,
+    LOCAL_ADDRS, LOCAL_PORTS, POLICY0, POLICY1, SETTINGS,
+};
+
+/// The policy slot in force, read once per verdict.
+#[derive(Clone, Copy)]
+pub struct Slot {
+    pub index: u32,
+    pub settings: Settings,
+}
+
+#[inline(always)]
+pub fn active_slot() -> Option<Slot> {
+    let index = *ACTIVE.get(0)? & 1;
+    let settings = *SETTINGS.get(index)?;
+    Some(Slot { index, settings })
+}
+
+#[inline(always)]
+pub fn identity_of_cgroup(cgroup_id: u64) -> u32 {
+    match CGROUPS.get_ptr(&cgroup_id) {
+        // SAFETY: the pointer comes from a successful map lookup and is read at once.
+        Some(p) => unsafe { *p },
+        None => ID_NONE,
+    }
+}
+
+#[inline(always)]
+pub fn is_workload(id: u32) -> bool {
+    (FIRST_WORKLOAD_ID..FIRST_CIDR_ID).contains(&id)
+}
+
+#[inline(always)]
+fn is_local(addr: &Addr) -> bool {
+    addr.is_loopback() || LOCAL_ADDRS.get_ptr(addr).is_some()
+}
+
+#[inline(always)]
+fn cidr_identity(slot: &Slot, addr: &Addr) -> u32 {
+    let key = Key::new(128, CidrKey { addr: addr.octets() });
+    let hit = if slot.index == 0 {
+        CIDR0.get(&key)
+    } else {
+        CIDR1.get(&key)
+    };
+    hit.copied().unwrap_or(ID_NONE)
+}
+
+/// Workload that owns a local port, if any.
+#[inline(always)]
+pub fn local_port_owner(port: u16, proto: u8) -> u32 {
+    let key = LocalPortKey {
+        port,
+        proto,
+        _pad: 0,
+    };
+    match LOCAL_PORTS.get_ptr(&key) {
+        // SAFETY: pointer from a successful lookup, read at once.
+        Some(p) => unsafe { (*p).identity },
+        None => ID_NONE,
+    }
+}
+
+/// Who is at `addr:port`: a local workload (by the port it owns), a remote workload the
+/// agent told us about, this host, or the world; plus the CIDR identity for the latter two.
+#[inline(always)]
+pub fn classify(slot: &Slot, addr: &Addr, port: u16, proto: u8) -> PeerSet {
+    let none = |primary| PeerSet {
+        primary,
+        cidr: ID_NONE,
+    };
+    if is_local(addr) {
+        let owner = local_port_owner(port, proto);
+        if owner != ID_NONE {
+            return none(owner);
+        }
+        return PeerSet {
+            primary: ID_HOST,
+            cidr: cidr_identity(slot, addr),
+        };
+    }
+    let key = EndpointKey {
+        addr: *addr,
+        port,
+        proto,
+        _pad: 0,
+    };
+    if let Some(p) = ENDPOINTS.get_ptr(&key) {
+        // SAFETY: pointer from a successful lookup, read at once.
+        return none(unsafe { *p });
+    }
+    PeerSet {
+        primary: ID_WORLD,
+        cidr: cidr_identity(slot, addr),
+    }
+}
+
+#[inline(always)]
+fn decide_in(slot: &Slot, subject: u32, direction: u8, peers: PeerSet, proto: u8, port: u16) -> Decision {
+    let default_allow = if direction == DIR_EGRESS {
+        slot.settings.default_allow_egress != 0
+    } else {
+        slot.settings.default_allow_ingress != 0
+    };
+    let first = slot.index == 0;
+    decide(
+        |k| {
+            let v = if first { POLICY0.get_ptr(k) } else { POLICY1.get_ptr(k) };
+            // SAFETY: pointer from a successful lookup, read at once.
+            v.map(|p| unsafe { (*p).rule })
+        },
+        |k| {
+            let v = if first {
+                ISOLATION0.get_ptr(k)
+            } else {
+                ISOLATION1.get_ptr(k)
+            };
+            // SAFETY: pointer from a successful lookup, read at once.
+            v.map(|p| unsafe { (*p).rule })
+        },
+        default_allow,
+        subject,
+        direction,
+        peers,
+        proto,
+        port,
+    )
+}
+
+#[inline(always)]
+fn count(slot: &Slot, rule: u32, allowed: bool) {
+    if rule >= MAX_RULES {
+        return;
+    }
+    if let Some(c) = COUNTERS.get_ptr_mut(slot.index * MAX_RULES + rule) {
+        // SAFETY: per-CPU slot of this CPU; nothing else writes it while we run.
+        unsafe {
+            if allowed {
+                (*c).allowed += 1;
+            } else {
+                (*c).denied += 1;
+            }
+        }
+    }
+}
+
+/// What a flow event says besides the decision.
+#[derive(Clone, Copy)]
+pub struct Flow {
+    pub subject: u32,
+    pub addr: Addr,
+    pub port: u16,
+    pub proto: u8,
+    pub direction: u8,
+    pub hook: u8,
+}
+
+#[inline(always)]
+fn emit(slot: &Slot, flow: &Flow, d: &Decision, always: bool) {
+    let mode = slot.settings.flow_mode;
+    if mode == FLOWS_NONE || (d.allowed && (mode != FLOWS_ALL || !always)) {
+        return;
+    }
+    if let Some(mut entry) = FLOWS.reserve::<FlowEvent>(0) {
+        entry.write(FlowEvent {
+            // SAFETY: helper without preconditions.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            subject: flow.subject,
+            peer: d.peer,
+            rule: d.rule,
+            addr: flow.addr,
+            port: flow.port,
+            proto: flow.proto,
+            direction: flow.direction,
+            verdict: if d.allowed { VERDICT_ALLOW } else { VERDICT_DENY },
+            hook: flow.hook,
+            _pad: [0; 2],
+        });
+        entry.submit(0);
+    }
+}
+
+/// Egress verdict for `flow` (subject's egress policy, and the ingress policy of the
+/// destination when it is a workload this host knows). `emit_allowed`: whether an allowed
+/// flow is worth an event (a new connection is; every UDP datagram is not).
+#[inline(always)]
+pub fn egress(slot: &Slot, flow: &Flow, emit_allowed: bool) -> bool {
+    let peers = classify(slot, &flow.addr, flow.port, flow.proto);
+    let mut d = decide_in(slot, flow.subject, DIR_EGRESS, peers, flow.proto, flow.port);
+    count(slot, d.rule, d.allowed);
+    if d.allowed && is_workload(peers.primary) {
+        let back = PeerSet {
+            primary: flow.subject,
+            cidr: ID_NONE,
+        };
+        let theirs = decide_in(slot, peers.primary, DIR_INGRESS, back, flow.proto, flow.port);
+        count(slot, theirs.rule, theirs.allowed);
+        if !theirs.allowed {
+            d = Decision {
+                allowed: false,
+                rule: theirs.rule,
+                peer: peers.primary,
+            };
+        }
+    }
+    emit(slot, flow, &d, emit_allowed);
+    d.allowed
+}
+
+/// Ingress verdict for a new inbound flow to `flow.subject` from `flow.addr:src_port`
+/// (`flow.port` is the subject's own port).
+#[inline(always)]
+pub fn ingress(slot: &Slot, flow: &Flow, peers: PeerSet) -> bool {
+    let d = decide_in(slot, flow.subject, DIR_INGRESS, peers, flow.proto, flow.port);
+    count(slot, d.rule, d.allowed);
+    emit(slot, flow, &d, true);
+    d.allowed
+}
