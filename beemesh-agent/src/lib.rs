@@ -1,5 +1,15 @@
 //! beemesh host agent: loads the kernel programs, keeps workload identities and enforces
-//! identity policy from policy.d. `main.rs` is the CLI; everything else lives here.
+//! identity policy from policy.d, live. `main.rs` is the CLI entry; `app` wires the rest.
 
+pub mod api;
+pub mod app;
+pub mod authz;
+pub mod cli;
+pub mod config;
+pub mod flows;
+pub mod identity;
 pub mod kernel;
+pub mod policy;
+pub mod state;
 pub mod sys;
+pub mod workload;

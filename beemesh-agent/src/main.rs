@@ -1,12 +1,30 @@
-#[tokio::main]
-async fn main() {
-    let dir = std::path::PathBuf::from("/sys/fs/cgroup/unified/bmtest");
-    std::fs::create_dir_all(&dir).unwrap();
-    let (mut k, _f, _l) = beemesh_agent::kernel::Kernel::load(beemesh_agent::kernel::KernelOptions {
-        cgroup_root: dir.clone(),
-        pin_dir: "/sys/fs/bpf/beemesh/bmtest".into(),
-    }).unwrap();
-    k.attach().unwrap();
-    println!("attached");
-    k.detach();
+//! `beemesh-agent`: parse the command line, set up logging, run, map errors to exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use beemesh_agent::cli::{Cli, LogFormat};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.global.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("beemesh-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(beemesh_agent::cli::execute(cli))
 }

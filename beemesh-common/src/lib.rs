@@ -8,7 +8,7 @@
 
 pub mod verdict;
 
-pub use verdict::{decide, Decision, PeerSet};
+pub use verdict::{decide, Decision, PeerSet, Query};
 
 /// No identity: a socket or address the agent knows nothing about.
 pub const ID_NONE: u32 = 0;

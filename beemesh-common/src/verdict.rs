@@ -15,6 +15,18 @@ pub struct PeerSet {
     pub cidr: u32,
 }
 
+/// One direction of one flow, as seen from `subject`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Query {
+    pub subject: u32,
+    /// `DIR_EGRESS` or `DIR_INGRESS`.
+    pub direction: u8,
+    pub peers: PeerSet,
+    pub proto: u8,
+    /// The destination port (egress) or the subject's own port (ingress); host order.
+    pub port: u16,
+}
+
 /// Outcome of [`decide`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
@@ -31,20 +43,18 @@ pub struct Decision {
 /// no policy selects `subject` in `direction`. Probing order: peers (primary, CIDR, any) ×
 /// (exact proto+port, proto any-port, any-proto port, any-proto any-port).
 #[inline(always)]
-pub fn decide<L, I>(
-    lookup: L,
-    isolated: I,
-    default_allow: bool,
-    subject: u32,
-    direction: u8,
-    peers: PeerSet,
-    proto: u8,
-    port: u16,
-) -> Decision
+pub fn decide<L, I>(lookup: L, isolated: I, default_allow: bool, q: &Query) -> Decision
 where
     L: Fn(&PolicyKey) -> Option<u32>,
     I: Fn(&IsolationKey) -> Option<u32>,
 {
+    let Query {
+        subject,
+        direction,
+        peers,
+        proto,
+        port,
+    } = *q;
     let peer_order = [peers.primary, peers.cidr, ID_ANY];
     let proto_port = [(proto, port), (proto, 0), (PROTO_ANY, port), (PROTO_ANY, 0)];
     let mut p = 0;
@@ -118,16 +128,14 @@ mod tests {
 
     impl Maps {
         fn decide(&self, default: bool, s: u32, d: u8, peers: PeerSet, proto: u8, port: u16) -> Decision {
-            decide(
-                |k| self.allow.get(k).copied(),
-                |k| self.iso.get(k).copied(),
-                default,
-                s,
-                d,
+            let q = Query {
+                subject: s,
+                direction: d,
                 peers,
                 proto,
                 port,
-            )
+            };
+            decide(|k| self.allow.get(k).copied(), |k| self.iso.get(k).copied(), default, &q)
         }
     }
 

@@ -4,7 +4,7 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use beemesh_common::{
-    decide, Addr, CidrKey, Decision, EndpointKey, FlowEvent, LocalPortKey, PeerSet, Settings,
+    decide, Addr, CidrKey, Decision, Query, EndpointKey, FlowEvent, LocalPortKey, PeerSet, Settings,
     DIR_EGRESS, DIR_INGRESS, FIRST_CIDR_ID, FIRST_WORKLOAD_ID, FLOWS_ALL, FLOWS_NONE, ID_HOST,
     ID_NONE, ID_WORLD, MAX_RULES, VERDICT_ALLOW, VERDICT_DENY,
 };
@@ -108,8 +108,8 @@ pub fn classify(slot: &Slot, addr: &Addr, port: u16, proto: u8) -> PeerSet {
 }
 
 #[inline(always)]
-fn decide_in(slot: &Slot, subject: u32, direction: u8, peers: PeerSet, proto: u8, port: u16) -> Decision {
-    let default_allow = if direction == DIR_EGRESS {
+fn decide_in(slot: &Slot, q: &Query) -> Decision {
+    let default_allow = if q.direction == DIR_EGRESS {
         slot.settings.default_allow_egress != 0
     } else {
         slot.settings.default_allow_ingress != 0
@@ -131,11 +131,7 @@ fn decide_in(slot: &Slot, subject: u32, direction: u8, peers: PeerSet, proto: u8
             v.map(|p| unsafe { (*p).rule })
         },
         default_allow,
-        subject,
-        direction,
-        peers,
-        proto,
-        port,
+        q,
     )
 }
 
@@ -198,14 +194,32 @@ fn emit(slot: &Slot, flow: &Flow, d: &Decision, always: bool) {
 #[inline(always)]
 pub fn egress(slot: &Slot, flow: &Flow, emit_allowed: bool) -> bool {
     let peers = classify(slot, &flow.addr, flow.port, flow.proto);
-    let mut d = decide_in(slot, flow.subject, DIR_EGRESS, peers, flow.proto, flow.port);
+    let mut d = decide_in(
+        slot,
+        &Query {
+            subject: flow.subject,
+            direction: DIR_EGRESS,
+            peers,
+            proto: flow.proto,
+            port: flow.port,
+        },
+    );
     count(slot, d.rule, d.allowed);
     if d.allowed && is_workload(peers.primary) {
         let back = PeerSet {
             primary: flow.subject,
             cidr: ID_NONE,
         };
-        let theirs = decide_in(slot, peers.primary, DIR_INGRESS, back, flow.proto, flow.port);
+        let theirs = decide_in(
+            slot,
+            &Query {
+                subject: peers.primary,
+                direction: DIR_INGRESS,
+                peers: back,
+                proto: flow.proto,
+                port: flow.port,
+            },
+        );
         count(slot, theirs.rule, theirs.allowed);
         if !theirs.allowed {
             d = Decision {
@@ -223,7 +237,16 @@ pub fn egress(slot: &Slot, flow: &Flow, emit_allowed: bool) -> bool {
 /// (`flow.port` is the subject's own port).
 #[inline(always)]
 pub fn ingress(slot: &Slot, flow: &Flow, peers: PeerSet) -> bool {
-    let d = decide_in(slot, flow.subject, DIR_INGRESS, peers, flow.proto, flow.port);
+    let d = decide_in(
+        slot,
+        &Query {
+            subject: flow.subject,
+            direction: DIR_INGRESS,
+            peers,
+            proto: flow.proto,
+            port: flow.port,
+        },
+    );
     count(slot, d.rule, d.allowed);
     emit(slot, flow, &d, true);
     d.allowed

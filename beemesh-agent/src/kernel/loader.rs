@@ -160,6 +160,10 @@ impl Kernel {
             let _ = std::fs::remove_dir(&dir);
         }
         let _ = std::fs::remove_dir(&self.opts.pin_dir);
+        if let Some(parent) = self.opts.pin_dir.parent() {
+            // Shared by all instances; only goes when the last one does.
+            let _ = std::fs::remove_dir(parent);
+        }
         info!("kernel programs detached");
     }
 

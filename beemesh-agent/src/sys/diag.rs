@@ -157,6 +157,24 @@ pub struct TcpSocket {
     ifindex: u32,
 }
 
+impl TcpSocket {
+    /// A socket that exists only in a test's socket table.
+    #[cfg(test)]
+    pub fn for_tests(local: SocketAddr, remote: SocketAddr, state: TcpState, cgroup_id: u64) -> Self {
+        Self {
+            local,
+            remote,
+            state,
+            cookie: 0,
+            cgroup_id: Some(cgroup_id),
+            inode: 0,
+            uid: 0,
+            family: if local.is_ipv4() { 2 } else { 10 },
+            ifindex: 0,
+        }
+    }
+}
+
 /// What is wrong with a reply from the kernel.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplyError {

@@ -1,0 +1,134 @@
+//! The admin API on `<run-dir>/agent.sock`: newline-delimited JSON, one request per
+//! connection, one response (or a stream of `flow` responses). The CLI subcommands and the
+//! end-to-end tests are its clients; `server` answers through the agent actor's handle.
+
+pub mod client;
+pub mod server;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Largest request line the server accepts; longer ones get an error, not a buffer.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub enum Request {
+    Status,
+    /// Creates a workload cgroup with an identity; the caller then moves processes in.
+    #[serde(rename_all = "camelCase")]
+    CreateWorkload {
+        #[serde(default)]
+        name: Option<String>,
+        /// `spiffe://<td>/ns/<ns>/sa/<sa>` or the shorthand `<ns>/<sa>`.
+        identity: String,
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
+    },
+    DeleteWorkload {
+        name: String,
+    },
+    /// Sent by `exec` once it sits in the workload's cgroup: from then on an empty cgroup
+    /// means the workload has finished and is reaped.
+    JoinedWorkload {
+        name: String,
+    },
+    ListWorkloads,
+    /// Loaded policy files, their errors, and per-rule counters.
+    Policies,
+    /// Recent flow events (`limit` newest), then, with `follow`, new ones as they come.
+    Flows {
+        #[serde(default)]
+        follow: bool,
+        #[serde(default = "default_flow_limit")]
+        limit: usize,
+    },
+}
+
+fn default_flow_limit() -> usize {
+    100
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "camelCase")]
+pub enum Response {
+    Status(StatusInfo),
+    Workload(WorkloadInfo),
+    Workloads { items: Vec<WorkloadInfo> },
+    Policies(PolicyReport),
+    Flow(FlowRecord),
+    Done,
+    Error { message: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusInfo {
+    pub version: String,
+    pub pid: u32,
+    pub trust_domain: String,
+    pub cgroup_root: String,
+    pub policy_dir: String,
+    pub workloads: usize,
+    pub policy_files: usize,
+    pub policy_errors: usize,
+    pub rules: usize,
+    pub allow_entries: usize,
+    /// Number of policy installs since start (each an atomic slot switch).
+    pub policy_generation: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadInfo {
+    pub name: String,
+    pub identity: String,
+    pub id: u32,
+    pub labels: BTreeMap<String, String>,
+    /// Absolute path of the workload's cgroup2 directory.
+    pub cgroup: String,
+    pub populated: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyReport {
+    pub files: Vec<PolicyFileStatus>,
+    pub rules: Vec<RuleStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyFileStatus {
+    pub path: String,
+    /// Policies from this file in force (its last good version).
+    pub policies: usize,
+    /// The current version's error, if it has one.
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleStatus {
+    pub rule: String,
+    pub allowed: u64,
+    pub denied: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FlowRecord {
+    /// Unix milliseconds.
+    pub time_ms: u64,
+    pub subject: String,
+    pub peer: String,
+    pub direction: String,
+    pub verdict: String,
+    pub proto: String,
+    /// The other side's address.
+    pub addr: String,
+    pub port: u16,
+    pub rule: String,
+    pub hook: String,
+}

@@ -1,0 +1,365 @@
+//! Command line: `run` starts the agent; every other subcommand is a client of a running
+//! agent's admin socket (found through `--run-dir`), except `policy check`, which works
+//! offline. `main` parses, sets up tracing and calls [`execute`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::api::client::{self, Client, ClientError};
+use crate::api::{FlowRecord, Request, Response, WorkloadInfo};
+use crate::config::{Config, ConfigError, DefaultAction, FlowEvents};
+
+/// Exit code for bad configuration or usage (sysexits EX_USAGE), as linkerd does.
+pub const EXIT_CONFIG: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(name = "beemesh-agent", version, about = "beemesh host agent: workload identity and policy enforced in the kernel")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Settings shared by all subcommands; each overrides the config file.
+#[derive(Debug, Args)]
+pub struct GlobalOpts {
+    /// Config file (YAML); default /etc/beemesh/agent.yaml if present.
+    #[arg(long, global = true, env = "BEEMESH_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[arg(long, global = true, env = "BEEMESH_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[arg(long, global = true, env = "BEEMESH_POLICY_DIR")]
+    pub policy_dir: Option<PathBuf>,
+    /// Where the admin socket lives; CLI subcommands connect there.
+    #[arg(long, global = true, env = "BEEMESH_RUN_DIR")]
+    pub run_dir: Option<PathBuf>,
+    /// Name of the agent's cgroup2 subtree (one agent per name).
+    #[arg(long, global = true, env = "BEEMESH_CGROUP_NAME")]
+    pub cgroup_name: Option<String>,
+    #[arg(long, global = true, env = "BEEMESH_BPFFS")]
+    pub bpffs: Option<PathBuf>,
+    #[arg(long, global = true, env = "BEEMESH_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+    #[arg(long, global = true, env = "BEEMESH_DEFAULT_EGRESS")]
+    pub default_egress: Option<DefaultAction>,
+    #[arg(long, global = true, env = "BEEMESH_DEFAULT_INGRESS")]
+    pub default_ingress: Option<DefaultAction>,
+    #[arg(long, global = true, env = "BEEMESH_FLOW_EVENTS")]
+    pub flow_events: Option<FlowEvents>,
+    /// Log format.
+    #[arg(long, global = true, env = "BEEMESH_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent (needs root).
+    Run,
+    /// Run CMD as a workload with IDENTITY (spiffe://td/ns/NS/sa/SA or NS/SA).
+    Exec {
+        #[arg(long)]
+        identity: String,
+        /// Workload name (generated if omitted).
+        #[arg(long)]
+        name: Option<String>,
+        /// Workload label KEY=VALUE (repeatable); NetworkPolicy podSelectors match these.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// List workloads.
+    Workloads {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Show flow verdicts (newest last).
+    Flows {
+        /// Keep streaming new flows.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many recent flows to show first.
+        #[arg(short = 'n', long, default_value_t = 50)]
+        limit: usize,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// Policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Agent status.
+    Status {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate policy files offline; exits non-zero if any is invalid.
+    Check { files: Vec<PathBuf> },
+    /// Show the running agent's policy files and per-rule counters.
+    List {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("label {s:?}: expected KEY=VALUE"))?;
+    if k.is_empty() {
+        return Err(format!("label {s:?}: empty key"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+impl GlobalOpts {
+    /// Defaults < config file < env/flags.
+    pub fn config(&self) -> Result<Config, ConfigError> {
+        let mut c = Config::load(self.config.as_deref())?;
+        if let Some(v) = &self.state_dir {
+            c.state_dir = v.clone();
+        }
+        if let Some(v) = &self.policy_dir {
+            c.policy_dir = v.clone();
+        }
+        if let Some(v) = &self.run_dir {
+            c.run_dir = v.clone();
+        }
+        if let Some(v) = &self.cgroup_name {
+            c.cgroup_name = v.clone();
+        }
+        if let Some(v) = &self.bpffs {
+            c.bpffs = v.clone();
+        }
+        if let Some(v) = &self.trust_domain {
+            c.trust_domain = v.clone();
+        }
+        if let Some(v) = self.default_egress {
+            c.default_egress = v;
+        }
+        if let Some(v) = self.default_ingress {
+            c.default_ingress = v;
+        }
+        if let Some(v) = self.flow_events {
+            c.flow_events = v;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("beemesh-agent: {msg}");
+    ExitCode::FAILURE
+}
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string_pretty(v).expect("API types always serialise")
+}
+
+/// Runs a parsed command line.
+pub async fn execute(cli: Cli) -> ExitCode {
+    let cfg = match cli.global.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("beemesh-agent: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let socket = cfg.socket_path();
+    match cli.command {
+        Command::Run => match crate::app::run(cfg).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
+        Command::Policy {
+            command: PolicyCommand::Check { files },
+        } => policy_check(&files),
+        Command::Exec {
+            identity,
+            name,
+            labels,
+            command,
+        } => exec(&socket, identity, name, labels.into_iter().collect(), command).await,
+        Command::Workloads { output } => match client::call(&socket, &Request::ListWorkloads).await {
+            Ok(Response::Workloads { items }) => {
+                match output {
+                    Output::Json => println!("{}", json(&items)),
+                    Output::Table => print_workloads(&items),
+                }
+                ExitCode::SUCCESS
+            }
+            other => unexpected(other),
+        },
+        Command::Status { output } => match client::call(&socket, &Request::Status).await {
+            Ok(Response::Status(s)) => {
+                match output {
+                    Output::Json => println!("{}", json(&s)),
+                    Output::Table => {
+                        println!("agent        {} (pid {})", s.version, s.pid);
+                        println!("trust domain {}", s.trust_domain);
+                        println!("cgroup       {}", s.cgroup_root);
+                        println!("policy dir   {} ({} files, {} errors)", s.policy_dir, s.policy_files, s.policy_errors);
+                        println!("policy       generation {}, {} rules, {} kernel entries", s.policy_generation, s.rules, s.allow_entries);
+                        println!("workloads    {}", s.workloads);
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            other => unexpected(other),
+        },
+        Command::Policy {
+            command: PolicyCommand::List { output },
+        } => match client::call(&socket, &Request::Policies).await {
+            Ok(Response::Policies(report)) => {
+                match output {
+                    Output::Json => println!("{}", json(&report)),
+                    Output::Table => {
+                        for f in &report.files {
+                            match &f.error {
+                                None => println!("ok    {} ({} policies)", f.path, f.policies),
+                                Some(e) => println!("ERROR {} (keeping {} policies): {e}", f.path, f.policies),
+                            }
+                        }
+                        println!("{:<60} {:>10} {:>10}", "RULE", "ALLOWED", "DENIED");
+                        for r in &report.rules {
+                            println!("{:<60} {:>10} {:>10}", r.rule, r.allowed, r.denied);
+                        }
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            other => unexpected(other),
+        },
+        Command::Flows { follow, limit, output } => flows(&socket, follow, limit, output).await,
+    }
+}
+
+fn unexpected(r: Result<Response, ClientError>) -> ExitCode {
+    match r {
+        Ok(other) => fail(format!("unexpected answer from the agent: {other:?}")),
+        Err(e) => fail(e),
+    }
+}
+
+fn policy_check(files: &[PathBuf]) -> ExitCode {
+    if files.is_empty() {
+        return fail("policy check: name at least one file");
+    }
+    let mut bad = 0;
+    for path in files {
+        let result = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: {e}", path.display()))
+            .and_then(|text| crate::policy::check(path, &text).map_err(|e| e.to_string()));
+        match result {
+            Ok(n) => println!("{}: ok ({n} policies)", path.display()),
+            Err(e) => {
+                bad += 1;
+                eprintln!("{e}");
+            }
+        }
+    }
+    if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn print_workloads(items: &[WorkloadInfo]) {
+    println!("{:<24} {:<56} {:>6} {:<8} LABELS", "NAME", "IDENTITY", "ID", "RUNNING");
+    for w in items {
+        let labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "{:<24} {:<56} {:>6} {:<8} {}",
+            w.name,
+            w.identity,
+            w.id,
+            if w.populated { "yes" } else { "no" },
+            labels.join(",")
+        );
+    }
+}
+
+fn print_flow(f: &FlowRecord, output: Output) {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string(f).expect("serialises")),
+        Output::Table => {
+            let secs = f.time_ms / 1000;
+            let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+            println!(
+                "{h:02}:{m:02}:{s:02}.{:03} {:<5} {:<7} {} -> {} {}:{}/{} [{}] ({})",
+                f.time_ms % 1000,
+                f.verdict.to_uppercase(),
+                f.direction,
+                f.subject,
+                f.peer,
+                f.addr,
+                f.port,
+                f.proto,
+                f.rule,
+                f.hook
+            );
+        }
+    }
+}
+
+async fn flows(socket: &std::path::Path, follow: bool, limit: usize, output: Output) -> ExitCode {
+    let mut c = match Client::send(socket, &Request::Flows { follow, limit }).await {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    loop {
+        match c.next().await {
+            Ok(Some(Response::Flow(f))) => print_flow(&f, output),
+            Ok(Some(Response::Done)) | Ok(None) => return ExitCode::SUCCESS,
+            Ok(Some(other)) => return fail(format!("unexpected answer: {other:?}")),
+            Err(e) => return fail(e),
+        }
+    }
+}
+
+/// Creates the workload, moves this process into its cgroup, then execs the command, so
+/// the command and everything it starts carry the identity from their first socket on.
+async fn exec(
+    socket: &std::path::Path,
+    identity: String,
+    name: Option<String>,
+    labels: BTreeMap<String, String>,
+    command: Vec<String>,
+) -> ExitCode {
+    let req = Request::CreateWorkload { name, identity, labels };
+    let info = match client::call(socket, &req).await {
+        Ok(Response::Workload(info)) => info,
+        other => return unexpected(other),
+    };
+    if let Err(e) = crate::sys::cgroup::move_pid(std::path::Path::new(&info.cgroup), std::process::id()) {
+        return fail(format!("cannot join workload cgroup {}: {e}", info.cgroup));
+    }
+    if let Err(e) = client::call(socket, &Request::JoinedWorkload { name: info.name.clone() }).await {
+        return fail(e);
+    }
+    use std::os::unix::process::CommandExt;
+    let err = std::process::Command::new(&command[0]).args(&command[1..]).exec();
+    fail(format!("cannot execute {}: {err}", command[0]))
+}

@@ -1,0 +1,176 @@
+//! Agent configuration: embedded defaults, overridden by a YAML file, then by `BEEMESH_*`
+//! variables and flags (clap merges those two). Built once in `main` and passed down.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the optional config file is looked for when `--config` is not given.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/beemesh/agent.yaml";
+
+/// Errors loading the config file; `main` exits with code 64 on these.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// What happens to traffic of workloads that no policy selects in a direction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultAction {
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// Which verdicts become flow events.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowEvents {
+    /// Every new connection and every denial.
+    #[default]
+    All,
+    /// Denials only.
+    Denied,
+    None,
+}
+
+/// The whole agent configuration. Every field has a default, so `beemesh-agent run` needs
+/// no file at all.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Config {
+    /// Persistent state: identity allocations, workload records.
+    pub state_dir: PathBuf,
+    /// Policy files, watched live.
+    pub policy_dir: PathBuf,
+    /// Admin socket (`agent.sock`) lives here; CLI subcommands connect to it.
+    pub run_dir: PathBuf,
+    /// Name of the agent's cgroup2 subtree under the cgroup2 mount; one agent per name.
+    pub cgroup_name: String,
+    /// bpffs mount; links are pinned under `<bpffs>/beemesh/<cgroup_name>`.
+    pub bpffs: PathBuf,
+    /// SPIFFE trust domain of workload identities.
+    pub trust_domain: String,
+    /// Default for workloads no policy selects, egress.
+    pub default_egress: DefaultAction,
+    /// Default for workloads no policy selects, ingress.
+    pub default_ingress: DefaultAction,
+    pub flow_events: FlowEvents,
+    /// How long to wait after a policy.d change for more changes before recompiling.
+    pub policy_debounce_ms: u64,
+    /// Flow events kept in memory for `beemesh-agent flows`.
+    pub flow_history: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            state_dir: "/var/lib/beemesh".into(),
+            policy_dir: "/etc/beemesh/policy.d".into(),
+            run_dir: "/run/beemesh".into(),
+            cgroup_name: "beemesh".into(),
+            bpffs: "/sys/fs/bpf".into(),
+            trust_domain: "beemesh.local".into(),
+            default_egress: DefaultAction::Allow,
+            default_ingress: DefaultAction::Allow,
+            flow_events: FlowEvents::All,
+            policy_debounce_ms: 5,
+            flow_history: 10_000,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` (or the default file if it exists) over the defaults.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (path, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_FILE), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        Self::from_yaml(&text).map_err(|source| ConfigError::Parse { path, source })
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Self, serde_yaml::Error> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_yaml::from_str(text)
+    }
+
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let name_ok = !self.cgroup_name.is_empty()
+            && self
+                .cgroup_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            && !self.cgroup_name.starts_with('.');
+        if !name_ok {
+            return Err(ConfigError::Invalid(format!(
+                "cgroupName {:?}: use letters, digits, '-', '_' or '.'",
+                self.cgroup_name
+            )));
+        }
+        crate::identity::SpiffeId::new(&self.trust_domain, "default", "default")
+            .map_err(|e| ConfigError::Invalid(format!("trustDomain {:?}: {e}", self.trust_domain)))?;
+        Ok(())
+    }
+
+    /// Path of the admin socket.
+    pub fn socket_path(&self) -> PathBuf {
+        self.run_dir.join("agent.sock")
+    }
+
+    /// This instance's pin directory.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.bpffs.join("beemesh").join(&self.cgroup_name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(Config::from_yaml("").expect("empty is fine"), Config::default());
+    }
+
+    #[test]
+    fn file_overrides_and_rejects_unknown_keys() {
+        let c = Config::from_yaml("stateDir: /tmp/x\ndefaultEgress: deny\n").expect("valid");
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.default_egress, DefaultAction::Deny);
+        assert_eq!(c.policy_dir, Config::default().policy_dir);
+        let err = Config::from_yaml("stateDirr: /tmp/x\n").expect_err("typo");
+        assert!(err.to_string().contains("stateDirr"), "{err}");
+    }
+
+    #[test]
+    fn validation_catches_bad_cgroup_names() {
+        let c = Config {
+            cgroup_name: "../escape".into(),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,131 @@
+//! Flow events: the reader task turns kernel `FlowEvent`s into named `FlowRecord`s, keeps
+//! the newest in memory and fans them out to `beemesh-agent flows -f` followers.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use beemesh_common::{
+    FlowEvent, DIR_EGRESS, HOOK_CONNECT, HOOK_SENDMSG, PROTO_TCP, PROTO_UDP, VERDICT_ALLOW,
+};
+use tokio::sync::{broadcast, watch};
+use tracing::warn;
+
+use crate::api::FlowRecord;
+use crate::kernel::FlowReader;
+
+/// How numeric ids in events read: published by the agent actor on every change.
+#[derive(Debug, Default, Clone)]
+pub struct Names {
+    /// Workload, reserved and CIDR identities.
+    pub identities: HashMap<u32, String>,
+    /// Rule id -> rule name, for the slot in force.
+    pub rules: Vec<String>,
+}
+
+impl Names {
+    fn identity(&self, id: u32) -> String {
+        self.identities.get(&id).cloned().unwrap_or_else(|| format!("id:{id}"))
+    }
+}
+
+/// Shared history and live feed.
+#[derive(Clone, Debug)]
+pub struct FlowHub {
+    history: Arc<Mutex<VecDeque<FlowRecord>>>,
+    capacity: usize,
+    live: broadcast::Sender<FlowRecord>,
+}
+
+impl FlowHub {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            history: Arc::new(Mutex::new(VecDeque::with_capacity(capacity.min(65_536)))),
+            capacity,
+            live: broadcast::channel(4096).0,
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<FlowRecord> {
+        self.live.subscribe()
+    }
+
+    /// The newest `limit` records, oldest first.
+    pub fn recent(&self, limit: usize) -> Vec<FlowRecord> {
+        let h = self.history.lock().expect("flow history lock is never poisoned");
+        h.iter().skip(h.len().saturating_sub(limit)).cloned().collect()
+    }
+
+    fn push(&self, record: FlowRecord) {
+        {
+            let mut h = self.history.lock().expect("flow history lock is never poisoned");
+            if h.len() == self.capacity {
+                h.pop_front();
+            }
+            h.push_back(record.clone());
+        }
+        let _ = self.live.send(record);
+    }
+}
+
+/// Milliseconds to add to CLOCK_MONOTONIC nanoseconds to get Unix milliseconds.
+fn monotonic_to_unix_ms() -> i128 {
+    use nix::time::{clock_gettime, ClockId};
+    let ms = |c| {
+        clock_gettime(c)
+            .map(|t| t.tv_sec() as i128 * 1000 + t.tv_nsec() as i128 / 1_000_000)
+            .unwrap_or(0)
+    };
+    ms(ClockId::CLOCK_REALTIME) - ms(ClockId::CLOCK_MONOTONIC)
+}
+
+/// Renders one kernel event.
+pub fn record(ev: &FlowEvent, names: &Names, offset_ms: i128) -> FlowRecord {
+    let octets = ev.addr.octets();
+    let ip = std::net::Ipv6Addr::from(octets);
+    let addr = match ip.to_ipv4_mapped() {
+        Some(v4) => v4.to_string(),
+        None => ip.to_string(),
+    };
+    FlowRecord {
+        time_ms: (ev.ts_ns as i128 / 1_000_000 + offset_ms).max(0) as u64,
+        subject: names.identity(ev.subject),
+        peer: names.identity(ev.peer),
+        direction: if ev.direction == DIR_EGRESS { "egress" } else { "ingress" }.into(),
+        verdict: if ev.verdict == VERDICT_ALLOW { "allow" } else { "deny" }.into(),
+        proto: match ev.proto {
+            PROTO_TCP => "tcp".into(),
+            PROTO_UDP => "udp".into(),
+            p => p.to_string(),
+        },
+        addr,
+        port: ev.port,
+        rule: names
+            .rules
+            .get(ev.rule as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("rule:{}", ev.rule)),
+        hook: match ev.hook {
+            HOOK_CONNECT => "connect",
+            HOOK_SENDMSG => "sendmsg",
+            _ => "ingress",
+        }
+        .into(),
+    }
+}
+
+/// Reads the ring buffer until it fails.
+pub async fn run(mut reader: FlowReader, hub: FlowHub, names: watch::Receiver<Arc<Names>>) {
+    let offset = monotonic_to_unix_ms();
+    let mut batch = Vec::new();
+    loop {
+        batch.clear();
+        if let Err(e) = reader.read(&mut batch).await {
+            warn!(error = %e, "flow ring buffer failed; no more flow events");
+            return;
+        }
+        let names = names.borrow().clone();
+        for ev in &batch {
+            hub.push(record(ev, &names, offset));
+        }
+    }
+}
