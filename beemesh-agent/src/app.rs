@@ -116,6 +116,12 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     for dir in [&cfg.state_dir, &cfg.run_dir, &cfg.policy_dir] {
         std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
     }
+    // One agent per cgroup name and per run dir, checked before touching anything shared.
+    let _instance = lock_instance(&cfg)?;
+    let socket = cfg.socket_path();
+    let listener = api::server::bind(&socket)
+        .await
+        .map_err(io(format!("bind {}", socket.display())))?;
     ensure_bpffs(&cfg.bpffs)?;
     let mount = cgroup::cgroup2_mount().map_err(io("find the cgroup2 mount"))?;
     let cgroups = WorkloadCgroups::new(mount.join(&cfg.cgroup_name));
@@ -144,6 +150,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         cfg,
     };
     agent.recover()?;
+    agent.seed_local_ports();
     agent.kernel.set_local_addrs(&agent.local.0.iter().copied().collect::<Vec<_>>())?;
     // Policy goes into the maps before the programs attach: enforcement starts complete.
     agent.rescan_policies();
@@ -165,10 +172,6 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     agent.rescan_policies();
 
     let (call_tx, mut calls) = mpsc::channel::<Call>(64);
-    let socket = agent.cfg.socket_path();
-    let listener = api::server::bind(&socket)
-        .await
-        .map_err(io(format!("bind {}", socket.display())))?;
     tasks.spawn(api::server::serve(
         listener,
         AgentHandle { tx: call_tx },
@@ -203,6 +206,17 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     agent.shutdown();
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// Holds `/run/lock/beemesh/<cgroup-name>.lock` for the agent's lifetime.
+fn lock_instance(cfg: &Config) -> Result<nix::fcntl::Flock<std::fs::File>, AgentError> {
+    let dir = Path::new("/run/lock/beemesh");
+    std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+    let path = dir.join(format!("{}.lock", cfg.cgroup_name));
+    let file = std::fs::File::create(&path).map_err(io(format!("open {}", path.display())))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        io(format!("another agent is running with cgroup name {:?} ({})", cfg.cgroup_name, path.display()))(e.into())
+    })
 }
 
 fn ensure_bpffs(path: &Path) -> Result<(), AgentError> {
@@ -250,6 +264,51 @@ impl Agent {
         }
         self.persist();
         Ok(())
+    }
+
+    /// Tags the ports of sockets workloads opened before this instance's programs existed
+    /// (after a restart), so that they are recognised as theirs from the first verdict.
+    fn seed_local_ports(&mut self) {
+        let owners: HashMap<u64, u32> = self.workloads.iter().map(|w| (w.cgroup_id, w.id)).collect();
+        if owners.is_empty() {
+            return;
+        }
+        let tcp = crate::sys::diag::dump_tcp(crate::sys::diag::StateMask::ALL).unwrap_or_else(|e| {
+            warn!(error = %e, "cannot list TCP sockets to re-tag workload ports");
+            Vec::new()
+        });
+        let udp = crate::sys::diag::dump_udp().unwrap_or_else(|e| {
+            warn!(error = %e, "cannot list UDP sockets to re-tag workload ports");
+            Vec::new()
+        });
+        let listening: std::collections::HashSet<u16> = tcp
+            .iter()
+            .filter(|s| s.state == crate::sys::diag::TcpState::Listen)
+            .map(|s| s.local.port())
+            .collect();
+        let mut tagged = 0;
+        let candidates = tcp
+            .iter()
+            .map(|s| (s, beemesh_common::PROTO_TCP))
+            .chain(udp.iter().map(|s| (s, beemesh_common::PROTO_UDP)));
+        for (s, proto) in candidates {
+            let Some(&id) = s.cgroup_id.and_then(|c| owners.get(&c)) else { continue };
+            let is_listener = s.state == crate::sys::diag::TcpState::Listen;
+            // Accepted connections share their listener's port; the listener owns it.
+            if proto == beemesh_common::PROTO_TCP && !is_listener && listening.contains(&s.local.port()) {
+                continue;
+            }
+            if s.local.port() == 0 {
+                continue;
+            }
+            match self.kernel.tag_local_port(s.local.port(), proto, id, s.cookie) {
+                Ok(()) => tagged += 1,
+                Err(e) => warn!(error = %e, "cannot re-tag a workload port"),
+            }
+        }
+        if tagged > 0 {
+            info!(ports = tagged, "re-tagged ports of re-adopted workloads");
+        }
     }
 
     fn persist(&self) {

@@ -1,1 +1,332 @@
+//! Harness for beemesh's end-to-end tests and benchmarks: starts a real `beemesh-agent run`
+//! (real eBPF, real cgroups) with its own directories and cgroup name, runs workloads
+//! through `beemesh-agent exec`, writes policy files, and checks that stopping the agent
+//! leaves nothing behind. Tests need root; they fail (never skip) without it.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests crate sits in the workspace")
+        .to_path_buf()
+}
+
+/// The agent binary: `$BEEMESH_AGENT_BIN`, else the newest of target/{debug,release}.
+pub fn agent_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("BEEMESH_AGENT_BIN") {
+        return p.into();
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace().join("target"));
+    let candidates = [target.join("debug/beemesh-agent"), target.join("release/beemesh-agent")];
+    candidates
+        .iter()
+        .filter_map(|p| Some((std::fs::metadata(p).ok()?.modified().ok()?, p.clone())))
+        .max()
+        .map(|(_, p)| p)
+        .unwrap_or_else(|| {
+            panic!("beemesh-agent is not built: run `cargo build -p beemesh-agent` (cargo xtask test does)")
+        })
+}
+
+/// The `probe` binary of this package, next to the running test or bench executable.
+pub fn probe_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("own path");
+    let dir = exe.parent().expect("exe has a directory");
+    [dir.join("probe"), dir.parent().map(|d| d.join("probe")).unwrap_or_default()]
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("probe binary not found next to {}", exe.display()))
+}
+
+/// Fails the test unless running as root: these tests must not pass by skipping.
+pub fn require_root() {
+    let status = std::fs::read_to_string("/proc/self/status").expect("procfs");
+    let uid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .expect("Uid line");
+    assert_eq!(uid, "0", "end-to-end tests need root (CI runs them as root); they do not skip");
+}
+
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A port unique within this test process (tests of one binary run in parallel threads;
+/// each binary gets its own range from its pid).
+pub fn port() -> u16 {
+    let base = 20000 + (std::process::id() % 400) as u16 * 100;
+    base + NEXT_PORT.fetch_add(1, Ordering::Relaxed) % 100
+}
+
+/// A running agent with private directories; stops it (SIGTERM) on drop.
+pub struct Agent {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    extra: Vec<(String, String)>,
+}
+
+impl Agent {
+    pub fn policy_dir(&self) -> PathBuf {
+        self.dir.path().join("policy.d")
+    }
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+    pub fn cgroup_root(&self) -> PathBuf {
+        cgroup2_mount().join(&self.name)
+    }
+    pub fn pin_dir(&self) -> PathBuf {
+        PathBuf::from("/sys/fs/bpf/beemesh").join(&self.name)
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    /// Starts an agent named after the test, with optional extra `BEEMESH_*` settings.
+    pub fn start(test: &str, extra: &[(&str, &str)]) -> Result<Self> {
+        require_root();
+        let name = format!("bmt-{test}-{}", std::process::id());
+        let dir = tempfile::Builder::new().prefix(&format!("{name}-")).tempdir()?;
+        let mut agent = Self {
+            name,
+            dir,
+            child: None,
+            extra: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        std::fs::create_dir_all(agent.policy_dir())?;
+        agent.spawn()?;
+        Ok(agent)
+    }
+
+    /// A `beemesh-agent` command configured for this agent.
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new(agent_bin());
+        c.env("BEEMESH_STATE_DIR", self.state_dir())
+            .env("BEEMESH_POLICY_DIR", self.policy_dir())
+            .env("BEEMESH_RUN_DIR", self.run_dir())
+            .env("BEEMESH_CGROUP_NAME", &self.name)
+            .env("BEEMESH_CONFIG", self.dir.path().join("agent.yaml"));
+        for (k, v) in &self.extra {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// (Re)starts the agent process and waits until its socket answers.
+    pub fn spawn(&mut self) -> Result<()> {
+        let config = self.dir.path().join("agent.yaml");
+        if !config.exists() {
+            std::fs::write(&config, "")?;
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
+        let child = self
+            .cli()
+            .arg("run")
+            .env("RUST_LOG", "info,beemesh_agent=debug")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn beemesh-agent run")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("agent exited at start ({status}):\n{}", self.log());
+            }
+            let out = self.cli().arg("status").output()?;
+            if out.status.success() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("agent did not come up:\n{}", self.log())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGTERM and wait; returns the exit status success.
+    pub fn stop(&mut self) -> Result<bool> {
+        let Some(mut child) = self.child.take() else { return Ok(true) };
+        signal(child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        bail!("agent ignored SIGTERM:\n{}", self.log())
+    }
+
+    /// SIGKILL: a crash, leaving pins, cgroups and state behind.
+    pub fn crash(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else { return Ok(()) };
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Writes a policy file (atomically, as editors and config management do).
+    pub fn write_policy(&self, file: &str, text: &str) -> Result<()> {
+        let tmp = self.policy_dir().join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, self.policy_dir().join(file))?;
+        Ok(())
+    }
+
+    pub fn remove_policy(&self, file: &str) -> Result<()> {
+        std::fs::remove_file(self.policy_dir().join(file))?;
+        Ok(())
+    }
+
+    /// Current policy generation (bumps on every install).
+    pub fn generation(&self) -> Result<u64> {
+        let out = self.cli().args(["status", "-o", "json"]).output()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("status json")?;
+        v["policyGeneration"].as_u64().context("policyGeneration")
+    }
+
+    /// Runs `probe ARGS` as workload `name` with `identity` (labels `k=v`).
+    pub fn workload(&self, name: &str, identity: &str, labels: &[&str], probe_args: &[&str]) -> Result<Probe> {
+        let mut c = self.cli();
+        c.args(["exec", "--identity", identity, "--name", name]);
+        for l in labels {
+            c.args(["--label", l]);
+        }
+        c.arg("--").arg(probe_bin()).args(probe_args);
+        Probe::spawn(c)
+    }
+
+    /// Runs `probe ARGS` on the host, outside any workload.
+    pub fn host_probe(&self, probe_args: &[&str]) -> Result<Probe> {
+        let mut c = Command::new(probe_bin());
+        c.args(probe_args);
+        Probe::spawn(c)
+    }
+
+    /// Flow records as JSON values.
+    pub fn flows(&self) -> Result<Vec<serde_json::Value>> {
+        let out = self.cli().args(["flows", "-n", "10000", "-o", "json"]).output()?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.stop();
+        // Last resort for a test that failed half-way; assertions on cleanup are explicit.
+        let _ = std::fs::remove_dir(self.cgroup_root());
+    }
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+pub fn cgroup2_mount() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("procfs");
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .expect("a cgroup2 mount")
+}
+
+/// A probe process whose stdout lines the test reads.
+pub struct Probe {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Probe {
+    fn spawn(mut c: Command) -> Result<Self> {
+        let mut child = c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+        let stdout: ChildStdout = child.stdout.take().context("stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Self { child, lines: rx })
+    }
+
+    /// Next output line within `timeout`.
+    pub fn line(&self, timeout: Duration) -> Result<String> {
+        self.lines
+            .recv_timeout(timeout)
+            .map_err(|e| anyhow::anyhow!("probe said nothing within {timeout:?}: {e}"))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn wait(mut self) -> Result<std::process::ExitStatus> {
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+static NEXT_WORKLOAD: AtomicU16 = AtomicU16::new(0);
+
+/// One connect attempt from a new workload with `identity`; returns the probe's line.
+pub fn try_connect(agent: &Agent, identity: &str, addr: &str) -> Result<String> {
+    let name = format!("try-{}", NEXT_WORKLOAD.fetch_add(1, Ordering::Relaxed));
+    let p = agent.workload(&name, identity, &[], &["connect", addr, "1000"])?;
+    let line = p.line(Duration::from_secs(10))?;
+    p.wait()?;
+    Ok(line)
+}
+
+/// `error 1 ...` is EPERM: the kernel program refused the connect.
+pub const EPERM_LINE: &str = "error 1 ";

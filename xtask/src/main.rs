@@ -1,1 +1,135 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build-ebpf | run | test | bench`. Each does its own
+//! set-up on a fresh machine (it calls `scripts/setup.sh`), so the README's two commands
+//! (`cargo xtask run`, `cargo xtask test`) work from a clean checkout.
+
+include!("../../beemesh-ebpf/build_ebpf.rs");
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the eBPF toolchain and test packages (apt, bpf-linker); idempotent.
+    Setup,
+    /// Build the kernel programs (beemesh-ebpf) and print the object's path.
+    BuildEbpf,
+    /// Set up, build in release mode and run the agent on its embedded defaults.
+    Run {
+        /// Extra arguments for `beemesh-agent` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then: fmt check, clippy -D warnings, the whole test suite (needs root).
+    Test {
+        /// Skip fmt and clippy.
+        #[arg(long)]
+        no_lint: bool,
+    },
+    /// Set up, then run the benchmarks (needs root) and print their ratios.
+    Bench {
+        /// Arguments for the bench binary (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace")
+        .to_path_buf()
+}
+
+fn is_root() -> bool {
+    // SAFETY-free: reading /proc avoids unsafe geteuid in this crate.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Runs `cmd`, failing with its command line if it fails.
+fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    eprintln!("xtask: {shown}");
+    let status = cmd.status().with_context(|| format!("cannot start {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed: {status}");
+    }
+    Ok(())
+}
+
+fn privileged(program: &str) -> Command {
+    if is_root() {
+        Command::new(program)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("-E").arg(program);
+        c
+    }
+}
+
+fn setup() -> Result<()> {
+    run(privileged(root().join("scripts/setup.sh").to_str().context("utf-8 path")?).current_dir(root()))
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup(),
+        Task::BuildEbpf => {
+            let object = build_ebpf(&root().join("beemesh-ebpf")).map_err(anyhow::Error::msg)?;
+            println!("{}", object.display());
+            Ok(())
+        }
+        Task::Run { args } => {
+            setup()?;
+            run(cargo().args(["build", "--release", "-p", "beemesh-agent"]))?;
+            let bin = root().join("target/release/beemesh-agent");
+            let mut cmd = privileged(bin.to_str().context("utf-8 path")?);
+            cmd.arg("run").args(args);
+            run(&mut cmd)
+        }
+        Task::Test { no_lint } => {
+            if !is_root() {
+                bail!("the test suite loads eBPF programs and creates cgroups: run it as root (sudo -E cargo xtask test)");
+            }
+            setup()?;
+            if !no_lint {
+                run(cargo().args(["fmt", "--all", "--check"]))?;
+                run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+            }
+            run(cargo().args(["build", "-p", "beemesh-agent"]))?;
+            run(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
+            // The benchmarks must at least run: one quick pass, figures printed.
+            run(cargo().args(["run", "--release", "-p", "beemesh-tests", "--bin", "bench", "--", "--quick"]))
+        }
+        Task::Bench { args } => {
+            if !is_root() {
+                bail!("the benchmarks attach eBPF programs and nftables rules: run as root");
+            }
+            setup()?;
+            run(cargo().args(["build", "--release", "-p", "beemesh-agent"]))?;
+            run(cargo().args(["run", "--release", "-p", "beemesh-tests", "--bin", "bench", "--"]).args(args))
+        }
+    }
+}

@@ -55,6 +55,7 @@ pub struct Kernel {
     cgroups: HashMap<MapData, u64, u32>,
     local_addrs: HashMap<MapData, Addr, u8>,
     local_ports: HashMap<MapData, LocalPortKey, LocalPortValue>,
+    cookie_ports: HashMap<MapData, u64, LocalPortKey>,
     endpoints: HashMap<MapData, EndpointKey, u32>,
 }
 
@@ -99,6 +100,7 @@ impl Kernel {
             cgroups: take_hash(&mut ebpf, "CGROUPS")?,
             local_addrs: take_hash(&mut ebpf, "LOCAL_ADDRS")?,
             local_ports: take_hash(&mut ebpf, "LOCAL_PORTS")?,
+            cookie_ports: take_hash(&mut ebpf, "COOKIE_PORTS")?,
             endpoints: take_hash(&mut ebpf, "ENDPOINTS")?,
             ebpf,
             opts,
@@ -200,6 +202,23 @@ impl Kernel {
     pub fn local_port_owner(&self, port: u16, proto: u8) -> Option<u32> {
         let key = LocalPortKey { port, proto, _pad: 0 };
         self.local_ports.get(&key, 0).ok().map(|v| v.identity)
+    }
+
+    /// Tags a local port as owned by a workload socket that existed before these programs
+    /// (a restart): the same entry the programs write at bind/connect time.
+    pub fn tag_local_port(&mut self, port: u16, proto: u8, identity: u32, cookie: u64) -> Result<(), KernelError> {
+        let key = LocalPortKey { port, proto, _pad: 0 };
+        let value = LocalPortValue {
+            identity,
+            _pad: 0,
+            cookie,
+        };
+        self.local_ports
+            .insert(key, value, 0)
+            .map_err(KernelError::map("LOCAL_PORTS"))?;
+        self.cookie_ports
+            .insert(cookie, key, 0)
+            .map_err(KernelError::map("COOKIE_PORTS"))
     }
 
     /// Tells the kernel that `addr:port` on another host is workload `identity`.

@@ -1,0 +1,124 @@
+//! Test workload: a tiny TCP/UDP client and server whose output the end-to-end tests read.
+//! Every outcome is one line on stdout: `listening`, `connected`, `error <errno> <text>`,
+//! `closed <reason>`, `sent`.
+//!
+//! probe listen ADDR         accept forever, echo each connection's bytes back
+//! probe connect ADDR [MS]   one connect (timeout MS, default 2000), then exit
+//! probe hold ADDR           connect, then block until the connection dies
+//! probe udp-send ADDR       one datagram with sendto()
+//! probe loop ADDR           connect every 20 ms forever, print each outcome change
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::time::Duration;
+
+fn errno_line(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => format!("error {code} {e}"),
+        None => format!("error 0 {e}"),
+    }
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn connect(addr: SocketAddr, ms: u64) -> std::io::Result<TcpStream> {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(ms))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let usage = || -> ! {
+        eprintln!("usage: probe listen|connect|hold|udp-send|loop ADDR [MS]");
+        std::process::exit(64)
+    };
+    if args.len() < 3 {
+        usage();
+    }
+    let addr: SocketAddr = args[2].parse().unwrap_or_else(|_| usage());
+    match args[1].as_str() {
+        "listen" => {
+            let l = TcpListener::bind(addr).unwrap_or_else(|e| {
+                say(&errno_line(&e));
+                std::process::exit(1)
+            });
+            say("listening");
+            for conn in l.incoming() {
+                let Ok(mut c) = conn else { continue };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = c.read(&mut buf) {
+                        if n == 0 || c.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }
+        "connect" => {
+            let ms = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(2000);
+            match connect(addr, ms) {
+                Ok(_) => say("connected"),
+                Err(e) => {
+                    say(&errno_line(&e));
+                    std::process::exit(2)
+                }
+            }
+        }
+        "hold" => match connect(addr, 2000) {
+            Ok(mut c) => {
+                say("connected");
+                let mut buf = [0u8; 64];
+                loop {
+                    match c.read(&mut buf) {
+                        Ok(0) => {
+                            say("closed eof");
+                            return;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            say(&format!("closed {}", errno_line(&e)));
+                            return;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                say(&errno_line(&e));
+                std::process::exit(2)
+            }
+        },
+        "udp-send" => {
+            let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
+            let s = UdpSocket::bind(bind).unwrap_or_else(|e| {
+                say(&errno_line(&e));
+                std::process::exit(1)
+            });
+            match s.send_to(b"ping", addr) {
+                Ok(_) => say("sent"),
+                Err(e) => {
+                    say(&errno_line(&e));
+                    std::process::exit(2)
+                }
+            }
+        }
+        "loop" => {
+            let mut last = String::new();
+            loop {
+                let now = match connect(addr, 500) {
+                    Ok(_) => "connected".to_string(),
+                    Err(e) => errno_line(&e),
+                };
+                if now != last {
+                    say(&now);
+                    last = now;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        _ => usage(),
+    }
+}
