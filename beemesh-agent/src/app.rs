@@ -15,7 +15,9 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
-use crate::api::{self, PolicyFileStatus, PolicyReport, Request, Response, RuleStatus, StatusInfo, WorkloadInfo};
+use crate::api::{
+    self, PolicyFileStatus, PolicyReport, Request, Response, RuleStatus, StatusInfo, WorkloadInfo,
+};
 use crate::authz::{self, LocalAddrs, Verdicts};
 use crate::config::{Config, DefaultAction, FlowEvents};
 use crate::flows::{FlowHub, Names};
@@ -151,7 +153,9 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     };
     agent.recover()?;
     agent.seed_local_ports();
-    agent.kernel.set_local_addrs(&agent.local.0.iter().copied().collect::<Vec<_>>())?;
+    agent
+        .kernel
+        .set_local_addrs(&agent.local.0.iter().copied().collect::<Vec<_>>())?;
     // Policy goes into the maps before the programs attach: enforcement starts complete.
     agent.rescan_policies();
     agent.kernel.attach()?;
@@ -215,7 +219,11 @@ fn lock_instance(cfg: &Config) -> Result<nix::fcntl::Flock<std::fs::File>, Agent
     let path = dir.join(format!("{}.lock", cfg.cgroup_name));
     let file = std::fs::File::create(&path).map_err(io(format!("open {}", path.display())))?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-        io(format!("another agent is running with cgroup name {:?} ({})", cfg.cgroup_name, path.display()))(e.into())
+        io(format!(
+            "another agent is running with cgroup name {:?} ({})",
+            cfg.cgroup_name,
+            path.display()
+        ))(e.into())
     })
 }
 
@@ -230,8 +238,14 @@ fn ensure_bpffs(path: &Path) -> Result<(), AgentError> {
         });
     if !mounted {
         std::fs::create_dir_all(path).map_err(io(format!("create {}", path.display())))?;
-        nix::mount::mount(Some("bpf"), path, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
-            .map_err(|e| io(format!("mount bpffs at {}", path.display()))(e.into()))?;
+        nix::mount::mount(
+            Some("bpf"),
+            path,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| io(format!("mount bpffs at {}", path.display()))(e.into()))?;
         info!(path = %path.display(), "mounted bpffs");
     }
     Ok(())
@@ -269,14 +283,16 @@ impl Agent {
     /// Tags the ports of sockets workloads opened before this instance's programs existed
     /// (after a restart), so that they are recognised as theirs from the first verdict.
     fn seed_local_ports(&mut self) {
-        let owners: HashMap<u64, u32> = self.workloads.iter().map(|w| (w.cgroup_id, w.id)).collect();
+        let owners: HashMap<u64, u32> =
+            self.workloads.iter().map(|w| (w.cgroup_id, w.id)).collect();
         if owners.is_empty() {
             return;
         }
-        let tcp = crate::sys::diag::dump_tcp(crate::sys::diag::StateMask::ALL).unwrap_or_else(|e| {
-            warn!(error = %e, "cannot list TCP sockets to re-tag workload ports");
-            Vec::new()
-        });
+        let tcp =
+            crate::sys::diag::dump_tcp(crate::sys::diag::StateMask::ALL).unwrap_or_else(|e| {
+                warn!(error = %e, "cannot list TCP sockets to re-tag workload ports");
+                Vec::new()
+            });
         let udp = crate::sys::diag::dump_udp().unwrap_or_else(|e| {
             warn!(error = %e, "cannot list UDP sockets to re-tag workload ports");
             Vec::new()
@@ -292,16 +308,24 @@ impl Agent {
             .map(|s| (s, beemesh_common::PROTO_TCP))
             .chain(udp.iter().map(|s| (s, beemesh_common::PROTO_UDP)));
         for (s, proto) in candidates {
-            let Some(&id) = s.cgroup_id.and_then(|c| owners.get(&c)) else { continue };
+            let Some(&id) = s.cgroup_id.and_then(|c| owners.get(&c)) else {
+                continue;
+            };
             let is_listener = s.state == crate::sys::diag::TcpState::Listen;
             // Accepted connections share their listener's port; the listener owns it.
-            if proto == beemesh_common::PROTO_TCP && !is_listener && listening.contains(&s.local.port()) {
+            if proto == beemesh_common::PROTO_TCP
+                && !is_listener
+                && listening.contains(&s.local.port())
+            {
                 continue;
             }
             if s.local.port() == 0 {
                 continue;
             }
-            match self.kernel.tag_local_port(s.local.port(), proto, id, s.cookie) {
+            match self
+                .kernel
+                .tag_local_port(s.local.port(), proto, id, s.cookie)
+            {
                 Ok(()) => tagged += 1,
                 Err(e) => warn!(error = %e, "cannot re-tag a workload port"),
             }
@@ -323,9 +347,19 @@ impl Agent {
     fn handle(&mut self, req: Request) -> Response {
         let result = match req {
             Request::Status => Ok(Response::Status(self.status())),
-            Request::CreateWorkload { name, identity, labels } => self.create_workload(name, &identity, labels),
-            Request::DeleteWorkload { name } => self.delete_workload(&name).map(|()| Response::Done),
-            Request::JoinedWorkload { name } => self.workloads.mark_joined(&name).map(|()| Response::Done).map_err(|e| e.to_string()),
+            Request::CreateWorkload {
+                name,
+                identity,
+                labels,
+            } => self.create_workload(name, &identity, labels),
+            Request::DeleteWorkload { name } => {
+                self.delete_workload(&name).map(|()| Response::Done)
+            }
+            Request::JoinedWorkload { name } => self
+                .workloads
+                .mark_joined(&name)
+                .map(|()| Response::Done)
+                .map_err(|e| e.to_string()),
             Request::ListWorkloads => Ok(Response::Workloads {
                 items: self.workloads.iter().map(|w| self.info(w)).collect(),
             }),
@@ -368,9 +402,9 @@ impl Agent {
         let id = if text.starts_with("spiffe://") {
             text.parse::<SpiffeId>().map_err(|e| e.to_string())?
         } else {
-            let (ns, sa) = text
-                .split_once('/')
-                .ok_or_else(|| format!("identity {text:?}: expected spiffe://<td>/ns/<ns>/sa/<sa> or <ns>/<sa>"))?;
+            let (ns, sa) = text.split_once('/').ok_or_else(|| {
+                format!("identity {text:?}: expected spiffe://<td>/ns/<ns>/sa/<sa> or <ns>/<sa>")
+            })?;
             SpiffeId::new(&self.cfg.trust_domain, ns, sa).map_err(|e| e.to_string())?
         };
         if id.trust_domain() != self.cfg.trust_domain {
@@ -451,7 +485,10 @@ impl Agent {
         }
         let local = LocalAddrs::read();
         if local.0 != self.local.0 {
-            if let Err(e) = self.kernel.set_local_addrs(&local.0.iter().copied().collect::<Vec<_>>()) {
+            if let Err(e) = self
+                .kernel
+                .set_local_addrs(&local.0.iter().copied().collect::<Vec<_>>())
+            {
                 warn!(error = %e, "cannot update local addresses");
             }
             self.local = local;
@@ -464,7 +501,10 @@ impl Agent {
         let mut seen = Vec::new();
         let mut changed = false;
         let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e.filter_map(Result::ok).map(|e| e.path()).collect::<Vec<_>>(),
+            Ok(e) => e
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .collect::<Vec<_>>(),
             Err(e) => {
                 warn!(dir = %dir.display(), error = %e, "cannot read policy directory");
                 Vec::new()
@@ -588,7 +628,8 @@ impl Agent {
             entries = compiled.allow.len(),
             "policy in force"
         );
-        let owners: HashMap<u64, u32> = self.workloads.iter().map(|w| (w.cgroup_id, w.id)).collect();
+        let owners: HashMap<u64, u32> =
+            self.workloads.iter().map(|w| (w.cgroup_id, w.id)).collect();
         let cut = authz::sweep(&owners, compiled.as_ref(), &self.local);
         if cut > 0 {
             info!(connections = cut, "revoked connections torn down");
@@ -597,8 +638,11 @@ impl Agent {
     }
 
     fn publish_names(&self, compiled: &CompiledPolicy) {
-        let mut identities: HashMap<u32, String> =
-            self.identities.iter().map(|(id, s)| (id, s.to_string())).collect();
+        let mut identities: HashMap<u32, String> = self
+            .identities
+            .iter()
+            .map(|(id, s)| (id, s.to_string()))
+            .collect();
         identities.insert(ID_NONE, "none".into());
         identities.insert(ID_HOST, "host".into());
         identities.insert(ID_WORLD, "world".into());

@@ -27,7 +27,10 @@ fn is_workload(id: u32) -> bool {
 /// IPv4-mapped IPv6 addresses (dual-stack sockets) compare as IPv4.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
     }
 }
@@ -60,7 +63,10 @@ impl LocalAddrs {
 }
 
 fn is_connection(state: TcpState) -> bool {
-    !matches!(state, TcpState::Listen | TcpState::Close | TcpState::TimeWait)
+    !matches!(
+        state,
+        TcpState::Listen | TcpState::Close | TcpState::TimeWait
+    )
 }
 
 /// The connections held by workloads (`owners`: cgroup id -> identity) that `policy` no
@@ -83,7 +89,12 @@ pub fn revoked<'a>(
     let endpoints: HashMap<SocketAddr, u32> = sockets
         .iter()
         .filter(|s| is_connection(s.state))
-        .filter_map(|s| Some((SocketAddr::new(canonical(s.local.ip()), s.local.port()), owner_of(s)?)))
+        .filter_map(|s| {
+            Some((
+                SocketAddr::new(canonical(s.local.ip()), s.local.port()),
+                owner_of(s)?,
+            ))
+        })
         .collect();
     let non_workload = |primary: u32, ip: IpAddr| PeerSet {
         primary,
@@ -172,7 +183,9 @@ pub fn sweep(owners: &HashMap<u64, u32>, policy: &impl Verdicts, local: &LocalAd
                 info!(local = %s.local, remote = %s.remote, "revoked: connection torn down");
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => warn!(local = %s.local, remote = %s.remote, error = %e, "cannot destroy socket"),
+            Err(e) => {
+                warn!(local = %s.local, remote = %s.remote, error = %e, "cannot destroy socket")
+            }
         }
     }
     cut
@@ -187,10 +200,9 @@ mod tests {
 
     impl Verdicts for Allow {
         fn decide(&self, q: &Query) -> Decision {
-            let allowed = self
-                .0
-                .iter()
-                .any(|&(s, d, p, port)| s == q.subject && d == q.direction && p == q.peers.primary && port == q.port);
+            let allowed = self.0.iter().any(|&(s, d, p, port)| {
+                s == q.subject && d == q.direction && p == q.peers.primary && port == q.port
+            });
             Decision {
                 allowed,
                 rule: 0,
@@ -203,7 +215,12 @@ mod tests {
     }
 
     fn sock(local: &str, remote: &str, state: TcpState, cg: u64) -> TcpSocket {
-        TcpSocket::for_tests(local.parse().expect("addr"), remote.parse().expect("addr"), state, cg)
+        TcpSocket::for_tests(
+            local.parse().expect("addr"),
+            remote.parse().expect("addr"),
+            state,
+            cg,
+        )
     }
 
     #[test]
@@ -211,11 +228,31 @@ mod tests {
         // Workload 300 (cgroup 10) listens on 8080; workload 301 (cgroup 11) is connected to it.
         let sockets = vec![
             sock("0.0.0.0:8080", "0.0.0.0:0", TcpState::Listen, 10),
-            sock("127.0.0.1:8080", "127.0.0.1:40000", TcpState::Established, 10),
-            sock("127.0.0.1:40000", "127.0.0.1:8080", TcpState::Established, 11),
+            sock(
+                "127.0.0.1:8080",
+                "127.0.0.1:40000",
+                TcpState::Established,
+                10,
+            ),
+            sock(
+                "127.0.0.1:40000",
+                "127.0.0.1:8080",
+                TcpState::Established,
+                11,
+            ),
             // A host process (cgroup 1) connected to workload 300.
-            sock("127.0.0.1:8080", "127.0.0.1:40001", TcpState::Established, 10),
-            sock("127.0.0.1:40001", "127.0.0.1:8080", TcpState::Established, 1),
+            sock(
+                "127.0.0.1:8080",
+                "127.0.0.1:40001",
+                TcpState::Established,
+                10,
+            ),
+            sock(
+                "127.0.0.1:40001",
+                "127.0.0.1:8080",
+                TcpState::Established,
+                1,
+            ),
         ];
         let owners = HashMap::from([(10, 300), (11, 301)]);
         let local = LocalAddrs::default();
@@ -227,7 +264,10 @@ mod tests {
         assert!(revoked(&sockets, &owners, &everything, &local).is_empty());
 
         // 300 stops accepting 301: both of their ends go, the host's connection stays.
-        let no_301 = Allow(vec![(301, DIR_EGRESS, 300, 8080), (300, DIR_INGRESS, ID_HOST, 8080)]);
+        let no_301 = Allow(vec![
+            (301, DIR_EGRESS, 300, 8080),
+            (300, DIR_INGRESS, ID_HOST, 8080),
+        ]);
         let cut: Vec<_> = revoked(&sockets, &owners, &no_301, &local)
             .iter()
             .map(|s| (s.local.port(), s.remote.port()))

@@ -16,7 +16,11 @@ use crate::config::{Config, ConfigError, DefaultAction, FlowEvents};
 pub const EXIT_CONFIG: u8 = 64;
 
 #[derive(Debug, Parser)]
-#[command(name = "beemesh-agent", version, about = "beemesh host agent: workload identity and policy enforced in the kernel")]
+#[command(
+    name = "beemesh-agent",
+    version,
+    about = "beemesh host agent: workload identity and policy enforced in the kernel"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalOpts,
@@ -51,7 +55,12 @@ pub struct GlobalOpts {
     #[arg(long, global = true, env = "BEEMESH_FLOW_EVENTS")]
     pub flow_events: Option<FlowEvents>,
     /// Log format.
-    #[arg(long, global = true, env = "BEEMESH_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "BEEMESH_LOG_FORMAT",
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
 }
 
@@ -125,7 +134,9 @@ pub enum PolicyCommand {
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("label {s:?}: expected KEY=VALUE"))?;
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("label {s:?}: expected KEY=VALUE"))?;
     if k.is_empty() {
         return Err(format!("label {s:?}: empty key"));
     }
@@ -200,8 +211,18 @@ pub async fn execute(cli: Cli) -> ExitCode {
             name,
             labels,
             command,
-        } => exec(&socket, identity, name, labels.into_iter().collect(), command).await,
-        Command::Workloads { output } => match client::call(&socket, &Request::ListWorkloads).await {
+        } => {
+            exec(
+                &socket,
+                identity,
+                name,
+                labels.into_iter().collect(),
+                command,
+            )
+            .await
+        }
+        Command::Workloads { output } => match client::call(&socket, &Request::ListWorkloads).await
+        {
             Ok(Response::Workloads { items }) => {
                 match output {
                     Output::Json => println!("{}", json(&items)),
@@ -219,8 +240,14 @@ pub async fn execute(cli: Cli) -> ExitCode {
                         println!("agent        {} (pid {})", s.version, s.pid);
                         println!("trust domain {}", s.trust_domain);
                         println!("cgroup       {}", s.cgroup_root);
-                        println!("policy dir   {} ({} files, {} errors)", s.policy_dir, s.policy_files, s.policy_errors);
-                        println!("policy       generation {}, {} rules, {} kernel entries", s.policy_generation, s.rules, s.allow_entries);
+                        println!(
+                            "policy dir   {} ({} files, {} errors)",
+                            s.policy_dir, s.policy_files, s.policy_errors
+                        );
+                        println!(
+                            "policy       generation {}, {} rules, {} kernel entries",
+                            s.policy_generation, s.rules, s.allow_entries
+                        );
                         println!("workloads    {}", s.workloads);
                     }
                 }
@@ -238,7 +265,10 @@ pub async fn execute(cli: Cli) -> ExitCode {
                         for f in &report.files {
                             match &f.error {
                                 None => println!("ok    {} ({} policies)", f.path, f.policies),
-                                Some(e) => println!("ERROR {} (keeping {} policies): {e}", f.path, f.policies),
+                                Some(e) => println!(
+                                    "ERROR {} (keeping {} policies): {e}",
+                                    f.path, f.policies
+                                ),
                             }
                         }
                         println!("{:<60} {:>10} {:>10}", "RULE", "ALLOWED", "DENIED");
@@ -251,7 +281,11 @@ pub async fn execute(cli: Cli) -> ExitCode {
             }
             other => unexpected(other),
         },
-        Command::Flows { follow, limit, output } => flows(&socket, follow, limit, output).await,
+        Command::Flows {
+            follow,
+            limit,
+            output,
+        } => flows(&socket, follow, limit, output).await,
     }
 }
 
@@ -287,7 +321,10 @@ fn policy_check(files: &[PathBuf]) -> ExitCode {
 }
 
 fn print_workloads(items: &[WorkloadInfo]) {
-    println!("{:<24} {:<56} {:>6} {:<8} LABELS", "NAME", "IDENTITY", "ID", "RUNNING");
+    println!(
+        "{:<24} {:<56} {:>6} {:<8} LABELS",
+        "NAME", "IDENTITY", "ID", "RUNNING"
+    );
     for w in items {
         let labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!(
@@ -348,18 +385,33 @@ async fn exec(
     labels: BTreeMap<String, String>,
     command: Vec<String>,
 ) -> ExitCode {
-    let req = Request::CreateWorkload { name, identity, labels };
+    let req = Request::CreateWorkload {
+        name,
+        identity,
+        labels,
+    };
     let info = match client::call(socket, &req).await {
         Ok(Response::Workload(info)) => info,
         other => return unexpected(other),
     };
-    if let Err(e) = crate::sys::cgroup::move_pid(std::path::Path::new(&info.cgroup), std::process::id()) {
+    if let Err(e) =
+        crate::sys::cgroup::move_pid(std::path::Path::new(&info.cgroup), std::process::id())
+    {
         return fail(format!("cannot join workload cgroup {}: {e}", info.cgroup));
     }
-    if let Err(e) = client::call(socket, &Request::JoinedWorkload { name: info.name.clone() }).await {
+    if let Err(e) = client::call(
+        socket,
+        &Request::JoinedWorkload {
+            name: info.name.clone(),
+        },
+    )
+    .await
+    {
         return fail(e);
     }
     use std::os::unix::process::CommandExt;
-    let err = std::process::Command::new(&command[0]).args(&command[1..]).exec();
+    let err = std::process::Command::new(&command[0])
+        .args(&command[1..])
+        .exec();
     fail(format!("cannot execute {}: {err}", command[0]))
 }

@@ -24,7 +24,10 @@ pub struct Names {
 
 impl Names {
     fn identity(&self, id: u32) -> String {
-        self.identities.get(&id).cloned().unwrap_or_else(|| format!("id:{id}"))
+        self.identities
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("id:{id}"))
     }
 }
 
@@ -51,13 +54,22 @@ impl FlowHub {
 
     /// The newest `limit` records, oldest first.
     pub fn recent(&self, limit: usize) -> Vec<FlowRecord> {
-        let h = self.history.lock().expect("flow history lock is never poisoned");
-        h.iter().skip(h.len().saturating_sub(limit)).cloned().collect()
+        let h = self
+            .history
+            .lock()
+            .expect("flow history lock is never poisoned");
+        h.iter()
+            .skip(h.len().saturating_sub(limit))
+            .cloned()
+            .collect()
     }
 
     fn push(&self, record: FlowRecord) {
         {
-            let mut h = self.history.lock().expect("flow history lock is never poisoned");
+            let mut h = self
+                .history
+                .lock()
+                .expect("flow history lock is never poisoned");
             if h.len() == self.capacity {
                 h.pop_front();
             }
@@ -90,8 +102,18 @@ pub fn record(ev: &FlowEvent, names: &Names, offset_ms: i128) -> FlowRecord {
         time_ms: (ev.ts_ns as i128 / 1_000_000 + offset_ms).max(0) as u64,
         subject: names.identity(ev.subject),
         peer: names.identity(ev.peer),
-        direction: if ev.direction == DIR_EGRESS { "egress" } else { "ingress" }.into(),
-        verdict: if ev.verdict == VERDICT_ALLOW { "allow" } else { "deny" }.into(),
+        direction: if ev.direction == DIR_EGRESS {
+            "egress"
+        } else {
+            "ingress"
+        }
+        .into(),
+        verdict: if ev.verdict == VERDICT_ALLOW {
+            "allow"
+        } else {
+            "deny"
+        }
+        .into(),
         proto: match ev.proto {
             PROTO_TCP => "tcp".into(),
             PROTO_UDP => "udp".into(),

@@ -204,7 +204,11 @@ impl IdentityRegistry {
     }
 
     /// The id of `spiffe` with `labels`, allocating the next free one if it has none yet.
-    pub fn allocate_labeled(&mut self, spiffe: &SpiffeId, labels: &Labels) -> Result<u32, IdentityError> {
+    pub fn allocate_labeled(
+        &mut self,
+        spiffe: &SpiffeId,
+        labels: &Labels,
+    ) -> Result<u32, IdentityError> {
         let key = (spiffe.clone(), labels.clone());
         if let Some(id) = self.by_key.get(&key) {
             return Ok(*id);
@@ -308,7 +312,10 @@ impl IdentityRegistry {
             }
             let key = (a.spiffe, a.labels);
             if let Some((other, _)) = reg.by_id.insert(a.id, key.clone()) {
-                return Err(IdentityError::Corrupt(format!("id {} given to both {other} and {}", a.id, key.0)));
+                return Err(IdentityError::Corrupt(format!(
+                    "id {} given to both {other} and {}",
+                    a.id, key.0
+                )));
             }
             if reg.by_key.insert(key.clone(), a.id).is_some() {
                 return Err(IdentityError::Corrupt(format!("{} allocated twice", key.0)));
@@ -420,8 +427,7 @@ mod tests {
 
     #[test]
     fn json_rejects_inconsistent_state() {
-        let dup =
-            r#"{"next": 300, "ids": [{"id": 256, "spiffe": "spiffe://td/ns/a/sa/a"}, {"id": 256, "spiffe": "spiffe://td/ns/a/sa/b"}]}"#;
+        let dup = r#"{"next": 300, "ids": [{"id": 256, "spiffe": "spiffe://td/ns/a/sa/a"}, {"id": 256, "spiffe": "spiffe://td/ns/a/sa/b"}]}"#;
         assert!(matches!(
             IdentityRegistry::from_json(dup),
             Err(IdentityError::Corrupt(_))

@@ -25,7 +25,9 @@ pub struct StateFiles {
 
 impl StateFiles {
     pub fn new(dir: &Path) -> Self {
-        Self { dir: dir.to_path_buf() }
+        Self {
+            dir: dir.to_path_buf(),
+        }
     }
 
     fn read(&self, name: &str) -> Result<Option<String>, StateError> {
@@ -92,8 +94,14 @@ mod tests {
             .expect("allocates");
         s.save_identities(&reg).expect("writes");
         let back = s.load_identities().expect("reads");
-        assert_eq!(back.spiffe_of(id).map(ToString::to_string).as_deref(), Some("spiffe://beemesh.local/ns/a/sa/b"));
+        assert_eq!(
+            back.spiffe_of(id).map(ToString::to_string).as_deref(),
+            Some("spiffe://beemesh.local/ns/a/sa/b")
+        );
         std::fs::write(dir.path().join("workloads.json"), "{nope").expect("write");
-        assert!(matches!(s.load_workloads(), Err(StateError::Corrupt { .. })));
+        assert!(matches!(
+            s.load_workloads(),
+            Err(StateError::Corrupt { .. })
+        ));
     }
 }

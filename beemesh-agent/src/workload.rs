@@ -53,7 +53,9 @@ pub struct Workload {
 pub fn validate_name(name: &str) -> Result<(), WorkloadError> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-');
     if ok {
@@ -145,7 +147,9 @@ impl WorkloadTable {
             match populated.get(&w.name) {
                 Some(true) => w.joined = true,
                 Some(false) if w.joined => done.push(w.name.clone()),
-                Some(false) if now.saturating_sub(w.created) > JOIN_GRACE_SECS => done.push(w.name.clone()),
+                Some(false) if now.saturating_sub(w.created) > JOIN_GRACE_SECS => {
+                    done.push(w.name.clone())
+                }
                 Some(false) => {}
                 // The cgroup vanished under us.
                 None => done.push(w.name.clone()),
@@ -237,7 +241,9 @@ mod tests {
     fn wl(name: &str, created: u64) -> Workload {
         Workload {
             name: name.into(),
-            identity: "spiffe://beemesh.local/ns/shop/sa/web".parse().expect("valid"),
+            identity: "spiffe://beemesh.local/ns/shop/sa/web"
+                .parse()
+                .expect("valid"),
             id: 300,
             labels: BTreeMap::new(),
             cgroup_id: 42,
@@ -259,19 +265,31 @@ mod tests {
         let mut t = WorkloadTable::default();
         t.insert(wl("a", 100)).expect("new");
         t.insert(wl("b", 100)).expect("new");
-        assert!(matches!(t.insert(wl("a", 100)), Err(WorkloadError::Exists(_))));
+        assert!(matches!(
+            t.insert(wl("a", 100)),
+            Err(WorkloadError::Exists(_))
+        ));
         let obs = |a, b| BTreeMap::from([("a".to_string(), a), ("b".to_string(), b)]);
         assert!(t.reap(&obs(false, false), 110).is_empty(), "grace period");
         assert!(t.reap(&obs(true, false), 111).is_empty());
         assert_eq!(t.reap(&obs(false, false), 112), vec!["a".to_string()]);
-        assert_eq!(t.reap(&obs(true, false), 100 + JOIN_GRACE_SECS + 1), vec!["b".to_string()]);
-        assert_eq!(t.reap(&BTreeMap::new(), 0).len(), 2, "vanished cgroups are reaped");
+        assert_eq!(
+            t.reap(&obs(true, false), 100 + JOIN_GRACE_SECS + 1),
+            vec!["b".to_string()]
+        );
+        assert_eq!(
+            t.reap(&BTreeMap::new(), 0).len(),
+            2,
+            "vanished cgroups are reaped"
+        );
     }
 
     #[test]
     fn generated_names_are_unique_and_valid() {
         let mut t = WorkloadTable::default();
-        let id: SpiffeId = "spiffe://beemesh.local/ns/shop/sa/web.api".parse().expect("valid");
+        let id: SpiffeId = "spiffe://beemesh.local/ns/shop/sa/web.api"
+            .parse()
+            .expect("valid");
         let a = t.generate_name(&id);
         t.insert(wl(&a, 0)).expect("valid");
         let b = t.generate_name(&id);

@@ -127,7 +127,15 @@ mod tests {
     }
 
     impl Maps {
-        fn decide(&self, default: bool, s: u32, d: u8, peers: PeerSet, proto: u8, port: u16) -> Decision {
+        fn decide(
+            &self,
+            default: bool,
+            s: u32,
+            d: u8,
+            peers: PeerSet,
+            proto: u8,
+            port: u16,
+        ) -> Decision {
             let q = Query {
                 subject: s,
                 direction: d,
@@ -135,7 +143,12 @@ mod tests {
                 proto,
                 port,
             };
-            decide(|k| self.allow.get(k).copied(), |k| self.iso.get(k).copied(), default, &q)
+            decide(
+                |k| self.allow.get(k).copied(),
+                |k| self.iso.get(k).copied(),
+                default,
+                &q,
+            )
         }
     }
 
@@ -152,8 +165,14 @@ mod tests {
             allow: BTreeMap::new(),
             iso: BTreeMap::new(),
         };
-        assert!(m.decide(true, 300, DIR_EGRESS, peers(301), PROTO_TCP, 80).allowed);
-        assert!(!m.decide(false, 300, DIR_EGRESS, peers(301), PROTO_TCP, 80).allowed);
+        assert!(
+            m.decide(true, 300, DIR_EGRESS, peers(301), PROTO_TCP, 80)
+                .allowed
+        );
+        assert!(
+            !m.decide(false, 300, DIR_EGRESS, peers(301), PROTO_TCP, 80)
+                .allowed
+        );
     }
 
     #[test]
@@ -185,6 +204,9 @@ mod tests {
         let d = m.decide(true, 300, DIR_EGRESS, cidr_peer, PROTO_TCP, 443);
         assert_eq!((d.allowed, d.rule, d.peer), (true, 9, 500));
         // Ingress is a separate direction: not isolated, so the default applies.
-        assert!(m.decide(true, 300, DIR_INGRESS, peers(301), PROTO_TCP, 81).allowed);
+        assert!(
+            m.decide(true, 300, DIR_INGRESS, peers(301), PROTO_TCP, 81)
+                .allowed
+        );
     }
 }

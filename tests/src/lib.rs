@@ -27,7 +27,10 @@ pub fn agent_bin() -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| workspace().join("target"));
-    let candidates = [target.join("debug/beemesh-agent"), target.join("release/beemesh-agent")];
+    let candidates = [
+        target.join("debug/beemesh-agent"),
+        target.join("release/beemesh-agent"),
+    ];
     candidates
         .iter()
         .filter_map(|p| Some((std::fs::metadata(p).ok()?.modified().ok()?, p.clone())))
@@ -42,10 +45,13 @@ pub fn agent_bin() -> PathBuf {
 pub fn probe_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("own path");
     let dir = exe.parent().expect("exe has a directory");
-    [dir.join("probe"), dir.parent().map(|d| d.join("probe")).unwrap_or_default()]
-        .into_iter()
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("probe binary not found next to {}", exe.display()))
+    [
+        dir.join("probe"),
+        dir.parent().map(|d| d.join("probe")).unwrap_or_default(),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .unwrap_or_else(|| panic!("probe binary not found next to {}", exe.display()))
 }
 
 /// Fails the test unless running as root: these tests must not pass by skipping.
@@ -56,7 +62,10 @@ pub fn require_root() {
         .find(|l| l.starts_with("Uid:"))
         .and_then(|l| l.split_whitespace().nth(2))
         .expect("Uid line");
-    assert_eq!(uid, "0", "end-to-end tests need root (CI runs them as root); they do not skip");
+    assert_eq!(
+        uid, "0",
+        "end-to-end tests need root (CI runs them as root); they do not skip"
+    );
 }
 
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
@@ -69,6 +78,7 @@ pub fn port() -> u16 {
 }
 
 /// A running agent with private directories; stops it (SIGTERM) on drop.
+#[derive(Debug)]
 pub struct Agent {
     pub name: String,
     pub dir: tempfile::TempDir,
@@ -100,12 +110,17 @@ impl Agent {
     pub fn start(test: &str, extra: &[(&str, &str)]) -> Result<Self> {
         require_root();
         let name = format!("bmt-{test}-{}", std::process::id());
-        let dir = tempfile::Builder::new().prefix(&format!("{name}-")).tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{name}-"))
+            .tempdir()?;
         let mut agent = Self {
             name,
             dir,
             child: None,
-            extra: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            extra: extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         std::fs::create_dir_all(agent.policy_dir())?;
         agent.spawn()?;
@@ -132,7 +147,10 @@ impl Agent {
         if !config.exists() {
             std::fs::write(&config, "")?;
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
         let child = self
             .cli()
             .arg("run")
@@ -144,7 +162,11 @@ impl Agent {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 bail!("agent exited at start ({status}):\n{}", self.log());
             }
             let out = self.cli().arg("status").output()?;
@@ -166,7 +188,9 @@ impl Agent {
 
     /// SIGTERM and wait; returns the exit status success.
     pub fn stop(&mut self) -> Result<bool> {
-        let Some(mut child) = self.child.take() else { return Ok(true) };
+        let Some(mut child) = self.child.take() else {
+            return Ok(true);
+        };
         signal(child.id(), "TERM");
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
@@ -181,7 +205,9 @@ impl Agent {
 
     /// SIGKILL: a crash, leaving pins, cgroups and state behind.
     pub fn crash(&mut self) -> Result<()> {
-        let Some(mut child) = self.child.take() else { return Ok(()) };
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
         child.kill()?;
         child.wait()?;
         Ok(())
@@ -208,7 +234,13 @@ impl Agent {
     }
 
     /// Runs `probe ARGS` as workload `name` with `identity` (labels `k=v`).
-    pub fn workload(&self, name: &str, identity: &str, labels: &[&str], probe_args: &[&str]) -> Result<Probe> {
+    pub fn workload(
+        &self,
+        name: &str,
+        identity: &str,
+        labels: &[&str],
+        probe_args: &[&str],
+    ) -> Result<Probe> {
         let mut c = self.cli();
         c.args(["exec", "--identity", identity, "--name", name]);
         for l in labels {
@@ -227,7 +259,10 @@ impl Agent {
 
     /// Flow records as JSON values.
     pub fn flows(&self) -> Result<Vec<serde_json::Value>> {
-        let out = self.cli().args(["flows", "-n", "10000", "-o", "json"]).output()?;
+        let out = self
+            .cli()
+            .args(["flows", "-n", "10000", "-o", "json"])
+            .output()?;
         Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
@@ -244,7 +279,10 @@ impl Drop for Agent {
 }
 
 pub fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 pub fn cgroup2_mount() -> PathBuf {
@@ -259,14 +297,24 @@ pub fn cgroup2_mount() -> PathBuf {
 }
 
 /// A probe process whose stdout lines the test reads.
+#[derive(Debug)]
 pub struct Probe {
     child: Child,
     lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Probe {
-    fn spawn(mut c: Command) -> Result<Self> {
-        let mut child = c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+    /// Runs `c` (a probe command line) and collects its stdout lines.
+    pub fn spawn_command(c: &mut Command) -> Result<Self> {
+        let mut child = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        Self::collect(&mut child).map(|lines| Self { child, lines })
+    }
+
+    fn collect(child: &mut Child) -> Result<std::sync::mpsc::Receiver<String>> {
         let stdout: ChildStdout = child.stdout.take().context("stdout")?;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -277,7 +325,11 @@ impl Probe {
                 }
             }
         });
-        Ok(Self { child, lines: rx })
+        Ok(rx)
+    }
+
+    fn spawn(mut c: Command) -> Result<Self> {
+        Self::spawn_command(&mut c)
     }
 
     /// Next output line within `timeout`.

@@ -66,7 +66,9 @@ fn is_root() -> bool {
 fn run(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
     eprintln!("xtask: {shown}");
-    let status = cmd.status().with_context(|| format!("cannot start {shown}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {shown}"))?;
     if !status.success() {
         bail!("{shown} failed: {status}");
     }
@@ -84,7 +86,13 @@ fn privileged(program: &str) -> Command {
 }
 
 fn setup() -> Result<()> {
-    run(privileged(root().join("scripts/setup.sh").to_str().context("utf-8 path")?).current_dir(root()))
+    run(privileged(
+        root()
+            .join("scripts/setup.sh")
+            .to_str()
+            .context("utf-8 path")?,
+    )
+    .current_dir(root()))
 }
 
 fn cargo() -> Command {
@@ -116,12 +124,28 @@ fn main() -> Result<()> {
             setup()?;
             if !no_lint {
                 run(cargo().args(["fmt", "--all", "--check"]))?;
-                run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+                run(cargo().args([
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ]))?;
             }
             run(cargo().args(["build", "-p", "beemesh-agent"]))?;
             run(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
             // The benchmarks must at least run: one quick pass, figures printed.
-            run(cargo().args(["run", "--release", "-p", "beemesh-tests", "--bin", "bench", "--", "--quick"]))
+            run(cargo().args([
+                "run",
+                "--release",
+                "-p",
+                "beemesh-tests",
+                "--bin",
+                "bench",
+                "--",
+                "--quick",
+            ]))
         }
         Task::Bench { args } => {
             if !is_root() {
@@ -129,7 +153,17 @@ fn main() -> Result<()> {
             }
             setup()?;
             run(cargo().args(["build", "--release", "-p", "beemesh-agent"]))?;
-            run(cargo().args(["run", "--release", "-p", "beemesh-tests", "--bin", "bench", "--"]).args(args))
+            run(cargo()
+                .args([
+                    "run",
+                    "--release",
+                    "-p",
+                    "beemesh-tests",
+                    "--bin",
+                    "bench",
+                    "--",
+                ])
+                .args(args))
         }
     }
 }

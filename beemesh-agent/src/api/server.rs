@@ -33,7 +33,12 @@ pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// Serves until `shutdown` fires.
-pub async fn serve(listener: UnixListener, agent: AgentHandle, flows: FlowHub, mut shutdown: broadcast::Receiver<()>) {
+pub async fn serve(
+    listener: UnixListener,
+    agent: AgentHandle,
+    flows: FlowHub,
+    mut shutdown: broadcast::Receiver<()>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {

@@ -33,7 +33,9 @@ impl FlowReader {
                 if item.len() >= std::mem::size_of::<FlowEvent>() {
                     // SAFETY: the kernel wrote a whole FlowEvent (repr(C), any bit pattern is
                     // valid) at the start of the record; read_unaligned copes with alignment.
-                    out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) });
+                    out.push(unsafe {
+                        std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>())
+                    });
                 }
             }
             guard.clear_ready();

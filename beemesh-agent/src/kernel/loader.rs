@@ -80,12 +80,16 @@ impl Kernel {
             }
         };
         let flows = {
-            let map = ebpf.take_map("FLOWS").ok_or(KernelError::MissingMap("FLOWS"))?;
+            let map = ebpf
+                .take_map("FLOWS")
+                .ok_or(KernelError::MissingMap("FLOWS"))?;
             let ring = aya::maps::RingBuf::try_from(map).map_err(KernelError::map("FLOWS"))?;
             FlowReader::new(ring).map_err(KernelError::io("flow ring"))?
         };
         for name in PROGRAMS {
-            let program = ebpf.program_mut(name).ok_or(KernelError::MissingMap(name))?;
+            let program = ebpf
+                .program_mut(name)
+                .ok_or(KernelError::MissingMap(name))?;
             let result = match program {
                 Program::CgroupSockAddr(p) => p.load(),
                 Program::CgroupSock(p) => p.load(),
@@ -113,10 +117,15 @@ impl Kernel {
     /// Attaches every program to the cgroup root, pins the links, then retires links left
     /// pinned by an earlier instance that did not shut down cleanly.
     pub fn attach(&mut self) -> Result<(), KernelError> {
-        let cgroup = File::open(&self.opts.cgroup_root)
-            .map_err(KernelError::io(format!("open {}", self.opts.cgroup_root.display())))?;
+        let cgroup = File::open(&self.opts.cgroup_root).map_err(KernelError::io(format!(
+            "open {}",
+            self.opts.cgroup_root.display()
+        )))?;
         let stale = self.previous_generations();
-        let generation = self.opts.pin_dir.join(format!("gen-{}", std::process::id()));
+        let generation = self
+            .opts
+            .pin_dir
+            .join(format!("gen-{}", std::process::id()));
         std::fs::create_dir_all(&generation).map_err(|source| KernelError::Pin {
             path: generation.clone(),
             source,
@@ -146,7 +155,10 @@ impl Kernel {
         entries
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("gen-")))
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("gen-"))
+            })
             .collect()
     }
 
@@ -200,14 +212,28 @@ impl Kernel {
 
     /// Workload that owns a local port, as tagged by the kernel programs (O(1)).
     pub fn local_port_owner(&self, port: u16, proto: u8) -> Option<u32> {
-        let key = LocalPortKey { port, proto, _pad: 0 };
+        let key = LocalPortKey {
+            port,
+            proto,
+            _pad: 0,
+        };
         self.local_ports.get(&key, 0).ok().map(|v| v.identity)
     }
 
     /// Tags a local port as owned by a workload socket that existed before these programs
     /// (a restart): the same entry the programs write at bind/connect time.
-    pub fn tag_local_port(&mut self, port: u16, proto: u8, identity: u32, cookie: u64) -> Result<(), KernelError> {
-        let key = LocalPortKey { port, proto, _pad: 0 };
+    pub fn tag_local_port(
+        &mut self,
+        port: u16,
+        proto: u8,
+        identity: u32,
+        cookie: u64,
+    ) -> Result<(), KernelError> {
+        let key = LocalPortKey {
+            port,
+            proto,
+            _pad: 0,
+        };
         let value = LocalPortValue {
             identity,
             _pad: 0,
@@ -222,7 +248,13 @@ impl Kernel {
     }
 
     /// Tells the kernel that `addr:port` on another host is workload `identity`.
-    pub fn set_endpoint(&mut self, addr: IpAddr, port: u16, proto: u8, identity: u32) -> Result<(), KernelError> {
+    pub fn set_endpoint(
+        &mut self,
+        addr: IpAddr,
+        port: u16,
+        proto: u8,
+        identity: u32,
+    ) -> Result<(), KernelError> {
         let key = EndpointKey {
             addr: addr_of(addr),
             port,
@@ -236,7 +268,9 @@ impl Kernel {
 }
 
 fn attach_one(ebpf: &mut Ebpf, name: &'static str, cgroup: &File) -> Result<FdLink, KernelError> {
-    let program = ebpf.program_mut(name).ok_or(KernelError::MissingMap(name))?;
+    let program = ebpf
+        .program_mut(name)
+        .ok_or(KernelError::MissingMap(name))?;
     let perr = |source| KernelError::Program { name, source };
     // cgroup bpf_links are always multi-attach and the kernel rejects any attach flag on
     // them, so "Single" (no flags) is what lets old and new generations coexist.
@@ -255,7 +289,9 @@ fn attach_one(ebpf: &mut Ebpf, name: &'static str, cgroup: &File) -> Result<FdLi
             p.take_link(id).map_err(perr)?.try_into()
         }
         Program::CgroupSkb(p) => {
-            let id = p.attach(cgroup, CgroupSkbAttachType::Ingress, mode).map_err(perr)?;
+            let id = p
+                .attach(cgroup, CgroupSkbAttachType::Ingress, mode)
+                .map_err(perr)?;
             p.take_link(id).map_err(perr)?.try_into()
         }
         _ => unreachable!("the object only has cgroup programs"),
@@ -268,7 +304,9 @@ fn attach_one(ebpf: &mut Ebpf, name: &'static str, cgroup: &File) -> Result<FdLi
 
 /// Unpins (and so detaches) every link of an earlier instance's generation.
 fn retire_generation(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.filter_map(Result::ok) {
         let path = entry.path();
         match PinnedLink::from_pin(&path) {

@@ -8,8 +8,7 @@ use std::net::IpAddr;
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues};
 use aya::util::nr_cpus;
 use beemesh_common::{
-    CidrKey, IsolationKey, IsolationValue, PolicyKey, PolicyValue, RuleCounter, Settings,
-    MAX_RULES,
+    CidrKey, IsolationKey, IsolationValue, PolicyKey, PolicyValue, RuleCounter, Settings, MAX_RULES,
 };
 use ipnet::IpNet;
 
@@ -77,7 +76,9 @@ where
 
 impl std::fmt::Debug for SlotWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SlotWriter").field("active", &self.active).finish_non_exhaustive()
+        f.debug_struct("SlotWriter")
+            .field("active", &self.active)
+            .finish_non_exhaustive()
     }
 }
 
@@ -106,22 +107,43 @@ impl SlotWriter {
         for key in old.allow.keys().filter(|k| !next.allow.contains_key(k)) {
             policy.remove(key).map_err(KernelError::map("POLICY"))?;
         }
-        for (key, value) in next.allow.iter().filter(|(k, v)| old.allow.get(k) != Some(v)) {
-            policy.insert(key, value, 0).map_err(KernelError::map("POLICY"))?;
+        for (key, value) in next
+            .allow
+            .iter()
+            .filter(|(k, v)| old.allow.get(k) != Some(v))
+        {
+            policy
+                .insert(key, value, 0)
+                .map_err(KernelError::map("POLICY"))?;
         }
         let iso = &mut self.isolation[idle];
-        for key in old.isolation.keys().filter(|k| !next.isolation.contains_key(k)) {
+        for key in old
+            .isolation
+            .keys()
+            .filter(|k| !next.isolation.contains_key(k))
+        {
             iso.remove(key).map_err(KernelError::map("ISOLATION"))?;
         }
-        for (key, value) in next.isolation.iter().filter(|(k, v)| old.isolation.get(k) != Some(v)) {
-            iso.insert(key, value, 0).map_err(KernelError::map("ISOLATION"))?;
+        for (key, value) in next
+            .isolation
+            .iter()
+            .filter(|(k, v)| old.isolation.get(k) != Some(v))
+        {
+            iso.insert(key, value, 0)
+                .map_err(KernelError::map("ISOLATION"))?;
         }
         let trie = &mut self.cidr[idle];
         for net in old.cidrs.keys().filter(|k| !next.cidrs.contains_key(k)) {
-            trie.remove(&cidr_key(net)).map_err(KernelError::map("CIDR"))?;
+            trie.remove(&cidr_key(net))
+                .map_err(KernelError::map("CIDR"))?;
         }
-        for (net, id) in next.cidrs.iter().filter(|(k, v)| old.cidrs.get(k) != Some(v)) {
-            trie.insert(&cidr_key(net), id, 0).map_err(KernelError::map("CIDR"))?;
+        for (net, id) in next
+            .cidrs
+            .iter()
+            .filter(|(k, v)| old.cidrs.get(k) != Some(v))
+        {
+            trie.insert(&cidr_key(net), id, 0)
+                .map_err(KernelError::map("CIDR"))?;
         }
         self.settings
             .set(idle as u32, next.settings, 0)
@@ -145,7 +167,10 @@ impl SlotWriter {
         let mut out = Vec::with_capacity(rules);
         for rule in 0..rules as u32 {
             let index = slot as u32 * MAX_RULES + rule;
-            let values = self.counters.get(&index, 0).map_err(KernelError::map("COUNTERS"))?;
+            let values = self
+                .counters
+                .get(&index, 0)
+                .map_err(KernelError::map("COUNTERS"))?;
             let mut sum = RuleCounter::default();
             for v in values.iter() {
                 sum.allowed += v.allowed;
@@ -164,7 +189,10 @@ impl SlotWriter {
             if count.allowed == 0 && count.denied == 0 {
                 continue;
             }
-            let total = self.totals.entry(self.shadow[slot].rule_names[rule].clone()).or_default();
+            let total = self
+                .totals
+                .entry(self.shadow[slot].rule_names[rule].clone())
+                .or_default();
             total.allowed += count.allowed;
             total.denied += count.denied;
             let zero = PerCpuValues::try_from(vec![RuleCounter::default(); cpus])
@@ -181,7 +209,9 @@ impl SlotWriter {
         let mut all = self.totals.clone();
         for slot in [self.active, 1 - self.active] {
             for (rule, count) in self.read_slot(slot)?.into_iter().enumerate() {
-                let total = all.entry(self.shadow[slot].rule_names[rule].clone()).or_default();
+                let total = all
+                    .entry(self.shadow[slot].rule_names[rule].clone())
+                    .or_default();
                 total.allowed += count.allowed;
                 total.denied += count.denied;
             }
@@ -207,7 +237,10 @@ mod tests {
     fn kernel_addresses_match_the_common_layout() {
         let a = addr_of("127.0.0.1".parse().expect("valid"));
         assert!(a.is_v4_mapped() && a.is_loopback());
-        assert_eq!(a, beemesh_common::Addr::from_v4_be(u32::from_ne_bytes([127, 0, 0, 1])));
+        assert_eq!(
+            a,
+            beemesh_common::Addr::from_v4_be(u32::from_ne_bytes([127, 0, 0, 1]))
+        );
         assert!(addr_of("::1".parse().expect("valid")).is_loopback());
     }
 }

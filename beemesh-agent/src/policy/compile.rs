@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use beemesh_common::{
-    Decision, IsolationKey, IsolationValue, PolicyKey, Query, PolicyValue, CIDR_MAP_SIZE,
+    Decision, IsolationKey, IsolationValue, PolicyKey, PolicyValue, Query, CIDR_MAP_SIZE,
     DIR_EGRESS, DIR_INGRESS, FIRST_CIDR_ID, ID_ANY, ISOLATION_MAP_SIZE, MAX_RULES, POLICY_MAP_SIZE,
     PROTO_ANY, RULE_DEFAULT,
 };

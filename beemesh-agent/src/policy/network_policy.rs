@@ -177,32 +177,33 @@ fn label_selector(
         let f = format!("{field}.matchExpressions[{i}]");
         let values = e.values.clone().unwrap_or_default();
         let key = e.key.clone();
-        let req =
-            match e.operator.as_str() {
-                "In" | "NotIn" if values.is_empty() => {
-                    return Err(FieldError::new(
-                        format!("{f}.values"),
-                        format!("operator {} needs values", e.operator),
-                    ))
-                }
-                "Exists" | "DoesNotExist" if !values.is_empty() => {
-                    return Err(FieldError::new(
-                        format!("{f}.values"),
-                        format!("operator {} takes no values", e.operator),
-                    ))
-                }
-                "In" => LabelRequirement::In(key, values),
-                "NotIn" => LabelRequirement::NotIn(key, values),
-                "Exists" => LabelRequirement::Exists(key),
-                "DoesNotExist" => LabelRequirement::DoesNotExist(key),
-                other => return Err(FieldError::new(
+        let req = match e.operator.as_str() {
+            "In" | "NotIn" if values.is_empty() => {
+                return Err(FieldError::new(
+                    format!("{f}.values"),
+                    format!("operator {} needs values", e.operator),
+                ))
+            }
+            "Exists" | "DoesNotExist" if !values.is_empty() => {
+                return Err(FieldError::new(
+                    format!("{f}.values"),
+                    format!("operator {} takes no values", e.operator),
+                ))
+            }
+            "In" => LabelRequirement::In(key, values),
+            "NotIn" => LabelRequirement::NotIn(key, values),
+            "Exists" => LabelRequirement::Exists(key),
+            "DoesNotExist" => LabelRequirement::DoesNotExist(key),
+            other => {
+                return Err(FieldError::new(
                     format!("{f}.operator"),
                     format!(
                         "unknown operator {other:?} (expected In, NotIn, Exists or DoesNotExist)"
                     ),
                 )
-                .at(other)),
-            };
+                .at(other))
+            }
+        };
         out.requirements.push(req);
     }
     Ok(out)

@@ -43,10 +43,15 @@ pub fn spawn(dir: &Path, debounce: Duration) -> std::io::Result<mpsc::Receiver<(
     let dir: PathBuf = dir.to_path_buf();
     tokio::spawn(async move {
         loop {
-            let Ok(mut guard) = fd.readable().await else { return };
+            let Ok(mut guard) = fd.readable().await else {
+                return;
+            };
             match guard.get_inner().0.read_events() {
                 Ok(events) => {
-                    if events.iter().any(|e| e.mask.intersects(AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF)) {
+                    if events.iter().any(|e| {
+                        e.mask
+                            .intersects(AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF)
+                    }) {
                         warn!(dir = %dir.display(), "policy directory removed; live reload stops");
                     }
                     debug!(events = events.len(), "policy.d changed");

@@ -161,7 +161,12 @@ pub struct TcpSocket {
 impl TcpSocket {
     /// A socket that exists only in a test's socket table.
     #[cfg(test)]
-    pub fn for_tests(local: SocketAddr, remote: SocketAddr, state: TcpState, cgroup_id: u64) -> Self {
+    pub fn for_tests(
+        local: SocketAddr,
+        remote: SocketAddr,
+        state: TcpState,
+        cgroup_id: u64,
+    ) -> Self {
         Self {
             local,
             remote,

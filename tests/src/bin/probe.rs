@@ -7,6 +7,9 @@
 //! probe hold ADDR           connect, then block until the connection dies
 //! probe udp-send ADDR       one datagram with sendto()
 //! probe loop ADDR           connect every 20 ms forever, print each outcome change
+//! probe rate ADDR MS        connect+close as fast as possible for MS, print `count N`
+//! probe watch-deny ADDR     connect+close in a tight loop until refused: `denied <unix ns>`
+//! probe hold-ts ADDR        as hold, but the close line is `closed <unix ns>`
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -92,7 +95,13 @@ fn main() {
             }
         },
         "udp-send" => {
-            let bind: SocketAddr = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
+            let bind: SocketAddr = if addr.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            }
+            .parse()
+            .expect("literal");
             let s = UdpSocket::bind(bind).unwrap_or_else(|e| {
                 say(&errno_line(&e));
                 std::process::exit(1)
@@ -119,6 +128,63 @@ fn main() {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        "rate" => {
+            let ms: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1000);
+            let end = std::time::Instant::now() + Duration::from_millis(ms);
+            let mut count = 0u64;
+            while std::time::Instant::now() < end {
+                match TcpStream::connect(addr) {
+                    Ok(c) => {
+                        drop(c);
+                        count += 1;
+                    }
+                    Err(e) => {
+                        say(&errno_line(&e));
+                        std::process::exit(2)
+                    }
+                }
+            }
+            say(&format!("count {count}"));
+        }
+        "watch-deny" => {
+            say("watching");
+            loop {
+                match TcpStream::connect(addr) {
+                    Ok(c) => drop(c),
+                    Err(e) if e.raw_os_error() == Some(1) => {
+                        say(&format!("denied {}", unix_ns()));
+                        return;
+                    }
+                    Err(e) => {
+                        say(&errno_line(&e));
+                        std::process::exit(2)
+                    }
+                }
+            }
+        }
+        "hold-ts" => match connect(addr, 2000) {
+            Ok(mut c) => {
+                say("connected");
+                let mut buf = [0u8; 64];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                say(&format!("closed {}", unix_ns()));
+            }
+            Err(e) => {
+                say(&errno_line(&e));
+                std::process::exit(2)
+            }
+        },
         _ => usage(),
     }
+}
+
+fn unix_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
 }

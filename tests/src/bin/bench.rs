@@ -1,0 +1,270 @@
+//! `cargo xtask bench`: beemesh policy enforcement against its peers, printed as ratios.
+//!
+//! 1. Connection rate (one client, connect/accept/close on loopback): no programs, beemesh
+//!    with 10,000 rules, nftables with the same 10,000 rules as a linear chain and as one
+//!    set lookup. Rounds are interleaved and medians reported (the machine is noisy).
+//! 2. Revocation latency: policy file rewritten -> first denied connect, and -> teardown of
+//!    an established connection, with the 10,000-rule file in force (p50/p99).
+//!
+//! Needs root. `--quick` runs one short round (CI uses it to prove the bench works).
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use beemesh_tests::{probe_bin, Agent, Probe};
+
+const CLIENT: &str = "spiffe://beemesh.local/ns/bench/sa/client";
+const RULES: usize = 10_000;
+const T: Duration = Duration::from_secs(30);
+
+struct Opts {
+    rounds: usize,
+    secs: f64,
+    revocations: usize,
+}
+
+/// 10,000 egress rules for the client: 9,998 that never match (10.x.y.z/32 on some port),
+/// then the two the benchmark traffic needs (unless `revoked`).
+fn policy(rate_port: u16, hold_port: u16, revoked: bool) -> String {
+    let mut y = String::with_capacity(RULES * 80);
+    y.push_str(
+        "apiVersion: beemesh.io/v1alpha1\nkind: IdentityPolicy\nmetadata:\n  name: bench\nspec:\n",
+    );
+    y.push_str(&format!(
+        "  selector:\n    identities: [\"{CLIENT}\"]\n  egress:\n"
+    ));
+    for i in 0..RULES - 2 {
+        let (a, b, c) = ((i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
+        y.push_str(&format!(
+            "    - to: [{{cidr: 10.{a}.{b}.{c}/32}}]\n      ports: [{{port: {}}}]\n",
+            1000 + i % 50_000
+        ));
+    }
+    if !revoked {
+        for port in [rate_port, hold_port] {
+            y.push_str(&format!(
+                "    - to: [{{cidr: 127.0.0.1/32}}]\n      ports: [{{port: {port}}}]\n"
+            ));
+        }
+    }
+    y
+}
+
+/// The same rules for nftables, as a linear chain or as one set.
+fn nft_ruleset(rate_port: u16, set: bool) -> String {
+    let mut r = String::with_capacity(RULES * 60);
+    r.push_str("table inet bmbench {\n");
+    let entries: Vec<(String, u16)> = (0..RULES - 1)
+        .map(|i| {
+            let (a, b, c) = ((i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
+            (format!("10.{a}.{b}.{c}"), (1000 + i % 50_000) as u16)
+        })
+        .chain(std::iter::once(("127.0.0.1".to_string(), rate_port)))
+        .collect();
+    if set {
+        r.push_str("  set allowed {\n    type ipv4_addr . inet_service\n    elements = {\n");
+        let elems: Vec<String> = entries
+            .iter()
+            .map(|(ip, p)| format!("      {ip} . {p}"))
+            .collect();
+        r.push_str(&elems.join(",\n"));
+        r.push_str("\n    }\n  }\n");
+        r.push_str("  chain out {\n    type filter hook output priority 0; policy accept;\n");
+        r.push_str("    ip daddr . tcp dport @allowed accept\n  }\n");
+    } else {
+        r.push_str("  chain out {\n    type filter hook output priority 0; policy accept;\n");
+        for (ip, p) in &entries {
+            r.push_str(&format!("    ip daddr {ip} tcp dport {p} accept\n"));
+        }
+        r.push_str("  }\n");
+    }
+    r.push_str("}\n");
+    r
+}
+
+fn nft(input: Option<&str>, args: &[&str]) -> Result<()> {
+    let mut c = Command::new("nft");
+    c.args(args).stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = c.spawn().context("run nft (apt-get install nftables)")?;
+    if let Some(text) = input {
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(text.as_bytes())?;
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("nft {args:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+/// Connections per second of one client process (a workload when `agent` is given).
+fn rate(agent: Option<&Agent>, addr: &str, secs: f64, n: usize) -> Result<f64> {
+    let ms = ((secs * 1000.0) as u64).to_string();
+    let args = ["rate", addr, ms.as_str()];
+    let p = match agent {
+        Some(a) => a.workload(&format!("rate-{n}"), CLIENT, &[], &args)?,
+        None => Probe::spawn_command(Command::new(probe_bin()).args(args))?,
+    };
+    let line = p.line(T)?;
+    let count: f64 = line
+        .strip_prefix("count ")
+        .with_context(|| format!("rate probe said {line:?}"))?
+        .parse()?;
+    p.wait()?;
+    Ok(count / secs)
+}
+
+fn server(close: bool) -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let port = l.local_addr()?.port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in l.incoming().flatten() {
+            if !close {
+                held.push(c);
+            }
+        }
+    });
+    Ok(port)
+}
+
+fn unix_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+fn main() -> Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let opts = if quick {
+        Opts {
+            rounds: 1,
+            secs: 1.0,
+            revocations: 3,
+        }
+    } else {
+        Opts {
+            rounds: 5,
+            secs: 2.0,
+            revocations: 20,
+        }
+    };
+    let rate_port = server(true)?;
+    let hold_port = server(false)?;
+    let rate_addr = format!("127.0.0.1:{rate_port}");
+    let hold_addr = format!("127.0.0.1:{hold_port}");
+
+    let agent = Agent::start("bench", &[("BEEMESH_FLOW_EVENTS", "all")])?;
+    let t = Instant::now();
+    agent.write_policy("bench.yaml", &policy(rate_port, hold_port, false))?;
+    let generation = agent.generation()?;
+    if !beemesh_tests::eventually(T, || agent.generation().unwrap_or(0) > generation) {
+        bail!("10,000-rule policy not loaded:\n{}", agent.log());
+    }
+    println!(
+        "10,000-rule policy file written to in force: {:.0} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let _ = nft(None, &["delete", "table", "inet", "bmbench"]);
+
+    println!(
+        "\nconnection rate: connect/accept/close on loopback, 1 client, {} round(s) x {} s, medians",
+        opts.rounds, opts.secs
+    );
+    let (mut base, mut ours, mut linear, mut set) = (vec![], vec![], vec![], vec![]);
+    for round in 0..opts.rounds {
+        base.push(rate(None, &rate_addr, opts.secs, round)?);
+        ours.push(rate(Some(&agent), &rate_addr, opts.secs, round)?);
+        nft(Some(&nft_ruleset(rate_port, false)), &["-f", "-"])?;
+        linear.push(rate(None, &rate_addr, opts.secs, round)?);
+        nft(None, &["delete", "table", "inet", "bmbench"])?;
+        nft(Some(&nft_ruleset(rate_port, true)), &["-f", "-"])?;
+        set.push(rate(None, &rate_addr, opts.secs, round)?);
+        nft(None, &["delete", "table", "inet", "bmbench"])?;
+    }
+    let (base, ours, linear, set) = (
+        median(&mut base),
+        median(&mut ours),
+        median(&mut linear),
+        median(&mut set),
+    );
+    println!("  no programs                          {base:>9.0} conn/s");
+    println!(
+        "  beemesh, 10,000 rules                {ours:>9.0} conn/s   policy tax ratio {:.3} (target >= 0.95)",
+        ours / base
+    );
+    println!(
+        "  nftables, 10,000 rules, linear       {linear:>9.0} conn/s   beemesh/nftables {:.2}x (target > 1)",
+        ours / linear
+    );
+    println!(
+        "  nftables, 10,000 rules, one set      {set:>9.0} conn/s   beemesh/nftables-set {:.2}x",
+        ours / set
+    );
+
+    println!(
+        "\nrevocation latency with the 10,000-rule file in force, {} runs",
+        opts.revocations
+    );
+    let (mut to_deny, mut to_teardown) = (vec![], vec![]);
+    for i in 0..opts.revocations {
+        agent.write_policy("bench.yaml", &policy(rate_port, hold_port, false))?;
+        let held = agent.workload(&format!("held-{i}"), CLIENT, &[], &["hold-ts", &hold_addr])?;
+        // Allowed again once a hold connection gets through.
+        if held.line(T)? != "connected" {
+            bail!("hold connection refused while allowed:\n{}", agent.log());
+        }
+        let watcher = agent.workload(
+            &format!("watch-{i}"),
+            CLIENT,
+            &[],
+            &["watch-deny", &rate_addr],
+        )?;
+        assert_eq!(watcher.line(T)?, "watching");
+        std::thread::sleep(Duration::from_millis(50));
+        let t0 = unix_ns();
+        agent.write_policy("bench.yaml", &policy(rate_port, hold_port, true))?;
+        let denied = watcher.line(T)?;
+        let closed = held.line(T)?;
+        let at = |line: &str, word: &str| -> Result<f64> {
+            let ns: u128 = line
+                .strip_prefix(word)
+                .with_context(|| format!("expected {word:?}, got {line:?}"))?
+                .trim()
+                .parse()?;
+            Ok(ns.saturating_sub(t0) as f64 / 1e6)
+        };
+        to_deny.push(at(&denied, "denied")?);
+        to_teardown.push(at(&closed, "closed")?);
+    }
+    for (label, v) in [
+        ("file written -> first denied connect  ", &mut to_deny),
+        ("file written -> established torn down ", &mut to_teardown),
+    ] {
+        let (p50, p99) = (percentile(v, 0.5), percentile(v, 0.99));
+        println!("  {label} p50 {p50:>6.1} ms   p99 {p99:>6.1} ms (target p99 <= 100 ms)");
+    }
+    Ok(())
+}
