@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use beemesh_common::{
-    Decision, Query, Settings, FLOWS_ALL, FLOWS_DENIED, FLOWS_NONE, ID_ANY, ID_HOST, ID_NONE,
-    ID_WORLD,
+    Decision, Query, Settings, FLOWS_ALL, FLOWS_DENIED, FLOWS_NONE, ID_ANY, ID_HOST, ID_NONE, ID_WORLD,
 };
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -65,13 +64,9 @@ impl AgentHandle {
     pub async fn call(&self, req: Request) -> Response {
         let (tx, rx) = oneshot::channel();
         if self.tx.send((req, tx)).await.is_err() {
-            return Response::Error {
-                message: "the agent is shutting down".into(),
-            };
+            return Response::Error { message: "the agent is shutting down".into() };
         }
-        rx.await.unwrap_or(Response::Error {
-            message: "the agent dropped the request".into(),
-        })
+        rx.await.unwrap_or(Response::Error { message: "the agent dropped the request".into() })
     }
 }
 
@@ -121,9 +116,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     // One agent per cgroup name and per run dir, checked before touching anything shared.
     let _instance = lock_instance(&cfg)?;
     let socket = cfg.socket_path();
-    let listener = api::server::bind(&socket)
-        .await
-        .map_err(io(format!("bind {}", socket.display())))?;
+    let listener = api::server::bind(&socket).await.map_err(io(format!("bind {}", socket.display())))?;
     ensure_bpffs(&cfg.bpffs)?;
     let mount = cgroup::cgroup2_mount().map_err(io("find the cgroup2 mount"))?;
     let cgroups = WorkloadCgroups::new(mount.join(&cfg.cgroup_name));
@@ -131,10 +124,8 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     let workload_level = cgroup::cgroup_level(&mount, cgroups.root()) as u32 + 1;
 
     let state = StateFiles::new(&cfg.state_dir);
-    let (kernel, flow_reader, log_reader) = Kernel::load(KernelOptions {
-        cgroup_root: cgroups.root().to_path_buf(),
-        pin_dir: cfg.pin_dir(),
-    })?;
+    let (kernel, flow_reader, log_reader) =
+        Kernel::load(KernelOptions { cgroup_root: cgroups.root().to_path_buf(), pin_dir: cfg.pin_dir() })?;
     let (names_tx, names_rx) = watch::channel(Arc::new(Names::default()));
     let mut agent = Agent {
         identities: state.load_identities()?,
@@ -153,9 +144,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     };
     agent.recover()?;
     agent.seed_local_ports();
-    agent
-        .kernel
-        .set_local_addrs(&agent.local.0.iter().copied().collect::<Vec<_>>())?;
+    agent.kernel.set_local_addrs(&agent.local.0.iter().copied().collect::<Vec<_>>())?;
     // Policy goes into the maps before the programs attach: enforcement starts complete.
     agent.rescan_policies();
     agent.kernel.attach()?;
@@ -167,21 +156,14 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     if let Some(logs) = log_reader {
         tasks.spawn(logs.run());
     }
-    let mut policy_events = policy::watch::spawn(
-        &agent.cfg.policy_dir,
-        Duration::from_millis(agent.cfg.policy_debounce_ms),
-    )
-    .map_err(io(format!("watch {}", agent.cfg.policy_dir.display())))?;
+    let mut policy_events =
+        policy::watch::spawn(&agent.cfg.policy_dir, Duration::from_millis(agent.cfg.policy_debounce_ms))
+            .map_err(io(format!("watch {}", agent.cfg.policy_dir.display())))?;
     // A change between the first scan and the watch must not be missed.
     agent.rescan_policies();
 
     let (call_tx, mut calls) = mpsc::channel::<Call>(64);
-    tasks.spawn(api::server::serve(
-        listener,
-        AgentHandle { tx: call_tx },
-        hub,
-        shutdown_tx.subscribe(),
-    ));
+    tasks.spawn(api::server::serve(listener, AgentHandle { tx: call_tx }, hub, shutdown_tx.subscribe()));
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(io("install SIGTERM handler"))?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(io("install SIGINT handler"))?;
@@ -219,11 +201,9 @@ fn lock_instance(cfg: &Config) -> Result<nix::fcntl::Flock<std::fs::File>, Agent
     let path = dir.join(format!("{}.lock", cfg.cgroup_name));
     let file = std::fs::File::create(&path).map_err(io(format!("open {}", path.display())))?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-        io(format!(
-            "another agent is running with cgroup name {:?} ({})",
-            cfg.cgroup_name,
-            path.display()
-        ))(e.into())
+        io(format!("another agent is running with cgroup name {:?} ({})", cfg.cgroup_name, path.display()))(
+            e.into(),
+        )
     })
 }
 
@@ -238,14 +218,8 @@ fn ensure_bpffs(path: &Path) -> Result<(), AgentError> {
         });
     if !mounted {
         std::fs::create_dir_all(path).map_err(io(format!("create {}", path.display())))?;
-        nix::mount::mount(
-            Some("bpf"),
-            path,
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .map_err(|e| io(format!("mount bpffs at {}", path.display()))(e.into()))?;
+        nix::mount::mount(Some("bpf"), path, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+            .map_err(|e| io(format!("mount bpffs at {}", path.display()))(e.into()))?;
         info!(path = %path.display(), "mounted bpffs");
     }
     Ok(())
@@ -283,16 +257,14 @@ impl Agent {
     /// Tags the ports of sockets workloads opened before this instance's programs existed
     /// (after a restart), so that they are recognised as theirs from the first verdict.
     fn seed_local_ports(&mut self) {
-        let owners: HashMap<u64, u32> =
-            self.workloads.iter().map(|w| (w.cgroup_id, w.id)).collect();
+        let owners: HashMap<u64, u32> = self.workloads.iter().map(|w| (w.cgroup_id, w.id)).collect();
         if owners.is_empty() {
             return;
         }
-        let tcp =
-            crate::sys::diag::dump_tcp(crate::sys::diag::StateMask::ALL).unwrap_or_else(|e| {
-                warn!(error = %e, "cannot list TCP sockets to re-tag workload ports");
-                Vec::new()
-            });
+        let tcp = crate::sys::diag::dump_tcp(crate::sys::diag::StateMask::ALL).unwrap_or_else(|e| {
+            warn!(error = %e, "cannot list TCP sockets to re-tag workload ports");
+            Vec::new()
+        });
         let udp = crate::sys::diag::dump_udp().unwrap_or_else(|e| {
             warn!(error = %e, "cannot list UDP sockets to re-tag workload ports");
             Vec::new()
@@ -313,19 +285,13 @@ impl Agent {
             };
             let is_listener = s.state == crate::sys::diag::TcpState::Listen;
             // Accepted connections share their listener's port; the listener owns it.
-            if proto == beemesh_common::PROTO_TCP
-                && !is_listener
-                && listening.contains(&s.local.port())
-            {
+            if proto == beemesh_common::PROTO_TCP && !is_listener && listening.contains(&s.local.port()) {
                 continue;
             }
             if s.local.port() == 0 {
                 continue;
             }
-            match self
-                .kernel
-                .tag_local_port(s.local.port(), proto, id, s.cookie)
-            {
+            match self.kernel.tag_local_port(s.local.port(), proto, id, s.cookie) {
                 Ok(()) => tagged += 1,
                 Err(e) => warn!(error = %e, "cannot re-tag a workload port"),
             }
@@ -347,22 +313,16 @@ impl Agent {
     fn handle(&mut self, req: Request) -> Response {
         let result = match req {
             Request::Status => Ok(Response::Status(self.status())),
-            Request::CreateWorkload {
-                name,
-                identity,
-                labels,
-            } => self.create_workload(name, &identity, labels),
-            Request::DeleteWorkload { name } => {
-                self.delete_workload(&name).map(|()| Response::Done)
+            Request::CreateWorkload { name, identity, labels } => {
+                self.create_workload(name, &identity, labels)
             }
-            Request::JoinedWorkload { name } => self
-                .workloads
-                .mark_joined(&name)
-                .map(|()| Response::Done)
-                .map_err(|e| e.to_string()),
-            Request::ListWorkloads => Ok(Response::Workloads {
-                items: self.workloads.iter().map(|w| self.info(w)).collect(),
-            }),
+            Request::DeleteWorkload { name } => self.delete_workload(&name).map(|()| Response::Done),
+            Request::JoinedWorkload { name } => {
+                self.workloads.mark_joined(&name).map(|()| Response::Done).map_err(|e| e.to_string())
+            }
+            Request::ListWorkloads => {
+                Ok(Response::Workloads { items: self.workloads.iter().map(|w| self.info(w)).collect() })
+            }
             Request::Policies => self.policy_report().map(Response::Policies),
             Request::Flows { .. } => Err("flows are served by the flow hub".to_string()),
         };
@@ -431,10 +391,7 @@ impl Agent {
         if self.workloads.get(&name).is_some() {
             return Err(format!("workload {name:?} already exists"));
         }
-        let id = self
-            .identities
-            .allocate_labeled(&identity, &labels)
-            .map_err(|e| e.to_string())?;
+        let id = self.identities.allocate_labeled(&identity, &labels).map_err(|e| e.to_string())?;
         let cgroup_id = self.cgroups.create(&name).map_err(|e| e.to_string())?;
         let w = Workload {
             name: name.clone(),
@@ -485,10 +442,7 @@ impl Agent {
         }
         let local = LocalAddrs::read();
         if local.0 != self.local.0 {
-            if let Err(e) = self
-                .kernel
-                .set_local_addrs(&local.0.iter().copied().collect::<Vec<_>>())
-            {
+            if let Err(e) = self.kernel.set_local_addrs(&local.0.iter().copied().collect::<Vec<_>>()) {
                 warn!(error = %e, "cannot update local addresses");
             }
             self.local = local;
@@ -501,10 +455,7 @@ impl Agent {
         let mut seen = Vec::new();
         let mut changed = false;
         let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .collect::<Vec<_>>(),
+            Ok(e) => e.filter_map(Result::ok).map(|e| e.path()).collect::<Vec<_>>(),
             Err(e) => {
                 warn!(dir = %dir.display(), error = %e, "cannot read policy directory");
                 Vec::new()
@@ -559,23 +510,15 @@ impl Agent {
         let files: Vec<PolicyFile> = self
             .files
             .iter()
-            .filter_map(|(path, f)| {
-                Some(PolicyFile {
-                    path: path.clone(),
-                    policies: f.good.clone()?,
-                })
-            })
+            .filter_map(|(path, f)| Some(PolicyFile { path: path.clone(), policies: f.good.clone()? }))
             .collect();
         // Replicas share a security identity (SPIFFE id + labels): one entry per id.
         let workloads: Vec<policy::Workload> = self
             .workloads
             .iter()
             .map(|w| {
-                let entry = policy::Workload {
-                    id: w.id,
-                    identity: w.identity.clone(),
-                    labels: w.labels.clone(),
-                };
+                let entry =
+                    policy::Workload { id: w.id, identity: w.identity.clone(), labels: w.labels.clone() };
                 (w.id, entry)
             })
             .collect::<BTreeMap<_, _>>()
@@ -585,6 +528,7 @@ impl Agent {
             default_allow_egress: self.cfg.default_egress == DefaultAction::Allow,
             default_allow_ingress: self.cfg.default_ingress == DefaultAction::Allow,
         };
+        let started = std::time::Instant::now();
         let compiled = match policy::compile(&files, &workloads, &opts) {
             Ok(c) => c,
             Err(e) => {
@@ -594,6 +538,7 @@ impl Agent {
             }
         };
         self.compile_error = None;
+        let compile_ms = started.elapsed().as_secs_f64() * 1e3;
         self.publish_names(&compiled);
         if self.compiled.as_deref() == Some(&compiled) {
             return;
@@ -622,27 +567,28 @@ impl Agent {
         }
         self.generation += 1;
         let compiled = Arc::new(compiled);
+        let install_ms = started.elapsed().as_secs_f64() * 1e3 - compile_ms;
+        let owners: HashMap<u64, u32> = self.workloads.iter().map(|w| (w.cgroup_id, w.id)).collect();
+        let cut = authz::sweep(&owners, compiled.as_ref(), &self.local);
         info!(
             generation = self.generation,
             rules = compiled.rules.len(),
             entries = compiled.allow.len(),
+            compile_ms = format_args!("{compile_ms:.1}"),
+            install_ms = format_args!("{install_ms:.1}"),
+            total_ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
+            revoked = cut,
             "policy in force"
         );
-        let owners: HashMap<u64, u32> =
-            self.workloads.iter().map(|w| (w.cgroup_id, w.id)).collect();
-        let cut = authz::sweep(&owners, compiled.as_ref(), &self.local);
-        if cut > 0 {
-            info!(connections = cut, "revoked connections torn down");
+        if let Err(e) = self.kernel.slots.retire_idle() {
+            warn!(error = %e, "cannot collect the counters of the previous policy");
         }
         self.compiled = Some(compiled);
     }
 
     fn publish_names(&self, compiled: &CompiledPolicy) {
-        let mut identities: HashMap<u32, String> = self
-            .identities
-            .iter()
-            .map(|(id, s)| (id, s.to_string()))
-            .collect();
+        let mut identities: HashMap<u32, String> =
+            self.identities.iter().map(|(id, s)| (id, s.to_string())).collect();
         identities.insert(ID_NONE, "none".into());
         identities.insert(ID_HOST, "host".into());
         identities.insert(ID_WORLD, "world".into());
@@ -670,11 +616,7 @@ impl Agent {
                 .collect(),
             rules: counters
                 .into_iter()
-                .map(|(rule, c)| RuleStatus {
-                    rule,
-                    allowed: c.allowed,
-                    denied: c.denied,
-                })
+                .map(|(rule, c)| RuleStatus { rule, allowed: c.allowed, denied: c.denied })
                 .collect(),
         })
     }
@@ -714,8 +656,5 @@ fn is_policy_file(path: &Path) -> bool {
 }
 
 fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

@@ -7,8 +7,8 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 use beemesh_common::{
-    Decision, PeerSet, Query, DIR_EGRESS, DIR_INGRESS, FIRST_CIDR_ID, FIRST_WORKLOAD_ID, ID_HOST,
-    ID_NONE, ID_WORLD, PROTO_TCP,
+    Decision, PeerSet, Query, DIR_EGRESS, DIR_INGRESS, FIRST_CIDR_ID, FIRST_WORKLOAD_ID, ID_HOST, ID_NONE,
+    ID_WORLD, PROTO_TCP,
 };
 use tracing::{info, warn};
 
@@ -27,10 +27,7 @@ fn is_workload(id: u32) -> bool {
 /// IPv4-mapped IPv6 addresses (dual-stack sockets) compare as IPv4.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
     }
 }
@@ -63,10 +60,7 @@ impl LocalAddrs {
 }
 
 fn is_connection(state: TcpState) -> bool {
-    !matches!(
-        state,
-        TcpState::Listen | TcpState::Close | TcpState::TimeWait
-    )
+    !matches!(state, TcpState::Listen | TcpState::Close | TcpState::TimeWait)
 }
 
 /// The connections held by workloads (`owners`: cgroup id -> identity) that `policy` no
@@ -89,12 +83,7 @@ pub fn revoked<'a>(
     let endpoints: HashMap<SocketAddr, u32> = sockets
         .iter()
         .filter(|s| is_connection(s.state))
-        .filter_map(|s| {
-            Some((
-                SocketAddr::new(canonical(s.local.ip()), s.local.port()),
-                owner_of(s)?,
-            ))
-        })
+        .filter_map(|s| Some((SocketAddr::new(canonical(s.local.ip()), s.local.port()), owner_of(s)?)))
         .collect();
     let non_workload = |primary: u32, ip: IpAddr| PeerSet {
         primary,
@@ -109,10 +98,7 @@ pub fn revoked<'a>(
         let inbound = listeners.contains_key(&s.local.port());
         let allowed = if inbound {
             let peers = match (remote_is_local, endpoints.get(&remote)) {
-                (true, Some(&id)) => PeerSet {
-                    primary: id,
-                    cidr: ID_NONE,
-                },
+                (true, Some(&id)) => PeerSet { primary: id, cidr: ID_NONE },
                 (true, None) => non_workload(ID_HOST, remote.ip()),
                 (false, _) => non_workload(ID_WORLD, remote.ip()),
             };
@@ -127,10 +113,7 @@ pub fn revoked<'a>(
                 .allowed
         } else {
             let peers = match (remote_is_local, listeners.get(&remote.port())) {
-                (true, Some(&id)) if is_workload(id) => PeerSet {
-                    primary: id,
-                    cidr: ID_NONE,
-                },
+                (true, Some(&id)) if is_workload(id) => PeerSet { primary: id, cidr: ID_NONE },
                 (true, _) => non_workload(ID_HOST, remote.ip()),
                 (false, _) => non_workload(ID_WORLD, remote.ip()),
             };
@@ -147,10 +130,7 @@ pub fn revoked<'a>(
                         .decide(&Query {
                             subject: peers.primary,
                             direction: DIR_INGRESS,
-                            peers: PeerSet {
-                                primary: subject,
-                                cidr: ID_NONE,
-                            },
+                            peers: PeerSet { primary: subject, cidr: ID_NONE },
                             proto: PROTO_TCP,
                             port: remote.port(),
                         })
@@ -168,7 +148,9 @@ pub fn sweep(owners: &HashMap<u64, u32>, policy: &impl Verdicts, local: &LocalAd
     if owners.is_empty() {
         return 0;
     }
-    let sockets = match diag::dump_tcp(StateMask::ALL) {
+    // Time-wait sockets carry no cgroup and can number hundreds of thousands on a busy
+    // host: leave them out of the dump.
+    let sockets = match diag::dump_tcp(StateMask::CONNECTED.with(TcpState::Listen)) {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, "cannot list sockets; established connections not re-checked");
@@ -203,11 +185,7 @@ mod tests {
             let allowed = self.0.iter().any(|&(s, d, p, port)| {
                 s == q.subject && d == q.direction && p == q.peers.primary && port == q.port
             });
-            Decision {
-                allowed,
-                rule: 0,
-                peer: q.peers.primary,
-            }
+            Decision { allowed, rule: 0, peer: q.peers.primary }
         }
         fn cidr_identity(&self, _ip: IpAddr) -> Option<u32> {
             None
@@ -215,12 +193,7 @@ mod tests {
     }
 
     fn sock(local: &str, remote: &str, state: TcpState, cg: u64) -> TcpSocket {
-        TcpSocket::for_tests(
-            local.parse().expect("addr"),
-            remote.parse().expect("addr"),
-            state,
-            cg,
-        )
+        TcpSocket::for_tests(local.parse().expect("addr"), remote.parse().expect("addr"), state, cg)
     }
 
     #[test]
@@ -228,31 +201,11 @@ mod tests {
         // Workload 300 (cgroup 10) listens on 8080; workload 301 (cgroup 11) is connected to it.
         let sockets = vec![
             sock("0.0.0.0:8080", "0.0.0.0:0", TcpState::Listen, 10),
-            sock(
-                "127.0.0.1:8080",
-                "127.0.0.1:40000",
-                TcpState::Established,
-                10,
-            ),
-            sock(
-                "127.0.0.1:40000",
-                "127.0.0.1:8080",
-                TcpState::Established,
-                11,
-            ),
+            sock("127.0.0.1:8080", "127.0.0.1:40000", TcpState::Established, 10),
+            sock("127.0.0.1:40000", "127.0.0.1:8080", TcpState::Established, 11),
             // A host process (cgroup 1) connected to workload 300.
-            sock(
-                "127.0.0.1:8080",
-                "127.0.0.1:40001",
-                TcpState::Established,
-                10,
-            ),
-            sock(
-                "127.0.0.1:40001",
-                "127.0.0.1:8080",
-                TcpState::Established,
-                1,
-            ),
+            sock("127.0.0.1:8080", "127.0.0.1:40001", TcpState::Established, 10),
+            sock("127.0.0.1:40001", "127.0.0.1:8080", TcpState::Established, 1),
         ];
         let owners = HashMap::from([(10, 300), (11, 301)]);
         let local = LocalAddrs::default();
@@ -264,10 +217,7 @@ mod tests {
         assert!(revoked(&sockets, &owners, &everything, &local).is_empty());
 
         // 300 stops accepting 301: both of their ends go, the host's connection stays.
-        let no_301 = Allow(vec![
-            (301, DIR_EGRESS, 300, 8080),
-            (300, DIR_INGRESS, ID_HOST, 8080),
-        ]);
+        let no_301 = Allow(vec![(301, DIR_EGRESS, 300, 8080), (300, DIR_INGRESS, ID_HOST, 8080)]);
         let cut: Vec<_> = revoked(&sockets, &owners, &no_301, &local)
             .iter()
             .map(|s| (s.local.port(), s.remote.port()))

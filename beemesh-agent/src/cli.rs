@@ -55,12 +55,7 @@ pub struct GlobalOpts {
     #[arg(long, global = true, env = "BEEMESH_FLOW_EVENTS")]
     pub flow_events: Option<FlowEvents>,
     /// Log format.
-    #[arg(
-        long,
-        global = true,
-        env = "BEEMESH_LOG_FORMAT",
-        default_value = "text"
-    )]
+    #[arg(long, global = true, env = "BEEMESH_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
 }
 
@@ -134,9 +129,7 @@ pub enum PolicyCommand {
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("label {s:?}: expected KEY=VALUE"))?;
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("label {s:?}: expected KEY=VALUE"))?;
     if k.is_empty() {
         return Err(format!("label {s:?}: empty key"));
     }
@@ -203,26 +196,11 @@ pub async fn execute(cli: Cli) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         },
-        Command::Policy {
-            command: PolicyCommand::Check { files },
-        } => policy_check(&files),
-        Command::Exec {
-            identity,
-            name,
-            labels,
-            command,
-        } => {
-            exec(
-                &socket,
-                identity,
-                name,
-                labels.into_iter().collect(),
-                command,
-            )
-            .await
+        Command::Policy { command: PolicyCommand::Check { files } } => policy_check(&files),
+        Command::Exec { identity, name, labels, command } => {
+            exec(&socket, identity, name, labels.into_iter().collect(), command).await
         }
-        Command::Workloads { output } => match client::call(&socket, &Request::ListWorkloads).await
-        {
+        Command::Workloads { output } => match client::call(&socket, &Request::ListWorkloads).await {
             Ok(Response::Workloads { items }) => {
                 match output {
                     Output::Json => println!("{}", json(&items)),
@@ -255,37 +233,32 @@ pub async fn execute(cli: Cli) -> ExitCode {
             }
             other => unexpected(other),
         },
-        Command::Policy {
-            command: PolicyCommand::List { output },
-        } => match client::call(&socket, &Request::Policies).await {
-            Ok(Response::Policies(report)) => {
-                match output {
-                    Output::Json => println!("{}", json(&report)),
-                    Output::Table => {
-                        for f in &report.files {
-                            match &f.error {
-                                None => println!("ok    {} ({} policies)", f.path, f.policies),
-                                Some(e) => println!(
-                                    "ERROR {} (keeping {} policies): {e}",
-                                    f.path, f.policies
-                                ),
+        Command::Policy { command: PolicyCommand::List { output } } => {
+            match client::call(&socket, &Request::Policies).await {
+                Ok(Response::Policies(report)) => {
+                    match output {
+                        Output::Json => println!("{}", json(&report)),
+                        Output::Table => {
+                            for f in &report.files {
+                                match &f.error {
+                                    None => println!("ok    {} ({} policies)", f.path, f.policies),
+                                    Some(e) => {
+                                        println!("ERROR {} (keeping {} policies): {e}", f.path, f.policies)
+                                    }
+                                }
+                            }
+                            println!("{:<60} {:>10} {:>10}", "RULE", "ALLOWED", "DENIED");
+                            for r in &report.rules {
+                                println!("{:<60} {:>10} {:>10}", r.rule, r.allowed, r.denied);
                             }
                         }
-                        println!("{:<60} {:>10} {:>10}", "RULE", "ALLOWED", "DENIED");
-                        for r in &report.rules {
-                            println!("{:<60} {:>10} {:>10}", r.rule, r.allowed, r.denied);
-                        }
                     }
+                    ExitCode::SUCCESS
                 }
-                ExitCode::SUCCESS
+                other => unexpected(other),
             }
-            other => unexpected(other),
-        },
-        Command::Flows {
-            follow,
-            limit,
-            output,
-        } => flows(&socket, follow, limit, output).await,
+        }
+        Command::Flows { follow, limit, output } => flows(&socket, follow, limit, output).await,
     }
 }
 
@@ -321,10 +294,7 @@ fn policy_check(files: &[PathBuf]) -> ExitCode {
 }
 
 fn print_workloads(items: &[WorkloadInfo]) {
-    println!(
-        "{:<24} {:<56} {:>6} {:<8} LABELS",
-        "NAME", "IDENTITY", "ID", "RUNNING"
-    );
+    println!("{:<24} {:<56} {:>6} {:<8} LABELS", "NAME", "IDENTITY", "ID", "RUNNING");
     for w in items {
         let labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!(
@@ -385,33 +355,18 @@ async fn exec(
     labels: BTreeMap<String, String>,
     command: Vec<String>,
 ) -> ExitCode {
-    let req = Request::CreateWorkload {
-        name,
-        identity,
-        labels,
-    };
+    let req = Request::CreateWorkload { name, identity, labels };
     let info = match client::call(socket, &req).await {
         Ok(Response::Workload(info)) => info,
         other => return unexpected(other),
     };
-    if let Err(e) =
-        crate::sys::cgroup::move_pid(std::path::Path::new(&info.cgroup), std::process::id())
-    {
+    if let Err(e) = crate::sys::cgroup::move_pid(std::path::Path::new(&info.cgroup), std::process::id()) {
         return fail(format!("cannot join workload cgroup {}: {e}", info.cgroup));
     }
-    if let Err(e) = client::call(
-        socket,
-        &Request::JoinedWorkload {
-            name: info.name.clone(),
-        },
-    )
-    .await
-    {
+    if let Err(e) = client::call(socket, &Request::JoinedWorkload { name: info.name.clone() }).await {
         return fail(e);
     }
     use std::os::unix::process::CommandExt;
-    let err = std::process::Command::new(&command[0])
-        .args(&command[1..])
-        .exec();
+    let err = std::process::Command::new(&command[0]).args(&command[1..]).exec();
     fail(format!("cannot execute {}: {err}", command[0]))
 }

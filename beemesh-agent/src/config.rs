@@ -103,9 +103,7 @@ impl Config {
         };
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
-            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Self::default())
-            }
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(source) => return Err(ConfigError::Read { path, source }),
         };
         Self::from_yaml(&text).map_err(|source| ConfigError::Parse { path, source })
@@ -132,9 +130,8 @@ impl Config {
                 self.cgroup_name
             )));
         }
-        crate::identity::SpiffeId::new(&self.trust_domain, "default", "default").map_err(|e| {
-            ConfigError::Invalid(format!("trustDomain {:?}: {e}", self.trust_domain))
-        })?;
+        crate::identity::SpiffeId::new(&self.trust_domain, "default", "default")
+            .map_err(|e| ConfigError::Invalid(format!("trustDomain {:?}: {e}", self.trust_domain)))?;
         Ok(())
     }
 
@@ -155,10 +152,7 @@ mod tests {
 
     #[test]
     fn empty_file_is_the_defaults() {
-        assert_eq!(
-            Config::from_yaml("").expect("empty is fine"),
-            Config::default()
-        );
+        assert_eq!(Config::from_yaml("").expect("empty is fine"), Config::default());
     }
 
     #[test]
@@ -173,10 +167,7 @@ mod tests {
 
     #[test]
     fn validation_catches_bad_cgroup_names() {
-        let c = Config {
-            cgroup_name: "../escape".into(),
-            ..Config::default()
-        };
+        let c = Config { cgroup_name: "../escape".into(), ..Config::default() };
         assert!(c.validate().is_err());
     }
 }

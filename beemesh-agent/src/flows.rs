@@ -24,19 +24,21 @@ pub struct Names {
 
 impl Names {
     fn identity(&self, id: u32) -> String {
-        self.identities
-            .get(&id)
-            .cloned()
-            .unwrap_or_else(|| format!("id:{id}"))
+        self.identities.get(&id).cloned().unwrap_or_else(|| format!("id:{id}"))
     }
 }
+
+/// A kernel event with the names in force when it arrived; rendered only when asked for,
+/// so tens of thousands of events per second cost the agent next to nothing.
+type Stored = (FlowEvent, Arc<Names>);
 
 /// Shared history and live feed.
 #[derive(Clone, Debug)]
 pub struct FlowHub {
-    history: Arc<Mutex<VecDeque<FlowRecord>>>,
+    history: Arc<Mutex<VecDeque<Stored>>>,
     capacity: usize,
     live: broadcast::Sender<FlowRecord>,
+    offset_ms: i128,
 }
 
 impl FlowHub {
@@ -45,6 +47,7 @@ impl FlowHub {
             history: Arc::new(Mutex::new(VecDeque::with_capacity(capacity.min(65_536)))),
             capacity,
             live: broadcast::channel(4096).0,
+            offset_ms: monotonic_to_unix_ms(),
         }
     }
 
@@ -54,28 +57,28 @@ impl FlowHub {
 
     /// The newest `limit` records, oldest first.
     pub fn recent(&self, limit: usize) -> Vec<FlowRecord> {
-        let h = self
-            .history
-            .lock()
-            .expect("flow history lock is never poisoned");
+        let h = self.history.lock().expect("flow history lock is never poisoned");
         h.iter()
             .skip(h.len().saturating_sub(limit))
-            .cloned()
+            .map(|(ev, names)| record(ev, names, self.offset_ms))
             .collect()
     }
 
-    fn push(&self, record: FlowRecord) {
+    fn push(&self, events: &[FlowEvent], names: &Arc<Names>) {
         {
-            let mut h = self
-                .history
-                .lock()
-                .expect("flow history lock is never poisoned");
-            if h.len() == self.capacity {
-                h.pop_front();
+            let mut h = self.history.lock().expect("flow history lock is never poisoned");
+            for ev in events {
+                if h.len() >= self.capacity {
+                    h.pop_front();
+                }
+                h.push_back((*ev, names.clone()));
             }
-            h.push_back(record.clone());
         }
-        let _ = self.live.send(record);
+        if self.live.receiver_count() > 0 {
+            for ev in events {
+                let _ = self.live.send(record(ev, names, self.offset_ms));
+            }
+        }
     }
 }
 
@@ -83,9 +86,7 @@ impl FlowHub {
 fn monotonic_to_unix_ms() -> i128 {
     use nix::time::{clock_gettime, ClockId};
     let ms = |c| {
-        clock_gettime(c)
-            .map(|t| t.tv_sec() as i128 * 1000 + t.tv_nsec() as i128 / 1_000_000)
-            .unwrap_or(0)
+        clock_gettime(c).map(|t| t.tv_sec() as i128 * 1000 + t.tv_nsec() as i128 / 1_000_000).unwrap_or(0)
     };
     ms(ClockId::CLOCK_REALTIME) - ms(ClockId::CLOCK_MONOTONIC)
 }
@@ -102,18 +103,8 @@ pub fn record(ev: &FlowEvent, names: &Names, offset_ms: i128) -> FlowRecord {
         time_ms: (ev.ts_ns as i128 / 1_000_000 + offset_ms).max(0) as u64,
         subject: names.identity(ev.subject),
         peer: names.identity(ev.peer),
-        direction: if ev.direction == DIR_EGRESS {
-            "egress"
-        } else {
-            "ingress"
-        }
-        .into(),
-        verdict: if ev.verdict == VERDICT_ALLOW {
-            "allow"
-        } else {
-            "deny"
-        }
-        .into(),
+        direction: if ev.direction == DIR_EGRESS { "egress" } else { "ingress" }.into(),
+        verdict: if ev.verdict == VERDICT_ALLOW { "allow" } else { "deny" }.into(),
         proto: match ev.proto {
             PROTO_TCP => "tcp".into(),
             PROTO_UDP => "udp".into(),
@@ -121,11 +112,7 @@ pub fn record(ev: &FlowEvent, names: &Names, offset_ms: i128) -> FlowRecord {
         },
         addr,
         port: ev.port,
-        rule: names
-            .rules
-            .get(ev.rule as usize)
-            .cloned()
-            .unwrap_or_else(|| format!("rule:{}", ev.rule)),
+        rule: names.rules.get(ev.rule as usize).cloned().unwrap_or_else(|| format!("rule:{}", ev.rule)),
         hook: match ev.hook {
             HOOK_CONNECT => "connect",
             HOOK_SENDMSG => "sendmsg",
@@ -137,7 +124,6 @@ pub fn record(ev: &FlowEvent, names: &Names, offset_ms: i128) -> FlowRecord {
 
 /// Reads the ring buffer until it fails.
 pub async fn run(mut reader: FlowReader, hub: FlowHub, names: watch::Receiver<Arc<Names>>) {
-    let offset = monotonic_to_unix_ms();
     let mut batch = Vec::new();
     loop {
         batch.clear();
@@ -146,8 +132,6 @@ pub async fn run(mut reader: FlowReader, hub: FlowHub, names: watch::Receiver<Ar
             return;
         }
         let names = names.borrow().clone();
-        for ev in &batch {
-            hub.push(record(ev, &names, offset));
-        }
+        hub.push(&batch, &names);
     }
 }

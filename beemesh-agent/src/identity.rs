@@ -50,11 +50,7 @@ pub struct SpiffeId {
 
 impl SpiffeId {
     /// Builds an id from its parts, validating each one.
-    pub fn new(
-        trust_domain: &str,
-        namespace: &str,
-        service_account: &str,
-    ) -> Result<Self, IdentityError> {
+    pub fn new(trust_domain: &str, namespace: &str, service_account: &str) -> Result<Self, IdentityError> {
         if !is_trust_domain(trust_domain) {
             return Err(IdentityError::BadTrustDomain(trust_domain.to_owned()));
         }
@@ -88,9 +84,7 @@ impl FromStr for SpiffeId {
     type Err = IdentityError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let rest = s
-            .strip_prefix(SPIFFE_SCHEME)
-            .ok_or_else(|| IdentityError::WrongScheme(s.to_owned()))?;
+        let rest = s.strip_prefix(SPIFFE_SCHEME).ok_or_else(|| IdentityError::WrongScheme(s.to_owned()))?;
         let parts: Vec<&str> = rest.split('/').collect();
         match parts.as_slice() {
             [td, "ns", ns, "sa", sa] => Self::new(td, ns, sa),
@@ -101,11 +95,7 @@ impl FromStr for SpiffeId {
 
 impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{SPIFFE_SCHEME}{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
-        )
+        write!(f, "{SPIFFE_SCHEME}{}/ns/{}/sa/{}", self.trust_domain, self.namespace, self.service_account)
     }
 }
 
@@ -126,8 +116,7 @@ impl<'de> Deserialize<'de> for SpiffeId {
 pub fn is_trust_domain(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_TRUST_DOMAIN
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
 }
 
 /// DNS-1123 label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
@@ -191,11 +180,7 @@ struct RegistryState {
 
 impl IdentityRegistry {
     pub fn new() -> Self {
-        Self {
-            by_key: BTreeMap::new(),
-            by_id: BTreeMap::new(),
-            next: FIRST_WORKLOAD_ID,
-        }
+        Self { by_key: BTreeMap::new(), by_id: BTreeMap::new(), next: FIRST_WORKLOAD_ID }
     }
 
     /// The id of `spiffe` without labels, allocating one if needed.
@@ -204,11 +189,7 @@ impl IdentityRegistry {
     }
 
     /// The id of `spiffe` with `labels`, allocating the next free one if it has none yet.
-    pub fn allocate_labeled(
-        &mut self,
-        spiffe: &SpiffeId,
-        labels: &Labels,
-    ) -> Result<u32, IdentityError> {
+    pub fn allocate_labeled(&mut self, spiffe: &SpiffeId, labels: &Labels) -> Result<u32, IdentityError> {
         let key = (spiffe.clone(), labels.clone());
         if let Some(id) = self.by_key.get(&key) {
             return Ok(*id);
@@ -294,15 +275,9 @@ impl IdentityRegistry {
     pub fn from_json(text: &str) -> Result<Self, IdentityError> {
         let state: RegistryState = serde_json::from_str(text)?;
         if !(FIRST_WORKLOAD_ID..=FIRST_CIDR_ID).contains(&state.next) {
-            return Err(IdentityError::Corrupt(format!(
-                "next id {} out of the workload range",
-                state.next
-            )));
+            return Err(IdentityError::Corrupt(format!("next id {} out of the workload range", state.next)));
         }
-        let mut reg = Self {
-            next: state.next,
-            ..Self::new()
-        };
+        let mut reg = Self { next: state.next, ..Self::new() };
         for a in state.ids {
             if !(FIRST_WORKLOAD_ID..state.next).contains(&a.id) {
                 return Err(IdentityError::Corrupt(format!(
@@ -392,20 +367,14 @@ mod tests {
     #[test]
     fn default_registry_starts_at_first_workload_id() {
         let mut r = IdentityRegistry::default();
-        assert_eq!(
-            r.allocate(&id("spiffe://td/ns/a/sa/a")).expect("room"),
-            FIRST_WORKLOAD_ID
-        );
+        assert_eq!(r.allocate(&id("spiffe://td/ns/a/sa/a")).expect("room"), FIRST_WORKLOAD_ID);
     }
 
     #[test]
     fn exhaustion_is_an_error() {
         let mut r = IdentityRegistry::new();
         r.next = FIRST_CIDR_ID - 1;
-        assert_eq!(
-            r.allocate(&id("spiffe://td/ns/a/sa/a")).expect("room"),
-            FIRST_CIDR_ID - 1
-        );
+        assert_eq!(r.allocate(&id("spiffe://td/ns/a/sa/a")).expect("room"), FIRST_CIDR_ID - 1);
         let err = r.allocate(&id("spiffe://td/ns/a/sa/b")).expect_err("full");
         assert!(matches!(err, IdentityError::Exhausted(_)));
         // Known identities still resolve.
@@ -428,25 +397,13 @@ mod tests {
     #[test]
     fn json_rejects_inconsistent_state() {
         let dup = r#"{"next": 300, "ids": [{"id": 256, "spiffe": "spiffe://td/ns/a/sa/a"}, {"id": 256, "spiffe": "spiffe://td/ns/a/sa/b"}]}"#;
-        assert!(matches!(
-            IdentityRegistry::from_json(dup),
-            Err(IdentityError::Corrupt(_))
-        ));
+        assert!(matches!(IdentityRegistry::from_json(dup), Err(IdentityError::Corrupt(_))));
         let range = r#"{"next": 300, "ids": [{"id": 12, "spiffe": "spiffe://td/ns/a/sa/a"}]}"#;
-        assert!(matches!(
-            IdentityRegistry::from_json(range),
-            Err(IdentityError::Corrupt(_))
-        ));
+        assert!(matches!(IdentityRegistry::from_json(range), Err(IdentityError::Corrupt(_))));
         let beyond = r#"{"next": 300, "ids": [{"id": 300, "spiffe": "spiffe://td/ns/a/sa/a"}]}"#;
-        assert!(matches!(
-            IdentityRegistry::from_json(beyond),
-            Err(IdentityError::Corrupt(_))
-        ));
+        assert!(matches!(IdentityRegistry::from_json(beyond), Err(IdentityError::Corrupt(_))));
         let bad_id = r#"{"next": 300, "ids": [{"id": 256, "spiffe": "spiffe://td/x"}]}"#;
-        assert!(matches!(
-            IdentityRegistry::from_json(bad_id),
-            Err(IdentityError::Json(_))
-        ));
+        assert!(matches!(IdentityRegistry::from_json(bad_id), Err(IdentityError::Json(_))));
     }
 
     #[test]

@@ -26,8 +26,8 @@ use crate::identity::SpiffeId;
 
 pub use compile::{compile, CompileError, CompileOptions, CompiledPolicy, RuleInfo};
 pub use model::{
-    IdentityGlob, LabelRequirement, LabelSelector, NamespaceMatch, Peer, Policy, PolicyKind,
-    PortRange, Rule, WorkloadSelector, NAMESPACE_NAME_LABEL,
+    IdentityGlob, LabelRequirement, LabelSelector, NamespaceMatch, Peer, Policy, PolicyKind, PortRange, Rule,
+    WorkloadSelector, NAMESPACE_NAME_LABEL,
 };
 pub use parse::{check, parse_file, PolicyError};
 

@@ -25,9 +25,7 @@ pub struct StateFiles {
 
 impl StateFiles {
     pub fn new(dir: &Path) -> Self {
-        Self {
-            dir: dir.to_path_buf(),
-        }
+        Self { dir: dir.to_path_buf() }
     }
 
     fn read(&self, name: &str) -> Result<Option<String>, StateError> {
@@ -42,10 +40,7 @@ impl StateFiles {
     fn write(&self, name: &str, text: &str) -> Result<(), StateError> {
         let path = self.dir.join(name);
         let tmp = self.dir.join(format!(".{name}.tmp"));
-        let err = |source| StateError::Io {
-            path: path.clone(),
-            source,
-        };
+        let err = |source| StateError::Io { path: path.clone(), source };
         std::fs::write(&tmp, text).map_err(err)?;
         std::fs::rename(&tmp, &path).map_err(err)
     }
@@ -89,9 +84,8 @@ mod tests {
         let s = StateFiles::new(dir.path());
         assert!(s.load_workloads().expect("missing is empty").is_empty());
         let mut reg = IdentityRegistry::new();
-        let id = reg
-            .allocate(&"spiffe://beemesh.local/ns/a/sa/b".parse().expect("valid"))
-            .expect("allocates");
+        let id =
+            reg.allocate(&"spiffe://beemesh.local/ns/a/sa/b".parse().expect("valid")).expect("allocates");
         s.save_identities(&reg).expect("writes");
         let back = s.load_identities().expect("reads");
         assert_eq!(
@@ -99,9 +93,6 @@ mod tests {
             Some("spiffe://beemesh.local/ns/a/sa/b")
         );
         std::fs::write(dir.path().join("workloads.json"), "{nope").expect("write");
-        assert!(matches!(
-            s.load_workloads(),
-            Err(StateError::Corrupt { .. })
-        ));
+        assert!(matches!(s.load_workloads(), Err(StateError::Corrupt { .. })));
     }
 }

@@ -53,9 +53,7 @@ pub struct Workload {
 pub fn validate_name(name: &str) -> Result<(), WorkloadError> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-');
     if ok {
@@ -85,12 +83,8 @@ impl WorkloadTable {
     pub fn generate_name(&mut self, identity: &SpiffeId) -> String {
         loop {
             self.next_serial += 1;
-            let base: String = identity
-                .service_account()
-                .chars()
-                .map(|c| if c == '.' { '-' } else { c })
-                .take(40)
-                .collect();
+            let base: String =
+                identity.service_account().chars().map(|c| if c == '.' { '-' } else { c }).take(40).collect();
             let name = format!("{}-{}", base.trim_end_matches('-'), self.next_serial);
             if !self.workloads.contains_key(&name) {
                 return name;
@@ -108,17 +102,12 @@ impl WorkloadTable {
     }
 
     pub fn remove(&mut self, name: &str) -> Result<Workload, WorkloadError> {
-        self.workloads
-            .remove(name)
-            .ok_or_else(|| WorkloadError::NotFound(name.to_string()))
+        self.workloads.remove(name).ok_or_else(|| WorkloadError::NotFound(name.to_string()))
     }
 
     /// A process is inside now: from here on an empty cgroup means the workload is done.
     pub fn mark_joined(&mut self, name: &str) -> Result<(), WorkloadError> {
-        let w = self
-            .workloads
-            .get_mut(name)
-            .ok_or_else(|| WorkloadError::NotFound(name.to_string()))?;
+        let w = self.workloads.get_mut(name).ok_or_else(|| WorkloadError::NotFound(name.to_string()))?;
         w.joined = true;
         Ok(())
     }
@@ -147,9 +136,7 @@ impl WorkloadTable {
             match populated.get(&w.name) {
                 Some(true) => w.joined = true,
                 Some(false) if w.joined => done.push(w.name.clone()),
-                Some(false) if now.saturating_sub(w.created) > JOIN_GRACE_SECS => {
-                    done.push(w.name.clone())
-                }
+                Some(false) if now.saturating_sub(w.created) > JOIN_GRACE_SECS => done.push(w.name.clone()),
                 Some(false) => {}
                 // The cgroup vanished under us.
                 None => done.push(w.name.clone()),
@@ -179,10 +166,7 @@ impl WorkloadCgroups {
     }
 
     fn err(path: &Path) -> impl FnOnce(std::io::Error) -> WorkloadError + '_ {
-        move |source| WorkloadError::Cgroup {
-            path: path.to_path_buf(),
-            source,
-        }
+        move |source| WorkloadError::Cgroup { path: path.to_path_buf(), source }
     }
 
     /// Creates the root (if needed) and returns its cgroup id.
@@ -241,9 +225,7 @@ mod tests {
     fn wl(name: &str, created: u64) -> Workload {
         Workload {
             name: name.into(),
-            identity: "spiffe://beemesh.local/ns/shop/sa/web"
-                .parse()
-                .expect("valid"),
+            identity: "spiffe://beemesh.local/ns/shop/sa/web".parse().expect("valid"),
             id: 300,
             labels: BTreeMap::new(),
             cgroup_id: 42,
@@ -265,31 +247,19 @@ mod tests {
         let mut t = WorkloadTable::default();
         t.insert(wl("a", 100)).expect("new");
         t.insert(wl("b", 100)).expect("new");
-        assert!(matches!(
-            t.insert(wl("a", 100)),
-            Err(WorkloadError::Exists(_))
-        ));
+        assert!(matches!(t.insert(wl("a", 100)), Err(WorkloadError::Exists(_))));
         let obs = |a, b| BTreeMap::from([("a".to_string(), a), ("b".to_string(), b)]);
         assert!(t.reap(&obs(false, false), 110).is_empty(), "grace period");
         assert!(t.reap(&obs(true, false), 111).is_empty());
         assert_eq!(t.reap(&obs(false, false), 112), vec!["a".to_string()]);
-        assert_eq!(
-            t.reap(&obs(true, false), 100 + JOIN_GRACE_SECS + 1),
-            vec!["b".to_string()]
-        );
-        assert_eq!(
-            t.reap(&BTreeMap::new(), 0).len(),
-            2,
-            "vanished cgroups are reaped"
-        );
+        assert_eq!(t.reap(&obs(true, false), 100 + JOIN_GRACE_SECS + 1), vec!["b".to_string()]);
+        assert_eq!(t.reap(&BTreeMap::new(), 0).len(), 2, "vanished cgroups are reaped");
     }
 
     #[test]
     fn generated_names_are_unique_and_valid() {
         let mut t = WorkloadTable::default();
-        let id: SpiffeId = "spiffe://beemesh.local/ns/shop/sa/web.api"
-            .parse()
-            .expect("valid");
+        let id: SpiffeId = "spiffe://beemesh.local/ns/shop/sa/web.api".parse().expect("valid");
         let a = t.generate_name(&id);
         t.insert(wl(&a, 0)).expect("valid");
         let b = t.generate_name(&id);

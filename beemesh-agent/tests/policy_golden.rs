@@ -20,12 +20,7 @@ fn render_case(dir: &Path) -> String {
     .expect("workloads.yaml is a list of {id, identity, labels}");
     let mut names: Vec<String> = fs::read_dir(dir)
         .expect("case dir readable")
-        .map(|e| {
-            e.expect("dir entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
+        .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".yaml") && n != "workloads.yaml")
         .collect();
     names.sort();
@@ -45,9 +40,7 @@ fn render_case(dir: &Path) -> String {
         },
         Err(_) => CompileOptions::default(),
     };
-    compile(&files, &workloads, &opts)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .render(&workloads)
+    compile(&files, &workloads, &opts).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).render(&workloads)
 }
 
 fn diff(expected: &str, actual: &str) -> String {
@@ -92,11 +85,7 @@ fn policy_golden() {
             failures.push(format!("{}:\n{}", dir.display(), diff(&expected, &actual)));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "golden mismatch (BLESS=1 to update):\n{}",
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "golden mismatch (BLESS=1 to update):\n{}", failures.join("\n"));
 }
 
 /// Every YAML example of the user documentation must be a valid policy file.
@@ -108,15 +97,9 @@ fn documentation_examples_parse() {
     };
     let mut count = 0;
     for block in doc.split("```yaml\n").skip(1) {
-        let yaml = block
-            .split("```")
-            .next()
-            .expect("split yields a first part");
+        let yaml = block.split("```").next().expect("split yields a first part");
         parse_file(Path::new("docs/policy.md"), yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         count += 1;
     }
-    assert!(
-        count >= 3,
-        "expected the reference and examples, found {count} blocks"
-    );
+    assert!(count >= 3, "expected the reference and examples, found {count} blocks");
 }

@@ -79,9 +79,7 @@ impl Addr {
     /// stores `user_ip4`, `saddr` and friends).
     #[inline(always)]
     pub const fn from_v4_be(ip: u32) -> Self {
-        Self {
-            words: [0, 0, u32::to_be(0x0000_ffff), ip],
-        }
+        Self { words: [0, 0, u32::to_be(0x0000_ffff), ip] }
     }
 
     #[inline(always)]
@@ -95,10 +93,7 @@ impl Addr {
         if self.is_v4_mapped() {
             (u32::from_be(self.words[3]) >> 24) == 127
         } else {
-            self.words[0] == 0
-                && self.words[1] == 0
-                && self.words[2] == 0
-                && self.words[3] == u32::to_be(1)
+            self.words[0] == 0 && self.words[1] == 0 && self.words[2] == 0 && self.words[3] == u32::to_be(1)
         }
     }
 

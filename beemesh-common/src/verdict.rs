@@ -48,13 +48,7 @@ where
     L: Fn(&PolicyKey) -> Option<u32>,
     I: Fn(&IsolationKey) -> Option<u32>,
 {
-    let Query {
-        subject,
-        direction,
-        peers,
-        proto,
-        port,
-    } = *q;
+    let Query { subject, direction, peers, proto, port } = *q;
     let peer_order = [peers.primary, peers.cidr, ID_ANY];
     let proto_port = [(proto, port), (proto, 0), (PROTO_ANY, port), (PROTO_ANY, 0)];
     let mut p = 0;
@@ -68,13 +62,7 @@ where
         while q < proto_port.len() {
             let (proto, port) = proto_port[q];
             q += 1;
-            let key = PolicyKey {
-                subject,
-                peer,
-                port,
-                proto,
-                direction,
-            };
+            let key = PolicyKey { subject, peer, port, proto, direction };
             if let Some(rule) = lookup(&key) {
                 return Decision {
                     allowed: true,
@@ -84,22 +72,10 @@ where
             }
         }
     }
-    let iso = IsolationKey {
-        subject,
-        direction,
-        _pad: [0; 3],
-    };
+    let iso = IsolationKey { subject, direction, _pad: [0; 3] };
     match isolated(&iso) {
-        Some(rule) => Decision {
-            allowed: false,
-            rule,
-            peer: peers.primary,
-        },
-        None => Decision {
-            allowed: default_allow,
-            rule: crate::RULE_DEFAULT,
-            peer: peers.primary,
-        },
+        Some(rule) => Decision { allowed: false, rule, peer: peers.primary },
+        None => Decision { allowed: default_allow, rule: crate::RULE_DEFAULT, peer: peers.primary },
     }
 }
 
@@ -112,13 +88,7 @@ mod tests {
     use crate::{DIR_EGRESS, DIR_INGRESS, ID_WORLD, PROTO_TCP, PROTO_UDP};
 
     fn key(subject: u32, peer: u32, proto: u8, port: u16, direction: u8) -> PolicyKey {
-        PolicyKey {
-            subject,
-            peer,
-            port,
-            proto,
-            direction,
-        }
+        PolicyKey { subject, peer, port, proto, direction }
     }
 
     struct Maps {
@@ -127,52 +97,21 @@ mod tests {
     }
 
     impl Maps {
-        fn decide(
-            &self,
-            default: bool,
-            s: u32,
-            d: u8,
-            peers: PeerSet,
-            proto: u8,
-            port: u16,
-        ) -> Decision {
-            let q = Query {
-                subject: s,
-                direction: d,
-                peers,
-                proto,
-                port,
-            };
-            decide(
-                |k| self.allow.get(k).copied(),
-                |k| self.iso.get(k).copied(),
-                default,
-                &q,
-            )
+        fn decide(&self, default: bool, s: u32, d: u8, peers: PeerSet, proto: u8, port: u16) -> Decision {
+            let q = Query { subject: s, direction: d, peers, proto, port };
+            decide(|k| self.allow.get(k).copied(), |k| self.iso.get(k).copied(), default, &q)
         }
     }
 
     fn peers(primary: u32) -> PeerSet {
-        PeerSet {
-            primary,
-            cidr: ID_NONE,
-        }
+        PeerSet { primary, cidr: ID_NONE }
     }
 
     #[test]
     fn unselected_subject_gets_the_default() {
-        let m = Maps {
-            allow: BTreeMap::new(),
-            iso: BTreeMap::new(),
-        };
-        assert!(
-            m.decide(true, 300, DIR_EGRESS, peers(301), PROTO_TCP, 80)
-                .allowed
-        );
-        assert!(
-            !m.decide(false, 300, DIR_EGRESS, peers(301), PROTO_TCP, 80)
-                .allowed
-        );
+        let m = Maps { allow: BTreeMap::new(), iso: BTreeMap::new() };
+        assert!(m.decide(true, 300, DIR_EGRESS, peers(301), PROTO_TCP, 80).allowed);
+        assert!(!m.decide(false, 300, DIR_EGRESS, peers(301), PROTO_TCP, 80).allowed);
     }
 
     #[test]
@@ -182,14 +121,7 @@ mod tests {
         allow.insert(key(300, ID_ANY, PROTO_UDP, 53, DIR_EGRESS), 8);
         allow.insert(key(300, 500, PROTO_ANY, 0, DIR_EGRESS), 9);
         let mut iso = BTreeMap::new();
-        iso.insert(
-            IsolationKey {
-                subject: 300,
-                direction: DIR_EGRESS,
-                _pad: [0; 3],
-            },
-            3,
-        );
+        iso.insert(IsolationKey { subject: 300, direction: DIR_EGRESS, _pad: [0; 3] }, 3);
         let m = Maps { allow, iso };
         let d = m.decide(true, 300, DIR_EGRESS, peers(301), PROTO_TCP, 80);
         assert_eq!((d.allowed, d.rule, d.peer), (true, 7, 301));
@@ -197,16 +129,10 @@ mod tests {
         assert_eq!((d.allowed, d.rule), (false, 3));
         let d = m.decide(true, 300, DIR_EGRESS, peers(ID_WORLD), PROTO_UDP, 53);
         assert_eq!((d.allowed, d.rule, d.peer), (true, 8, ID_WORLD));
-        let cidr_peer = PeerSet {
-            primary: ID_WORLD,
-            cidr: 500,
-        };
+        let cidr_peer = PeerSet { primary: ID_WORLD, cidr: 500 };
         let d = m.decide(true, 300, DIR_EGRESS, cidr_peer, PROTO_TCP, 443);
         assert_eq!((d.allowed, d.rule, d.peer), (true, 9, 500));
         // Ingress is a separate direction: not isolated, so the default applies.
-        assert!(
-            m.decide(true, 300, DIR_INGRESS, peers(301), PROTO_TCP, 81)
-                .allowed
-        );
+        assert!(m.decide(true, 300, DIR_INGRESS, peers(301), PROTO_TCP, 81).allowed);
     }
 }

@@ -76,7 +76,7 @@ pub fn local_port_owner(port: u16, proto: u8) -> u32 {
 /// Who is at `addr:port`: a local workload (by the port it owns), a remote workload the
 /// agent told us about, this host, or the world; plus the CIDR identity for the latter two.
 #[inline(always)]
-pub fn classify(slot: &Slot, addr: &Addr, port: u16, proto: u8) -> PeerSet {
+pub fn classify(slot: &Slot, addr: &Addr, port: u16, proto: u8) -> (PeerSet, bool) {
     let none = |primary| PeerSet {
         primary,
         cidr: ID_NONE,
@@ -84,12 +84,13 @@ pub fn classify(slot: &Slot, addr: &Addr, port: u16, proto: u8) -> PeerSet {
     if is_local(addr) {
         let owner = local_port_owner(port, proto);
         if owner != ID_NONE {
-            return none(owner);
+            return (none(owner), true);
         }
-        return PeerSet {
+        let host = PeerSet {
             primary: ID_HOST,
             cidr: cidr_identity(slot, addr),
         };
+        return (host, true);
     }
     let key = EndpointKey {
         addr: *addr,
@@ -99,12 +100,22 @@ pub fn classify(slot: &Slot, addr: &Addr, port: u16, proto: u8) -> PeerSet {
     };
     if let Some(p) = ENDPOINTS.get_ptr(&key) {
         // SAFETY: pointer from a successful lookup, read at once.
-        return none(unsafe { *p });
+        return (none(unsafe { *p }), false);
     }
-    PeerSet {
+    let world = PeerSet {
         primary: ID_WORLD,
         cidr: cidr_identity(slot, addr),
-    }
+    };
+    (world, false)
+}
+
+/// Outcome of [`egress`].
+#[derive(Clone, Copy)]
+pub struct Egress {
+    pub allowed: bool,
+    /// The destination is a workload on this host: its ingress side will want to know
+    /// which workload the connecting port belongs to.
+    pub to_local_workload: bool,
 }
 
 #[inline(always)]
@@ -184,16 +195,29 @@ fn emit(slot: &Slot, flow: &Flow, d: &Decision, always: bool) {
             hook: flow.hook,
             _pad: [0; 2],
         });
-        entry.submit(0);
+        // Waking the agent for every event costs a context switch per connection; it
+        // polls the ring every few milliseconds anyway, so only wake it when data piles up.
+        let flags = if FLOWS.query(BPF_RB_AVAIL_DATA) >= FLOW_WAKEUP_BYTES {
+            BPF_RB_FORCE_WAKEUP
+        } else {
+            BPF_RB_NO_WAKEUP
+        };
+        entry.submit(flags);
     }
 }
+
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+/// Unread bytes in the ring that justify waking the agent early (a quarter of it).
+const FLOW_WAKEUP_BYTES: u64 = (beemesh_common::FLOW_RING_BYTES / 4) as u64;
 
 /// Egress verdict for `flow` (subject's egress policy, and the ingress policy of the
 /// destination when it is a workload this host knows). `emit_allowed`: whether an allowed
 /// flow is worth an event (a new connection is; every UDP datagram is not).
 #[inline(always)]
-pub fn egress(slot: &Slot, flow: &Flow, emit_allowed: bool) -> bool {
-    let peers = classify(slot, &flow.addr, flow.port, flow.proto);
+pub fn egress(slot: &Slot, flow: &Flow, emit_allowed: bool) -> Egress {
+    let (peers, local) = classify(slot, &flow.addr, flow.port, flow.proto);
     let mut d = decide_in(
         slot,
         &Query {
@@ -230,7 +254,10 @@ pub fn egress(slot: &Slot, flow: &Flow, emit_allowed: bool) -> bool {
         }
     }
     emit(slot, flow, &d, emit_allowed);
-    d.allowed
+    Egress {
+        allowed: d.allowed,
+        to_local_workload: local && is_workload(peers.primary),
+    }
 }
 
 /// Ingress verdict for a new inbound flow to `flow.subject` from `flow.addr:src_port`

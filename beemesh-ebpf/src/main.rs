@@ -23,7 +23,7 @@ use beemesh_common::{
     HOOK_SENDMSG, ID_NONE, PROTO_TCP, PROTO_UDP,
 };
 use enforce::{active_slot, identity_of_cgroup, is_workload, Flow, Slot};
-use maps::{COOKIE_PORTS, LOCAL_PORTS};
+use maps::{COOKIE_PORTS, LOCAL_PORTS, PENDING_TAGS};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -79,21 +79,29 @@ fn sock_addr(ctx: &SockAddrContext, v6: bool, hook: u8) -> i32 {
         direction: DIR_EGRESS,
         hook,
     };
-    if hook == HOOK_SENDMSG {
-        // SAFETY: `sk` is always set for sock_addr programs; the context pointer is valid.
-        let (sk, cookie) = unsafe { (sa.__bindgen_anon_1.sk, bpf_get_socket_cookie(ctx.as_ptr())) };
-        if !sk.is_null() {
-            // SAFETY: non-null kernel socket pointer checked by the verifier.
-            let port = unsafe { (*sk).src_port } as u16;
-            tag_port(subject, port, proto, cookie);
+    let verdict = enforce::egress(&slot, &flow, hook == HOOK_CONNECT);
+    if !verdict.allowed {
+        debug!(ctx, "deny egress subject={} port={}", subject, flow.port);
+        return DENY;
+    }
+    if verdict.to_local_workload {
+        // SAFETY: the context pointer is valid for the helper.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        if hook == HOOK_SENDMSG {
+            // UDP: the port is already bound (autobind runs before the hook).
+            // SAFETY: `sk` is always set for sock_addr programs.
+            let sk = unsafe { sa.__bindgen_anon_1.sk };
+            if !sk.is_null() {
+                // SAFETY: non-null kernel socket pointer checked by the verifier.
+                let port = unsafe { (*sk).src_port } as u16;
+                tag_port(subject, port, proto, cookie);
+            }
+        } else if proto == PROTO_TCP {
+            // TCP picks the port after this hook; sock_ops tags it at TCP_CONNECT_CB.
+            let _ = PENDING_TAGS.insert(&cookie, &subject, 0);
         }
     }
-    if enforce::egress(&slot, &flow, hook == HOOK_CONNECT) {
-        ALLOW
-    } else {
-        debug!(ctx, "deny egress subject={} port={}", subject, flow.port);
-        DENY
-    }
+    ALLOW
 }
 
 #[cgroup_sock_addr(connect4)]
@@ -163,13 +171,13 @@ pub fn sock_release(ctx: SockContext) -> i32 {
 #[sock_ops]
 pub fn tag_connect(ctx: SockOpsContext) -> u32 {
     if ctx.op() == BPF_SOCK_OPS_TCP_CONNECT_CB {
-        if let Some(slot) = active_slot() {
-            let subject = current_identity(&slot);
-            if subject != ID_NONE {
-                // SAFETY: the context pointer is valid for the helper.
-                let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-                tag_port(subject, ctx.local_port() as u16, PROTO_TCP, cookie);
-            }
+        // SAFETY: the context pointer is valid for the helper.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        if let Some(subject) = PENDING_TAGS.get_ptr(&cookie) {
+            // SAFETY: pointer from a successful lookup, read at once.
+            let subject = unsafe { *subject };
+            let _ = PENDING_TAGS.remove(&cookie);
+            tag_port(subject, ctx.local_port() as u16, PROTO_TCP, cookie);
         }
     }
     1
@@ -187,25 +195,12 @@ const TCP_ACK: u8 = 0x10;
 
 #[inline(always)]
 fn try_ingress(ctx: &SkBuffContext) -> Result<i32, i32> {
-    let slot = active_slot().ok_or(ALLOW)?;
-    // SAFETY: the skb pointer is the program's own context.
-    let cg = unsafe { bpf_skb_ancestor_cgroup_id(ctx.skb.skb, slot.settings.workload_level as i32) };
-    let subject = identity_of_cgroup(cg);
-    if subject == ID_NONE {
-        return Ok(ALLOW);
-    }
+    // Headers first: most packets (everything but a SYN or a datagram) leave here without
+    // touching a map.
     let first: u8 = ctx.load(0).map_err(|_| ALLOW)?;
-    let (proto, src, l4) = match first >> 4 {
-        4 => {
-            let proto: u8 = ctx.load(9).map_err(|_| ALLOW)?;
-            let saddr: u32 = ctx.load(12).map_err(|_| ALLOW)?;
-            (proto, Addr::from_v4_be(saddr), ((first & 0x0f) as usize) * 4)
-        }
-        6 => {
-            let proto: u8 = ctx.load(6).map_err(|_| ALLOW)?;
-            let words: [u32; 4] = ctx.load(8).map_err(|_| ALLOW)?;
-            (proto, Addr { words }, 40)
-        }
+    let (proto, l4) = match first >> 4 {
+        4 => (ctx.load::<u8>(9).map_err(|_| ALLOW)?, ((first & 0x0f) as usize) * 4),
+        6 => (ctx.load::<u8>(6).map_err(|_| ALLOW)?, 40),
         _ => return Ok(ALLOW),
     };
     if proto == PROTO_TCP {
@@ -216,9 +211,23 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, i32> {
     } else if proto != PROTO_UDP {
         return Ok(ALLOW);
     }
+    let src = if first >> 4 == 4 {
+        Addr::from_v4_be(ctx.load::<u32>(12).map_err(|_| ALLOW)?)
+    } else {
+        Addr {
+            words: ctx.load::<[u32; 4]>(8).map_err(|_| ALLOW)?,
+        }
+    };
+    let slot = active_slot().ok_or(ALLOW)?;
+    // SAFETY: the skb pointer is the program's own context.
+    let cg = unsafe { bpf_skb_ancestor_cgroup_id(ctx.skb.skb, slot.settings.workload_level as i32) };
+    let subject = identity_of_cgroup(cg);
+    if subject == ID_NONE {
+        return Ok(ALLOW);
+    }
     let sport = u16::from_be(ctx.load::<u16>(l4).map_err(|_| ALLOW)?);
     let dport = u16::from_be(ctx.load::<u16>(l4 + 2).map_err(|_| ALLOW)?);
-    let peers = enforce::classify(&slot, &src, sport, proto);
+    let (peers, _) = enforce::classify(&slot, &src, sport, proto);
     // A TCP connection from a workload on this host was decided, both ends, at connect().
     if proto == PROTO_TCP && is_workload(peers.primary) {
         return Ok(ALLOW);

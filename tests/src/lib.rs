@@ -13,10 +13,7 @@ use anyhow::{bail, Context, Result};
 
 /// Workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests crate sits in the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests crate sits in the workspace").to_path_buf()
 }
 
 /// The agent binary: `$BEEMESH_AGENT_BIN`, else the newest of target/{debug,release}.
@@ -24,13 +21,9 @@ pub fn agent_bin() -> PathBuf {
     if let Ok(p) = std::env::var("BEEMESH_AGENT_BIN") {
         return p.into();
     }
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| workspace().join("target"));
-    let candidates = [
-        target.join("debug/beemesh-agent"),
-        target.join("release/beemesh-agent"),
-    ];
+    let target =
+        std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace().join("target"));
+    let candidates = [target.join("debug/beemesh-agent"), target.join("release/beemesh-agent")];
     candidates
         .iter()
         .filter_map(|p| Some((std::fs::metadata(p).ok()?.modified().ok()?, p.clone())))
@@ -45,13 +38,10 @@ pub fn agent_bin() -> PathBuf {
 pub fn probe_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("own path");
     let dir = exe.parent().expect("exe has a directory");
-    [
-        dir.join("probe"),
-        dir.parent().map(|d| d.join("probe")).unwrap_or_default(),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-    .unwrap_or_else(|| panic!("probe binary not found next to {}", exe.display()))
+    [dir.join("probe"), dir.parent().map(|d| d.join("probe")).unwrap_or_default()]
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("probe binary not found next to {}", exe.display()))
 }
 
 /// Fails the test unless running as root: these tests must not pass by skipping.
@@ -62,10 +52,7 @@ pub fn require_root() {
         .find(|l| l.starts_with("Uid:"))
         .and_then(|l| l.split_whitespace().nth(2))
         .expect("Uid line");
-    assert_eq!(
-        uid, "0",
-        "end-to-end tests need root (CI runs them as root); they do not skip"
-    );
+    assert_eq!(uid, "0", "end-to-end tests need root (CI runs them as root); they do not skip");
 }
 
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
@@ -110,17 +97,12 @@ impl Agent {
     pub fn start(test: &str, extra: &[(&str, &str)]) -> Result<Self> {
         require_root();
         let name = format!("bmt-{test}-{}", std::process::id());
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("{name}-"))
-            .tempdir()?;
+        let dir = tempfile::Builder::new().prefix(&format!("{name}-")).tempdir()?;
         let mut agent = Self {
             name,
             dir,
             child: None,
-            extra: extra
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            extra: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         std::fs::create_dir_all(agent.policy_dir())?;
         agent.spawn()?;
@@ -147,10 +129,7 @@ impl Agent {
         if !config.exists() {
             std::fs::write(&config, "")?;
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
         let child = self
             .cli()
             .arg("run")
@@ -162,11 +141,7 @@ impl Agent {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 bail!("agent exited at start ({status}):\n{}", self.log());
             }
             let out = self.cli().arg("status").output()?;
@@ -259,10 +234,7 @@ impl Agent {
 
     /// Flow records as JSON values.
     pub fn flows(&self) -> Result<Vec<serde_json::Value>> {
-        let out = self
-            .cli()
-            .args(["flows", "-n", "10000", "-o", "json"])
-            .output()?;
+        let out = self.cli().args(["flows", "-n", "10000", "-o", "json"]).output()?;
         Ok(String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| serde_json::from_str(l).ok())
@@ -279,10 +251,7 @@ impl Drop for Agent {
 }
 
 pub fn signal(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status();
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
 }
 
 pub fn cgroup2_mount() -> PathBuf {
@@ -306,11 +275,7 @@ pub struct Probe {
 impl Probe {
     /// Runs `c` (a probe command line) and collects its stdout lines.
     pub fn spawn_command(c: &mut Command) -> Result<Self> {
-        let mut child = c
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
+        let mut child = c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
         Self::collect(&mut child).map(|lines| Self { child, lines })
     }
 

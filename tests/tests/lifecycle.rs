@@ -38,16 +38,7 @@ fn walk(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };
-    entries
-        .filter_map(Result::ok)
-        .map(|e| {
-            if e.path().is_dir() {
-                walk(&e.path())
-            } else {
-                1
-            }
-        })
-        .sum()
+    entries.filter_map(Result::ok).map(|e| if e.path().is_dir() { walk(&e.path()) } else { 1 }).sum()
 }
 
 #[test]
@@ -57,19 +48,12 @@ fn clean_shutdown_detaches_and_removes_everything() -> Result<()> {
     let web = agent.workload("web", WEB, &[], &["listen", &format!("127.0.0.1:{p}")])?;
     assert_eq!(web.line(T)?, "listening");
     assert!(agent.cgroup_root().join("web").is_dir());
-    assert_eq!(
-        link_pins(&agent.pin_dir()),
-        9,
-        "one pinned link per program"
-    );
+    assert_eq!(link_pins(&agent.pin_dir()), 9, "one pinned link per program");
 
     assert!(agent.stop()?, "agent exit status:\n{}", agent.log());
     assert!(!agent.cgroup_root().exists(), "cgroup subtree left behind");
     assert!(!agent.pin_dir().exists(), "pins left behind");
-    assert!(
-        !agent.run_dir().join("agent.sock").exists(),
-        "socket left behind"
-    );
+    assert!(!agent.run_dir().join("agent.sock").exists(), "socket left behind");
     // The workload was killed with its cgroup.
     let status = web.wait()?;
     assert!(!status.success());
@@ -90,40 +74,23 @@ fn crash_keeps_enforcing_and_restart_recovers() -> Result<()> {
 
     agent.crash()?;
     // Pinned links keep the last policy in force while no agent runs.
-    assert!(
-        watcher.line(Duration::from_millis(800)).is_err(),
-        "verdict changed while the agent was down"
-    );
+    assert!(watcher.line(Duration::from_millis(800)).is_err(), "verdict changed while the agent was down");
     assert!(agent.pin_dir().exists());
 
     agent.spawn()?;
     // Workloads are re-adopted, the previous generation of links is retired.
     let out = agent.cli().args(["workloads", "-o", "json"]).output()?;
     let list: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let names: Vec<&str> = list
-        .as_array()
-        .expect("list")
-        .iter()
-        .filter_map(|w| w["name"].as_str())
-        .collect();
-    assert!(
-        names.contains(&"web") && names.contains(&"watcher"),
-        "{list}"
-    );
+    let names: Vec<&str> = list.as_array().expect("list").iter().filter_map(|w| w["name"].as_str()).collect();
+    assert!(names.contains(&"web") && names.contains(&"watcher"), "{list}");
     assert!(
         eventually(T, || link_pins(&agent.pin_dir()) == 9),
         "old generation not retired: {} pins",
         link_pins(&agent.pin_dir())
     );
-    assert!(
-        watcher.line(Duration::from_millis(800)).is_err(),
-        "verdict changed across restart"
-    );
+    assert!(watcher.line(Duration::from_millis(800)).is_err(), "verdict changed across restart");
     assert!(try_connect(&agent, INTRUDER, &addr)?.starts_with(EPERM_LINE));
-    assert_eq!(
-        try_connect(&agent, "spiffe://beemesh.local/ns/shop/sa/frontend", &addr)?,
-        "connected"
-    );
+    assert_eq!(try_connect(&agent, "spiffe://beemesh.local/ns/shop/sa/frontend", &addr)?, "connected");
 
     // And the restarted agent still applies policy changes live.
     agent.remove_policy("web.yaml")?;
@@ -150,20 +117,12 @@ fn second_agent_on_the_same_run_dir_is_refused() -> Result<()> {
 #[test]
 fn bad_config_exits_64_with_a_clear_message() -> Result<()> {
     let agent = Agent::start("config", &[])?;
-    let out = agent
-        .cli()
-        .arg("status")
-        .env("BEEMESH_CGROUP_NAME", "../escape")
-        .output()?;
+    let out = agent.cli().arg("status").env("BEEMESH_CGROUP_NAME", "../escape").output()?;
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cgroupName"));
     let bad = agent.dir.path().join("bad.yaml");
     std::fs::write(&bad, "stateDirr: /tmp\n")?;
-    let out = agent
-        .cli()
-        .arg("status")
-        .env("BEEMESH_CONFIG", &bad)
-        .output()?;
+    let out = agent.cli().arg("status").env("BEEMESH_CONFIG", &bad).output()?;
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("stateDirr"));
     Ok(())

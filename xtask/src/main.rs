@@ -44,10 +44,7 @@ enum Task {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask sits in the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
 }
 
 fn is_root() -> bool {
@@ -55,9 +52,7 @@ fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+            s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0"))
         })
         .unwrap_or(false)
 }
@@ -66,9 +61,7 @@ fn is_root() -> bool {
 fn run(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
     eprintln!("xtask: {shown}");
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot start {shown}"))?;
+    let status = cmd.status().with_context(|| format!("cannot start {shown}"))?;
     if !status.success() {
         bail!("{shown} failed: {status}");
     }
@@ -86,13 +79,7 @@ fn privileged(program: &str) -> Command {
 }
 
 fn setup() -> Result<()> {
-    run(privileged(
-        root()
-            .join("scripts/setup.sh")
-            .to_str()
-            .context("utf-8 path")?,
-    )
-    .current_dir(root()))
+    run(privileged(root().join("scripts/setup.sh").to_str().context("utf-8 path")?).current_dir(root()))
 }
 
 fn cargo() -> Command {
@@ -124,28 +111,12 @@ fn main() -> Result<()> {
             setup()?;
             if !no_lint {
                 run(cargo().args(["fmt", "--all", "--check"]))?;
-                run(cargo().args([
-                    "clippy",
-                    "--workspace",
-                    "--all-targets",
-                    "--",
-                    "-D",
-                    "warnings",
-                ]))?;
+                run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
             }
             run(cargo().args(["build", "-p", "beemesh-agent"]))?;
             run(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
             // The benchmarks must at least run: one quick pass, figures printed.
-            run(cargo().args([
-                "run",
-                "--release",
-                "-p",
-                "beemesh-tests",
-                "--bin",
-                "bench",
-                "--",
-                "--quick",
-            ]))
+            run(cargo().args(["run", "--release", "-p", "beemesh-tests", "--bin", "bench", "--", "--quick"]))
         }
         Task::Bench { args } => {
             if !is_root() {
@@ -153,17 +124,7 @@ fn main() -> Result<()> {
             }
             setup()?;
             run(cargo().args(["build", "--release", "-p", "beemesh-agent"]))?;
-            run(cargo()
-                .args([
-                    "run",
-                    "--release",
-                    "-p",
-                    "beemesh-tests",
-                    "--bin",
-                    "bench",
-                    "--",
-                ])
-                .args(args))
+            run(cargo().args(["run", "--release", "-p", "beemesh-tests", "--bin", "bench", "--"]).args(args))
         }
     }
 }

@@ -9,7 +9,9 @@ use super::{Request, Response};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the agent at {path} (is `beemesh-agent run` running with this --run-dir?): {source}")]
+    #[error(
+        "cannot reach the agent at {path} (is `beemesh-agent run` running with this --run-dir?): {source}"
+    )]
     Connect {
         path: PathBuf,
         #[source]
@@ -34,19 +36,13 @@ pub struct Client {
 impl Client {
     /// Connects and sends `req`.
     pub async fn send(socket: &Path, req: &Request) -> Result<Self, ClientError> {
-        let mut stream =
-            UnixStream::connect(socket)
-                .await
-                .map_err(|source| ClientError::Connect {
-                    path: socket.to_path_buf(),
-                    source,
-                })?;
+        let mut stream = UnixStream::connect(socket)
+            .await
+            .map_err(|source| ClientError::Connect { path: socket.to_path_buf(), source })?;
         let mut line = serde_json::to_vec(req)?;
         line.push(b'\n');
         stream.write_all(&line).await?;
-        Ok(Self {
-            lines: BufReader::new(stream).lines(),
-        })
+        Ok(Self { lines: BufReader::new(stream).lines() })
     }
 
     /// Next response; `Ok(None)` at the end of a stream. Agent errors become `Err`.

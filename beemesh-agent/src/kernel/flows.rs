@@ -6,6 +6,9 @@ use aya::maps::{MapData, RingBuf};
 use beemesh_common::FlowEvent;
 use tokio::io::unix::AsyncFd;
 
+/// How often the flow ring is drained when the kernel has not woken us.
+pub const FLOW_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Async reader of the `FLOWS` ring buffer.
 pub struct FlowReader {
     ring: AsyncFd<RingBuf<MapData>>,
@@ -19,28 +22,26 @@ impl std::fmt::Debug for FlowReader {
 
 impl FlowReader {
     pub(super) fn new(ring: RingBuf<MapData>) -> io::Result<Self> {
-        Ok(Self {
-            ring: crate::sys::async_fd(ring)?,
-        })
+        Ok(Self { ring: crate::sys::async_fd(ring)? })
     }
 
-    /// Waits for events and appends every pending one to `out`.
+    /// Waits for events and appends every pending one to `out`. The kernel only wakes us
+    /// when the ring fills up, so this also polls every [`FLOW_POLL`].
     pub async fn read(&mut self, out: &mut Vec<FlowEvent>) -> io::Result<()> {
         loop {
-            let mut guard = self.ring.readable_mut().await?;
-            let ring = guard.get_inner_mut();
+            let ring = self.ring.get_mut();
             while let Some(item) = ring.next() {
                 if item.len() >= std::mem::size_of::<FlowEvent>() {
                     // SAFETY: the kernel wrote a whole FlowEvent (repr(C), any bit pattern is
                     // valid) at the start of the record; read_unaligned copes with alignment.
-                    out.push(unsafe {
-                        std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>())
-                    });
+                    out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowEvent>()) });
                 }
             }
-            guard.clear_ready();
             if !out.is_empty() {
                 return Ok(());
+            }
+            if let Ok(ready) = tokio::time::timeout(FLOW_POLL, self.ring.readable_mut()).await {
+                ready?.clear_ready();
             }
         }
     }
@@ -59,9 +60,7 @@ impl std::fmt::Debug for LogReader {
 
 impl LogReader {
     pub(super) fn new(logger: aya_log::EbpfLogger<&'static dyn log::Log>) -> io::Result<Self> {
-        Ok(Self {
-            logger: crate::sys::async_fd(logger)?,
-        })
+        Ok(Self { logger: crate::sys::async_fd(logger)? })
     }
 
     /// Runs until the ring buffer fd fails (agent shutdown drops the task first).

@@ -80,16 +80,12 @@ impl Kernel {
             }
         };
         let flows = {
-            let map = ebpf
-                .take_map("FLOWS")
-                .ok_or(KernelError::MissingMap("FLOWS"))?;
+            let map = ebpf.take_map("FLOWS").ok_or(KernelError::MissingMap("FLOWS"))?;
             let ring = aya::maps::RingBuf::try_from(map).map_err(KernelError::map("FLOWS"))?;
             FlowReader::new(ring).map_err(KernelError::io("flow ring"))?
         };
         for name in PROGRAMS {
-            let program = ebpf
-                .program_mut(name)
-                .ok_or(KernelError::MissingMap(name))?;
+            let program = ebpf.program_mut(name).ok_or(KernelError::MissingMap(name))?;
             let result = match program {
                 Program::CgroupSockAddr(p) => p.load(),
                 Program::CgroupSock(p) => p.load(),
@@ -117,19 +113,12 @@ impl Kernel {
     /// Attaches every program to the cgroup root, pins the links, then retires links left
     /// pinned by an earlier instance that did not shut down cleanly.
     pub fn attach(&mut self) -> Result<(), KernelError> {
-        let cgroup = File::open(&self.opts.cgroup_root).map_err(KernelError::io(format!(
-            "open {}",
-            self.opts.cgroup_root.display()
-        )))?;
+        let cgroup = File::open(&self.opts.cgroup_root)
+            .map_err(KernelError::io(format!("open {}", self.opts.cgroup_root.display())))?;
         let stale = self.previous_generations();
-        let generation = self
-            .opts
-            .pin_dir
-            .join(format!("gen-{}", std::process::id()));
-        std::fs::create_dir_all(&generation).map_err(|source| KernelError::Pin {
-            path: generation.clone(),
-            source,
-        })?;
+        let generation = self.opts.pin_dir.join(format!("gen-{}", std::process::id()));
+        std::fs::create_dir_all(&generation)
+            .map_err(|source| KernelError::Pin { path: generation.clone(), source })?;
         self.generation = Some(generation.clone());
         for name in PROGRAMS {
             let link = attach_one(&mut self.ebpf, name, &cgroup)?;
@@ -155,10 +144,7 @@ impl Kernel {
         entries
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("gen-"))
-            })
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("gen-")))
             .collect()
     }
 
@@ -183,9 +169,7 @@ impl Kernel {
 
     /// Maps a workload cgroup to its numeric identity.
     pub fn set_cgroup(&mut self, cgroup_id: u64, identity: u32) -> Result<(), KernelError> {
-        self.cgroups
-            .insert(cgroup_id, identity, 0)
-            .map_err(KernelError::map("CGROUPS"))
+        self.cgroups.insert(cgroup_id, identity, 0).map_err(KernelError::map("CGROUPS"))
     }
 
     pub fn remove_cgroup(&mut self, cgroup_id: u64) -> Result<(), KernelError> {
@@ -203,20 +187,14 @@ impl Kernel {
             let _ = self.local_addrs.remove(old);
         }
         for addr in wanted.iter().filter(|a| !present.contains(a)) {
-            self.local_addrs
-                .insert(addr, 1, 0)
-                .map_err(KernelError::map("LOCAL_ADDRS"))?;
+            self.local_addrs.insert(addr, 1, 0).map_err(KernelError::map("LOCAL_ADDRS"))?;
         }
         Ok(())
     }
 
     /// Workload that owns a local port, as tagged by the kernel programs (O(1)).
     pub fn local_port_owner(&self, port: u16, proto: u8) -> Option<u32> {
-        let key = LocalPortKey {
-            port,
-            proto,
-            _pad: 0,
-        };
+        let key = LocalPortKey { port, proto, _pad: 0 };
         self.local_ports.get(&key, 0).ok().map(|v| v.identity)
     }
 
@@ -229,22 +207,10 @@ impl Kernel {
         identity: u32,
         cookie: u64,
     ) -> Result<(), KernelError> {
-        let key = LocalPortKey {
-            port,
-            proto,
-            _pad: 0,
-        };
-        let value = LocalPortValue {
-            identity,
-            _pad: 0,
-            cookie,
-        };
-        self.local_ports
-            .insert(key, value, 0)
-            .map_err(KernelError::map("LOCAL_PORTS"))?;
-        self.cookie_ports
-            .insert(cookie, key, 0)
-            .map_err(KernelError::map("COOKIE_PORTS"))
+        let key = LocalPortKey { port, proto, _pad: 0 };
+        let value = LocalPortValue { identity, _pad: 0, cookie };
+        self.local_ports.insert(key, value, 0).map_err(KernelError::map("LOCAL_PORTS"))?;
+        self.cookie_ports.insert(cookie, key, 0).map_err(KernelError::map("COOKIE_PORTS"))
     }
 
     /// Tells the kernel that `addr:port` on another host is workload `identity`.
@@ -255,22 +221,13 @@ impl Kernel {
         proto: u8,
         identity: u32,
     ) -> Result<(), KernelError> {
-        let key = EndpointKey {
-            addr: addr_of(addr),
-            port,
-            proto,
-            _pad: 0,
-        };
-        self.endpoints
-            .insert(key, identity, 0)
-            .map_err(KernelError::map("ENDPOINTS"))
+        let key = EndpointKey { addr: addr_of(addr), port, proto, _pad: 0 };
+        self.endpoints.insert(key, identity, 0).map_err(KernelError::map("ENDPOINTS"))
     }
 }
 
 fn attach_one(ebpf: &mut Ebpf, name: &'static str, cgroup: &File) -> Result<FdLink, KernelError> {
-    let program = ebpf
-        .program_mut(name)
-        .ok_or(KernelError::MissingMap(name))?;
+    let program = ebpf.program_mut(name).ok_or(KernelError::MissingMap(name))?;
     let perr = |source| KernelError::Program { name, source };
     // cgroup bpf_links are always multi-attach and the kernel rejects any attach flag on
     // them, so "Single" (no flags) is what lets old and new generations coexist.
@@ -289,9 +246,7 @@ fn attach_one(ebpf: &mut Ebpf, name: &'static str, cgroup: &File) -> Result<FdLi
             p.take_link(id).map_err(perr)?.try_into()
         }
         Program::CgroupSkb(p) => {
-            let id = p
-                .attach(cgroup, CgroupSkbAttachType::Ingress, mode)
-                .map_err(perr)?;
+            let id = p.attach(cgroup, CgroupSkbAttachType::Ingress, mode).map_err(perr)?;
             p.take_link(id).map_err(perr)?.try_into()
         }
         _ => unreachable!("the object only has cgroup programs"),

@@ -7,9 +7,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use beemesh_common::{
-    Decision, IsolationKey, IsolationValue, PolicyKey, PolicyValue, Query, CIDR_MAP_SIZE,
-    DIR_EGRESS, DIR_INGRESS, FIRST_CIDR_ID, ID_ANY, ISOLATION_MAP_SIZE, MAX_RULES, POLICY_MAP_SIZE,
-    PROTO_ANY, RULE_DEFAULT,
+    Decision, IsolationKey, IsolationValue, PolicyKey, PolicyValue, Query, CIDR_MAP_SIZE, DIR_EGRESS,
+    DIR_INGRESS, FIRST_CIDR_ID, ID_ANY, ISOLATION_MAP_SIZE, MAX_RULES, POLICY_MAP_SIZE, PROTO_ANY,
+    RULE_DEFAULT,
 };
 use ipnet::IpNet;
 
@@ -28,11 +28,7 @@ pub enum CompileError {
     #[error("too many isolated workload directions: more than {max}")]
     TooManyIsolated { max: u32 },
     #[error("workload id {id} given twice ({first} and {second})")]
-    DuplicateWorkload {
-        id: u32,
-        first: String,
-        second: String,
-    },
+    DuplicateWorkload { id: u32, first: String, second: String },
 }
 
 /// Global defaults for workloads no policy selects in a direction.
@@ -45,10 +41,7 @@ pub struct CompileOptions {
 impl Default for CompileOptions {
     /// Kubernetes semantics: a workload no policy selects is not restricted.
     fn default() -> Self {
-        Self {
-            default_allow_egress: true,
-            default_allow_ingress: true,
-        }
+        Self { default_allow_egress: true, default_allow_ingress: true }
     }
 }
 
@@ -79,10 +72,7 @@ pub struct CompiledPolicy {
 /// A block as the kernel trie sees it: 128 bits, IPv4 as IPv4-mapped (`/24` is `/120`).
 fn mapped(net: &IpNet) -> (u128, u8) {
     match net {
-        IpNet::V4(v4) => (
-            u128::from(v4.network().to_ipv6_mapped()),
-            v4.prefix_len() + 96,
-        ),
+        IpNet::V4(v4) => (u128::from(v4.network().to_ipv6_mapped()), v4.prefix_len() + 96),
         IpNet::V6(v6) => (u128::from(v6.network()), v6.prefix_len()),
     }
 }
@@ -119,11 +109,8 @@ impl CompiledPolicy {
 
     /// The verdict the kernel would give with this slot loaded.
     pub fn decide(&self, q: &Query) -> Decision {
-        let default_allow = if q.direction == DIR_EGRESS {
-            self.default_allow_egress
-        } else {
-            self.default_allow_ingress
-        };
+        let default_allow =
+            if q.direction == DIR_EGRESS { self.default_allow_egress } else { self.default_allow_ingress };
         beemesh_common::decide(
             |k| self.allow.get(k).map(|v| v.rule),
             |k| self.isolation.get(k).map(|v| v.rule),
@@ -152,16 +139,13 @@ pub fn compile(
     }
     let mut policies: Vec<(&Path, usize, &Policy)> = files
         .iter()
-        .flat_map(|f| {
-            f.policies
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (f.path.as_path(), i, p))
-        })
+        .flat_map(|f| f.policies.iter().enumerate().map(|(i, p)| (f.path.as_path(), i, p)))
         .collect();
     policies.sort_by(|a, b| (a.2.sort_key(), a.0, a.1).cmp(&(b.2.sort_key(), b.0, b.1)));
 
     let cidrs = number_cidrs(&policies)?;
+    let numbered = cidrs.clone();
+    let index = CidrIndex::new(&numbered);
     let mut out = CompiledPolicy {
         allow: BTreeMap::new(),
         isolation: BTreeMap::new(),
@@ -184,17 +168,9 @@ pub fn compile(
         let add_rule = |out: &mut CompiledPolicy, rule: String| -> Result<u32, CompileError> {
             let id = u32::try_from(out.rules.len()).unwrap_or(u32::MAX);
             if id >= MAX_RULES {
-                return Err(CompileError::TooManyRules {
-                    count: out.rules.len() + 1,
-                    max: MAX_RULES,
-                });
+                return Err(CompileError::TooManyRules { count: out.rules.len() + 1, max: MAX_RULES });
             }
-            out.rules.push(RuleInfo {
-                id,
-                file: path.to_path_buf(),
-                policy: policy.display_name(),
-                rule,
-            });
+            out.rules.push(RuleInfo { id, file: path.to_path_buf(), policy: policy.display_name(), rule });
             Ok(id)
         };
         let isolated: Vec<u8> = [(DIR_INGRESS, &policy.ingress), (DIR_EGRESS, &policy.egress)]
@@ -206,44 +182,29 @@ pub fn compile(
             let rule = add_rule(&mut out, "isolation".to_owned())?;
             for &subject in &subjects {
                 for &direction in &isolated {
-                    let key = IsolationKey {
-                        subject,
-                        direction,
-                        _pad: [0; 3],
-                    };
+                    let key = IsolationKey { subject, direction, _pad: [0; 3] };
                     out.isolation.entry(key).or_insert(IsolationValue { rule });
                     if out.isolation.len() > ISOLATION_MAP_SIZE as usize {
-                        return Err(CompileError::TooManyIsolated {
-                            max: ISOLATION_MAP_SIZE,
-                        });
+                        return Err(CompileError::TooManyIsolated { max: ISOLATION_MAP_SIZE });
                     }
                 }
             }
         }
-        for (direction, name, rules) in [
-            (DIR_INGRESS, "ingress", &policy.ingress),
-            (DIR_EGRESS, "egress", &policy.egress),
-        ] {
+        for (direction, name, rules) in
+            [(DIR_INGRESS, "ingress", &policy.ingress), (DIR_EGRESS, "egress", &policy.egress)]
+        {
             for (i, r) in rules.iter().flatten().enumerate() {
                 let rule = add_rule(&mut out, format!("{name}[{i}]"))?;
-                let peers = peer_ids(r, &by_id, &out.cidrs);
+                let peers = peer_ids(r, &by_id, &index);
                 let ports = port_keys(r);
                 for &subject in &subjects {
                     for &peer in &peers {
                         for &(proto, port) in &ports {
-                            let key = PolicyKey {
-                                subject,
-                                peer,
-                                port,
-                                proto,
-                                direction,
-                            };
+                            let key = PolicyKey { subject, peer, port, proto, direction };
                             // The first (lowest) rule id wins, so counters are stable.
                             out.allow.entry(key).or_insert(PolicyValue { rule });
                             if out.allow.len() > POLICY_MAP_SIZE as usize {
-                                return Err(CompileError::TooManyAllowEntries {
-                                    max: POLICY_MAP_SIZE,
-                                });
+                                return Err(CompileError::TooManyAllowEntries { max: POLICY_MAP_SIZE });
                             }
                         }
                     }
@@ -268,10 +229,7 @@ fn number_cidrs(policies: &[(&Path, usize, &Policy)]) -> Result<Vec<(IpNet, u32)
         }
     }
     if blocks.len() > CIDR_MAP_SIZE as usize {
-        return Err(CompileError::TooManyCidrs {
-            count: blocks.len(),
-            max: CIDR_MAP_SIZE,
-        });
+        return Err(CompileError::TooManyCidrs { count: blocks.len(), max: CIDR_MAP_SIZE });
     }
     Ok(blocks.into_iter().zip(FIRST_CIDR_ID..).collect())
 }
@@ -279,11 +237,7 @@ fn number_cidrs(policies: &[(&Path, usize, &Policy)]) -> Result<Vec<(IpNet, u32)
 /// The numeric peers a rule allows. A cidr peer selects every CIDR identity inside its block
 /// but not inside one of its excepts: the kernel's longest-prefix match gives each address
 /// the most specific block, so this is exact even when policies' blocks overlap.
-fn peer_ids(
-    rule: &Rule,
-    workloads: &BTreeMap<u32, &Workload>,
-    cidrs: &[(IpNet, u32)],
-) -> BTreeSet<u32> {
+fn peer_ids(rule: &Rule, workloads: &BTreeMap<u32, &Workload>, cidrs: &CidrIndex) -> BTreeSet<u32> {
     if rule.peers.is_empty() {
         return BTreeSet::from([ID_ANY]);
     }
@@ -296,23 +250,51 @@ fn peer_ids(
             Peer::Entity(id) => {
                 ids.insert(*id);
             }
-            Peer::Workloads(sel) => ids.extend(
-                workloads
-                    .values()
-                    .filter(|w| sel.matches(&w.identity, &w.labels))
-                    .map(|w| w.id),
-            ),
+            Peer::Workloads(sel) => {
+                ids.extend(workloads.values().filter(|w| sel.matches(&w.identity, &w.labels)).map(|w| w.id))
+            }
             Peer::Cidr { net, except } => ids.extend(
                 cidrs
-                    .iter()
-                    .filter(|(block, _)| {
-                        inside(block, net) && !except.iter().any(|e| inside(block, e))
-                    })
-                    .map(|(_, id)| *id),
+                    .inside(net)
+                    .filter(|(block, _)| !except.iter().any(|e| inside(block, e)))
+                    .map(|(_, id)| id),
             ),
         }
     }
     ids
+}
+
+/// CIDR identities sorted by their 128-bit network address, so the blocks inside a given
+/// block (a contiguous address range) are found by binary search instead of a full scan:
+/// compiling 10,000 CIDR rules stays linear-ish rather than quadratic.
+struct CidrIndex<'a> {
+    sorted: Vec<(u128, u8, &'a IpNet, u32)>,
+}
+
+impl<'a> CidrIndex<'a> {
+    fn new(cidrs: &'a [(IpNet, u32)]) -> Self {
+        let mut sorted: Vec<_> = cidrs
+            .iter()
+            .map(|(net, id)| {
+                let (addr, len) = mapped(net);
+                (addr, len, net, *id)
+            })
+            .collect();
+        sorted.sort_by_key(|&(addr, len, _, _)| (addr, len));
+        Self { sorted }
+    }
+
+    /// Every indexed block inside `outer` (itself included).
+    fn inside(&self, outer: &IpNet) -> impl Iterator<Item = (&'a IpNet, u32)> + '_ {
+        let (start, len) = mapped(outer);
+        let end = start | u128::MAX.checked_shr(u32::from(len)).unwrap_or(0);
+        let first = self.sorted.partition_point(|&(addr, _, _, _)| addr < start);
+        self.sorted[first..]
+            .iter()
+            .take_while(move |&&(addr, _, _, _)| addr <= end)
+            .filter(move |&&(_, l, _, _)| l >= len)
+            .map(|&(_, _, net, id)| (net, id))
+    }
 }
 
 /// `(proto, port)` pairs of a rule, ranges expanded; port 0 is any port.

@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use beemesh_common::{
-    PeerSet, Query, DIR_EGRESS, DIR_INGRESS, FIRST_CIDR_ID, ID_ANY, ID_HOST, ID_NONE, ID_WORLD,
-    MAX_RULES, POLICY_MAP_SIZE, PROTO_TCP, PROTO_UDP, RULE_DEFAULT,
+    PeerSet, Query, DIR_EGRESS, DIR_INGRESS, FIRST_CIDR_ID, ID_ANY, ID_HOST, ID_NONE, ID_WORLD, MAX_RULES,
+    POLICY_MAP_SIZE, PROTO_TCP, PROTO_UDP, RULE_DEFAULT,
 };
 
 use super::*;
@@ -15,10 +15,7 @@ fn workload(id: u32, identity: &str, labels: &[(&str, &str)]) -> Workload {
     Workload {
         id,
         identity: identity.parse().expect("valid spiffe id"),
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
     }
 }
 
@@ -40,30 +37,15 @@ fn file(name: &str, text: &str) -> PolicyFile {
 }
 
 fn compile_one(text: &str) -> CompiledPolicy {
-    compile(
-        &[file("p.yaml", text)],
-        &workloads(),
-        &CompileOptions::default(),
-    )
-    .expect("compiles")
+    compile(&[file("p.yaml", text)], &workloads(), &CompileOptions::default()).expect("compiles")
 }
 
 fn peer(id: u32) -> PeerSet {
-    PeerSet {
-        primary: id,
-        cidr: ID_NONE,
-    }
+    PeerSet { primary: id, cidr: ID_NONE }
 }
 
 fn allowed(c: &CompiledPolicy, s: u32, dir: u8, peers: PeerSet, proto: u8, port: u16) -> bool {
-    c.decide(&Query {
-        subject: s,
-        direction: dir,
-        peers: peers,
-        proto: proto,
-        port: port,
-    })
-    .allowed
+    c.decide(&Query { subject: s, direction: dir, peers, proto, port }).allowed
 }
 
 const HEAD: &str = "apiVersion: beemesh.io/v1alpha1\nkind: IdentityPolicy\nmetadata: {name: p}\n";
@@ -105,16 +87,9 @@ fn isolation_and_defaults() {
     assert_eq!((d.allowed, d.rule), (true, RULE_DEFAULT));
     // Unselected workloads get the default too, which options control.
     assert!(allowed(&c, 256, DIR_INGRESS, peer(257), PROTO_TCP, 1));
-    let strict = CompileOptions {
-        default_allow_egress: false,
-        default_allow_ingress: false,
-    };
-    let c = compile(
-        &[file("p.yaml", &format!("{HEAD}spec: {{}}\n"))],
-        &workloads(),
-        &strict,
-    )
-    .expect("compiles");
+    let strict = CompileOptions { default_allow_egress: false, default_allow_ingress: false };
+    let c =
+        compile(&[file("p.yaml", &format!("{HEAD}spec: {{}}\n"))], &workloads(), &strict).expect("compiles");
     assert!(!allowed(&c, 256, DIR_INGRESS, peer(257), PROTO_TCP, 1));
     assert!(c.isolation.is_empty());
 }
@@ -182,10 +157,7 @@ fn cidr_containment_with_except() {
     );
     let verdict = |addr: &str, port: u16| {
         let addr: IpAddr = addr.parse().expect("address");
-        let peers = PeerSet {
-            primary: ID_WORLD,
-            cidr: c.cidr_identity(addr).unwrap_or(ID_NONE),
-        };
+        let peers = PeerSet { primary: ID_WORLD, cidr: c.cidr_identity(addr).unwrap_or(ID_NONE) };
         allowed(&c, 256, DIR_EGRESS, peers, PROTO_TCP, port)
     };
     assert!(verdict("10.2.3.4", 80));
@@ -196,10 +168,7 @@ fn cidr_containment_with_except() {
     assert!(verdict("2001:db8::1", 443));
     assert!(!verdict("2001:db9::1", 443));
     assert!(!verdict("192.168.0.1", 80));
-    assert_eq!(
-        c.cidr_identity("192.168.0.1".parse().expect("address")),
-        None
-    );
+    assert_eq!(c.cidr_identity("192.168.0.1".parse().expect("address")), None);
 }
 
 #[test]
@@ -207,40 +176,15 @@ fn end_port_ranges_expand() {
     let c = compile_one(&format!(
         "{HEAD}spec:\n  ingress:\n    - ports: [{{port: 9000, endPort: 9004, protocol: UDP}}, {{port: 80}}]\n"
     ));
-    let mut ports: Vec<(u8, u16)> = c
-        .allow
-        .keys()
-        .filter(|k| k.subject == 256)
-        .map(|k| (k.proto, k.port))
-        .collect();
+    let mut ports: Vec<(u8, u16)> =
+        c.allow.keys().filter(|k| k.subject == 256).map(|k| (k.proto, k.port)).collect();
     ports.sort();
     let mut expected: Vec<(u8, u16)> = (9000..=9004).map(|p| (PROTO_UDP, p)).collect();
     expected.insert(0, (PROTO_TCP, 80));
     assert_eq!(ports, expected);
-    assert!(allowed(
-        &c,
-        256,
-        DIR_INGRESS,
-        peer(ID_WORLD),
-        PROTO_UDP,
-        9003
-    ));
-    assert!(!allowed(
-        &c,
-        256,
-        DIR_INGRESS,
-        peer(ID_WORLD),
-        PROTO_UDP,
-        9005
-    ));
-    assert!(!allowed(
-        &c,
-        256,
-        DIR_INGRESS,
-        peer(ID_WORLD),
-        PROTO_TCP,
-        9003
-    ));
+    assert!(allowed(&c, 256, DIR_INGRESS, peer(ID_WORLD), PROTO_UDP, 9003));
+    assert!(!allowed(&c, 256, DIR_INGRESS, peer(ID_WORLD), PROTO_UDP, 9005));
+    assert!(!allowed(&c, 256, DIR_INGRESS, peer(ID_WORLD), PROTO_TCP, 9003));
 }
 
 #[test]
@@ -256,11 +200,8 @@ fn deterministic_and_first_policy_wins() {
     let one = compile(&[a.clone(), b.clone(), dup.clone()], &workloads(), &opts).expect("ok");
     let two = compile(&[dup, b, a], &workloads(), &opts).expect("ok");
     assert_eq!(one, two);
-    let names: Vec<String> = one
-        .rules
-        .iter()
-        .map(|r| format!("{} {} {}", r.policy, r.rule, r.file.display()))
-        .collect();
+    let names: Vec<String> =
+        one.rules.iter().map(|r| format!("{} {} {}", r.policy, r.rule, r.file.display())).collect();
     assert_eq!(
         names,
         vec![
@@ -272,11 +213,7 @@ fn deterministic_and_first_policy_wins() {
             "IdentityPolicy/z ingress[0] a.yaml",
         ]
     );
-    let key = |d| beemesh_common::IsolationKey {
-        subject: 256,
-        direction: d,
-        _pad: [0; 3],
-    };
+    let key = |d| beemesh_common::IsolationKey { subject: 256, direction: d, _pad: [0; 3] };
     assert_eq!(one.isolation[&key(DIR_INGRESS)].rule, 1);
     assert_eq!(one.isolation[&key(DIR_EGRESS)].rule, 3);
     assert!(one.allow.values().all(|v| v.rule == 2));
@@ -287,10 +224,7 @@ fn duplicate_workload_ids_are_an_error() {
     let mut w = workloads();
     w[1].id = 256;
     let err = compile(&[], &w, &CompileOptions::default()).expect_err("duplicate");
-    assert!(matches!(
-        err,
-        CompileError::DuplicateWorkload { id: 256, .. }
-    ));
+    assert!(matches!(err, CompileError::DuplicateWorkload { id: 256, .. }));
 }
 
 #[test]
@@ -304,12 +238,7 @@ fn too_many_allow_entries() {
         &workloads(),
         &CompileOptions::default(),
     );
-    assert_eq!(
-        c,
-        Err(CompileError::TooManyAllowEntries {
-            max: POLICY_MAP_SIZE
-        })
-    );
+    assert_eq!(c, Err(CompileError::TooManyAllowEntries { max: POLICY_MAP_SIZE }));
 }
 
 #[test]
@@ -339,15 +268,43 @@ fn too_many_isolated() {
         .map(|i| workload(256 + i, &format!("spiffe://td/ns/n{i}/sa/a"), &[]))
         .collect();
     let c = compile(
-        &[file(
-            "p.yaml",
-            &format!("{HEAD}spec:\n  ingress: []\n  egress: []\n"),
-        )],
+        &[file("p.yaml", &format!("{HEAD}spec:\n  ingress: []\n  egress: []\n"))],
         &many,
         &CompileOptions::default(),
     );
-    assert!(
-        matches!(c, Err(CompileError::TooManyIsolated { .. })),
-        "{c:?}"
+    assert!(matches!(c, Err(CompileError::TooManyIsolated { .. })), "{c:?}");
+}
+
+#[test]
+fn host_routes_and_full_prefixes_select_only_themselves() {
+    let c = compile_one(
+        r#"apiVersion: beemesh.io/v1alpha1
+kind: IdentityPolicy
+metadata:
+  name: hosts
+spec:
+  selector:
+    identities: ["spiffe://td/ns/shop/sa/frontend"]
+  egress:
+    - to: [{cidr: 10.0.0.1/32}]
+      ports: [{port: 1}]
+    - to: [{cidr: 10.0.0.0/8}]
+      ports: [{port: 2}]
+    - to: [{cidr: "fd00::1/128"}]
+      ports: [{port: 3}]
+"#,
     );
+    let at = |ip: &str| PeerSet {
+        primary: ID_WORLD,
+        cidr: c.cidr_identity(ip.parse::<IpAddr>().expect("ip")).unwrap_or(ID_NONE),
+    };
+    // The /32 allows only its own address on port 1; the /8 covers both on port 2.
+    assert!(allowed(&c, 256, DIR_EGRESS, at("10.0.0.1"), PROTO_TCP, 1));
+    assert!(!allowed(&c, 256, DIR_EGRESS, at("10.0.0.2"), PROTO_TCP, 1));
+    assert!(allowed(&c, 256, DIR_EGRESS, at("10.0.0.1"), PROTO_TCP, 2));
+    assert!(allowed(&c, 256, DIR_EGRESS, at("10.0.0.2"), PROTO_TCP, 2));
+    assert!(allowed(&c, 256, DIR_EGRESS, at("fd00::1"), PROTO_TCP, 3));
+    assert!(!allowed(&c, 256, DIR_EGRESS, at("10.0.0.1"), PROTO_TCP, 3));
+    // One entry per rule and address block, not one per block pair.
+    assert_eq!(c.allow.len(), 1 + 2 + 1);
 }

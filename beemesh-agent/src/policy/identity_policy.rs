@@ -144,14 +144,7 @@ pub(super) fn convert(doc: Document) -> Result<Policy, FieldError> {
                 .collect::<Result<Vec<_>, _>>()
         })
         .transpose()?;
-    Ok(Policy {
-        kind: PolicyKind::IdentityPolicy,
-        namespace: None,
-        name,
-        selector,
-        ingress,
-        egress,
-    })
+    Ok(Policy { kind: PolicyKind::IdentityPolicy, namespace: None, name, selector, ingress, egress })
 }
 
 fn rule(
@@ -175,13 +168,7 @@ fn rule(
                 PortField::Number(n) => PortValue::Number(n),
                 PortField::Name(s) => PortValue::Name(s),
             });
-            port_range(
-                &format!("{field}.ports[{i}]"),
-                p.protocol.as_deref(),
-                port.as_ref(),
-                p.end_port,
-                true,
-            )
+            port_range(&format!("{field}.ports[{i}]"), p.protocol.as_deref(), port.as_ref(), p.end_port, true)
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Rule { peers, ports })
@@ -190,21 +177,14 @@ fn rule(
 fn peer(field: &str, p: PeerDoc) -> Result<Peer, FieldError> {
     let forms = [p.identity.is_some(), p.cidr.is_some(), p.entity.is_some()];
     if forms.iter().filter(|x| **x).count() != 1 {
-        return Err(FieldError::new(
-            field,
-            "a peer needs exactly one of identity, cidr or entity",
-        ));
+        return Err(FieldError::new(field, "a peer needs exactly one of identity, cidr or entity"));
     }
     if p.except.is_some() && p.cidr.is_none() {
-        return Err(FieldError::new(
-            format!("{field}.except"),
-            "except is only allowed with cidr",
-        ));
+        return Err(FieldError::new(format!("{field}.except"), "except is only allowed with cidr"));
     }
     if let Some(pattern) = p.identity {
-        let glob = IdentityGlob::parse(&pattern).map_err(|reason| {
-            FieldError::new(format!("{field}.identity"), reason).at(pattern.clone())
-        })?;
+        let glob = IdentityGlob::parse(&pattern)
+            .map_err(|reason| FieldError::new(format!("{field}.identity"), reason).at(pattern.clone()))?;
         return Ok(Peer::Workloads(WorkloadSelector {
             identities: vec![glob],
             ..WorkloadSelector::default()

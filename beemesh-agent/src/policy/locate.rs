@@ -44,31 +44,19 @@ fn parse_line(raw: &str) -> Option<Line<'_>> {
     let mut content = raw.trim_start();
     let mut content_col = indent;
     let mut is_item = false;
-    while let Some(rest) = content
-        .strip_prefix('-')
-        .filter(|r| r.is_empty() || r.starts_with([' ', '\t']))
-    {
+    while let Some(rest) = content.strip_prefix('-').filter(|r| r.is_empty() || r.starts_with([' ', '\t'])) {
         is_item = true;
         let skipped = rest.len() - rest.trim_start().len();
         content_col += 1 + skipped;
         content = rest.trim_start();
     }
-    Some(Line {
-        indent,
-        content_col,
-        content: content.trim_end(),
-        is_item,
-    })
+    Some(Line { indent, content_col, content: content.trim_end(), is_item })
 }
 
 fn is_key_line(content: &str, key: &str) -> bool {
-    [
-        format!("{key}:"),
-        format!("\"{key}\":"),
-        format!("'{key}':"),
-    ]
-    .iter()
-    .any(|k| content.starts_with(k.as_str()))
+    [format!("{key}:"), format!("\"{key}\":"), format!("'{key}':")]
+        .iter()
+        .any(|k| content.starts_with(k.as_str()))
 }
 
 /// 1-based line (relative to `text`) of `field`, refined by `needle` (the offending value).
@@ -86,11 +74,7 @@ pub(super) fn find_line(text: &str, field: &str, needle: Option<&str>) -> usize 
         let found = match step {
             Step::Key(key) => {
                 let from = if inclusive { pos } else { pos + 1 };
-                (from..raw.len()).find(|&i| {
-                    lines[i]
-                        .as_ref()
-                        .is_some_and(|l| is_key_line(l.content, key))
-                })
+                (from..raw.len()).find(|&i| lines[i].as_ref().is_some_and(|l| is_key_line(l.content, key)))
             }
             Step::Index(n) => nth_item(&lines, pos, n),
         };
@@ -102,19 +86,15 @@ pub(super) fn find_line(text: &str, field: &str, needle: Option<&str>) -> usize 
         inclusive = matches!(step, Step::Index(_));
         // A flow collection (`to: [{cidr: ...}]`): the rest of the path is on this line.
         if let Step::Key(key) = step {
-            let after = lines[line].as_ref().map_or("", |l| {
-                l.content[key.len()..].trim_start_matches(['"', '\'', ':', ' '])
-            });
+            let after = lines[line]
+                .as_ref()
+                .map_or("", |l| l.content[key.len()..].trim_start_matches(['"', '\'', ':', ' ']));
             if after.starts_with(['[', '{']) {
                 break;
             }
         }
     }
-    let line = if walked {
-        needle_from(pos).unwrap_or(pos)
-    } else {
-        needle_from(0).unwrap_or(pos)
-    };
+    let line = if walked { needle_from(pos).unwrap_or(pos) } else { needle_from(0).unwrap_or(pos) };
     line + 1
 }
 
@@ -190,21 +170,12 @@ spec:
     #[test]
     fn finds_nested_fields() {
         assert_eq!(find_line(DOC, "metadata.name", None), 4);
-        assert_eq!(
-            find_line(DOC, "spec.egress[0].to[1].cidr", Some("10.0.0.0/33")),
-            14
-        );
+        assert_eq!(find_line(DOC, "spec.egress[0].to[1].cidr", Some("10.0.0.0/33")), 14);
         assert_eq!(find_line(DOC, "spec.egress[0].to[0].identity", None), 13);
         assert_eq!(find_line(DOC, "spec.ingress[0].ports[0].port", None), 10);
         assert_eq!(find_line(DOC, "spec.egress[1].to[0].entity", None), 17);
-        assert_eq!(
-            find_line(DOC, "spec.egress[0].to[1].except[0]", Some("10.1.0.0/16")),
-            15
-        );
-        assert_eq!(
-            find_line(DOC, "spec.egress[1].ports[0].port", Some("http")),
-            18
-        );
+        assert_eq!(find_line(DOC, "spec.egress[0].to[1].except[0]", Some("10.1.0.0/16")), 15);
+        assert_eq!(find_line(DOC, "spec.egress[1].ports[0].port", Some("http")), 18);
         assert_eq!(find_line(DOC, "kind", None), 2);
     }
 

@@ -42,11 +42,7 @@ impl Policy {
 
     /// The deterministic order policies are compiled in.
     pub fn sort_key(&self) -> (PolicyKind, &str, &str) {
-        (
-            self.kind,
-            self.namespace.as_deref().unwrap_or(""),
-            &self.name,
-        )
+        (self.kind, self.namespace.as_deref().unwrap_or(""), &self.name)
     }
 }
 
@@ -121,8 +117,7 @@ impl NamespaceMatch {
             NamespaceMatch::Any => true,
             NamespaceMatch::Named(ns) => ns == namespace,
             NamespaceMatch::Labels(sel) => {
-                let labels =
-                    BTreeMap::from([(NAMESPACE_NAME_LABEL.to_owned(), namespace.to_owned())]);
+                let labels = BTreeMap::from([(NAMESPACE_NAME_LABEL.to_owned(), namespace.to_owned())]);
                 sel.matches(&labels)
             }
         }
@@ -147,10 +142,7 @@ impl LabelSelector {
     /// `matchLabels`-style selector: every key must have exactly that value.
     pub fn from_map(map: &BTreeMap<String, String>) -> Self {
         Self {
-            requirements: map
-                .iter()
-                .map(|(k, v)| LabelRequirement::In(k.clone(), vec![v.clone()]))
-                .collect(),
+            requirements: map.iter().map(|(k, v)| LabelRequirement::In(k.clone(), vec![v.clone()])).collect(),
         }
     }
 
@@ -173,35 +165,24 @@ impl IdentityGlob {
     /// Validates `pattern`; the error is the reason, without the field path.
     pub fn parse(pattern: &str) -> Result<Self, String> {
         let Some(rest) = pattern.strip_prefix(SPIFFE_SCHEME) else {
-            return Err(format!(
-                "invalid identity glob {pattern:?}: must start with spiffe://"
-            ));
+            return Err(format!("invalid identity glob {pattern:?}: must start with spiffe://"));
         };
         if rest.is_empty() {
-            return Err(format!(
-                "invalid identity glob {pattern:?}: empty after spiffe://"
-            ));
+            return Err(format!("invalid identity glob {pattern:?}: empty after spiffe://"));
         }
-        if let Some(c) = rest
-            .chars()
-            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/*".contains(*c)))
+        if let Some(c) =
+            rest.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/*".contains(*c)))
         {
-            return Err(format!(
-                "invalid identity glob {pattern:?}: character {c:?} not allowed"
-            ));
+            return Err(format!("invalid identity glob {pattern:?}: character {c:?} not allowed"));
         }
         if rest.contains("//") || rest.starts_with('/') {
-            return Err(format!(
-                "invalid identity glob {pattern:?}: empty path segment"
-            ));
+            return Err(format!("invalid identity glob {pattern:?}: empty path segment"));
         }
         if rest.contains("**") {
             return Err(format!("invalid identity glob {pattern:?}: \"**\" is not allowed, a trailing \"*\" already matches any suffix"));
         }
         if !rest.contains('*') {
-            pattern
-                .parse::<SpiffeId>()
-                .map_err(|e| format!("invalid identity glob: {e}"))?;
+            pattern.parse::<SpiffeId>().map_err(|e| format!("invalid identity glob: {e}"))?;
         }
         Ok(Self(pattern.to_owned()))
     }
@@ -274,18 +255,12 @@ mod tests {
 
     #[test]
     fn label_selectors() {
-        let labels = BTreeMap::from([
-            ("app".to_owned(), "web".to_owned()),
-            ("tier".to_owned(), "front".to_owned()),
-        ]);
+        let labels =
+            BTreeMap::from([("app".to_owned(), "web".to_owned()), ("tier".to_owned(), "front".to_owned())]);
         let sel = |reqs: Vec<LabelRequirement>| LabelSelector { requirements: reqs };
         let s = |v: &str| v.to_owned();
         assert!(sel(vec![]).matches(&labels));
-        assert!(sel(vec![LabelRequirement::In(
-            s("app"),
-            vec![s("web"), s("api")]
-        )])
-        .matches(&labels));
+        assert!(sel(vec![LabelRequirement::In(s("app"), vec![s("web"), s("api")])]).matches(&labels));
         assert!(!sel(vec![LabelRequirement::In(s("app"), vec![s("api")])]).matches(&labels));
         assert!(!sel(vec![LabelRequirement::In(s("x"), vec![s("web")])]).matches(&labels));
         assert!(sel(vec![LabelRequirement::NotIn(s("app"), vec![s("api")])]).matches(&labels));

@@ -7,8 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::model::{
-    LabelRequirement, LabelSelector, NamespaceMatch, Peer, Policy, PolicyKind, Rule,
-    WorkloadSelector,
+    LabelRequirement, LabelSelector, NamespaceMatch, Peer, Policy, PolicyKind, Rule, WorkloadSelector,
 };
 use super::parse::{parse_cidr_peer, port_range, FieldError, PortValue};
 use crate::identity::{is_dns_label, is_dns_subdomain};
@@ -19,10 +18,7 @@ pub(super) const API_VERSION: &str = "networking.k8s.io/v1";
 const DEFAULT_NAMESPACE: &str = "default";
 
 pub(super) fn convert(np: NetworkPolicy) -> Result<Policy, FieldError> {
-    let name = np
-        .metadata
-        .name
-        .ok_or_else(|| FieldError::new("metadata.name", "missing"))?;
+    let name = np.metadata.name.ok_or_else(|| FieldError::new("metadata.name", "missing"))?;
     if !is_dns_subdomain(&name) {
         return Err(FieldError::new(
             "metadata.name",
@@ -30,10 +26,7 @@ pub(super) fn convert(np: NetworkPolicy) -> Result<Policy, FieldError> {
         )
         .at(name));
     }
-    let namespace = np
-        .metadata
-        .namespace
-        .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+    let namespace = np.metadata.namespace.unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
     if !is_dns_label(&namespace) {
         return Err(FieldError::new(
             "metadata.namespace",
@@ -105,13 +98,9 @@ fn rule(
     peers: Option<Vec<NetworkPolicyPeer>>,
     ports: Option<Vec<NetworkPolicyPort>>,
 ) -> Result<Rule, FieldError> {
-    let mut out = Rule {
-        peers: Vec::new(),
-        ports: Vec::new(),
-    };
+    let mut out = Rule { peers: Vec::new(), ports: Vec::new() };
     for (i, p) in peers.unwrap_or_default().into_iter().enumerate() {
-        out.peers
-            .push(peer(&format!("{field}.{peers_key}[{i}]"), namespace, p)?);
+        out.peers.push(peer(&format!("{field}.{peers_key}[{i}]"), namespace, p)?);
     }
     for (i, p) in ports.unwrap_or_default().into_iter().enumerate() {
         let port = p.port.map(|v| match v {
@@ -141,10 +130,9 @@ fn peer(field: &str, namespace: &str, p: NetworkPolicyPeer) -> Result<Peer, Fiel
         return parse_cidr_peer(&format!("{field}.ipBlock"), &block.cidr, &except);
     }
     let namespaces = match &p.namespace_selector {
-        Some(sel) => NamespaceMatch::Labels(label_selector(
-            &format!("{field}.namespaceSelector"),
-            Some(sel),
-        )?),
+        Some(sel) => {
+            NamespaceMatch::Labels(label_selector(&format!("{field}.namespaceSelector"), Some(sel))?)
+        }
         None if p.pod_selector.is_some() => NamespaceMatch::Named(namespace.to_owned()),
         None => {
             return Err(FieldError::new(
@@ -161,18 +149,11 @@ fn peer(field: &str, namespace: &str, p: NetworkPolicyPeer) -> Result<Peer, Fiel
 }
 
 /// Kubernetes label selector; absent or `{}` selects everything.
-fn label_selector(
-    field: &str,
-    sel: Option<&meta::LabelSelector>,
-) -> Result<LabelSelector, FieldError> {
+fn label_selector(field: &str, sel: Option<&meta::LabelSelector>) -> Result<LabelSelector, FieldError> {
     let Some(sel) = sel else {
         return Ok(LabelSelector::default());
     };
-    let mut out = sel
-        .match_labels
-        .as_ref()
-        .map(LabelSelector::from_map)
-        .unwrap_or_default();
+    let mut out = sel.match_labels.as_ref().map(LabelSelector::from_map).unwrap_or_default();
     for (i, e) in sel.match_expressions.iter().flatten().enumerate() {
         let f = format!("{field}.matchExpressions[{i}]");
         let values = e.values.clone().unwrap_or_default();
@@ -197,9 +178,7 @@ fn label_selector(
             other => {
                 return Err(FieldError::new(
                     format!("{f}.operator"),
-                    format!(
-                        "unknown operator {other:?} (expected In, NotIn, Exists or DoesNotExist)"
-                    ),
+                    format!("unknown operator {other:?} (expected In, NotIn, Exists or DoesNotExist)"),
                 )
                 .at(other))
             }
@@ -216,8 +195,7 @@ pub(super) fn check_unknown_fields(
     original: &serde_yaml::Value,
     parsed: &NetworkPolicy,
 ) -> Result<(), FieldError> {
-    let typed =
-        serde_json::to_value(parsed).map_err(|e| FieldError::new("(document)", e.to_string()))?;
+    let typed = serde_json::to_value(parsed).map_err(|e| FieldError::new("(document)", e.to_string()))?;
     first_unknown(original, &typed, "")
 }
 
@@ -233,16 +211,13 @@ fn first_unknown(
                 if v.is_null() {
                     continue;
                 }
-                let field = if path.is_empty() {
-                    key.to_owned()
-                } else {
-                    format!("{path}.{key}")
-                };
+                let field = if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") };
                 match obj.get(key) {
                     Some(t) => first_unknown(v, t, &field)?,
                     None => {
-                        return Err(FieldError::new(field, format!("unknown field `{key}`"))
-                            .at(format!("{key}:")))
+                        return Err(
+                            FieldError::new(field, format!("unknown field `{key}`")).at(format!("{key}:"))
+                        )
                     }
                 }
             }

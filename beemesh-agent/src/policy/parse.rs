@@ -16,19 +16,10 @@ use super::{identity_policy, locate, network_policy};
 pub enum PolicyError {
     /// The YAML itself, or its shape (unknown field, wrong type), is wrong.
     #[error("{file}:{line}: {message}")]
-    Syntax {
-        file: String,
-        line: usize,
-        message: String,
-    },
+    Syntax { file: String, line: usize, message: String },
     /// A value is well-formed YAML but not a valid policy (bad CIDR, glob, port, kind...).
     #[error("{file}:{line}: {field}: {reason}")]
-    Invalid {
-        file: String,
-        line: usize,
-        field: String,
-        reason: String,
-    },
+    Invalid { file: String, line: usize, field: String, reason: String },
 }
 
 impl PolicyError {
@@ -52,11 +43,7 @@ pub(super) struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            reason: reason.into(),
-            needle: None,
-        }
+        Self { field: field.into(), reason: reason.into(), needle: None }
     }
 
     pub fn at(mut self, needle: impl Into<String>) -> Self {
@@ -85,12 +72,7 @@ fn split_documents(text: &str) -> Vec<Document<'_>> {
         let is_start = bare == "---" || bare.starts_with("--- ") || bare.starts_with("---\t");
         let is_end = bare == "..." || bare.starts_with("... ");
         if is_start || is_end {
-            push_document(
-                &mut docs,
-                &text[start..offset],
-                first_line,
-                marker_rest.take(),
-            );
+            push_document(&mut docs, &text[start..offset], first_line, marker_rest.take());
             start = offset + line.len();
             first_line = n + 1;
             if is_start && bare.len() > 3 {
@@ -152,10 +134,7 @@ fn parse_document(file: &str, doc: &Document<'_>) -> Result<Option<Policy>, Poli
         return Ok(None); // an empty document (comments only, trailing `---`)
     }
     let Some(map) = value.as_mapping() else {
-        return Err(invalid(FieldError::new(
-            "(document)",
-            "expected a mapping with apiVersion and kind",
-        )));
+        return Err(invalid(FieldError::new("(document)", "expected a mapping with apiVersion and kind")));
     };
     let field = |name: &str| -> Result<String, PolicyError> {
         match map.get(name) {
@@ -228,13 +207,13 @@ fn strip_location(message: &str) -> String {
 /// Parses a CIDR, canonicalising host bits away and IPv4-mapped IPv6 blocks to IPv4 (the
 /// kernel trie stores IPv4 as IPv4-mapped, so both spellings are the same block).
 pub(super) fn parse_cidr(field: &str, s: &str) -> Result<IpNet, FieldError> {
-    let net = IpNet::from_str(s.trim())
-        .map_err(|_| FieldError::new(field, format!("invalid CIDR {s:?}")).at(s))?;
+    let net =
+        IpNet::from_str(s.trim()).map_err(|_| FieldError::new(field, format!("invalid CIDR {s:?}")).at(s))?;
     Ok(match net {
         IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
-            Some(v4) => IpNet::V4(
-                Ipv4Net::new(v4, v6.prefix_len() - 96).expect("prefix 96..=128 maps to 0..=32"),
-            ),
+            Some(v4) => {
+                IpNet::V4(Ipv4Net::new(v4, v6.prefix_len() - 96).expect("prefix 96..=128 maps to 0..=32"))
+            }
             None => net,
         },
         _ => net,
@@ -258,10 +237,7 @@ pub(super) fn parse_cidr_peer(
         }
         excepts.push(block);
     }
-    Ok(super::model::Peer::Cidr {
-        net,
-        except: excepts,
-    })
+    Ok(super::model::Peer::Cidr { net, except: excepts })
 }
 
 /// A port as written: a number or a (named port) string.
@@ -285,18 +261,12 @@ pub(super) fn port_range(
         "UDP" => PROTO_UDP,
         "ANY" if allow_any => PROTO_ANY,
         "SCTP" => {
-            return Err(FieldError::new(
-                format!("{field}.protocol"),
-                "protocol SCTP is not supported",
+            return Err(
+                FieldError::new(format!("{field}.protocol"), "protocol SCTP is not supported").at("SCTP")
             )
-            .at("SCTP"))
         }
         other => {
-            let expected = if allow_any {
-                "TCP, UDP or ANY"
-            } else {
-                "TCP or UDP"
-            };
+            let expected = if allow_any { "TCP, UDP or ANY" } else { "TCP or UDP" };
             return Err(FieldError::new(
                 format!("{field}.protocol"),
                 format!("unknown protocol {other:?} (expected {expected})"),
@@ -305,9 +275,10 @@ pub(super) fn port_range(
         }
     };
     let check = |f: String, n: i64| -> Result<u16, FieldError> {
-        u16::try_from(n).ok().filter(|p| *p != 0).ok_or_else(|| {
-            FieldError::new(f, format!("port {n} out of range 1-65535")).at(n.to_string())
-        })
+        u16::try_from(n)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| FieldError::new(f, format!("port {n} out of range 1-65535")).at(n.to_string()))
     };
     let first = match port {
         None => 0,
@@ -323,10 +294,7 @@ pub(super) fn port_range(
     let last = match end_port {
         None => first,
         Some(_) if first == 0 => {
-            return Err(FieldError::new(
-                format!("{field}.endPort"),
-                "endPort requires port",
-            ))
+            return Err(FieldError::new(format!("{field}.endPort"), "endPort requires port"))
         }
         Some(n) => {
             let last = check(format!("{field}.endPort"), n)?;

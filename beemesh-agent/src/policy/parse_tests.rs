@@ -56,14 +56,8 @@ fn parses_identity_policy() {
         if net.to_string() == "10.0.0.0/8" && except.len() == 1));
     assert_eq!(ingress[0].peers[2], Peer::Entity(ID_HOST));
     let ports = &ingress[0].ports;
-    assert_eq!(
-        (ports[0].proto, ports[0].first, ports[0].last),
-        (PROTO_TCP, 8080, 8080)
-    );
-    assert_eq!(
-        (ports[1].proto, ports[1].first, ports[1].last),
-        (PROTO_TCP, 9000, 9100)
-    );
+    assert_eq!((ports[0].proto, ports[0].first, ports[0].last), (PROTO_TCP, 8080, 8080));
+    assert_eq!((ports[1].proto, ports[1].first, ports[1].last), (PROTO_TCP, 9000, 9100));
     assert_eq!((ports[2].proto, ports[2].first), (PROTO_UDP, 0));
     let egress = p.egress.as_ref().expect("egress present");
     assert_eq!(egress[0].peers, vec![Peer::Entity(ID_WORLD), Peer::Any]);
@@ -119,10 +113,7 @@ fn parses_network_policy() {
         matches!(&rule.peers[1], Peer::Workloads(s) if matches!(s.namespaces, NamespaceMatch::Labels(_)))
     );
     assert!(matches!(&rule.peers[2], Peer::Cidr { .. }));
-    assert_eq!(
-        (rule.ports[1].proto, rule.ports[1].first, rule.ports[1].last),
-        (PROTO_UDP, 7000, 7002)
-    );
+    assert_eq!((rule.ports[1].proto, rule.ports[1].first, rule.ports[1].last), (PROTO_UDP, 7000, 7002));
 }
 
 #[test]
@@ -135,15 +126,16 @@ fn network_policy_defaults() {
     assert_eq!(p.ingress, None);
     assert_eq!(p.egress, Some(vec![]));
     // Kubernetes only defaults Egress in when egress rules exist.
-    let p = &parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: e}\nspec:\n  egress: []\n")[0];
+    let p = &parse(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: e}\nspec:\n  egress: []\n",
+    )[0];
     assert_eq!(p.egress, None);
 }
 
 #[test]
 fn multi_document_file_with_comments_and_empty_documents() {
-    let text = format!(
-        "# shop policies\n---\n{IDENTITY_POLICY}---\n# nothing here\n---\n{NETWORK_POLICY}---\n"
-    );
+    let text =
+        format!("# shop policies\n---\n{IDENTITY_POLICY}---\n# nothing here\n---\n{NETWORK_POLICY}---\n");
     let policies = parse(&text);
     assert_eq!(policies.len(), 2);
     assert_eq!(policies[1].display_name(), "NetworkPolicy/shop/db");
@@ -155,10 +147,7 @@ fn unknown_field_names_field_and_line() {
     let e = error("apiVersion: beemesh.io/v1alpha1\nkind: IdentityPolicy\nmetadata: {name: a}\nspec:\n  egress:\n    - to: []\n      prots: []\n");
     assert_eq!(e.line(), 7);
     let msg = e.to_string();
-    assert!(
-        msg.starts_with("policy.d/web.yaml:7: spec.egress[0]: unknown field `prots`"),
-        "{msg}"
-    );
+    assert!(msg.starts_with("policy.d/web.yaml:7: spec.egress[0]: unknown field `prots`"), "{msg}");
 }
 
 #[test]
@@ -175,9 +164,8 @@ fn unknown_kind_and_api_version() {
     let e = error("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n");
     assert_eq!(e.line(), 2);
     assert!(
-        e.to_string().starts_with(
-            "policy.d/web.yaml:2: kind: unknown kind \"ConfigMap\" (apiVersion \"v1\")"
-        ),
+        e.to_string()
+            .starts_with("policy.d/web.yaml:2: kind: unknown kind \"ConfigMap\" (apiVersion \"v1\")"),
         "{e}"
     );
     let e = error("kind: IdentityPolicy\napiVersion: beemesh.io/v2\nmetadata: {name: a}\n");
@@ -201,11 +189,7 @@ fn type_errors_in_later_documents_are_file_relative() {
     let text = format!("{NETWORK_POLICY}---\napiVersion: beemesh.io/v1alpha1\nkind: IdentityPolicy\nmetadata:\n  name: x\nspec:\n  ingress: {{}}\n");
     let e = error(&text);
     assert_eq!(e.line(), NETWORK_POLICY.lines().count() + 7, "{e}");
-    assert!(
-        e.to_string()
-            .contains("spec.ingress: invalid type: map, expected a sequence"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("spec.ingress: invalid type: map, expected a sequence"), "{e}");
 }
 
 #[test]
@@ -230,10 +214,7 @@ spec:
         e.to_string(),
         "policy.d/web.yaml:13: spec.egress[1].to[1].cidr: invalid CIDR \"10.0.0.0/33\""
     );
-    let e = error(&text.replace(
-        "10.0.0.0/33",
-        "10.0.0.0/8\n          except: [10.0.0.0/8, 192.168.0.0/16]",
-    ));
+    let e = error(&text.replace("10.0.0.0/33", "10.0.0.0/8\n          except: [10.0.0.0/8, 192.168.0.0/16]"));
     assert_eq!(e.to_string(), "policy.d/web.yaml:14: spec.egress[1].to[1].except[1]: except 192.168.0.0/16 is not inside 10.0.0.0/8");
 }
 
@@ -247,18 +228,10 @@ fn bad_glob() {
 fn named_port() {
     let e = error("apiVersion: beemesh.io/v1alpha1\nkind: IdentityPolicy\nmetadata: {name: a}\nspec:\n  ingress:\n    - ports:\n        - port: http\n");
     assert_eq!(e.line(), 7);
-    assert!(
-        e.to_string()
-            .contains("spec.ingress[0].ports[0].port: named ports are not supported"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("spec.ingress[0].ports[0].port: named ports are not supported"), "{e}");
     let e = error("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  egress:\n    - ports:\n        - port: 53\n        - port: dns\n          protocol: UDP\n");
     assert_eq!(e.line(), 8);
-    assert!(
-        e.to_string()
-            .contains("spec.egress[0].ports[1].port: named ports are not supported"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("spec.egress[0].ports[1].port: named ports are not supported"), "{e}");
 }
 
 #[test]
@@ -281,10 +254,7 @@ fn port_range_errors() {
         "policy.d/web.yaml:7: spec.ingress[0].ports[0].endPort: endPort 80 is below port 90"
     );
     let e = error(&doc("{port: 70000}"));
-    assert!(
-        e.to_string().ends_with("port 70000 out of range 1-65535"),
-        "{e}"
-    );
+    assert!(e.to_string().ends_with("port 70000 out of range 1-65535"), "{e}");
     let e = error(&doc("{endPort: 80}"));
     assert!(e.to_string().ends_with("endPort requires port"), "{e}");
     let e = error(&doc("{port: 80, protocol: ICMP}"));
@@ -297,11 +267,7 @@ fn peer_shape_errors() {
         format!("apiVersion: beemesh.io/v1alpha1\nkind: IdentityPolicy\nmetadata: {{name: a}}\nspec:\n  egress:\n    - to:\n        - {peer}\n")
     };
     let e = error(&doc("{entity: world, cidr: 10.0.0.0/8}"));
-    assert!(
-        e.to_string()
-            .contains("exactly one of identity, cidr or entity"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("exactly one of identity, cidr or entity"), "{e}");
     let e = error(&doc("{entity: moon}"));
     assert_eq!(e.to_string(), "policy.d/web.yaml:7: spec.egress[0].to[0].entity: unknown entity \"moon\" (expected host, world or all)");
     let e = error("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  ingress:\n    - from:\n        - ipBlock: {cidr: 10.0.0.0/8}\n          podSelector: {}\n");
@@ -310,12 +276,12 @@ fn peer_shape_errors() {
 
 #[test]
 fn metadata_errors() {
-    let e = error(
-        "apiVersion: beemesh.io/v1alpha1\nkind: IdentityPolicy\nmetadata:\n  name: Not_Valid\n",
+    let e = error("apiVersion: beemesh.io/v1alpha1\nkind: IdentityPolicy\nmetadata:\n  name: Not_Valid\n");
+    assert_eq!(
+        e.to_string(),
+        "policy.d/web.yaml:4: metadata.name: invalid name \"Not_Valid\": expected a DNS-1123 subdomain"
     );
-    assert_eq!(e.to_string(), "policy.d/web.yaml:4: metadata.name: invalid name \"Not_Valid\": expected a DNS-1123 subdomain");
-    let e =
-        error("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {namespace: x}\n");
+    let e = error("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {namespace: x}\n");
     assert!(e.to_string().contains("metadata.name: missing"), "{e}");
     let e = error("apiVersion: beemesh.io/v1alpha1\nkind: IdentityPolicy\nspec: {}\n");
     assert!(e.to_string().contains("missing field `metadata`"), "{e}");

@@ -17,11 +17,7 @@ impl CompiledPolicy {
         let names: BTreeMap<u32, String> = workloads
             .iter()
             .map(|w| (w.id, w.identity.to_string()))
-            .chain(
-                self.cidrs
-                    .iter()
-                    .map(|(net, id)| (*id, format!("cidr:{net}"))),
-            )
+            .chain(self.cidrs.iter().map(|(net, id)| (*id, format!("cidr:{net}"))))
             .collect();
         let name = |id: u32| -> String {
             match id {
@@ -59,25 +55,11 @@ impl CompiledPolicy {
             let _ = writeln!(out, "cidr {id} {net}");
         }
         for (k, v) in &self.isolation {
-            let _ = writeln!(
-                out,
-                "isolate {} {} rule={}",
-                name(k.subject),
-                direction(k.direction),
-                v.rule
-            );
+            let _ = writeln!(out, "isolate {} {} rule={}", name(k.subject), direction(k.direction), v.rule);
         }
         for (k, v) in &self.allow {
-            let (dir, word) = if k.direction == DIR_EGRESS {
-                ("egress", "to")
-            } else {
-                ("ingress", "from")
-            };
-            let port = if k.port == 0 {
-                "*".to_owned()
-            } else {
-                k.port.to_string()
-            };
+            let (dir, word) = if k.direction == DIR_EGRESS { ("egress", "to") } else { ("ingress", "from") };
+            let port = if k.port == 0 { "*".to_owned() } else { k.port.to_string() };
             let _ = writeln!(
                 out,
                 "allow {} {dir} {word} {} {}/{port} rule={}",

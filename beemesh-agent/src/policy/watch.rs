@@ -49,8 +49,7 @@ pub fn spawn(dir: &Path, debounce: Duration) -> std::io::Result<mpsc::Receiver<(
             match guard.get_inner().0.read_events() {
                 Ok(events) => {
                     if events.iter().any(|e| {
-                        e.mask
-                            .intersects(AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF)
+                        e.mask.intersects(AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF)
                     }) {
                         warn!(dir = %dir.display(), "policy directory removed; live reload stops");
                     }

@@ -145,13 +145,11 @@ pub fn is_populated(path: &Path) -> io::Result<bool> {
 }
 
 fn parse_populated(events: &str) -> Option<bool> {
-    events
-        .lines()
-        .find_map(|l| match l.strip_prefix("populated ")? {
-            "0" => Some(false),
-            "1" => Some(true),
-            _ => None,
-        })
+    events.lines().find_map(|l| match l.strip_prefix("populated ")? {
+        "0" => Some(false),
+        "1" => Some(true),
+        _ => None,
+    })
 }
 
 /// Moves process `pid` (all its threads) into the cgroup.
@@ -179,11 +177,7 @@ fn wait_empty(path: &Path) -> io::Result<()> {
     let start = Instant::now();
     while is_populated(path)? {
         if start.elapsed() >= EMPTY_TIMEOUT {
-            return Err(CgroupError::StillPopulated {
-                path: path.to_owned(),
-                waited: start.elapsed(),
-            }
-            .into());
+            return Err(CgroupError::StillPopulated { path: path.to_owned(), waited: start.elapsed() }.into());
         }
         thread::sleep(EMPTY_POLL);
     }
@@ -218,10 +212,7 @@ mod tests {
         let mounts = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\n\
                       cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n\
                       cgroup2 /sys/fs/cgroup/uni\\040fied cgroup2 rw 0 0\n";
-        assert_eq!(
-            parse_cgroup2_mount(mounts),
-            Some(PathBuf::from("/sys/fs/cgroup/uni fied"))
-        );
+        assert_eq!(parse_cgroup2_mount(mounts), Some(PathBuf::from("/sys/fs/cgroup/uni fied")));
         assert_eq!(parse_cgroup2_mount("proc /proc proc rw 0 0\n"), None);
         assert_eq!(unescape_mount_field("a\\\\b\\09"), "a\\\\b\\09");
         assert_eq!(unescape_mount_field("a\\134b"), "a\\b");
@@ -273,11 +264,7 @@ mod tests {
             f_handle: [u8; 64],
         }
         let cpath = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("no NUL in path");
-        let mut handle = Handle {
-            handle_bytes: 64,
-            handle_type: 0,
-            f_handle: [0; 64],
-        };
+        let mut handle = Handle { handle_bytes: 64, handle_type: 0, f_handle: [0; 64] };
         let mut mount_id: libc::c_int = 0;
         // SAFETY: `cpath` is NUL-terminated; `handle` is a `struct file_handle` header followed by
         // `handle_bytes` (64) bytes of storage, as name_to_handle_at(2) requires; `mount_id` is a
@@ -305,11 +292,7 @@ mod tests {
         let mount = cgroup2_mount().expect("cgroup2 must be mounted");
         let own = own_cgroup_path().expect("own cgroup");
         assert!(own.starts_with(&mount), "{own:?} not under {mount:?}");
-        assert_eq!(
-            cgroup_id(&mount).expect("root id"),
-            1,
-            "root cgroup id is 1"
-        );
+        assert_eq!(cgroup_id(&mount).expect("root id"), 1, "root cgroup id is 1");
 
         let top = mount.join(format!("beemesh-cgtest-{}", std::process::id()));
         let leaf = top.join("a/b");
@@ -317,10 +300,7 @@ mod tests {
         assert_eq!(cgroup_level(&mount, &leaf), 3);
         assert!(!is_populated(&top).expect("events"));
 
-        let mut child = std::process::Command::new("sleep")
-            .arg("60")
-            .spawn()
-            .expect("spawn sleep");
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().expect("spawn sleep");
         move_pid(&leaf, child.id()).expect("move into leaf");
         assert!(is_populated(&top).expect("events"));
 

@@ -161,12 +161,7 @@ pub struct TcpSocket {
 impl TcpSocket {
     /// A socket that exists only in a test's socket table.
     #[cfg(test)]
-    pub fn for_tests(
-        local: SocketAddr,
-        remote: SocketAddr,
-        state: TcpState,
-        cgroup_id: u64,
-    ) -> Self {
+    pub fn for_tests(local: SocketAddr, remote: SocketAddr, state: TcpState, cgroup_id: u64) -> Self {
         Self {
             local,
             remote,
@@ -187,11 +182,7 @@ pub enum ReplyError {
     #[error("netlink header truncated at offset {offset}")]
     TruncatedHeader { offset: usize },
     #[error("netlink message at offset {offset} claims {len} bytes, {available} available")]
-    BadMessageLength {
-        offset: usize,
-        len: usize,
-        available: usize,
-    },
+    BadMessageLength { offset: usize, len: usize, available: usize },
     #[error("inet_diag_msg of {0} bytes, need {INET_DIAG_MSG_LEN}")]
     ShortDiagMsg(usize),
     #[error("netlink attribute claims {len} bytes, {available} available")]
@@ -271,9 +262,7 @@ pub fn destroy_tcp(sock: &TcpSocket) -> io::Result<()> {
     };
     let seq = nl.request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, &req)?;
     match nl.read_ack(seq) {
-        Err(e) if e.raw_os_error() == Some(libc::ESTALE) => {
-            Err(io::Error::from_raw_os_error(libc::ENOENT))
-        }
+        Err(e) if e.raw_os_error() == Some(libc::ESTALE) => Err(io::Error::from_raw_os_error(libc::ENOENT)),
         other => other,
     }
 }
@@ -382,17 +371,9 @@ fn split_messages(buf: &[u8]) -> Result<Vec<NlMsg<'_>>, ReplyError> {
         }
         let len = u32_ne(rest, 0) as usize;
         if len < NLMSG_HDRLEN || len > rest.len() {
-            return Err(ReplyError::BadMessageLength {
-                offset,
-                len,
-                available: rest.len(),
-            });
+            return Err(ReplyError::BadMessageLength { offset, len, available: rest.len() });
         }
-        msgs.push(NlMsg {
-            ty: u16_ne(rest, 4),
-            seq: u32_ne(rest, 8),
-            payload: &rest[NLMSG_HDRLEN..len],
-        });
+        msgs.push(NlMsg { ty: u16_ne(rest, 4), seq: u32_ne(rest, 8), payload: &rest[NLMSG_HDRLEN..len] });
         // The last message's padding may be missing; the loop ends either way.
         offset = offset.saturating_add(align4(len));
     }
@@ -416,18 +397,15 @@ fn parse_diag_msg(payload: &[u8]) -> Result<Option<TcpSocket>, ReplyError> {
     };
     let family = head[0];
     let state = head[1];
-    let id_bytes = head[4..4 + SockId::LEN]
-        .try_into()
-        .map_err(|_| ReplyError::ShortDiagMsg(payload.len()))?;
+    let id_bytes =
+        head[4..4 + SockId::LEN].try_into().map_err(|_| ReplyError::ShortDiagMsg(payload.len()))?;
     let id = SockId::decode(id_bytes);
     let uid = u32_ne(head, 64);
     let inode = u32_ne(head, 68);
 
     let ip = |bytes: [u8; 16]| -> Result<IpAddr, ReplyError> {
         match family {
-            AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(
-                bytes[0], bytes[1], bytes[2], bytes[3],
-            ))),
+            AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))),
             AF_INET6 => Ok(IpAddr::V6(Ipv6Addr::from(bytes))),
             other => Err(ReplyError::UnexpectedFamily(other)),
         }
@@ -441,16 +419,11 @@ fn parse_diag_msg(payload: &[u8]) -> Result<Option<TcpSocket>, ReplyError> {
     while rest.len() >= NLA_HDRLEN {
         let len = usize::from(u16_ne(rest, 0));
         if len < NLA_HDRLEN || len > rest.len() {
-            return Err(ReplyError::BadAttributeLength {
-                len,
-                available: rest.len(),
-            });
+            return Err(ReplyError::BadAttributeLength { len, available: rest.len() });
         }
         let value = &rest[NLA_HDRLEN..len];
         if u16_ne(rest, 2) & NLA_TYPE_MASK == INET_DIAG_CGROUP_ID {
-            let bytes: [u8; 8] = value
-                .try_into()
-                .map_err(|_| ReplyError::BadCgroupId(value.len()))?;
+            let bytes: [u8; 8] = value.try_into().map_err(|_| ReplyError::BadCgroupId(value.len()))?;
             cgroup_id = Some(u64::from_ne_bytes(bytes));
         }
         rest = rest.get(align4(len)..).unwrap_or_default();
@@ -488,11 +461,7 @@ fn parse_dump_datagram(buf: &[u8], seq: u32, out: &mut Vec<TcpSocket>) -> io::Re
         match msg.ty {
             NLMSG_DONE => {
                 // A dump may end with a negative errno in NLMSG_DONE.
-                let errno = if msg.payload.is_empty() {
-                    0
-                } else {
-                    parse_errno(msg.payload)?
-                };
+                let errno = if msg.payload.is_empty() { 0 } else { parse_errno(msg.payload)? };
                 return if errno == 0 {
                     Ok(DumpProgress::Done)
                 } else {
@@ -539,11 +508,7 @@ impl DiagSocket {
             SockFlag::SOCK_CLOEXEC,
             SockProtocol::NetlinkSockDiag,
         )?;
-        Ok(DiagSocket {
-            fd,
-            seq: 0,
-            buf: vec![0; RECV_BUF_LEN],
-        })
+        Ok(DiagSocket { fd, seq: 0, buf: vec![0; RECV_BUF_LEN] })
     }
 
     /// Sends one request and returns its sequence number.
@@ -567,8 +532,7 @@ impl DiagSocket {
 
     /// Receives one datagram; returns its length within `self.buf`.
     fn recv(&mut self) -> io::Result<usize> {
-        let n =
-            retry_eintr(|| socket::recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::MSG_TRUNC))?;
+        let n = retry_eintr(|| socket::recv(self.fd.as_raw_fd(), &mut self.buf, MsgFlags::MSG_TRUNC))?;
         if n > self.buf.len() {
             return Err(ReplyError::TruncatedDatagram(n).into());
         }
@@ -660,28 +624,14 @@ mod tests {
         src[..4].copy_from_slice(&[10, 0, 0, 1]);
         let mut dst = [0u8; 16];
         dst[..4].copy_from_slice(&[10, 0, 0, 2]);
-        SockId {
-            sport: 443,
-            dport: 50000,
-            src,
-            dst,
-            ifindex: 0,
-            cookie: 0x1234_5678_9abc_def0,
-        }
+        SockId { sport: 443, dport: 50000, src, dst, ifindex: 0, cookie: 0x1234_5678_9abc_def0 }
     }
 
     /// A two-message dump datagram: one IPv4 socket (with a MARK and a CGROUP_ID attribute),
     /// then NLMSG_DONE.
     fn sample_datagram(seq: u32) -> Vec<u8> {
-        let attrs = [
-            attr(15, &7u32.to_ne_bytes()),
-            attr(INET_DIAG_CGROUP_ID, &99u64.to_ne_bytes()),
-        ];
-        let mut buf = nlmsg(
-            SOCK_DIAG_BY_FAMILY,
-            seq,
-            &diag_payload(AF_INET, 1, sample_id(), &attrs),
-        );
+        let attrs = [attr(15, &7u32.to_ne_bytes()), attr(INET_DIAG_CGROUP_ID, &99u64.to_ne_bytes())];
+        let mut buf = nlmsg(SOCK_DIAG_BY_FAMILY, seq, &diag_payload(AF_INET, 1, sample_id(), &attrs));
         buf.extend(nlmsg(NLMSG_DONE, seq, &0i32.to_ne_bytes()));
         buf
     }
@@ -725,10 +675,7 @@ mod tests {
     #[test]
     fn state_masks() {
         let all: StateMask = TcpState::ALL.into_iter().collect();
-        assert_eq!(
-            all.with(TcpState::Close).bits() | 1 << 12,
-            StateMask::ALL.bits()
-        );
+        assert_eq!(all.with(TcpState::Close).bits() | 1 << 12, StateMask::ALL.bits());
         assert!(StateMask::CONNECTED.contains(TcpState::Established));
         assert!(!StateMask::CONNECTED.contains(TcpState::Listen));
         assert!(StateMask::of(TcpState::Listen).contains(TcpState::Listen));
@@ -765,9 +712,8 @@ mod tests {
         let mut id = sample_id();
         id.src = "::ffff:127.0.0.1".parse::<Ipv6Addr>().expect("v6").octets();
         id.dst = id.src;
-        let sock = parse_diag_msg(&diag_payload(AF_INET6, 10, id, &[]))
-            .expect("parses")
-            .expect("known state");
+        let sock =
+            parse_diag_msg(&diag_payload(AF_INET6, 10, id, &[])).expect("parses").expect("known state");
         assert_eq!(sock.local, "[::ffff:127.0.0.1]:443".parse().expect("addr"));
         assert_eq!((sock.state, sock.cgroup_id), (TcpState::Listen, None));
     }
@@ -809,10 +755,7 @@ mod tests {
             p.extend_from_slice(&nla_len.to_ne_bytes());
             p.extend_from_slice(&INET_DIAG_CGROUP_ID.to_ne_bytes());
             p.extend_from_slice(&[0; 8]);
-            assert!(matches!(
-                parse_diag_msg(&p),
-                Err(ReplyError::BadAttributeLength { .. })
-            ));
+            assert!(matches!(parse_diag_msg(&p), Err(ReplyError::BadAttributeLength { .. })));
         }
         // A cgroup id that is not 8 bytes.
         let mut p = payload.clone();
@@ -822,10 +765,7 @@ mod tests {
         let mut p = payload.clone();
         p.extend_from_slice(&[0, 0]);
         assert!(parse_diag_msg(&p).expect("padding").is_some());
-        assert_eq!(
-            parse_diag_msg(&payload[..71]),
-            Err(ReplyError::ShortDiagMsg(71))
-        );
+        assert_eq!(parse_diag_msg(&payload[..71]), Err(ReplyError::ShortDiagMsg(71)));
         assert_eq!(
             parse_diag_msg(&diag_payload(1, 1, sample_id(), &[])),
             Err(ReplyError::UnexpectedFamily(1))
@@ -923,9 +863,7 @@ mod tests {
     }
 
     fn find(socks: &[TcpSocket], local: SocketAddr, remote: SocketAddr) -> Option<&TcpSocket> {
-        socks
-            .iter()
-            .find(|s| s.local == local && s.remote == remote)
+        socks.iter().find(|s| s.local == local && s.remote == remote)
     }
 
     fn unspecified(like: SocketAddr) -> SocketAddr {
@@ -1002,9 +940,7 @@ mod tests {
         let cookie = find(&before, caddr, laddr).expect("client end").cookie;
 
         drop(client); // the active closer ends in TIME_WAIT
-        server
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
+        server.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
         assert_eq!(server.read(&mut [0u8; 1]).expect("EOF"), 0);
         drop(server);
 
@@ -1014,10 +950,7 @@ mod tests {
             if let Some(tw) = find(&socks, caddr, laddr) {
                 break tw.clone();
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "no TIME_WAIT socket"
-            );
+            assert!(start.elapsed() < Duration::from_secs(5), "no TIME_WAIT socket");
             std::thread::sleep(Duration::from_millis(10));
         };
         assert_eq!(tw.state, TcpState::TimeWait);
@@ -1035,10 +968,7 @@ mod tests {
         assert_eq!(peer.ip(), "::ffff:127.0.0.1".parse::<IpAddr>().expect("ip"));
 
         let socks = dump_tcp(StateMask::of(TcpState::Established)).expect("dump");
-        let s = socks
-            .iter()
-            .find(|s| s.inode == inode_of(&server))
-            .expect("server end in dump");
+        let s = socks.iter().find(|s| s.inode == inode_of(&server)).expect("server end in dump");
         assert_eq!(s.local, server.local_addr().expect("server addr"));
         assert_eq!(s.remote, peer);
         assert!(s.local.is_ipv6() && s.family == AF_INET6);
@@ -1056,10 +986,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
         let laddr = listener.local_addr().expect("addr");
         // The shell joins the cgroup before socat creates its socket.
-        let script = format!(
-            "echo $$ > '{}/cgroup.procs' && exec socat - TCP:{laddr}",
-            cg.0.display()
-        );
+        let script = format!("echo $$ > '{}/cgroup.procs' && exec socat - TCP:{laddr}", cg.0.display());
         let child = Command::new("sh")
             .args(["-c", &script])
             .stdin(Stdio::piped())
@@ -1080,9 +1007,7 @@ mod tests {
 
         // Destroying socat's socket: the server sees a reset or EOF.
         destroy_tcp(client_end).expect("destroy socat's socket");
-        server
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
+        server.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
         let mut byte = [0u8; 1];
         match server.read(&mut byte) {
             Ok(0) => {}
@@ -1116,9 +1041,7 @@ mod tests {
 
             destroy_tcp(&victim).expect("destroy server end");
 
-            client
-                .set_read_timeout(Some(Duration::from_secs(5)))
-                .expect("timeout");
+            client.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
             match client.read(&mut byte) {
                 Ok(0) => {}
                 Err(e) if e.kind() == ErrorKind::ConnectionReset => {}

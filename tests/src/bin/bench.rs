@@ -3,8 +3,8 @@
 //! 1. Connection rate (one client, connect/accept/close on loopback): no programs, beemesh
 //!    with 10,000 rules, nftables with the same 10,000 rules as a linear chain and as one
 //!    set lookup. Rounds are interleaved and medians reported (the machine is noisy).
-//! 2. Revocation latency: policy file rewritten -> first denied connect, and -> teardown of
-//!    an established connection, with the 10,000-rule file in force (p50/p99).
+//! 2. Revocation latency: a grant file rewritten without its rules -> first denied connect,
+//!    and -> teardown of an established connection, with 10,000 rules in force (p50/p99).
 //!
 //! Needs root. `--quick` runs one short round (CI uses it to prove the bench works).
 
@@ -26,16 +26,14 @@ struct Opts {
     revocations: usize,
 }
 
-/// 10,000 egress rules for the client: 9,998 that never match (10.x.y.z/32 on some port),
-/// then the two the benchmark traffic needs (unless `revoked`).
-fn policy(rate_port: u16, hold_port: u16, revoked: bool) -> String {
+/// 9,998 egress rules for the client that never match (10.x.y.z/32 on some port); with the
+/// two of `grant` that is 10,000. They sit in their own file, which is parsed once.
+fn rules() -> String {
     let mut y = String::with_capacity(RULES * 80);
     y.push_str(
-        "apiVersion: beemesh.io/v1alpha1\nkind: IdentityPolicy\nmetadata:\n  name: bench\nspec:\n",
+        "apiVersion: beemesh.io/v1alpha1\nkind: IdentityPolicy\nmetadata:\n  name: bench-rules\nspec:\n",
     );
-    y.push_str(&format!(
-        "  selector:\n    identities: [\"{CLIENT}\"]\n  egress:\n"
-    ));
+    y.push_str(&format!("  selector:\n    identities: [\"{CLIENT}\"]\n  egress:\n"));
     for i in 0..RULES - 2 {
         let (a, b, c) = ((i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff);
         y.push_str(&format!(
@@ -43,11 +41,22 @@ fn policy(rate_port: u16, hold_port: u16, revoked: bool) -> String {
             1000 + i % 50_000
         ));
     }
-    if !revoked {
+    y
+}
+
+/// The two rules the benchmark traffic needs (none when `revoked`).
+fn grant(rate_port: u16, hold_port: u16, revoked: bool) -> String {
+    let mut y = String::new();
+    y.push_str(
+        "apiVersion: beemesh.io/v1alpha1\nkind: IdentityPolicy\nmetadata:\n  name: bench-grant\nspec:\n",
+    );
+    y.push_str(&format!("  selector:\n    identities: [\"{CLIENT}\"]\n  egress:"));
+    if revoked {
+        y.push_str(" []\n");
+    } else {
+        y.push('\n');
         for port in [rate_port, hold_port] {
-            y.push_str(&format!(
-                "    - to: [{{cidr: 127.0.0.1/32}}]\n      ports: [{{port: {port}}}]\n"
-            ));
+            y.push_str(&format!("    - to: [{{cidr: 127.0.0.1/32}}]\n      ports: [{{port: {port}}}]\n"));
         }
     }
     y
@@ -66,10 +75,7 @@ fn nft_ruleset(rate_port: u16, set: bool) -> String {
         .collect();
     if set {
         r.push_str("  set allowed {\n    type ipv4_addr . inet_service\n    elements = {\n");
-        let elems: Vec<String> = entries
-            .iter()
-            .map(|(ip, p)| format!("      {ip} . {p}"))
-            .collect();
+        let elems: Vec<String> = entries.iter().map(|(ip, p)| format!("      {ip} . {p}")).collect();
         r.push_str(&elems.join(",\n"));
         r.push_str("\n    }\n  }\n");
         r.push_str("  chain out {\n    type filter hook output priority 0; policy accept;\n");
@@ -87,18 +93,10 @@ fn nft_ruleset(rate_port: u16, set: bool) -> String {
 
 fn nft(input: Option<&str>, args: &[&str]) -> Result<()> {
     let mut c = Command::new("nft");
-    c.args(args).stdin(if input.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
+    c.args(args).stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
     let mut child = c.spawn().context("run nft (apt-get install nftables)")?;
     if let Some(text) = input {
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(text.as_bytes())?;
+        child.stdin.take().context("stdin")?.write_all(text.as_bytes())?;
     }
     let status = child.wait()?;
     if !status.success() {
@@ -127,10 +125,8 @@ fn rate(agent: Option<&Agent>, addr: &str, secs: f64, n: usize) -> Result<f64> {
         None => Probe::spawn_command(Command::new(probe_bin()).args(args))?,
     };
     let line = p.line(T)?;
-    let count: f64 = line
-        .strip_prefix("count ")
-        .with_context(|| format!("rate probe said {line:?}"))?
-        .parse()?;
+    let count: f64 =
+        line.strip_prefix("count ").with_context(|| format!("rate probe said {line:?}"))?.parse()?;
     p.wait()?;
     Ok(count / secs)
 }
@@ -150,43 +146,48 @@ fn server(close: bool) -> Result<u16> {
 }
 
 fn unix_ns() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }
 
 fn main() -> Result<()> {
+    let keep = tempfile::tempdir()?;
+    let result = run(&keep);
+    if result.is_err() {
+        if let Ok(log) = std::fs::read_to_string(keep.path().join("agent.log")) {
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("agent log (last lines):");
+            for l in tail.iter().rev() {
+                eprintln!("  {l}");
+            }
+        }
+    }
+    result
+}
+
+fn run(keep: &tempfile::TempDir) -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let opts = if quick {
-        Opts {
-            rounds: 1,
-            secs: 1.0,
-            revocations: 3,
-        }
+        Opts { rounds: 1, secs: 1.0, revocations: 3 }
     } else {
-        Opts {
-            rounds: 5,
-            secs: 2.0,
-            revocations: 20,
-        }
+        Opts { rounds: 5, secs: 2.0, revocations: 20 }
     };
     let rate_port = server(true)?;
     let hold_port = server(false)?;
     let rate_addr = format!("127.0.0.1:{rate_port}");
     let hold_addr = format!("127.0.0.1:{hold_port}");
 
-    let agent = Agent::start("bench", &[("BEEMESH_FLOW_EVENTS", "all")])?;
+    let flow_mode = std::env::var("BENCH_FLOW_EVENTS").unwrap_or_else(|_| "all".into());
+    let agent = Agent::start("bench", &[("BEEMESH_FLOW_EVENTS", flow_mode.as_str())])?;
+    let _ = std::fs::remove_file(keep.path().join("agent.log"));
+    std::os::unix::fs::symlink(agent.log_path(), keep.path().join("agent.log"))?;
     let t = Instant::now();
-    agent.write_policy("bench.yaml", &policy(rate_port, hold_port, false))?;
+    agent.write_policy("bench-grant.yaml", &grant(rate_port, hold_port, false))?;
+    agent.write_policy("bench-rules.yaml", &rules())?;
     let generation = agent.generation()?;
     if !beemesh_tests::eventually(T, || agent.generation().unwrap_or(0) > generation) {
         bail!("10,000-rule policy not loaded:\n{}", agent.log());
     }
-    println!(
-        "10,000-rule policy file written to in force: {:.0} ms",
-        t.elapsed().as_secs_f64() * 1e3
-    );
+    println!("10,000-rule policy file written to in force: {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
     let _ = nft(None, &["delete", "table", "inet", "bmbench"]);
 
     println!(
@@ -204,12 +205,8 @@ fn main() -> Result<()> {
         set.push(rate(None, &rate_addr, opts.secs, round)?);
         nft(None, &["delete", "table", "inet", "bmbench"])?;
     }
-    let (base, ours, linear, set) = (
-        median(&mut base),
-        median(&mut ours),
-        median(&mut linear),
-        median(&mut set),
-    );
+    let (base, ours, linear, set) =
+        (median(&mut base), median(&mut ours), median(&mut linear), median(&mut set));
     println!("  no programs                          {base:>9.0} conn/s");
     println!(
         "  beemesh, 10,000 rules                {ours:>9.0} conn/s   policy tax ratio {:.3} (target >= 0.95)",
@@ -224,28 +221,20 @@ fn main() -> Result<()> {
         ours / set
     );
 
-    println!(
-        "\nrevocation latency with the 10,000-rule file in force, {} runs",
-        opts.revocations
-    );
+    println!("\nrevocation latency with the 10,000-rule file in force, {} runs", opts.revocations);
     let (mut to_deny, mut to_teardown) = (vec![], vec![]);
     for i in 0..opts.revocations {
-        agent.write_policy("bench.yaml", &policy(rate_port, hold_port, false))?;
+        agent.write_policy("bench-grant.yaml", &grant(rate_port, hold_port, false))?;
         let held = agent.workload(&format!("held-{i}"), CLIENT, &[], &["hold-ts", &hold_addr])?;
         // Allowed again once a hold connection gets through.
         if held.line(T)? != "connected" {
             bail!("hold connection refused while allowed:\n{}", agent.log());
         }
-        let watcher = agent.workload(
-            &format!("watch-{i}"),
-            CLIENT,
-            &[],
-            &["watch-deny", &rate_addr],
-        )?;
+        let watcher = agent.workload(&format!("watch-{i}"), CLIENT, &[], &["watch-deny", &rate_addr])?;
         assert_eq!(watcher.line(T)?, "watching");
         std::thread::sleep(Duration::from_millis(50));
         let t0 = unix_ns();
-        agent.write_policy("bench.yaml", &policy(rate_port, hold_port, true))?;
+        agent.write_policy("bench-grant.yaml", &grant(rate_port, hold_port, true))?;
         let denied = watcher.line(T)?;
         let closed = held.line(T)?;
         let at = |line: &str, word: &str| -> Result<f64> {

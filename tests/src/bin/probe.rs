@@ -7,7 +7,7 @@
 //! probe hold ADDR           connect, then block until the connection dies
 //! probe udp-send ADDR       one datagram with sendto()
 //! probe loop ADDR           connect every 20 ms forever, print each outcome change
-//! probe rate ADDR MS        connect+close as fast as possible for MS, print `count N`
+//! probe rate ADDR MS        connect, await the server's close, close; for MS: `count N`
 //! probe watch-deny ADDR     connect+close in a tight loop until refused: `denied <unix ns>`
 //! probe hold-ts ADDR        as hold, but the close line is `closed <unix ns>`
 
@@ -95,13 +95,8 @@ fn main() {
             }
         },
         "udp-send" => {
-            let bind: SocketAddr = if addr.is_ipv4() {
-                "0.0.0.0:0"
-            } else {
-                "[::]:0"
-            }
-            .parse()
-            .expect("literal");
+            let bind: SocketAddr =
+                if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
             let s = UdpSocket::bind(bind).unwrap_or_else(|e| {
                 say(&errno_line(&e));
                 std::process::exit(1)
@@ -133,9 +128,12 @@ fn main() {
             let end = std::time::Instant::now() + Duration::from_millis(ms);
             let mut count = 0u64;
             while std::time::Instant::now() < end {
+                // One connection in flight: wait for the server's close (EOF or reset), so the
+                // loop measures connect/accept/close and never overflows the accept queue.
                 match TcpStream::connect(addr) {
-                    Ok(c) => {
-                        drop(c);
+                    Ok(mut c) => {
+                        let _ = c.read(&mut [0u8; 1]);
+                        abort(c);
                         count += 1;
                     }
                     Err(e) => {
@@ -150,11 +148,13 @@ fn main() {
             say("watching");
             loop {
                 match TcpStream::connect(addr) {
-                    Ok(c) => drop(c),
+                    Ok(c) => abort(c),
                     Err(e) if e.raw_os_error() == Some(1) => {
                         say(&format!("denied {}", unix_ns()));
                         return;
                     }
+                    // The revocation sweep may abort a connection that was just accepted.
+                    Err(e) if matches!(e.raw_os_error(), Some(103) | Some(104)) => {}
                     Err(e) => {
                         say(&errno_line(&e));
                         std::process::exit(2)
@@ -182,9 +182,13 @@ fn main() {
     }
 }
 
+/// Closes with a reset (SO_LINGER 0): tight connect loops must not pile up TIME_WAIT
+/// sockets, which exhaust ephemeral ports and make later runs crawl.
+fn abort(c: TcpStream) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let _ = nix::sys::socket::setsockopt(&c, nix::sys::socket::sockopt::Linger, &linger);
+}
+
 fn unix_ns() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }
