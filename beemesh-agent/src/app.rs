@@ -177,11 +177,13 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     );
     loop {
         tokio::select! {
+            // Policy changes first: revocation latency must not queue behind other work.
+            biased;
+            Some(()) = policy_events.recv() => agent.rescan_policies(),
             Some((req, reply)) = calls.recv() => {
                 let resp = agent.handle(req);
                 let _ = reply.send(resp);
             }
-            Some(()) = policy_events.recv() => agent.rescan_policies(),
             _ = tick.tick() => agent.housekeeping(),
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
@@ -416,6 +418,15 @@ impl Agent {
     }
 
     fn delete_workload(&mut self, name: &str) -> Result<(), String> {
+        self.forget_workload(name)?;
+        self.persist();
+        self.recompile();
+        Ok(())
+    }
+
+    /// Removes a workload's cgroup and kernel mapping; the caller persists and recompiles
+    /// (once for a batch).
+    fn forget_workload(&mut self, name: &str) -> Result<(), String> {
         let w = self.workloads.remove(name).map_err(|e| e.to_string())?;
         if let Err(e) = self.cgroups.destroy(name) {
             warn!(workload = %name, error = %e, "cannot remove workload cgroup");
@@ -424,8 +435,6 @@ impl Agent {
             warn!(workload = %name, error = %e, "cannot unmap workload cgroup");
         }
         info!(workload = %name, "workload removed");
-        self.persist();
-        self.recompile();
         Ok(())
     }
 
@@ -437,8 +446,12 @@ impl Agent {
             .filter_map(|w| Some((w.name.clone(), self.cgroups.populated(&w.name)?)))
             .collect();
         let done = self.workloads.reap(&observed, now_secs());
-        for name in done {
-            let _ = self.delete_workload(&name);
+        if !done.is_empty() {
+            for name in &done {
+                let _ = self.forget_workload(name);
+            }
+            self.persist();
+            self.recompile();
         }
         let local = LocalAddrs::read();
         if local.0 != self.local.0 {

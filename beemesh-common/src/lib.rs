@@ -57,7 +57,7 @@ pub const ENDPOINT_MAP_SIZE: u32 = 65_536;
 /// Capacity of the local address set.
 pub const LOCAL_ADDR_MAP_SIZE: u32 = 1024;
 /// Ring buffer size for flow events (bytes, power of two).
-pub const FLOW_RING_BYTES: u32 = 1 << 22;
+pub const FLOW_RING_BYTES: u32 = 1 << 18;
 
 /// Flow events: emit every verdict.
 pub const FLOWS_ALL: u8 = 0;
