@@ -15,7 +15,10 @@ fn main() {
     }
     println!("cargo:rerun-if-env-changed=BEEMESH_EBPF_OBJECT");
     let object = match std::env::var("BEEMESH_EBPF_OBJECT") {
-        Ok(prebuilt) => std::path::PathBuf::from(prebuilt),
+        Ok(prebuilt) => {
+            println!("cargo:rerun-if-changed={prebuilt}");
+            std::path::PathBuf::from(prebuilt)
+        }
         Err(_) => match build_ebpf(&ebpf_dir) {
             Ok(path) => path,
             Err(e) => panic!("{e}"),

@@ -271,25 +271,16 @@ impl Agent {
             warn!(error = %e, "cannot list UDP sockets to re-tag workload ports");
             Vec::new()
         });
-        let listening: std::collections::HashSet<u16> = tcp
-            .iter()
-            .filter(|s| s.state == crate::sys::diag::TcpState::Listen)
-            .map(|s| s.local.port())
-            .collect();
+        // Servers only: listening TCP sockets and bound UDP sockets. Clients need no tag
+        // (the ingress program looks the sending socket up).
         let mut tagged = 0;
         let candidates = tcp
             .iter()
+            .filter(|s| s.state == crate::sys::diag::TcpState::Listen)
             .map(|s| (s, beemesh_common::PROTO_TCP))
             .chain(udp.iter().map(|s| (s, beemesh_common::PROTO_UDP)));
         for (s, proto) in candidates {
-            let Some(&id) = s.cgroup_id.and_then(|c| owners.get(&c)) else {
-                continue;
-            };
-            let is_listener = s.state == crate::sys::diag::TcpState::Listen;
-            // Accepted connections share their listener's port; the listener owns it.
-            if proto == beemesh_common::PROTO_TCP && !is_listener && listening.contains(&s.local.port()) {
-                continue;
-            }
+            let Some(&id) = s.cgroup_id.and_then(|c| owners.get(&c)) else { continue };
             if s.local.port() == 0 {
                 continue;
             }

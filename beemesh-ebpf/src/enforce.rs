@@ -43,7 +43,7 @@ pub fn is_workload(id: u32) -> bool {
 }
 
 #[inline(always)]
-fn is_local(addr: &Addr) -> bool {
+pub fn is_local(addr: &Addr) -> bool {
     addr.is_loopback() || LOCAL_ADDRS.get_ptr(addr).is_some()
 }
 
@@ -76,21 +76,9 @@ pub fn local_port_owner(port: u16, proto: u8) -> u32 {
 /// Who is at `addr:port`: a local workload (by the port it owns), a remote workload the
 /// agent told us about, this host, or the world; plus the CIDR identity for the latter two.
 #[inline(always)]
-pub fn classify(slot: &Slot, addr: &Addr, port: u16, proto: u8) -> (PeerSet, bool) {
-    let none = |primary| PeerSet {
-        primary,
-        cidr: ID_NONE,
-    };
+pub fn classify(slot: &Slot, addr: &Addr, port: u16, proto: u8) -> PeerSet {
     if is_local(addr) {
-        let owner = local_port_owner(port, proto);
-        if owner != ID_NONE {
-            return (none(owner), true);
-        }
-        let host = PeerSet {
-            primary: ID_HOST,
-            cidr: cidr_identity(slot, addr),
-        };
-        return (host, true);
+        return local_peer(slot, addr, local_port_owner(port, proto));
     }
     let key = EndpointKey {
         addr: *addr,
@@ -99,23 +87,33 @@ pub fn classify(slot: &Slot, addr: &Addr, port: u16, proto: u8) -> (PeerSet, boo
         _pad: 0,
     };
     if let Some(p) = ENDPOINTS.get_ptr(&key) {
-        // SAFETY: pointer from a successful lookup, read at once.
-        return (none(unsafe { *p }), false);
+        return PeerSet {
+            // SAFETY: pointer from a successful lookup, read at once.
+            primary: unsafe { *p },
+            cidr: ID_NONE,
+        };
     }
-    let world = PeerSet {
+    PeerSet {
         primary: ID_WORLD,
         cidr: cidr_identity(slot, addr),
-    };
-    (world, false)
+    }
 }
 
-/// Outcome of [`egress`].
-#[derive(Clone, Copy)]
-pub struct Egress {
-    pub allowed: bool,
-    /// The destination is a workload on this host: its ingress side will want to know
-    /// which workload the connecting port belongs to.
-    pub to_local_workload: bool,
+/// A peer on this host: the workload `owner` if it is one, else the host (plus the CIDR
+/// identity of its address).
+#[inline(always)]
+pub fn local_peer(slot: &Slot, addr: &Addr, owner: u32) -> PeerSet {
+    if owner != ID_NONE {
+        PeerSet {
+            primary: owner,
+            cidr: ID_NONE,
+        }
+    } else {
+        PeerSet {
+            primary: ID_HOST,
+            cidr: cidr_identity(slot, addr),
+        }
+    }
 }
 
 #[inline(always)]
@@ -216,8 +214,8 @@ const FLOW_WAKEUP_BYTES: u64 = (beemesh_common::FLOW_RING_BYTES / 4) as u64;
 /// destination when it is a workload this host knows). `emit_allowed`: whether an allowed
 /// flow is worth an event (a new connection is; every UDP datagram is not).
 #[inline(always)]
-pub fn egress(slot: &Slot, flow: &Flow, emit_allowed: bool) -> Egress {
-    let (peers, local) = classify(slot, &flow.addr, flow.port, flow.proto);
+pub fn egress(slot: &Slot, flow: &Flow, emit_allowed: bool) -> bool {
+    let peers = classify(slot, &flow.addr, flow.port, flow.proto);
     let mut d = decide_in(
         slot,
         &Query {
@@ -254,10 +252,7 @@ pub fn egress(slot: &Slot, flow: &Flow, emit_allowed: bool) -> Egress {
         }
     }
     emit(slot, flow, &d, emit_allowed);
-    Egress {
-        allowed: d.allowed,
-        to_local_workload: local && is_workload(peers.primary),
-    }
+    d.allowed
 }
 
 /// Ingress verdict for a new inbound flow to `flow.subject` from `flow.addr:src_port`

@@ -1,9 +1,10 @@
 //! beemesh kernel programs, attached by the agent to the root of its cgroup2 subtree so
 //! that they run for every workload below it:
 //! - `connect4/6`, `sendmsg4/6`: egress policy before any packet leaves (EPERM on deny);
-//! - `post_bind4/6`, `sock_ops` (TCP_CONNECT_CB), `sendmsg`: tag the local ports a workload
-//!   owns with its identity; `sock_release` drops the tag;
-//! - `ingress` (cgroup_skb): ingress policy on inbound SYNs and datagrams.
+//! - `post_bind4/6`: tag the ports a workload binds (its servers) with its identity, so a
+//!   connect to them knows whom it reaches; `sock_release` drops the tag;
+//! - `ingress` (cgroup_skb): ingress policy on inbound SYNs and datagrams; a sender on this
+//!   host is identified by looking its socket up (`bpf_sk_lookup_*`) and reading its cgroup.
 #![no_std]
 #![no_main]
 
@@ -11,10 +12,13 @@ mod enforce;
 mod maps;
 
 use aya_ebpf::{
-    bindings::{bpf_sock, BPF_SOCK_OPS_TCP_CONNECT_CB},
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie, bpf_skb_ancestor_cgroup_id},
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, sock_ops},
-    programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext},
+    bindings::{bpf_sock, bpf_sock_tuple},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie, bpf_sk_ancestor_cgroup_id, bpf_sk_lookup_tcp,
+        bpf_sk_lookup_udp, bpf_sk_release, bpf_skb_ancestor_cgroup_id,
+    },
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr},
+    programs::{SkBuffContext, SockAddrContext, SockContext},
     EbpfContext,
 };
 use aya_log_ebpf::debug;
@@ -23,7 +27,7 @@ use beemesh_common::{
     HOOK_SENDMSG, ID_NONE, PROTO_TCP, PROTO_UDP,
 };
 use enforce::{active_slot, identity_of_cgroup, is_workload, Flow, Slot};
-use maps::{COOKIE_PORTS, LOCAL_PORTS, PENDING_TAGS};
+use maps::{COOKIE_PORTS, LOCAL_PORTS};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -79,29 +83,12 @@ fn sock_addr(ctx: &SockAddrContext, v6: bool, hook: u8) -> i32 {
         direction: DIR_EGRESS,
         hook,
     };
-    let verdict = enforce::egress(&slot, &flow, hook == HOOK_CONNECT);
-    if !verdict.allowed {
+    if enforce::egress(&slot, &flow, hook == HOOK_CONNECT) {
+        ALLOW
+    } else {
         debug!(ctx, "deny egress subject={} port={}", subject, flow.port);
-        return DENY;
+        DENY
     }
-    if verdict.to_local_workload {
-        // SAFETY: the context pointer is valid for the helper.
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        if hook == HOOK_SENDMSG {
-            // UDP: the port is already bound (autobind runs before the hook).
-            // SAFETY: `sk` is always set for sock_addr programs.
-            let sk = unsafe { sa.__bindgen_anon_1.sk };
-            if !sk.is_null() {
-                // SAFETY: non-null kernel socket pointer checked by the verifier.
-                let port = unsafe { (*sk).src_port } as u16;
-                tag_port(subject, port, proto, cookie);
-            }
-        } else if proto == PROTO_TCP {
-            // TCP picks the port after this hook; sock_ops tags it at TCP_CONNECT_CB.
-            let _ = PENDING_TAGS.insert(&cookie, &subject, 0);
-        }
-    }
-    ALLOW
 }
 
 #[cgroup_sock_addr(connect4)]
@@ -168,21 +155,6 @@ pub fn sock_release(ctx: SockContext) -> i32 {
     ALLOW
 }
 
-#[sock_ops]
-pub fn tag_connect(ctx: SockOpsContext) -> u32 {
-    if ctx.op() == BPF_SOCK_OPS_TCP_CONNECT_CB {
-        // SAFETY: the context pointer is valid for the helper.
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-        if let Some(subject) = PENDING_TAGS.get_ptr(&cookie) {
-            // SAFETY: pointer from a successful lookup, read at once.
-            let subject = unsafe { *subject };
-            let _ = PENDING_TAGS.remove(&cookie);
-            tag_port(subject, ctx.local_port() as u16, PROTO_TCP, cookie);
-        }
-    }
-    1
-}
-
 #[cgroup_skb(ingress)]
 pub fn ingress(ctx: SkBuffContext) -> i32 {
     match try_ingress(&ctx) {
@@ -211,7 +183,8 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, i32> {
     } else if proto != PROTO_UDP {
         return Ok(ALLOW);
     }
-    let src = if first >> 4 == 4 {
+    let v4 = first >> 4 == 4;
+    let src = if v4 {
         Addr::from_v4_be(ctx.load::<u32>(12).map_err(|_| ALLOW)?)
     } else {
         Addr {
@@ -227,7 +200,12 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, i32> {
     }
     let sport = u16::from_be(ctx.load::<u16>(l4).map_err(|_| ALLOW)?);
     let dport = u16::from_be(ctx.load::<u16>(l4 + 2).map_err(|_| ALLOW)?);
-    let (peers, _) = enforce::classify(&slot, &src, sport, proto);
+    let peers = if enforce::is_local(&src) {
+        let sender = local_sender(ctx, v4, proto, sport, dport, slot.settings.workload_level)?;
+        enforce::local_peer(&slot, &src, sender)
+    } else {
+        enforce::classify(&slot, &src, sport, proto)
+    };
     // A TCP connection from a workload on this host was decided, both ends, at connect().
     if proto == PROTO_TCP && is_workload(peers.primary) {
         return Ok(ALLOW);
@@ -242,6 +220,54 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, i32> {
     };
     Ok(if enforce::ingress(&slot, &flow, peers) { ALLOW } else { DENY })
 }
+
+/// Identity of the socket on this host that sent the packet, found by looking it up with
+/// the reversed 4-tuple (it is connected or bound: SYN_SENT sockets and bound UDP sockets are
+/// in the lookup tables) and reading its workload-level cgroup. `ID_NONE` if it is not a
+/// workload's socket.
+#[inline(always)]
+fn local_sender(ctx: &SkBuffContext, v4: bool, proto: u8, sport: u16, dport: u16, level: u32) -> Result<u32, i32> {
+    // SAFETY: an all-zero tuple is a valid value of this plain C union.
+    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let size = if v4 {
+        let src: u32 = ctx.load(12).map_err(|_| ALLOW)?;
+        let dst: u32 = ctx.load(16).map_err(|_| ALLOW)?;
+        // The sender's socket sees the packet's destination as its remote end.
+        tuple.__bindgen_anon_1.ipv4.saddr = dst;
+        tuple.__bindgen_anon_1.ipv4.daddr = src;
+        tuple.__bindgen_anon_1.ipv4.sport = dport.to_be();
+        tuple.__bindgen_anon_1.ipv4.dport = sport.to_be();
+        12
+    } else {
+        let src: [u32; 4] = ctx.load(8).map_err(|_| ALLOW)?;
+        let dst: [u32; 4] = ctx.load(24).map_err(|_| ALLOW)?;
+        tuple.__bindgen_anon_1.ipv6.saddr = dst;
+        tuple.__bindgen_anon_1.ipv6.daddr = src;
+        tuple.__bindgen_anon_1.ipv6.sport = dport.to_be();
+        tuple.__bindgen_anon_1.ipv6.dport = sport.to_be();
+        36
+    };
+    let skb = ctx.skb.skb.cast();
+    // SAFETY: the tuple lives on our stack for the call; the returned socket is released below.
+    let sk = unsafe {
+        if proto == PROTO_TCP {
+            bpf_sk_lookup_tcp(skb, &mut tuple, size, BPF_F_CURRENT_NETNS, 0)
+        } else {
+            bpf_sk_lookup_udp(skb, &mut tuple, size, BPF_F_CURRENT_NETNS, 0)
+        }
+    };
+    if sk.is_null() {
+        return Ok(ID_NONE);
+    }
+    // SAFETY: `sk` is a referenced socket from the lookup; released right after.
+    let cg = unsafe { bpf_sk_ancestor_cgroup_id(sk.cast(), level as i32) };
+    // SAFETY: releases the reference taken by the lookup.
+    unsafe { bpf_sk_release(sk.cast()) };
+    Ok(identity_of_cgroup(cg))
+}
+
+/// `BPF_F_CURRENT_NETNS`: look sockets up in the packet's network namespace.
+const BPF_F_CURRENT_NETNS: u64 = u64::MAX;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -57,12 +57,6 @@ pub static LOCAL_PORTS: LruHashMap<LocalPortKey, LocalPortValue> =
 pub static COOKIE_PORTS: LruHashMap<u64, LocalPortKey> =
     LruHashMap::with_max_entries(LOCAL_PORT_MAP_SIZE, 0);
 
-/// Socket cookie -> workload, for TCP connects to a workload on this host: `tag_connect`
-/// (sock_ops) tags the client port once the kernel has chosen it. Other connects skip the
-/// tagging entirely, which keeps the common path free of map writes.
-#[map]
-pub static PENDING_TAGS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16_384, 0);
-
 /// Workload address:port on other hosts -> identity (filled by the agent).
 #[map]
 pub static ENDPOINTS: HashMap<EndpointKey, u32> =

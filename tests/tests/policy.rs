@@ -288,3 +288,41 @@ spec:
     assert!(send(&format!("127.0.0.1:{}", port()))?.starts_with(EPERM_LINE));
     Ok(())
 }
+
+#[test]
+fn udp_ingress_knows_local_senders_and_drops_the_host() -> Result<()> {
+    let agent = Agent::start("udpin", &[])?;
+    let p = port();
+    let addr = format!("127.0.0.1:{p}");
+    agent.write_policy(
+        "dns.yaml",
+        &format!(
+            r#"apiVersion: beemesh.io/v1alpha1
+kind: IdentityPolicy
+metadata:
+  name: dns
+spec:
+  selector:
+    identities: ["{WEB}"]
+  ingress:
+    - from:
+        - identity: "{FRONTEND}"
+      ports:
+        - port: {p}
+          protocol: UDP
+"#
+        ),
+    )?;
+    assert!(eventually(T, || agent.generation().unwrap_or(0) >= 2));
+    let server = agent.workload("dns", WEB, &[], &["udp-listen", &addr])?;
+    assert_eq!(server.line(T)?, "listening");
+    // A workload sender is identified by its socket (looked up at ingress) and allowed.
+    assert_eq!(agent.workload("fe", FRONTEND, &[], &["udp-send", &addr])?.line(T)?, "sent");
+    assert_eq!(server.line(T)?, "datagram 4");
+    // A denied workload is refused at sendmsg, before anything leaves.
+    assert!(agent.workload("bad", INTRUDER, &[], &["udp-send", &addr])?.line(T)?.starts_with(EPERM_LINE));
+    // The host is not allowed: its datagram leaves but is dropped at the workload's ingress.
+    assert_eq!(agent.host_probe(&["udp-send", &addr])?.line(T)?, "sent");
+    assert!(server.line(Duration::from_millis(500)).is_err(), "host datagram delivered");
+    Ok(())
+}

@@ -23,17 +23,8 @@ use super::KernelError;
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/beemesh-ebpf.o"));
 
 /// Every program in the object, in attach order (taggers before enforcers).
-const PROGRAMS: [&str; 9] = [
-    "post_bind4",
-    "post_bind6",
-    "sock_release",
-    "tag_connect",
-    "connect4",
-    "connect6",
-    "sendmsg4",
-    "sendmsg6",
-    "ingress",
-];
+const PROGRAMS: [&str; 8] =
+    ["post_bind4", "post_bind6", "sock_release", "connect4", "connect6", "sendmsg4", "sendmsg6", "ingress"];
 
 /// Where the programs go.
 #[derive(Clone, Debug)]
@@ -89,7 +80,6 @@ impl Kernel {
             let result = match program {
                 Program::CgroupSockAddr(p) => p.load(),
                 Program::CgroupSock(p) => p.load(),
-                Program::SockOps(p) => p.load(),
                 Program::CgroupSkb(p) => p.load(),
                 _ => unreachable!("the object only has cgroup programs"),
             };
@@ -238,10 +228,6 @@ fn attach_one(ebpf: &mut Ebpf, name: &'static str, cgroup: &File) -> Result<FdLi
             p.take_link(id).map_err(perr)?.try_into()
         }
         Program::CgroupSock(p) => {
-            let id = p.attach(cgroup, mode).map_err(perr)?;
-            p.take_link(id).map_err(perr)?.try_into()
-        }
-        Program::SockOps(p) => {
             let id = p.attach(cgroup, mode).map_err(perr)?;
             p.take_link(id).map_err(perr)?.try_into()
         }

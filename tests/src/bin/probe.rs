@@ -6,6 +6,7 @@
 //! probe connect ADDR [MS]   one connect (timeout MS, default 2000), then exit
 //! probe hold ADDR           connect, then block until the connection dies
 //! probe udp-send ADDR       one datagram with sendto()
+//! probe udp-listen ADDR     print `datagram <len>` for each datagram received
 //! probe loop ADDR           connect every 20 ms forever, print each outcome change
 //! probe rate ADDR MS        connect, await the server's close, close; for MS: `count N`
 //! probe watch-deny ADDR     connect+close in a tight loop until refused: `denied <unix ns>`
@@ -107,6 +108,17 @@ fn main() {
                     say(&errno_line(&e));
                     std::process::exit(2)
                 }
+            }
+        }
+        "udp-listen" => {
+            let s = UdpSocket::bind(addr).unwrap_or_else(|e| {
+                say(&errno_line(&e));
+                std::process::exit(1)
+            });
+            say("listening");
+            let mut buf = [0u8; 2048];
+            while let Ok((n, _)) = s.recv_from(&mut buf) {
+                say(&format!("datagram {n}"));
             }
         }
         "loop" => {
