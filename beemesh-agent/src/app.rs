@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use beemesh_common::{
-    Decision, Query, Settings, FLOWS_ALL, FLOWS_DENIED, FLOWS_NONE, ID_ANY, ID_HOST, ID_NONE, ID_WORLD,
+    Decision, Query, Settings, FLOWS_ALL, FLOWS_DENIED, FLOWS_NONE, FLOWS_SAMPLED, ID_ANY, ID_HOST, ID_NONE,
+    ID_WORLD,
 };
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -543,26 +544,27 @@ impl Agent {
         };
         self.compile_error = None;
         let compile_ms = started.elapsed().as_secs_f64() * 1e3;
-        self.publish_names(&compiled);
         if self.compiled.as_deref() == Some(&compiled) {
+            // Same tables (a replica came or went): only the names may have changed.
+            let same = self.compiled.clone().expect("just compared equal");
+            self.publish_names(&same);
             return;
         }
+        let compiled = Arc::new(compiled);
         let contents = SlotContents {
-            allow: compiled.allow.clone(),
-            isolation: compiled.isolation.clone(),
-            cidrs: compiled.cidrs.iter().copied().collect(),
+            policy: compiled.clone(),
             settings: Settings {
                 default_allow_egress: u8::from(compiled.default_allow_egress),
                 default_allow_ingress: u8::from(compiled.default_allow_ingress),
                 flow_mode: match self.cfg.flow_events {
                     FlowEvents::All => FLOWS_ALL,
+                    FlowEvents::Sampled => FLOWS_SAMPLED,
                     FlowEvents::Denied => FLOWS_DENIED,
                     FlowEvents::None => FLOWS_NONE,
                 },
                 _pad: 0,
                 workload_level: self.workload_level,
             },
-            rule_names: compiled.rules.iter().map(rule_name).collect(),
         };
         if let Err(e) = self.kernel.slots.install(contents) {
             error!(error = %e, "cannot install policy into the kernel; the previous policy stays in force");
@@ -570,7 +572,7 @@ impl Agent {
             return;
         }
         self.generation += 1;
-        let compiled = Arc::new(compiled);
+        self.publish_names(&compiled);
         let install_ms = started.elapsed().as_secs_f64() * 1e3 - compile_ms;
         let owners: HashMap<u64, u32> = self.workloads.iter().map(|w| (w.cgroup_id, w.id)).collect();
         let cut = authz::sweep(&owners, compiled.as_ref(), &self.local);
@@ -590,20 +592,14 @@ impl Agent {
         self.compiled = Some(compiled);
     }
 
-    fn publish_names(&self, compiled: &CompiledPolicy) {
+    fn publish_names(&self, compiled: &Arc<CompiledPolicy>) {
         let mut identities: HashMap<u32, String> =
             self.identities.iter().map(|(id, s)| (id, s.to_string())).collect();
         identities.insert(ID_NONE, "none".into());
         identities.insert(ID_HOST, "host".into());
         identities.insert(ID_WORLD, "world".into());
         identities.insert(ID_ANY, "any".into());
-        for (net, id) in &compiled.cidrs {
-            identities.insert(*id, format!("cidr:{net}"));
-        }
-        self.names.send_replace(Arc::new(Names {
-            identities,
-            rules: compiled.rules.iter().map(rule_name).collect(),
-        }));
+        self.names.send_replace(Arc::new(Names { identities, policy: compiled.clone() }));
     }
 
     fn policy_report(&self) -> Result<PolicyReport, String> {
@@ -640,14 +636,6 @@ impl Agent {
         }
         self.persist();
         info!("agent stopped");
-    }
-}
-
-fn rule_name(r: &policy::RuleInfo) -> String {
-    if r.id == beemesh_common::RULE_DEFAULT {
-        "default".into()
-    } else {
-        format!("{} {}", r.policy, r.rule)
     }
 }
 

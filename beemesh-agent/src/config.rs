@@ -41,8 +41,10 @@ pub enum DefaultAction {
 #[serde(rename_all = "lowercase")]
 pub enum FlowEvents {
     /// Every new connection and every denial.
-    #[default]
     All,
+    /// Every denial; allowed flows once per second per (subject, peer, port).
+    #[default]
+    Sampled,
     /// Denials only.
     Denied,
     None,
@@ -87,7 +89,7 @@ impl Default for Config {
             trust_domain: "beemesh.local".into(),
             default_egress: DefaultAction::Allow,
             default_ingress: DefaultAction::Allow,
-            flow_events: FlowEvents::All,
+            flow_events: FlowEvents::Sampled,
             policy_debounce_ms: 5,
             flow_history: 10_000,
         }

@@ -5,26 +5,39 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use beemesh_common::{
-    FlowEvent, DIR_EGRESS, HOOK_CONNECT, HOOK_SENDMSG, PROTO_TCP, PROTO_UDP, VERDICT_ALLOW,
+    FlowEvent, DIR_EGRESS, FIRST_CIDR_ID, HOOK_CONNECT, HOOK_SENDMSG, PROTO_TCP, PROTO_UDP, VERDICT_ALLOW,
 };
 use tokio::sync::{broadcast, watch};
 use tracing::warn;
 
 use crate::api::FlowRecord;
 use crate::kernel::FlowReader;
+use crate::policy::{CompiledPolicy, RuleInfo};
 
 /// How numeric ids in events read: published by the agent actor on every change.
 #[derive(Debug, Default, Clone)]
 pub struct Names {
-    /// Workload, reserved and CIDR identities.
+    /// Workload and reserved identities.
     pub identities: HashMap<u32, String>,
-    /// Rule id -> rule name, for the slot in force.
-    pub rules: Vec<String>,
+    /// The policy in force: CIDR identities and rule ids are its own.
+    pub policy: Arc<CompiledPolicy>,
 }
 
 impl Names {
     fn identity(&self, id: u32) -> String {
-        self.identities.get(&id).cloned().unwrap_or_else(|| format!("id:{id}"))
+        if let Some(name) = self.identities.get(&id) {
+            return name.clone();
+        }
+        // CIDR ids are numbered in order from FIRST_CIDR_ID.
+        let cidr = id.checked_sub(FIRST_CIDR_ID).and_then(|i| self.policy.cidrs.get(i as usize));
+        match cidr {
+            Some((net, cid)) if *cid == id => format!("cidr:{net}"),
+            _ => format!("id:{id}"),
+        }
+    }
+
+    fn rule(&self, rule: u32) -> String {
+        self.policy.rules.get(rule as usize).map(RuleInfo::display).unwrap_or_else(|| format!("rule:{rule}"))
     }
 }
 
@@ -112,7 +125,7 @@ pub fn record(ev: &FlowEvent, names: &Names, offset_ms: i128) -> FlowRecord {
         },
         addr,
         port: ev.port,
-        rule: names.rules.get(ev.rule as usize).cloned().unwrap_or_else(|| format!("rule:{}", ev.rule)),
+        rule: names.rule(ev.rule),
         hook: match ev.hook {
             HOOK_CONNECT => "connect",
             HOOK_SENDMSG => "sendmsg",

@@ -65,6 +65,11 @@ pub const FLOWS_ALL: u8 = 0;
 pub const FLOWS_DENIED: u8 = 1;
 /// Flow events: emit nothing.
 pub const FLOWS_NONE: u8 = 2;
+/// Flow events: every denial; an allowed flow at most once per [`FLOW_SAMPLE_NS`] per
+/// (subject, peer, port, protocol, direction).
+pub const FLOWS_SAMPLED: u8 = 3;
+/// Sampling window of `FLOWS_SAMPLED`.
+pub const FLOW_SAMPLE_NS: u64 = 1_000_000_000;
 
 /// An IPv4 or IPv6 address as four network-order words; IPv4 is IPv4-mapped
 /// (`::ffff:a.b.c.d`), so one key type serves both families.
@@ -210,7 +215,7 @@ pub struct Settings {
     pub default_allow_egress: u8,
     /// 1 if traffic of workloads no policy selects is allowed (ingress).
     pub default_allow_ingress: u8,
-    /// One of `FLOWS_ALL`, `FLOWS_DENIED`, `FLOWS_NONE`.
+    /// One of `FLOWS_ALL`, `FLOWS_SAMPLED`, `FLOWS_DENIED`, `FLOWS_NONE`.
     pub flow_mode: u8,
     pub _pad: u8,
     /// cgroup2 level of workload cgroups; sockets are attributed to their ancestor at this

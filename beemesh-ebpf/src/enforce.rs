@@ -5,12 +5,12 @@
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use beemesh_common::{
     decide, Addr, CidrKey, Decision, Query, EndpointKey, FlowEvent, LocalPortKey, PeerSet, Settings,
-    DIR_EGRESS, DIR_INGRESS, FIRST_CIDR_ID, FIRST_WORKLOAD_ID, FLOWS_ALL, FLOWS_NONE, ID_HOST,
+    DIR_EGRESS, DIR_INGRESS, FIRST_CIDR_ID, FIRST_WORKLOAD_ID, FLOWS_DENIED, FLOWS_NONE, FLOWS_SAMPLED, FLOW_SAMPLE_NS, PolicyKey, ID_HOST,
     ID_NONE, ID_WORLD, MAX_RULES, VERDICT_ALLOW, VERDICT_DENY,
 };
 
 use crate::maps::{
-    ACTIVE, CGROUPS, CIDR0, CIDR1, COUNTERS, ENDPOINTS, FLOWS, ISOLATION0, ISOLATION1,
+    ACTIVE, CGROUPS, CIDR0, CIDR1, COUNTERS, ENDPOINTS, FLOWS, FLOW_SEEN, ISOLATION0, ISOLATION1,
     LOCAL_ADDRS, LOCAL_PORTS, POLICY0, POLICY1, SETTINGS,
 };
 
@@ -175,13 +175,30 @@ pub struct Flow {
 #[inline(always)]
 fn emit(slot: &Slot, flow: &Flow, d: &Decision, always: bool) {
     let mode = slot.settings.flow_mode;
-    if mode == FLOWS_NONE || (d.allowed && (mode != FLOWS_ALL || !always)) {
+    if mode == FLOWS_NONE || (d.allowed && (mode == FLOWS_DENIED || !always)) {
         return;
+    }
+    // SAFETY: helper without preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if d.allowed && mode == FLOWS_SAMPLED {
+        let key = PolicyKey {
+            subject: flow.subject,
+            peer: d.peer,
+            port: flow.port,
+            proto: flow.proto,
+            direction: flow.direction,
+        };
+        if let Some(last) = FLOW_SEEN.get_ptr(&key) {
+            // SAFETY: pointer from a successful lookup, read at once.
+            if now.wrapping_sub(unsafe { *last }) < FLOW_SAMPLE_NS {
+                return;
+            }
+        }
+        let _ = FLOW_SEEN.insert(&key, &now, 0);
     }
     if let Some(mut entry) = FLOWS.reserve::<FlowEvent>(0) {
         entry.write(FlowEvent {
-            // SAFETY: helper without preconditions.
-            ts_ns: unsafe { bpf_ktime_get_ns() },
+            ts_ns: now,
             subject: flow.subject,
             peer: d.peer,
             rule: d.rule,

@@ -70,6 +70,11 @@ pub static LOCAL_ADDRS: HashMap<Addr, u8> = HashMap::with_max_entries(LOCAL_ADDR
 #[map]
 pub static COUNTERS: PerCpuArray<RuleCounter> = PerCpuArray::with_max_entries(2 * MAX_RULES, 0);
 
+/// Last time an allowed flow of this (subject, peer, port, proto, direction) was reported,
+/// for `FLOWS_SAMPLED`.
+#[map]
+pub static FLOW_SEEN: LruHashMap<PolicyKey, u64> = LruHashMap::with_max_entries(65_536, 0);
+
 /// Flow events to the agent.
 #[map]
 pub static FLOWS: RingBuf = RingBuf::with_byte_size(FLOW_RING_BYTES, 0);

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues};
 use aya::util::nr_cpus;
@@ -13,16 +14,19 @@ use beemesh_common::{
 use ipnet::IpNet;
 
 use super::KernelError;
+use crate::policy::{CompiledPolicy, RuleInfo};
 
-/// Everything one slot holds: the compiled policy in kernel form.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// Everything one slot holds: a compiled policy (shared, never copied) and the settings.
+#[derive(Clone, Debug, Default)]
 pub struct SlotContents {
-    pub allow: BTreeMap<PolicyKey, PolicyValue>,
-    pub isolation: BTreeMap<IsolationKey, IsolationValue>,
-    pub cidrs: BTreeMap<IpNet, u32>,
+    pub policy: Arc<CompiledPolicy>,
     pub settings: Settings,
-    /// Display name of each rule id (index); counters are reported under these names.
-    pub rule_names: Vec<String>,
+}
+
+impl SlotContents {
+    fn rule_name(&self, rule: usize) -> String {
+        self.policy.rules.get(rule).map(RuleInfo::display).unwrap_or_else(|| format!("rule:{rule}"))
+    }
 }
 
 /// CIDR in the trie's form: IPv4 becomes IPv4-mapped IPv6, prefix length + 96.
@@ -93,25 +97,28 @@ impl SlotWriter {
         let idle = 1 - self.active;
         let old = std::mem::take(&mut self.shadow[idle]);
 
+        let (old_p, new_p) = (&old.policy, &next.policy);
         let policy = &mut self.policy[idle];
-        for key in old.allow.keys().filter(|k| !next.allow.contains_key(k)) {
+        for key in old_p.allow.keys().filter(|k| !new_p.allow.contains_key(k)) {
             policy.remove(key).map_err(KernelError::map("POLICY"))?;
         }
-        for (key, value) in next.allow.iter().filter(|(k, v)| old.allow.get(k) != Some(v)) {
+        for (key, value) in new_p.allow.iter().filter(|(k, v)| old_p.allow.get(k) != Some(v)) {
             policy.insert(key, value, 0).map_err(KernelError::map("POLICY"))?;
         }
         let iso = &mut self.isolation[idle];
-        for key in old.isolation.keys().filter(|k| !next.isolation.contains_key(k)) {
+        for key in old_p.isolation.keys().filter(|k| !new_p.isolation.contains_key(k)) {
             iso.remove(key).map_err(KernelError::map("ISOLATION"))?;
         }
-        for (key, value) in next.isolation.iter().filter(|(k, v)| old.isolation.get(k) != Some(v)) {
+        for (key, value) in new_p.isolation.iter().filter(|(k, v)| old_p.isolation.get(k) != Some(v)) {
             iso.insert(key, value, 0).map_err(KernelError::map("ISOLATION"))?;
         }
+        let (old_c, new_c): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            (old_p.cidrs.iter().copied().collect(), new_p.cidrs.iter().copied().collect());
         let trie = &mut self.cidr[idle];
-        for net in old.cidrs.keys().filter(|k| !next.cidrs.contains_key(k)) {
+        for net in old_c.keys().filter(|k| !new_c.contains_key(k)) {
             trie.remove(&cidr_key(net)).map_err(KernelError::map("CIDR"))?;
         }
-        for (net, id) in next.cidrs.iter().filter(|(k, v)| old.cidrs.get(k) != Some(v)) {
+        for (net, id) in new_c.iter().filter(|(k, v)| old_c.get(k) != Some(v)) {
             trie.insert(&cidr_key(net), id, 0).map_err(KernelError::map("CIDR"))?;
         }
         self.settings.set(idle as u32, next.settings, 0).map_err(KernelError::map("SETTINGS"))?;
@@ -135,7 +142,7 @@ impl SlotWriter {
     }
 
     fn read_slot(&self, slot: usize) -> Result<Vec<RuleCounter>, KernelError> {
-        let rules = self.shadow[slot].rule_names.len().min(MAX_RULES as usize);
+        let rules = self.shadow[slot].policy.rules.len().min(MAX_RULES as usize);
         let mut out = Vec::with_capacity(rules);
         for rule in 0..rules as u32 {
             let index = slot as u32 * MAX_RULES + rule;
@@ -158,7 +165,7 @@ impl SlotWriter {
             if count.allowed == 0 && count.denied == 0 {
                 continue;
             }
-            let total = self.totals.entry(self.shadow[slot].rule_names[rule].clone()).or_default();
+            let total = self.totals.entry(self.shadow[slot].rule_name(rule)).or_default();
             total.allowed += count.allowed;
             total.denied += count.denied;
             let zero = PerCpuValues::try_from(vec![RuleCounter::default(); cpus])
@@ -175,7 +182,7 @@ impl SlotWriter {
         let mut all = self.totals.clone();
         for slot in [self.active, 1 - self.active] {
             for (rule, count) in self.read_slot(slot)?.into_iter().enumerate() {
-                let total = all.entry(self.shadow[slot].rule_names[rule].clone()).or_default();
+                let total = all.entry(self.shadow[slot].rule_name(rule)).or_default();
                 total.allowed += count.allowed;
                 total.denied += count.denied;
             }

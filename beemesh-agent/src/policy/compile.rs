@@ -56,8 +56,19 @@ pub struct RuleInfo {
     pub rule: String,
 }
 
+impl RuleInfo {
+    /// How counters and flow events name the rule: `default`, or `<policy> <rule>`.
+    pub fn display(&self) -> String {
+        if self.id == RULE_DEFAULT {
+            "default".to_owned()
+        } else {
+            format!("{} {}", self.policy, self.rule)
+        }
+    }
+}
+
 /// The contents of one kernel policy slot.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CompiledPolicy {
     pub allow: BTreeMap<PolicyKey, PolicyValue>,
     pub isolation: BTreeMap<IsolationKey, IsolationValue>,
