@@ -47,8 +47,12 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
 }
 
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+}
+
 fn is_root() -> bool {
-    // SAFETY-free: reading /proc avoids unsafe geteuid in this crate.
+    // Reading /proc keeps this crate free of libc and unsafe.
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -88,6 +92,16 @@ fn cargo() -> Command {
     c
 }
 
+/// Builds the agent and the bench's binaries (bench drives `probe` workloads) in release
+/// mode and runs the bench.
+fn bench(args: &[String]) -> Result<()> {
+    run(cargo().args(["build", "--release", "-p", "beemesh-agent", "-p", "beemesh-tests", "--bins"]))?;
+    let release = target_dir().join("release");
+    let mut cmd = Command::new(release.join("bench"));
+    cmd.args(args).env("BEEMESH_AGENT_BIN", release.join("beemesh-agent"));
+    run(&mut cmd)
+}
+
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup(),
@@ -99,7 +113,7 @@ fn main() -> Result<()> {
         Task::Run { args } => {
             setup()?;
             run(cargo().args(["build", "--release", "-p", "beemesh-agent"]))?;
-            let bin = root().join("target/release/beemesh-agent");
+            let bin = target_dir().join("release/beemesh-agent");
             let mut cmd = privileged(bin.to_str().context("utf-8 path")?);
             cmd.arg("run").args(args);
             run(&mut cmd)
@@ -116,15 +130,14 @@ fn main() -> Result<()> {
             run(cargo().args(["build", "-p", "beemesh-agent"]))?;
             run(cargo().args(["test", "--workspace", "--no-fail-fast"]))?;
             // The benchmarks must at least run: one quick pass, figures printed.
-            run(cargo().args(["run", "--release", "-p", "beemesh-tests", "--bin", "bench", "--", "--quick"]))
+            bench(&["--quick".to_string()])
         }
         Task::Bench { args } => {
             if !is_root() {
                 bail!("the benchmarks attach eBPF programs and nftables rules: run as root");
             }
             setup()?;
-            run(cargo().args(["build", "--release", "-p", "beemesh-agent"]))?;
-            run(cargo().args(["run", "--release", "-p", "beemesh-tests", "--bin", "bench", "--"]).args(args))
+            bench(&args)
         }
     }
 }

@@ -91,6 +91,11 @@ fn nft_ruleset(rate_port: u16, set: bool) -> String {
     r
 }
 
+/// Removes a table left by an interrupted earlier run, if any.
+fn nft_cleanup() {
+    let _ = Command::new("nft").args(["delete", "table", "inet", "bmbench"]).stderr(Stdio::null()).status();
+}
+
 fn nft(input: Option<&str>, args: &[&str]) -> Result<()> {
     let mut c = Command::new("nft");
     c.args(args).stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
@@ -214,7 +219,7 @@ fn run(keep: &tempfile::TempDir) -> Result<()> {
         bail!("10,000-rule policy not loaded:\n{}", agent.log());
     }
     println!("10,000-rule policy file written to in force: {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
-    let _ = nft(None, &["delete", "table", "inet", "bmbench"]);
+    nft_cleanup();
 
     println!(
         "\nconnection rate: connect/accept/close on loopback, 1 client, {} round(s) x {} s; medians (ratios: of per-round pairs)",
