@@ -35,6 +35,11 @@ pub enum Request {
         name: String,
     },
     ListWorkloads,
+    /// Which workload owns a local port (`proto` is `tcp` or `udp`), from the kernel's tags.
+    PortOwner {
+        proto: String,
+        port: u16,
+    },
     /// Loaded policy files, their errors, and per-rule counters.
     Policies,
     /// Recent flow events (`limit` newest), then, with `follow`, new ones as they come.
@@ -55,11 +60,19 @@ fn default_flow_limit() -> usize {
 pub enum Response {
     Status(StatusInfo),
     Workload(WorkloadInfo),
-    Workloads { items: Vec<WorkloadInfo> },
+    Workloads {
+        items: Vec<WorkloadInfo>,
+    },
+    /// `identity` is `None` when no workload socket holds the port.
+    PortOwner {
+        identity: Option<String>,
+    },
     Policies(PolicyReport),
     Flow(FlowRecord),
     Done,
-    Error { message: String },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -314,6 +314,7 @@ impl Agent {
             Request::JoinedWorkload { name } => {
                 self.workloads.mark_joined(&name).map(|()| Response::Done).map_err(|e| e.to_string())
             }
+            Request::PortOwner { proto, port } => self.port_owner(&proto, port),
             Request::ListWorkloads => {
                 Ok(Response::Workloads { items: self.workloads.iter().map(|w| self.info(w)).collect() })
             }
@@ -321,6 +322,19 @@ impl Agent {
             Request::Flows { .. } => Err("flows are served by the flow hub".to_string()),
         };
         result.unwrap_or_else(|message| Response::Error { message })
+    }
+
+    fn port_owner(&self, proto: &str, port: u16) -> Result<Response, String> {
+        let proto = match proto {
+            "tcp" => beemesh_common::PROTO_TCP,
+            "udp" => beemesh_common::PROTO_UDP,
+            other => return Err(format!("protocol {other:?}: expected tcp or udp")),
+        };
+        let identity = self
+            .kernel
+            .local_port_owner(port, proto)
+            .map(|id| self.identities.spiffe_of(id).map_or_else(|| format!("id:{id}"), ToString::to_string));
+        Ok(Response::PortOwner { identity })
     }
 
     fn info(&self, w: &Workload) -> WorkloadInfo {

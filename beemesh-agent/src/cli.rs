@@ -89,6 +89,13 @@ pub enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Which workload owns a local port (as tagged in the kernel when it bound it).
+    Owner {
+        /// `tcp` or `udp`.
+        #[arg(long, default_value = "tcp")]
+        proto: String,
+        port: u16,
+    },
     /// List workloads.
     Workloads {
         #[arg(short, long, value_enum, default_value_t)]
@@ -199,6 +206,16 @@ pub async fn execute(cli: Cli) -> ExitCode {
         Command::Policy { command: PolicyCommand::Check { files } } => policy_check(&files),
         Command::Exec { identity, name, labels, command } => {
             exec(&socket, identity, name, labels.into_iter().collect(), command).await
+        }
+        Command::Owner { proto, port } => {
+            match client::call(&socket, &Request::PortOwner { proto, port }).await {
+                Ok(Response::PortOwner { identity: Some(id) }) => {
+                    println!("{id}");
+                    ExitCode::SUCCESS
+                }
+                Ok(Response::PortOwner { identity: None }) => fail(format!("no workload owns port {port}")),
+                other => unexpected(other),
+            }
         }
         Command::Workloads { output } => match client::call(&socket, &Request::ListWorkloads).await {
             Ok(Response::Workloads { items }) => {

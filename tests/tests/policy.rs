@@ -69,6 +69,21 @@ fn allowed_pair_connects_and_denied_pair_gets_eperm() -> Result<()> {
 }
 
 #[test]
+fn the_kernel_knows_which_workload_owns_a_port() -> Result<()> {
+    let agent = Agent::start("owner", &[])?;
+    let p = port();
+    let _web = start_web(&agent, &format!("127.0.0.1:{p}"))?;
+    let out = agent.cli().args(["owner", &p.to_string()]).output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), WEB);
+    // A port nobody (or only the host) holds has no owner.
+    let out = agent.cli().args(["owner", "--proto", "udp", &p.to_string()]).output()?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no workload owns"));
+    Ok(())
+}
+
+#[test]
 fn ipv6_connects_are_enforced_too() -> Result<()> {
     let agent = Agent::start("ipv6", &[])?;
     let p = port();

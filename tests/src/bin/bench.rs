@@ -202,6 +202,9 @@ fn run(keep: &tempfile::TempDir) -> Result<()> {
     } else {
         Opts { rounds: 11, secs: 1.5, revocations: 30 }
     };
+    if quick {
+        println!("(--quick: one short round to prove the bench runs; not a measurement)");
+    }
     let rate_port = server(true)?;
     let hold_port = server(false)?;
     let rate_addr = format!("127.0.0.1:{rate_port}");
