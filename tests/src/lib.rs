@@ -334,6 +334,17 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// An `IdentityPolicy` named `name` that isolates `subject` inbound and lets in only the
+/// identity globs `from`, on TCP `port`.
+pub fn ingress_policy(name: &str, subject: &str, from: &[&str], port: u16) -> String {
+    let peers: String = from.iter().map(|glob| format!("        - identity: \"{glob}\"\n")).collect();
+    format!(
+        "apiVersion: beemesh.io/v1alpha1\nkind: IdentityPolicy\nmetadata:\n  name: {name}\nspec:\n  \
+         selector:\n    identities: [\"{subject}\"]\n  ingress:\n    - from:\n{peers}      ports:\n        \
+         - port: {port}\n"
+    )
+}
+
 static NEXT_WORKLOAD: AtomicU16 = AtomicU16::new(0);
 
 /// One connect attempt from a new workload with `identity`; returns the probe's line.

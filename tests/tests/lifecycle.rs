@@ -13,21 +13,7 @@ const WEB: &str = "spiffe://beemesh.local/ns/shop/sa/web";
 const INTRUDER: &str = "spiffe://beemesh.local/ns/other/sa/intruder";
 
 fn deny_intruder(port: u16) -> String {
-    format!(
-        r#"apiVersion: beemesh.io/v1alpha1
-kind: IdentityPolicy
-metadata:
-  name: web
-spec:
-  selector:
-    identities: ["{WEB}"]
-  ingress:
-    - from:
-        - identity: "spiffe://beemesh.local/ns/shop/*"
-      ports:
-        - port: {port}
-"#
-    )
+    beemesh_tests::ingress_policy("web", WEB, &["spiffe://beemesh.local/ns/shop/*"], port)
 }
 
 fn link_pins(dir: &Path) -> usize {

@@ -11,24 +11,9 @@ const FRONTEND: &str = "spiffe://beemesh.local/ns/shop/sa/frontend";
 const INTRUDER: &str = "spiffe://beemesh.local/ns/other/sa/intruder";
 const T: Duration = Duration::from_secs(10);
 
-/// Only `frontend` may reach `web`, on `port`.
+/// Only `frontend` may reach `web`, on `port` (line 11 of the file is the FRONTEND peer).
 fn web_policy(port: u16) -> String {
-    format!(
-        r#"apiVersion: beemesh.io/v1alpha1
-kind: IdentityPolicy
-metadata:
-  name: web
-spec:
-  selector:
-    identities: ["{WEB}"]
-  ingress:
-    - from:
-        - identity: "spiffe://beemesh.local/ns/shop/frontend*"
-        - identity: "{FRONTEND}"
-      ports:
-        - port: {port}
-"#
-    )
+    beemesh_tests::ingress_policy("web", WEB, &["spiffe://beemesh.local/ns/shop/frontend*", FRONTEND], port)
 }
 
 fn start_web(agent: &Agent, addr: &str) -> Result<beemesh_tests::Probe> {
