@@ -212,7 +212,8 @@ fn emit(slot: &Slot, flow: &Flow, d: &Decision, always: bool) {
         });
         // Waking the agent for every event costs a context switch per connection; it
         // polls the ring every few milliseconds anyway, so only wake it when data piles up.
-        let flags = if FLOWS.query(BPF_RB_AVAIL_DATA) >= FLOW_WAKEUP_BYTES {
+        // Denials wake it at once: operators watch for them.
+        let flags = if !d.allowed || FLOWS.query(BPF_RB_AVAIL_DATA) >= FLOW_WAKEUP_BYTES {
             BPF_RB_FORCE_WAKEUP
         } else {
             BPF_RB_NO_WAKEUP
