@@ -28,6 +28,11 @@ use crate::state::StateFiles;
 use crate::sys::cgroup;
 use crate::workload::{Workload, WorkloadCgroups, WorkloadTable};
 
+mod policy_state;
+mod workloads;
+
+use policy_state::FileState;
+
 /// Why the agent could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -68,23 +73,6 @@ impl AgentHandle {
             return Response::Error { message: "the agent is shutting down".into() };
         }
         rx.await.unwrap_or(Response::Error { message: "the agent dropped the request".into() })
-    }
-}
-
-/// One file of policy.d: its last good policies and the current text's error, if any.
-#[derive(Debug, Default)]
-struct FileState {
-    text: String,
-    good: Option<Vec<Policy>>,
-    error: Option<String>,
-}
-
-impl Verdicts for CompiledPolicy {
-    fn decide(&self, q: &Query) -> Decision {
-        CompiledPolicy::decide(self, q)
-    }
-    fn cidr_identity(&self, ip: std::net::IpAddr) -> Option<u32> {
-        CompiledPolicy::cidr_identity(self, ip)
     }
 }
 
@@ -257,44 +245,6 @@ impl Agent {
         Ok(())
     }
 
-    /// Tags the ports of sockets workloads opened before this instance's programs existed
-    /// (after a restart), so that they are recognised as theirs from the first verdict.
-    fn seed_local_ports(&mut self) {
-        let owners: HashMap<u64, u32> = self.workloads.iter().map(|w| (w.cgroup_id, w.id)).collect();
-        if owners.is_empty() {
-            return;
-        }
-        let tcp = crate::sys::diag::dump_tcp(crate::sys::diag::StateMask::ALL).unwrap_or_else(|e| {
-            warn!(error = %e, "cannot list TCP sockets to re-tag workload ports");
-            Vec::new()
-        });
-        let udp = crate::sys::diag::dump_udp().unwrap_or_else(|e| {
-            warn!(error = %e, "cannot list UDP sockets to re-tag workload ports");
-            Vec::new()
-        });
-        // Servers only: listening TCP sockets and bound UDP sockets. Clients need no tag
-        // (the ingress program looks the sending socket up).
-        let mut tagged = 0;
-        let candidates = tcp
-            .iter()
-            .filter(|s| s.state == crate::sys::diag::TcpState::Listen)
-            .map(|s| (s, beemesh_common::PROTO_TCP))
-            .chain(udp.iter().map(|s| (s, beemesh_common::PROTO_UDP)));
-        for (s, proto) in candidates {
-            let Some(&id) = s.cgroup_id.and_then(|c| owners.get(&c)) else { continue };
-            if s.local.port() == 0 {
-                continue;
-            }
-            match self.kernel.tag_local_port(s.local.port(), proto, id, s.cookie) {
-                Ok(()) => tagged += 1,
-                Err(e) => warn!(error = %e, "cannot re-tag a workload port"),
-            }
-        }
-        if tagged > 0 {
-            info!(ports = tagged, "re-tagged ports of re-adopted workloads");
-        }
-    }
-
     fn persist(&self) {
         if let Err(e) = self.state.save_workloads(&self.workloads) {
             error!(error = %e, "cannot save workload state");
@@ -324,30 +274,6 @@ impl Agent {
         result.unwrap_or_else(|message| Response::Error { message })
     }
 
-    fn port_owner(&self, proto: &str, port: u16) -> Result<Response, String> {
-        let proto = match proto {
-            "tcp" => beemesh_common::PROTO_TCP,
-            "udp" => beemesh_common::PROTO_UDP,
-            other => return Err(format!("protocol {other:?}: expected tcp or udp")),
-        };
-        let identity = self
-            .kernel
-            .local_port_owner(port, proto)
-            .map(|id| self.identities.spiffe_of(id).map_or_else(|| format!("id:{id}"), ToString::to_string));
-        Ok(Response::PortOwner { identity })
-    }
-
-    fn info(&self, w: &Workload) -> WorkloadInfo {
-        WorkloadInfo {
-            name: w.name.clone(),
-            identity: w.identity.to_string(),
-            id: w.id,
-            labels: w.labels.clone(),
-            cgroup: self.cgroups.path(&w.name).display().to_string(),
-            populated: self.cgroups.populated(&w.name).unwrap_or(false),
-        }
-    }
-
     fn status(&self) -> StatusInfo {
         let compiled = self.compiled.as_deref();
         StatusInfo {
@@ -366,275 +292,6 @@ impl Agent {
         }
     }
 
-    fn parse_identity(&self, text: &str) -> Result<SpiffeId, String> {
-        let id = if text.starts_with("spiffe://") {
-            text.parse::<SpiffeId>().map_err(|e| e.to_string())?
-        } else {
-            let (ns, sa) = text.split_once('/').ok_or_else(|| {
-                format!("identity {text:?}: expected spiffe://<td>/ns/<ns>/sa/<sa> or <ns>/<sa>")
-            })?;
-            SpiffeId::new(&self.cfg.trust_domain, ns, sa).map_err(|e| e.to_string())?
-        };
-        if id.trust_domain() != self.cfg.trust_domain {
-            return Err(format!(
-                "identity {id} is outside this agent's trust domain {}",
-                self.cfg.trust_domain
-            ));
-        }
-        Ok(id)
-    }
-
-    fn create_workload(
-        &mut self,
-        name: Option<String>,
-        identity: &str,
-        labels: BTreeMap<String, String>,
-    ) -> Result<Response, String> {
-        let identity = self.parse_identity(identity)?;
-        let name = match name {
-            Some(n) => n,
-            None => self.workloads.generate_name(&identity),
-        };
-        crate::workload::validate_name(&name).map_err(|e| e.to_string())?;
-        if self.workloads.get(&name).is_some() {
-            return Err(format!("workload {name:?} already exists"));
-        }
-        let id = self.identities.allocate_labeled(&identity, &labels).map_err(|e| e.to_string())?;
-        let cgroup_id = self.cgroups.create(&name).map_err(|e| e.to_string())?;
-        let w = Workload {
-            name: name.clone(),
-            identity,
-            id,
-            labels,
-            cgroup_id,
-            created: now_secs(),
-            joined: false,
-        };
-        // Identity in the kernel and policy compiled for it before any process can join.
-        if let Err(e) = self.kernel.set_cgroup(cgroup_id, id) {
-            let _ = self.cgroups.destroy(&name);
-            return Err(e.to_string());
-        }
-        let info = self.info(&w);
-        self.workloads.insert(w).map_err(|e| e.to_string())?;
-        info!(workload = %name, identity = %info.identity, id, "workload created");
-        self.persist();
-        self.recompile();
-        Ok(Response::Workload(info))
-    }
-
-    fn delete_workload(&mut self, name: &str) -> Result<(), String> {
-        self.forget_workload(name)?;
-        self.persist();
-        self.recompile();
-        Ok(())
-    }
-
-    /// Removes a workload's cgroup and kernel mapping; the caller persists and recompiles
-    /// (once for a batch).
-    fn forget_workload(&mut self, name: &str) -> Result<(), String> {
-        let w = self.workloads.remove(name).map_err(|e| e.to_string())?;
-        if let Err(e) = self.cgroups.destroy(name) {
-            warn!(workload = %name, error = %e, "cannot remove workload cgroup");
-        }
-        if let Err(e) = self.kernel.remove_cgroup(w.cgroup_id) {
-            warn!(workload = %name, error = %e, "cannot unmap workload cgroup");
-        }
-        info!(workload = %name, "workload removed");
-        Ok(())
-    }
-
-    /// Periodic: reap finished workloads, refresh local addresses.
-    fn housekeeping(&mut self) {
-        let observed: BTreeMap<String, bool> = self
-            .workloads
-            .iter()
-            .filter_map(|w| Some((w.name.clone(), self.cgroups.populated(&w.name)?)))
-            .collect();
-        let done = self.workloads.reap(&observed, now_secs());
-        if !done.is_empty() {
-            for name in &done {
-                let _ = self.forget_workload(name);
-            }
-            self.persist();
-            self.recompile();
-        }
-        let local = LocalAddrs::read();
-        if local.0 != self.local.0 {
-            if let Err(e) = self.kernel.set_local_addrs(&local.0.iter().copied().collect::<Vec<_>>()) {
-                warn!(error = %e, "cannot update local addresses");
-            }
-            self.local = local;
-        }
-    }
-
-    /// Rereads policy.d; a file whose new text is invalid keeps its last good policies.
-    fn rescan_policies(&mut self) {
-        let dir = self.cfg.policy_dir.clone();
-        let mut seen = Vec::new();
-        let mut changed = false;
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e.filter_map(Result::ok).map(|e| e.path()).collect::<Vec<_>>(),
-            Err(e) => {
-                warn!(dir = %dir.display(), error = %e, "cannot read policy directory");
-                Vec::new()
-            }
-        };
-        for path in entries.into_iter().filter(|p| is_policy_file(p)) {
-            let text = match std::fs::read_to_string(&path) {
-                Ok(t) => t,
-                Err(e) => {
-                    warn!(file = %path.display(), error = %e, "cannot read policy file");
-                    continue;
-                }
-            };
-            seen.push(path.clone());
-            let entry = self.files.entry(path.clone()).or_default();
-            if entry.text == text && (entry.good.is_some() || entry.error.is_some()) {
-                continue;
-            }
-            entry.text = text;
-            match policy::parse_file(&path, &entry.text) {
-                Ok(policies) => {
-                    info!(file = %path.display(), policies = policies.len(), "policy file loaded");
-                    entry.good = Some(policies);
-                    entry.error = None;
-                    changed = true;
-                }
-                Err(e) => {
-                    error!(
-                        file = %path.display(),
-                        line = e.line(),
-                        reason = %e,
-                        kept = entry.good.as_ref().map_or(0, Vec::len),
-                        "invalid policy file; its last good version stays in force"
-                    );
-                    entry.error = Some(e.to_string());
-                }
-            }
-        }
-        let before = self.files.len();
-        self.files.retain(|p, _| seen.contains(p));
-        if self.files.len() != before {
-            changed = true;
-        }
-        if changed || self.compiled.is_none() {
-            self.recompile();
-        }
-    }
-
-    /// Compiles the good policies for the current workloads, installs them atomically and
-    /// tears down connections they no longer allow. On error the previous policy stays.
-    fn recompile(&mut self) {
-        let files: Vec<PolicyFile> = self
-            .files
-            .iter()
-            .filter_map(|(path, f)| Some(PolicyFile { path: path.clone(), policies: f.good.clone()? }))
-            .collect();
-        // Replicas share a security identity (SPIFFE id + labels): one entry per id.
-        let workloads: Vec<policy::Workload> = self
-            .workloads
-            .iter()
-            .map(|w| {
-                let entry =
-                    policy::Workload { id: w.id, identity: w.identity.clone(), labels: w.labels.clone() };
-                (w.id, entry)
-            })
-            .collect::<BTreeMap<_, _>>()
-            .into_values()
-            .collect();
-        let opts = CompileOptions {
-            default_allow_egress: self.cfg.default_egress == DefaultAction::Allow,
-            default_allow_ingress: self.cfg.default_ingress == DefaultAction::Allow,
-        };
-        let started = std::time::Instant::now();
-        let compiled = match policy::compile(&files, &workloads, &opts) {
-            Ok(c) => c,
-            Err(e) => {
-                error!(error = %e, "policy does not compile; the previous policy stays in force");
-                self.compile_error = Some(e.to_string());
-                return;
-            }
-        };
-        self.compile_error = None;
-        let compile_ms = started.elapsed().as_secs_f64() * 1e3;
-        if self.compiled.as_deref() == Some(&compiled) {
-            // Same tables (a replica came or went): only the names may have changed.
-            let same = self.compiled.clone().expect("just compared equal");
-            self.publish_names(&same);
-            return;
-        }
-        let compiled = Arc::new(compiled);
-        let contents = SlotContents {
-            policy: compiled.clone(),
-            settings: Settings {
-                default_allow_egress: u8::from(compiled.default_allow_egress),
-                default_allow_ingress: u8::from(compiled.default_allow_ingress),
-                flow_mode: match self.cfg.flow_events {
-                    FlowEvents::All => FLOWS_ALL,
-                    FlowEvents::Sampled => FLOWS_SAMPLED,
-                    FlowEvents::Denied => FLOWS_DENIED,
-                    FlowEvents::None => FLOWS_NONE,
-                },
-                _pad: 0,
-                workload_level: self.workload_level,
-            },
-        };
-        if let Err(e) = self.kernel.slots.install(contents) {
-            error!(error = %e, "cannot install policy into the kernel; the previous policy stays in force");
-            self.compile_error = Some(e.to_string());
-            return;
-        }
-        self.generation += 1;
-        self.publish_names(&compiled);
-        let install_ms = started.elapsed().as_secs_f64() * 1e3 - compile_ms;
-        let owners: HashMap<u64, u32> = self.workloads.iter().map(|w| (w.cgroup_id, w.id)).collect();
-        let cut = authz::sweep(&owners, compiled.as_ref(), &self.local);
-        info!(
-            generation = self.generation,
-            rules = compiled.rules.len(),
-            entries = compiled.allow.len(),
-            compile_ms = format_args!("{compile_ms:.1}"),
-            install_ms = format_args!("{install_ms:.1}"),
-            total_ms = format_args!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
-            revoked = cut,
-            "policy in force"
-        );
-        if let Err(e) = self.kernel.slots.retire_idle() {
-            warn!(error = %e, "cannot collect the counters of the previous policy");
-        }
-        self.compiled = Some(compiled);
-    }
-
-    fn publish_names(&self, compiled: &Arc<CompiledPolicy>) {
-        let mut identities: HashMap<u32, String> =
-            self.identities.iter().map(|(id, s)| (id, s.to_string())).collect();
-        identities.insert(ID_NONE, "none".into());
-        identities.insert(ID_HOST, "host".into());
-        identities.insert(ID_WORLD, "world".into());
-        identities.insert(ID_ANY, "any".into());
-        self.names.send_replace(Arc::new(Names { identities, policy: compiled.clone() }));
-    }
-
-    fn policy_report(&self) -> Result<PolicyReport, String> {
-        let counters = self.kernel.slots.counters().map_err(|e| e.to_string())?;
-        Ok(PolicyReport {
-            files: self
-                .files
-                .iter()
-                .map(|(path, f)| PolicyFileStatus {
-                    path: path.display().to_string(),
-                    policies: f.good.as_ref().map_or(0, Vec::len),
-                    error: f.error.clone(),
-                })
-                .collect(),
-            rules: counters
-                .into_iter()
-                .map(|(rule, c)| RuleStatus { rule, allowed: c.allowed, denied: c.denied })
-                .collect(),
-        })
-    }
-
     /// Clean stop: programs detached, workloads killed, cgroups removed, state saved.
     fn shutdown(&mut self) {
         self.kernel.detach();
@@ -651,14 +308,6 @@ impl Agent {
         self.persist();
         info!("agent stopped");
     }
-}
-
-/// YAML files, not hidden, not editor leftovers.
-fn is_policy_file(path: &Path) -> bool {
-    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-        return false;
-    };
-    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml")) && path.is_file()
 }
 
 fn now_secs() -> u64 {

@@ -1,0 +1,170 @@
+//! The agent actor's workload handling: create, identify, reap and re-tag workloads, and
+//! answer questions about them. Part of `impl Agent` (see `app.rs`).
+
+use super::*;
+
+impl Agent {
+    /// Tags the ports of sockets workloads opened before this instance's programs existed
+    /// (after a restart), so that they are recognised as theirs from the first verdict.
+    pub(super) fn seed_local_ports(&mut self) {
+        let owners: HashMap<u64, u32> = self.workloads.iter().map(|w| (w.cgroup_id, w.id)).collect();
+        if owners.is_empty() {
+            return;
+        }
+        let tcp = crate::sys::diag::dump_tcp(crate::sys::diag::StateMask::ALL).unwrap_or_else(|e| {
+            warn!(error = %e, "cannot list TCP sockets to re-tag workload ports");
+            Vec::new()
+        });
+        let udp = crate::sys::diag::dump_udp().unwrap_or_else(|e| {
+            warn!(error = %e, "cannot list UDP sockets to re-tag workload ports");
+            Vec::new()
+        });
+        // Servers only: listening TCP sockets and bound UDP sockets. Clients need no tag
+        // (the ingress program looks the sending socket up).
+        let mut tagged = 0;
+        let candidates = tcp
+            .iter()
+            .filter(|s| s.state == crate::sys::diag::TcpState::Listen)
+            .map(|s| (s, beemesh_common::PROTO_TCP))
+            .chain(udp.iter().map(|s| (s, beemesh_common::PROTO_UDP)));
+        for (s, proto) in candidates {
+            let Some(&id) = s.cgroup_id.and_then(|c| owners.get(&c)) else { continue };
+            if s.local.port() == 0 {
+                continue;
+            }
+            match self.kernel.tag_local_port(s.local.port(), proto, id, s.cookie) {
+                Ok(()) => tagged += 1,
+                Err(e) => warn!(error = %e, "cannot re-tag a workload port"),
+            }
+        }
+        if tagged > 0 {
+            info!(ports = tagged, "re-tagged ports of re-adopted workloads");
+        }
+    }
+
+    pub(super) fn port_owner(&self, proto: &str, port: u16) -> Result<Response, String> {
+        let proto = match proto {
+            "tcp" => beemesh_common::PROTO_TCP,
+            "udp" => beemesh_common::PROTO_UDP,
+            other => return Err(format!("protocol {other:?}: expected tcp or udp")),
+        };
+        let identity = self
+            .kernel
+            .local_port_owner(port, proto)
+            .map(|id| self.identities.spiffe_of(id).map_or_else(|| format!("id:{id}"), ToString::to_string));
+        Ok(Response::PortOwner { identity })
+    }
+
+    pub(super) fn info(&self, w: &Workload) -> WorkloadInfo {
+        WorkloadInfo {
+            name: w.name.clone(),
+            identity: w.identity.to_string(),
+            id: w.id,
+            labels: w.labels.clone(),
+            cgroup: self.cgroups.path(&w.name).display().to_string(),
+            populated: self.cgroups.populated(&w.name).unwrap_or(false),
+        }
+    }
+
+    pub(super) fn parse_identity(&self, text: &str) -> Result<SpiffeId, String> {
+        let id = if text.starts_with("spiffe://") {
+            text.parse::<SpiffeId>().map_err(|e| e.to_string())?
+        } else {
+            let (ns, sa) = text.split_once('/').ok_or_else(|| {
+                format!("identity {text:?}: expected spiffe://<td>/ns/<ns>/sa/<sa> or <ns>/<sa>")
+            })?;
+            SpiffeId::new(&self.cfg.trust_domain, ns, sa).map_err(|e| e.to_string())?
+        };
+        if id.trust_domain() != self.cfg.trust_domain {
+            return Err(format!(
+                "identity {id} is outside this agent's trust domain {}",
+                self.cfg.trust_domain
+            ));
+        }
+        Ok(id)
+    }
+
+    pub(super) fn create_workload(
+        &mut self,
+        name: Option<String>,
+        identity: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Response, String> {
+        let identity = self.parse_identity(identity)?;
+        let name = match name {
+            Some(n) => n,
+            None => self.workloads.generate_name(&identity),
+        };
+        crate::workload::validate_name(&name).map_err(|e| e.to_string())?;
+        if self.workloads.get(&name).is_some() {
+            return Err(format!("workload {name:?} already exists"));
+        }
+        let id = self.identities.allocate_labeled(&identity, &labels).map_err(|e| e.to_string())?;
+        let cgroup_id = self.cgroups.create(&name).map_err(|e| e.to_string())?;
+        let w = Workload {
+            name: name.clone(),
+            identity,
+            id,
+            labels,
+            cgroup_id,
+            created: now_secs(),
+            joined: false,
+        };
+        // Identity in the kernel and policy compiled for it before any process can join.
+        if let Err(e) = self.kernel.set_cgroup(cgroup_id, id) {
+            let _ = self.cgroups.destroy(&name);
+            return Err(e.to_string());
+        }
+        let info = self.info(&w);
+        self.workloads.insert(w).map_err(|e| e.to_string())?;
+        info!(workload = %name, identity = %info.identity, id, "workload created");
+        self.persist();
+        self.recompile();
+        Ok(Response::Workload(info))
+    }
+
+    pub(super) fn delete_workload(&mut self, name: &str) -> Result<(), String> {
+        self.forget_workload(name)?;
+        self.persist();
+        self.recompile();
+        Ok(())
+    }
+
+    /// Removes a workload's cgroup and kernel mapping; the caller persists and recompiles
+    /// (once for a batch).
+    pub(super) fn forget_workload(&mut self, name: &str) -> Result<(), String> {
+        let w = self.workloads.remove(name).map_err(|e| e.to_string())?;
+        if let Err(e) = self.cgroups.destroy(name) {
+            warn!(workload = %name, error = %e, "cannot remove workload cgroup");
+        }
+        if let Err(e) = self.kernel.remove_cgroup(w.cgroup_id) {
+            warn!(workload = %name, error = %e, "cannot unmap workload cgroup");
+        }
+        info!(workload = %name, "workload removed");
+        Ok(())
+    }
+
+    /// Periodic: reap finished workloads, refresh local addresses.
+    pub(super) fn housekeeping(&mut self) {
+        let observed: BTreeMap<String, bool> = self
+            .workloads
+            .iter()
+            .filter_map(|w| Some((w.name.clone(), self.cgroups.populated(&w.name)?)))
+            .collect();
+        let done = self.workloads.reap(&observed, now_secs());
+        if !done.is_empty() {
+            for name in &done {
+                let _ = self.forget_workload(name);
+            }
+            self.persist();
+            self.recompile();
+        }
+        let local = LocalAddrs::read();
+        if local.0 != self.local.0 {
+            if let Err(e) = self.kernel.set_local_addrs(&local.0.iter().copied().collect::<Vec<_>>()) {
+                warn!(error = %e, "cannot update local addresses");
+            }
+            self.local = local;
+        }
+    }
+}
