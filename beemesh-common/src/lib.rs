@@ -102,6 +102,15 @@ impl Addr {
         }
     }
 
+    /// 0.0.0.0, :: and ::ffff:0.0.0.0: connecting there reaches this host.
+    #[inline(always)]
+    pub const fn is_unspecified(&self) -> bool {
+        self.words[0] == 0
+            && self.words[1] == 0
+            && (self.words[2] == 0 || self.words[2] == u32::to_be(0x0000_ffff))
+            && self.words[3] == 0
+    }
+
     /// The sixteen address bytes in network order.
     #[inline(always)]
     pub fn octets(&self) -> [u8; 16] {

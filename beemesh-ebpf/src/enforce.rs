@@ -44,7 +44,7 @@ pub fn is_workload(id: u32) -> bool {
 
 #[inline(always)]
 pub fn is_local(addr: &Addr) -> bool {
-    addr.is_loopback() || LOCAL_ADDRS.get_ptr(addr).is_some()
+    addr.is_loopback() || addr.is_unspecified() || LOCAL_ADDRS.get_ptr(addr).is_some()
 }
 
 #[inline(always)]
@@ -276,7 +276,10 @@ pub fn egress(slot: &Slot, flow: &Flow, emit_allowed: bool) -> bool {
 /// Ingress verdict for a new inbound flow to `flow.subject` from `flow.addr:src_port`
 /// (`flow.port` is the subject's own port).
 #[inline(always)]
-pub fn ingress(slot: &Slot, flow: &Flow, peers: PeerSet) -> bool {
+///
+/// `quiet_allow`: an allowed verdict is neither counted nor reported (a connection from a
+/// local workload, already counted and reported when it connected).
+pub fn ingress(slot: &Slot, flow: &Flow, peers: PeerSet, quiet_allow: bool) -> bool {
     let d = decide_in(
         slot,
         &Query {
@@ -287,7 +290,9 @@ pub fn ingress(slot: &Slot, flow: &Flow, peers: PeerSet) -> bool {
             port: flow.port,
         },
     );
-    count(slot, d.rule, d.allowed);
-    emit(slot, flow, &d, true);
+    if !(d.allowed && quiet_allow) {
+        count(slot, d.rule, d.allowed);
+        emit(slot, flow, &d, true);
+    }
     d.allowed
 }

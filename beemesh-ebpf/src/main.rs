@@ -172,7 +172,7 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, i32> {
     let first: u8 = ctx.load(0).map_err(|_| ALLOW)?;
     let (proto, l4) = match first >> 4 {
         4 => (ctx.load::<u8>(9).map_err(|_| ALLOW)?, ((first & 0x0f) as usize) * 4),
-        6 => (ctx.load::<u8>(6).map_err(|_| ALLOW)?, 40),
+        6 => ipv6_transport(ctx)?,
         _ => return Ok(ALLOW),
     };
     if proto == PROTO_TCP {
@@ -206,10 +206,10 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, i32> {
     } else {
         enforce::classify(&slot, &src, sport, proto)
     };
-    // A TCP connection from a workload on this host was decided, both ends, at connect().
-    if proto == PROTO_TCP && is_workload(peers.primary) {
-        return Ok(ALLOW);
-    }
+    // A TCP connection from a workload on this host was already decided (both ends) and
+    // reported at connect(); it is decided again here, quietly, because connect() may have
+    // seen a different destination than the socket the kernel delivered to.
+    let quiet = proto == PROTO_TCP && is_workload(peers.primary);
     let flow = Flow {
         subject,
         addr: src,
@@ -218,7 +218,7 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, i32> {
         direction: DIR_INGRESS,
         hook: HOOK_INGRESS,
     };
-    Ok(if enforce::ingress(&slot, &flow, peers) { ALLOW } else { DENY })
+    Ok(if enforce::ingress(&slot, &flow, peers, quiet) { ALLOW } else { DENY })
 }
 
 /// Identity of the socket on this host that sent the packet, found by looking it up with
@@ -264,6 +264,36 @@ fn local_sender(ctx: &SkBuffContext, v4: bool, proto: u8, sport: u16, dport: u16
     // SAFETY: releases the reference taken by the lookup.
     unsafe { bpf_sk_release(sk.cast()) };
     Ok(identity_of_cgroup(cg))
+}
+
+/// Transport protocol and offset of an IPv6 packet, past up to four extension headers.
+/// A chain longer than that is refused: it could hide a TCP or UDP header from policy.
+#[inline(always)]
+fn ipv6_transport(ctx: &SkBuffContext) -> Result<(u8, usize), i32> {
+    let mut next: u8 = ctx.load(6).map_err(|_| ALLOW)?;
+    let mut off = 40usize;
+    let mut hops = 0;
+    while hops < 4 {
+        match next {
+            // Hop-by-hop, routing, destination options: length in 8-byte units, minus one.
+            0 | 43 | 60 => {
+                let len: u8 = ctx.load(off + 1).map_err(|_| DENY)?;
+                next = ctx.load(off).map_err(|_| DENY)?;
+                off += (len as usize + 1) * 8;
+            }
+            // Fragment header: fixed 8 bytes.
+            44 => {
+                next = ctx.load(off).map_err(|_| DENY)?;
+                off += 8;
+            }
+            _ => return Ok((next, off)),
+        }
+        hops += 1;
+    }
+    match next {
+        0 | 43 | 44 | 60 => Err(DENY),
+        _ => Ok((next, off)),
+    }
 }
 
 /// `BPF_F_CURRENT_NETNS`: look sockets up in the packet's network namespace.

@@ -33,6 +33,9 @@ fn allowed_pair_connects_and_denied_pair_gets_eperm() -> Result<()> {
     assert_eq!(try_connect(&agent, FRONTEND, &format!("127.0.0.1:{p}"))?, "connected");
     let denied = try_connect(&agent, INTRUDER, &format!("127.0.0.1:{p}"))?;
     assert!(denied.starts_with(EPERM_LINE), "intruder got {denied:?}");
+    // 0.0.0.0 reaches this host too: no way around the policy there.
+    let via_any = try_connect(&agent, INTRUDER, &format!("0.0.0.0:{p}"))?;
+    assert!(via_any.starts_with(EPERM_LINE), "intruder via 0.0.0.0 got {via_any:?}");
 
     // The verdicts are in the flow log (drained every few ms) and the counters.
     let seen = |verdict: &str, subject: &str| {
