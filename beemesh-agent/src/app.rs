@@ -135,8 +135,21 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     agent.seed_local_ports();
     agent.kernel.set_local_addrs(&agent.local.0.iter().copied().collect::<Vec<_>>())?;
     // Policy goes into the maps before the programs attach: enforcement starts complete.
+    // Defaults and the workload level hold even if no policy compiles.
+    let defaults = agent.settings(
+        agent.cfg.default_egress == DefaultAction::Allow,
+        agent.cfg.default_ingress == DefaultAction::Allow,
+    );
+    agent.kernel.slots.init_settings(defaults)?;
     agent.rescan_policies();
     agent.kernel.attach()?;
+    // Sockets bound while we attached were tagged in the old maps only.
+    agent.seed_local_ports();
+    if agent.compiled.is_some() {
+        agent.kernel.retire_previous();
+    } else {
+        warn!("no policy compiled yet: an earlier instance's programs (if any) stay attached");
+    }
 
     let (shutdown_tx, _) = broadcast::channel::<()>(1);
     let hub = FlowHub::new(agent.cfg.flow_history);
@@ -294,6 +307,12 @@ impl Agent {
 
     /// Clean stop: programs detached, workloads killed, cgroups removed, state saved.
     fn shutdown(&mut self) {
+        // Workloads die first, all at once, while the programs still enforce.
+        for w in self.workloads.iter() {
+            if let Err(e) = crate::sys::cgroup::kill_cgroup(&self.cgroups.path(&w.name)) {
+                warn!(workload = %w.name, error = %e, "cannot kill workload");
+            }
+        }
         self.kernel.detach();
         let names: Vec<String> = self.workloads.iter().map(|w| w.name.clone()).collect();
         for name in names {

@@ -201,8 +201,26 @@ impl WorkloadCgroups {
         cgroup::cgroup_id(&self.path(name)).ok()
     }
 
-    pub fn populated(&self, name: &str) -> Option<bool> {
-        cgroup::is_populated(&self.path(name)).ok()
+    pub fn populated(&self, name: &str) -> std::io::Result<bool> {
+        cgroup::is_populated(&self.path(name))
+    }
+
+    /// Cgroup ids of every cgroup nested under the workload's (not its own).
+    pub fn descendant_ids(&self, name: &str) -> Vec<u64> {
+        fn walk(dir: &Path, depth: usize, out: &mut Vec<u64>) {
+            let Ok(entries) = std::fs::read_dir(dir) else { return };
+            for e in entries.filter_map(Result::ok) {
+                if depth < 16 && e.file_type().is_ok_and(|t| t.is_dir()) {
+                    if let Ok(id) = cgroup::cgroup_id(&e.path()) {
+                        out.push(id);
+                    }
+                    walk(&e.path(), depth + 1, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.path(name), 0, &mut out);
+        out
     }
 
     /// Names of the child cgroups present under the root.

@@ -30,19 +30,22 @@ impl Agent {
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e.filter_map(Result::ok).map(|e| e.path()).collect::<Vec<_>>(),
             Err(e) => {
-                warn!(dir = %dir.display(), error = %e, "cannot read policy directory");
-                Vec::new()
+                error!(dir = %dir.display(), error = %e, "cannot read policy directory; policies unchanged");
+                return;
             }
         };
         for path in entries.into_iter().filter(|p| is_policy_file(p)) {
+            seen.push(path.clone());
             let text = match std::fs::read_to_string(&path) {
                 Ok(t) => t,
                 Err(e) => {
-                    warn!(file = %path.display(), error = %e, "cannot read policy file");
+                    // Unreadable now (permissions, not UTF-8): its last good version stays.
+                    error!(file = %path.display(), error = %e, "cannot read policy file; its last good version stays in force");
+                    self.files.entry(path.clone()).or_default().error =
+                        Some(format!("{}: {e}", path.display()));
                     continue;
                 }
             };
-            seen.push(path.clone());
             let entry = self.files.entry(path.clone()).or_default();
             if entry.text == text && (entry.good.is_some() || entry.error.is_some()) {
                 continue;
@@ -79,7 +82,25 @@ impl Agent {
 
     /// Compiles the good policies for the current workloads, installs them atomically and
     /// tears down connections they no longer allow. On error the previous policy stays.
-    pub(super) fn recompile(&mut self) {
+    /// Kernel settings for a policy with these defaults.
+    pub(super) fn settings(&self, default_allow_egress: bool, default_allow_ingress: bool) -> Settings {
+        Settings {
+            default_allow_egress: u8::from(default_allow_egress),
+            default_allow_ingress: u8::from(default_allow_ingress),
+            flow_mode: match self.cfg.flow_events {
+                FlowEvents::All => FLOWS_ALL,
+                FlowEvents::Sampled => FLOWS_SAMPLED,
+                FlowEvents::Denied => FLOWS_DENIED,
+                FlowEvents::None => FLOWS_NONE,
+            },
+            _pad: 0,
+            workload_level: self.workload_level,
+        }
+    }
+
+    /// Compiles and installs; returns whether the tables in force match the current
+    /// workloads and files (false: the previous policy stays, the error is recorded).
+    pub(super) fn recompile(&mut self) -> bool {
         let files: Vec<PolicyFile> = self
             .files
             .iter()
@@ -107,7 +128,7 @@ impl Agent {
             Err(e) => {
                 error!(error = %e, "policy does not compile; the previous policy stays in force");
                 self.compile_error = Some(e.to_string());
-                return;
+                return false;
             }
         };
         self.compile_error = None;
@@ -116,34 +137,22 @@ impl Agent {
             // Same tables (a replica came or went): only the names may have changed.
             let same = self.compiled.clone().expect("just compared equal");
             self.publish_names(&same);
-            return;
+            return true;
         }
         let compiled = Arc::new(compiled);
         let contents = SlotContents {
             policy: compiled.clone(),
-            settings: Settings {
-                default_allow_egress: u8::from(compiled.default_allow_egress),
-                default_allow_ingress: u8::from(compiled.default_allow_ingress),
-                flow_mode: match self.cfg.flow_events {
-                    FlowEvents::All => FLOWS_ALL,
-                    FlowEvents::Sampled => FLOWS_SAMPLED,
-                    FlowEvents::Denied => FLOWS_DENIED,
-                    FlowEvents::None => FLOWS_NONE,
-                },
-                _pad: 0,
-                workload_level: self.workload_level,
-            },
+            settings: self.settings(compiled.default_allow_egress, compiled.default_allow_ingress),
         };
         if let Err(e) = self.kernel.slots.install(contents) {
             error!(error = %e, "cannot install policy into the kernel; the previous policy stays in force");
             self.compile_error = Some(e.to_string());
-            return;
+            return false;
         }
         self.generation += 1;
         self.publish_names(&compiled);
         let install_ms = started.elapsed().as_secs_f64() * 1e3 - compile_ms;
-        let owners: HashMap<u64, u32> = self.workloads.iter().map(|w| (w.cgroup_id, w.id)).collect();
-        let cut = authz::sweep(&owners, compiled.as_ref(), &self.local);
+        let cut = authz::sweep(&self.socket_owners(), compiled.as_ref(), &self.local);
         info!(
             generation = self.generation,
             rules = compiled.rules.len(),
@@ -158,6 +167,9 @@ impl Agent {
             warn!(error = %e, "cannot collect the counters of the previous policy");
         }
         self.compiled = Some(compiled);
+        // Our own policy is in force: an earlier instance's programs can go.
+        self.kernel.retire_previous();
+        true
     }
 
     pub(super) fn publish_names(&self, compiled: &Arc<CompiledPolicy>) {

@@ -7,7 +7,7 @@ impl Agent {
     /// Tags the ports of sockets workloads opened before this instance's programs existed
     /// (after a restart), so that they are recognised as theirs from the first verdict.
     pub(super) fn seed_local_ports(&mut self) {
-        let owners: HashMap<u64, u32> = self.workloads.iter().map(|w| (w.cgroup_id, w.id)).collect();
+        let owners = self.socket_owners();
         if owners.is_empty() {
             return;
         }
@@ -117,10 +117,28 @@ impl Agent {
         }
         let info = self.info(&w);
         self.workloads.insert(w).map_err(|e| e.to_string())?;
+        if !self.recompile() {
+            // Without a policy that knows it, the workload would run unselected: refuse.
+            let _ = self.forget_workload(&name);
+            let why = self.compile_error.clone().unwrap_or_default();
+            return Err(format!("workload {name:?} not created: the policy cannot include it: {why}"));
+        }
         info!(workload = %name, identity = %info.identity, id, "workload created");
         self.persist();
-        self.recompile();
         Ok(Response::Workload(info))
+    }
+
+    /// cgroup id -> workload id for every cgroup of every workload, nested ones included
+    /// (sock_diag reports a socket's own cgroup; the kernel programs use the ancestor).
+    pub(super) fn socket_owners(&self) -> HashMap<u64, u32> {
+        let mut owners = HashMap::new();
+        for w in self.workloads.iter() {
+            owners.insert(w.cgroup_id, w.id);
+            for id in self.cgroups.descendant_ids(&w.name) {
+                owners.insert(id, w.id);
+            }
+        }
+        owners
     }
 
     pub(super) fn delete_workload(&mut self, name: &str) -> Result<(), String> {
@@ -135,7 +153,10 @@ impl Agent {
     pub(super) fn forget_workload(&mut self, name: &str) -> Result<(), String> {
         let w = self.workloads.remove(name).map_err(|e| e.to_string())?;
         if let Err(e) = self.cgroups.destroy(name) {
-            warn!(workload = %name, error = %e, "cannot remove workload cgroup");
+            // Processes may survive: keep their identity in the kernel, or they would run
+            // as nobody, unrestricted.
+            warn!(workload = %name, error = %e, "cannot remove workload cgroup; its kernel identity stays");
+            return Ok(());
         }
         if let Err(e) = self.kernel.remove_cgroup(w.cgroup_id) {
             warn!(workload = %name, error = %e, "cannot unmap workload cgroup");
@@ -146,10 +167,16 @@ impl Agent {
 
     /// Periodic: reap finished workloads, refresh local addresses.
     pub(super) fn housekeeping(&mut self) {
+        // Only a cgroup that is really gone counts as vanished; any other read error counts
+        // as populated, so a transient failure never kills a live workload.
         let observed: BTreeMap<String, bool> = self
             .workloads
             .iter()
-            .filter_map(|w| Some((w.name.clone(), self.cgroups.populated(&w.name)?)))
+            .filter_map(|w| match self.cgroups.populated(&w.name) {
+                Ok(p) => Some((w.name.clone(), p)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(_) => Some((w.name.clone(), true)),
+            })
             .collect();
         let done = self.workloads.reap(&observed, now_secs());
         if !done.is_empty() {

@@ -42,6 +42,9 @@ pub struct Kernel {
     opts: KernelOptions,
     links: Vec<(PathBuf, PinnedLink)>,
     generation: Option<PathBuf>,
+    /// Pinned generations of earlier instances, still enforcing their last policy until
+    /// this one has installed a policy of its own ([`Self::retire_previous`]).
+    previous: Vec<PathBuf>,
     pub slots: SlotWriter,
     cgroups: HashMap<MapData, u64, u32>,
     local_addrs: HashMap<MapData, Addr, u8>,
@@ -96,17 +99,24 @@ impl Kernel {
             opts,
             links: Vec::new(),
             generation: None,
+            previous: Vec::new(),
         };
         Ok((kernel, flows, logs))
     }
 
-    /// Attaches every program to the cgroup root, pins the links, then retires links left
-    /// pinned by an earlier instance that did not shut down cleanly.
+    /// Attaches every program to the cgroup root and pins the links. Links left pinned by an
+    /// earlier instance that did not shut down cleanly stay attached (every program must
+    /// allow) until [`Self::retire_previous`].
     pub fn attach(&mut self) -> Result<(), KernelError> {
         let cgroup = File::open(&self.opts.cgroup_root)
             .map_err(KernelError::io(format!("open {}", self.opts.cgroup_root.display())))?;
         let stale = self.previous_generations();
-        let generation = self.opts.pin_dir.join(format!("gen-{}", std::process::id()));
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        // Unique even when a restarted agent gets its predecessor's pid (pid 1 in a container).
+        let generation = self.opts.pin_dir.join(format!("gen-{}-{started}", std::process::id()));
         std::fs::create_dir_all(&generation)
             .map_err(|source| KernelError::Pin { path: generation.clone(), source })?;
         self.generation = Some(generation.clone());
@@ -121,10 +131,16 @@ impl Kernel {
             self.links.push((path, pinned));
         }
         info!(cgroup = %self.opts.cgroup_root.display(), programs = PROGRAMS.len(), "kernel programs attached");
-        for dir in stale {
+        self.previous = stale.into_iter().filter(|d| *d != generation).collect();
+        Ok(())
+    }
+
+    /// Unpins (detaching them) the programs of earlier instances. Called once this instance
+    /// enforces a policy of its own, so there is never a moment with less enforcement.
+    pub fn retire_previous(&mut self) {
+        for dir in std::mem::take(&mut self.previous) {
             retire_generation(&dir);
         }
-        Ok(())
     }
 
     fn previous_generations(&self) -> Vec<PathBuf> {

@@ -57,6 +57,9 @@ pub struct SlotWriter {
     cidr: [LpmTrie<MapData, CidrKey, u32>; 2],
     counters: PerCpuArray<MapData, RuleCounter>,
     shadow: [SlotContents; 2],
+    /// A slot whose maps may differ from its shadow (a write failed half-way): wiped before
+    /// its next use.
+    dirty: [bool; 2],
     active: usize,
     /// Counts harvested from slots that have since been replaced, by rule name.
     totals: BTreeMap<String, RuleCounter>,
@@ -86,6 +89,7 @@ impl SlotWriter {
             cidr: [take(ebpf, "CIDR0")?, take(ebpf, "CIDR1")?],
             counters: take(ebpf, "COUNTERS")?,
             shadow: Default::default(),
+            dirty: [false; 2],
             active: 0,
             totals: BTreeMap::new(),
         })
@@ -95,8 +99,53 @@ impl SlotWriter {
     /// been retired ([`Self::retire_idle`]) since it was last live.
     pub fn install(&mut self, next: SlotContents) -> Result<(), KernelError> {
         let idle = 1 - self.active;
+        if self.dirty[idle] {
+            self.wipe(idle)?;
+        }
         let old = std::mem::take(&mut self.shadow[idle]);
+        if let Err(e) = self.write(idle, &old, &next) {
+            // The idle slot now holds a mix nobody knows exactly; it was not switched to.
+            self.dirty[idle] = true;
+            let _ = self.wipe(idle);
+            return Err(e);
+        }
+        // The switch: one array word. Verdicts read it once, so each sees one whole slot.
+        self.active_map.set(0, idle as u32, 0).map_err(KernelError::map("ACTIVE"))?;
+        self.shadow[idle] = next;
+        self.active = idle;
+        Ok(())
+    }
 
+    /// Writes both slots' settings, so that defaults and the workload cgroup level hold even
+    /// before any policy compiled (a policy that does not compile at start-up).
+    pub fn init_settings(&mut self, settings: Settings) -> Result<(), KernelError> {
+        for slot in 0..2 {
+            self.settings.set(slot, settings, 0).map_err(KernelError::map("SETTINGS"))?;
+        }
+        Ok(())
+    }
+
+    /// Removes every entry of a slot's maps.
+    fn wipe(&mut self, slot: usize) -> Result<(), KernelError> {
+        let keys: Vec<_> = self.policy[slot].keys().filter_map(Result::ok).collect();
+        for k in keys {
+            self.policy[slot].remove(&k).map_err(KernelError::map("POLICY"))?;
+        }
+        let keys: Vec<_> = self.isolation[slot].keys().filter_map(Result::ok).collect();
+        for k in keys {
+            self.isolation[slot].remove(&k).map_err(KernelError::map("ISOLATION"))?;
+        }
+        let keys: Vec<_> = self.cidr[slot].keys().filter_map(Result::ok).collect();
+        for k in keys {
+            self.cidr[slot].remove(&k).map_err(KernelError::map("CIDR"))?;
+        }
+        self.shadow[slot] = SlotContents::default();
+        self.dirty[slot] = false;
+        Ok(())
+    }
+
+    /// Brings slot `idle` from `old` to `next` (diff), settings included; no switch.
+    fn write(&mut self, idle: usize, old: &SlotContents, next: &SlotContents) -> Result<(), KernelError> {
         let (old_p, new_p) = (&old.policy, &next.policy);
         let policy = &mut self.policy[idle];
         for key in old_p.allow.keys().filter(|k| !new_p.allow.contains_key(k)) {
@@ -122,10 +171,6 @@ impl SlotWriter {
             trie.insert(&cidr_key(net), id, 0).map_err(KernelError::map("CIDR"))?;
         }
         self.settings.set(idle as u32, next.settings, 0).map_err(KernelError::map("SETTINGS"))?;
-        // The switch: one array word. Verdicts read it once, so each sees one whole slot.
-        self.active_map.set(0, idle as u32, 0).map_err(KernelError::map("ACTIVE"))?;
-        self.shadow[idle] = next;
-        self.active = idle;
         Ok(())
     }
 
