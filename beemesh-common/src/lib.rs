@@ -230,7 +230,34 @@ pub struct Settings {
     /// cgroup2 level of workload cgroups; sockets are attributed to their ancestor at this
     /// level, so nested cgroups inside a workload keep its identity.
     pub workload_level: u32,
+    /// Policy generation: remembered UDP flows of an older generation are decided again.
+    pub generation: u32,
 }
+
+/// A UDP exchange a workload is part of, seen from the workload: the other side's address
+/// and port, and the workload's own port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UdpFlowKey {
+    pub addr: Addr,
+    pub remote_port: u16,
+    pub local_port: u16,
+}
+
+/// When a UDP exchange was last allowed, and under which policy generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UdpFlowValue {
+    pub ts_ns: u64,
+    pub generation: u32,
+    pub _pad: u32,
+}
+
+/// A UDP exchange allowed in one direction lets its replies through for this long (as
+/// stateful firewalls do), unless the policy changes first.
+pub const UDP_FLOW_TTL_NS: u64 = 120_000_000_000;
+/// Capacity of the UDP exchange map.
+pub const UDP_FLOW_MAP_SIZE: u32 = 65_536;
 
 /// Allowed/denied counts for one rule (per CPU in the kernel, summed by the agent).
 #[repr(C)]
@@ -285,4 +312,6 @@ mod user {
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for RuleCounter {}
     unsafe impl aya::Pod for FlowEvent {}
+    unsafe impl aya::Pod for UdpFlowKey {}
+    unsafe impl aya::Pod for UdpFlowValue {}
 }

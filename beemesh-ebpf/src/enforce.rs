@@ -6,11 +6,11 @@ use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use beemesh_common::{
     decide, Addr, CidrKey, Decision, Query, EndpointKey, FlowEvent, LocalPortKey, PeerSet, Settings,
     DIR_EGRESS, DIR_INGRESS, FIRST_CIDR_ID, FIRST_WORKLOAD_ID, FLOWS_DENIED, FLOWS_NONE, FLOWS_SAMPLED, FLOW_SAMPLE_NS, PolicyKey, ID_HOST,
-    ID_NONE, ID_WORLD, MAX_RULES, VERDICT_ALLOW, VERDICT_DENY,
+    ID_NONE, ID_WORLD, MAX_RULES, VERDICT_ALLOW, VERDICT_DENY, UdpFlowKey, UdpFlowValue, UDP_FLOW_TTL_NS,
 };
 
 use crate::maps::{
-    ACTIVE, CGROUPS, CIDR0, CIDR1, COUNTERS, ENDPOINTS, FLOWS, FLOW_SEEN, ISOLATION0, ISOLATION1,
+    UDP_FLOWS, ACTIVE, CGROUPS, CIDR0, CIDR1, COUNTERS, ENDPOINTS, FLOWS, FLOW_SEEN, ISOLATION0, ISOLATION1,
     LOCAL_ADDRS, LOCAL_PORTS, POLICY0, POLICY1, SETTINGS,
 };
 
@@ -159,6 +159,35 @@ fn count(slot: &Slot, rule: u32, allowed: bool) {
             }
         }
     }
+}
+
+/// Whether a UDP exchange between the workload's `local_port` and `addr:remote_port` was
+/// allowed recently under the policy in force.
+#[inline(always)]
+pub fn udp_flow_known(slot: &Slot, addr: &Addr, remote_port: u16, local_port: u16) -> bool {
+    let key = UdpFlowKey { addr: *addr, remote_port, local_port };
+    match UDP_FLOWS.get_ptr(&key) {
+        Some(v) => {
+            // SAFETY: pointer from a successful lookup, copied at once.
+            let v = unsafe { *v };
+            // SAFETY: helper without preconditions.
+            let now = unsafe { bpf_ktime_get_ns() };
+            v.generation == slot.settings.generation && now.wrapping_sub(v.ts_ns) < UDP_FLOW_TTL_NS
+        }
+        None => false,
+    }
+}
+
+/// Remembers an allowed UDP exchange (see [`udp_flow_known`]).
+#[inline(always)]
+pub fn remember_udp_flow(slot: &Slot, addr: &Addr, remote_port: u16, local_port: u16) {
+    if local_port == 0 {
+        return;
+    }
+    let key = UdpFlowKey { addr: *addr, remote_port, local_port };
+    // SAFETY: helper without preconditions.
+    let value = UdpFlowValue { ts_ns: unsafe { bpf_ktime_get_ns() }, generation: slot.settings.generation, _pad: 0 };
+    let _ = UDP_FLOWS.insert(&key, &value, 0);
 }
 
 /// What a flow event says besides the decision.

@@ -14,7 +14,8 @@ mod maps;
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_tuple},
     helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie, bpf_sk_ancestor_cgroup_id, bpf_sk_lookup_tcp,
+        bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie, bpf_sk_ancestor_cgroup_id, bpf_sk_fullsock,
+        bpf_sk_lookup_tcp,
         bpf_sk_lookup_udp, bpf_sk_release, bpf_skb_ancestor_cgroup_id,
     },
     macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr},
@@ -71,7 +72,18 @@ fn sock_addr(ctx: &SockAddrContext, v6: bool, hook: u8) -> i32 {
         return ALLOW;
     }
     let addr = if v6 {
-        Addr { words: sa.user_ip6 }
+        // Field by field, with volatile reads: the verifier only accepts context loads at a
+        // constant offset from the context pointer, never through a derived pointer.
+        // SAFETY: reads of the valid context's fields.
+        let w = unsafe {
+            [
+                core::ptr::read_volatile(&sa.user_ip6[0]),
+                core::ptr::read_volatile(&sa.user_ip6[1]),
+                core::ptr::read_volatile(&sa.user_ip6[2]),
+                core::ptr::read_volatile(&sa.user_ip6[3]),
+            ]
+        };
+        Addr { words: w }
     } else {
         Addr::from_v4_be(sa.user_ip4)
     };
@@ -83,7 +95,21 @@ fn sock_addr(ctx: &SockAddrContext, v6: bool, hook: u8) -> i32 {
         direction: DIR_EGRESS,
         hook,
     };
+    // A datagram of a UDP exchange allowed recently (a reply, or more of the same) passes;
+    // the workload's port is known here because sendmsg autobinds before this hook.
+    let udp_port = if hook == HOOK_SENDMSG {
+        // SAFETY: `sk` is always set for sock_addr programs.
+        let sk = unsafe { sa.__bindgen_anon_1.sk };
+        // SAFETY: non-null kernel socket pointer checked by the verifier.
+        if sk.is_null() { 0 } else { (unsafe { (*sk).src_port }) as u16 }
+    } else {
+        0
+    };
+    if udp_port != 0 && enforce::udp_flow_known(&slot, &addr, flow.port, udp_port) {
+        return ALLOW;
+    }
     if enforce::egress(&slot, &flow, hook == HOOK_CONNECT) {
+        enforce::remember_udp_flow(&slot, &addr, flow.port, udp_port);
         ALLOW
     } else {
         debug!(ctx, "deny egress subject={} port={}", subject, flow.port);
@@ -200,6 +226,9 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, i32> {
     }
     let sport = u16::from_be(ctx.load::<u16>(l4).map_err(|_| ALLOW)?);
     let dport = u16::from_be(ctx.load::<u16>(l4 + 2).map_err(|_| ALLOW)?);
+    if proto == PROTO_UDP && (udp_receiver_connected(ctx) || enforce::udp_flow_known(&slot, &src, sport, dport)) {
+        return Ok(ALLOW);
+    }
     let peers = if enforce::is_local(&src) {
         let sender = local_sender(ctx, v4, proto, sport, dport, slot.settings.workload_level)?;
         enforce::local_peer(&slot, &src, sender)
@@ -218,7 +247,28 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, i32> {
         direction: DIR_INGRESS,
         hook: HOOK_INGRESS,
     };
-    Ok(if enforce::ingress(&slot, &flow, peers, quiet) { ALLOW } else { DENY })
+    if !enforce::ingress(&slot, &flow, peers, quiet) {
+        return Ok(DENY);
+    }
+    if proto == PROTO_UDP {
+        enforce::remember_udp_flow(&slot, &src, sport, dport);
+    }
+    Ok(ALLOW)
+}
+
+/// A connected UDP socket only receives from the peer it connected to, which its
+/// connect() was allowed to reach: its datagrams are replies.
+#[inline(always)]
+fn udp_receiver_connected(ctx: &SkBuffContext) -> bool {
+    // SAFETY: reading the context's socket field, as the verifier allows for cgroup_skb.
+    let sk = unsafe { (*ctx.skb.skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return false;
+    }
+    // SAFETY: `sk` is the packet's socket, checked non-null.
+    let full = unsafe { bpf_sk_fullsock(sk) };
+    // SAFETY: a full socket from the helper, checked non-null.
+    !full.is_null() && unsafe { (*full).dst_port } != 0
 }
 
 /// Identity of the socket on this host that sent the packet, found by looking it up with

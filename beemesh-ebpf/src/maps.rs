@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use beemesh_common::{
     Addr, CidrKey, EndpointKey, IsolationKey, IsolationValue, LocalPortKey, LocalPortValue,
-    PolicyKey, PolicyValue, RuleCounter, Settings, CGROUP_MAP_SIZE, CIDR_MAP_SIZE,
+    PolicyKey, PolicyValue, RuleCounter, Settings, UdpFlowKey, UdpFlowValue, UDP_FLOW_MAP_SIZE, CGROUP_MAP_SIZE, CIDR_MAP_SIZE,
     ENDPOINT_MAP_SIZE, FLOW_RING_BYTES, ISOLATION_MAP_SIZE, LOCAL_ADDR_MAP_SIZE,
     LOCAL_PORT_MAP_SIZE, MAX_RULES, POLICY_MAP_SIZE,
 };
@@ -74,6 +74,11 @@ pub static COUNTERS: PerCpuArray<RuleCounter> = PerCpuArray::with_max_entries(2 
 /// for `FLOWS_SAMPLED`.
 #[map]
 pub static FLOW_SEEN: LruHashMap<PolicyKey, u64> = LruHashMap::with_max_entries(65_536, 0);
+
+/// UDP exchanges allowed recently, so that replies pass (see `UDP_FLOW_TTL_NS`).
+#[map]
+pub static UDP_FLOWS: LruHashMap<UdpFlowKey, UdpFlowValue> =
+    LruHashMap::with_max_entries(UDP_FLOW_MAP_SIZE, 0);
 
 /// Flow events to the agent.
 #[map]

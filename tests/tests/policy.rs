@@ -329,3 +329,39 @@ spec:
     assert!(server.line(Duration::from_millis(500)).is_err(), "host datagram delivered");
     Ok(())
 }
+
+#[test]
+fn udp_replies_pass_an_ingress_policy_and_revocation_stops_them() -> Result<()> {
+    let agent = Agent::start("udpreply", &[])?;
+    let p = port();
+    let addr = format!("127.0.0.1:{p}");
+    let echo = agent.host_probe(&["udp-echo", &addr])?;
+    assert_eq!(echo.line(T)?, "listening");
+    // The client accepts no inbound traffic at all, and may send to the echo port.
+    let policy = |allowed: bool| {
+        let egress = if allowed {
+            format!("  egress:\n    - to: [{{entity: host}}]\n      ports: [{{port: {p}, protocol: UDP}}]\n")
+        } else {
+            "  egress: []\n".to_string()
+        };
+        format!(
+            "apiVersion: beemesh.io/v1alpha1\nkind: IdentityPolicy\nmetadata:\n  name: client\nspec:\n  \
+             selector:\n    identities: [\"{FRONTEND}\"]\n  ingress: []\n{egress}"
+        )
+    };
+    agent.write_policy("client.yaml", &policy(true))?;
+    assert!(eventually(T, || agent.generation().unwrap_or(0) >= 2));
+    for mode in ["u", "c"] {
+        let ask = agent.workload(&format!("ask-{mode}"), FRONTEND, &[], &["udp-ask", &addr, mode])?;
+        assert_eq!(ask.line(T)?, "reply 4", "reply dropped ({mode})");
+    }
+    // Revoked: the send itself is refused.
+    agent.write_policy("client.yaml", &policy(false))?;
+    assert!(eventually(T, || {
+        agent
+            .workload(&format!("ask-{}", port()), FRONTEND, &[], &["udp-ask", &addr])
+            .and_then(|p| p.line(T))
+            .is_ok_and(|l| l.starts_with(EPERM_LINE))
+    }));
+    Ok(())
+}

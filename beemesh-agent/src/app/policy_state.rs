@@ -95,6 +95,9 @@ impl Agent {
             },
             _pad: 0,
             workload_level: self.workload_level,
+            // The generation being installed: UDP exchanges remembered under older ones are
+            // decided again (continuous authorization for UDP).
+            generation: (self.generation + 1) as u32,
         }
     }
 

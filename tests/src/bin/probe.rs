@@ -7,6 +7,8 @@
 //! probe hold ADDR           connect, then block until the connection dies
 //! probe udp-send ADDR       one datagram with sendto()
 //! probe udp-listen ADDR     print `datagram <len>` for each datagram received
+//! probe udp-echo ADDR       send every datagram back to its sender
+//! probe udp-ask ADDR [c]    send one datagram, print `reply <len>` or `timeout` (c: connect first)
 //! probe loop ADDR           connect every 20 ms forever, print each outcome change
 //! probe rate ADDR MS        connect, await the server's close, close; for MS: `count N`
 //! probe watch-deny ADDR     connect+close in a tight loop until refused: `denied <unix ns>`
@@ -119,6 +121,40 @@ fn main() {
             let mut buf = [0u8; 2048];
             while let Ok((n, _)) = s.recv_from(&mut buf) {
                 say(&format!("datagram {n}"));
+            }
+        }
+        "udp-echo" => {
+            let s = UdpSocket::bind(addr).unwrap_or_else(|e| {
+                say(&errno_line(&e));
+                std::process::exit(1)
+            });
+            say("listening");
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(&buf[..n], from);
+            }
+        }
+        "udp-ask" => {
+            let bind: SocketAddr =
+                if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
+            let s = UdpSocket::bind(bind).unwrap_or_else(|e| {
+                say(&errno_line(&e));
+                std::process::exit(1)
+            });
+            let _ = s.set_read_timeout(Some(Duration::from_millis(800)));
+            let sent = if args.get(3).map(String::as_str) == Some("c") {
+                s.connect(addr).and_then(|()| s.send(b"ping"))
+            } else {
+                s.send_to(b"ping", addr)
+            };
+            if let Err(e) = sent {
+                say(&errno_line(&e));
+                std::process::exit(2)
+            }
+            let mut buf = [0u8; 64];
+            match s.recv_from(&mut buf) {
+                Ok((n, _)) => say(&format!("reply {n}")),
+                Err(_) => say("timeout"),
             }
         }
         "loop" => {
