@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// Inotify wrapper with the `AsRawFd` tokio needs.
 struct Watch(Inotify);
@@ -51,7 +51,19 @@ pub fn spawn(dir: &Path, debounce: Duration) -> std::io::Result<mpsc::Receiver<(
                     if events.iter().any(|e| {
                         e.mask.intersects(AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF)
                     }) {
-                        warn!(dir = %dir.display(), "policy directory removed; live reload stops");
+                        // Replaced or removed (`rm -rf; cp -r`, a directory swap): policies
+                        // stay as they are until the directory is back, then watch it again.
+                        warn!(dir = %dir.display(), "policy directory removed; policies unchanged until it is back");
+                        loop {
+                            if tx.is_closed() {
+                                return;
+                            }
+                            if dir.is_dir() && guard.get_inner().0.add_watch(&dir, mask).is_ok() {
+                                info!(dir = %dir.display(), "policy directory back; watching it again");
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
                     }
                     debug!(events = events.len(), "policy.d changed");
                 }
