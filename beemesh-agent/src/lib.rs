@@ -13,3 +13,4 @@ pub mod policy;
 pub mod state;
 pub mod sys;
 pub mod workload;
+pub mod yamldoc;

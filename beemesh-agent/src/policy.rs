@@ -5,7 +5,6 @@
 
 mod compile;
 mod identity_policy;
-mod locate;
 mod model;
 mod network_policy;
 mod parse;

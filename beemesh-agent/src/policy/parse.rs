@@ -9,7 +9,9 @@ use beemesh_common::{PROTO_ANY, PROTO_TCP, PROTO_UDP};
 use ipnet::{IpNet, Ipv4Net};
 
 use super::model::{Policy, PortRange};
-use super::{identity_policy, locate, network_policy};
+use super::{identity_policy, network_policy};
+pub(super) use crate::yamldoc::FieldError;
+use crate::yamldoc::{find_line, split_documents, strip_location, Document};
 
 /// A policy file that cannot be loaded; always names the file and a line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -29,75 +31,6 @@ impl PolicyError {
             PolicyError::Syntax { line, .. } | PolicyError::Invalid { line, .. } => *line,
         }
     }
-}
-
-/// A semantic error inside one document, before its line is known.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct FieldError {
-    /// Dotted path such as `spec.egress[0].to[1].cidr`.
-    pub field: String,
-    pub reason: String,
-    /// Text to look for on the offending line (the bad value), if any.
-    pub needle: Option<String>,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self { field: field.into(), reason: reason.into(), needle: None }
-    }
-
-    pub fn at(mut self, needle: impl Into<String>) -> Self {
-        self.needle = Some(needle.into());
-        self
-    }
-}
-
-/// One YAML document of a file and the 0-based file line its first line is on.
-struct Document<'a> {
-    first_line: usize,
-    text: std::borrow::Cow<'a, str>,
-}
-
-/// Splits on `---` (and `...`) markers ourselves rather than using serde_yaml's multi-document
-/// deserializer: each document is parsed twice (untyped to dispatch on `kind`, then typed), and
-/// errors must be located in the document's text, so we need each document's text and offset.
-fn split_documents(text: &str) -> Vec<Document<'_>> {
-    let mut docs = Vec::new();
-    let mut start = 0usize; // byte offset of the current document
-    let mut first_line = 0usize;
-    let mut marker_rest: Option<String> = None;
-    let mut offset = 0usize;
-    for (n, line) in text.split_inclusive('\n').enumerate() {
-        let bare = line.trim_end_matches(['\n', '\r']);
-        let is_start = bare == "---" || bare.starts_with("--- ") || bare.starts_with("---\t");
-        let is_end = bare == "..." || bare.starts_with("... ");
-        if is_start || is_end {
-            push_document(&mut docs, &text[start..offset], first_line, marker_rest.take());
-            start = offset + line.len();
-            first_line = n + 1;
-            if is_start && bare.len() > 3 {
-                // Content after `--- ` belongs to the next document, on this very line.
-                marker_rest = Some(format!("   {}", &line[3..]));
-                first_line = n;
-            }
-        }
-        offset += line.len();
-    }
-    push_document(&mut docs, &text[start..], first_line, marker_rest);
-    docs
-}
-
-fn push_document<'a>(
-    docs: &mut Vec<Document<'a>>,
-    body: &'a str,
-    first_line: usize,
-    marker_rest: Option<String>,
-) {
-    let text = match marker_rest {
-        Some(head) => std::borrow::Cow::Owned(head + body),
-        None => std::borrow::Cow::Borrowed(body),
-    };
-    docs.push(Document { first_line, text });
 }
 
 /// Parses one policy file (all documents, all-or-nothing).
@@ -125,7 +58,7 @@ fn parse_document(file: &str, doc: &Document<'_>) -> Result<Option<Policy>, Poli
     };
     let invalid = |e: FieldError| PolicyError::Invalid {
         file: file.to_owned(),
-        line: doc.first_line + locate::find_line(&doc.text, &e.field, e.needle.as_deref()),
+        line: doc.first_line + find_line(&doc.text, &e.field, e.needle.as_deref()),
         field: e.field,
         reason: e.reason,
     };
@@ -152,7 +85,7 @@ fn parse_document(file: &str, doc: &Document<'_>) -> Result<Option<Policy>, Poli
         }
         ("NetworkPolicy", network_policy::API_VERSION) => {
             let raw = serde_yaml::from_str(&doc.text).map_err(syntax)?;
-            network_policy::check_unknown_fields(&value, &raw).map_err(invalid)?;
+            crate::yamldoc::check_unknown_fields(&value, &raw).map_err(invalid)?;
             network_policy::convert(raw).map_err(invalid)?
         }
         ("IdentityPolicy", _) | ("NetworkPolicy", _) => {
@@ -184,24 +117,6 @@ fn parse_document(file: &str, doc: &Document<'_>) -> Result<Option<Policy>, Poli
         }
     };
     Ok(Some(policy))
-}
-
-/// serde_yaml appends ` at line L column C` (relative to the document); the line is reported
-/// separately, file-relative.
-fn strip_location(message: &str) -> String {
-    let mut out = message.to_owned();
-    while let Some(at) = out.find(" at line ") {
-        let tail = &out[at + " at line ".len()..];
-        let digits = |s: &str| s.bytes().take_while(u8::is_ascii_digit).count();
-        let n = digits(tail);
-        let Some(after) = tail[n..].strip_prefix(" column ") else {
-            break;
-        };
-        let m = digits(after);
-        let cut_end = at + " at line ".len() + n + " column ".len() + m;
-        out.replace_range(at..cut_end, "");
-    }
-    out
 }
 
 /// Parses a CIDR, canonicalising host bits away and IPv4-mapped IPv6 blocks to IPv4 (the

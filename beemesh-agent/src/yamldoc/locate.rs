@@ -1,6 +1,6 @@
 //! Best-effort search of the line a field path (`spec.egress[0].to[1].cidr`) points to in a
 //! YAML document's text. serde_yaml's `Value` carries no positions, so semantic errors found
-//! after deserialisation are located here. Called by the policy parser only.
+//! after deserialisation are located here. Called by the policy and manifest parsers.
 
 /// One step of a field path.
 #[derive(Debug, PartialEq, Eq)]
@@ -60,7 +60,7 @@ fn is_key_line(content: &str, key: &str) -> bool {
 }
 
 /// 1-based line (relative to `text`) of `field`, refined by `needle` (the offending value).
-pub(super) fn find_line(text: &str, field: &str, needle: Option<&str>) -> usize {
+pub(crate) fn find_line(text: &str, field: &str, needle: Option<&str>) -> usize {
     let raw: Vec<&str> = text.lines().collect();
     let lines: Vec<Option<Line<'_>>> = raw.iter().map(|l| parse_line(l)).collect();
     let needle_from = |from: usize| -> Option<usize> {
