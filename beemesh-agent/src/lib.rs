@@ -9,6 +9,7 @@ pub mod config;
 pub mod flows;
 pub mod identity;
 pub mod kernel;
+pub mod manifest;
 pub mod policy;
 pub mod state;
 pub mod sys;

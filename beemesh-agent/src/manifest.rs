@@ -1,0 +1,214 @@
+//! Kubernetes manifests (`beemesh-agent apply -f`): a file of one or more YAML documents (or a
+//! `v1 List`) holding Pods, ConfigMaps and Secrets, decoded into k8s-openapi types and checked
+//! strictly. A field beemesh does not implement is rejected by name, never ignored; a whole
+//! file is accepted or rejected. Sans-IO: the caller reads the file. The pod runtime consumes
+//! the result.
+
+mod fields;
+mod quantity;
+#[cfg(test)]
+mod tests;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use serde::de::DeserializeOwned;
+
+pub use quantity::{parse_cpu_millis, parse_memory_bytes};
+
+use crate::identity::{is_dns_label, is_dns_subdomain};
+use crate::yamldoc::{
+    check_unknown_fields, find_line, split_documents, strip_location, Document, FieldError,
+};
+
+/// One object of a manifest file.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Object {
+    Pod(Box<Pod>),
+    ConfigMap(Box<ConfigMap>),
+    Secret(Box<Secret>),
+}
+
+impl Object {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Object::Pod(_) => "Pod",
+            Object::ConfigMap(_) => "ConfigMap",
+            Object::Secret(_) => "Secret",
+        }
+    }
+
+    fn metadata(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            Object::Pod(p) => &p.metadata,
+            Object::ConfigMap(c) => &c.metadata,
+            Object::Secret(s) => &s.metadata,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        self.metadata().name.as_deref().unwrap_or_default()
+    }
+
+    /// The object's namespace, `default` when unset.
+    pub fn namespace(&self) -> &str {
+        self.metadata().namespace.as_deref().unwrap_or("default")
+    }
+}
+
+/// A manifest that cannot be applied; always names the file and a line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    /// Malformed YAML, or a value of the wrong type.
+    #[error("{file}:{line}: {message}")]
+    Syntax { file: String, line: usize, message: String },
+    /// Well-formed, but not something beemesh can run (unknown kind, unsupported field, bad name).
+    #[error("{file}:{line}: {field}: {reason}")]
+    Invalid { file: String, line: usize, field: String, reason: String },
+}
+
+/// Parses a manifest file: every object, or the first error.
+pub fn parse(file: &str, text: &str) -> Result<Vec<Object>, ManifestError> {
+    let mut out = Vec::new();
+    for doc in split_documents(text) {
+        parse_document(file, &doc, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn parse_document(file: &str, doc: &Document<'_>, out: &mut Vec<Object>) -> Result<(), ManifestError> {
+    let syntax = |e: serde_yaml::Error| ManifestError::Syntax {
+        file: file.to_owned(),
+        line: doc.first_line + e.location().map_or(1, |l| l.line()),
+        message: strip_location(&e.to_string()),
+    };
+    let value: serde_yaml::Value = serde_yaml::from_str(&doc.text).map_err(syntax)?;
+    if value.is_null() {
+        return Ok(());
+    }
+    let invalid = |e: FieldError| ManifestError::Invalid {
+        file: file.to_owned(),
+        line: doc.first_line + find_line(&doc.text, &e.field, e.needle.as_deref()),
+        field: e.field,
+        reason: e.reason,
+    };
+    let typed =
+        |e: serde_yaml::Error, field: &str| invalid(FieldError::new(field, strip_location(&e.to_string())));
+    match (str_field(&value, "apiVersion"), str_field(&value, "kind")) {
+        (Some("v1"), Some("List")) => {
+            let Some(items) = value.get("items").and_then(|v| v.as_sequence()) else {
+                return Err(invalid(FieldError::new("items", "a List needs an items sequence")));
+            };
+            for (i, item) in items.iter().enumerate() {
+                let prefix = format!("items[{i}]");
+                let object = object(item, &prefix).map_err(|e| match e {
+                    ObjectError::Field(f) => invalid(f),
+                    ObjectError::Type(e) => typed(e, &prefix),
+                })?;
+                out.push(object);
+            }
+            Ok(())
+        }
+        _ => {
+            let object = object(&value, "").map_err(|e| match e {
+                ObjectError::Field(f) => invalid(f),
+                ObjectError::Type(e) => typed(e, "(document)"),
+            })?;
+            out.push(object);
+            Ok(())
+        }
+    }
+}
+
+fn str_field<'a>(v: &'a serde_yaml::Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(|k| k.as_str())
+}
+
+enum ObjectError {
+    Field(FieldError),
+    Type(serde_yaml::Error),
+}
+
+impl From<FieldError> for ObjectError {
+    fn from(e: FieldError) -> Self {
+        ObjectError::Field(e)
+    }
+}
+
+fn join(prefix: &str, field: &str) -> String {
+    if prefix.is_empty() {
+        field.to_owned()
+    } else {
+        format!("{prefix}.{field}")
+    }
+}
+
+/// Decodes one object (a document, or an item of a List) at field path `prefix`.
+fn object(value: &serde_yaml::Value, prefix: &str) -> Result<Object, ObjectError> {
+    let api = str_field(value, "apiVersion").unwrap_or_default();
+    let kind = str_field(value, "kind").unwrap_or_default();
+    let decode = |v: &serde_yaml::Value| -> Result<Object, ObjectError> {
+        fn strict<T: DeserializeOwned + serde::Serialize>(
+            v: &serde_yaml::Value,
+            prefix: &str,
+        ) -> Result<T, ObjectError> {
+            let t: T = serde_yaml::from_value(v.clone()).map_err(ObjectError::Type)?;
+            check_unknown_fields(v, &t).map_err(|mut e| {
+                e.field = join(prefix, &e.field);
+                ObjectError::Field(e)
+            })?;
+            Ok(t)
+        }
+        Ok(match kind {
+            "Pod" => Object::Pod(Box::new(strict(v, prefix)?)),
+            "ConfigMap" => Object::ConfigMap(Box::new(strict(v, prefix)?)),
+            _ => Object::Secret(Box::new(strict(v, prefix)?)),
+        })
+    };
+    match (api, kind) {
+        ("v1", "Pod" | "ConfigMap" | "Secret") => {}
+        (_, "Deployment" | "StatefulSet" | "Service") => {
+            return Err(FieldError::new(
+                join(prefix, "kind"),
+                format!("{kind} is not supported yet (it arrives with the mesh scheduler); supported: Pod, ConfigMap, Secret"),
+            )
+            .at(kind)
+            .into())
+        }
+        ("", _) | (_, "") => {
+            return Err(FieldError::new(join(prefix, "kind"), "apiVersion and kind are required").into())
+        }
+        _ => {
+            return Err(FieldError::new(
+                join(prefix, "kind"),
+                format!("unsupported kind {api}/{kind} (supported: v1 Pod, ConfigMap, Secret, List)"),
+            )
+            .at(kind)
+            .into())
+        }
+    }
+    fields::check_supported(value, kind, prefix)?;
+    let object = decode(value)?;
+    validate(&object, prefix)?;
+    Ok(object)
+}
+
+/// Checks what the types cannot: names, required fields, references inside the object.
+fn validate(object: &Object, prefix: &str) -> Result<(), FieldError> {
+    let name = object.name();
+    if !is_dns_subdomain(name) {
+        return Err(FieldError::new(
+            join(prefix, "metadata.name"),
+            format!("invalid name {name:?}: lowercase letters, digits, '-' and '.', at most 253"),
+        )
+        .at("name:"));
+    }
+    if !is_dns_label(object.namespace()) {
+        return Err(FieldError::new(
+            join(prefix, "metadata.namespace"),
+            format!("invalid namespace {:?}", object.namespace()),
+        ));
+    }
+    if let Object::Pod(pod) = object {
+        fields::validate_pod(pod, prefix)?;
+    }
+    Ok(())
+}

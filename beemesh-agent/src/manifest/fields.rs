@@ -1,0 +1,327 @@
+//! What beemesh implements of each kind, field by field: `check_supported` rejects any other
+//! field by name (a Pod that asks for `hostNetwork` must not run without it), and
+//! `validate_pod` checks the values the runtime relies on.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::OnceLock;
+
+use k8s_openapi::api::core::v1::{Container, Pod, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{join, parse_cpu_millis, parse_memory_bytes};
+use crate::identity::{is_dns_label, is_dns_subdomain};
+use crate::yamldoc::FieldError;
+
+const METADATA: &[&str] =
+    &["metadata.name", "metadata.namespace", "metadata.labels.*", "metadata.annotations.*"];
+
+const CONTAINER: &[&str] = &[
+    "name",
+    "image",
+    "imagePullPolicy",
+    "command[]",
+    "args[]",
+    "workingDir",
+    "env[].name",
+    "env[].value",
+    "env[].valueFrom.configMapKeyRef.name",
+    "env[].valueFrom.configMapKeyRef.key",
+    "env[].valueFrom.configMapKeyRef.optional",
+    "env[].valueFrom.secretKeyRef.name",
+    "env[].valueFrom.secretKeyRef.key",
+    "env[].valueFrom.secretKeyRef.optional",
+    "envFrom[].prefix",
+    "envFrom[].configMapRef.name",
+    "envFrom[].configMapRef.optional",
+    "envFrom[].secretRef.name",
+    "envFrom[].secretRef.optional",
+    "ports[].name",
+    "ports[].containerPort",
+    "ports[].hostPort",
+    "ports[].hostIP",
+    "ports[].protocol",
+    "resources.requests.cpu",
+    "resources.requests.memory",
+    "resources.limits.cpu",
+    "resources.limits.memory",
+    "volumeMounts[].name",
+    "volumeMounts[].mountPath",
+    "volumeMounts[].readOnly",
+    "volumeMounts[].subPath",
+];
+
+const PROBE: &[&str] = &[
+    "exec.command[]",
+    "httpGet.path",
+    "httpGet.port",
+    "httpGet.host",
+    "httpGet.scheme",
+    "httpGet.httpHeaders[].name",
+    "httpGet.httpHeaders[].value",
+    "tcpSocket.port",
+    "tcpSocket.host",
+    "initialDelaySeconds",
+    "periodSeconds",
+    "timeoutSeconds",
+    "successThreshold",
+    "failureThreshold",
+];
+
+const POD_SPEC: &[&str] = &[
+    "spec.restartPolicy",
+    "spec.serviceAccountName",
+    "spec.serviceAccount",
+    "spec.terminationGracePeriodSeconds",
+    "spec.hostname",
+    "spec.volumes[].name",
+    "spec.volumes[].emptyDir.medium",
+    "spec.volumes[].emptyDir.sizeLimit",
+    "spec.volumes[].configMap.name",
+    "spec.volumes[].configMap.items[].key",
+    "spec.volumes[].configMap.items[].path",
+    "spec.volumes[].configMap.items[].mode",
+    "spec.volumes[].configMap.defaultMode",
+    "spec.volumes[].configMap.optional",
+    "spec.volumes[].secret.secretName",
+    "spec.volumes[].secret.items[].key",
+    "spec.volumes[].secret.items[].path",
+    "spec.volumes[].secret.items[].mode",
+    "spec.volumes[].secret.defaultMode",
+    "spec.volumes[].secret.optional",
+    "spec.volumes[].hostPath.path",
+    "spec.volumes[].hostPath.type",
+];
+
+/// Field patterns per kind (`[]`: any sequence item, `*`: any map key), and every prefix of
+/// them (a prefix is a mapping that may appear on the way).
+struct Allowed {
+    leaves: HashSet<String>,
+    inner: HashSet<String>,
+}
+
+impl Allowed {
+    fn new(patterns: Vec<String>) -> Self {
+        let mut inner = HashSet::new();
+        for p in &patterns {
+            for (i, c) in p.char_indices() {
+                if c == '.' || c == '[' {
+                    inner.insert(p[..i].to_owned());
+                }
+            }
+        }
+        Self { leaves: patterns.into_iter().collect(), inner }
+    }
+}
+
+fn allowed(kind: &str) -> &'static Allowed {
+    static POD: OnceLock<Allowed> = OnceLock::new();
+    static CONFIGMAP: OnceLock<Allowed> = OnceLock::new();
+    static SECRET: OnceLock<Allowed> = OnceLock::new();
+    let base =
+        || -> Vec<String> { ["apiVersion", "kind"].iter().chain(METADATA).map(|s| s.to_string()).collect() };
+    match kind {
+        "Pod" => POD.get_or_init(|| {
+            let mut v = base();
+            v.extend(POD_SPEC.iter().map(|s| s.to_string()));
+            for list in ["spec.containers[]", "spec.initContainers[]"] {
+                v.extend(CONTAINER.iter().map(|f| format!("{list}.{f}")));
+                for probe in ["readinessProbe", "livenessProbe"] {
+                    v.extend(PROBE.iter().map(|f| format!("{list}.{probe}.{f}")));
+                }
+            }
+            Allowed::new(v)
+        }),
+        "ConfigMap" => CONFIGMAP.get_or_init(|| {
+            let mut v = base();
+            v.extend(["data.*", "binaryData.*", "immutable"].map(String::from));
+            Allowed::new(v)
+        }),
+        _ => SECRET.get_or_init(|| {
+            let mut v = base();
+            v.extend(["data.*", "stringData.*", "type", "immutable"].map(String::from));
+            Allowed::new(v)
+        }),
+    }
+}
+
+/// Rejects the first field outside what beemesh implements for `kind`. `status` (written by
+/// whoever ran the object before) is ignored.
+pub(super) fn check_supported(value: &serde_yaml::Value, kind: &str, prefix: &str) -> Result<(), FieldError> {
+    walk(value, allowed(kind), "", prefix)
+}
+
+fn walk(value: &serde_yaml::Value, allowed: &Allowed, pattern: &str, shown: &str) -> Result<(), FieldError> {
+    match value {
+        serde_yaml::Value::Mapping(map) => {
+            for (k, v) in map {
+                let Some(key) = k.as_str() else { continue };
+                if pattern.is_empty() && key == "status" {
+                    continue;
+                }
+                let exact = if pattern.is_empty() { key.to_owned() } else { format!("{pattern}.{key}") };
+                let wildcard = format!("{pattern}.*");
+                let next = if allowed.leaves.contains(&exact) || allowed.inner.contains(&exact) {
+                    exact
+                } else if allowed.leaves.contains(&wildcard) {
+                    wildcard
+                } else {
+                    let field = join(shown, key);
+                    return Err(FieldError::new(
+                        field,
+                        format!("field `{key}` is not supported by beemesh (it would be ignored, so the object is refused)"),
+                    )
+                    .at(format!("{key}:")));
+                };
+                walk(v, allowed, &next, &join(shown, key))?;
+            }
+            Ok(())
+        }
+        serde_yaml::Value::Sequence(items) => {
+            for (i, v) in items.iter().enumerate() {
+                walk(v, allowed, &format!("{pattern}[]"), &format!("{shown}[{i}]"))?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Values the runtime relies on.
+pub(super) fn validate_pod(pod: &Pod, prefix: &str) -> Result<(), FieldError> {
+    let at = |f: &str| join(prefix, f);
+    let Some(spec) = &pod.spec else {
+        return Err(FieldError::new(at("spec"), "a Pod needs a spec with containers"));
+    };
+    if spec.containers.is_empty() {
+        return Err(FieldError::new(at("spec.containers"), "a Pod needs at least one container"));
+    }
+    if let Some(policy) = &spec.restart_policy {
+        if !matches!(policy.as_str(), "Always" | "OnFailure" | "Never") {
+            return Err(FieldError::new(
+                at("spec.restartPolicy"),
+                format!("{policy:?}: expected Always, OnFailure or Never"),
+            )
+            .at(policy.clone()));
+        }
+    }
+    for sa in [&spec.service_account_name, &spec.service_account].into_iter().flatten() {
+        if !is_dns_subdomain(sa) {
+            return Err(FieldError::new(
+                at("spec.serviceAccountName"),
+                format!("invalid service account {sa:?}"),
+            ));
+        }
+    }
+    let mut volumes = BTreeSet::new();
+    for (i, v) in spec.volumes.iter().flatten().enumerate() {
+        let field = at(&format!("spec.volumes[{i}]"));
+        if !is_dns_label(&v.name) || !volumes.insert(v.name.as_str()) {
+            return Err(FieldError::new(
+                format!("{field}.name"),
+                format!("invalid or repeated volume name {:?}", v.name),
+            ));
+        }
+        let sources =
+            [v.empty_dir.is_some(), v.config_map.is_some(), v.secret.is_some(), v.host_path.is_some()];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            return Err(FieldError::new(
+                field,
+                "a volume needs exactly one of emptyDir, configMap, secret, hostPath",
+            ));
+        }
+    }
+    let mut names = BTreeSet::new();
+    let lists = [
+        ("initContainers", spec.init_containers.as_deref().unwrap_or_default()),
+        ("containers", &spec.containers),
+    ];
+    for (list, containers) in lists {
+        for (i, c) in containers.iter().enumerate() {
+            let field = at(&format!("spec.{list}[{i}]"));
+            if !is_dns_label(&c.name) || !names.insert(c.name.as_str()) {
+                return Err(FieldError::new(
+                    format!("{field}.name"),
+                    format!("invalid or repeated container name {:?}", c.name),
+                )
+                .at(c.name.clone()));
+            }
+            validate_container(c, &field, &volumes)?;
+        }
+    }
+    Ok(())
+}
+
+fn validate_container(c: &Container, field: &str, volumes: &BTreeSet<&str>) -> Result<(), FieldError> {
+    if c.image.as_deref().is_none_or(str::is_empty) {
+        return Err(FieldError::new(format!("{field}.image"), "a container needs an image"));
+    }
+    for (kind, list) in [
+        ("requests", c.resources.as_ref().and_then(|r| r.requests.as_ref())),
+        ("limits", c.resources.as_ref().and_then(|r| r.limits.as_ref())),
+    ] {
+        for (name, q) in list.into_iter().flatten() {
+            let f = format!("{field}.resources.{kind}.{name}");
+            let parsed = if name == "cpu" { parse_cpu_millis(&q.0) } else { parse_memory_bytes(&q.0) };
+            parsed.map_err(|reason| FieldError::new(f, reason).at(q.0.clone()))?;
+        }
+    }
+    for (i, p) in c.ports.iter().flatten().enumerate() {
+        let f = format!("{field}.ports[{i}]");
+        let valid = |n: i32| (1..=65535).contains(&n);
+        if !valid(p.container_port) || p.host_port.is_some_and(|h| !valid(h)) {
+            return Err(FieldError::new(f, "ports are 1-65535"));
+        }
+        if let Some(proto) = &p.protocol {
+            if proto != "TCP" && proto != "UDP" {
+                return Err(FieldError::new(format!("{f}.protocol"), format!("{proto}: only TCP and UDP"))
+                    .at(proto.clone()));
+            }
+        }
+    }
+    for (name, probe) in [("readinessProbe", &c.readiness_probe), ("livenessProbe", &c.liveness_probe)] {
+        if let Some(probe) = probe {
+            validate_probe(probe, &format!("{field}.{name}"))?;
+        }
+    }
+    for (i, e) in c.env.iter().flatten().enumerate() {
+        if let Some(from) = &e.value_from {
+            if usize::from(from.config_map_key_ref.is_some()) + usize::from(from.secret_key_ref.is_some())
+                != 1
+            {
+                return Err(FieldError::new(
+                    format!("{field}.env[{i}].valueFrom"),
+                    "needs exactly one of configMapKeyRef, secretKeyRef",
+                ));
+            }
+        }
+    }
+    for (i, m) in c.volume_mounts.iter().flatten().enumerate() {
+        if !volumes.contains(m.name.as_str()) {
+            return Err(FieldError::new(
+                format!("{field}.volumeMounts[{i}].name"),
+                format!("no volume named {:?} in spec.volumes", m.name),
+            )
+            .at(m.name.clone()));
+        }
+        if !m.mount_path.starts_with('/') {
+            return Err(FieldError::new(
+                format!("{field}.volumeMounts[{i}].mountPath"),
+                "must be an absolute path",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_probe(p: &Probe, field: &str) -> Result<(), FieldError> {
+    let handlers = [p.exec.is_some(), p.http_get.is_some(), p.tcp_socket.is_some()];
+    if handlers.iter().filter(|h| **h).count() != 1 {
+        return Err(FieldError::new(field, "a probe needs exactly one of exec, httpGet, tcpSocket"));
+    }
+    let port = p.http_get.as_ref().map(|h| &h.port).or(p.tcp_socket.as_ref().map(|t| &t.port));
+    if let Some(IntOrString::String(name)) = port {
+        return Err(FieldError::new(format!("{field}.port"), format!("named port {name:?}: use the number"))
+            .at(name.clone()));
+    }
+    Ok(())
+}
