@@ -117,11 +117,25 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Local images (no registry): import OCI layouts and docker-archive tarballs.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// Agent status.
     Status {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Import an OCI image layout (directory or tarball) or a docker-archive tarball into
+    /// the store under --state-dir.
+    Import { file: PathBuf },
+    /// List imported images.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -276,6 +290,29 @@ pub async fn execute(cli: Cli) -> ExitCode {
             }
         }
         Command::Flows { follow, limit, output } => flows(&socket, follow, limit, output).await,
+        Command::Image { command } => {
+            let store = crate::image::ImageStore::new(&cfg.state_dir);
+            match command {
+                ImageCommand::Import { file } => match store.import(&file) {
+                    Ok(tags) => {
+                        for t in tags {
+                            println!("imported {t}");
+                        }
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(e),
+                },
+                ImageCommand::List => match store.list() {
+                    Ok(list) => {
+                        for (tag, id) in list {
+                            println!("{tag:<60} {id}");
+                        }
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(e),
+                },
+            }
+        }
     }
 }
 

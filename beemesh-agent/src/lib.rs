@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod flows;
 pub mod identity;
+pub mod image;
 pub mod kernel;
 pub mod manifest;
 pub mod policy;
