@@ -1,0 +1,5 @@
+//! Pods. `lifecycle` is the sans-IO core (restart policy, back-off, termination deadlines,
+//! phase), driven with time passed in; the runtime that spawns containers in namespaces with
+//! slirp4netns is its driver (issue 3, in progress).
+
+pub mod lifecycle;

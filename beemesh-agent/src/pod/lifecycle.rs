@@ -1,0 +1,362 @@
+//! What a pod's containers should do next, as Kubernetes does it: init containers in order,
+//! then the app containers; restarts by `restartPolicy` with exponential back-off (10 s
+//! doubling to 5 min, reset after 10 min of running); termination by SIGTERM, then SIGKILL
+//! after the grace period; the pod phase from the container states. Pure: the runtime
+//! reports events with `now` (milliseconds on any monotonic clock) and carries out the
+//! returned actions.
+
+use std::time::Duration;
+
+/// First restart delay.
+pub const BACKOFF_INITIAL: Duration = Duration::from_secs(10);
+/// Longest restart delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Running this long without exiting resets the back-off.
+pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartPolicy {
+    Always,
+    OnFailure,
+    Never,
+}
+
+impl RestartPolicy {
+    /// From the manifest's field (`Always` when absent, as Kubernetes).
+    pub fn parse(s: Option<&str>) -> Self {
+        match s {
+            Some("OnFailure") => Self::OnFailure,
+            Some("Never") => Self::Never,
+            _ => Self::Always,
+        }
+    }
+}
+
+/// A container's state, as `get pods` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Not started yet, or waiting to restart (`reason`: ContainerCreating, CrashLoopBackOff,
+    /// PodInitializing, ErrImagePull...).
+    Waiting {
+        reason: String,
+        until_ms: Option<u64>,
+    },
+    Running {
+        since_ms: u64,
+    },
+    /// `reason`: Completed, Error or OOMKilled.
+    Terminated {
+        exit_code: i32,
+        reason: String,
+    },
+}
+
+/// One container's lifecycle.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Container {
+    pub name: String,
+    pub init: bool,
+    pub state: State,
+    pub restarts: u32,
+    /// Exit code and reason of the last run, shown while the container waits to restart.
+    pub last_exit: Option<(i32, String)>,
+    backoff: Duration,
+}
+
+/// What the runtime must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Start(String),
+    /// Send SIGTERM to the container.
+    Term(String),
+    /// SIGKILL: the grace period is over.
+    Kill(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// A pod's containers and where they stand.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    pub restart: RestartPolicy,
+    pub containers: Vec<Container>,
+    /// Set once deletion started: when the grace period ends.
+    deadline_ms: Option<u64>,
+}
+
+impl Pod {
+    /// `init` and `app` are container names in manifest order.
+    pub fn new(restart: RestartPolicy, init: &[&str], app: &[&str]) -> Self {
+        let waiting = |name: &&str, init| Container {
+            name: (*name).to_owned(),
+            init,
+            state: State::Waiting { reason: "ContainerCreating".into(), until_ms: None },
+            restarts: 0,
+            last_exit: None,
+            backoff: BACKOFF_INITIAL,
+        };
+        let containers =
+            init.iter().map(|n| waiting(n, true)).chain(app.iter().map(|n| waiting(n, false))).collect();
+        Self { restart, containers, deadline_ms: None }
+    }
+
+    fn get(&mut self, name: &str) -> Option<&mut Container> {
+        self.containers.iter_mut().find(|c| c.name == name)
+    }
+
+    fn inits_done(&self) -> bool {
+        self.containers
+            .iter()
+            .filter(|c| c.init)
+            .all(|c| matches!(c.state, State::Terminated { exit_code: 0, .. }))
+    }
+
+    /// The runtime started `name`.
+    pub fn started(&mut self, name: &str, now: u64) {
+        if let Some(c) = self.get(name) {
+            c.state = State::Running { since_ms: now };
+        }
+    }
+
+    /// `name` exited with `exit_code` (`oom`: the kernel's OOM killer did it).
+    pub fn exited(&mut self, name: &str, exit_code: i32, oom: bool, now: u64) {
+        let restart = self.restart;
+        let terminating = self.deadline_ms.is_some();
+        let Some(c) = self.get(name) else { return };
+        if let State::Running { since_ms } = c.state {
+            if now.saturating_sub(since_ms) >= BACKOFF_RESET.as_millis() as u64 {
+                c.backoff = BACKOFF_INITIAL;
+            }
+        }
+        let reason = if oom {
+            "OOMKilled"
+        } else if exit_code == 0 {
+            "Completed"
+        } else {
+            "Error"
+        };
+        // Init containers that fail are retried unless the policy is Never; app containers
+        // follow the policy.
+        let again = !terminating
+            && match restart {
+                RestartPolicy::Always => !c.init || exit_code != 0,
+                RestartPolicy::OnFailure => exit_code != 0,
+                RestartPolicy::Never => false,
+            };
+        c.last_exit = Some((exit_code, reason.to_owned()));
+        if again {
+            c.restarts += 1;
+            let until = now + c.backoff.as_millis() as u64;
+            c.backoff = (c.backoff * 2).min(BACKOFF_MAX);
+            c.state = State::Waiting { reason: "CrashLoopBackOff".into(), until_ms: Some(until) };
+        } else {
+            c.state = State::Terminated { exit_code, reason: reason.into() };
+        }
+    }
+
+    /// Starting `name` failed before it ran (image missing, bad command): it waits with
+    /// `reason` and is retried with back-off.
+    pub fn failed_to_start(&mut self, name: &str, reason: &str, now: u64) {
+        if let Some(c) = self.get(name) {
+            let until = now + c.backoff.as_millis() as u64;
+            c.backoff = (c.backoff * 2).min(BACKOFF_MAX);
+            c.state = State::Waiting { reason: reason.into(), until_ms: Some(until) };
+        }
+    }
+
+    /// Deletion: SIGTERM to everything running now, SIGKILL at `now + grace`.
+    pub fn terminate(&mut self, grace: Duration, now: u64) -> Vec<Action> {
+        if self.deadline_ms.is_none() {
+            self.deadline_ms = Some(now + grace.as_millis() as u64);
+        }
+        self.running().map(Action::Term).collect()
+    }
+
+    fn running(&self) -> impl Iterator<Item = String> + '_ {
+        self.containers.iter().filter(|c| matches!(c.state, State::Running { .. })).map(|c| c.name.clone())
+    }
+
+    /// What to do at `now`; call after every event and whenever [`Self::next_wakeup`] passes.
+    pub fn poll(&mut self, now: u64) -> Vec<Action> {
+        if let Some(deadline) = self.deadline_ms {
+            return if now >= deadline { self.running().map(Action::Kill).collect() } else { Vec::new() };
+        }
+        let ready = |c: &Container| match &c.state {
+            State::Waiting { until_ms, .. } => until_ms.is_none_or(|u| now >= u),
+            _ => false,
+        };
+        // Init containers one at a time, in order; app containers once all init ones are done.
+        if let Some(first) = self
+            .containers
+            .iter()
+            .find(|c| c.init && !matches!(c.state, State::Terminated { exit_code: 0, .. }))
+        {
+            return if ready(first) { vec![Action::Start(first.name.clone())] } else { Vec::new() };
+        }
+        self.containers
+            .iter()
+            .filter(|c| !c.init && ready(c))
+            .map(|c| Action::Start(c.name.clone()))
+            .collect()
+    }
+
+    /// When `poll` has something new to say (a back-off or the grace period ending).
+    pub fn next_wakeup(&self) -> Option<u64> {
+        if let Some(d) = self.deadline_ms {
+            return Some(d);
+        }
+        self.containers
+            .iter()
+            .filter_map(|c| match c.state {
+                State::Waiting { until_ms, .. } => until_ms,
+                _ => None,
+            })
+            .min()
+    }
+
+    /// The pod phase, as Kubernetes computes it.
+    pub fn phase(&self) -> Phase {
+        let apps: Vec<&Container> = self.containers.iter().filter(|c| !c.init).collect();
+        if !self.inits_done() {
+            let init_failed = self.containers.iter().any(|c| {
+                c.init && matches!(&c.state, State::Terminated { exit_code, .. } if *exit_code != 0)
+            });
+            return if init_failed { Phase::Failed } else { Phase::Pending };
+        }
+        if apps.iter().any(|c| matches!(c.state, State::Running { .. })) {
+            return Phase::Running;
+        }
+        let all_done = apps.iter().all(|c| matches!(c.state, State::Terminated { .. }));
+        if all_done {
+            let failed = apps
+                .iter()
+                .any(|c| matches!(&c.state, State::Terminated { exit_code, .. } if *exit_code != 0));
+            return if failed { Phase::Failed } else { Phase::Succeeded };
+        }
+        // Restarting (back-off) counts as Running once something ran, else Pending.
+        if apps.iter().any(|c| c.restarts > 0) {
+            Phase::Running
+        } else {
+            Phase::Pending
+        }
+    }
+
+    /// Every container is stopped (after [`Self::terminate`]).
+    pub fn stopped(&self) -> bool {
+        self.running().next().is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1000;
+
+    #[test]
+    fn init_containers_run_first_and_in_order() {
+        let mut p = Pod::new(RestartPolicy::Always, &["migrate", "warm"], &["app", "side"]);
+        assert_eq!(p.poll(0), vec![Action::Start("migrate".into())]);
+        p.started("migrate", 0);
+        assert!(p.poll(1).is_empty());
+        assert_eq!(p.phase(), Phase::Pending);
+        p.exited("migrate", 0, false, 2);
+        assert_eq!(p.poll(2), vec![Action::Start("warm".into())]);
+        p.started("warm", 2);
+        p.exited("warm", 0, false, 3);
+        assert_eq!(p.poll(3), vec![Action::Start("app".into()), Action::Start("side".into())]);
+        p.started("app", 3);
+        p.started("side", 3);
+        assert_eq!(p.phase(), Phase::Running);
+    }
+
+    #[test]
+    fn crash_loop_backs_off_exponentially_and_resets() {
+        let mut p = Pod::new(RestartPolicy::Always, &[], &["app"]);
+        let mut now = 0;
+        let mut delays = Vec::new();
+        for _ in 0..7 {
+            assert_eq!(p.poll(now), vec![Action::Start("app".into())]);
+            p.started("app", now);
+            p.exited("app", 1, false, now + S);
+            let wake = p.next_wakeup().expect("backing off");
+            delays.push((wake - (now + S)) / S);
+            assert!(p.poll(wake - 1).is_empty(), "restarted before the back-off ended");
+            now = wake;
+        }
+        assert_eq!(delays, vec![10, 20, 40, 80, 160, 300, 300]);
+        assert_eq!(p.containers[0].restarts, 7);
+        assert!(
+            matches!(&p.containers[0].state, State::Waiting { reason, .. } if reason == "CrashLoopBackOff")
+        );
+        // Ten minutes of running resets the back-off.
+        p.started("app", now);
+        p.exited("app", 1, false, now + 601 * S);
+        assert_eq!(p.next_wakeup(), Some(now + 601 * S + 10 * S));
+    }
+
+    #[test]
+    fn restart_policies_and_phases() {
+        let mut never = Pod::new(RestartPolicy::Never, &[], &["job"]);
+        never.started("job", 0);
+        never.exited("job", 0, false, 5);
+        assert!(never.poll(100 * S).is_empty());
+        assert_eq!(never.phase(), Phase::Succeeded);
+
+        let mut on_failure = Pod::new(RestartPolicy::OnFailure, &[], &["job"]);
+        on_failure.started("job", 0);
+        on_failure.exited("job", 137, true, 5);
+        assert!(matches!(on_failure.containers[0].state, State::Waiting { .. }), "failure restarts");
+        assert_eq!(on_failure.containers[0].last_exit, Some((137, "OOMKilled".into())));
+        let wake = on_failure.next_wakeup().expect("back-off");
+        on_failure.started("job", wake);
+        on_failure.exited("job", 0, false, wake + 1);
+        assert_eq!(on_failure.phase(), Phase::Succeeded);
+
+        let mut oom = Pod::new(RestartPolicy::Never, &[], &["hog"]);
+        oom.started("hog", 0);
+        oom.exited("hog", 137, true, 1);
+        assert_eq!(oom.containers[0].state, State::Terminated { exit_code: 137, reason: "OOMKilled".into() });
+        assert_eq!(oom.phase(), Phase::Failed);
+
+        let mut init_fails = Pod::new(RestartPolicy::Never, &["setup"], &["app"]);
+        init_fails.started("setup", 0);
+        init_fails.exited("setup", 2, false, 1);
+        assert_eq!(init_fails.phase(), Phase::Failed);
+        assert!(init_fails.poll(10 * S).is_empty(), "app never starts after a failed init");
+    }
+
+    #[test]
+    fn termination_sends_term_then_kill_after_grace_and_stops_restarts() {
+        let mut p = Pod::new(RestartPolicy::Always, &[], &["a", "b"]);
+        p.started("a", 0);
+        p.started("b", 0);
+        assert_eq!(
+            p.terminate(Duration::from_secs(30), 10),
+            vec![Action::Term("a".into()), Action::Term("b".into())]
+        );
+        p.exited("a", 0, false, 20);
+        assert!(matches!(p.containers[0].state, State::Terminated { .. }), "no restart while terminating");
+        assert!(p.poll(29 * S).is_empty());
+        assert_eq!(p.next_wakeup(), Some(30 * S + 10));
+        assert_eq!(p.poll(30 * S + 10), vec![Action::Kill("b".into())]);
+        p.exited("b", 137, false, 30 * S + 11);
+        assert!(p.stopped());
+    }
+
+    #[test]
+    fn start_failures_wait_with_their_reason() {
+        let mut p = Pod::new(RestartPolicy::Always, &[], &["app"]);
+        p.failed_to_start("app", "ErrImagePull", 0);
+        assert!(matches!(&p.containers[0].state, State::Waiting { reason, .. } if reason == "ErrImagePull"));
+        assert!(p.poll(S).is_empty());
+        assert_eq!(p.poll(10 * S), vec![Action::Start("app".into())]);
+        assert_eq!(p.phase(), Phase::Pending);
+    }
+}
