@@ -3,3 +3,4 @@
 //! slirp4netns is its driver (issue 3, in progress).
 
 pub mod lifecycle;
+pub mod net;
