@@ -177,4 +177,6 @@ pub(crate) fn read_all(mut r: impl Read, what: &str, limit: u64) -> Result<Vec<u
 }
 
 #[cfg(test)]
+pub(crate) mod testdata;
+#[cfg(test)]
 mod tests;

@@ -4,3 +4,4 @@
 
 pub mod lifecycle;
 pub mod net;
+pub mod rootfs;
