@@ -45,6 +45,41 @@ impl StateFiles {
         std::fs::rename(&tmp, &path).map_err(err)
     }
 
+    fn good_policy_path(&self, file_name: &str) -> PathBuf {
+        self.dir.join("policy-good").join(file_name)
+    }
+
+    /// Keeps the text of a policy file that parsed, so that after a restart a file that has
+    /// since turned invalid still contributes its last good version.
+    pub fn save_good_policy(&self, file_name: &str, text: &str) -> Result<(), StateError> {
+        let dir = self.dir.join("policy-good");
+        std::fs::create_dir_all(&dir).map_err(|source| StateError::Io { path: dir.clone(), source })?;
+        let path = self.good_policy_path(file_name);
+        let tmp = dir.join(format!(".{file_name}.tmp"));
+        std::fs::write(&tmp, text).map_err(|source| StateError::Io { path: tmp.clone(), source })?;
+        std::fs::rename(&tmp, &path).map_err(|source| StateError::Io { path, source })
+    }
+
+    pub fn load_good_policy(&self, file_name: &str) -> Option<String> {
+        std::fs::read_to_string(self.good_policy_path(file_name)).ok()
+    }
+
+    /// Names of the files whose last good version is kept.
+    pub fn good_policy_names(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.join("policy-good"))
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn forget_good_policy(&self, file_name: &str) {
+        let _ = std::fs::remove_file(self.good_policy_path(file_name));
+    }
+
     pub fn load_identities(&self) -> Result<IdentityRegistry, StateError> {
         match self.read("identities.json")? {
             None => Ok(IdentityRegistry::new()),

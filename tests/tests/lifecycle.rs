@@ -113,3 +113,28 @@ fn bad_config_exits_64_with_a_clear_message() -> Result<()> {
     assert!(String::from_utf8_lossy(&out.stderr).contains("stateDirr"));
     Ok(())
 }
+
+#[test]
+fn last_good_policy_survives_a_restart_with_the_file_broken() -> Result<()> {
+    let mut agent = Agent::start("lastgood", &[])?;
+    let p = port();
+    let addr = format!("127.0.0.1:{p}");
+    agent.write_policy("web.yaml", &deny_intruder(p))?;
+    assert!(eventually(T, || agent.generation().unwrap_or(0) >= 2));
+    assert!(agent.stop()?);
+    // Broken while the agent was down.
+    agent.write_policy(
+        "web.yaml",
+        "apiVersion: beemesh.io/v1alpha1\nkind: IdentityPolicy\nmetadata: [oops\n",
+    )?;
+    agent.spawn()?;
+    let web = agent.workload("web", WEB, &[], &["listen", &addr])?;
+    assert_eq!(web.line(T)?, "listening");
+    assert!(
+        try_connect(&agent, INTRUDER, &addr)?.starts_with(EPERM_LINE),
+        "last good version not in force:\n{}",
+        agent.log()
+    );
+    assert!(agent.log().contains("kept from before the restart"));
+    Ok(())
+}

@@ -51,14 +51,27 @@ impl Agent {
                 continue;
             }
             entry.text = text;
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             match policy::parse_file(&path, &entry.text) {
                 Ok(policies) => {
                     info!(file = %path.display(), policies = policies.len(), "policy file loaded");
                     entry.good = Some(policies);
                     entry.error = None;
                     changed = true;
+                    if let Err(e) = self.state.save_good_policy(&name, &entry.text) {
+                        warn!(file = %path.display(), error = %e, "cannot keep the last good version");
+                    }
                 }
                 Err(e) => {
+                    if entry.good.is_none() {
+                        // First sight since start: the version that last parsed stays in force.
+                        let cached = self.state.load_good_policy(&name);
+                        if let Some(Ok(policies)) = cached.as_deref().map(|t| policy::parse_file(&path, t)) {
+                            warn!(file = %path.display(), "invalid policy file; its last good version (kept from before the restart) stays in force");
+                            entry.good = Some(policies);
+                            changed = true;
+                        }
+                    }
                     error!(
                         file = %path.display(),
                         line = e.line(),
@@ -71,6 +84,12 @@ impl Agent {
             }
         }
         let before = self.files.len();
+        // Files gone (now, or while the agent was down) take their last good version along.
+        let present: Vec<String> =
+            seen.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
+        for name in self.state.good_policy_names().into_iter().filter(|n| !present.contains(n)) {
+            self.state.forget_good_policy(&name);
+        }
         self.files.retain(|p, _| seen.contains(p));
         if self.files.len() != before {
             changed = true;
