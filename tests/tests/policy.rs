@@ -365,31 +365,3 @@ fn udp_replies_pass_an_ingress_policy_and_revocation_stops_them() -> Result<()> 
     }));
     Ok(())
 }
-
-#[test]
-fn a_replaced_policy_directory_is_watched_again() -> Result<()> {
-    let agent = Agent::start("redir", &[])?;
-    let p = port();
-    let addr = format!("127.0.0.1:{p}");
-    agent.write_policy("web.yaml", &web_policy(p))?;
-    let _web = start_web(&agent, &addr)?;
-    assert!(eventually(T, || try_connect(&agent, INTRUDER, &addr).is_ok_and(|l| l.starts_with(EPERM_LINE))));
-    // The directory goes away: nothing changes meanwhile.
-    std::fs::remove_dir_all(agent.policy_dir())?;
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        try_connect(&agent, INTRUDER, &addr)?.starts_with(EPERM_LINE),
-        "policy dropped with the directory"
-    );
-    // A new, empty directory takes over: the policy is gone, the intruder gets in.
-    std::fs::create_dir(agent.policy_dir())?;
-    assert!(
-        eventually(T, || try_connect(&agent, INTRUDER, &addr).is_ok_and(|l| l == "connected")),
-        "new directory never picked up:\n{}",
-        agent.log()
-    );
-    // And files written there are live.
-    agent.write_policy("web.yaml", &web_policy(p))?;
-    assert!(eventually(T, || try_connect(&agent, INTRUDER, &addr).is_ok_and(|l| l.starts_with(EPERM_LINE))));
-    Ok(())
-}

@@ -13,7 +13,7 @@ use aya::maps::{HashMap, MapData};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSkbAttachType, Program};
 use aya::{include_bytes_aligned, Ebpf};
-use beemesh_common::{Addr, EndpointKey, LocalPortKey, LocalPortValue};
+use beemesh_common::{Addr, LocalPortKey, LocalPortValue};
 use tracing::{debug, info, warn};
 
 use super::flows::{FlowReader, LogReader};
@@ -50,7 +50,6 @@ pub struct Kernel {
     local_addrs: HashMap<MapData, Addr, u8>,
     local_ports: HashMap<MapData, LocalPortKey, LocalPortValue>,
     cookie_ports: HashMap<MapData, u64, LocalPortKey>,
-    endpoints: HashMap<MapData, EndpointKey, u32>,
 }
 
 fn take_hash<K: aya::Pod, V: aya::Pod>(
@@ -94,7 +93,6 @@ impl Kernel {
             local_addrs: take_hash(&mut ebpf, "LOCAL_ADDRS")?,
             local_ports: take_hash(&mut ebpf, "LOCAL_PORTS")?,
             cookie_ports: take_hash(&mut ebpf, "COOKIE_PORTS")?,
-            endpoints: take_hash(&mut ebpf, "ENDPOINTS")?,
             ebpf,
             opts,
             links: Vec::new(),
@@ -217,18 +215,6 @@ impl Kernel {
         let value = LocalPortValue { identity, _pad: 0, cookie };
         self.local_ports.insert(key, value, 0).map_err(KernelError::map("LOCAL_PORTS"))?;
         self.cookie_ports.insert(cookie, key, 0).map_err(KernelError::map("COOKIE_PORTS"))
-    }
-
-    /// Tells the kernel that `addr:port` on another host is workload `identity`.
-    pub fn set_endpoint(
-        &mut self,
-        addr: IpAddr,
-        port: u16,
-        proto: u8,
-        identity: u32,
-    ) -> Result<(), KernelError> {
-        let key = EndpointKey { addr: addr_of(addr), port, proto, _pad: 0 };
-        self.endpoints.insert(key, identity, 0).map_err(KernelError::map("ENDPOINTS"))
     }
 }
 

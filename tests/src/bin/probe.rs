@@ -25,6 +25,12 @@ fn errno_line(e: &std::io::Error) -> String {
     }
 }
 
+/// Reports `e` as the probe's outcome and exits with `code`.
+fn fail(e: &std::io::Error, code: i32) -> ! {
+    say(&errno_line(e));
+    std::process::exit(code)
+}
+
 fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
@@ -47,10 +53,7 @@ fn main() {
     let addr: SocketAddr = args[2].parse().unwrap_or_else(|_| usage());
     match args[1].as_str() {
         "listen" => {
-            let l = TcpListener::bind(addr).unwrap_or_else(|e| {
-                say(&errno_line(&e));
-                std::process::exit(1)
-            });
+            let l = TcpListener::bind(addr).unwrap_or_else(|e| fail(&e, 1));
             say("listening");
             for conn in l.incoming() {
                 let Ok(mut c) = conn else { continue };
@@ -68,10 +71,7 @@ fn main() {
             let ms = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(2000);
             match connect(addr, ms) {
                 Ok(_) => say("connected"),
-                Err(e) => {
-                    say(&errno_line(&e));
-                    std::process::exit(2)
-                }
+                Err(e) => fail(&e, 2),
             }
         }
         "hold" => match connect(addr, 2000) {
@@ -92,31 +92,19 @@ fn main() {
                     }
                 }
             }
-            Err(e) => {
-                say(&errno_line(&e));
-                std::process::exit(2)
-            }
+            Err(e) => fail(&e, 2),
         },
         "udp-send" => {
             let bind: SocketAddr =
                 if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
-            let s = UdpSocket::bind(bind).unwrap_or_else(|e| {
-                say(&errno_line(&e));
-                std::process::exit(1)
-            });
+            let s = UdpSocket::bind(bind).unwrap_or_else(|e| fail(&e, 1));
             match s.send_to(b"ping", addr) {
                 Ok(_) => say("sent"),
-                Err(e) => {
-                    say(&errno_line(&e));
-                    std::process::exit(2)
-                }
+                Err(e) => fail(&e, 2),
             }
         }
         "udp-listen" => {
-            let s = UdpSocket::bind(addr).unwrap_or_else(|e| {
-                say(&errno_line(&e));
-                std::process::exit(1)
-            });
+            let s = UdpSocket::bind(addr).unwrap_or_else(|e| fail(&e, 1));
             say("listening");
             let mut buf = [0u8; 2048];
             while let Ok((n, _)) = s.recv_from(&mut buf) {
@@ -124,10 +112,7 @@ fn main() {
             }
         }
         "udp-echo" => {
-            let s = UdpSocket::bind(addr).unwrap_or_else(|e| {
-                say(&errno_line(&e));
-                std::process::exit(1)
-            });
+            let s = UdpSocket::bind(addr).unwrap_or_else(|e| fail(&e, 1));
             say("listening");
             let mut buf = [0u8; 2048];
             while let Ok((n, from)) = s.recv_from(&mut buf) {
@@ -137,10 +122,7 @@ fn main() {
         "udp-ask" => {
             let bind: SocketAddr =
                 if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
-            let s = UdpSocket::bind(bind).unwrap_or_else(|e| {
-                say(&errno_line(&e));
-                std::process::exit(1)
-            });
+            let s = UdpSocket::bind(bind).unwrap_or_else(|e| fail(&e, 1));
             let _ = s.set_read_timeout(Some(Duration::from_millis(800)));
             let sent = if args.get(3).map(String::as_str) == Some("c") {
                 s.connect(addr).and_then(|()| s.send(b"ping"))
@@ -148,8 +130,7 @@ fn main() {
                 s.send_to(b"ping", addr)
             };
             if let Err(e) = sent {
-                say(&errno_line(&e));
-                std::process::exit(2)
+                fail(&e, 2)
             }
             let mut buf = [0u8; 64];
             match s.recv_from(&mut buf) {
@@ -184,10 +165,7 @@ fn main() {
                         abort(c);
                         count += 1;
                     }
-                    Err(e) => {
-                        say(&errno_line(&e));
-                        std::process::exit(2)
-                    }
+                    Err(e) => fail(&e, 2),
                 }
             }
             say(&format!("count {count}"));
@@ -203,10 +181,7 @@ fn main() {
                     }
                     // The revocation sweep may abort a connection that was just accepted.
                     Err(e) if matches!(e.raw_os_error(), Some(103) | Some(104)) => {}
-                    Err(e) => {
-                        say(&errno_line(&e));
-                        std::process::exit(2)
-                    }
+                    Err(e) => fail(&e, 2),
                 }
             }
         }
@@ -221,10 +196,7 @@ fn main() {
                 }
                 say(&format!("closed {}", unix_ns()));
             }
-            Err(e) => {
-                say(&errno_line(&e));
-                std::process::exit(2)
-            }
+            Err(e) => fail(&e, 2),
         },
         _ => usage(),
     }
