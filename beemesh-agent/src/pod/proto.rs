@@ -1,0 +1,99 @@
+//! The control protocol between the agent and a pod's init process (`pod::init`): JSON lines
+//! over the pod's `init.sock`. The agent sends commands; init answers with events. On every
+//! connection init first replays the state of every container it knows, so an agent that
+//! restarted learns what ran and what exited while it was away.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Largest line either side accepts; a longer one closes the connection.
+pub const MAX_LINE: usize = 1 << 20;
+
+/// Everything pod init needs to start one container; built by the agent (`pod::spec`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerSpec {
+    pub name: String,
+    /// Which start of this container this is (counts from 1): events carry it back, so an
+    /// exit of an earlier run is never taken for the current one.
+    pub run: u64,
+    /// Program and arguments; `argv[0]` is looked up in the container's `PATH`.
+    pub argv: Vec<String>,
+    /// `NAME=value` entries, in order (later entries win, as in Kubernetes).
+    pub env: Vec<String>,
+    /// Working directory inside the container (created if missing).
+    pub cwd: String,
+    /// The container's root filesystem, already mounted by the agent.
+    pub rootfs: PathBuf,
+    /// Bind mounts, applied in order after /proc, /sys and /dev.
+    pub mounts: Vec<BindMount>,
+    /// cgroup directories (cgroup v1 memory, cpu, pids) the container joins before exec.
+    pub cgroups: Vec<PathBuf>,
+    /// File that receives the container's stdout and stderr.
+    pub log: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BindMount {
+    /// Host path (a directory or a file).
+    pub source: PathBuf,
+    /// Absolute path inside the container.
+    pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "camelCase")]
+pub enum Command {
+    Start(Box<ContainerSpec>),
+    /// Sends `signal` to the container's process (its whole process group).
+    Signal { name: String, signal: i32 },
+    /// Kills every container and exits; the kernel then tears the pod's namespaces down.
+    Shutdown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "camelCase")]
+pub enum Event {
+    /// The container's program was executed (`pid` as seen from the host).
+    Started { name: String, run: u64, pid: u32, host_pid: u32 },
+    /// It ended: `code` is the exit status, or 128 + the signal number (`signal` set).
+    Exited { name: String, run: u64, code: i32, signal: Option<i32> },
+    /// Setting the container up failed before its program ran.
+    StartFailed { name: String, run: u64, message: String },
+}
+
+impl Event {
+    pub fn container(&self) -> &str {
+        match self {
+            Event::Started { name, .. } | Event::Exited { name, .. } | Event::StartFailed { name, .. } => name,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_as_json_lines() {
+        let start = Command::Start(Box::new(ContainerSpec {
+            name: "web".into(),
+            run: 2,
+            argv: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],
+            ..Default::default()
+        }));
+        let line = serde_json::to_string(&start).expect("serializable");
+        assert!(!line.contains('\n'));
+        assert_eq!(serde_json::from_str::<Command>(&line).expect("parses"), start);
+        let exited = Event::Exited { name: "web".into(), run: 2, code: 137, signal: Some(9) };
+        let line = serde_json::to_string(&exited).expect("serializable");
+        assert_eq!(serde_json::from_str::<Event>(&line).expect("parses"), exited);
+        assert_eq!(exited.container(), "web");
+    }
+}
