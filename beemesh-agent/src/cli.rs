@@ -76,6 +76,14 @@ pub enum Output {
 pub enum Command {
     /// Run the agent (needs root).
     Run,
+    /// A pod's init process; the agent starts it, never a user.
+    #[command(hide = true)]
+    PodInit {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        hostname: String,
+    },
     /// Run CMD as a workload with IDENTITY (spiffe://td/ns/NS/sa/SA or NS/SA).
     Exec {
         #[arg(long)]
@@ -217,6 +225,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         },
+        Command::PodInit { .. } => fail("pod-init must run before the async runtime starts"),
         Command::Policy { command: PolicyCommand::Check { files } } => policy_check(&files),
         Command::Exec { identity, name, labels, command } => {
             exec(&socket, identity, name, labels.into_iter().collect(), command).await

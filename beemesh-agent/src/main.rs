@@ -5,10 +5,14 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use beemesh_agent::cli::{Cli, LogFormat};
+use beemesh_agent::cli::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A pod's init forks and clones: it must run while this process has a single thread.
+    if let Command::PodInit { dir, hostname } = &cli.command {
+        return ExitCode::from(beemesh_agent::pod::init::main(dir, hostname) as u8);
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match cli.global.log_format {

@@ -1,0 +1,539 @@
+//! A pod's init process (`beemesh-agent pod-init`, started by the agent for every pod).
+//!
+//! It clones itself into the pod's new user, pid, network, ipc and uts namespaces (the agent's
+//! copy maps the user ids and exits), becomes PID 1 there and stays: it holds the namespaces
+//! the containers share, starts each container on the agent's command (a fork that enters its
+//! own mount namespace, pivots into the container's root and execs), reaps every process,
+//! and reports starts and exits over `<pod-dir>/init.sock`. It needs no agent to keep running,
+//! so pods outlive an agent restart; when it exits, the kernel kills whatever is left in the
+//! pod. Synchronous and single-threaded on purpose: fork is then safe.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::CString;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use super::proto::{ContainerSpec, Event, MAX_LINE};
+use crate::sys::process::{self, Forked};
+
+/// The control socket's file name in the pod directory.
+pub const SOCKET: &str = "init.sock";
+
+/// Every uid and gid maps to itself: the pod's root owns its namespaces (and only those),
+/// and files keep their owners on the host (image layers are shared between pods unshifted).
+const ID_MAP: &str = "0 0 4294967295";
+
+/// Runs the outer half: clones the pod's init, maps its ids, prints its pid and returns the
+/// exit status for `main`. Call before any thread exists.
+pub fn main(dir: &Path, hostname: &str) -> i32 {
+    match start(dir, hostname) {
+        Ok(pid) => {
+            println!("{pid}");
+            0
+        }
+        Err(e) => {
+            eprintln!("beemesh pod-init: {e}");
+            1
+        }
+    }
+}
+
+fn start(dir: &Path, hostname: &str) -> io::Result<Pid> {
+    let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let flags = CloneFlags::CLONE_NEWUSER
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWNET
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS;
+    let mut go = Some(go_r);
+    let mut ready = Some(ready_w);
+    let parent_ends = [go_w.as_raw_fd(), ready_r.as_raw_fd()];
+    let child = process::clone_into_namespaces(flags, || {
+        let (Some(go), Some(ready)) = (go.take(), ready.take()) else { return 1 };
+        // The copies of the parent's pipe ends: the parent must see EOF when we are gone.
+        for fd in parent_ends {
+            let _ = nix::unistd::close(fd);
+        }
+        let code = inner(dir, hostname, go, ready);
+        process::exit_now(code)
+    })?;
+    drop(go.take());
+    drop(ready.take());
+    let mapped = (|| {
+        std::fs::write(format!("/proc/{child}/uid_map"), ID_MAP)?;
+        std::fs::write(format!("/proc/{child}/gid_map"), ID_MAP)?;
+        nix::unistd::write(&go_w, b"g")?;
+        Ok::<_, io::Error>(())
+    })();
+    drop(go_w);
+    let mut answer = String::new();
+    let read = std::fs::File::from(ready_r).read_to_string(&mut answer);
+    match (mapped, read) {
+        (Ok(()), Ok(_)) if answer == "ok" => Ok(child),
+        (Err(e), _) | (_, Err(e)) => {
+            let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+            Err(e)
+        }
+        _ => {
+            let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+            Err(io::Error::other(if answer.is_empty() { "pod init died while starting".into() } else { answer }))
+        }
+    }
+}
+
+/// PID 1 of the pod.
+fn inner(dir: &Path, hostname: &str, go: OwnedFd, ready: OwnedFd) -> i32 {
+    let mut ready = std::fs::File::from(ready);
+    let mut byte = [0u8; 1];
+    if std::fs::File::from(go).read_exact(&mut byte).is_err() {
+        return 1;
+    }
+    let setup = (|| -> io::Result<(UnixListener, SignalFd)> {
+        // stdout is the agent's pipe for our pid: it must reach EOF when the parent exits.
+        nix::unistd::dup2_stdout(std::fs::File::open("/dev/null")?)?;
+        nix::unistd::sethostname(hostname)?;
+        process::loopback_up()?;
+        let mut mask = SigSet::empty();
+        for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+            mask.add(s);
+        }
+        mask.thread_block()?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+        let path = dir.join(SOCKET);
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)?;
+        listener.set_nonblocking(true)?;
+        Ok((listener, signals))
+    })();
+    let (listener, signals) = match setup {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = write!(ready, "pod init setup: {e}");
+            return 1;
+        }
+    };
+    if ready.write_all(b"ok").is_err() {
+        return 1;
+    }
+    drop(ready);
+    Init { listener, signals, client: None, buf: Vec::new(), containers: BTreeMap::new(), pids: HashMap::new() }
+        .run()
+}
+
+/// What init knows about one container.
+struct Known {
+    run: u64,
+    /// In-namespace pid while it runs.
+    pid: Option<Pid>,
+    /// The last event, replayed to a new connection.
+    last: Event,
+}
+
+struct Init {
+    listener: UnixListener,
+    signals: SignalFd,
+    client: Option<UnixStream>,
+    buf: Vec<u8>,
+    containers: BTreeMap<String, Known>,
+    pids: HashMap<Pid, String>,
+}
+
+impl Init {
+    fn run(mut self) -> i32 {
+        loop {
+            use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+            let (accept, signal, client) = {
+                let mut fds = vec![
+                    PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
+                ];
+                if let Some(c) = &self.client {
+                    fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
+                }
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => return 1,
+                }
+                let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+                (ready(&fds[0]), ready(&fds[1]), fds.get(2).is_some_and(ready))
+            };
+            if signal && self.on_signals() {
+                return 0;
+            }
+            if accept {
+                self.on_accept();
+            }
+            if client && self.on_client() {
+                return 0;
+            }
+        }
+    }
+
+    /// Returns true when init must exit.
+    fn on_signals(&mut self) -> bool {
+        let mut exit = false;
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            if info.ssi_signo as i32 != Signal::SIGCHLD as i32 {
+                exit = true;
+            }
+        }
+        self.reap();
+        if exit {
+            self.shutdown();
+        }
+        exit
+    }
+
+    fn reap(&mut self) {
+        loop {
+            let (pid, code, signal) = match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, code, None),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, 128 + sig as i32, Some(sig as i32)),
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => continue,
+            };
+            let Some(name) = self.pids.remove(&pid) else { continue };
+            if let Some(k) = self.containers.get_mut(&name) {
+                k.pid = None;
+                k.last = Event::Exited { name: name.clone(), run: k.run, code, signal };
+                let event = k.last.clone();
+                self.send(&event);
+            }
+        }
+    }
+
+    fn on_accept(&mut self) {
+        while let Ok((stream, _)) = self.listener.accept() {
+            // One agent at a time: a new connection replaces the old one.
+            if stream.set_nonblocking(false).is_err() {
+                continue;
+            }
+            self.client = Some(stream);
+            self.buf.clear();
+            let replay: Vec<Event> = self.containers.values().map(|k| k.last.clone()).collect();
+            for e in replay {
+                self.send(&e);
+            }
+        }
+    }
+
+    /// Reads commands; returns true when told to shut down.
+    fn on_client(&mut self) -> bool {
+        let Some(stream) = self.client.as_mut() else { return false };
+        let mut chunk = [0u8; 64 * 1024];
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => {
+                self.client = None;
+                return false;
+            }
+            Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+        }
+        while let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.buf.drain(..=end).collect();
+            match serde_json::from_slice::<super::proto::Command>(&line) {
+                Ok(super::proto::Command::Start(spec)) => self.start(*spec),
+                Ok(super::proto::Command::Signal { name, signal }) => {
+                    if let Some(pid) = self.containers.get(&name).and_then(|k| k.pid) {
+                        let _ = process::signal_group(pid, signal);
+                    }
+                }
+                Ok(super::proto::Command::Shutdown) => {
+                    self.shutdown();
+                    return true;
+                }
+                Err(_) => {
+                    self.client = None;
+                    return false;
+                }
+            }
+        }
+        if self.buf.len() > MAX_LINE {
+            self.client = None;
+        }
+        false
+    }
+
+    fn send(&mut self, event: &Event) {
+        let Some(stream) = self.client.as_mut() else { return };
+        let Ok(mut line) = serde_json::to_vec(event) else { return };
+        line.push(b'\n');
+        if stream.write_all(&line).is_err() {
+            self.client = None;
+        }
+    }
+
+    fn shutdown(&mut self) {
+        for pid in self.pids.keys() {
+            let _ = process::signal_group(*pid, libc::SIGKILL);
+        }
+    }
+
+    fn start(&mut self, spec: ContainerSpec) {
+        let name = spec.name.clone();
+        let run = spec.run;
+        if self.containers.get(&name).is_some_and(|k| k.pid.is_some()) {
+            let event = Event::StartFailed { name, run, message: "the container is already running".into() };
+            self.send(&event);
+            return;
+        }
+        let event = match spawn(&spec) {
+            Ok((pid, host_pid)) => {
+                self.pids.insert(pid, name.clone());
+                Event::Started { name: name.clone(), run, pid: pid.as_raw() as u32, host_pid }
+            }
+            Err(message) => Event::StartFailed { name: name.clone(), run, message },
+        };
+        let pid = match &event {
+            Event::Started { pid, .. } => Some(Pid::from_raw(*pid as i32)),
+            _ => None,
+        };
+        self.containers.insert(name, Known { run, pid, last: event.clone() });
+        self.send(&event);
+    }
+}
+
+/// Forks the container; returns its pid (in the pod and on the host) once its program was
+/// executed, or the reason it could not be.
+fn spawn(spec: &ContainerSpec) -> Result<(Pid, u32), String> {
+    let (report_r, report_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+    match process::fork().map_err(|e| format!("fork: {e}"))? {
+        Forked::Child => {
+            drop(report_r);
+            let mut report = std::fs::File::from(report_w);
+            let e = exec_container(spec, &mut report);
+            let _ = write!(report, "E{e}");
+            process::exit_now(127)
+        }
+        Forked::Parent(pid) => {
+            drop(report_w);
+            let mut answer = String::new();
+            let _ = std::fs::File::from(report_r).read_to_string(&mut answer);
+            // "P<host pid>" first, then "E<error>" if setting up failed; EOF alone means the
+            // exec succeeded (the pipe is close-on-exec).
+            let (host, error) = match answer.split_once('E') {
+                Some((p, e)) => (p, Some(e)),
+                None => (answer.as_str(), None),
+            };
+            match error {
+                Some(e) => Err(e.to_owned()),
+                None => {
+                    let host_pid = host.strip_prefix('P').and_then(|p| p.parse().ok()).unwrap_or(0);
+                    Ok((pid, host_pid))
+                }
+            }
+        }
+    }
+}
+
+/// In the forked child: sets the container up and execs its program. Returns only on error.
+fn exec_container(spec: &ContainerSpec, report: &mut std::fs::File) -> String {
+    let step = |what: &str| {
+        let what = what.to_owned();
+        move |e: io::Error| format!("{what}: {e}")
+    };
+    let mut run = || -> Result<std::convert::Infallible, String> {
+        // The host's procfs still answers here: /proc/self is our pid on the host.
+        let host_pid = std::fs::read_link("/proc/self").map_err(step("read /proc/self"))?;
+        write!(report, "P{}", host_pid.display()).map_err(step("report"))?;
+        SigSet::empty().thread_set_mask().map_err(|e| format!("signal mask: {e}"))?;
+        nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+        for cg in &spec.cgroups {
+            std::fs::write(cg.join("cgroup.procs"), "0").map_err(step(&format!("join {}", cg.display())))?;
+        }
+        stdio(&spec.log).map_err(step(&format!("log file {}", spec.log.display())))?;
+        nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("mount namespace: {e}"))?;
+        enter_root(spec)?;
+        let env: Vec<CString> = spec.env.iter().filter_map(|e| CString::new(e.as_bytes()).ok()).collect();
+        let path_var = spec.env.iter().rev().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/bin:/bin");
+        let program = lookup(&spec.argv[0], path_var)
+            .ok_or_else(|| format!("{:?}: executable file not found in $PATH", spec.argv[0]))?;
+        let argv: Vec<CString> = spec.argv.iter().filter_map(|a| CString::new(a.as_bytes()).ok()).collect();
+        let program = CString::new(program.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+        nix::unistd::execve(&program, &argv, &env).map_err(|e| format!("exec {:?}: {e}", spec.argv[0]))
+    };
+    if spec.argv.is_empty() {
+        return "no command".into();
+    }
+    match run() {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+fn stdio(log: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let null = std::fs::File::open("/dev/null")?;
+    nix::unistd::dup2_stdin(&null)?;
+    nix::unistd::dup2_stdout(&out)?;
+    nix::unistd::dup2_stderr(&out)?;
+    debug_assert!(out.as_raw_fd() > 2);
+    Ok(())
+}
+
+/// Mounts /proc, /sys, /dev and the bind mounts into the container's root, pivots into it
+/// and changes to its working directory, creating the user and group ids last.
+fn enter_root(spec: &ContainerSpec) -> Result<(), String> {
+    let m = |what: &str| {
+        let what = what.to_owned();
+        move |e: nix::errno::Errno| format!("{what}: {e}")
+    };
+    let root = &spec.rootfs;
+    let none = None::<&str>;
+    mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none).map_err(m("make / private"))?;
+    // A bind of the root onto itself is a mount this namespace owns: pivot_root refuses
+    // mounts copied (locked) from the agent's namespace.
+    mount(Some(root), root, none, MsFlags::MS_BIND | MsFlags::MS_REC, none).map_err(m("bind the root"))?;
+    let dir = |p: &str| resolve_in_root(root, p, true).map_err(|e| format!("create {p}: {e}"));
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some("proc"), &dir("/proc")?, Some("proc"), nodev, none).map_err(m("mount /proc"))?;
+    mount(Some("sysfs"), &dir("/sys")?, Some("sysfs"), nodev | MsFlags::MS_RDONLY, none)
+        .map_err(m("mount /sys"))?;
+    let dev = dir("/dev")?;
+    mount(Some("tmpfs"), &dev, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=755,size=65536k"))
+        .map_err(m("mount /dev"))?;
+    for node in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let target = dev.join(node);
+        std::fs::File::create(&target).map_err(|e| format!("create /dev/{node}: {e}"))?;
+        mount(Some(&Path::new("/dev").join(node)), &target, none, MsFlags::MS_BIND, none)
+            .map_err(m(&format!("bind /dev/{node}")))?;
+    }
+    let pts = dev.join("pts");
+    std::fs::create_dir(&pts).map_err(|e| format!("create /dev/pts: {e}"))?;
+    mount(Some("devpts"), &pts, Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620"))
+        .map_err(m("mount /dev/pts"))?;
+    let shm = dev.join("shm");
+    std::fs::create_dir(&shm).map_err(|e| format!("create /dev/shm: {e}"))?;
+    mount(Some("shm"), &shm, Some("tmpfs"), nodev, Some("mode=1777,size=65536k")).map_err(m("mount /dev/shm"))?;
+    for (link, to) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(to, dev.join(link)).map_err(|e| format!("link /dev/{link}: {e}"))?;
+    }
+    for b in &spec.mounts {
+        let is_dir = b.source.is_dir();
+        let target = resolve_in_root(root, &b.target, is_dir).map_err(|e| format!("mount target {}: {e}", b.target))?;
+        mount(Some(&b.source), &target, none, MsFlags::MS_BIND | MsFlags::MS_REC, none)
+            .map_err(m(&format!("bind {} at {}", b.source.display(), b.target)))?;
+        if b.read_only {
+            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+            mount(none, &target, none, flags, none).map_err(m(&format!("make {} read-only", b.target)))?;
+        }
+    }
+    nix::unistd::chdir(root).map_err(m("enter the root"))?;
+    nix::unistd::pivot_root(".", ".").map_err(m("pivot_root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(m("detach the old root"))?;
+    nix::unistd::chdir("/").map_err(m("chdir /"))?;
+    let cwd = resolve_in_root(Path::new("/"), &spec.cwd, true).map_err(|e| format!("working directory {}: {e}", spec.cwd))?;
+    nix::unistd::chdir(&cwd).map_err(m(&format!("working directory {}", spec.cwd)))?;
+    let gid = nix::unistd::Gid::from_raw(spec.gid);
+    nix::unistd::setgroups(&[gid]).map_err(m("setgroups"))?;
+    nix::unistd::setgid(gid).map_err(m("setgid"))?;
+    nix::unistd::setuid(nix::unistd::Uid::from_raw(spec.uid)).map_err(m("setuid"))?;
+    Ok(())
+}
+
+/// `path` inside `root`, following symbolic links as if `root` were `/` (an image's
+/// absolute link never leads out to the host), creating what is missing: directories on
+/// the way, and the last component as a directory or an empty file.
+pub fn resolve_in_root(root: &Path, path: &str, last_is_dir: bool) -> io::Result<PathBuf> {
+    let mut pending: Vec<std::ffi::OsString> = Vec::new();
+    let push_components = |p: &Path, out: &mut Vec<std::ffi::OsString>| {
+        for c in p.components() {
+            match c {
+                Component::Normal(n) => out.push(n.to_owned()),
+                Component::ParentDir => out.push("..".into()),
+                _ => {}
+            }
+        }
+    };
+    push_components(Path::new(path), &mut pending);
+    pending.reverse();
+    let mut cur = root.to_path_buf();
+    let mut links = 0;
+    while let Some(c) = pending.pop() {
+        if c == ".." {
+            if cur != root {
+                cur.pop();
+            }
+            continue;
+        }
+        let next = cur.join(&c);
+        match std::fs::symlink_metadata(&next) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                links += 1;
+                if links > 40 {
+                    return Err(io::Error::from_raw_os_error(libc::ELOOP));
+                }
+                let target = std::fs::read_link(&next)?;
+                if target.is_absolute() {
+                    cur = root.to_path_buf();
+                }
+                let mut more = Vec::new();
+                push_components(&target, &mut more);
+                pending.extend(more.into_iter().rev());
+            }
+            Ok(_) => cur = next,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if pending.is_empty() && !last_is_dir {
+                    std::fs::File::create(&next)?;
+                } else {
+                    std::fs::create_dir(&next)?;
+                }
+                cur = next;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(cur)
+}
+
+/// `program` found through `path_var` (after the pivot: paths are the container's).
+fn lookup(program: &str, path_var: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        return Some(PathBuf::from(program));
+    }
+    path_var.split(':').filter(|d| !d.is_empty()).map(|d| Path::new(d).join(program)).find(|p| executable(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_inside_the_root_through_links() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let r = root.path();
+        std::fs::create_dir_all(r.join("real/etc")).expect("mkdir");
+        std::os::unix::fs::symlink("/real/etc", r.join("etc")).expect("link");
+        std::os::unix::fs::symlink("../../../..", r.join("real/up")).expect("link");
+        // An absolute link stays inside the root.
+        assert_eq!(resolve_in_root(r, "/etc/hosts", false).expect("resolves"), r.join("real/etc/hosts"));
+        assert!(r.join("real/etc/hosts").is_file());
+        // `..` never climbs above the root, through a link or directly.
+        assert_eq!(resolve_in_root(r, "/real/up/data", true).expect("resolves"), r.join("data"));
+        assert_eq!(resolve_in_root(r, "/../../x/y", true).expect("resolves"), r.join("x/y"));
+        assert!(r.join("x/y").is_dir());
+        std::os::unix::fs::symlink("loop", r.join("loop")).expect("link");
+        assert!(resolve_in_root(r, "/loop/a", true).is_err());
+    }
+}
