@@ -5,3 +5,4 @@
 pub mod lifecycle;
 pub mod net;
 pub mod rootfs;
+pub mod spec;
