@@ -7,3 +7,4 @@ pub mod lifecycle;
 pub mod net;
 pub mod proto;
 pub mod rootfs;
+pub mod spec;
