@@ -85,6 +85,8 @@ struct Agent {
     workloads: WorkloadTable,
     cgroups: WorkloadCgroups,
     workload_level: u32,
+    /// This host's network namespace cookie (the kernel programs police sockets in it only).
+    host_netns: u64,
     files: BTreeMap<PathBuf, FileState>,
     compiled: Option<Arc<CompiledPolicy>>,
     compile_error: Option<String>,
@@ -121,6 +123,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         workloads: WorkloadTable::default(),
         cgroups,
         workload_level,
+        host_netns: crate::sys::process::netns_cookie().map_err(io("read the network namespace cookie"))?,
         kernel,
         state,
         files: BTreeMap::new(),

@@ -232,6 +232,10 @@ pub struct Settings {
     pub workload_level: u32,
     /// Policy generation: remembered UDP flows of an older generation are decided again.
     pub generation: u32,
+    /// Cookie of the host's network namespace. Sockets elsewhere (inside a pod's own
+    /// namespace) are not policed: a pod's traffic leaves only through its slirp4netns,
+    /// whose host sockets carry the pod's identity and are policed there.
+    pub host_netns: u64,
 }
 
 /// A UDP exchange a workload is part of, seen from the workload: the other side's address

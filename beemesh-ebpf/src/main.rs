@@ -14,9 +14,9 @@ mod maps;
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_tuple},
     helpers::{
-        bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie, bpf_sk_ancestor_cgroup_id, bpf_sk_fullsock,
-        bpf_sk_lookup_tcp,
-        bpf_sk_lookup_udp, bpf_sk_release, bpf_skb_ancestor_cgroup_id,
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_netns_cookie,
+        bpf_get_socket_cookie, bpf_sk_ancestor_cgroup_id, bpf_sk_fullsock, bpf_sk_lookup_tcp,
+        bpf_sk_lookup_udp, bpf_sk_release, bpf_set_retval, bpf_skb_ancestor_cgroup_id,
     },
     macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr},
     programs::{SkBuffContext, SockAddrContext, SockContext},
@@ -28,10 +28,21 @@ use beemesh_common::{
     HOOK_SENDMSG, ID_NONE, PROTO_TCP, PROTO_UDP,
 };
 use enforce::{active_slot, identity_of_cgroup, is_workload, Flow, Slot};
-use maps::{COOKIE_PORTS, LOCAL_PORTS};
+use maps::{COOKIE_PORTS, LOCAL_PORTS, REFUSE_CGROUPS};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
+
+/// Whether the socket behind `ctx` lives in the host's network namespace (see
+/// `Settings::host_netns`).
+#[inline(always)]
+fn in_host_netns<C: EbpfContext>(ctx: &C, slot: &Slot) -> bool {
+    // SAFETY: the context pointer is valid for the helper.
+    unsafe { bpf_get_netns_cookie(ctx.as_ptr()) == slot.settings.host_netns }
+}
+
+/// ECONNREFUSED, negated as the kernel returns it.
+const ECONNREFUSED: i32 = 111;
 
 /// Identity of the calling task's workload (its ancestor at the workload level).
 #[inline(always)]
@@ -62,7 +73,7 @@ fn tag_port(identity: u32, port: u16, proto: u8, cookie: u64) {
 fn sock_addr(ctx: &SockAddrContext, v6: bool, hook: u8) -> i32 {
     let Some(slot) = active_slot() else { return ALLOW };
     let subject = current_identity(&slot);
-    if subject == ID_NONE {
+    if subject == ID_NONE || !in_host_netns(ctx, &slot) {
         return ALLOW;
     }
     // SAFETY: the kernel hands a valid bpf_sock_addr context.
@@ -113,6 +124,14 @@ fn sock_addr(ctx: &SockAddrContext, v6: bool, hook: u8) -> i32 {
         ALLOW
     } else {
         debug!(ctx, "deny egress subject={} port={}", subject, flow.port);
+        if hook == HOOK_CONNECT {
+            // SAFETY: helper without memory arguments.
+            let cg = unsafe { bpf_get_current_cgroup_id() };
+            if REFUSE_CGROUPS.get_ptr(&cg).is_some() {
+                // SAFETY: sets the error this connect() returns; valid in sock_addr programs.
+                unsafe { bpf_set_retval(-ECONNREFUSED) };
+            }
+        }
         DENY
     }
 }
@@ -141,7 +160,7 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
 fn post_bind(ctx: &SockContext) -> i32 {
     let Some(slot) = active_slot() else { return ALLOW };
     let subject = current_identity(&slot);
-    if subject == ID_NONE {
+    if subject == ID_NONE || !in_host_netns(ctx, &slot) {
         return ALLOW;
     }
     // SAFETY: valid bpf_sock context from the kernel.
@@ -221,7 +240,7 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, i32> {
     // SAFETY: the skb pointer is the program's own context.
     let cg = unsafe { bpf_skb_ancestor_cgroup_id(ctx.skb.skb, slot.settings.workload_level as i32) };
     let subject = identity_of_cgroup(cg);
-    if subject == ID_NONE {
+    if subject == ID_NONE || !in_host_netns(ctx, &slot) {
         return Ok(ALLOW);
     }
     let sport = u16::from_be(ctx.load::<u16>(l4).map_err(|_| ALLOW)?);

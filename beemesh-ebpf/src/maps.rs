@@ -62,6 +62,11 @@ pub static COOKIE_PORTS: LruHashMap<u64, LocalPortKey> =
 pub static ENDPOINTS: HashMap<EndpointKey, u32> =
     HashMap::with_max_entries(ENDPOINT_MAP_SIZE, BPF_F_NO_PREALLOC);
 
+/// cgroups whose denied connects fail with ECONNREFUSED instead of EPERM: slirp4netns
+/// leaves, so that the pod sees a refused connection (a RST), not an unreachable network.
+#[map]
+pub static REFUSE_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(CGROUP_MAP_SIZE, 0);
+
 /// This host's own addresses (besides loopback).
 #[map]
 pub static LOCAL_ADDRS: HashMap<Addr, u8> = HashMap::with_max_entries(LOCAL_ADDR_MAP_SIZE, 0);

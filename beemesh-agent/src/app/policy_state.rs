@@ -117,6 +117,7 @@ impl Agent {
             // The generation being installed: UDP exchanges remembered under older ones are
             // decided again (continuous authorization for UDP).
             generation: (self.generation + 1) as u32,
+            host_netns: self.host_netns,
         }
     }
 

@@ -50,6 +50,7 @@ pub struct Kernel {
     local_addrs: HashMap<MapData, Addr, u8>,
     local_ports: HashMap<MapData, LocalPortKey, LocalPortValue>,
     cookie_ports: HashMap<MapData, u64, LocalPortKey>,
+    refuse_cgroups: HashMap<MapData, u64, u8>,
 }
 
 fn take_hash<K: aya::Pod, V: aya::Pod>(
@@ -93,6 +94,7 @@ impl Kernel {
             local_addrs: take_hash(&mut ebpf, "LOCAL_ADDRS")?,
             local_ports: take_hash(&mut ebpf, "LOCAL_PORTS")?,
             cookie_ports: take_hash(&mut ebpf, "COOKIE_PORTS")?,
+            refuse_cgroups: take_hash(&mut ebpf, "REFUSE_CGROUPS")?,
             ebpf,
             opts,
             links: Vec::new(),
@@ -181,6 +183,20 @@ impl Kernel {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(KernelError::map("CGROUPS")(e)),
         }
+    }
+
+    /// Denied connects from processes in this cgroup fail with ECONNREFUSED (slirp4netns
+    /// leaves: the pod sees a refused connection).
+    pub fn set_refuse_cgroup(&mut self, cgroup_id: u64, on: bool) -> Result<(), KernelError> {
+        let result = if on {
+            self.refuse_cgroups.insert(cgroup_id, 1, 0)
+        } else {
+            match self.refuse_cgroups.remove(&cgroup_id) {
+                Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+                other => other,
+            }
+        };
+        result.map_err(KernelError::map("REFUSE_CGROUPS"))
     }
 
     /// Replaces the set of this host's own (non-loopback) addresses.

@@ -87,7 +87,11 @@ fn start(dir: &Path, hostname: &str) -> io::Result<Pid> {
         }
         _ => {
             let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
-            Err(io::Error::other(if answer.is_empty() { "pod init died while starting".into() } else { answer }))
+            Err(io::Error::other(if answer.is_empty() {
+                "pod init died while starting".into()
+            } else {
+                answer
+            }))
         }
     }
 }
@@ -127,8 +131,15 @@ fn inner(dir: &Path, hostname: &str, go: OwnedFd, ready: OwnedFd) -> i32 {
         return 1;
     }
     drop(ready);
-    Init { listener, signals, client: None, buf: Vec::new(), containers: BTreeMap::new(), pids: HashMap::new() }
-        .run()
+    Init {
+        listener,
+        signals,
+        client: None,
+        buf: Vec::new(),
+        containers: BTreeMap::new(),
+        pids: HashMap::new(),
+    }
+    .run()
 }
 
 /// What init knows about one container.
@@ -403,8 +414,14 @@ fn enter_root(spec: &ContainerSpec) -> Result<(), String> {
     mount(Some("sysfs"), &dir("/sys")?, Some("sysfs"), nodev | MsFlags::MS_RDONLY, none)
         .map_err(m("mount /sys"))?;
     let dev = dir("/dev")?;
-    mount(Some("tmpfs"), &dev, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=755,size=65536k"))
-        .map_err(m("mount /dev"))?;
+    mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=755,size=65536k"),
+    )
+    .map_err(m("mount /dev"))?;
     for node in ["null", "zero", "full", "random", "urandom", "tty"] {
         let target = dev.join(node);
         std::fs::File::create(&target).map_err(|e| format!("create /dev/{node}: {e}"))?;
@@ -413,11 +430,18 @@ fn enter_root(spec: &ContainerSpec) -> Result<(), String> {
     }
     let pts = dev.join("pts");
     std::fs::create_dir(&pts).map_err(|e| format!("create /dev/pts: {e}"))?;
-    mount(Some("devpts"), &pts, Some("devpts"), MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620"))
-        .map_err(m("mount /dev/pts"))?;
+    mount(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620"),
+    )
+    .map_err(m("mount /dev/pts"))?;
     let shm = dev.join("shm");
     std::fs::create_dir(&shm).map_err(|e| format!("create /dev/shm: {e}"))?;
-    mount(Some("shm"), &shm, Some("tmpfs"), nodev, Some("mode=1777,size=65536k")).map_err(m("mount /dev/shm"))?;
+    mount(Some("shm"), &shm, Some("tmpfs"), nodev, Some("mode=1777,size=65536k"))
+        .map_err(m("mount /dev/shm"))?;
     for (link, to) in [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
@@ -429,7 +453,8 @@ fn enter_root(spec: &ContainerSpec) -> Result<(), String> {
     }
     for b in &spec.mounts {
         let is_dir = b.source.is_dir();
-        let target = resolve_in_root(root, &b.target, is_dir).map_err(|e| format!("mount target {}: {e}", b.target))?;
+        let target = resolve_in_root(root, &b.target, is_dir)
+            .map_err(|e| format!("mount target {}: {e}", b.target))?;
         mount(Some(&b.source), &target, none, MsFlags::MS_BIND | MsFlags::MS_REC, none)
             .map_err(m(&format!("bind {} at {}", b.source.display(), b.target)))?;
         if b.read_only {
@@ -441,7 +466,8 @@ fn enter_root(spec: &ContainerSpec) -> Result<(), String> {
     nix::unistd::pivot_root(".", ".").map_err(m("pivot_root"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(m("detach the old root"))?;
     nix::unistd::chdir("/").map_err(m("chdir /"))?;
-    let cwd = resolve_in_root(Path::new("/"), &spec.cwd, true).map_err(|e| format!("working directory {}: {e}", spec.cwd))?;
+    let cwd = resolve_in_root(Path::new("/"), &spec.cwd, true)
+        .map_err(|e| format!("working directory {}: {e}", spec.cwd))?;
     nix::unistd::chdir(&cwd).map_err(m(&format!("working directory {}", spec.cwd)))?;
     let gid = nix::unistd::Gid::from_raw(spec.gid);
     nix::unistd::setgroups(&[gid]).map_err(m("setgroups"))?;
@@ -508,7 +534,8 @@ pub fn resolve_in_root(root: &Path, path: &str, last_is_dir: bool) -> io::Result
 /// `program` found through `path_var` (after the pivot: paths are the container's).
 fn lookup(program: &str, path_var: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    let executable =
+        |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
     if program.contains('/') {
         return Some(PathBuf::from(program));
     }

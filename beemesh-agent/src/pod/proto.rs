@@ -52,7 +52,10 @@ pub struct BindMount {
 pub enum Command {
     Start(Box<ContainerSpec>),
     /// Sends `signal` to the container's process (its whole process group).
-    Signal { name: String, signal: i32 },
+    Signal {
+        name: String,
+        signal: i32,
+    },
     /// Kills every container and exits; the kernel then tears the pod's namespaces down.
     Shutdown,
 }
@@ -71,7 +74,9 @@ pub enum Event {
 impl Event {
     pub fn container(&self) -> &str {
         match self {
-            Event::Started { name, .. } | Event::Exited { name, .. } | Event::StartFailed { name, .. } => name,
+            Event::Started { name, .. } | Event::Exited { name, .. } | Event::StartFailed { name, .. } => {
+                name
+            }
         }
     }
 }
