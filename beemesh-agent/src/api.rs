@@ -42,6 +42,39 @@ pub enum Request {
     },
     /// Loaded policy files, their errors, and per-rule counters.
     Policies,
+    /// Applies a manifest file (Pods, ConfigMaps, Secrets); all of it or none of it.
+    Apply {
+        file: String,
+        text: String,
+    },
+    /// Deletes the objects a manifest file names.
+    DeleteObjects {
+        file: String,
+        text: String,
+    },
+    DeletePod {
+        namespace: String,
+        name: String,
+    },
+    /// Pods, of one namespace or (`None`) all.
+    ListPods {
+        #[serde(default)]
+        namespace: Option<String>,
+    },
+    /// Where a container's log is and how to enter it (`logs`, `exec`).
+    PodContainer {
+        namespace: String,
+        name: String,
+        #[serde(default)]
+        container: Option<String>,
+    },
+    /// Answers once the pod is ready (or gone, for `deleted`), or with an error at the timeout.
+    WaitPod {
+        namespace: String,
+        name: String,
+        condition: WaitFor,
+        timeout_ms: u64,
+    },
     /// Recent flow events (`limit` newest), then, with `follow`, new ones as they come.
     Flows {
         #[serde(default)]
@@ -69,10 +102,58 @@ pub enum Response {
     },
     Policies(PolicyReport),
     Flow(FlowRecord),
+    /// One line per object, `pod/web created`, kubectl style.
+    Applied {
+        lines: Vec<String>,
+    },
+    Pods {
+        items: Vec<PodInfo>,
+    },
+    Container(ContainerInfo),
     Done,
     Error {
         message: String,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum WaitFor {
+    Ready,
+    Deleted,
+}
+
+/// A pod as `get pods` shows it; `object` is the Kubernetes Pod with its status.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    /// `ready/total` app containers.
+    pub ready: String,
+    /// The STATUS column: Running, Completed, CrashLoopBackOff, ErrImagePull, Terminating...
+    pub status: String,
+    pub restarts: u32,
+    pub age_secs: u64,
+    pub host: String,
+    pub identity: String,
+    pub object: serde_json::Value,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerInfo {
+    pub container: String,
+    pub log: String,
+    pub previous_log: String,
+    /// Host pid of the container's process while it runs.
+    pub host_pid: Option<u32>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// cgroup directories (v2 and v1) a process entering the container joins.
+    pub cgroups: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -13,7 +13,7 @@ use beemesh_common::{
 };
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::api::{
     self, PolicyFileStatus, PolicyReport, Request, Response, RuleStatus, StatusInfo, WorkloadInfo,
@@ -28,6 +28,7 @@ use crate::state::StateFiles;
 use crate::sys::cgroup;
 use crate::workload::{Workload, WorkloadCgroups, WorkloadTable};
 
+mod pods;
 mod policy_state;
 mod workloads;
 
@@ -93,6 +94,7 @@ struct Agent {
     generation: u64,
     local: LocalAddrs,
     names: watch::Sender<Arc<Names>>,
+    pods: pods::Pods,
 }
 
 /// Runs the agent until SIGTERM/SIGINT, then detaches everything it attached and removes
@@ -118,7 +120,10 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     let (kernel, flow_reader, log_reader) =
         Kernel::load(KernelOptions { cgroup_root: cgroups.root().to_path_buf(), pin_dir: cfg.pin_dir() })?;
     let (names_tx, names_rx) = watch::channel(Arc::new(Names::default()));
+    let (pod_tx, mut pod_msgs) = mpsc::channel::<pods::PodMsg>(256);
+    let pods = pods::Pods::new(&cfg, pod_tx)?;
     let mut agent = Agent {
+        pods,
         identities: state.load_identities()?,
         workloads: WorkloadTable::default(),
         cgroups,
@@ -167,6 +172,9 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     // A change between the first scan and the watch must not be missed.
     agent.rescan_policies();
 
+    // Pods after policy: a pod's workload is created with the policy in force.
+    agent.recover_pods()?;
+
     let (call_tx, mut calls) = mpsc::channel::<Call>(64);
     tasks.spawn(api::server::serve(listener, AgentHandle { tx: call_tx }, hub, shutdown_tx.subscribe()));
 
@@ -185,11 +193,20 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
             // Policy changes first: revocation latency must not queue behind other work.
             biased;
             Some(()) = policy_events.recv() => agent.rescan_policies(),
-            Some((req, reply)) = calls.recv() => {
-                let resp = agent.handle(req);
-                let _ = reply.send(resp);
+            Some((req, reply)) = calls.recv() => match req {
+                Request::WaitPod { namespace, name, condition, timeout_ms } => {
+                    agent.wait_pod(&namespace, &name, condition, timeout_ms, reply);
+                }
+                req => {
+                    let resp = agent.handle(req);
+                    let _ = reply.send(resp);
+                }
+            },
+            Some(msg) = pod_msgs.recv() => agent.on_pod_msg(msg),
+            _ = tick.tick() => {
+                agent.housekeeping();
+                agent.drive_pods();
             }
-            _ = tick.tick() => agent.housekeeping(),
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
         }
@@ -286,6 +303,14 @@ impl Agent {
             }
             Request::Policies => self.policy_report().map(Response::Policies),
             Request::Flows { .. } => Err("flows are served by the flow hub".to_string()),
+            Request::Apply { file, text } => self.apply(&file, &text),
+            Request::DeleteObjects { file, text } => self.delete_objects(&file, &text),
+            Request::DeletePod { namespace, name } => self.delete_pod(&namespace, &name),
+            Request::ListPods { namespace } => Ok(self.list_pods(namespace.as_deref())),
+            Request::PodContainer { namespace, name, container } => {
+                self.pod_container(&namespace, &name, container.as_deref())
+            }
+            Request::WaitPod { .. } => Err("waits are answered by the actor loop".to_string()),
         };
         result.unwrap_or_else(|message| Response::Error { message })
     }
@@ -310,6 +335,7 @@ impl Agent {
 
     /// Clean stop: programs detached, workloads killed, cgroups removed, state saved.
     fn shutdown(&mut self) {
+        self.stop_pods();
         // Workloads die first, all at once, while the programs still enforce.
         for w in self.workloads.iter() {
             if let Err(e) = crate::sys::cgroup::kill_cgroup(&self.cgroups.path(&w.name)) {

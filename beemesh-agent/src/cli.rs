@@ -12,6 +12,8 @@ use crate::api::client::{self, Client, ClientError};
 use crate::api::{FlowRecord, Request, Response, WorkloadInfo};
 use crate::config::{Config, ConfigError, DefaultAction, FlowEvents};
 
+mod pods;
+
 /// Exit code for bad configuration or usage (sysexits EX_USAGE), as linkerd does.
 pub const EXIT_CONFIG: u8 = 64;
 
@@ -84,10 +86,19 @@ pub enum Command {
         #[arg(long)]
         hostname: String,
     },
-    /// Run CMD as a workload with IDENTITY (spiffe://td/ns/NS/sa/SA or NS/SA).
+    /// `exec POD -- CMD` runs CMD in a pod's container; `exec --identity ID -- CMD` runs CMD
+    /// on the host as a workload with identity ID (spiffe://td/ns/NS/sa/SA or NS/SA).
     Exec {
+        /// The pod to enter.
+        #[arg(conflicts_with = "identity", required_unless_present = "identity")]
+        pod: Option<String>,
+        /// The pod's container (default: its first).
+        #[arg(short, long, requires = "pod")]
+        container: Option<String>,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
         #[arg(long)]
-        identity: String,
+        identity: Option<String>,
         /// Workload name (generated if omitted).
         #[arg(long)]
         name: Option<String>,
@@ -96,6 +107,50 @@ pub enum Command {
         labels: Vec<(String, String)>,
         #[arg(last = true, required = true)]
         command: Vec<String>,
+    },
+    /// Apply a manifest (Pods, ConfigMaps, Secrets; `-` reads stdin).
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// Show pods.
+    Get {
+        #[command(subcommand)]
+        what: pods::GetCommand,
+    },
+    /// Delete what a manifest names (`-f FILE`) or `pod NAME`; waits until pods are gone.
+    Delete {
+        #[arg(short = 'f', long = "filename")]
+        file: Option<PathBuf>,
+        #[command(subcommand)]
+        what: Option<pods::DeleteCommand>,
+        /// Return at once instead of waiting for the pods to be gone.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// A container's output.
+    Logs {
+        pod: String,
+        #[arg(short, long)]
+        container: Option<String>,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        #[arg(short, long)]
+        follow: bool,
+        /// The previous run's output (after a restart).
+        #[arg(short, long)]
+        previous: bool,
+    },
+    /// Wait for a pod to be ready (or deleted).
+    Wait {
+        pod: String,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        #[arg(long = "for", value_enum, default_value = "ready")]
+        condition: WaitCondition,
+        /// Seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
     },
     /// Which workload owns a local port (as tagged in the kernel when it bound it).
     Owner {
@@ -135,6 +190,12 @@ pub enum Command {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum WaitCondition {
+    Ready,
+    Deleted,
 }
 
 #[derive(Debug, Subcommand)]
@@ -227,8 +288,28 @@ pub async fn execute(cli: Cli) -> ExitCode {
         },
         Command::PodInit { .. } => fail("pod-init must run before the async runtime starts"),
         Command::Policy { command: PolicyCommand::Check { files } } => policy_check(&files),
-        Command::Exec { identity, name, labels, command } => {
+        Command::Exec { pod: Some(pod), container, namespace, command, .. } => {
+            pods::exec(&socket, &namespace, &pod, container, &command).await
+        }
+        Command::Exec { identity: Some(identity), name, labels, command, .. } => {
             exec(&socket, identity, name, labels.into_iter().collect(), command).await
+        }
+        Command::Exec { .. } => fail("exec needs a POD or --identity"),
+        Command::Apply { file } => pods::apply(&socket, &file).await,
+        Command::Get { what } => pods::get(&socket, what).await,
+        Command::Delete { file, what, no_wait } => {
+            let pod = what.map(|pods::DeleteCommand::Pod { name, namespace }| (namespace, name));
+            pods::delete(&socket, file.as_deref(), pod, !no_wait).await
+        }
+        Command::Logs { pod, container, namespace, follow, previous } => {
+            pods::logs(&socket, &namespace, &pod, container, follow, previous).await
+        }
+        Command::Wait { pod, namespace, condition, timeout } => {
+            let condition = match condition {
+                WaitCondition::Ready => crate::api::WaitFor::Ready,
+                WaitCondition::Deleted => crate::api::WaitFor::Deleted,
+            };
+            pods::wait(&socket, namespace, pod, condition, timeout).await
         }
         Command::Owner { proto, port } => {
             match client::call(&socket, &Request::PortOwner { proto, port }).await {

@@ -19,8 +19,9 @@ use crate::yamldoc::{
     check_unknown_fields, find_line, split_documents, strip_location, Document, FieldError,
 };
 
-/// One object of a manifest file.
-#[derive(Clone, Debug, PartialEq)]
+/// One object of a manifest file (stored as `{"kind": ..., "object": ...}`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", content = "object")]
 pub enum Object {
     Pod(Box<Pod>),
     ConfigMap(Box<ConfigMap>),

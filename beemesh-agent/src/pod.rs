@@ -5,6 +5,8 @@
 pub mod init;
 pub mod lifecycle;
 pub mod net;
+pub mod probe;
 pub mod proto;
 pub mod rootfs;
+pub mod sandbox;
 pub mod spec;

@@ -107,6 +107,21 @@ impl StateFiles {
     pub fn save_workloads(&self, table: &WorkloadTable) -> Result<(), StateError> {
         self.write("workloads.json", &table.to_json())
     }
+
+    /// Loads a JSON state file (`pods.json`, `objects.json`); missing means empty.
+    pub fn load_json<T: serde::de::DeserializeOwned + Default>(&self, name: &str) -> Result<T, StateError> {
+        match self.read(name)? {
+            None => Ok(T::default()),
+            Some(text) => serde_json::from_str(&text)
+                .map_err(|e| StateError::Corrupt { path: self.dir.join(name), reason: e.to_string() }),
+        }
+    }
+
+    pub fn save_json<T: serde::Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
+        let text = serde_json::to_string(value)
+            .map_err(|e| StateError::Corrupt { path: self.dir.join(name), reason: e.to_string() })?;
+        self.write(name, &text)
+    }
 }
 
 #[cfg(test)]

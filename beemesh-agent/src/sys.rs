@@ -42,26 +42,38 @@ pub fn overlay_opaque(dir: &std::path::Path) -> std::io::Result<()> {
 /// (slirp4netns) creates every socket inside it: a socket keeps the cgroup it was created in,
 /// and moving the process later would let its first sockets escape policy.
 pub fn exec_in_cgroup(cmd: &mut std::process::Command, cgroup: &std::path::Path) -> std::io::Result<()> {
+    exec_in_cgroups(cmd, &[cgroup.to_path_buf()])
+}
+
+/// [`exec_in_cgroup`] for several cgroups (one per hierarchy: cgroup2 and v1 controllers).
+pub fn exec_in_cgroups(
+    cmd: &mut std::process::Command,
+    cgroups: &[std::path::PathBuf],
+) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::process::CommandExt;
-    let procs = std::ffi::CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes())
+    let procs = cgroups
+        .iter()
+        .map(|c| std::ffi::CString::new(c.join("cgroup.procs").as_os_str().as_bytes()))
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     // SAFETY: the closure only calls open/write/close (async-signal-safe) on memory prepared
     // before the fork; writing "0" moves the calling process, the child.
     unsafe {
         cmd.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
+            for p in &procs {
+                let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                if n != 1 {
+                    return Err(err);
+                }
             }
-            let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-            let err = std::io::Error::last_os_error();
-            libc::close(fd);
-            if n == 1 {
-                Ok(())
-            } else {
-                Err(err)
-            }
+            Ok(())
         });
     }
     Ok(())

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+pub mod image;
+
 /// Workspace root.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests crate sits in the workspace").to_path_buf()
@@ -226,6 +228,68 @@ impl Agent {
     }
 
     /// Runs `probe ARGS` on the host, outside any workload.
+    /// Imports the busybox test image as `reference`.
+    pub fn import_busybox(&self, reference: &str) -> Result<()> {
+        let layout = self.dir.path().join(format!("image-{}", reference.replace([':', '/'], "-")));
+        image::busybox_layout(&layout, reference)?;
+        let out = self.cli().arg("image").arg("import").arg(&layout).output()?;
+        if !out.status.success() {
+            bail!("image import failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// Runs a CLI subcommand; returns (success, stdout, stderr).
+    pub fn run_cli(&self, args: &[&str], stdin: Option<&str>) -> Result<(bool, String, String)> {
+        use std::io::Write;
+        let mut cmd = self.cli();
+        cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn()?;
+        let mut input = child.stdin.take().context("stdin")?;
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes())?;
+        }
+        drop(input);
+        let out = child.wait_with_output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// `apply -f -` with `yaml`; fails with the CLI's error otherwise.
+    pub fn apply(&self, yaml: &str) -> Result<String> {
+        let (ok, out, err) = self.run_cli(&["apply", "-f", "-"], Some(yaml))?;
+        if !ok {
+            bail!("apply failed: {err}");
+        }
+        Ok(out)
+    }
+
+    /// The pod as `get pods NAME -o json` shows it.
+    pub fn pod(&self, name: &str) -> Result<serde_json::Value> {
+        let (ok, out, err) = self.run_cli(&["get", "pods", name, "-o", "json"], None)?;
+        if !ok {
+            bail!("get pods failed: {err}");
+        }
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    /// Waits until the pod is Ready.
+    pub fn wait_ready(&self, name: &str, timeout: Duration) -> Result<()> {
+        let secs = timeout.as_secs().max(1).to_string();
+        let (ok, _, err) = self.run_cli(&["wait", name, "--for", "ready", "--timeout", &secs], None)?;
+        if !ok {
+            bail!(
+                "pod {name} not ready: {err}\npod: {}\nagent log:\n{}",
+                self.pod(name).map(|p| p.to_string()).unwrap_or_default(),
+                self.log()
+            );
+        }
+        Ok(())
+    }
+
     pub fn host_probe(&self, probe_args: &[&str]) -> Result<Probe> {
         let mut c = Command::new(probe_bin());
         c.args(probe_args);

@@ -34,7 +34,9 @@ pub enum NetError {
 /// A running slirp4netns for one pod.
 #[derive(Debug)]
 pub struct Slirp {
-    child: Child,
+    pid: u32,
+    /// Set when this agent started it (and must reap it); `None` once adopted.
+    child: Option<Child>,
     api: PathBuf,
 }
 
@@ -63,7 +65,7 @@ impl Slirp {
         crate::sys::exec_in_cgroup(&mut cmd, cgroup).map_err(NetError::Spawn)?;
         let child = cmd.spawn().map_err(NetError::Spawn)?;
         drop(write);
-        let mut slirp = Self { child, api: api.to_path_buf() };
+        let mut slirp = Self { pid: child.id(), child: Some(child), api: api.to_path_buf() };
         if let Err(e) = wait_ready(read) {
             slirp.stop();
             return Err(e);
@@ -71,8 +73,18 @@ impl Slirp {
         Ok(slirp)
     }
 
+    /// The slirp4netns an earlier agent started for a pod, if it still runs.
+    pub fn adopt(pid: u32, api: &Path) -> Option<Self> {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (comm.trim() == "slirp4netns" && api.exists()).then(|| Self {
+            pid,
+            child: None,
+            api: api.to_path_buf(),
+        })
+    }
+
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     fn call(&self, request: &str) -> Result<String, NetError> {
@@ -106,8 +118,16 @@ impl Slirp {
 
     /// Kills slirp4netns and removes its API socket.
     pub fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match self.child.as_mut() {
+            Some(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            None => {
+                let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
         let _ = std::fs::remove_file(&self.api);
     }
 }

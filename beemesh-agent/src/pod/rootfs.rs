@@ -55,6 +55,11 @@ impl Rootfs {
         Ok(Self { dir: dir.to_path_buf(), merged })
     }
 
+    /// The root filesystem mounted earlier under `dir` (by an agent that restarted).
+    pub fn existing(dir: &Path) -> Self {
+        Self { dir: dir.to_path_buf(), merged: dir.join("merged") }
+    }
+
     /// The container's `/`.
     pub fn root(&self) -> &Path {
         &self.merged
@@ -67,6 +72,9 @@ impl Rootfs {
             Err(e) => {
                 return Err(RootfsError::Io { what: "unmount", path: self.merged.clone(), source: e.into() })
             }
+        }
+        if !self.dir.exists() {
+            return Ok(());
         }
         std::fs::remove_dir_all(&self.dir).map_err(|source| RootfsError::Io {
             what: "remove",

@@ -130,6 +130,37 @@ fn parse_v2_entry(proc_cgroup: &str) -> Option<&str> {
     proc_cgroup.lines().find_map(|l| l.strip_prefix("0::"))
 }
 
+/// This process's cgroup in the v1 hierarchy of `controller` (memory, cpu, pids): the
+/// controller's mount point (from `/proc/self/mountinfo`) joined with our path in it (from
+/// `/proc/self/cgroup`). `None` when the controller is not mounted as cgroup v1.
+pub fn own_v1_path(controller: &str) -> io::Result<Option<PathBuf>> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+    let cgroups = fs::read_to_string("/proc/self/cgroup")?;
+    Ok(parse_v1_path(&mountinfo, &cgroups, controller))
+}
+
+fn parse_v1_path(mountinfo: &str, proc_cgroup: &str, controller: &str) -> Option<PathBuf> {
+    let has = |list: &str| list.split(',').any(|c| c == controller);
+    let mount = mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mut r = right.split_whitespace();
+        let (fstype, _source, options) = (r.next()?, r.next()?, r.next()?);
+        (fstype == "cgroup" && has(options))
+            .then(|| left.split_whitespace().nth(4).map(unescape_mount_field))?
+    })?;
+    let rel = proc_cgroup.lines().find_map(|l| {
+        let mut f = l.splitn(3, ':');
+        let (_id, list, path) = (f.next()?, f.next()?, f.next()?);
+        has(list).then_some(path)
+    })?;
+    Some(Path::new(&mount).join(rel.trim_start_matches('/')))
+}
+
+/// Removes a cgroup v1 directory tree (deepest first); its processes must be gone.
+pub fn remove_v1_tree(path: &Path) -> io::Result<()> {
+    remove_depth_first(path)
+}
+
 /// Kills every process in the cgroup and its descendants (`cgroup.kill`, Linux 5.14+). The kill
 /// is asynchronous: wait for [`is_populated`] to turn false before removing the cgroup.
 pub fn kill_cgroup(path: &Path) -> io::Result<()> {
@@ -216,6 +247,23 @@ mod tests {
         assert_eq!(parse_cgroup2_mount("proc /proc proc rw 0 0\n"), None);
         assert_eq!(unescape_mount_field("a\\\\b\\09"), "a\\\\b\\09");
         assert_eq!(unescape_mount_field("a\\134b"), "a\\b");
+    }
+
+    #[test]
+    fn finds_v1_controller_paths() {
+        let mountinfo = "35 27 0:30 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n\
+            36 27 0:31 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory\n\
+            37 27 0:32 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct\n";
+        let proc_cgroup = "0::/agent\n4:memory:/system.slice/beemesh.service\n3:cpu,cpuacct:/\n";
+        assert_eq!(
+            parse_v1_path(mountinfo, proc_cgroup, "memory"),
+            Some(PathBuf::from("/sys/fs/cgroup/memory/system.slice/beemesh.service"))
+        );
+        assert_eq!(
+            parse_v1_path(mountinfo, proc_cgroup, "cpu"),
+            Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"))
+        );
+        assert_eq!(parse_v1_path(mountinfo, proc_cgroup, "pids"), None);
     }
 
     #[test]

@@ -110,3 +110,24 @@ pub fn netns_cookie() -> io::Result<u64> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// A TCP socket (not yet connected, non-blocking) in the network namespace of process `pid`,
+/// made on a short-lived thread that enters that namespace and then ends, so no thread of
+/// the agent ever stays in a pod's namespace.
+pub fn tcp_socket_in_netns_of(pid: u32, v6: bool) -> io::Result<std::os::fd::OwnedFd> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)?;
+        let family =
+            if v6 { nix::sys::socket::AddressFamily::Inet6 } else { nix::sys::socket::AddressFamily::Inet };
+        nix::sys::socket::socket(
+            family,
+            nix::sys::socket::SockType::Stream,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC | nix::sys::socket::SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .map_err(io::Error::from)
+    })
+    .join()
+    .map_err(|_| io::Error::other("netns thread panicked"))?
+}

@@ -1,0 +1,1038 @@
+//! The agent actor's pods: apply and delete manifests, build each pod's sandbox (workload
+//! cgroup and identity, init process, slirp4netns), drive its containers through the sans-IO
+//! lifecycle, and report status. Part of `impl Agent` (see `app.rs`); the pod's init process
+//! (`pod::init`) does the forking, this side decides.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::task::AbortHandle;
+
+use super::*;
+use crate::api::{ContainerInfo, PodInfo, WaitFor};
+use crate::manifest::{self, Object};
+use crate::pod::lifecycle::{self, Action, Phase, State};
+use crate::pod::net::Slirp;
+use crate::pod::rootfs::Rootfs;
+use crate::pod::sandbox::{self, Layout};
+use crate::pod::spec::{self, ContainerPlan, PodPlan};
+use crate::pod::{probe, proto};
+
+/// Messages from pod tasks (sandbox creation, init connections, probes) to the actor.
+#[derive(Debug)]
+pub enum PodMsg {
+    SandboxReady { workload: String, result: Result<(u32, Slirp), String> },
+    Event { workload: String, event: proto::Event },
+    InitGone { workload: String },
+    Probe { workload: String, container: String, run: u64, liveness: bool, ok: bool },
+}
+
+/// What survives a restart of the agent (`<state-dir>/pods.json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodRecord {
+    pub manifest: k8s_openapi::api::core::v1::Pod,
+    pub workload: String,
+    pub uid: String,
+    pub created: u64,
+    #[serde(default)]
+    pub init_pid: Option<u32>,
+    #[serde(default)]
+    pub slirp_pid: Option<u32>,
+}
+
+/// ConfigMaps and Secrets applied to this agent (`<state-dir>/objects.json`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct StoredObjects(pub Vec<Object>);
+
+enum Sandbox {
+    Creating,
+    Ready,
+    Failed(String),
+}
+
+/// One container's current run, as the runtime sees it.
+#[derive(Default)]
+struct Run {
+    run: u64,
+    host_pid: Option<u32>,
+    ready: bool,
+    plan: Option<ContainerPlan>,
+    cgroups: Vec<PathBuf>,
+    message: Option<String>,
+    image_id: String,
+    probes: Vec<AbortHandle>,
+}
+
+pub(super) struct PodEntry {
+    record: PodRecord,
+    plan: PodPlan,
+    life: lifecycle::Pod,
+    layout: Layout,
+    runs: BTreeMap<String, Run>,
+    sandbox: Sandbox,
+    cmds: Option<mpsc::Sender<proto::Command>>,
+    slirp: Option<Slirp>,
+    net_cgroup: Option<u64>,
+    deleting: bool,
+    conn: Option<AbortHandle>,
+}
+
+pub(super) struct Waiter {
+    workload: String,
+    condition: WaitFor,
+    deadline: Instant,
+    reply: oneshot::Sender<Response>,
+}
+
+/// The runtime state the actor keeps for pods.
+pub(super) struct Pods {
+    pub entries: BTreeMap<String, PodEntry>,
+    pub objects: Vec<Object>,
+    pub images: crate::image::ImageStore,
+    pub limits: sandbox::Limits,
+    pub tx: mpsc::Sender<PodMsg>,
+    pub clock: Instant,
+    pub waiters: Vec<Waiter>,
+    pub host: String,
+}
+
+impl Pods {
+    pub fn new(cfg: &Config, tx: mpsc::Sender<PodMsg>) -> Result<Self, AgentError> {
+        Ok(Self {
+            entries: BTreeMap::new(),
+            objects: Vec::new(),
+            images: crate::image::ImageStore::new(&cfg.state_dir),
+            limits: sandbox::Limits::discover(&cfg.cgroup_name)
+                .map_err(io("find the cgroup v1 controllers"))?,
+            tx,
+            clock: Instant::now(),
+            waiters: Vec::new(),
+            host: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+        })
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
+    }
+}
+
+/// The workload (and cgroup) name of a pod: `pod-<namespace>-<name>`, with a hash suffix when
+/// that is not a valid name as it stands (dots, length).
+pub fn workload_name(namespace: &str, name: &str) -> String {
+    let raw = format!("pod-{namespace}-{name}");
+    if crate::workload::validate_name(&raw).is_ok() {
+        return raw;
+    }
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(raw.as_bytes());
+    let hex: String = hash.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let clean: String =
+        raw.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).take(54).collect();
+    format!("{}-{hex}", clean.trim_end_matches('-'))
+}
+
+impl spec::Objects for Pods {
+    fn config_map(&self, namespace: &str, name: &str) -> Option<&k8s_openapi::api::core::v1::ConfigMap> {
+        self.objects.config_map(namespace, name)
+    }
+    fn secret(&self, namespace: &str, name: &str) -> Option<&k8s_openapi::api::core::v1::Secret> {
+        self.objects.secret(namespace, name)
+    }
+}
+
+fn same_object(a: &Object, b: &Object) -> bool {
+    a.kind() == b.kind() && a.namespace() == b.namespace() && a.name() == b.name()
+}
+
+impl Agent {
+    /// Loads the pods and objects of an earlier run: running pods are re-adopted, the others
+    /// started again.
+    pub(super) fn recover_pods(&mut self) -> Result<(), AgentError> {
+        let objects: StoredObjects = self.state.load_json("objects.json")?;
+        self.pods.objects = objects.0;
+        let records: Vec<PodRecord> = self.state.load_json("pods.json")?;
+        for record in records {
+            let layout = Layout::new(&self.cfg.state_dir, &record.workload);
+            let alive = self.workloads.get(&record.workload).is_some()
+                && record.init_pid.is_some_and(|pid| sandbox::init_alive(&layout, pid));
+            if alive {
+                self.adopt_pod(record, layout);
+            } else {
+                info!(pod = %record.workload, "pod of an earlier run is not running: starting it again");
+                self.clear_leftovers(&record.workload, &layout);
+                let name = record.workload.clone();
+                if let Err(e) = self.create_pod(record) {
+                    warn!(pod = %name, error = %e, "cannot start pod again");
+                }
+            }
+        }
+        self.persist_pods();
+        Ok(())
+    }
+
+    fn adopt_pod(&mut self, record: PodRecord, layout: Layout) {
+        let plan = spec::plan_pod(&record.manifest);
+        let workload = record.workload.clone();
+        let init_pid = record.init_pid.unwrap_or_default();
+        let net_leaf = self.cgroups.path(&workload).join("net");
+        let net_cgroup = crate::sys::cgroup::cgroup_id(&net_leaf).ok();
+        if let Some(id) = net_cgroup {
+            let _ = self.kernel.set_refuse_cgroup(id, true);
+        }
+        let slirp = record.slirp_pid.and_then(|pid| Slirp::adopt(pid, &layout.slirp_api())).or_else(|| {
+            warn!(pod = %workload, "slirp4netns is gone: starting it again");
+            start_network(init_pid, &net_leaf, &layout, &plan).ok()
+        });
+        let mut entry = new_entry(record, plan, layout);
+        entry.sandbox = Sandbox::Ready;
+        entry.slirp = slirp;
+        entry.net_cgroup = net_cgroup;
+        info!(pod = %workload, init = init_pid, "re-adopted pod");
+        self.pods.entries.insert(workload.clone(), entry);
+        self.connect_init(&workload);
+    }
+
+    /// Removes what a pod that no longer runs left behind: processes, mounts, cgroups, files.
+    fn clear_leftovers(&mut self, workload: &str, layout: &Layout) {
+        if self.workloads.get(workload).is_some() {
+            let _ = self.forget_workload(workload);
+        } else if self.cgroups.existing_id(workload).is_some() {
+            let _ = self.cgroups.destroy(workload);
+        }
+        unmount_containers(layout);
+        self.pods.limits.remove(workload);
+        let _ = std::fs::remove_dir_all(&layout.dir);
+    }
+
+    fn persist_pods(&self) {
+        let records: Vec<&PodRecord> = self.pods.entries.values().map(|e| &e.record).collect();
+        if let Err(e) = self.state.save_json("pods.json", &records) {
+            error!(error = %e, "cannot save pod state");
+        }
+        if let Err(e) = self.state.save_json("objects.json", &self.pods.objects) {
+            error!(error = %e, "cannot save configmaps and secrets");
+        }
+    }
+
+    pub(super) fn apply(&mut self, file: &str, text: &str) -> Result<Response, String> {
+        let objects = manifest::parse(file, text).map_err(|e| e.to_string())?;
+        // Everything is checked before anything changes.
+        for o in &objects {
+            if let Object::Pod(pod) = o {
+                let key = workload_name(o.namespace(), o.name());
+                if let Some(e) = self.pods.entries.get(&key) {
+                    if e.record.manifest.spec != pod.spec {
+                        return Err(format!(
+                            "pod {}/{}: a pod's spec cannot change; delete it first",
+                            o.namespace(),
+                            o.name()
+                        ));
+                    }
+                } else if self.workloads.get(&key).is_some() {
+                    return Err(format!(
+                        "pod {}/{}: workload {key:?} exists and is not a pod",
+                        o.namespace(),
+                        o.name()
+                    ));
+                }
+            }
+        }
+        let mut lines = Vec::new();
+        for o in objects {
+            let what = format!("{}/{}", o.kind().to_lowercase(), o.name());
+            match o {
+                Object::Pod(pod) => {
+                    let key =
+                        workload_name(o_namespace(&pod), pod.metadata.name.as_deref().unwrap_or_default());
+                    if self.pods.entries.contains_key(&key) {
+                        lines.push(format!("{what} unchanged"));
+                        continue;
+                    }
+                    let record = PodRecord {
+                        manifest: *pod,
+                        workload: key,
+                        uid: new_uid(),
+                        created: now_secs(),
+                        init_pid: None,
+                        slirp_pid: None,
+                    };
+                    self.create_pod(record)?;
+                    lines.push(format!("{what} created"));
+                }
+                other => match self.pods.objects.iter_mut().find(|x| same_object(x, &other)) {
+                    Some(x) if *x == other => lines.push(format!("{what} unchanged")),
+                    Some(x) => {
+                        *x = other;
+                        lines.push(format!("{what} configured"));
+                    }
+                    None => {
+                        self.pods.objects.push(other);
+                        lines.push(format!("{what} created"));
+                    }
+                },
+            }
+        }
+        self.persist_pods();
+        self.drive_pods();
+        Ok(Response::Applied { lines })
+    }
+
+    pub(super) fn delete_objects(&mut self, file: &str, text: &str) -> Result<Response, String> {
+        let objects = manifest::parse(file, text).map_err(|e| e.to_string())?;
+        let mut lines = Vec::new();
+        for o in objects {
+            let what = format!("{}/{}", o.kind().to_lowercase(), o.name());
+            let found = match &o {
+                Object::Pod(_) => self.delete_pod(o.namespace(), o.name()).is_ok(),
+                _ => {
+                    let before = self.pods.objects.len();
+                    self.pods.objects.retain(|x| !same_object(x, &o));
+                    before != self.pods.objects.len()
+                }
+            };
+            lines.push(if found { format!("{what} deleted") } else { format!("{what} not found") });
+        }
+        self.persist_pods();
+        Ok(Response::Applied { lines })
+    }
+
+    /// Starts deleting a pod: SIGTERM now, SIGKILL after its grace period, then teardown.
+    pub(super) fn delete_pod(&mut self, namespace: &str, name: &str) -> Result<Response, String> {
+        let key = workload_name(namespace, name);
+        let now = self.pods.now();
+        let entry =
+            self.pods.entries.get_mut(&key).ok_or_else(|| format!("pod {namespace}/{name} not found"))?;
+        if !entry.deleting {
+            entry.deleting = true;
+            let actions = entry.life.terminate(entry.plan.grace, now);
+            info!(pod = %key, grace = ?entry.plan.grace, "deleting pod");
+            self.carry_out(&key, actions);
+        }
+        self.drive_pods();
+        Ok(Response::Applied { lines: vec![format!("pod/{name} deleted")] })
+    }
+
+    /// A new pod: its workload (identity, cgroup, policy), directory and volumes now; init
+    /// and slirp4netns on a blocking thread, reported back as `SandboxReady`.
+    fn create_pod(&mut self, record: PodRecord) -> Result<(), String> {
+        let plan = spec::plan_pod(&record.manifest);
+        let workload = record.workload.clone();
+        let layout = Layout::new(&self.cfg.state_dir, &workload);
+        let identity = format!("{}/{}", plan.namespace, plan.service_account);
+        self.create_workload(Some(workload.clone()), &identity, plan.labels.clone())?;
+        let wpath = self.cgroups.path(&workload);
+        let (pod_leaf, net_leaf) = (wpath.join("pod"), wpath.join("net"));
+        let prepared = (|| -> Result<u64, String> {
+            for leaf in [&pod_leaf, &net_leaf] {
+                std::fs::create_dir_all(leaf).map_err(|e| format!("create {}: {e}", leaf.display()))?;
+            }
+            let net_id = crate::sys::cgroup::cgroup_id(&net_leaf).map_err(|e| e.to_string())?;
+            self.kernel.set_refuse_cgroup(net_id, true).map_err(|e| e.to_string())?;
+            layout.create(&plan.hostname).map_err(|e| e.to_string())?;
+            Ok(net_id)
+        })();
+        let net_id = match prepared {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = self.delete_workload(&workload);
+                return Err(e);
+            }
+        };
+        let mut entry = new_entry(record, plan, layout.clone());
+        entry.net_cgroup = Some(net_id);
+        if let Err(e) = layout.prepare_volumes(&entry.plan, &self.pods) {
+            entry.sandbox = Sandbox::Failed(e.to_string());
+            self.pods.entries.insert(workload, entry);
+            return Ok(());
+        }
+        let tx = self.pods.tx.clone();
+        let plan = entry.plan.clone();
+        let name = workload.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = (|| {
+                let pid =
+                    sandbox::spawn_init(&layout, &plan.hostname, &pod_leaf).map_err(|e| e.to_string())?;
+                let slirp = start_network(pid, &net_leaf, &layout, &plan)?;
+                Ok((pid, slirp))
+            })();
+            let _ = tx.blocking_send(PodMsg::SandboxReady { workload: name, result });
+        });
+        info!(pod = %workload, identity = %identity, "pod created");
+        self.pods.entries.insert(workload, entry);
+        Ok(())
+    }
+
+    pub(super) fn on_pod_msg(&mut self, msg: PodMsg) {
+        let now = self.pods.now();
+        match msg {
+            PodMsg::SandboxReady { workload, result } => {
+                let Some(entry) = self.pods.entries.get_mut(&workload) else {
+                    // Deleted meanwhile: nothing may stay behind.
+                    if let Ok((pid, mut slirp)) = result {
+                        slirp.stop();
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                    return;
+                };
+                match result {
+                    Ok((pid, slirp)) => {
+                        entry.record.init_pid = Some(pid);
+                        entry.record.slirp_pid = Some(slirp.pid());
+                        entry.slirp = Some(slirp);
+                        entry.sandbox = Sandbox::Ready;
+                        debug!(pod = %workload, init = pid, "pod sandbox ready");
+                        self.connect_init(&workload);
+                        self.persist_pods();
+                    }
+                    Err(e) => {
+                        warn!(pod = %workload, error = %e, "pod sandbox failed");
+                        entry.sandbox = Sandbox::Failed(e);
+                    }
+                }
+            }
+            PodMsg::Event { workload, event } => self.on_init_event(&workload, event, now),
+            PodMsg::InitGone { workload } => {
+                if let Some(entry) = self.pods.entries.get_mut(&workload) {
+                    entry.cmds = None;
+                    if !entry.deleting {
+                        warn!(pod = %workload, "pod init exited: its containers are gone");
+                        entry.sandbox = Sandbox::Failed("the pod's init process exited".into());
+                        for (name, run) in entry.runs.iter_mut() {
+                            if run.host_pid.take().is_some() {
+                                entry.life.exited(name, 137, false, now);
+                            }
+                        }
+                    } else {
+                        for c in entry.life.containers.clone() {
+                            if matches!(c.state, State::Running { .. }) {
+                                entry.life.exited(&c.name, 137, false, now);
+                            }
+                        }
+                    }
+                }
+            }
+            PodMsg::Probe { workload, container, run, liveness, ok } => {
+                let Some(entry) = self.pods.entries.get_mut(&workload) else { return };
+                let Some(r) = entry.runs.get_mut(&container).filter(|r| r.run == run) else { return };
+                if liveness {
+                    if !ok && !entry.deleting {
+                        info!(pod = %workload, container = %container, "liveness probe failed: restarting");
+                        if let Some(cmds) = &entry.cmds {
+                            let _ = cmds
+                                .try_send(proto::Command::Signal { name: container, signal: libc::SIGKILL });
+                        }
+                    }
+                } else {
+                    r.ready = ok;
+                }
+            }
+        }
+        self.drive_pods();
+    }
+
+    fn on_init_event(&mut self, workload: &str, event: proto::Event, now: u64) {
+        let limits = self.pods.limits.clone();
+        let tx = self.pods.tx.clone();
+        let Some(entry) = self.pods.entries.get_mut(workload) else { return };
+        let name = event.container().to_owned();
+        let r = entry.runs.entry(name.clone()).or_default();
+        match event {
+            proto::Event::Started { run, host_pid, .. } if run >= r.run => {
+                if run > r.run {
+                    // A run this agent did not start (it restarted): adopt it.
+                    r.run = run;
+                    entry.life.started(&name, now);
+                }
+                r.host_pid = Some(host_pid);
+                let probe = r.plan.as_ref().map(|p| (p.readiness.clone(), p.liveness.clone()));
+                let (readiness, liveness) = probe.unwrap_or((None, None));
+                r.ready = readiness.is_none();
+                let init_pid = entry.record.init_pid.unwrap_or_default();
+                for (plan, liveness) in [(readiness, false), (liveness, true)] {
+                    let Some(plan) = plan else { continue };
+                    let target = probe::Target {
+                        init_pid,
+                        host_pid,
+                        env: r.plan.as_ref().map(|p| p.env.clone()).unwrap_or_default(),
+                        cgroups: r.cgroups.clone(),
+                    };
+                    let (w, c, run) = (workload.to_owned(), name.clone(), r.run);
+                    let tx = tx.clone();
+                    let handle = tokio::spawn(probe::run(plan, target, move |ok| {
+                        let msg =
+                            PodMsg::Probe { workload: w.clone(), container: c.clone(), run, liveness, ok };
+                        let tx = tx.clone();
+                        async move {
+                            let _ = tx.send(msg).await;
+                        }
+                    }));
+                    r.probes.push(handle.abort_handle());
+                }
+                debug!(pod = %workload, container = %name, run, host_pid, "container started");
+            }
+            proto::Event::Exited { run, code, signal, .. } if run >= r.run => {
+                let fresh = run > r.run || r.host_pid.is_some();
+                r.run = run;
+                r.host_pid = None;
+                r.ready = false;
+                for p in r.probes.drain(..) {
+                    p.abort();
+                }
+                if fresh {
+                    let oom = signal == Some(libc::SIGKILL) && limits.oom_killed(workload, &name);
+                    entry.life.exited(&name, code, oom, now);
+                    info!(pod = %workload, container = %name, code, oom, "container exited");
+                }
+            }
+            proto::Event::StartFailed { run, message, .. } if run >= r.run => {
+                r.run = run;
+                r.message = Some(message.clone());
+                entry.life.failed_to_start(&name, "RunContainerError", now);
+                warn!(pod = %workload, container = %name, error = %message, "container did not start");
+            }
+            _ => {}
+        }
+    }
+
+    /// Opens (or re-opens) the control connection to the pod's init.
+    fn connect_init(&mut self, workload: &str) {
+        let Some(entry) = self.pods.entries.get_mut(workload) else { return };
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        entry.cmds = Some(cmd_tx);
+        let socket = entry.layout.socket();
+        let tx = self.pods.tx.clone();
+        let name = workload.to_owned();
+        let task = tokio::spawn(init_connection(socket, name, tx, cmd_rx));
+        if let Some(old) = entry.conn.replace(task.abort_handle()) {
+            old.abort();
+        }
+    }
+
+    /// Runs every pod's lifecycle forward: starts, signals, teardown of deleted pods, waiters.
+    pub(super) fn drive_pods(&mut self) {
+        let now = self.pods.now();
+        let keys: Vec<String> = self.pods.entries.keys().cloned().collect();
+        let mut finished = Vec::new();
+        for key in keys {
+            let Some(entry) = self.pods.entries.get_mut(&key) else { continue };
+            match entry.sandbox {
+                Sandbox::Creating => continue,
+                Sandbox::Failed(_) => {
+                    if entry.deleting {
+                        finished.push(key);
+                    }
+                    continue;
+                }
+                Sandbox::Ready => {}
+            }
+            let actions = entry.life.poll(now);
+            if entry.deleting && entry.life.stopped() {
+                finished.push(key.clone());
+                continue;
+            }
+            self.carry_out(&key, actions);
+        }
+        for key in finished {
+            self.teardown_pod(&key);
+        }
+        self.answer_waiters();
+    }
+
+    fn carry_out(&mut self, key: &str, actions: Vec<Action>) {
+        let now = self.pods.now();
+        for action in actions {
+            match action {
+                Action::Start(name) => self.start_container(key, &name, now),
+                Action::Term(name) => self.signal_container(key, &name, libc::SIGTERM),
+                Action::Kill(name) => self.signal_container(key, &name, libc::SIGKILL),
+            }
+        }
+    }
+
+    fn signal_container(&self, key: &str, name: &str, signal: i32) {
+        if let Some(cmds) = self.pods.entries.get(key).and_then(|e| e.cmds.as_ref()) {
+            let _ = cmds.try_send(proto::Command::Signal { name: name.to_owned(), signal });
+        }
+    }
+
+    fn start_container(&mut self, key: &str, name: &str, now: u64) {
+        let Some(entry) = self.pods.entries.get(key) else { return };
+        let Some(container) = find_container(&entry.record.manifest, name) else { return };
+        let image_ref = container.image.clone().unwrap_or_default();
+        let fail = |this: &mut Self, reason: &str, message: String| {
+            let Some(entry) = this.pods.entries.get_mut(key) else { return };
+            warn!(pod = %key, container = %name, reason, error = %message, "cannot start container");
+            entry.life.failed_to_start(name, reason, now);
+            entry.runs.entry(name.to_owned()).or_default().message = Some(message);
+        };
+        let image = match self.pods.images.resolve(&image_ref) {
+            Ok(i) => i,
+            Err(e) => return fail(self, "ErrImagePull", e.to_string()),
+        };
+        let plan = match spec::plan_container(&entry.record.manifest, name, &image.config, &self.pods) {
+            Ok(p) => p,
+            Err(e) => return fail(self, "CreateContainerConfigError", e.to_string()),
+        };
+        let dir = entry.layout.container(name);
+        let _ = Rootfs::existing(&dir).remove();
+        let rootfs = match Rootfs::mount(&image, &dir) {
+            Ok(r) => r,
+            Err(e) => return fail(self, "CreateContainerError", e.to_string()),
+        };
+        let cgroups = match self.pods.limits.prepare(key, &plan) {
+            Ok(c) => c,
+            Err(e) => return fail(self, "CreateContainerError", e.to_string()),
+        };
+        let Some(entry) = self.pods.entries.get_mut(key) else { return };
+        let run_no = entry.runs.get(name).map_or(0, |r| r.run) + 1;
+        entry.layout.rotate_log(name);
+        let spec =
+            match entry.layout.container_spec(&entry.plan, &plan, run_no, rootfs.root(), cgroups.clone()) {
+                Ok(s) => s,
+                Err(e) => return fail(self, "CreateContainerConfigError", e.to_string()),
+            };
+        let sent =
+            entry.cmds.as_ref().is_some_and(|c| c.try_send(proto::Command::Start(Box::new(spec))).is_ok());
+        if !sent {
+            return fail(self, "ContainerCreating", "the pod's init is not reachable".into());
+        }
+        let r = entry.runs.entry(name.to_owned()).or_default();
+        r.run = run_no;
+        r.plan = Some(plan);
+        r.cgroups = cgroups;
+        r.message = None;
+        r.image_id = image.id.clone();
+        entry.life.started(name, now);
+    }
+
+    /// Everything of a deleted pod goes: init (and with it the namespaces), slirp4netns and
+    /// its forwards, mounts, cgroups, files, the workload and its identity mapping.
+    fn teardown_pod(&mut self, key: &str) {
+        let Some(mut entry) = self.pods.entries.remove(key) else { return };
+        stop_entry(&mut entry);
+        if let Some(id) = entry.net_cgroup {
+            let _ = self.kernel.set_refuse_cgroup(id, false);
+        }
+        let _ = self.delete_workload(key);
+        unmount_containers(&entry.layout);
+        self.pods.limits.remove(key);
+        if let Err(e) = std::fs::remove_dir_all(&entry.layout.dir) {
+            warn!(pod = %key, error = %e, "cannot remove pod directory");
+        }
+        info!(pod = %key, "pod deleted");
+        self.persist_pods();
+    }
+
+    /// Clean agent stop: pods stop with it (their records stay and they start again with
+    /// the next agent), and nothing of them stays on the host.
+    pub(super) fn stop_pods(&mut self) {
+        let keys: Vec<String> = self.pods.entries.keys().cloned().collect();
+        for key in keys {
+            let Some(mut entry) = self.pods.entries.remove(&key) else { continue };
+            stop_entry(&mut entry);
+            let _ = crate::sys::cgroup::kill_cgroup(&self.cgroups.path(&key));
+            let _ = self.cgroups.destroy(&key);
+            unmount_containers(&entry.layout);
+            self.pods.limits.remove(&key);
+            let _ = std::fs::remove_dir_all(&entry.layout.dir);
+            entry.record.init_pid = None;
+            entry.record.slirp_pid = None;
+            self.pods.entries.insert(key, entry);
+        }
+        self.persist_pods();
+        self.pods.entries.clear();
+    }
+
+    pub(super) fn wait_pod(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        condition: WaitFor,
+        timeout_ms: u64,
+        reply: oneshot::Sender<Response>,
+    ) {
+        let workload = workload_name(namespace, name);
+        self.pods.waiters.push(Waiter {
+            workload,
+            condition,
+            deadline: Instant::now() + Duration::from_millis(timeout_ms),
+            reply,
+        });
+        self.answer_waiters();
+    }
+
+    fn answer_waiters(&mut self) {
+        let waiters = std::mem::take(&mut self.pods.waiters);
+        for w in waiters {
+            let done = match w.condition {
+                WaitFor::Deleted => !self.pods.entries.contains_key(&w.workload),
+                WaitFor::Ready => self.pods.entries.get(&w.workload).is_some_and(pod_ready),
+            };
+            if done {
+                let _ = w.reply.send(Response::Done);
+            } else if Instant::now() >= w.deadline || w.reply.is_closed() {
+                let _ = w
+                    .reply
+                    .send(Response::Error { message: format!("timed out waiting for {}", w.workload) });
+            } else {
+                self.pods.waiters.push(w);
+            }
+        }
+    }
+
+    pub(super) fn list_pods(&self, namespace: Option<&str>) -> Response {
+        let now = now_secs();
+        let items = self
+            .pods
+            .entries
+            .values()
+            .filter(|e| namespace.is_none_or(|n| n == e.plan.namespace))
+            .map(|e| self.pod_info(e, now))
+            .collect();
+        Response::Pods { items }
+    }
+
+    fn pod_info(&self, e: &PodEntry, now: u64) -> PodInfo {
+        let apps: Vec<&lifecycle::Container> = e.life.containers.iter().filter(|c| !c.init).collect();
+        let ready = apps
+            .iter()
+            .filter(|c| e.runs.get(&c.name).is_some_and(|r| r.ready && r.host_pid.is_some()))
+            .count();
+        let restarts = e.life.containers.iter().map(|c| c.restarts).sum();
+        let identity =
+            self.workloads.get(&e.record.workload).map(|w| w.identity.to_string()).unwrap_or_default();
+        PodInfo {
+            namespace: e.plan.namespace.clone(),
+            name: e.plan.name.clone(),
+            ready: format!("{ready}/{}", apps.len()),
+            status: status_column(e),
+            restarts,
+            age_secs: now.saturating_sub(e.record.created),
+            host: self.pods.host.clone(),
+            identity,
+            object: pod_object(e, &self.pods.host),
+        }
+    }
+
+    pub(super) fn pod_container(
+        &self,
+        namespace: &str,
+        name: &str,
+        container: Option<&str>,
+    ) -> Result<Response, String> {
+        let key = workload_name(namespace, name);
+        let e = self.pods.entries.get(&key).ok_or_else(|| format!("pod {namespace}/{name} not found"))?;
+        let container = match container {
+            Some(c) => c.to_owned(),
+            None => e.plan.containers.first().cloned().ok_or("the pod has no containers")?,
+        };
+        if !e.life.containers.iter().any(|c| c.name == container) {
+            return Err(format!("container {container:?} is not in pod {namespace}/{name}"));
+        }
+        let run = e.runs.get(&container);
+        let plan = run.and_then(|r| r.plan.as_ref());
+        let mut cgroups = vec![self.cgroups.path(&key).join("pod").display().to_string()];
+        cgroups.extend(run.iter().flat_map(|r| r.cgroups.iter()).map(|p| p.display().to_string()));
+        Ok(Response::Container(ContainerInfo {
+            log: e.layout.log(&container).display().to_string(),
+            previous_log: e.layout.previous_log(&container).display().to_string(),
+            host_pid: run.and_then(|r| r.host_pid),
+            env: plan.map(|p| p.env.clone()).unwrap_or_default(),
+            cwd: plan.map(|p| p.cwd.clone()).unwrap_or_else(|| "/".into()),
+            uid: 0,
+            gid: 0,
+            cgroups,
+            container,
+        }))
+    }
+}
+
+fn o_namespace(pod: &k8s_openapi::api::core::v1::Pod) -> &str {
+    pod.metadata.namespace.as_deref().unwrap_or("default")
+}
+
+fn new_entry(record: PodRecord, plan: PodPlan, layout: Layout) -> PodEntry {
+    let init: Vec<&str> = plan.init_containers.iter().map(String::as_str).collect();
+    let app: Vec<&str> = plan.containers.iter().map(String::as_str).collect();
+    let life = lifecycle::Pod::new(plan.restart, &init, &app);
+    PodEntry {
+        record,
+        plan,
+        life,
+        layout,
+        runs: BTreeMap::new(),
+        sandbox: Sandbox::Creating,
+        cmds: None,
+        slirp: None,
+        net_cgroup: None,
+        deleting: false,
+        conn: None,
+    }
+}
+
+fn find_container<'a>(
+    pod: &'a k8s_openapi::api::core::v1::Pod,
+    name: &str,
+) -> Option<&'a k8s_openapi::api::core::v1::Container> {
+    let spec = pod.spec.as_ref()?;
+    spec.init_containers.iter().flatten().chain(spec.containers.iter()).find(|c| c.name == name)
+}
+
+fn stop_entry(entry: &mut PodEntry) {
+    if let Some(conn) = entry.conn.take() {
+        conn.abort();
+    }
+    for r in entry.runs.values_mut() {
+        for p in r.probes.drain(..) {
+            p.abort();
+        }
+    }
+    if let Some(cmds) = entry.cmds.take() {
+        let _ = cmds.try_send(proto::Command::Shutdown);
+    }
+    if let Some(pid) = entry.record.init_pid {
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+    }
+    if let Some(mut slirp) = entry.slirp.take() {
+        slirp.stop();
+    }
+}
+
+fn unmount_containers(layout: &Layout) {
+    let Ok(dirs) = std::fs::read_dir(layout.dir.join("containers")) else { return };
+    for d in dirs.flatten() {
+        if let Err(e) = Rootfs::existing(&d.path()).remove() {
+            warn!(dir = %d.path().display(), error = %e, "cannot remove container root");
+        }
+    }
+}
+
+/// slirp4netns for the pod's network namespace, with its host port forwards.
+fn start_network(init_pid: u32, net_leaf: &Path, layout: &Layout, plan: &PodPlan) -> Result<Slirp, String> {
+    let slirp = Slirp::start(init_pid, net_leaf, &layout.slirp_api()).map_err(|e| e.to_string())?;
+    for p in plan.ports.iter() {
+        let Some(host_port) = p.host_port else { continue };
+        let addr = p.host_ip.clone().unwrap_or_else(|| "0.0.0.0".into());
+        slirp
+            .add_hostfwd(p.protocol != "udp", &addr, host_port, p.container_port)
+            .map_err(|e| format!("hostPort {host_port}: {e}"))?;
+    }
+    Ok(slirp)
+}
+
+async fn init_connection(
+    socket: PathBuf,
+    workload: String,
+    tx: mpsc::Sender<PodMsg>,
+    mut cmds: mpsc::Receiver<proto::Command>,
+) {
+    let mut stream = None;
+    for _ in 0..100 {
+        match tokio::net::UnixStream::connect(&socket).await {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    if let Some(stream) = stream {
+        let (read, mut write) = stream.into_split();
+        let mut lines = tokio::io::BufReader::new(read).lines();
+        loop {
+            tokio::select! {
+                line = lines.next_line() => match line {
+                    Ok(Some(line)) => match serde_json::from_str::<proto::Event>(&line) {
+                        Ok(event) => {
+                            let _ = tx.send(PodMsg::Event { workload: workload.clone(), event }).await;
+                        }
+                        Err(e) => warn!(pod = %workload, error = %e, "malformed message from pod init"),
+                    },
+                    _ => break,
+                },
+                cmd = cmds.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    let mut line = serde_json::to_vec(&cmd).expect("commands always serialise");
+                    line.push(b'\n');
+                    if write.write_all(&line).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let _ = tx.send(PodMsg::InitGone { workload }).await;
+}
+
+fn pod_ready(e: &PodEntry) -> bool {
+    matches!(e.sandbox, Sandbox::Ready)
+        && !e.deleting
+        && e.life
+            .containers
+            .iter()
+            .filter(|c| !c.init)
+            .all(|c| e.runs.get(&c.name).is_some_and(|r| r.ready && r.host_pid.is_some()))
+}
+
+/// The STATUS column, as kubectl computes it.
+fn status_column(e: &PodEntry) -> String {
+    if e.deleting {
+        return "Terminating".into();
+    }
+    match &e.sandbox {
+        Sandbox::Creating => return "ContainerCreating".into(),
+        Sandbox::Failed(_) => return "SandboxError".into(),
+        Sandbox::Ready => {}
+    }
+    let inits: Vec<&lifecycle::Container> = e.life.containers.iter().filter(|c| c.init).collect();
+    let done = inits.iter().filter(|c| matches!(c.state, State::Terminated { exit_code: 0, .. })).count();
+    if done < inits.len() {
+        let current = inits[done];
+        return match &current.state {
+            State::Waiting { reason, .. } if reason != "ContainerCreating" && reason != "PodInitializing" => {
+                format!("Init:{reason}")
+            }
+            State::Terminated { reason, .. } => format!("Init:{reason}"),
+            _ => format!("Init:{done}/{}", inits.len()),
+        };
+    }
+    let mut reason = match e.life.phase() {
+        Phase::Pending => "Pending".to_owned(),
+        Phase::Running => "Running".to_owned(),
+        Phase::Succeeded => "Completed".to_owned(),
+        Phase::Failed => "Error".to_owned(),
+    };
+    for c in e.life.containers.iter().filter(|c| !c.init) {
+        match &c.state {
+            State::Waiting { reason: r, .. } => reason = r.clone(),
+            State::Terminated { reason: r, .. } => reason = r.clone(),
+            State::Running { .. } => {}
+        }
+    }
+    reason
+}
+
+/// The pod as Kubernetes would show it: the manifest plus metadata and status.
+fn pod_object(e: &PodEntry, host: &str) -> serde_json::Value {
+    let mut v = serde_json::to_value(&e.record.manifest).unwrap_or_default();
+    let created = format_time(e.record.created);
+    if let Some(meta) = v.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        meta.insert("uid".into(), e.record.uid.clone().into());
+        meta.insert("creationTimestamp".into(), created.clone().into());
+        meta.entry("namespace").or_insert_with(|| e.plan.namespace.clone().into());
+    }
+    let statuses: Vec<serde_json::Value> = e
+        .life
+        .containers
+        .iter()
+        .map(|c| {
+            let run = e.runs.get(&c.name);
+            let state = match &c.state {
+                State::Running { .. } => serde_json::json!({"running": {}}),
+                State::Waiting { reason, .. } => serde_json::json!({"waiting": {
+                    "reason": reason,
+                    "message": run.and_then(|r| r.message.clone()).unwrap_or_default(),
+                }}),
+                State::Terminated { exit_code, reason } => {
+                    serde_json::json!({"terminated": {"exitCode": exit_code, "reason": reason}})
+                }
+            };
+            let mut s = serde_json::json!({
+                "name": c.name,
+                "ready": run.is_some_and(|r| r.ready && r.host_pid.is_some()),
+                "restartCount": c.restarts,
+                "state": state,
+                "image": find_container(&e.record.manifest, &c.name).and_then(|k| k.image.clone()).unwrap_or_default(),
+                "imageID": run.map(|r| r.image_id.clone()).unwrap_or_default(),
+            });
+            if let Some((code, reason)) = &c.last_exit {
+                s["lastState"] = serde_json::json!({"terminated": {"exitCode": code, "reason": reason}});
+            }
+            s
+        })
+        .collect();
+    let (init, app): (Vec<_>, Vec<_>) =
+        statuses.into_iter().zip(e.life.containers.iter()).partition(|(_, c)| c.init);
+    let phase = match e.life.phase() {
+        Phase::Pending => "Pending",
+        Phase::Running => "Running",
+        Phase::Succeeded => "Succeeded",
+        Phase::Failed => "Failed",
+    };
+    let ready = pod_ready(e);
+    v["status"] = serde_json::json!({
+        "phase": phase,
+        "hostIP": "127.0.0.1",
+        "podIP": "10.0.2.100",
+        "startTime": created,
+        "conditions": [
+            {"type": "Ready", "status": if ready { "True" } else { "False" }},
+            {"type": "ContainersReady", "status": if ready { "True" } else { "False" }},
+        ],
+        "initContainerStatuses": init.into_iter().map(|(s, _)| s).collect::<Vec<_>>(),
+        "containerStatuses": app.into_iter().map(|(s, _)| s).collect::<Vec<_>>(),
+    });
+    if let Sandbox::Failed(message) = &e.sandbox {
+        v["status"]["reason"] = "SandboxError".into();
+        v["status"]["message"] = message.clone().into();
+    }
+    if let Some(spec) = v.get_mut("spec").and_then(|s| s.as_object_mut()) {
+        spec.insert("nodeName".into(), host.into());
+    }
+    v
+}
+
+/// RFC 3339 UTC for Unix seconds.
+pub fn format_time(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+fn new_uid() -> String {
+    let mut b = [0u8; 16];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_workload_names_are_valid_and_distinct() {
+        assert_eq!(workload_name("default", "web"), "pod-default-web");
+        let a = workload_name("default", "a.b");
+        let b = workload_name("default", "a-b");
+        assert_ne!(a, b);
+        assert!(crate::workload::validate_name(&a).is_ok(), "{a}");
+        let long = workload_name("default", &"x".repeat(200));
+        assert!(crate::workload::validate_name(&long).is_ok(), "{long}");
+    }
+
+    #[test]
+    fn times_format_as_rfc3339() {
+        assert_eq!(format_time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_time(1_795_478_400), "2026-11-24T00:00:00Z");
+        assert_eq!(format_time(951_782_400 + 3661), "2000-02-29T01:01:01Z");
+    }
+}

@@ -1,0 +1,147 @@
+//! Readiness and liveness probes, as the kubelet runs them: exec (a command inside the
+//! container, entered with nsenter), tcpSocket (a connect) and httpGet (a GET whose status
+//! must be 2xx or 3xx), from a socket made in the pod's network namespace. One task per
+//! probe and container run; it reports each change of verdict once the thresholds agree.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::spec::{ProbeAction, ProbePlan};
+
+/// The container a probe checks.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// Host pid of the pod's init (its network namespace).
+    pub init_pid: u32,
+    /// Host pid of the container's process (its mount namespace, for exec).
+    pub host_pid: u32,
+    pub env: Vec<String>,
+    pub cgroups: Vec<PathBuf>,
+}
+
+/// Probes until aborted; calls `report` with the new verdict whenever it changes.
+pub async fn run<F, Fut>(plan: ProbePlan, target: Target, report: F)
+where
+    F: Fn(bool) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    tokio::time::sleep(plan.initial_delay).await;
+    let (mut successes, mut failures, mut last) = (0u32, 0u32, None);
+    loop {
+        let ok = tokio::time::timeout(plan.timeout, check(&plan.action, &target)).await.unwrap_or(false);
+        if ok {
+            successes += 1;
+            failures = 0;
+            if successes >= plan.success_threshold.max(1) && last != Some(true) {
+                last = Some(true);
+                report(true).await;
+            }
+        } else {
+            failures += 1;
+            successes = 0;
+            if failures >= plan.failure_threshold.max(1) && last != Some(false) {
+                last = Some(false);
+                report(false).await;
+            }
+        }
+        tokio::time::sleep(plan.period).await;
+    }
+}
+
+async fn check(action: &ProbeAction, target: &Target) -> bool {
+    match action {
+        ProbeAction::Exec(argv) => {
+            let Ok(mut cmd) = enter_command(target.host_pid, &target.env, &target.cgroups, argv) else {
+                return false;
+            };
+            cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+            let mut cmd = tokio::process::Command::from(cmd);
+            cmd.kill_on_drop(true);
+            cmd.status().await.is_ok_and(|s| s.success())
+        }
+        ProbeAction::Tcp { port, host } => connect(target.init_pid, host.as_deref(), *port).await.is_some(),
+        ProbeAction::Http { port, path, host, headers, .. } => {
+            let Some(mut stream) = connect(target.init_pid, host.as_deref(), *port).await else {
+                return false;
+            };
+            let mut request = format!(
+                "GET {path} HTTP/1.0\r\nHost: {}:{port}\r\nUser-Agent: beemesh-probe\r\n",
+                host.as_deref().unwrap_or("localhost")
+            );
+            for (k, v) in headers {
+                request.push_str(&format!("{k}: {v}\r\n"));
+            }
+            request.push_str("\r\n");
+            if stream.write_all(request.as_bytes()).await.is_err() {
+                return false;
+            }
+            let mut head = [0u8; 64];
+            let mut n = 0;
+            while n < 12 {
+                match stream.read(&mut head[n..]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => n += k,
+                }
+            }
+            http_status_ok(&head[..n])
+        }
+    }
+}
+
+/// "HTTP/1.x NNN": success is 200-399, as the kubelet counts it.
+fn http_status_ok(head: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(head);
+    let mut parts = text.split_whitespace();
+    parts.next().is_some_and(|v| v.starts_with("HTTP/"))
+        && parts.next().and_then(|c| c.parse::<u16>().ok()).is_some_and(|c| (200..400).contains(&c))
+}
+
+async fn connect(init_pid: u32, host: Option<&str>, port: u16) -> Option<tokio::net::TcpStream> {
+    let ip: IpAddr = host.and_then(|h| h.parse().ok()).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let fd = tokio::task::spawn_blocking(move || {
+        crate::sys::process::tcp_socket_in_netns_of(init_pid, ip.is_ipv6())
+    })
+    .await
+    .ok()?
+    .ok()?;
+    let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
+    socket.connect(SocketAddr::new(ip, port)).await.ok()
+}
+
+/// A command that runs `argv` inside the container of host process `pid`: its namespaces,
+/// root and working directory (nsenter), its cgroups, and `env` as its whole environment.
+pub fn enter_command(
+    pid: u32,
+    env: &[String],
+    cgroups: &[PathBuf],
+    argv: &[String],
+) -> std::io::Result<std::process::Command> {
+    let mut cmd = std::process::Command::new("/usr/bin/nsenter");
+    cmd.arg("--target")
+        .arg(pid.to_string())
+        .args(["--user", "--mount", "--uts", "--ipc", "--net", "--pid", "--root", "--wd", "--"])
+        .args(argv)
+        .env_clear()
+        .envs(env.iter().filter_map(|e| e.split_once('=')));
+    crate::sys::exec_in_cgroups(&mut cmd, cgroups)?;
+    Ok(cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_status_codes_count_as_kubelet_does() {
+        assert!(http_status_ok(b"HTTP/1.1 200 OK\r\n"));
+        assert!(http_status_ok(b"HTTP/1.0 302 Found"));
+        assert!(!http_status_ok(b"HTTP/1.1 404 Not Found"));
+        assert!(!http_status_ok(b"HTTP/1.1 500 Oops"));
+        assert!(!http_status_ok(b"garbage"));
+        assert!(!http_status_ok(b""));
+    }
+}

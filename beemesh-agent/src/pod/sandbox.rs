@@ -1,0 +1,388 @@
+//! The host side of a pod, as the agent builds it: the pod's directory (logs, volumes,
+//! container roots, /etc files), its cgroup v1 limits, its init process and slirp4netns, and
+//! each container's start specification. Blocking file-system and process calls; the agent
+//! actor (`app::pods`) decides when to make them.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::proto::{BindMount, ContainerSpec};
+use super::spec::{ContainerPlan, Objects, PodPlan, VolumePlan};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("volume {volume:?}: {reason}")]
+    Volume { volume: String, reason: String },
+    #[error("pod init: {0}")]
+    Init(String),
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SandboxError {
+    let path = path.to_path_buf();
+    move |source| SandboxError::Io { what, path, source }
+}
+
+/// Where a pod's files live: `<state-dir>/pods/<workload>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub dir: PathBuf,
+}
+
+impl Layout {
+    pub fn new(state_dir: &Path, workload: &str) -> Self {
+        Self { dir: state_dir.join("pods").join(workload) }
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join(super::init::SOCKET)
+    }
+    pub fn slirp_api(&self) -> PathBuf {
+        self.dir.join("slirp.sock")
+    }
+    pub fn log(&self, container: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{container}.log"))
+    }
+    /// The log of the container's previous run (`logs --previous`).
+    pub fn previous_log(&self, container: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{container}.previous.log"))
+    }
+    pub fn container(&self, container: &str) -> PathBuf {
+        self.dir.join("containers").join(container)
+    }
+    pub fn volume(&self, volume: &str) -> PathBuf {
+        self.dir.join("volumes").join(volume)
+    }
+    fn etc(&self, file: &str) -> PathBuf {
+        self.dir.join("etc").join(file)
+    }
+
+    /// Creates the directories and the pod's /etc/hosts, /etc/hostname and /etc/resolv.conf
+    /// (slirp4netns answers DNS at 10.0.2.3; the pod's own address is 10.0.2.100).
+    pub fn create(&self, hostname: &str) -> Result<(), SandboxError> {
+        for d in ["logs", "containers", "volumes", "etc"] {
+            let p = self.dir.join(d);
+            std::fs::create_dir_all(&p).map_err(io_err("create", &p))?;
+        }
+        let files = [
+            ("hosts", format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n10.0.2.100\t{hostname}\n")),
+            ("hostname", format!("{hostname}\n")),
+            ("resolv.conf", "nameserver 10.0.2.3\n".to_owned()),
+        ];
+        for (name, text) in files {
+            let p = self.etc(name);
+            std::fs::write(&p, text).map_err(io_err("write", &p))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the pod's volumes: emptyDir directories, configMap and secret files; checks
+    /// hostPath volumes by their type.
+    pub fn prepare_volumes(&self, plan: &PodPlan, objects: &dyn Objects) -> Result<(), SandboxError> {
+        use std::os::unix::fs::PermissionsExt;
+        for (name, volume) in &plan.volumes {
+            let dir = self.volume(name);
+            let bad = |reason: String| SandboxError::Volume { volume: name.clone(), reason };
+            match volume {
+                VolumePlan::EmptyDir { .. } => {
+                    std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
+                        .map_err(io_err("chmod", &dir))?;
+                }
+                VolumePlan::ConfigMap { .. } | VolumePlan::Secret { .. } => {
+                    let files = super::spec::volume_files(&plan.namespace, name, volume, objects)
+                        .map_err(|e| bad(e.to_string()))?;
+                    if dir.exists() {
+                        std::fs::remove_dir_all(&dir).map_err(io_err("clear", &dir))?;
+                    }
+                    std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+                    for f in files {
+                        let path = dir.join(&f.path);
+                        if let Some(parent) = path.parent() {
+                            std::fs::create_dir_all(parent).map_err(io_err("create", parent))?;
+                        }
+                        std::fs::write(&path, &f.data).map_err(io_err("write", &path))?;
+                        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode))
+                            .map_err(io_err("chmod", &path))?;
+                    }
+                }
+                VolumePlan::HostPath { path, kind } => {
+                    check_host_path(Path::new(path), kind.as_deref()).map_err(bad)?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The host path of a volume.
+    pub fn volume_source(&self, plan: &PodPlan, volume: &str) -> Option<PathBuf> {
+        match plan.volumes.get(volume)? {
+            VolumePlan::HostPath { path, .. } => Some(PathBuf::from(path)),
+            _ => Some(self.volume(volume)),
+        }
+    }
+
+    /// Moves the container's last log aside (`logs --previous`) before a new run writes.
+    pub fn rotate_log(&self, container: &str) {
+        let _ = std::fs::rename(self.log(container), self.previous_log(container));
+    }
+
+    /// The start specification of one container run.
+    pub fn container_spec(
+        &self,
+        pod: &PodPlan,
+        plan: &ContainerPlan,
+        run: u64,
+        rootfs: &Path,
+        cgroups: Vec<PathBuf>,
+    ) -> Result<ContainerSpec, SandboxError> {
+        let mut mounts: Vec<BindMount> = ["hosts", "hostname", "resolv.conf"]
+            .iter()
+            .map(|f| BindMount { source: self.etc(f), target: format!("/etc/{f}"), read_only: false })
+            .collect();
+        for m in &plan.mounts {
+            let bad = |reason: String| SandboxError::Volume { volume: m.volume.clone(), reason };
+            let mut source =
+                self.volume_source(pod, &m.volume).ok_or_else(|| bad("no such volume".into()))?;
+            if let Some(sub) = &m.sub_path {
+                source = super::init::resolve_in_root(&source, sub, true)
+                    .map_err(|e| bad(format!("subPath {sub}: {e}")))?;
+            }
+            mounts.push(BindMount { source, target: m.target.clone(), read_only: m.read_only });
+        }
+        let (uid, gid) = resolve_user(rootfs, &plan.user)
+            .map_err(|reason| SandboxError::Volume { volume: "(image user)".into(), reason })?;
+        Ok(ContainerSpec {
+            name: plan.name.clone(),
+            run,
+            argv: plan.argv.clone(),
+            env: plan.env.clone(),
+            cwd: plan.cwd.clone(),
+            rootfs: rootfs.to_path_buf(),
+            mounts,
+            cgroups,
+            log: self.log(&plan.name),
+            uid,
+            gid,
+        })
+    }
+}
+
+fn check_host_path(path: &Path, kind: Option<&str>) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(path);
+    let want =
+        |ok: bool, what: &str| if ok { Ok(()) } else { Err(format!("{} is not a {what}", path.display())) };
+    match (kind.unwrap_or(""), meta) {
+        ("", _) => Ok(()),
+        ("DirectoryOrCreate", Err(_)) => {
+            std::fs::create_dir_all(path).map_err(|e| format!("create {}: {e}", path.display()))
+        }
+        ("FileOrCreate", Err(_)) => {
+            std::fs::File::create(path).map(|_| ()).map_err(|e| format!("create {}: {e}", path.display()))
+        }
+        (_, Err(e)) => Err(format!("{}: {e}", path.display())),
+        ("Directory" | "DirectoryOrCreate", Ok(m)) => want(m.is_dir(), "directory"),
+        ("File" | "FileOrCreate", Ok(m)) => want(m.is_file(), "file"),
+        ("Socket", Ok(m)) => want(m.file_type().is_socket(), "socket"),
+        ("CharDevice", Ok(m)) => want(m.file_type().is_char_device(), "character device"),
+        ("BlockDevice", Ok(m)) => want(m.file_type().is_block_device(), "block device"),
+        (other, Ok(_)) => Err(format!("unknown hostPath type {other:?}")),
+    }
+}
+
+/// The image's `User` (`uid`, `uid:gid`, `name` or `name:group`), looked up in the
+/// container's own /etc/passwd and /etc/group; empty means root.
+pub fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32), String> {
+    if user.is_empty() {
+        return Ok((0, 0));
+    }
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let read = |f: &str| std::fs::read_to_string(rootfs.join("etc").join(f)).unwrap_or_default();
+    let find = |file: &str, name: &str| -> Option<(u32, Option<u32>)> {
+        read(file).lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 3 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok())))?
+        })
+    };
+    let (uid, primary) = match u.parse::<u32>() {
+        Ok(n) => (n, None),
+        Err(_) => find("passwd", u).ok_or_else(|| format!("user {u:?} is not in the image's /etc/passwd"))?,
+    };
+    let gid = match g {
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => find("group", g)
+                .map(|(n, _)| n)
+                .ok_or_else(|| format!("group {g:?} is not in the image's /etc/group"))?,
+        },
+        None => primary.unwrap_or(0),
+    };
+    Ok((uid, gid))
+}
+
+/// The cgroup v1 controllers (memory, cpu, pids) under the agent's own cgroups:
+/// `<own>/<cgroup-name>/<workload>/<container>` per container.
+#[derive(Clone, Debug, Default)]
+pub struct Limits {
+    bases: Vec<(&'static str, PathBuf)>,
+}
+
+/// Each container may fork this many processes at most.
+pub const PIDS_MAX: u32 = 4096;
+
+impl Limits {
+    /// Finds the controllers; one that is not mounted as cgroup v1 is left out.
+    pub fn discover(cgroup_name: &str) -> io::Result<Self> {
+        let mut bases = Vec::new();
+        for controller in ["memory", "cpu", "pids"] {
+            if let Some(own) = crate::sys::cgroup::own_v1_path(controller)? {
+                bases.push((controller, own.join(cgroup_name)));
+            }
+        }
+        Ok(Self { bases })
+    }
+
+    pub fn has(&self, controller: &str) -> bool {
+        self.bases.iter().any(|(c, _)| *c == controller)
+    }
+
+    fn dir(&self, controller: &str, workload: &str, container: &str) -> Option<PathBuf> {
+        self.bases.iter().find(|(c, _)| *c == controller).map(|(_, b)| b.join(workload).join(container))
+    }
+
+    /// Fresh cgroups for a container run, with its limits written; returns the directories
+    /// the container joins. Fresh, so that the OOM kill counter counts this run only.
+    pub fn prepare(&self, workload: &str, plan: &ContainerPlan) -> Result<Vec<PathBuf>, SandboxError> {
+        let mut dirs = Vec::new();
+        for (controller, base) in &self.bases {
+            let dir = base.join(workload).join(&plan.name);
+            let _ = std::fs::remove_dir(&dir);
+            std::fs::create_dir_all(&dir).map_err(io_err("create cgroup", &dir))?;
+            let mut settings: Vec<(&str, String)> = Vec::new();
+            match *controller {
+                "memory" => {
+                    if let Some(limit) = plan.memory_limit {
+                        settings.push(("memory.limit_in_bytes", limit.to_string()));
+                        // Without swap the limit is the limit: OOM kills, as on a kubelet.
+                        settings.push(("memory.swappiness", "0".into()));
+                    }
+                }
+                "cpu" => {
+                    if let Some(m) = plan.cpu_limit_millis {
+                        settings.push(("cpu.cfs_period_us", "100000".into()));
+                        settings.push(("cpu.cfs_quota_us", (m.max(1) * 100).to_string()));
+                    }
+                    if let Some(m) = plan.cpu_request_millis {
+                        settings.push(("cpu.shares", (m * 1024 / 1000).max(2).to_string()));
+                    }
+                }
+                _ => settings.push(("pids.max", PIDS_MAX.to_string())),
+            }
+            for (file, value) in settings {
+                let p = dir.join(file);
+                std::fs::write(&p, value).map_err(io_err("write", &p))?;
+            }
+            dirs.push(dir);
+        }
+        Ok(dirs)
+    }
+
+    /// Whether the kernel's OOM killer killed a process of the container's current run.
+    pub fn oom_killed(&self, workload: &str, container: &str) -> bool {
+        let Some(dir) = self.dir("memory", workload, container) else { return false };
+        std::fs::read_to_string(dir.join("memory.oom_control"))
+            .is_ok_and(|s| s.lines().any(|l| l.strip_prefix("oom_kill ").is_some_and(|n| n.trim() != "0")))
+    }
+
+    /// Removes the pod's cgroups (its processes are gone).
+    pub fn remove(&self, workload: &str) {
+        for (_, base) in &self.bases {
+            let _ = crate::sys::cgroup::remove_v1_tree(&base.join(workload));
+        }
+    }
+}
+
+/// Starts the pod's init process inside the cgroup2 directory `cgroup` and returns its pid;
+/// it runs in the pod's namespaces once this returns.
+pub fn spawn_init(layout: &Layout, hostname: &str, cgroup: &Path) -> Result<u32, SandboxError> {
+    let exe = std::env::current_exe().map_err(io_err("find", Path::new("/proc/self/exe")))?;
+    let log_path = layout.dir.join("init.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(io_err("open", &log_path))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("pod-init")
+        .arg("--dir")
+        .arg(&layout.dir)
+        .arg("--hostname")
+        .arg(hostname)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log);
+    crate::sys::exec_in_cgroup(&mut cmd, cgroup).map_err(io_err("join", cgroup))?;
+    let out = cmd.output().map_err(io_err("start pod init for", &layout.dir))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match (out.status.success(), text.trim().parse::<u32>()) {
+        (true, Ok(pid)) => Ok(pid),
+        _ => {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            Err(SandboxError::Init(log.lines().last().unwrap_or("exited without a pid").to_owned()))
+        }
+    }
+}
+
+/// Whether `pid` is this pod's init (after an agent restart: the pid may have been reused).
+pub fn init_alive(layout: &Layout, pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        let args: Vec<&[u8]> = c.split(|&b| b == 0).collect();
+        use std::os::unix::ffi::OsStrExt;
+        args.iter().any(|a| *a == b"pod-init") && args.iter().any(|a| *a == layout.dir.as_os_str().as_bytes())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_users_resolve_through_the_image_files() {
+        let root = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(root.path().join("etc")).expect("mkdir");
+        std::fs::write(
+            root.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nweb:x:101:102::/:/bin/false\n",
+        )
+        .expect("write");
+        std::fs::write(root.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").expect("write");
+        assert_eq!(resolve_user(root.path(), ""), Ok((0, 0)));
+        assert_eq!(resolve_user(root.path(), "1000"), Ok((1000, 0)));
+        assert_eq!(resolve_user(root.path(), "1000:7"), Ok((1000, 7)));
+        assert_eq!(resolve_user(root.path(), "web"), Ok((101, 102)));
+        assert_eq!(resolve_user(root.path(), "web:staff"), Ok((101, 50)));
+        assert!(resolve_user(root.path(), "nobody").is_err());
+    }
+
+    #[test]
+    fn host_path_types_are_checked() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("d");
+        assert!(check_host_path(&dir, Some("Directory")).is_err());
+        check_host_path(&dir, Some("DirectoryOrCreate")).expect("created");
+        assert!(dir.is_dir());
+        assert!(check_host_path(&dir, Some("File")).is_err());
+        check_host_path(&tmp.path().join("f"), Some("FileOrCreate")).expect("created");
+        check_host_path(&tmp.path().join("missing"), None).expect("no type: no check");
+    }
+}

@@ -1,0 +1,89 @@
+//! Test images built from the host's busybox-static (no registry here): an OCI image layout
+//! with `/bin/busybox`, its applets as links, and /etc/passwd and /etc/group.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+
+const APPLETS: &[&str] = &[
+    "sh", "cat", "echo", "env", "hostname", "id", "ip", "ls", "mkdir", "nc", "ps", "sleep", "wget", "httpd",
+    "head", "dd", "grep", "test", "true", "false", "touch", "sed", "tail", "wc", "rm", "cp",
+];
+
+fn hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn layer() -> Result<Vec<u8>> {
+    let busybox =
+        std::fs::read("/bin/busybox").context("read /bin/busybox (apt-get install busybox-static)")?;
+    let mut b = tar::Builder::new(Vec::new());
+    let mut dir = |path: &str| -> Result<()> {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_cksum();
+        b.append_data(&mut h, path, std::io::empty())?;
+        Ok(())
+    };
+    for d in ["bin/", "etc/", "tmp/", "srv/", "www/"] {
+        dir(d)?;
+    }
+    let file = |b: &mut tar::Builder<Vec<u8>>, path: &str, mode: u32, data: &[u8]| -> Result<()> {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(mode);
+        h.set_cksum();
+        b.append_data(&mut h, path, data)?;
+        Ok(())
+    };
+    file(&mut b, "bin/busybox", 0o755, &busybox)?;
+    file(
+        &mut b,
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )?;
+    file(&mut b, "etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n")?;
+    file(&mut b, "www/index.html", 0o644, b"hello from a pod\n")?;
+    for applet in APPLETS {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, format!("bin/{applet}"), "busybox")?;
+    }
+    Ok(b.into_inner()?)
+}
+
+/// Writes an OCI image layout at `dir` holding one busybox image tagged `reference`
+/// (`Cmd: ["sh"]`, `PATH=/bin`).
+pub fn busybox_layout(dir: &Path, reference: &str) -> Result<()> {
+    let layer = layer()?;
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","config":{{"Cmd":["sh"],"Env":["PATH=/bin"]}},"rootfs":{{"type":"layers","diff_ids":["sha256:{}"]}}}}"#,
+        hex(&layer)
+    );
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs)?;
+    std::fs::write(blobs.join(hex(&layer)), &layer)?;
+    std::fs::write(blobs.join(hex(config.as_bytes())), &config)?;
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:{}","size":{}}}]}}"#,
+        hex(config.as_bytes()),
+        config.len(),
+        hex(&layer),
+        layer.len()
+    );
+    std::fs::write(blobs.join(hex(manifest.as_bytes())), &manifest)?;
+    let index = format!(
+        r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{}","size":{},"annotations":{{"org.opencontainers.image.ref.name":"{reference}"}}}}]}}"#,
+        hex(manifest.as_bytes()),
+        manifest.len()
+    );
+    std::fs::write(dir.join("index.json"), index)?;
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    Ok(())
+}
