@@ -54,3 +54,347 @@ spec:
     let _ = port();
     Ok(())
 }
+
+fn logs(agent: &Agent, pod: &str, container: &str) -> String {
+    agent.run_cli(&["logs", pod, "-c", container], None).map(|(_, o, _)| o).unwrap_or_default()
+}
+
+fn http_get(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    s.write_all(b"GET /index.html HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+#[test]
+fn two_containers_share_the_network_with_config_secret_env_forward_and_probe() -> Result<()> {
+    let agent = Agent::start("podweb", &[])?;
+    agent.import_busybox("busybox:1")?;
+    let host_port = port();
+    let manifest = format!(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: settings}}
+data: {{color: blue, mode: fast}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: creds}}
+stringData: {{token: s3cr3t}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: web, labels: {{app: web}}}}
+spec:
+  serviceAccountName: frontend
+  volumes:
+  - name: conf
+    configMap: {{name: settings}}
+  containers:
+  - name: server
+    image: busybox:1
+    command: ["httpd", "-f", "-p", "8080", "-h", "/www"]
+    ports:
+    - containerPort: 8080
+      hostPort: {host_port}
+    readinessProbe:
+      httpGet: {{path: /index.html, port: 8080}}
+      periodSeconds: 1
+  - name: sidecar
+    image: busybox:1
+    command: ["sh", "-c", "echo color=$COLOR token=$TOKEN mode=$APP_mode file=$(cat /conf/color); sleep 1; wget -q -O - http://127.0.0.1:8080/index.html; sleep 1000"]
+    env:
+    - name: COLOR
+      valueFrom: {{configMapKeyRef: {{name: settings, key: color}}}}
+    - name: TOKEN
+      valueFrom: {{secretKeyRef: {{name: creds, key: token}}}}
+    envFrom:
+    - prefix: APP_
+      configMapRef: {{name: settings}}
+    volumeMounts:
+    - {{name: conf, mountPath: /conf}}
+"#
+    );
+    let out = agent.apply(&manifest)?;
+    assert!(out.contains("configmap/settings created") && out.contains("secret/creds created"), "{out}");
+    agent.wait_ready("web", T)?;
+    let pod = agent.pod("web")?;
+    assert_eq!(pod["status"]["containerStatuses"][0]["ready"], true, "{pod}");
+    // Env from the ConfigMap and the Secret, a configMap volume, and localhost shared with
+    // the other container (one network namespace per pod).
+    assert!(
+        eventually(T, || logs(&agent, "web", "sidecar").contains("hello from a pod")),
+        "sidecar log: {}",
+        logs(&agent, "web", "sidecar")
+    );
+    let side = logs(&agent, "web", "sidecar");
+    assert!(side.contains("color=blue token=s3cr3t mode=fast file=blue"), "{side}");
+    // The hostPort forward reaches the pod from the host.
+    let reply = http_get(&format!("127.0.0.1:{host_port}")).unwrap_or_default();
+    assert!(reply.contains("200") && reply.contains("hello from a pod"), "{reply}");
+    let (_, table, _) = agent.run_cli(&["get", "pods", "-o", "wide"], None)?;
+    assert!(
+        table.contains("2/2") && table.contains("spiffe://beemesh.local/ns/default/sa/frontend"),
+        "{table}"
+    );
+    // The forward's host socket is the pod's: the kernel tagged it with the pod's identity.
+    let (ok, owner, _) = agent.run_cli(&["owner", &host_port.to_string()], None)?;
+    assert!(ok && owner.contains("sa/frontend"), "{owner}");
+    Ok(())
+}
+
+#[test]
+fn memory_limit_oom_kills_and_reports_oomkilled() -> Result<()> {
+    let agent = Agent::start("podoom", &[])?;
+    agent.import_busybox("busybox:1")?;
+    agent.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: hog
+    image: busybox:1
+    command: ["sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived"]
+    resources:
+      limits: {memory: 32Mi}
+"#,
+    )?;
+    let reason = || -> String {
+        agent
+            .pod("hog")
+            .map(|p| {
+                p["status"]["containerStatuses"][0]["state"]["terminated"]["reason"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .unwrap_or_default()
+    };
+    assert!(eventually(T, || reason() == "OOMKilled"), "pod: {}", agent.pod("hog")?);
+    let pod = agent.pod("hog")?;
+    assert_eq!(pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 137);
+    assert_eq!(pod["status"]["phase"], "Failed");
+    assert!(!logs(&agent, "hog", "hog").contains("survived"));
+    Ok(())
+}
+
+#[test]
+fn crashing_container_restarts_with_back_off() -> Result<()> {
+    let agent = Agent::start("podcrash", &[])?;
+    agent.import_busybox("busybox:1")?;
+    agent.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: crash}
+spec:
+  containers:
+  - name: app
+    image: busybox:1
+    command: ["sh", "-c", "echo attempt; exit 3"]
+"#,
+    )?;
+    let status = || agent.run_cli(&["get", "pods"], None).map(|(_, o, _)| o).unwrap_or_default();
+    // The first exit is followed by a 10 s back-off, shown as CrashLoopBackOff.
+    assert!(eventually(T, || status().contains("CrashLoopBackOff")), "{}", status());
+    let pod = agent.pod("crash")?;
+    assert_eq!(pod["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"], 3, "{pod}");
+    assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"], 0, "{pod}");
+    let restarted =
+        || agent.pod("crash").is_ok_and(|p| p["status"]["containerStatuses"][0]["restartCount"] == 1);
+    assert!(eventually(Duration::from_secs(15), restarted), "{}", agent.pod("crash")?);
+    let (ok, previous, err) = agent.run_cli(&["logs", "crash", "--previous"], None)?;
+    assert!(ok && previous.contains("attempt"), "{previous} {err}");
+    Ok(())
+}
+
+#[test]
+fn unknown_image_is_errimagepull_not_a_crash() -> Result<()> {
+    let agent = Agent::start("podnoimg", &[])?;
+    agent.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: ghost}\nspec:\n  containers:\n  - {name: c, image: nowhere:1}\n",
+    )?;
+    let status = || agent.run_cli(&["get", "pods"], None).map(|(_, o, _)| o).unwrap_or_default();
+    assert!(eventually(T, || status().contains("ErrImagePull")), "{}", status());
+    let pod = agent.pod("ghost")?;
+    let msg = pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(msg.contains("nowhere"), "{pod}");
+    agent.run_cli(&["delete", "pod", "ghost"], None)?;
+    assert!(!status().contains("ghost"));
+    Ok(())
+}
+
+#[test]
+fn bad_manifests_are_rejected_whole_and_change_nothing() -> Result<()> {
+    let agent = Agent::start("podbad", &[])?;
+    let cases = [
+        ("apiVersion: v1\nkind: Service\nmetadata: {name: s}\n", "Service is not supported"),
+        ("apiVersion: v1\nkind: Pod\nmetadata: {name: Bad_Name}\nspec:\n  containers:\n  - {name: c, image: x}\n", "invalid name"),
+        ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - {name: c}\n", "image"),
+        ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  hostNetwork: true\n  containers:\n  - {name: c, image: x}\n", "spec.hostNetwork"),
+        ("apiVersion: v1\nkind: Pod\nmetadata: {name: p\nspec: [\n", "-:"),
+    ];
+    for (yaml, expect) in cases {
+        // A good ConfigMap first: the whole file is refused, so it must not appear either.
+        let text =
+            format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm}}\ndata: {{a: b}}\n---\n{yaml}");
+        let (ok, _, err) = agent.run_cli(&["apply", "-f", "-"], Some(&text))?;
+        assert!(!ok, "accepted: {yaml}");
+        assert!(err.contains(expect), "error for {yaml:?} should mention {expect:?}: {err}");
+    }
+    let (_, pods, _) = agent.run_cli(&["get", "pods", "-A"], None)?;
+    assert_eq!(pods.lines().count(), 1, "only the header: {pods}");
+    let (_, deleted, _) = agent
+        .run_cli(&["delete", "-f", "-"], Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm}\n"))?;
+    assert!(deleted.contains("not found"), "the ConfigMap was never stored: {deleted}");
+    Ok(())
+}
+
+#[test]
+fn policy_lets_one_pod_reach_a_host_service_and_refuses_another() -> Result<()> {
+    let agent = Agent::start("podpolicy", &[])?;
+    agent.import_busybox("busybox:1")?;
+    let p = port();
+    let server = agent.host_probe(&["listen", &format!("127.0.0.1:{p}")])?;
+    assert_eq!(server.line(T)?, "listening");
+    agent.write_policy(
+        "pods.yaml",
+        &format!(
+            r#"
+apiVersion: beemesh.io/v1alpha1
+kind: IdentityPolicy
+metadata: {{name: pods-isolated}}
+spec:
+  selector: {{identities: ["spiffe://beemesh.local/ns/default/*"]}}
+  egress: []
+---
+apiVersion: beemesh.io/v1alpha1
+kind: IdentityPolicy
+metadata: {{name: allowed-to-host}}
+spec:
+  selector: {{identities: ["spiffe://beemesh.local/ns/default/sa/allowed"]}}
+  egress:
+  - to: [{{entity: host}}]
+    ports: [{{port: {p}}}]
+"#
+        ),
+    )?;
+    let pod = |name: &str, sa: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  serviceAccountName: {sa}
+  containers:
+  - name: c
+    image: busybox:1
+    command: ["sh", "-c", "while true; do if nc -w 2 10.0.2.2 {p} </dev/null; then echo CONNECTED; else echo FAILED; fi; sleep 1; done"]
+"#
+        )
+    };
+    agent.apply(&pod("good", "allowed"))?;
+    agent.apply(&pod("bad", "other"))?;
+    assert!(
+        eventually(T, || logs(&agent, "good", "c").contains("CONNECTED")),
+        "good: {}",
+        logs(&agent, "good", "c")
+    );
+    assert!(
+        eventually(T, || logs(&agent, "bad", "c").contains("FAILED")),
+        "bad: {}",
+        logs(&agent, "bad", "c")
+    );
+    let bad = logs(&agent, "bad", "c");
+    assert!(!bad.contains("CONNECTED"), "{bad}");
+    // The kernel's EPERM reaches the pod as a refused connection.
+    assert!(bad.contains("Connection refused"), "{bad}");
+    let flows = agent.flows()?;
+    assert!(
+        flows
+            .iter()
+            .any(|f| f["verdict"] == "deny" && f["subject"].as_str().unwrap_or("").ends_with("sa/other")),
+        "{flows:?}"
+    );
+    Ok(())
+}
+
+/// Processes, mounts and cgroups that mention this agent (its name is in every path).
+fn traces(agent: &Agent) -> Vec<String> {
+    let mut found = Vec::new();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    found.extend(mounts.lines().filter(|l| l.contains(&agent.name)).map(|l| format!("mount: {l}")));
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if text.contains(&agent.name)
+            && !text.contains(" run")
+            && (text.contains("pod-init") || text.contains("slirp4netns"))
+        {
+            found.push(format!("process {}: {text}", entry.file_name().to_string_lossy()));
+        }
+    }
+    let pod_dirs = |dir: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().is_dir() && e.file_name().to_string_lossy().starts_with("pod-"))
+            .map(|e| e.path().display().to_string())
+            .collect()
+    };
+    found.extend(pod_dirs(&agent.cgroup_root()).into_iter().map(|d| format!("cgroup2: {d}")));
+    for c in ["memory", "cpu", "pids"] {
+        let base = std::path::Path::new("/sys/fs/cgroup").join(c);
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let rel = own.lines().find_map(|l| {
+            let f: Vec<&str> = l.splitn(3, ':').collect();
+            (f.len() == 3 && f[1].split(',').any(|x| x == c)).then(|| f[2].trim_start_matches('/').to_owned())
+        });
+        if let Some(rel) = rel {
+            let dir = base.join(rel).join(&agent.name);
+            found.extend(pod_dirs(&dir).into_iter().map(|d| format!("cgroup v1: {d}")));
+        }
+    }
+    found
+}
+
+#[test]
+fn pods_survive_an_agent_crash_and_a_clean_stop_leaves_nothing() -> Result<()> {
+    let mut agent = Agent::start("podadopt", &[])?;
+    agent.import_busybox("busybox:1")?;
+    agent.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: keep}\nspec:\n  containers:\n  - {name: c, image: busybox:1, command: [sh, -c, 'echo up; sleep 1000']}\n",
+    )?;
+    agent.wait_ready("keep", T)?;
+    let procs = agent.cgroup_root().join("pod-default-keep/pod/cgroup.procs");
+    let before = std::fs::read_to_string(&procs)?;
+    agent.crash()?;
+    agent.spawn()?;
+    agent.wait_ready("keep", T)?;
+    assert_eq!(std::fs::read_to_string(&procs)?, before, "the same processes run on");
+    assert_eq!(logs(&agent, "keep", "c").matches("up").count(), 1, "not restarted");
+    let (ok, out, err) = agent.run_cli(&["exec", "keep", "--", "echo", "still here"], None)?;
+    assert!(ok && out.contains("still here"), "{err}");
+    assert!(!traces(&agent).is_empty(), "the pod runs");
+    assert!(agent.stop()?, "{}", agent.log());
+    let left = traces(&agent);
+    assert!(left.is_empty(), "left behind: {left:#?}");
+    // The applied pod is desired state: the next agent starts it again.
+    agent.spawn()?;
+    agent.wait_ready("keep", T)?;
+    agent.run_cli(&["delete", "pod", "keep"], None)?;
+    assert!(traces(&agent).is_empty(), "left behind after delete: {:#?}", traces(&agent));
+    Ok(())
+}

@@ -120,6 +120,10 @@ impl Pod {
     /// The runtime started `name`.
     pub fn started(&mut self, name: &str, now: u64) {
         if let Some(c) = self.get(name) {
+            // Kubernetes counts a restart when the container starts again, not when it exits.
+            if c.last_exit.is_some() {
+                c.restarts += 1;
+            }
             c.state = State::Running { since_ms: now };
         }
     }
@@ -151,7 +155,6 @@ impl Pod {
             };
         c.last_exit = Some((exit_code, reason.to_owned()));
         if again {
-            c.restarts += 1;
             let until = now + c.backoff.as_millis() as u64;
             c.backoff = (c.backoff * 2).min(BACKOFF_MAX);
             c.state = State::Waiting { reason: "CrashLoopBackOff".into(), until_ms: Some(until) };
@@ -291,7 +294,8 @@ mod tests {
             now = wake;
         }
         assert_eq!(delays, vec![10, 20, 40, 80, 160, 300, 300]);
-        assert_eq!(p.containers[0].restarts, 7);
+        // Seven starts: the first run and six restarts; the seventh restart is pending.
+        assert_eq!(p.containers[0].restarts, 6);
         assert!(
             matches!(&p.containers[0].state, State::Waiting { reason, .. } if reason == "CrashLoopBackOff")
         );
