@@ -92,14 +92,17 @@ fn cargo() -> Command {
     c
 }
 
-/// Builds the agent and the bench's binaries (bench drives `probe` workloads) in release
-/// mode and runs the bench.
+/// Builds the agent and the benches' binaries (bench drives `probe` workloads) in release
+/// mode and runs both benches: policy (`bench`) and pods (`pod_bench`).
 fn bench(args: &[String]) -> Result<()> {
     run(cargo().args(["build", "--release", "-p", "beemesh-agent", "-p", "beemesh-tests", "--bins"]))?;
     let release = target_dir().join("release");
-    let mut cmd = Command::new(release.join("bench"));
-    cmd.args(args).env("BEEMESH_AGENT_BIN", release.join("beemesh-agent"));
-    run(&mut cmd)
+    for name in ["bench", "pod_bench"] {
+        let mut cmd = Command::new(release.join(name));
+        cmd.args(args).env("BEEMESH_AGENT_BIN", release.join("beemesh-agent"));
+        run(&mut cmd)?;
+    }
+    Ok(())
 }
 
 fn main() -> Result<()> {
