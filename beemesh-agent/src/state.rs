@@ -41,7 +41,16 @@ impl StateFiles {
         let path = self.dir.join(name);
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let err = |source| StateError::Io { path: path.clone(), source };
-        std::fs::write(&tmp, text).map_err(err)?;
+        // Owner-only: the state holds Secrets (objects.json).
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(err)?;
+        std::io::Write::write_all(&mut f, text.as_bytes()).map_err(err)?;
         std::fs::rename(&tmp, &path).map_err(err)
     }
 

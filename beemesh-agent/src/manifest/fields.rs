@@ -280,7 +280,7 @@ fn validate_container(c: &Container, field: &str, volumes: &BTreeSet<&str>) -> R
     }
     for (name, probe) in [("readinessProbe", &c.readiness_probe), ("livenessProbe", &c.liveness_probe)] {
         if let Some(probe) = probe {
-            validate_probe(probe, &format!("{field}.{name}"))?;
+            validate_probe(probe, c, &format!("{field}.{name}"))?;
         }
     }
     for (i, e) in c.env.iter().flatten().enumerate() {
@@ -313,15 +313,21 @@ fn validate_container(c: &Container, field: &str, volumes: &BTreeSet<&str>) -> R
     Ok(())
 }
 
-fn validate_probe(p: &Probe, field: &str) -> Result<(), FieldError> {
+fn validate_probe(p: &Probe, c: &Container, field: &str) -> Result<(), FieldError> {
     let handlers = [p.exec.is_some(), p.http_get.is_some(), p.tcp_socket.is_some()];
     if handlers.iter().filter(|h| **h).count() != 1 {
         return Err(FieldError::new(field, "a probe needs exactly one of exec, httpGet, tcpSocket"));
     }
     let port = p.http_get.as_ref().map(|h| &h.port).or(p.tcp_socket.as_ref().map(|t| &t.port));
     if let Some(IntOrString::String(name)) = port {
-        return Err(FieldError::new(format!("{field}.port"), format!("named port {name:?}: use the number"))
+        let declared = c.ports.iter().flatten().any(|p| p.name.as_deref() == Some(name.as_str()));
+        if !declared && name.parse::<u16>().is_err() {
+            return Err(FieldError::new(
+                format!("{field}.port"),
+                format!("named port {name:?} is not among the container's ports"),
+            )
             .at(name.clone()));
+        }
     }
     Ok(())
 }

@@ -103,8 +103,8 @@ fn bad_kinds_names_images_and_yaml() {
     assert!(e.to_string().contains("invalid cpu quantity"), "{e}");
     let e = err(&POD.replace("{name: cache, mountPath: /cache}", "{name: nope, mountPath: /cache}"));
     assert!(e.to_string().contains("no volume named \"nope\""), "{e}");
-    let e = err(&POD.replace("httpGet: {path: /, port: 8080}", "httpGet: {path: /, port: http}"));
-    assert!(e.to_string().contains("named port"), "{e}");
+    let e = err(&POD.replace("httpGet: {path: /, port: 8080}", "httpGet: {path: /, port: nope}"));
+    assert!(e.to_string().contains("named port \"nope\" is not among"), "{e}");
 }
 
 #[test]
