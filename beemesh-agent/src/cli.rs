@@ -86,6 +86,22 @@ pub enum Command {
         #[arg(long)]
         hostname: String,
     },
+    /// Runs a command inside a container (`exec`, exec probes); never a user directly.
+    #[command(hide = true)]
+    PodExec {
+        #[arg(long)]
+        target: u32,
+        #[arg(long, default_value_t = 0)]
+        uid: u32,
+        #[arg(long, default_value_t = 0)]
+        gid: u32,
+        #[arg(long, default_value = "/")]
+        cwd: String,
+        #[arg(long = "cgroup")]
+        cgroups: Vec<PathBuf>,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// `exec POD -- CMD` runs CMD in a pod's container; `exec --identity ID -- CMD` runs CMD
     /// on the host as a workload with identity ID (spiffe://td/ns/NS/sa/SA or NS/SA).
     Exec {
@@ -286,7 +302,9 @@ pub async fn execute(cli: Cli) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         },
-        Command::PodInit { .. } => fail("pod-init must run before the async runtime starts"),
+        Command::PodInit { .. } | Command::PodExec { .. } => {
+            fail("pod-init and pod-exec must run before the async runtime starts")
+        }
         Command::Policy { command: PolicyCommand::Check { files } } => policy_check(&files),
         Command::Exec { pod: Some(pod), container, namespace, command, .. } => {
             pods::exec(&socket, &namespace, &pod, container, &command).await

@@ -10,8 +10,15 @@ use beemesh_agent::cli::{Cli, Command, LogFormat};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // A pod's init forks and clones: it must run while this process has a single thread.
-    if let Command::PodInit { dir, hostname } = &cli.command {
-        return ExitCode::from(beemesh_agent::pod::init::main(dir, hostname) as u8);
+    match &cli.command {
+        Command::PodInit { dir, hostname } => {
+            return ExitCode::from(beemesh_agent::pod::init::main(dir, hostname) as u8);
+        }
+        Command::PodExec { target, uid, gid, cwd, cgroups, command } => {
+            let code = beemesh_agent::pod::init::exec_main(*target, *uid, *gid, cwd, cgroups, command);
+            return ExitCode::from(code as u8);
+        }
+        _ => {}
     }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);

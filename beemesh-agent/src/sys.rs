@@ -45,6 +45,25 @@ pub fn exec_in_cgroup(cmd: &mut std::process::Command, cgroup: &std::path::Path)
     exec_in_cgroups(cmd, &[cgroup.to_path_buf()])
 }
 
+/// Gives the child of `cmd` descriptor `fd` as number `at` (without close-on-exec); the
+/// parent's `fd` keeps its flags, so no other child inherits it.
+pub fn pass_fd(cmd: &mut std::process::Command, fd: std::os::fd::RawFd, at: std::os::fd::RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: dup2 and fcntl are async-signal-safe and touch only descriptors.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd == at {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, at) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// [`exec_in_cgroup`] for several cgroups (one per hierarchy: cgroup2 and v1 controllers).
 pub fn exec_in_cgroups(
     cmd: &mut std::process::Command,

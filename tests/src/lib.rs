@@ -13,6 +13,17 @@ use anyhow::{bail, Context, Result};
 
 pub mod image;
 
+/// The agent's workload (and cgroup) name for a pod (as `app::pods::workload_name`).
+pub fn pod_workload(namespace: &str, name: &str) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(format!("{namespace}/{name}").as_bytes());
+    let hex: String = hash.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let raw = format!("pod-{namespace}-{name}");
+    let clean: String =
+        raw.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).take(54).collect();
+    format!("{}-{hex}", clean.trim_end_matches('-'))
+}
+
 /// Workspace root.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests crate sits in the workspace").to_path_buf()

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use beemesh_tests::{eventually, port, Agent};
+use beemesh_tests::{eventually, pod_workload, port, Agent};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -39,6 +39,17 @@ spec:
         agent.run_cli(&["exec", "hello", "--", "sh", "-c", "echo inside $(hostname)"], None)?;
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "inside hello");
+    // Contained: init (the pod's PID 1, in the host's mount namespace) cannot be entered
+    // through /proc, kernel knobs are read-only, and no CAP_SYS_ADMIN (bit 21) is left.
+    let probe = "ls /proc/1/root/ && echo ESCAPED; echo 1 > /proc/sys/kernel/core_pattern && echo WROTE; \
+                 grep CapEff /proc/self/status";
+    let (_, out, _) = agent.run_cli(&["exec", "hello", "--", "sh", "-c", probe], None)?;
+    assert!(!out.contains("ESCAPED") && !out.contains("WROTE"), "{out}");
+    let cap_eff = out.lines().find_map(|l| l.strip_prefix("CapEff:")).map(str::trim).unwrap_or("");
+    let caps = u64::from_str_radix(cap_eff, 16).unwrap_or(u64::MAX);
+    assert_eq!(caps & (1 << 21), 0, "CAP_SYS_ADMIN kept: {out}");
+    let (_, logs, _) = agent.run_cli(&["logs", "hello"], None)?;
+    assert!(!logs.contains("ESCAPED"), "{logs}");
     let (ok, table, _) = agent.run_cli(&["get", "pods"], None)?;
     assert!(ok && table.contains("hello") && table.contains("1/1") && table.contains("Running"), "{table}");
 
@@ -49,8 +60,9 @@ spec:
     assert!(!table.contains("hello"), "{table}");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
     assert!(!mounts.contains(&agent.name), "mounts left behind:\n{mounts}");
-    assert!(!agent.cgroup_root().join("pod-default-hello").exists(), "cgroup left behind");
-    assert!(!agent.state_dir().join("pods/pod-default-hello").exists(), "pod directory left behind");
+    let w = pod_workload("default", "hello");
+    assert!(!agent.cgroup_root().join(&w).exists(), "cgroup left behind");
+    assert!(!agent.state_dir().join("pods").join(&w).exists(), "pod directory left behind");
     let _ = port();
     Ok(())
 }
@@ -378,7 +390,7 @@ fn pods_survive_an_agent_crash_and_a_clean_stop_leaves_nothing() -> Result<()> {
         "apiVersion: v1\nkind: Pod\nmetadata: {name: keep}\nspec:\n  containers:\n  - {name: c, image: busybox:1, command: [sh, -c, 'echo up; sleep 1000']}\n",
     )?;
     agent.wait_ready("keep", T)?;
-    let procs = agent.cgroup_root().join("pod-default-keep/pod/cgroup.procs");
+    let procs = agent.cgroup_root().join(pod_workload("default", "keep")).join("pod/c/cgroup.procs");
     let before = std::fs::read_to_string(&procs)?;
     agent.crash()?;
     agent.spawn()?;

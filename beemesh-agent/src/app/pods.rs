@@ -21,11 +21,13 @@ use crate::pod::{probe, proto};
 
 /// Messages from pod tasks (sandbox creation, init connections, probes) to the actor.
 #[derive(Debug)]
+/// Each carries the pod's workload name and uid: a message about an earlier pod of the same
+/// name (deleted and applied again) is ignored.
 pub enum PodMsg {
-    SandboxReady { workload: String, result: Result<(u32, Slirp), String> },
-    Event { workload: String, event: proto::Event },
-    InitGone { workload: String },
-    Probe { workload: String, container: String, run: u64, liveness: bool, ok: bool },
+    SandboxReady { workload: String, uid: String, result: Result<(u32, Slirp), String> },
+    Event { workload: String, uid: String, event: proto::Event },
+    InitGone { workload: String, uid: String },
+    Probe { workload: String, uid: String, container: String, run: u64, liveness: bool, ok: bool },
 }
 
 /// What survives a restart of the agent (`<state-dir>/pods.json`).
@@ -40,6 +42,9 @@ pub struct PodRecord {
     pub init_pid: Option<u32>,
     #[serde(default)]
     pub slirp_pid: Option<u32>,
+    /// Deletion started (its grace period runs): survives an agent restart.
+    #[serde(default)]
+    pub deleting: bool,
 }
 
 /// ConfigMaps and Secrets applied to this agent (`<state-dir>/objects.json`).
@@ -48,6 +53,9 @@ pub struct StoredObjects(pub Vec<Object>);
 
 enum Sandbox {
     Creating,
+    /// Re-adopted after an agent restart: nothing is started until init has replayed the
+    /// state of every container.
+    Adopting,
     Ready,
     Failed(String),
 }
@@ -62,6 +70,8 @@ struct Run {
     cgroups: Vec<PathBuf>,
     message: Option<String>,
     image_id: String,
+    uid: u32,
+    gid: u32,
     probes: Vec<AbortHandle>,
 }
 
@@ -78,6 +88,9 @@ pub(super) struct PodEntry {
     deleting: bool,
     conn: Option<AbortHandle>,
 }
+
+/// What [`Agent::adopted_run`] rebuilds: plan, image id, cgroups, (uid, gid).
+type AdoptedRun = (ContainerPlan, String, Vec<PathBuf>, (u32, u32));
 
 pub(super) struct Waiter {
     workload: String,
@@ -118,16 +131,14 @@ impl Pods {
     }
 }
 
-/// The workload (and cgroup) name of a pod: `pod-<namespace>-<name>`, with a hash suffix when
-/// that is not a valid name as it stands (dots, length).
+/// The workload (and cgroup) name of a pod: `pod-<namespace>-<name>-<hash>` (shortened to a
+/// valid name).
 pub fn workload_name(namespace: &str, name: &str) -> String {
-    let raw = format!("pod-{namespace}-{name}");
-    if crate::workload::validate_name(&raw).is_ok() {
-        return raw;
-    }
+    // The hash of `namespace/name` keeps `a-b/c` and `a/b-c` apart.
     use sha2::Digest;
-    let hash = sha2::Sha256::digest(raw.as_bytes());
+    let hash = sha2::Sha256::digest(format!("{namespace}/{name}").as_bytes());
     let hex: String = hash.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let raw = format!("pod-{namespace}-{name}");
     let clean: String =
         raw.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).take(54).collect();
     format!("{}-{hex}", clean.trim_end_matches('-'))
@@ -159,6 +170,9 @@ impl Agent {
                 && record.init_pid.is_some_and(|pid| sandbox::init_alive(&layout, pid));
             if alive {
                 self.adopt_pod(record, layout);
+            } else if record.deleting {
+                info!(pod = %record.workload, "pod deleted while the agent was away");
+                self.clear_leftovers(&record.workload, &layout);
             } else {
                 info!(pod = %record.workload, "pod of an earlier run is not running: starting it again");
                 self.clear_leftovers(&record.workload, &layout);
@@ -185,10 +199,17 @@ impl Agent {
             warn!(pod = %workload, "slirp4netns is gone: starting it again");
             start_network(init_pid, &net_leaf, &layout, &plan).ok()
         });
+        let deleting = record.deleting;
         let mut entry = new_entry(record, plan, layout);
-        entry.sandbox = Sandbox::Ready;
+        entry.sandbox = Sandbox::Adopting;
+        entry.record.slirp_pid = slirp.as_ref().map(Slirp::pid);
         entry.slirp = slirp;
         entry.net_cgroup = net_cgroup;
+        if deleting {
+            entry.deleting = true;
+            let now = self.pods.now();
+            let _ = entry.life.terminate(entry.plan.grace, now);
+        }
         info!(pod = %workload, init = init_pid, "re-adopted pod");
         self.pods.entries.insert(workload.clone(), entry);
         self.connect_init(&workload);
@@ -223,6 +244,13 @@ impl Agent {
             if let Object::Pod(pod) = o {
                 let key = workload_name(o.namespace(), o.name());
                 if let Some(e) = self.pods.entries.get(&key) {
+                    if e.deleting {
+                        return Err(format!(
+                            "pod {}/{} is being deleted; apply it again once it is gone",
+                            o.namespace(),
+                            o.name()
+                        ));
+                    }
                     if e.record.manifest.spec != pod.spec {
                         return Err(format!(
                             "pod {}/{}: a pod's spec cannot change; delete it first",
@@ -257,6 +285,7 @@ impl Agent {
                         created: now_secs(),
                         init_pid: None,
                         slirp_pid: None,
+                        deleting: false,
                     };
                     self.create_pod(record)?;
                     lines.push(format!("{what} created"));
@@ -306,9 +335,11 @@ impl Agent {
             self.pods.entries.get_mut(&key).ok_or_else(|| format!("pod {namespace}/{name} not found"))?;
         if !entry.deleting {
             entry.deleting = true;
+            entry.record.deleting = true;
             let actions = entry.life.terminate(entry.plan.grace, now);
             info!(pod = %key, grace = ?entry.plan.grace, "deleting pod");
             self.carry_out(&key, actions);
+            self.persist_pods();
         }
         self.drive_pods();
         Ok(Response::Applied { lines: vec![format!("pod/{name} deleted")] })
@@ -350,14 +381,19 @@ impl Agent {
         let tx = self.pods.tx.clone();
         let plan = entry.plan.clone();
         let name = workload.clone();
+        let uid = entry.record.uid.clone();
         tokio::task::spawn_blocking(move || {
             let result = (|| {
                 let pid =
                     sandbox::spawn_init(&layout, &plan.hostname, &pod_leaf).map_err(|e| e.to_string())?;
-                let slirp = start_network(pid, &net_leaf, &layout, &plan)?;
-                Ok((pid, slirp))
+                start_network(pid, &net_leaf, &layout, &plan).map(|slirp| (pid, slirp)).inspect_err(|_| {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                })
             })();
-            let _ = tx.blocking_send(PodMsg::SandboxReady { workload: name, result });
+            let _ = tx.blocking_send(PodMsg::SandboxReady { workload: name, uid, result });
         });
         info!(pod = %workload, identity = %identity, "pod created");
         self.pods.entries.insert(workload, entry);
@@ -367,8 +403,8 @@ impl Agent {
     pub(super) fn on_pod_msg(&mut self, msg: PodMsg) {
         let now = self.pods.now();
         match msg {
-            PodMsg::SandboxReady { workload, result } => {
-                let Some(entry) = self.pods.entries.get_mut(&workload) else {
+            PodMsg::SandboxReady { workload, uid, result } => {
+                let Some(entry) = self.pods.entries.get_mut(&workload).filter(|e| e.record.uid == uid) else {
                     // Deleted meanwhile: nothing may stay behind.
                     if let Ok((pid, mut slirp)) = result {
                         slirp.stop();
@@ -395,10 +431,16 @@ impl Agent {
                     }
                 }
             }
-            PodMsg::Event { workload, event } => self.on_init_event(&workload, event, now),
-            PodMsg::InitGone { workload } => {
-                if let Some(entry) = self.pods.entries.get_mut(&workload) {
+            PodMsg::Event { workload, uid, event } => {
+                if self.pods.entries.get(&workload).is_some_and(|e| e.record.uid == uid) {
+                    self.on_init_event(&workload, event, now);
+                }
+            }
+            PodMsg::InitGone { workload, uid } => {
+                if let Some(entry) = self.pods.entries.get_mut(&workload).filter(|e| e.record.uid == uid) {
                     entry.cmds = None;
+                    // The pid may be reused by anyone now: never signal it again.
+                    entry.record.init_pid = None;
                     if !entry.deleting {
                         warn!(pod = %workload, "pod init exited: its containers are gone");
                         entry.sandbox = Sandbox::Failed("the pod's init process exited".into());
@@ -416,8 +458,10 @@ impl Agent {
                     }
                 }
             }
-            PodMsg::Probe { workload, container, run, liveness, ok } => {
-                let Some(entry) = self.pods.entries.get_mut(&workload) else { return };
+            PodMsg::Probe { workload, uid, container, run, liveness, ok } => {
+                let Some(entry) = self.pods.entries.get_mut(&workload).filter(|e| e.record.uid == uid) else {
+                    return;
+                };
                 let Some(r) = entry.runs.get_mut(&container).filter(|r| r.run == run) else { return };
                 if liveness {
                     if !ok && !entry.deleting {
@@ -436,17 +480,36 @@ impl Agent {
     }
 
     fn on_init_event(&mut self, workload: &str, event: proto::Event, now: u64) {
+        if event == proto::Event::Replayed {
+            if let Some(entry) = self.pods.entries.get_mut(workload) {
+                if matches!(entry.sandbox, Sandbox::Adopting) {
+                    entry.sandbox = Sandbox::Ready;
+                }
+            }
+            return;
+        }
+        let adopted = match &event {
+            proto::Event::Started { name, run, .. } => self.adopted_run(workload, name, *run),
+            _ => None,
+        };
         let limits = self.pods.limits.clone();
         let tx = self.pods.tx.clone();
         let Some(entry) = self.pods.entries.get_mut(workload) else { return };
+        let uid = entry.record.uid.clone();
         let name = event.container().to_owned();
         let r = entry.runs.entry(name.clone()).or_default();
         match event {
             proto::Event::Started { run, host_pid, .. } if run >= r.run => {
                 if run > r.run {
-                    // A run this agent did not start (it restarted): adopt it.
+                    // A run this agent did not start (it restarted): adopt it as it runs.
                     r.run = run;
                     entry.life.started(&name, now);
+                    if let Some((plan, image_id, cgroups, (u, g))) = adopted {
+                        r.plan = Some(plan);
+                        r.image_id = image_id;
+                        r.cgroups = cgroups;
+                        (r.uid, r.gid) = (u, g);
+                    }
                 }
                 r.host_pid = Some(host_pid);
                 let probe = r.plan.as_ref().map(|p| (p.readiness.clone(), p.liveness.clone()));
@@ -459,13 +522,21 @@ impl Agent {
                         init_pid,
                         host_pid,
                         env: r.plan.as_ref().map(|p| p.env.clone()).unwrap_or_default(),
+                        cwd: r.plan.as_ref().map_or_else(|| "/".to_owned(), |p| p.cwd.clone()),
+                        user: (r.uid, r.gid),
                         cgroups: r.cgroups.clone(),
                     };
-                    let (w, c, run) = (workload.to_owned(), name.clone(), r.run);
+                    let (w, u, c, run) = (workload.to_owned(), uid.clone(), name.clone(), r.run);
                     let tx = tx.clone();
                     let handle = tokio::spawn(probe::run(plan, target, move |ok| {
-                        let msg =
-                            PodMsg::Probe { workload: w.clone(), container: c.clone(), run, liveness, ok };
+                        let msg = PodMsg::Probe {
+                            workload: w.clone(),
+                            uid: u.clone(),
+                            container: c.clone(),
+                            run,
+                            liveness,
+                            ok,
+                        };
                         let tx = tx.clone();
                         async move {
                             let _ = tx.send(msg).await;
@@ -499,6 +570,28 @@ impl Agent {
         }
     }
 
+    /// What an agent that did not start a running container needs to manage it: its plan
+    /// (probes, env), image, cgroups and user, rebuilt from the manifest.
+    fn adopted_run(
+        &self,
+        workload: &str,
+        name: &str,
+        run: u64,
+    ) -> Option<AdoptedRun> {
+        let entry = self.pods.entries.get(workload)?;
+        if entry.runs.get(name).is_some_and(|r| r.run >= run) {
+            return None;
+        }
+        let container = find_container(&entry.record.manifest, name)?;
+        let image = self.pods.images.resolve(container.image.as_deref().unwrap_or_default()).ok()?;
+        let plan = spec::plan_container(&entry.record.manifest, name, &image.config, &self.pods).ok()?;
+        let root = entry.layout.container(name).join("merged");
+        let user = sandbox::resolve_user(&root, &plan.user).unwrap_or((0, 0));
+        let mut cgroups = self.pods.limits.dirs(workload, name);
+        cgroups.push(self.cgroups.path(workload).join("pod").join(name));
+        Some((plan, image.id, cgroups, user))
+    }
+
     /// Opens (or re-opens) the control connection to the pod's init.
     fn connect_init(&mut self, workload: &str) {
         let Some(entry) = self.pods.entries.get_mut(workload) else { return };
@@ -506,8 +599,8 @@ impl Agent {
         entry.cmds = Some(cmd_tx);
         let socket = entry.layout.socket();
         let tx = self.pods.tx.clone();
-        let name = workload.to_owned();
-        let task = tokio::spawn(init_connection(socket, name, tx, cmd_rx));
+        let pod = (workload.to_owned(), entry.record.uid.clone());
+        let task = tokio::spawn(init_connection(socket, pod, tx, cmd_rx));
         if let Some(old) = entry.conn.replace(task.abort_handle()) {
             old.abort();
         }
@@ -521,7 +614,7 @@ impl Agent {
         for key in keys {
             let Some(entry) = self.pods.entries.get_mut(&key) else { continue };
             match entry.sandbox {
-                Sandbox::Creating => continue,
+                Sandbox::Creating | Sandbox::Adopting => continue,
                 Sandbox::Failed(_) => {
                     if entry.deleting {
                         finished.push(key);
@@ -588,14 +681,25 @@ impl Agent {
             Ok(c) => c,
             Err(e) => return fail(self, "CreateContainerError", e.to_string()),
         };
+        let leaf = self.cgroups.path(key).join("pod").join(name);
+        if let Err(e) = std::fs::create_dir_all(&leaf) {
+            return fail(self, "CreateContainerError", format!("create {}: {e}", leaf.display()));
+        }
         let Some(entry) = self.pods.entries.get_mut(key) else { return };
         let run_no = entry.runs.get(name).map_or(0, |r| r.run) + 1;
         entry.layout.rotate_log(name);
-        let spec =
-            match entry.layout.container_spec(&entry.plan, &plan, run_no, rootfs.root(), cgroups.clone()) {
-                Ok(s) => s,
-                Err(e) => return fail(self, "CreateContainerConfigError", e.to_string()),
-            };
+        let spec = match entry.layout.container_spec(
+            &entry.plan,
+            &plan,
+            run_no,
+            rootfs.root(),
+            cgroups.clone(),
+            leaf.clone(),
+        ) {
+            Ok(s) => s,
+            Err(e) => return fail(self, "CreateContainerConfigError", e.to_string()),
+        };
+        let user = (spec.uid, spec.gid);
         let sent =
             entry.cmds.as_ref().is_some_and(|c| c.try_send(proto::Command::Start(Box::new(spec))).is_ok());
         if !sent {
@@ -605,6 +709,8 @@ impl Agent {
         r.run = run_no;
         r.plan = Some(plan);
         r.cgroups = cgroups;
+        r.cgroups.push(leaf);
+        (r.uid, r.gid) = user;
         r.message = None;
         r.image_id = image.id.clone();
         entry.life.started(name, now);
@@ -744,8 +850,8 @@ impl Agent {
             host_pid: run.and_then(|r| r.host_pid),
             env: plan.map(|p| p.env.clone()).unwrap_or_default(),
             cwd: plan.map(|p| p.cwd.clone()).unwrap_or_else(|| "/".into()),
-            uid: 0,
-            gid: 0,
+            uid: run.map_or(0, |r| r.uid),
+            gid: run.map_or(0, |r| r.gid),
             cgroups,
             container,
         }))
@@ -828,7 +934,7 @@ fn start_network(init_pid: u32, net_leaf: &Path, layout: &Layout, plan: &PodPlan
 
 async fn init_connection(
     socket: PathBuf,
-    workload: String,
+    (workload, uid): (String, String),
     tx: mpsc::Sender<PodMsg>,
     mut cmds: mpsc::Receiver<proto::Command>,
 ) {
@@ -850,7 +956,7 @@ async fn init_connection(
                 line = lines.next_line() => match line {
                     Ok(Some(line)) => match serde_json::from_str::<proto::Event>(&line) {
                         Ok(event) => {
-                            let _ = tx.send(PodMsg::Event { workload: workload.clone(), event }).await;
+                            let _ = tx.send(PodMsg::Event { workload: workload.clone(), uid: uid.clone(), event }).await;
                         }
                         Err(e) => warn!(pod = %workload, error = %e, "malformed message from pod init"),
                     },
@@ -867,7 +973,7 @@ async fn init_connection(
             }
         }
     }
-    let _ = tx.send(PodMsg::InitGone { workload }).await;
+    let _ = tx.send(PodMsg::InitGone { workload, uid }).await;
 }
 
 fn pod_ready(e: &PodEntry) -> bool {
@@ -886,7 +992,7 @@ fn status_column(e: &PodEntry) -> String {
         return "Terminating".into();
     }
     match &e.sandbox {
-        Sandbox::Creating => return "ContainerCreating".into(),
+        Sandbox::Creating | Sandbox::Adopting => return "ContainerCreating".into(),
         Sandbox::Failed(_) => return "SandboxError".into(),
         Sandbox::Ready => {}
     }
@@ -1020,7 +1126,8 @@ mod tests {
 
     #[test]
     fn pod_workload_names_are_valid_and_distinct() {
-        assert_eq!(workload_name("default", "web"), "pod-default-web");
+        assert!(workload_name("default", "web").starts_with("pod-default-web-"));
+        assert_ne!(workload_name("team-a", "web"), workload_name("team", "a-web"));
         let a = workload_name("default", "a.b");
         let b = workload_name("default", "a-b");
         assert_ne!(a, b);

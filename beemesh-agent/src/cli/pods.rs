@@ -301,7 +301,14 @@ pub async fn exec(
         return fail(format!("container {:?} of pod {pod} is not running", info.container));
     };
     let cgroups: Vec<PathBuf> = info.cgroups.iter().map(PathBuf::from).collect();
-    let mut cmd = match crate::pod::probe::enter_command(pid, &info.env, &cgroups, command) {
+    let mut cmd = match crate::pod::probe::enter_command(
+        pid,
+        (info.uid, info.gid),
+        &info.cwd,
+        &info.env,
+        &cgroups,
+        command,
+    ) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
@@ -312,6 +319,6 @@ pub async fn exec(
                 ExitCode::from(128 + std::os::unix::process::ExitStatusExt::signal(&s).unwrap_or(0) as u8)
             }
         },
-        Err(e) => fail(format!("cannot run nsenter: {e}")),
+        Err(e) => fail(format!("cannot enter the container: {e}")),
     }
 }

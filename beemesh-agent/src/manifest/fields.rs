@@ -271,6 +271,12 @@ fn validate_container(c: &Container, field: &str, volumes: &BTreeSet<&str>) -> R
         if !valid(p.container_port) || p.host_port.is_some_and(|h| !valid(h)) {
             return Err(FieldError::new(f, "ports are 1-65535"));
         }
+        if let Some(ip) = &p.host_ip {
+            if ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(FieldError::new(format!("{f}.hostIP"), format!("{ip:?} is not an IP address"))
+                    .at(ip.clone()));
+            }
+        }
         if let Some(proto) = &p.protocol {
             if proto != "TCP" && proto != "UDP" {
                 return Err(FieldError::new(format!("{f}.protocol"), format!("{proto}: only TCP and UDP"))

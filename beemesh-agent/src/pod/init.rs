@@ -98,6 +98,11 @@ fn start(dir: &Path, hostname: &str) -> io::Result<Pid> {
 
 /// PID 1 of the pod.
 fn inner(dir: &Path, hostname: &str, go: OwnedFd, ready: OwnedFd) -> i32 {
+    // Not dumpable: no process of the pod may open /proc/1/root (the host's root: init stays
+    // in the agent's mount namespace) or ptrace init.
+    if nix::sys::prctl::set_dumpable(false).is_err() {
+        return 1;
+    }
     let mut ready = std::fs::File::from(ready);
     let mut byte = [0u8; 1];
     if std::fs::File::from(go).read_exact(&mut byte).is_err() {
@@ -149,6 +154,8 @@ struct Known {
     pid: Option<Pid>,
     /// The last event, replayed to a new connection.
     last: Event,
+    /// The container's cgroup2 directory, killed whole when its main process ends.
+    cgroup2: Option<PathBuf>,
 }
 
 struct Init {
@@ -218,6 +225,10 @@ impl Init {
             let Some(name) = self.pids.remove(&pid) else { continue };
             if let Some(k) = self.containers.get_mut(&name) {
                 k.pid = None;
+                // Whatever the container started goes with it (Kubernetes semantics).
+                if let Some(cg) = &k.cgroup2 {
+                    let _ = std::fs::write(cg.join("cgroup.kill"), "1");
+                }
                 k.last = Event::Exited { name: name.clone(), run: k.run, code, signal };
                 let event = k.last.clone();
                 self.send(&event);
@@ -237,6 +248,7 @@ impl Init {
             for e in replay {
                 self.send(&e);
             }
+            self.send(&Event::Replayed);
         }
     }
 
@@ -256,8 +268,15 @@ impl Init {
             match serde_json::from_slice::<super::proto::Command>(&line) {
                 Ok(super::proto::Command::Start(spec)) => self.start(*spec),
                 Ok(super::proto::Command::Signal { name, signal }) => {
-                    if let Some(pid) = self.containers.get(&name).and_then(|k| k.pid) {
-                        let _ = process::signal_group(pid, signal);
+                    if let Some(k) = self.containers.get(&name) {
+                        if let Some(pid) = k.pid {
+                            let _ = process::signal_group(pid, signal);
+                            if signal == libc::SIGKILL {
+                                if let Some(cg) = &k.cgroup2 {
+                                    let _ = std::fs::write(cg.join("cgroup.kill"), "1");
+                                }
+                            }
+                        }
                     }
                 }
                 Ok(super::proto::Command::Shutdown) => {
@@ -310,7 +329,7 @@ impl Init {
             Event::Started { pid, .. } => Some(Pid::from_raw(*pid as i32)),
             _ => None,
         };
-        self.containers.insert(name, Known { run, pid, last: event.clone() });
+        self.containers.insert(name, Known { run, pid, last: event.clone(), cgroup2: spec.cgroup2.clone() });
         self.send(&event);
     }
 }
@@ -359,14 +378,20 @@ fn exec_container(spec: &ContainerSpec, report: &mut std::fs::File) -> String {
         // The host's procfs still answers here: /proc/self is our pid on the host.
         let host_pid = std::fs::read_link("/proc/self").map_err(step("read /proc/self"))?;
         write!(report, "P{}", host_pid.display()).map_err(step("report"))?;
-        SigSet::empty().thread_set_mask().map_err(|e| format!("signal mask: {e}"))?;
+        process::default_signals().map_err(step("signal dispositions"))?;
         nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
-        for cg in &spec.cgroups {
+        for cg in spec.cgroups.iter().chain(&spec.cgroup2) {
             std::fs::write(cg.join("cgroup.procs"), "0").map_err(step(&format!("join {}", cg.display())))?;
         }
+        let last_cap: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(40);
         stdio(&spec.log).map_err(step(&format!("log file {}", spec.log.display())))?;
         nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("mount namespace: {e}"))?;
         enter_root(spec)?;
+        process::restrict_capabilities(process::CONTAINER_CAPS, last_cap)
+            .map_err(step("drop capabilities"))?;
         let env: Vec<CString> = spec.env.iter().filter_map(|e| CString::new(e.as_bytes()).ok()).collect();
         let path_var = spec.env.iter().rev().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/bin:/bin");
         let program = lookup(&spec.argv[0], path_var)
@@ -410,7 +435,25 @@ fn enter_root(spec: &ContainerSpec) -> Result<(), String> {
     mount(Some(root), root, none, MsFlags::MS_BIND | MsFlags::MS_REC, none).map_err(m("bind the root"))?;
     let dir = |p: &str| resolve_in_root(root, p, true).map_err(|e| format!("create {p}: {e}"));
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount(Some("proc"), &dir("/proc")?, Some("proc"), nodev, none).map_err(m("mount /proc"))?;
+    let proc_dir = dir("/proc")?;
+    mount(Some("proc"), &proc_dir, Some("proc"), nodev, none).map_err(m("mount /proc"))?;
+    // As runc does: kernel knobs read-only, kernel memory and timers hidden.
+    for ro in ["sys", "sysrq-trigger", "irq", "bus", "fs"] {
+        let p = proc_dir.join(ro);
+        if p.exists() {
+            mount(Some(&p), &p, none, MsFlags::MS_BIND | MsFlags::MS_REC, none)
+                .map_err(m(&format!("bind /proc/{ro}")))?;
+            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC;
+            mount(none, &p, none, flags, none).map_err(m(&format!("make /proc/{ro} read-only")))?;
+        }
+    }
+    for masked in ["kcore", "keys", "timer_list", "latency_stats", "sched_debug"] {
+        let p = proc_dir.join(masked);
+        if p.exists() {
+            mount(Some("/dev/null"), &p, none, MsFlags::MS_BIND, none)
+                .map_err(m(&format!("mask /proc/{masked}")))?;
+        }
+    }
     mount(Some("sysfs"), &dir("/sys")?, Some("sysfs"), nodev | MsFlags::MS_RDONLY, none)
         .map_err(m("mount /sys"))?;
     let dev = dir("/dev")?;
@@ -452,10 +495,20 @@ fn enter_root(spec: &ContainerSpec) -> Result<(), String> {
         std::os::unix::fs::symlink(to, dev.join(link)).map_err(|e| format!("link /dev/{link}: {e}"))?;
     }
     for b in &spec.mounts {
-        let is_dir = b.source.is_dir();
+        // A subPath is opened with every link resolved inside the volume (a container that
+        // writes the volume cannot point it at the host), and mounted through its fd.
+        let held = match &b.sub_path {
+            None => None,
+            Some(sub) => Some(open_beneath(&b.source, sub).map_err(|e| format!("subPath {sub}: {e}"))?),
+        };
+        let source = match &held {
+            Some(fd) => PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+            None => b.source.clone(),
+        };
+        let is_dir = source.is_dir();
         let target = resolve_in_root(root, &b.target, is_dir)
             .map_err(|e| format!("mount target {}: {e}", b.target))?;
-        mount(Some(&b.source), &target, none, MsFlags::MS_BIND | MsFlags::MS_REC, none)
+        mount(Some(&source), &target, none, MsFlags::MS_BIND | MsFlags::MS_REC, none)
             .map_err(m(&format!("bind {} at {}", b.source.display(), b.target)))?;
         if b.read_only {
             let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
@@ -529,6 +582,112 @@ pub fn resolve_in_root(root: &Path, path: &str, last_is_dir: bool) -> io::Result
         }
     }
     Ok(cur)
+}
+
+/// `beemesh-agent pod-exec`: runs `argv` inside the container whose process is `target`
+/// (its namespaces, root, cgroups; `uid`/`gid`; the container's capability set) with this
+/// process's environment, and returns its exit status. Call before any thread exists.
+pub fn exec_main(target: u32, uid: u32, gid: u32, cwd: &str, cgroups: &[PathBuf], argv: &[String]) -> i32 {
+    match exec_in(target, uid, gid, cwd, cgroups, argv) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("beemesh pod-exec: {e}");
+            126
+        }
+    }
+}
+
+fn exec_in(
+    target: u32,
+    uid: u32,
+    gid: u32,
+    cwd: &str,
+    cgroups: &[PathBuf],
+    argv: &[String],
+) -> Result<i32, String> {
+    if argv.is_empty() {
+        return Err("no command".into());
+    }
+    for cg in cgroups {
+        std::fs::write(cg.join("cgroup.procs"), "0").map_err(|e| format!("join {}: {e}", cg.display()))?;
+    }
+    let last_cap: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40);
+    let open = |ns: &str| {
+        std::fs::File::open(format!("/proc/{target}/ns/{ns}"))
+            .map_err(|e| format!("container process {target}: {e}"))
+    };
+    let namespaces = [
+        (open("ipc")?, CloneFlags::CLONE_NEWIPC),
+        (open("uts")?, CloneFlags::CLONE_NEWUTS),
+        (open("net")?, CloneFlags::CLONE_NEWNET),
+        (open("pid")?, CloneFlags::CLONE_NEWPID),
+        (open("mnt")?, CloneFlags::CLONE_NEWNS),
+        // Last: once inside the pod's user namespace, the others are out of reach.
+        (open("user")?, CloneFlags::CLONE_NEWUSER),
+    ];
+    for (fd, kind) in &namespaces {
+        nix::sched::setns(fd, *kind).map_err(|e| format!("enter {kind:?}: {e}"))?;
+    }
+    nix::sys::prctl::set_dumpable(false).map_err(|e| format!("dumpable: {e}"))?;
+    // The pid namespace applies to children: the command runs in a fork.
+    match process::fork().map_err(|e| format!("fork: {e}"))? {
+        Forked::Child => {
+            let e = (|| -> Result<std::convert::Infallible, String> {
+                process::die_with_parent().map_err(|e| format!("parent death signal: {e}"))?;
+                process::default_signals().map_err(|e| format!("signals: {e}"))?;
+                nix::unistd::chdir(cwd)
+                    .or_else(|_| nix::unistd::chdir("/"))
+                    .map_err(|e| format!("chdir: {e}"))?;
+                process::restrict_capabilities(process::CONTAINER_CAPS, last_cap)
+                    .map_err(|e| format!("drop capabilities: {e}"))?;
+                let g = nix::unistd::Gid::from_raw(gid);
+                nix::unistd::setgroups(&[g]).map_err(|e| format!("setgroups: {e}"))?;
+                nix::unistd::setgid(g).map_err(|e| format!("setgid: {e}"))?;
+                nix::unistd::setuid(nix::unistd::Uid::from_raw(uid)).map_err(|e| format!("setuid: {e}"))?;
+                let path_var = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
+                let program = lookup(&argv[0], &path_var)
+                    .ok_or_else(|| format!("{:?}: executable file not found in $PATH", argv[0]))?;
+                let program = CString::new(program.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+                let args: Vec<CString> =
+                    argv.iter().filter_map(|a| CString::new(a.as_bytes()).ok()).collect();
+                let env: Vec<CString> = std::env::vars_os()
+                    .filter_map(|(k, v)| {
+                        let mut kv = k.as_bytes().to_vec();
+                        kv.push(b'=');
+                        kv.extend_from_slice(v.as_bytes());
+                        CString::new(kv).ok()
+                    })
+                    .collect();
+                nix::unistd::execve(&program, &args, &env).map_err(|e| format!("exec {:?}: {e}", argv[0]))
+            })();
+            let Err(e) = e;
+            eprintln!("beemesh pod-exec: {e}");
+            process::exit_now(126)
+        }
+        Forked::Parent(child) => loop {
+            match waitpid(child, None) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(format!("wait: {e}")),
+            }
+        },
+    }
+}
+
+/// `sub` inside directory `base` as an O_PATH descriptor, every link resolved as if `base`
+/// were `/`; created first (as a directory) if missing, as Kubernetes does.
+fn open_beneath(base: &Path, sub: &str) -> io::Result<OwnedFd> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    let _ = resolve_in_root(base, sub, true);
+    let dir = std::fs::File::open(base)?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    openat2(&dir, sub, how).map_err(io::Error::from)
 }
 
 /// `program` found through `path_var` (after the pivot: paths are the container's).

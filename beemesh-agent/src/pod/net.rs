@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 /// MTU for the tap device: about 3x the throughput of 1500 (machine notes).
 pub const MTU: u32 = 65520;
+/// The descriptor number slirp4netns gets its ready pipe on.
+const READY_FD: i32 = 200;
 /// How long slirp4netns may take to bring the tap device up.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -47,22 +49,26 @@ impl Slirp {
         let _ = std::fs::remove_file(api);
         let (read, write) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| NetError::Spawn(e.into()))?;
-        // Only the write end goes to slirp4netns (its --ready-fd).
-        nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
-            .map_err(|e| NetError::Spawn(e.into()))?;
+        // Only the write end goes to slirp4netns (its --ready-fd), duplicated to a fixed
+        // number in the child only: the agent's copy stays close-on-exec, so no other process
+        // the agent starts meanwhile inherits it.
+        let log_path = api.with_file_name("slirp.log");
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(NetError::Spawn)?;
         let mut cmd = Command::new("slirp4netns");
         cmd.arg("--configure")
             .arg(format!("--mtu={MTU}"))
             .arg("--api-socket")
             .arg(api)
             .arg("--ready-fd")
-            .arg(write.as_raw_fd().to_string())
+            .arg(READY_FD.to_string())
             .arg(pid.to_string())
             .arg("tap0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .stderr(log);
         crate::sys::exec_in_cgroup(&mut cmd, cgroup).map_err(NetError::Spawn)?;
+        crate::sys::pass_fd(&mut cmd, write.as_raw_fd(), READY_FD);
         let child = cmd.spawn().map_err(NetError::Spawn)?;
         drop(write);
         let mut slirp = Self { pid: child.id(), child: Some(child), api: api.to_path_buf() };
@@ -75,12 +81,13 @@ impl Slirp {
 
     /// The slirp4netns an earlier agent started for a pod, if it still runs.
     pub fn adopt(pid: u32, api: &Path) -> Option<Self> {
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        (comm.trim() == "slirp4netns" && api.exists()).then(|| Self {
-            pid,
-            child: None,
-            api: api.to_path_buf(),
-        })
+        // The command line names this pod's API socket: a reused pid is never taken for it.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        use std::os::unix::ffi::OsStrExt;
+        let ours = args.first().is_some_and(|a| a.ends_with(b"slirp4netns"))
+            && args.iter().any(|a| *a == api.as_os_str().as_bytes());
+        ours.then(|| Self { pid, child: None, api: api.to_path_buf() })
     }
 
     pub fn pid(&self) -> u32 {

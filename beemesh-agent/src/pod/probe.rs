@@ -20,6 +20,8 @@ pub struct Target {
     /// Host pid of the container's process (its mount namespace, for exec).
     pub host_pid: u32,
     pub env: Vec<String>,
+    pub cwd: String,
+    pub user: (u32, u32),
     pub cgroups: Vec<PathBuf>,
 }
 
@@ -55,7 +57,9 @@ where
 async fn check(action: &ProbeAction, target: &Target) -> bool {
     match action {
         ProbeAction::Exec(argv) => {
-            let Ok(mut cmd) = enter_command(target.host_pid, &target.env, &target.cgroups, argv) else {
+            let Ok(mut cmd) =
+                enter_command(target.host_pid, target.user, &target.cwd, &target.env, &target.cgroups, argv)
+            else {
                 return false;
             };
             cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
@@ -112,22 +116,31 @@ async fn connect(init_pid: u32, host: Option<&str>, port: u16) -> Option<tokio::
     socket.connect(SocketAddr::new(ip, port)).await.ok()
 }
 
-/// A command that runs `argv` inside the container of host process `pid`: its namespaces,
-/// root and working directory (nsenter), its cgroups, and `env` as its whole environment.
+/// A command that runs `argv` inside the container of host process `pid` (`beemesh-agent
+/// pod-exec`): its namespaces, root and cgroups, `env` as its whole environment, as `uid`/`gid`
+/// with the container's capabilities.
 pub fn enter_command(
     pid: u32,
+    user: (u32, u32),
+    cwd: &str,
     env: &[String],
     cgroups: &[PathBuf],
     argv: &[String],
 ) -> std::io::Result<std::process::Command> {
-    let mut cmd = std::process::Command::new("/usr/bin/nsenter");
-    cmd.arg("--target")
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.arg("pod-exec")
+        .arg("--target")
         .arg(pid.to_string())
-        .args(["--user", "--mount", "--uts", "--ipc", "--net", "--pid", "--root", "--wd", "--"])
-        .args(argv)
-        .env_clear()
-        .envs(env.iter().filter_map(|e| e.split_once('=')));
-    crate::sys::exec_in_cgroups(&mut cmd, cgroups)?;
+        .arg("--uid")
+        .arg(user.0.to_string())
+        .arg("--gid")
+        .arg(user.1.to_string())
+        .arg("--cwd")
+        .arg(cwd);
+    for c in cgroups {
+        cmd.arg("--cgroup").arg(c);
+    }
+    cmd.arg("--").args(argv).env_clear().envs(env.iter().filter_map(|e| e.split_once('=')));
     Ok(cmd)
 }
 

@@ -30,6 +30,11 @@ pub struct ContainerSpec {
     pub mounts: Vec<BindMount>,
     /// cgroup directories (cgroup v1 memory, cpu, pids) the container joins before exec.
     pub cgroups: Vec<PathBuf>,
+    /// The container's own cgroup2 directory (under the pod's): joined before exec, and
+    /// killed whole (`cgroup.kill`) when the container's main process ends, so nothing it
+    /// started outlives it.
+    #[serde(default)]
+    pub cgroup2: Option<PathBuf>,
     /// File that receives the container's stdout and stderr.
     pub log: PathBuf,
     pub uid: u32,
@@ -43,6 +48,10 @@ pub struct BindMount {
     pub source: PathBuf,
     /// Absolute path inside the container.
     pub target: String,
+    /// A path inside `source` to mount instead (Kubernetes `subPath`), resolved by init
+    /// right before the mount with every link kept inside `source`.
+    #[serde(default)]
+    pub sub_path: Option<String>,
     #[serde(default)]
     pub read_only: bool,
 }
@@ -69,6 +78,8 @@ pub enum Event {
     Exited { name: String, run: u64, code: i32, signal: Option<i32> },
     /// Setting the container up failed before its program ran.
     StartFailed { name: String, run: u64, message: String },
+    /// Sent after the replay that opens every connection: the agent has heard everything.
+    Replayed,
 }
 
 impl Event {
@@ -77,6 +88,7 @@ impl Event {
             Event::Started { name, .. } | Event::Exited { name, .. } | Event::StartFailed { name, .. } => {
                 name
             }
+            Event::Replayed => "",
         }
     }
 }

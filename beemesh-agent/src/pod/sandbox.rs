@@ -66,6 +66,13 @@ impl Layout {
     /// Creates the directories and the pod's /etc/hosts, /etc/hostname and /etc/resolv.conf
     /// (slirp4netns answers DNS at 10.0.2.3; the pod's own address is 10.0.2.100).
     pub fn create(&self, hostname: &str) -> Result<(), SandboxError> {
+        use std::os::unix::fs::DirBuilderExt;
+        // Root only: volumes hold Secrets, and container layers may hold setuid files.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(io_err("create", &self.dir))?;
         for d in ["logs", "containers", "volumes", "etc"] {
             let p = self.dir.join(d);
             std::fs::create_dir_all(&p).map_err(io_err("create", &p))?;
@@ -141,20 +148,28 @@ impl Layout {
         run: u64,
         rootfs: &Path,
         cgroups: Vec<PathBuf>,
+        cgroup2: PathBuf,
     ) -> Result<ContainerSpec, SandboxError> {
         let mut mounts: Vec<BindMount> = ["hosts", "hostname", "resolv.conf"]
             .iter()
-            .map(|f| BindMount { source: self.etc(f), target: format!("/etc/{f}"), read_only: false })
+            .map(|f| BindMount {
+                source: self.etc(f),
+                target: format!("/etc/{f}"),
+                read_only: false,
+                sub_path: None,
+            })
             .collect();
         for m in &plan.mounts {
-            let bad = |reason: String| SandboxError::Volume { volume: m.volume.clone(), reason };
-            let mut source =
-                self.volume_source(pod, &m.volume).ok_or_else(|| bad("no such volume".into()))?;
-            if let Some(sub) = &m.sub_path {
-                source = super::init::resolve_in_root(&source, sub, true)
-                    .map_err(|e| bad(format!("subPath {sub}: {e}")))?;
-            }
-            mounts.push(BindMount { source, target: m.target.clone(), read_only: m.read_only });
+            let source = self.volume_source(pod, &m.volume).ok_or_else(|| SandboxError::Volume {
+                volume: m.volume.clone(),
+                reason: "no such volume".into(),
+            })?;
+            mounts.push(BindMount {
+                source,
+                target: m.target.clone(),
+                read_only: m.read_only,
+                sub_path: m.sub_path.clone(),
+            });
         }
         let (uid, gid) = resolve_user(rootfs, &plan.user)
             .map_err(|reason| SandboxError::Volume { volume: "(image user)".into(), reason })?;
@@ -167,6 +182,7 @@ impl Layout {
             rootfs: rootfs.to_path_buf(),
             mounts,
             cgroups,
+            cgroup2: Some(cgroup2),
             log: self.log(&plan.name),
             uid,
             gid,
@@ -266,7 +282,16 @@ impl Limits {
         let mut dirs = Vec::new();
         for (controller, base) in &self.bases {
             let dir = base.join(workload).join(&plan.name);
-            let _ = std::fs::remove_dir(&dir);
+            // The last run's processes die asynchronously (cgroup.kill): wait for the group
+            // to empty so the new run starts with fresh counters.
+            for _ in 0..50 {
+                match std::fs::remove_dir(&dir) {
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        std::thread::sleep(std::time::Duration::from_millis(2))
+                    }
+                    _ => break,
+                }
+            }
             std::fs::create_dir_all(&dir).map_err(io_err("create cgroup", &dir))?;
             let mut settings: Vec<(&str, String)> = Vec::new();
             match *controller {
@@ -295,6 +320,11 @@ impl Limits {
             dirs.push(dir);
         }
         Ok(dirs)
+    }
+
+    /// The directories of a container's groups (for a run started by an earlier agent).
+    pub fn dirs(&self, workload: &str, container: &str) -> Vec<PathBuf> {
+        self.bases.iter().map(|(_, b)| b.join(workload).join(container)).collect()
     }
 
     /// Whether the kernel's OOM killer killed a process of the container's current run.

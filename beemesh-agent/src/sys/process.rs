@@ -13,7 +13,9 @@ use nix::unistd::Pid;
 ///
 /// Must only be called while the process has one thread.
 pub fn clone_into_namespaces(flags: CloneFlags, child: impl FnMut() -> isize) -> io::Result<Pid> {
-    let mut stack = vec![0u8; 256 * 1024];
+    // The pod's init runs on this stack for the pod's whole life: 8 MiB, like a main
+    // thread's (untouched pages cost nothing).
+    let mut stack = vec![0u8; 8 << 20];
     let child: Box<dyn FnMut() -> isize> = Box::new(child);
     // SAFETY: without CLONE_VM the child gets a copy of our memory (like fork) and runs
     // `child` on a copy of `stack`; with a single thread in the parent there is no lock
@@ -130,4 +132,66 @@ pub fn tcp_socket_in_netns_of(pid: u32, v6: bool) -> io::Result<std::os::fd::Own
     })
     .join()
     .map_err(|_| io::Error::other("netns thread panicked"))?
+}
+
+/// Capabilities a container keeps (Docker's and containerd's default set): no CAP_SYS_ADMIN,
+/// so no mounts, and no CAP_SYS_PTRACE.
+pub const CONTAINER_CAPS: &[u32] = &[
+    0,  // CAP_CHOWN
+    1,  // CAP_DAC_OVERRIDE
+    3,  // CAP_FOWNER
+    4,  // CAP_FSETID
+    5,  // CAP_KILL
+    6,  // CAP_SETGID
+    7,  // CAP_SETUID
+    8,  // CAP_SETPCAP
+    10, // CAP_NET_BIND_SERVICE
+    13, // CAP_NET_RAW
+    18, // CAP_SYS_CHROOT
+    27, // CAP_MKNOD
+    29, // CAP_AUDIT_WRITE
+    31, // CAP_SETFCAP
+];
+
+/// Drops every capability outside `keep` from the bounding set and clears the ambient set:
+/// after the next exec the process holds at most `keep` (root's permitted set is the
+/// bounding set). `last` is `/proc/sys/kernel/cap_last_cap`.
+pub fn restrict_capabilities(keep: &[u32], last: u32) -> io::Result<()> {
+    for cap in 0..=last {
+        if keep.contains(&cap) {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0) }
+        != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Restores the default disposition of every signal (the Rust runtime ignores SIGPIPE, and
+/// ignored signals survive exec) and unblocks them all.
+pub fn default_signals() -> io::Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for sig in Signal::iterator() {
+        if matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL never runs code of ours.
+        unsafe { sigaction(sig, &default) }?;
+    }
+    SigSet::empty().thread_set_mask()?;
+    Ok(())
+}
+
+/// Asks the kernel to SIGKILL the calling process when its parent exits.
+pub fn die_with_parent() -> io::Result<()> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(io::Error::from)
 }
