@@ -410,3 +410,44 @@ fn pods_survive_an_agent_crash_and_a_clean_stop_leaves_nothing() -> Result<()> {
     assert!(traces(&agent).is_empty(), "left behind after delete: {:#?}", traces(&agent));
     Ok(())
 }
+
+#[test]
+fn deletion_sends_sigterm_then_sigkill_after_the_grace_period() -> Result<()> {
+    let agent = Agent::start("podgrace", &[])?;
+    agent.import_busybox("busybox:1")?;
+    let pod = |name: &str, grace: u32, on_term: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  terminationGracePeriodSeconds: {grace}
+  containers:
+  - name: c
+    image: busybox:1
+    command: ["sh", "-c", "trap '{on_term}' TERM; echo ready; while true; do sleep 0.1; done"]
+"#
+        )
+    };
+    // One leaves at SIGTERM, well inside its 30 s grace period.
+    agent.apply(&pod("polite", 30, "exit 0"))?;
+    // The other ignores SIGTERM: SIGKILL ends it when its 2 s grace period is over.
+    agent.apply(&pod("stubborn", 2, "echo ignoring"))?;
+    agent.wait_ready("polite", T)?;
+    agent.wait_ready("stubborn", T)?;
+    assert!(eventually(T, || logs(&agent, "stubborn", "c").contains("ready")));
+    let t = std::time::Instant::now();
+    let (ok, _, err) = agent.run_cli(&["delete", "pod", "polite"], None)?;
+    assert!(ok, "{err}");
+    assert!(t.elapsed() < Duration::from_secs(5), "SIGTERM not delivered: {:?}", t.elapsed());
+    let t = std::time::Instant::now();
+    let (ok, _, err) = agent.run_cli(&["delete", "pod", "stubborn"], None)?;
+    assert!(ok, "{err}");
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(8),
+        "grace period not kept: {took:?}"
+    );
+    Ok(())
+}

@@ -572,12 +572,7 @@ impl Agent {
 
     /// What an agent that did not start a running container needs to manage it: its plan
     /// (probes, env), image, cgroups and user, rebuilt from the manifest.
-    fn adopted_run(
-        &self,
-        workload: &str,
-        name: &str,
-        run: u64,
-    ) -> Option<AdoptedRun> {
+    fn adopted_run(&self, workload: &str, name: &str, run: u64) -> Option<AdoptedRun> {
         let entry = self.pods.entries.get(workload)?;
         if entry.runs.get(name).is_some_and(|r| r.run >= run) {
             return None;

@@ -24,7 +24,7 @@ pub enum PodOutput {
 
 #[derive(Debug, Subcommand)]
 pub enum GetCommand {
-    /// Pods on this host: NAME READY STATUS RESTARTS AGE (wide: HOST IDENTITY).
+    /// Pods on this host: NAME READY STATUS RESTARTS AGE HOST IDENTITY (wide: and IP).
     #[command(alias = "pod", alias = "po")]
     Pods {
         name: Option<String>,
@@ -175,29 +175,36 @@ pub async fn get(socket: &Path, cmd: GetCommand) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// NAME READY STATUS RESTARTS AGE HOST IDENTITY (wide: and the pod's IP, the same for
+/// every pod: each has its own network namespace behind slirp4netns).
 fn print_pods(items: &[PodInfo], namespaces: bool, wide: bool) {
     let ns = |s: &str| if namespaces { format!("{s:<16}") } else { String::new() };
-    let extra = |a: &str, b: &str| if wide { format!("   {a:<20} {b}") } else { String::new() };
+    let ip = |s: &str| if wide { format!(" {s:<12}") } else { String::new() };
     println!(
-        "{}{:<32} {:<7} {:<26} {:<9} {:<6}{}",
+        "{}{:<32} {:<7} {:<26} {:<9} {:<6}{} {:<16} {}",
         ns("NAMESPACE"),
         "NAME",
         "READY",
         "STATUS",
         "RESTARTS",
         "AGE",
-        extra("HOST", "IDENTITY")
+        ip("IP"),
+        "HOST",
+        "IDENTITY"
     );
     for p in items {
+        let pod_ip = p.object["status"]["podIP"].as_str().unwrap_or("");
         println!(
-            "{}{:<32} {:<7} {:<26} {:<9} {:<6}{}",
+            "{}{:<32} {:<7} {:<26} {:<9} {:<6}{} {:<16} {}",
             ns(&p.namespace),
             p.name,
             p.ready,
             p.status,
             p.restarts,
             age(p.age_secs),
-            extra(&p.host, &p.identity)
+            ip(pod_ip),
+            p.host,
+            p.identity
         );
     }
 }
