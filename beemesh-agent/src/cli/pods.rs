@@ -181,7 +181,7 @@ fn print_pods(items: &[PodInfo], namespaces: bool, wide: bool) {
     let ns = |s: &str| if namespaces { format!("{s:<16}") } else { String::new() };
     let ip = |s: &str| if wide { format!(" {s:<12}") } else { String::new() };
     println!(
-        "{}{:<32} {:<7} {:<26} {:<9} {:<6}{} {:<16} {}",
+        "{}{:<32} {:<7} {:<26} {:<9} {:<6}{} {:<16} IDENTITY",
         ns("NAMESPACE"),
         "NAME",
         "READY",
@@ -190,7 +190,6 @@ fn print_pods(items: &[PodInfo], namespaces: bool, wide: bool) {
         "AGE",
         ip("IP"),
         "HOST",
-        "IDENTITY"
     );
     for p in items {
         let pod_ip = p.object["status"]["podIP"].as_str().unwrap_or("");
