@@ -13,17 +13,6 @@ use anyhow::{bail, Context, Result};
 
 pub mod image;
 
-/// The agent's workload (and cgroup) name for a pod (as `app::pods::workload_name`).
-pub fn pod_workload(namespace: &str, name: &str) -> String {
-    use sha2::Digest;
-    let hash = sha2::Sha256::digest(format!("{namespace}/{name}").as_bytes());
-    let hex: String = hash.iter().take(4).map(|b| format!("{b:02x}")).collect();
-    let raw = format!("pod-{namespace}-{name}");
-    let clean: String =
-        raw.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).take(54).collect();
-    format!("{}-{hex}", clean.trim_end_matches('-'))
-}
-
 /// Workspace root.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests crate sits in the workspace").to_path_buf()
@@ -285,6 +274,15 @@ impl Agent {
             bail!("get pods failed: {err}");
         }
         Ok(serde_json::from_str(&out)?)
+    }
+
+    /// The pod's workload (its cgroup and directory name on the host).
+    pub fn pod_workload(&self, name: &str) -> Result<String> {
+        let pod = self.pod(name)?;
+        pod["metadata"]["annotations"]["beemesh.io/workload"]
+            .as_str()
+            .map(str::to_owned)
+            .context("pod without a workload annotation")
     }
 
     /// Waits until the pod is Ready.

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use beemesh_tests::{eventually, pod_workload, port, Agent};
+use beemesh_tests::{eventually, port, Agent};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -53,6 +53,7 @@ spec:
     let (ok, table, _) = agent.run_cli(&["get", "pods"], None)?;
     assert!(ok && table.contains("hello") && table.contains("1/1") && table.contains("Running"), "{table}");
 
+    let w = agent.pod_workload("hello")?;
     let (ok, out, err) = agent.run_cli(&["delete", "pod", "hello"], None)?;
     assert!(ok, "{err}");
     assert!(out.contains("pod/hello deleted"));
@@ -60,7 +61,6 @@ spec:
     assert!(!table.contains("hello"), "{table}");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
     assert!(!mounts.contains(&agent.name), "mounts left behind:\n{mounts}");
-    let w = pod_workload("default", "hello");
     assert!(!agent.cgroup_root().join(&w).exists(), "cgroup left behind");
     assert!(!agent.state_dir().join("pods").join(&w).exists(), "pod directory left behind");
     let _ = port();
@@ -390,7 +390,7 @@ fn pods_survive_an_agent_crash_and_a_clean_stop_leaves_nothing() -> Result<()> {
         "apiVersion: v1\nkind: Pod\nmetadata: {name: keep}\nspec:\n  containers:\n  - {name: c, image: busybox:1, command: [sh, -c, 'echo up; sleep 1000']}\n",
     )?;
     agent.wait_ready("keep", T)?;
-    let procs = agent.cgroup_root().join(pod_workload("default", "keep")).join("pod/c/cgroup.procs");
+    let procs = agent.cgroup_root().join(agent.pod_workload("keep")?).join("pod/c/cgroup.procs");
     let before = std::fs::read_to_string(&procs)?;
     agent.crash()?;
     agent.spawn()?;
@@ -449,5 +449,110 @@ spec:
         took >= Duration::from_secs(2) && took < Duration::from_secs(8),
         "grace period not kept: {took:?}"
     );
+    Ok(())
+}
+
+#[test]
+fn udp_from_a_pod_is_policed_where_it_leaves_slirp4netns() -> Result<()> {
+    let agent = Agent::start("podudp", &[])?;
+    agent.import_busybox("busybox:1")?;
+    let receiver = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    receiver.set_read_timeout(Some(Duration::from_millis(300)))?;
+    let p = receiver.local_addr()?.port();
+    agent.write_policy(
+        "udp.yaml",
+        &format!(
+            r#"
+apiVersion: beemesh.io/v1alpha1
+kind: IdentityPolicy
+metadata: {{name: udp-for-allowed}}
+spec:
+  selector: {{identities: ["spiffe://beemesh.local/ns/default/sa/allowed"]}}
+  egress:
+  - to: [{{entity: host}}]
+    ports: [{{port: {p}, protocol: UDP}}]
+---
+apiVersion: beemesh.io/v1alpha1
+kind: IdentityPolicy
+metadata: {{name: others-isolated}}
+spec:
+  selector: {{identities: ["spiffe://beemesh.local/ns/default/sa/denied"]}}
+  egress: []
+"#
+        ),
+    )?;
+    let pod = |name: &str, sa: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  serviceAccountName: {sa}
+  containers:
+  - name: c
+    image: busybox:1
+    command: ["sh", "-c", "while true; do tftp -g -r from-{name} 10.0.2.2 {p}; sleep 0.5; done"]
+"#
+        )
+    };
+    // (tftp sends its read request as one UDP datagram; nobody answers it, which is fine.)
+    agent.apply(&pod("denied", "denied"))?;
+    agent.wait_ready("denied", T)?;
+    let mut buf = [0u8; 512];
+    let mut heard = |secs: u64| -> Vec<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        let mut got = Vec::new();
+        while std::time::Instant::now() < deadline {
+            if let Ok((n, _)) = receiver.recv_from(&mut buf) {
+                got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        got
+    };
+    let early = heard(3);
+    assert!(early.iter().all(|d| !d.contains("from-denied")), "a denied pod's datagram arrived: {early:?}");
+    agent.apply(&pod("allowed", "allowed"))?;
+    let later = heard(5);
+    assert!(later.iter().any(|d| d.contains("from-allowed")), "the allowed pod's datagrams: {later:?}");
+    assert!(later.iter().all(|d| !d.contains("from-denied")), "{later:?}");
+    Ok(())
+}
+
+#[test]
+fn tcp_readiness_and_exec_liveness_probes_act() -> Result<()> {
+    let agent = Agent::start("podprobe", &[])?;
+    agent.import_busybox("busybox:1")?;
+    agent.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: probed}
+spec:
+  containers:
+  - name: c
+    image: busybox:1
+    command: ["sh", "-c", "touch /tmp/alive; sleep 2; httpd -p 8080 -h /www; sleep 2; rm /tmp/alive; sleep 1000"]
+    readinessProbe:
+      tcpSocket: {port: 8080}
+      periodSeconds: 1
+    livenessProbe:
+      exec: {command: [test, -f, /tmp/alive]}
+      periodSeconds: 1
+      failureThreshold: 2
+"#,
+    )?;
+    let ready = || agent.pod("probed").is_ok_and(|p| p["status"]["containerStatuses"][0]["ready"] == true);
+    // Not ready before its server listens (2 s in), ready once it does.
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(!ready(), "ready before the port was open: {}", agent.pod("probed")?);
+    assert!(eventually(T, ready), "{}", agent.pod("probed")?);
+    // The liveness probe fails once /tmp/alive is gone: the container is killed (137).
+    let killed = || {
+        agent
+            .pod("probed")
+            .is_ok_and(|p| p["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"] == 137)
+    };
+    assert!(eventually(T, killed), "{}", agent.pod("probed")?);
     Ok(())
 }

@@ -1027,6 +1027,11 @@ fn pod_object(e: &PodEntry, host: &str) -> serde_json::Value {
         meta.insert("uid".into(), e.record.uid.clone().into());
         meta.insert("creationTimestamp".into(), created.clone().into());
         meta.entry("namespace").or_insert_with(|| e.plan.namespace.clone().into());
+        // Where to find the pod on the host: its cgroup, directory and workload.
+        let annotations = meta.entry("annotations").or_insert_with(|| serde_json::json!({}));
+        if let Some(a) = annotations.as_object_mut() {
+            a.insert("beemesh.io/workload".into(), e.record.workload.clone().into());
+        }
     }
     let statuses: Vec<serde_json::Value> = e
         .life

@@ -383,10 +383,7 @@ fn exec_container(spec: &ContainerSpec, report: &mut std::fs::File) -> String {
         for cg in spec.cgroups.iter().chain(&spec.cgroup2) {
             std::fs::write(cg.join("cgroup.procs"), "0").map_err(step(&format!("join {}", cg.display())))?;
         }
-        let last_cap: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(40);
+        let last_cap = process::last_capability();
         stdio(&spec.log).map_err(step(&format!("log file {}", spec.log.display())))?;
         nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("mount namespace: {e}"))?;
         enter_root(spec)?;
@@ -611,10 +608,7 @@ fn exec_in(
     for cg in cgroups {
         std::fs::write(cg.join("cgroup.procs"), "0").map_err(|e| format!("join {}: {e}", cg.display()))?;
     }
-    let last_cap: u32 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40);
+    let last_cap = process::last_capability();
     let open = |ns: &str| {
         std::fs::File::open(format!("/proc/{target}/ns/{ns}"))
             .map_err(|e| format!("container process {target}: {e}"))

@@ -46,15 +46,16 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// A throwaway IPv4 datagram socket, for ioctls and socket options about the namespace.
+fn udp_socket() -> io::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None).map_err(io::Error::from)
+}
+
 /// Brings the loopback interface of the current network namespace up.
 pub fn loopback_up() -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let sock = nix::sys::socket::socket(
-        nix::sys::socket::AddressFamily::Inet,
-        nix::sys::socket::SockType::Datagram,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+    let sock = udp_socket()?;
     // SAFETY: an all-zero ifreq is valid; the name fits (3 bytes and NUL).
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
@@ -88,12 +89,7 @@ pub fn signal_group(pid: Pid, signal: i32) -> io::Result<()> {
 /// programs compare against to tell host sockets from sockets inside pods.
 pub fn netns_cookie() -> io::Result<u64> {
     use std::os::fd::AsRawFd;
-    let sock = nix::sys::socket::socket(
-        nix::sys::socket::AddressFamily::Inet,
-        nix::sys::socket::SockType::Datagram,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
+    let sock = udp_socket()?;
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: the kernel writes at most `len` bytes into `cookie`, which outlives the call.
@@ -153,9 +149,17 @@ pub const CONTAINER_CAPS: &[u32] = &[
     31, // CAP_SETFCAP
 ];
 
+/// The highest capability number this kernel knows (`/proc/sys/kernel/cap_last_cap`).
+pub fn last_capability() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
+
 /// Drops every capability outside `keep` from the bounding set and clears the ambient set:
 /// after the next exec the process holds at most `keep` (root's permitted set is the
-/// bounding set). `last` is `/proc/sys/kernel/cap_last_cap`.
+/// bounding set). `last` is [`last_capability`] (read before leaving the host's /proc).
 pub fn restrict_capabilities(keep: &[u32], last: u32) -> io::Result<()> {
     for cap in 0..=last {
         if keep.contains(&cap) {
