@@ -108,6 +108,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     }
     // One agent per cgroup name and per run dir, checked before touching anything shared.
     let _instance = lock_instance(&cfg)?;
+    crate::sys::process::become_subreaper().map_err(io("become the reaper of pod init processes"))?;
     let socket = cfg.socket_path();
     let listener = api::server::bind(&socket).await.map_err(io(format!("bind {}", socket.display())))?;
     ensure_bpffs(&cfg.bpffs)?;

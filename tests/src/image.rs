@@ -60,11 +60,16 @@ fn layer() -> Result<Vec<u8>> {
 }
 
 /// Writes an OCI image layout at `dir` holding one busybox image tagged `reference`
-/// (`Cmd: ["sh"]`, `PATH=/bin`).
+/// (`Cmd: ["sh"]`, `PATH=/bin`, running as root).
 pub fn busybox_layout(dir: &Path, reference: &str) -> Result<()> {
+    busybox_layout_as(dir, reference, "")
+}
+
+/// [`busybox_layout`] with the image's `User` set (`""` is root).
+pub fn busybox_layout_as(dir: &Path, reference: &str, user: &str) -> Result<()> {
     let layer = layer()?;
     let config = format!(
-        r#"{{"architecture":"amd64","os":"linux","config":{{"Cmd":["sh"],"Env":["PATH=/bin"]}},"rootfs":{{"type":"layers","diff_ids":["sha256:{}"]}}}}"#,
+        r#"{{"architecture":"amd64","os":"linux","config":{{"Cmd":["sh"],"Env":["PATH=/bin"],"User":"{user}"}},"rootfs":{{"type":"layers","diff_ids":["sha256:{}"]}}}}"#,
         hex(&layer)
     );
     let blobs = dir.join("blobs/sha256");

@@ -230,8 +230,13 @@ impl Agent {
     /// Runs `probe ARGS` on the host, outside any workload.
     /// Imports the busybox test image as `reference`.
     pub fn import_busybox(&self, reference: &str) -> Result<()> {
+        self.import_busybox_as(reference, "")
+    }
+
+    /// Imports the busybox test image as `reference`, its `User` set to `user`.
+    pub fn import_busybox_as(&self, reference: &str, user: &str) -> Result<()> {
         let layout = self.dir.path().join(format!("image-{}", reference.replace([':', '/'], "-")));
-        image::busybox_layout(&layout, reference)?;
+        image::busybox_layout_as(&layout, reference, user)?;
         let out = self.cli().arg("image").arg("import").arg(&layout).output()?;
         if !out.status.success() {
             bail!("image import failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -54,6 +54,14 @@ spec:
     assert!(ok && table.contains("hello") && table.contains("1/1") && table.contains("Running"), "{table}");
 
     let w = agent.pod_workload("hello")?;
+    // The pod's namespaces, named by the links of its init process (the pod leaf's only
+    // direct member).
+    let init_pid = std::fs::read_to_string(agent.cgroup_root().join(&w).join("pod/cgroup.procs"))?;
+    let init_pid = init_pid.lines().next().unwrap_or_default().to_owned();
+    let namespaces: Vec<std::path::PathBuf> = ["net", "pid", "ipc", "uts", "user"]
+        .iter()
+        .map(|ns| std::fs::read_link(format!("/proc/{init_pid}/ns/{ns}")))
+        .collect::<std::io::Result<_>>()?;
     let (ok, out, err) = agent.run_cli(&["delete", "pod", "hello"], None)?;
     assert!(ok, "{err}");
     assert!(out.contains("pod/hello deleted"));
@@ -62,6 +70,17 @@ spec:
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
     assert!(!mounts.contains(&agent.name), "mounts left behind:\n{mounts}");
     assert!(!agent.cgroup_root().join(&w).exists(), "cgroup left behind");
+    let mut alive = Vec::new();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        for ns in ["net", "pid", "ipc", "uts", "user"] {
+            if let Ok(link) = std::fs::read_link(entry.path().join("ns").join(ns)) {
+                if namespaces.contains(&link) {
+                    alive.push(format!("{} holds {}", entry.file_name().to_string_lossy(), link.display()));
+                }
+            }
+        }
+    }
+    assert!(alive.is_empty(), "namespaces of the deleted pod still in use: {alive:?}");
     assert!(!agent.state_dir().join("pods").join(&w).exists(), "pod directory left behind");
     let _ = port();
     Ok(())
@@ -554,5 +573,98 @@ spec:
             .is_ok_and(|p| p["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"] == 137)
     };
     assert!(eventually(T, killed), "{}", agent.pod("probed")?);
+    Ok(())
+}
+
+#[test]
+fn init_containers_volumes_subpath_read_only_host_path_and_a_non_root_user() -> Result<()> {
+    let agent = Agent::start("podvol", &[])?;
+    agent.import_busybox("busybox:1")?;
+    agent.import_busybox_as("busybox:nobody", "65534")?;
+    let host_dir = agent.dir.path().join("shared");
+    std::fs::create_dir_all(&host_dir)?;
+    std::fs::write(host_dir.join("hello.txt"), "from the host")?;
+    let manifest = format!(
+        r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: s}}
+stringData: {{token: t0ken}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: features}}
+spec:
+  restartPolicy: OnFailure
+  volumes:
+  - {{name: scratch, emptyDir: {{}}}}
+  - {{name: host, hostPath: {{path: {host}, type: Directory}}}}
+  - {{name: creds, secret: {{secretName: s}}}}
+  initContainers:
+  - name: prepare
+    image: busybox:1
+    command: [sh, -c]
+    args: ["mkdir -p /scratch/sub && echo from-init > /scratch/sub/greeting && chmod -R 777 /scratch/sub"]
+    volumeMounts: [{{name: scratch, mountPath: /scratch}}]
+  containers:
+  - name: main
+    image: busybox:nobody
+    workingDir: /work
+    command: [sh, -c]
+    args:
+    - >-
+      echo cwd=$(pwd) uid=$(id -u);
+      cat /data/greeting; cat /host/hello.txt; echo;
+      touch /host/x && echo HOST-WRITTEN || echo host-read-only;
+      echo token=$(cat /creds/token);
+      grep CapEff /proc/self/status;
+      sleep 1000
+    resources:
+      limits: {{cpu: 250m, memory: 64Mi}}
+    volumeMounts:
+    - {{name: scratch, mountPath: /data, subPath: sub}}
+    - {{name: host, mountPath: /host, readOnly: true}}
+    - {{name: creds, mountPath: /creds}}
+"#,
+        host = host_dir.display()
+    );
+    agent.apply(&manifest)?;
+    agent.wait_ready("features", T)?;
+    assert!(
+        eventually(T, || logs(&agent, "features", "main").contains("CapEff")),
+        "{}",
+        logs(&agent, "features", "main")
+    );
+    let out = logs(&agent, "features", "main");
+    assert!(out.contains("cwd=/work uid=65534"), "{out}");
+    assert!(out.contains("from-init"), "init container output through the subPath: {out}");
+    assert!(
+        out.contains("from the host") && out.contains("host-read-only") && !out.contains("HOST-WRITTEN"),
+        "{out}"
+    );
+    assert!(out.contains("token=t0ken"), "{out}");
+    assert!(out.contains("CapEff:\t0000000000000000"), "a non-root user holds no capabilities: {out}");
+    assert!(!host_dir.join("x").exists());
+    let pod = agent.pod("features")?;
+    assert_eq!(
+        pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["reason"], "Completed",
+        "{pod}"
+    );
+    // The cpu limit is a CFS quota in the container's cgroup v1 group.
+    let own = std::fs::read_to_string("/proc/self/cgroup")?;
+    let cpu_rel = own
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.splitn(3, ':').collect();
+            (f.len() == 3 && f[1].split(',').any(|c| c == "cpu"))
+                .then(|| f[2].trim_start_matches('/').to_owned())
+        })
+        .unwrap_or_default();
+    let quota = std::path::Path::new("/sys/fs/cgroup/cpu")
+        .join(cpu_rel)
+        .join(&agent.name)
+        .join(agent.pod_workload("features")?)
+        .join("main/cpu.cfs_quota_us");
+    assert_eq!(std::fs::read_to_string(&quota)?.trim(), "25000", "{}", quota.display());
     Ok(())
 }

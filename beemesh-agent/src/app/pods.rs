@@ -89,9 +89,6 @@ pub(super) struct PodEntry {
     conn: Option<AbortHandle>,
 }
 
-/// What [`Agent::adopted_run`] rebuilds: plan, image id, cgroups, (uid, gid).
-type AdoptedRun = (ContainerPlan, String, Vec<PathBuf>, (u32, u32));
-
 pub(super) struct Waiter {
     workload: String,
     condition: WaitFor,
@@ -440,7 +437,9 @@ impl Agent {
                 if let Some(entry) = self.pods.entries.get_mut(&workload).filter(|e| e.record.uid == uid) {
                     entry.cmds = None;
                     // The pid may be reused by anyone now: never signal it again.
-                    entry.record.init_pid = None;
+                    if let Some(pid) = entry.record.init_pid.take() {
+                        crate::sys::process::reap(pid, Duration::from_millis(200));
+                    }
                     if !entry.deleting {
                         warn!(pod = %workload, "pod init exited: its containers are gone");
                         entry.sandbox = Sandbox::Failed("the pod's init process exited".into());
@@ -481,15 +480,22 @@ impl Agent {
 
     fn on_init_event(&mut self, workload: &str, event: proto::Event, now: u64) {
         if event == proto::Event::Replayed {
+            let mut term = Vec::new();
             if let Some(entry) = self.pods.entries.get_mut(workload) {
                 if matches!(entry.sandbox, Sandbox::Adopting) {
                     entry.sandbox = Sandbox::Ready;
+                    // A deletion that began before the replay: its SIGTERMs go out now (the
+                    // deadline stays where it was).
+                    if entry.deleting {
+                        term = entry.life.terminate(entry.plan.grace, now);
+                    }
                 }
             }
+            self.carry_out(workload, term);
             return;
         }
         let adopted = match &event {
-            proto::Event::Started { name, run, .. } => self.adopted_run(workload, name, *run),
+            proto::Event::Started { name, run, .. } => Some(self.adopted_run(workload, name, *run)),
             _ => None,
         };
         let limits = self.pods.limits.clone();
@@ -499,22 +505,29 @@ impl Agent {
         let name = event.container().to_owned();
         let r = entry.runs.entry(name.clone()).or_default();
         match event {
-            proto::Event::Started { run, host_pid, .. } if run >= r.run => {
+            proto::Event::Started { run, host_pid, uid: run_uid, gid: run_gid, cgroups, .. }
+                if run >= r.run =>
+            {
                 if run > r.run {
-                    // A run this agent did not start (it restarted): adopt it as it runs.
+                    // A run this agent did not start (it restarted): adopt it as it runs,
+                    // with the user and cgroups init reports.
                     r.run = run;
                     entry.life.started(&name, now);
-                    if let Some((plan, image_id, cgroups, (u, g))) = adopted {
+                    (r.uid, r.gid) = (run_uid, run_gid);
+                    r.cgroups = cgroups;
+                    if let Some(Some((plan, image_id))) = adopted {
                         r.plan = Some(plan);
                         r.image_id = image_id;
-                        r.cgroups = cgroups;
-                        (r.uid, r.gid) = (u, g);
                     }
                 }
                 r.host_pid = Some(host_pid);
                 let probe = r.plan.as_ref().map(|p| (p.readiness.clone(), p.liveness.clone()));
                 let (readiness, liveness) = probe.unwrap_or((None, None));
-                r.ready = readiness.is_none();
+                // Without a plan (the manifest no longer resolves), a declared readiness probe
+                // cannot run: the container is not ready rather than ready unchecked.
+                let declared = find_container(&entry.record.manifest, &name)
+                    .is_some_and(|c| c.readiness_probe.is_some());
+                r.ready = readiness.is_none() && !declared;
                 let init_pid = entry.record.init_pid.unwrap_or_default();
                 for (plan, liveness) in [(readiness, false), (liveness, true)] {
                     let Some(plan) = plan else { continue };
@@ -570,9 +583,9 @@ impl Agent {
         }
     }
 
-    /// What an agent that did not start a running container needs to manage it: its plan
-    /// (probes, env), image, cgroups and user, rebuilt from the manifest.
-    fn adopted_run(&self, workload: &str, name: &str, run: u64) -> Option<AdoptedRun> {
+    /// What an agent that did not start a running container needs to manage it (probes,
+    /// env), rebuilt from the manifest: its plan and image id.
+    fn adopted_run(&self, workload: &str, name: &str, run: u64) -> Option<(ContainerPlan, String)> {
         let entry = self.pods.entries.get(workload)?;
         if entry.runs.get(name).is_some_and(|r| r.run >= run) {
             return None;
@@ -580,11 +593,7 @@ impl Agent {
         let container = find_container(&entry.record.manifest, name)?;
         let image = self.pods.images.resolve(container.image.as_deref().unwrap_or_default()).ok()?;
         let plan = spec::plan_container(&entry.record.manifest, name, &image.config, &self.pods).ok()?;
-        let root = entry.layout.container(name).join("merged");
-        let user = sandbox::resolve_user(&root, &plan.user).unwrap_or((0, 0));
-        let mut cgroups = self.pods.limits.dirs(workload, name);
-        cgroups.push(self.cgroups.path(workload).join("pod").join(name));
-        Some((plan, image.id, cgroups, user))
+        Some((plan, image.id))
     }
 
     /// Opens (or re-opens) the control connection to the pod's init.
@@ -899,6 +908,9 @@ fn stop_entry(entry: &mut PodEntry) {
     if let Some(pid) = entry.record.init_pid {
         let _ =
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        // Init is our child (we are its subreaper): reap it, or its zombie keeps the pod's
+        // namespaces alive.
+        crate::sys::process::reap(pid, Duration::from_secs(2));
     }
     if let Some(mut slirp) = entry.slirp.take() {
         slirp.stop();

@@ -321,7 +321,15 @@ impl Init {
         let event = match spawn(&spec) {
             Ok((pid, host_pid)) => {
                 self.pids.insert(pid, name.clone());
-                Event::Started { name: name.clone(), run, pid: pid.as_raw() as u32, host_pid }
+                Event::Started {
+                    name: name.clone(),
+                    run,
+                    pid: pid.as_raw() as u32,
+                    host_pid,
+                    uid: spec.uid,
+                    gid: spec.gid,
+                    cgroups: spec.cgroups.iter().chain(&spec.cgroup2).cloned().collect(),
+                }
             }
             Err(message) => Event::StartFailed { name: name.clone(), run, message },
         };
@@ -386,9 +394,11 @@ fn exec_container(spec: &ContainerSpec, report: &mut std::fs::File) -> String {
         let last_cap = process::last_capability();
         stdio(&spec.log).map_err(step(&format!("log file {}", spec.log.display())))?;
         nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("mount namespace: {e}"))?;
-        enter_root(spec)?;
+        // The bounding set first (it needs CAP_SETPCAP, gone once a non-root user is set at
+        // the end of enter_root); the capabilities in effect for the mounts stay until exec.
         process::restrict_capabilities(process::CONTAINER_CAPS, last_cap)
             .map_err(step("drop capabilities"))?;
+        enter_root(spec)?;
         let env: Vec<CString> = spec.env.iter().filter_map(|e| CString::new(e.as_bytes()).ok()).collect();
         let path_var = spec.env.iter().rev().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/bin:/bin");
         let program = lookup(&spec.argv[0], path_var)
@@ -508,7 +518,8 @@ fn enter_root(spec: &ContainerSpec) -> Result<(), String> {
         mount(Some(&source), &target, none, MsFlags::MS_BIND | MsFlags::MS_REC, none)
             .map_err(m(&format!("bind {} at {}", b.source.display(), b.target)))?;
         if b.read_only {
-            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+            // The flags of a mount copied from the host are locked: keep them, add read-only.
+            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked_flags(&target);
             mount(none, &target, none, flags, none).map_err(m(&format!("make {} read-only", b.target)))?;
         }
     }
@@ -569,7 +580,8 @@ pub fn resolve_in_root(root: &Path, path: &str, last_is_dir: bool) -> io::Result
             Ok(_) => cur = next,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if pending.is_empty() && !last_is_dir {
-                    std::fs::File::create(&next)?;
+                    // O_EXCL: a link put here meanwhile is an error, never followed.
+                    std::fs::OpenOptions::new().write(true).create_new(true).open(&next)?;
                 } else {
                     std::fs::create_dir(&next)?;
                 }
@@ -630,7 +642,6 @@ fn exec_in(
     match process::fork().map_err(|e| format!("fork: {e}"))? {
         Forked::Child => {
             let e = (|| -> Result<std::convert::Infallible, String> {
-                process::die_with_parent().map_err(|e| format!("parent death signal: {e}"))?;
                 process::default_signals().map_err(|e| format!("signals: {e}"))?;
                 nix::unistd::chdir(cwd)
                     .or_else(|_| nix::unistd::chdir("/"))
@@ -641,6 +652,12 @@ fn exec_in(
                 nix::unistd::setgroups(&[g]).map_err(|e| format!("setgroups: {e}"))?;
                 nix::unistd::setgid(g).map_err(|e| format!("setgid: {e}"))?;
                 nix::unistd::setuid(nix::unistd::Uid::from_raw(uid)).map_err(|e| format!("setuid: {e}"))?;
+                // After setuid (which clears it); the parent sits outside the pod's pid
+                // namespace, so while it lives getppid() is 0.
+                process::die_with_parent().map_err(|e| format!("parent death signal: {e}"))?;
+                if nix::unistd::getppid().as_raw() != 0 {
+                    return Err("the exec wrapper is gone".into());
+                }
                 let path_var = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
                 let program = lookup(&argv[0], &path_var)
                     .ok_or_else(|| format!("{:?}: executable file not found in $PATH", argv[0]))?;
@@ -672,16 +689,50 @@ fn exec_in(
     }
 }
 
-/// `sub` inside directory `base` as an O_PATH descriptor, every link resolved as if `base`
-/// were `/`; created first (as a directory) if missing, as Kubernetes does.
+/// The mount flags of `path` that a remount must repeat (nosuid, nodev, noexec, atime).
+fn locked_flags(path: &Path) -> MsFlags {
+    use nix::sys::statvfs::FsFlags;
+    let Ok(vfs) = nix::sys::statvfs::statvfs(path) else { return MsFlags::empty() };
+    let f = vfs.flags();
+    let mut flags = MsFlags::empty();
+    for (fs, ms) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if f.contains(fs) {
+            flags |= ms;
+        }
+    }
+    flags
+}
+
+/// `sub` inside directory `base` as an O_PATH descriptor, created (as directories) where
+/// missing, as Kubernetes does. Walked one component at a time from descriptors and refusing
+/// links, so a container that writes the volume can neither point it outside nor make
+/// init create anything outside.
 fn open_beneath(base: &Path, sub: &str) -> io::Result<OwnedFd> {
     use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
-    let _ = resolve_in_root(base, sub, true);
-    let dir = std::fs::File::open(base)?;
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    openat2(&dir, sub, how).map_err(io::Error::from)
+    let how = || {
+        OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS)
+    };
+    let mut dir: OwnedFd = std::fs::File::open(base)?.into();
+    for c in Path::new(sub).components() {
+        let Component::Normal(name) = c else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "only plain path components"));
+        };
+        match nix::sys::stat::mkdirat(&dir, name, nix::sys::stat::Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        dir = openat2(&dir, name, how())?;
+    }
+    Ok(dir)
 }
 
 /// `program` found through `path_var` (after the pivot: paths are the container's).

@@ -72,8 +72,20 @@ pub enum Command {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "camelCase")]
 pub enum Event {
-    /// The container's program was executed (`pid` as seen from the host).
-    Started { name: String, run: u64, pid: u32, host_pid: u32 },
+    /// The container's program was executed (`pid` as seen from the host), as `uid`/`gid`,
+    /// in `cgroups` (v1 groups and its cgroup2 leaf): what an agent adopting it needs.
+    Started {
+        name: String,
+        run: u64,
+        pid: u32,
+        host_pid: u32,
+        #[serde(default)]
+        uid: u32,
+        #[serde(default)]
+        gid: u32,
+        #[serde(default)]
+        cgroups: Vec<PathBuf>,
+    },
     /// It ended: `code` is the exit status, or 128 + the signal number (`signal` set).
     Exited { name: String, run: u64, code: i32, signal: Option<i32> },
     /// Setting the container up failed before its program ran.

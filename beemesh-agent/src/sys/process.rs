@@ -199,3 +199,27 @@ pub fn default_signals() -> io::Result<()> {
 pub fn die_with_parent() -> io::Result<()> {
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(io::Error::from)
 }
+
+/// Makes this process the reaper of its orphaned descendants: a pod's init, whose parent
+/// exits right after cloning it, becomes the agent's child, so the agent can reap it (a
+/// host whose PID 1 does not reap would otherwise keep its namespaces alive as a zombie).
+pub fn become_subreaper() -> io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
+}
+
+/// Waits up to `timeout` for child `pid` to end and reaps it; false if it still runs.
+/// A pid that is not our child counts as reaped.
+pub fn reap(pid: u32, timeout: std::time::Duration) -> bool {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match waitpid(Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(_) | Err(_) => return true,
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
