@@ -70,17 +70,35 @@ spec:
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
     assert!(!mounts.contains(&agent.name), "mounts left behind:\n{mounts}");
     assert!(!agent.cgroup_root().join(&w).exists(), "cgroup left behind");
-    let mut alive = Vec::new();
-    for entry in std::fs::read_dir("/proc")?.flatten() {
-        for ns in ["net", "pid", "ipc", "uts", "user"] {
-            if let Ok(link) = std::fs::read_link(entry.path().join("ns").join(ns)) {
-                if namespaces.contains(&link) {
-                    alive.push(format!("{} holds {}", entry.file_name().to_string_lossy(), link.display()));
+    // (The kernel takes the namespaces down as the pod's last processes finish exiting.)
+    let holders = || {
+        let mut alive = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            for ns in ["net", "pid", "ipc", "uts", "user"] {
+                if let Ok(link) = std::fs::read_link(entry.path().join("ns").join(ns)) {
+                    // Namespace numbers are reused: a pod of another test (in parallel) may
+                    // hold the same one by now; only this agent's processes count.
+                    let cgroup = std::fs::read_to_string(entry.path().join("cgroup")).unwrap_or_default();
+                    let elsewhere = cgroup.contains("/bmt-") && !cgroup.contains(&agent.name);
+                    if namespaces.contains(&link) && !elsewhere {
+                        let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+                        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                        alive.push(format!(
+                            "{} ({cmd}) holds {}",
+                            entry.file_name().to_string_lossy(),
+                            link.display()
+                        ));
+                    }
                 }
             }
         }
-    }
-    assert!(alive.is_empty(), "namespaces of the deleted pod still in use: {alive:?}");
+        alive
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || holders().is_empty()),
+        "namespaces of the deleted pod still in use: {:?}",
+        holders()
+    );
     assert!(!agent.state_dir().join("pods").join(&w).exists(), "pod directory left behind");
     let _ = port();
     Ok(())

@@ -106,6 +106,8 @@ pub(super) struct Pods {
     pub clock: Instant,
     pub waiters: Vec<Waiter>,
     pub host: String,
+    /// Pod inits killed but not reaped yet (their exit takes the pod's namespaces down).
+    pub unreaped: Vec<u32>,
 }
 
 impl Pods {
@@ -119,6 +121,7 @@ impl Pods {
             tx,
             clock: Instant::now(),
             waiters: Vec::new(),
+            unreaped: Vec::new(),
             host: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
         })
     }
@@ -612,6 +615,7 @@ impl Agent {
 
     /// Runs every pod's lifecycle forward: starts, signals, teardown of deleted pods, waiters.
     pub(super) fn drive_pods(&mut self) {
+        self.pods.unreaped.retain(|pid| !crate::sys::process::reap(*pid, Duration::ZERO));
         let now = self.pods.now();
         let keys: Vec<String> = self.pods.entries.keys().cloned().collect();
         let mut finished = Vec::new();
@@ -724,7 +728,9 @@ impl Agent {
     /// its forwards, mounts, cgroups, files, the workload and its identity mapping.
     fn teardown_pod(&mut self, key: &str) {
         let Some(mut entry) = self.pods.entries.remove(key) else { return };
-        stop_entry(&mut entry);
+        if let Some(pid) = stop_entry(&mut entry) {
+            self.pods.unreaped.push(pid);
+        }
         if let Some(id) = entry.net_cgroup {
             let _ = self.kernel.set_refuse_cgroup(id, false);
         }
@@ -744,7 +750,9 @@ impl Agent {
         let keys: Vec<String> = self.pods.entries.keys().cloned().collect();
         for key in keys {
             let Some(mut entry) = self.pods.entries.remove(&key) else { continue };
-            stop_entry(&mut entry);
+            if let Some(pid) = stop_entry(&mut entry) {
+                crate::sys::process::reap(pid, Duration::from_secs(5));
+            }
             let _ = crate::sys::cgroup::kill_cgroup(&self.cgroups.path(&key));
             let _ = self.cgroups.destroy(&key);
             unmount_containers(&entry.layout);
@@ -893,7 +901,9 @@ fn find_container<'a>(
     spec.init_containers.iter().flatten().chain(spec.containers.iter()).find(|c| c.name == name)
 }
 
-fn stop_entry(entry: &mut PodEntry) {
+/// Stops a pod's processes; returns its init's pid if it has not been reaped yet (the
+/// caller keeps it in `Pods::unreaped` for the tick).
+fn stop_entry(entry: &mut PodEntry) -> Option<u32> {
     if let Some(conn) = entry.conn.take() {
         conn.abort();
     }
@@ -905,16 +915,20 @@ fn stop_entry(entry: &mut PodEntry) {
     if let Some(cmds) = entry.cmds.take() {
         let _ = cmds.try_send(proto::Command::Shutdown);
     }
+    let mut unreaped = None;
     if let Some(pid) = entry.record.init_pid {
         let _ =
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
         // Init is our child (we are its subreaper): reap it, or its zombie keeps the pod's
         // namespaces alive.
-        crate::sys::process::reap(pid, Duration::from_secs(2));
+        if !crate::sys::process::reap(pid, Duration::from_millis(500)) {
+            unreaped = Some(pid);
+        }
     }
     if let Some(mut slirp) = entry.slirp.take() {
         slirp.stop();
     }
+    unreaped
 }
 
 fn unmount_containers(layout: &Layout) {

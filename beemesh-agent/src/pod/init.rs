@@ -463,6 +463,15 @@ fn enter_root(spec: &ContainerSpec) -> Result<(), String> {
     }
     mount(Some("sysfs"), &dir("/sys")?, Some("sysfs"), nodev | MsFlags::MS_RDONLY, none)
         .map_err(m("mount /sys"))?;
+    // Directories runc hides: an empty read-only tmpfs over each.
+    let sys_dir = dir("/sys")?;
+    let hidden = ["acpi", "asound", "scsi"].map(|d| proc_dir.join(d));
+    for p in hidden.iter().chain([&sys_dir.join("firmware")]) {
+        if p.is_dir() {
+            mount(Some("tmpfs"), p, Some("tmpfs"), nodev | MsFlags::MS_RDONLY, none)
+                .map_err(m(&format!("mask {}", p.display())))?;
+        }
+    }
     let dev = dir("/dev")?;
     mount(
         Some("tmpfs"),
