@@ -7,7 +7,7 @@ set -euo pipefail
 
 PREFIX=${BEEMESH_TOOLCHAIN_PREFIX:-/opt/beemesh-toolchain}
 BPF_LINKER_VERSION=0.13.0
-APT_PACKAGES=(rustc-web cargo-web rust-web-src libllvm22 nftables iproute2 socat slirp4netns uidmap busybox-static podman runc)
+APT_PACKAGES=(rustc-web cargo-web rust-web-src libllvm22 nftables iproute2 socat slirp4netns uidmap busybox-static podman runc openssl)
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 

@@ -686,3 +686,40 @@ spec:
     assert_eq!(std::fs::read_to_string(&quota)?.trim(), "25000", "{}", quota.display());
     Ok(())
 }
+
+#[test]
+fn every_pod_gets_an_x509_svid_of_its_identity() -> Result<()> {
+    let agent = Agent::start("podsvid", &[])?;
+    agent.import_busybox("busybox:1")?;
+    agent.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: certified}\nspec:\n  serviceAccountName: frontend\n  containers:\n  - {name: c, image: busybox:1, command: [sleep, '1000']}\n",
+    )?;
+    agent.wait_ready("certified", T)?;
+    let dir = "/var/run/secrets/beemesh.io";
+    let read = |file: &str| -> Result<String> {
+        let (ok, out, err) = agent.run_cli(&["exec", "certified", "--", "cat", &format!("{dir}/{file}")], None)?;
+        anyhow::ensure!(ok, "cat {file}: {err}");
+        Ok(out)
+    };
+    let tmp = tempfile::tempdir()?;
+    for file in ["svid.pem", "svid_key.pem", "bundle.pem"] {
+        std::fs::write(tmp.path().join(file), read(file)?)?;
+    }
+    let openssl = |args: &[&str]| -> Result<String> {
+        let out = std::process::Command::new("openssl").args(args).current_dir(tmp.path()).output()?;
+        anyhow::ensure!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    // The certificate names the pod's SPIFFE id, chains to the trust bundle, and matches its key.
+    let san = openssl(&["x509", "-in", "svid.pem", "-noout", "-ext", "subjectAltName"])?;
+    assert!(san.contains("URI:spiffe://beemesh.local/ns/default/sa/frontend"), "{san}");
+    let verified = openssl(&["verify", "-CAfile", "bundle.pem", "-purpose", "sslclient", "svid.pem"])?;
+    assert!(verified.contains("svid.pem: OK"), "{verified}");
+    let cert_key = openssl(&["x509", "-in", "svid.pem", "-noout", "-pubkey"])?;
+    let key_pub = openssl(&["pkey", "-in", "svid_key.pem", "-pubout"])?;
+    assert_eq!(cert_key, key_pub, "the key is the certificate's");
+    // Containers cannot change it.
+    let (ok, _, _) = agent.run_cli(&["exec", "certified", "--", "sh", "-c", &format!("echo x > {dir}/svid.pem")], None)?;
+    assert!(!ok, "the SVID directory is read-only");
+    Ok(())
+}

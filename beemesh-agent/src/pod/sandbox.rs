@@ -30,6 +30,9 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SandboxE
     move |source| SandboxError::Io { what, path, source }
 }
 
+/// Where containers find their pod's X.509 SVID (`svid.pem`, `svid_key.pem`, `bundle.pem`).
+pub const SVID_MOUNT: &str = "/var/run/secrets/beemesh.io";
+
 /// Where a pod's files live: `<state-dir>/pods/<workload>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
@@ -61,6 +64,31 @@ impl Layout {
     }
     fn etc(&self, file: &str) -> PathBuf {
         self.dir.join("etc").join(file)
+    }
+    /// The pod's X.509 SVID, key and trust bundle, mounted read-only into every container at
+    /// [`SVID_MOUNT`].
+    pub fn svid_dir(&self) -> PathBuf {
+        self.dir.join("svid")
+    }
+
+    /// Writes (or renews) the pod's SVID files, each replaced atomically so a reader never
+    /// sees half a file or a certificate with the wrong key for long.
+    pub fn write_svid(&self, cert_pem: &str, key_pem: &str, bundle_pem: &str) -> Result<(), SandboxError> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.svid_dir();
+        std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).map_err(io_err("chmod", &dir))?;
+        // The key before the certificate: a workload that reloads on a new certificate
+        // finds its key already there.
+        for (name, text) in [("svid_key.pem", key_pem), ("bundle.pem", bundle_pem), ("svid.pem", cert_pem)] {
+            let (tmp, path) = (dir.join(format!(".{name}.tmp")), dir.join(name));
+            std::fs::write(&tmp, text).map_err(io_err("write", &tmp))?;
+            // Readable by every user of the pod (containers may run as any uid); the pod
+            // directory above is root-only on the host.
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).map_err(io_err("chmod", &tmp))?;
+            std::fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
+        }
+        Ok(())
     }
 
     /// Creates the directories and the pod's /etc/hosts, /etc/hostname and /etc/resolv.conf
@@ -150,6 +178,7 @@ impl Layout {
         cgroups: Vec<PathBuf>,
         cgroup2: PathBuf,
     ) -> Result<ContainerSpec, SandboxError> {
+        let svid = BindMount { source: self.svid_dir(), target: SVID_MOUNT.into(), read_only: true, sub_path: None };
         let mut mounts: Vec<BindMount> = ["hosts", "hostname", "resolv.conf"]
             .iter()
             .map(|f| BindMount {
@@ -158,6 +187,7 @@ impl Layout {
                 read_only: false,
                 sub_path: None,
             })
+            .chain(self.svid_dir().is_dir().then_some(svid))
             .collect();
         for m in &plan.mounts {
             let source = self.volume_source(pod, &m.volume).ok_or_else(|| SandboxError::Volume {
