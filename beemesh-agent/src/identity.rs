@@ -1,6 +1,6 @@
 //! Workload identities: SPIFFE ids and the sans-IO registry that gives each one the stable
 //! numeric id used in the kernel maps. Used by the policy compiler and the agent's workload
-//! tracker (which persists the registry in its state dir).
+//! tracker (which persists the registry in its state dir). X.509 SVIDs live in [`svid`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -8,6 +8,8 @@ use std::str::FromStr;
 
 use beemesh_common::{FIRST_CIDR_ID, FIRST_WORKLOAD_ID, ID_ANY, ID_HOST, ID_NONE, ID_WORLD};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub mod svid;
 
 /// The URI scheme every workload identity starts with.
 pub const SPIFFE_SCHEME: &str = "spiffe://";
