@@ -122,7 +122,8 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         Kernel::load(KernelOptions { cgroup_root: cgroups.root().to_path_buf(), pin_dir: cfg.pin_dir() })?;
     let (names_tx, names_rx) = watch::channel(Arc::new(Names::default()));
     let (pod_tx, mut pod_msgs) = mpsc::channel::<pods::PodMsg>(256);
-    let pods = pods::Pods::new(&cfg, pod_tx)?;
+    let authority = Arc::new(state.load_or_create_authority(&cfg.trust_domain)?);
+    let pods = pods::Pods::new(&cfg, pod_tx, authority)?;
     let mut agent = Agent {
         pods,
         identities: state.load_identities()?,

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::identity::svid::Authority;
 use crate::identity::IdentityRegistry;
 use crate::workload::WorkloadTable;
 
@@ -39,7 +40,8 @@ impl StateFiles {
 
     fn write(&self, name: &str, text: &str) -> Result<(), StateError> {
         let path = self.dir.join(name);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = path.with_file_name(format!(".{file}.tmp"));
         let err = |source| StateError::Io { path: path.clone(), source };
         // Owner-only: the state holds Secrets (objects.json).
         use std::os::unix::fs::OpenOptionsExt;
@@ -117,6 +119,37 @@ impl StateFiles {
         self.write("workloads.json", &table.to_json())
     }
 
+    /// The trust domain's signing authority, kept in `<state-dir>/ca/` (`ca.pem`, `ca.key`,
+    /// owner-only); made on first start (ten years). Copy the directory to every host that
+    /// should share the trust domain.
+    pub fn load_or_create_authority(&self, trust_domain: &str) -> Result<Authority, StateError> {
+        let dir = self.dir.join("ca");
+        let (cert, key) = (dir.join("ca.pem"), dir.join("ca.key"));
+        let corrupt = |path: &Path, reason: String| StateError::Corrupt { path: path.to_path_buf(), reason };
+        if cert.exists() || key.exists() {
+            let read = |p: &Path| {
+                std::fs::read_to_string(p).map_err(|source| StateError::Io { path: p.to_path_buf(), source })
+            };
+            let authority = Authority::from_pem(&read(&cert)?, &read(&key)?)
+                .map_err(|e| corrupt(&cert, e.to_string()))?;
+            if authority.trust_domain() != trust_domain {
+                let why = format!(
+                    "it signs for trust domain {}, the agent is configured for {trust_domain}",
+                    authority.trust_domain()
+                );
+                return Err(corrupt(&cert, why));
+            }
+            return Ok(authority);
+        }
+        let lifetime = std::time::Duration::from_secs(10 * 365 * 86_400);
+        let authority = Authority::generate(trust_domain, std::time::SystemTime::now(), lifetime)
+            .map_err(|e| corrupt(&cert, e.to_string()))?;
+        std::fs::create_dir_all(&dir).map_err(|source| StateError::Io { path: dir.clone(), source })?;
+        self.write("ca/ca.key", &authority.key_pem())?;
+        self.write("ca/ca.pem", &authority.cert_pem())?;
+        Ok(authority)
+    }
+
     /// Loads a JSON state file (`pods.json`, `objects.json`); missing means empty.
     pub fn load_json<T: serde::de::DeserializeOwned + Default>(&self, name: &str) -> Result<T, StateError> {
         match self.read(name)? {
@@ -136,6 +169,21 @@ impl StateFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_authority_is_made_once_kept_private_and_checked_against_the_trust_domain() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = StateFiles::new(dir.path());
+        let first = s.load_or_create_authority("beemesh.local").expect("created");
+        let again = s.load_or_create_authority("beemesh.local").expect("loaded");
+        assert_eq!(first.cert_pem(), again.cert_pem(), "the same authority across restarts");
+        let mode = std::fs::metadata(dir.path().join("ca/ca.key")).expect("key").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(matches!(s.load_or_create_authority("other.example"), Err(StateError::Corrupt { .. })));
+        std::fs::write(dir.path().join("ca/ca.key"), "not a key").expect("write");
+        assert!(matches!(s.load_or_create_authority("beemesh.local"), Err(StateError::Corrupt { .. })));
+    }
 
     #[test]
     fn round_trip_and_corruption_is_reported() {

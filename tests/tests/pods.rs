@@ -697,7 +697,8 @@ fn every_pod_gets_an_x509_svid_of_its_identity() -> Result<()> {
     agent.wait_ready("certified", T)?;
     let dir = "/var/run/secrets/beemesh.io";
     let read = |file: &str| -> Result<String> {
-        let (ok, out, err) = agent.run_cli(&["exec", "certified", "--", "cat", &format!("{dir}/{file}")], None)?;
+        let (ok, out, err) =
+            agent.run_cli(&["exec", "certified", "--", "cat", &format!("{dir}/{file}")], None)?;
         anyhow::ensure!(ok, "cat {file}: {err}");
         Ok(out)
     };
@@ -719,7 +720,8 @@ fn every_pod_gets_an_x509_svid_of_its_identity() -> Result<()> {
     let key_pub = openssl(&["pkey", "-in", "svid_key.pem", "-pubout"])?;
     assert_eq!(cert_key, key_pub, "the key is the certificate's");
     // Containers cannot change it.
-    let (ok, _, _) = agent.run_cli(&["exec", "certified", "--", "sh", "-c", &format!("echo x > {dir}/svid.pem")], None)?;
+    let (ok, _, _) =
+        agent.run_cli(&["exec", "certified", "--", "sh", "-c", &format!("echo x > {dir}/svid.pem")], None)?;
     assert!(!ok, "the SVID directory is read-only");
     Ok(())
 }

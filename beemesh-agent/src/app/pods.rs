@@ -3,7 +3,7 @@
 //! lifecycle, and report status. Part of `impl Agent` (see `app.rs`); the pod's init process
 //! (`pod::init`) does the forking, this side decides.
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -11,6 +11,7 @@ use tokio::task::AbortHandle;
 
 use super::*;
 use crate::api::{ContainerInfo, PodInfo, WaitFor};
+use crate::identity::svid::Authority;
 use crate::manifest::{self, Object};
 use crate::pod::lifecycle::{self, Action, Phase, State};
 use crate::pod::net::Slirp;
@@ -18,6 +19,9 @@ use crate::pod::rootfs::Rootfs;
 use crate::pod::sandbox::{self, Layout};
 use crate::pod::spec::{self, ContainerPlan, PodPlan};
 use crate::pod::{probe, proto};
+
+/// Lifetime of a pod's SVID; it is renewed at half of it.
+pub const SVID_TTL: Duration = Duration::from_secs(3600);
 
 /// Messages from pod tasks (sandbox creation, init connections, probes) to the actor.
 #[derive(Debug)]
@@ -87,6 +91,9 @@ pub(super) struct PodEntry {
     net_cgroup: Option<u64>,
     deleting: bool,
     conn: Option<AbortHandle>,
+    /// When the pod's X.509 SVID is renewed (half its lifetime), and when it expires.
+    svid_renew: Option<SystemTime>,
+    svid_expires: Option<SystemTime>,
 }
 
 pub(super) struct Waiter {
@@ -108,11 +115,18 @@ pub(super) struct Pods {
     pub host: String,
     /// Pod inits killed but not reaped yet (their exit takes the pod's namespaces down).
     pub unreaped: Vec<u32>,
+    /// Signs every pod's X.509 SVID.
+    pub authority: Arc<Authority>,
 }
 
 impl Pods {
-    pub fn new(cfg: &Config, tx: mpsc::Sender<PodMsg>) -> Result<Self, AgentError> {
+    pub fn new(
+        cfg: &Config,
+        tx: mpsc::Sender<PodMsg>,
+        authority: Arc<Authority>,
+    ) -> Result<Self, AgentError> {
         Ok(Self {
+            authority,
             entries: BTreeMap::new(),
             objects: Vec::new(),
             images: crate::image::ImageStore::new(&cfg.state_dir),
@@ -209,6 +223,9 @@ impl Agent {
             entry.deleting = true;
             let now = self.pods.now();
             let _ = entry.life.terminate(entry.plan.grace, now);
+        }
+        if let Err(e) = self.renew_svid(&mut entry) {
+            warn!(pod = %workload, error = %e, "cannot renew the pod's SVID");
         }
         info!(pod = %workload, init = init_pid, "re-adopted pod");
         self.pods.entries.insert(workload.clone(), entry);
@@ -373,6 +390,10 @@ impl Agent {
         };
         let mut entry = new_entry(record, plan, layout.clone());
         entry.net_cgroup = Some(net_id);
+        if let Err(e) = self.renew_svid(&mut entry) {
+            let _ = self.delete_workload(&workload);
+            return Err(e);
+        }
         if let Err(e) = layout.prepare_volumes(&entry.plan, &self.pods) {
             entry.sandbox = Sandbox::Failed(e.to_string());
             self.pods.entries.insert(workload, entry);
@@ -599,6 +620,26 @@ impl Agent {
         Some((plan, image.id))
     }
 
+    /// Issues the pod's X.509 SVID for its identity and writes it where its containers see it.
+    fn renew_svid(&self, entry: &mut PodEntry) -> Result<(), String> {
+        let id = crate::identity::SpiffeId::new(
+            &self.cfg.trust_domain,
+            &entry.plan.namespace,
+            &entry.plan.service_account,
+        )
+        .map_err(|e| e.to_string())?;
+        let now = SystemTime::now();
+        let svid = self.pods.authority.issue(&id.to_string(), now, SVID_TTL).map_err(|e| e.to_string())?;
+        entry
+            .layout
+            .write_svid(&svid.cert_pem(), &svid.key_pem(), &self.pods.authority.cert_pem())
+            .map_err(|e| e.to_string())?;
+        // A failed renewal is retried on the next tick, well before the old one expires.
+        entry.svid_renew = Some(svid.renew_at());
+        entry.svid_expires = Some(svid.not_after);
+        Ok(())
+    }
+
     /// Opens (or re-opens) the control connection to the pod's init.
     fn connect_init(&mut self, workload: &str) {
         let Some(entry) = self.pods.entries.get_mut(workload) else { return };
@@ -616,6 +657,22 @@ impl Agent {
     /// Runs every pod's lifecycle forward: starts, signals, teardown of deleted pods, waiters.
     pub(super) fn drive_pods(&mut self) {
         self.pods.unreaped.retain(|pid| !crate::sys::process::reap(*pid, Duration::ZERO));
+        let wall = SystemTime::now();
+        let due: Vec<String> = self
+            .pods
+            .entries
+            .iter()
+            .filter(|(_, e)| !e.deleting && e.svid_renew.is_some_and(|r| wall >= r))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            let Some(mut entry) = self.pods.entries.remove(&key) else { continue };
+            match self.renew_svid(&mut entry) {
+                Ok(()) => debug!(pod = %key, "renewed the pod's SVID"),
+                Err(e) => warn!(pod = %key, error = %e, "cannot renew the pod's SVID; retrying"),
+            }
+            self.pods.entries.insert(key, entry);
+        }
         let now = self.pods.now();
         let keys: Vec<String> = self.pods.entries.keys().cloned().collect();
         let mut finished = Vec::new();
@@ -890,6 +947,8 @@ fn new_entry(record: PodRecord, plan: PodPlan, layout: Layout) -> PodEntry {
         net_cgroup: None,
         deleting: false,
         conn: None,
+        svid_renew: None,
+        svid_expires: None,
     }
 }
 
@@ -1057,6 +1116,9 @@ fn pod_object(e: &PodEntry, host: &str) -> serde_json::Value {
         let annotations = meta.entry("annotations").or_insert_with(|| serde_json::json!({}));
         if let Some(a) = annotations.as_object_mut() {
             a.insert("beemesh.io/workload".into(), e.record.workload.clone().into());
+            if let Some(t) = e.svid_expires.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()) {
+                a.insert("beemesh.io/svid-expires".into(), format_time(t.as_secs()).into());
+            }
         }
     }
     let statuses: Vec<serde_json::Value> = e

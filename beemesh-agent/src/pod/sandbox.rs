@@ -77,7 +77,8 @@ impl Layout {
         use std::os::unix::fs::PermissionsExt;
         let dir = self.svid_dir();
         std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).map_err(io_err("chmod", &dir))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(io_err("chmod", &dir))?;
         // The key before the certificate: a workload that reloads on a new certificate
         // finds its key already there.
         for (name, text) in [("svid_key.pem", key_pem), ("bundle.pem", bundle_pem), ("svid.pem", cert_pem)] {
@@ -85,7 +86,8 @@ impl Layout {
             std::fs::write(&tmp, text).map_err(io_err("write", &tmp))?;
             // Readable by every user of the pod (containers may run as any uid); the pod
             // directory above is root-only on the host.
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).map_err(io_err("chmod", &tmp))?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
+                .map_err(io_err("chmod", &tmp))?;
             std::fs::rename(&tmp, &path).map_err(io_err("rename", &path))?;
         }
         Ok(())
@@ -178,7 +180,8 @@ impl Layout {
         cgroups: Vec<PathBuf>,
         cgroup2: PathBuf,
     ) -> Result<ContainerSpec, SandboxError> {
-        let svid = BindMount { source: self.svid_dir(), target: SVID_MOUNT.into(), read_only: true, sub_path: None };
+        let svid =
+            BindMount { source: self.svid_dir(), target: SVID_MOUNT.into(), read_only: true, sub_path: None };
         let mut mounts: Vec<BindMount> = ["hosts", "hostname", "resolv.conf"]
             .iter()
             .map(|f| BindMount {
