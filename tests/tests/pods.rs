@@ -104,6 +104,23 @@ spec:
     Ok(())
 }
 
+/// A pod of one busybox container running `sh -c script` as service account `sa`.
+fn shell_pod(name: &str, sa: &str, script: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  serviceAccountName: {sa}
+  containers:
+  - name: c
+    image: busybox:1
+    command: ["sh", "-c", {script:?}]
+"#
+    )
+}
+
 fn logs(agent: &Agent, pod: &str, container: &str) -> String {
     agent.run_cli(&["logs", pod, "-c", container], None).map(|(_, o, _)| o).unwrap_or_default()
 }
@@ -339,19 +356,10 @@ spec:
         ),
     )?;
     let pod = |name: &str, sa: &str| {
-        format!(
-            r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}}}
-spec:
-  serviceAccountName: {sa}
-  containers:
-  - name: c
-    image: busybox:1
-    command: ["sh", "-c", "while true; do if nc -w 2 10.0.2.2 {p} </dev/null; then echo CONNECTED; else echo FAILED; fi; sleep 1; done"]
-"#
-        )
+        let script = format!(
+            "while true; do if nc -w 2 10.0.2.2 {p} </dev/null; then echo CONNECTED; else echo FAILED; fi; sleep 1; done"
+        );
+        shell_pod(name, sa, &script)
     };
     agent.apply(&pod("good", "allowed"))?;
     agent.apply(&pod("bad", "other"))?;
@@ -519,19 +527,7 @@ spec:
         ),
     )?;
     let pod = |name: &str, sa: &str| {
-        format!(
-            r#"
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}}}
-spec:
-  serviceAccountName: {sa}
-  containers:
-  - name: c
-    image: busybox:1
-    command: ["sh", "-c", "while true; do tftp -g -r from-{name} 10.0.2.2 {p}; sleep 0.5; done"]
-"#
-        )
+        shell_pod(name, sa, &format!("while true; do tftp -g -r from-{name} 10.0.2.2 {p}; sleep 0.5; done"))
     };
     // (tftp sends its read request as one UDP datagram; nobody answers it, which is fine.)
     agent.apply(&pod("denied", "denied"))?;

@@ -32,7 +32,7 @@ fn percentile(v: &[f64], p: f64) -> f64 {
 fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let opts =
-        if quick { Opts { pods: 5, rounds: 1, mib: 64 } } else { Opts { pods: 50, rounds: 5, mib: 1024 } };
+        if quick { Opts { pods: 5, rounds: 1, mib: 64 } } else { Opts { pods: 50, rounds: 7, mib: 1024 } };
     if quick {
         println!("(--quick: a few short rounds to prove the bench runs; not a measurement)");
     }
