@@ -15,5 +15,6 @@ pub mod pod;
 pub mod policy;
 pub mod state;
 pub mod sys;
+pub mod tunnel;
 pub mod workload;
 pub mod yamldoc;
