@@ -51,10 +51,6 @@ pub struct PodRecord {
     pub deleting: bool,
 }
 
-/// ConfigMaps and Secrets applied to this agent (`<state-dir>/objects.json`).
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct StoredObjects(pub Vec<Object>);
-
 enum Sandbox {
     Creating,
     /// Re-adopted after an agent restart: nothing is started until init has replayed the
@@ -175,8 +171,8 @@ impl Agent {
     /// Loads the pods and objects of an earlier run: running pods are re-adopted, the others
     /// started again.
     pub(super) fn recover_pods(&mut self) -> Result<(), AgentError> {
-        let objects: StoredObjects = self.state.load_json("objects.json")?;
-        self.pods.objects = objects.0;
+        // ConfigMaps and Secrets applied earlier.
+        self.pods.objects = self.state.load_json("objects.json")?;
         let records: Vec<PodRecord> = self.state.load_json("pods.json")?;
         for record in records {
             let layout = Layout::new(&self.cfg.state_dir, &record.workload);
@@ -287,10 +283,9 @@ impl Agent {
         let mut lines = Vec::new();
         for o in objects {
             let what = format!("{}/{}", o.kind().to_lowercase(), o.name());
+            let key = workload_name(o.namespace(), o.name());
             match o {
                 Object::Pod(pod) => {
-                    let key =
-                        workload_name(o_namespace(&pod), pod.metadata.name.as_deref().unwrap_or_default());
                     if self.pods.entries.contains_key(&key) {
                         lines.push(format!("{what} unchanged"));
                         continue;
@@ -519,7 +514,7 @@ impl Agent {
             return;
         }
         let adopted = match &event {
-            proto::Event::Started { name, run, .. } => Some(self.adopted_run(workload, name, *run)),
+            proto::Event::Started { name, run, .. } => self.adopted_run(workload, name, *run),
             _ => None,
         };
         let limits = self.pods.limits.clone();
@@ -539,7 +534,7 @@ impl Agent {
                     entry.life.started(&name, now);
                     (r.uid, r.gid) = (run_uid, run_gid);
                     r.cgroups = cgroups;
-                    if let Some(Some((plan, image_id))) = adopted {
+                    if let Some((plan, image_id)) = adopted {
                         r.plan = Some(plan);
                         r.image_id = image_id;
                     }
@@ -925,10 +920,6 @@ impl Agent {
             container,
         }))
     }
-}
-
-fn o_namespace(pod: &k8s_openapi::api::core::v1::Pod) -> &str {
-    pod.metadata.namespace.as_deref().unwrap_or("default")
 }
 
 fn new_entry(record: PodRecord, plan: PodPlan, layout: Layout) -> PodEntry {

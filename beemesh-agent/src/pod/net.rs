@@ -82,11 +82,9 @@ impl Slirp {
     /// The slirp4netns an earlier agent started for a pod, if it still runs.
     pub fn adopt(pid: u32, api: &Path) -> Option<Self> {
         // The command line names this pod's API socket: a reused pid is never taken for it.
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        use std::os::unix::ffi::OsStrExt;
-        let ours = args.first().is_some_and(|a| a.ends_with(b"slirp4netns"))
-            && args.iter().any(|a| *a == api.as_os_str().as_bytes());
+        let args = crate::sys::process::cmdline(pid)?;
+        let ours = args.first().is_some_and(|a| Path::new(a).ends_with("slirp4netns"))
+            && args.iter().any(|a| a == api.as_os_str());
         ours.then(|| Self { pid, child: None, api: api.to_path_buf() })
     }
 

@@ -301,10 +301,6 @@ impl Limits {
         Ok(Self { bases })
     }
 
-    pub fn has(&self, controller: &str) -> bool {
-        self.bases.iter().any(|(c, _)| *c == controller)
-    }
-
     fn dir(&self, controller: &str, workload: &str, container: &str) -> Option<PathBuf> {
         self.bases.iter().find(|(c, _)| *c == controller).map(|(_, b)| b.join(workload).join(container))
     }
@@ -355,11 +351,6 @@ impl Limits {
         Ok(dirs)
     }
 
-    /// The directories of a container's groups (for a run started by an earlier agent).
-    pub fn dirs(&self, workload: &str, container: &str) -> Vec<PathBuf> {
-        self.bases.iter().map(|(_, b)| b.join(workload).join(container)).collect()
-    }
-
     /// Whether the kernel's OOM killer killed a process of the container's current run.
     pub fn oom_killed(&self, workload: &str, container: &str) -> bool {
         let Some(dir) = self.dir("memory", workload, container) else { return false };
@@ -408,10 +399,8 @@ pub fn spawn_init(layout: &Layout, hostname: &str, cgroup: &Path) -> Result<u32,
 
 /// Whether `pid` is this pod's init (after an agent restart: the pid may have been reused).
 pub fn init_alive(layout: &Layout, pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-        let args: Vec<&[u8]> = c.split(|&b| b == 0).collect();
-        use std::os::unix::ffi::OsStrExt;
-        args.iter().any(|a| *a == b"pod-init") && args.iter().any(|a| *a == layout.dir.as_os_str().as_bytes())
+    crate::sys::process::cmdline(pid).is_some_and(|args| {
+        args.iter().any(|a| a == "pod-init") && args.iter().any(|a| a == layout.dir.as_os_str())
     })
 }
 

@@ -223,3 +223,15 @@ pub fn reap(pid: u32, timeout: std::time::Duration) -> bool {
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
+
+/// The command line of process `pid`, one entry per argument (`None` if it is gone).
+pub fn cmdline(pid: u32) -> Option<Vec<std::ffi::OsString>> {
+    use std::os::unix::ffi::OsStrExt;
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        raw.split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| std::ffi::OsStr::from_bytes(a).to_owned())
+            .collect(),
+    )
+}
