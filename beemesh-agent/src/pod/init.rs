@@ -117,6 +117,14 @@ fn inner(hostname: &str, listener: UnixListener, go: OwnedFd, ready: OwnedFd) ->
         return 1;
     }
     let setup = (|| -> io::Result<SignalFd> {
+        // Still the host's root (unmapped here) until now: become the pod's root, so that
+        // everything init and its containers create belongs to the pod's ids, never to the
+        // host's root. (The capabilities in the pod's namespaces stay.)
+        let root = (nix::unistd::Uid::from_raw(0), nix::unistd::Gid::from_raw(0));
+        nix::unistd::setgroups(&[])?;
+        nix::unistd::setresgid(root.1, root.1, root.1)?;
+        nix::unistd::setresuid(root.0, root.0, root.0)?;
+        nix::sys::prctl::set_dumpable(false)?;
         // stdout is the agent's pipe for our pid: it must reach EOF when the parent exits.
         nix::unistd::dup2_stdout(std::fs::File::open("/dev/null")?)?;
         nix::unistd::sethostname(hostname)?;
