@@ -51,6 +51,8 @@ pub enum AgentError {
     Workload(#[from] crate::workload::WorkloadError),
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Userns(#[from] crate::pod::userns::UsernsError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {

@@ -85,6 +85,9 @@ pub enum Command {
         dir: PathBuf,
         #[arg(long)]
         hostname: String,
+        /// First host id of the pod's 65536 ids (none: every id maps to itself).
+        #[arg(long)]
+        id_base: Option<u32>,
     },
     /// Runs a command inside a container (`exec`, exec probes); never a user directly.
     #[command(hide = true)]

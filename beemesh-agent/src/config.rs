@@ -76,6 +76,11 @@ pub struct Config {
     pub policy_debounce_ms: u64,
     /// Flow events kept in memory for `beemesh-agent flows`.
     pub flow_history: usize,
+    /// First host id of the pods' user-namespace ranges: each pod maps its ids 0..65536 onto
+    /// its own block from here (well above host users and the usual /etc/subuid ranges).
+    pub pod_id_range_start: u32,
+    /// Host ids set aside for pods, a multiple of 65536: one block of 65536 per pod.
+    pub pod_id_range_size: u32,
 }
 
 impl Default for Config {
@@ -92,6 +97,8 @@ impl Default for Config {
             flow_events: FlowEvents::Sampled,
             policy_debounce_ms: 5,
             flow_history: 10_000,
+            pod_id_range_start: 1 << 30,
+            pod_id_range_size: 4096 * crate::pod::userns::POD_IDS,
         }
     }
 }
@@ -134,6 +141,8 @@ impl Config {
         }
         crate::identity::SpiffeId::new(&self.trust_domain, "default", "default")
             .map_err(|e| ConfigError::Invalid(format!("trustDomain {:?}: {e}", self.trust_domain)))?;
+        crate::pod::userns::IdRanges::new(self.pod_id_range_start, self.pod_id_range_size)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(())
     }
 
@@ -171,5 +180,15 @@ mod tests {
     fn validation_catches_bad_cgroup_names() {
         let c = Config { cgroup_name: "../escape".into(), ..Config::default() };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn pod_id_ranges_are_validated_by_key() {
+        Config::default().validate().expect("the defaults are valid");
+        let c = Config::from_yaml("podIdRangeStart: 100000\npodIdRangeSize: 1000\n").expect("parses");
+        let err = c.validate().expect_err("not a multiple of 65536").to_string();
+        assert!(err.contains("podIdRangeSize 1000"), "{err}");
+        let c = Config::from_yaml("podIdRangeStart: 4294000000\n").expect("parses");
+        assert!(c.validate().is_err(), "past the end of the id space");
     }
 }

@@ -11,8 +11,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // A pod's init forks and clones: it must run while this process has a single thread.
     match &cli.command {
-        Command::PodInit { dir, hostname } => {
-            return ExitCode::from(beemesh_agent::pod::init::main(dir, hostname) as u8);
+        Command::PodInit { dir, hostname, id_base } => {
+            return ExitCode::from(beemesh_agent::pod::init::main(dir, hostname, *id_base) as u8);
         }
         Command::PodExec { target, uid, gid, cwd, cgroups, command } => {
             let code = beemesh_agent::pod::init::exec_main(*target, *uid, *gid, cwd, cgroups, command);

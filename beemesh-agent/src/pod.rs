@@ -10,3 +10,4 @@ pub mod proto;
 pub mod rootfs;
 pub mod sandbox;
 pub mod spec;
+pub mod userns;

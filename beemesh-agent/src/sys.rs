@@ -3,6 +3,7 @@
 //! where `unsafe` is allowed; callers elsewhere see safe functions.
 pub mod cgroup;
 pub mod diag;
+pub mod mount;
 pub mod process;
 
 use std::os::fd::{AsFd, AsRawFd};

@@ -100,6 +100,12 @@ impl Agent {
         require_root();
         let name = format!("bmt-{test}-{}", std::process::id());
         let dir = tempfile::Builder::new().prefix(&format!("{name}-")).tempdir()?;
+        // Pods run as host ids of their own ranges and reach their files (under the state
+        // directory) and hostPath volumes through this directory: searchable, not listable.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+        }
         let mut agent = Self {
             name,
             dir,

@@ -721,3 +721,149 @@ fn every_pod_gets_an_x509_svid_of_its_identity() -> Result<()> {
     assert!(!ok, "the SVID directory is read-only");
     Ok(())
 }
+
+/// The first host id of a pod's range, from its `/proc/self/uid_map` (`0 <base> 65536`).
+fn id_base(agent: &Agent, pod: &str) -> Result<u32> {
+    let (ok, out, err) =
+        agent.run_cli(&["exec", pod, "--", "cat", "/proc/self/uid_map", "/proc/self/gid_map"], None)?;
+    anyhow::ensure!(ok, "exec {pod}: {err}");
+    let lines: Vec<Vec<&str>> = out.lines().map(|l| l.split_whitespace().collect()).collect();
+    anyhow::ensure!(lines.len() == 2 && lines[0] == lines[1], "uid_map and gid_map: {out}");
+    anyhow::ensure!(lines[0].len() == 3 && lines[0][0] == "0" && lines[0][2] == "65536", "uid_map: {out}");
+    Ok(lines[0][1].parse()?)
+}
+
+#[test]
+fn every_pod_gets_its_own_id_range_and_its_root_owns_nothing_on_the_host() -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let agent = Agent::start("podusers", &[])?;
+    agent.import_busybox("busybox:1")?;
+    agent.import_busybox_as("busybox:nobody", "65534")?;
+    let pod = |name: &str| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  volumes: [{{name: scratch, emptyDir: {{}}}}]
+  containers:
+  - name: c
+    image: busybox:1
+    command: [sh, -c, "touch /scratch/by-root /made-by-root; echo > /etc/hosts; ls -ln /bin/busybox; stat -c 'root=%u:%g' /; echo started; sleep 1000"]
+    volumeMounts: [{{name: scratch, mountPath: /scratch}}]
+  - name: other
+    image: busybox:nobody
+    command: [sh, -c, "touch /scratch/by-nobody && echo nobody-wrote; sleep 1000"]
+    volumeMounts: [{{name: scratch, mountPath: /scratch}}]
+"#
+        )
+    };
+    agent.apply(&pod("first"))?;
+    agent.apply(&pod("second"))?;
+    agent.wait_ready("first", T)?;
+    agent.wait_ready("second", T)?;
+    let (a, b) = (id_base(&agent, "first")?, id_base(&agent, "second")?);
+    // Blocks of 65536 from the default podIdRangeStart (2^30), disjoint.
+    assert!(a >= 1 << 30 && b >= 1 << 30, "{a} {b}");
+    assert!(a.abs_diff(b) >= 65536, "overlapping ranges: {a} {b}");
+    assert!(
+        eventually(T, || logs(&agent, "first", "c").contains("started")),
+        "{}",
+        logs(&agent, "first", "c")
+    );
+    let out = logs(&agent, "first", "c");
+    // Image files owned by 0 are the pod root's inside; so is `/`.
+    let owner =
+        out.lines().find(|l| l.contains("/bin/busybox")).map(|l| l.split_whitespace().nth(2).unwrap_or(""));
+    assert_eq!(owner, Some("0"), "{out}");
+    assert!(out.contains("root=0:0"), "{out}");
+    assert!(!out.contains("Permission denied") && !out.contains("can't"), "{out}");
+    assert!(
+        eventually(T, || logs(&agent, "first", "other").contains("nobody-wrote")),
+        "{}",
+        logs(&agent, "first", "other")
+    );
+    // On the host, what the pod's users made belongs to the pod's ids: root is `a`, not 0.
+    let dir = agent.state_dir().join("pods").join(agent.pod_workload("first")?);
+    let stat = |p: &std::path::Path| std::fs::symlink_metadata(p).map(|m| (m.uid(), m.gid()));
+    assert_eq!(stat(&dir.join("volumes/scratch/by-root"))?, (a, a));
+    // (The image's user is "65534" with no group: gid 0, as in Docker.)
+    assert_eq!(stat(&dir.join("volumes/scratch/by-nobody"))?, (a + 65534, a));
+    assert_eq!(stat(&dir.join("containers/c/upper/made-by-root"))?, (a, a));
+    assert_eq!(stat(&dir.join("logs/c.log"))?, (a, a), "the container opened its log as the pod's root");
+    // The shared image layers keep their owners.
+    let layers = agent.state_dir().join("images/layers");
+    for layer in std::fs::read_dir(&layers)? {
+        assert_eq!(stat(&layer?.path().join("bin/busybox"))?.0, 0, "a layer was shifted");
+    }
+    // No container process runs as host root: each is a host id of the pod's range.
+    let procs = agent.cgroup_root().join(agent.pod_workload("first")?).join("pod/c/cgroup.procs");
+    for pid in std::fs::read_to_string(&procs)?.lines() {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let uid = status.lines().find_map(|l| l.strip_prefix("Uid:")).unwrap_or("").split_whitespace().next();
+        assert_eq!(uid, Some(a.to_string().as_str()), "pid {pid}: {status}");
+    }
+    // The pod directory: other host users cannot enter; the pod's root only passes through.
+    let meta = std::fs::metadata(&dir)?;
+    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (0, a, 0o710));
+    // exec and the SVID work as the pod's users.
+    let (ok, out, err) = agent.run_cli(
+        &[
+            "exec",
+            "first",
+            "-c",
+            "other",
+            "--",
+            "sh",
+            "-c",
+            "id -u; cat /var/run/secrets/beemesh.io/svid.pem | head -1",
+        ],
+        None,
+    )?;
+    assert!(ok && out.contains("65534") && out.contains("BEGIN CERTIFICATE"), "{out} {err}");
+
+    // A range is reused only once its pod is gone.
+    let (ok, _, err) = agent.run_cli(&["delete", "pod", "first"], None)?;
+    assert!(ok, "{err}");
+    assert!(!dir.exists(), "pod directory left behind");
+    agent.apply(&pod("third"))?;
+    agent.wait_ready("third", T)?;
+    assert_eq!(id_base(&agent, "third")?, a, "the freed range is handed out again");
+    assert_eq!(id_base(&agent, "second")?, b);
+    Ok(())
+}
+
+#[test]
+fn exhausted_id_ranges_refuse_the_apply_and_ranges_survive_an_agent_crash() -> Result<()> {
+    // Room for one pod only.
+    let mut agent = Agent::start("podrange", &[])?;
+    std::fs::write(
+        agent.dir.path().join("agent.yaml"),
+        "podIdRangeStart: 200000000\npodIdRangeSize: 65536\n",
+    )?;
+    agent.stop()?;
+    agent.spawn()?;
+    agent.import_busybox("busybox:1")?;
+    agent.apply(&shell_pod("one", "default", "sleep 1000"))?;
+    agent.wait_ready("one", T)?;
+    assert_eq!(id_base(&agent, "one")?, 200_000_000);
+    let (ok, _, err) =
+        agent.run_cli(&["apply", "-f", "-"], Some(&shell_pod("two", "default", "sleep 1000")))?;
+    assert!(!ok && err.contains("no free pod id range"), "{err}");
+    let (_, table, _) = agent.run_cli(&["get", "pods"], None)?;
+    assert!(!table.contains("two"), "{table}");
+    // After a crash the pod is re-adopted with its range, which stays taken.
+    agent.crash()?;
+    agent.spawn()?;
+    agent.wait_ready("one", T)?;
+    assert_eq!(id_base(&agent, "one")?, 200_000_000);
+    let (ok, _, err) =
+        agent.run_cli(&["apply", "-f", "-"], Some(&shell_pod("two", "default", "sleep 1000")))?;
+    assert!(!ok && err.contains("no free pod id range"), "{err}");
+    agent.run_cli(&["delete", "pod", "one"], None)?;
+    agent.apply(&shell_pod("two", "default", "sleep 1000"))?;
+    agent.wait_ready("two", T)?;
+    assert_eq!(id_base(&agent, "two")?, 200_000_000);
+    Ok(())
+}

@@ -18,6 +18,7 @@ use crate::pod::net::Slirp;
 use crate::pod::rootfs::Rootfs;
 use crate::pod::sandbox::{self, Layout};
 use crate::pod::spec::{self, ContainerPlan, PodPlan};
+use crate::pod::userns::{IdMap, IdRanges};
 use crate::pod::{probe, proto};
 
 /// Lifetime of a pod's SVID; it is renewed at half of it.
@@ -49,6 +50,10 @@ pub struct PodRecord {
     /// Deletion started (its grace period runs): survives an agent restart.
     #[serde(default)]
     pub deleting: bool,
+    /// First host id of the pod's user-namespace range (65536 ids); kept across agent
+    /// restarts. None for pods recorded before ranges existed (their ids are the host's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_base: Option<u32>,
 }
 
 enum Sandbox {
@@ -113,6 +118,10 @@ pub(super) struct Pods {
     pub unreaped: Vec<u32>,
     /// Signs every pod's X.509 SVID.
     pub authority: Arc<Authority>,
+    /// The pods' user-namespace id ranges.
+    pub ids: IdRanges,
+    /// Id ranges of deleted pods whose init (pid) is not reaped yet: free once it is.
+    pub releasing: Vec<(u32, u32)>,
 }
 
 impl Pods {
@@ -132,6 +141,8 @@ impl Pods {
             clock: Instant::now(),
             waiters: Vec::new(),
             unreaped: Vec::new(),
+            ids: IdRanges::new(cfg.pod_id_range_start, cfg.pod_id_range_size)?,
+            releasing: Vec::new(),
             host: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
         })
     }
@@ -174,10 +185,19 @@ impl Agent {
         // ConfigMaps and Secrets applied earlier.
         self.pods.objects = self.state.load_json("objects.json")?;
         let records: Vec<PodRecord> = self.state.load_json("pods.json")?;
-        for record in records {
+        for mut record in records {
             let layout = Layout::new(&self.cfg.state_dir, &record.workload);
             let alive = self.workloads.get(&record.workload).is_some()
                 && record.init_pid.is_some_and(|pid| sandbox::init_alive(&layout, pid));
+            // The pod keeps its id range (a running pod cannot change it).
+            if let (Some(base), false) = (record.id_base, record.deleting && !alive) {
+                if let Err(e) = self.pods.ids.claim(base) {
+                    warn!(pod = %record.workload, error = %e, "pod id range");
+                    if !alive {
+                        record.id_base = None;
+                    }
+                }
+            }
             if alive {
                 self.adopt_pod(record, layout);
             } else if record.deleting {
@@ -253,6 +273,18 @@ impl Agent {
     pub(super) fn apply(&mut self, file: &str, text: &str) -> Result<Response, String> {
         let objects = manifest::parse(file, text).map_err(|e| e.to_string())?;
         // Everything is checked before anything changes.
+        let new_pods = objects
+            .iter()
+            .filter(|o| {
+                matches!(o, Object::Pod(_))
+                    && !self.pods.entries.contains_key(&workload_name(o.namespace(), o.name()))
+            })
+            .count();
+        if new_pods > self.pods.ids.free() {
+            let mut ids = self.pods.ids.clone();
+            let exhausted = (0..new_pods).find_map(|_| ids.allocate().err());
+            return Err(exhausted.map(|e| e.to_string()).unwrap_or_default());
+        }
         for o in &objects {
             if let Object::Pod(pod) = o {
                 let key = workload_name(o.namespace(), o.name());
@@ -298,6 +330,7 @@ impl Agent {
                         init_pid: None,
                         slirp_pid: None,
                         deleting: false,
+                        id_base: None,
                     };
                     self.create_pod(record)?;
                     lines.push(format!("{what} created"));
@@ -357,9 +390,21 @@ impl Agent {
         Ok(Response::Applied { lines: vec![format!("pod/{name} deleted")] })
     }
 
-    /// A new pod: its workload (identity, cgroup, policy), directory and volumes now; init
-    /// and slirp4netns on a blocking thread, reported back as `SandboxReady`.
-    fn create_pod(&mut self, record: PodRecord) -> Result<(), String> {
+    /// A new pod: its id range, workload (identity, cgroup, policy), directory and volumes
+    /// now; init and slirp4netns on a blocking thread, reported back as `SandboxReady`.
+    fn create_pod(&mut self, mut record: PodRecord) -> Result<(), String> {
+        // A record that has a range claimed it at recovery.
+        let base = match record.id_base {
+            Some(b) => b,
+            None => self.pods.ids.allocate().map_err(|e| e.to_string())?,
+        };
+        record.id_base = Some(base);
+        self.create_pod_in_range(record).inspect_err(|_| self.pods.ids.release(base))
+    }
+
+    fn create_pod_in_range(&mut self, record: PodRecord) -> Result<(), String> {
+        let ids = IdMap::of(record.id_base);
+        let id_base = record.id_base;
         let plan = spec::plan_pod(&record.manifest);
         let workload = record.workload.clone();
         let layout = Layout::new(&self.cfg.state_dir, &workload);
@@ -371,9 +416,11 @@ impl Agent {
             for leaf in [&pod_leaf, &net_leaf] {
                 std::fs::create_dir_all(leaf).map_err(|e| format!("create {}: {e}", leaf.display()))?;
             }
+            // The pod's root moves its container processes from init's leaf into theirs.
+            sandbox::give_to_pod(&[pod_leaf.join("cgroup.procs")], ids).map_err(|e| e.to_string())?;
             let net_id = crate::sys::cgroup::cgroup_id(&net_leaf).map_err(|e| e.to_string())?;
             self.kernel.set_refuse_cgroup(net_id, true).map_err(|e| e.to_string())?;
-            layout.create(&plan.hostname).map_err(|e| e.to_string())?;
+            layout.create(&plan.hostname, ids).map_err(|e| e.to_string())?;
             Ok(net_id)
         })();
         let net_id = match prepared {
@@ -389,7 +436,7 @@ impl Agent {
             let _ = self.delete_workload(&workload);
             return Err(e);
         }
-        if let Err(e) = layout.prepare_volumes(&entry.plan, &self.pods) {
+        if let Err(e) = layout.prepare_volumes(&entry.plan, &self.pods, ids) {
             entry.sandbox = Sandbox::Failed(e.to_string());
             self.pods.entries.insert(workload, entry);
             return Ok(());
@@ -400,8 +447,8 @@ impl Agent {
         let uid = entry.record.uid.clone();
         tokio::task::spawn_blocking(move || {
             let result = (|| {
-                let pid =
-                    sandbox::spawn_init(&layout, &plan.hostname, &pod_leaf).map_err(|e| e.to_string())?;
+                let pid = sandbox::spawn_init(&layout, &plan.hostname, &pod_leaf, id_base)
+                    .map_err(|e| e.to_string())?;
                 start_network(pid, &net_leaf, &layout, &plan).map(|slirp| (pid, slirp)).inspect_err(|_| {
                     let _ = nix::sys::signal::kill(
                         nix::unistd::Pid::from_raw(pid as i32),
@@ -651,7 +698,20 @@ impl Agent {
 
     /// Runs every pod's lifecycle forward: starts, signals, teardown of deleted pods, waiters.
     pub(super) fn drive_pods(&mut self) {
-        self.pods.unreaped.retain(|pid| !crate::sys::process::reap(*pid, Duration::ZERO));
+        let (ids, releasing) = (&mut self.pods.ids, &mut self.pods.releasing);
+        self.pods.unreaped.retain(|pid| {
+            let reaped = crate::sys::process::reap(*pid, Duration::ZERO);
+            if reaped {
+                // The pod's last process is gone with its init: its id range is free.
+                releasing.retain(|(p, base)| {
+                    if p == pid {
+                        ids.release(*base);
+                    }
+                    p != pid
+                });
+            }
+            !reaped
+        });
         let wall = SystemTime::now();
         let due: Vec<String> = self
             .pods
@@ -732,18 +792,37 @@ impl Agent {
             Err(e) => return fail(self, "CreateContainerConfigError", e.to_string()),
         };
         let dir = entry.layout.container(name);
-        let _ = Rootfs::existing(&dir).remove();
-        let rootfs = match Rootfs::mount(&image, &dir) {
+        let ids = IdMap::of(entry.record.id_base);
+        // Layers are idmapped through the pod's user namespace, the one of its init.
+        let userns = match (ids.is_identity(), entry.record.init_pid) {
+            (true, _) => None,
+            (false, Some(pid)) => match std::fs::File::open(format!("/proc/{pid}/ns/user")) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    return fail(self, "CreateContainerError", format!("the pod's user namespace: {e}"))
+                }
+            },
+            (false, None) => return fail(self, "CreateContainerError", "the pod's init is gone".into()),
+        };
+        let shift = userns.as_ref().map(|userns| crate::pod::rootfs::Shift { map: ids, userns });
+        if let Err(e) = Rootfs::existing(&dir).remove() {
+            return fail(self, "CreateContainerError", e.to_string());
+        }
+        let rootfs = match Rootfs::mount(&image, &dir, shift) {
             Ok(r) => r,
             Err(e) => return fail(self, "CreateContainerError", e.to_string()),
         };
-        let cgroups = match self.pods.limits.prepare(key, &plan) {
+        let cgroups = match self.pods.limits.prepare(key, &plan, ids) {
             Ok(c) => c,
             Err(e) => return fail(self, "CreateContainerError", e.to_string()),
         };
         let leaf = self.cgroups.path(key).join("pod").join(name);
         if let Err(e) = std::fs::create_dir_all(&leaf) {
             return fail(self, "CreateContainerError", format!("create {}: {e}", leaf.display()));
+        }
+        // The container joins its leaf, and init kills it whole, as the pod's root.
+        if let Err(e) = sandbox::give_to_pod(&[leaf.join("cgroup.procs"), leaf.join("cgroup.kill")], ids) {
+            return fail(self, "CreateContainerError", e.to_string());
         }
         let Some(entry) = self.pods.entries.get_mut(key) else { return };
         let run_no = entry.runs.get(name).map_or(0, |r| r.run) + 1;
@@ -759,6 +838,10 @@ impl Agent {
             Ok(s) => s,
             Err(e) => return fail(self, "CreateContainerConfigError", e.to_string()),
         };
+        if ids.host_id(spec.uid).is_none() || ids.host_id(spec.gid).is_none() {
+            let message = format!("user {}:{} is outside the pod's {} ids", spec.uid, spec.gid, ids.count);
+            return fail(self, "CreateContainerConfigError", message);
+        }
         let user = (spec.uid, spec.gid);
         let sent =
             entry.cmds.as_ref().is_some_and(|c| c.try_send(proto::Command::Start(Box::new(spec))).is_ok());
@@ -780,8 +863,15 @@ impl Agent {
     /// its forwards, mounts, cgroups, files, the workload and its identity mapping.
     fn teardown_pod(&mut self, key: &str) {
         let Some(mut entry) = self.pods.entries.remove(key) else { return };
-        if let Some(pid) = stop_entry(&mut entry) {
+        let unreaped = stop_entry(&mut entry);
+        if let Some(pid) = unreaped {
             self.pods.unreaped.push(pid);
+        }
+        // The id range is free once the pod's last process is gone (with its init).
+        match (entry.record.id_base, unreaped) {
+            (Some(base), Some(pid)) => self.pods.releasing.push((pid, base)),
+            (Some(base), None) => self.pods.ids.release(base),
+            (None, _) => {}
         }
         if let Some(id) = entry.net_cgroup {
             let _ = self.kernel.set_refuse_cgroup(id, false);

@@ -29,14 +29,11 @@ use crate::sys::process::{self, Forked};
 /// The control socket's file name in the pod directory.
 pub const SOCKET: &str = "init.sock";
 
-/// Every uid and gid maps to itself: the pod's root owns its namespaces (and only those),
-/// and files keep their owners on the host (image layers are shared between pods unshifted).
-const ID_MAP: &str = "0 0 4294967295";
-
-/// Runs the outer half: clones the pod's init, maps its ids, prints its pid and returns the
-/// exit status for `main`. Call before any thread exists.
-pub fn main(dir: &Path, hostname: &str) -> i32 {
-    match start(dir, hostname) {
+/// Runs the outer half: clones the pod's init, maps its ids (pod ids 0..65536 onto host ids
+/// from `id_base`; every id to itself without one), prints its pid and returns the exit
+/// status for `main`. Call before any thread exists.
+pub fn main(dir: &Path, hostname: &str, id_base: Option<u32>) -> i32 {
+    match start(dir, hostname, super::userns::IdMap::of(id_base)) {
         Ok(pid) => {
             println!("{pid}");
             0
@@ -48,7 +45,13 @@ pub fn main(dir: &Path, hostname: &str) -> i32 {
     }
 }
 
-fn start(dir: &Path, hostname: &str) -> io::Result<Pid> {
+fn start(dir: &Path, hostname: &str, ids: super::userns::IdMap) -> io::Result<Pid> {
+    // Bound here, as the host's root: the pod's root may not create files in the pod
+    // directory (nor should it), and the agent connects as root.
+    let path = dir.join(SOCKET);
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    listener.set_nonblocking(true)?;
     let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let flags = CloneFlags::CLONE_NEWUSER
@@ -58,21 +61,26 @@ fn start(dir: &Path, hostname: &str) -> io::Result<Pid> {
         | CloneFlags::CLONE_NEWUTS;
     let mut go = Some(go_r);
     let mut ready = Some(ready_w);
+    let mut listener = Some(listener);
     let parent_ends = [go_w.as_raw_fd(), ready_r.as_raw_fd()];
     let child = process::clone_into_namespaces(flags, || {
-        let (Some(go), Some(ready)) = (go.take(), ready.take()) else { return 1 };
+        let (Some(go), Some(ready), Some(listener)) = (go.take(), ready.take(), listener.take()) else {
+            return 1;
+        };
         // The copies of the parent's pipe ends: the parent must see EOF when we are gone.
         for fd in parent_ends {
             let _ = nix::unistd::close(fd);
         }
-        let code = inner(dir, hostname, go, ready);
+        let code = inner(hostname, listener, go, ready);
         process::exit_now(code)
     })?;
     drop(go.take());
     drop(ready.take());
+    drop(listener.take());
+    let map = ids.proc_line();
     let mapped = (|| {
-        std::fs::write(format!("/proc/{child}/uid_map"), ID_MAP)?;
-        std::fs::write(format!("/proc/{child}/gid_map"), ID_MAP)?;
+        std::fs::write(format!("/proc/{child}/uid_map"), &map)?;
+        std::fs::write(format!("/proc/{child}/gid_map"), &map)?;
         nix::unistd::write(&go_w, b"g")?;
         Ok::<_, io::Error>(())
     })();
@@ -97,7 +105,7 @@ fn start(dir: &Path, hostname: &str) -> io::Result<Pid> {
 }
 
 /// PID 1 of the pod.
-fn inner(dir: &Path, hostname: &str, go: OwnedFd, ready: OwnedFd) -> i32 {
+fn inner(hostname: &str, listener: UnixListener, go: OwnedFd, ready: OwnedFd) -> i32 {
     // Not dumpable: no process of the pod may open /proc/1/root (the host's root: init stays
     // in the agent's mount namespace) or ptrace init.
     if nix::sys::prctl::set_dumpable(false).is_err() {
@@ -108,7 +116,15 @@ fn inner(dir: &Path, hostname: &str, go: OwnedFd, ready: OwnedFd) -> i32 {
     if std::fs::File::from(go).read_exact(&mut byte).is_err() {
         return 1;
     }
-    let setup = (|| -> io::Result<(UnixListener, SignalFd)> {
+    let setup = (|| -> io::Result<SignalFd> {
+        // Still the host's root (unmapped here) until now: become the pod's root, so that
+        // everything init and its containers create belongs to the pod's ids, never to the
+        // host's root. (The capabilities in the pod's namespaces stay.)
+        let root = (nix::unistd::Uid::from_raw(0), nix::unistd::Gid::from_raw(0));
+        nix::unistd::setgroups(&[])?;
+        nix::unistd::setresgid(root.1, root.1, root.1)?;
+        nix::unistd::setresuid(root.0, root.0, root.0)?;
+        nix::sys::prctl::set_dumpable(false)?;
         // stdout is the agent's pipe for our pid: it must reach EOF when the parent exits.
         nix::unistd::dup2_stdout(std::fs::File::open("/dev/null")?)?;
         nix::unistd::sethostname(hostname)?;
@@ -118,14 +134,9 @@ fn inner(dir: &Path, hostname: &str, go: OwnedFd, ready: OwnedFd) -> i32 {
             mask.add(s);
         }
         mask.thread_block()?;
-        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
-        let path = dir.join(SOCKET);
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path)?;
-        listener.set_nonblocking(true)?;
-        Ok((listener, signals))
+        SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).map_err(io::Error::from)
     })();
-    let (listener, signals) = match setup {
+    let signals = match setup {
         Ok(v) => v,
         Err(e) => {
             let _ = write!(ready, "pod init setup: {e}");

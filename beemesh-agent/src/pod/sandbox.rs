@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 
 use super::proto::{BindMount, ContainerSpec};
 use super::spec::{ContainerPlan, Objects, PodPlan, VolumePlan};
+use super::userns::IdMap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -23,6 +24,50 @@ pub enum SandboxError {
     Volume { volume: String, reason: String },
     #[error("pod init: {0}")]
     Init(String),
+    #[error(
+        "{path} (mode {mode:o}) is not searchable by other users: pods with their own id range \
+         reach their files through it (make it 0711 or 0755)"
+    )]
+    Unreachable { path: PathBuf, mode: u32 },
+}
+
+/// Gives `paths` to the pod's root (host id `ids.root()`, uid and gid), not following links;
+/// nothing to do for a pod whose ids are the host's.
+pub fn give_to_pod(paths: &[PathBuf], ids: IdMap) -> Result<(), SandboxError> {
+    if ids.is_identity() {
+        return Ok(());
+    }
+    for p in paths {
+        std::os::unix::fs::lchown(p, Some(ids.root()), Some(ids.root())).map_err(io_err("chown", p))?;
+    }
+    Ok(())
+}
+
+/// [`give_to_pod`] for `dir` and everything in it.
+fn give_tree_to_pod(dir: &Path, ids: IdMap) -> Result<(), SandboxError> {
+    give_to_pod(&[dir.to_path_buf()], ids)?;
+    for e in std::fs::read_dir(dir).map_err(io_err("read", dir))? {
+        let path = e.map_err(io_err("read", dir))?.path();
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            give_tree_to_pod(&path, ids)?;
+        } else {
+            give_to_pod(&[path], ids)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every directory above `dir` must let other users through (search permission): a pod's
+/// processes (host ids of its own range) open the container root, logs and volumes by path.
+fn check_reachable(dir: &Path) -> Result<(), SandboxError> {
+    use std::os::unix::fs::PermissionsExt;
+    for a in dir.ancestors().skip(1) {
+        let mode = std::fs::metadata(a).map_err(io_err("stat", a))?.permissions().mode();
+        if mode & 0o001 == 0 {
+            return Err(SandboxError::Unreachable { path: a.to_path_buf(), mode: mode & 0o7777 });
+        }
+    }
+    Ok(())
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SandboxError {
@@ -95,18 +140,37 @@ impl Layout {
 
     /// Creates the directories and the pod's /etc/hosts, /etc/hostname and /etc/resolv.conf
     /// (slirp4netns answers DNS at 10.0.2.3; the pod's own address is 10.0.2.100).
-    pub fn create(&self, hostname: &str) -> Result<(), SandboxError> {
-        use std::os::unix::fs::DirBuilderExt;
-        // Root only: volumes hold Secrets, and container layers may hold setuid files.
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(io_err("create", &self.dir))?;
+    ///
+    /// The pod directory is root's, mode 0700, or, for a pod with its own id range, group
+    /// `ids.root()` with mode 0710: the pod's root may pass through it (to its container
+    /// roots, logs, volumes, /etc files and SVID) but not list or change it, and other host
+    /// users may not enter at all (volumes hold Secrets, the SVID directory its key). What
+    /// the pod writes (logs, /etc files) belongs to the pod's root.
+    pub fn create(&self, hostname: &str, ids: IdMap) -> Result<(), SandboxError> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let pods = self.dir.parent().unwrap_or(&self.dir);
+        std::fs::create_dir_all(pods).map_err(io_err("create", pods))?;
+        if !ids.is_identity() {
+            std::fs::set_permissions(pods, std::fs::Permissions::from_mode(0o711))
+                .map_err(io_err("chmod", pods))?;
+            check_reachable(&self.dir)?;
+        }
+        std::fs::DirBuilder::new().mode(0o700).create(&self.dir).or_else(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => Ok(()),
+            _ => Err(io_err("create", &self.dir)(e)),
+        })?;
+        if !ids.is_identity() {
+            std::os::unix::fs::chown(&self.dir, Some(0), Some(ids.root()))
+                .map_err(io_err("chown", &self.dir))?;
+            std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o710))
+                .map_err(io_err("chmod", &self.dir))?;
+        }
         for d in ["logs", "containers", "volumes", "etc"] {
             let p = self.dir.join(d);
             std::fs::create_dir_all(&p).map_err(io_err("create", &p))?;
         }
+        // Container processes create their log files.
+        give_to_pod(&[self.dir.join("logs")], ids)?;
         let files = [
             ("hosts", format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n10.0.2.100\t{hostname}\n")),
             ("hostname", format!("{hostname}\n")),
@@ -115,13 +179,20 @@ impl Layout {
         for (name, text) in files {
             let p = self.etc(name);
             std::fs::write(&p, text).map_err(io_err("write", &p))?;
+            give_to_pod(&[p], ids)?;
         }
         Ok(())
     }
 
-    /// Writes the pod's volumes: emptyDir directories, configMap and secret files; checks
-    /// hostPath volumes by their type.
-    pub fn prepare_volumes(&self, plan: &PodPlan, objects: &dyn Objects) -> Result<(), SandboxError> {
+    /// Writes the pod's volumes: emptyDir directories, configMap and secret files (all the
+    /// pod's root's); checks hostPath volumes by their type (their files keep their host
+    /// owners: ids outside the pod's range show as `nobody` inside).
+    pub fn prepare_volumes(
+        &self,
+        plan: &PodPlan,
+        objects: &dyn Objects,
+        ids: IdMap,
+    ) -> Result<(), SandboxError> {
         use std::os::unix::fs::PermissionsExt;
         for (name, volume) in &plan.volumes {
             let dir = self.volume(name);
@@ -131,6 +202,7 @@ impl Layout {
                     std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
                     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
                         .map_err(io_err("chmod", &dir))?;
+                    give_to_pod(&[dir], ids)?;
                 }
                 VolumePlan::ConfigMap { .. } | VolumePlan::Secret { .. } => {
                     let files = super::spec::volume_files(&plan.namespace, name, volume, objects)
@@ -148,6 +220,8 @@ impl Layout {
                         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode))
                             .map_err(io_err("chmod", &path))?;
                     }
+                    // The file modes apply to the pod's root as their owner (as in Kubernetes).
+                    give_tree_to_pod(&dir, ids)?;
                 }
                 VolumePlan::HostPath { path, kind } => {
                     check_host_path(Path::new(path), kind.as_deref()).map_err(bad)?
@@ -306,8 +380,14 @@ impl Limits {
     }
 
     /// Fresh cgroups for a container run, with its limits written; returns the directories
-    /// the container joins. Fresh, so that the OOM kill counter counts this run only.
-    pub fn prepare(&self, workload: &str, plan: &ContainerPlan) -> Result<Vec<PathBuf>, SandboxError> {
+    /// the container joins (their `cgroup.procs` the pod's root's, so it can join them).
+    /// Fresh, so that the OOM kill counter counts this run only.
+    pub fn prepare(
+        &self,
+        workload: &str,
+        plan: &ContainerPlan,
+        ids: IdMap,
+    ) -> Result<Vec<PathBuf>, SandboxError> {
         let mut dirs = Vec::new();
         for (controller, base) in &self.bases {
             let dir = base.join(workload).join(&plan.name);
@@ -346,6 +426,7 @@ impl Limits {
                 let p = dir.join(file);
                 std::fs::write(&p, value).map_err(io_err("write", &p))?;
             }
+            give_to_pod(&[dir.join("cgroup.procs")], ids)?;
             dirs.push(dir);
         }
         Ok(dirs)
@@ -367,8 +448,13 @@ impl Limits {
 }
 
 /// Starts the pod's init process inside the cgroup2 directory `cgroup` and returns its pid;
-/// it runs in the pod's namespaces once this returns.
-pub fn spawn_init(layout: &Layout, hostname: &str, cgroup: &Path) -> Result<u32, SandboxError> {
+/// it runs in the pod's namespaces, its ids mapped from `id_base` on, once this returns.
+pub fn spawn_init(
+    layout: &Layout,
+    hostname: &str,
+    cgroup: &Path,
+    id_base: Option<u32>,
+) -> Result<u32, SandboxError> {
     let exe = std::env::current_exe().map_err(io_err("find", Path::new("/proc/self/exe")))?;
     let log_path = layout.dir.join("init.log");
     let log = std::fs::OpenOptions::new()
@@ -382,6 +468,7 @@ pub fn spawn_init(layout: &Layout, hostname: &str, cgroup: &Path) -> Result<u32,
         .arg(&layout.dir)
         .arg("--hostname")
         .arg(hostname)
+        .args(id_base.map(|b| format!("--id-base={b}")))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log);
