@@ -76,6 +76,13 @@ pub struct Config {
     pub policy_debounce_ms: u64,
     /// Flow events kept in memory for `beemesh-agent flows`.
     pub flow_history: usize,
+    /// Whether pods may run `privileged: true` containers (refused at apply otherwise).
+    pub allow_privileged: bool,
+    /// When not empty, hostPath volumes must be one of these directories or inside one (the
+    /// agent's own directories, /proc, /sys, cgroup and bpf filesystems and / stay refused).
+    pub host_path_allow: Vec<PathBuf>,
+    /// Where `seccompProfile: {type: Localhost, localhostProfile: PATH}` profiles are found.
+    pub seccomp_profile_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -92,6 +99,9 @@ impl Default for Config {
             flow_events: FlowEvents::Sampled,
             policy_debounce_ms: 5,
             flow_history: 10_000,
+            allow_privileged: false,
+            host_path_allow: Vec::new(),
+            seccomp_profile_dir: "/etc/beemesh/seccomp".into(),
         }
     }
 }
@@ -132,6 +142,12 @@ impl Config {
                 self.cgroup_name
             )));
         }
+        if let Some(p) = self.host_path_allow.iter().find(|p| !p.is_absolute()) {
+            return Err(ConfigError::Invalid(format!(
+                "hostPathAllow {}: must be an absolute path",
+                p.display()
+            )));
+        }
         crate::identity::SpiffeId::new(&self.trust_domain, "default", "default")
             .map_err(|e| ConfigError::Invalid(format!("trustDomain {:?}: {e}", self.trust_domain)))?;
         Ok(())
@@ -163,6 +179,13 @@ mod tests {
         assert_eq!(c.state_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.default_egress, DefaultAction::Deny);
         assert_eq!(c.policy_dir, Config::default().policy_dir);
+        let c = Config::from_yaml("allowPrivileged: true\nhostPathAllow: [/srv]\nseccompProfileDir: /p\n")
+            .expect("valid");
+        assert!(c.allow_privileged);
+        assert_eq!(c.host_path_allow, vec![PathBuf::from("/srv")]);
+        assert_eq!(c.seccomp_profile_dir, PathBuf::from("/p"));
+        let relative = Config { host_path_allow: vec!["srv".into()], ..Config::default() };
+        assert!(relative.validate().is_err());
         let err = Config::from_yaml("stateDirr: /tmp/x\n").expect_err("typo");
         assert!(err.to_string().contains("stateDirr"), "{err}");
     }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::proto::{BindMount, ContainerSpec};
+use super::security;
 use super::spec::{ContainerPlan, Objects, PodPlan, VolumePlan};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,9 @@ pub enum SandboxError {
     Volume { volume: String, reason: String },
     #[error("pod init: {0}")]
     Init(String),
+    /// The container's settings cannot be honoured (runAsNonRoot, a seccomp profile).
+    #[error("{0}")]
+    Config(String),
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SandboxError {
@@ -119,9 +123,15 @@ impl Layout {
         Ok(())
     }
 
-    /// Writes the pod's volumes: emptyDir directories, configMap and secret files; checks
-    /// hostPath volumes by their type.
-    pub fn prepare_volumes(&self, plan: &PodPlan, objects: &dyn Objects) -> Result<(), SandboxError> {
+    /// Writes the pod's volumes: emptyDir directories, configMap and secret files (group-owned
+    /// by the pod's fsGroup if it has one); checks hostPath volumes against the agent's
+    /// `rules` (again: a link may have changed since apply) and by their type.
+    pub fn prepare_volumes(
+        &self,
+        plan: &PodPlan,
+        objects: &dyn Objects,
+        rules: &security::Rules,
+    ) -> Result<(), SandboxError> {
         use std::os::unix::fs::PermissionsExt;
         for (name, volume) in &plan.volumes {
             let dir = self.volume(name);
@@ -131,6 +141,9 @@ impl Layout {
                     std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
                     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
                         .map_err(io_err("chmod", &dir))?;
+                    if let Some(gid) = plan.fs_group {
+                        group_own(&dir, gid, true)?;
+                    }
                 }
                 VolumePlan::ConfigMap { .. } | VolumePlan::Secret { .. } => {
                     let files = super::spec::volume_files(&plan.namespace, name, volume, objects)
@@ -148,8 +161,13 @@ impl Layout {
                         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(f.mode))
                             .map_err(io_err("chmod", &path))?;
                     }
+                    if let Some(gid) = plan.fs_group {
+                        group_own(&dir, gid, false)?;
+                    }
                 }
                 VolumePlan::HostPath { path, kind } => {
+                    let resolved = security::resolve_host_path(Path::new(path));
+                    security::check_host_path(&resolved, rules).map_err(bad)?;
                     check_host_path(Path::new(path), kind.as_deref()).map_err(bad)?
                 }
             }
@@ -177,8 +195,8 @@ impl Layout {
         plan: &ContainerPlan,
         run: u64,
         rootfs: &Path,
-        cgroups: Vec<PathBuf>,
-        cgroup2: PathBuf,
+        (cgroups, cgroup2): (Vec<PathBuf>, PathBuf),
+        seccomp_dir: &Path,
     ) -> Result<ContainerSpec, SandboxError> {
         let svid =
             BindMount { source: self.svid_dir(), target: SVID_MOUNT.into(), read_only: true, sub_path: None };
@@ -204,8 +222,22 @@ impl Layout {
                 sub_path: m.sub_path.clone(),
             });
         }
-        let (uid, gid) = resolve_user(rootfs, &plan.user)
+        let (image_uid, image_gid) = resolve_user(rootfs, &plan.user)
             .map_err(|reason| SandboxError::Volume { volume: "(image user)".into(), reason })?;
+        let sec = &plan.security;
+        // runAsUser replaces the image's user, and with it its group unless runAsGroup says.
+        let uid = sec.run_as_user.unwrap_or(image_uid);
+        let gid = match (sec.run_as_group, sec.run_as_user) {
+            (Some(g), _) => g,
+            (None, Some(u)) => primary_group(rootfs, u).unwrap_or(0),
+            (None, None) => image_gid,
+        };
+        let pod_name = format!("{}_{}", pod.name, pod.namespace);
+        if let Some(message) = security::non_root_error(uid, sec, &pod_name, &plan.name) {
+            return Err(SandboxError::Config(message));
+        }
+        let security =
+            security::spec_for(sec, seccomp_dir).map_err(|e| SandboxError::Config(e.to_string()))?;
         Ok(ContainerSpec {
             name: plan.name.clone(),
             run,
@@ -219,6 +251,7 @@ impl Layout {
             log: self.log(&plan.name),
             uid,
             gid,
+            security,
         })
     }
 }
@@ -244,6 +277,43 @@ fn check_host_path(path: &Path, kind: Option<&str>) -> Result<(), String> {
         ("BlockDevice", Ok(m)) => want(m.file_type().is_block_device(), "block device"),
         (other, Ok(_)) => Err(format!("unknown hostPath type {other:?}")),
     }
+}
+
+/// Gives a volume to group `gid` (Kubernetes' fsGroup): every directory setgid, so what the
+/// containers create inherits the group; a writable volume's directories group-writable,
+/// files group-readable.
+fn group_own(dir: &Path, gid: u32, writable: bool) -> Result<(), SandboxError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(dir).map_err(io_err("stat", dir))?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    std::os::unix::fs::lchown(dir, None, Some(gid)).map_err(io_err("chown", dir))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    let extra = match (meta.is_dir(), writable) {
+        (true, true) => 0o2070,
+        (true, false) => 0o2050,
+        (false, true) => 0o060,
+        (false, false) => 0o040,
+    };
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | extra))
+        .map_err(io_err("chmod", dir))?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(dir).map_err(io_err("read", dir))? {
+            let entry = entry.map_err(io_err("read", dir))?;
+            group_own(&entry.path(), gid, writable)?;
+        }
+    }
+    Ok(())
+}
+
+/// The primary group of `uid` in the image's /etc/passwd, if it is there.
+fn primary_group(rootfs: &Path, uid: u32) -> Option<u32> {
+    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 3 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[3].parse().ok())?
+    })
 }
 
 /// The image's `User` (`uid`, `uid:gid`, `name` or `name:group`), looked up in the
