@@ -835,7 +835,7 @@ spec:
 
 #[test]
 fn privileged_and_protected_host_paths_are_refused_at_apply() -> Result<()> {
-    let agent = Agent::start("podsecrefuse", &[])?;
+    let mut agent = Agent::start("podsecrefuse", &[])?;
     let pod = |extra: &str, sc: &str| {
         format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n{extra}  containers:\n  - {{name: c, image: x{sc}}}\n"
@@ -862,5 +862,23 @@ fn privileged_and_protected_host_paths_are_refused_at_apply() -> Result<()> {
     }
     let (_, pods, _) = agent.run_cli(&["get", "pods", "-A"], None)?;
     assert_eq!(pods.lines().count(), 1, "only the header: {pods}");
+    // Allowed by the agent's configuration, a privileged container holds every capability
+    // and runs without a filter.
+    agent.stop()?;
+    std::fs::write(agent.dir.path().join("agent.yaml"), "allowPrivileged: true\n")?;
+    agent.spawn()?;
+    agent.import_busybox("busybox:1")?;
+    agent.apply(
+        &shell_pod(
+            "priv",
+            "default",
+            "grep -E '^(NoNewPrivs|Seccomp|CapEff):' /proc/self/status; echo done; sleep 1000",
+        )
+        .replace("    command:", "    securityContext: {privileged: true}\n    command:"),
+    )?;
+    assert!(eventually(T, || logs(&agent, "priv", "c").contains("done")), "{}", logs(&agent, "priv", "c"));
+    let out = logs(&agent, "priv", "c");
+    assert!(out.contains("NoNewPrivs:\t0") && out.contains("Seccomp:\t0"), "{out}");
+    assert!(cap_eff(&out) & (1 << 21) != 0, "CAP_SYS_ADMIN held: {out}");
     Ok(())
 }

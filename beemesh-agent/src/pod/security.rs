@@ -658,6 +658,18 @@ spec:
     }
 
     #[test]
+    fn manifests_accept_the_restricted_fields_and_refuse_the_rest_by_name() {
+        let objects = crate::manifest::parse("r.yaml", RESTRICTED).expect("a restricted pod is accepted");
+        assert_eq!(objects.len(), 1);
+        let selinux = RESTRICTED.replace("readOnlyRootFilesystem: true", "seLinuxOptions: {level: s0}");
+        let err = crate::manifest::parse("r.yaml", &selinux).expect_err("not implemented");
+        assert!(err.to_string().contains("securityContext.seLinuxOptions"), "{err}");
+        let bad = RESTRICTED.replace("drop: [ALL]", "drop: [ALLL]");
+        let err = crate::manifest::parse("r.yaml", &bad).expect_err("unknown capability");
+        assert!(err.to_string().contains("capabilities.drop[0]"), "{err}");
+    }
+
+    #[test]
     fn run_as_non_root_uses_the_kubelet_wording() {
         let p = pod(RESTRICTED);
         let spec = p.spec.as_ref().expect("spec");
