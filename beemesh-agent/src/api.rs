@@ -154,6 +154,9 @@ pub struct ContainerInfo {
     pub gid: u32,
     /// cgroup directories (v2 and v1) a process entering the container joins.
     pub cgroups: Vec<String>,
+    /// What a process entering the container is confined with (as the container).
+    #[serde(default)]
+    pub security: crate::pod::proto::SecuritySpec,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -102,6 +102,9 @@ pub enum Command {
         cwd: String,
         #[arg(long = "cgroup")]
         cgroups: Vec<PathBuf>,
+        /// The container's `SecuritySpec` as JSON (capabilities, groups, no_new_privs, seccomp).
+        #[arg(long)]
+        security: Option<String>,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },

@@ -81,6 +81,13 @@ pub struct Config {
     pub pod_id_range_start: u32,
     /// Host ids set aside for pods, a multiple of 65536: one block of 65536 per pod.
     pub pod_id_range_size: u32,
+    /// Whether pods may run `privileged: true` containers (refused at apply otherwise).
+    pub allow_privileged: bool,
+    /// When not empty, hostPath volumes must be one of these directories or inside one (the
+    /// agent's own directories, /proc, /sys, cgroup and bpf filesystems and / stay refused).
+    pub host_path_allow: Vec<PathBuf>,
+    /// Where `seccompProfile: {type: Localhost, localhostProfile: PATH}` profiles are found.
+    pub seccomp_profile_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -99,6 +106,9 @@ impl Default for Config {
             flow_history: 10_000,
             pod_id_range_start: 1 << 30,
             pod_id_range_size: 4096 * crate::pod::userns::POD_IDS,
+            allow_privileged: false,
+            host_path_allow: Vec::new(),
+            seccomp_profile_dir: "/etc/beemesh/seccomp".into(),
         }
     }
 }
@@ -139,6 +149,12 @@ impl Config {
                 self.cgroup_name
             )));
         }
+        if let Some(p) = self.host_path_allow.iter().find(|p| !p.is_absolute()) {
+            return Err(ConfigError::Invalid(format!(
+                "hostPathAllow {}: must be an absolute path",
+                p.display()
+            )));
+        }
         crate::identity::SpiffeId::new(&self.trust_domain, "default", "default")
             .map_err(|e| ConfigError::Invalid(format!("trustDomain {:?}: {e}", self.trust_domain)))?;
         crate::pod::userns::IdRanges::new(self.pod_id_range_start, self.pod_id_range_size)
@@ -172,6 +188,13 @@ mod tests {
         assert_eq!(c.state_dir, PathBuf::from("/tmp/x"));
         assert_eq!(c.default_egress, DefaultAction::Deny);
         assert_eq!(c.policy_dir, Config::default().policy_dir);
+        let c = Config::from_yaml("allowPrivileged: true\nhostPathAllow: [/srv]\nseccompProfileDir: /p\n")
+            .expect("valid");
+        assert!(c.allow_privileged);
+        assert_eq!(c.host_path_allow, vec![PathBuf::from("/srv")]);
+        assert_eq!(c.seccomp_profile_dir, PathBuf::from("/p"));
+        let relative = Config { host_path_allow: vec!["srv".into()], ..Config::default() };
+        assert!(relative.validate().is_err());
         let err = Config::from_yaml("stateDirr: /tmp/x\n").expect_err("typo");
         assert!(err.to_string().contains("stateDirr"), "{err}");
     }

@@ -14,8 +14,16 @@ fn main() -> ExitCode {
         Command::PodInit { dir, hostname, id_base } => {
             return ExitCode::from(beemesh_agent::pod::init::main(dir, hostname, *id_base) as u8);
         }
-        Command::PodExec { target, uid, gid, cwd, cgroups, command } => {
-            let code = beemesh_agent::pod::init::exec_main(*target, *uid, *gid, cwd, cgroups, command);
+        Command::PodExec { target, uid, gid, cwd, cgroups, security, command } => {
+            let security = match security.as_deref().map(serde_json::from_str).transpose() {
+                Ok(s) => s.unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("beemesh pod-exec: --security: {e}");
+                    return ExitCode::from(126);
+                }
+            };
+            let code =
+                beemesh_agent::pod::init::exec_main(*target, *uid, *gid, cwd, cgroups, &security, command);
             return ExitCode::from(code as u8);
         }
         _ => {}

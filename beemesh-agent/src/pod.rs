@@ -9,5 +9,7 @@ pub mod probe;
 pub mod proto;
 pub mod rootfs;
 pub mod sandbox;
+pub mod seccomp;
+pub mod security;
 pub mod spec;
 pub mod userns;

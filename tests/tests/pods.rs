@@ -867,3 +867,164 @@ fn exhausted_id_ranges_refuse_the_apply_and_ranges_survive_an_agent_crash() -> R
     assert_eq!(id_base(&agent, "two")?, 200_000_000);
     Ok(())
 }
+
+/// The CapEff mask a container's `/proc/self/status` lines show.
+fn cap_eff(status: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(u64::MAX)
+}
+
+#[test]
+fn security_contexts_seccomp_and_no_new_privs_confine_containers() -> Result<()> {
+    let agent = Agent::start("podsec", &[])?;
+    agent.import_busybox("busybox:1")?;
+    // As the Kubernetes "restricted" Pod Security profile asks, written as users write it.
+    agent.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: restricted}
+spec:
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 1000
+    runAsGroup: 3000
+    fsGroup: 2000
+    seccompProfile: {type: RuntimeDefault}
+  volumes:
+  - {name: scratch, emptyDir: {}}
+  containers:
+  - name: c
+    image: busybox:1
+    command: [sh, -c]
+    args:
+    - >-
+      grep -E '^(NoNewPrivs|Seccomp|CapEff):' /proc/self/status; echo ids=$(id -u):$(id -g):$(id -G);
+      touch /x 2>/dev/null && echo ROOT-WRITTEN || echo root-read-only;
+      touch /scratch/f && echo scratch-written group=$(stat -c %g /scratch/f);
+      unshare -U true 2>/dev/null && echo UNSHARED || echo unshare-refused;
+      echo done; sleep 1000
+    securityContext:
+      allowPrivilegeEscalation: false
+      readOnlyRootFilesystem: true
+      capabilities: {drop: [ALL]}
+    volumeMounts: [{name: scratch, mountPath: /scratch}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: unconfined}
+spec:
+  containers:
+  - name: c
+    image: busybox:1
+    command: [sh, -c]
+    args:
+    - >-
+      grep -E '^(NoNewPrivs|Seccomp|CapEff):' /proc/self/status;
+      unshare -U true 2>/dev/null && echo UNSHARED || echo unshare-refused;
+      echo done; sleep 1000
+    securityContext:
+      seccompProfile: {type: Unconfined}
+      allowPrivilegeEscalation: true
+      capabilities: {add: [NET_ADMIN]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: rootimage}
+spec:
+  securityContext: {runAsNonRoot: true}
+  containers:
+  - {name: c, image: "busybox:1", command: [sleep, "1000"]}
+"#,
+    )?;
+    agent.wait_ready("restricted", T)?;
+    agent.wait_ready("unconfined", T)?;
+    let done = |pod: &str| eventually(T, || logs(&agent, pod, "c").contains("done"));
+    assert!(done("restricted"), "{}", logs(&agent, "restricted", "c"));
+    let out = logs(&agent, "restricted", "c");
+    assert!(out.contains("NoNewPrivs:\t1") && out.contains("Seccomp:\t2"), "{out}");
+    assert_eq!(cap_eff(&out), 0, "{out}");
+    assert!(out.contains("ids=1000:3000:3000 2000"), "runAsUser, runAsGroup, fsGroup: {out}");
+    assert!(out.contains("root-read-only") && !out.contains("ROOT-WRITTEN"), "{out}");
+    assert!(out.contains("scratch-written group=2000"), "volumes stay writable, owned by fsGroup: {out}");
+    assert!(out.contains("unshare-refused") && !out.contains("UNSHARED"), "seccomp refuses unshare: {out}");
+    assert!(done("unconfined"), "{}", logs(&agent, "unconfined", "c"));
+    let out = logs(&agent, "unconfined", "c");
+    assert!(out.contains("NoNewPrivs:\t0") && out.contains("Seccomp:\t0"), "{out}");
+    assert!(out.contains("UNSHARED"), "without a filter unshare works: {out}");
+    let caps = cap_eff(&out);
+    assert!(caps & (1 << 12) != 0 && caps & (1 << 21) == 0, "NET_ADMIN added, no SYS_ADMIN: {caps:x}");
+    // exec enters with the container's confinement.
+    let (ok, exec_out, err) = agent.run_cli(
+        &["exec", "restricted", "--", "grep", "-E", "^(NoNewPrivs|Seccomp|CapEff):", "/proc/self/status"],
+        None,
+    )?;
+    assert!(ok, "{err}");
+    assert!(exec_out.contains("NoNewPrivs:\t1") && exec_out.contains("Seccomp:\t2"), "{exec_out}");
+    assert_eq!(cap_eff(&exec_out), 0, "{exec_out}");
+    // runAsNonRoot against an image that runs as root: refused as the kubelet does.
+    let waiting = |field: &str| {
+        agent.pod("rootimage").map(|p| p["status"]["containerStatuses"][0]["state"]["waiting"][field].clone())
+    };
+    assert!(
+        eventually(T, || waiting("reason").is_ok_and(|r| r == "CreateContainerConfigError")),
+        "{:?}",
+        agent.pod("rootimage")
+    );
+    let message = waiting("message")?.as_str().unwrap_or_default().to_owned();
+    assert!(message.contains("runAsNonRoot and image will run as root"), "{message}");
+    Ok(())
+}
+
+#[test]
+fn privileged_and_protected_host_paths_are_refused_at_apply() -> Result<()> {
+    let mut agent = Agent::start("podsecrefuse", &[])?;
+    let pod = |extra: &str, sc: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n{extra}  containers:\n  - {{name: c, image: x{sc}}}\n"
+        )
+    };
+    let state = agent.state_dir().join("pods");
+    let cases = [
+        (pod("", ", securityContext: {privileged: true}"), "spec.containers[0].securityContext.privileged"),
+        (
+            pod(&format!("  volumes: [{{name: v, hostPath: {{path: {}}}}}]\n", state.display()), ""),
+            "spec.volumes[0].hostPath.path",
+        ),
+        (pod("  volumes: [{name: v, hostPath: {path: /proc}}]\n", ""), "spec.volumes[0].hostPath.path"),
+        (pod("  volumes: [{name: v, hostPath: {path: /}}]\n", ""), "spec.volumes[0].hostPath.path"),
+        (
+            pod("", ", securityContext: {seccompProfile: {type: Localhost, localhostProfile: missing.json}}"),
+            "seccompProfile.localhostProfile",
+        ),
+    ];
+    for (yaml, field) in cases {
+        let (ok, _, err) = agent.run_cli(&["apply", "-f", "-"], Some(&yaml))?;
+        assert!(!ok, "accepted: {yaml}");
+        assert!(err.contains(field), "error for {yaml:?} should name {field:?}: {err}");
+    }
+    let (_, pods, _) = agent.run_cli(&["get", "pods", "-A"], None)?;
+    assert_eq!(pods.lines().count(), 1, "only the header: {pods}");
+    // Allowed by the agent's configuration, a privileged container holds every capability
+    // and runs without a filter.
+    agent.stop()?;
+    std::fs::write(agent.dir.path().join("agent.yaml"), "allowPrivileged: true\n")?;
+    agent.spawn()?;
+    agent.import_busybox("busybox:1")?;
+    agent.apply(
+        &shell_pod(
+            "priv",
+            "default",
+            "grep -E '^(NoNewPrivs|Seccomp|CapEff):' /proc/self/status; echo done; sleep 1000",
+        )
+        .replace("    command:", "    securityContext: {privileged: true}\n    command:"),
+    )?;
+    assert!(eventually(T, || logs(&agent, "priv", "c").contains("done")), "{}", logs(&agent, "priv", "c"));
+    let out = logs(&agent, "priv", "c");
+    assert!(out.contains("NoNewPrivs:\t0") && out.contains("Seccomp:\t0"), "{out}");
+    assert!(cap_eff(&out) & (1 << 21) != 0, "CAP_SYS_ADMIN held: {out}");
+    Ok(())
+}

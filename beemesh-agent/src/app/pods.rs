@@ -77,6 +77,8 @@ struct Run {
     image_id: String,
     uid: u32,
     gid: u32,
+    /// What the run is confined with; processes entering it (exec, probes) get the same.
+    security: proto::SecuritySpec,
     probes: Vec<AbortHandle>,
 }
 
@@ -179,6 +181,29 @@ fn same_object(a: &Object, b: &Object) -> bool {
 }
 
 impl Agent {
+    /// What the configuration allows pods (`allowPrivileged`, `hostPathAllow`, Localhost
+    /// seccomp profiles) and the host paths no pod may mount: the agent's own directories,
+    /// /proc, /sys and every cgroup and bpf filesystem mounted on the host.
+    fn security_rules(&self) -> crate::pod::security::Rules {
+        let real = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let mut kernel = vec![PathBuf::from("/proc"), PathBuf::from("/sys"), real(&self.cfg.bpffs)];
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        kernel.extend(mounts.lines().filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && matches!(f[2], "cgroup" | "cgroup2" | "bpf")).then(|| PathBuf::from(f[1]))
+        }));
+        crate::pod::security::Rules {
+            allow_privileged: self.cfg.allow_privileged,
+            protected: [&self.cfg.state_dir, &self.cfg.run_dir, &self.cfg.policy_dir, &self.cfg.pin_dir()]
+                .into_iter()
+                .map(|p| real(p))
+                .collect(),
+            kernel,
+            allow: self.cfg.host_path_allow.iter().map(|p| real(p)).collect(),
+            seccomp_dir: self.cfg.seccomp_profile_dir.clone(),
+        }
+    }
+
     /// Loads the pods and objects of an earlier run: running pods are re-adopted, the others
     /// started again.
     pub(super) fn recover_pods(&mut self) -> Result<(), AgentError> {
@@ -272,6 +297,7 @@ impl Agent {
 
     pub(super) fn apply(&mut self, file: &str, text: &str) -> Result<Response, String> {
         let objects = manifest::parse(file, text).map_err(|e| e.to_string())?;
+        let rules = self.security_rules();
         // Everything is checked before anything changes.
         let new_pods = objects
             .iter()
@@ -310,6 +336,9 @@ impl Agent {
                         o.name()
                     ));
                 }
+                crate::pod::security::check_against_config(pod, &rules).map_err(|(field, reason)| {
+                    format!("{file}: pod {}/{}: {field}: {reason}", o.namespace(), o.name())
+                })?;
             }
         }
         let mut lines = Vec::new();
@@ -436,7 +465,7 @@ impl Agent {
             let _ = self.delete_workload(&workload);
             return Err(e);
         }
-        if let Err(e) = layout.prepare_volumes(&entry.plan, &self.pods, ids) {
+        if let Err(e) = layout.prepare_volumes(&entry.plan, &self.pods, ids, &self.security_rules()) {
             entry.sandbox = Sandbox::Failed(e.to_string());
             self.pods.entries.insert(workload, entry);
             return Ok(());
@@ -571,9 +600,9 @@ impl Agent {
         let name = event.container().to_owned();
         let r = entry.runs.entry(name.clone()).or_default();
         match event {
-            proto::Event::Started { run, host_pid, uid: run_uid, gid: run_gid, cgroups, .. }
-                if run >= r.run =>
-            {
+            proto::Event::Started {
+                run, host_pid, uid: run_uid, gid: run_gid, cgroups, security, ..
+            } if run >= r.run => {
                 if run > r.run {
                     // A run this agent did not start (it restarted): adopt it as it runs,
                     // with the user and cgroups init reports.
@@ -581,6 +610,8 @@ impl Agent {
                     entry.life.started(&name, now);
                     (r.uid, r.gid) = (run_uid, run_gid);
                     r.cgroups = cgroups;
+                    // An init from before security contexts reports none: what it applied.
+                    r.security = security.unwrap_or_default();
                     if let Some((plan, image_id)) = adopted {
                         r.plan = Some(plan);
                         r.image_id = image_id;
@@ -604,6 +635,7 @@ impl Agent {
                         cwd: r.plan.as_ref().map_or_else(|| "/".to_owned(), |p| p.cwd.clone()),
                         user: (r.uid, r.gid),
                         cgroups: r.cgroups.clone(),
+                        security: r.security.clone(),
                     };
                     let (w, u, c, run) = (workload.to_owned(), uid.clone(), name.clone(), r.run);
                     let tx = tx.clone();
@@ -832,8 +864,8 @@ impl Agent {
             &plan,
             run_no,
             rootfs.root(),
-            cgroups.clone(),
-            leaf.clone(),
+            (cgroups.clone(), leaf.clone()),
+            &self.cfg.seccomp_profile_dir,
         ) {
             Ok(s) => s,
             Err(e) => return fail(self, "CreateContainerConfigError", e.to_string()),
@@ -843,6 +875,7 @@ impl Agent {
             return fail(self, "CreateContainerConfigError", message);
         }
         let user = (spec.uid, spec.gid);
+        let security = spec.security.clone();
         let sent =
             entry.cmds.as_ref().is_some_and(|c| c.try_send(proto::Command::Start(Box::new(spec))).is_ok());
         if !sent {
@@ -854,6 +887,7 @@ impl Agent {
         r.cgroups = cgroups;
         r.cgroups.push(leaf);
         (r.uid, r.gid) = user;
+        r.security = security;
         r.message = None;
         r.image_id = image.id.clone();
         entry.life.started(name, now);
@@ -1006,6 +1040,7 @@ impl Agent {
             cwd: plan.map(|p| p.cwd.clone()).unwrap_or_else(|| "/".into()),
             uid: run.map_or(0, |r| r.uid),
             gid: run.map_or(0, |r| r.gid),
+            security: run.map(|r| r.security.clone()).unwrap_or_default(),
             cgroups,
             container,
         }))

@@ -307,14 +307,16 @@ pub async fn exec(
         return fail(format!("container {:?} of pod {pod} is not running", info.container));
     };
     let cgroups: Vec<PathBuf> = info.cgroups.iter().map(PathBuf::from).collect();
-    let mut cmd = match crate::pod::probe::enter_command(
-        pid,
-        (info.uid, info.gid),
-        &info.cwd,
-        &info.env,
-        &cgroups,
-        command,
-    ) {
+    let target = crate::pod::probe::Target {
+        init_pid: 0,
+        host_pid: pid,
+        env: info.env,
+        cwd: info.cwd,
+        user: (info.uid, info.gid),
+        cgroups,
+        security: info.security,
+    };
+    let mut cmd = match crate::pod::probe::enter_command(&target, command) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };

@@ -48,6 +48,16 @@ const CONTAINER: &[&str] = &[
     "volumeMounts[].mountPath",
     "volumeMounts[].readOnly",
     "volumeMounts[].subPath",
+    "securityContext.runAsUser",
+    "securityContext.runAsGroup",
+    "securityContext.runAsNonRoot",
+    "securityContext.readOnlyRootFilesystem",
+    "securityContext.allowPrivilegeEscalation",
+    "securityContext.privileged",
+    "securityContext.capabilities.add[]",
+    "securityContext.capabilities.drop[]",
+    "securityContext.seccompProfile.type",
+    "securityContext.seccompProfile.localhostProfile",
 ];
 
 const PROBE: &[&str] = &[
@@ -90,6 +100,13 @@ const POD_SPEC: &[&str] = &[
     "spec.volumes[].secret.optional",
     "spec.volumes[].hostPath.path",
     "spec.volumes[].hostPath.type",
+    "spec.securityContext.runAsUser",
+    "spec.securityContext.runAsGroup",
+    "spec.securityContext.runAsNonRoot",
+    "spec.securityContext.fsGroup",
+    "spec.securityContext.supplementalGroups[]",
+    "spec.securityContext.seccompProfile.type",
+    "spec.securityContext.seccompProfile.localhostProfile",
 ];
 
 /// Field patterns per kind (`[]`: any sequence item, `*`: any map key), and every prefix of
@@ -230,6 +247,7 @@ pub(super) fn validate_pod(pod: &Pod, prefix: &str) -> Result<(), FieldError> {
             ));
         }
     }
+    crate::pod::security::validate(pod, &at)?;
     let mut names = BTreeSet::new();
     let lists = [
         ("initContainers", spec.init_containers.as_deref().unwrap_or_default()),

@@ -24,6 +24,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::proto::{ContainerSpec, Event, MAX_LINE};
+use super::security;
 use crate::sys::process::{self, Forked};
 
 /// The control socket's file name in the pod directory.
@@ -340,6 +341,7 @@ impl Init {
                     uid: spec.uid,
                     gid: spec.gid,
                     cgroups: spec.cgroups.iter().chain(&spec.cgroup2).cloned().collect(),
+                    security: Some(spec.security.clone()),
                 }
             }
             Err(message) => Event::StartFailed { name: name.clone(), run, message },
@@ -403,13 +405,16 @@ fn exec_container(spec: &ContainerSpec, report: &mut std::fs::File) -> String {
             std::fs::write(cg.join("cgroup.procs"), "0").map_err(step(&format!("join {}", cg.display())))?;
         }
         let last_cap = process::last_capability();
+        // Compiled while the host's /proc (kernel version) is still visible.
+        let filters = security::compile_seccomp(&spec.security, last_cap).map_err(|e| e.to_string())?;
         stdio(&spec.log).map_err(step(&format!("log file {}", spec.log.display())))?;
         nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("mount namespace: {e}"))?;
         // The bounding set first (it needs CAP_SETPCAP, gone once a non-root user is set at
-        // the end of enter_root); the capabilities in effect for the mounts stay until exec.
-        process::restrict_capabilities(process::CONTAINER_CAPS, last_cap)
-            .map_err(step("drop capabilities"))?;
+        // the end); the capabilities in effect for the mounts stay until exec.
+        security::restrict_capabilities(&spec.security, last_cap).map_err(step("drop capabilities"))?;
         enter_root(spec)?;
+        // Groups, user, no_new_privs, then the seccomp filter: the last steps before exec.
+        security::confine(spec.uid, spec.gid, &spec.security, &filters, || Ok(()))?;
         let env: Vec<CString> = spec.env.iter().filter_map(|e| CString::new(e.as_bytes()).ok()).collect();
         let path_var = spec.env.iter().rev().find_map(|e| e.strip_prefix("PATH=")).unwrap_or("/usr/bin:/bin");
         let program = lookup(&spec.argv[0], path_var)
@@ -439,7 +444,7 @@ fn stdio(log: &Path) -> io::Result<()> {
 }
 
 /// Mounts /proc, /sys, /dev and the bind mounts into the container's root, pivots into it
-/// and changes to its working directory, creating the user and group ids last.
+/// and changes to its working directory (and makes the root read-only if asked).
 fn enter_root(spec: &ContainerSpec) -> Result<(), String> {
     let m = |what: &str| {
         let what = what.to_owned();
@@ -455,8 +460,11 @@ fn enter_root(spec: &ContainerSpec) -> Result<(), String> {
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let proc_dir = dir("/proc")?;
     mount(Some("proc"), &proc_dir, Some("proc"), nodev, none).map_err(m("mount /proc"))?;
-    // As runc does: kernel knobs read-only, kernel memory and timers hidden.
-    for ro in ["sys", "sysrq-trigger", "irq", "bus", "fs"] {
+    // As runc does: kernel knobs read-only, kernel memory and timers hidden (not for a
+    // privileged container).
+    let shielded =
+        if spec.security.privileged { &[][..] } else { &["sys", "sysrq-trigger", "irq", "bus", "fs"][..] };
+    for ro in shielded {
         let p = proc_dir.join(ro);
         if p.exists() {
             mount(Some(&p), &p, none, MsFlags::MS_BIND | MsFlags::MS_REC, none)
@@ -465,20 +473,25 @@ fn enter_root(spec: &ContainerSpec) -> Result<(), String> {
             mount(none, &p, none, flags, none).map_err(m(&format!("make /proc/{ro} read-only")))?;
         }
     }
-    for masked in ["kcore", "keys", "timer_list", "latency_stats", "sched_debug"] {
+    let masked_files = if spec.security.privileged {
+        &[][..]
+    } else {
+        &["kcore", "keys", "timer_list", "latency_stats", "sched_debug"][..]
+    };
+    for masked in masked_files {
         let p = proc_dir.join(masked);
         if p.exists() {
             mount(Some("/dev/null"), &p, none, MsFlags::MS_BIND, none)
                 .map_err(m(&format!("mask /proc/{masked}")))?;
         }
     }
-    mount(Some("sysfs"), &dir("/sys")?, Some("sysfs"), nodev | MsFlags::MS_RDONLY, none)
-        .map_err(m("mount /sys"))?;
+    let sys_flags = if spec.security.privileged { nodev } else { nodev | MsFlags::MS_RDONLY };
+    mount(Some("sysfs"), &dir("/sys")?, Some("sysfs"), sys_flags, none).map_err(m("mount /sys"))?;
     // Directories runc hides: an empty read-only tmpfs over each.
     let sys_dir = dir("/sys")?;
     let hidden = ["acpi", "asound", "scsi"].map(|d| proc_dir.join(d));
     for p in hidden.iter().chain([&sys_dir.join("firmware")]) {
-        if p.is_dir() {
+        if p.is_dir() && !spec.security.privileged {
             mount(Some("tmpfs"), p, Some("tmpfs"), nodev | MsFlags::MS_RDONLY, none)
                 .map_err(m(&format!("mask {}", p.display())))?;
         }
@@ -550,10 +563,12 @@ fn enter_root(spec: &ContainerSpec) -> Result<(), String> {
     let cwd = resolve_in_root(Path::new("/"), &spec.cwd, true)
         .map_err(|e| format!("working directory {}: {e}", spec.cwd))?;
     nix::unistd::chdir(&cwd).map_err(m(&format!("working directory {}", spec.cwd)))?;
-    let gid = nix::unistd::Gid::from_raw(spec.gid);
-    nix::unistd::setgroups(&[gid]).map_err(m("setgroups"))?;
-    nix::unistd::setgid(gid).map_err(m("setgid"))?;
-    nix::unistd::setuid(nix::unistd::Uid::from_raw(spec.uid)).map_err(m("setuid"))?;
+    if spec.security.read_only_root {
+        // Only the root's own mount: /proc, /dev, volumes and /etc files are mounts of their own.
+        let flags =
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked_flags(Path::new("/"));
+        mount(none, "/", none, flags, none).map_err(m("make the root read-only"))?;
+    }
     Ok(())
 }
 
@@ -614,10 +629,19 @@ pub fn resolve_in_root(root: &Path, path: &str, last_is_dir: bool) -> io::Result
 }
 
 /// `beemesh-agent pod-exec`: runs `argv` inside the container whose process is `target`
-/// (its namespaces, root, cgroups; `uid`/`gid`; the container's capability set) with this
-/// process's environment, and returns its exit status. Call before any thread exists.
-pub fn exec_main(target: u32, uid: u32, gid: u32, cwd: &str, cgroups: &[PathBuf], argv: &[String]) -> i32 {
-    match exec_in(target, uid, gid, cwd, cgroups, argv) {
+/// (its namespaces, root, cgroups; `uid`/`gid`; the container's `security`: capabilities,
+/// groups, no_new_privs, seccomp) with this process's environment, and returns its exit
+/// status. Call before any thread exists.
+pub fn exec_main(
+    target: u32,
+    uid: u32,
+    gid: u32,
+    cwd: &str,
+    cgroups: &[PathBuf],
+    security: &super::proto::SecuritySpec,
+    argv: &[String],
+) -> i32 {
+    match exec_in(target, (uid, gid), cwd, cgroups, security, argv) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("beemesh pod-exec: {e}");
@@ -628,19 +652,20 @@ pub fn exec_main(target: u32, uid: u32, gid: u32, cwd: &str, cgroups: &[PathBuf]
 
 fn exec_in(
     target: u32,
-    uid: u32,
-    gid: u32,
+    (uid, gid): (u32, u32),
     cwd: &str,
     cgroups: &[PathBuf],
+    sec: &super::proto::SecuritySpec,
     argv: &[String],
 ) -> Result<i32, String> {
     if argv.is_empty() {
         return Err("no command".into());
     }
+    let last_cap = process::last_capability();
+    let filters = security::compile_seccomp(sec, last_cap).map_err(|e| e.to_string())?;
     for cg in cgroups {
         std::fs::write(cg.join("cgroup.procs"), "0").map_err(|e| format!("join {}: {e}", cg.display()))?;
     }
-    let last_cap = process::last_capability();
     let open = |ns: &str| {
         std::fs::File::open(format!("/proc/{target}/ns/{ns}"))
             .map_err(|e| format!("container process {target}: {e}"))
@@ -666,18 +691,17 @@ fn exec_in(
                 nix::unistd::chdir(cwd)
                     .or_else(|_| nix::unistd::chdir("/"))
                     .map_err(|e| format!("chdir: {e}"))?;
-                process::restrict_capabilities(process::CONTAINER_CAPS, last_cap)
+                security::restrict_capabilities(sec, last_cap)
                     .map_err(|e| format!("drop capabilities: {e}"))?;
-                let g = nix::unistd::Gid::from_raw(gid);
-                nix::unistd::setgroups(&[g]).map_err(|e| format!("setgroups: {e}"))?;
-                nix::unistd::setgid(g).map_err(|e| format!("setgid: {e}"))?;
-                nix::unistd::setuid(nix::unistd::Uid::from_raw(uid)).map_err(|e| format!("setuid: {e}"))?;
-                // After setuid (which clears it); the parent sits outside the pod's pid
-                // namespace, so while it lives getppid() is 0.
-                process::die_with_parent().map_err(|e| format!("parent death signal: {e}"))?;
-                if nix::unistd::getppid().as_raw() != 0 {
-                    return Err("the exec wrapper is gone".into());
-                }
+                security::confine(uid, gid, sec, &filters, || {
+                    // After setuid (which clears it); the parent sits outside the pod's pid
+                    // namespace, so while it lives getppid() is 0.
+                    process::die_with_parent().map_err(|e| format!("parent death signal: {e}"))?;
+                    if nix::unistd::getppid().as_raw() != 0 {
+                        return Err("the exec wrapper is gone".into());
+                    }
+                    Ok(())
+                })?;
                 let path_var = std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into());
                 let program = lookup(&argv[0], &path_var)
                     .ok_or_else(|| format!("{:?}: executable file not found in $PATH", argv[0]))?;

@@ -10,6 +10,7 @@ use std::process::Stdio;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::proto::SecuritySpec;
 use super::spec::{ProbeAction, ProbePlan};
 
 /// The container a probe checks.
@@ -23,6 +24,8 @@ pub struct Target {
     pub cwd: String,
     pub user: (u32, u32),
     pub cgroups: Vec<PathBuf>,
+    /// What the container is confined with (exec probes run under the same).
+    pub security: SecuritySpec,
 }
 
 /// Probes until aborted; calls `report` with the new verdict whenever it changes.
@@ -57,9 +60,7 @@ where
 async fn check(action: &ProbeAction, target: &Target) -> bool {
     match action {
         ProbeAction::Exec(argv) => {
-            let Ok(mut cmd) =
-                enter_command(target.host_pid, target.user, &target.cwd, &target.env, &target.cgroups, argv)
-            else {
+            let Ok(mut cmd) = enter_command(target, argv) else {
                 return false;
             };
             cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
@@ -118,15 +119,10 @@ async fn connect(init_pid: u32, host: Option<&str>, port: u16) -> Option<tokio::
 
 /// A command that runs `argv` inside the container of host process `pid` (`beemesh-agent
 /// pod-exec`): its namespaces, root and cgroups, `env` as its whole environment, as `uid`/`gid`
-/// with the container's capabilities.
-pub fn enter_command(
-    pid: u32,
-    user: (u32, u32),
-    cwd: &str,
-    env: &[String],
-    cgroups: &[PathBuf],
-    argv: &[String],
-) -> std::io::Result<std::process::Command> {
+/// with the container's capabilities, no_new_privs and seccomp filter.
+pub fn enter_command(target: &Target, argv: &[String]) -> std::io::Result<std::process::Command> {
+    let Target { host_pid: pid, user, cwd, env, cgroups, security, .. } = target;
+    let security = serde_json::to_string(security).map_err(std::io::Error::other)?;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     cmd.arg("pod-exec")
         .arg("--target")
@@ -140,6 +136,7 @@ pub fn enter_command(
     for c in cgroups {
         cmd.arg("--cgroup").arg(c);
     }
+    cmd.arg("--security").arg(security);
     cmd.arg("--").args(argv).env_clear().envs(env.iter().filter_map(|e| e.split_once('=')));
     Ok(cmd)
 }

@@ -39,6 +39,47 @@ pub struct ContainerSpec {
     pub log: PathBuf,
     pub uid: u32,
     pub gid: u32,
+    /// Supplementary groups, capabilities, no_new_privs, seccomp (`pod::security`).
+    #[serde(default)]
+    pub security: SecuritySpec,
+}
+
+/// How a container process is confined, applied by pod init before exec and by `pod-exec`
+/// for every process entering the container (built by `pod::security::spec_for`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecuritySpec {
+    /// The capability bounding set (what root in the container holds); `None`: every
+    /// capability (privileged).
+    pub capabilities: Option<Vec<u32>>,
+    /// Supplementary groups besides the primary one.
+    #[serde(default)]
+    pub groups: Vec<u32>,
+    #[serde(default)]
+    pub no_new_privs: bool,
+    /// The root filesystem is mounted read-only (volumes keep their own mode).
+    #[serde(default)]
+    pub read_only_root: bool,
+    /// /proc and /sys are neither masked nor read-only.
+    #[serde(default)]
+    pub privileged: bool,
+    /// Installed last, right before exec; `None`: unconfined.
+    #[serde(default)]
+    pub seccomp: Option<super::seccomp::Profile>,
+}
+
+/// What containers got before security contexts existed: Docker's default capabilities only.
+impl Default for SecuritySpec {
+    fn default() -> Self {
+        Self {
+            capabilities: Some(crate::sys::process::CONTAINER_CAPS.to_vec()),
+            groups: Vec::new(),
+            no_new_privs: false,
+            read_only_root: false,
+            privileged: false,
+            seccomp: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +126,9 @@ pub enum Event {
         gid: u32,
         #[serde(default)]
         cgroups: Vec<PathBuf>,
+        /// What it was confined with; `pod-exec` applies the same to processes entering it.
+        #[serde(default)]
+        security: Option<SecuritySpec>,
     },
     /// It ended: `code` is the exit status, or 128 + the signal number (`signal` set).
     Exited { name: String, run: u64, code: i32, signal: Option<i32> },

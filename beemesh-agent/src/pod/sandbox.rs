@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::proto::{BindMount, ContainerSpec};
+use super::security;
 use super::spec::{ContainerPlan, Objects, PodPlan, VolumePlan};
 use super::userns::IdMap;
 
@@ -29,6 +30,9 @@ pub enum SandboxError {
          reach their files through it (make it 0711 or 0755)"
     )]
     Unreachable { path: PathBuf, mode: u32 },
+    /// The container's settings cannot be honoured (runAsNonRoot, a seccomp profile).
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Gives `paths` to the pod's root (host id `ids.root()`, uid and gid), not following links;
@@ -185,13 +189,15 @@ impl Layout {
     }
 
     /// Writes the pod's volumes: emptyDir directories, configMap and secret files (all the
-    /// pod's root's); checks hostPath volumes by their type (their files keep their host
-    /// owners: ids outside the pod's range show as `nobody` inside).
+    /// pod's root's, group-owned by the pod's fsGroup if it has one); checks hostPath volumes
+    /// against the agent's `rules` (again: a link may have changed since apply) and by their
+    /// type (their files keep their host owners: ids outside the pod's range show as `nobody`).
     pub fn prepare_volumes(
         &self,
         plan: &PodPlan,
         objects: &dyn Objects,
         ids: IdMap,
+        rules: &security::Rules,
     ) -> Result<(), SandboxError> {
         use std::os::unix::fs::PermissionsExt;
         for (name, volume) in &plan.volumes {
@@ -202,7 +208,10 @@ impl Layout {
                     std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
                     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))
                         .map_err(io_err("chmod", &dir))?;
-                    give_to_pod(&[dir], ids)?;
+                    give_to_pod(std::slice::from_ref(&dir), ids)?;
+                    if let Some(gid) = plan.fs_group {
+                        group_own(&dir, host_gid(ids, gid)?, true)?;
+                    }
                 }
                 VolumePlan::ConfigMap { .. } | VolumePlan::Secret { .. } => {
                     let files = super::spec::volume_files(&plan.namespace, name, volume, objects)
@@ -222,8 +231,13 @@ impl Layout {
                     }
                     // The file modes apply to the pod's root as their owner (as in Kubernetes).
                     give_tree_to_pod(&dir, ids)?;
+                    if let Some(gid) = plan.fs_group {
+                        group_own(&dir, host_gid(ids, gid)?, false)?;
+                    }
                 }
                 VolumePlan::HostPath { path, kind } => {
+                    let resolved = security::resolve_host_path(Path::new(path));
+                    security::check_host_path(&resolved, rules).map_err(bad)?;
                     check_host_path(Path::new(path), kind.as_deref()).map_err(bad)?
                 }
             }
@@ -251,8 +265,8 @@ impl Layout {
         plan: &ContainerPlan,
         run: u64,
         rootfs: &Path,
-        cgroups: Vec<PathBuf>,
-        cgroup2: PathBuf,
+        (cgroups, cgroup2): (Vec<PathBuf>, PathBuf),
+        seccomp_dir: &Path,
     ) -> Result<ContainerSpec, SandboxError> {
         let svid =
             BindMount { source: self.svid_dir(), target: SVID_MOUNT.into(), read_only: true, sub_path: None };
@@ -278,8 +292,22 @@ impl Layout {
                 sub_path: m.sub_path.clone(),
             });
         }
-        let (uid, gid) = resolve_user(rootfs, &plan.user)
+        let (image_uid, image_gid) = resolve_user(rootfs, &plan.user)
             .map_err(|reason| SandboxError::Volume { volume: "(image user)".into(), reason })?;
+        let sec = &plan.security;
+        // runAsUser replaces the image's user, and with it its group unless runAsGroup says.
+        let uid = sec.run_as_user.unwrap_or(image_uid);
+        let gid = match (sec.run_as_group, sec.run_as_user) {
+            (Some(g), _) => g,
+            (None, Some(u)) => primary_group(rootfs, u).unwrap_or(0),
+            (None, None) => image_gid,
+        };
+        let pod_name = format!("{}_{}", pod.name, pod.namespace);
+        if let Some(message) = security::non_root_error(uid, sec, &pod_name, &plan.name) {
+            return Err(SandboxError::Config(message));
+        }
+        let security =
+            security::spec_for(sec, seccomp_dir).map_err(|e| SandboxError::Config(e.to_string()))?;
         Ok(ContainerSpec {
             name: plan.name.clone(),
             run,
@@ -293,6 +321,7 @@ impl Layout {
             log: self.log(&plan.name),
             uid,
             gid,
+            security,
         })
     }
 }
@@ -318,6 +347,49 @@ fn check_host_path(path: &Path, kind: Option<&str>) -> Result<(), String> {
         ("BlockDevice", Ok(m)) => want(m.file_type().is_block_device(), "block device"),
         (other, Ok(_)) => Err(format!("unknown hostPath type {other:?}")),
     }
+}
+
+/// The host gid of the pod's `gid` (an fsGroup), which must lie inside the pod's range.
+fn host_gid(ids: IdMap, gid: u32) -> Result<u32, SandboxError> {
+    ids.host_id(gid)
+        .ok_or_else(|| SandboxError::Config(format!("fsGroup {gid} is outside the pod's {} ids", ids.count)))
+}
+
+/// Gives a volume to group `gid` (Kubernetes' fsGroup): every directory setgid, so what the
+/// containers create inherits the group; a writable volume's directories group-writable,
+/// files group-readable.
+fn group_own(dir: &Path, gid: u32, writable: bool) -> Result<(), SandboxError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(dir).map_err(io_err("stat", dir))?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    std::os::unix::fs::lchown(dir, None, Some(gid)).map_err(io_err("chown", dir))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    let extra = match (meta.is_dir(), writable) {
+        (true, true) => 0o2070,
+        (true, false) => 0o2050,
+        (false, true) => 0o060,
+        (false, false) => 0o040,
+    };
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | extra))
+        .map_err(io_err("chmod", dir))?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(dir).map_err(io_err("read", dir))? {
+            let entry = entry.map_err(io_err("read", dir))?;
+            group_own(&entry.path(), gid, writable)?;
+        }
+    }
+    Ok(())
+}
+
+/// The primary group of `uid` in the image's /etc/passwd, if it is there.
+fn primary_group(rootfs: &Path, uid: u32) -> Option<u32> {
+    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() > 3 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[3].parse().ok())?
+    })
 }
 
 /// The image's `User` (`uid`, `uid:gid`, `name` or `name:group`), looked up in the

@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVarSource, Pod, Probe,
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::lifecycle::RestartPolicy;
+use super::security::SecurityPlan;
 use crate::image::ImageConfig;
 use crate::manifest::{parse_cpu_millis, parse_memory_bytes, Object};
 
@@ -125,6 +126,9 @@ pub struct PodPlan {
     pub volumes: BTreeMap<String, VolumePlan>,
     /// Every port of the app containers, for host port forwards.
     pub ports: Vec<PortPlan>,
+    /// `securityContext.fsGroup`: group owner of the pod's emptyDir, configMap and secret
+    /// volumes (directories setgid, files group-readable).
+    pub fs_group: Option<u32>,
 }
 
 /// A pod volume, created once per pod and mounted into containers by `MountPlan`.
@@ -189,6 +193,9 @@ pub struct ContainerPlan {
     pub cpu_request_millis: Option<u64>,
     pub readiness: Option<ProbePlan>,
     pub liveness: Option<ProbePlan>,
+    /// User, groups, capabilities, seccomp... from the pod's and the container's
+    /// `securityContext`.
+    pub security: SecurityPlan,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -250,6 +257,10 @@ pub fn plan_pod(pod: &Pod) -> PodPlan {
         containers: names(app),
         volumes: volumes(pod),
         ports: app.iter().flat_map(ports).collect(),
+        fs_group: spec
+            .and_then(|s| s.security_context.as_ref())
+            .and_then(|s| s.fs_group)
+            .and_then(|g| u32::try_from(g).ok()),
     }
 }
 
@@ -469,6 +480,7 @@ pub fn plan_container(
         cpu_request_millis: quantity("requests", "cpu")?.or(cpu_limit_millis),
         readiness,
         liveness,
+        security: super::security::plan(spec.security_context.as_ref(), c),
     })
 }
 
