@@ -76,6 +76,9 @@ pub struct Config {
     pub policy_debounce_ms: u64,
     /// Flow events kept in memory for `beemesh-agent flows`.
     pub flow_history: usize,
+    /// Most bytes one `image import` may unpack (its new layers together, after
+    /// decompression; an archive tarball's contents too): a gzip bomb stops here.
+    pub image_max_unpacked_bytes: u64,
 }
 
 impl Default for Config {
@@ -92,6 +95,7 @@ impl Default for Config {
             flow_events: FlowEvents::Sampled,
             policy_debounce_ms: 5,
             flow_history: 10_000,
+            image_max_unpacked_bytes: crate::image::DEFAULT_MAX_UNPACKED_BYTES,
         }
     }
 }
@@ -132,6 +136,9 @@ impl Config {
                 self.cgroup_name
             )));
         }
+        if self.image_max_unpacked_bytes == 0 {
+            return Err(ConfigError::Invalid("imageMaxUnpackedBytes: must be more than 0".into()));
+        }
         crate::identity::SpiffeId::new(&self.trust_domain, "default", "default")
             .map_err(|e| ConfigError::Invalid(format!("trustDomain {:?}: {e}", self.trust_domain)))?;
         Ok(())
@@ -165,6 +172,15 @@ mod tests {
         assert_eq!(c.policy_dir, Config::default().policy_dir);
         let err = Config::from_yaml("stateDirr: /tmp/x\n").expect_err("typo");
         assert!(err.to_string().contains("stateDirr"), "{err}");
+    }
+
+    #[test]
+    fn image_size_limit_has_a_default_and_is_configurable() {
+        assert_eq!(Config::default().image_max_unpacked_bytes, 8 << 30);
+        let c = Config::from_yaml("imageMaxUnpackedBytes: 1048576\n").expect("valid");
+        assert_eq!(c.image_max_unpacked_bytes, 1 << 20);
+        let zero = Config { image_max_unpacked_bytes: 0, ..Config::default() };
+        assert!(zero.validate().is_err());
     }
 
     #[test]
