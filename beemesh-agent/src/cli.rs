@@ -1,6 +1,7 @@
 //! Command line: `run` starts the agent; every other subcommand is a client of a running
 //! agent's admin socket (found through `--run-dir`), except `policy check`, which works
-//! offline. `main` parses, sets up tracing and calls [`execute`].
+//! offline, and `image import|list`, which work offline on `--state-dir` when no agent runs.
+//! `main` parses, sets up tracing and calls [`execute`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
