@@ -143,20 +143,41 @@ pub(super) fn unpack_once(blob: &Path, dest: &Path, budget: u64, limit: u64) -> 
     result
 }
 
-/// Counts the bytes of the tar stream (after decompression) and fails past the limit.
+/// Most bytes of tar headers read between two entries: long names and PAX records are held in
+/// memory by the tar reader, so they get a bound of their own, far below the unpacked limit.
+const HEADERS_LIMIT: u64 = 16 << 20;
+
+/// What has been read of the tar stream (after decompression): all of it, and (while
+/// `in_headers`) of the headers before the next entry.
+#[derive(Default)]
+struct Meter {
+    used: Cell<u64>,
+    headers: Cell<u64>,
+    in_headers: Cell<bool>,
+}
+
+/// Counts through a [`Meter`] and fails past either limit.
 struct Counted<R> {
     inner: R,
-    used: Rc<Cell<u64>>,
+    meter: Rc<Meter>,
     limit: u64,
 }
 
 impl<R: Read> Read for Counted<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        let used = self.used.get() + n as u64;
-        self.used.set(used);
-        if used > self.limit {
+        let m = &self.meter;
+        m.used.set(m.used.get() + n as u64);
+        if m.used.get() > self.limit {
             return Err(io::Error::other("unpacked size limit reached"));
+        }
+        if m.in_headers.get() {
+            m.headers.set(m.headers.get() + n as u64);
+            if m.headers.get() > HEADERS_LIMIT {
+                return Err(io::Error::other(format!(
+                    "tar headers (long names, PAX records) larger than {HEADERS_LIMIT} bytes"
+                )));
+            }
         }
         Ok(n)
     }
@@ -188,19 +209,19 @@ pub(super) fn unpack(
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let root = Beneath::open(dir).map_err(io(dir))?;
-    let used = Rc::new(Cell::new(0));
-    let mut archive = tar::Archive::new(Counted { inner: stream, used: used.clone(), limit: budget });
+    let meter = Rc::new(Meter::default());
+    let mut archive = tar::Archive::new(Counted { inner: stream, meter: meter.clone(), limit: budget });
+    let over = || meter.used.get() > budget;
     let too_large = || ImageError::TooLarge { what: what.to_owned(), limit };
-    let stream_err = |e: io::Error| {
-        if used.get() > budget {
-            too_large()
-        } else {
-            super::malformed(what, e)
-        }
-    };
+    let stream_err = |e: io::Error| if over() { too_large() } else { super::malformed(what, e) };
     // Directory times are set last: creating their children would change them.
     let mut dir_times: Vec<(Vec<OsString>, u64)> = Vec::new();
-    for entry in archive.entries().map_err(stream_err)? {
+    let mut entries = archive.entries().map_err(stream_err)?;
+    loop {
+        meter.headers.set(0);
+        meter.in_headers.set(true);
+        let Some(entry) = entries.next() else { break };
+        meter.in_headers.set(false);
         let mut entry = entry.map_err(stream_err)?;
         let raw = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw).into_owned();
@@ -212,9 +233,12 @@ pub(super) fn unpack(
             _ => None,
         };
         let action = plan(kind, &comps, header.entry_type(), device).map_err(bad)?;
-        match apply(&root, &mut entry, kind, &comps, action, &mut dir_times) {
-            Ok(()) => {}
-            Err(_) if used.get() > budget => return Err(too_large()),
+        let applied = apply(&root, &mut entry, kind, &comps, action, &mut dir_times)
+            // What the entry did not use is skipped here, not counted as headers.
+            .and_then(|()| std::io::copy(&mut entry, &mut std::io::sink()).map_err(|e| Fail::Io("read", e)));
+        match applied {
+            Ok(_) => {}
+            Err(_) if over() => return Err(too_large()),
             Err(Fail::Reason(reason)) => return Err(bad(reason)),
             Err(Fail::Io(doing, e)) => return Err(bad(format!("{doing}: {e}"))),
         }
@@ -225,7 +249,7 @@ pub(super) fn unpack(
             let _ = nix::sys::stat::futimens(&rw, &t, &t);
         }
     }
-    Ok(used.get())
+    Ok(meter.used.get())
 }
 
 /// A parent walk's failure, said plainly.

@@ -241,6 +241,12 @@ fn gzip_bombs_stop_at_the_unpacked_size_limit() {
     let bomb = layer(&[("zeros", &zeros)]);
     let e = refused(tmp.path(), &store, bomb, true);
     assert!(e.contains("past 1048576 unpacked bytes") && e.contains("imageMaxUnpackedBytes"), "{e}");
+    // Headers the tar reader holds in memory (here a 17 MiB PAX record) have their own bound.
+    let store_big = ImageStore::new(&tmp.path().join("state"));
+    let big = vec![b'x'; 17 << 20];
+    let pax = [("SCHILY.xattr.user.big", big.as_slice())];
+    let e = refused(tmp.path(), &store_big, raw_layer(&[Raw { pax: &pax, ..Raw::file(b"f", b"") }]), true);
+    assert!(e.contains("tar headers"), "{e}");
     // The limit holds for the image, not only per layer: two layers of 600 KiB each.
     let part = vec![1u8; 600 << 10];
     let (a, b) = (layer(&[("a", &part)]), layer(&[("b", &part)]));
