@@ -75,6 +75,23 @@ pub enum Request {
         condition: WaitFor,
         timeout_ms: u64,
     },
+    /// Imports an image archive (OCI layout, dir or tar, or docker-archive) at `path` (absolute,
+    /// on the agent's host) into the agent's store. `stateDir`, when the client was given one,
+    /// must be the agent's: the two never import into different stores by mistake.
+    #[serde(rename_all = "camelCase")]
+    ImportImage {
+        path: String,
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        state_dir: Option<String>,
+    },
+    /// Tags in the agent's image store (`stateDir` as for `importImage`).
+    #[serde(rename_all = "camelCase")]
+    ListImages {
+        #[serde(default)]
+        state_dir: Option<String>,
+    },
     /// Recent flow events (`limit` newest), then, with `follow`, new ones as they come.
     Flows {
         #[serde(default)]
@@ -110,6 +127,13 @@ pub enum Response {
         items: Vec<PodInfo>,
     },
     Container(ContainerInfo),
+    /// The tags an import stored.
+    Imported {
+        tags: Vec<String>,
+    },
+    Images {
+        items: Vec<ImageInfo>,
+    },
     Done,
     Error {
         message: String,
@@ -138,6 +162,14 @@ pub struct PodInfo {
     pub host: String,
     pub identity: String,
     pub object: serde_json::Value,
+}
+
+/// One tag of the image store and the image (config digest) it names.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageInfo {
+    pub tag: String,
+    pub id: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -28,6 +28,7 @@ use crate::state::StateFiles;
 use crate::sys::cgroup;
 use crate::workload::{Workload, WorkloadCgroups, WorkloadTable};
 
+mod images;
 mod pods;
 mod policy_state;
 mod workloads;
@@ -110,6 +111,8 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     }
     // One agent per cgroup name and per run dir, checked before touching anything shared.
     let _instance = lock_instance(&cfg)?;
+    // Image files may be setuid: the store is root's alone, also when made by an older agent.
+    crate::image::ImageStore::new(&cfg.state_dir).secure().map_err(io("secure the image store"))?;
     crate::sys::process::become_subreaper().map_err(io("become the reaper of pod init processes"))?;
     let socket = cfg.socket_path();
     let listener = api::server::bind(&socket).await.map_err(io(format!("bind {}", socket.display())))?;
@@ -200,6 +203,9 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
             Some((req, reply)) = calls.recv() => match req {
                 Request::WaitPod { namespace, name, condition, timeout_ms } => {
                     agent.wait_pod(&namespace, &name, condition, timeout_ms, reply);
+                }
+                Request::ImportImage { path, name, state_dir } => {
+                    agent.import_image(path, name, state_dir, reply);
                 }
                 req => {
                     let resp = agent.handle(req);
@@ -315,6 +321,8 @@ impl Agent {
                 self.pod_container(&namespace, &name, container.as_deref())
             }
             Request::WaitPod { .. } => Err("waits are answered by the actor loop".to_string()),
+            Request::ImportImage { .. } => Err("imports are answered by the actor loop".to_string()),
+            Request::ListImages { state_dir } => self.list_images(state_dir.as_deref()),
         };
         result.unwrap_or_else(|message| Response::Error { message })
     }

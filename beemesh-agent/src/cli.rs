@@ -1,6 +1,7 @@
 //! Command line: `run` starts the agent; every other subcommand is a client of a running
 //! agent's admin socket (found through `--run-dir`), except `policy check`, which works
-//! offline. `main` parses, sets up tracing and calls [`execute`].
+//! offline, and `image import|list`, which work offline on `--state-dir` when no agent runs.
+//! `main` parses, sets up tracing and calls [`execute`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use crate::api::client::{self, Client, ClientError};
 use crate::api::{FlowRecord, Request, Response, WorkloadInfo};
 use crate::config::{Config, ConfigError, DefaultAction, FlowEvents};
 
+mod images;
 mod pods;
 
 /// Exit code for bad configuration or usage (sysexits EX_USAGE), as linkerd does.
@@ -222,9 +224,15 @@ pub enum WaitCondition {
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Import an OCI image layout (directory or tarball) or a docker-archive tarball into
-    /// the store under --state-dir.
-    Import { file: PathBuf },
+    /// Import an OCI image layout (directory or tarball) or a docker-archive tarball: through
+    /// the agent running on --run-dir, or, when none runs, into the store under --state-dir.
+    Import {
+        file: PathBuf,
+        /// NAME:TAG for the archive's one image, instead of the names it carries (a NAME alone
+        /// takes the layout's bare tag, or `latest`).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// List imported images.
     List,
 }
@@ -404,29 +412,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
             }
         }
         Command::Flows { follow, limit, output } => flows(&socket, follow, limit, output).await,
-        Command::Image { command } => {
-            let store = crate::image::ImageStore::new(&cfg.state_dir);
-            match command {
-                ImageCommand::Import { file } => match store.import(&file) {
-                    Ok(tags) => {
-                        for t in tags {
-                            println!("imported {t}");
-                        }
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => fail(e),
-                },
-                ImageCommand::List => match store.list() {
-                    Ok(list) => {
-                        for (tag, id) in list {
-                            println!("{tag:<60} {id}");
-                        }
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => fail(e),
-                },
-            }
-        }
+        Command::Image { command } => images::run(&cli.global, &cfg, &socket, command).await,
     }
 }
 

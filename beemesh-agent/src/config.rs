@@ -88,6 +88,9 @@ pub struct Config {
     pub host_path_allow: Vec<PathBuf>,
     /// Where `seccompProfile: {type: Localhost, localhostProfile: PATH}` profiles are found.
     pub seccomp_profile_dir: PathBuf,
+    /// Most bytes one `image import` may unpack (its new layers together, after
+    /// decompression; an archive tarball's contents too): a gzip bomb stops here.
+    pub image_max_unpacked_bytes: u64,
 }
 
 impl Default for Config {
@@ -109,6 +112,7 @@ impl Default for Config {
             allow_privileged: false,
             host_path_allow: Vec::new(),
             seccomp_profile_dir: "/etc/beemesh/seccomp".into(),
+            image_max_unpacked_bytes: crate::image::DEFAULT_MAX_UNPACKED_BYTES,
         }
     }
 }
@@ -155,6 +159,9 @@ impl Config {
                 p.display()
             )));
         }
+        if self.image_max_unpacked_bytes == 0 {
+            return Err(ConfigError::Invalid("imageMaxUnpackedBytes: must be more than 0".into()));
+        }
         crate::identity::SpiffeId::new(&self.trust_domain, "default", "default")
             .map_err(|e| ConfigError::Invalid(format!("trustDomain {:?}: {e}", self.trust_domain)))?;
         crate::pod::userns::IdRanges::new(self.pod_id_range_start, self.pod_id_range_size)
@@ -197,6 +204,15 @@ mod tests {
         assert!(relative.validate().is_err());
         let err = Config::from_yaml("stateDirr: /tmp/x\n").expect_err("typo");
         assert!(err.to_string().contains("stateDirr"), "{err}");
+    }
+
+    #[test]
+    fn image_size_limit_has_a_default_and_is_configurable() {
+        assert_eq!(Config::default().image_max_unpacked_bytes, 8 << 30);
+        let c = Config::from_yaml("imageMaxUnpackedBytes: 1048576\n").expect("valid");
+        assert_eq!(c.image_max_unpacked_bytes, 1 << 20);
+        let zero = Config { image_max_unpacked_bytes: 0, ..Config::default() };
+        assert!(zero.validate().is_err());
     }
 
     #[test]

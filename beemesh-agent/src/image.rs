@@ -5,6 +5,7 @@
 //! The pod runtime resolves `image: NAME:TAG` here.
 
 mod archive;
+mod beneath;
 mod layer;
 
 use std::collections::BTreeMap;
@@ -29,6 +30,14 @@ pub enum ImageError {
     NotFound(String),
     #[error("blob {0} does not match its digest")]
     DigestMismatch(String),
+    #[error("blob {digest} is {actual} bytes, but its descriptor says {expected}")]
+    SizeMismatch { digest: String, expected: u64, actual: String },
+    #[error("{what}: entry {entry:?}: {reason}")]
+    Entry { what: String, entry: String, reason: String },
+    #[error("{what} takes the import past {limit} unpacked bytes (the imageMaxUnpackedBytes limit)")]
+    TooLarge { what: String, limit: u64 },
+    #[error("--name {name:?}: {reason}")]
+    BadName { name: String, reason: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
@@ -78,11 +87,17 @@ pub fn normalize(reference: &str) -> String {
     }
 }
 
+/// Default of the `imageMaxUnpackedBytes` setting: what one import may unpack (8 GiB).
+pub const DEFAULT_MAX_UNPACKED_BYTES: u64 = 8 << 30;
+
 /// The store on disk: `blobs/sha256/<hex>`, `layers/<hex>/` (unpacked), `images.json`
-/// (tag -> image). Every write is a temp file or directory renamed into place.
+/// (tag -> image). Every write is a temp file or directory renamed into place, under an
+/// exclusive lock (`.lock`), so imports by the agent and offline ones never interleave. The
+/// store is root's alone (0700): image files may be setuid.
 #[derive(Clone, Debug)]
 pub struct ImageStore {
     root: PathBuf,
+    max_unpacked: u64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -90,9 +105,62 @@ struct Index {
     tags: BTreeMap<String, StoredImage>,
 }
 
+/// One image found in an archive: the tags it carries, the bare tags of its OCI layout (the
+/// `NAME` of `--name NAME` completes them), and the image.
+#[derive(Debug)]
+struct Found {
+    tags: Vec<String>,
+    bare_tags: Vec<String>,
+    image: StoredImage,
+}
+
+/// Checks a `--name` reference: `name[:tag]`, registry hosts and paths allowed.
+fn check_name(name: &str) -> Result<(), ImageError> {
+    let bad = |reason: &str| ImageError::BadName { name: name.to_owned(), reason: reason.to_owned() };
+    if name.is_empty() {
+        return Err(bad("empty"));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/:@".contains(&b)) {
+        return Err(bad("use letters, digits and . _ - / : @ only"));
+    }
+    if name.starts_with(['/', ':', '-', '.']) || name.ends_with(['/', ':']) || name.contains("//") {
+        return Err(bad("not an image reference (NAME or NAME:TAG)"));
+    }
+    Ok(())
+}
+
+/// The tags of the one image in `found` when it is named `name`.
+fn tags_for(name: &str, found: &[Found]) -> Result<Vec<String>, ImageError> {
+    check_name(name)?;
+    let Some(first) = found.first() else { return Ok(Vec::new()) };
+    if found.iter().any(|f| f.image != first.image) {
+        let reason = format!("the archive holds {} images; --name names exactly one", found.len());
+        return Err(ImageError::BadName { name: name.to_owned(), reason });
+    }
+    let last = name.rsplit('/').next().unwrap_or(name);
+    if last.contains(':') || last.contains('@') {
+        return Ok(vec![name.to_owned()]);
+    }
+    let bare: Vec<String> =
+        found.iter().flat_map(|f| f.bare_tags.iter()).map(|t| format!("{name}:{t}")).collect();
+    Ok(if bare.is_empty() { vec![normalize(name)] } else { bare })
+}
+
 impl ImageStore {
     pub fn new(state_dir: &Path) -> Self {
-        Self { root: state_dir.join("images") }
+        Self { root: state_dir.join("images"), max_unpacked: DEFAULT_MAX_UNPACKED_BYTES }
+    }
+
+    /// Bounds what one import may unpack (all its new layers together, and an archive
+    /// tarball's own contents).
+    pub fn max_unpacked(mut self, bytes: u64) -> Self {
+        self.max_unpacked = bytes;
+        self
+    }
+
+    /// The store's directory (`<state-dir>/images`).
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     fn index_path(&self) -> PathBuf {
@@ -120,26 +188,99 @@ impl ImageStore {
         self.root.join("blobs/sha256").join(hex)
     }
 
+    /// Creates the store root-only (0700), also narrowing one an older version made wider.
+    pub fn secure(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.root)?;
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
+    }
+
+    /// Secures the store, takes its lock and removes what an interrupted import left
+    /// (dot-named temporaries).
+    fn lock(&self) -> Result<nix::fcntl::Flock<std::fs::File>, ImageError> {
+        self.secure().map_err(io(&self.root))?;
+        let path = self.root.join(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| io(&path)(e.into()))?;
+        for dir in [self.root.clone(), self.root.join("layers"), self.root.join("blobs/sha256")] {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for e in entries.flatten() {
+                let name = e.file_name();
+                if name.as_encoded_bytes().starts_with(b".") && name != ".lock" {
+                    let p = e.path();
+                    let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                }
+            }
+        }
+        Ok(lock)
+    }
+
     /// Imports every tagged image of an OCI layout (directory or tar) or docker-archive.
     /// Returns the tags imported.
     pub fn import(&self, path: &Path) -> Result<Vec<String>, ImageError> {
-        let images = archive::read(self, path)?;
-        let mut index = self.load_index()?;
-        let mut tags = Vec::new();
-        for (tag_list, image) in images {
-            for layer in &image.layers {
-                layer::unpack_once(&self.blob_path(layer), &self.root.join("layers").join(layer))?;
+        self.import_as(path, None)
+    }
+
+    /// [`ImageStore::import`]; `name` (`NAME:TAG`, or `NAME` completed by the layout's bare
+    /// tag) names the archive's one image instead of the names it carries. All or nothing:
+    /// on failure, the blobs and layers this import added are removed again.
+    pub fn import_as(&self, path: &Path, name: Option<&str>) -> Result<Vec<String>, ImageError> {
+        if let Some(name) = name {
+            check_name(name)?;
+        }
+        let _lock = self.lock()?;
+        let mut added = Vec::new();
+        let result = self.import_locked(path, name, &mut added);
+        if result.is_err() {
+            for p in added.iter().rev() {
+                let _ = if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
             }
-            for tag in tag_list {
+        }
+        result
+    }
+
+    fn import_locked(
+        &self,
+        path: &Path,
+        name: Option<&str>,
+        added: &mut Vec<PathBuf>,
+    ) -> Result<Vec<String>, ImageError> {
+        let found = archive::read(self, path, added)?;
+        let mut index = self.load_index()?;
+        let mut budget = self.max_unpacked;
+        let named = name.map(|n| tags_for(n, &found)).transpose()?;
+        let mut tags = Vec::new();
+        for (i, f) in found.iter().enumerate() {
+            for layer in &f.image.layers {
+                let dest = self.root.join("layers").join(layer);
+                let fresh = !dest.is_dir();
+                let used = layer::unpack_once(&self.blob_path(layer), &dest, budget, self.max_unpacked)?;
+                if fresh {
+                    added.push(dest);
+                }
+                budget -= used.min(budget);
+            }
+            let names = match &named {
+                Some(n) if i == 0 => n.clone(),
+                Some(_) => Vec::new(),
+                None => f.tags.clone(),
+            };
+            for tag in names {
                 let tag = normalize(&tag);
-                index.tags.insert(tag.clone(), image.clone());
+                index.tags.insert(tag.clone(), f.image.clone());
                 tags.push(tag);
             }
         }
         if tags.is_empty() {
             return Err(malformed(
                 path.display().to_string(),
-                "no tagged image inside (give the image a name when saving it)",
+                "no tagged image inside (give the image a name when saving it, or import it with --name NAME:TAG)",
             ));
         }
         self.save_index(&index)?;

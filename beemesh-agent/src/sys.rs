@@ -15,23 +15,16 @@ pub fn async_fd<T: AsFd + AsRawFd>(inner: T) -> std::io::Result<tokio::io::unix:
     unsafe { tokio::io::unix::AsyncFd::register(inner) }.map_err(std::io::Error::from)
 }
 
-/// Marks `path` as an overlayfs whiteout (a 0/0 character device): the file of that name in
-/// lower layers is hidden.
-pub fn overlay_whiteout(path: &std::path::Path) -> std::io::Result<()> {
-    use nix::sys::stat::{mknod, Mode, SFlag};
-    let _ = std::fs::remove_file(path);
-    mknod(path, SFlag::S_IFCHR, Mode::empty(), nix::sys::stat::makedev(0, 0)).map_err(std::io::Error::from)
-}
-
-/// Marks directory `dir` opaque for overlayfs (`trusted.overlay.opaque=y`): lower layers'
-/// contents of that directory are hidden.
-pub fn overlay_opaque(dir: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    let name = c"trusted.overlay.opaque";
-    // SAFETY: both strings are NUL-terminated and outlive the call; the value is 1 byte.
-    let rc = unsafe { libc::lsetxattr(path.as_ptr(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+/// Sets the extended attribute `name` of the open file `fd` (a layer's opaque-directory marker
+/// `trusted.overlay.opaque`, an image file's `user.*` or `security.capability`).
+pub fn fsetxattr(fd: &impl AsFd, name: &str, value: &[u8]) -> std::io::Result<()> {
+    let name =
+        std::ffi::CString::new(name).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: the descriptor is open for the duration of the call (borrowed), the name is
+    // NUL-terminated and the value pointer/length pair comes from one live slice.
+    let rc = unsafe {
+        libc::fsetxattr(fd.as_fd().as_raw_fd(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+    };
     if rc == 0 {
         Ok(())
     } else {

@@ -1,5 +1,9 @@
 //! Image store: docker-archive and OCI layouts (directory and tarball) built here, imported,
-//! resolved and unpacked with whiteouts; tampered and malformed archives refused.
+//! resolved and unpacked with whiteouts; tampered and malformed archives refused; hostile
+//! layers (absolute paths, `..`, symlinked parents, hard links out, devices, overlay xattrs,
+//! sizes that lie, gzip bombs) refused without touching a canary file or leaving anything.
+
+use std::path::{Path, PathBuf};
 
 use super::testdata::*;
 use super::*;
@@ -61,7 +65,9 @@ fn tampered_and_malformed_archives_are_refused() {
     let layout = tmp.path().join("bad");
     oci_layout(&layout, "1");
     let (base, _) = layers();
-    std::fs::write(layout.join("blobs/sha256").join(hex(&base)), b"tampered").expect("tamper");
+    let mut tampered = base.clone();
+    tampered[600] ^= 1;
+    std::fs::write(layout.join("blobs/sha256").join(hex(&base)), &tampered).expect("tamper");
     assert!(matches!(store.import(&layout), Err(ImageError::DigestMismatch(_))));
     // Not an image at all.
     let empty = tmp.path().join("empty");
@@ -86,4 +92,231 @@ fn references_normalise_to_latest() {
     assert_eq!(normalize("busybox"), "busybox:latest");
     assert_eq!(normalize("busybox:1"), "busybox:1");
     assert_eq!(normalize("registry:5000/busybox"), "registry:5000/busybox:latest");
+}
+
+/// A canary outside the store, where hostile entries aim: `<tmp>/host/etc/shadow`.
+fn canary(tmp: &Path) -> PathBuf {
+    let etc = tmp.join("host/etc");
+    std::fs::create_dir_all(&etc).expect("mkdir");
+    std::fs::write(etc.join("shadow"), "canary").expect("canary");
+    etc.join("shadow")
+}
+
+/// Imports a one-layer image of `layer` (gzip-compressed when `gz`); returns the error, after
+/// checking that the canary is untouched and nothing of the import remains in the store.
+fn refused(tmp: &Path, store: &ImageStore, layer: Vec<u8>, gz: bool) -> String {
+    let shadow = tmp.join("host/etc/shadow");
+    let layout = tempfile::tempdir_in(tmp).expect("tmp");
+    let layer = if gz { gzip(&layer) } else { layer };
+    layout_of(layout.path(), "1", &[layer], &[]);
+    let e = store.import(layout.path()).expect_err("hostile layer must be refused").to_string();
+    let meta = std::fs::symlink_metadata(&shadow).expect("canary still there");
+    assert!(meta.is_file(), "canary replaced: {e}");
+    assert_eq!(std::fs::read_to_string(&shadow).expect("canary"), "canary", "{e}");
+    assert!(std::fs::read_dir(tmp.join("host/etc")).expect("etc").count() == 1, "{e}");
+    let left = |d: &str| std::fs::read_dir(store.root().join(d)).map(|r| r.count()).unwrap_or(0);
+    assert_eq!(left("layers"), 0, "half-unpacked layer left behind: {e}");
+    assert_eq!(left("blobs/sha256"), 0, "blobs of a failed import left behind: {e}");
+    assert!(store.list().expect("list").is_empty());
+    e
+}
+
+#[test]
+fn hostile_layers_never_touch_the_host_and_leave_nothing() {
+    use tar::EntryType as T;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let shadow = canary(tmp.path());
+    let store = ImageStore::new(&tmp.path().join("state"));
+    let abs_wh = format!("{}/.wh.shadow", shadow.parent().expect("etc").display());
+    let abs = shadow.display().to_string();
+    let host_etc = shadow.parent().expect("etc").display().to_string();
+    // From layers/.<hex>.<pid>/, four `..` reach <tmp>.
+    let up = b"../../../../host/etc/.wh.shadow";
+    let cases: Vec<(Vec<Raw<'_>>, &str, &str)> = vec![
+        (vec![Raw::file(up, b"")], "../../../../host/etc/.wh.shadow", "`..`"),
+        (vec![Raw::file(b"a/../../x", b"")], "a/../../x", "`..`"),
+        (vec![Raw::file(abs_wh.as_bytes(), b"")], &abs_wh, "absolute path"),
+        (vec![Raw::file(abs.as_bytes(), b"pwned")], &abs, "absolute path"),
+        (
+            vec![Raw::link(b"etc", T::Symlink, host_etc.as_bytes()), Raw::file(b"etc/.wh.shadow", b"")],
+            "etc/.wh.shadow",
+            "symbolic link",
+        ),
+        (
+            vec![Raw::link(b"etc", T::Symlink, host_etc.as_bytes()), Raw::file(b"etc/shadow", b"pwned")],
+            "etc/shadow",
+            "symbolic link",
+        ),
+        (
+            vec![Raw::link(b"etc", T::Symlink, b"../../../../host/etc"), Raw::file(b"etc/.wh..wh..opq", b"")],
+            "etc/.wh..wh..opq",
+            "symbolic link",
+        ),
+        (
+            vec![Raw::link(b"d", T::Symlink, b"/"), Raw::new(b"d/host/", T::Directory)],
+            "d/host/",
+            "symbolic link",
+        ),
+        (vec![Raw::link(b"x", T::Link, abs.as_bytes())], "x", "absolute path"),
+        (vec![Raw::link(b"x", T::Link, b"../../../../host/etc/shadow")], "x", "`..`"),
+        (
+            vec![Raw::link(b"etc", T::Symlink, host_etc.as_bytes()), Raw::link(b"x", T::Link, b"etc/shadow")],
+            "x",
+            "symbolic link",
+        ),
+        (vec![Raw::link(b"x", T::Link, b"not/here")], "x", "not an earlier entry"),
+        (vec![Raw { device: (1, 3), ..Raw::new(b"dev/null", T::Char) }], "dev/null", "character device 1:3"),
+        (vec![Raw { device: (8, 0), ..Raw::new(b"dev/sda", T::Block) }], "dev/sda", "block device 8:0"),
+        (
+            vec![Raw { pax: &[("SCHILY.xattr.trusted.overlay.redirect", b"/etc")], ..Raw::file(b"f", b"") }],
+            "f",
+            "trusted.overlay.redirect",
+        ),
+    ];
+    for (i, (entries, entry, why)) in cases.into_iter().enumerate() {
+        let e = refused(tmp.path(), &store, raw_layer(&entries), i % 2 == 0);
+        assert!(e.contains(&format!("entry {entry:?}")), "case {i}: error must name the entry: {e}");
+        assert!(e.contains(why), "case {i}: error must say why ({why}): {e}");
+        assert!(e.contains("layer sha256:"), "case {i}: error must name the layer: {e}");
+    }
+}
+
+#[test]
+fn layers_keep_owners_modes_links_and_fifos_inside() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    use tar::EntryType as T;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = ImageStore::new(&tmp.path().join("state"));
+    let layer = raw_layer(&[
+        Raw { mode: 0o755, ..Raw::new(b"./bin/", T::Directory) },
+        Raw { mode: 0o4755, uid: 1000, ..Raw::file(b"./bin/su", b"#!/bin/sh\n") },
+        Raw::link(b"bin/su2", T::Link, b"bin/su"),
+        // A link out is stored as a link (never followed: later entries through it fail).
+        Raw::link(b"etc", T::Symlink, b"/etc"),
+        Raw { mode: 0o600, ..Raw::new(b"run/fifo", T::Fifo) },
+        Raw::new(b"gone", T::Char),
+        Raw { pax: &[("SCHILY.xattr.user.note", b"hi")], ..Raw::file(b"noted", b"") },
+        Raw::file(b"./.wh..wh.plnk", b""),
+    ]);
+    let layout = tmp.path().join("app");
+    layout_of(&layout, "1", &[layer], &[]);
+    assert_eq!(store.import(&layout).expect("import"), vec!["app:1".to_string()]);
+    let dir = &store.resolve("app:1").expect("resolve").layer_dirs[0];
+    let su = std::fs::metadata(dir.join("bin/su")).expect("su");
+    assert_eq!((su.uid(), su.gid(), su.mode() & 0o7777), (1000, 1000, 0o4755));
+    assert_eq!(std::fs::metadata(dir.join("bin/su2")).expect("su2").ino(), su.ino());
+    assert_eq!(std::fs::read_link(dir.join("etc")).expect("link"), PathBuf::from("/etc"));
+    let fifo = std::fs::symlink_metadata(dir.join("run/fifo")).expect("fifo");
+    assert!(fifo.file_type().is_fifo());
+    assert_eq!(fifo.mode() & 0o777, 0o600);
+    let gone = std::fs::symlink_metadata(dir.join("gone")).expect("whiteout");
+    assert!(gone.file_type().is_char_device() && gone.rdev() == 0);
+    assert!(!dir.join(".wh..wh.plnk").exists());
+    // The store is root's alone.
+    let mode = std::fs::metadata(store.root()).expect("store").mode();
+    assert_eq!(mode & 0o777, 0o700);
+}
+
+#[test]
+fn blobs_must_have_the_size_their_descriptor_says() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = ImageStore::new(&tmp.path().join("state"));
+    let (base, _) = layers();
+    for (name, claimed) in [("short", base.len() as u64 - 1), ("long", base.len() as u64 + 1)] {
+        let layout = tmp.path().join(name);
+        layout_of(&layout, "1", std::slice::from_ref(&base), &[claimed]);
+        let e = store.import(&layout).expect_err("size mismatch");
+        assert!(matches!(e, ImageError::SizeMismatch { expected, .. } if expected == claimed), "{e}");
+    }
+    assert!(store.list().expect("list").is_empty());
+}
+
+#[test]
+fn gzip_bombs_stop_at_the_unpacked_size_limit() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let _ = canary(tmp.path());
+    let store = ImageStore::new(&tmp.path().join("state")).max_unpacked(1 << 20);
+    // 8 MiB of zeros: a few KiB compressed.
+    let zeros = vec![0u8; 8 << 20];
+    let bomb = layer(&[("zeros", &zeros)]);
+    let e = refused(tmp.path(), &store, bomb, true);
+    assert!(e.contains("past 1048576 unpacked bytes") && e.contains("imageMaxUnpackedBytes"), "{e}");
+    // Headers the tar reader holds in memory (here a 17 MiB PAX record) have their own bound.
+    let store_big = ImageStore::new(&tmp.path().join("state"));
+    let big = vec![b'x'; 17 << 20];
+    let pax = [("SCHILY.xattr.user.big", big.as_slice())];
+    let e = refused(tmp.path(), &store_big, raw_layer(&[Raw { pax: &pax, ..Raw::file(b"f", b"") }]), true);
+    assert!(e.contains("tar headers"), "{e}");
+    // The limit holds for the image, not only per layer: two layers of 600 KiB each.
+    let part = vec![1u8; 600 << 10];
+    let (a, b) = (layer(&[("a", &part)]), layer(&[("b", &part)]));
+    let layout = tmp.path().join("two");
+    layout_of(&layout, "1", &[a, b], &[]);
+    let e = store.import(&layout).expect_err("over the limit together").to_string();
+    assert!(e.contains("past 1048576 unpacked bytes"), "{e}");
+    assert_eq!(std::fs::read_dir(store.root().join("layers")).map(|r| r.count()).unwrap_or(0), 0);
+}
+
+#[test]
+fn hostile_archive_tarballs_are_contained_too() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let shadow = canary(tmp.path());
+    let store = ImageStore::new(&tmp.path().join("state"));
+    // The archive's own entries: `..` out of the scratch directory.
+    let tarball = tmp.path().join("evil.tar");
+    std::fs::write(&tarball, raw_layer(&[Raw::file(b"../../../host/etc/shadow", b"pwned")])).expect("tar");
+    let e = store.import(&tarball).expect_err("escape").to_string();
+    assert!(e.contains("\"../../../host/etc/shadow\"") && e.contains("`..`"), "{e}");
+    // A docker-archive whose manifest.json links to a host file: resolved inside the archive.
+    let target = shadow.display().to_string();
+    let tarball = tmp.path().join("link.tar");
+    let layer = raw_layer(&[Raw::link(b"manifest.json", tar::EntryType::Symlink, target.as_bytes())]);
+    std::fs::write(&tarball, layer).expect("tar");
+    assert!(matches!(store.import(&tarball), Err(ImageError::UnknownFormat(_))));
+    assert_eq!(std::fs::read_to_string(&shadow).expect("canary"), "canary");
+    assert!(store.list().expect("list").is_empty());
+}
+
+#[test]
+fn a_name_tags_an_image_whose_layout_has_only_a_bare_tag() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = ImageStore::new(&tmp.path().join("state"));
+    let layout = tmp.path().join("web");
+    oci_layout(&layout, "1.0");
+    assert_eq!(store.import_as(&layout, Some("busybox")).expect("name"), vec!["busybox:1.0".to_string()]);
+    assert_eq!(store.import_as(&layout, Some("shop/app:2")).expect("name"), vec!["shop/app:2".to_string()]);
+    assert_eq!(store.import(&layout).expect("stem"), vec!["web:1.0".to_string()]);
+    let e = store.import_as(&layout, Some("a b")).expect_err("bad name");
+    assert!(matches!(e, ImageError::BadName { .. }), "{e}");
+    let tags: Vec<String> = store.list().expect("list").into_iter().map(|(t, _)| t).collect();
+    assert_eq!(tags, vec!["busybox:1.0", "shop/app:2", "web:1.0"]);
+}
+
+#[test]
+fn entries_are_planned_from_their_headers() {
+    use super::beneath::components;
+    use super::layer::{plan, xattr_kept, Action, Kind};
+    use tar::EntryType as T;
+    let c = |p: &str| components(Path::new(p));
+    assert_eq!(c("./a/./b/").expect("plain"), vec![std::ffi::OsString::from("a"), "b".into()]);
+    assert!(c("/etc/x").expect_err("absolute").contains("absolute"));
+    assert!(c("a/../b").expect_err("dotdot").contains("`..`"));
+    let p = |path: &str, t: T, dev: Option<(u32, u32)>| plan(Kind::Layer, &c(path).expect("ok"), t, dev);
+    assert_eq!(p("etc/.wh.old", T::Regular, None), Ok(Action::Whiteout("old".into())));
+    assert_eq!(p("etc/.wh..wh..opq", T::Regular, None), Ok(Action::Opaque));
+    assert_eq!(p("etc/.wh..wh.plnk", T::Directory, None), Ok(Action::Skip));
+    assert!(p("etc/.wh.", T::Regular, None).is_err());
+    assert!(p("etc/.wh..", T::Regular, None).is_err());
+    assert_eq!(p("gone", T::Char, Some((0, 0))), Ok(Action::Whiteout("gone".into())));
+    assert!(p("null", T::Char, Some((1, 3))).expect_err("device").contains("1:3"));
+    assert_eq!(p("./", T::Directory, None), Ok(Action::Skip));
+    assert!(p("./", T::Regular, None).is_err());
+    // In an archive, whiteout names are plain files and FIFOs have no business.
+    let a = |path: &str, t: T| plan(Kind::Archive, &c(path).expect("ok"), t, None);
+    assert_eq!(a(".wh.x", T::Regular), Ok(Action::File));
+    assert!(a("fifo", T::Fifo).is_err());
+    assert_eq!(xattr_kept("user.x"), Ok(true));
+    assert_eq!(xattr_kept("security.capability"), Ok(true));
+    assert_eq!(xattr_kept("security.selinux"), Ok(false));
+    assert!(xattr_kept("trusted.overlay.opaque").is_err());
 }

@@ -1,0 +1,70 @@
+//! `image import` and `image list`: through the running agent's admin socket when one
+//! answers on `--run-dir` (the agent owns the store), offline on `--state-dir` otherwise.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::{fail, unexpected, GlobalOpts, ImageCommand};
+use crate::api::client::{self, ClientError};
+use crate::api::{Request, Response};
+use crate::config::Config;
+use crate::image::ImageStore;
+
+/// The state directory the user chose (flag, `BEEMESH_STATE_DIR` or config file), which a
+/// running agent must share; `None` when it is only the default.
+fn chosen_state_dir(global: &GlobalOpts, cfg: &Config) -> Option<String> {
+    let chosen = global.state_dir.is_some() || cfg.state_dir != Config::default().state_dir;
+    chosen.then(|| {
+        std::path::absolute(&cfg.state_dir).unwrap_or_else(|_| cfg.state_dir.clone()).display().to_string()
+    })
+}
+
+/// No agent listens on the socket (absent, or left behind by a dead agent).
+fn no_agent(r: &Result<Response, ClientError>) -> bool {
+    matches!(r, Err(ClientError::Connect { source, .. })
+        if matches!(source.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused))
+}
+
+pub(super) async fn run(global: &GlobalOpts, cfg: &Config, socket: &Path, command: ImageCommand) -> ExitCode {
+    let state_dir = chosen_state_dir(global, cfg);
+    let store = ImageStore::new(&cfg.state_dir).max_unpacked(cfg.image_max_unpacked_bytes);
+    match command {
+        ImageCommand::Import { file, name } => {
+            // The agent has its own working directory: send an absolute path, never the bytes.
+            let path = match std::fs::canonicalize(&file) {
+                Ok(p) => p,
+                Err(e) => return fail(format!("{}: {e}", file.display())),
+            };
+            let req =
+                Request::ImportImage { path: path.display().to_string(), name: name.clone(), state_dir };
+            let answer = client::call(socket, &req).await;
+            let tags = match answer {
+                Ok(Response::Imported { tags }) => tags,
+                r if no_agent(&r) => match store.import_as(&path, name.as_deref()) {
+                    Ok(tags) => tags,
+                    Err(e) => return fail(e),
+                },
+                other => return unexpected(other),
+            };
+            for t in tags {
+                println!("imported {t}");
+            }
+            ExitCode::SUCCESS
+        }
+        ImageCommand::List => {
+            let answer = client::call(socket, &Request::ListImages { state_dir }).await;
+            let items = match answer {
+                Ok(Response::Images { items }) => items.into_iter().map(|i| (i.tag, i.id)).collect(),
+                r if no_agent(&r) => match store.list() {
+                    Ok(list) => list,
+                    Err(e) => return fail(e),
+                },
+                other => return unexpected(other),
+            };
+            for (tag, id) in items {
+                println!("{tag:<60} {id}");
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
