@@ -121,7 +121,8 @@ fn inner(dir: &Path, hostname: &str, go: OwnedFd, ready: OwnedFd) -> i32 {
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
         let path = dir.join(SOCKET);
         let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path)?;
+        // Through the directory's descriptor: a state dir of any length fits in `sun_path`.
+        let listener = crate::sockpath::bind(&path)?;
         listener.set_nonblocking(true)?;
         Ok((listener, signals))
     })();
