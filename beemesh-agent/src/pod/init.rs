@@ -108,7 +108,7 @@ fn inner(dir: &Path, hostname: &str, go: OwnedFd, ready: OwnedFd) -> i32 {
     if std::fs::File::from(go).read_exact(&mut byte).is_err() {
         return 1;
     }
-    let setup = (|| -> io::Result<(UnixListener, SignalFd)> {
+    let setup = (|| -> io::Result<(UnixListener, SignalFd, std::fs::File)> {
         // stdout is the agent's pipe for our pid: it must reach EOF when the parent exits.
         nix::unistd::dup2_stdout(std::fs::File::open("/dev/null")?)?;
         nix::unistd::sethostname(hostname)?;
@@ -124,9 +124,11 @@ fn inner(dir: &Path, hostname: &str, go: OwnedFd, ready: OwnedFd) -> i32 {
         // Through the directory's descriptor: a state dir of any length fits in `sun_path`.
         let listener = crate::sockpath::bind(&path)?;
         listener.set_nonblocking(true)?;
-        Ok((listener, signals))
+        // Our own pid namespace, to return to after forking a container into a new one.
+        let pid_ns = std::fs::File::open("/proc/self/ns/pid")?;
+        Ok((listener, signals, pid_ns))
     })();
-    let (listener, signals) = match setup {
+    let (listener, signals, pid_ns) = match setup {
         Ok(v) => v,
         Err(e) => {
             let _ = write!(ready, "pod init setup: {e}");
@@ -140,6 +142,7 @@ fn inner(dir: &Path, hostname: &str, go: OwnedFd, ready: OwnedFd) -> i32 {
     Init {
         listener,
         signals,
+        pid_ns,
         client: None,
         buf: Vec::new(),
         containers: BTreeMap::new(),
@@ -166,6 +169,8 @@ struct Init {
     buf: Vec<u8>,
     containers: BTreeMap<String, Known>,
     pids: HashMap<Pid, String>,
+    /// The pod's pid namespace (init's own).
+    pid_ns: std::fs::File,
 }
 
 impl Init {
@@ -319,7 +324,7 @@ impl Init {
             self.send(&event);
             return;
         }
-        let event = match spawn(&spec) {
+        let event = match spawn(&spec, &self.pid_ns) {
             Ok((pid, host_pid)) => {
                 self.pids.insert(pid, name.clone());
                 Event::Started {
@@ -344,11 +349,26 @@ impl Init {
 }
 
 /// Forks the container; returns its pid (in the pod and on the host) once its program was
-/// executed, or the reason it could not be.
-fn spawn(spec: &ContainerSpec) -> Result<(Pid, u32), String> {
+/// executed, or the reason it could not be. Unless the pod shares one pid namespace, the
+/// container gets its own, its main process as PID 1 (`pod_ns` is init's own, restored for
+/// init's later children).
+fn spawn(spec: &ContainerSpec, pod_ns: &std::fs::File) -> Result<(Pid, u32), String> {
     let (report_r, report_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    match process::fork().map_err(|e| format!("fork: {e}"))? {
+    if !spec.share_process_namespace {
+        // Only the next child enters the new namespace (as its PID 1); init stays where it is.
+        nix::sched::unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("pid namespace: {e}"))?;
+    }
+    let forked = process::fork().map_err(|e| format!("fork: {e}"));
+    if !spec.share_process_namespace && !matches!(forked, Ok(Forked::Child)) {
+        // Init's later children (other containers) must not land in this container's
+        // namespace: failing that, stop serving rather than mix containers up.
+        if let Err(e) = nix::sched::setns(pod_ns, CloneFlags::CLONE_NEWPID) {
+            eprintln!("beemesh pod-init: cannot return to the pod's pid namespace: {e}");
+            process::exit_now(1);
+        }
+    }
+    match forked? {
         Forked::Child => {
             drop(report_r);
             let mut report = std::fs::File::from(report_w);

@@ -119,6 +119,9 @@ pub struct PodPlan {
     pub restart: RestartPolicy,
     /// `terminationGracePeriodSeconds`: how long containers get between SIGTERM and SIGKILL.
     pub grace: Duration,
+    /// `shareProcessNamespace`: the containers share the pod's pid namespace (init is their
+    /// PID 1) instead of each getting its own (its main process as PID 1).
+    pub share_process_namespace: bool,
     /// Container names in manifest order; init containers run one after the other first.
     pub init_containers: Vec<String>,
     pub containers: Vec<String>,
@@ -246,6 +249,7 @@ pub fn plan_pod(pod: &Pod) -> PodPlan {
         grace: spec
             .and_then(|s| s.termination_grace_period_seconds)
             .map_or(DEFAULT_GRACE, |s| Duration::from_secs(s.max(0).unsigned_abs())),
+        share_process_namespace: spec.and_then(|s| s.share_process_namespace).unwrap_or(false),
         init_containers: names(spec.and_then(|s| s.init_containers.as_deref()).unwrap_or_default()),
         containers: names(app),
         volumes: volumes(pod),
