@@ -723,22 +723,31 @@ spec:
   containers:
   - name: c
     image: busybox:1
-    command: ["sh", "-c", "touch /tmp/alive; sleep 2; httpd -p 8080 -h /www; sleep 2; rm /tmp/alive; sleep 1000"]
+    command: ["sh", "-c", "touch /tmp/alive; until [ -f /tmp/go ]; do sleep 0.1; done; httpd -p 8080 -h /www; until [ -f /tmp/stop ]; do sleep 0.1; done; rm /tmp/alive; sleep 1000"]
     readinessProbe:
       tcpSocket: {port: 8080}
       periodSeconds: 1
     livenessProbe:
-      exec: {command: [test, -f, /tmp/alive]}
+      exec: {command: [sh, -c, "echo x >> /tmp/probed; test -f /tmp/alive"]}
       periodSeconds: 1
       failureThreshold: 2
 "#,
     )?;
     let ready = || agent.pod("probed").is_ok_and(|p| p["status"]["containerStatuses"][0]["ready"] == true);
-    // Not ready before its server listens (2 s in), ready once it does.
-    std::thread::sleep(Duration::from_millis(800));
+    let exec = |script: &str| agent.run_cli(&["exec", "probed", "--", "sh", "-c", script], None);
+    // Not ready while its server does not listen, though the probes (both every second)
+    // have run a few times: the liveness probe counts its runs in /tmp/probed.
+    let probed =
+        || exec("wc -l < /tmp/probed").is_ok_and(|(_, o, _)| o.trim().parse::<u32>().unwrap_or(0) >= 3);
+    assert!(eventually(T, probed), "the probes do not run: {}", agent.pod("probed")?);
     assert!(!ready(), "ready before the port was open: {}", agent.pod("probed")?);
+    // Ready once it listens.
+    let (ok, _, err) = exec("touch /tmp/go")?;
+    assert!(ok, "{err}");
     assert!(eventually(T, ready), "{}", agent.pod("probed")?);
     // The liveness probe fails once /tmp/alive is gone: the container is killed (137).
+    let (ok, _, err) = exec("touch /tmp/stop")?;
+    assert!(ok, "{err}");
     let killed = || {
         agent
             .pod("probed")
