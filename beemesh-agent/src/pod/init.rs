@@ -2,7 +2,8 @@
 //!
 //! It clones itself into the pod's new user, pid, network, ipc and uts namespaces (the agent's
 //! copy maps the user ids and exits), becomes PID 1 there and stays: it holds the namespaces
-//! the containers share, starts each container on the agent's command (a fork that enters its
+//! the containers share, starts each container on the agent's command (a fork into a pid
+//! namespace of its own, unless the pod has `shareProcessNamespace: true`, that enters its
 //! own mount namespace, pivots into the container's root and execs), reaps every process,
 //! and reports starts and exits over `<pod-dir>/init.sock`. It needs no agent to keep running,
 //! so pods outlive an agent restart; when it exits, the kernel kills whatever is left in the
