@@ -860,6 +860,14 @@ data: {raw: /w==}
         assert_eq!(plan.hostname, "web");
         assert_eq!(plan.restart, RestartPolicy::Always);
         assert_eq!(plan.grace, Duration::from_secs(30));
+        assert!(!plan.share_process_namespace, "a pid namespace per container, as in Kubernetes");
+        assert!(
+            plan_pod(&pod(
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  shareProcessNamespace: true\n  \
+             containers:\n  - {name: c, image: x}\n"
+            ))
+            .share_process_namespace
+        );
         assert!(plan.init_containers.is_empty());
         assert_eq!(plan.containers, ["app"]);
         assert!(plan.ports.is_empty());
