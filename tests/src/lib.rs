@@ -148,6 +148,9 @@ impl Agent {
     /// Starts an agent named after the test, with optional extra `BEEMESH_*` settings.
     pub fn start(test: &str, extra: &[(&str, &str)]) -> Result<Self> {
         require_root();
+        // Before the agent reads the host's addresses: the test address counts as `host`
+        // from the first verdict on.
+        host_addr();
         let name = format!("bmt-{test}-{}", std::process::id());
         let dir = tempfile::Builder::new().prefix(&format!("{name}-")).tempdir()?;
         let mut agent = Self {
