@@ -531,9 +531,11 @@ fn pods_survive_an_agent_crash_and_a_clean_stop_leaves_nothing() -> Result<()> {
     let mut agent = Agent::start("podadopt", &[])?;
     agent.import_busybox("busybox:1")?;
     agent.apply(
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: keep}\nspec:\n  containers:\n  - {name: c, image: busybox:1, command: [sh, -c, 'trap \"exit 0\" TERM; echo up; sleep 1000 & wait']}\n",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: keep}\nspec:\n  containers:\n  - {name: c, image: busybox:1, command: [sh, -c, 'trap \"exit 0\" TERM; sleep 1000 & echo up; wait']}\n",
     )?;
     agent.wait_ready("keep", T)?;
+    // "up" comes once sleep was forked: the container's processes are all there.
+    assert!(eventually(T, || logs(&agent, "keep", "c").contains("up")), "{}", logs(&agent, "keep", "c"));
     let procs = agent.cgroup_root().join(agent.pod_workload("keep")?).join("pod/c/cgroup.procs");
     let before = std::fs::read_to_string(&procs)?;
     agent.crash()?;
