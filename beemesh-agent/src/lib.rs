@@ -13,6 +13,7 @@ pub mod kernel;
 pub mod manifest;
 pub mod pod;
 pub mod policy;
+pub mod sockpath;
 pub mod state;
 pub mod sys;
 pub mod tunnel;

@@ -39,19 +39,30 @@ pub fn exec_in_cgroup(cmd: &mut std::process::Command, cgroup: &std::path::Path)
     exec_in_cgroups(cmd, &[cgroup.to_path_buf()])
 }
 
-/// Gives the child of `cmd` descriptor `fd` as number `at` (without close-on-exec); the
-/// parent's `fd` keeps its flags, so no other child inherits it.
-pub fn pass_fd(cmd: &mut std::process::Command, fd: std::os::fd::RawFd, at: std::os::fd::RawFd) {
+/// Gives the child of `cmd` each descriptor `fd` as number `at` (without close-on-exec), for
+/// every `(fd, at)` pair; the parent's descriptors keep their flags, so no other child
+/// inherits them. A source whose number is another pair's target is never clobbered: all
+/// sources are first copied above every target.
+pub fn pass_fds(cmd: &mut std::process::Command, pairs: &[(std::os::fd::RawFd, std::os::fd::RawFd)]) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: dup2 and fcntl are async-signal-safe and touch only descriptors.
+    let pairs = pairs.to_vec();
+    let above = pairs.iter().map(|(_, at)| *at).max().unwrap_or(0) + 1;
+    // Filled in the child; allocated here, before the fork.
+    let mut copies = vec![0; pairs.len()];
+    // SAFETY: fcntl and dup2 are async-signal-safe and touch only descriptors; the closure
+    // writes into memory allocated before the fork and allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            if fd == at {
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+            for (copy, (fd, _)) in copies.iter_mut().zip(&pairs) {
+                *copy = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, above);
+                if *copy < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-            } else if libc::dup2(fd, at) < 0 {
-                return Err(std::io::Error::last_os_error());
+            }
+            for (copy, (_, at)) in copies.iter().zip(&pairs) {
+                if libc::dup2(*copy, *at) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });

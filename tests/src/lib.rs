@@ -58,12 +58,62 @@ pub fn require_root() {
 }
 
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+static PORT_BLOCK: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
 
-/// A port unique within this test process (tests of one binary run in parallel threads;
-/// each binary gets its own range from its pid).
+/// Ports per test process.
+const PORT_BLOCK_SIZE: u16 = 100;
+/// Test ports lie below the kernel's ephemeral range (32768-60999 by default), so no client
+/// socket is ever given one: blocks of 100 from 10000 to 32699.
+const PORT_BLOCKS: u16 = 227;
+
+/// A port unique on this machine while this test process lives: tests of one binary run in
+/// parallel threads and take the next port of the process's block; several test binaries
+/// at once each hold their own block (an exclusive `flock` on a file per block, held until
+/// the process ends, released by the kernel even if it crashes). Below the ephemeral range.
 pub fn port() -> u16 {
-    let base = 20000 + (std::process::id() % 400) as u16 * 100;
-    base + NEXT_PORT.fetch_add(1, Ordering::Relaxed) % 100
+    let base = *PORT_BLOCK.get_or_init(|| {
+        let dir = std::env::temp_dir().join("beemesh-test-ports");
+        std::fs::create_dir_all(&dir).expect("port lock directory");
+        let start = (std::process::id() % PORT_BLOCKS as u32) as u16;
+        for i in 0..PORT_BLOCKS {
+            let block = (start + i) % PORT_BLOCKS;
+            let file = std::fs::File::create(dir.join(block.to_string())).expect("port lock file");
+            if let Ok(lock) = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+                // Held for the life of the process.
+                std::mem::forget(lock);
+                return 10000 + block * PORT_BLOCK_SIZE;
+            }
+        }
+        panic!("all {PORT_BLOCKS} test port blocks are taken by other test processes");
+    });
+    base + NEXT_PORT.fetch_add(1, Ordering::Relaxed) % PORT_BLOCK_SIZE
+}
+
+/// A non-loopback address of this host that pods reach as the host: slirp4netns runs with
+/// `--disable-host-loopback`, so 10.0.2.2 no longer leads to the host's 127.0.0.1. A /32 on
+/// `lo` (from 10.200.0.0/16, the test range; a fresh machine may have no other address we
+/// know), added once, idempotently, shared by every test and test process, and left in
+/// place (removing it under another running test would break that test). The agent counts
+/// it among the host's addresses (`entity: host`).
+pub const HOST_ADDR: &str = "10.200.255.1";
+
+/// Makes sure [`HOST_ADDR`] is on `lo`; returns it.
+pub fn host_addr() -> &'static str {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        require_root();
+        let out = Command::new("ip")
+            .args(["addr", "add", &format!("{HOST_ADDR}/32"), "dev", "lo"])
+            .output()
+            .expect("run ip (iproute2)");
+        let err = String::from_utf8_lossy(&out.stderr);
+        // Another test process may have added it first.
+        assert!(
+            out.status.success() || err.contains("File exists") || err.contains("already assigned"),
+            "ip addr add {HOST_ADDR}/32 dev lo: {err}"
+        );
+    });
+    HOST_ADDR
 }
 
 /// A running agent with private directories; stops it (SIGTERM) on drop.
@@ -98,6 +148,9 @@ impl Agent {
     /// Starts an agent named after the test, with optional extra `BEEMESH_*` settings.
     pub fn start(test: &str, extra: &[(&str, &str)]) -> Result<Self> {
         require_root();
+        // Before the agent reads the host's addresses: the test address counts as `host`
+        // from the first verdict on.
+        host_addr();
         let name = format!("bmt-{test}-{}", std::process::id());
         let dir = tempfile::Builder::new().prefix(&format!("{name}-")).tempdir()?;
         // Pods run as host ids of their own ranges and reach their files (under the state

@@ -326,6 +326,19 @@ spec:
     assert!(agent.workload("bad", INTRUDER, &[], &["udp-send", &addr])?.line(T)?.starts_with(EPERM_LINE));
     // The host is not allowed: its datagram leaves but is dropped at the workload's ingress.
     assert_eq!(agent.host_probe(&["udp-send", &addr])?.line(T)?, "sent");
+    // The datagram reached the ingress program, which denied it (not merely: nothing came)...
+    let host_denied = |f: &serde_json::Value| {
+        f["verdict"] == "deny"
+            && f["direction"] == "ingress"
+            && f["port"] == p
+            && f["proto"].as_str().is_some_and(|x| x.eq_ignore_ascii_case("udp"))
+    };
+    assert!(
+        eventually(T, || agent.flows().is_ok_and(|flows| flows.iter().any(host_denied))),
+        "no ingress deny flow: {:?}",
+        agent.flows()?
+    );
+    // ...and the server, which would have said so by now, got nothing.
     assert!(server.line(Duration::from_millis(500)).is_err(), "host datagram delivered");
     Ok(())
 }

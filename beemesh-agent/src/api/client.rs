@@ -36,7 +36,7 @@ pub struct Client {
 impl Client {
     /// Connects and sends `req`.
     pub async fn send(socket: &Path, req: &Request) -> Result<Self, ClientError> {
-        let mut stream = UnixStream::connect(socket)
+        let mut stream = crate::sockpath::connect_async(socket)
             .await
             .map_err(|source| ClientError::Connect { path: socket.to_path_buf(), source })?;
         let mut line = serde_json::to_vec(req)?;

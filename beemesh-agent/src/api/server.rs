@@ -15,7 +15,7 @@ use crate::flows::FlowHub;
 /// Binds the socket (root-only), replacing a stale one but refusing to steal a live one.
 pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if path.exists() {
-        if UnixStream::connect(path).await.is_ok() {
+        if crate::sockpath::connect_async(path).await.is_ok() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
                 format!("another agent is serving {}", path.display()),
@@ -26,7 +26,10 @@ pub async fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let listener = UnixListener::bind(path)?;
+    // Through the directory's descriptor: a run dir of any length fits in `sun_path`.
+    let listener = crate::sockpath::bind(path)?;
+    listener.set_nonblocking(true)?;
+    let listener = UnixListener::from_std(listener)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)

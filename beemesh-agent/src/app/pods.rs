@@ -1136,7 +1136,7 @@ async fn init_connection(
 ) {
     let mut stream = None;
     for _ in 0..100 {
-        match tokio::net::UnixStream::connect(&socket).await {
+        match crate::sockpath::connect_async(&socket).await {
             Ok(s) => {
                 stream = Some(s);
                 break;

@@ -2,7 +2,8 @@
 //!
 //! It clones itself into the pod's new user, pid, network, ipc and uts namespaces (the agent's
 //! copy maps the user ids and exits), becomes PID 1 there and stays: it holds the namespaces
-//! the containers share, starts each container on the agent's command (a fork that enters its
+//! the containers share, starts each container on the agent's command (a fork into a pid
+//! namespace of its own, unless the pod has `shareProcessNamespace: true`, that enters its
 //! own mount namespace, pivots into the container's root and execs), reaps every process,
 //! and reports starts and exits over `<pod-dir>/init.sock`. It needs no agent to keep running,
 //! so pods outlive an agent restart; when it exits, the kernel kills whatever is left in the
@@ -51,7 +52,8 @@ fn start(dir: &Path, hostname: &str, ids: super::userns::IdMap) -> io::Result<Pi
     // directory (nor should it), and the agent connects as root.
     let path = dir.join(SOCKET);
     let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
+    // Through the directory's descriptor: a state dir of any length fits in `sun_path`.
+    let listener = crate::sockpath::bind(&path)?;
     listener.set_nonblocking(true)?;
     let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
@@ -117,7 +119,7 @@ fn inner(hostname: &str, listener: UnixListener, go: OwnedFd, ready: OwnedFd) ->
     if std::fs::File::from(go).read_exact(&mut byte).is_err() {
         return 1;
     }
-    let setup = (|| -> io::Result<SignalFd> {
+    let setup = (|| -> io::Result<(SignalFd, std::fs::File)> {
         // Still the host's root (unmapped here) until now: become the pod's root, so that
         // everything init and its containers create belongs to the pod's ids, never to the
         // host's root. (The capabilities in the pod's namespaces stay.)
@@ -135,9 +137,12 @@ fn inner(hostname: &str, listener: UnixListener, go: OwnedFd, ready: OwnedFd) ->
             mask.add(s);
         }
         mask.thread_block()?;
-        SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).map_err(io::Error::from)
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+        // Our own pid namespace, to return to after forking a container into a new one.
+        let pid_ns = std::fs::File::open("/proc/self/ns/pid")?;
+        Ok((signals, pid_ns))
     })();
-    let signals = match setup {
+    let (signals, pid_ns) = match setup {
         Ok(v) => v,
         Err(e) => {
             let _ = write!(ready, "pod init setup: {e}");
@@ -151,6 +156,7 @@ fn inner(hostname: &str, listener: UnixListener, go: OwnedFd, ready: OwnedFd) ->
     Init {
         listener,
         signals,
+        pid_ns,
         client: None,
         buf: Vec::new(),
         containers: BTreeMap::new(),
@@ -177,6 +183,8 @@ struct Init {
     buf: Vec<u8>,
     containers: BTreeMap<String, Known>,
     pids: HashMap<Pid, String>,
+    /// The pod's pid namespace (init's own).
+    pid_ns: std::fs::File,
 }
 
 impl Init {
@@ -330,7 +338,7 @@ impl Init {
             self.send(&event);
             return;
         }
-        let event = match spawn(&spec) {
+        let event = match spawn(&spec, &self.pid_ns) {
             Ok((pid, host_pid)) => {
                 self.pids.insert(pid, name.clone());
                 Event::Started {
@@ -356,11 +364,26 @@ impl Init {
 }
 
 /// Forks the container; returns its pid (in the pod and on the host) once its program was
-/// executed, or the reason it could not be.
-fn spawn(spec: &ContainerSpec) -> Result<(Pid, u32), String> {
+/// executed, or the reason it could not be. Unless the pod shares one pid namespace, the
+/// container gets its own, its main process as PID 1 (`pod_ns` is init's own, restored for
+/// init's later children).
+fn spawn(spec: &ContainerSpec, pod_ns: &std::fs::File) -> Result<(Pid, u32), String> {
     let (report_r, report_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    match process::fork().map_err(|e| format!("fork: {e}"))? {
+    if !spec.share_process_namespace {
+        // Only the next child enters the new namespace (as its PID 1); init stays where it is.
+        nix::sched::unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("pid namespace: {e}"))?;
+    }
+    let forked = process::fork().map_err(|e| format!("fork: {e}"));
+    if !spec.share_process_namespace && !matches!(forked, Ok(Forked::Child)) {
+        // Init's later children (other containers) must not land in this container's
+        // namespace: failing that, stop serving rather than mix containers up.
+        if let Err(e) = nix::sched::setns(pod_ns, CloneFlags::CLONE_NEWPID) {
+            eprintln!("beemesh pod-init: cannot return to the pod's pid namespace: {e}");
+            process::exit_now(1);
+        }
+    }
+    match forked? {
         Forked::Child => {
             drop(report_r);
             let mut report = std::fs::File::from(report_w);

@@ -37,6 +37,10 @@ pub struct ContainerSpec {
     pub cgroup2: Option<PathBuf>,
     /// File that receives the container's stdout and stderr.
     pub log: PathBuf,
+    /// Stay in the pod's pid namespace (`shareProcessNamespace: true`) instead of getting
+    /// one of its own.
+    #[serde(default)]
+    pub share_process_namespace: bool,
     pub uid: u32,
     pub gid: u32,
     /// Supplementary groups, capabilities, no_new_privs, seccomp (`pod::security`).

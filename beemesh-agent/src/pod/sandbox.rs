@@ -319,6 +319,7 @@ impl Layout {
             cgroups,
             cgroup2: Some(cgroup2),
             log: self.log(&plan.name),
+            share_process_namespace: pod.share_process_namespace,
             uid,
             gid,
             security,

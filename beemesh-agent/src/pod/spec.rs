@@ -120,6 +120,9 @@ pub struct PodPlan {
     pub restart: RestartPolicy,
     /// `terminationGracePeriodSeconds`: how long containers get between SIGTERM and SIGKILL.
     pub grace: Duration,
+    /// `shareProcessNamespace`: the containers share the pod's pid namespace (init is their
+    /// PID 1) instead of each getting its own (its main process as PID 1).
+    pub share_process_namespace: bool,
     /// Container names in manifest order; init containers run one after the other first.
     pub init_containers: Vec<String>,
     pub containers: Vec<String>,
@@ -253,6 +256,7 @@ pub fn plan_pod(pod: &Pod) -> PodPlan {
         grace: spec
             .and_then(|s| s.termination_grace_period_seconds)
             .map_or(DEFAULT_GRACE, |s| Duration::from_secs(s.max(0).unsigned_abs())),
+        share_process_namespace: spec.and_then(|s| s.share_process_namespace).unwrap_or(false),
         init_containers: names(spec.and_then(|s| s.init_containers.as_deref()).unwrap_or_default()),
         containers: names(app),
         volumes: volumes(pod),
@@ -868,6 +872,14 @@ data: {raw: /w==}
         assert_eq!(plan.hostname, "web");
         assert_eq!(plan.restart, RestartPolicy::Always);
         assert_eq!(plan.grace, Duration::from_secs(30));
+        assert!(!plan.share_process_namespace, "a pid namespace per container, as in Kubernetes");
+        assert!(
+            plan_pod(&pod(
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  shareProcessNamespace: true\n  \
+             containers:\n  - {name: c, image: x}\n"
+            ))
+            .share_process_namespace
+        );
         assert!(plan.init_containers.is_empty());
         assert_eq!(plan.containers, ["app"]);
         assert!(plan.ports.is_empty());

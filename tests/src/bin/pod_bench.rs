@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use beemesh_tests::{image, Agent};
+use beemesh_tests::{host_addr, image, Agent};
 
 struct Opts {
     pods: usize,
@@ -108,7 +108,9 @@ fn start_latency(agent: &Agent, podman: &Podman, opts: &Opts) -> Result<()> {
     for i in 0..opts.pods {
         let name = format!("lat-{i}");
         let t = Instant::now();
-        agent.apply(&pod_yaml(&name, "sleep 1000"))?;
+        // sh handles SIGTERM (as PID 1 of the container's pid namespace, sleep would not):
+        // deleting it between rounds does not wait out the grace period.
+        agent.apply(&pod_yaml(&name, "trap 'exit 0' TERM; sleep 1000 & wait"))?;
         let (ok, _, err) = agent.run_cli(&["wait", &name, "--for", "ready", "--timeout", "30"], None)?;
         if !ok {
             bail!("pod {name} not ready: {err}\n{}", agent.log());
@@ -162,9 +164,10 @@ fn start_latency(agent: &Agent, podman: &Podman, opts: &Opts) -> Result<()> {
     Ok(())
 }
 
-/// Accepts one connection on 127.0.0.1 and reports bytes/s from its first byte to EOF.
+/// Accepts one connection on the host's test address (pods do not reach the host's
+/// loopback) and reports bytes/s from its first byte to EOF.
 fn sink() -> Result<(u16, mpsc::Receiver<Result<f64>>)> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let listener = TcpListener::bind((host_addr(), 0))?;
     let port = listener.local_addr()?.port();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -191,7 +194,8 @@ fn sink() -> Result<(u16, mpsc::Receiver<Result<f64>>)> {
 
 fn sender(port: u16, mib: usize) -> String {
     format!(
-        "until ip addr show tap0 2>/dev/null | grep -q 10.0.2.100; do sleep 0.02; done; dd if=/dev/zero bs=1048576 count={mib} 2>/dev/null | nc 10.0.2.2 {port}"
+        "until ip addr show tap0 2>/dev/null | grep -q 10.0.2.100; do sleep 0.02; done; dd if=/dev/zero bs=1048576 count={mib} 2>/dev/null | nc {} {port}",
+        host_addr()
     )
 }
 
@@ -213,10 +217,24 @@ fn through_bare(mib: usize) -> Result<f64> {
         .env("PATH", "/bin")
         .stdin(Stdio::null())
         .spawn()?;
-    // The unshare process itself sits in the new network namespace.
-    std::thread::sleep(Duration::from_millis(50));
+    // The unshare process itself moves into the new network namespace: wait for that.
+    let ours = std::fs::read_link("/proc/self/ns/net")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_link(format!("/proc/{}/ns/net", ns.id()))? == ours {
+        if Instant::now() > deadline {
+            bail!("unshare did not make a network namespace");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The same slirp4netns settings as the agent's.
     let mut slirp = Command::new("slirp4netns")
-        .args(["--configure", "--mtu=65520"])
+        .args([
+            "--configure",
+            "--mtu=65520",
+            "--enable-sandbox",
+            "--enable-seccomp",
+            "--disable-host-loopback",
+        ])
         .arg(ns.id().to_string())
         .arg("tap0")
         .stdout(Stdio::null())

@@ -316,7 +316,7 @@ fn dump_finds_listeners_and_both_ends() {
         let laddr = listener.local_addr().expect("local addr");
         let client = TcpStream::connect(laddr).expect("connect");
         let caddr = client.local_addr().expect("client addr");
-        let (server, _) = accept_within(&listener, Duration::from_secs(5));
+        let (server, _) = accept_within(&listener, Duration::from_secs(20));
 
         let socks = dump_tcp(StateMask::ALL).expect("dump");
         let l = find(&socks, laddr, unspecified(laddr)).expect("listener in dump");
@@ -351,12 +351,12 @@ fn time_wait_sockets_have_no_cgroup() {
     let laddr = listener.local_addr().expect("addr");
     let client = TcpStream::connect(laddr).expect("connect");
     let caddr = client.local_addr().expect("client addr");
-    let (mut server, _) = accept_within(&listener, Duration::from_secs(5));
+    let (mut server, _) = accept_within(&listener, Duration::from_secs(20));
     let before = dump_tcp(StateMask::ALL).expect("dump");
     let cookie = find(&before, caddr, laddr).expect("client end").cookie;
 
     drop(client); // the active closer ends in TIME_WAIT
-    server.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    server.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
     assert_eq!(server.read(&mut [0u8; 1]).expect("EOF"), 0);
     drop(server);
 
@@ -366,7 +366,7 @@ fn time_wait_sockets_have_no_cgroup() {
         if let Some(tw) = find(&socks, caddr, laddr) {
             break tw.clone();
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "no TIME_WAIT socket");
+        assert!(start.elapsed() < Duration::from_secs(20), "no TIME_WAIT socket");
         std::thread::sleep(Duration::from_millis(10));
     };
     assert_eq!(tw.state, TcpState::TimeWait);
@@ -380,7 +380,7 @@ fn dual_stack_socket_keeps_v4_mapped_v6_addresses() {
     let port = listener.local_addr().expect("addr").port();
     let client = TcpStream::connect(("127.0.0.1", port)).expect("connect over v4");
     let caddr = client.local_addr().expect("client addr");
-    let (server, peer) = accept_within(&listener, Duration::from_secs(5));
+    let (server, peer) = accept_within(&listener, Duration::from_secs(20));
     assert_eq!(peer.ip(), "::ffff:127.0.0.1".parse::<IpAddr>().expect("ip"));
 
     let socks = dump_tcp(StateMask::of(TcpState::Established)).expect("dump");
@@ -411,7 +411,7 @@ fn socket_carries_the_cgroup_it_was_created_in() {
         .spawn()
         .expect("spawn sh + socat (apt-get install socat)");
     let mut child = ChildGuard(child);
-    let (mut server, peer) = accept_within(&listener, Duration::from_secs(5));
+    let (mut server, peer) = accept_within(&listener, Duration::from_secs(20));
 
     let socks = dump_tcp(StateMask::of(TcpState::Established)).expect("dump");
     let client_end = find(&socks, peer, laddr).expect("socat's socket in dump");
@@ -423,7 +423,7 @@ fn socket_carries_the_cgroup_it_was_created_in() {
 
     // Destroying socat's socket: the server sees a reset or EOF.
     destroy_tcp(client_end).expect("destroy socat's socket");
-    server.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    server.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
     let mut byte = [0u8; 1];
     match server.read(&mut byte) {
         Ok(0) => {}
@@ -441,7 +441,7 @@ fn destroy_resets_the_peer_and_removes_the_socket() {
         let laddr = listener.local_addr().expect("addr");
         let mut client = TcpStream::connect(laddr).expect("connect");
         let caddr = client.local_addr().expect("client addr");
-        let (mut server, _) = accept_within(&listener, Duration::from_secs(5));
+        let (mut server, _) = accept_within(&listener, Duration::from_secs(20));
         server.write_all(b"x").expect("write before destroy");
         let mut byte = [0u8; 1];
         client.read_exact(&mut byte).expect("read before destroy");
@@ -457,7 +457,7 @@ fn destroy_resets_the_peer_and_removes_the_socket() {
 
         destroy_tcp(&victim).expect("destroy server end");
 
-        client.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        client.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
         match client.read(&mut byte) {
             Ok(0) => {}
             Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
