@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 /// Where the optional config file is looked for when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/beemesh/agent.yaml";
 
+/// Shortest SVID lifetime accepted: renewal at half-life must stay well above the actor's
+/// 500 ms tick.
+pub const MIN_SVID_LIFETIME_SECONDS: u64 = 10;
+
 /// Errors loading the config file; `main` exits with code 64 on these.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -76,6 +80,8 @@ pub struct Config {
     pub policy_debounce_ms: u64,
     /// Flow events kept in memory for `beemesh-agent flows`.
     pub flow_history: usize,
+    /// Lifetime of a pod's X.509 SVID; it is renewed at half of it.
+    pub svid_lifetime_seconds: u64,
 }
 
 impl Default for Config {
@@ -92,6 +98,7 @@ impl Default for Config {
             flow_events: FlowEvents::Sampled,
             policy_debounce_ms: 5,
             flow_history: 10_000,
+            svid_lifetime_seconds: 3600,
         }
     }
 }
@@ -130,6 +137,12 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "cgroupName {:?}: use letters, digits, '-', '_' or '.'",
                 self.cgroup_name
+            )));
+        }
+        if self.svid_lifetime_seconds < MIN_SVID_LIFETIME_SECONDS {
+            return Err(ConfigError::Invalid(format!(
+                "svidLifetimeSeconds {}: at least {MIN_SVID_LIFETIME_SECONDS} (renewal happens at half of it)",
+                self.svid_lifetime_seconds
             )));
         }
         crate::identity::SpiffeId::new(&self.trust_domain, "default", "default")
@@ -171,5 +184,15 @@ mod tests {
     fn validation_catches_bad_cgroup_names() {
         let c = Config { cgroup_name: "../escape".into(), ..Config::default() };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn svid_lifetime_is_configurable_within_bounds() {
+        let c = Config::from_yaml("svidLifetimeSeconds: 20\n").expect("valid");
+        assert_eq!(c.svid_lifetime_seconds, 20);
+        assert!(c.validate().is_ok());
+        let short = Config { svid_lifetime_seconds: 2, ..Config::default() };
+        let err = short.validate().expect_err("too short").to_string();
+        assert!(err.contains("svidLifetimeSeconds"), "{err}");
     }
 }

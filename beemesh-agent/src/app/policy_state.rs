@@ -124,6 +124,7 @@ impl Agent {
     /// Compiles and installs; returns whether the tables in force match the current
     /// workloads and files (false: the previous policy stays, the error is recorded).
     pub(super) fn recompile(&mut self) -> bool {
+        self.policy_dirty = false;
         let files: Vec<PolicyFile> = self
             .files
             .iter()
