@@ -756,8 +756,11 @@ impl Agent {
             .layout
             .write_svid(&svid.cert_pem(), &svid.key_pem(), &self.pods.authority.cert_pem())
             .map_err(|e| e.to_string())?;
+        // Half the lifetime from now: the certificate's notBefore is backdated for clock
+        // skew, so half of its whole validity would already be past for short lifetimes.
         // A failed renewal is retried on the next tick, well before the old one expires.
-        entry.svid_renew = Some(svid.renew_at());
+        let left = svid.not_after.duration_since(now).unwrap_or_default();
+        entry.svid_renew = Some(now + left / 2);
         entry.svid_expires = Some(svid.not_after);
         Ok(())
     }
