@@ -167,3 +167,24 @@ fn pod_svids_rotate_before_they_expire_and_stay_valid() -> Result<()> {
     assert!(verified.contains("svid.pem: OK"), "{verified} {}", String::from_utf8_lossy(&out.stderr));
     Ok(())
 }
+
+#[test]
+fn pods_deleted_right_after_apply_go_away() -> Result<()> {
+    let agent = Agent::start("appchurn", &[])?;
+    agent.import_busybox("busybox:1")?;
+    let names: Vec<String> = (0..5).map(|i| format!("churn-{i}")).collect();
+    for name in &names {
+        agent.apply(&sleeper(name))?;
+    }
+    for name in &names {
+        let (ok, _, err) = agent.run_cli(&["delete", "--no-wait", "pod", name], None)?;
+        assert!(ok, "delete {name}: {err}");
+    }
+    for name in &names {
+        let (ok, _, err) = agent.run_cli(&["wait", name, "--for", "deleted", "--timeout", "20"], None)?;
+        assert!(ok, "{name} not deleted: {err}\n{}", agent.log());
+    }
+    let (_, pods, _) = agent.run_cli(&["get", "pods"], None)?;
+    assert_eq!(pods.lines().count(), 1, "only the header: {pods}");
+    Ok(())
+}

@@ -253,7 +253,11 @@ fn churn(agent: &Agent, pods: usize, stop: &std::sync::atomic::AtomicBool) -> Re
         }
         // Deleted all at once, then waited for: the teardowns overlap.
         for name in &names {
-            agent.run_cli(&["delete", "pod", name, "--no-wait"], None)?;
+            // A name the stop left unapplied is simply not found.
+            let (ok, _, err) = agent.run_cli(&["delete", "--no-wait", "pod", name], None)?;
+            if !ok && !err.contains("not found") {
+                bail!("delete {name}: {err}");
+            }
         }
         for name in &names {
             let (ok, _, err) = agent.run_cli(&["wait", name, "--for", "deleted", "--timeout", "60"], None)?;
@@ -302,10 +306,11 @@ fn run(keep: &tempfile::TempDir) -> Result<()> {
     let agent = Agent::start("bench", &[("BEEMESH_FLOW_EVENTS", flow_mode.as_str())])?;
     let _ = std::fs::remove_file(keep.path().join("agent.log"));
     std::os::unix::fs::symlink(agent.log_path(), keep.path().join("agent.log"))?;
+    // Read before writing: once parsing starts, a status call may only be answered after it.
+    let generation = agent.generation()?;
     let t = Instant::now();
     agent.write_policy("bench-grant.yaml", &grant(rate_port, hold_port, false))?;
     agent.write_policy("bench-rules.yaml", &rules())?;
-    let generation = agent.generation()?;
     if !beemesh_tests::eventually(T, || agent.generation().unwrap_or(0) > generation) {
         bail!("10,000-rule policy not loaded:\n{}", agent.log());
     }
