@@ -123,6 +123,9 @@ struct Agent {
     host_netns: u64,
     files: BTreeMap<PathBuf, FileState>,
     compiled: Option<Arc<CompiledPolicy>>,
+    /// The workload identities `compiled` was compiled for: a workload of an identity
+    /// already among them (a replica) changes nothing in the tables.
+    compiled_for: Option<std::collections::BTreeSet<u32>>,
     compile_error: Option<String>,
     generation: u64,
     local: LocalAddrs,
@@ -171,6 +174,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         state,
         files: BTreeMap::new(),
         compiled: None,
+        compiled_for: None,
         compile_error: None,
         generation: 0,
         local: LocalAddrs::read(),

@@ -491,7 +491,7 @@ impl Agent {
     /// End of an actor turn: one policy compile for whatever the turn changed, then the
     /// sandboxes of the pods it created (their workloads are in the policy now).
     pub(super) fn settle(&mut self) {
-        let compiled = !self.policy_dirty || self.recompile();
+        let compiled = !self.policy_dirty || self.policy_current();
         for key in std::mem::take(&mut self.pods.pending) {
             if compiled {
                 self.spawn_sandbox(&key);

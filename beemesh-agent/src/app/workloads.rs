@@ -93,7 +93,7 @@ impl Agent {
         labels: BTreeMap<String, String>,
     ) -> Result<Response, String> {
         let info = self.add_workload(name, identity, labels)?;
-        if !self.recompile() {
+        if !self.policy_current() {
             // Without a policy that knows it, the workload would run unselected: refuse.
             let _ = self.forget_workload(&info.name);
             self.persist();
