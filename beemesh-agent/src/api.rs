@@ -9,8 +9,15 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Largest request line the server accepts; longer ones get an error, not a buffer.
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Largest request line the server accepts (3 MiB: a 1 MiB ConfigMap applies with room to
+/// spare); longer ones get an error, not a buffer, and the connection closes.
+pub const MAX_REQUEST_BYTES: usize = 3 * 1024 * 1024;
+
+/// How long the server waits for a whole request line before giving up on the connection.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Admin connections served at once; further ones wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 256;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "camelCase")]

@@ -61,7 +61,20 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
     move |source| AgentError::Io { what, source }
 }
 
-type Call = (Request, oneshot::Sender<Response>);
+/// What the actor is asked to do: an API request, or a manifest already parsed beside it.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Api(Request),
+    /// `apply -f`: every object of the file, parsed and validated off the actor.
+    Apply {
+        file: String,
+        objects: Vec<crate::manifest::Object>,
+    },
+    /// `delete -f`: the objects the file names.
+    DeleteObjects(Vec<crate::manifest::Object>),
+}
+
+pub(crate) type Call = (Command, oneshot::Sender<Response>);
 
 /// Cloneable handle to the agent actor.
 #[derive(Clone, Debug)]
@@ -70,14 +83,37 @@ pub struct AgentHandle {
 }
 
 impl AgentHandle {
-    /// Sends a request and waits for the answer.
+    /// A handle whose calls arrive on `tx`'s receiver (the actor, or a test's stand-in).
+    pub(crate) fn new(tx: mpsc::Sender<Call>) -> Self {
+        Self { tx }
+    }
+
+    /// Sends a request and waits for the answer. Manifests are parsed here, on a blocking
+    /// thread, so a large file never holds up the actor (and with it policy installs).
     pub async fn call(&self, req: Request) -> Response {
+        let cmd = match req {
+            Request::Apply { file, text } => match parse_manifest(file.clone(), text).await {
+                Ok(objects) => Command::Apply { file, objects },
+                Err(message) => return Response::Error { message },
+            },
+            Request::DeleteObjects { file, text } => match parse_manifest(file, text).await {
+                Ok(objects) => Command::DeleteObjects(objects),
+                Err(message) => return Response::Error { message },
+            },
+            other => Command::Api(other),
+        };
         let (tx, rx) = oneshot::channel();
-        if self.tx.send((req, tx)).await.is_err() {
+        if self.tx.send((cmd, tx)).await.is_err() {
             return Response::Error { message: "the agent is shutting down".into() };
         }
         rx.await.unwrap_or(Response::Error { message: "the agent dropped the request".into() })
     }
+}
+
+async fn parse_manifest(file: String, text: String) -> Result<Vec<crate::manifest::Object>, String> {
+    tokio::task::spawn_blocking(move || crate::manifest::parse(&file, &text).map_err(|e| e.to_string()))
+        .await
+        .unwrap_or_else(|e| Err(format!("manifest parser failed: {e}")))
 }
 
 /// The actor's state.
@@ -93,11 +129,17 @@ struct Agent {
     host_netns: u64,
     files: BTreeMap<PathBuf, FileState>,
     compiled: Option<Arc<CompiledPolicy>>,
+    /// The workload identities `compiled` was compiled for: a workload of an identity
+    /// already among them (a replica) changes nothing in the tables.
+    compiled_for: Option<std::collections::BTreeSet<u32>>,
     compile_error: Option<String>,
     generation: u64,
     local: LocalAddrs,
     names: watch::Sender<Arc<Names>>,
     pods: pods::Pods,
+    /// The workloads changed since the last compile: recompile at the end of this turn of
+    /// the actor (one compile per burst, not one per pod).
+    policy_dirty: bool,
 }
 
 /// Runs the agent until SIGTERM/SIGINT, then detaches everything it attached and removes
@@ -140,11 +182,13 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         state,
         files: BTreeMap::new(),
         compiled: None,
+        compiled_for: None,
         compile_error: None,
         generation: 0,
         local: LocalAddrs::read(),
         names: names_tx,
         cfg,
+        policy_dirty: false,
     };
     agent.recover()?;
     agent.seed_local_ports();
@@ -181,9 +225,16 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
 
     // Pods after policy: a pod's workload is created with the policy in force.
     agent.recover_pods()?;
+    agent.settle();
 
     let (call_tx, mut calls) = mpsc::channel::<Call>(64);
-    tasks.spawn(api::server::serve(listener, AgentHandle { tx: call_tx }, hub, shutdown_tx.subscribe()));
+    tasks.spawn(api::server::serve(
+        listener,
+        AgentHandle::new(call_tx),
+        hub,
+        api::server::Limits::default(),
+        shutdown_tx.subscribe(),
+    ));
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(io("install SIGTERM handler"))?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(io("install SIGINT handler"))?;
@@ -200,16 +251,23 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
             // Policy changes first: revocation latency must not queue behind other work.
             biased;
             Some(()) = policy_events.recv() => agent.rescan_policies(),
-            Some((req, reply)) = calls.recv() => match req {
-                Request::WaitPod { namespace, name, condition, timeout_ms } => {
+            Some((cmd, reply)) = calls.recv() => match cmd {
+                Command::Api(Request::WaitPod { namespace, name, condition, timeout_ms }) => {
                     agent.wait_pod(&namespace, &name, condition, timeout_ms, reply);
                 }
-                Request::ImportImage { path, name, state_dir } => {
+                Command::Api(Request::ImportImage { path, name, state_dir }) => {
                     agent.import_image(path, name, state_dir, reply);
                 }
-                req => {
+                Command::Api(req) => {
                     let resp = agent.handle(req);
                     let _ = reply.send(resp);
+                }
+                Command::Apply { file, objects } => {
+                    let resp = agent.apply(&file, objects).unwrap_or_else(|message| Response::Error { message });
+                    let _ = reply.send(resp);
+                }
+                Command::DeleteObjects(objects) => {
+                    let _ = reply.send(agent.delete_objects(objects));
                 }
             },
             Some(msg) = pod_msgs.recv() => agent.on_pod_msg(msg),
@@ -220,6 +278,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
         }
+        agent.settle();
     }
     let _ = shutdown_tx.send(());
     tasks.abort_all();
@@ -313,8 +372,9 @@ impl Agent {
             }
             Request::Policies => self.policy_report().map(Response::Policies),
             Request::Flows { .. } => Err("flows are served by the flow hub".to_string()),
-            Request::Apply { file, text } => self.apply(&file, &text),
-            Request::DeleteObjects { file, text } => self.delete_objects(&file, &text),
+            Request::Apply { .. } | Request::DeleteObjects { .. } => {
+                Err("manifests are parsed before they reach the actor".to_string())
+            }
             Request::DeletePod { namespace, name } => self.delete_pod(&namespace, &name),
             Request::ListPods { namespace } => Ok(self.list_pods(namespace.as_deref())),
             Request::PodContainer { namespace, name, container } => {

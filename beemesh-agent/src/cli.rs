@@ -13,6 +13,17 @@ use crate::api::client::{self, Client, ClientError};
 use crate::api::{FlowRecord, Request, Response, WorkloadInfo};
 use crate::config::{Config, ConfigError, DefaultAction, FlowEvents};
 
+/// `println!` for command output: a closed stdout (`get pods | head -1`) ends the process
+/// quietly instead of panicking. Rust ignores SIGPIPE, so such a write fails with EPIPE.
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!($($arg)*), true) };
+}
+
+/// `print!` counterpart of [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!($($arg)*), false) };
+}
+
 mod images;
 mod pods;
 
@@ -292,6 +303,30 @@ impl GlobalOpts {
     }
 }
 
+/// Writes command output to stdout; exits at once, quietly and successfully, when the
+/// reader has gone (a closed pipe), and with a message on any other write error.
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>, newline: bool) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(args)
+        .and_then(|()| if newline { out.write_all(b"\n") } else { Ok(()) })
+        .and_then(|()| out.flush());
+    if let Err(e) = written {
+        drop(out);
+        closed_stdout(&e);
+    }
+}
+
+/// The end of a command whose output cannot be written.
+pub(crate) fn closed_stdout(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("beemesh-agent: cannot write output: {e}");
+    std::process::exit(1);
+}
+
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("beemesh-agent: {msg}");
     ExitCode::FAILURE
@@ -346,7 +381,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
         Command::Owner { proto, port } => {
             match client::call(&socket, &Request::PortOwner { proto, port }).await {
                 Ok(Response::PortOwner { identity: Some(id) }) => {
-                    println!("{id}");
+                    outln!("{id}");
                     ExitCode::SUCCESS
                 }
                 Ok(Response::PortOwner { identity: None }) => fail(format!("no workload owns port {port}")),
@@ -356,7 +391,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
         Command::Workloads { output } => match client::call(&socket, &Request::ListWorkloads).await {
             Ok(Response::Workloads { items }) => {
                 match output {
-                    Output::Json => println!("{}", json(&items)),
+                    Output::Json => outln!("{}", json(&items)),
                     Output::Table => print_workloads(&items),
                 }
                 ExitCode::SUCCESS
@@ -366,20 +401,24 @@ pub async fn execute(cli: Cli) -> ExitCode {
         Command::Status { output } => match client::call(&socket, &Request::Status).await {
             Ok(Response::Status(s)) => {
                 match output {
-                    Output::Json => println!("{}", json(&s)),
+                    Output::Json => outln!("{}", json(&s)),
                     Output::Table => {
-                        println!("agent        {} (pid {})", s.version, s.pid);
-                        println!("trust domain {}", s.trust_domain);
-                        println!("cgroup       {}", s.cgroup_root);
-                        println!(
+                        outln!("agent        {} (pid {})", s.version, s.pid);
+                        outln!("trust domain {}", s.trust_domain);
+                        outln!("cgroup       {}", s.cgroup_root);
+                        outln!(
                             "policy dir   {} ({} files, {} errors)",
-                            s.policy_dir, s.policy_files, s.policy_errors
+                            s.policy_dir,
+                            s.policy_files,
+                            s.policy_errors
                         );
-                        println!(
+                        outln!(
                             "policy       generation {}, {} rules, {} kernel entries",
-                            s.policy_generation, s.rules, s.allow_entries
+                            s.policy_generation,
+                            s.rules,
+                            s.allow_entries
                         );
-                        println!("workloads    {}", s.workloads);
+                        outln!("workloads    {}", s.workloads);
                     }
                 }
                 ExitCode::SUCCESS
@@ -390,19 +429,19 @@ pub async fn execute(cli: Cli) -> ExitCode {
             match client::call(&socket, &Request::Policies).await {
                 Ok(Response::Policies(report)) => {
                     match output {
-                        Output::Json => println!("{}", json(&report)),
+                        Output::Json => outln!("{}", json(&report)),
                         Output::Table => {
                             for f in &report.files {
                                 match &f.error {
-                                    None => println!("ok    {} ({} policies)", f.path, f.policies),
+                                    None => outln!("ok    {} ({} policies)", f.path, f.policies),
                                     Some(e) => {
-                                        println!("ERROR {} (keeping {} policies): {e}", f.path, f.policies)
+                                        outln!("ERROR {} (keeping {} policies): {e}", f.path, f.policies)
                                     }
                                 }
                             }
-                            println!("{:<60} {:>10} {:>10}", "RULE", "ALLOWED", "DENIED");
+                            outln!("{:<60} {:>10} {:>10}", "RULE", "ALLOWED", "DENIED");
                             for r in &report.rules {
-                                println!("{:<60} {:>10} {:>10}", r.rule, r.allowed, r.denied);
+                                outln!("{:<60} {:>10} {:>10}", r.rule, r.allowed, r.denied);
                             }
                         }
                     }
@@ -433,7 +472,7 @@ fn policy_check(files: &[PathBuf]) -> ExitCode {
             .map_err(|e| format!("{}: {e}", path.display()))
             .and_then(|text| crate::policy::check(path, &text).map_err(|e| e.to_string()));
         match result {
-            Ok(n) => println!("{}: ok ({n} policies)", path.display()),
+            Ok(n) => outln!("{}: ok ({n} policies)", path.display()),
             Err(e) => {
                 bad += 1;
                 eprintln!("{e}");
@@ -448,10 +487,10 @@ fn policy_check(files: &[PathBuf]) -> ExitCode {
 }
 
 fn print_workloads(items: &[WorkloadInfo]) {
-    println!("{:<24} {:<56} {:>6} {:<8} LABELS", "NAME", "IDENTITY", "ID", "RUNNING");
+    outln!("{:<24} {:<56} {:>6} {:<8} LABELS", "NAME", "IDENTITY", "ID", "RUNNING");
     for w in items {
         let labels: Vec<String> = w.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!(
+        outln!(
             "{:<24} {:<56} {:>6} {:<8} {}",
             w.name,
             w.identity,
@@ -464,11 +503,11 @@ fn print_workloads(items: &[WorkloadInfo]) {
 
 fn print_flow(f: &FlowRecord, output: Output) {
     match output {
-        Output::Json => println!("{}", serde_json::to_string(f).expect("serialises")),
+        Output::Json => outln!("{}", serde_json::to_string(f).expect("serialises")),
         Output::Table => {
             let secs = f.time_ms / 1000;
             let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-            println!(
+            outln!(
                 "{h:02}:{m:02}:{s:02}.{:03} {:<5} {:<7} {} -> {} {}:{}/{} [{}] ({})",
                 f.time_ms % 1000,
                 f.verdict.to_uppercase(),

@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 /// Where the optional config file is looked for when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/beemesh/agent.yaml";
 
+/// Shortest SVID lifetime accepted: renewal at half-life must stay well above the actor's
+/// 500 ms tick.
+pub const MIN_SVID_LIFETIME_SECONDS: u64 = 10;
+
 /// Errors loading the config file; `main` exits with code 64 on these.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -91,6 +95,8 @@ pub struct Config {
     /// Most bytes one `image import` may unpack (its new layers together, after
     /// decompression; an archive tarball's contents too): a gzip bomb stops here.
     pub image_max_unpacked_bytes: u64,
+    /// Lifetime of a pod's X.509 SVID; it is renewed at half of it.
+    pub svid_lifetime_seconds: u64,
 }
 
 impl Default for Config {
@@ -113,6 +119,7 @@ impl Default for Config {
             host_path_allow: Vec::new(),
             seccomp_profile_dir: "/etc/beemesh/seccomp".into(),
             image_max_unpacked_bytes: crate::image::DEFAULT_MAX_UNPACKED_BYTES,
+            svid_lifetime_seconds: 3600,
         }
     }
 }
@@ -161,6 +168,12 @@ impl Config {
         }
         if self.image_max_unpacked_bytes == 0 {
             return Err(ConfigError::Invalid("imageMaxUnpackedBytes: must be more than 0".into()));
+        }
+        if self.svid_lifetime_seconds < MIN_SVID_LIFETIME_SECONDS {
+            return Err(ConfigError::Invalid(format!(
+                "svidLifetimeSeconds {}: at least {MIN_SVID_LIFETIME_SECONDS} (renewal happens at half of it)",
+                self.svid_lifetime_seconds
+            )));
         }
         crate::identity::SpiffeId::new(&self.trust_domain, "default", "default")
             .map_err(|e| ConfigError::Invalid(format!("trustDomain {:?}: {e}", self.trust_domain)))?;
@@ -229,5 +242,15 @@ mod tests {
         assert!(err.contains("podIdRangeSize 1000"), "{err}");
         let c = Config::from_yaml("podIdRangeStart: 4294000000\n").expect("parses");
         assert!(c.validate().is_err(), "past the end of the id space");
+    }
+
+    #[test]
+    fn svid_lifetime_is_configurable_within_bounds() {
+        let c = Config::from_yaml("svidLifetimeSeconds: 20\n").expect("valid");
+        assert_eq!(c.svid_lifetime_seconds, 20);
+        assert!(c.validate().is_ok());
+        let short = Config { svid_lifetime_seconds: 2, ..Config::default() };
+        let err = short.validate().expect_err("too short").to_string();
+        assert!(err.contains("svidLifetimeSeconds"), "{err}");
     }
 }

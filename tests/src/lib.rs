@@ -147,6 +147,11 @@ impl Agent {
 
     /// Starts an agent named after the test, with optional extra `BEEMESH_*` settings.
     pub fn start(test: &str, extra: &[(&str, &str)]) -> Result<Self> {
+        Self::start_with_config(test, extra, "")
+    }
+
+    /// Like [`Agent::start`], with `config` (YAML) as the agent's config file.
+    pub fn start_with_config(test: &str, extra: &[(&str, &str)], config: &str) -> Result<Self> {
         require_root();
         // Before the agent reads the host's addresses: the test address counts as `host`
         // from the first verdict on.
@@ -166,6 +171,7 @@ impl Agent {
             extra: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         std::fs::create_dir_all(agent.policy_dir())?;
+        std::fs::write(agent.dir.path().join("agent.yaml"), config)?;
         agent.spawn()?;
         Ok(agent)
     }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use super::{Request, Response};
+use super::{Request, Response, MAX_REQUEST_BYTES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -23,6 +23,8 @@ pub enum ClientError {
     Decode(#[from] serde_json::Error),
     #[error("the agent closed the connection without answering")]
     Closed,
+    #[error("request of {size} bytes is larger than the agent accepts ({max} bytes, 3 MiB)")]
+    TooLarge { size: usize, max: usize },
     #[error("{0}")]
     Agent(String),
 }
@@ -40,9 +42,24 @@ impl Client {
             .await
             .map_err(|source| ClientError::Connect { path: socket.to_path_buf(), source })?;
         let mut line = serde_json::to_vec(req)?;
+        if line.len() > MAX_REQUEST_BYTES {
+            return Err(ClientError::TooLarge { size: line.len(), max: MAX_REQUEST_BYTES });
+        }
         line.push(b'\n');
-        stream.write_all(&line).await?;
-        Ok(Self { lines: BufReader::new(stream).lines() })
+        // If the agent refuses the request half-way it answers why before closing: a failed
+        // write still leaves that answer to read.
+        let written = stream.write_all(&line).await;
+        let lines = BufReader::new(stream).lines();
+        match written {
+            Ok(()) => Ok(Self { lines }),
+            Err(e) => {
+                let mut c = Self { lines };
+                match c.next().await {
+                    Err(ClientError::Agent(message)) => Err(ClientError::Agent(message)),
+                    _ => Err(ClientError::Io(e)),
+                }
+            }
+        }
     }
 
     /// Next response; `Ok(None)` at the end of a stream. Agent errors become `Err`.

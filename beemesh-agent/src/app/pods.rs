@@ -12,7 +12,7 @@ use tokio::task::AbortHandle;
 use super::*;
 use crate::api::{ContainerInfo, PodInfo, WaitFor};
 use crate::identity::svid::Authority;
-use crate::manifest::{self, Object};
+use crate::manifest::Object;
 use crate::pod::lifecycle::{self, Action, Phase, State};
 use crate::pod::net::Slirp;
 use crate::pod::rootfs::Rootfs;
@@ -21,18 +21,53 @@ use crate::pod::spec::{self, ContainerPlan, PodPlan};
 use crate::pod::userns::{IdMap, IdRanges};
 use crate::pod::{probe, proto};
 
-/// Lifetime of a pod's SVID; it is renewed at half of it.
-pub const SVID_TTL: Duration = Duration::from_secs(3600);
-
 /// Messages from pod tasks (sandbox creation, init connections, probes) to the actor.
 #[derive(Debug)]
 /// Each carries the pod's workload name and uid: a message about an earlier pod of the same
 /// name (deleted and applied again) is ignored.
 pub enum PodMsg {
-    SandboxReady { workload: String, uid: String, result: Result<(u32, Slirp), String> },
-    Event { workload: String, uid: String, event: proto::Event },
-    InitGone { workload: String, uid: String },
-    Probe { workload: String, uid: String, container: String, run: u64, liveness: bool, ok: bool },
+    SandboxReady {
+        workload: String,
+        uid: String,
+        result: Result<(u32, Slirp), String>,
+    },
+    Event {
+        workload: String,
+        uid: String,
+        event: proto::Event,
+    },
+    InitGone {
+        workload: String,
+        uid: String,
+    },
+    Probe {
+        workload: String,
+        uid: String,
+        container: String,
+        run: u64,
+        liveness: bool,
+        ok: bool,
+    },
+    /// A deleted pod's processes, mounts, cgroups and files are gone (`cgroup_removed`:
+    /// its workload cgroup too; `unreaped`: its init has not been reaped yet).
+    TornDown {
+        workload: String,
+        uid: String,
+        cgroup_removed: bool,
+        unreaped: Option<u32>,
+    },
+}
+
+/// One container's history in `pods.json`: restart count and last state survive an agent
+/// restart; `run` is the last run an agent started (a replayed run up to it is not counted
+/// again when re-adopted).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerRecord {
+    #[serde(flatten)]
+    pub history: lifecycle::History,
+    #[serde(default)]
+    pub run: u64,
 }
 
 /// What survives a restart of the agent (`<state-dir>/pods.json`).
@@ -54,6 +89,9 @@ pub struct PodRecord {
     /// restarts. None for pods recorded before ranges existed (their ids are the host's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id_base: Option<u32>,
+    /// Per container: restart count, last state, back-off.
+    #[serde(default)]
+    pub containers: BTreeMap<String, ContainerRecord>,
 }
 
 enum Sandbox {
@@ -124,6 +162,13 @@ pub(super) struct Pods {
     pub ids: IdRanges,
     /// Id ranges of deleted pods whose init (pid) is not reaped yet: free once it is.
     pub releasing: Vec<(u32, u32)>,
+    /// Lifetime of each SVID (`svidLifetimeSeconds`); renewed at half of it.
+    pub svid_lifetime: Duration,
+    /// New pods whose sandbox starts once this turn's policy compile has included them.
+    pub pending: Vec<String>,
+    /// Deleted pods whose teardown runs on a blocking thread; their records stay in
+    /// `pods.json` (deleting) until it reports back.
+    pub tearing_down: BTreeMap<String, PodRecord>,
 }
 
 impl Pods {
@@ -134,6 +179,9 @@ impl Pods {
     ) -> Result<Self, AgentError> {
         Ok(Self {
             authority,
+            svid_lifetime: Duration::from_secs(cfg.svid_lifetime_seconds),
+            pending: Vec::new(),
+            tearing_down: BTreeMap::new(),
             entries: BTreeMap::new(),
             objects: Vec::new(),
             images: crate::image::ImageStore::new(&cfg.state_dir),
@@ -286,7 +334,8 @@ impl Agent {
     }
 
     fn persist_pods(&self) {
-        let records: Vec<&PodRecord> = self.pods.entries.values().map(|e| &e.record).collect();
+        let records: Vec<&PodRecord> =
+            self.pods.entries.values().map(|e| &e.record).chain(self.pods.tearing_down.values()).collect();
         if let Err(e) = self.state.save_json("pods.json", &records) {
             error!(error = %e, "cannot save pod state");
         }
@@ -295,8 +344,9 @@ impl Agent {
         }
     }
 
-    pub(super) fn apply(&mut self, file: &str, text: &str) -> Result<Response, String> {
-        let objects = manifest::parse(file, text).map_err(|e| e.to_string())?;
+    /// Applies a parsed file, all or nothing: everything is checked first, and if a pod
+    /// cannot be created, what this file created is undone and nothing of it is persisted.
+    pub(super) fn apply(&mut self, file: &str, objects: Vec<Object>) -> Result<Response, String> {
         let rules = self.security_rules();
         // Everything is checked before anything changes.
         let new_pods = objects
@@ -314,14 +364,16 @@ impl Agent {
         for o in &objects {
             if let Object::Pod(pod) = o {
                 let key = workload_name(o.namespace(), o.name());
+                let deleting = self.pods.tearing_down.contains_key(&key)
+                    || self.pods.entries.get(&key).is_some_and(|e| e.deleting);
+                if deleting {
+                    return Err(format!(
+                        "pod {}/{} is being deleted; apply it again once it is gone",
+                        o.namespace(),
+                        o.name()
+                    ));
+                }
                 if let Some(e) = self.pods.entries.get(&key) {
-                    if e.deleting {
-                        return Err(format!(
-                            "pod {}/{} is being deleted; apply it again once it is gone",
-                            o.namespace(),
-                            o.name()
-                        ));
-                    }
                     if e.record.manifest.spec != pod.spec {
                         return Err(format!(
                             "pod {}/{}: a pod's spec cannot change; delete it first",
@@ -341,6 +393,8 @@ impl Agent {
                 })?;
             }
         }
+        let objects_before = self.pods.objects.clone();
+        let mut created = Vec::new();
         let mut lines = Vec::new();
         for o in objects {
             let what = format!("{}/{}", o.kind().to_lowercase(), o.name());
@@ -353,15 +407,20 @@ impl Agent {
                     }
                     let record = PodRecord {
                         manifest: *pod,
-                        workload: key,
+                        workload: key.clone(),
                         uid: new_uid(),
                         created: now_secs(),
                         init_pid: None,
                         slirp_pid: None,
                         deleting: false,
                         id_base: None,
+                        containers: BTreeMap::new(),
                     };
-                    self.create_pod(record)?;
+                    if let Err(e) = self.create_pod(record) {
+                        self.undo_apply(&created, objects_before);
+                        return Err(format!("{what}: {e} (nothing of this file was applied)"));
+                    }
+                    created.push(key);
                     lines.push(format!("{what} created"));
                 }
                 other => match self.pods.objects.iter_mut().find(|x| same_object(x, &other)) {
@@ -382,8 +441,25 @@ impl Agent {
         Ok(Response::Applied { lines })
     }
 
-    pub(super) fn delete_objects(&mut self, file: &str, text: &str) -> Result<Response, String> {
-        let objects = manifest::parse(file, text).map_err(|e| e.to_string())?;
+    /// Takes back the pods an apply created (their sandboxes have not started: that waits
+    /// for the end of the turn) and the ConfigMaps and Secrets it stored.
+    fn undo_apply(&mut self, created: &[String], objects_before: Vec<Object>) {
+        self.pods.objects = objects_before;
+        for key in created.iter().rev() {
+            self.pods.pending.retain(|k| k != key);
+            let Some(entry) = self.pods.entries.remove(key) else { continue };
+            if let Some(id) = entry.net_cgroup {
+                let _ = self.kernel.set_refuse_cgroup(id, false);
+            }
+            let _ = self.forget_workload(key);
+            let _ = std::fs::remove_dir_all(&entry.layout.dir);
+            info!(pod = %key, "pod creation undone: its apply failed");
+        }
+        self.persist();
+        self.policy_dirty = true;
+    }
+
+    pub(super) fn delete_objects(&mut self, objects: Vec<Object>) -> Response {
         let mut lines = Vec::new();
         for o in objects {
             let what = format!("{}/{}", o.kind().to_lowercase(), o.name());
@@ -398,13 +474,16 @@ impl Agent {
             lines.push(if found { format!("{what} deleted") } else { format!("{what} not found") });
         }
         self.persist_pods();
-        Ok(Response::Applied { lines })
+        Response::Applied { lines }
     }
 
     /// Starts deleting a pod: SIGTERM now, SIGKILL after its grace period, then teardown.
     pub(super) fn delete_pod(&mut self, namespace: &str, name: &str) -> Result<Response, String> {
         let key = workload_name(namespace, name);
         let now = self.pods.now();
+        if self.pods.tearing_down.contains_key(&key) {
+            return Ok(Response::Applied { lines: vec![format!("pod/{name} deleted")] });
+        }
         let entry =
             self.pods.entries.get_mut(&key).ok_or_else(|| format!("pod {namespace}/{name} not found"))?;
         if !entry.deleting {
@@ -419,9 +498,14 @@ impl Agent {
         Ok(Response::Applied { lines: vec![format!("pod/{name} deleted")] })
     }
 
-    /// A new pod: its id range, workload (identity, cgroup, policy), directory and volumes
-    /// now; init and slirp4netns on a blocking thread, reported back as `SandboxReady`.
+    /// A new pod: its id range, workload (identity, cgroup), directory and volumes now; init
+    /// and slirp4netns on a blocking thread once the turn's policy compile has included the
+    /// workload ([`Agent::settle`]), reported back as `SandboxReady`.
     fn create_pod(&mut self, mut record: PodRecord) -> Result<(), String> {
+        // A new sandbox: its runs count from 1 again (restart counts stay).
+        for c in record.containers.values_mut() {
+            c.run = 0;
+        }
         // A record that has a range claimed it at recovery.
         let base = match record.id_base {
             Some(b) => b,
@@ -433,12 +517,11 @@ impl Agent {
 
     fn create_pod_in_range(&mut self, record: PodRecord) -> Result<(), String> {
         let ids = IdMap::of(record.id_base);
-        let id_base = record.id_base;
         let plan = spec::plan_pod(&record.manifest);
         let workload = record.workload.clone();
         let layout = Layout::new(&self.cfg.state_dir, &workload);
         let identity = format!("{}/{}", plan.namespace, plan.service_account);
-        self.create_workload(Some(workload.clone()), &identity, plan.labels.clone())?;
+        self.add_workload(Some(workload.clone()), &identity, plan.labels.clone())?;
         let wpath = self.cgroups.path(&workload);
         let (pod_leaf, net_leaf) = (wpath.join("pod"), wpath.join("net"));
         let prepared = (|| -> Result<u64, String> {
@@ -455,6 +538,9 @@ impl Agent {
         let net_id = match prepared {
             Ok(id) => id,
             Err(e) => {
+                if let Ok(id) = crate::sys::cgroup::cgroup_id(&net_leaf) {
+                    let _ = self.kernel.set_refuse_cgroup(id, false);
+                }
                 let _ = self.delete_workload(&workload);
                 return Err(e);
             }
@@ -462,7 +548,9 @@ impl Agent {
         let mut entry = new_entry(record, plan, layout.clone());
         entry.net_cgroup = Some(net_id);
         if let Err(e) = self.renew_svid(&mut entry) {
+            let _ = self.kernel.set_refuse_cgroup(net_id, false);
             let _ = self.delete_workload(&workload);
+            let _ = std::fs::remove_dir_all(&layout.dir);
             return Err(e);
         }
         if let Err(e) = layout.prepare_volumes(&entry.plan, &self.pods, ids, &self.security_rules()) {
@@ -470,10 +558,41 @@ impl Agent {
             self.pods.entries.insert(workload, entry);
             return Ok(());
         }
+        info!(pod = %workload, identity = %identity, "pod created");
+        self.pods.entries.insert(workload.clone(), entry);
+        self.pods.pending.push(workload);
+        Ok(())
+    }
+
+    /// End of an actor turn: one policy compile for whatever the turn changed, then the
+    /// sandboxes of the pods it created (their workloads are in the policy now).
+    pub(super) fn settle(&mut self) {
+        let compiled = !self.policy_dirty || self.policy_current();
+        for key in std::mem::take(&mut self.pods.pending) {
+            if compiled {
+                self.spawn_sandbox(&key);
+            } else if let Some(entry) = self.pods.entries.get_mut(&key) {
+                let why = self.compile_error.clone().unwrap_or_default();
+                warn!(pod = %key, error = %why, "pod not started: the policy cannot include it");
+                entry.sandbox = Sandbox::Failed(format!("the policy cannot include the pod: {why}"));
+            }
+        }
+    }
+
+    /// Spawns init and slirp4netns for a created pod on a blocking thread.
+    fn spawn_sandbox(&self, key: &str) {
+        let Some(entry) = self.pods.entries.get(key).filter(|e| matches!(e.sandbox, Sandbox::Creating))
+        else {
+            return;
+        };
+        let wpath = self.cgroups.path(key);
+        let (pod_leaf, net_leaf) = (wpath.join("pod"), wpath.join("net"));
         let tx = self.pods.tx.clone();
         let plan = entry.plan.clone();
-        let name = workload.clone();
+        let layout = entry.layout.clone();
+        let name = key.to_owned();
         let uid = entry.record.uid.clone();
+        let id_base = entry.record.id_base;
         tokio::task::spawn_blocking(move || {
             let result = (|| {
                 let pid = sandbox::spawn_init(&layout, &plan.hostname, &pod_leaf, id_base)
@@ -487,9 +606,6 @@ impl Agent {
             })();
             let _ = tx.blocking_send(PodMsg::SandboxReady { workload: name, uid, result });
         });
-        info!(pod = %workload, identity = %identity, "pod created");
-        self.pods.entries.insert(workload, entry);
-        Ok(())
     }
 
     pub(super) fn on_pod_msg(&mut self, msg: PodMsg) {
@@ -552,6 +668,9 @@ impl Agent {
                     }
                 }
             }
+            PodMsg::TornDown { workload, uid, cgroup_removed, unreaped } => {
+                self.torn_down(&workload, &uid, cgroup_removed, unreaped);
+            }
             PodMsg::Probe { workload, uid, container, run, liveness, ok } => {
                 let Some(entry) = self.pods.entries.get_mut(&workload).filter(|e| e.record.uid == uid) else {
                     return;
@@ -607,7 +726,12 @@ impl Agent {
                     // A run this agent did not start (it restarted): adopt it as it runs,
                     // with the user and cgroups init reports.
                     r.run = run;
-                    entry.life.started(&name, now);
+                    // A run an earlier agent started was counted then.
+                    if entry.record.containers.get(&name).is_some_and(|c| run <= c.run) {
+                        entry.life.resumed(&name, now);
+                    } else {
+                        entry.life.started(&name, now);
+                    }
                     (r.uid, r.gid) = (run_uid, run_gid);
                     r.cgroups = cgroups;
                     // An init from before security contexts reports none: what it applied.
@@ -703,13 +827,20 @@ impl Agent {
         )
         .map_err(|e| e.to_string())?;
         let now = SystemTime::now();
-        let svid = self.pods.authority.issue(&id.to_string(), now, SVID_TTL).map_err(|e| e.to_string())?;
+        let svid = self
+            .pods
+            .authority
+            .issue(&id.to_string(), now, self.pods.svid_lifetime)
+            .map_err(|e| e.to_string())?;
         entry
             .layout
             .write_svid(&svid.cert_pem(), &svid.key_pem(), &self.pods.authority.cert_pem())
             .map_err(|e| e.to_string())?;
+        // Half the lifetime from now: the certificate's notBefore is backdated for clock
+        // skew, so half of its whole validity would already be past for short lifetimes.
         // A failed renewal is retried on the next tick, well before the old one expires.
-        entry.svid_renew = Some(svid.renew_at());
+        let left = svid.not_after.duration_since(now).unwrap_or_default();
+        entry.svid_renew = Some(now + left / 2);
         entry.svid_expires = Some(svid.not_after);
         Ok(())
     }
@@ -784,6 +915,14 @@ impl Agent {
         }
         for key in finished {
             self.teardown_pod(&key);
+        }
+        // Restart counts and last states go to pods.json when they change.
+        let mut changed = false;
+        for entry in self.pods.entries.values_mut() {
+            changed |= sync_history(entry);
+        }
+        if changed {
+            self.persist_pods();
         }
         self.answer_waiters();
     }
@@ -894,28 +1033,89 @@ impl Agent {
     }
 
     /// Everything of a deleted pod goes: init (and with it the namespaces), slirp4netns and
-    /// its forwards, mounts, cgroups, files, the workload and its identity mapping.
+    /// its forwards, mounts, cgroups, files, the workload and its identity mapping. The
+    /// killing, waiting and unmounting run on a blocking thread (`TornDown` reports back);
+    /// the actor keeps the record, so a crash meanwhile resumes the deletion.
     fn teardown_pod(&mut self, key: &str) {
         let Some(mut entry) = self.pods.entries.remove(key) else { return };
-        let unreaped = stop_entry(&mut entry);
-        if let Some(pid) = unreaped {
-            self.pods.unreaped.push(pid);
+        if let Some(conn) = entry.conn.take() {
+            conn.abort();
         }
-        // The id range is free once the pod's last process is gone (with its init).
-        match (entry.record.id_base, unreaped) {
-            (Some(base), Some(pid)) => self.pods.releasing.push((pid, base)),
-            (Some(base), None) => self.pods.ids.release(base),
-            (None, _) => {}
+        for r in entry.runs.values_mut() {
+            for p in r.probes.drain(..) {
+                p.abort();
+            }
+        }
+        if let Some(cmds) = entry.cmds.take() {
+            let _ = cmds.try_send(proto::Command::Shutdown);
         }
         if let Some(id) = entry.net_cgroup {
             let _ = self.kernel.set_refuse_cgroup(id, false);
         }
-        let _ = self.delete_workload(key);
-        unmount_containers(&entry.layout);
-        self.pods.limits.remove(key);
-        if let Err(e) = std::fs::remove_dir_all(&entry.layout.dir) {
-            warn!(pod = %key, error = %e, "cannot remove pod directory");
+        let (tx, cgroups, limits) = (self.pods.tx.clone(), self.cgroups.clone(), self.pods.limits.clone());
+        let (workload, uid) = (key.to_owned(), entry.record.uid.clone());
+        let init_pid = entry.record.init_pid.take();
+        let slirp = entry.slirp.take();
+        let layout = entry.layout.clone();
+        self.pods.tearing_down.insert(key.to_owned(), entry.record);
+        tokio::task::spawn_blocking(move || {
+            let mut unreaped = None;
+            if let Some(pid) = init_pid {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                // Init is our child (we are its subreaper): reap it, or its zombie keeps the
+                // pod's namespaces alive.
+                if !crate::sys::process::reap(pid, Duration::from_millis(500)) {
+                    unreaped = Some(pid);
+                }
+            }
+            if let Some(mut slirp) = slirp {
+                slirp.stop();
+            }
+            let cgroup_removed = match cgroups.destroy(&workload) {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!(pod = %workload, error = %e, "cannot remove the pod's cgroup; its kernel identity stays");
+                    false
+                }
+            };
+            unmount_containers(&layout);
+            limits.remove(&workload);
+            if let Err(e) = std::fs::remove_dir_all(&layout.dir) {
+                warn!(pod = %workload, error = %e, "cannot remove pod directory");
+            }
+            let _ = tx.blocking_send(PodMsg::TornDown { workload, uid, cgroup_removed, unreaped });
+        });
+    }
+
+    /// The blocking part of a teardown is done: the workload and the record go.
+    fn torn_down(&mut self, key: &str, uid: &str, cgroup_removed: bool, unreaped: Option<u32>) {
+        if self.pods.tearing_down.get(key).is_none_or(|r| r.uid != uid) {
+            return;
         }
+        let record = self.pods.tearing_down.remove(key);
+        self.pods.unreaped.extend(unreaped);
+        // The id range is free once the pod's last process is gone (with its init).
+        match (record.and_then(|r| r.id_base), unreaped) {
+            (Some(base), Some(pid)) => self.pods.releasing.push((pid, base)),
+            (Some(base), None) => self.pods.ids.release(base),
+            (None, _) => {}
+        }
+        match self.workloads.remove(key) {
+            Ok(w) if cgroup_removed => {
+                if let Err(e) = self.kernel.remove_cgroup(w.cgroup_id) {
+                    warn!(workload = %key, error = %e, "cannot unmap workload cgroup");
+                }
+            }
+            // Processes may survive: their identity stays in the kernel, or they would run
+            // as nobody, unrestricted.
+            Ok(_) => {}
+            Err(e) => warn!(workload = %key, error = %e, "deleted pod had no workload"),
+        }
+        self.persist();
+        self.policy_dirty = true;
         info!(pod = %key, "pod deleted");
         self.persist_pods();
     }
@@ -964,7 +1164,10 @@ impl Agent {
         let waiters = std::mem::take(&mut self.pods.waiters);
         for w in waiters {
             let done = match w.condition {
-                WaitFor::Deleted => !self.pods.entries.contains_key(&w.workload),
+                WaitFor::Deleted => {
+                    !self.pods.entries.contains_key(&w.workload)
+                        && !self.pods.tearing_down.contains_key(&w.workload)
+                }
                 WaitFor::Ready => self.pods.entries.get(&w.workload).is_some_and(pod_ready),
             };
             if done {
@@ -1050,7 +1253,10 @@ impl Agent {
 fn new_entry(record: PodRecord, plan: PodPlan, layout: Layout) -> PodEntry {
     let init: Vec<&str> = plan.init_containers.iter().map(String::as_str).collect();
     let app: Vec<&str> = plan.containers.iter().map(String::as_str).collect();
-    let life = lifecycle::Pod::new(plan.restart, &init, &app);
+    let mut life = lifecycle::Pod::new(plan.restart, &init, &app);
+    for (name, c) in &record.containers {
+        life.restore(name, &c.history);
+    }
     PodEntry {
         record,
         plan,
@@ -1066,6 +1272,23 @@ fn new_entry(record: PodRecord, plan: PodPlan, layout: Layout) -> PodEntry {
         svid_renew: None,
         svid_expires: None,
     }
+}
+
+/// Copies the lifecycle's container histories (and the latest run numbers) into the
+/// record; returns whether anything changed.
+fn sync_history(entry: &mut PodEntry) -> bool {
+    let mut changed = false;
+    for c in &entry.life.containers {
+        let Some(history) = entry.life.history(&c.name) else { continue };
+        let run = entry.runs.get(&c.name).map_or(0, |r| r.run);
+        let rec = entry.record.containers.entry(c.name.clone()).or_default();
+        let updated = ContainerRecord { history, run: run.max(rec.run) };
+        if *rec != updated {
+            *rec = updated;
+            changed = true;
+        }
+    }
+    changed
 }
 
 fn find_container<'a>(

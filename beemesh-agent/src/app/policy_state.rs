@@ -121,9 +121,23 @@ impl Agent {
         }
     }
 
+    /// Brings the policy in force up to date with the workloads after they changed: a
+    /// compile only if the set of workload identities differs from the one the tables were
+    /// compiled for (replicas share an identity, so most pod churn needs none).
+    pub(super) fn policy_current(&mut self) -> bool {
+        let ids: std::collections::BTreeSet<u32> = self.workloads.iter().map(|w| w.id).collect();
+        if self.compiled.is_some() && self.compiled_for.as_ref() == Some(&ids) {
+            self.policy_dirty = false;
+            return true;
+        }
+        self.recompile()
+    }
+
     /// Compiles and installs; returns whether the tables in force match the current
     /// workloads and files (false: the previous policy stays, the error is recorded).
     pub(super) fn recompile(&mut self) -> bool {
+        self.policy_dirty = false;
+        self.compiled_for = None;
         let files: Vec<PolicyFile> = self
             .files
             .iter()
@@ -160,6 +174,7 @@ impl Agent {
             // Same tables (a replica came or went): only the names may have changed.
             let same = self.compiled.clone().expect("just compared equal");
             self.publish_names(&same);
+            self.compiled_for = Some(workloads.iter().map(|w| w.id).collect());
             return true;
         }
         let compiled = Arc::new(compiled);
@@ -190,6 +205,7 @@ impl Agent {
             warn!(error = %e, "cannot collect the counters of the previous policy");
         }
         self.compiled = Some(compiled);
+        self.compiled_for = Some(workloads.iter().map(|w| w.id).collect());
         // Our own policy is in force: an earlier instance's programs can go.
         self.kernel.retire_previous();
         true

@@ -84,12 +84,33 @@ impl Agent {
         Ok(id)
     }
 
+    /// `exec --identity`: the workload, with the policy compiled for it before the reply
+    /// (the caller moves a process in as soon as it has the answer).
     pub(super) fn create_workload(
         &mut self,
         name: Option<String>,
         identity: &str,
         labels: BTreeMap<String, String>,
     ) -> Result<Response, String> {
+        let info = self.add_workload(name, identity, labels)?;
+        if !self.policy_current() {
+            // Without a policy that knows it, the workload would run unselected: refuse.
+            let _ = self.forget_workload(&info.name);
+            self.persist();
+            let why = self.compile_error.clone().unwrap_or_default();
+            return Err(format!("workload {:?} not created: the policy cannot include it: {why}", info.name));
+        }
+        Ok(Response::Workload(info))
+    }
+
+    /// Identity allocated, cgroup created and mapped in the kernel; the policy is only marked
+    /// stale. Nothing may run in the workload until [`Agent::recompile`] has included it.
+    pub(super) fn add_workload(
+        &mut self,
+        name: Option<String>,
+        identity: &str,
+        labels: BTreeMap<String, String>,
+    ) -> Result<WorkloadInfo, String> {
         let identity = self.parse_identity(identity)?;
         let name = match name {
             Some(n) => n,
@@ -110,22 +131,17 @@ impl Agent {
             created: now_secs(),
             joined: false,
         };
-        // Identity in the kernel and policy compiled for it before any process can join.
+        // Identity in the kernel before any process can join.
         if let Err(e) = self.kernel.set_cgroup(cgroup_id, id) {
             let _ = self.cgroups.destroy(&name);
             return Err(e.to_string());
         }
         let info = self.info(&w);
         self.workloads.insert(w).map_err(|e| e.to_string())?;
-        if !self.recompile() {
-            // Without a policy that knows it, the workload would run unselected: refuse.
-            let _ = self.forget_workload(&name);
-            let why = self.compile_error.clone().unwrap_or_default();
-            return Err(format!("workload {name:?} not created: the policy cannot include it: {why}"));
-        }
+        self.policy_dirty = true;
         info!(workload = %name, identity = %info.identity, id, "workload created");
         self.persist();
-        Ok(Response::Workload(info))
+        Ok(info)
     }
 
     /// cgroup id -> workload id for every cgroup of every workload, nested ones included
@@ -141,10 +157,11 @@ impl Agent {
         owners
     }
 
+    /// Removes a workload; the policy follows at the end of the actor's turn.
     pub(super) fn delete_workload(&mut self, name: &str) -> Result<(), String> {
         self.forget_workload(name)?;
         self.persist();
-        self.recompile();
+        self.policy_dirty = true;
         Ok(())
     }
 
@@ -184,7 +201,7 @@ impl Agent {
                 let _ = self.forget_workload(name);
             }
             self.persist();
-            self.recompile();
+            self.policy_dirty = true;
         }
         let local = LocalAddrs::read();
         if local.0 != self.local.0 {

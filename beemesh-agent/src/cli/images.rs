@@ -47,7 +47,7 @@ pub(super) async fn run(global: &GlobalOpts, cfg: &Config, socket: &Path, comman
                 other => return unexpected(other),
             };
             for t in tags {
-                println!("imported {t}");
+                outln!("imported {t}");
             }
             ExitCode::SUCCESS
         }
@@ -62,7 +62,7 @@ pub(super) async fn run(global: &GlobalOpts, cfg: &Config, socket: &Path, comman
                 other => return unexpected(other),
             };
             for (tag, id) in items {
-                println!("{tag:<60} {id}");
+                outln!("{tag:<60} {id}");
             }
             ExitCode::SUCCESS
         }

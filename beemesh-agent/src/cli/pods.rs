@@ -67,7 +67,7 @@ pub async fn apply(socket: &Path, file: &Path) -> ExitCode {
     };
     match client::call(socket, &Request::Apply { file, text }).await {
         Ok(Response::Applied { lines }) => {
-            lines.iter().for_each(|l| println!("{l}"));
+            lines.iter().for_each(|l| outln!("{l}"));
             ExitCode::SUCCESS
         }
         other => unexpected(other),
@@ -102,7 +102,7 @@ pub async fn delete(
         (None, None) => return fail("delete needs -f FILE or `pod NAME`"),
     };
     match client::call(socket, &req).await {
-        Ok(Response::Applied { lines }) => lines.iter().for_each(|l| println!("{l}")),
+        Ok(Response::Applied { lines }) => lines.iter().for_each(|l| outln!("{l}")),
         other => return unexpected(other),
     }
     if wait {
@@ -133,7 +133,7 @@ pub async fn wait(
     };
     match client::call(socket, &req).await {
         Ok(Response::Done) => {
-            println!("pod/{name} condition met");
+            outln!("pod/{name} condition met");
             ExitCode::SUCCESS
         }
         other => unexpected(other),
@@ -165,9 +165,9 @@ pub async fn get(socket: &Path, cmd: GetCommand) -> ExitCode {
                 })
             };
             if output == PodOutput::Json {
-                println!("{}", serde_json::to_string_pretty(&value).expect("json values serialise"));
+                outln!("{}", serde_json::to_string_pretty(&value).expect("json values serialise"));
             } else {
-                print!("{}", serde_yaml::to_string(&value).expect("json values serialise as yaml"));
+                out!("{}", serde_yaml::to_string(&value).expect("json values serialise as yaml"));
             }
         }
         PodOutput::Table | PodOutput::Wide => print_pods(&items, all_namespaces, output == PodOutput::Wide),
@@ -180,7 +180,7 @@ pub async fn get(socket: &Path, cmd: GetCommand) -> ExitCode {
 fn print_pods(items: &[PodInfo], namespaces: bool, wide: bool) {
     let ns = |s: &str| if namespaces { format!("{s:<16}") } else { String::new() };
     let ip = |s: &str| if wide { format!(" {s:<12}") } else { String::new() };
-    println!(
+    outln!(
         "{}{:<32} {:<7} {:<26} {:<9} {:<6}{} {:<16} IDENTITY",
         ns("NAMESPACE"),
         "NAME",
@@ -193,7 +193,7 @@ fn print_pods(items: &[PodInfo], namespaces: bool, wide: bool) {
     );
     for p in items {
         let pod_ip = p.object["status"]["podIP"].as_str().unwrap_or("");
-        println!(
+        outln!(
             "{}{:<32} {:<7} {:<26} {:<9} {:<6}{} {:<16} {}",
             ns(&p.namespace),
             p.name,

@@ -63,6 +63,20 @@ pub struct Container {
     backoff: Duration,
 }
 
+/// What of a container's past outlives the agent (kept in `pods.json`): its restart count,
+/// how its last run ended, and the back-off its next crash would wait.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct History {
+    pub restarts: u32,
+    #[serde(default)]
+    pub last_exit_code: Option<i32>,
+    #[serde(default)]
+    pub last_reason: Option<String>,
+    #[serde(default)]
+    pub backoff_ms: u64,
+}
+
 /// What the runtime must do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
@@ -115,6 +129,35 @@ impl Pod {
             .iter()
             .filter(|c| c.init)
             .all(|c| matches!(c.state, State::Terminated { exit_code: 0, .. }))
+    }
+
+    /// `name`'s history, to be kept across agent restarts.
+    pub fn history(&self, name: &str) -> Option<History> {
+        let c = self.containers.iter().find(|c| c.name == name)?;
+        Some(History {
+            restarts: c.restarts,
+            last_exit_code: c.last_exit.as_ref().map(|(code, _)| *code),
+            last_reason: c.last_exit.as_ref().map(|(_, reason)| reason.clone()),
+            backoff_ms: c.backoff.as_millis() as u64,
+        })
+    }
+
+    /// Puts back what an earlier agent knew of `name` (before anything of this run happens).
+    pub fn restore(&mut self, name: &str, h: &History) {
+        if let Some(c) = self.get(name) {
+            c.restarts = h.restarts;
+            c.last_exit = h.last_exit_code.map(|code| (code, h.last_reason.clone().unwrap_or_default()));
+            if h.backoff_ms > 0 {
+                c.backoff = Duration::from_millis(h.backoff_ms).clamp(BACKOFF_INITIAL, BACKOFF_MAX);
+            }
+        }
+    }
+
+    /// `name` is running a run an earlier agent started (and counted): no restart is counted.
+    pub fn resumed(&mut self, name: &str, now: u64) {
+        if let Some(c) = self.get(name) {
+            c.state = State::Running { since_ms: now };
+        }
     }
 
     /// The runtime started `name`.
@@ -334,6 +377,32 @@ mod tests {
         init_fails.exited("setup", 2, false, 1);
         assert_eq!(init_fails.phase(), Phase::Failed);
         assert!(init_fails.poll(10 * S).is_empty(), "app never starts after a failed init");
+    }
+
+    #[test]
+    fn history_survives_into_a_new_lifecycle() {
+        let mut p = Pod::new(RestartPolicy::Always, &[], &["app"]);
+        p.started("app", 0);
+        p.exited("app", 3, false, 1_000);
+        p.started("app", 11_000);
+        p.exited("app", 3, false, 12_000);
+        let h = p.history("app").expect("known container");
+        assert_eq!(h.restarts, 1);
+        assert_eq!((h.last_exit_code, h.last_reason.as_deref()), (Some(3), Some("Error")));
+        assert_eq!(h.backoff_ms, 40_000, "two crashes: the next waits 40 s");
+        let mut again = Pod::new(RestartPolicy::Always, &[], &["app"]);
+        again.restore("app", &h);
+        // Re-adopted as it runs: not a restart.
+        again.resumed("app", 0);
+        assert_eq!(again.containers[0].restarts, 1);
+        again.exited("app", 3, false, 500);
+        assert_eq!(
+            again.containers[0].state,
+            State::Waiting { reason: "CrashLoopBackOff".into(), until_ms: Some(40_500) }
+        );
+        again.started("app", 41_000);
+        assert_eq!(again.containers[0].restarts, 2);
+        assert_eq!(again.history("app").map(|h| h.restarts), Some(2));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!    with 10,000 rules, nftables with the same 10,000 rules as a linear chain and as one
 //!    set lookup. Rounds are interleaved and medians reported (the machine is noisy).
 //! 2. Revocation latency: a grant file rewritten without its rules -> first denied connect,
-//!    and -> teardown of an established connection, with 10,000 rules in force (p50/p99).
+//!    and -> teardown of an established connection, with 10,000 rules in force (p50/p99),
+//!    idle and again while a background thread applies and deletes 50 pods in a loop.
 //!
 //! Needs root. `--quick` runs one short round (CI uses it to prove the bench works).
 
@@ -24,6 +25,8 @@ struct Opts {
     rounds: usize,
     secs: f64,
     revocations: usize,
+    /// Pods the churn thread applies and deletes per cycle.
+    churn_pods: usize,
 }
 
 /// 9,998 egress rules for the client that never match (10.x.y.z/32 on some port); with the
@@ -180,6 +183,96 @@ fn unix_ns() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }
 
+/// Revocation latencies (to the first denied connect, to the teardown of an established
+/// connection), in ms, over `opts.revocations` runs.
+fn revocations(
+    agent: &Agent,
+    opts: &Opts,
+    tag: &str,
+    rate_port: u16,
+    hold_port: u16,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let (rate_addr, hold_addr) = (format!("127.0.0.1:{rate_port}"), format!("127.0.0.1:{hold_port}"));
+    let (mut to_deny, mut to_teardown) = (vec![], vec![]);
+    for i in 0..opts.revocations {
+        agent.write_policy("bench-grant.yaml", &grant(rate_port, hold_port, false))?;
+        // Allowed again once a hold connection gets through (policy generations also move
+        // with the churn's workloads, so they cannot tell when the grant is in force).
+        let deadline = Instant::now() + T;
+        let mut attempt = 0;
+        let held = loop {
+            let held = agent.workload(
+                &format!("held-{tag}-{i}-{attempt}"),
+                CLIENT,
+                &[],
+                &["hold-ts", &hold_addr],
+            )?;
+            if held.line(T)? == "connected" {
+                break held;
+            }
+            if Instant::now() > deadline {
+                bail!("hold connection refused while allowed:\n{}", agent.log());
+            }
+            attempt += 1;
+        };
+        let watcher =
+            agent.workload(&format!("watch-{tag}-{i}"), CLIENT, &[], &["watch-deny", &rate_addr])?;
+        assert_eq!(watcher.line(T)?, "watching");
+        std::thread::sleep(Duration::from_millis(50));
+        let t0 = unix_ns();
+        agent.write_policy("bench-grant.yaml", &grant(rate_port, hold_port, true))?;
+        let denied = watcher.line(T)?;
+        let closed = held.line(T)?;
+        let at = |line: &str, word: &str| -> Result<f64> {
+            let ns: u128 = line
+                .strip_prefix(word)
+                .with_context(|| format!("expected {word:?}, got {line:?}"))?
+                .trim()
+                .parse()?;
+            Ok(ns.saturating_sub(t0) as f64 / 1e6)
+        };
+        to_deny.push(at(&denied, "denied")?);
+        to_teardown.push(at(&closed, "closed")?);
+    }
+    Ok((to_deny, to_teardown))
+}
+
+/// Applies `pods` busybox pods one `apply` at a time, then deletes them, over and over
+/// until `stop`; returns how many pods went through.
+fn churn(agent: &Agent, pods: usize, stop: &std::sync::atomic::AtomicBool) -> Result<usize> {
+    let mut done = 0;
+    for cycle in 0.. {
+        let names: Vec<String> = (0..pods).map(|i| format!("churn-{cycle}-{i}")).collect();
+        for name in &names {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            agent.apply(&format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: busybox:1, command: [sleep, '1000']}}\n"
+            ))?;
+        }
+        // Deleted all at once, then waited for: the teardowns overlap.
+        for name in &names {
+            // A name the stop left unapplied is simply not found.
+            let (ok, _, err) = agent.run_cli(&["delete", "--no-wait", "pod", name], None)?;
+            if !ok && !err.contains("not found") {
+                bail!("delete {name}: {err}");
+            }
+        }
+        for name in &names {
+            let (ok, _, err) = agent.run_cli(&["wait", name, "--for", "deleted", "--timeout", "60"], None)?;
+            if !ok && !err.contains("not found") {
+                bail!("pod {name} not deleted: {err}");
+            }
+            done += 1;
+        }
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+    }
+    Ok(done)
+}
+
 fn main() -> Result<()> {
     let keep = tempfile::tempdir()?;
     let result = run(&keep);
@@ -198,9 +291,9 @@ fn main() -> Result<()> {
 fn run(keep: &tempfile::TempDir) -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let opts = if quick {
-        Opts { rounds: 1, secs: 1.0, revocations: 3 }
+        Opts { rounds: 1, secs: 1.0, revocations: 3, churn_pods: 5 }
     } else {
-        Opts { rounds: 11, secs: 1.5, revocations: 30 }
+        Opts { rounds: 11, secs: 1.5, revocations: 30, churn_pods: 50 }
     };
     if quick {
         println!("(--quick: one short round to prove the bench runs; not a measurement)");
@@ -208,16 +301,16 @@ fn run(keep: &tempfile::TempDir) -> Result<()> {
     let rate_port = server(true)?;
     let hold_port = server(false)?;
     let rate_addr = format!("127.0.0.1:{rate_port}");
-    let hold_addr = format!("127.0.0.1:{hold_port}");
 
     let flow_mode = std::env::var("BENCH_FLOW_EVENTS").unwrap_or_else(|_| "sampled".into());
     let agent = Agent::start("bench", &[("BEEMESH_FLOW_EVENTS", flow_mode.as_str())])?;
     let _ = std::fs::remove_file(keep.path().join("agent.log"));
     std::os::unix::fs::symlink(agent.log_path(), keep.path().join("agent.log"))?;
+    // Read before writing: once parsing starts, a status call may only be answered after it.
+    let generation = agent.generation()?;
     let t = Instant::now();
     agent.write_policy("bench-grant.yaml", &grant(rate_port, hold_port, false))?;
     agent.write_policy("bench-rules.yaml", &rules())?;
-    let generation = agent.generation()?;
     if !beemesh_tests::eventually(T, || agent.generation().unwrap_or(0) > generation) {
         bail!("10,000-rule policy not loaded:\n{}", agent.log());
     }
@@ -256,44 +349,48 @@ fn run(keep: &tempfile::TempDir) -> Result<()> {
     println!("  nftables, 10,000 rules, one set      {set:>9.0} conn/s   beemesh/nftables-set {vs_set:.2}x");
 
     println!("\nrevocation latency with the 10,000-rule file in force, {} runs", opts.revocations);
-    let (mut to_deny, mut to_teardown) = (vec![], vec![]);
-    for i in 0..opts.revocations {
-        let before = agent.generation()?;
-        agent.write_policy("bench-grant.yaml", &grant(rate_port, hold_port, false))?;
-        // (The first run starts granted: the file is unchanged and nothing is reinstalled.)
-        if i > 0 && !beemesh_tests::eventually(T, || agent.generation().unwrap_or(0) > before) {
-            bail!("grant not re-installed");
-        }
-        let held = agent.workload(&format!("held-{i}"), CLIENT, &[], &["hold-ts", &hold_addr])?;
-        // Allowed again once a hold connection gets through.
-        if held.line(T)? != "connected" {
-            bail!("hold connection refused while allowed:\n{}", agent.log());
-        }
-        let watcher = agent.workload(&format!("watch-{i}"), CLIENT, &[], &["watch-deny", &rate_addr])?;
-        assert_eq!(watcher.line(T)?, "watching");
-        std::thread::sleep(Duration::from_millis(50));
-        let t0 = unix_ns();
-        agent.write_policy("bench-grant.yaml", &grant(rate_port, hold_port, true))?;
-        let denied = watcher.line(T)?;
-        let closed = held.line(T)?;
-        let at = |line: &str, word: &str| -> Result<f64> {
-            let ns: u128 = line
-                .strip_prefix(word)
-                .with_context(|| format!("expected {word:?}, got {line:?}"))?
-                .trim()
-                .parse()?;
-            Ok(ns.saturating_sub(t0) as f64 / 1e6)
-        };
-        to_deny.push(at(&denied, "denied")?);
-        to_teardown.push(at(&closed, "closed")?);
-    }
+    let idle = revocations(&agent, &opts, "idle", rate_port, hold_port)?;
     for (label, v) in [
-        ("file written -> first denied connect  ", &mut to_deny),
-        ("file written -> established torn down ", &mut to_teardown),
+        ("file written -> first denied connect  ", &idle.0),
+        ("file written -> established torn down ", &idle.1),
     ] {
-        let (p50, p99) = (percentile(v, 0.5), percentile(v, 0.99));
+        let (p50, p99) = (percentile(&mut v.clone(), 0.5), percentile(&mut v.clone(), 0.99));
         println!("  {label} p50 {p50:>6.1} ms   p99 {p99:>6.1} ms (target p99 <= 100 ms)");
     }
+
+    println!(
+        "\nrevocation latency while {} pods are applied and deleted in a loop, {} runs",
+        opts.churn_pods, opts.revocations
+    );
+    agent.import_busybox("busybox:1")?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (churned, busy) = std::thread::scope(|scope| -> Result<_> {
+        let churn = scope.spawn(|| churn(&agent, opts.churn_pods, &stop));
+        // The churn is under way (its first pod exists) before measuring.
+        let started = beemesh_tests::eventually(T, || {
+            agent.run_cli(&["get", "pods"], None).is_ok_and(|(_, out, _)| out.contains("churn-"))
+        });
+        let busy = if started {
+            revocations(&agent, &opts, "churn", rate_port, hold_port)
+        } else {
+            Err(anyhow::anyhow!("the churn did not start"))
+        };
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let churned = churn.join().map_err(|_| anyhow::anyhow!("churn thread panicked"))??;
+        Ok((churned, busy?))
+    })?;
+    for (label, v, base) in [
+        ("file written -> first denied connect  ", &busy.0, &idle.0),
+        ("file written -> established torn down ", &busy.1, &idle.1),
+    ] {
+        let (p50, p99) = (percentile(&mut v.clone(), 0.5), percentile(&mut v.clone(), 0.99));
+        let base99 = percentile(&mut base.clone(), 0.99);
+        println!(
+            "  {label} p50 {p50:>6.1} ms   p99 {p99:>6.1} ms   churn/idle p99 {:.2} (targets p99 <= 100 ms, ratio <= 1.5)",
+            p99 / base99
+        );
+    }
+    println!("  ({churned} pods applied and deleted meanwhile)");
     let kept = std::env::temp_dir().join("beemesh-bench-agent.log");
     if std::fs::copy(agent.log_path(), &kept).is_ok() {
         println!("\nagent log (with per-install timings): {}", kept.display());
