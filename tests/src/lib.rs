@@ -501,3 +501,27 @@ pub fn try_connect(agent: &Agent, identity: &str, addr: &str) -> Result<String> 
 
 /// `error 1 ...` is EPERM: the kernel program refused the connect.
 pub const EPERM_LINE: &str = "error 1 ";
+
+/// Connects to `addr` from a fresh process placed straight into the workload cgroup `cgroup`
+/// (no agent involved: works while the agent is down) and returns the probe's line.
+pub fn connect_in_cgroup(cgroup: &Path, addr: &str) -> Result<String> {
+    let script = format!(
+        "echo $$ > '{}' && exec '{}' connect {addr} 1000",
+        cgroup.join("cgroup.procs").display(),
+        probe_bin().display()
+    );
+    let out = Command::new("sh").args(["-c", &script]).output().context("spawn sh")?;
+    let line = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").to_string();
+    anyhow::ensure!(!line.is_empty(), "no answer from the probe: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(line)
+}
+
+/// Established TCP connections whose destination port is `port` (client ends), from `ss`.
+pub fn established_to(port: u16) -> Result<usize> {
+    let out = Command::new("ss")
+        .args(["-Htn", "state", "established", "(", "dport", "=", &format!(":{port}"), ")"])
+        .output()
+        .context("run ss")?;
+    anyhow::ensure!(out.status.success(), "ss: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).count())
+}

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
-use beemesh_tests::{eventually, port, try_connect, Agent, EPERM_LINE};
+use beemesh_tests::{connect_in_cgroup, eventually, port, try_connect, Agent, EPERM_LINE};
 
 const T: Duration = Duration::from_secs(10);
 const WEB: &str = "spiffe://beemesh.local/ns/shop/sa/web";
@@ -59,8 +59,11 @@ fn crash_keeps_enforcing_and_restart_recovers() -> Result<()> {
     assert!(watcher.line(T)?.starts_with(EPERM_LINE));
 
     agent.crash()?;
-    // Pinned links keep the last policy in force while no agent runs.
-    assert!(watcher.line(Duration::from_millis(800)).is_err(), "verdict changed while the agent was down");
+    // Pinned links keep the last policy in force while no agent runs: a new connect from the
+    // intruder's cgroup is refused, and the looping watcher saw no change.
+    let down = connect_in_cgroup(&agent.cgroup_root().join("watcher"), &addr)?;
+    assert!(down.starts_with(EPERM_LINE), "connect while the agent was down: {down:?}");
+    assert!(watcher.line(Duration::from_millis(200)).is_err(), "verdict changed while the agent was down");
     assert!(agent.pin_dir().exists());
 
     agent.spawn()?;
