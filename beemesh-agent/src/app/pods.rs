@@ -89,7 +89,7 @@ pub(super) struct PodEntry {
     layout: Layout,
     runs: BTreeMap<String, Run>,
     sandbox: Sandbox,
-    cmds: Option<mpsc::Sender<proto::Command>>,
+    cmds: Option<mpsc::Sender<proto::Message>>,
     slirp: Option<Slirp>,
     net_cgroup: Option<u64>,
     deleting: bool,
@@ -561,8 +561,9 @@ impl Agent {
                     if !ok && !entry.deleting {
                         info!(pod = %workload, container = %container, "liveness probe failed: restarting");
                         if let Some(cmds) = &entry.cmds {
-                            let _ = cmds
-                                .try_send(proto::Command::Signal { name: container, signal: libc::SIGKILL });
+                            let _ = cmds.try_send(
+                                proto::Command::Signal { name: container, signal: libc::SIGKILL }.into(),
+                            );
                         }
                     }
                 } else {
@@ -801,7 +802,7 @@ impl Agent {
 
     fn signal_container(&self, key: &str, name: &str, signal: i32) {
         if let Some(cmds) = self.pods.entries.get(key).and_then(|e| e.cmds.as_ref()) {
-            let _ = cmds.try_send(proto::Command::Signal { name: name.to_owned(), signal });
+            let _ = cmds.try_send(proto::Command::Signal { name: name.to_owned(), signal }.into());
         }
     }
 
@@ -856,16 +857,17 @@ impl Agent {
         if let Err(e) = sandbox::give_to_pod(&[leaf.join("cgroup.procs"), leaf.join("cgroup.kill")], ids) {
             return fail(self, "CreateContainerError", e.to_string());
         }
+        let rules = self.security_rules();
         let Some(entry) = self.pods.entries.get_mut(key) else { return };
         let run_no = entry.runs.get(name).map_or(0, |r| r.run) + 1;
         entry.layout.rotate_log(name);
-        let spec = match entry.layout.container_spec(
+        let (spec, trees) = match entry.layout.container_spec(
             &entry.plan,
             &plan,
             run_no,
             rootfs.root(),
             (cgroups.clone(), leaf.clone()),
-            &self.cfg.seccomp_profile_dir,
+            &rules,
         ) {
             Ok(s) => s,
             Err(e) => return fail(self, "CreateContainerConfigError", e.to_string()),
@@ -876,8 +878,8 @@ impl Agent {
         }
         let user = (spec.uid, spec.gid);
         let security = spec.security.clone();
-        let sent =
-            entry.cmds.as_ref().is_some_and(|c| c.try_send(proto::Command::Start(Box::new(spec))).is_ok());
+        let start = proto::Message { command: proto::Command::Start(Box::new(spec)), fds: trees };
+        let sent = entry.cmds.as_ref().is_some_and(|c| c.try_send(start).is_ok());
         if !sent {
             return fail(self, "ContainerCreating", "the pod's init is not reachable".into());
         }
@@ -1088,7 +1090,7 @@ fn stop_entry(entry: &mut PodEntry) -> Option<u32> {
         }
     }
     if let Some(cmds) = entry.cmds.take() {
-        let _ = cmds.try_send(proto::Command::Shutdown);
+        let _ = cmds.try_send(proto::Command::Shutdown.into());
     }
     let mut unreaped = None;
     if let Some(pid) = entry.record.init_pid {
@@ -1132,7 +1134,7 @@ async fn init_connection(
     socket: PathBuf,
     (workload, uid): (String, String),
     tx: mpsc::Sender<PodMsg>,
-    mut cmds: mpsc::Receiver<proto::Command>,
+    mut cmds: mpsc::Receiver<proto::Message>,
 ) {
     let mut stream = None;
     for _ in 0..100 {
@@ -1159,10 +1161,20 @@ async fn init_connection(
                     _ => break,
                 },
                 cmd = cmds.recv() => {
-                    let Some(cmd) = cmd else { break };
-                    let mut line = serde_json::to_vec(&cmd).expect("commands always serialise");
+                    let Some(proto::Message { command, fds }) = cmd else { break };
+                    let mut line = serde_json::to_vec(&command).expect("commands always serialise");
                     line.push(b'\n');
-                    if write.write_all(&line).await.is_err() {
+                    // A start's mounts go with its line's first bytes (SCM_RIGHTS).
+                    let sent = if fds.is_empty() { 0 } else {
+                        match send_with_fds(write.as_ref(), &line, &fds).await {
+                            Ok(n) => n,
+                            Err(e) => {
+                                warn!(pod = %workload, error = %e, "cannot send to pod init");
+                                break;
+                            }
+                        }
+                    };
+                    if write.write_all(&line[sent..]).await.is_err() {
                         break;
                     }
                 }
@@ -1170,6 +1182,23 @@ async fn init_connection(
         }
     }
     let _ = tx.send(PodMsg::InitGone { workload, uid }).await;
+}
+
+/// Sends `data` with `fds` attached on the init connection; returns how many bytes went.
+async fn send_with_fds(
+    stream: &tokio::net::UnixStream,
+    data: &[u8],
+    fds: &[std::os::fd::OwnedFd],
+) -> std::io::Result<usize> {
+    use std::os::fd::AsFd;
+    let fds: Vec<std::os::fd::BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+    loop {
+        stream.writable().await?;
+        match stream.try_io(tokio::io::Interest::WRITABLE, || crate::sys::send_with_fds(stream, data, &fds)) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
 }
 
 fn pod_ready(e: &PodEntry) -> bool {
