@@ -79,7 +79,17 @@ struct Run {
     gid: u32,
     /// What the run is confined with; processes entering it (exec, probes) get the same.
     security: proto::SecuritySpec,
+    /// Why no process may enter the run (exec, exec probes), if none may: an adopted run
+    /// whose confinement cannot be rebuilt from the manifest.
+    sealed: Option<String>,
     probes: Vec<AbortHandle>,
+}
+
+/// A running container of an earlier agent, as the manifest says it runs (`adopted_run`).
+struct Adopted {
+    plan: Option<(ContainerPlan, String)>,
+    cgroups: Vec<PathBuf>,
+    security: Result<proto::SecuritySpec, String>,
 }
 
 pub(super) struct PodEntry {
@@ -601,19 +611,24 @@ impl Agent {
         let name = event.container().to_owned();
         let r = entry.runs.entry(name.clone()).or_default();
         match event {
-            proto::Event::Started {
-                run, host_pid, uid: run_uid, gid: run_gid, cgroups, security, ..
-            } if run >= r.run => {
-                if run > r.run {
-                    // A run this agent did not start (it restarted): adopt it as it runs,
-                    // with the user and cgroups init reports.
+            proto::Event::Started { run, host_pid, uid: run_uid, gid: run_gid, .. } if run >= r.run => {
+                if let (true, Some(adopted)) = (run > r.run, adopted) {
+                    // A run this agent did not start (it restarted): adopt it as it runs.
+                    // Init is a process of the pod: its user (ids inside the pod) is taken,
+                    // but the cgroups and confinement that the host's root applies to a
+                    // process entering the container are the manifest's, never init's.
                     r.run = run;
                     entry.life.started(&name, now);
                     (r.uid, r.gid) = (run_uid, run_gid);
-                    r.cgroups = cgroups;
-                    // An init from before security contexts reports none: what it applied.
-                    r.security = security.unwrap_or_default();
-                    if let Some((plan, image_id)) = adopted {
+                    r.cgroups = adopted.cgroups;
+                    match adopted.security {
+                        Ok(security) => (r.security, r.sealed) = (security, None),
+                        Err(e) => {
+                            warn!(pod = %workload, container = %name, error = %e, "adopted container cannot be entered");
+                            r.sealed = Some(e);
+                        }
+                    }
+                    if let Some((plan, image_id)) = adopted.plan {
                         r.plan = Some(plan);
                         r.image_id = image_id;
                     }
@@ -627,7 +642,17 @@ impl Agent {
                     .is_some_and(|c| c.readiness_probe.is_some());
                 r.ready = readiness.is_none() && !declared;
                 let init_pid = entry.record.init_pid.unwrap_or_default();
-                for (plan, liveness) in [(readiness, false), (liveness, true)] {
+                // Probes enter the container as the host's root: only a process of the pod.
+                let enterable = r.sealed.is_none() && sandbox::in_pod(init_pid, host_pid);
+                if !enterable {
+                    debug!(pod = %workload, container = %name, host_pid, "not probing: not a process of the pod");
+                }
+                let probes = if enterable {
+                    [(readiness, false), (liveness, true)]
+                } else {
+                    [(None, false), (None, true)]
+                };
+                for (plan, liveness) in probes {
                     let Some(plan) = plan else { continue };
                     let target = probe::Target {
                         init_pid,
@@ -682,17 +707,30 @@ impl Agent {
         }
     }
 
-    /// What an agent that did not start a running container needs to manage it (probes,
-    /// env), rebuilt from the manifest: its plan and image id.
-    fn adopted_run(&self, workload: &str, name: &str, run: u64) -> Option<(ContainerPlan, String)> {
+    /// What an agent that did not start a running container needs to manage it, rebuilt
+    /// from the manifest: its cgroups and confinement (what a process entering it gets), its
+    /// plan and image id (probes, env) if the image still resolves.
+    fn adopted_run(&self, workload: &str, name: &str, run: u64) -> Option<Adopted> {
         let entry = self.pods.entries.get(workload)?;
         if entry.runs.get(name).is_some_and(|r| r.run >= run) {
             return None;
         }
         let container = find_container(&entry.record.manifest, name)?;
-        let image = self.pods.images.resolve(container.image.as_deref().unwrap_or_default()).ok()?;
-        let plan = spec::plan_container(&entry.record.manifest, name, &image.config, &self.pods).ok()?;
-        Some((plan, image.id))
+        let pod_sc = entry.record.manifest.spec.as_ref().and_then(|s| s.security_context.as_ref());
+        let security = crate::pod::security::spec_for(
+            &crate::pod::security::plan(pod_sc, container),
+            &self.cfg.seccomp_profile_dir,
+        )
+        .map_err(|e| e.to_string());
+        let mut cgroups = self.pods.limits.dirs(workload, name);
+        cgroups.push(self.cgroups.path(workload).join("pod").join(name));
+        let plan =
+            self.pods.images.resolve(container.image.as_deref().unwrap_or_default()).ok().and_then(|image| {
+                let plan =
+                    spec::plan_container(&entry.record.manifest, name, &image.config, &self.pods).ok()?;
+                Some((plan, image.id))
+            });
+        Some(Adopted { plan, cgroups, security })
     }
 
     /// Issues the pod's X.509 SVID for its identity and writes it where its containers see it.
@@ -890,6 +928,7 @@ impl Agent {
         r.cgroups.push(leaf);
         (r.uid, r.gid) = user;
         r.security = security;
+        r.sealed = None;
         r.message = None;
         r.image_id = image.id.clone();
         entry.life.started(name, now);
@@ -1037,7 +1076,12 @@ impl Agent {
         Ok(Response::Container(ContainerInfo {
             log: e.layout.log(&container).display().to_string(),
             previous_log: e.layout.previous_log(&container).display().to_string(),
-            host_pid: run.and_then(|r| r.host_pid),
+            // Entered by the host's root (`exec`): only a process of the pod, in a run whose
+            // confinement is known.
+            host_pid: run
+                .filter(|r| r.sealed.is_none())
+                .and_then(|r| r.host_pid)
+                .filter(|pid| e.record.init_pid.is_some_and(|init| sandbox::in_pod(init, *pid))),
             env: plan.map(|p| p.env.clone()).unwrap_or_default(),
             cwd: plan.map(|p| p.cwd.clone()).unwrap_or_else(|| "/".into()),
             uid: run.map_or(0, |r| r.uid),

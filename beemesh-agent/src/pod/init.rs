@@ -14,6 +14,7 @@ use std::ffi::CString;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Component, Path, PathBuf};
 
@@ -798,9 +799,6 @@ fn exec_in(
     }
     let last_cap = process::last_capability();
     let filters = security::compile_seccomp(sec, last_cap).map_err(|e| e.to_string())?;
-    for cg in cgroups {
-        std::fs::write(cg.join("cgroup.procs"), "0").map_err(|e| format!("join {}: {e}", cg.display()))?;
-    }
     let open = |ns: &str| {
         std::fs::File::open(format!("/proc/{target}/ns/{ns}"))
             .map_err(|e| format!("container process {target}: {e}"))
@@ -814,6 +812,18 @@ fn exec_in(
         // Last: once inside the pod's user namespace, the others are out of reach.
         (open("user")?, CloneFlags::CLONE_NEWUSER),
     ];
+    // The pid was checked by the agent, but may have been reused since: never enter a
+    // process of the host's own user namespace (that is no container).
+    let id = |f: &std::fs::File| f.metadata().map(|m| (m.dev(), m.ino()));
+    let own = std::fs::File::open("/proc/self/ns/user").and_then(|f| id(&f));
+    match (id(&namespaces[5].0), own) {
+        (Ok(target_ns), Ok(own)) if target_ns != own => {}
+        (Ok(_), Ok(_)) => return Err(format!("process {target} is not in a container")),
+        (Err(e), _) | (_, Err(e)) => return Err(format!("user namespace: {e}")),
+    }
+    for cg in cgroups {
+        std::fs::write(cg.join("cgroup.procs"), "0").map_err(|e| format!("join {}: {e}", cg.display()))?;
+    }
     for (fd, kind) in &namespaces {
         nix::sched::setns(fd, *kind).map_err(|e| format!("enter {kind:?}: {e}"))?;
     }

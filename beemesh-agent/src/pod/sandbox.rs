@@ -661,6 +661,11 @@ impl Limits {
             .is_ok_and(|s| s.lines().any(|l| l.strip_prefix("oom_kill ").is_some_and(|n| n.trim() != "0")))
     }
 
+    /// The cgroup directories of a container (as `prepare` makes them), not touched.
+    pub fn dirs(&self, workload: &str, container: &str) -> Vec<PathBuf> {
+        self.bases.iter().map(|(_, b)| b.join(workload).join(container)).collect()
+    }
+
     /// Removes the pod's cgroups (its processes are gone).
     pub fn remove(&self, workload: &str) {
         for (_, base) in &self.bases {
@@ -703,6 +708,18 @@ pub fn spawn_init(
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             Err(SandboxError::Init(log.lines().last().unwrap_or("exited without a pid").to_owned()))
         }
+    }
+}
+
+/// Whether host process `pid` is a process of the pod whose init is `init_pid`: it lives in
+/// the pod's user namespace (every process of the pod does, no host process does). The
+/// agent checks this before anything of the host's root enters a pid it was told about.
+pub fn in_pod(init_pid: u32, pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ns = |p: &str| std::fs::metadata(format!("/proc/{p}/ns/user")).map(|m| (m.dev(), m.ino()));
+    match (ns(&init_pid.to_string()), ns(&pid.to_string()), ns("self")) {
+        (Ok(pod), Ok(of_pid), Ok(host)) => pod == of_pid && pod != host,
+        _ => false,
     }
 }
 
