@@ -376,6 +376,11 @@ pub fn open_host_path(
     security::check_host_path(&resolved, rules)?;
     let shown = resolved.display();
     let kind = kind.unwrap_or("");
+    let known =
+        ["", "Directory", "DirectoryOrCreate", "File", "FileOrCreate", "Socket", "CharDevice", "BlockDevice"];
+    if !known.contains(&kind) {
+        return Err(format!("unknown hostPath type {kind:?}"));
+    }
     let root: OwnedFd = std::fs::File::open("/").map_err(|e| format!("open /: {e}"))?.into();
     let rel = resolved.strip_prefix("/").unwrap_or(&resolved);
     let how = OpenHow::new().flags(OFlag::O_PATH | OFlag::O_CLOEXEC).resolve(
@@ -409,7 +414,7 @@ fn check_kind(meta: &std::fs::Metadata, kind: &str) -> Result<(), String> {
         "Socket" => (t.is_socket(), "socket"),
         "CharDevice" => (t.is_char_device(), "character device"),
         "BlockDevice" => (t.is_block_device(), "block device"),
-        other => return Err(format!("known hostPath type (not {other:?})")),
+        _ => (false, "known hostPath type"),
     };
     if ok {
         Ok(())
@@ -797,6 +802,8 @@ mod tests {
         open_host_path(&at(&tmp.path().join("f")), Some("FileOrCreate"), &no_rules()).expect("created");
         assert!(tmp.path().join("f").is_file());
         assert!(open_host_path(&at(&tmp.path().join("missing")), None, &no_rules()).is_err());
+        let e = open_host_path(&at(tmp.path()), Some("Dir"), &no_rules()).expect_err("unknown type");
+        assert_eq!(e, "unknown hostPath type \"Dir\"");
         // A link is resolved and the real place checked: a protected directory stays out of
         // reach, and nothing is created in it.
         let protected = tmp.path().join("agent-state");
