@@ -32,6 +32,60 @@ pub fn fsetxattr(fd: &impl AsFd, name: &str, value: &[u8]) -> std::io::Result<()
     }
 }
 
+/// Most descriptors one message carries ([`recv_with_fds`]).
+pub const MAX_FDS: usize = 64;
+
+/// Sends `data` on the connected Unix socket `sock` with `fds` attached (SCM_RIGHTS) to its
+/// first byte; returns how many bytes went (the caller writes the rest plainly).
+pub fn send_with_fds(
+    sock: &impl AsFd,
+    data: &[u8],
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> std::io::Result<usize> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    if fds.len() > MAX_FDS {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("more than {MAX_FDS} descriptors"),
+        ));
+    }
+    let raw: Vec<std::os::fd::RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let cmsgs = if raw.is_empty() { Vec::new() } else { vec![ControlMessage::ScmRights(&raw)] };
+    let iov = [std::io::IoSlice::new(data)];
+    sendmsg::<UnixAddr>(sock.as_fd().as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None)
+        .map_err(std::io::Error::from)
+}
+
+/// Reads from the Unix socket `sock` into `buf`; descriptors that came with the bytes
+/// (close-on-exec) are appended to `fds`. Returns the byte count (0: end of stream).
+pub fn recv_with_fds(
+    sock: &impl AsFd,
+    buf: &mut [u8],
+    fds: &mut Vec<std::os::fd::OwnedFd>,
+) -> std::io::Result<usize> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
+    use std::os::fd::FromRawFd;
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; MAX_FDS]);
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg =
+        recvmsg::<UnixAddr>(sock.as_fd().as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(std::io::Error::from)?;
+    let n = msg.bytes;
+    for c in msg.cmsgs().map_err(std::io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(received) = c {
+            for fd in received {
+                // SAFETY: the kernel installed these descriptors in this process for this
+                // message; nothing else knows or owns them.
+                fds.push(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+        return Err(std::io::Error::other("descriptors were cut off (too many in one message)"));
+    }
+    Ok(n)
+}
+
 /// Makes `cmd` join the cgroup2 directory `cgroup` between fork and exec, so that the program
 /// (slirp4netns) creates every socket inside it: a socket keeps the cgroup it was created in,
 /// and moving the process later would let its first sockets escape policy.

@@ -1198,3 +1198,156 @@ fn privileged_and_protected_host_paths_are_refused_at_apply() -> Result<()> {
     assert!(cap_eff(&out) & (1 << 21) != 0, "CAP_SYS_ADMIN held: {out}");
     Ok(())
 }
+
+/// The `(mount point, options)` lines a container printed from its /proc/self/mountinfo.
+fn mount_options(out: &str, at: &str) -> Option<String> {
+    out.lines().find_map(|l| l.strip_prefix(&format!("MNT {at} ")).map(str::to_owned))
+}
+
+#[test]
+fn host_paths_are_checked_at_every_start_and_mounted_from_the_agents_descriptors() -> Result<()> {
+    let agent = Agent::start("podhostfd", &[])?;
+    agent.import_busybox("busybox:1")?;
+    use std::os::unix::fs::PermissionsExt;
+    // A directory the pod may write (it plants a link there), and data below a directory
+    // only the host's root may enter: the pod's ids could not reach it by path.
+    let writable = agent.dir.path().join("writable");
+    std::fs::create_dir(&writable)?;
+    std::fs::set_permissions(&writable, std::fs::Permissions::from_mode(0o777))?;
+    let private = agent.dir.path().join("private");
+    std::fs::create_dir_all(private.join("data"))?;
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::write(private.join("data/hello"), "behind a 0700 directory")?;
+    let state = agent.state_dir();
+    // `sneaky` resolves to nothing at apply (writable/d does not exist); the init container
+    // then makes writable/d a link to the agent's state directory.
+    agent.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: hostfd}}
+spec:
+  volumes:
+  - {{name: w, hostPath: {{path: {w}, type: Directory}}}}
+  - {{name: p, hostPath: {{path: {p}, type: Directory}}}}
+  - {{name: sneaky, hostPath: {{path: {w}/d/pods}}}}
+  - {{name: scratch, emptyDir: {{}}}}
+  initContainers:
+  - name: plant
+    image: busybox:1
+    command: [sh, -c]
+    args:
+    - >-
+      cat /p/hello; echo;
+      awk '$5=="/w"||$5=="/p"||$5=="/scratch" {{print "MNT", $5, $6}}' /proc/self/mountinfo;
+      ln -s {state} /w/d && echo planted
+    volumeMounts:
+    - {{name: w, mountPath: /w}}
+    - {{name: p, mountPath: /p, readOnly: true}}
+    - {{name: scratch, mountPath: /scratch}}
+  containers:
+  - name: main
+    image: busybox:1
+    command: [sh, -c, "ls /sneaky; sleep 1000"]
+    volumeMounts: [{{name: sneaky, mountPath: /sneaky}}]
+"#,
+        w = writable.display(),
+        p = private.join("data").display(),
+        state = state.display(),
+    ))?;
+    let waiting =
+        || agent.pod("hostfd").ok().map(|p| p["status"]["containerStatuses"][0]["state"]["waiting"].clone());
+    assert!(
+        eventually(T, || waiting().is_some_and(|w| w["reason"] == "CreateContainerConfigError")),
+        "{:?}\n{}",
+        agent.pod("hostfd").ok(),
+        logs(&agent, "hostfd", "plant")
+    );
+    let out = logs(&agent, "hostfd", "plant");
+    assert!(out.contains("planted"), "{out}");
+    // The link is resolved at the start and the real place refused.
+    let message = waiting().map(|w| w["message"].to_string()).unwrap_or_default();
+    assert!(message.contains("would expose the agent's own directory"), "{message}");
+    // The agent opened the data below the 0700 directory and handed the mount over.
+    assert!(out.contains("behind a 0700 directory"), "{out}");
+    // hostPath and emptyDir mounts are nosuid and nodev; a read-only hostPath is read-only.
+    for at in ["/w", "/p", "/scratch"] {
+        let opts = mount_options(&out, at).unwrap_or_else(|| panic!("no mount at {at}: {out}"));
+        let opts: Vec<&str> = opts.split(',').collect();
+        assert!(opts.contains(&"nosuid") && opts.contains(&"nodev"), "{at}: {opts:?}");
+        assert_eq!(opts.contains(&"ro"), at == "/p", "{at}: {opts:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_container_cannot_stop_its_pod_by_signalling_init() -> Result<()> {
+    let agent = Agent::start("podsiginit", &[])?;
+    agent.import_busybox("busybox:1")?;
+    // With a shared pid namespace, init is PID 1 for the containers: the init container
+    // (root, same ids as init) signals it and ends; the app container is started only by an
+    // init that is still there.
+    agent.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: siginit}
+spec:
+  shareProcessNamespace: true
+  initContainers:
+  - {name: signal, image: busybox:1, command: [sh, -c, "kill -TERM 1 && kill -INT 1 && kill -HUP 1 && echo signalled"]}
+  containers:
+  - {name: app, image: busybox:1, command: [sleep, "1000"]}
+"#,
+    )?;
+    agent.wait_ready("siginit", T)?;
+    assert!(logs(&agent, "siginit", "signal").contains("signalled"), "{}", logs(&agent, "siginit", "signal"));
+    let (ok, out, err) = agent.run_cli(&["exec", "siginit", "--", "ps", "-o", "pid,args"], None)?;
+    assert!(ok && out.contains("pod-init"), "{out} {err}");
+    Ok(())
+}
+
+#[test]
+fn an_adopted_container_is_entered_only_as_the_manifest_says() -> Result<()> {
+    use std::io::{BufRead, Write};
+    let mut agent = Agent::start("podadoptlie", &[])?;
+    agent.import_busybox("busybox:1")?;
+    agent.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: lie}\nspec:\n  containers:\n  - {name: c, image: busybox:1, command: [sleep, '1000']}\n",
+    )?;
+    agent.wait_ready("lie", T)?;
+    let pod_dir = agent.state_dir().join("pods").join(agent.pod_workload("lie")?);
+    agent.crash()?;
+    // While the agent is away, something answers on init.sock in init's place and replays a
+    // container run by a host process, in a cgroup of its choosing, unconfined.
+    std::fs::rename(pod_dir.join("init.sock"), pod_dir.join("init.sock.real"))?;
+    let listener = std::os::unix::net::UnixListener::bind(pod_dir.join("init.sock"))?;
+    let mut host = std::process::Command::new("sleep").arg("1000").spawn()?;
+    let bogus = agent.dir.path().join("bogus-cgroup");
+    std::fs::create_dir(&bogus)?;
+    std::fs::write(bogus.join("cgroup.procs"), "")?;
+    let replay = format!(
+        "{}\n{}\n",
+        serde_json::json!({"event": "started", "name": "c", "run": 7, "pid": 1, "host_pid": host.id(),
+            "uid": 0, "gid": 0, "cgroups": [bogus], "security": null}),
+        serde_json::json!({"event": "replayed"}),
+    );
+    let fake = std::thread::spawn(move || -> Result<()> {
+        let (mut conn, _) = listener.accept()?;
+        conn.write_all(replay.as_bytes())?;
+        // Hold the connection until the agent goes.
+        for _ in std::io::BufReader::new(conn).lines() {}
+        Ok(())
+    });
+    agent.spawn()?;
+    agent.wait_ready("lie", T)?;
+    let (ok, out, err) = agent.run_cli(&["exec", "lie", "--", "cat", "/proc/1/cmdline"], None)?;
+    let _ = host.kill();
+    let _ = host.wait();
+    assert_eq!(std::fs::read_to_string(bogus.join("cgroup.procs"))?, "", "joined the replayed cgroup");
+    assert!(!ok, "entered a host process as the container: {out}");
+    assert!(err.contains("not running"), "{err}");
+    assert!(agent.stop()?, "{}", agent.log());
+    let _ = fake.join();
+    Ok(())
+}

@@ -117,7 +117,17 @@ struct Run {
     gid: u32,
     /// What the run is confined with; processes entering it (exec, probes) get the same.
     security: proto::SecuritySpec,
+    /// Why no process may enter the run (exec, exec probes), if none may: an adopted run
+    /// whose confinement cannot be rebuilt from the manifest.
+    sealed: Option<String>,
     probes: Vec<AbortHandle>,
+}
+
+/// A running container of an earlier agent, as the manifest says it runs (`adopted_run`).
+struct Adopted {
+    plan: Option<(ContainerPlan, String)>,
+    cgroups: Vec<PathBuf>,
+    security: Result<proto::SecuritySpec, String>,
 }
 
 pub(super) struct PodEntry {
@@ -127,7 +137,7 @@ pub(super) struct PodEntry {
     layout: Layout,
     runs: BTreeMap<String, Run>,
     sandbox: Sandbox,
-    cmds: Option<mpsc::Sender<proto::Command>>,
+    cmds: Option<mpsc::Sender<proto::Message>>,
     slirp: Option<Slirp>,
     net_cgroup: Option<u64>,
     deleting: bool,
@@ -680,8 +690,9 @@ impl Agent {
                     if !ok && !entry.deleting {
                         info!(pod = %workload, container = %container, "liveness probe failed: restarting");
                         if let Some(cmds) = &entry.cmds {
-                            let _ = cmds
-                                .try_send(proto::Command::Signal { name: container, signal: libc::SIGKILL });
+                            let _ = cmds.try_send(
+                                proto::Command::Signal { name: container, signal: libc::SIGKILL }.into(),
+                            );
                         }
                     }
                 } else {
@@ -719,12 +730,12 @@ impl Agent {
         let name = event.container().to_owned();
         let r = entry.runs.entry(name.clone()).or_default();
         match event {
-            proto::Event::Started {
-                run, host_pid, uid: run_uid, gid: run_gid, cgroups, security, ..
-            } if run >= r.run => {
-                if run > r.run {
-                    // A run this agent did not start (it restarted): adopt it as it runs,
-                    // with the user and cgroups init reports.
+            proto::Event::Started { run, host_pid, uid: run_uid, gid: run_gid, .. } if run >= r.run => {
+                if let (true, Some(adopted)) = (run > r.run, adopted) {
+                    // A run this agent did not start (it restarted): adopt it as it runs.
+                    // Init is a process of the pod: its user (ids inside the pod) is taken,
+                    // but the cgroups and confinement that the host's root applies to a
+                    // process entering the container are the manifest's, never init's.
                     r.run = run;
                     // A run an earlier agent started was counted then.
                     if entry.record.containers.get(&name).is_some_and(|c| run <= c.run) {
@@ -733,10 +744,15 @@ impl Agent {
                         entry.life.started(&name, now);
                     }
                     (r.uid, r.gid) = (run_uid, run_gid);
-                    r.cgroups = cgroups;
-                    // An init from before security contexts reports none: what it applied.
-                    r.security = security.unwrap_or_default();
-                    if let Some((plan, image_id)) = adopted {
+                    r.cgroups = adopted.cgroups;
+                    match adopted.security {
+                        Ok(security) => (r.security, r.sealed) = (security, None),
+                        Err(e) => {
+                            warn!(pod = %workload, container = %name, error = %e, "adopted container cannot be entered");
+                            r.sealed = Some(e);
+                        }
+                    }
+                    if let Some((plan, image_id)) = adopted.plan {
                         r.plan = Some(plan);
                         r.image_id = image_id;
                     }
@@ -750,7 +766,17 @@ impl Agent {
                     .is_some_and(|c| c.readiness_probe.is_some());
                 r.ready = readiness.is_none() && !declared;
                 let init_pid = entry.record.init_pid.unwrap_or_default();
-                for (plan, liveness) in [(readiness, false), (liveness, true)] {
+                // Probes enter the container as the host's root: only a process of the pod.
+                let enterable = r.sealed.is_none() && sandbox::in_pod(init_pid, host_pid);
+                if !enterable {
+                    debug!(pod = %workload, container = %name, host_pid, "not probing: not a process of the pod");
+                }
+                let probes = if enterable {
+                    [(readiness, false), (liveness, true)]
+                } else {
+                    [(None, false), (None, true)]
+                };
+                for (plan, liveness) in probes {
                     let Some(plan) = plan else { continue };
                     let target = probe::Target {
                         init_pid,
@@ -805,17 +831,30 @@ impl Agent {
         }
     }
 
-    /// What an agent that did not start a running container needs to manage it (probes,
-    /// env), rebuilt from the manifest: its plan and image id.
-    fn adopted_run(&self, workload: &str, name: &str, run: u64) -> Option<(ContainerPlan, String)> {
+    /// What an agent that did not start a running container needs to manage it, rebuilt
+    /// from the manifest: its cgroups and confinement (what a process entering it gets), its
+    /// plan and image id (probes, env) if the image still resolves.
+    fn adopted_run(&self, workload: &str, name: &str, run: u64) -> Option<Adopted> {
         let entry = self.pods.entries.get(workload)?;
         if entry.runs.get(name).is_some_and(|r| r.run >= run) {
             return None;
         }
         let container = find_container(&entry.record.manifest, name)?;
-        let image = self.pods.images.resolve(container.image.as_deref().unwrap_or_default()).ok()?;
-        let plan = spec::plan_container(&entry.record.manifest, name, &image.config, &self.pods).ok()?;
-        Some((plan, image.id))
+        let pod_sc = entry.record.manifest.spec.as_ref().and_then(|s| s.security_context.as_ref());
+        let security = crate::pod::security::spec_for(
+            &crate::pod::security::plan(pod_sc, container),
+            &self.cfg.seccomp_profile_dir,
+        )
+        .map_err(|e| e.to_string());
+        let mut cgroups = self.pods.limits.dirs(workload, name);
+        cgroups.push(self.cgroups.path(workload).join("pod").join(name));
+        let plan =
+            self.pods.images.resolve(container.image.as_deref().unwrap_or_default()).ok().and_then(|image| {
+                let plan =
+                    spec::plan_container(&entry.record.manifest, name, &image.config, &self.pods).ok()?;
+                Some((plan, image.id))
+            });
+        Some(Adopted { plan, cgroups, security })
     }
 
     /// Issues the pod's X.509 SVID for its identity and writes it where its containers see it.
@@ -940,7 +979,7 @@ impl Agent {
 
     fn signal_container(&self, key: &str, name: &str, signal: i32) {
         if let Some(cmds) = self.pods.entries.get(key).and_then(|e| e.cmds.as_ref()) {
-            let _ = cmds.try_send(proto::Command::Signal { name: name.to_owned(), signal });
+            let _ = cmds.try_send(proto::Command::Signal { name: name.to_owned(), signal }.into());
         }
     }
 
@@ -995,16 +1034,17 @@ impl Agent {
         if let Err(e) = sandbox::give_to_pod(&[leaf.join("cgroup.procs"), leaf.join("cgroup.kill")], ids) {
             return fail(self, "CreateContainerError", e.to_string());
         }
+        let rules = self.security_rules();
         let Some(entry) = self.pods.entries.get_mut(key) else { return };
         let run_no = entry.runs.get(name).map_or(0, |r| r.run) + 1;
         entry.layout.rotate_log(name);
-        let spec = match entry.layout.container_spec(
+        let (spec, trees) = match entry.layout.container_spec(
             &entry.plan,
             &plan,
             run_no,
             rootfs.root(),
             (cgroups.clone(), leaf.clone()),
-            &self.cfg.seccomp_profile_dir,
+            &rules,
         ) {
             Ok(s) => s,
             Err(e) => return fail(self, "CreateContainerConfigError", e.to_string()),
@@ -1015,8 +1055,8 @@ impl Agent {
         }
         let user = (spec.uid, spec.gid);
         let security = spec.security.clone();
-        let sent =
-            entry.cmds.as_ref().is_some_and(|c| c.try_send(proto::Command::Start(Box::new(spec))).is_ok());
+        let start = proto::Message { command: proto::Command::Start(Box::new(spec)), fds: trees };
+        let sent = entry.cmds.as_ref().is_some_and(|c| c.try_send(start).is_ok());
         if !sent {
             return fail(self, "ContainerCreating", "the pod's init is not reachable".into());
         }
@@ -1027,6 +1067,7 @@ impl Agent {
         r.cgroups.push(leaf);
         (r.uid, r.gid) = user;
         r.security = security;
+        r.sealed = None;
         r.message = None;
         r.image_id = image.id.clone();
         entry.life.started(name, now);
@@ -1238,7 +1279,12 @@ impl Agent {
         Ok(Response::Container(ContainerInfo {
             log: e.layout.log(&container).display().to_string(),
             previous_log: e.layout.previous_log(&container).display().to_string(),
-            host_pid: run.and_then(|r| r.host_pid),
+            // Entered by the host's root (`exec`): only a process of the pod, in a run whose
+            // confinement is known.
+            host_pid: run
+                .filter(|r| r.sealed.is_none())
+                .and_then(|r| r.host_pid)
+                .filter(|pid| e.record.init_pid.is_some_and(|init| sandbox::in_pod(init, *pid))),
             env: plan.map(|p| p.env.clone()).unwrap_or_default(),
             cwd: plan.map(|p| p.cwd.clone()).unwrap_or_else(|| "/".into()),
             uid: run.map_or(0, |r| r.uid),
@@ -1311,7 +1357,7 @@ fn stop_entry(entry: &mut PodEntry) -> Option<u32> {
         }
     }
     if let Some(cmds) = entry.cmds.take() {
-        let _ = cmds.try_send(proto::Command::Shutdown);
+        let _ = cmds.try_send(proto::Command::Shutdown.into());
     }
     let mut unreaped = None;
     if let Some(pid) = entry.record.init_pid {
@@ -1355,7 +1401,7 @@ async fn init_connection(
     socket: PathBuf,
     (workload, uid): (String, String),
     tx: mpsc::Sender<PodMsg>,
-    mut cmds: mpsc::Receiver<proto::Command>,
+    mut cmds: mpsc::Receiver<proto::Message>,
 ) {
     let mut stream = None;
     for _ in 0..100 {
@@ -1382,10 +1428,20 @@ async fn init_connection(
                     _ => break,
                 },
                 cmd = cmds.recv() => {
-                    let Some(cmd) = cmd else { break };
-                    let mut line = serde_json::to_vec(&cmd).expect("commands always serialise");
+                    let Some(proto::Message { command, fds }) = cmd else { break };
+                    let mut line = serde_json::to_vec(&command).expect("commands always serialise");
                     line.push(b'\n');
-                    if write.write_all(&line).await.is_err() {
+                    // A start's mounts go with its line's first bytes (SCM_RIGHTS).
+                    let sent = if fds.is_empty() { 0 } else {
+                        match send_with_fds(write.as_ref(), &line, &fds).await {
+                            Ok(n) => n,
+                            Err(e) => {
+                                warn!(pod = %workload, error = %e, "cannot send to pod init");
+                                break;
+                            }
+                        }
+                    };
+                    if write.write_all(&line[sent..]).await.is_err() {
                         break;
                     }
                 }
@@ -1393,6 +1449,23 @@ async fn init_connection(
         }
     }
     let _ = tx.send(PodMsg::InitGone { workload, uid }).await;
+}
+
+/// Sends `data` with `fds` attached on the init connection; returns how many bytes went.
+async fn send_with_fds(
+    stream: &tokio::net::UnixStream,
+    data: &[u8],
+    fds: &[std::os::fd::OwnedFd],
+) -> std::io::Result<usize> {
+    use std::os::fd::AsFd;
+    let fds: Vec<std::os::fd::BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+    loop {
+        stream.writable().await?;
+        match stream.try_io(tokio::io::Interest::WRITABLE, || crate::sys::send_with_fds(stream, data, &fds)) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
 }
 
 fn pod_ready(e: &PodEntry) -> bool {

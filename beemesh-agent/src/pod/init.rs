@@ -14,6 +14,7 @@ use std::ffi::CString;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Component, Path, PathBuf};
 
@@ -161,6 +162,7 @@ fn inner(hostname: &str, listener: UnixListener, go: OwnedFd, ready: OwnedFd) ->
         buf: Vec::new(),
         containers: BTreeMap::new(),
         pids: HashMap::new(),
+        fds: Default::default(),
     }
     .run()
 }
@@ -185,6 +187,8 @@ struct Init {
     pids: HashMap<Pid, String>,
     /// The pod's pid namespace (init's own).
     pid_ns: std::fs::File,
+    /// Descriptors received with commands, in order, until a `start` takes its mounts.
+    fds: std::collections::VecDeque<OwnedFd>,
 }
 
 impl Init {
@@ -223,7 +227,7 @@ impl Init {
     fn on_signals(&mut self) -> bool {
         let mut exit = false;
         while let Ok(Some(info)) = self.signals.read_signal() {
-            if info.ssi_signo as i32 != Signal::SIGCHLD as i32 {
+            if info.ssi_signo as i32 != Signal::SIGCHLD as i32 && stop_signal_from_outside(info.ssi_pid) {
                 exit = true;
             }
         }
@@ -264,6 +268,7 @@ impl Init {
             }
             self.client = Some(stream);
             self.buf.clear();
+            self.fds.clear();
             let replay: Vec<Event> = self.containers.values().map(|k| k.last.clone()).collect();
             for e in replay {
                 self.send(&e);
@@ -276,17 +281,27 @@ impl Init {
     fn on_client(&mut self) -> bool {
         let Some(stream) = self.client.as_mut() else { return false };
         let mut chunk = [0u8; 64 * 1024];
-        match stream.read(&mut chunk) {
+        let mut fds = Vec::new();
+        match crate::sys::recv_with_fds(stream, &mut chunk, &mut fds) {
             Ok(0) | Err(_) => {
                 self.client = None;
                 return false;
             }
             Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
         }
+        self.fds.extend(fds);
+        if self.fds.len() > 4 * crate::sys::MAX_FDS {
+            self.client = None;
+            return false;
+        }
         while let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.buf.drain(..=end).collect();
             match serde_json::from_slice::<super::proto::Command>(&line) {
-                Ok(super::proto::Command::Start(spec)) => self.start(*spec),
+                Ok(super::proto::Command::Start(spec)) => {
+                    let wanted = spec.mounts.iter().filter(|m| m.from_fd).count();
+                    let trees: Vec<OwnedFd> = (0..wanted).filter_map(|_| self.fds.pop_front()).collect();
+                    self.start(*spec, trees)
+                }
                 Ok(super::proto::Command::Signal { name, signal }) => {
                     if let Some(k) = self.containers.get(&name) {
                         if let Some(pid) = k.pid {
@@ -330,15 +345,22 @@ impl Init {
         }
     }
 
-    fn start(&mut self, spec: ContainerSpec) {
+    fn start(&mut self, spec: ContainerSpec, trees: Vec<OwnedFd>) {
         let name = spec.name.clone();
         let run = spec.run;
-        if self.containers.get(&name).is_some_and(|k| k.pid.is_some()) {
-            let event = Event::StartFailed { name, run, message: "the container is already running".into() };
+        let failed = if self.containers.get(&name).is_some_and(|k| k.pid.is_some()) {
+            Some("the container is already running")
+        } else if trees.len() != spec.mounts.iter().filter(|m| m.from_fd).count() {
+            Some("the agent's mounts for the container did not arrive")
+        } else {
+            None
+        };
+        if let Some(message) = failed {
+            let event = Event::StartFailed { name, run, message: message.into() };
             self.send(&event);
             return;
         }
-        let event = match spawn(&spec, &self.pid_ns) {
+        let event = match spawn(&spec, trees, &self.pid_ns) {
             Ok((pid, host_pid)) => {
                 self.pids.insert(pid, name.clone());
                 Event::Started {
@@ -363,11 +385,19 @@ impl Init {
     }
 }
 
+/// Whether a SIGTERM, SIGINT or SIGHUP sent by `sender_pid` (as init sees it) stops the pod.
+/// The kernel queues them to init even from inside its pid namespace (a root container with
+/// `shareProcessNamespace: true` can `kill -TERM 1`); only signals from outside, where the
+/// agent and the host are, read as pid 0 and count.
+fn stop_signal_from_outside(sender_pid: u32) -> bool {
+    sender_pid == 0
+}
+
 /// Forks the container; returns its pid (in the pod and on the host) once its program was
 /// executed, or the reason it could not be. Unless the pod shares one pid namespace, the
 /// container gets its own, its main process as PID 1 (`pod_ns` is init's own, restored for
 /// init's later children).
-fn spawn(spec: &ContainerSpec, pod_ns: &std::fs::File) -> Result<(Pid, u32), String> {
+fn spawn(spec: &ContainerSpec, trees: Vec<OwnedFd>, pod_ns: &std::fs::File) -> Result<(Pid, u32), String> {
     let (report_r, report_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     if !spec.share_process_namespace {
@@ -387,7 +417,7 @@ fn spawn(spec: &ContainerSpec, pod_ns: &std::fs::File) -> Result<(Pid, u32), Str
         Forked::Child => {
             drop(report_r);
             let mut report = std::fs::File::from(report_w);
-            let e = exec_container(spec, &mut report);
+            let e = exec_container(spec, trees, &mut report);
             let _ = write!(report, "E{e}");
             process::exit_now(127)
         }
@@ -413,12 +443,12 @@ fn spawn(spec: &ContainerSpec, pod_ns: &std::fs::File) -> Result<(Pid, u32), Str
 }
 
 /// In the forked child: sets the container up and execs its program. Returns only on error.
-fn exec_container(spec: &ContainerSpec, report: &mut std::fs::File) -> String {
+fn exec_container(spec: &ContainerSpec, trees: Vec<OwnedFd>, report: &mut std::fs::File) -> String {
     let step = |what: &str| {
         let what = what.to_owned();
         move |e: io::Error| format!("{what}: {e}")
     };
-    let mut run = || -> Result<std::convert::Infallible, String> {
+    let run = || -> Result<std::convert::Infallible, String> {
         // The host's procfs still answers here: /proc/self is our pid on the host.
         let host_pid = std::fs::read_link("/proc/self").map_err(step("read /proc/self"))?;
         write!(report, "P{}", host_pid.display()).map_err(step("report"))?;
@@ -435,7 +465,7 @@ fn exec_container(spec: &ContainerSpec, report: &mut std::fs::File) -> String {
         // The bounding set first (it needs CAP_SETPCAP, gone once a non-root user is set at
         // the end); the capabilities in effect for the mounts stay until exec.
         security::restrict_capabilities(&spec.security, last_cap).map_err(step("drop capabilities"))?;
-        enter_root(spec)?;
+        enter_root(spec, trees)?;
         // Groups, user, no_new_privs, then the seccomp filter: the last steps before exec.
         security::confine(spec.uid, spec.gid, &spec.security, &filters, || Ok(()))?;
         let env: Vec<CString> = spec.env.iter().filter_map(|e| CString::new(e.as_bytes()).ok()).collect();
@@ -467,8 +497,11 @@ fn stdio(log: &Path) -> io::Result<()> {
 }
 
 /// Mounts /proc, /sys, /dev and the bind mounts into the container's root, pivots into it
-/// and changes to its working directory (and makes the root read-only if asked).
-fn enter_root(spec: &ContainerSpec) -> Result<(), String> {
+/// and changes to its working directory (and makes the root read-only if asked). Every
+/// place inside the root is reached from a descriptor of the root ([`open_in_root`]) and
+/// mounted on through that descriptor; `trees` are the agent's mounts for the `from_fd`
+/// bind mounts, in order.
+fn enter_root(spec: &ContainerSpec, trees: Vec<OwnedFd>) -> Result<(), String> {
     let m = |what: &str| {
         let what = what.to_owned();
         move |e: nix::errno::Errno| format!("{what}: {e}")
@@ -479,10 +512,16 @@ fn enter_root(spec: &ContainerSpec) -> Result<(), String> {
     // A bind of the root onto itself is a mount this namespace owns: pivot_root refuses
     // mounts copied (locked) from the agent's namespace.
     mount(Some(root), root, none, MsFlags::MS_BIND | MsFlags::MS_REC, none).map_err(m("bind the root"))?;
-    let dir = |p: &str| resolve_in_root(root, p, true).map_err(|e| format!("create {p}: {e}"));
+    // Opened after the bind: the descriptor is the new mount's root, where everything below
+    // gets mounted.
+    let root_fd = open_dir(root).map_err(|e| format!("open the root: {e}"))?;
+    // A directory inside the root, created if missing; opened again after a mount on it to
+    // get the mounted file system's root.
+    let dir = |p: &str| open_in_root(&root_fd, p, Missing::Dir).map_err(|e| format!("create {p}: {e}"));
     let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let proc_dir = dir("/proc")?;
-    mount(Some("proc"), &proc_dir, Some("proc"), nodev, none).map_err(m("mount /proc"))?;
+    mount(Some("proc"), &fd_path(&dir("/proc")?), Some("proc"), nodev, none).map_err(m("mount /proc"))?;
+    let proc_fd = dir("/proc")?;
+    let proc_dir = fd_path(&proc_fd);
     // As runc does: kernel knobs read-only, kernel memory and timers hidden (not for a
     // privileged container).
     let shielded =
@@ -509,25 +548,27 @@ fn enter_root(spec: &ContainerSpec) -> Result<(), String> {
         }
     }
     let sys_flags = if spec.security.privileged { nodev } else { nodev | MsFlags::MS_RDONLY };
-    mount(Some("sysfs"), &dir("/sys")?, Some("sysfs"), sys_flags, none).map_err(m("mount /sys"))?;
+    mount(Some("sysfs"), &fd_path(&dir("/sys")?), Some("sysfs"), sys_flags, none).map_err(m("mount /sys"))?;
     // Directories runc hides: an empty read-only tmpfs over each.
-    let sys_dir = dir("/sys")?;
+    let sys_fd = dir("/sys")?;
     let hidden = ["acpi", "asound", "scsi"].map(|d| proc_dir.join(d));
-    for p in hidden.iter().chain([&sys_dir.join("firmware")]) {
+    for p in hidden.iter().chain([&fd_path(&sys_fd).join("firmware")]) {
         if p.is_dir() && !spec.security.privileged {
             mount(Some("tmpfs"), p, Some("tmpfs"), nodev | MsFlags::MS_RDONLY, none)
                 .map_err(m(&format!("mask {}", p.display())))?;
         }
     }
-    let dev = dir("/dev")?;
     mount(
         Some("tmpfs"),
-        &dev,
+        &fd_path(&dir("/dev")?),
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         Some("mode=755,size=65536k"),
     )
     .map_err(m("mount /dev"))?;
+    // The fresh tmpfs is this namespace's alone: paths below its descriptor are stable.
+    let dev_fd = dir("/dev")?;
+    let dev = fd_path(&dev_fd);
     for node in ["null", "zero", "full", "random", "urandom", "tty"] {
         let target = dev.join(node);
         std::fs::File::create(&target).map_err(|e| format!("create /dev/{node}: {e}"))?;
@@ -557,35 +598,42 @@ fn enter_root(spec: &ContainerSpec) -> Result<(), String> {
     ] {
         std::os::unix::fs::symlink(to, dev.join(link)).map_err(|e| format!("link /dev/{link}: {e}"))?;
     }
+    let mut trees = trees.into_iter();
     for b in &spec.mounts {
-        // A subPath is opened with every link resolved inside the volume (a container that
-        // writes the volume cannot point it at the host), and mounted through its fd.
-        let held = match &b.sub_path {
-            None => None,
-            Some(sub) => Some(open_beneath(&b.source, sub).map_err(|e| format!("subPath {sub}: {e}"))?),
+        let shown = format!("bind {} at {}", b.source.display(), b.target);
+        // Every bind is a detached copy made nosuid,nodev (read-only if asked) before it is
+        // attached: the agent's for hostPaths, made here from the pod directory otherwise (a
+        // subPath opened with every link resolved inside the volume, so a container that
+        // writes the volume cannot point it at the host).
+        let tree = if b.from_fd {
+            trees.next().ok_or_else(|| format!("{shown}: the agent's mount is missing"))?
+        } else {
+            let source = match &b.sub_path {
+                None => open_path(&b.source),
+                Some(sub) => open_dir(&b.source).and_then(|base| super::sandbox::open_beneath(base, sub)),
+            }
+            .map_err(|e| match &b.sub_path {
+                Some(sub) => format!("subPath {sub}: {e}"),
+                None => format!("{shown}: {e}"),
+            })?;
+            crate::sys::mount::clone_tree(&source, b.read_only).map_err(|e| format!("{shown}: {e}"))?
         };
-        let source = match &held {
-            Some(fd) => PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
-            None => b.source.clone(),
-        };
-        let is_dir = source.is_dir();
-        let target = resolve_in_root(root, &b.target, is_dir)
+        let is_dir = nix::sys::stat::fstat(&tree)
+            .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+            .map_err(|e| format!("{shown}: {e}"))?;
+        let missing = if is_dir { Missing::Dir } else { Missing::File };
+        let target = open_in_root(&root_fd, &b.target, missing)
             .map_err(|e| format!("mount target {}: {e}", b.target))?;
-        mount(Some(&source), &target, none, MsFlags::MS_BIND | MsFlags::MS_REC, none)
-            .map_err(m(&format!("bind {} at {}", b.source.display(), b.target)))?;
-        if b.read_only {
-            // The flags of a mount copied from the host are locked: keep them, add read-only.
-            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked_flags(&target);
-            mount(none, &target, none, flags, none).map_err(m(&format!("make {} read-only", b.target)))?;
-        }
+        crate::sys::mount::move_tree(&tree, &target).map_err(|e| format!("{shown}: {e}"))?;
     }
-    nix::unistd::chdir(root).map_err(m("enter the root"))?;
+    nix::unistd::fchdir(&root_fd).map_err(m("enter the root"))?;
     nix::unistd::pivot_root(".", ".").map_err(m("pivot_root"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(m("detach the old root"))?;
     nix::unistd::chdir("/").map_err(m("chdir /"))?;
-    let cwd = resolve_in_root(Path::new("/"), &spec.cwd, true)
+    let new_root = open_dir(Path::new("/")).map_err(|e| format!("open /: {e}"))?;
+    let cwd = open_in_root(&new_root, &spec.cwd, Missing::Dir)
         .map_err(|e| format!("working directory {}: {e}", spec.cwd))?;
-    nix::unistd::chdir(&cwd).map_err(m(&format!("working directory {}", spec.cwd)))?;
+    nix::unistd::fchdir(&cwd).map_err(m(&format!("working directory {}", spec.cwd)))?;
     if spec.security.read_only_root {
         // Only the root's own mount: /proc, /dev, volumes and /etc files are mounts of their own.
         let flags =
@@ -595,60 +643,125 @@ fn enter_root(spec: &ContainerSpec) -> Result<(), String> {
     Ok(())
 }
 
-/// `path` inside `root`, following symbolic links as if `root` were `/` (an image's
-/// absolute link never leads out to the host), creating what is missing: directories on
-/// the way, and the last component as a directory or an empty file.
-pub fn resolve_in_root(root: &Path, path: &str, last_is_dir: bool) -> io::Result<PathBuf> {
-    let mut pending: Vec<std::ffi::OsString> = Vec::new();
-    let push_components = |p: &Path, out: &mut Vec<std::ffi::OsString>| {
-        for c in p.components() {
+/// `/proc/self/fd/<fd>`: the file `fd` refers to, for calls that take a path (mount).
+fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// An O_PATH descriptor of `path` (links followed).
+fn open_path(path: &Path) -> io::Result<OwnedFd> {
+    use nix::fcntl::OFlag;
+    Ok(nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?)
+}
+
+/// An O_PATH descriptor of directory `path` (links followed).
+fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    use nix::fcntl::OFlag;
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    Ok(nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty())?)
+}
+
+/// What [`open_in_root`] does with a missing path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Missing {
+    /// Fails with ENOENT.
+    Fail,
+    /// Creates the directories on the way and the last component as a directory (0755).
+    Dir,
+    /// Creates the directories on the way and the last component as an empty file (0644).
+    File,
+}
+
+/// `path` inside the directory `root`, following symbolic links as if `root` were `/` (an
+/// image's absolute link never leads out to the host), creating what is missing as
+/// `missing` says; an O_PATH descriptor. Every step starts from the descriptor of the step
+/// before (openat O_NOFOLLOW, mkdirat, O_CREAT|O_EXCL|O_NOFOLLOW), and a link is read and
+/// resolved here, never by the kernel: a link swapped into the path meanwhile (by a sibling
+/// container writing a shared volume) is resolved inside the root like any other, and what
+/// the caller mounts on is the file it got, not a path looked up again.
+pub fn open_in_root(root: &OwnedFd, path: &str, missing: Missing) -> io::Result<OwnedFd> {
+    use nix::fcntl::{openat, readlinkat, OFlag};
+    use nix::sys::stat::{fstat, mkdirat, Mode};
+    use std::ffi::OsString;
+    fn push(p: &Path, out: &mut Vec<OsString>) {
+        // Reversed: the next component is popped from the end.
+        for c in p.components().rev() {
             match c {
                 Component::Normal(n) => out.push(n.to_owned()),
                 Component::ParentDir => out.push("..".into()),
                 _ => {}
             }
         }
-    };
-    push_components(Path::new(path), &mut pending);
-    pending.reverse();
-    let mut cur = root.to_path_buf();
-    let mut links = 0;
-    while let Some(c) = pending.pop() {
-        if c == ".." {
-            if cur != root {
-                cur.pop();
-            }
+    }
+    let mut pending = Vec::new();
+    push(Path::new(path), &mut pending);
+    // The directories walked below the root: `..` goes back one, never above the root.
+    let mut walked: Vec<OwnedFd> = Vec::new();
+    let (mut links, mut retries) = (0, 0);
+    while let Some(name) = pending.pop() {
+        if name == ".." {
+            walked.pop();
             continue;
         }
-        let next = cur.join(&c);
-        match std::fs::symlink_metadata(&next) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                links += 1;
-                if links > 40 {
-                    return Err(io::Error::from_raw_os_error(libc::ELOOP));
-                }
-                let target = std::fs::read_link(&next)?;
-                if target.is_absolute() {
-                    cur = root.to_path_buf();
-                }
-                let mut more = Vec::new();
-                push_components(&target, &mut more);
-                pending.extend(more.into_iter().rev());
-            }
-            Ok(_) => cur = next,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if pending.is_empty() && !last_is_dir {
-                    // O_EXCL: a link put here meanwhile is an error, never followed.
-                    std::fs::OpenOptions::new().write(true).create_new(true).open(&next)?;
+        let cur = walked.last().unwrap_or(root);
+        let last = pending.is_empty();
+        match openat(
+            cur,
+            name.as_os_str(),
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => {
+                let kind = fstat(&fd)?.st_mode & libc::S_IFMT;
+                if kind == libc::S_IFLNK {
+                    links += 1;
+                    if links > 40 {
+                        return Err(io::Error::from_raw_os_error(libc::ELOOP));
+                    }
+                    // An O_PATH descriptor of the link itself, read with an empty path.
+                    let target = PathBuf::from(readlinkat(&fd, "")?);
+                    if target.is_absolute() {
+                        walked.clear();
+                    }
+                    push(&target, &mut pending);
+                } else if last {
+                    return Ok(fd);
+                } else if kind == libc::S_IFDIR {
+                    walked.push(fd);
                 } else {
-                    std::fs::create_dir(&next)?;
+                    return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
                 }
-                cur = next;
             }
-            Err(e) => return Err(e),
+            Err(nix::errno::Errno::ENOENT) if missing != Missing::Fail => {
+                let created = if last && missing == Missing::File {
+                    let flags = OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_WRONLY
+                        | OFlag::O_CLOEXEC;
+                    openat(cur, name.as_os_str(), flags, Mode::from_bits_truncate(0o644)).map(drop)
+                } else {
+                    mkdirat(cur, name.as_os_str(), Mode::from_bits_truncate(0o755))
+                };
+                match created {
+                    // Taken meanwhile: look at whatever is there now (bounded).
+                    Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                retries += 1;
+                if retries > 40 {
+                    return Err(io::Error::other("the path keeps changing"));
+                }
+                pending.push(name);
+            }
+            Err(e) => return Err(e.into()),
         }
     }
-    Ok(cur)
+    // The root itself (or `..` above it): a descriptor of the directory reached.
+    match walked.pop() {
+        Some(fd) => Ok(fd),
+        None => Ok(root.try_clone()?),
+    }
 }
 
 /// `beemesh-agent pod-exec`: runs `argv` inside the container whose process is `target`
@@ -686,9 +799,6 @@ fn exec_in(
     }
     let last_cap = process::last_capability();
     let filters = security::compile_seccomp(sec, last_cap).map_err(|e| e.to_string())?;
-    for cg in cgroups {
-        std::fs::write(cg.join("cgroup.procs"), "0").map_err(|e| format!("join {}: {e}", cg.display()))?;
-    }
     let open = |ns: &str| {
         std::fs::File::open(format!("/proc/{target}/ns/{ns}"))
             .map_err(|e| format!("container process {target}: {e}"))
@@ -702,6 +812,18 @@ fn exec_in(
         // Last: once inside the pod's user namespace, the others are out of reach.
         (open("user")?, CloneFlags::CLONE_NEWUSER),
     ];
+    // The pid was checked by the agent, but may have been reused since: never enter a
+    // process of the host's own user namespace (that is no container).
+    let id = |f: &std::fs::File| f.metadata().map(|m| (m.dev(), m.ino()));
+    let own = std::fs::File::open("/proc/self/ns/user").and_then(|f| id(&f));
+    match (id(&namespaces[5].0), own) {
+        (Ok(target_ns), Ok(own)) if target_ns != own => {}
+        (Ok(_), Ok(_)) => return Err(format!("process {target} is not in a container")),
+        (Err(e), _) | (_, Err(e)) => return Err(format!("user namespace: {e}")),
+    }
+    for cg in cgroups {
+        std::fs::write(cg.join("cgroup.procs"), "0").map_err(|e| format!("join {}: {e}", cg.display()))?;
+    }
     for (fd, kind) in &namespaces {
         nix::sched::setns(fd, *kind).map_err(|e| format!("enter {kind:?}: {e}"))?;
     }
@@ -777,31 +899,6 @@ fn locked_flags(path: &Path) -> MsFlags {
     flags
 }
 
-/// `sub` inside directory `base` as an O_PATH descriptor, created (as directories) where
-/// missing, as Kubernetes does. Walked one component at a time from descriptors and refusing
-/// links, so a container that writes the volume can neither point it outside nor make
-/// init create anything outside.
-fn open_beneath(base: &Path, sub: &str) -> io::Result<OwnedFd> {
-    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
-    let how = || {
-        OpenHow::new()
-            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS)
-    };
-    let mut dir: OwnedFd = std::fs::File::open(base)?.into();
-    for c in Path::new(sub).components() {
-        let Component::Normal(name) = c else {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "only plain path components"));
-        };
-        match nix::sys::stat::mkdirat(&dir, name, nix::sys::stat::Mode::from_bits_truncate(0o755)) {
-            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-            Err(e) => return Err(e.into()),
-        }
-        dir = openat2(&dir, name, how())?;
-    }
-    Ok(dir)
-}
-
 /// `program` found through `path_var` (after the pivot: paths are the container's).
 fn lookup(program: &str, path_var: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
@@ -817,21 +914,56 @@ fn lookup(program: &str, path_var: &str) -> Option<PathBuf> {
 mod tests {
     use super::*;
 
+    /// The file at `fd` is the one at `path` (same device and inode).
+    fn is(fd: &OwnedFd, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let (a, b) = (nix::sys::stat::fstat(fd).expect("fstat"), std::fs::metadata(path).expect("stat"));
+        a.st_dev == b.dev() && a.st_ino == b.ino()
+    }
+
     #[test]
     fn paths_resolve_inside_the_root_through_links() {
         let root = tempfile::tempdir().expect("tempdir");
         let r = root.path();
+        let root_fd = open_dir(r).expect("root");
         std::fs::create_dir_all(r.join("real/etc")).expect("mkdir");
         std::os::unix::fs::symlink("/real/etc", r.join("etc")).expect("link");
         std::os::unix::fs::symlink("../../../..", r.join("real/up")).expect("link");
         // An absolute link stays inside the root.
-        assert_eq!(resolve_in_root(r, "/etc/hosts", false).expect("resolves"), r.join("real/etc/hosts"));
+        let hosts = open_in_root(&root_fd, "/etc/hosts", Missing::File).expect("resolves");
         assert!(r.join("real/etc/hosts").is_file());
+        assert!(is(&hosts, &r.join("real/etc/hosts")));
         // `..` never climbs above the root, through a link or directly.
-        assert_eq!(resolve_in_root(r, "/real/up/data", true).expect("resolves"), r.join("data"));
-        assert_eq!(resolve_in_root(r, "/../../x/y", true).expect("resolves"), r.join("x/y"));
-        assert!(r.join("x/y").is_dir());
+        let data = open_in_root(&root_fd, "/real/up/data", Missing::Dir).expect("resolves");
+        assert!(is(&data, &r.join("data")));
+        let xy = open_in_root(&root_fd, "/../../x/y", Missing::Dir).expect("resolves");
+        assert!(r.join("x/y").is_dir() && is(&xy, &r.join("x/y")));
         std::os::unix::fs::symlink("loop", r.join("loop")).expect("link");
-        assert!(resolve_in_root(r, "/loop/a", true).is_err());
+        assert!(open_in_root(&root_fd, "/loop/a", Missing::Dir).is_err());
+        assert!(open_in_root(&root_fd, "/nothing", Missing::Fail).is_err());
+        assert!(!r.join("nothing").exists());
+        // A dangling link is created where it points, inside the root.
+        std::os::unix::fs::symlink("/made/here", r.join("dangling")).expect("link");
+        let made = open_in_root(&root_fd, "/dangling", Missing::Dir).expect("resolves");
+        assert!(is(&made, &r.join("made/here")));
+    }
+
+    #[test]
+    fn what_was_opened_stays_put_when_a_link_is_swapped_in_afterwards() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let outside = tempfile::tempdir().expect("tempdir");
+        let r = root.path();
+        let root_fd = open_dir(r).expect("root");
+        let target = open_in_root(&root_fd, "/shared/sub", Missing::Dir).expect("resolves");
+        // A sibling container swaps the shared directory for a link to the host.
+        std::fs::rename(r.join("shared"), r.join("moved")).expect("rename");
+        std::os::unix::fs::symlink(outside.path(), r.join("shared")).expect("link");
+        // The descriptor (what init mounts on) is still the directory inside the root.
+        assert!(is(&target, &r.join("moved/sub")));
+        // Resolving again follows the link inside the root, where it leads nowhere real.
+        let again = open_in_root(&root_fd, "/shared/new", Missing::Dir).expect("resolves");
+        assert!(!outside.path().join("new").exists(), "created on the host");
+        let inside = r.join(outside.path().strip_prefix("/").expect("absolute")).join("new");
+        assert!(is(&again, &inside));
     }
 }

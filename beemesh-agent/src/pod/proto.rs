@@ -89,7 +89,7 @@ impl Default for SecuritySpec {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BindMount {
-    /// Host path (a directory or a file).
+    /// Host path (a directory or a file); with `from_fd`, only shown in messages.
     pub source: PathBuf,
     /// Absolute path inside the container.
     pub target: String,
@@ -99,6 +99,25 @@ pub struct BindMount {
     pub sub_path: Option<String>,
     #[serde(default)]
     pub read_only: bool,
+    /// The agent sends the mount itself: a detached mount it made from a descriptor it opened
+    /// and checked (a hostPath volume, its subPath applied, `nosuid,nodev`, read-only if
+    /// asked), attached to the `start` line (SCM_RIGHTS), one per such mount, in order.
+    #[serde(default)]
+    pub from_fd: bool,
+}
+
+/// A command on its way to init, with the descriptors that go with it (the mounts of a
+/// `start`'s `from_fd` bind mounts, in order).
+#[derive(Debug)]
+pub struct Message {
+    pub command: Command,
+    pub fds: Vec<std::os::fd::OwnedFd>,
+}
+
+impl From<Command> for Message {
+    fn from(command: Command) -> Self {
+        Self { command, fds: Vec::new() }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

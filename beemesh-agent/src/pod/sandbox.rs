@@ -4,6 +4,7 @@
 //! actor (`app::pods`) decides when to make them.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -236,21 +237,17 @@ impl Layout {
                     }
                 }
                 VolumePlan::HostPath { path, kind } => {
+                    // Checked (and created, for the *OrCreate types) here and again at every
+                    // container start, each time through descriptors (`open_host_path`).
                     let resolved = security::resolve_host_path(Path::new(path));
                     security::check_host_path(&resolved, rules).map_err(bad)?;
-                    check_host_path(Path::new(path), kind.as_deref()).map_err(bad)?
+                    if kind.as_deref().is_some_and(|k| !k.is_empty()) {
+                        open_host_path(path, kind.as_deref(), rules).map_err(bad)?;
+                    }
                 }
             }
         }
         Ok(())
-    }
-
-    /// The host path of a volume.
-    pub fn volume_source(&self, plan: &PodPlan, volume: &str) -> Option<PathBuf> {
-        match plan.volumes.get(volume)? {
-            VolumePlan::HostPath { path, .. } => Some(PathBuf::from(path)),
-            _ => Some(self.volume(volume)),
-        }
     }
 
     /// Moves the container's last log aside (`logs --previous`) before a new run writes.
@@ -258,7 +255,12 @@ impl Layout {
         let _ = std::fs::rename(self.log(container), self.previous_log(container));
     }
 
-    /// The start specification of one container run.
+    /// The start specification of one container run, with the mounts of its hostPath
+    /// volumes (`from_fd` bind mounts, in order): each hostPath is resolved and checked
+    /// against `rules` again now (a link may have appeared since apply), opened without
+    /// following links, and handed over as a detached `nosuid,nodev` mount the agent made,
+    /// so neither the pod's ids (which may not traverse the host directories above it) nor a
+    /// path resolved later decides what the container gets.
     pub fn container_spec(
         &self,
         pod: &PodPlan,
@@ -266,10 +268,15 @@ impl Layout {
         run: u64,
         rootfs: &Path,
         (cgroups, cgroup2): (Vec<PathBuf>, PathBuf),
-        seccomp_dir: &Path,
-    ) -> Result<ContainerSpec, SandboxError> {
-        let svid =
-            BindMount { source: self.svid_dir(), target: SVID_MOUNT.into(), read_only: true, sub_path: None };
+        rules: &security::Rules,
+    ) -> Result<(ContainerSpec, Vec<OwnedFd>), SandboxError> {
+        let svid = BindMount {
+            source: self.svid_dir(),
+            target: SVID_MOUNT.into(),
+            read_only: true,
+            sub_path: None,
+            from_fd: false,
+        };
         let mut mounts: Vec<BindMount> = ["hosts", "hostname", "resolv.conf"]
             .iter()
             .map(|f| BindMount {
@@ -277,29 +284,53 @@ impl Layout {
                 target: format!("/etc/{f}"),
                 read_only: false,
                 sub_path: None,
+                from_fd: false,
             })
             .chain(self.svid_dir().is_dir().then_some(svid))
             .collect();
+        let mut trees = Vec::new();
         for m in &plan.mounts {
-            let source = self.volume_source(pod, &m.volume).ok_or_else(|| SandboxError::Volume {
-                volume: m.volume.clone(),
-                reason: "no such volume".into(),
-            })?;
-            mounts.push(BindMount {
-                source,
-                target: m.target.clone(),
-                read_only: m.read_only,
-                sub_path: m.sub_path.clone(),
-            });
+            let bad = |reason: String| SandboxError::Volume { volume: m.volume.clone(), reason };
+            match pod.volumes.get(&m.volume) {
+                None => return Err(bad("no such volume".into())),
+                Some(VolumePlan::HostPath { path, kind }) => {
+                    if trees.len() == crate::sys::MAX_FDS {
+                        return Err(bad(format!("more than {} hostPath mounts", crate::sys::MAX_FDS)));
+                    }
+                    let (mut fd, resolved) = open_host_path(path, kind.as_deref(), rules).map_err(bad)?;
+                    let mut shown = resolved;
+                    if let Some(sub) = &m.sub_path {
+                        fd = open_beneath(fd, sub).map_err(|e| bad(format!("subPath {sub}: {e}")))?;
+                        shown.push(sub);
+                    }
+                    let tree = crate::sys::mount::clone_tree(&fd, m.read_only)
+                        .map_err(|e| bad(format!("mount {}: {e}", shown.display())))?;
+                    trees.push(tree);
+                    mounts.push(BindMount {
+                        source: shown,
+                        target: m.target.clone(),
+                        read_only: m.read_only,
+                        sub_path: None,
+                        from_fd: true,
+                    });
+                }
+                Some(_) => mounts.push(BindMount {
+                    source: self.volume(&m.volume),
+                    target: m.target.clone(),
+                    read_only: m.read_only,
+                    sub_path: m.sub_path.clone(),
+                    from_fd: false,
+                }),
+            }
         }
-        let (image_uid, image_gid) = resolve_user(rootfs, &plan.user)
-            .map_err(|reason| SandboxError::Volume { volume: "(image user)".into(), reason })?;
+        let user_err = |reason: String| SandboxError::Volume { volume: "(image user)".into(), reason };
+        let (image_uid, image_gid) = resolve_user(rootfs, &plan.user).map_err(user_err)?;
         let sec = &plan.security;
         // runAsUser replaces the image's user, and with it its group unless runAsGroup says.
         let uid = sec.run_as_user.unwrap_or(image_uid);
         let gid = match (sec.run_as_group, sec.run_as_user) {
             (Some(g), _) => g,
-            (None, Some(u)) => primary_group(rootfs, u).unwrap_or(0),
+            (None, Some(u)) => primary_group(rootfs, u).map_err(user_err)?.unwrap_or(0),
             (None, None) => image_gid,
         };
         let pod_name = format!("{}_{}", pod.name, pod.namespace);
@@ -307,8 +338,8 @@ impl Layout {
             return Err(SandboxError::Config(message));
         }
         let security =
-            security::spec_for(sec, seccomp_dir).map_err(|e| SandboxError::Config(e.to_string()))?;
-        Ok(ContainerSpec {
+            security::spec_for(sec, &rules.seccomp_dir).map_err(|e| SandboxError::Config(e.to_string()))?;
+        let spec = ContainerSpec {
             name: plan.name.clone(),
             run,
             argv: plan.argv.clone(),
@@ -323,31 +354,116 @@ impl Layout {
             uid,
             gid,
             security,
-        })
+        };
+        Ok((spec, trees))
     }
 }
 
-fn check_host_path(path: &Path, kind: Option<&str>) -> Result<(), String> {
-    use std::os::unix::fs::FileTypeExt;
-    let meta = std::fs::metadata(path);
-    let want =
-        |ok: bool, what: &str| if ok { Ok(()) } else { Err(format!("{} is not a {what}", path.display())) };
-    match (kind.unwrap_or(""), meta) {
-        ("", _) => Ok(()),
-        ("DirectoryOrCreate", Err(_)) => {
-            std::fs::create_dir_all(path).map_err(|e| format!("create {}: {e}", path.display()))
-        }
-        ("FileOrCreate", Err(_)) => {
-            std::fs::File::create(path).map(|_| ()).map_err(|e| format!("create {}: {e}", path.display()))
-        }
-        (_, Err(e)) => Err(format!("{}: {e}", path.display())),
-        ("Directory" | "DirectoryOrCreate", Ok(m)) => want(m.is_dir(), "directory"),
-        ("File" | "FileOrCreate", Ok(m)) => want(m.is_file(), "file"),
-        ("Socket", Ok(m)) => want(m.file_type().is_socket(), "socket"),
-        ("CharDevice", Ok(m)) => want(m.file_type().is_char_device(), "character device"),
-        ("BlockDevice", Ok(m)) => want(m.file_type().is_block_device(), "block device"),
-        (other, Ok(_)) => Err(format!("unknown hostPath type {other:?}")),
+/// Opens hostPath volume `path` for pod creation or a container start. It is resolved (links
+/// followed as far as it exists) and checked against `rules` now, then opened from `/`
+/// without following any link: a link planted after the check makes the open fail, never
+/// leads elsewhere. The `*OrCreate` types create what is missing (directories 0755, an
+/// empty file 0644, as the kubelet does), each component under the descriptor of its parent
+/// and never through a link. The result is checked against the `kind`; returns the
+/// descriptor (O_PATH) and the resolved path.
+pub fn open_host_path(
+    path: &str,
+    kind: Option<&str>,
+    rules: &security::Rules,
+) -> Result<(OwnedFd, PathBuf), String> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    let resolved = security::resolve_host_path(Path::new(path));
+    security::check_host_path(&resolved, rules)?;
+    let shown = resolved.display();
+    let kind = kind.unwrap_or("");
+    let known =
+        ["", "Directory", "DirectoryOrCreate", "File", "FileOrCreate", "Socket", "CharDevice", "BlockDevice"];
+    if !known.contains(&kind) {
+        return Err(format!("unknown hostPath type {kind:?}"));
     }
+    let root: OwnedFd = std::fs::File::open("/").map_err(|e| format!("open /: {e}"))?.into();
+    let rel = resolved.strip_prefix("/").unwrap_or(&resolved);
+    let how = OpenHow::new().flags(OFlag::O_PATH | OFlag::O_CLOEXEC).resolve(
+        ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS | ResolveFlag::RESOLVE_BENEATH,
+    );
+    let fd = match openat2(&root, rel, how) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) if matches!(kind, "DirectoryOrCreate" | "FileOrCreate") => {
+            create_beneath(root, rel, kind == "FileOrCreate").map_err(|e| format!("create {shown}: {e}"))?
+        }
+        Err(nix::errno::Errno::ELOOP) => {
+            return Err(format!("{shown}: a symbolic link appeared in the path after it was checked"))
+        }
+        Err(e) => return Err(format!("{shown}: {e}")),
+    };
+    let meta = std::fs::File::from(fd.try_clone().map_err(|e| format!("{shown}: {e}"))?)
+        .metadata()
+        .map_err(|e| format!("{shown}: {e}"))?;
+    check_kind(&meta, kind).map_err(|what| format!("{shown} is not a {what}"))?;
+    Ok((fd, resolved))
+}
+
+/// Whether `meta` fits hostPath type `kind`; the wanted file type otherwise.
+fn check_kind(meta: &std::fs::Metadata, kind: &str) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    let (ok, what) = match kind {
+        "" => (true, ""),
+        "Directory" | "DirectoryOrCreate" => (t.is_dir(), "directory"),
+        "File" | "FileOrCreate" => (t.is_file(), "file"),
+        "Socket" => (t.is_socket(), "socket"),
+        "CharDevice" => (t.is_char_device(), "character device"),
+        "BlockDevice" => (t.is_block_device(), "block device"),
+        _ => (false, "known hostPath type"),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(what.to_owned())
+    }
+}
+
+/// `rel` below the directory `dir`, created where missing (directories 0755; the last
+/// component an empty file 0644 if `last_is_file`), one component at a time from the
+/// descriptor of its parent, never through a link; an O_PATH descriptor.
+fn create_beneath(mut dir: OwnedFd, rel: &Path, last_is_file: bool) -> io::Result<OwnedFd> {
+    use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
+    use nix::sys::stat::Mode;
+    let names: Vec<&std::ffi::OsStr> = rel
+        .components()
+        .map(|c| match c {
+            std::path::Component::Normal(n) => Ok(n),
+            _ => Err(io::Error::new(io::ErrorKind::InvalidInput, "only plain path components")),
+        })
+        .collect::<Result<_, _>>()?;
+    for (i, name) in names.iter().enumerate() {
+        let file = last_is_file && i + 1 == names.len();
+        let created = if file {
+            let flags =
+                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_WRONLY | OFlag::O_CLOEXEC;
+            openat(&dir, *name, flags, Mode::from_bits_truncate(0o644)).map(drop)
+        } else {
+            nix::sys::stat::mkdirat(&dir, *name, Mode::from_bits_truncate(0o755))
+        };
+        match created {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let flags = if file { OFlag::O_PATH } else { OFlag::O_PATH | OFlag::O_DIRECTORY };
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+        dir = openat2(&dir, *name, how)?;
+    }
+    Ok(dir)
+}
+
+/// `sub` inside directory `base` (a descriptor) as an O_PATH descriptor, created (as
+/// directories) where missing, as Kubernetes does for a subPath. Walked one component at a
+/// time from descriptors and refusing links, so whoever writes the volume can neither point
+/// it outside nor make the caller create anything outside.
+pub fn open_beneath(base: OwnedFd, sub: &str) -> io::Result<OwnedFd> {
+    create_beneath(base, Path::new(sub), false)
 }
 
 /// The host gid of the pod's `gid` (an fsGroup), which must lie inside the pod's range.
@@ -384,17 +500,53 @@ fn group_own(dir: &Path, gid: u32, writable: bool) -> Result<(), SandboxError> {
     Ok(())
 }
 
+/// Largest image file read to resolve a user (/etc/passwd, /etc/group).
+const MAX_USER_FILE: u64 = 1 << 20;
+
+/// The image's `/etc/<name>` in the container root `rootfs`, `None` if it is not there.
+/// Opened from a descriptor of the root with every link resolved inside it (an image's
+/// `etc -> /etc` is the image's own /etc, never the host's), without crossing into another
+/// mount, without blocking (a FIFO opens at once, and is refused), and read only if it is a
+/// regular file of at most 1 MiB: a hostile image can neither hang nor exhaust the agent.
+fn read_image_file(rootfs: &Path, name: &str) -> Result<Option<String>, String> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use std::io::Read;
+    let shown = format!("the image's /etc/{name}");
+    let root = std::fs::File::open(rootfs).map_err(|e| format!("{}: {e}", rootfs.display()))?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS | ResolveFlag::RESOLVE_NO_XDEV,
+        );
+    let fd = match openat2(&root, Path::new("etc").join(name).as_path(), how) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(format!("{shown}: {e}")),
+    };
+    let file = std::fs::File::from(fd);
+    let meta = file.metadata().map_err(|e| format!("{shown}: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{shown} is not a regular file"));
+    }
+    let mut data = Vec::new();
+    file.take(MAX_USER_FILE + 1).read_to_end(&mut data).map_err(|e| format!("{shown}: {e}"))?;
+    if data.len() as u64 > MAX_USER_FILE {
+        return Err(format!("{shown} is larger than {MAX_USER_FILE} bytes"));
+    }
+    Ok(Some(String::from_utf8_lossy(&data).into_owned()))
+}
+
 /// The primary group of `uid` in the image's /etc/passwd, if it is there.
-fn primary_group(rootfs: &Path, uid: u32) -> Option<u32> {
-    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).ok()?;
-    passwd.lines().find_map(|l| {
+fn primary_group(rootfs: &Path, uid: u32) -> Result<Option<u32>, String> {
+    let passwd = read_image_file(rootfs, "passwd")?.unwrap_or_default();
+    Ok(passwd.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
         (f.len() > 3 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[3].parse().ok())?
-    })
+    }))
 }
 
 /// The image's `User` (`uid`, `uid:gid`, `name` or `name:group`), looked up in the
-/// container's own /etc/passwd and /etc/group; empty means root.
+/// container's own /etc/passwd and /etc/group ([`read_image_file`]); empty means root.
 pub fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32), String> {
     if user.is_empty() {
         return Ok((0, 0));
@@ -403,21 +555,23 @@ pub fn resolve_user(rootfs: &Path, user: &str) -> Result<(u32, u32), String> {
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
     };
-    let read = |f: &str| std::fs::read_to_string(rootfs.join("etc").join(f)).unwrap_or_default();
-    let find = |file: &str, name: &str| -> Option<(u32, Option<u32>)> {
-        read(file).lines().find_map(|l| {
+    let find = |file: &str, name: &str| -> Result<Option<(u32, Option<u32>)>, String> {
+        let text = read_image_file(rootfs, file)?.unwrap_or_default();
+        Ok(text.lines().find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
             (f.len() > 3 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok())))?
-        })
+        }))
     };
     let (uid, primary) = match u.parse::<u32>() {
         Ok(n) => (n, None),
-        Err(_) => find("passwd", u).ok_or_else(|| format!("user {u:?} is not in the image's /etc/passwd"))?,
+        Err(_) => {
+            find("passwd", u)?.ok_or_else(|| format!("user {u:?} is not in the image's /etc/passwd"))?
+        }
     };
     let gid = match g {
         Some(g) => match g.parse::<u32>() {
             Ok(n) => n,
-            Err(_) => find("group", g)
+            Err(_) => find("group", g)?
                 .map(|(n, _)| n)
                 .ok_or_else(|| format!("group {g:?} is not in the image's /etc/group"))?,
         },
@@ -512,6 +666,11 @@ impl Limits {
             .is_ok_and(|s| s.lines().any(|l| l.strip_prefix("oom_kill ").is_some_and(|n| n.trim() != "0")))
     }
 
+    /// The cgroup directories of a container (as `prepare` makes them), not touched.
+    pub fn dirs(&self, workload: &str, container: &str) -> Vec<PathBuf> {
+        self.bases.iter().map(|(_, b)| b.join(workload).join(container)).collect()
+    }
+
     /// Removes the pod's cgroups (its processes are gone).
     pub fn remove(&self, workload: &str) {
         for (_, base) in &self.bases {
@@ -557,6 +716,18 @@ pub fn spawn_init(
     }
 }
 
+/// Whether host process `pid` is a process of the pod whose init is `init_pid`: it lives in
+/// the pod's user namespace (every process of the pod does, no host process does). The
+/// agent checks this before anything of the host's root enters a pid it was told about.
+pub fn in_pod(init_pid: u32, pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ns = |p: &str| std::fs::metadata(format!("/proc/{p}/ns/user")).map(|m| (m.dev(), m.ino()));
+    match (ns(&init_pid.to_string()), ns(&pid.to_string()), ns("self")) {
+        (Ok(pod), Ok(of_pid), Ok(host)) => pod == of_pid && pod != host,
+        _ => false,
+    }
+}
+
 /// Whether `pid` is this pod's init (after an agent restart: the pid may have been reused).
 pub fn init_alive(layout: &Layout, pid: u32) -> bool {
     crate::sys::process::cmdline(pid).is_some_and(|args| {
@@ -587,14 +758,81 @@ mod tests {
     }
 
     #[test]
-    fn host_path_types_are_checked() {
+    fn image_user_files_are_read_inside_the_root_bounded_and_never_block() {
+        let root = tempfile::tempdir().expect("tmp");
+        let r = root.path();
+        // `etc` is a link to the host's /etc: resolved inside the root (to itself), never to
+        // the host's files, which know root.
+        std::os::unix::fs::symlink("/etc", r.join("etc")).expect("link");
+        assert!(resolve_user(r, "root").is_err(), "the host's /etc/passwd was read");
+        std::fs::remove_file(r.join("etc")).expect("rm");
+        std::fs::create_dir(r.join("etc")).expect("mkdir");
+        // A FIFO answers at once with an error instead of blocking the agent.
+        nix::unistd::mkfifo(&r.join("etc/passwd"), nix::sys::stat::Mode::from_bits_truncate(0o644))
+            .expect("fifo");
+        let e = resolve_user(r, "app").expect_err("a FIFO is refused");
+        assert!(e.contains("/etc/passwd is not a regular file"), "{e}");
+        assert!(primary_group(r, 5).is_err());
+        // A link to a device of the host resolves inside the root: not there.
+        std::fs::remove_file(r.join("etc/passwd")).expect("rm");
+        std::os::unix::fs::symlink("/dev/zero", r.join("etc/passwd")).expect("link");
+        assert!(resolve_user(r, "app").expect_err("missing").contains("not in the image's /etc/passwd"));
+        // Bounded: a huge file is an error, not a read until memory runs out.
+        std::fs::remove_file(r.join("etc/passwd")).expect("rm");
+        let big = std::fs::File::create(r.join("etc/passwd")).expect("create");
+        big.set_len(MAX_USER_FILE + 1).expect("truncate");
+        assert!(resolve_user(r, "app").expect_err("too large").contains("larger than"));
+        // Numeric users need no file.
+        assert_eq!(resolve_user(r, "7:8"), Ok((7, 8)));
+    }
+
+    fn no_rules() -> security::Rules {
+        security::Rules::default()
+    }
+
+    #[test]
+    fn host_path_types_are_checked_and_created_through_descriptors() {
         let tmp = tempfile::tempdir().expect("tmp");
         let dir = tmp.path().join("d");
-        assert!(check_host_path(&dir, Some("Directory")).is_err());
-        check_host_path(&dir, Some("DirectoryOrCreate")).expect("created");
-        assert!(dir.is_dir());
-        assert!(check_host_path(&dir, Some("File")).is_err());
-        check_host_path(&tmp.path().join("f"), Some("FileOrCreate")).expect("created");
-        check_host_path(&tmp.path().join("missing"), None).expect("no type: no check");
+        let at = |p: &Path| p.to_str().expect("utf-8").to_owned();
+        assert!(open_host_path(&at(&dir), Some("Directory"), &no_rules()).is_err());
+        open_host_path(&at(&dir.join("a/b")), Some("DirectoryOrCreate"), &no_rules()).expect("created");
+        assert!(dir.join("a/b").is_dir());
+        assert!(open_host_path(&at(&dir), Some("File"), &no_rules()).is_err());
+        open_host_path(&at(&tmp.path().join("f")), Some("FileOrCreate"), &no_rules()).expect("created");
+        assert!(tmp.path().join("f").is_file());
+        assert!(open_host_path(&at(&tmp.path().join("missing")), None, &no_rules()).is_err());
+        let e = open_host_path(&at(tmp.path()), Some("Dir"), &no_rules()).expect_err("unknown type");
+        assert_eq!(e, "unknown hostPath type \"Dir\"");
+        // A link is resolved and the real place checked: a protected directory stays out of
+        // reach, and nothing is created in it.
+        let protected = tmp.path().join("agent-state");
+        std::fs::create_dir(&protected).expect("mkdir");
+        std::os::unix::fs::symlink(&protected, tmp.path().join("link")).expect("link");
+        let rules = security::Rules { protected: vec![protected.clone()], ..no_rules() };
+        let e = open_host_path(&at(&tmp.path().join("link/x")), Some("DirectoryOrCreate"), &rules)
+            .expect_err("resolves into the protected directory");
+        assert!(e.contains("would expose the agent's own directory"), "{e}");
+        assert!(!protected.join("x").exists());
+    }
+
+    #[test]
+    fn a_link_planted_after_the_check_is_never_followed() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).expect("mkdir");
+        std::os::unix::fs::symlink(&elsewhere, tmp.path().join("d")).expect("link");
+        // What `open_host_path` does after its check, on a path that now holds a link.
+        let root: OwnedFd = std::fs::File::open("/").expect("open /").into();
+        let rel = tmp.path().join("d/x");
+        let rel = rel.strip_prefix("/").expect("absolute");
+        assert!(create_beneath(root, rel, false).is_err(), "created through a link");
+        assert!(!elsewhere.join("x").exists());
+        // subPath: the same inside a volume.
+        let base: OwnedFd = std::fs::File::open(tmp.path()).expect("open").into();
+        assert!(open_beneath(base, "d/y").is_err());
+        let base: OwnedFd = std::fs::File::open(tmp.path()).expect("open").into();
+        open_beneath(base, "real/sub").expect("created");
+        assert!(tmp.path().join("real/sub").is_dir());
     }
 }
