@@ -1088,7 +1088,7 @@ impl Agent {
             }
         }
         if let Some(cmds) = entry.cmds.take() {
-            let _ = cmds.try_send(proto::Command::Shutdown);
+            let _ = cmds.try_send(proto::Command::Shutdown.into());
         }
         if let Some(id) = entry.net_cgroup {
             let _ = self.kernel.set_refuse_cgroup(id, false);
