@@ -261,7 +261,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
             biased;
             Ok(()) = agent.policy.installed.changed() => Event::Installed,
             Some((cmd, reply)) = calls.recv() => Event::Call(cmd, reply),
-            Some(msg) = pod_msgs.recv() => Event::Pod(msg),
+            Some(msg) = pod_msgs.recv() => Event::Pod(Box::new(msg)),
             _ = tick.tick() => Event::Tick,
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
@@ -272,31 +272,35 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
                 agent.on_installed();
                 "installed"
             }
-            Event::Call(cmd, reply) => { match cmd {
-                Command::Api(Request::WaitPod { namespace, name, condition, timeout_ms }) => {
-                    agent.wait_pod(&namespace, &name, condition, timeout_ms, reply);
-                }
-                Command::Api(Request::ImportImage { path, name, state_dir }) => {
-                    agent.import_image(path, name, state_dir, reply);
-                }
-                Command::Api(Request::CreateWorkload { name, identity, labels }) => {
-                    agent.create_workload(name, &identity, labels, reply);
-                }
-                Command::Api(Request::Policies) => agent.policy_report(reply),
-                Command::Api(req) => {
-                    let resp = agent.handle(req);
-                    let _ = reply.send(resp);
-                }
-                Command::Apply { file, objects } => {
-                    let resp = agent.apply(&file, objects).unwrap_or_else(|message| Response::Error { message });
-                    let _ = reply.send(resp);
-                }
-                Command::DeleteObjects(objects) => {
-                    let _ = reply.send(agent.delete_objects(objects));
-                }
-            }; "call" },
+            Event::Call(cmd, reply) => {
+                match cmd {
+                    Command::Api(Request::WaitPod { namespace, name, condition, timeout_ms }) => {
+                        agent.wait_pod(&namespace, &name, condition, timeout_ms, reply);
+                    }
+                    Command::Api(Request::ImportImage { path, name, state_dir }) => {
+                        agent.import_image(path, name, state_dir, reply);
+                    }
+                    Command::Api(Request::CreateWorkload { name, identity, labels }) => {
+                        agent.create_workload(name, &identity, labels, reply);
+                    }
+                    Command::Api(Request::Policies) => agent.policy_report(reply),
+                    Command::Api(req) => {
+                        let resp = agent.handle(req);
+                        let _ = reply.send(resp);
+                    }
+                    Command::Apply { file, objects } => {
+                        let resp =
+                            agent.apply(&file, objects).unwrap_or_else(|message| Response::Error { message });
+                        let _ = reply.send(resp);
+                    }
+                    Command::DeleteObjects(objects) => {
+                        let _ = reply.send(agent.delete_objects(objects));
+                    }
+                };
+                "call"
+            }
             Event::Pod(msg) => {
-                agent.on_pod_msg(msg);
+                agent.on_pod_msg(*msg);
                 "pod"
             }
             Event::Tick => {
@@ -329,7 +333,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
 enum Event {
     Installed,
     Call(Command, oneshot::Sender<Response>),
-    Pod(pods::PodMsg),
+    Pod(Box<pods::PodMsg>),
     Tick,
 }
 

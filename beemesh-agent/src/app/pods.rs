@@ -574,8 +574,11 @@ impl Agent {
 
     /// Spawns init and slirp4netns for a created pod on a blocking thread.
     pub(super) fn spawn_sandbox(&self, key: &str, uid: &str) {
-        let Some(entry) =
-            self.pods.entries.get(key).filter(|e| e.record.uid == uid && matches!(e.sandbox, Sandbox::Creating))
+        let Some(entry) = self
+            .pods
+            .entries
+            .get(key)
+            .filter(|e| e.record.uid == uid && matches!(e.sandbox, Sandbox::Creating))
         else {
             return;
         };

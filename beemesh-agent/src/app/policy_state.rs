@@ -284,7 +284,8 @@ impl PolicyEngine {
     pub(super) fn take_snapshot(&mut self, snapshot: Arc<Snapshot>) {
         self.snapshot = snapshot;
         let ids: BTreeSet<u32> = self.snapshot.workloads.iter().map(|(_, _, w)| w.id).collect();
-        let current = (self.compiled.is_some() && self.compiled_for.as_ref() == Some(&ids)) || self.recompile();
+        let current =
+            (self.compiled.is_some() && self.compiled_for.as_ref() == Some(&ids)) || self.recompile();
         if current {
             // Names may have changed even when the tables did not.
             if let Some(c) = self.compiled.clone() {

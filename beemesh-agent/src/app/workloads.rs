@@ -1,8 +1,8 @@
 //! The agent actor's workload handling: create, identify, reap and re-tag workloads, and
 //! answer questions about them. Part of `impl Agent` (see `app.rs`).
 
-use super::*;
 use super::Awaiting;
+use super::*;
 
 impl Agent {
     /// Tags the ports of sockets workloads opened before this instance's programs existed

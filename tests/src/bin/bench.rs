@@ -299,8 +299,10 @@ fn run(keep: &tempfile::TempDir) -> Result<()> {
         Some(Some("revocation")) => (false, true),
         Some(other) => bail!("--only takes rate or revocation, not {other:?}"),
     };
-    if let Some(unknown) =
-        args.iter().enumerate().find(|(i, a)| *a != "--quick" && *a != "--only" && (*i == 0 || args[i - 1] != "--only"))
+    if let Some(unknown) = args
+        .iter()
+        .enumerate()
+        .find(|(i, a)| *a != "--quick" && *a != "--only" && (*i == 0 || args[i - 1] != "--only"))
     {
         bail!("unknown argument {:?} (bench [--quick] [--only rate|revocation])", unknown.1);
     }
@@ -381,9 +383,8 @@ fn rate_part(agent: &Agent, opts: &Opts, rate_port: u16) -> Result<()> {
 
 /// Revocation latency idle, then while pods churn.
 fn revocation_part(agent: &Agent, opts: &Opts, rate_port: u16, hold_port: u16) -> Result<()> {
-
     println!("\nrevocation latency with the 10,000-rule file in force, {} runs", opts.revocations);
-    let idle = revocations(agent, &opts, "idle", rate_port, hold_port)?;
+    let idle = revocations(agent, opts, "idle", rate_port, hold_port)?;
     for (label, v) in [
         ("file written -> first denied connect  ", &idle.0),
         ("file written -> established torn down ", &idle.1),
