@@ -33,7 +33,7 @@ mod pods;
 mod policy_state;
 mod workloads;
 
-use policy_state::FileState;
+use policy_state::{PolicyEngine, PolicyLink, Snapshot};
 
 /// Why the agent could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -124,22 +124,27 @@ struct Agent {
     identities: IdentityRegistry,
     workloads: WorkloadTable,
     cgroups: WorkloadCgroups,
-    workload_level: u32,
-    /// This host's network namespace cookie (the kernel programs police sockets in it only).
-    host_netns: u64,
-    files: BTreeMap<PathBuf, FileState>,
-    compiled: Option<Arc<CompiledPolicy>>,
-    /// The workload identities `compiled` was compiled for: a workload of an identity
-    /// already among them (a replica) changes nothing in the tables.
-    compiled_for: Option<std::collections::BTreeSet<u32>>,
-    compile_error: Option<String>,
-    generation: u64,
     local: LocalAddrs,
-    names: watch::Sender<Arc<Names>>,
     pods: pods::Pods,
-    /// The workloads changed since the last compile: recompile at the end of this turn of
-    /// the actor (one compile per burst, not one per pod).
+    /// The policy engine (its own thread): snapshots of the workloads go there, tickets of
+    /// the snapshots the policy in force includes come back.
+    policy: PolicyLink,
+    /// The last snapshot's ticket.
+    ticket: u64,
+    /// What waits for the policy to include the snapshot of a ticket: new pods' sandboxes,
+    /// `exec --identity` replies.
+    awaiting: Vec<(u64, Awaiting)>,
+    /// The workloads changed since the last snapshot: send one at the end of this turn of
+    /// the actor (one snapshot, and at most one compile, per burst, not one per pod).
     policy_dirty: bool,
+}
+
+/// Something that may only go ahead once the policy in force includes a workload.
+enum Awaiting {
+    /// A new pod (workload name, uid): its sandbox starts.
+    Pod(String, String),
+    /// `exec --identity`: the reply lets the caller move a process in.
+    Workload(WorkloadInfo, oneshot::Sender<Response>),
 }
 
 /// Runs the agent until SIGTERM/SIGINT, then detaches everything it attached and removes
@@ -165,29 +170,35 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     let workload_level = cgroup::cgroup_level(&mount, cgroups.root()) as u32 + 1;
 
     let state = StateFiles::new(&cfg.state_dir);
-    let (kernel, flow_reader, log_reader) =
+    let (kernel, slots, flow_reader, log_reader) =
         Kernel::load(KernelOptions { cgroup_root: cgroups.root().to_path_buf(), pin_dir: cfg.pin_dir() })?;
     let (names_tx, names_rx) = watch::channel(Arc::new(Names::default()));
     let (pod_tx, mut pod_msgs) = mpsc::channel::<pods::PodMsg>(256);
     let authority = Arc::new(state.load_or_create_authority(&cfg.trust_domain)?);
     let pods = pods::Pods::new(&cfg, pod_tx, authority)?;
+    let host_netns = crate::sys::process::netns_cookie().map_err(io("read the network namespace cookie"))?;
+    let (mut engine, policy_link, snapshots) = PolicyEngine::new(
+        &cfg,
+        workload_level,
+        host_netns,
+        state.clone(),
+        cgroups.clone(),
+        slots,
+        names_tx,
+        Arc::new(Snapshot::default()),
+    );
     let mut agent = Agent {
         pods,
         identities: state.load_identities()?,
         workloads: WorkloadTable::default(),
         cgroups,
-        workload_level,
-        host_netns: crate::sys::process::netns_cookie().map_err(io("read the network namespace cookie"))?,
         kernel,
         state,
-        files: BTreeMap::new(),
-        compiled: None,
-        compiled_for: None,
-        compile_error: None,
-        generation: 0,
         local: LocalAddrs::read(),
-        names: names_tx,
         cfg,
+        policy: policy_link,
+        ticket: 0,
+        awaiting: Vec::new(),
         policy_dirty: false,
     };
     agent.recover()?;
@@ -195,16 +206,13 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     agent.kernel.set_local_addrs(&agent.local.0.iter().copied().collect::<Vec<_>>())?;
     // Policy goes into the maps before the programs attach: enforcement starts complete.
     // Defaults and the workload level hold even if no policy compiles.
-    let defaults = agent.settings(
-        agent.cfg.default_egress == DefaultAction::Allow,
-        agent.cfg.default_ingress == DefaultAction::Allow,
-    );
-    agent.kernel.slots.init_settings(defaults)?;
-    agent.rescan_policies();
+    engine.init_settings()?;
+    engine.seed(agent.snapshot());
+    engine.rescan_policies();
     agent.kernel.attach()?;
     // Sockets bound while we attached were tagged in the old maps only.
     agent.seed_local_ports();
-    if agent.compiled.is_some() {
+    if engine.in_force() {
         agent.kernel.retire_previous();
     } else {
         warn!("no policy compiled yet: an earlier instance's programs (if any) stay attached");
@@ -217,11 +225,13 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     if let Some(logs) = log_reader {
         tasks.spawn(logs.run());
     }
-    let mut policy_events =
-        policy::watch::spawn(&agent.cfg.policy_dir, Duration::from_millis(agent.cfg.policy_debounce_ms))
-            .map_err(io(format!("watch {}", agent.cfg.policy_dir.display())))?;
-    // A change between the first scan and the watch must not be missed.
-    agent.rescan_policies();
+    // From here on the policy engine runs on its own thread (it watches policy.d).
+    let _policy_thread = policy_state::spawn(
+        engine,
+        &mut agent.policy,
+        snapshots,
+        Duration::from_millis(agent.cfg.policy_debounce_ms),
+    )?;
 
     // Pods after policy: a pod's workload is created with the policy in force.
     agent.recover_pods()?;
@@ -247,44 +257,84 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         "beemesh agent running"
     );
     loop {
-        tokio::select! {
-            // Policy changes first: revocation latency must not queue behind other work.
+        let event = tokio::select! {
             biased;
-            Some(()) = policy_events.recv() => agent.rescan_policies(),
-            Some((cmd, reply)) = calls.recv() => match cmd {
-                Command::Api(Request::WaitPod { namespace, name, condition, timeout_ms }) => {
-                    agent.wait_pod(&namespace, &name, condition, timeout_ms, reply);
-                }
-                Command::Api(Request::ImportImage { path, name, state_dir }) => {
-                    agent.import_image(path, name, state_dir, reply);
-                }
-                Command::Api(req) => {
-                    let resp = agent.handle(req);
-                    let _ = reply.send(resp);
-                }
-                Command::Apply { file, objects } => {
-                    let resp = agent.apply(&file, objects).unwrap_or_else(|message| Response::Error { message });
-                    let _ = reply.send(resp);
-                }
-                Command::DeleteObjects(objects) => {
-                    let _ = reply.send(agent.delete_objects(objects));
-                }
-            },
-            Some(msg) = pod_msgs.recv() => agent.on_pod_msg(msg),
-            _ = tick.tick() => {
-                agent.housekeeping();
-                agent.drive_pods();
-            }
+            Ok(()) = agent.policy.installed.changed() => Event::Installed,
+            Some((cmd, reply)) = calls.recv() => Event::Call(cmd, reply),
+            Some(msg) = pod_msgs.recv() => Event::Pod(Box::new(msg)),
+            _ = tick.tick() => Event::Tick,
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
-        }
+        };
+        let turn = std::time::Instant::now();
+        let kind = match event {
+            Event::Installed => {
+                agent.on_installed();
+                "installed"
+            }
+            Event::Call(cmd, reply) => {
+                match cmd {
+                    Command::Api(Request::WaitPod { namespace, name, condition, timeout_ms }) => {
+                        agent.wait_pod(&namespace, &name, condition, timeout_ms, reply);
+                    }
+                    Command::Api(Request::ImportImage { path, name, state_dir }) => {
+                        agent.import_image(path, name, state_dir, reply);
+                    }
+                    Command::Api(Request::CreateWorkload { name, identity, labels }) => {
+                        agent.create_workload(name, &identity, labels, reply);
+                    }
+                    Command::Api(Request::Policies) => agent.policy_report(reply),
+                    Command::Api(req) => {
+                        let resp = agent.handle(req);
+                        let _ = reply.send(resp);
+                    }
+                    Command::Apply { file, objects } => {
+                        let resp =
+                            agent.apply(&file, objects).unwrap_or_else(|message| Response::Error { message });
+                        let _ = reply.send(resp);
+                    }
+                    Command::DeleteObjects(objects) => {
+                        let _ = reply.send(agent.delete_objects(objects));
+                    }
+                };
+                "call"
+            }
+            Event::Pod(msg) => {
+                agent.on_pod_msg(*msg);
+                "pod"
+            }
+            Event::Tick => {
+                agent.housekeeping();
+                agent.drive_pods();
+                "tick"
+            }
+        };
+        let handled = turn.elapsed();
         agent.settle();
+        let total = turn.elapsed();
+        if total >= Duration::from_millis(2) {
+            debug!(
+                kind,
+                handle_ms = format_args!("{:.1}", handled.as_secs_f64() * 1e3),
+                settle_ms = format_args!("{:.1}", (total - handled).as_secs_f64() * 1e3),
+                "actor turn"
+            );
+        }
     }
     let _ = shutdown_tx.send(());
+    // Dropping the actor's end of the snapshots stops the policy engine.
     tasks.abort_all();
     agent.shutdown();
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// What woke the actor.
+enum Event {
+    Installed,
+    Call(Command, oneshot::Sender<Response>),
+    Pod(Box<pods::PodMsg>),
+    Tick,
 }
 
 /// Holds `/run/lock/beemesh/<cgroup-name>.lock` for the agent's lifetime.
@@ -359,8 +409,8 @@ impl Agent {
     fn handle(&mut self, req: Request) -> Response {
         let result = match req {
             Request::Status => Ok(Response::Status(self.status())),
-            Request::CreateWorkload { name, identity, labels } => {
-                self.create_workload(name, &identity, labels)
+            Request::CreateWorkload { .. } => {
+                Err("workload creation is answered by the actor loop".to_string())
             }
             Request::DeleteWorkload { name } => self.delete_workload(&name).map(|()| Response::Done),
             Request::JoinedWorkload { name } => {
@@ -370,7 +420,7 @@ impl Agent {
             Request::ListWorkloads => {
                 Ok(Response::Workloads { items: self.workloads.iter().map(|w| self.info(w)).collect() })
             }
-            Request::Policies => self.policy_report().map(Response::Policies),
+            Request::Policies => Err("policy reports are answered by the policy engine".to_string()),
             Request::Flows { .. } => Err("flows are served by the flow hub".to_string()),
             Request::Apply { .. } | Request::DeleteObjects { .. } => {
                 Err("manifests are parsed before they reach the actor".to_string())
@@ -388,7 +438,7 @@ impl Agent {
     }
 
     fn status(&self) -> StatusInfo {
-        let compiled = self.compiled.as_deref();
+        let policy = self.policy.summary.borrow().clone();
         StatusInfo {
             version: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
@@ -396,12 +446,11 @@ impl Agent {
             cgroup_root: self.cgroups.root().display().to_string(),
             policy_dir: self.cfg.policy_dir.display().to_string(),
             workloads: self.workloads.len(),
-            policy_files: self.files.len(),
-            policy_errors: self.files.values().filter(|f| f.error.is_some()).count()
-                + usize::from(self.compile_error.is_some()),
-            rules: compiled.map_or(0, |c| c.rules.len()),
-            allow_entries: compiled.map_or(0, |c| c.allow.len()),
-            policy_generation: self.generation,
+            policy_files: policy.files,
+            policy_errors: policy.errors,
+            rules: policy.rules,
+            allow_entries: policy.allow_entries,
+            policy_generation: policy.generation,
         }
     }
 

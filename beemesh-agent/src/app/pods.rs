@@ -509,8 +509,8 @@ impl Agent {
     }
 
     /// A new pod: its id range, workload (identity, cgroup), directory and volumes now; init
-    /// and slirp4netns on a blocking thread once the turn's policy compile has included the
-    /// workload ([`Agent::settle`]), reported back as `SandboxReady`.
+    /// and slirp4netns on a blocking thread once the policy engine has included the
+    /// workload ([`Agent::settle`], [`Agent::on_installed`]), reported back as `SandboxReady`.
     fn create_pod(&mut self, mut record: PodRecord) -> Result<(), String> {
         // A new sandbox: its runs count from 1 again (restart counts stay).
         for c in record.containers.values_mut() {
@@ -574,24 +574,21 @@ impl Agent {
         Ok(())
     }
 
-    /// End of an actor turn: one policy compile for whatever the turn changed, then the
-    /// sandboxes of the pods it created (their workloads are in the policy now).
-    pub(super) fn settle(&mut self) {
-        let compiled = !self.policy_dirty || self.policy_current();
-        for key in std::mem::take(&mut self.pods.pending) {
-            if compiled {
-                self.spawn_sandbox(&key);
-            } else if let Some(entry) = self.pods.entries.get_mut(&key) {
-                let why = self.compile_error.clone().unwrap_or_default();
-                warn!(pod = %key, error = %why, "pod not started: the policy cannot include it");
-                entry.sandbox = Sandbox::Failed(format!("the policy cannot include the pod: {why}"));
-            }
+    /// The policy could not include a new pod: it never starts.
+    pub(super) fn policy_refused_pod(&mut self, key: &str, uid: &str, why: &str) {
+        if let Some(entry) = self.pods.entries.get_mut(key).filter(|e| e.record.uid == uid) {
+            warn!(pod = %key, error = %why, "pod not started: the policy cannot include it");
+            entry.sandbox = Sandbox::Failed(format!("the policy cannot include the pod: {why}"));
         }
     }
 
     /// Spawns init and slirp4netns for a created pod on a blocking thread.
-    fn spawn_sandbox(&self, key: &str) {
-        let Some(entry) = self.pods.entries.get(key).filter(|e| matches!(e.sandbox, Sandbox::Creating))
+    pub(super) fn spawn_sandbox(&self, key: &str, uid: &str) {
+        let Some(entry) = self
+            .pods
+            .entries
+            .get(key)
+            .filter(|e| e.record.uid == uid && matches!(e.sandbox, Sandbox::Creating))
         else {
             return;
         };
@@ -875,11 +872,8 @@ impl Agent {
             .layout
             .write_svid(&svid.cert_pem(), &svid.key_pem(), &self.pods.authority.cert_pem())
             .map_err(|e| e.to_string())?;
-        // Half the lifetime from now: the certificate's notBefore is backdated for clock
-        // skew, so half of its whole validity would already be past for short lifetimes.
         // A failed renewal is retried on the next tick, well before the old one expires.
-        let left = svid.not_after.duration_since(now).unwrap_or_default();
-        entry.svid_renew = Some(now + left / 2);
+        entry.svid_renew = Some(svid.renew_at());
         entry.svid_expires = Some(svid.not_after);
         Ok(())
     }
@@ -1293,6 +1287,13 @@ impl Agent {
             cgroups,
             container,
         }))
+    }
+}
+
+impl PodEntry {
+    /// The uid of this pod (a pod applied again under the same name has another).
+    pub(super) fn uid(&self) -> &str {
+        &self.record.uid
     }
 }
 

@@ -1,6 +1,7 @@
 //! The agent actor's workload handling: create, identify, reap and re-tag workloads, and
 //! answer questions about them. Part of `impl Agent` (see `app.rs`).
 
+use super::Awaiting;
 use super::*;
 
 impl Agent {
@@ -85,26 +86,29 @@ impl Agent {
     }
 
     /// `exec --identity`: the workload, with the policy compiled for it before the reply
-    /// (the caller moves a process in as soon as it has the answer).
+    /// (the caller moves a process in as soon as it has the answer): the reply waits for
+    /// the engine to include this turn's snapshot.
     pub(super) fn create_workload(
         &mut self,
         name: Option<String>,
         identity: &str,
         labels: BTreeMap<String, String>,
-    ) -> Result<Response, String> {
-        let info = self.add_workload(name, identity, labels)?;
-        if !self.policy_current() {
-            // Without a policy that knows it, the workload would run unselected: refuse.
-            let _ = self.forget_workload(&info.name);
-            self.persist();
-            let why = self.compile_error.clone().unwrap_or_default();
-            return Err(format!("workload {:?} not created: the policy cannot include it: {why}", info.name));
+        reply: oneshot::Sender<Response>,
+    ) {
+        match self.add_workload(name, identity, labels) {
+            Ok(info) => {
+                // The snapshot of this turn (see `settle`) carries it.
+                self.policy_dirty = true;
+                self.awaiting.push((self.ticket + 1, Awaiting::Workload(info, reply)));
+            }
+            Err(message) => {
+                let _ = reply.send(Response::Error { message });
+            }
         }
-        Ok(Response::Workload(info))
     }
 
     /// Identity allocated, cgroup created and mapped in the kernel; the policy is only marked
-    /// stale. Nothing may run in the workload until [`Agent::recompile`] has included it.
+    /// stale. Nothing may run in the workload until the policy engine has included it.
     pub(super) fn add_workload(
         &mut self,
         name: Option<String>,
@@ -145,7 +149,7 @@ impl Agent {
     }
 
     /// cgroup id -> workload id for every cgroup of every workload, nested ones included
-    /// (sock_diag reports a socket's own cgroup; the kernel programs use the ancestor).
+    /// (sock_diag reports a socket's own cgroup).
     pub(super) fn socket_owners(&self) -> HashMap<u64, u32> {
         let mut owners = HashMap::new();
         for w in self.workloads.iter() {
@@ -209,6 +213,8 @@ impl Agent {
                 warn!(error = %e, "cannot update local addresses");
             }
             self.local = local;
+            // The engine's sweeps classify addresses with it.
+            self.policy_dirty = true;
         }
     }
 }

@@ -310,6 +310,7 @@ impl Authority {
         Ok(Svid {
             cert_der: cert.der().clone(),
             key_der: PrivatePkcs8KeyDer::from(key.serialize_der()),
+            issued: floor_secs(now)?.max(not_before).min(not_after),
             not_before,
             not_after,
             spiffe_uri: spiffe_uri.to_owned(),
@@ -323,8 +324,11 @@ pub struct Svid {
     pub cert_der: CertificateDer<'static>,
     /// The leaf's private key, PKCS#8 DER. Secret.
     pub key_der: PrivatePkcs8KeyDer<'static>,
-    /// Start of validity, as written in the certificate (whole seconds).
+    /// Start of validity, as written in the certificate (whole seconds): backdated by
+    /// [`CLOCK_SKEW`] from the time of issue.
     pub not_before: SystemTime,
+    /// When it was issued (whole seconds; within the validity).
+    pub issued: SystemTime,
     /// End of validity, as written in the certificate (whole seconds).
     pub not_after: SystemTime,
     /// The SPIFFE id the certificate proves.
@@ -353,11 +357,13 @@ impl Svid {
         encode_pem("PRIVATE KEY", self.key_der.secret_pkcs8_der())
     }
 
-    /// When to get the next certificate: halfway through the validity, which leaves the
-    /// other half for retries while the current one still works.
+    /// When to get the next certificate: halfway from its issue to its end, which leaves
+    /// the other half for retries while the current one still works. Counted from the issue,
+    /// not from the backdated notBefore: for a lifetime near [`CLOCK_SKEW`] the latter would
+    /// already be past when the certificate is new.
     pub fn renew_at(&self) -> SystemTime {
-        let lifetime = self.not_after.duration_since(self.not_before).unwrap_or_default();
-        self.not_before + lifetime / 2
+        let left = self.not_after.duration_since(self.issued).unwrap_or_default();
+        self.issued + left / 2
     }
 }
 
@@ -793,13 +799,17 @@ mod tests {
     }
 
     #[test]
-    fn renew_at_is_halfway() {
+    fn renew_at_is_halfway_from_the_issue() {
         let ca = authority();
         let svid = ca.issue(WEB, t0(), HOUR).expect("issues");
-        let lifetime = HOUR + CLOCK_SKEW;
-        assert_eq!(svid.renew_at(), t0() - CLOCK_SKEW + lifetime / 2);
-        assert_eq!(svid.renew_at().duration_since(svid.not_before).expect("after"), lifetime / 2);
-        assert_eq!(svid.not_after.duration_since(svid.renew_at()).expect("before"), lifetime / 2);
+        assert_eq!(svid.issued, t0());
+        assert_eq!(svid.renew_at(), t0() + HOUR / 2);
+        // A lifetime shorter than the backdating: renewal is still ahead, not past.
+        let short = Duration::from_secs(10);
+        let svid = ca.issue(WEB, t0(), short).expect("issues");
+        assert_eq!(svid.not_before, t0() - CLOCK_SKEW);
+        assert_eq!(svid.renew_at(), t0() + short / 2);
+        assert!(svid.renew_at() > t0());
     }
 
     #[test]

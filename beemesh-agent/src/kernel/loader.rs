@@ -45,7 +45,6 @@ pub struct Kernel {
     /// Pinned generations of earlier instances, still enforcing their last policy until
     /// this one has installed a policy of its own ([`Self::retire_previous`]).
     previous: Vec<PathBuf>,
-    pub slots: SlotWriter,
     cgroups: HashMap<MapData, u64, u32>,
     local_addrs: HashMap<MapData, Addr, u8>,
     local_ports: HashMap<MapData, LocalPortKey, LocalPortValue>,
@@ -62,9 +61,13 @@ fn take_hash<K: aya::Pod, V: aya::Pod>(
 }
 
 impl Kernel {
-    /// Loads (but does not attach) every program. Returns the flow reader and, when the
-    /// object carries aya-log records, the log forwarder.
-    pub fn load(opts: KernelOptions) -> Result<(Self, FlowReader, Option<LogReader>), KernelError> {
+    /// Loads (but does not attach) every program. Returns the policy slots (owned by the
+    /// agent's policy thread), the flow reader and, when the object carries aya-log records,
+    /// the log forwarder.
+    #[allow(clippy::type_complexity)]
+    pub fn load(
+        opts: KernelOptions,
+    ) -> Result<(Self, SlotWriter, FlowReader, Option<LogReader>), KernelError> {
         let mut ebpf = Ebpf::load(OBJECT)?;
         let logs = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(LogReader::new(logger).map_err(KernelError::io("aya-log ring"))?),
@@ -88,8 +91,8 @@ impl Kernel {
             };
             result.map_err(|source| KernelError::Program { name, source })?;
         }
+        let slots = SlotWriter::new(&mut ebpf)?;
         let kernel = Self {
-            slots: SlotWriter::new(&mut ebpf)?,
             cgroups: take_hash(&mut ebpf, "CGROUPS")?,
             local_addrs: take_hash(&mut ebpf, "LOCAL_ADDRS")?,
             local_ports: take_hash(&mut ebpf, "LOCAL_PORTS")?,
@@ -101,7 +104,7 @@ impl Kernel {
             generation: None,
             previous: Vec::new(),
         };
-        Ok((kernel, flows, logs))
+        Ok((kernel, slots, flows, logs))
     }
 
     /// Attaches every program to the cgroup root and pins the links. Links left pinned by an

@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tokio::sync::mpsc;
@@ -25,9 +25,9 @@ impl AsRawFd for Watch {
 }
 
 /// Creates `dir` if needed and starts watching it; every change (file closed after
-/// writing, moved in or out, deleted) sends one `()` on the returned channel after
-/// `debounce` of quiet.
-pub fn spawn(dir: &Path, debounce: Duration) -> std::io::Result<mpsc::Receiver<()>> {
+/// writing, moved in or out, deleted) sends, after `debounce` of quiet, when the burst's
+/// first event was read (the receiver logs how long the change waited).
+pub fn spawn(dir: &Path, debounce: Duration) -> std::io::Result<mpsc::Receiver<Instant>> {
     std::fs::create_dir_all(dir)?;
     let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
     let mask = AddWatchFlags::IN_CLOSE_WRITE
@@ -46,6 +46,7 @@ pub fn spawn(dir: &Path, debounce: Duration) -> std::io::Result<mpsc::Receiver<(
             let Ok(mut guard) = fd.readable().await else {
                 return;
             };
+            let seen = Instant::now();
             match guard.get_inner().0.read_events() {
                 Ok(events) => {
                     if events.iter().any(|e| {
@@ -86,7 +87,7 @@ pub fn spawn(dir: &Path, debounce: Duration) -> std::io::Result<mpsc::Receiver<(
             }
             guard.clear_ready();
             // A full channel already holds a pending rescan, which will see these changes.
-            if tx.try_send(()).is_err() && tx.is_closed() {
+            if tx.try_send(seen).is_err() && tx.is_closed() {
                 return;
             }
         }

@@ -235,3 +235,17 @@ pub fn cmdline(pid: u32) -> Option<Vec<std::ffi::OsString>> {
             .collect(),
     )
 }
+
+/// Sets the calling thread's nice value (Linux: a thread's own priority, by its tid): the
+/// agent's policy thread outranks its pod work and the pods it starts (threads and children
+/// forked from other threads keep nice 0).
+pub fn raise_thread_priority(nice: i32) -> io::Result<()> {
+    let tid = nix::unistd::gettid().as_raw();
+    // SAFETY: setpriority only reads its integer arguments; PRIO_PROCESS with a tid names
+    // this one thread.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

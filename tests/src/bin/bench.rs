@@ -7,7 +7,8 @@
 //!    and -> teardown of an established connection, with 10,000 rules in force (p50/p99),
 //!    idle and again while a background thread applies and deletes 50 pods in a loop.
 //!
-//! Needs root. `--quick` runs one short round (CI uses it to prove the bench works).
+//! Needs root. `--quick` runs one short round (CI uses it to prove the bench works);
+//! `--only revocation` (or `--only rate`) runs one of the two parts.
 
 use std::io::Write;
 use std::net::TcpListener;
@@ -289,7 +290,22 @@ fn main() -> Result<()> {
 }
 
 fn run(keep: &tempfile::TempDir) -> Result<()> {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let only = args.iter().position(|a| a == "--only").map(|i| args.get(i + 1).map(String::as_str));
+    let (do_rate, do_revocation) = match only {
+        None => (true, true),
+        Some(Some("rate")) => (true, false),
+        Some(Some("revocation")) => (false, true),
+        Some(other) => bail!("--only takes rate or revocation, not {other:?}"),
+    };
+    if let Some(unknown) = args
+        .iter()
+        .enumerate()
+        .find(|(i, a)| *a != "--quick" && *a != "--only" && (*i == 0 || args[i - 1] != "--only"))
+    {
+        bail!("unknown argument {:?} (bench [--quick] [--only rate|revocation])", unknown.1);
+    }
     let opts = if quick {
         Opts { rounds: 1, secs: 1.0, revocations: 3, churn_pods: 5 }
     } else {
@@ -300,7 +316,6 @@ fn run(keep: &tempfile::TempDir) -> Result<()> {
     }
     let rate_port = server(true)?;
     let hold_port = server(false)?;
-    let rate_addr = format!("127.0.0.1:{rate_port}");
 
     let flow_mode = std::env::var("BENCH_FLOW_EVENTS").unwrap_or_else(|_| "sampled".into());
     let agent = Agent::start("bench", &[("BEEMESH_FLOW_EVENTS", flow_mode.as_str())])?;
@@ -317,6 +332,22 @@ fn run(keep: &tempfile::TempDir) -> Result<()> {
     println!("10,000-rule policy file written to in force: {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
     nft_cleanup();
 
+    if do_rate {
+        rate_part(&agent, &opts, rate_port)?;
+    }
+    if do_revocation {
+        revocation_part(&agent, &opts, rate_port, hold_port)?;
+    }
+    let kept = std::env::temp_dir().join("beemesh-bench-agent.log");
+    if std::fs::copy(agent.log_path(), &kept).is_ok() {
+        println!("\nagent log (with per-install timings): {}", kept.display());
+    }
+    Ok(())
+}
+
+/// Connection rates: no programs, beemesh, nftables linear and set, interleaved rounds.
+fn rate_part(agent: &Agent, opts: &Opts, rate_port: u16) -> Result<()> {
+    let rate_addr = format!("127.0.0.1:{rate_port}");
     println!(
         "\nconnection rate: connect/accept/close on loopback, 1 client, {} round(s) x {} s; medians (ratios: of per-round pairs)",
         opts.rounds, opts.secs
@@ -325,7 +356,7 @@ fn run(keep: &tempfile::TempDir) -> Result<()> {
     let (mut base, mut ours, mut linear, mut set) = (vec![], vec![], vec![], vec![]);
     for round in 0..opts.rounds {
         base.push(rate(None, &plain, &rate_addr, opts.secs, round)?);
-        ours.push(rate(Some(&agent), &plain, &rate_addr, opts.secs, round)?);
+        ours.push(rate(Some(agent), &plain, &rate_addr, opts.secs, round)?);
         nft(Some(&nft_ruleset(rate_port, false)), &["-f", "-"])?;
         linear.push(rate(None, &plain, &rate_addr, opts.secs, round)?);
         nft(None, &["delete", "table", "inet", "bmbench"])?;
@@ -347,9 +378,13 @@ fn run(keep: &tempfile::TempDir) -> Result<()> {
         "  nftables, 10,000 rules, linear       {linear:>9.0} conn/s   beemesh/nftables {vs_linear:.2}x (target > 1)"
     );
     println!("  nftables, 10,000 rules, one set      {set:>9.0} conn/s   beemesh/nftables-set {vs_set:.2}x");
+    Ok(())
+}
 
+/// Revocation latency idle, then while pods churn.
+fn revocation_part(agent: &Agent, opts: &Opts, rate_port: u16, hold_port: u16) -> Result<()> {
     println!("\nrevocation latency with the 10,000-rule file in force, {} runs", opts.revocations);
-    let idle = revocations(&agent, &opts, "idle", rate_port, hold_port)?;
+    let idle = revocations(agent, opts, "idle", rate_port, hold_port)?;
     for (label, v) in [
         ("file written -> first denied connect  ", &idle.0),
         ("file written -> established torn down ", &idle.1),
@@ -365,13 +400,13 @@ fn run(keep: &tempfile::TempDir) -> Result<()> {
     agent.import_busybox("busybox:1")?;
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (churned, busy) = std::thread::scope(|scope| -> Result<_> {
-        let churn = scope.spawn(|| churn(&agent, opts.churn_pods, &stop));
+        let churn = scope.spawn(|| churn(agent, opts.churn_pods, &stop));
         // The churn is under way (its first pod exists) before measuring.
         let started = beemesh_tests::eventually(T, || {
             agent.run_cli(&["get", "pods"], None).is_ok_and(|(_, out, _)| out.contains("churn-"))
         });
         let busy = if started {
-            revocations(&agent, &opts, "churn", rate_port, hold_port)
+            revocations(agent, opts, "churn", rate_port, hold_port)
         } else {
             Err(anyhow::anyhow!("the churn did not start"))
         };
@@ -391,9 +426,5 @@ fn run(keep: &tempfile::TempDir) -> Result<()> {
         );
     }
     println!("  ({churned} pods applied and deleted meanwhile)");
-    let kept = std::env::temp_dir().join("beemesh-bench-agent.log");
-    if std::fs::copy(agent.log_path(), &kept).is_ok() {
-        println!("\nagent log (with per-install timings): {}", kept.display());
-    }
     Ok(())
 }
