@@ -214,7 +214,7 @@ impl ImageStore {
                 let name = e.file_name();
                 if name.as_encoded_bytes().starts_with(b".") && name != ".lock" {
                     let p = e.path();
-                    let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                    let _ = crate::sys::tree::remove_tree(&p);
                 }
             }
         }
@@ -239,7 +239,7 @@ impl ImageStore {
         let result = self.import_locked(path, name, &mut added);
         if result.is_err() {
             for p in added.iter().rev() {
-                let _ = if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
+                let _ = crate::sys::tree::remove_tree(p);
             }
         }
         result

@@ -282,7 +282,7 @@ impl Agent {
         }
         unmount_containers(layout);
         self.pods.limits.remove(workload);
-        let _ = std::fs::remove_dir_all(&layout.dir);
+        let _ = crate::sys::tree::remove_tree(&layout.dir);
     }
 
     fn persist_pods(&self) {
@@ -913,7 +913,7 @@ impl Agent {
         let _ = self.delete_workload(key);
         unmount_containers(&entry.layout);
         self.pods.limits.remove(key);
-        if let Err(e) = std::fs::remove_dir_all(&entry.layout.dir) {
+        if let Err(e) = crate::sys::tree::remove_tree(&entry.layout.dir) {
             warn!(pod = %key, error = %e, "cannot remove pod directory");
         }
         info!(pod = %key, "pod deleted");
@@ -933,7 +933,7 @@ impl Agent {
             let _ = self.cgroups.destroy(&key);
             unmount_containers(&entry.layout);
             self.pods.limits.remove(&key);
-            let _ = std::fs::remove_dir_all(&entry.layout.dir);
+            let _ = crate::sys::tree::remove_tree(&entry.layout.dir);
             entry.record.init_pid = None;
             entry.record.slirp_pid = None;
             self.pods.entries.insert(key, entry);

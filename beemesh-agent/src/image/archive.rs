@@ -61,7 +61,7 @@ pub(super) fn read(
         layer::unpack(file, &scratch, Kind::Archive, &what, store.max_unpacked, store.max_unpacked)?;
         read_dir(store, &Layout::open(&scratch)?, &stem(path), added)
     })();
-    let _ = std::fs::remove_dir_all(&scratch);
+    let _ = crate::sys::tree::remove_tree(&scratch);
     result
 }
 

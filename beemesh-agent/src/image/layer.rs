@@ -138,7 +138,7 @@ pub(super) fn unpack_once(blob: &Path, dest: &Path, budget: u64, limit: u64) -> 
         Ok(used)
     })();
     if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
+        let _ = crate::sys::tree::remove_tree(&tmp);
     }
     result
 }
@@ -206,7 +206,7 @@ pub(super) fn unpack(
     budget: u64,
     limit: u64,
 ) -> Result<u64, ImageError> {
-    let _ = std::fs::remove_dir_all(dir);
+    crate::sys::tree::remove_tree(dir).map_err(io(dir))?;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let root = Beneath::open(dir).map_err(io(dir))?;
     let meter = Rc::new(Meter::default());

@@ -25,6 +25,8 @@ pub enum SandboxError {
     Volume { volume: String, reason: String },
     #[error("pod init: {0}")]
     Init(String),
+    #[error("cannot remove what an earlier pod of this name left: {0}")]
+    Leftover(String),
     #[error(
         "{path} (mode {mode:o}) is not searchable by other users: pods with their own id range \
          reach their files through it (make it 0711 or 0755)"
@@ -159,10 +161,10 @@ impl Layout {
                 .map_err(io_err("chmod", pods))?;
             check_reachable(&self.dir)?;
         }
-        std::fs::DirBuilder::new().mode(0o700).create(&self.dir).or_else(|e| match e.kind() {
-            io::ErrorKind::AlreadyExists => Ok(()),
-            _ => Err(io_err("create", &self.dir)(e)),
-        })?;
+        // A new pod starts from nothing: what a pod of the same name left (emptyDir data,
+        // Secrets) is removed first, and a directory that cannot be is an error.
+        crate::sys::tree::remove_tree(&self.dir).map_err(|e| SandboxError::Leftover(e.to_string()))?;
+        std::fs::DirBuilder::new().mode(0o700).create(&self.dir).map_err(io_err("create", &self.dir))?;
         if !ids.is_identity() {
             std::os::unix::fs::chown(&self.dir, Some(0), Some(ids.root()))
                 .map_err(io_err("chown", &self.dir))?;
@@ -216,9 +218,7 @@ impl Layout {
                 VolumePlan::ConfigMap { .. } | VolumePlan::Secret { .. } => {
                     let files = super::spec::volume_files(&plan.namespace, name, volume, objects)
                         .map_err(|e| bad(e.to_string()))?;
-                    if dir.exists() {
-                        std::fs::remove_dir_all(&dir).map_err(io_err("clear", &dir))?;
-                    }
+                    crate::sys::tree::remove_tree(&dir).map_err(io_err("clear", &dir))?;
                     std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
                     for f in files {
                         let path = dir.join(&f.path);
