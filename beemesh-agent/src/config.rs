@@ -91,6 +91,9 @@ pub struct Config {
     /// Most bytes one `image import` may unpack (its new layers together, after
     /// decompression; an archive tarball's contents too): a gzip bomb stops here.
     pub image_max_unpacked_bytes: u64,
+    /// Most entries (files, directories, links, and the directories their paths imply) one
+    /// `image import` may create: headers compress to almost nothing, inodes do not.
+    pub image_max_entries: u64,
 }
 
 impl Default for Config {
@@ -113,6 +116,7 @@ impl Default for Config {
             host_path_allow: Vec::new(),
             seccomp_profile_dir: "/etc/beemesh/seccomp".into(),
             image_max_unpacked_bytes: crate::image::DEFAULT_MAX_UNPACKED_BYTES,
+            image_max_entries: crate::image::DEFAULT_MAX_ENTRIES,
         }
     }
 }
@@ -161,6 +165,9 @@ impl Config {
         }
         if self.image_max_unpacked_bytes == 0 {
             return Err(ConfigError::Invalid("imageMaxUnpackedBytes: must be more than 0".into()));
+        }
+        if self.image_max_entries == 0 {
+            return Err(ConfigError::Invalid("imageMaxEntries: must be more than 0".into()));
         }
         crate::identity::SpiffeId::new(&self.trust_domain, "default", "default")
             .map_err(|e| ConfigError::Invalid(format!("trustDomain {:?}: {e}", self.trust_domain)))?;
@@ -213,6 +220,11 @@ mod tests {
         assert_eq!(c.image_max_unpacked_bytes, 1 << 20);
         let zero = Config { image_max_unpacked_bytes: 0, ..Config::default() };
         assert!(zero.validate().is_err());
+        assert_eq!(Config::default().image_max_entries, 1_000_000);
+        let c = Config::from_yaml("imageMaxEntries: 500\n").expect("valid");
+        assert_eq!(c.image_max_entries, 500);
+        let zero = Config { image_max_entries: 0, ..Config::default() };
+        assert!(zero.validate().expect_err("zero entries").to_string().contains("imageMaxEntries"));
     }
 
     #[test]
