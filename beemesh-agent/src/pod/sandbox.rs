@@ -597,4 +597,36 @@ mod tests {
         check_host_path(&tmp.path().join("f"), Some("FileOrCreate")).expect("created");
         check_host_path(&tmp.path().join("missing"), None).expect("no type: no check");
     }
+
+    /// A new pod never starts on what an earlier pod of its name left (emptyDir data,
+    /// Secrets); a leftover that cannot be removed (a mount inside) fails the creation.
+    #[test]
+    fn a_new_pod_directory_starts_empty() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let layout = Layout::new(tmp.path(), "pod-default-x");
+        let old = layout.volume("scratch").join("a/b");
+        std::fs::create_dir_all(&old).expect("mkdir");
+        std::fs::write(old.join("data"), "old").expect("write");
+        layout.create("x", IdMap::IDENTITY).expect("create over a leftover");
+        assert!(!layout.volume("scratch").exists(), "leftover emptyDir kept");
+        assert!(layout.etc("hostname").is_file());
+        // Root: a mount inside a leftover is neither crossed nor reused.
+        let other = tempfile::tempdir().expect("tmp");
+        std::fs::write(other.path().join("keep"), "x").expect("write");
+        let target = layout.volume("scratch");
+        std::fs::create_dir_all(&target).expect("mkdir");
+        nix::mount::mount(
+            Some(other.path()),
+            &target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("bind");
+        let result = layout.create("x", IdMap::IDENTITY);
+        nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH).expect("umount");
+        let e = result.expect_err("a mount in the leftover").to_string();
+        assert!(e.contains("earlier pod") && e.contains("volumes/scratch"), "{e}");
+        assert!(other.path().join("keep").is_file());
+    }
 }
