@@ -97,6 +97,9 @@ pub struct Config {
     pub image_max_unpacked_bytes: u64,
     /// Lifetime of a pod's X.509 SVID; it is renewed at half of it.
     pub svid_lifetime_seconds: u64,
+    /// Most entries (files, directories, links, and the directories their paths imply) one
+    /// `image import` may create: headers compress to almost nothing, inodes do not.
+    pub image_max_entries: u64,
 }
 
 impl Default for Config {
@@ -120,6 +123,7 @@ impl Default for Config {
             seccomp_profile_dir: "/etc/beemesh/seccomp".into(),
             image_max_unpacked_bytes: crate::image::DEFAULT_MAX_UNPACKED_BYTES,
             svid_lifetime_seconds: 3600,
+            image_max_entries: crate::image::DEFAULT_MAX_ENTRIES,
         }
     }
 }
@@ -175,6 +179,9 @@ impl Config {
                 self.svid_lifetime_seconds
             )));
         }
+        if self.image_max_entries == 0 {
+            return Err(ConfigError::Invalid("imageMaxEntries: must be more than 0".into()));
+        }
         crate::identity::SpiffeId::new(&self.trust_domain, "default", "default")
             .map_err(|e| ConfigError::Invalid(format!("trustDomain {:?}: {e}", self.trust_domain)))?;
         crate::pod::userns::IdRanges::new(self.pod_id_range_start, self.pod_id_range_size)
@@ -226,6 +233,11 @@ mod tests {
         assert_eq!(c.image_max_unpacked_bytes, 1 << 20);
         let zero = Config { image_max_unpacked_bytes: 0, ..Config::default() };
         assert!(zero.validate().is_err());
+        assert_eq!(Config::default().image_max_entries, 1_000_000);
+        let c = Config::from_yaml("imageMaxEntries: 500\n").expect("valid");
+        assert_eq!(c.image_max_entries, 500);
+        let zero = Config { image_max_entries: 0, ..Config::default() };
+        assert!(zero.validate().expect_err("zero entries").to_string().contains("imageMaxEntries"));
     }
 
     #[test]

@@ -36,6 +36,11 @@ pub enum ImageError {
     Entry { what: String, entry: String, reason: String },
     #[error("{what} takes the import past {limit} unpacked bytes (the imageMaxUnpackedBytes limit)")]
     TooLarge { what: String, limit: u64 },
+    #[error(
+        "{what} takes the import past {limit} entries (files, directories, links, with the \
+         directories their paths imply; the imageMaxEntries limit)"
+    )]
+    TooManyEntries { what: String, limit: u64 },
     #[error("--name {name:?}: {reason}")]
     BadName { name: String, reason: String },
 }
@@ -90,6 +95,26 @@ pub fn normalize(reference: &str) -> String {
 /// Default of the `imageMaxUnpackedBytes` setting: what one import may unpack (8 GiB).
 pub const DEFAULT_MAX_UNPACKED_BYTES: u64 = 8 << 30;
 
+/// Default of the `imageMaxEntries` setting: how many files, directories and links one import
+/// may create (each tar header is one inode, and gzip makes headers almost free to send).
+pub const DEFAULT_MAX_ENTRIES: u64 = 1_000_000;
+
+/// What one import may still unpack, or what an unpack used: bytes written and inodes made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Budget {
+    pub bytes: u64,
+    pub entries: u64,
+}
+
+impl Budget {
+    fn minus(self, used: Budget) -> Budget {
+        Budget {
+            bytes: self.bytes.saturating_sub(used.bytes),
+            entries: self.entries.saturating_sub(used.entries),
+        }
+    }
+}
+
 /// The store on disk: `blobs/sha256/<hex>`, `layers/<hex>/` (unpacked), `images.json`
 /// (tag -> image). Every write is a temp file or directory renamed into place, under an
 /// exclusive lock (`.lock`), so imports by the agent and offline ones never interleave. The
@@ -98,6 +123,7 @@ pub const DEFAULT_MAX_UNPACKED_BYTES: u64 = 8 << 30;
 pub struct ImageStore {
     root: PathBuf,
     max_unpacked: u64,
+    max_entries: u64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -148,7 +174,11 @@ fn tags_for(name: &str, found: &[Found]) -> Result<Vec<String>, ImageError> {
 
 impl ImageStore {
     pub fn new(state_dir: &Path) -> Self {
-        Self { root: state_dir.join("images"), max_unpacked: DEFAULT_MAX_UNPACKED_BYTES }
+        Self {
+            root: state_dir.join("images"),
+            max_unpacked: DEFAULT_MAX_UNPACKED_BYTES,
+            max_entries: DEFAULT_MAX_ENTRIES,
+        }
     }
 
     /// Bounds what one import may unpack (all its new layers together, and an archive
@@ -156,6 +186,18 @@ impl ImageStore {
     pub fn max_unpacked(mut self, bytes: u64) -> Self {
         self.max_unpacked = bytes;
         self
+    }
+
+    /// Bounds how many entries (inodes) one import may create, counted as
+    /// [`ImageStore::max_unpacked`] counts bytes.
+    pub fn max_entries(mut self, entries: u64) -> Self {
+        self.max_entries = entries;
+        self
+    }
+
+    /// Both limits of one import.
+    fn limits(&self) -> Budget {
+        Budget { bytes: self.max_unpacked, entries: self.max_entries }
     }
 
     /// The store's directory (`<state-dir>/images`).
@@ -214,7 +256,7 @@ impl ImageStore {
                 let name = e.file_name();
                 if name.as_encoded_bytes().starts_with(b".") && name != ".lock" {
                     let p = e.path();
-                    let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                    let _ = crate::sys::tree::remove_tree(&p);
                 }
             }
         }
@@ -239,7 +281,7 @@ impl ImageStore {
         let result = self.import_locked(path, name, &mut added);
         if result.is_err() {
             for p in added.iter().rev() {
-                let _ = if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
+                let _ = crate::sys::tree::remove_tree(p);
             }
         }
         result
@@ -253,18 +295,18 @@ impl ImageStore {
     ) -> Result<Vec<String>, ImageError> {
         let found = archive::read(self, path, added)?;
         let mut index = self.load_index()?;
-        let mut budget = self.max_unpacked;
+        let mut budget = self.limits();
         let named = name.map(|n| tags_for(n, &found)).transpose()?;
         let mut tags = Vec::new();
         for (i, f) in found.iter().enumerate() {
             for layer in &f.image.layers {
                 let dest = self.root.join("layers").join(layer);
                 let fresh = !dest.is_dir();
-                let used = layer::unpack_once(&self.blob_path(layer), &dest, budget, self.max_unpacked)?;
+                let used = layer::unpack_once(&self.blob_path(layer), &dest, budget, self.limits())?;
                 if fresh {
                     added.push(dest);
                 }
-                budget -= used.min(budget);
+                budget = budget.minus(used);
             }
             let names = match &named {
                 Some(n) if i == 0 => n.clone(),

@@ -28,10 +28,13 @@ fn workload_of(name: &str) -> String {
 fn apply_is_all_or_nothing_and_takes_a_one_mib_configmap() -> Result<()> {
     let agent = Agent::start("appatomic", &[])?;
     agent.import_busybox("busybox:1")?;
-    // Pod "second" cannot be created: a file sits where its directory must go.
+    // Pod "second" cannot be created: a mount point sits where its directory must go (the
+    // agent removes a leftover directory first, but never crosses a mount to do it).
     let blocker = agent.state_dir().join("pods").join(workload_of("second"));
-    std::fs::create_dir_all(blocker.parent().context("pods dir")?)?;
-    std::fs::write(&blocker, "in the way")?;
+    std::fs::create_dir_all(&blocker)?;
+    let mounted =
+        std::process::Command::new("mount").args(["-t", "tmpfs", "blocker"]).arg(&blocker).status()?;
+    anyhow::ensure!(mounted.success(), "mount a tmpfs at {}", blocker.display());
     let text = format!(
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm}}\ndata: {{a: b}}\n---\n{}---\n{}",
         sleeper("first"),
@@ -54,7 +57,8 @@ fn apply_is_all_or_nothing_and_takes_a_one_mib_configmap() -> Result<()> {
     assert!(deleted.contains("not found"), "the ConfigMap was never stored: {deleted}");
 
     // Once nothing is in the way the same file applies whole.
-    std::fs::remove_file(&blocker)?;
+    let unmounted = std::process::Command::new("umount").arg(&blocker).status()?;
+    anyhow::ensure!(unmounted.success(), "umount {}", blocker.display());
     let out = agent.apply(&text)?;
     assert!(out.contains("pod/first created") && out.contains("pod/second created"), "{out}");
     agent.wait_ready("first", T)?;

@@ -1351,3 +1351,51 @@ fn an_adopted_container_is_entered_only_as_the_manifest_says() -> Result<()> {
     let _ = fake.join();
     Ok(())
 }
+/// A pod that leaves directory trees deeper than the agent may open descriptors (about 20,000
+/// levels, in its emptyDir and in its root's upper directory) is removed all the same: the
+/// pod directory goes, and a new pod of the same name finds its emptyDir empty.
+#[test]
+fn deep_trees_a_pod_leaves_go_with_it() -> Result<()> {
+    let agent = Agent::start("poddeep", &[])?;
+    agent.import_busybox("busybox:1")?;
+    // A chain of 1,000 `a` under a fresh `n` (a path of 2,000 bytes), the tree moved to its
+    // bottom, 20 times: every command sees short paths only.
+    let script = "echo \"had: $(ls -A /scratch)\"; \
+        p=a; i=1; while [ $i -lt 1000 ]; do p=$p/a; i=$((i+1)); done; \
+        for d in /scratch /tmp; do cd $d && mkdir t && r=0 && while [ $r -lt 20 ]; do \
+        mkdir -p n/$p && mv t n/$p/t && mv n t || exit 1; r=$((r+1)); done; done; \
+        echo built; trap 'exit 0' TERM; sleep 1000 & wait";
+    let manifest = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: deep}}
+spec:
+  volumes: [{{name: scratch, emptyDir: {{}}}}]
+  containers:
+  - name: c
+    image: busybox:1
+    command: ["sh", "-c", {script:?}]
+    volumeMounts: [{{name: scratch, mountPath: /scratch}}]
+"#
+    );
+    let long = Duration::from_secs(120);
+    for round in 0..2 {
+        agent.apply(&manifest)?;
+        agent.wait_ready("deep", T)?;
+        assert!(
+            eventually(long, || logs(&agent, "deep", "c").contains("built")),
+            "{}",
+            logs(&agent, "deep", "c")
+        );
+        let out = logs(&agent, "deep", "c");
+        assert!(out.lines().any(|l| l == "had: "), "round {round}: the emptyDir was not empty: {out}");
+        let dir = agent.state_dir().join("pods").join(agent.pod_workload("deep")?);
+        let (ok, _, err) = agent.run_cli(&["delete", "pod", "deep"], None)?;
+        assert!(ok, "{err}");
+        assert!(eventually(T, || !dir.exists()), "pod directory left behind:\n{}", agent.log());
+        let (ok, _, err) = agent.run_cli(&["get", "pods"], None)?;
+        assert!(ok, "the agent stopped answering: {err}\n{}", agent.log());
+    }
+    Ok(())
+}

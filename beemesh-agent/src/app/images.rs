@@ -14,7 +14,9 @@ use crate::image::ImageStore;
 
 impl Agent {
     fn image_store(&self) -> ImageStore {
-        ImageStore::new(&self.cfg.state_dir).max_unpacked(self.cfg.image_max_unpacked_bytes)
+        ImageStore::new(&self.cfg.state_dir)
+            .max_unpacked(self.cfg.image_max_unpacked_bytes)
+            .max_entries(self.cfg.image_max_entries)
     }
 
     /// Refuses a client that names another state directory than this agent's.

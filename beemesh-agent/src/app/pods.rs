@@ -340,7 +340,7 @@ impl Agent {
         }
         unmount_containers(layout);
         self.pods.limits.remove(workload);
-        let _ = std::fs::remove_dir_all(&layout.dir);
+        let _ = crate::sys::tree::remove_tree(&layout.dir);
     }
 
     fn persist_pods(&self) {
@@ -462,7 +462,7 @@ impl Agent {
                 let _ = self.kernel.set_refuse_cgroup(id, false);
             }
             let _ = self.forget_workload(key);
-            let _ = std::fs::remove_dir_all(&entry.layout.dir);
+            let _ = crate::sys::tree::remove_tree(&entry.layout.dir);
             info!(pod = %key, "pod creation undone: its apply failed");
         }
         self.persist();
@@ -560,7 +560,7 @@ impl Agent {
         if let Err(e) = self.renew_svid(&mut entry) {
             let _ = self.kernel.set_refuse_cgroup(net_id, false);
             let _ = self.delete_workload(&workload);
-            let _ = std::fs::remove_dir_all(&layout.dir);
+            let _ = crate::sys::tree::remove_tree(&layout.dir);
             return Err(e);
         }
         if let Err(e) = layout.prepare_volumes(&entry.plan, &self.pods, ids, &self.security_rules()) {
@@ -1118,7 +1118,7 @@ impl Agent {
             };
             unmount_containers(&layout);
             limits.remove(&workload);
-            if let Err(e) = std::fs::remove_dir_all(&layout.dir) {
+            if let Err(e) = crate::sys::tree::remove_tree(&layout.dir) {
                 warn!(pod = %workload, error = %e, "cannot remove pod directory");
             }
             let _ = tx.blocking_send(PodMsg::TornDown { workload, uid, cgroup_removed, unreaped });
@@ -1168,7 +1168,7 @@ impl Agent {
             let _ = self.cgroups.destroy(&key);
             unmount_containers(&entry.layout);
             self.pods.limits.remove(&key);
-            let _ = std::fs::remove_dir_all(&entry.layout.dir);
+            let _ = crate::sys::tree::remove_tree(&entry.layout.dir);
             entry.record.init_pid = None;
             entry.record.slirp_pid = None;
             self.pods.entries.insert(key, entry);

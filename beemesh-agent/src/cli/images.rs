@@ -27,7 +27,9 @@ fn no_agent(r: &Result<Response, ClientError>) -> bool {
 
 pub(super) async fn run(global: &GlobalOpts, cfg: &Config, socket: &Path, command: ImageCommand) -> ExitCode {
     let state_dir = chosen_state_dir(global, cfg);
-    let store = ImageStore::new(&cfg.state_dir).max_unpacked(cfg.image_max_unpacked_bytes);
+    let store = ImageStore::new(&cfg.state_dir)
+        .max_unpacked(cfg.image_max_unpacked_bytes)
+        .max_entries(cfg.image_max_entries);
     match command {
         ImageCommand::Import { file, name } => {
             // The agent has its own working directory: send an absolute path, never the bytes.

@@ -58,10 +58,10 @@ pub(super) fn read(
     let result = (|| {
         let file = std::fs::File::open(path).map_err(io(path))?;
         let what = path.display().to_string();
-        layer::unpack(file, &scratch, Kind::Archive, &what, store.max_unpacked, store.max_unpacked)?;
+        layer::unpack(file, &scratch, Kind::Archive, &what, store.limits(), store.limits())?;
         read_dir(store, &Layout::open(&scratch)?, &stem(path), added)
     })();
-    let _ = std::fs::remove_dir_all(&scratch);
+    let _ = crate::sys::tree::remove_tree(&scratch);
     result
 }
 

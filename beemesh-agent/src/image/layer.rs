@@ -5,8 +5,12 @@
 //!
 //! Every entry is created from descriptors by `beneath.rs`: absolute paths, `..`, parents that
 //! are symbolic links, hard links to anything outside the layer, device nodes (other than the
-//! 0/0 whiteout form) and `trusted.overlay.*` xattrs are refused with an error naming the
-//! entry; the unpacked size is bounded (`imageMaxUnpackedBytes`, a gzip bomb stops there).
+//! 0/0 whiteout form), `trusted.overlay.*` xattrs, sparse files (GNU `S` entries, PAX
+//! `GNU.sparse.*`: a few bytes of archive would write out gigabytes of holes) and paths deeper
+//! than 256 components or longer than 4096 bytes are refused with an error naming the entry;
+//! the bytes written are bounded (`imageMaxUnpackedBytes`, a gzip bomb stops there), and so
+//! are the inodes made (`imageMaxEntries`: entries and the parent directories their paths
+//! imply).
 //! A failed unpack leaves nothing: the temporary directory is removed.
 
 use std::cell::Cell;
@@ -26,7 +30,7 @@ use tar::EntryType;
 use tracing::warn;
 
 use super::beneath::{components, open_child_dir, reopen_dir, Beneath};
-use super::{io, ImageError};
+use super::{io, Budget, ImageError};
 
 /// What is being unpacked: an image layer (ownership, modes, xattrs and whiteouts kept) or an
 /// image archive (plain files, directories and links only; read, never run).
@@ -86,7 +90,8 @@ pub(super) fn plan(
         }
     }
     match entry_type {
-        EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => Ok(Action::File),
+        EntryType::Regular | EntryType::Continuous => Ok(Action::File),
+        EntryType::GNUSparse => Err(SPARSE.into()),
         EntryType::Directory => Ok(Action::Dir),
         EntryType::Symlink => Ok(Action::Symlink),
         EntryType::Link => Ok(Action::HardLink),
@@ -103,6 +108,23 @@ pub(super) fn plan(
     }
 }
 
+const SPARSE: &str = "sparse file refused (its holes would be written out in full)";
+
+/// Refuses an entry whose PAX records describe a sparse file (`GNU.sparse.*`, written by GNU
+/// tar `--sparse --format=posix`): its data is a map and fragments, not the file.
+fn refuse_pax_sparse(entry: &mut tar::Entry<'_, impl Read>) -> Result<(), Fail> {
+    let Some(exts) = entry.pax_extensions().map_err(|e| Fail::Io("read PAX records", e))? else {
+        return Ok(());
+    };
+    for ext in exts {
+        let ext = ext.map_err(|e| Fail::Io("read PAX records", e))?;
+        if ext.key_bytes().starts_with(b"GNU.sparse.") {
+            return Err(Fail::Reason(SPARSE.into()));
+        }
+    }
+    Ok(())
+}
+
 /// Which extended attributes of an image file are kept: `Ok(true)` set, `Ok(false)` skipped
 /// (with a warning), `Err` refused.
 pub(super) fn xattr_kept(name: &str) -> Result<bool, String> {
@@ -112,12 +134,16 @@ pub(super) fn xattr_kept(name: &str) -> Result<bool, String> {
     Ok(name.starts_with("user.") || name == "security.capability")
 }
 
-/// Unpacks `blob` into `dest` unless already there (a finished unpack is renamed into place).
-/// At most `budget` bytes of tar stream are read (what remains of the import's `limit`);
-/// returns how many were.
-pub(super) fn unpack_once(blob: &Path, dest: &Path, budget: u64, limit: u64) -> Result<u64, ImageError> {
+/// Unpacks `blob` into `dest` unless already there (a finished unpack is renamed into place),
+/// within `budget` (what remains of the import's `limits`); returns what it used.
+pub(super) fn unpack_once(
+    blob: &Path,
+    dest: &Path,
+    budget: Budget,
+    limits: Budget,
+) -> Result<Budget, ImageError> {
     if dest.is_dir() {
-        return Ok(0);
+        return Ok(Budget::default());
     }
     let parent = dest.parent().expect("layer directories live under layers/");
     std::fs::create_dir_all(parent).map_err(io(parent))?;
@@ -133,12 +159,12 @@ pub(super) fn unpack_once(blob: &Path, dest: &Path, budget: u64, limit: u64) -> 
         let gzip = reader.fill_buf().map_err(io(blob))?.starts_with(&[0x1f, 0x8b]);
         let stream: Box<dyn Read> =
             if gzip { Box::new(flate2::read::GzDecoder::new(reader)) } else { Box::new(reader) };
-        let used = unpack(stream, &tmp, Kind::Layer, &what, budget, limit)?;
+        let used = unpack(stream, &tmp, Kind::Layer, &what, budget, limits)?;
         std::fs::rename(&tmp, dest).map_err(io(dest))?;
         Ok(used)
     })();
     if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
+        let _ = crate::sys::tree::remove_tree(&tmp);
     }
     result
 }
@@ -148,12 +174,13 @@ pub(super) fn unpack_once(blob: &Path, dest: &Path, budget: u64, limit: u64) -> 
 const HEADERS_LIMIT: u64 = 16 << 20;
 
 /// What has been read of the tar stream (after decompression): all of it, and (while
-/// `in_headers`) of the headers before the next entry.
+/// `in_headers`) of the headers before the next entry; and what has been written to files.
 #[derive(Default)]
 struct Meter {
     used: Cell<u64>,
     headers: Cell<u64>,
     in_headers: Cell<bool>,
+    written: Cell<u64>,
 }
 
 /// Counts through a [`Meter`] and fails past either limit.
@@ -195,24 +222,38 @@ impl From<Errno> for Fail {
     }
 }
 
+/// An entry's path for errors: a long one shortened (the refusal says how long it is).
+fn shown(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    match text.char_indices().nth(200) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.into_owned(),
+    }
+}
+
 /// Unpacks the tar `stream` into `dir` (created here; removed by the caller on failure),
-/// reading at most `budget` bytes (of the import's `limit`, which errors name). `what` names
-/// the layer or archive in errors.
+/// reading and writing at most `budget.bytes` bytes and making at most `budget.entries`
+/// inodes (of the import's `limits`, which errors name). `what` names the layer or archive
+/// in errors. Returns what it used.
 pub(super) fn unpack(
     stream: impl Read,
     dir: &Path,
     kind: Kind,
     what: &str,
-    budget: u64,
-    limit: u64,
-) -> Result<u64, ImageError> {
-    let _ = std::fs::remove_dir_all(dir);
+    budget: Budget,
+    limits: Budget,
+) -> Result<Budget, ImageError> {
+    crate::sys::tree::remove_tree(dir).map_err(io(dir))?;
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let root = Beneath::open(dir).map_err(io(dir))?;
     let meter = Rc::new(Meter::default());
-    let mut archive = tar::Archive::new(Counted { inner: stream, meter: meter.clone(), limit: budget });
-    let over = || meter.used.get() > budget;
-    let too_large = || ImageError::TooLarge { what: what.to_owned(), limit };
+    let mut archive = tar::Archive::new(Counted { inner: stream, meter: meter.clone(), limit: budget.bytes });
+    let over = || meter.used.get() > budget.bytes || meter.written.get() > budget.bytes;
+    let too_large = || ImageError::TooLarge { what: what.to_owned(), limit: limits.bytes };
+    let too_many = || ImageError::TooManyEntries { what: what.to_owned(), limit: limits.entries };
+    // Entries seen; the directories their paths implied are counted by `root`.
+    let mut entries_seen = 0u64;
+    let inodes = |seen: u64| seen.saturating_add(root.created());
     let stream_err = |e: io::Error| if over() { too_large() } else { super::malformed(what, e) };
     // Directory times are set last: creating their children would change them.
     let mut dir_times: Vec<(Vec<OsString>, u64)> = Vec::new();
@@ -223,8 +264,12 @@ pub(super) fn unpack(
         let Some(entry) = entries.next() else { break };
         meter.in_headers.set(false);
         let mut entry = entry.map_err(stream_err)?;
+        entries_seen += 1;
+        if inodes(entries_seen) > budget.entries {
+            return Err(too_many());
+        }
         let raw = entry.path_bytes().into_owned();
-        let shown = String::from_utf8_lossy(&raw).into_owned();
+        let shown = shown(&raw);
         let bad = |reason: String| ImageError::Entry { what: what.to_owned(), entry: shown.clone(), reason };
         let comps = components(Path::new(OsStr::from_bytes(&raw))).map_err(bad)?;
         let header = entry.header();
@@ -233,7 +278,17 @@ pub(super) fn unpack(
             _ => None,
         };
         let action = plan(kind, &comps, header.entry_type(), device).map_err(bad)?;
-        let applied = apply(&root, &mut entry, kind, &comps, action, &mut dir_times)
+        match refuse_pax_sparse(&mut entry) {
+            Ok(()) => {}
+            Err(Fail::Reason(reason)) => return Err(bad(reason)),
+            Err(Fail::Io(doing, e)) => return Err(bad(format!("{doing}: {e}"))),
+        }
+        // A file that cannot fit is refused before a byte of it is written.
+        let room = budget.bytes.saturating_sub(meter.written.get());
+        if action == Action::File && entry.size() > room {
+            return Err(too_large());
+        }
+        let applied = apply(&root, &mut entry, kind, &comps, action, &mut dir_times, (&meter, room))
             // What the entry did not use is skipped here, not counted as headers.
             .and_then(|()| std::io::copy(&mut entry, &mut std::io::sink()).map_err(|e| Fail::Io("read", e)));
         match applied {
@@ -242,6 +297,9 @@ pub(super) fn unpack(
             Err(Fail::Reason(reason)) => return Err(bad(reason)),
             Err(Fail::Io(doing, e)) => return Err(bad(format!("{doing}: {e}"))),
         }
+        if inodes(entries_seen) > budget.entries {
+            return Err(too_many());
+        }
     }
     for (comps, secs) in dir_times.iter().rev() {
         let t = TimeSpec::new(i64::try_from(*secs).unwrap_or(0), 0);
@@ -249,7 +307,7 @@ pub(super) fn unpack(
             let _ = nix::sys::stat::futimens(&rw, &t, &t);
         }
     }
-    Ok(meter.used.get())
+    Ok(Budget { bytes: meter.used.get().max(meter.written.get()), entries: inodes(entries_seen) })
 }
 
 /// A parent walk's failure, said plainly.
@@ -351,6 +409,7 @@ fn apply(
     comps: &[OsString],
     action: Action,
     dir_times: &mut Vec<(Vec<OsString>, u64)>,
+    (meter, room): (&Meter, u64),
 ) -> Result<(), Fail> {
     let layer = kind == Kind::Layer;
     let xattrs = if layer { xattrs(entry)? } else { Vec::new() };
@@ -394,7 +453,13 @@ fn apply(
                 OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
             let fd = nix::fcntl::openat(&parent, name.as_os_str(), flags, Mode::from_bits_truncate(0o600))?;
             let mut file = std::fs::File::from(fd);
-            std::io::copy(entry, &mut file).map_err(|e| Fail::Io("write the file", e))?;
+            // What is written counts, whatever the tar reader makes of the stream.
+            let n = std::io::copy(&mut entry.take(room.saturating_add(1)), &mut file)
+                .map_err(|e| Fail::Io("write the file", e))?;
+            meter.written.set(meter.written.get().saturating_add(n));
+            if n > room {
+                return Err(Fail::Reason("larger than the unpacked size limit".into()));
+            }
             let fd = OwnedFd::from(file);
             if layer {
                 finish(&fd, &h, &xattrs)?;

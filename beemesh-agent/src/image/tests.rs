@@ -1,7 +1,8 @@
 //! Image store: docker-archive and OCI layouts (directory and tarball) built here, imported,
 //! resolved and unpacked with whiteouts; tampered and malformed archives refused; hostile
 //! layers (absolute paths, `..`, symlinked parents, hard links out, devices, overlay xattrs,
-//! sizes that lie, gzip bombs) refused without touching a canary file or leaving anything.
+//! sizes that lie, gzip bombs, sparse files, deep paths, too many entries, FIFOs) refused
+//! without touching a canary file or leaving anything.
 
 use std::path::{Path, PathBuf};
 
@@ -319,4 +320,121 @@ fn entries_are_planned_from_their_headers() {
     assert_eq!(xattr_kept("security.capability"), Ok(true));
     assert_eq!(xattr_kept("security.selinux"), Ok(false));
     assert!(xattr_kept("trusted.overlay.opaque").is_err());
+}
+
+/// A GNU sparse entry (type `S`) of `real` bytes, one byte of them stored (at the end).
+fn gnu_sparse(name: &str, real: u64) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.set_path(name).expect("name");
+    h.set_entry_type(tar::EntryType::GNUSparse);
+    h.set_mode(0o644);
+    h.set_size(1);
+    let gnu = h.as_gnu_mut().expect("a GNU header");
+    gnu.set_real_size(real);
+    gnu.sparse[0].set_offset(real - 1);
+    gnu.sparse[0].set_length(1);
+    h.set_cksum();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&h, [1u8].as_slice()).expect("entry");
+    b.into_inner().expect("tar")
+}
+
+/// A sparse file's holes are written out in full by the tar reader: a few hundred bytes of
+/// archive would fill the disk, so sparse entries (GNU `S`, PAX `GNU.sparse.*`) are refused,
+/// in layers and in archive tarballs.
+#[test]
+fn sparse_files_are_refused() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let _ = canary(tmp.path());
+    let store = ImageStore::new(&tmp.path().join("state")).max_unpacked(1 << 20);
+    let e = refused(tmp.path(), &store, gnu_sparse("holes", 64 << 20), true);
+    assert!(e.contains("entry \"holes\"") && e.contains("sparse file refused"), "{e}");
+    let pax: [(&str, &[u8]); 2] = [("GNU.sparse.major", b"1"), ("GNU.sparse.realsize", b"67108864")];
+    let layer = raw_layer(&[Raw { pax: &pax, ..Raw::file(b"GNUSparseFile.0/holes", b"0\n") }]);
+    let e = refused(tmp.path(), &store, layer, false);
+    assert!(e.contains("GNUSparseFile.0/holes") && e.contains("sparse file refused"), "{e}");
+    let tarball = tmp.path().join("sparse.tar");
+    std::fs::write(&tarball, gnu_sparse("index.json", 64 << 20)).expect("tar");
+    let e = store.import(&tarball).expect_err("sparse archive").to_string();
+    assert!(e.contains("sparse file refused"), "{e}");
+    assert!(store.list().expect("list").is_empty());
+}
+
+/// A path of 16,000 components (a tree std's recursive removal cannot take down) or of more
+/// than 4096 bytes is refused by name; 256 components are fine.
+#[test]
+fn deep_and_long_paths_are_refused() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let _ = canary(tmp.path());
+    let store = ImageStore::new(&tmp.path().join("state"));
+    let deep = |n: usize| "a/".repeat(n - 1) + "f";
+    for (path, why) in [
+        (deep(16_000), "path of 31999 bytes refused (at most 4096)"),
+        (deep(257), "path deeper than 256 components refused"),
+        (format!("{}/f", "d".repeat(4095)), "path of 4097 bytes refused"),
+    ] {
+        let pax = [("path", path.as_bytes())];
+        // An ordinary file first: the refusal then sends the cleanup through a real tree.
+        let layer = raw_layer(&[Raw::file(b"ok", b"x"), Raw { pax: &pax, ..Raw::file(b"x", b"") }]);
+        let e = refused(tmp.path(), &store, layer, true);
+        assert!(e.contains(why) && e.contains(&format!("entry \"{}...\"", &path[..200])), "{e}");
+    }
+    let path = deep(256);
+    let pax = [("path", path.as_bytes())];
+    let layout = tmp.path().join("deep");
+    layout_of(&layout, "1", &[raw_layer(&[Raw { pax: &pax, ..Raw::file(b"x", b"x") }])], &[]);
+    store.import(&layout).expect("256 components are fine");
+    let dir = &store.resolve("deep:1").expect("resolve").layer_dirs[0];
+    assert!(dir.join(&path).is_file());
+}
+
+/// Every entry is an inode, and so is every directory its path implies: an import makes at
+/// most `imageMaxEntries` of them, over all its layers.
+#[test]
+fn entries_are_bounded() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let _ = canary(tmp.path());
+    let store = ImageStore::new(&tmp.path().join("state")).max_entries(100);
+    let names: Vec<String> = (0..101).map(|i| format!("f{i}")).collect();
+    let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), b"".as_slice())).collect();
+    let e = refused(tmp.path(), &store, layer(&files), true);
+    assert!(e.contains("past 100 entries") && e.contains("imageMaxEntries"), "{e}");
+    // One entry whose path implies 149 directories.
+    let path = "a/".repeat(149) + "f";
+    let pax = [("path", path.as_bytes())];
+    let e = refused(tmp.path(), &store, raw_layer(&[Raw { pax: &pax, ..Raw::file(b"x", b"") }]), false);
+    assert!(e.contains("past 100 entries"), "{e}");
+    // Two layers of 60 entries: each fits, the image does not.
+    let (a, b) = (layer(&files[..60]), layer(&files[40..]));
+    let layout = tmp.path().join("two");
+    layout_of(&layout, "1", &[a.clone(), b], &[]);
+    let e = store.import(&layout).expect_err("over the limit together").to_string();
+    assert!(e.contains("past 100 entries"), "{e}");
+    assert_eq!(std::fs::read_dir(store.root().join("layers")).map(|r| r.count()).unwrap_or(0), 0);
+    let layout = tmp.path().join("one");
+    layout_of(&layout, "1", &[a], &[]);
+    store.import(&layout).expect("60 entries fit");
+}
+
+/// A FIFO where a layout's file should be: refused at once, not waited on (with the store
+/// locked) for a writer that never comes.
+#[test]
+fn fifos_in_a_layout_directory_are_refused_not_opened() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = ImageStore::new(&tmp.path().join("state"));
+    let layout = tmp.path().join("fifo");
+    oci_layout(&layout, "1");
+    let (base, _) = layers();
+    let blob = layout.join("blobs/sha256").join(hex(&base));
+    std::fs::remove_file(&blob).expect("rm");
+    nix::unistd::mkfifo(&blob, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let importer = store.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(importer.import(&layout).map_err(|e| e.to_string()));
+    });
+    let result = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the import hangs on a FIFO");
+    let e = result.expect_err("a FIFO is not a blob");
+    assert!(e.contains(&hex(&base)) && e.contains("not a regular file"), "{e}");
+    assert!(store.list().expect("list").is_empty());
 }

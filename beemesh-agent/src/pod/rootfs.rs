@@ -113,7 +113,9 @@ impl Rootfs {
                 std::fs::remove_dir(&at).map_err(io("remove", &at))?;
             }
         }
-        std::fs::remove_dir_all(&self.dir).map_err(io("remove", &self.dir))
+        // The upper directory is the pod's: removed without recursion, links or mounts
+        // followed (a pod may leave a tree thousands of levels deep).
+        crate::sys::tree::remove_tree(&self.dir).map_err(io("remove", &self.dir))
     }
 }
 

@@ -26,6 +26,8 @@ pub enum SandboxError {
     Volume { volume: String, reason: String },
     #[error("pod init: {0}")]
     Init(String),
+    #[error("cannot remove what an earlier pod of this name left: {0}")]
+    Leftover(String),
     #[error(
         "{path} (mode {mode:o}) is not searchable by other users: pods with their own id range \
          reach their files through it (make it 0711 or 0755)"
@@ -160,10 +162,10 @@ impl Layout {
                 .map_err(io_err("chmod", pods))?;
             check_reachable(&self.dir)?;
         }
-        std::fs::DirBuilder::new().mode(0o700).create(&self.dir).or_else(|e| match e.kind() {
-            io::ErrorKind::AlreadyExists => Ok(()),
-            _ => Err(io_err("create", &self.dir)(e)),
-        })?;
+        // A new pod starts from nothing: what a pod of the same name left (emptyDir data,
+        // Secrets) is removed first, and a directory that cannot be is an error.
+        crate::sys::tree::remove_tree(&self.dir).map_err(|e| SandboxError::Leftover(e.to_string()))?;
+        std::fs::DirBuilder::new().mode(0o700).create(&self.dir).map_err(io_err("create", &self.dir))?;
         if !ids.is_identity() {
             std::os::unix::fs::chown(&self.dir, Some(0), Some(ids.root()))
                 .map_err(io_err("chown", &self.dir))?;
@@ -217,9 +219,7 @@ impl Layout {
                 VolumePlan::ConfigMap { .. } | VolumePlan::Secret { .. } => {
                     let files = super::spec::volume_files(&plan.namespace, name, volume, objects)
                         .map_err(|e| bad(e.to_string()))?;
-                    if dir.exists() {
-                        std::fs::remove_dir_all(&dir).map_err(io_err("clear", &dir))?;
-                    }
+                    crate::sys::tree::remove_tree(&dir).map_err(io_err("clear", &dir))?;
                     std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
                     for f in files {
                         let path = dir.join(&f.path);
@@ -834,5 +834,37 @@ mod tests {
         let base: OwnedFd = std::fs::File::open(tmp.path()).expect("open").into();
         open_beneath(base, "real/sub").expect("created");
         assert!(tmp.path().join("real/sub").is_dir());
+    }
+
+    /// A new pod never starts on what an earlier pod of its name left (emptyDir data,
+    /// Secrets); a leftover that cannot be removed (a mount inside) fails the creation.
+    #[test]
+    fn a_new_pod_directory_starts_empty() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let layout = Layout::new(tmp.path(), "pod-default-x");
+        let old = layout.volume("scratch").join("a/b");
+        std::fs::create_dir_all(&old).expect("mkdir");
+        std::fs::write(old.join("data"), "old").expect("write");
+        layout.create("x", IdMap::IDENTITY).expect("create over a leftover");
+        assert!(!layout.volume("scratch").exists(), "leftover emptyDir kept");
+        assert!(layout.etc("hostname").is_file());
+        // Root: a mount inside a leftover is neither crossed nor reused.
+        let other = tempfile::tempdir().expect("tmp");
+        std::fs::write(other.path().join("keep"), "x").expect("write");
+        let target = layout.volume("scratch");
+        std::fs::create_dir_all(&target).expect("mkdir");
+        nix::mount::mount(
+            Some(other.path()),
+            &target,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("bind");
+        let result = layout.create("x", IdMap::IDENTITY);
+        nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH).expect("umount");
+        let e = result.expect_err("a mount in the leftover").to_string();
+        assert!(e.contains("earlier pod") && e.contains("volumes/scratch"), "{e}");
+        assert!(other.path().join("keep").is_file());
     }
 }
