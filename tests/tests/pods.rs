@@ -1166,6 +1166,9 @@ fn privileged_and_protected_host_paths_are_refused_at_apply() -> Result<()> {
         ),
         (pod("  volumes: [{name: v, hostPath: {path: /proc}}]\n", ""), "spec.volumes[0].hostPath.path"),
         (pod("  volumes: [{name: v, hostPath: {path: /}}]\n", ""), "spec.volumes[0].hostPath.path"),
+        // A pod that could open the agents' instance locks could hold one.
+        (pod("  volumes: [{name: v, hostPath: {path: /run/lock}}]\n", ""), "spec.volumes[0].hostPath.path"),
+        (pod("  volumes: [{name: v, hostPath: {path: /var/lock}}]\n", ""), "spec.volumes[0].hostPath.path"),
         (
             pod("", ", securityContext: {seccompProfile: {type: Localhost, localhostProfile: missing.json}}"),
             "seccompProfile.localhostProfile",
@@ -1178,6 +1181,12 @@ fn privileged_and_protected_host_paths_are_refused_at_apply() -> Result<()> {
     }
     let (_, pods, _) = agent.run_cli(&["get", "pods", "-A"], None)?;
     assert_eq!(pods.lines().count(), 1, "only the header: {pods}");
+    // Only root can open the lock, or enter its directory.
+    use std::os::unix::fs::MetadataExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.mode() & 0o7777);
+    let lock_dir = std::path::Path::new("/run/lock/beemesh");
+    assert_eq!(mode(lock_dir)?, 0o700);
+    assert_eq!(mode(&lock_dir.join(format!("{}.lock", agent.name)))?, 0o600);
     // Allowed by the agent's configuration, a privileged container holds every capability
     // and runs without a filter.
     agent.stop()?;

@@ -182,8 +182,9 @@ fn same_object(a: &Object, b: &Object) -> bool {
 
 impl Agent {
     /// What the configuration allows pods (`allowPrivileged`, `hostPathAllow`, Localhost
-    /// seccomp profiles) and the host paths no pod may mount: the agent's own directories,
-    /// /proc, /sys and every cgroup and bpf filesystem mounted on the host.
+    /// seccomp profiles) and the host paths no pod may mount: the agent's own directories
+    /// (the instance locks' too), /proc, /sys and every cgroup and bpf filesystem mounted on
+    /// the host.
     fn security_rules(&self) -> crate::pod::security::Rules {
         let real = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
         let mut kernel = vec![PathBuf::from("/proc"), PathBuf::from("/sys"), real(&self.cfg.bpffs)];
@@ -197,6 +198,8 @@ impl Agent {
             protected: [&self.cfg.state_dir, &self.cfg.run_dir, &self.cfg.policy_dir, &self.cfg.pin_dir()]
                 .into_iter()
                 .map(|p| real(p))
+                // A pod that could open the instance lock could hold it.
+                .chain([real(std::path::Path::new(super::LOCK_DIR))])
                 .collect(),
             kernel,
             allow: self.cfg.host_path_allow.iter().map(|p| real(p)).collect(),
