@@ -111,6 +111,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     }
     // One agent per cgroup name and per run dir, checked before touching anything shared.
     let _instance = lock_instance(Path::new(LOCK_DIR), &cfg.cgroup_name)?;
+    check_subids(&cfg, &[Path::new("/etc/subuid"), Path::new("/etc/subgid")])?;
     // Image files may be setuid: the store is root's alone, also when made by an older agent.
     crate::image::ImageStore::new(&cfg.state_dir).secure().map_err(io("secure the image store"))?;
     crate::sys::process::become_subreaper().map_err(io("become the reaper of pod init processes"))?;
@@ -229,6 +230,26 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
 }
 
 /// Holds `/run/lock/beemesh/<cgroup-name>.lock` for the agent's lifetime.
+/// Refuses a pod id range that overlaps an entry of `files` (`/etc/subuid`, `/etc/subgid`;
+/// missing files are fine): a host user's rootless containers would share host ids with pods.
+fn check_subids(cfg: &Config, files: &[&Path]) -> Result<(), AgentError> {
+    let (start, size) = (cfg.pod_id_range_start, cfg.pod_id_range_size);
+    for file in files {
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(format!("read {}", file.display()))(e)),
+        };
+        if let Some((line, entry)) = crate::pod::userns::subid_overlap(&text, start, size) {
+            let file = file.display().to_string();
+            return Err(
+                crate::pod::userns::UsernsError::SubidOverlap { start, size, file, line, entry }.into()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The agents' single-instance locks, one per cgroup name. Root's alone (0700, files 0600):
 /// whoever can open a lock file can hold its flock and keep the next agent from starting. It
 /// is also a protected hostPath.
@@ -443,6 +464,21 @@ mod tests {
         std::os::unix::fs::symlink(&dir, &link).expect("symlink");
         let err = lock_instance(&link, "d").expect_err("a link").to_string();
         assert!(err.contains("not a directory"), "{err}");
+    }
+
+    #[test]
+    fn a_pod_id_range_overlapping_subordinate_ids_is_refused_by_key() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (subuid, subgid) = (tmp.path().join("subuid"), tmp.path().join("subgid"));
+        std::fs::write(&subuid, "alice:100000:65536\n").expect("write");
+        std::fs::write(&subgid, "alice:100000:65536\nbob:2000300000:65536\n").expect("write");
+        let files = [subuid.as_path(), subgid.as_path(), Path::new("/nonexistent/subuid")];
+        check_subids(&Config::default(), &files[..1]).expect("the default range is clear of alice");
+        let err = check_subids(&Config::default(), &files).expect_err("bob's ids").to_string();
+        assert!(err.contains("podIdRangeStart") && err.contains("subgid:2") && err.contains("bob"), "{err}");
+        let low = Config { pod_id_range_start: 65_536 * 2, pod_id_range_size: 65_536, ..Config::default() };
+        let err = check_subids(&low, &files).expect_err("alice's ids").to_string();
+        assert!(err.contains("subuid:1"), "{err}");
     }
 
     #[test]

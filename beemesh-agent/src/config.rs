@@ -77,9 +77,13 @@ pub struct Config {
     /// Flow events kept in memory for `beemesh-agent flows`.
     pub flow_history: usize,
     /// First host id of the pods' user-namespace ranges: each pod maps its ids 0..65536 onto
-    /// its own block from here (well above host users and the usual /etc/subuid ranges).
+    /// its own block from here. The default (2000224256) keeps clear of host users, systemd's
+    /// container and foreign ranges, SSSD's default AD id mapping and ids from 2^31 on
+    /// (`pod::userns::DEFAULT_RANGE_START`); the agent refuses to start when the range
+    /// overlaps an `/etc/subuid` or `/etc/subgid` entry.
     pub pod_id_range_start: u32,
-    /// Host ids set aside for pods, a multiple of 65536: one block of 65536 per pod.
+    /// Host ids set aside for pods, a multiple of 65536: one block of 65536 per pod (default
+    /// 2245 blocks, up to systemd's foreign range at 2147352576).
     pub pod_id_range_size: u32,
     /// Whether pods may run `privileged: true` containers (refused at apply otherwise).
     pub allow_privileged: bool,
@@ -107,8 +111,8 @@ impl Default for Config {
             flow_events: FlowEvents::Sampled,
             policy_debounce_ms: 5,
             flow_history: 10_000,
-            pod_id_range_start: 1 << 30,
-            pod_id_range_size: 4096 * crate::pod::userns::POD_IDS,
+            pod_id_range_start: crate::pod::userns::DEFAULT_RANGE_START,
+            pod_id_range_size: crate::pod::userns::DEFAULT_RANGE_SIZE,
             allow_privileged: false,
             host_path_allow: Vec::new(),
             seccomp_profile_dir: "/etc/beemesh/seccomp".into(),

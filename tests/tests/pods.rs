@@ -906,7 +906,7 @@ fn id_base(agent: &Agent, pod: &str) -> Result<u32> {
 #[test]
 fn every_pod_gets_its_own_id_range_and_its_root_owns_nothing_on_the_host() -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let agent = Agent::start("podusers", &[])?;
+    let mut agent = Agent::start("podusers", &[])?;
     agent.import_busybox("busybox:1")?;
     agent.import_busybox_as("busybox:nobody", "65534")?;
     let pod = |name: &str| {
@@ -916,6 +916,7 @@ apiVersion: v1
 kind: Pod
 metadata: {{name: {name}}}
 spec:
+  terminationGracePeriodSeconds: 1
   volumes: [{{name: scratch, emptyDir: {{}}}}]
   containers:
   - name: c
@@ -934,8 +935,10 @@ spec:
     agent.wait_ready("first", T)?;
     agent.wait_ready("second", T)?;
     let (a, b) = (id_base(&agent, "first")?, id_base(&agent, "second")?);
-    // Blocks of 65536 from the default podIdRangeStart (2^30), disjoint.
-    assert!(a >= 1 << 30 && b >= 1 << 30, "{a} {b}");
+    // Blocks of 65536 from the default podIdRangeStart (2000224256, past systemd's container
+    // ids and SSSD's AD id mapping), disjoint, below 2^31.
+    assert!(a >= 2_000_224_256 && b >= 2_000_224_256, "{a} {b}");
+    assert!(a < 1 << 31 && b < 1 << 31, "{a} {b}");
     assert!(a.abs_diff(b) >= 65536, "overlapping ranges: {a} {b}");
     assert!(
         eventually(T, || logs(&agent, "first", "c").contains("started")),
@@ -993,14 +996,26 @@ spec:
     )?;
     assert!(ok && out.contains("65534") && out.contains("BEGIN CERTIFICATE"), "{out} {err}");
 
-    // A range is reused only once its pod is gone.
+    // A freed range is reused as late as possible (what the pod left in a hostPath stays
+    // its host ids'): the next pod gets the range after the last one handed out.
+    assert_eq!(b, a + 65536, "{a} {b}");
     let (ok, _, err) = agent.run_cli(&["delete", "pod", "first"], None)?;
     assert!(ok, "{err}");
     assert!(!dir.exists(), "pod directory left behind");
     agent.apply(&pod("third"))?;
     agent.wait_ready("third", T)?;
-    assert_eq!(id_base(&agent, "third")?, a, "the freed range is handed out again");
+    assert_eq!(id_base(&agent, "third")?, b + 65536, "round-robin, not the freed range");
     assert_eq!(id_base(&agent, "second")?, b);
+    // The cursor survives the agent: not the lowest free range, nor the one after the highest
+    // range still in use, but the one after the last handed out.
+    let (ok, _, err) = agent.run_cli(&["delete", "pod", "third"], None)?;
+    assert!(ok, "{err}");
+    agent.crash()?;
+    agent.spawn()?;
+    agent.wait_ready("second", T)?;
+    agent.apply(&pod("fourth"))?;
+    agent.wait_ready("fourth", T)?;
+    assert_eq!(id_base(&agent, "fourth")?, b + 2 * 65536);
     Ok(())
 }
 

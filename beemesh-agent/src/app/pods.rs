@@ -56,6 +56,15 @@ pub struct PodRecord {
     pub id_base: Option<u32>,
 }
 
+/// `pod-ids.json`: the id range handed out last, so that round-robin allocation resumes
+/// after it when the agent starts again (a freed range is reused as late as possible).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IdCursor {
+    #[serde(default)]
+    last_id_base: Option<u32>,
+}
+
 enum Sandbox {
     Creating,
     /// Re-adopted after an agent restart: nothing is started until init has replayed the
@@ -213,6 +222,11 @@ impl Agent {
         // ConfigMaps and Secrets applied earlier.
         self.pods.objects = self.state.load_json("objects.json")?;
         let records: Vec<PodRecord> = self.state.load_json("pods.json")?;
+        // Without a cursor (an older agent's state), after the highest recorded range.
+        let cursor: IdCursor = self.state.load_json("pod-ids.json")?;
+        if let Some(last) = cursor.last_id_base.or_else(|| records.iter().filter_map(|r| r.id_base).max()) {
+            self.pods.ids.resume_after(last);
+        }
         for mut record in records {
             let layout = Layout::new(&self.cfg.state_dir, &record.workload);
             let alive = self.workloads.get(&record.workload).is_some()
@@ -428,7 +442,14 @@ impl Agent {
         // A record that has a range claimed it at recovery.
         let base = match record.id_base {
             Some(b) => b,
-            None => self.pods.ids.allocate().map_err(|e| e.to_string())?,
+            None => {
+                let base = self.pods.ids.allocate().map_err(|e| e.to_string())?;
+                let cursor = IdCursor { last_id_base: Some(base) };
+                if let Err(e) = self.state.save_json("pod-ids.json", &cursor) {
+                    error!(error = %e, "cannot save the pod id range cursor");
+                }
+                base
+            }
         };
         record.id_base = Some(base);
         self.create_pod_in_range(record).inspect_err(|_| self.pods.ids.release(base))
