@@ -217,6 +217,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
             _ = tick.tick() => {
                 agent.housekeeping();
                 agent.drive_pods();
+                agent.bound_logs();
             }
             _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }

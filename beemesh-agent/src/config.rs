@@ -95,6 +95,10 @@ pub struct Config {
     /// Most bytes one `image import` may unpack (its new layers together, after
     /// decompression; an archive tarball's contents too): a gzip bomb stops here.
     pub image_max_unpacked_bytes: u64,
+    /// Most bytes a container's live log (`logs/<c>.log`) grows to before the agent's tick cuts
+    /// it, keeping this many of its last bytes in `logs/<c>.log.1` (as the kubelet's
+    /// `containerLogMaxSize`, 10 MiB).
+    pub container_log_max_bytes: u64,
 }
 
 impl Default for Config {
@@ -117,6 +121,7 @@ impl Default for Config {
             host_path_allow: Vec::new(),
             seccomp_profile_dir: "/etc/beemesh/seccomp".into(),
             image_max_unpacked_bytes: crate::image::DEFAULT_MAX_UNPACKED_BYTES,
+            container_log_max_bytes: 10 << 20,
         }
     }
 }
@@ -165,6 +170,9 @@ impl Config {
         }
         if self.image_max_unpacked_bytes == 0 {
             return Err(ConfigError::Invalid("imageMaxUnpackedBytes: must be more than 0".into()));
+        }
+        if self.container_log_max_bytes < 4096 {
+            return Err(ConfigError::Invalid("containerLogMaxBytes: must be 4096 or more".into()));
         }
         crate::identity::SpiffeId::new(&self.trust_domain, "default", "default")
             .map_err(|e| ConfigError::Invalid(format!("trustDomain {:?}: {e}", self.trust_domain)))?;
@@ -217,6 +225,17 @@ mod tests {
         assert_eq!(c.image_max_unpacked_bytes, 1 << 20);
         let zero = Config { image_max_unpacked_bytes: 0, ..Config::default() };
         assert!(zero.validate().is_err());
+    }
+
+    #[test]
+    fn container_log_limit_has_a_default_and_is_configurable() {
+        assert_eq!(Config::default().container_log_max_bytes, 10 << 20);
+        let c = Config::from_yaml("containerLogMaxBytes: 65536\n").expect("valid");
+        assert_eq!(c.container_log_max_bytes, 65536);
+        c.validate().expect("valid");
+        let tiny = Config { container_log_max_bytes: 10, ..Config::default() };
+        let err = tiny.validate().expect_err("too small").to_string();
+        assert!(err.contains("containerLogMaxBytes"), "{err}");
     }
 
     #[test]

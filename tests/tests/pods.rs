@@ -1222,3 +1222,45 @@ fn privileged_and_protected_host_paths_are_refused_at_apply() -> Result<()> {
     assert!(cap_eff(&out) & (1 << 21) != 0, "CAP_SYS_ADMIN held: {out}");
     Ok(())
 }
+
+#[test]
+fn container_logs_are_cut_past_the_configured_size() -> Result<()> {
+    let mut agent = Agent::start("podlogcap", &[])?;
+    std::fs::write(agent.dir.path().join("agent.yaml"), "containerLogMaxBytes: 65536\n")?;
+    agent.stop()?;
+    agent.spawn()?;
+    agent.import_busybox("busybox:1")?;
+    // About 229 KB, then a line once the test says so.
+    agent.apply(&shell_pod(
+        "chatty",
+        "default",
+        "seq 1 40000; echo END; while [ ! -e /tmp/go ]; do sleep 0.1; done; echo AFTER; sleep 1000",
+    ))?;
+    agent.wait_ready("chatty", T)?;
+    let dir = agent.state_dir().join("pods").join(agent.pod_workload("chatty")?).join("logs");
+    let (live, rotated) = (dir.join("c.log"), dir.join("c.log.1"));
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap_or_default();
+    // The tick cuts the live log and keeps its last 64 KiB.
+    let cut = || {
+        let (l, r) = (read(&live), read(&rotated));
+        l.len() <= 65536 && !r.is_empty() && [r, l].concat().ends_with(b"\n39999\n40000\nEND\n")
+    };
+    assert!(eventually(T, cut), "live {} bytes, rotated {} bytes", read(&live).len(), read(&rotated).len());
+    assert!(read(&rotated).len() <= 65536);
+    // The container keeps writing at the start of the cut file: no hole of zeros.
+    let (ok, _, err) = agent.run_cli(&["exec", "chatty", "--", "touch", "/tmp/go"], None)?;
+    assert!(ok, "{err}");
+    assert!(
+        eventually(T, || logs(&agent, "chatty", "c").contains("AFTER")),
+        "{}",
+        logs(&agent, "chatty", "c")
+    );
+    let l = read(&live);
+    assert!(
+        !l.contains(&0) && l.len() <= 65536,
+        "{} bytes: {:?}",
+        l.len(),
+        String::from_utf8_lossy(&l[..l.len().min(64)])
+    );
+    Ok(())
+}

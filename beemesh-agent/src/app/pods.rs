@@ -133,6 +133,8 @@ pub(super) struct Pods {
     pub ids: IdRanges,
     /// Id ranges of deleted pods whose init (pid) is not reaped yet: free once it is.
     pub releasing: Vec<(u32, u32)>,
+    /// The pass over container log sizes running on a blocking thread, if any.
+    pub log_pass: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Pods {
@@ -154,6 +156,7 @@ impl Pods {
             unreaped: Vec::new(),
             ids: IdRanges::new(cfg.pod_id_range_start, cfg.pod_id_range_size)?,
             releasing: Vec::new(),
+            log_pass: None,
             host: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
         })
     }
@@ -750,6 +753,32 @@ impl Agent {
         if let Some(old) = entry.conn.replace(task.abort_handle()) {
             old.abort();
         }
+    }
+
+    /// On the tick: cuts container logs past `containerLogMaxBytes` (`pod::logs`), one pass at
+    /// a time, on a blocking thread (a cut copies up to that many bytes).
+    pub(super) fn bound_logs(&mut self) {
+        if self.pods.log_pass.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let logs: Vec<(String, PathBuf, PathBuf)> = (self.pods.entries.iter())
+            .flat_map(|(key, e)| {
+                let names = e.plan.init_containers.iter().chain(&e.plan.containers);
+                names.map(|c| (key.clone(), e.layout.log(c), e.layout.rotated_log(c)))
+            })
+            .collect();
+        let max = self.cfg.container_log_max_bytes;
+        self.pods.log_pass = Some(tokio::task::spawn_blocking(move || {
+            for (pod, live, rotated) in logs {
+                match crate::pod::logs::bound(&live, &rotated, max) {
+                    Ok(true) => info!(pod = %pod, log = %live.display(), max, "container log cut"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        warn!(pod = %pod, log = %live.display(), error = %e, "cannot bound container log")
+                    }
+                }
+            }
+        }));
     }
 
     /// Runs every pod's lifecycle forward: starts, signals, teardown of deleted pods, waiters.
