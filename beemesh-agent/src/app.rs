@@ -157,7 +157,8 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
     }
     // One agent per cgroup name and per run dir, checked before touching anything shared.
-    let _instance = lock_instance(&cfg)?;
+    let _instance = lock_instance(Path::new(LOCK_DIR), &cfg.cgroup_name)?;
+    check_subids(&cfg, &[Path::new("/etc/subuid"), Path::new("/etc/subgid")])?;
     // Image files may be setuid: the store is root's alone, also when made by an older agent.
     crate::image::ImageStore::new(&cfg.state_dir).secure().map_err(io("secure the image store"))?;
     crate::sys::process::become_subreaper().map_err(io("become the reaper of pod init processes"))?;
@@ -306,6 +307,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
             Event::Tick => {
                 agent.housekeeping();
                 agent.drive_pods();
+                agent.bound_logs();
                 "tick"
             }
         };
@@ -338,15 +340,72 @@ enum Event {
 }
 
 /// Holds `/run/lock/beemesh/<cgroup-name>.lock` for the agent's lifetime.
-fn lock_instance(cfg: &Config) -> Result<nix::fcntl::Flock<std::fs::File>, AgentError> {
-    let dir = Path::new("/run/lock/beemesh");
-    std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
-    let path = dir.join(format!("{}.lock", cfg.cgroup_name));
-    let file = std::fs::File::create(&path).map_err(io(format!("open {}", path.display())))?;
+/// Refuses a pod id range that overlaps an entry of `files` (`/etc/subuid`, `/etc/subgid`;
+/// missing files are fine): a host user's rootless containers would share host ids with pods.
+fn check_subids(cfg: &Config, files: &[&Path]) -> Result<(), AgentError> {
+    let (start, size) = (cfg.pod_id_range_start, cfg.pod_id_range_size);
+    for file in files {
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(format!("read {}", file.display()))(e)),
+        };
+        if let Some((line, entry)) = crate::pod::userns::subid_overlap(&text, start, size) {
+            let file = file.display().to_string();
+            return Err(
+                crate::pod::userns::UsernsError::SubidOverlap { start, size, file, line, entry }.into()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The agents' single-instance locks, one per cgroup name. Root's alone (0700, files 0600):
+/// whoever can open a lock file can hold its flock and keep the next agent from starting. It
+/// is also a protected hostPath.
+pub const LOCK_DIR: &str = "/run/lock/beemesh";
+
+/// Takes this instance's lock in `dir` (`LOCK_DIR`) for `name` (the cgroup name).
+fn lock_instance(dir: &Path, name: &str) -> Result<nix::fcntl::Flock<std::fs::File>, AgentError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+    let me = nix::unistd::geteuid().as_raw();
+    let shown = dir.display();
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io(format!("create {shown}"))(e)),
+    }
+    // /run/lock is world-writable (sticky): anyone could have made the directory first.
+    let meta = std::fs::symlink_metadata(dir).map_err(io(format!("stat {shown}")))?;
+    if !meta.is_dir() || meta.uid() != me {
+        return Err(io(format!("lock directory {shown}"))(std::io::Error::other(format!(
+            "not a directory of uid {me} (uid {}, {:?}): remove it and start again",
+            meta.uid(),
+            meta.file_type()
+        ))));
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io(format!("chmod 0700 {shown}")))?;
+    let path = dir.join(format!("{name}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(io(format!("open {}", path.display())))?;
+    let owner = file.metadata().map_err(io(format!("stat {}", path.display())))?.uid();
+    if owner != me {
+        return Err(io(format!("lock file {}", path.display()))(std::io::Error::other(format!(
+            "belongs to uid {owner}, not {me}: remove it and start again"
+        ))));
+    }
+    // A lock file of an older agent was 0644.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io(format!("chmod 0600 {}", path.display())))?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-        io(format!("another agent is running with cgroup name {:?} ({})", cfg.cgroup_name, path.display()))(
-            e.into(),
-        )
+        io(format!("another agent is running with cgroup name {name:?} ({})", path.display()))(e.into())
     })
 }
 
@@ -481,4 +540,65 @@ impl Agent {
 
 fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::symlink_metadata(p).expect("stat").mode() & 0o7777
+    }
+
+    #[test]
+    fn the_instance_lock_is_root_only_and_exclusive() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("beemesh");
+        let held = lock_instance(&dir, "a").expect("first lock");
+        assert_eq!((mode(&dir), mode(&dir.join("a.lock"))), (0o700, 0o600));
+        let err = lock_instance(&dir, "a").expect_err("held").to_string();
+        assert!(err.contains("another agent is running") && err.contains("\"a\""), "{err}");
+        lock_instance(&dir, "b").expect("another name");
+        drop(held);
+        // What an older agent left: a 0755 directory and 0644 files.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(dir.join("a.lock"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let _held = lock_instance(&dir, "a").expect("lock again");
+        assert_eq!((mode(&dir), mode(&dir.join("a.lock"))), (0o700, 0o600));
+        // A planted link is never followed, as the lock file or as the directory.
+        std::os::unix::fs::symlink(tmp.path().join("elsewhere"), dir.join("c.lock")).expect("symlink");
+        assert!(lock_instance(&dir, "c").is_err());
+        assert!(!tmp.path().join("elsewhere").exists());
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).expect("symlink");
+        let err = lock_instance(&link, "d").expect_err("a link").to_string();
+        assert!(err.contains("not a directory"), "{err}");
+    }
+
+    #[test]
+    fn a_pod_id_range_overlapping_subordinate_ids_is_refused_by_key() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (subuid, subgid) = (tmp.path().join("subuid"), tmp.path().join("subgid"));
+        std::fs::write(&subuid, "alice:100000:65536\n").expect("write");
+        std::fs::write(&subgid, "alice:100000:65536\nbob:2000300000:65536\n").expect("write");
+        let files = [subuid.as_path(), subgid.as_path(), Path::new("/nonexistent/subuid")];
+        check_subids(&Config::default(), &files[..1]).expect("the default range is clear of alice");
+        let err = check_subids(&Config::default(), &files).expect_err("bob's ids").to_string();
+        assert!(err.contains("podIdRangeStart") && err.contains("subgid:2") && err.contains("bob"), "{err}");
+        let low = Config { pod_id_range_start: 65_536 * 2, pod_id_range_size: 65_536, ..Config::default() };
+        let err = check_subids(&low, &files).expect_err("alice's ids").to_string();
+        assert!(err.contains("subuid:1"), "{err}");
+    }
+
+    #[test]
+    fn a_lock_directory_made_by_someone_else_is_refused() {
+        // (Runs as root, as the agent does: chown needs it.)
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("beemesh");
+        std::fs::create_dir(&dir).expect("mkdir");
+        std::os::unix::fs::chown(&dir, Some(4321), Some(4321)).expect("chown");
+        let err = lock_instance(&dir, "a").expect_err("foreign owner").to_string();
+        assert!(err.contains("uid 4321") && err.contains("remove it"), "{err}");
+    }
 }

@@ -81,9 +81,13 @@ pub struct Config {
     /// Flow events kept in memory for `beemesh-agent flows`.
     pub flow_history: usize,
     /// First host id of the pods' user-namespace ranges: each pod maps its ids 0..65536 onto
-    /// its own block from here (well above host users and the usual /etc/subuid ranges).
+    /// its own block from here. The default (2000224256) keeps clear of host users, systemd's
+    /// container and foreign ranges, SSSD's default AD id mapping and ids from 2^31 on
+    /// (`pod::userns::DEFAULT_RANGE_START`); the agent refuses to start when the range
+    /// overlaps an `/etc/subuid` or `/etc/subgid` entry.
     pub pod_id_range_start: u32,
-    /// Host ids set aside for pods, a multiple of 65536: one block of 65536 per pod.
+    /// Host ids set aside for pods, a multiple of 65536: one block of 65536 per pod (default
+    /// 2245 blocks, up to systemd's foreign range at 2147352576).
     pub pod_id_range_size: u32,
     /// Whether pods may run `privileged: true` containers (refused at apply otherwise).
     pub allow_privileged: bool,
@@ -100,6 +104,10 @@ pub struct Config {
     /// Most entries (files, directories, links, and the directories their paths imply) one
     /// `image import` may create: headers compress to almost nothing, inodes do not.
     pub image_max_entries: u64,
+    /// Most bytes a container's live log (`logs/<c>.log`) grows to before the agent's tick cuts
+    /// it, keeping this many of its last bytes in `logs/<c>.log.1` (as the kubelet's
+    /// `containerLogMaxSize`, 10 MiB).
+    pub container_log_max_bytes: u64,
 }
 
 impl Default for Config {
@@ -116,14 +124,15 @@ impl Default for Config {
             flow_events: FlowEvents::Sampled,
             policy_debounce_ms: 5,
             flow_history: 10_000,
-            pod_id_range_start: 1 << 30,
-            pod_id_range_size: 4096 * crate::pod::userns::POD_IDS,
+            pod_id_range_start: crate::pod::userns::DEFAULT_RANGE_START,
+            pod_id_range_size: crate::pod::userns::DEFAULT_RANGE_SIZE,
             allow_privileged: false,
             host_path_allow: Vec::new(),
             seccomp_profile_dir: "/etc/beemesh/seccomp".into(),
             image_max_unpacked_bytes: crate::image::DEFAULT_MAX_UNPACKED_BYTES,
             svid_lifetime_seconds: 3600,
             image_max_entries: crate::image::DEFAULT_MAX_ENTRIES,
+            container_log_max_bytes: 10 << 20,
         }
     }
 }
@@ -182,6 +191,9 @@ impl Config {
         if self.image_max_entries == 0 {
             return Err(ConfigError::Invalid("imageMaxEntries: must be more than 0".into()));
         }
+        if self.container_log_max_bytes < 4096 {
+            return Err(ConfigError::Invalid("containerLogMaxBytes: must be 4096 or more".into()));
+        }
         crate::identity::SpiffeId::new(&self.trust_domain, "default", "default")
             .map_err(|e| ConfigError::Invalid(format!("trustDomain {:?}: {e}", self.trust_domain)))?;
         crate::pod::userns::IdRanges::new(self.pod_id_range_start, self.pod_id_range_size)
@@ -238,6 +250,17 @@ mod tests {
         assert_eq!(c.image_max_entries, 500);
         let zero = Config { image_max_entries: 0, ..Config::default() };
         assert!(zero.validate().expect_err("zero entries").to_string().contains("imageMaxEntries"));
+    }
+
+    #[test]
+    fn container_log_limit_has_a_default_and_is_configurable() {
+        assert_eq!(Config::default().container_log_max_bytes, 10 << 20);
+        let c = Config::from_yaml("containerLogMaxBytes: 65536\n").expect("valid");
+        assert_eq!(c.container_log_max_bytes, 65536);
+        c.validate().expect("valid");
+        let tiny = Config { container_log_max_bytes: 10, ..Config::default() };
+        let err = tiny.validate().expect_err("too small").to_string();
+        assert!(err.contains("containerLogMaxBytes"), "{err}");
     }
 
     #[test]

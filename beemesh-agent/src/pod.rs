@@ -4,6 +4,7 @@
 
 pub mod init;
 pub mod lifecycle;
+pub mod logs;
 pub mod net;
 pub mod probe;
 pub mod proto;

@@ -906,7 +906,7 @@ fn id_base(agent: &Agent, pod: &str) -> Result<u32> {
 #[test]
 fn every_pod_gets_its_own_id_range_and_its_root_owns_nothing_on_the_host() -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let agent = Agent::start("podusers", &[])?;
+    let mut agent = Agent::start("podusers", &[])?;
     agent.import_busybox("busybox:1")?;
     agent.import_busybox_as("busybox:nobody", "65534")?;
     let pod = |name: &str| {
@@ -916,6 +916,7 @@ apiVersion: v1
 kind: Pod
 metadata: {{name: {name}}}
 spec:
+  terminationGracePeriodSeconds: 1
   volumes: [{{name: scratch, emptyDir: {{}}}}]
   containers:
   - name: c
@@ -934,8 +935,10 @@ spec:
     agent.wait_ready("first", T)?;
     agent.wait_ready("second", T)?;
     let (a, b) = (id_base(&agent, "first")?, id_base(&agent, "second")?);
-    // Blocks of 65536 from the default podIdRangeStart (2^30), disjoint.
-    assert!(a >= 1 << 30 && b >= 1 << 30, "{a} {b}");
+    // Blocks of 65536 from the default podIdRangeStart (2000224256, past systemd's container
+    // ids and SSSD's AD id mapping), disjoint, below 2^31.
+    assert!(a >= 2_000_224_256 && b >= 2_000_224_256, "{a} {b}");
+    assert!(a < 1 << 31 && b < 1 << 31, "{a} {b}");
     assert!(a.abs_diff(b) >= 65536, "overlapping ranges: {a} {b}");
     assert!(
         eventually(T, || logs(&agent, "first", "c").contains("started")),
@@ -993,14 +996,26 @@ spec:
     )?;
     assert!(ok && out.contains("65534") && out.contains("BEGIN CERTIFICATE"), "{out} {err}");
 
-    // A range is reused only once its pod is gone.
+    // A freed range is reused as late as possible (what the pod left in a hostPath stays
+    // its host ids'): the next pod gets the range after the last one handed out.
+    assert_eq!(b, a + 65536, "{a} {b}");
     let (ok, _, err) = agent.run_cli(&["delete", "pod", "first"], None)?;
     assert!(ok, "{err}");
     assert!(!dir.exists(), "pod directory left behind");
     agent.apply(&pod("third"))?;
     agent.wait_ready("third", T)?;
-    assert_eq!(id_base(&agent, "third")?, a, "the freed range is handed out again");
+    assert_eq!(id_base(&agent, "third")?, b + 65536, "round-robin, not the freed range");
     assert_eq!(id_base(&agent, "second")?, b);
+    // The cursor survives the agent: not the lowest free range, nor the one after the highest
+    // range still in use, but the one after the last handed out.
+    let (ok, _, err) = agent.run_cli(&["delete", "pod", "third"], None)?;
+    assert!(ok, "{err}");
+    agent.crash()?;
+    agent.spawn()?;
+    agent.wait_ready("second", T)?;
+    agent.apply(&pod("fourth"))?;
+    agent.wait_ready("fourth", T)?;
+    assert_eq!(id_base(&agent, "fourth")?, b + 2 * 65536);
     Ok(())
 }
 
@@ -1166,6 +1181,9 @@ fn privileged_and_protected_host_paths_are_refused_at_apply() -> Result<()> {
         ),
         (pod("  volumes: [{name: v, hostPath: {path: /proc}}]\n", ""), "spec.volumes[0].hostPath.path"),
         (pod("  volumes: [{name: v, hostPath: {path: /}}]\n", ""), "spec.volumes[0].hostPath.path"),
+        // A pod that could open the agents' instance locks could hold one.
+        (pod("  volumes: [{name: v, hostPath: {path: /run/lock}}]\n", ""), "spec.volumes[0].hostPath.path"),
+        (pod("  volumes: [{name: v, hostPath: {path: /var/lock}}]\n", ""), "spec.volumes[0].hostPath.path"),
         (
             pod("", ", securityContext: {seccompProfile: {type: Localhost, localhostProfile: missing.json}}"),
             "seccompProfile.localhostProfile",
@@ -1178,6 +1196,12 @@ fn privileged_and_protected_host_paths_are_refused_at_apply() -> Result<()> {
     }
     let (_, pods, _) = agent.run_cli(&["get", "pods", "-A"], None)?;
     assert_eq!(pods.lines().count(), 1, "only the header: {pods}");
+    // Only root can open the lock, or enter its directory.
+    use std::os::unix::fs::MetadataExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.mode() & 0o7777);
+    let lock_dir = std::path::Path::new("/run/lock/beemesh");
+    assert_eq!(mode(lock_dir)?, 0o700);
+    assert_eq!(mode(&lock_dir.join(format!("{}.lock", agent.name)))?, 0o600);
     // Allowed by the agent's configuration, a privileged container holds every capability
     // and runs without a filter.
     agent.stop()?;
@@ -1196,6 +1220,48 @@ fn privileged_and_protected_host_paths_are_refused_at_apply() -> Result<()> {
     let out = logs(&agent, "priv", "c");
     assert!(out.contains("NoNewPrivs:\t0") && out.contains("Seccomp:\t0"), "{out}");
     assert!(cap_eff(&out) & (1 << 21) != 0, "CAP_SYS_ADMIN held: {out}");
+    Ok(())
+}
+
+#[test]
+fn container_logs_are_cut_past_the_configured_size() -> Result<()> {
+    let mut agent = Agent::start("podlogcap", &[])?;
+    std::fs::write(agent.dir.path().join("agent.yaml"), "containerLogMaxBytes: 65536\n")?;
+    agent.stop()?;
+    agent.spawn()?;
+    agent.import_busybox("busybox:1")?;
+    // About 229 KB, then a line once the test says so.
+    agent.apply(&shell_pod(
+        "chatty",
+        "default",
+        "seq 1 40000; echo END; while [ ! -e /tmp/go ]; do sleep 0.1; done; echo AFTER; sleep 1000",
+    ))?;
+    agent.wait_ready("chatty", T)?;
+    let dir = agent.state_dir().join("pods").join(agent.pod_workload("chatty")?).join("logs");
+    let (live, rotated) = (dir.join("c.log"), dir.join("c.log.1"));
+    let read = |p: &std::path::Path| std::fs::read(p).unwrap_or_default();
+    // The tick cuts the live log and keeps its last 64 KiB.
+    let cut = || {
+        let (l, r) = (read(&live), read(&rotated));
+        l.len() <= 65536 && !r.is_empty() && [r, l].concat().ends_with(b"\n39999\n40000\nEND\n")
+    };
+    assert!(eventually(T, cut), "live {} bytes, rotated {} bytes", read(&live).len(), read(&rotated).len());
+    assert!(read(&rotated).len() <= 65536);
+    // The container keeps writing at the start of the cut file: no hole of zeros.
+    let (ok, _, err) = agent.run_cli(&["exec", "chatty", "--", "touch", "/tmp/go"], None)?;
+    assert!(ok, "{err}");
+    assert!(
+        eventually(T, || logs(&agent, "chatty", "c").contains("AFTER")),
+        "{}",
+        logs(&agent, "chatty", "c")
+    );
+    let l = read(&live);
+    assert!(
+        !l.contains(&0) && l.len() <= 65536,
+        "{} bytes: {:?}",
+        l.len(),
+        String::from_utf8_lossy(&l[..l.len().min(64)])
+    );
     Ok(())
 }
 

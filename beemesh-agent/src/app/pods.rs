@@ -94,6 +94,15 @@ pub struct PodRecord {
     pub containers: BTreeMap<String, ContainerRecord>,
 }
 
+/// `pod-ids.json`: the id range handed out last, so that round-robin allocation resumes
+/// after it when the agent starts again (a freed range is reused as late as possible).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IdCursor {
+    #[serde(default)]
+    last_id_base: Option<u32>,
+}
+
 enum Sandbox {
     Creating,
     /// Re-adopted after an agent restart: nothing is started until init has replayed the
@@ -179,6 +188,8 @@ pub(super) struct Pods {
     /// Deleted pods whose teardown runs on a blocking thread; their records stay in
     /// `pods.json` (deleting) until it reports back.
     pub tearing_down: BTreeMap<String, PodRecord>,
+    /// The pass over container log sizes running on a blocking thread, if any.
+    pub log_pass: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Pods {
@@ -203,6 +214,7 @@ impl Pods {
             unreaped: Vec::new(),
             ids: IdRanges::new(cfg.pod_id_range_start, cfg.pod_id_range_size)?,
             releasing: Vec::new(),
+            log_pass: None,
             host: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
         })
     }
@@ -240,8 +252,9 @@ fn same_object(a: &Object, b: &Object) -> bool {
 
 impl Agent {
     /// What the configuration allows pods (`allowPrivileged`, `hostPathAllow`, Localhost
-    /// seccomp profiles) and the host paths no pod may mount: the agent's own directories,
-    /// /proc, /sys and every cgroup and bpf filesystem mounted on the host.
+    /// seccomp profiles) and the host paths no pod may mount: the agent's own directories
+    /// (the instance locks' too), /proc, /sys and every cgroup and bpf filesystem mounted on
+    /// the host.
     fn security_rules(&self) -> crate::pod::security::Rules {
         let real = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
         let mut kernel = vec![PathBuf::from("/proc"), PathBuf::from("/sys"), real(&self.cfg.bpffs)];
@@ -255,6 +268,8 @@ impl Agent {
             protected: [&self.cfg.state_dir, &self.cfg.run_dir, &self.cfg.policy_dir, &self.cfg.pin_dir()]
                 .into_iter()
                 .map(|p| real(p))
+                // A pod that could open the instance lock could hold it.
+                .chain([real(std::path::Path::new(super::LOCK_DIR))])
                 .collect(),
             kernel,
             allow: self.cfg.host_path_allow.iter().map(|p| real(p)).collect(),
@@ -268,6 +283,11 @@ impl Agent {
         // ConfigMaps and Secrets applied earlier.
         self.pods.objects = self.state.load_json("objects.json")?;
         let records: Vec<PodRecord> = self.state.load_json("pods.json")?;
+        // Without a cursor (an older agent's state), after the highest recorded range.
+        let cursor: IdCursor = self.state.load_json("pod-ids.json")?;
+        if let Some(last) = cursor.last_id_base.or_else(|| records.iter().filter_map(|r| r.id_base).max()) {
+            self.pods.ids.resume_after(last);
+        }
         for mut record in records {
             let layout = Layout::new(&self.cfg.state_dir, &record.workload);
             let alive = self.workloads.get(&record.workload).is_some()
@@ -519,7 +539,14 @@ impl Agent {
         // A record that has a range claimed it at recovery.
         let base = match record.id_base {
             Some(b) => b,
-            None => self.pods.ids.allocate().map_err(|e| e.to_string())?,
+            None => {
+                let base = self.pods.ids.allocate().map_err(|e| e.to_string())?;
+                let cursor = IdCursor { last_id_base: Some(base) };
+                if let Err(e) = self.state.save_json("pod-ids.json", &cursor) {
+                    error!(error = %e, "cannot save the pod id range cursor");
+                }
+                base
+            }
         };
         record.id_base = Some(base);
         self.create_pod_in_range(record).inspect_err(|_| self.pods.ids.release(base))
@@ -890,6 +917,32 @@ impl Agent {
         if let Some(old) = entry.conn.replace(task.abort_handle()) {
             old.abort();
         }
+    }
+
+    /// On the tick: cuts container logs past `containerLogMaxBytes` (`pod::logs`), one pass at
+    /// a time, on a blocking thread (a cut copies up to that many bytes).
+    pub(super) fn bound_logs(&mut self) {
+        if self.pods.log_pass.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let logs: Vec<(String, PathBuf, PathBuf)> = (self.pods.entries.iter())
+            .flat_map(|(key, e)| {
+                let names = e.plan.init_containers.iter().chain(&e.plan.containers);
+                names.map(|c| (key.clone(), e.layout.log(c), e.layout.rotated_log(c)))
+            })
+            .collect();
+        let max = self.cfg.container_log_max_bytes;
+        self.pods.log_pass = Some(tokio::task::spawn_blocking(move || {
+            for (pod, live, rotated) in logs {
+                match crate::pod::logs::bound(&live, &rotated, max) {
+                    Ok(true) => info!(pod = %pod, log = %live.display(), max, "container log cut"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        warn!(pod = %pod, log = %live.display(), error = %e, "cannot bound container log")
+                    }
+                }
+            }
+        }));
     }
 
     /// Runs every pod's lifecycle forward: starts, signals, teardown of deleted pods, waiters.

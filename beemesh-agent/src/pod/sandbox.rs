@@ -104,6 +104,10 @@ impl Layout {
     pub fn log(&self, container: &str) -> PathBuf {
         self.dir.join("logs").join(format!("{container}.log"))
     }
+    /// The tail of the live log when it was last cut to `containerLogMaxBytes` (`pod::logs`).
+    pub fn rotated_log(&self, container: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{container}.log.1"))
+    }
     /// The log of the container's previous run (`logs --previous`).
     pub fn previous_log(&self, container: &str) -> PathBuf {
         self.dir.join("logs").join(format!("{container}.previous.log"))

@@ -21,6 +21,18 @@ pub const RUNTIME_DEFAULT: &str = include_str!("seccomp/runtime-default.json");
 /// EPERM: what a denied syscall returns when the profile names no errno.
 const EPERM: u32 = 1;
 
+/// `__X32_SYSCALL_BIT`: x86-64 x32 syscalls carry it in their number (with the x86-64 audit
+/// arch), so an exact-number rule never matches them. No real syscall number of any
+/// architecture reaches it.
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// seccompiler's programs open with the architecture check (load arch, jump if equal,
+/// kill): the x32 guard goes right after it.
+const ARCH_CHECK_LEN: usize = 3;
+
+/// The kernel's limit on a filter's length (`BPF_MAXINSNS`).
+const MAX_INSNS: usize = 4096;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
     #[error("seccomp profile {source_name}: {error}")]
@@ -292,6 +304,35 @@ fn arg_rules(args: &[Arg]) -> Result<Option<Vec<SeccompRule>>, SeccompError> {
     }
 }
 
+/// `program` with a guard after its architecture check that gives `action` to every syscall
+/// number at or above the x32 bit (as libseccomp does for x86-64 filters): otherwise x32
+/// numbers slip past the deny rules of a default-allow profile.
+fn reject_x32(mut program: BpfProgram, action: SeccompAction) -> Result<BpfProgram, SeccompError> {
+    use seccompiler::sock_filter;
+    // Classic BPF opcodes (linux/bpf_common.h): BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JGE|BPF_K,
+    // BPF_RET|BPF_K.
+    const LD_W_ABS: u16 = 0x20;
+    const JGE_K: u16 = 0x35;
+    const RET_K: u16 = 0x06;
+    let guard = [
+        // A = seccomp_data.nr (offset 0).
+        sock_filter { code: LD_W_ABS, jt: 0, jf: 0, k: 0 },
+        // nr >= X32_SYSCALL_BIT ? next : skip the return.
+        sock_filter { code: JGE_K, jt: 0, jf: 1, k: X32_SYSCALL_BIT },
+        sock_filter { code: RET_K, jt: 0, jf: 0, k: u32::from(action) },
+    ];
+    if program.len() < ARCH_CHECK_LEN {
+        return Err(SeccompError::Compile("seccompiler program without an architecture check".into()));
+    }
+    // The architecture check's jump lands on the guard; every later jump is relative and
+    // stays within the program after it.
+    program.splice(ARCH_CHECK_LEN..ARCH_CHECK_LEN, guard);
+    if program.len() > MAX_INSNS {
+        return Err(SeccompError::Compile(format!("filter too long: {} instructions", program.len())));
+    }
+    Ok(program)
+}
+
 /// Compiles `profile` for `target` into the BPF programs to install, in order.
 ///
 /// seccompiler builds filters with one match and one default action, so a profile with
@@ -299,6 +340,8 @@ fn arg_rules(args: &[Arg]) -> Result<Option<Vec<SeccompRule>>, SeccompError> {
 /// filter and taking the most severe verdict (on a tie, the last installed): first a base
 /// filter that gives every syscall some rule mentions `Allow` and the rest the default action;
 /// then one filter per other action, giving that action to its matches and `Allow` otherwise.
+/// Every filter refuses x32 syscall numbers with the default action (EPERM when the default
+/// allows).
 pub fn compile(profile: &Profile, target: &Target) -> Result<Vec<BpfProgram>, SeccompError> {
     let arch = TargetArch::try_from(std::env::consts::ARCH)
         .map_err(|_| SeccompError::Arch(std::env::consts::ARCH.to_owned()))?;
@@ -325,11 +368,13 @@ pub fn compile(profile: &Profile, target: &Target) -> Result<Vec<BpfProgram>, Se
             }
         }
     }
+    let x32 = if default == SeccompAction::Allow { SeccompAction::Errno(EPERM) } else { default.clone() };
     let build = |m: Matches, mismatch: SeccompAction, matched: SeccompAction| {
         let rules = m.into_iter().map(|(nr, r)| (nr, r.unwrap_or_default())).collect();
         let filter = SeccompFilter::new(rules, mismatch, matched, arch)
             .map_err(|e| SeccompError::Compile(e.to_string()))?;
-        BpfProgram::try_from(filter).map_err(|e| SeccompError::Compile(e.to_string()))
+        let program = BpfProgram::try_from(filter).map_err(|e| SeccompError::Compile(e.to_string()))?;
+        reject_x32(program, x32.clone())
     };
     let mut programs = Vec::new();
     if default != SeccompAction::Allow {
@@ -443,6 +488,55 @@ mod tests {
         assert_eq!(arg_rules(&[]).expect("ok"), None);
         assert_eq!(arg_rules(&[a(0, 1), a(1, 2)]).expect("ok").expect("rules").len(), 1);
         assert_eq!(arg_rules(&[a(0, 1), a(0, 2)]).expect("ok").expect("rules").len(), 2);
+    }
+
+    /// The errno syscall `nr` fails with under `programs`, in a forked child.
+    fn errno_of(programs: &[BpfProgram], nr: libc::c_long) -> i32 {
+        crate::sys::process::errno_under_filters(programs, nr).expect("fork and wait")
+    }
+
+    #[test]
+    fn runtime_default_refuses_io_uring() {
+        // io_uring operations run outside seccomp's sight (IORING_OP_SOCKET opens sockets
+        // the socket rule would refuse): moby and containerd dropped it from their defaults.
+        let p = runtime_default().expect("parses");
+        let listed = p.syscalls.iter().flatten().flat_map(|r| r.names.iter().flatten());
+        assert!(!listed.clone().any(|n| n.starts_with("io_uring")), "io_uring is not allowed");
+        let programs = compile(&p, &target(crate::sys::process::CONTAINER_CAPS)).expect("compiles");
+        // Unfiltered, the kernel reads the (null) parameters; the filter answers EPERM first.
+        assert_eq!(errno_of(&[], libc::SYS_io_uring_setup), libc::EFAULT);
+        assert_eq!(errno_of(&programs, libc::SYS_io_uring_setup), libc::EPERM);
+        // What the profile allows still works.
+        assert_eq!(errno_of(&programs, libc::SYS_getppid), 0);
+    }
+
+    #[test]
+    fn x32_syscall_numbers_are_refused_by_every_filter() {
+        let x32 = |nr: libc::c_long| nr | X32_SYSCALL_BIT as libc::c_long;
+        // A default-allow profile that denies mkdir: mkdir's x32 number would slip past
+        // the exact-number rule.
+        let text = r#"{"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+            {"names": ["mkdir"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13}]}"#;
+        let programs = compile(&parse(text, "deny.json").expect("parses"), &target(&[])).expect("compiles");
+        assert_eq!(programs.len(), 1);
+        if cfg!(target_arch = "x86_64") {
+            assert_eq!(errno_of(&programs, libc::SYS_mkdir), 13);
+            // Without a filter the kernel runs it (x32 enabled) or says ENOSYS; never EPERM.
+            assert_ne!(errno_of(&[], x32(libc::SYS_getpid)), libc::EPERM);
+            assert_eq!(errno_of(&programs, x32(libc::SYS_getpid)), libc::EPERM);
+            assert_eq!(errno_of(&programs, x32(libc::SYS_mkdir)), libc::EPERM);
+            assert_eq!(errno_of(&programs, libc::SYS_getpid), 0, "native calls pass");
+            // RuntimeDefault: every one of its filters refuses them too.
+            let p = runtime_default().expect("parses");
+            let programs = compile(&p, &target(crate::sys::process::CONTAINER_CAPS)).expect("compiles");
+            for program in &programs {
+                assert_eq!(errno_of(std::slice::from_ref(program), x32(libc::SYS_getpid)), libc::EPERM);
+            }
+        }
+        // On every architecture the guard follows the architecture check.
+        assert!(programs
+            .iter()
+            .all(|p| p[ARCH_CHECK_LEN].k == 0 && p[ARCH_CHECK_LEN + 1].k == X32_SYSCALL_BIT));
     }
 
     #[test]

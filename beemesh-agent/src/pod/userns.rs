@@ -1,8 +1,10 @@
 //! Per-pod user-namespace id ranges (like Kubernetes `hostUsers: false` or podman
 //! `--userns=auto`): every pod's ids 0..65536 map onto its own block of host ids, so the pod's
 //! root owns nothing on the host. Sans-IO: the agent actor (`app::pods`) allocates a block
-//! when it creates a pod, claims the persisted blocks of pods it re-adopts, and releases a
-//! block once the pod is gone; pod-init writes the map, the sandbox chowns the pod's files.
+//! when it creates a pod (round-robin from a persisted cursor, so a freed block is reused as
+//! late as possible), claims the persisted blocks of pods it re-adopts, and releases a block
+//! once the pod is gone; pod-init writes the map, the sandbox chowns the pod's files. At start
+//! the agent checks the range against `/etc/subuid` and `/etc/subgid` (`subid_overlap`).
 
 use std::collections::BTreeSet;
 
@@ -20,6 +22,34 @@ pub enum UsernsError {
     Overlap { base: u32 },
     #[error("podIdRangeStart {start} + podIdRangeSize {size}: {reason}")]
     BadRange { start: u32, size: u32, reason: &'static str },
+    #[error(
+        "podIdRangeStart {start} + podIdRangeSize {size} overlaps {file}:{line} ({entry:?}): that \
+         user's subordinate ids would be ids of pods; move the range (or the entry)"
+    )]
+    SubidOverlap { start: u32, size: u32, file: String, line: usize, entry: String },
+}
+
+/// The default `podIdRangeStart`: 2000224256 (0x7739_0000), the first multiple of 65536
+/// above 2000200000, so the default range stays clear of systemd's container ids
+/// (524288..=1879048191), SSSD's default AD id mapping (200000..=2000200000), systemd's
+/// "foreign" ids (from 2147352576 = 0x7FFE_0000) and everything from 2^31 on (ids some tools
+/// take for negative), and far from 65534 and 4294967295. `/etc/subuid` and `/etc/subgid`
+/// are checked at start.
+pub const DEFAULT_RANGE_START: u32 = 0x7739_0000;
+
+/// The default `podIdRangeSize`: 2245 blocks of 65536, up to systemd's foreign range.
+pub const DEFAULT_RANGE_SIZE: u32 = 2245 * POD_IDS;
+
+/// The first entry (line number from 1, the line) of an `/etc/subuid` or `/etc/subgid` text
+/// (`name:start:count` lines) that overlaps `start..start + size`; malformed lines are skipped,
+/// as newuidmap skips them.
+pub fn subid_overlap(text: &str, start: u32, size: u32) -> Option<(usize, String)> {
+    let (lo, hi) = (u64::from(start), u64::from(start) + u64::from(size));
+    text.lines().enumerate().find_map(|(i, line)| {
+        let mut f = line.trim().split(':');
+        let (_, first, count) = (f.next()?, f.next()?.parse::<u64>().ok()?, f.next()?.parse::<u64>().ok()?);
+        (count > 0 && first < hi && lo < first + count).then(|| (i + 1, line.trim().to_owned()))
+    })
 }
 
 /// How a pod's ids map onto the host's: pod id `n` is host id `host + n`, for `count` ids.
@@ -63,13 +93,17 @@ impl IdMap {
     }
 }
 
-/// The configured range and the blocks in use; the lowest free block is handed out, so a
-/// block is reused only after its pod was released.
+/// The configured range and the blocks in use. Blocks are handed out round-robin: the next
+/// free block after the last one handed out, wrapping around. A released block is reused only
+/// once every other block had its turn: files a deleted pod left behind (in a hostPath, owned by
+/// its host ids) do not fall to the next pod at once.
 #[derive(Clone, Debug)]
 pub struct IdRanges {
     start: u32,
     blocks: u32,
     used: BTreeSet<u32>,
+    /// The block index the next search starts at.
+    next: u32,
 }
 
 impl IdRanges {
@@ -85,7 +119,14 @@ impl IdRanges {
         if u64::from(start) + u64::from(size) > u64::from(u32::MAX) {
             return Err(bad("the range must end below 4294967295"));
         }
-        Ok(Self { start, blocks: size / POD_IDS, used: BTreeSet::new() })
+        Ok(Self { start, blocks: size / POD_IDS, used: BTreeSet::new(), next: 0 })
+    }
+
+    /// Continues round-robin after `base`, the block last handed out (persisted by the agent;
+    /// a base outside the range, which changed since, starts over at its first block).
+    pub fn resume_after(&mut self, base: u32) {
+        let block = base.checked_sub(self.start).map(|d| d / POD_IDS).filter(|k| *k < self.blocks);
+        self.next = block.map_or(0, |k| (k + 1) % self.blocks);
     }
 
     /// Blocks not in use.
@@ -104,13 +145,15 @@ impl IdRanges {
         self.used.range(lo..=hi).next().is_none()
     }
 
-    /// Hands out the lowest free block; its base.
+    /// Hands out the next free block, round-robin; its base (to persist, for `resume_after`).
     pub fn allocate(&mut self) -> Result<u32, UsernsError> {
-        let base = (0..self.blocks)
-            .map(|k| self.base_of(k))
-            .find(|b| self.fits(*b))
+        let block = (self.next..self.blocks)
+            .chain(0..self.next)
+            .find(|k| self.fits(self.base_of(*k)))
             .ok_or(UsernsError::Exhausted { start: self.start, blocks: self.blocks })?;
+        let base = self.base_of(block);
         self.used.insert(base);
+        self.next = (block + 1) % self.blocks;
         Ok(base)
     }
 
@@ -125,7 +168,7 @@ impl IdRanges {
         Ok(())
     }
 
-    /// The pod of this block is gone: the block can be handed out again.
+    /// The pod of this block is gone: the block can be handed out again, in its turn.
     pub fn release(&mut self, base: u32) {
         self.used.remove(&base);
     }
@@ -149,6 +192,67 @@ mod tests {
         r.release(b);
         assert_eq!(r.free(), 1);
         assert_eq!(r.allocate().expect("reused"), b);
+    }
+
+    #[test]
+    fn freed_blocks_are_reused_as_late_as_possible() {
+        let base = |k: u32| (1 << 30) + k * POD_IDS;
+        let mut r = IdRanges::new(1 << 30, 4 * POD_IDS).expect("valid");
+        assert_eq!((r.allocate().expect("a"), r.allocate().expect("b")), (base(0), base(1)));
+        // A freed block waits for every other block's turn.
+        r.release(base(0));
+        assert_eq!(r.allocate().expect("c"), base(2));
+        r.release(base(1));
+        assert_eq!(r.allocate().expect("d"), base(3));
+        // Then the search wraps around, skipping blocks in use.
+        r.release(base(3));
+        assert_eq!(r.allocate().expect("wraps"), base(0));
+        assert_eq!(r.allocate().expect("next"), base(1));
+        assert_eq!(r.allocate().expect("skips c"), base(3));
+        assert!(r.allocate().is_err());
+        // The cursor survives an agent restart through the last block handed out.
+        let mut r = IdRanges::new(1 << 30, 4 * POD_IDS).expect("valid");
+        r.resume_after(base(2));
+        assert_eq!(r.allocate().expect("after the persisted block"), base(3));
+        assert_eq!(r.allocate().expect("wraps"), base(0));
+        // A base from another range (the configuration changed) starts over.
+        for outside in [5, base(9), base(4)] {
+            let mut r = IdRanges::new(1 << 30, 4 * POD_IDS).expect("valid");
+            r.resume_after(outside);
+            assert_eq!(r.allocate().expect("first block"), base(0), "{outside}");
+        }
+    }
+
+    #[test]
+    fn the_default_range_keeps_clear_of_other_id_users() {
+        let (start, size) = (u64::from(DEFAULT_RANGE_START), u64::from(DEFAULT_RANGE_SIZE));
+        IdRanges::new(DEFAULT_RANGE_START, DEFAULT_RANGE_SIZE).expect("valid");
+        assert_eq!(start % u64::from(POD_IDS), 0);
+        assert!(start > 1_879_048_191, "systemd's container ids end at 1879048191");
+        assert!(start > 2_000_200_000, "SSSD's default AD id mapping ends at 2000200000");
+        assert_eq!(start + size, 2_147_352_576, "ends where systemd's foreign ids begin");
+        assert!(start + size <= 1 << 31, "below 2^31");
+        assert!(size / u64::from(POD_IDS) >= 2048, "room for {} pods", size / u64::from(POD_IDS));
+    }
+
+    #[test]
+    fn subordinate_id_entries_that_overlap_are_found() {
+        let text = "alice:100000:65536\n\nbroken line\nbob:x:65536\ncarol:300000:0\n1001:200000:65536\n";
+        assert_eq!(subid_overlap(text, 165_536, 200_000 - 165_536), None, "between two entries");
+        assert_eq!(subid_overlap(text, 300_000, POD_IDS), None, "an empty entry");
+        assert_eq!(subid_overlap(text, 100_000 - POD_IDS, POD_IDS), None, "just below");
+        assert_eq!(subid_overlap(text, 131_072, POD_IDS), Some((1, "alice:100000:65536".into())));
+        assert_eq!(subid_overlap(text, 0, u32::MAX).map(|(l, _)| l), Some(1));
+        assert_eq!(subid_overlap(text, 196_608, POD_IDS), Some((6, "1001:200000:65536".into())));
+        let e = UsernsError::SubidOverlap {
+            start: 196_608,
+            size: POD_IDS,
+            file: "/etc/subuid".into(),
+            line: 6,
+            entry: "1001:200000:65536".into(),
+        };
+        let msg = e.to_string();
+        assert!(msg.contains("podIdRangeStart 196608") && msg.contains("/etc/subuid:6"), "{msg}");
     }
 
     #[test]

@@ -249,3 +249,29 @@ pub fn raise_thread_priority(nice: i32) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// For tests of seccomp filters: forks a child that installs `filters` (in order) and calls
+/// syscall `nr` with all-zero arguments; the errno the call failed with, 0 if it succeeded
+/// (255: the filters could not be installed).
+#[cfg(test)]
+pub fn errno_under_filters(filters: &[seccompiler::BpfProgram], nr: libc::c_long) -> io::Result<i32> {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    // SAFETY: the test harness has other threads, so the child only makes raw syscalls
+    // (installing a filter allocates nothing on success) and leaves with _exit.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Child => {
+            if filters.iter().any(|f| seccompiler::apply_filter(f).is_err()) {
+                exit_now(255);
+            }
+            // SAFETY: with zero arguments no pointer is passed; a syscall that wants one
+            // fails with EFAULT.
+            let rc = unsafe { libc::syscall(nr, 0, 0, 0, 0, 0, 0) };
+            let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            exit_now(if rc == -1 { errno } else { 0 })
+        }
+        nix::unistd::ForkResult::Parent { child } => match waitpid(child, None).map_err(io::Error::from)? {
+            WaitStatus::Exited(_, code) => Ok(code),
+            other => Err(io::Error::other(format!("filtered child ended with {other:?}"))),
+        },
+    }
+}
