@@ -1126,17 +1126,7 @@ impl Agent {
     /// the actor keeps the record, so a crash meanwhile resumes the deletion.
     fn teardown_pod(&mut self, key: &str) {
         let Some(mut entry) = self.pods.entries.remove(key) else { return };
-        if let Some(conn) = entry.conn.take() {
-            conn.abort();
-        }
-        for r in entry.runs.values_mut() {
-            for p in r.probes.drain(..) {
-                p.abort();
-            }
-        }
-        if let Some(cmds) = entry.cmds.take() {
-            let _ = cmds.try_send(proto::Command::Shutdown.into());
-        }
+        detach_entry(&mut entry);
         if let Some(id) = entry.net_cgroup {
             let _ = self.kernel.set_refuse_cgroup(id, false);
         }
@@ -1147,21 +1137,7 @@ impl Agent {
         let layout = entry.layout.clone();
         self.pods.tearing_down.insert(key.to_owned(), entry.record);
         tokio::task::spawn_blocking(move || {
-            let mut unreaped = None;
-            if let Some(pid) = init_pid {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                // Init is our child (we are its subreaper): reap it, or its zombie keeps the
-                // pod's namespaces alive.
-                if !crate::sys::process::reap(pid, Duration::from_millis(500)) {
-                    unreaped = Some(pid);
-                }
-            }
-            if let Some(mut slirp) = slirp {
-                slirp.stop();
-            }
+            let unreaped = kill_sandbox(init_pid, slirp);
             let cgroup_removed = match cgroups.destroy(&workload) {
                 Ok(()) => true,
                 Err(e) => {
@@ -1402,6 +1378,13 @@ fn find_container<'a>(
 /// Stops a pod's processes; returns its init's pid if it has not been reaped yet (the
 /// caller keeps it in `Pods::unreaped` for the tick).
 fn stop_entry(entry: &mut PodEntry) -> Option<u32> {
+    detach_entry(entry);
+    kill_sandbox(entry.record.init_pid, entry.slirp.take())
+}
+
+/// Drops the agent's ties to a pod's processes: the init connection, probes, and a last
+/// `shutdown` to init.
+fn detach_entry(entry: &mut PodEntry) {
     if let Some(conn) = entry.conn.take() {
         conn.abort();
     }
@@ -1413,8 +1396,13 @@ fn stop_entry(entry: &mut PodEntry) -> Option<u32> {
     if let Some(cmds) = entry.cmds.take() {
         let _ = cmds.try_send(proto::Command::Shutdown.into());
     }
+}
+
+/// Kills a pod's init (and with it everything in the pod) and its slirp4netns; returns
+/// init's pid if it has not been reaped yet. Blocks up to half a second.
+fn kill_sandbox(init_pid: Option<u32>, slirp: Option<Slirp>) -> Option<u32> {
     let mut unreaped = None;
-    if let Some(pid) = entry.record.init_pid {
+    if let Some(pid) = init_pid {
         let _ =
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
         // Init is our child (we are its subreaper): reap it, or its zombie keeps the pod's
@@ -1423,7 +1411,7 @@ fn stop_entry(entry: &mut PodEntry) -> Option<u32> {
             unreaped = Some(pid);
         }
     }
-    if let Some(mut slirp) = entry.slirp.take() {
+    if let Some(mut slirp) = slirp {
         slirp.stop();
     }
     unreaped

@@ -368,6 +368,13 @@ fn mode(h: &tar::Header) -> Result<Mode, Fail> {
     Ok(Mode::from_bits_truncate(m & 0o7777))
 }
 
+/// Gives `name` in `parent` the entry's owner, without following it if it is a link.
+fn chown_name(parent: &OwnedFd, name: &OsStr, h: &tar::Header) -> Result<(), Fail> {
+    let (uid, gid) = ids(h)?;
+    nix::unistd::fchownat(parent, name, Some(uid), Some(gid), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    Ok(())
+}
+
 fn mtime(h: &tar::Header) -> TimeSpec {
     TimeSpec::new(h.mtime().ok().and_then(|t| i64::try_from(t).ok()).unwrap_or(0), 0)
 }
@@ -473,14 +480,7 @@ fn apply(
             clear(&parent, name)?;
             nix::unistd::symlinkat(target.as_os_str(), &parent, name.as_os_str())?;
             if layer {
-                let (uid, gid) = ids(&h)?;
-                nix::unistd::fchownat(
-                    &parent,
-                    name.as_os_str(),
-                    Some(uid),
-                    Some(gid),
-                    AtFlags::AT_SYMLINK_NOFOLLOW,
-                )?;
+                chown_name(&parent, name, &h)?;
                 let t = mtime(&h);
                 nix::sys::stat::utimensat(
                     &parent,
@@ -532,14 +532,7 @@ fn apply(
                 Mode::from_bits_truncate(0o600),
                 0,
             )?;
-            let (uid, gid) = ids(&h)?;
-            nix::unistd::fchownat(
-                &parent,
-                name.as_os_str(),
-                Some(uid),
-                Some(gid),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            )?;
+            chown_name(&parent, name, &h)?;
             // Just made by us in a directory we hold: the name is this FIFO, not a link.
             nix::sys::stat::fchmodat(
                 &parent,

@@ -219,7 +219,6 @@ fn revocations(
         let watcher =
             agent.workload(&format!("watch-{tag}-{i}"), CLIENT, &[], &["watch-deny", &rate_addr])?;
         assert_eq!(watcher.line(T)?, "watching");
-        std::thread::sleep(Duration::from_millis(50));
         let t0 = unix_ns();
         agent.write_policy("bench-grant.yaml", &grant(rate_port, hold_port, true))?;
         let denied = watcher.line(T)?;

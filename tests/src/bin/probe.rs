@@ -171,10 +171,17 @@ fn main() {
             say(&format!("count {count}"));
         }
         "watch-deny" => {
-            say("watching");
+            // "watching" once the first connect went through: the loop is running.
+            let mut watching = false;
             loop {
                 match TcpStream::connect(addr) {
-                    Ok(c) => abort(c),
+                    Ok(c) => {
+                        abort(c);
+                        if !watching {
+                            say("watching");
+                            watching = true;
+                        }
+                    }
                     Err(e) if e.raw_os_error() == Some(1) => {
                         say(&format!("denied {}", unix_ns()));
                         return;
