@@ -121,6 +121,15 @@ pub enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Joins cgroups, then becomes COMMAND (how the agent starts slirp4netns and pod init
+    /// without forking itself); never a user.
+    #[command(hide = true)]
+    CgroupExec {
+        #[arg(long = "cgroup")]
+        cgroups: Vec<PathBuf>,
+        #[arg(last = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
     /// `exec POD -- CMD` runs CMD in a pod's container; `exec --identity ID -- CMD` runs CMD
     /// on the host as a workload with identity ID (spiffe://td/ns/NS/sa/SA or NS/SA).
     Exec {
@@ -351,8 +360,8 @@ pub async fn execute(cli: Cli) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         },
-        Command::PodInit { .. } | Command::PodExec { .. } => {
-            fail("pod-init and pod-exec must run before the async runtime starts")
+        Command::PodInit { .. } | Command::PodExec { .. } | Command::CgroupExec { .. } => {
+            fail("pod-init, pod-exec and cgroup-exec must run before the async runtime starts")
         }
         Command::Policy { command: PolicyCommand::Check { files } } => policy_check(&files),
         Command::Exec { pod: Some(pod), container, namespace, command, .. } => {

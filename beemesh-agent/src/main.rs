@@ -26,6 +26,11 @@ fn main() -> ExitCode {
                 beemesh_agent::pod::init::exec_main(*target, *uid, *gid, cwd, cgroups, &security, command);
             return ExitCode::from(code as u8);
         }
+        Command::CgroupExec { cgroups, command } => {
+            let e = beemesh_agent::sys::cgroup_exec(cgroups, command);
+            eprintln!("beemesh cgroup-exec: {e}");
+            return ExitCode::from(127);
+        }
         _ => {}
     }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

@@ -39,8 +39,8 @@ impl ShortPath {
     }
 
     /// The directory's descriptor (to hand to a child as a fixed number).
-    pub fn dir_fd(&self) -> RawFd {
-        self.dir.as_raw_fd()
+    pub fn dir_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.dir)
     }
 
     /// The path of `name` through descriptor `fd` of the process that uses it.

@@ -87,73 +87,118 @@ pub fn recv_with_fds(
     Ok(n)
 }
 
-/// Makes `cmd` join the cgroup2 directory `cgroup` between fork and exec, so that the program
-/// (slirp4netns) creates every socket inside it: a socket keeps the cgroup it was created in,
-/// and moving the process later would let its first sockets escape policy.
-pub fn exec_in_cgroup(cmd: &mut std::process::Command, cgroup: &std::path::Path) -> std::io::Result<()> {
-    exec_in_cgroups(cmd, &[cgroup.to_path_buf()])
-}
+/// The hidden subcommand of this binary that joins cgroups, then becomes another program
+/// ([`cgroup_exec`]).
+pub const CGROUP_EXEC: &str = "cgroup-exec";
 
-/// Gives the child of `cmd` each descriptor `fd` as number `at` (without close-on-exec), for
-/// every `(fd, at)` pair; the parent's descriptors keep their flags, so no other child
-/// inherits them. A source whose number is another pair's target is never clobbered: all
-/// sources are first copied above every target.
-pub fn pass_fds(cmd: &mut std::process::Command, pairs: &[(std::os::fd::RawFd, std::os::fd::RawFd)]) {
-    use std::os::unix::process::CommandExt;
-    let pairs = pairs.to_vec();
-    let above = pairs.iter().map(|(_, at)| *at).max().unwrap_or(0) + 1;
-    // Filled in the child; allocated here, before the fork.
-    let mut copies = vec![0; pairs.len()];
-    // SAFETY: fcntl and dup2 are async-signal-safe and touch only descriptors; the closure
-    // writes into memory allocated before the fork and allocates nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            for (copy, (fd, _)) in copies.iter_mut().zip(&pairs) {
-                *copy = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, above);
-                if *copy < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            for (copy, (_, at)) in copies.iter().zip(&pairs) {
-                if libc::dup2(*copy, *at) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-}
-
-/// [`exec_in_cgroup`] for several cgroups (one per hierarchy: cgroup2 and v1 controllers).
-pub fn exec_in_cgroups(
-    cmd: &mut std::process::Command,
+/// The command line that runs `program` inside the cgroup directories `cgroups` (one per
+/// hierarchy: cgroup2 and v1 controllers) from its first instruction, so that a program such
+/// as slirp4netns creates every socket inside them (a socket keeps the cgroup it was created
+/// in; moving the process later would let its first sockets escape policy). Its arguments
+/// follow.
+///
+/// The agent never forks: `fork` copies its page tables under its memory map lock and
+/// glibc's allocator locks, stalling every agent thread (the policy engine's included) for
+/// milliseconds per pod. It starts this binary instead (`/proc/self/exe cgroup-exec`, by
+/// posix_spawn, a vfork), which joins the cgroups and execs `program`.
+pub fn cgroup_exec_argv(
     cgroups: &[std::path::PathBuf],
-) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::process::CommandExt;
-    let procs = cgroups
-        .iter()
-        .map(|c| std::ffi::CString::new(c.join("cgroup.procs").as_os_str().as_bytes()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: the closure only calls open/write/close (async-signal-safe) on memory prepared
-    // before the fork; writing "0" moves the calling process, the child.
-    unsafe {
-        cmd.pre_exec(move || {
-            for p in &procs {
-                let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-                let err = std::io::Error::last_os_error();
-                libc::close(fd);
-                if n != 1 {
-                    return Err(err);
-                }
-            }
-            Ok(())
-        });
+    program: impl AsRef<std::ffi::OsStr>,
+) -> Vec<std::ffi::OsString> {
+    #[cfg(not(test))]
+    let mut argv: Vec<std::ffi::OsString> = vec!["/proc/self/exe".into(), CGROUP_EXEC.into()];
+    // A unit test's binary is not the agent: a shell does the same two steps.
+    #[cfg(test)]
+    let mut argv: Vec<std::ffi::OsString> = vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        r#"while [ "$1" = --cgroup ]; do echo 0 > "$2/cgroup.procs" || exit 127; shift 2; done; shift; exec "$@""#
+            .into(),
+        CGROUP_EXEC.into(),
+    ];
+    for c in cgroups {
+        argv.push("--cgroup".into());
+        argv.push(c.into());
     }
-    Ok(())
+    argv.push("--".into());
+    argv.push(program.as_ref().to_owned());
+    argv
+}
+
+/// A [`std::process::Command`] for [`cgroup_exec_argv`]: with no `pre_exec` hook, std starts
+/// it by posix_spawn.
+pub fn command_in_cgroups(
+    cgroups: &[std::path::PathBuf],
+    program: impl AsRef<std::ffi::OsStr>,
+) -> std::process::Command {
+    let argv = cgroup_exec_argv(cgroups, program);
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    cmd
+}
+
+/// `beemesh-agent cgroup-exec`: moves this (single-threaded) process into each cgroup, then
+/// execs `command` (searched in PATH); returns only the error that stopped it.
+pub fn cgroup_exec(cgroups: &[std::path::PathBuf], command: &[std::ffi::OsString]) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    for c in cgroups {
+        if let Err(e) = std::fs::write(c.join("cgroup.procs"), b"0") {
+            return std::io::Error::new(e.kind(), format!("join cgroup {}: {e}", c.display()));
+        }
+    }
+    let Some((program, args)) = command.split_first() else {
+        return std::io::Error::new(std::io::ErrorKind::InvalidInput, "no command to run");
+    };
+    let e = std::process::Command::new(program).args(args).exec();
+    std::io::Error::new(e.kind(), format!("run {}: {e}", program.to_string_lossy()))
+}
+
+/// Starts `argv` (`argv[0]` a path) by posix_spawn, with this process's environment, `stdio`
+/// as its descriptors 0, 1 and 2, and each `(fd, at)` of `fds` as number `at` (without
+/// close-on-exec): the parent's descriptors keep their flags, so no other child inherits
+/// them. Signals start unblocked, SIGPIPE at its default. Returns the pid; the caller reaps it.
+pub fn spawn_with_fds(
+    argv: &[std::ffi::OsString],
+    stdio: [std::os::fd::BorrowedFd<'_>; 3],
+    fds: &[(std::os::fd::BorrowedFd<'_>, std::os::fd::RawFd)],
+) -> std::io::Result<nix::unistd::Pid> {
+    use nix::spawn::{posix_spawn, PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
+    use std::os::unix::ffi::OsStrExt;
+    let cstr = |s: &std::ffi::OsStr| {
+        std::ffi::CString::new(s.as_bytes())
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in an argument"))
+    };
+    let args = argv.iter().map(|a| cstr(a)).collect::<Result<Vec<_>, _>>()?;
+    let path = args.first().ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let env = std::env::vars_os()
+        .map(|(k, v)| {
+            let mut kv = k;
+            kv.push("=");
+            kv.push(v);
+            cstr(&kv)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let pairs: Vec<_> = stdio.iter().zip(0..).map(|(fd, at)| (*fd, at)).chain(fds.iter().copied()).collect();
+    // Every source is first copied above every target, so a source whose number is another
+    // pair's target is never clobbered by the child's dup2 sequence.
+    let above = pairs.iter().map(|(_, at)| *at).max().unwrap_or(0) + 1;
+    let copies = pairs
+        .iter()
+        .map(|(fd, _)| {
+            let copy = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(above))?;
+            // SAFETY: fcntl just made this descriptor for us; nothing else owns it.
+            Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(copy) })
+        })
+        .collect::<Result<Vec<_>, nix::Error>>()?;
+    let mut actions = PosixSpawnFileActions::init()?;
+    for (copy, (_, at)) in copies.iter().zip(&pairs) {
+        actions.add_dup2(copy.as_raw_fd(), *at)?;
+    }
+    let mut attr = PosixSpawnAttr::init()?;
+    attr.set_flags(PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF)?;
+    attr.set_sigmask(&nix::sys::signal::SigSet::empty())?;
+    let mut default = nix::sys::signal::SigSet::empty();
+    default.add(nix::sys::signal::Signal::SIGPIPE);
+    attr.set_sigdefault(&default)?;
+    Ok(posix_spawn(path.as_c_str(), &actions, &attr, &args, &env)?)
 }

@@ -174,6 +174,7 @@ impl PolicyEngine {
         let scan_started = Instant::now();
         let dir = self.policy_dir.clone();
         let mut seen = Vec::new();
+        let mut keep = Vec::new();
         let mut changed = false;
         let entries = match std::fs::read_dir(&dir) {
             Ok(e) => e.filter_map(Result::ok).map(|e| e.path()).collect::<Vec<_>>(),
@@ -206,9 +207,9 @@ impl PolicyEngine {
                     entry.good = Some(policies);
                     entry.error = None;
                     changed = true;
-                    if let Err(e) = self.state.save_good_policy(&name, &entry.text) {
-                        warn!(file = %path.display(), error = %e, "cannot keep the last good version");
-                    }
+                    // Kept once the policy is in force: the write (and the old copy's freed
+                    // blocks) never delays a revocation.
+                    keep.push((name, entry.text.clone()));
                 }
                 Err(e) => {
                     if entry.good.is_none() {
@@ -235,9 +236,8 @@ impl PolicyEngine {
         // Files gone (now, or while the agent was down) take their last good version along.
         let present: Vec<String> =
             seen.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
-        for name in self.state.good_policy_names().into_iter().filter(|n| !present.contains(n)) {
-            self.state.forget_good_policy(&name);
-        }
+        let gone: Vec<String> =
+            self.state.good_policy_names().into_iter().filter(|n| !present.contains(n)).collect();
         self.files.retain(|p, _| seen.contains(p));
         if self.files.len() != before {
             changed = true;
@@ -252,6 +252,14 @@ impl PolicyEngine {
         }
         if changed || self.compiled.is_none() {
             self.recompile();
+        }
+        for name in gone {
+            self.state.forget_good_policy(&name);
+        }
+        for (name, text) in keep {
+            if let Err(e) = self.state.save_good_policy(&name, &text) {
+                warn!(file = %name, error = %e, "cannot keep the last good version");
+            }
         }
         self.change_seen = None;
         self.publish_summary();
@@ -481,8 +489,11 @@ pub(super) fn spawn(
     let thread = std::thread::Builder::new()
         .name("beemesh-policy".into())
         .spawn(move || {
-            if let Err(e) = crate::sys::process::raise_thread_priority(POLICY_NICE) {
-                warn!(error = %e, "cannot raise the policy thread's priority");
+            if let Err(rt) = crate::sys::process::realtime_thread(POLICY_RT_PRIORITY) {
+                match crate::sys::process::raise_thread_priority(POLICY_NICE) {
+                    Ok(()) => info!(error = %rt, nice = POLICY_NICE, "no real-time class for the policy thread; raised its priority instead"),
+                    Err(e) => warn!(error = %e, "cannot raise the policy thread's priority"),
+                }
             }
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
@@ -515,8 +526,12 @@ pub(super) fn spawn(
     }
 }
 
-/// The policy thread's nice value: above the agent's other threads and the pods (nice 0),
-/// like kubelet's reserved share for the node's own daemons.
+/// The policy thread's real-time priority: the lowest level, so it runs ahead of every
+/// ordinary thread (the agent's pod work, the pods) yet behind the kernel's own real-time
+/// threads. Its work is bounded (one compile, install and sweep per change).
+const POLICY_RT_PRIORITY: i32 = 1;
+/// Where real-time scheduling is refused: a nice value above the agent's other threads and
+/// the pods (nice 0).
 const POLICY_NICE: i32 = -10;
 
 /// The actor's side of the link.

@@ -8,9 +8,8 @@
 //! Port forwards go through its API socket.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::sockpath::ShortPath;
@@ -46,8 +45,8 @@ pub enum NetError {
 #[derive(Debug)]
 pub struct Slirp {
     pid: u32,
-    /// Set when this agent started it (and must reap it); `None` once adopted.
-    child: Option<Child>,
+    /// Set when this agent started it (and must reap it); not when adopted.
+    ours: bool,
     api: PathBuf,
 }
 
@@ -70,27 +69,32 @@ impl Slirp {
         let log_path = api.with_file_name("slirp.log");
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(NetError::Spawn)?;
-        let mut cmd = Command::new("slirp4netns");
-        cmd.arg("--configure")
-            .arg(format!("--mtu={MTU}"))
-            .arg("--enable-sandbox")
-            .arg("--enable-seccomp")
-            .arg("--disable-host-loopback")
-            .arg("--api-socket")
-            .arg(api_arg(api))
-            .arg("--ready-fd")
-            .arg(READY_FD.to_string())
-            .arg(pid.to_string())
-            .arg("tap0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        crate::sys::exec_in_cgroup(&mut cmd, cgroup).map_err(NetError::Spawn)?;
-        crate::sys::pass_fds(&mut cmd, &[(write.as_raw_fd(), READY_FD), (dir.dir_fd(), DIR_FD)]);
-        let child = cmd.spawn().map_err(NetError::Spawn)?;
+        let mut argv = crate::sys::cgroup_exec_argv(&[cgroup.to_path_buf()], "slirp4netns");
+        argv.extend(
+            [
+                "--configure".into(),
+                format!("--mtu={MTU}"),
+                "--enable-sandbox".into(),
+                "--enable-seccomp".into(),
+                "--disable-host-loopback".into(),
+                "--api-socket".into(),
+            ]
+            .map(std::ffi::OsString::from),
+        );
+        argv.push(api_arg(api).into());
+        argv.extend(
+            ["--ready-fd".into(), READY_FD.to_string(), pid.to_string(), "tap0".into()].map(Into::into),
+        );
+        let null = std::fs::File::open("/dev/null").map_err(NetError::Spawn)?;
+        let pid = crate::sys::spawn_with_fds(
+            &argv,
+            [null.as_fd(), null.as_fd(), log.as_fd()],
+            &[(write.as_fd(), READY_FD), (dir.dir_fd(), DIR_FD)],
+        )
+        .map_err(NetError::Spawn)?;
         drop(write);
         drop(dir);
-        let mut slirp = Self { pid: child.id(), child: Some(child), api: api.to_path_buf() };
+        let mut slirp = Self { pid: pid.as_raw() as u32, ours: true, api: api.to_path_buf() };
         if let Err(timeout) = wait_ready(read) {
             slirp.stop();
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -102,7 +106,7 @@ impl Slirp {
 
     /// The slirp4netns an earlier agent started for a pod, if it still runs.
     pub fn adopt(pid: u32, api: &Path) -> Option<Self> {
-        serves(pid, api).then(|| Self { pid, child: None, api: api.to_path_buf() })
+        serves(pid, api).then(|| Self { pid, ours: false, api: api.to_path_buf() })
     }
 
     pub fn pid(&self) -> u32 {
@@ -140,15 +144,10 @@ impl Slirp {
 
     /// Kills slirp4netns and removes its API socket.
     pub fn stop(&mut self) {
-        match self.child.as_mut() {
-            Some(child) => {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            None => {
-                let pid = nix::unistd::Pid::from_raw(self.pid as i32);
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            }
+        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        if std::mem::take(&mut self.ours) {
+            let _ = nix::sys::wait::waitpid(pid, None);
         }
         let _ = std::fs::remove_file(&self.api);
     }

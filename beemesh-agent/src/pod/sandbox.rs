@@ -6,7 +6,7 @@
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use super::proto::{BindMount, ContainerSpec};
 use super::security;
@@ -698,7 +698,7 @@ pub fn spawn_init(
         .append(true)
         .open(&log_path)
         .map_err(io_err("open", &log_path))?;
-    let mut cmd = Command::new(exe);
+    let mut cmd = crate::sys::command_in_cgroups(&[cgroup.to_path_buf()], exe);
     cmd.arg("pod-init")
         .arg("--dir")
         .arg(&layout.dir)
@@ -708,7 +708,6 @@ pub fn spawn_init(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log);
-    crate::sys::exec_in_cgroup(&mut cmd, cgroup).map_err(io_err("join", cgroup))?;
     let out = cmd.output().map_err(io_err("start pod init for", &layout.dir))?;
     let text = String::from_utf8_lossy(&out.stdout);
     match (out.status.success(), text.trim().parse::<u32>()) {

@@ -236,9 +236,25 @@ pub fn cmdline(pid: u32) -> Option<Vec<std::ffi::OsString>> {
     )
 }
 
-/// Sets the calling thread's nice value (Linux: a thread's own priority, by its tid): the
-/// agent's policy thread outranks its pod work and the pods it starts (threads and children
-/// forked from other threads keep nice 0).
+/// Puts the calling thread (Linux: by its tid) in the round-robin real-time class at
+/// `priority` (1 = the lowest real-time level), so it runs as soon as it is runnable, ahead
+/// of every ordinary thread of the agent, of the pods and of the processes they start; what it
+/// starts or forks falls back to the ordinary class (SCHED_RESET_ON_FORK). The kernel's
+/// real-time throttling (by default 95% of each second) keeps a runaway from taking a CPU.
+pub fn realtime_thread(priority: i32) -> io::Result<()> {
+    let tid = nix::unistd::gettid().as_raw();
+    let param = libc::sched_param { sched_priority: priority };
+    // SAFETY: sched_setscheduler reads the parameter struct, alive for the call; a tid names
+    // this one thread.
+    let rc = unsafe { libc::sched_setscheduler(tid, libc::SCHED_RR | libc::SCHED_RESET_ON_FORK, &param) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets the calling thread's nice value (Linux: a thread's own priority, by its tid); the
+/// fallback where real-time scheduling is not allowed.
 pub fn raise_thread_priority(nice: i32) -> io::Result<()> {
     let tid = nix::unistd::gettid().as_raw();
     // SAFETY: setpriority only reads its integer arguments; PRIO_PROCESS with a tid names

@@ -308,7 +308,7 @@ fn run(keep: &tempfile::TempDir) -> Result<()> {
     let opts = if quick {
         Opts { rounds: 1, secs: 1.0, revocations: 3, churn_pods: 5 }
     } else {
-        Opts { rounds: 11, secs: 1.5, revocations: 30, churn_pods: 50 }
+        Opts { rounds: 11, secs: 1.5, revocations: 100, churn_pods: 50 }
     };
     if quick {
         println!("(--quick: one short round to prove the bench runs; not a measurement)");
