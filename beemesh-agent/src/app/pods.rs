@@ -34,7 +34,7 @@ pub enum PodMsg {
     Event {
         workload: String,
         uid: String,
-        event: proto::Event,
+        event: Box<proto::Event>,
     },
     InitGone {
         workload: String,
@@ -675,7 +675,7 @@ impl Agent {
             }
             PodMsg::Event { workload, uid, event } => {
                 if self.pods.entries.get(&workload).is_some_and(|e| e.record.uid == uid) {
-                    self.on_init_event(&workload, event, now);
+                    self.on_init_event(&workload, *event, now);
                 }
             }
             PodMsg::InitGone { workload, uid } => {
@@ -1463,7 +1463,7 @@ async fn init_connection(
                 line = lines.next_line() => match line {
                     Ok(Some(line)) => match serde_json::from_str::<proto::Event>(&line) {
                         Ok(event) => {
-                            let _ = tx.send(PodMsg::Event { workload: workload.clone(), uid: uid.clone(), event }).await;
+                            let _ = tx.send(PodMsg::Event { workload: workload.clone(), uid: uid.clone(), event: Box::new(event) }).await;
                         }
                         Err(e) => warn!(pod = %workload, error = %e, "malformed message from pod init"),
                     },
