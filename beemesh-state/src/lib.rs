@@ -8,6 +8,7 @@ pub mod msg;
 pub mod object;
 pub mod replica;
 pub mod rng;
+pub mod sim;
 
 pub use msg::{Msg, MsgError};
 pub use object::{Clock, Digest, Key, Object, ObjectError, Stamp, Version};

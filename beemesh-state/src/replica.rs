@@ -118,6 +118,8 @@ pub struct Replica<P> {
     objects: BTreeMap<Key, Object>,
     /// XOR of the entry hashes of the keys in each bucket: updated in O(1) per change.
     bucket_hash: Vec<u64>,
+    /// XOR of every entry hash (so of every bucket hash): the anti-entropy root, kept in O(1).
+    root: u64,
     bucket_keys: Vec<BTreeSet<Key>>,
     /// Tombstones by wall time, for collection without a scan.
     tombstones: BTreeSet<(u64, Key)>,
@@ -149,6 +151,7 @@ impl<P: Clone + Eq + Ord + std::fmt::Debug> Replica<P> {
             rng: Rng::new(cfg.seed),
             objects: BTreeMap::new(),
             bucket_hash: vec![0; BUCKETS],
+            root: 0,
             bucket_keys: vec![BTreeSet::new(); BUCKETS],
             tombstones: BTreeSet::new(),
             inflight: BTreeMap::new(),
@@ -221,14 +224,10 @@ impl<P: Clone + Eq + Ord + std::fmt::Debug> Replica<P> {
         self.pending.len()
     }
 
-    /// Hash over every bucket: equal on two replicas that hold the same stamps.
+    /// Summary of every `(key, stamp)` held (the XOR of their 64-bit hashes): equal on two
+    /// replicas that hold the same stamps, and different otherwise but with odds of 2^-64.
     pub fn root(&self) -> u64 {
-        let mut h = Sha256::new();
-        for b in &self.bucket_hash {
-            h.update(b.to_be_bytes());
-        }
-        let d = h.finalize();
-        u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+        self.root
     }
 
     /// Writes `body` under `key` (`None` deletes it) with a fresh version. The object is
@@ -523,11 +522,15 @@ impl<P: Clone + Eq + Ord + std::fmt::Debug> Replica<P> {
     fn insert(&mut self, o: Object) {
         self.clock.observe(&o.stamp.version);
         let bucket = usize::from(bucket_of(&o.key));
-        self.bucket_hash[bucket] ^= entry_hash(&o.key, &o.stamp);
+        let hash = entry_hash(&o.key, &o.stamp);
+        self.bucket_hash[bucket] ^= hash;
+        self.root ^= hash;
         self.bucket_keys[bucket].insert(o.key.clone());
         let tombstone = o.is_tombstone().then(|| (o.stamp.version.wall_ms, o.key.clone()));
         if let Some(old) = self.objects.insert(o.key.clone(), o) {
-            self.bucket_hash[bucket] ^= entry_hash(&old.key, &old.stamp);
+            let hash = entry_hash(&old.key, &old.stamp);
+            self.bucket_hash[bucket] ^= hash;
+            self.root ^= hash;
             if old.is_tombstone() {
                 self.tombstones.remove(&(old.stamp.version.wall_ms, old.key));
             }
@@ -540,7 +543,9 @@ impl<P: Clone + Eq + Ord + std::fmt::Debug> Replica<P> {
     fn remove(&mut self, key: &Key) {
         if let Some(old) = self.objects.remove(key) {
             let bucket = usize::from(bucket_of(key));
-            self.bucket_hash[bucket] ^= entry_hash(&old.key, &old.stamp);
+            let hash = entry_hash(&old.key, &old.stamp);
+            self.bucket_hash[bucket] ^= hash;
+            self.root ^= hash;
             self.bucket_keys[bucket].remove(key);
         }
     }
