@@ -244,7 +244,13 @@ fn bad_messages_are_refused_counted_and_change_nothing() {
     for msg in cases {
         assert!(a.handle(T0 + 10, "evil", msg.clone()).is_err(), "{msg:?} accepted");
     }
-    assert_eq!(a.stats().rejected, n);
+    assert!(a.handle_bytes(T0 + 10, "evil", &[0xff, 0x01]).is_err());
+    let huge = vec![0u8; crate::msg::MAX_MSG_BYTES + 1];
+    assert!(matches!(
+        a.handle_bytes(T0 + 10, "evil", &huge),
+        Err(ReplicaError::Msg(MsgError::TooLarge { .. }))
+    ));
+    assert_eq!(a.stats().rejected, n + 2);
     assert_eq!(a.snapshot(), before);
     assert_eq!(a.get(&key("fine")), None);
 }
@@ -268,4 +274,20 @@ fn restore_keeps_the_state_and_later_writes_still_win() {
         o.body = body("tampered");
     }
     assert!(Replica::<&str>::restore(Config::new("a"), bad).is_err());
+}
+
+#[test]
+fn versions_from_a_fast_clock_are_skipped_not_fatal() {
+    let mut a = replica("a");
+    let ahead = Version { wall_ms: T0 + 3_600_000, logical: 0, node: "b".into() };
+    let fine = Version { wall_ms: T0, logical: 0, node: "b".into() };
+    let stamp = |version| Stamp { version, digest: Digest::of(b"x") };
+    let (k1, k2) = (key("one"), key("two"));
+    let mut buckets: BTreeMap<u16, Vec<(Key, Stamp)>> = BTreeMap::new();
+    buckets.entry(bucket_of(&k1)).or_default().push((k1, stamp(ahead)));
+    buckets.entry(bucket_of(&k2)).or_default().push((k2.clone(), stamp(fine)));
+    let buckets =
+        buckets.into_iter().map(|(index, entries)| crate::msg::BucketVersions { index, entries }).collect();
+    let out = a.handle(T0, "b", Msg::Versions { reply: true, buckets }).expect("valid");
+    assert_eq!(out, vec![Output::Send { to: "b", msg: Msg::Fetch { keys: vec![k2] } }]);
 }
