@@ -27,6 +27,9 @@ pub enum ReplicaError {
 /// cannot grow the table without bound).
 const MAX_INFLIGHT: usize = 65_536;
 
+/// Most peers waiting on one key this host is itself fetching.
+const MAX_WAITERS_PER_KEY: usize = 32;
+
 /// Knobs of a replica. [`Config::new`] has the defaults the agent uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -72,7 +75,7 @@ pub struct WriteId(pub u64);
 pub enum Output<P> {
     /// Send to one peer (request-response).
     Send { to: P, msg: Msg },
-    /// Publish to every host (gossipsub). Receivers pass the message's origin as `from`.
+    /// Publish to every host (gossipsub). Receivers pass the peer that relayed it as `from`.
     Broadcast(Msg),
     /// A local write is held by another host (`held_by`), or, with `None`, there was no other
     /// host to hold it: it is held here only.
@@ -126,6 +129,11 @@ pub struct Replica<P> {
     /// Keys asked for and not yet received: the stamp wanted and when it was asked.
     inflight: BTreeMap<Key, (Stamp, u64)>,
     pending: BTreeMap<WriteId, Pending<P>>,
+    /// Peers that asked for a key while this host was fetching a newer state of it: they get
+    /// it as soon as it arrives (so a large body spreads hop by hop along the gossip relays
+    /// instead of every host pulling it from the writer).
+    waiters: BTreeMap<Key, Vec<P>>,
+    waiting: usize,
     peers: Vec<P>,
     next_write: u64,
     next_anti_entropy: u64,
@@ -156,6 +164,8 @@ impl<P: Clone + Eq + Ord + std::fmt::Debug> Replica<P> {
             tombstones: BTreeSet::new(),
             inflight: BTreeMap::new(),
             pending: BTreeMap::new(),
+            waiters: BTreeMap::new(),
+            waiting: 0,
             peers: Vec::new(),
             next_write: 0,
             next_anti_entropy: 0,
@@ -266,7 +276,8 @@ impl<P: Clone + Eq + Ord + std::fmt::Debug> Replica<P> {
         Ok((id, out))
     }
 
-    /// Handles a message from `from` (for a broadcast: its origin). A bad message is an error,
+    /// Handles a message from `from` (for a broadcast: the peer that relayed it to us,
+    /// gossipsub's `propagation_source`, which is asked for a body not carried inline). A bad message is an error,
     /// counted in `stats().rejected`, and changes nothing.
     pub fn handle(&mut self, now: u64, from: P, msg: Msg) -> Result<Vec<Output<P>>, ReplicaError> {
         self.stats.handled += 1;
@@ -306,6 +317,9 @@ impl<P: Clone + Eq + Ord + std::fmt::Debug> Replica<P> {
         }
         let timeout = self.cfg.fetch_timeout_ms;
         self.inflight.retain(|_, (_, at)| at.saturating_add(timeout) > now);
+        let inflight = &self.inflight;
+        self.waiters.retain(|k, _| inflight.contains_key(k));
+        self.waiting = self.waiters.values().map(Vec::len).sum();
         let due: Vec<WriteId> = self
             .pending
             .iter()
@@ -435,7 +449,22 @@ impl<P: Clone + Eq + Ord + std::fmt::Debug> Replica<P> {
                 }
             }
             Msg::Fetch { keys } => {
-                let found: Vec<Object> = keys.iter().filter_map(|k| self.objects.get(k).cloned()).collect();
+                let mut found = Vec::new();
+                for k in keys {
+                    let held = self.objects.get(&k);
+                    let awaited =
+                        self.inflight.get(&k).is_some_and(|(s, _)| held.is_none_or(|o| o.stamp < *s));
+                    let waiters = self.waiters.get(&k).map_or(0, Vec::len);
+                    if awaited && self.waiting < MAX_INFLIGHT && waiters < MAX_WAITERS_PER_KEY {
+                        let w = self.waiters.entry(k).or_default();
+                        if !w.contains(&from) {
+                            w.push(from.clone());
+                            self.waiting += 1;
+                        }
+                    } else if let Some(o) = held {
+                        found.push(o.clone());
+                    }
+                }
                 for objects in pack(found) {
                     out.push(Output::Send { to: from.clone(), msg: Msg::Objects { objects } });
                 }
@@ -530,6 +559,11 @@ impl<P: Clone + Eq + Ord + std::fmt::Debug> Replica<P> {
     fn merge(&mut self, o: Object, now: u64, out: &mut Vec<Output<P>>) {
         if self.wants(&o.key, &o.stamp, now) {
             let key = o.key.clone();
+            let waiters = self.waiters.remove(&key).unwrap_or_default();
+            self.waiting = self.waiting.saturating_sub(waiters.len());
+            for to in waiters {
+                out.push(Output::Send { to, msg: Msg::Objects { objects: vec![o.clone()] } });
+            }
             self.insert(o);
             self.stats.applied += 1;
             out.push(Output::Changed(key));

@@ -132,6 +132,8 @@ pub struct Sim {
     in_flight: BTreeMap<u64, Delivery>,
     seq: u64,
     traffic: Traffic,
+    /// Bytes sent by each host.
+    sent_bytes: Vec<u64>,
     writes: Vec<SimWrite>,
     by_write_id: BTreeMap<(usize, WriteId), usize>,
     /// Writes not yet everywhere, by key.
@@ -185,6 +187,7 @@ impl Sim {
             in_flight: BTreeMap::new(),
             seq: 0,
             traffic: Traffic::default(),
+            sent_bytes: vec![0; n],
             writes: Vec::new(),
             by_write_id: BTreeMap::new(),
             watching: BTreeMap::new(),
@@ -211,6 +214,11 @@ impl Sim {
 
     pub fn traffic(&self) -> Traffic {
         self.traffic
+    }
+
+    /// Bytes each host has sent so far.
+    pub fn sent_bytes(&self) -> &[u64] {
+        &self.sent_bytes
     }
 
     pub fn writes(&self) -> &[SimWrite] {
@@ -331,7 +339,9 @@ impl Sim {
                 if !self.hosts[d.to].seen.insert(id) {
                     return;
                 }
-                (origin, msg, Some((origin, id, len)))
+                // The replica asks the relaying peer, as the agent does with gossipsub's
+                // propagation source.
+                (d.from, msg, Some((origin, id, len)))
             }
         };
         // Gossipsub forwards a message before the application has looked at it.
@@ -417,6 +427,7 @@ impl Sim {
     fn send(&mut self, from: usize, to: usize, len: u64, payload: Payload) {
         self.traffic.messages += 1;
         self.traffic.bytes += len;
+        self.sent_bytes[from] += len;
         let f = &self.cfg.faults;
         if !self.hosts[from].alive || self.group[from] != self.group[to] || self.rng.chance(f.loss) {
             return;
@@ -474,6 +485,9 @@ pub struct BenchReport {
     /// Background traffic of a converged mesh, per host per second.
     pub idle_messages_per_host_per_s: f64,
     pub idle_bytes_per_host_per_s: f64,
+    /// The most any one host sent while the writes spread, per write (the writer's upload
+    /// for large bodies).
+    pub max_host_bytes_per_write: f64,
 }
 
 /// `writes` writes of `body_bytes` each, from random hosts 100 ms apart, on a healthy network
@@ -484,7 +498,7 @@ pub fn bench(hosts: usize, writes: usize, body_bytes: usize, seed: u64) -> Bench
     let mut sim = Sim::new(SimConfig::new(hosts, seed));
     // Warm up past the first anti-entropy rounds.
     sim.run_for(2_000);
-    let (t0, before) = (sim.now(), sim.traffic());
+    let (t0, before, sent0) = (sim.now(), sim.traffic(), sim.sent_bytes().to_vec());
     let mut rng = Rng::new(seed ^ 0x5eed);
     let body = Bytes::from(vec![b'x'; body_bytes]);
     for i in 0..writes {
@@ -496,6 +510,7 @@ pub fn bench(hosts: usize, writes: usize, body_bytes: usize, seed: u64) -> Bench
     }
     sim.run_until(60_000, |s| s.writes().iter().all(|w| w.everywhere_at_ms.is_some()));
     let (t1, after) = (sim.now(), sim.traffic());
+    let max_sent = sim.sent_bytes().iter().zip(&sent0).map(|(a, b)| a - b).max().unwrap_or(0);
     // The background of a converged mesh holding these objects.
     sim.run_for(3_000);
     let (t2, idle) = (sim.now(), sim.traffic());
@@ -529,6 +544,7 @@ pub fn bench(hosts: usize, writes: usize, body_bytes: usize, seed: u64) -> Bench
         bytes_per_write_per_host_above_idle: (bytes - idle_bytes_per_s * idle_window) / per,
         idle_messages_per_host_per_s: idle_msgs_per_s / hosts as f64,
         idle_bytes_per_host_per_s: idle_bytes_per_s / hosts as f64,
+        max_host_bytes_per_write: max_sent as f64 / writes.max(1) as f64,
     }
 }
 

@@ -291,3 +291,36 @@ fn versions_from_a_fast_clock_are_skipped_not_fatal() {
     let out = a.handle(T0, "b", Msg::Versions { reply: true, buckets }).expect("valid");
     assert_eq!(out, vec![Output::Send { to: "b", msg: Msg::Fetch { keys: vec![k2] } }]);
 }
+
+#[test]
+fn a_host_fetching_a_body_serves_it_to_those_who_asked_meanwhile() {
+    let (mut a, mut b, mut c) = (replica("a"), replica("b"), replica("c"));
+    let big = Bytes::from(vec![b'y'; MAX_INLINE_BODY_BYTES * 2]);
+    let (_, out) = a.write(T0, key("big"), Some(big.clone())).expect("write");
+    let announce = out
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Broadcast(m) => Some(m),
+            _ => None,
+        })
+        .expect("announced");
+    // b hears it from a and fetches; c hears it relayed by b and asks b, which has no body yet.
+    let b_fetch = b.handle(T0, "a", announce.clone()).expect("valid");
+    let c_fetch = c.handle(T0, "b", announce).expect("valid");
+    let [Output::Send { to: "b", msg: fetch }] = c_fetch.as_slice() else { panic!("{c_fetch:?}") };
+    assert!(
+        b.handle(T0, "c", fetch.clone()).expect("valid").is_empty(),
+        "b answers only once it holds the body"
+    );
+    // a answers b; b, on applying it, passes it on to c.
+    let [Output::Send { to: "a", msg: fetch }] = b_fetch.as_slice() else { panic!("{b_fetch:?}") };
+    let objects = a.handle(T0, "b", fetch.clone()).expect("valid");
+    let [Output::Send { to: "b", msg: objects }] = objects.as_slice() else { panic!("{objects:?}") };
+    let out = b.handle(T0, "a", objects.clone()).expect("valid");
+    let to_c = out.iter().find_map(|o| match o {
+        Output::Send { to: "c", msg } => Some(msg.clone()),
+        _ => None,
+    });
+    c.handle(T0, "b", to_c.expect("b serves c")).expect("valid");
+    assert_eq!(c.get(&key("big")), Some(&big));
+}

@@ -178,3 +178,14 @@ fn bench_figures_for_10000_hosts() {
         assert_eq!(r.not_converged, 0, "{r:?}");
     }
 }
+
+#[test]
+fn large_bodies_spread_hop_by_hop_not_all_from_the_writer() {
+    let body = 64 * 1024;
+    let r = bench(50, 3, body, 7);
+    println!("{r:?}");
+    assert_eq!(r.not_converged, 0, "{r:?}");
+    // Fetched from the writer by everyone, the writer would upload 49 bodies per write.
+    assert!(r.max_host_bytes_per_write < (12 * body) as f64, "{r:?}");
+    assert!(r.bytes_per_write_per_host < (2 * body) as f64, "{r:?}");
+}
