@@ -172,7 +172,7 @@ fn bench_figures_for_3_50_and_1000_hosts() {
 #[test]
 #[ignore = "minutes in debug; run with --release"]
 fn bench_figures_for_10000_hosts() {
-    for (hosts, body) in [(1_000, 512), (10_000, 512), (1_000, 64 * 1024)] {
+    for (hosts, body) in [(1_000, 512), (10_000, 512), (1_000, 64 * 1024), (1_000, 1024 * 1024)] {
         let r = bench(hosts, 20, body, 42);
         println!("{r:?}");
         assert_eq!(r.not_converged, 0, "{r:?}");
