@@ -27,6 +27,10 @@ pub enum ReplicaError {
 /// cannot grow the table without bound).
 const MAX_INFLIGHT: usize = 65_536;
 
+/// Most body bytes sent in answer to one `Fetch`: a 40-byte request for 4096 keys must not
+/// make this host send gigabytes. Keys left out time out at the asker and are asked again.
+const MAX_FETCH_REPLY_BYTES: usize = 16 * 1024 * 1024;
+
 /// Most peers waiting on one key this host is itself fetching.
 const MAX_WAITERS_PER_KEY: usize = 32;
 
@@ -450,6 +454,7 @@ impl<P: Clone + Eq + Ord + std::fmt::Debug> Replica<P> {
             }
             Msg::Fetch { keys } => {
                 let mut found = Vec::new();
+                let mut reply_bytes = 0;
                 for k in keys {
                     let held = self.objects.get(&k);
                     let awaited =
@@ -462,6 +467,11 @@ impl<P: Clone + Eq + Ord + std::fmt::Debug> Replica<P> {
                             self.waiting += 1;
                         }
                     } else if let Some(o) = held {
+                        let len = o.body.as_ref().map_or(0, Bytes::len);
+                        if reply_bytes + len > MAX_FETCH_REPLY_BYTES && !found.is_empty() {
+                            continue;
+                        }
+                        reply_bytes += len;
                         found.push(o.clone());
                     }
                 }

@@ -324,3 +324,23 @@ fn a_host_fetching_a_body_serves_it_to_those_who_asked_meanwhile() {
     c.handle(T0, "b", to_c.expect("b serves c")).expect("valid");
     assert_eq!(c.get(&key("big")), Some(&big));
 }
+
+#[test]
+fn a_fetch_is_answered_with_a_bounded_amount_of_bytes() {
+    let mut a = replica("a");
+    let body = Bytes::from(vec![b'z'; MAX_BODY_BYTES]);
+    let keys: Vec<Key> = (0..20).map(|i| key(&format!("big{i}"))).collect();
+    for k in &keys {
+        a.write(T0, k.clone(), Some(body.clone())).expect("write");
+    }
+    let out = a.handle(T0, "b", Msg::Fetch { keys }).expect("valid");
+    let mut sent = 0;
+    for o in &out {
+        let Output::Send { to: "b", msg } = o else { panic!("{o:?}") };
+        let bytes = msg.encode().expect("every answer fits in a message");
+        assert!(bytes.len() <= crate::msg::MAX_MSG_BYTES);
+        sent += bytes.len();
+    }
+    assert!(sent <= MAX_FETCH_REPLY_BYTES + 64 * 1024, "{sent}");
+    assert_eq!(out.len(), MAX_FETCH_REPLY_BYTES / MAX_BODY_BYTES);
+}
