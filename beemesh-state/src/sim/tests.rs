@@ -189,3 +189,52 @@ fn large_bodies_spread_hop_by_hop_not_all_from_the_writer() {
     assert!(r.max_host_bytes_per_write < (12 * body) as f64, "{r:?}");
     assert!(r.bytes_per_write_per_host < (2 * body) as f64, "{r:?}");
 }
+
+/// Random fault schedules over many seeds: writes, crashes, restarts, partitions into random
+/// sides, then the faults stop and everything must agree.
+fn chaos(seed: u64, hosts: usize) {
+    let mut sim = Sim::new(SimConfig { faults: faulty(), ..SimConfig::new(hosts, seed) });
+    let mut rng = Rng::new(seed.wrapping_add(1000));
+    for _ in 0..8 {
+        match rng.below(4) {
+            0 => sim.crash(rng.below(hosts)),
+            1 => {
+                let h = rng.below(hosts);
+                if !sim.is_alive(h) {
+                    sim.restart(h).expect("restart");
+                }
+            }
+            2 => {
+                let sides = rng.next_u64();
+                sim.partition(move |h| ((sides >> (h % 64)) & 1) as u32);
+            }
+            _ => sim.heal(),
+        }
+        random_writes(&mut sim, &mut rng, 10, 8);
+    }
+    for h in 0..hosts {
+        if !sim.is_alive(h) {
+            sim.restart(h).expect("restart");
+        }
+    }
+    sim.heal();
+    sim.set_faults(Faults::none());
+    sim.run_until(30_000, Sim::converged).unwrap_or_else(|| panic!("seed {seed}: no convergence in 30 s"));
+    sim.run_for(3_000);
+    assert_consistent(&sim);
+}
+
+#[test]
+fn random_fault_schedules_converge() {
+    for seed in 0..8 {
+        chaos(seed, 10);
+    }
+}
+
+#[test]
+#[ignore = "many seeds; run with --release"]
+fn random_fault_schedules_converge_many_seeds() {
+    for seed in 0..500 {
+        chaos(seed, 12);
+    }
+}
