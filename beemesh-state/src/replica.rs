@@ -281,8 +281,8 @@ impl<P: Clone + Eq + Ord + std::fmt::Debug> Replica<P> {
     }
 
     /// Handles a message from `from` (for a broadcast: the peer that relayed it to us,
-    /// gossipsub's `propagation_source`, which is asked for a body not carried inline). A bad message is an error,
-    /// counted in `stats().rejected`, and changes nothing.
+    /// gossipsub's `propagation_source`, which is asked for a body not carried inline). A bad
+    /// message is an error, counted in `stats().rejected`, and changes nothing.
     pub fn handle(&mut self, now: u64, from: P, msg: Msg) -> Result<Vec<Output<P>>, ReplicaError> {
         self.stats.handled += 1;
         let result = self.check(now, &msg).map(|()| self.apply_msg(now, from, msg));
@@ -363,17 +363,22 @@ impl<P: Clone + Eq + Ord + std::fmt::Debug> Replica<P> {
         out
     }
 
+    /// A random peer, other than `avoid` when there is a choice.
     fn pick_peer(&mut self, avoid: Option<&P>) -> Option<P> {
-        match self.peers.len() {
-            0 => None,
-            1 => self.peers.first().cloned(),
-            n => loop {
-                let p = &self.peers[self.rng.below(n)];
-                if Some(p) != avoid {
-                    return Some(p.clone());
-                }
-            },
+        let n = self.peers.len();
+        if n == 0 {
+            return None;
         }
+        let start = self.rng.below(n);
+        let mut first = None;
+        for i in 0..n {
+            let p = &self.peers[(start + i) % n];
+            if Some(p) != avoid {
+                return Some(p.clone());
+            }
+            first.get_or_insert(p);
+        }
+        first.cloned()
     }
 
     fn expired(&self, stamp: &Stamp, now: u64) -> bool {
