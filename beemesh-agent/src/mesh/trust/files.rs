@@ -35,6 +35,28 @@ pub const ISSUER_LIFETIME: Duration = Duration::from_secs(5 * 365 * 86_400);
 /// Default lifetime of a host certificate and its workload issuer.
 pub const HOST_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
 
+/// A mesh of one's node name: the host name, made a valid node name (lowercase, other
+/// characters replaced by `-`, at most 63), or `node` when nothing is left.
+pub fn default_node_name() -> String {
+    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
+    node_name_from(&host)
+}
+
+fn node_name_from(host: &str) -> String {
+    let mapped: String = host
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' })
+        .take(63)
+        .collect();
+    let name = mapped.trim_matches(|c: char| !c.is_ascii_alphanumeric());
+    if svid::role::is_node_name(name) {
+        name.to_owned()
+    } else {
+        "node".to_owned()
+    }
+}
+
 fn file_err(path: &Path, reason: impl ToString) -> TrustError {
     TrustError::File { path: path.to_path_buf(), reason: reason.to_string() }
 }
@@ -392,4 +414,19 @@ fn self_made(
     let trust = HostTrust::new(trust_domain, bundle.clone());
     let workloads = WorkloadIssuer { authority, chain: Vec::new(), bundle };
     Ok(HostCredentials { identity, trust, workloads, issued: false })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_name_from;
+
+    #[test]
+    fn host_names_become_node_names() {
+        assert_eq!(node_name_from("worker-1"), "worker-1");
+        assert_eq!(node_name_from("Build_Box.local"), "build-box.local");
+        assert_eq!(node_name_from("-x-"), "x");
+        assert_eq!(node_name_from(""), "node");
+        assert_eq!(node_name_from("___"), "node");
+        assert_eq!(node_name_from(&"a".repeat(80)).len(), 63);
+    }
 }
