@@ -22,6 +22,7 @@ pub use super::attest::{Attest, AttestedHost};
 
 pub mod files;
 pub mod issue;
+pub mod join;
 pub mod revoke;
 mod wire;
 
@@ -71,6 +72,9 @@ pub enum TrustError {
     /// A revocation that does not decode or does not verify.
     #[error("invalid revocation: {0}")]
     BadRevocation(String),
+    /// A join request or answer that does not check out.
+    #[error("join: {0}")]
+    Join(String),
     /// A file of a CA or host directory: names it.
     #[error("{path}: {reason}")]
     File {

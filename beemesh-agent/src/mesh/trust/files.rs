@@ -212,18 +212,50 @@ pub fn issue_host(
     // What the agent will load must verify before anything is written.
     HostIdentity::new(keypair.clone(), node_chain.clone(), &ca.bundle, ca.authority.trust_domain(), now)?;
 
-    make_dir(&dir)?;
-    let encoded = keypair.to_protobuf_encoding().map_err(|_| TrustError::NotEd25519)?;
-    write_file(&dir.join("workloads.key"), workloads.key_pem().as_bytes(), 0o600)?;
-    write_file(&dir.join("workloads.pem"), certs_pem(&workload_chain).as_bytes(), 0o644)?;
-    write_file(&dir.join("node.pem"), certs_pem(&node_chain).as_bytes(), 0o644)?;
-    write_file(&dir.join("bundle.pem"), certs_pem(&ca.bundle).as_bytes(), 0o644)?;
-    // The key last: its presence is what makes the agent load the rest.
-    write_file(&key_path, &encoded, 0o600)?;
+    let host = HostFiles {
+        keypair: &keypair,
+        node_chain: &node_chain,
+        workload_key_pem: &workloads.key_pem(),
+        workload_chain: &workload_chain,
+        bundle: &ca.bundle,
+    };
+    write_host(state_dir, &host)?;
     let hosts = ca.dir.join("hosts");
     make_dir(&hosts)?;
     write_file(&hosts.join(format!("{name}.pem")), certs_pem(&[cert]).as_bytes(), 0o644)?;
     Ok(keypair.public().to_peer_id())
+}
+
+/// What `<state-dir>/host/` holds (see the module doc).
+#[derive(Debug)]
+pub struct HostFiles<'a> {
+    /// The host's libp2p keypair.
+    pub keypair: &'a Keypair,
+    /// Host certificate, then its issuer if not the root.
+    pub node_chain: &'a [CertificateDer<'static>],
+    /// The workload issuer's PKCS#8 key, PEM.
+    pub workload_key_pem: &'a str,
+    /// The workload issuer's certificate, then its issuer if not the root.
+    pub workload_chain: &'a [CertificateDer<'static>],
+    /// The root(s).
+    pub bundle: &'a [CertificateDer<'static>],
+}
+
+/// Writes a host's credentials into `<state_dir>/host/` (0700; keys 0600), `node.key` last
+/// (its presence is what makes the agent load the rest). Refuses to overwrite a key.
+pub fn write_host(state_dir: &Path, host: &HostFiles<'_>) -> Result<(), TrustError> {
+    let dir = state_dir.join(HOST_DIR);
+    let key_path = dir.join("node.key");
+    if key_path.exists() {
+        return Err(file_err(&key_path, "already exists: this state directory has host credentials"));
+    }
+    make_dir(&dir)?;
+    let encoded = host.keypair.to_protobuf_encoding().map_err(|_| TrustError::NotEd25519)?;
+    write_file(&dir.join("workloads.key"), host.workload_key_pem.as_bytes(), 0o600)?;
+    write_file(&dir.join("workloads.pem"), certs_pem(host.workload_chain).as_bytes(), 0o644)?;
+    write_file(&dir.join("node.pem"), certs_pem(host.node_chain).as_bytes(), 0o644)?;
+    write_file(&dir.join("bundle.pem"), certs_pem(host.bundle).as_bytes(), 0o644)?;
+    write_file(&key_path, &encoded, 0o600)
 }
 
 /// `ca issue-issuer`: an issuer `name` from the root `ca`, written as a CA directory `out`
@@ -285,6 +317,16 @@ pub struct WorkloadIssuer {
 }
 
 impl WorkloadIssuer {
+    /// `authority` with the intermediates above it (`chain`, its own certificate first) and
+    /// the roots.
+    pub fn new(
+        authority: Authority,
+        chain: Vec<CertificateDer<'static>>,
+        bundle: Vec<CertificateDer<'static>>,
+    ) -> Self {
+        Self { authority, chain, bundle }
+    }
+
     /// A leaf SVID for `spiffe_uri` (see [`Authority::issue`]).
     pub fn issue(&self, spiffe_uri: &str, now: SystemTime, ttl: Duration) -> Result<Svid, TrustError> {
         Ok(self.authority.issue(spiffe_uri, now, ttl)?)

@@ -85,11 +85,25 @@ pub fn workload_ca(
     now: SystemTime,
     ttl: Duration,
 ) -> Result<Authority, TrustError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let cert = workload_ca_cert(ca, node, &key, now, ttl)?;
+    Ok(Authority::from_pem(&svid::encode_pem("CERTIFICATE", &cert), &key.serialize_pem())?)
+}
+
+/// [`workload_ca`]'s certificate for a key held elsewhere (a joining host's, from its CSR).
+pub fn workload_ca_cert(
+    ca: &Authority,
+    node: &str,
+    key: &impl PublicKeyData,
+    now: SystemTime,
+    ttl: Duration,
+) -> Result<CertificateDer<'static>, TrustError> {
     if !matches!(ca_kind(ca)?, CaKind::Root | CaKind::Issuer(_)) {
         return Err(TrustError::CannotIssue("a host's workload issuer is issued by a root or an issuer"));
     }
     let name = checked_name(node)?;
-    sub_ca(ca, &role::workload_ca_path(name), &format!("{name} workloads"), 0, now, ttl)
+    let params = ca_params(ca, &role::workload_ca_path(name), &format!("{name} workloads"), 0, now, ttl)?;
+    Ok(params.signed_by(key, ca.issuer())?.der().clone())
 }
 
 /// An issuer `name`, signed by the root `ca`: a CA with pathlen 1 (it signs hosts' workload
@@ -115,6 +129,21 @@ fn sub_ca(
     now: SystemTime,
     ttl: Duration,
 ) -> Result<Authority, TrustError> {
+    let params = ca_params(ca, path, common_name, pathlen, now, ttl)?;
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let cert = params.signed_by(&key, ca.issuer())?;
+    Ok(Authority::from_pem(&cert.pem(), &key.serialize_pem())?)
+}
+
+/// A CA certificate's parameters: [`base_params`], pathlen, key usages, a subject of its own.
+fn ca_params(
+    ca: &Authority,
+    path: &str,
+    common_name: &str,
+    pathlen: u8,
+    now: SystemTime,
+    ttl: Duration,
+) -> Result<CertificateParams, TrustError> {
     let mut params = base_params(ca, path, now, ttl)?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(pathlen));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -123,9 +152,7 @@ fn sub_ca(
     if common_name.len() <= 64 {
         params.distinguished_name.push(DnType::CommonName, common_name);
     }
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let cert = params.signed_by(&key, ca.issuer())?;
-    Ok(Authority::from_pem(&cert.pem(), &key.serialize_pem())?)
+    Ok(params)
 }
 
 fn checked_name(name: &str) -> Result<&str, TrustError> {
