@@ -53,6 +53,8 @@ pub enum AgentError {
     #[error(transparent)]
     State(#[from] crate::state::StateError),
     #[error(transparent)]
+    Trust(#[from] crate::mesh::trust::TrustError),
+    #[error(transparent)]
     Userns(#[from] crate::pod::userns::UsernsError),
 }
 
@@ -175,8 +177,22 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         Kernel::load(KernelOptions { cgroup_root: cgroups.root().to_path_buf(), pin_dir: cfg.pin_dir() })?;
     let (names_tx, names_rx) = watch::channel(Arc::new(Names::default()));
     let (pod_tx, mut pod_msgs) = mpsc::channel::<pods::PodMsg>(256);
-    let authority = Arc::new(state.load_or_create_authority(&cfg.trust_domain)?);
-    let pods = pods::Pods::new(&cfg, pod_tx, authority)?;
+    // Host credentials from `ca issue-host` in <state-dir>/host/, or a mesh of one on the
+    // self-made root of <state-dir>/ca/. The swarm takes `identity` and `trust` (as a
+    // `mesh::trust::Attestor`) once it is wired in; the pods' SVIDs come from `workloads`.
+    let creds = crate::mesh::trust::files::load_host(
+        &cfg.state_dir,
+        &cfg.trust_domain,
+        &crate::mesh::trust::files::default_node_name(),
+        std::time::SystemTime::now(),
+    )?;
+    tracing::info!(
+        node = creds.identity.node_name(),
+        peer = %creds.identity.peer_id(),
+        issued = creds.issued,
+        "host identity"
+    );
+    let pods = pods::Pods::new(&cfg, pod_tx, Arc::new(creds.workloads))?;
     let host_netns = crate::sys::process::netns_cookie().map_err(io("read the network namespace cookie"))?;
     let (mut engine, policy_link, snapshots) = PolicyEngine::new(
         &cfg,

@@ -1,6 +1,7 @@
 //! Command line: `run` starts the agent; every other subcommand is a client of a running
-//! agent's admin socket (found through `--run-dir`), except `policy check`, which works
-//! offline, and `image import|list`, which work offline on `--state-dir` when no agent runs.
+//! agent's admin socket (found through `--run-dir`), except `policy check` and `ca ...`,
+//! which work offline, and `image import|list`, which work offline on `--state-dir` when
+//! no agent runs.
 //! `main` parses, sets up tracing and calls [`execute`].
 
 use std::collections::BTreeMap;
@@ -24,8 +25,11 @@ macro_rules! out {
     ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!($($arg)*), false) };
 }
 
+mod ca;
 mod images;
 mod pods;
+
+pub use ca::CaCommand;
 
 /// Exit code for bad configuration or usage (sysexits EX_USAGE), as linkerd does.
 pub const EXIT_CONFIG: u8 = 64;
@@ -228,6 +232,12 @@ pub enum Command {
     Image {
         #[command(subcommand)]
         command: ImageCommand,
+    },
+    /// The trust domain's certificate authority, offline: a root, host credentials,
+    /// issuers, host revocations.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
     },
     /// Agent status.
     Status {
@@ -461,6 +471,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
         }
         Command::Flows { follow, limit, output } => flows(&socket, follow, limit, output).await,
         Command::Image { command } => images::run(&cli.global, &cfg, &socket, command).await,
+        Command::Ca { command } => ca::run(&cfg, command),
     }
 }
 

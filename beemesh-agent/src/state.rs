@@ -119,9 +119,9 @@ impl StateFiles {
         self.write("workloads.json", &table.to_json())
     }
 
-    /// The trust domain's signing authority, kept in `<state-dir>/ca/` (`ca.pem`, `ca.key`,
-    /// owner-only); made on first start (ten years). Copy the directory to every host that
-    /// should share the trust domain.
+    /// A mesh of one's self-made root, kept in `<state-dir>/ca/` (`ca.pem`, `ca.key`,
+    /// owner-only); made on first start (ten years). Used only when the host has no
+    /// credentials from `ca issue-host` (`mesh::trust::files::load_host`).
     pub fn load_or_create_authority(&self, trust_domain: &str) -> Result<Authority, StateError> {
         let dir = self.dir.join("ca");
         let (cert, key) = (dir.join("ca.pem"), dir.join("ca.key"));

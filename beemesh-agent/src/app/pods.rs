@@ -11,8 +11,8 @@ use tokio::task::AbortHandle;
 
 use super::*;
 use crate::api::{ContainerInfo, PodInfo, WaitFor};
-use crate::identity::svid::Authority;
 use crate::manifest::Object;
+use crate::mesh::trust::files::WorkloadIssuer;
 use crate::pod::lifecycle::{self, Action, Phase, State};
 use crate::pod::net::Slirp;
 use crate::pod::rootfs::Rootfs;
@@ -175,8 +175,8 @@ pub(super) struct Pods {
     pub host: String,
     /// Pod inits killed but not reaped yet (their exit takes the pod's namespaces down).
     pub unreaped: Vec<u32>,
-    /// Signs every pod's X.509 SVID.
-    pub authority: Arc<Authority>,
+    /// Signs every pod's X.509 SVID: the host's workload issuer, or a mesh of one's root.
+    pub issuer: Arc<WorkloadIssuer>,
     /// The pods' user-namespace id ranges.
     pub ids: IdRanges,
     /// Id ranges of deleted pods whose init (pid) is not reaped yet: free once it is.
@@ -196,10 +196,10 @@ impl Pods {
     pub fn new(
         cfg: &Config,
         tx: mpsc::Sender<PodMsg>,
-        authority: Arc<Authority>,
+        issuer: Arc<WorkloadIssuer>,
     ) -> Result<Self, AgentError> {
         Ok(Self {
-            authority,
+            issuer,
             svid_lifetime: Duration::from_secs(cfg.svid_lifetime_seconds),
             pending: Vec::new(),
             tearing_down: BTreeMap::new(),
@@ -890,14 +890,12 @@ impl Agent {
         )
         .map_err(|e| e.to_string())?;
         let now = SystemTime::now();
-        let svid = self
-            .pods
-            .authority
-            .issue(&id.to_string(), now, self.pods.svid_lifetime)
-            .map_err(|e| e.to_string())?;
+        let issuer = &self.pods.issuer;
+        let svid = issuer.issue(&id.to_string(), now, self.pods.svid_lifetime).map_err(|e| e.to_string())?;
+        // svid.pem: the leaf, then the host's workload issuer (and its issuer) when there is one.
         entry
             .layout
-            .write_svid(&svid.cert_pem(), &svid.key_pem(), &self.pods.authority.cert_pem())
+            .write_svid(&issuer.svid_chain_pem(&svid), &svid.key_pem(), &issuer.bundle_pem())
             .map_err(|e| e.to_string())?;
         // A failed renewal is retried on the next tick, well before the old one expires.
         entry.svid_renew = Some(svid.renew_at());

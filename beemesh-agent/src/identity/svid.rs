@@ -19,6 +19,10 @@ use x509_parser::extensions::GeneralName;
 
 use super::{is_trust_domain, SPIFFE_SCHEME};
 
+pub mod role;
+
+use role::{role_of, Role};
+
 /// How far back a certificate's validity starts, so that a peer whose clock is a little
 /// behind ours still accepts it.
 pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
@@ -32,7 +36,7 @@ const MAX_COMMON_NAME: usize = 64;
 /// Signature algorithms accepted in a peer's chain. Leaves are ECDSA P-256; an authority
 /// brought in with [`Authority::from_pem`] may also be P-384 or Ed25519. RSA is left out on
 /// purpose: nothing in a beemesh trust domain signs with it.
-static SIGNATURE_ALGS: &[&dyn rustls_pki_types::SignatureVerificationAlgorithm] = &[
+pub(crate) static SIGNATURE_ALGS: &[&dyn rustls_pki_types::SignatureVerificationAlgorithm] = &[
     webpki::ring::ECDSA_P256_SHA256,
     webpki::ring::ECDSA_P256_SHA384,
     webpki::ring::ECDSA_P384_SHA256,
@@ -111,6 +115,24 @@ pub enum SvidError {
     /// The peer sent no certificate.
     #[error("empty certificate chain")]
     EmptyChain,
+    /// A certificate of the trust domain presented for another role: a host certificate as
+    /// a workload SVID, a workload SVID as a host, a path below `/beemesh/` that names no role.
+    #[error("{found} presented as {expected}")]
+    WrongCertRole {
+        /// What the certificate is (see [`role::Role::describe`]).
+        found: &'static str,
+        /// What was asked for.
+        expected: &'static str,
+    },
+    /// An intermediate of the verified path that may not issue what it issued (a host's
+    /// workload issuer signing a host certificate, an issuer signing a workload SVID).
+    #[error("intermediate {uri}: {reason}")]
+    BadIntermediate {
+        /// The intermediate's URI SAN (or what is wrong with it).
+        uri: String,
+        /// Why it may not be in this chain.
+        reason: &'static str,
+    },
     /// A certificate and key that cannot act as an authority.
     #[error("unusable authority certificate: {0}")]
     BadAuthority(String),
@@ -221,9 +243,9 @@ impl Authority {
         }
         let uri = single_uri(&cert)?;
         let (trust_domain, path) = split_spiffe_id(uri)?;
-        if !path.is_empty() {
+        if !matches!(role_of(path), Some(Role::Root | Role::Issuer(_) | Role::WorkloadCa(_))) {
             return Err(SvidError::BadAuthority(format!(
-                "URI SAN {uri} names a workload, not a trust domain"
+                "URI SAN {uri} names neither a trust domain, an issuer nor a host's workload issuer"
             )));
         }
         let trust_domain = trust_domain.to_owned();
@@ -249,6 +271,11 @@ impl Authority {
         self.cert_der.clone()
     }
 
+    /// rcgen's view of the authority, for `mesh::trust` to sign host and CA certificates.
+    pub(crate) fn issuer(&self) -> &Issuer<'static, KeyPair> {
+        &self.issuer
+    }
+
     /// The trust domain the authority signs for.
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
@@ -272,6 +299,10 @@ impl Authority {
         let (trust_domain, path) = split_spiffe_id(spiffe_uri)?;
         if path.is_empty() {
             return Err(bad_id(spiffe_uri, "a workload id needs a path after the trust domain"));
+        }
+        match role_of(path) {
+            Some(Role::Workload) => {}
+            other => return Err(wrong_role(other, Role::Workload)),
         }
         if trust_domain != self.trust_domain {
             return Err(SvidError::WrongTrustDomain {
@@ -377,12 +408,38 @@ impl Svid {
 /// or not yet valid certificates; leaves whose extended key usage excludes `role`. Roots
 /// past their own expiry at `now` are not used (webpki does not look at an anchor's
 /// validity; one not yet valid is still used, leaving clock skew to the leaf's check).
+///
+/// The leaf must be a workload SVID (never a host certificate: see [`role`]), issued by a
+/// root directly (a mesh of one) or by a host's workload issuer, itself issued by a root or
+/// by an issuer.
 pub fn verify(
     chain: &[CertificateDer<'_>],
     roots: &[CertificateDer<'_>],
     trust_domain: &str,
     role: PeerRole,
     now: SystemTime,
+) -> Result<String, SvidError> {
+    verify_for_role(chain, roots, trust_domain, role, now, Expect::Workload)
+}
+
+/// Which kind of leaf [`verify_for_role`] accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Expect {
+    /// A workload SVID; its issuer a root or a host's workload issuer (under a root or an issuer).
+    Workload,
+    /// A host certificate; its issuer a root or an issuer.
+    Host,
+}
+
+/// [`verify`] for a leaf of the role `expect`, with the intermediates of the verified path
+/// checked for that role too.
+pub(crate) fn verify_for_role(
+    chain: &[CertificateDer<'_>],
+    roots: &[CertificateDer<'_>],
+    trust_domain: &str,
+    role: PeerRole,
+    now: SystemTime,
+    expect: Expect,
 ) -> Result<String, SvidError> {
     let (leaf_der, intermediates) = chain.split_first().ok_or(SvidError::EmptyChain)?;
     let leaf = parse_cert(leaf_der)?;
@@ -392,7 +449,15 @@ pub fn verify(
         return Err(SvidError::CaAsLeaf);
     }
     let uri = workload_uri(&leaf)?;
-    let (found, _) = split_spiffe_id(&uri)?;
+    let (found, path) = split_spiffe_id(&uri)?;
+    let wanted = match expect {
+        Expect::Workload => Role::Workload,
+        Expect::Host => Role::Host(""),
+    };
+    match (role_of(path), expect) {
+        (Some(Role::Workload), Expect::Workload) | (Some(Role::Host(_)), Expect::Host) => {}
+        (other, _) => return Err(wrong_role(other, wanted)),
+    }
     if found != trust_domain {
         return Err(SvidError::WrongTrustDomain {
             found: found.to_owned(),
@@ -429,9 +494,42 @@ pub fn verify(
         PeerRole::Server => KeyUsage::server_auth(),
         PeerRole::Client => KeyUsage::client_auth(),
     };
-    ee.verify_for_usage(SIGNATURE_ALGS, &anchors, intermediates, unix_now, usage, None, None)
+    let verified = ee
+        .verify_for_usage(SIGNATURE_ALGS, &anchors, intermediates, unix_now, usage, None, None)
         .map_err(|e| from_webpki(e, role))?;
+    // The path runs from the leaf's issuer up to the root's child.
+    for (i, cert) in verified.intermediate_certificates().enumerate() {
+        let der = cert.der();
+        let parsed = parse_cert(&der)?;
+        let bad = |uri: &str, reason| SvidError::BadIntermediate { uri: uri.to_owned(), reason };
+        let ca_uri = single_uri(&parsed).map_err(|_| bad("(no single spiffe:// URI SAN)", "no role"))?;
+        let (td, ca_path) = split_spiffe_id(ca_uri)?;
+        if td != trust_domain {
+            return Err(bad(ca_uri, "of another trust domain"));
+        }
+        match (role_of(ca_path), expect, i) {
+            (Some(Role::WorkloadCa(_)), Expect::Workload, 0) => {}
+            (Some(Role::WorkloadCa(_)), Expect::Workload, _) => {
+                return Err(bad(ca_uri, "a workload issuer may only sign workload SVIDs"))
+            }
+            (Some(Role::Issuer(_)), Expect::Workload, 0) => {
+                return Err(bad(ca_uri, "an issuer signs hosts, not workload SVIDs"))
+            }
+            (Some(Role::Issuer(_)), _, _) => {}
+            (Some(Role::WorkloadCa(_)), Expect::Host, _) => {
+                return Err(bad(ca_uri, "a host's workload issuer may not sign host certificates"))
+            }
+            _ => return Err(bad(ca_uri, "not an issuer of this trust domain")),
+        }
+    }
     Ok(uri)
+}
+
+fn wrong_role(found: Option<Role<'_>>, expected: Role<'_>) -> SvidError {
+    SvidError::WrongCertRole {
+        found: found.map_or("a certificate under the reserved /beemesh/ path", |r| r.describe()),
+        expected: expected.describe(),
+    }
 }
 
 /// The SPIFFE id of a DER certificate: its only URI SAN, which must be a `spiffe://` id.
@@ -469,7 +567,7 @@ fn workload_uri(cert: &X509Certificate<'_>) -> Result<String, SvidError> {
 }
 
 /// The certificate's only URI SAN, if it starts with `spiffe://`.
-fn single_uri<'a>(cert: &X509Certificate<'a>) -> Result<&'a str, SvidError> {
+pub(crate) fn single_uri<'a>(cert: &X509Certificate<'a>) -> Result<&'a str, SvidError> {
     let san = cert.subject_alternative_name().map_err(|e| SvidError::MalformedCert(e.to_string()))?;
     let uris: Vec<&'a str> = san
         .map(|ext| ext.value.general_names.iter())
@@ -489,7 +587,7 @@ fn single_uri<'a>(cert: &X509Certificate<'a>) -> Result<&'a str, SvidError> {
 
 /// Splits `spiffe://<trust-domain><path>` after checking it against the SPIFFE-ID spec;
 /// the path is empty or `/seg(/seg)*`, each segment `[A-Za-z0-9._-]+` other than `.` and `..`.
-fn split_spiffe_id(id: &str) -> Result<(&str, &str), SvidError> {
+pub(crate) fn split_spiffe_id(id: &str) -> Result<(&str, &str), SvidError> {
     if id.len() > MAX_SPIFFE_ID {
         return Err(bad_id(id, "longer than 2048 bytes"));
     }
@@ -517,7 +615,7 @@ fn bad_id(id: &str, reason: &'static str) -> SvidError {
 }
 
 /// Parses one DER certificate, refusing trailing bytes.
-fn parse_cert<'a>(der: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>, SvidError> {
+pub(crate) fn parse_cert<'a>(der: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>, SvidError> {
     match x509_parser::parse_x509_certificate(der.as_ref()) {
         Ok(([], cert)) => Ok(cert),
         Ok((rest, _)) => Err(SvidError::MalformedCert(format!("{} bytes after the certificate", rest.len()))),
@@ -525,13 +623,13 @@ fn parse_cert<'a>(der: &'a CertificateDer<'_>) -> Result<X509Certificate<'a>, Sv
     }
 }
 
-fn validity(cert: &X509Certificate<'_>) -> (SystemTime, SystemTime) {
+pub(crate) fn validity(cert: &X509Certificate<'_>) -> (SystemTime, SystemTime) {
     let v = cert.validity();
     (from_unix_secs(v.not_before.timestamp()), from_unix_secs(v.not_after.timestamp()))
 }
 
 /// The contents of the first PEM block of `text`, which must be labelled `label`.
-fn pem_block(text: &str, label: &str) -> Result<Vec<u8>, SvidError> {
+pub(crate) fn pem_block(text: &str, label: &str) -> Result<Vec<u8>, SvidError> {
     let block = pem::parse(text).map_err(|e| SvidError::MalformedPem(e.to_string().to_lowercase()))?;
     if block.tag() != label {
         return Err(SvidError::MalformedPem(format!("expected a {label} block, found {}", block.tag())));
@@ -539,27 +637,27 @@ fn pem_block(text: &str, label: &str) -> Result<Vec<u8>, SvidError> {
     Ok(block.into_contents())
 }
 
-fn encode_pem(label: &str, der: &[u8]) -> String {
+pub(crate) fn encode_pem(label: &str, der: &[u8]) -> String {
     let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
     pem::encode_config(&pem::Pem::new(label, der), config)
 }
 
 /// `now` truncated to whole seconds, as certificates record it.
-fn floor_secs(now: SystemTime) -> Result<SystemTime, SvidError> {
+pub(crate) fn floor_secs(now: SystemTime) -> Result<SystemTime, SvidError> {
     let since = now.duration_since(UNIX_EPOCH).map_err(|_| out_of_range(now))?;
     Ok(UNIX_EPOCH + Duration::from_secs(since.as_secs()))
 }
 
 /// `now + length`, truncated to whole seconds.
-fn checked_end(now: SystemTime, length: Duration) -> Result<SystemTime, SvidError> {
+pub(crate) fn checked_end(now: SystemTime, length: Duration) -> Result<SystemTime, SvidError> {
     floor_secs(now.checked_add(length).ok_or_else(|| out_of_range(now))?)
 }
 
-fn out_of_range(t: SystemTime) -> SvidError {
+pub(crate) fn out_of_range(t: SystemTime) -> SvidError {
     SvidError::BadValidity(format!("time {t:?} out of the range certificates can express"))
 }
 
-fn to_offset(t: SystemTime) -> Result<OffsetDateTime, SvidError> {
+pub(crate) fn to_offset(t: SystemTime) -> Result<OffsetDateTime, SvidError> {
     let secs = t.duration_since(UNIX_EPOCH).map_err(|_| out_of_range(t))?.as_secs();
     i64::try_from(secs)
         .ok()
@@ -584,7 +682,7 @@ fn from_unix_secs(secs: i64) -> SystemTime {
 }
 
 /// RFC 3339 for error messages, the raw value if the time is beyond what it can show.
-fn display_time(t: SystemTime) -> String {
+pub(crate) fn display_time(t: SystemTime) -> String {
     to_offset(t)
         .ok()
         .and_then(|dt| dt.format(&time::format_description::well_known::Rfc3339).ok())
@@ -909,7 +1007,9 @@ mod tests {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, "node-1");
-        params.subject_alt_names = vec![SanType::URI("spiffe://beemesh.local".try_into().expect("ia5"))];
+        params.subject_alt_names = vec![SanType::URI(
+            "spiffe://beemesh.local/beemesh/node/node-1/workloads".try_into().expect("ia5"),
+        )];
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
         params.not_before = to_offset(t0() - CLOCK_SKEW).expect("in range");
