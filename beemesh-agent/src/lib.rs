@@ -11,6 +11,7 @@ pub mod identity;
 pub mod image;
 pub mod kernel;
 pub mod manifest;
+pub mod mesh;
 pub mod pod;
 pub mod policy;
 pub mod sockpath;
