@@ -211,4 +211,16 @@ mod tests {
         assert!(bad.validate().expect_err("bad listen").contains("mesh.listen"));
         assert!(Cli::try_parse_from(["x", "--node-label", "novalue"]).is_err());
     }
+
+    #[test]
+    fn the_agent_config_file_has_a_mesh_section() {
+        let c = crate::config::Config::from_yaml("mesh:\n  port: 5001\n  nodeName: n1\n").expect("yaml");
+        assert_eq!(c.mesh.port, 5001);
+        assert_eq!(c.mesh.node_name(), "n1");
+        c.validate().expect("valid");
+        let c = crate::config::Config::from_yaml("mesh:\n  bootstrap: [\"nohost\"]\n").expect("yaml");
+        let e = c.validate().expect_err("bad bootstrap").to_string();
+        assert!(e.contains("mesh.bootstrap") && e.contains("nohost"), "{e}");
+        assert!(crate::config::Config::from_yaml("mesh:\n  prot: 1\n").is_err(), "unknown key");
+    }
 }

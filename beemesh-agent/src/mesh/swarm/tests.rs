@@ -204,7 +204,9 @@ async fn three_hosts_join_attest_gossip_and_refuse_a_stranger() {
         b.client.peers().await.expect("peers").into_iter().map(|p| p.node_name).collect();
     assert_eq!(names, HashSet::from([Some("a".to_string()), Some("c".to_string())]));
 
-    // Gossip from b reaches a and c, attributed to b by its attestation.
+    // Gossip from b reaches a and c, attributed to b by its attestation; oversized is refused.
+    let big = b.client.publish("t", vec![0; 256 * 1024 + 1]).await.expect_err("oversized");
+    assert!(big.to_string().contains("more than"), "{big}");
     b.client.publish("t", b"hello".to_vec()).await.expect("publish");
     for n in [&mut a, &mut c] {
         let m = n.gossip(b"hello").await;
@@ -232,6 +234,13 @@ async fn three_hosts_join_attest_gossip_and_refuse_a_stranger() {
     let listed = a.client.peers().await.expect("peers");
     let r_info = listed.iter().find(|p| p.peer == rogue).expect("rogue connected");
     assert!(!r_info.attested && r_info.node_name.is_none(), "{r_info:?}");
+    // Its requests are refused while it is not attested.
+    let refusal = r
+        .client
+        .request(ka.public().to_peer_id(), "echo", b"let me in".to_vec())
+        .await
+        .expect("a answers, with a refusal");
+    assert!(matches!(refusal, MeshResponse::Refused(_)), "{refusal:?}");
     gate.open();
     a.until(
         "the rogue failing attestation",
@@ -253,6 +262,7 @@ async fn three_hosts_join_attest_gossip_and_refuse_a_stranger() {
     let stats = a.client.stats().await.expect("stats");
     assert!(stats.gossip_dropped.get("unattested").copied().unwrap_or(0) >= 1, "{stats:?}");
     assert!(stats.attestations_failed >= 1, "{stats:?}");
+    assert_eq!(stats.requests_refused, 1, "{stats:?}");
     assert!(!a.client.peers().await.expect("peers").iter().any(|p| p.peer == rogue && p.attested));
 
     // Requests: between members they are answered; to an unattested peer they are refused.
