@@ -34,6 +34,9 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Kademlia bootstrap after a join: again after 1 s, 2 s, 4 s ... up to 5 min.
 const DISCOVERY_BASE: Duration = Duration::from_secs(1);
 const DISCOVERY_CAP: Duration = Duration::from_secs(300);
+/// An attested connection that lasted this long resets the redial back-offs when it closes;
+/// a shorter one (e.g. a peer that keeps failing attestation) leaves them growing.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
 /// Room for gossipsub's framing around the payload.
 const GOSSIP_FRAMING: usize = 4096;
 
@@ -78,6 +81,8 @@ pub(super) struct EventLoop {
     known: KnownPeers,
     known_tx: Option<watch::Sender<KnownPeers>>,
     remembered_backoff: Backoff,
+    /// When each connected peer attested.
+    attested_at: HashMap<PeerId, Instant>,
     /// Addresses each peer listens on: what identify said, else the address we dialed.
     identified: HashMap<PeerId, Vec<Multiaddr>>,
     limiters: HashMap<PeerId, RateLimiter>,
@@ -272,6 +277,7 @@ impl EventLoop {
         Ok(Self {
             swarm,
             remembered_backoff: Backoff::new(config.redial_base, config.redial_cap),
+            attested_at: HashMap::new(),
             attest,
             commands,
             command_tx: command_tx.downgrade(),
@@ -418,7 +424,8 @@ impl EventLoop {
                     t.peer = Some(peer_id);
                     t.outstanding = t.outstanding.saturating_sub(1);
                     t.in_flight = false;
-                    t.backoff.reset();
+                    // Joined: should it drop us soon after, the next dial waits a while.
+                    t.backoff.failed(Instant::now());
                     tracing::info!(bootstrap = %t.addr, peer = %peer_id, "joined bootstrap peer");
                 }
                 if num_established.get() == 1 {
@@ -436,16 +443,20 @@ impl EventLoop {
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.limiters.remove(&peer_id);
                 self.identified.remove(&peer_id);
+                let stable = self.attested_at.remove(&peer_id).is_some_and(|t| t.elapsed() >= STABLE_AFTER);
+                if stable {
+                    // A member we held for long has gone: redial at once, then back off.
+                    self.remembered_backoff.reset();
+                    for t in self.boot.iter_mut().filter(|t| t.peer == Some(peer_id)) {
+                        t.backoff.reset();
+                    }
+                }
                 if let Some(PeerState::Attested(host)) = self.membership.disconnected(&peer_id) {
                     tracing::info!(peer = %peer_id, node = %host.node_name, "mesh peer down");
                     self.swarm.behaviour_mut().kad.remove_peer(&peer_id);
                     if !self.emit(MeshEvent::PeerDown { host }).await {
                         return false;
                     }
-                }
-                if self.swarm.connected_peers().next().is_none() {
-                    // Alone: try the remembered peers at once, then with back-off.
-                    self.remembered_backoff.reset();
                 }
             }
             SwarmEvent::OutgoingConnectionError { connection_id, error, .. } => {
@@ -583,7 +594,7 @@ impl EventLoop {
             PeerState::Attested(host) => {
                 tracing::info!(%peer, node = %host.node_name, "mesh peer attested");
                 self.add_to_routing(&host);
-                self.remembered_backoff.reset();
+                self.attested_at.insert(peer, Instant::now());
                 // A new member: ask the DHT for the rest of the mesh now, and again soon.
                 self.discovery.reset();
                 self.discover(Instant::now());
@@ -756,7 +767,7 @@ impl EventLoop {
                     let _ = self.swarm.dial(opts);
                 }
             }
-            // Reset on the next attestation; until then, wait longer each time.
+            // Reset when a member held for long goes; until then, wait longer each time.
             self.remembered_backoff.failed(now);
         }
         true

@@ -334,3 +334,41 @@ async fn a_late_bootstrap_is_joined_by_back_off_and_remembered_across_a_restart(
     d2.members_up(&["e"]).await;
     drop(e);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_does_not_attest_in_time_is_disconnected_at_the_deadline() {
+    let (kx, ky) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    // x cannot decide on y (its verification hangs on a gate) until after the deadline.
+    let gate = Arc::new(Gate::default());
+    let mut x = Node::start("x", &kx, &[("x", &kx)], Some(gate.clone()), |c| {
+        c.attest_timeout = Duration::from_millis(800);
+    })
+    .await;
+    let boot = x.addr().await;
+    let mut y = Node::start("y", &ky, &[("x", &kx)], None, |c| {
+        c.bootstrap = vec![BootstrapAddr::Multiaddr(boot)];
+    })
+    .await;
+    y.members_up(&["x"]).await;
+    let mut skipped = Vec::new();
+    let ev = x
+        .until("y failing at the deadline", &mut skipped, |ev| {
+            matches!(ev, MeshEvent::AttestationFailed { .. })
+        })
+        .await;
+    let MeshEvent::AttestationFailed { peer, reason } = ev else { unreachable!("picked a failure") };
+    assert_eq!(peer, ky.public().to_peer_id());
+    assert!(reason.contains("deadline"), "{reason}");
+    let mut y_skipped = Vec::new();
+    y.until(
+        "x disconnecting",
+        &mut y_skipped,
+        |ev| matches!(ev, MeshEvent::PeerDown { host } if host.node_name == "x"),
+    )
+    .await;
+    // The verification finishing late changes nothing.
+    gate.open();
+    let stats = x.client.stats().await.expect("stats");
+    assert!(stats.attestations_failed >= 1, "{stats:?}");
+    assert!(!x.client.peers().await.expect("peers").iter().any(|p| p.attested));
+}
