@@ -1,27 +1,26 @@
 //! The one task that owns the libp2p `Swarm`: it runs client commands, challenges every new
 //! peer, filters gossip and requests by attestation, and redials bootstrap and remembered peers.
 
+mod dial;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
-use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageAuthenticity, ValidationMode};
-use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
-use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
+use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
-use libp2p::{identify, identity::Keypair, kad, mdns, Multiaddr, PeerId, StreamProtocol, Swarm};
-use sha2::{Digest, Sha256};
+use libp2p::{identify, identity::Keypair, mdns, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::backoff::Backoff;
 use super::membership::{GossipDrop, Membership, PeerState};
 use super::peers_file::KnownPeers;
-use super::protocol::{
-    Behaviour, BehaviourEvent, MeshRequest, MeshResponse, IDENTIFY_PROTOCOL, KAD_PROTOCOL, REQUEST_PROTOCOL,
-};
+use super::protocol::{build_swarm, Behaviour, BehaviourEvent, MeshRequest, MeshResponse};
 use super::ratelimit::RateLimiter;
+
 use super::{
     Attest, AttestedHost, BootstrapAddr, Command, GossipMessage, MeshConfig, MeshEvent, MeshStats, PeerInfo,
     Responder, SwarmError,
@@ -37,8 +36,6 @@ const DISCOVERY_CAP: Duration = Duration::from_secs(300);
 /// An attested connection that lasted this long resets the redial back-offs when it closes;
 /// a shorter one (e.g. a peer that keeps failing attestation) leaves them growing.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
-/// Room for gossipsub's framing around the payload.
-const GOSSIP_FRAMING: usize = 4096;
 
 /// One `--bootstrap` address and where its joining stands.
 #[derive(Debug)]
@@ -97,64 +94,6 @@ impl std::fmt::Debug for EventLoop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventLoop").field("local", self.swarm.local_peer_id()).finish_non_exhaustive()
     }
-}
-
-fn build_swarm(config: &MeshConfig, keypair: Keypair) -> Result<Swarm<Behaviour>, SwarmError> {
-    let max_gossip = config.max_gossip_bytes;
-    let mdns_on = config.mdns;
-    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_quic_config(|mut c| {
-            c.handshake_timeout = config.handshake_timeout;
-            c
-        })
-        .with_behaviour(|key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
-            let local = key.public().to_peer_id();
-            let gossip_config = gossipsub::ConfigBuilder::default()
-                .validation_mode(ValidationMode::Strict)
-                .validate_messages()
-                .max_transmit_size(max_gossip + GOSSIP_FRAMING)
-                // Stable across builds and hosts (std's hasher is neither): a replay of the
-                // same payload on the same topic has the same id and is dropped as a duplicate.
-                .message_id_fn(|m: &gossipsub::Message| {
-                    let mut h = Sha256::new();
-                    h.update(m.topic.as_str().as_bytes());
-                    h.update([0u8]);
-                    h.update(&m.data);
-                    gossipsub::MessageId::from(h.finalize().to_vec())
-                })
-                .build()?;
-            let gossipsub =
-                gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_config)?;
-            let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
-            // Only attested peers enter the routing table (we add them), so the DHT never
-            // hands out addresses of peers that failed attestation here.
-            kad_config.set_kbucket_inserts(kad::BucketInserts::Manual);
-            let mut kad = kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), kad_config);
-            kad.set_mode(Some(kad::Mode::Server));
-            let identify = identify::Behaviour::new(
-                identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
-                    .with_agent_version(format!("beemesh-agent/{}", env!("CARGO_PKG_VERSION"))),
-            );
-            let codec = request_response::cbor::codec::Codec::default()
-                .set_request_size_maximum(4 * 1024 * 1024)
-                .set_response_size_maximum(8 * 1024 * 1024);
-            let rr = request_response::Behaviour::with_codec(
-                codec,
-                [(StreamProtocol::new(REQUEST_PROTOCOL), ProtocolSupport::Full)],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
-            );
-            let mdns = if mdns_on {
-                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), local)?)
-            } else {
-                None
-            };
-            Ok(Behaviour { kad, gossipsub, identify, rr, mdns: Toggle::from(mdns) })
-        })
-        .map_err(|e| SwarmError::Build(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_timeout))
-        .build();
-    Ok(swarm)
 }
 
 /// Writes the remembered peers whenever they change, off the event loop; the last value wins.
@@ -720,89 +659,5 @@ impl EventLoop {
             return Err(GossipDrop::RateLimited);
         }
         Ok(())
-    }
-
-    /// Kademlia bootstrap (a lookup of our own id) when due; needs a member in the table.
-    fn discover(&mut self, now: Instant) {
-        if self.discovery.ready(now) && self.swarm.behaviour_mut().kad.bootstrap().is_ok() {
-            self.discovery.failed(now);
-        }
-    }
-
-    async fn on_tick(&mut self) -> bool {
-        let now = Instant::now();
-        self.discover(now);
-        for peer in self.membership.expired(now) {
-            self.stats.attestations_failed += 1;
-            let _ = self.swarm.disconnect_peer_id(peer);
-            let reason = "no attestation before the deadline".to_string();
-            tracing::warn!(%peer, %reason, "disconnecting mesh peer");
-            if !self.emit(MeshEvent::AttestationFailed { peer, reason }).await {
-                return false;
-            }
-        }
-        for i in 0..self.boot.len() {
-            let t = &mut self.boot[i];
-            let joined = t.peer.is_some_and(|p| self.swarm.is_connected(&p));
-            if joined || t.in_flight || !t.backoff.ready(now) {
-                continue;
-            }
-            t.in_flight = true;
-            t.backoff.started(now, DIAL_ATTEMPT_TIMEOUT);
-            let addr = t.addr.clone();
-            let tx = self.resolved_tx.clone();
-            tokio::spawn(async move {
-                let _ = tx.send((i, addr.resolve().await)).await;
-            });
-        }
-        if self.swarm.connected_peers().next().is_none() && self.remembered_backoff.ready(now) {
-            let remembered = self.known.dialable();
-            if !remembered.is_empty() {
-                tracing::debug!(peers = remembered.len(), "dialing remembered mesh peers");
-                for (peer, addrs) in remembered {
-                    let opts = DialOpts::peer_id(peer)
-                        .addresses(addrs)
-                        .condition(PeerCondition::DisconnectedAndNotDialing)
-                        .build();
-                    let _ = self.swarm.dial(opts);
-                }
-            }
-            // Reset when a member held for long goes; until then, wait longer each time.
-            self.remembered_backoff.failed(now);
-        }
-        true
-    }
-
-    async fn on_resolved(&mut self, i: usize, result: Result<Vec<Multiaddr>, SwarmError>) -> bool {
-        let addrs = match result {
-            Ok(a) if a.is_empty() => return self.boot_failed(i, "resolves to no address".into()).await,
-            Ok(a) => a,
-            Err(e) => return self.boot_failed(i, e.to_string()).await,
-        };
-        let mut last_error = None;
-        for addr in addrs {
-            let opts = DialOpts::unknown_peer_id().address(addr).build();
-            let id = opts.connection_id();
-            match self.swarm.dial(opts) {
-                Ok(()) => {
-                    self.boot_dials.insert(id, i);
-                    self.boot[i].outstanding += 1;
-                }
-                Err(e) => last_error = Some(e.to_string()),
-            }
-        }
-        if self.boot[i].outstanding == 0 {
-            return self.boot_failed(i, last_error.unwrap_or_else(|| "no dial started".into())).await;
-        }
-        true
-    }
-
-    async fn boot_failed(&mut self, i: usize, error: String) -> bool {
-        let t = &mut self.boot[i];
-        t.in_flight = false;
-        let retry_in = t.backoff.failed(Instant::now());
-        let addr = t.addr.to_string();
-        tracing::info!(bootstrap = %addr, %error, ?retry_in, "bootstrap peer not reached; retrying");
-        self.emit(MeshEvent::BootstrapFailed { addr, error, retry_in }).await
     }
 }
