@@ -30,16 +30,20 @@ pub enum MeshRequest {
     /// Prove membership: answer with an attestation over this nonce.
     Attest { nonce: [u8; 32] },
     /// An application request (`kind` says which), answered by whoever handles `kind`.
-    App { kind: String, body: Vec<u8> },
+    App {
+        kind: String,
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+    },
 }
 
 /// The answer to a [`MeshRequest`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MeshResponse {
     /// The opaque attestation for an [`MeshRequest::Attest`] nonce.
-    Attestation(Vec<u8>),
+    Attestation(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The answer to an [`MeshRequest::App`].
-    App(Vec<u8>),
+    App(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Not answered, and why (e.g. the requester is not attested).
     Refused(String),
 }

@@ -277,9 +277,11 @@ async fn three_hosts_join_attest_gossip_and_refuse_a_stranger() {
     };
     assert_eq!(from.node_name, "a");
     assert_eq!((kind.as_str(), body.as_slice()), ("echo", &b"ping"[..]));
-    responder.respond(b"pong".to_vec()).await.expect("respond");
+    // A body as large as the admin socket takes (3 MiB) travels by request-response.
+    let big: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    responder.respond(big.clone()).await.expect("respond");
     let answer = ask.await.expect("join").expect("request");
-    assert_eq!(answer, MeshResponse::App(b"pong".to_vec()));
+    assert!(answer == MeshResponse::App(big), "the 3 MiB body came back changed");
     let refused = a.client.request(rogue, "echo", vec![]).await.expect_err("rogue not attested");
     assert!(matches!(refused, SwarmError::NotAttested(_)), "{refused}");
 }
