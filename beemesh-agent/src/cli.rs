@@ -76,6 +76,8 @@ pub struct GlobalOpts {
     /// Log format.
     #[arg(long, global = true, env = "BEEMESH_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub mesh: crate::mesh::swarm::MeshOpts,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -317,6 +319,7 @@ impl GlobalOpts {
         if let Some(v) = self.flow_events {
             c.flow_events = v;
         }
+        self.mesh.apply(&mut c.mesh);
         c.validate()?;
         Ok(c)
     }

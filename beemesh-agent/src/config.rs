@@ -108,6 +108,8 @@ pub struct Config {
     /// it, keeping this many of its last bytes in `logs/<c>.log.1` (as the kubelet's
     /// `containerLogMaxSize`, 10 MiB).
     pub container_log_max_bytes: u64,
+    /// The mesh: listen port and addresses, bootstrap peers, mDNS, node name and labels.
+    pub mesh: crate::mesh::swarm::MeshSettings,
 }
 
 impl Default for Config {
@@ -133,6 +135,7 @@ impl Default for Config {
             svid_lifetime_seconds: 3600,
             image_max_entries: crate::image::DEFAULT_MAX_ENTRIES,
             container_log_max_bytes: 10 << 20,
+            mesh: Default::default(),
         }
     }
 }
@@ -194,6 +197,7 @@ impl Config {
         if self.container_log_max_bytes < 4096 {
             return Err(ConfigError::Invalid("containerLogMaxBytes: must be 4096 or more".into()));
         }
+        self.mesh.validate().map_err(ConfigError::Invalid)?;
         crate::identity::SpiffeId::new(&self.trust_domain, "default", "default")
             .map_err(|e| ConfigError::Invalid(format!("trustDomain {:?}: {e}", self.trust_domain)))?;
         crate::pod::userns::IdRanges::new(self.pod_id_range_start, self.pod_id_range_size)

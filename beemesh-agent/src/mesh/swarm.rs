@@ -1,0 +1,324 @@
+//! The agent's libp2p swarm: QUIC, Kademlia, gossipsub, identify, request-response and
+//! (optionally) mDNS in one event loop ([`EventLoop`] in `event_loop.rs`) behind a cloneable
+//! [`MeshClient`], with the loop's [`MeshEvent`]s coming out of one channel. Peers must attest
+//! (through [`Attest`]) before their gossip or requests reach the application.
+//! `app` starts it with the host identity's keypair; the state and scheduler use the client.
+
+mod addr;
+mod backoff;
+mod event_loop;
+mod membership;
+mod peers_file;
+mod protocol;
+mod ratelimit;
+mod settings;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::gossipsub::{MessageAcceptance, MessageId};
+use libp2p::request_response::ResponseChannel;
+use libp2p::{identity::Keypair, Multiaddr, PeerId};
+use tokio::sync::{mpsc, oneshot};
+
+pub use crate::mesh::attest::{Attest, AttestedHost};
+pub use addr::BootstrapAddr;
+pub use membership::GossipDrop;
+pub use peers_file::{KnownPeer, KnownPeers};
+pub use protocol::{MeshRequest, MeshResponse};
+pub use ratelimit::RateLimits;
+pub use settings::{MeshOpts, MeshSettings, DEFAULT_MESH_PORT};
+
+/// Errors of the mesh swarm.
+#[derive(Debug, thiserror::Error)]
+pub enum SwarmError {
+    #[error("mesh address {addr:?}: {why}")]
+    BadAddress { addr: String, why: String },
+    #[error("cannot resolve {addr}: {source}")]
+    Resolve {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("peers file {path}: {why}")]
+    PeersFile { path: PathBuf, why: String },
+    #[error("cannot build the mesh swarm: {0}")]
+    Build(String),
+    #[error("cannot listen on {addr}: {why}")]
+    Listen { addr: Multiaddr, why: String },
+    #[error("the mesh event loop has stopped")]
+    Closed,
+    #[error("peer {0} is not attested")]
+    NotAttested(PeerId),
+    #[error("cannot subscribe to {topic:?}: {why}")]
+    Subscribe { topic: String, why: String },
+    #[error("cannot publish on {topic:?}: {why}")]
+    Publish { topic: String, why: String },
+    #[error("request to {peer} failed: {why}")]
+    Request { peer: PeerId, why: String },
+    #[error("cannot dial {addr}: {why}")]
+    Dial { addr: Multiaddr, why: String },
+}
+
+/// How the swarm runs; [`MeshConfig::new`] gives the defaults for a set of listen addresses.
+#[derive(Clone, Debug)]
+pub struct MeshConfig {
+    /// QUIC multiaddrs to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to join through; each is redialed with back-off until it is up.
+    pub bootstrap: Vec<BootstrapAddr>,
+    /// Find peers on the LAN by mDNS.
+    pub mdns: bool,
+    /// Where attested peers are remembered (`<state-dir>/mesh/peers.json`); none: nowhere.
+    pub peers_file: Option<PathBuf>,
+    /// A connected peer that has not attested by then is disconnected.
+    pub attest_timeout: Duration,
+    /// First wait before redialing a bootstrap or remembered peer; doubles up to the cap.
+    pub redial_base: Duration,
+    pub redial_cap: Duration,
+    /// Largest gossip payload accepted or published.
+    pub max_gossip_bytes: usize,
+    /// Per-peer limits on the gossip it forwards to us.
+    pub rate_limits: RateLimits,
+    /// Connections with nothing to do close after this.
+    pub idle_timeout: Duration,
+    /// How often deadlines and redials are looked at.
+    pub tick: Duration,
+    /// A QUIC dial that has not completed its handshake by then fails.
+    pub handshake_timeout: Duration,
+}
+
+impl MeshConfig {
+    pub fn new(listen: Vec<Multiaddr>) -> Self {
+        Self {
+            listen,
+            bootstrap: Vec::new(),
+            mdns: false,
+            peers_file: None,
+            attest_timeout: Duration::from_secs(10),
+            redial_base: Duration::from_millis(500),
+            redial_cap: Duration::from_secs(30),
+            max_gossip_bytes: 256 * 1024,
+            rate_limits: RateLimits::default(),
+            idle_timeout: Duration::from_secs(300),
+            tick: Duration::from_millis(250),
+            handshake_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A connected peer as `MeshClient::peers` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub peer: PeerId,
+    /// Set only once attested: the name its certificate carries.
+    pub node_name: Option<String>,
+    pub attested: bool,
+    /// Where it says it listens (identify).
+    pub listen_addrs: Vec<Multiaddr>,
+}
+
+/// Counters of the swarm (for `peers`, metrics and tests).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MeshStats {
+    /// Gossip handed to the application.
+    pub gossip_delivered: u64,
+    /// Gossip dropped before the application, by [`GossipDrop::as_str`].
+    pub gossip_dropped: BTreeMap<&'static str, u64>,
+    /// Application requests refused because the requester was not attested.
+    pub requests_refused: u64,
+    /// Peers whose attestation failed or timed out.
+    pub attestations_failed: u64,
+}
+
+/// A gossip message from an attested peer, waiting for the application's verdict
+/// ([`MeshClient::validate`]): it is forwarded only once accepted.
+#[derive(Clone, Debug)]
+pub struct GossipMessage {
+    pub id: MessageId,
+    pub topic: String,
+    pub data: Vec<u8>,
+    /// The peer that created and signed it (gossipsub's signature was checked).
+    pub origin: PeerId,
+    /// The origin, when it is attested here; otherwise the application must check the
+    /// payload's own signature against the origin's certificate.
+    pub origin_host: Option<AttestedHost>,
+    /// The attested peer that forwarded it to us.
+    pub via: AttestedHost,
+}
+
+/// What the swarm reports to the application.
+#[derive(Debug)]
+pub enum MeshEvent {
+    /// A peer attested: it is a member.
+    PeerUp { host: AttestedHost, listen_addrs: Vec<Multiaddr> },
+    /// An attested peer's last connection closed.
+    PeerDown { host: AttestedHost },
+    /// A peer failed attestation (or timed out); it is disconnected.
+    AttestationFailed { peer: PeerId, reason: String },
+    /// An attested peer is subscribed to a gossip topic.
+    Subscribed { host: AttestedHost, topic: String },
+    /// Gossip to validate.
+    Gossip(GossipMessage),
+    /// Gossip dropped before the application saw it (counted in [`MeshStats`]).
+    GossipDropped { via: PeerId, origin: Option<PeerId>, reason: GossipDrop },
+    /// An application request from an attested peer; answer it through `responder`.
+    Request { from: AttestedHost, kind: String, body: Vec<u8>, responder: Responder },
+    /// A bootstrap address could not be joined; it is tried again after `retry_in`.
+    BootstrapFailed { addr: String, error: String, retry_in: Duration },
+}
+
+/// Answers one inbound request (once; dropping it leaves the requester to time out).
+#[derive(Debug)]
+pub struct Responder {
+    channel: ResponseChannel<MeshResponse>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl Responder {
+    pub async fn respond(self, body: Vec<u8>) -> Result<(), SwarmError> {
+        self.send(MeshResponse::App(body)).await
+    }
+
+    pub async fn refuse(self, why: String) -> Result<(), SwarmError> {
+        self.send(MeshResponse::Refused(why)).await
+    }
+
+    async fn send(self, response: MeshResponse) -> Result<(), SwarmError> {
+        self.commands
+            .send(Command::Respond { channel: self.channel, response })
+            .await
+            .map_err(|_| SwarmError::Closed)
+    }
+}
+
+/// Commands from [`MeshClient`] to the event loop.
+#[derive(Debug)]
+enum Command {
+    Subscribe {
+        topic: String,
+        reply: oneshot::Sender<Result<(), SwarmError>>,
+    },
+    Publish {
+        topic: String,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<MessageId, SwarmError>>,
+    },
+    Validate {
+        id: MessageId,
+        via: PeerId,
+        acceptance: MessageAcceptance,
+    },
+    Request {
+        peer: PeerId,
+        kind: String,
+        body: Vec<u8>,
+        reply: oneshot::Sender<Result<MeshResponse, SwarmError>>,
+    },
+    Respond {
+        channel: ResponseChannel<MeshResponse>,
+        response: MeshResponse,
+    },
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<(), SwarmError>>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    Stats {
+        reply: oneshot::Sender<MeshStats>,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+}
+
+/// The handle on the swarm; cheap to clone. Every call fails with [`SwarmError::Closed`] once
+/// the event loop has stopped (when every client and the event receiver are gone).
+#[derive(Clone, Debug)]
+pub struct MeshClient {
+    local: PeerId,
+    commands: mpsc::Sender<Command>,
+}
+
+impl MeshClient {
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, SwarmError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| SwarmError::Closed)?;
+        rx.await.map_err(|_| SwarmError::Closed)
+    }
+
+    pub async fn subscribe(&self, topic: &str) -> Result<(), SwarmError> {
+        let topic = topic.to_string();
+        self.call(|reply| Command::Subscribe { topic, reply }).await?
+    }
+
+    /// Publishes `data` (signed with our key) to the peers subscribed to `topic`.
+    pub async fn publish(&self, topic: &str, data: Vec<u8>) -> Result<MessageId, SwarmError> {
+        let topic = topic.to_string();
+        self.call(|reply| Command::Publish { topic, data, reply }).await?
+    }
+
+    /// The application's verdict on a [`GossipMessage`]: Accept forwards it, Reject
+    /// penalises `via`, Ignore drops it quietly.
+    pub async fn validate(
+        &self,
+        message: &GossipMessage,
+        acceptance: MessageAcceptance,
+    ) -> Result<(), SwarmError> {
+        self.commands
+            .send(Command::Validate { id: message.id.clone(), via: message.via.peer, acceptance })
+            .await
+            .map_err(|_| SwarmError::Closed)
+    }
+
+    /// Sends an application request of `kind` to an attested peer and waits for the answer.
+    pub async fn request(&self, peer: PeerId, kind: &str, body: Vec<u8>) -> Result<MeshResponse, SwarmError> {
+        let kind = kind.to_string();
+        self.call(|reply| Command::Request { peer, kind, body, reply }).await?
+    }
+
+    /// Dials an address (the peer is challenged once connected).
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), SwarmError> {
+        self.call(|reply| Command::Dial { addr, reply }).await?
+    }
+
+    /// Connected peers, attested or not.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, SwarmError> {
+        self.call(|reply| Command::Peers { reply }).await
+    }
+
+    pub async fn stats(&self) -> Result<MeshStats, SwarmError> {
+        self.call(|reply| Command::Stats { reply }).await
+    }
+
+    /// The addresses we listen on (one per interface for an unspecified address).
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, SwarmError> {
+        self.call(|reply| Command::ListenAddrs { reply }).await
+    }
+}
+
+/// Builds the swarm with `keypair`, listens on every configured address (returning once each
+/// listener is up, or its error), and spawns the event loop on the current tokio runtime.
+pub async fn start(
+    config: MeshConfig,
+    keypair: Keypair,
+    attest: Arc<dyn Attest>,
+) -> Result<(MeshClient, mpsc::Receiver<MeshEvent>), SwarmError> {
+    let local = keypair.public().to_peer_id();
+    let (cmd_tx, cmd_rx) = mpsc::channel(256);
+    let (event_tx, event_rx) = mpsc::channel(1024);
+    let event_loop =
+        event_loop::EventLoop::new(config, keypair, attest, cmd_rx, cmd_tx.clone(), event_tx).await?;
+    tokio::spawn(event_loop.run());
+    Ok((MeshClient { local, commands: cmd_tx }, event_rx))
+}

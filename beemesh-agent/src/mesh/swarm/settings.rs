@@ -1,0 +1,226 @@
+//! The mesh's settings: the `mesh:` section of the config file ([`MeshSettings`]) and the
+//! `run` flags that override it ([`MeshOpts`]), turned into a [`MeshConfig`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use libp2p::Multiaddr;
+use serde::{Deserialize, Serialize};
+
+use super::addr::{default_listen, BootstrapAddr};
+use super::peers_file::KnownPeers;
+use super::{MeshConfig, SwarmError};
+
+/// UDP port of the mesh's QUIC listener.
+pub const DEFAULT_MESH_PORT: u16 = 4001;
+
+/// The `mesh:` section of the agent's config file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct MeshSettings {
+    /// UDP port listened on (all IPv4 addresses) when `listen` is empty.
+    pub port: u16,
+    /// Multiaddrs to listen on instead, e.g. `/ip4/10.200.0.2/udp/4001/quic-v1`.
+    pub listen: Vec<String>,
+    /// Peers to join through: `HOST:PORT` or multiaddrs.
+    pub bootstrap: Vec<String>,
+    /// Find peers on the LAN by mDNS.
+    pub mdns: bool,
+    /// This host's node name; default: the hostname.
+    pub node_name: Option<String>,
+    /// This host's node labels.
+    pub node_labels: BTreeMap<String, String>,
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        Self {
+            port: DEFAULT_MESH_PORT,
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            mdns: false,
+            node_name: None,
+            node_labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// Mesh flags; each overrides the config file's `mesh:` key of the same name.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct MeshOpts {
+    /// UDP port of the mesh (QUIC); default 4001.
+    #[arg(long, global = true, env = "BEEMESH_MESH_PORT")]
+    pub mesh_port: Option<u16>,
+    /// Listen on this multiaddr instead (repeatable), e.g. /ip4/0.0.0.0/udp/4001/quic-v1.
+    #[arg(long = "mesh-listen", global = true, value_name = "MULTIADDR")]
+    pub mesh_listen: Vec<String>,
+    /// Join the mesh through this peer (repeatable): HOST:PORT or a multiaddr.
+    #[arg(long = "bootstrap", global = true, value_name = "ADDR")]
+    pub bootstrap: Vec<String>,
+    /// Find peers on the LAN by mDNS.
+    #[arg(long, global = true)]
+    pub mdns: bool,
+    /// This host's node name; default: the hostname.
+    #[arg(long, global = true, env = "BEEMESH_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// A node label KEY=VALUE (repeatable).
+    #[arg(long = "node-label", global = true, value_name = "KEY=VALUE", value_parser = parse_node_label)]
+    pub node_labels: Vec<(String, String)>,
+}
+
+fn parse_node_label(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("node label {s:?}: expected KEY=VALUE"))?;
+    if k.is_empty() {
+        return Err(format!("node label {s:?}: empty key"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+impl MeshOpts {
+    /// Applies the flags given over `settings`: lists given on the command line replace the
+    /// file's, labels are merged key by key.
+    pub fn apply(&self, settings: &mut MeshSettings) {
+        if let Some(p) = self.mesh_port {
+            settings.port = p;
+        }
+        if !self.mesh_listen.is_empty() {
+            settings.listen = self.mesh_listen.clone();
+        }
+        if !self.bootstrap.is_empty() {
+            settings.bootstrap = self.bootstrap.clone();
+        }
+        if self.mdns {
+            settings.mdns = true;
+        }
+        if let Some(n) = &self.node_name {
+            settings.node_name = Some(n.clone());
+        }
+        for (k, v) in &self.node_labels {
+            settings.node_labels.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+impl MeshSettings {
+    /// Checks every address; errors name the key and the entry.
+    pub fn validate(&self) -> Result<(), String> {
+        self.listen_addrs().map_err(|e| format!("mesh.listen: {e}"))?;
+        self.bootstrap_addrs().map_err(|e| format!("mesh.bootstrap: {e}"))?;
+        if self.port == 0 && self.listen.is_empty() {
+            return Err("mesh.port: must be from 1 to 65535".into());
+        }
+        if let Some(n) = &self.node_name {
+            if n.is_empty() {
+                return Err("mesh.nodeName: empty".into());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn listen_addrs(&self) -> Result<Vec<Multiaddr>, SwarmError> {
+        if self.listen.is_empty() {
+            return Ok(default_listen(self.port));
+        }
+        self.listen
+            .iter()
+            .map(|s| {
+                s.parse::<Multiaddr>()
+                    .map_err(|e| SwarmError::BadAddress { addr: s.clone(), why: e.to_string() })
+            })
+            .collect()
+    }
+
+    pub fn bootstrap_addrs(&self) -> Result<Vec<BootstrapAddr>, SwarmError> {
+        self.bootstrap.iter().map(|s| s.parse()).collect()
+    }
+
+    /// The node name: the configured one, else the hostname.
+    pub fn node_name(&self) -> String {
+        self.node_name.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into())
+        })
+    }
+
+    /// The swarm's configuration, remembering peers under `state_dir`.
+    pub fn to_config(&self, state_dir: &Path) -> Result<MeshConfig, SwarmError> {
+        let mut c = MeshConfig::new(self.listen_addrs()?);
+        c.bootstrap = self.bootstrap_addrs()?;
+        c.mdns = self.mdns;
+        c.peers_file = Some(KnownPeers::path(state_dir));
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        mesh: MeshOpts,
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let mut s: MeshSettings =
+            serde_yaml::from_str("port: 5001\nbootstrap: [\"a:4001\"]\nnodeLabels: {zone: a, rack: \"1\"}\n")
+                .expect("yaml");
+        assert_eq!(s.listen_addrs().expect("listen")[0].to_string(), "/ip4/0.0.0.0/udp/5001/quic-v1");
+        let cli = Cli::try_parse_from([
+            "x",
+            "--bootstrap",
+            "10.0.0.1:4001",
+            "--bootstrap",
+            "/ip4/10.0.0.2/udp/4001/quic-v1",
+            "--node-label",
+            "zone=b",
+            "--node-name",
+            "n1",
+            "--mdns",
+            "--mesh-listen",
+            "/ip4/127.0.0.1/udp/4100/quic-v1",
+        ])
+        .expect("parse");
+        cli.mesh.apply(&mut s);
+        s.validate().expect("valid");
+        assert_eq!(s.bootstrap_addrs().expect("bootstrap").len(), 2);
+        assert_eq!(s.node_labels["zone"], "b");
+        assert_eq!(s.node_labels["rack"], "1");
+        assert_eq!(s.node_name(), "n1");
+        let c = s.to_config(Path::new("/var/lib/beemesh")).expect("config");
+        assert!(c.mdns);
+        assert_eq!(c.listen[0].to_string(), "/ip4/127.0.0.1/udp/4100/quic-v1");
+        assert_eq!(c.peers_file.as_deref(), Some(Path::new("/var/lib/beemesh/mesh/peers.json")));
+    }
+
+    #[test]
+    fn defaults_listen_on_4001_and_bad_entries_are_named() {
+        let s = MeshSettings::default();
+        s.validate().expect("defaults");
+        assert_eq!(s.listen_addrs().expect("listen")[0].to_string(), "/ip4/0.0.0.0/udp/4001/quic-v1");
+        assert!(!s.node_name().is_empty());
+        let bad = MeshSettings { bootstrap: vec!["nohost".into()], ..Default::default() };
+        let e = bad.validate().expect_err("bad bootstrap");
+        assert!(e.contains("mesh.bootstrap") && e.contains("nohost"), "{e}");
+        let bad = MeshSettings { listen: vec!["/ip4/1.2.3.4/udp/x".into()], ..Default::default() };
+        assert!(bad.validate().expect_err("bad listen").contains("mesh.listen"));
+        assert!(Cli::try_parse_from(["x", "--node-label", "novalue"]).is_err());
+    }
+
+    #[test]
+    fn the_agent_config_file_has_a_mesh_section() {
+        let c = crate::config::Config::from_yaml("mesh:\n  port: 5001\n  nodeName: n1\n").expect("yaml");
+        assert_eq!(c.mesh.port, 5001);
+        assert_eq!(c.mesh.node_name(), "n1");
+        c.validate().expect("valid");
+        let c = crate::config::Config::from_yaml("mesh:\n  bootstrap: [\"nohost\"]\n").expect("yaml");
+        let e = c.validate().expect_err("bad bootstrap").to_string();
+        assert!(e.contains("mesh.bootstrap") && e.contains("nohost"), "{e}");
+        assert!(crate::config::Config::from_yaml("mesh:\n  prot: 1\n").is_err(), "unknown key");
+    }
+}
