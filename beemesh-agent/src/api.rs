@@ -49,6 +49,8 @@ pub enum Request {
     },
     /// Loaded policy files, their errors, and per-rule counters.
     Policies,
+    /// The mesh: this host and its connected peers.
+    Peers,
     /// Applies a manifest file (Pods, ConfigMaps, Secrets); all of it or none of it.
     Apply {
         file: String,
@@ -141,6 +143,9 @@ pub enum Response {
     Images {
         items: Vec<ImageInfo>,
     },
+    Peers {
+        items: Vec<PeerEntry>,
+    },
     Done,
     Error {
         message: String,
@@ -213,6 +218,20 @@ pub struct StatusInfo {
     pub allow_entries: usize,
     /// Number of policy installs since start (each an atomic slot switch).
     pub policy_generation: u64,
+}
+
+/// One host of the mesh as `peers` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerEntry {
+    /// The node name its host certificate carries; `None` until it attested.
+    pub name: Option<String>,
+    pub peer: String,
+    pub attested: bool,
+    pub addresses: Vec<String>,
+    /// The host that answered.
+    #[serde(default)]
+    pub this_host: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -29,6 +29,7 @@ use crate::sys::cgroup;
 use crate::workload::{Workload, WorkloadCgroups, WorkloadTable};
 
 mod images;
+pub(crate) mod mesh;
 mod pods;
 mod policy_state;
 mod workloads;
@@ -54,6 +55,8 @@ pub enum AgentError {
     State(#[from] crate::state::StateError),
     #[error(transparent)]
     Trust(#[from] crate::mesh::trust::TrustError),
+    #[error("mesh: {0}")]
+    Mesh(#[from] crate::mesh::swarm::SwarmError),
     #[error(transparent)]
     Userns(#[from] crate::pod::userns::UsernsError),
 }
@@ -82,12 +85,19 @@ pub(crate) type Call = (Command, oneshot::Sender<Response>);
 #[derive(Clone, Debug)]
 pub struct AgentHandle {
     tx: mpsc::Sender<Call>,
+    /// The swarm (answers `peers` without the actor).
+    mesh: Option<mesh::Mesh>,
 }
 
 impl AgentHandle {
     /// A handle whose calls arrive on `tx`'s receiver (the actor, or a test's stand-in).
     pub(crate) fn new(tx: mpsc::Sender<Call>) -> Self {
-        Self { tx }
+        Self { tx, mesh: None }
+    }
+
+    /// The same handle, answering `peers` from `mesh`.
+    pub(crate) fn with_mesh(self, mesh: mesh::Mesh) -> Self {
+        Self { mesh: Some(mesh), ..self }
     }
 
     /// Sends a request and waits for the answer. Manifests are parsed here, on a blocking
@@ -102,6 +112,15 @@ impl AgentHandle {
                 Ok(objects) => Command::DeleteObjects(objects),
                 Err(message) => return Response::Error { message },
             },
+            Request::Peers => {
+                return match &self.mesh {
+                    Some(m) => match mesh::peers(m).await {
+                        Ok(items) => Response::Peers { items },
+                        Err(message) => Response::Error { message },
+                    },
+                    None => Response::Error { message: "the mesh swarm is not running".into() },
+                };
+            }
             other => Command::Api(other),
         };
         let (tx, rx) = oneshot::channel();
@@ -178,12 +197,13 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     let (names_tx, names_rx) = watch::channel(Arc::new(Names::default()));
     let (pod_tx, mut pod_msgs) = mpsc::channel::<pods::PodMsg>(256);
     // Host credentials from `ca issue-host` in <state-dir>/host/, or a mesh of one on the
-    // self-made root of <state-dir>/ca/. The swarm takes `identity` and `trust` (as a
-    // `mesh::trust::Attestor`) once it is wired in; the pods' SVIDs come from `workloads`.
+    // self-made root of <state-dir>/ca/. The swarm attests with `identity` and checks peers
+    // with `trust`; the pods' SVIDs come from `workloads`.
     let creds = crate::mesh::trust::files::load_host(
         &cfg.state_dir,
         &cfg.trust_domain,
-        &crate::mesh::trust::files::default_node_name(),
+        // The hostname made into a valid node name unless one is configured.
+        &cfg.mesh.node_name.clone().unwrap_or_else(crate::mesh::trust::files::default_node_name),
         std::time::SystemTime::now(),
     )?;
     tracing::info!(
@@ -193,6 +213,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         "host identity"
     );
     let pods = pods::Pods::new(&cfg, pod_tx, Arc::new(creds.workloads))?;
+    let mesh = mesh::start(&cfg, creds.identity, creds.trust).await?;
     let host_netns = crate::sys::process::netns_cookie().map_err(io("read the network namespace cookie"))?;
     let (mut engine, policy_link, snapshots) = PolicyEngine::new(
         &cfg,
@@ -257,7 +278,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     let (call_tx, mut calls) = mpsc::channel::<Call>(64);
     tasks.spawn(api::server::serve(
         listener,
-        AgentHandle::new(call_tx),
+        AgentHandle::new(call_tx).with_mesh(mesh),
         hub,
         api::server::Limits::default(),
         shutdown_tx.subscribe(),
@@ -496,6 +517,7 @@ impl Agent {
                 Ok(Response::Workloads { items: self.workloads.iter().map(|w| self.info(w)).collect() })
             }
             Request::Policies => Err("policy reports are answered by the policy engine".to_string()),
+            Request::Peers => Err("peers are answered by the mesh swarm".to_string()),
             Request::Flows { .. } => Err("flows are served by the flow hub".to_string()),
             Request::Apply { .. } | Request::DeleteObjects { .. } => {
                 Err("manifests are parsed before they reach the actor".to_string())

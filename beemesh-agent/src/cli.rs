@@ -246,6 +246,12 @@ pub enum Command {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
+    /// The mesh: this host and its connected peers (attested ones under their certificate's
+    /// node name).
+    Peers {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -415,6 +421,27 @@ pub async fn execute(cli: Cli) -> ExitCode {
                 match output {
                     Output::Json => outln!("{}", json(&items)),
                     Output::Table => print_workloads(&items),
+                }
+                ExitCode::SUCCESS
+            }
+            other => unexpected(other),
+        },
+        Command::Peers { output } => match client::call(&socket, &Request::Peers).await {
+            Ok(Response::Peers { items }) => {
+                match output {
+                    Output::Json => outln!("{}", json(&items)),
+                    Output::Table => {
+                        outln!("{:<20} {:<54} {:<9} ADDRESSES", "NAME", "PEER", "ATTESTED");
+                        for p in &items {
+                            let name = match (&p.name, p.this_host) {
+                                (Some(n), true) => format!("{n} (this)"),
+                                (Some(n), false) => n.clone(),
+                                (None, _) => "<unattested>".into(),
+                            };
+                            let attested = if p.attested { "yes" } else { "no" };
+                            outln!("{name:<20} {:<54} {attested:<9} {}", p.peer, p.addresses.join(","));
+                        }
+                    }
                 }
                 ExitCode::SUCCESS
             }

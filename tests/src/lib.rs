@@ -123,6 +123,8 @@ pub struct Agent {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     extra: Vec<(String, String)>,
+    /// The network namespace (`/run/netns/NAME`) the agent runs in, if not this one.
+    netns: Option<String>,
 }
 
 impl Agent {
@@ -152,6 +154,14 @@ impl Agent {
 
     /// Like [`Agent::start`], with `config` (YAML) as the agent's config file.
     pub fn start_with_config(test: &str, extra: &[(&str, &str)], config: &str) -> Result<Self> {
+        let mut agent = Self::prepare(test, extra, config)?;
+        agent.spawn()?;
+        Ok(agent)
+    }
+
+    /// An agent's directories and settings, not started yet ([`Agent::spawn`] starts it):
+    /// for tests that put credentials in its state directory first.
+    pub fn prepare(test: &str, extra: &[(&str, &str)], config: &str) -> Result<Self> {
         require_root();
         // Before the agent reads the host's addresses: the test address counts as `host`
         // from the first verdict on.
@@ -164,16 +174,23 @@ impl Agent {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
         }
-        let mut agent = Self {
+        let agent = Self {
             name,
             dir,
             child: None,
             extra: extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            netns: None,
         };
         std::fs::create_dir_all(agent.policy_dir())?;
         std::fs::write(agent.dir.path().join("agent.yaml"), config)?;
-        agent.spawn()?;
         Ok(agent)
+    }
+
+    /// Runs the agent in the network namespace `/run/netns/NAME` (entered with `nsenter
+    /// --net`, which keeps this mount namespace and so the cgroup and bpf mounts).
+    pub fn in_netns(mut self, name: &str) -> Self {
+        self.netns = Some(name.to_owned());
+        self
     }
 
     /// A `beemesh-agent` command configured for this agent.
@@ -183,7 +200,9 @@ impl Agent {
             .env("BEEMESH_POLICY_DIR", self.policy_dir())
             .env("BEEMESH_RUN_DIR", self.run_dir())
             .env("BEEMESH_CGROUP_NAME", &self.name)
-            .env("BEEMESH_CONFIG", self.dir.path().join("agent.yaml"));
+            .env("BEEMESH_CONFIG", self.dir.path().join("agent.yaml"))
+            // Many agents share this host's network namespace: any free mesh port.
+            .env("BEEMESH_MESH_PORT", "0");
         for (k, v) in &self.extra {
             c.env(k, v);
         }
@@ -197,8 +216,20 @@ impl Agent {
             std::fs::write(&config, "")?;
         }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
-        let child = self
-            .cli()
+        let mut cmd = self.cli();
+        if let Some(ns) = &self.netns {
+            let program = cmd.get_program().to_owned();
+            let envs: Vec<_> =
+                cmd.get_envs().map(|(k, v)| (k.to_owned(), v.map(ToOwned::to_owned))).collect();
+            cmd = Command::new("nsenter");
+            cmd.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(program);
+            for (k, v) in envs {
+                if let Some(v) = v {
+                    cmd.env(k, v);
+                }
+            }
+        }
+        let child = cmd
             .arg("run")
             .env("RUST_LOG", "info,beemesh_agent=debug")
             .stdout(log.try_clone()?)

@@ -48,7 +48,7 @@ impl Default for MeshSettings {
 /// Mesh flags; each overrides the config file's `mesh:` key of the same name.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct MeshOpts {
-    /// UDP port of the mesh (QUIC); default 4001.
+    /// UDP port of the mesh (QUIC); default 4001; 0 lets the kernel choose one (tests, several agents on one host).
     #[arg(long, global = true, env = "BEEMESH_MESH_PORT")]
     pub mesh_port: Option<u16>,
     /// Listen on this multiaddr instead (repeatable), e.g. /ip4/0.0.0.0/udp/4001/quic-v1.
@@ -106,9 +106,6 @@ impl MeshSettings {
     pub fn validate(&self) -> Result<(), String> {
         self.listen_addrs().map_err(|e| format!("mesh.listen: {e}"))?;
         self.bootstrap_addrs().map_err(|e| format!("mesh.bootstrap: {e}"))?;
-        if self.port == 0 && self.listen.is_empty() {
-            return Err("mesh.port: must be from 1 to 65535".into());
-        }
         if let Some(n) = &self.node_name {
             if n.is_empty() {
                 return Err("mesh.nodeName: empty".into());

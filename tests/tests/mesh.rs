@@ -1,0 +1,179 @@
+//! End-to-end checks of mesh membership with real agents, each in a network namespace of
+//! its own on one bridge (several hosts on one machine): hosts with certificates from one
+//! offline root find each other from one bootstrap address and attest; a host whose
+//! certificate comes from another root is refused by every member and sees none of them.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use beemesh_tests::{eventually, Agent};
+
+const T: Duration = Duration::from_secs(30);
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output().context("run ip")?;
+    ensure!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// Hosts in network namespaces joined by a bridge in a "switch" namespace, addresses
+/// 10.200.<subnet>.<n>/24; all removed on drop.
+struct Lan {
+    tag: String,
+    subnet: u8,
+    hosts: Vec<String>,
+}
+
+impl Lan {
+    fn new(tag: &str, subnet: u8) -> Result<Self> {
+        let lan = Self { tag: format!("{tag}{}", std::process::id() % 10000), subnet, hosts: Vec::new() };
+        let sw = lan.switch();
+        ip(&["netns", "add", &sw])?;
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+        Ok(lan)
+    }
+
+    fn switch(&self) -> String {
+        format!("{}-sw", self.tag)
+    }
+
+    /// Adds host number `n` (1-based); returns its namespace name.
+    fn host(&mut self, n: u8) -> Result<String> {
+        let ns = format!("{}-h{n}", self.tag);
+        let sw = self.switch();
+        ip(&["netns", "add", &ns])?;
+        self.hosts.push(ns.clone());
+        let (outer, inner) = (format!("{}s{n}", self.tag), format!("{}h{n}", self.tag));
+        ip(&["link", "add", &outer, "type", "veth", "peer", "name", &inner])?;
+        ip(&["link", "set", &outer, "netns", &sw])?;
+        ip(&["link", "set", &inner, "netns", &ns])?;
+        ip(&["-n", &sw, "link", "set", &outer, "master", "br0", "up"])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        ip(&["-n", &ns, "link", "set", &inner, "name", "eth0"])?;
+        ip(&["-n", &ns, "addr", "add", &format!("{}/24", self.addr(n)), "dev", "eth0"])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        Ok(ns)
+    }
+
+    fn addr(&self, n: u8) -> String {
+        format!("10.200.{}.{n}", self.subnet)
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for ns in self.hosts.iter().chain(std::iter::once(&self.switch())) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// `ca init` into `dir` (run by `agent`'s binary; no agent needed).
+fn ca_init(agent: &Agent, dir: &std::path::Path) -> Result<()> {
+    let (ok, out, err) = agent.run_cli(&["ca", "init", "--dir", dir.to_str().context("utf-8")?], None)?;
+    ensure!(ok, "ca init: {out}{err}");
+    Ok(())
+}
+
+/// Credentials for host `name` from the root in `ca`, written into `agent`'s state dir.
+fn issue_host(agent: &Agent, ca: &std::path::Path, name: &str) -> Result<()> {
+    let state = agent.state_dir();
+    let (ok, out, err) = agent.run_cli(
+        &[
+            "ca",
+            "issue-host",
+            "--ca",
+            ca.to_str().context("utf-8")?,
+            "--name",
+            name,
+            "--out",
+            state.to_str().context("utf-8")?,
+        ],
+        None,
+    )?;
+    ensure!(ok, "ca issue-host {name}: {out}{err}");
+    Ok(())
+}
+
+/// `peers -o json` of `agent`.
+fn peers(agent: &Agent) -> Result<Vec<serde_json::Value>> {
+    let (ok, out, err) = agent.run_cli(&["peers", "-o", "json"], None)?;
+    ensure!(ok, "peers: {err}");
+    Ok(serde_json::from_str(&out)?)
+}
+
+/// The node names `agent` lists as attested peers (itself left out).
+fn attested(agent: &Agent) -> Vec<String> {
+    let mut names: Vec<String> = peers(agent)
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| p["attested"] == true && p["thisHost"] != true)
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn hosts_of_one_root_join_from_one_bootstrap_and_a_foreign_host_is_refused() -> Result<()> {
+    let mut lan = Lan::new("bmm", 41)?;
+    let offline = tempfile::tempdir()?;
+    let (root, foreign_root) = (offline.path().join("root"), offline.path().join("foreign"));
+
+    let port = "4001";
+    let bootstrap = format!("{}:{port}", lan.addr(1));
+    let mut agents = Vec::new();
+    for n in 1..=4u8 {
+        let ns = lan.host(n)?;
+        let name = format!("h{n}");
+        let config = if n > 1 { format!("mesh:\n  bootstrap: [\"{bootstrap}\"]\n") } else { String::new() };
+        let agent =
+            Agent::prepare(&format!("mesh{n}"), &[("BEEMESH_MESH_PORT", port)], &config)?.in_netns(&ns);
+        if n == 1 {
+            ca_init(&agent, &root)?;
+            ca_init(&agent, &foreign_root)?;
+        }
+        // h4 is of the same trust domain name but another root: an impostor.
+        issue_host(&agent, if n == 4 { &foreign_root } else { &root }, &name)?;
+        agents.push(agent);
+    }
+    // The joiners first: h1, their bootstrap, is not up yet and is reached by back-off.
+    for agent in agents[1..].iter_mut() {
+        agent.spawn()?;
+    }
+    agents[0].spawn()?;
+
+    let members = ["h1", "h2", "h3"];
+    for (i, agent) in agents[..3].iter().enumerate() {
+        let others: Vec<String> =
+            members.iter().filter(|m| **m != members[i]).map(|m| m.to_string()).collect();
+        ensure!(
+            eventually(T, || attested(agent) == others),
+            "{} sees {:?}, expected {others:?}\n{}",
+            members[i],
+            attested(agent),
+            agent.log()
+        );
+    }
+    // The three learned each other through the bootstrap (h2 and h3 were given only h1).
+    let this = peers(&agents[1])?;
+    assert_eq!(this[0]["name"], "h2");
+    assert_eq!(this[0]["thisHost"], true);
+
+    // The impostor reached h1 (its bootstrap) and failed attestation there; it attests nobody.
+    ensure!(
+        eventually(T, || agents[0].log().contains("failed attestation")),
+        "h1 never refused the impostor:\n{}",
+        agents[0].log()
+    );
+    assert!(attested(&agents[3]).is_empty(), "the impostor sees {:?}", attested(&agents[3]));
+    for agent in &agents[..3] {
+        assert!(!attested(agent).contains(&"h4".to_string()), "a member lists the impostor");
+        for p in peers(agent)? {
+            assert!(p["name"] != "h4", "the impostor's claimed name is shown: {p}");
+        }
+    }
+    Ok(())
+}
