@@ -14,6 +14,8 @@ use crate::object::{Key, Object, Stamp};
 use crate::replica::{Config, Output, Replica, ReplicaError, WriteId};
 use crate::rng::Rng;
 
+pub mod memberlist;
+
 /// The start of simulated time (ms since the Unix epoch): versions look like real ones.
 pub const EPOCH_MS: u64 = 1_700_000_000_000;
 
