@@ -93,16 +93,30 @@ fn cargo() -> Command {
 }
 
 /// Builds the agent and the benches' binaries (bench drives `probe` workloads) in release
-/// mode and runs both benches: policy (`bench`) and pods (`pod_bench`).
+/// mode and runs the three benches: policy (`bench`), pods (`pod_bench`) and the replicated
+/// state in the simulator against a model of memberlist (`state_bench`, which takes only
+/// `--quick`: 100 hosts instead of 1,000 and 10,000).
 fn bench(args: &[String]) -> Result<()> {
-    run(cargo().args(["build", "--release", "-p", "beemesh-agent", "-p", "beemesh-tests", "--bins"]))?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "beemesh-agent",
+        "-p",
+        "beemesh-tests",
+        "-p",
+        "beemesh-state",
+        "--bins",
+    ]))?;
     let release = target_dir().join("release");
     for name in ["bench", "pod_bench"] {
         let mut cmd = Command::new(release.join(name));
         cmd.args(args).env("BEEMESH_AGENT_BIN", release.join("beemesh-agent"));
         run(&mut cmd)?;
     }
-    Ok(())
+    let mut state = Command::new(release.join("state_bench"));
+    state.args(args.iter().filter(|a| *a == "--quick"));
+    run(&mut state)
 }
 
 fn main() -> Result<()> {
