@@ -294,5 +294,13 @@ fn objects_applied_on_one_host_are_listed_on_every_host_and_a_restarted_host_cat
         listed(&agents[2], "configmaps"),
         agents[2].log()
     );
+
+    // A damaged state file stops the start, naming the file: nothing is dropped silently.
+    ensure!(agents[2].stop()?, "h3 did not stop cleanly");
+    let file =
+        std::fs::read_dir(agents[2].state_dir().join("cluster"))?.next().context("a state file")??.path();
+    std::fs::write(&file, b"\xff\xff not an object")?;
+    let err = agents[2].spawn().expect_err("a corrupt state file must stop the start").to_string();
+    ensure!(err.contains(&file.display().to_string()), "the error does not name {}: {err}", file.display());
     Ok(())
 }
