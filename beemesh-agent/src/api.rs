@@ -65,6 +65,13 @@ pub enum Request {
         namespace: String,
         name: String,
     },
+    /// Objects of `kind` (`ConfigMap`, `Secret`) in the replicated cluster state, of one
+    /// namespace or (`None`) all.
+    ListObjects {
+        kind: String,
+        #[serde(default)]
+        namespace: Option<String>,
+    },
     /// Pods, of one namespace or (`None`) all.
     ListPods {
         #[serde(default)]
@@ -135,6 +142,9 @@ pub enum Response {
     Pods {
         items: Vec<PodInfo>,
     },
+    Objects {
+        items: Vec<ObjectEntry>,
+    },
     Container(ContainerInfo),
     /// The tags an import stored.
     Imported {
@@ -173,6 +183,18 @@ pub struct PodInfo {
     pub age_secs: u64,
     pub host: String,
     pub identity: String,
+    pub object: serde_json::Value,
+}
+
+/// An object of the cluster state as `get configmaps|secrets` shows it; `object` is its
+/// Kubernetes JSON.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectEntry {
+    pub namespace: String,
+    pub name: String,
+    /// Since the write that made its current state.
+    pub age_secs: u64,
     pub object: serde_json::Value,
 }
 

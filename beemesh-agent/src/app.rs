@@ -28,6 +28,7 @@ use crate::state::StateFiles;
 use crate::sys::cgroup;
 use crate::workload::{Workload, WorkloadCgroups, WorkloadTable};
 
+pub(crate) mod cluster;
 mod images;
 pub(crate) mod mesh;
 mod pods;
@@ -57,6 +58,8 @@ pub enum AgentError {
     Trust(#[from] crate::mesh::trust::TrustError),
     #[error("mesh: {0}")]
     Mesh(#[from] crate::mesh::swarm::SwarmError),
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
     #[error(transparent)]
     Userns(#[from] crate::pod::userns::UsernsError),
 }
@@ -105,13 +108,35 @@ impl AgentHandle {
     pub async fn call(&self, req: Request) -> Response {
         let cmd = match req {
             Request::Apply { file, text } => match parse_manifest(file.clone(), text).await {
-                Ok(objects) => Command::Apply { file, objects },
+                Ok(objects) => {
+                    let replicated = objects.iter().map(cluster::kube::mesh_object).collect();
+                    let resp = self.actor(Command::Apply { file, objects }).await;
+                    return self.replicate(resp, replicated).await;
+                }
                 Err(message) => return Response::Error { message },
             },
             Request::DeleteObjects { file, text } => match parse_manifest(file, text).await {
-                Ok(objects) => Command::DeleteObjects(objects),
+                Ok(objects) => {
+                    let keys = objects.iter().map(cluster::kube::mesh_key).collect();
+                    let resp = self.actor(Command::DeleteObjects(objects)).await;
+                    return self.delete_replicated(resp, keys).await;
+                }
                 Err(message) => return Response::Error { message },
             },
+            Request::ListObjects { kind, namespace } => {
+                let Some(m) = &self.mesh else {
+                    return Response::Error { message: "the cluster state is not running".into() };
+                };
+                return match m.cluster.list(&kind, namespace.as_deref()).await {
+                    Ok(listed) => {
+                        let now = cluster::now_ms();
+                        Response::Objects {
+                            items: listed.iter().map(|l| cluster::kube::entry(l, now)).collect(),
+                        }
+                    }
+                    Err(e) => Response::Error { message: e.to_string() },
+                };
+            }
             Request::Peers => {
                 return match &self.mesh {
                     Some(m) => match mesh::peers(m).await {
@@ -123,11 +148,72 @@ impl AgentHandle {
             }
             other => Command::Api(other),
         };
+        self.actor(cmd).await
+    }
+
+    async fn actor(&self, cmd: Command) -> Response {
         let (tx, rx) = oneshot::channel();
         if self.tx.send((cmd, tx)).await.is_err() {
             return Response::Error { message: "the agent is shutting down".into() };
         }
         rx.await.unwrap_or(Response::Error { message: "the agent dropped the request".into() })
+    }
+
+    /// After the actor applied a file: writes its mesh objects (`replicated`, one per object of
+    /// the file, as the actor's lines are) into the cluster state, and says on each line who
+    /// else holds it. Returns once another host holds each (or at once on a mesh of one).
+    async fn replicate(
+        &self,
+        resp: Response,
+        replicated: Vec<Option<(beemesh_state::Key, bytes::Bytes)>>,
+    ) -> Response {
+        // An error from the actor stands; a handle without the mesh (tests) writes nowhere.
+        let (Response::Applied { lines }, Some(m)) = (&resp, &self.mesh) else {
+            return resp;
+        };
+        let mut lines = lines.clone();
+        for (line, object) in lines.iter_mut().zip(replicated) {
+            let Some((key, body)) = object else { continue };
+            match m.cluster.write(key, Some(body)).await {
+                Ok(acked) => line.push_str(&held(&acked)),
+                Err(e) => {
+                    return Response::Error { message: format!("{line} on this host, but: {e}") };
+                }
+            }
+        }
+        Response::Applied { lines }
+    }
+
+    /// After the actor deleted what a file names: deletes its mesh objects from the cluster
+    /// state (where they may have been applied on another host).
+    async fn delete_replicated(&self, resp: Response, keys: Vec<Option<beemesh_state::Key>>) -> Response {
+        // An error from the actor stands; a handle without the mesh (tests) writes nowhere.
+        let (Response::Applied { lines }, Some(m)) = (&resp, &self.mesh) else {
+            return resp;
+        };
+        let mut lines = lines.clone();
+        for (line, key) in lines.iter_mut().zip(keys) {
+            let Some(key) = key else { continue };
+            let what = format!("{}/{}", key.kind.to_lowercase(), key.name);
+            match m.cluster.get(key.clone()).await {
+                Ok(Some(_)) => {}
+                Ok(None) => continue,
+                Err(e) => return Response::Error { message: e.to_string() },
+            }
+            match m.cluster.write(key, None).await {
+                Ok(acked) => *line = format!("{what} deleted{}", held(&acked)),
+                Err(e) => return Response::Error { message: format!("{what}: {e}") },
+            }
+        }
+        Response::Applied { lines }
+    }
+}
+
+/// What an apply's line adds about the write's acknowledgement.
+fn held(acked: &cluster::Acked) -> String {
+    match &acked.held_by {
+        Some(node) => format!(" (held by {node})"),
+        None => " (no other host holds it yet)".to_string(),
     }
 }
 
@@ -524,6 +610,7 @@ impl Agent {
             }
             Request::DeletePod { namespace, name } => self.delete_pod(&namespace, &name),
             Request::ListPods { namespace } => Ok(self.list_pods(namespace.as_deref())),
+            Request::ListObjects { .. } => Err("objects are listed by the cluster state".to_string()),
             Request::PodContainer { namespace, name, container } => {
                 self.pod_container(&namespace, &name, container.as_deref())
             }

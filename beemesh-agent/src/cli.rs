@@ -163,7 +163,7 @@ pub enum Command {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
-    /// Show pods.
+    /// Show pods (this host), configmaps and secrets (the cluster state).
     Get {
         #[command(subcommand)]
         what: pods::GetCommand,

@@ -70,9 +70,15 @@ fn apply_is_all_or_nothing_and_takes_a_one_mib_configmap() -> Result<()> {
         "x".repeat(1024 * 1024)
     );
     let out = agent.apply(&big)?;
-    assert_eq!(out.trim(), "configmap/big created");
+    // A mesh of one: held here only, and said so.
+    assert_eq!(out.trim(), "configmap/big created (no other host holds it yet)");
     let objects = std::fs::metadata(agent.state_dir().join("objects.json"))?;
     assert!(objects.len() > 1024 * 1024, "stored: {} bytes", objects.len());
+    // ... and in the cluster state, whole.
+    let (ok, out, err) = agent.run_cli(&["get", "configmaps", "big", "-o", "json"], None)?;
+    anyhow::ensure!(ok, "get configmaps big: {err}");
+    let cm: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(cm["data"]["blob"].as_str().map(str::len), Some(1024 * 1024));
 
     // `get pods | head -1`: the CLI's stdout closes after one line; no panic.
     let (reader, writer) = std::io::pipe()?;

@@ -177,3 +177,130 @@ fn hosts_of_one_root_join_from_one_bootstrap_and_a_foreign_host_is_refused() -> 
     }
     Ok(())
 }
+
+/// The names `get KIND -o json` lists on `agent` (empty when the call fails).
+fn listed(agent: &Agent, kind: &str) -> Vec<String> {
+    let Ok((true, out, _)) = agent.run_cli(&["get", kind, "-A", "-o", "json"], None) else {
+        return Vec::new();
+    };
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let mut names: Vec<String> = list["items"]
+        .as_array()
+        .map(|items| items.iter().filter_map(|i| i["metadata"]["name"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn config_map(name: &str, value: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  greeting: {value}\n")
+}
+
+#[test]
+fn objects_applied_on_one_host_are_listed_on_every_host_and_a_restarted_host_catches_up() -> Result<()> {
+    let mut lan = Lan::new("bms", 42)?;
+    let offline = tempfile::tempdir()?;
+    let root = offline.path().join("root");
+    let port = "4001";
+    let bootstrap = format!("{}:{port}", lan.addr(1));
+    let mut agents = Vec::new();
+    for n in 1..=3u8 {
+        let ns = lan.host(n)?;
+        let config = if n > 1 { format!("mesh:\n  bootstrap: [\"{bootstrap}\"]\n") } else { String::new() };
+        let agent =
+            Agent::prepare(&format!("state{n}"), &[("BEEMESH_MESH_PORT", port)], &config)?.in_netns(&ns);
+        if n == 1 {
+            ca_init(&agent, &root)?;
+        }
+        issue_host(&agent, &root, &format!("h{n}"))?;
+        agents.push(agent);
+    }
+
+    // Alone, h1 takes an apply at once and says nobody else holds it yet.
+    agents[0].spawn()?;
+    let out = agents[0].apply(&config_map("early", "alone"))?;
+    ensure!(out.contains("configmap/early created (no other host holds it yet)"), "{out}");
+    for agent in agents[1..].iter_mut() {
+        agent.spawn()?;
+    }
+    let members = ["h1", "h2", "h3"];
+    for (i, agent) in agents.iter().enumerate() {
+        let others: Vec<String> =
+            members.iter().filter(|m| **m != members[i]).map(|m| m.to_string()).collect();
+        ensure!(
+            eventually(T, || attested(agent) == others),
+            "{} never saw {others:?}\n{}",
+            members[i],
+            agent.log()
+        );
+    }
+    // What h1 held before the others came reaches them by anti-entropy.
+    for agent in &agents[1..] {
+        ensure!(
+            eventually(T, || listed(agent, "configmaps") == ["early"]),
+            "early never listed:\n{}",
+            agent.log()
+        );
+    }
+
+    // Applied on h1 with peers: acknowledged by another host, listed everywhere with its data.
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: token\n  namespace: prod\nstringData:\n  key: s3cr3t-value\n";
+    let out = agents[0].apply(&format!("{}---\n{secret}", config_map("app", "hello")))?;
+    ensure!(out.contains("configmap/app created (held by h"), "{out}");
+    ensure!(out.contains("secret/token created (held by h"), "{out}");
+    for agent in &agents[1..] {
+        ensure!(
+            eventually(T, || listed(agent, "configmaps") == ["app", "early"]
+                && listed(agent, "secrets") == ["token"]),
+            "not listed: {:?} {:?}\n{}",
+            listed(agent, "configmaps"),
+            listed(agent, "secrets"),
+            agent.log()
+        );
+        let (ok, out, err) = agent.run_cli(&["get", "configmaps", "app", "-o", "json"], None)?;
+        ensure!(ok, "get configmaps app: {err}");
+        let cm: serde_json::Value = serde_json::from_str(&out)?;
+        assert_eq!(cm["data"]["greeting"], "hello");
+        assert_eq!(cm["metadata"]["namespace"], "default");
+        // Secrets: never in a log, files 0600 in a 0700 directory.
+        assert!(!agent.log().contains("s3cr3t"), "a secret reached the log");
+        let dir = agent.state_dir().join("cluster");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&dir)?.mode() & 0o777, 0o700);
+        for entry in std::fs::read_dir(&dir)? {
+            assert_eq!(entry?.metadata()?.mode() & 0o777, 0o600);
+        }
+    }
+
+    // Deleted on h2 (which never applied it): gone on h1 and h3.
+    let (ok, out, err) = agents[1].run_cli(&["delete", "-f", "-"], Some(&config_map("app", "hello")))?;
+    ensure!(ok && out.contains("configmap/app deleted"), "delete on h2: {out}{err}");
+    for agent in [&agents[0], &agents[2]] {
+        ensure!(
+            eventually(T, || listed(agent, "configmaps") == ["early"]),
+            "app not deleted:\n{}",
+            agent.log()
+        );
+    }
+
+    // h3 is down while h1 writes; restarted, it catches up (anti-entropy) and kept the rest.
+    ensure!(agents[2].stop()?, "h3 did not stop cleanly");
+    let out = agents[0].apply(&config_map("later", "while-h3-was-down"))?;
+    ensure!(out.contains("configmap/later created (held by h2)"), "{out}");
+    agents[2].spawn()?;
+    ensure!(
+        eventually(T, || listed(&agents[2], "configmaps") == ["early", "later"]),
+        "h3 did not catch up: {:?}\n{}",
+        listed(&agents[2], "configmaps"),
+        agents[2].log()
+    );
+
+    // A damaged state file stops the start, naming the file: nothing is dropped silently.
+    ensure!(agents[2].stop()?, "h3 did not stop cleanly");
+    let file =
+        std::fs::read_dir(agents[2].state_dir().join("cluster"))?.next().context("a state file")??.path();
+    std::fs::write(&file, b"\xff\xff not an object")?;
+    let err = agents[2].spawn().expect_err("a corrupt state file must stop the start").to_string();
+    ensure!(err.contains(&file.display().to_string()), "the error does not name {}: {err}", file.display());
+    Ok(())
+}

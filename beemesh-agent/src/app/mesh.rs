@@ -1,7 +1,8 @@
 //! The agent's side of the mesh: starts the swarm with the host's identity and trust store,
 //! and follows its events. Peers attested or lost, failed attestations and bootstrap retries
-//! go to the log; the cluster state (issue 8's replicated objects) will consume gossip and
-//! requests here. Until then, gossip is ignored and requests are refused by name.
+//! go to the log; peers, gossip on the cluster state's topic and requests of its kind go to
+//! the cluster state's task (`app::cluster`). Other gossip is ignored and other requests are
+//! refused by name.
 
 use std::sync::Arc;
 
@@ -13,12 +14,15 @@ use crate::config::Config;
 use crate::mesh::swarm::{self, MeshClient, MeshEvent, PeerInfo};
 use crate::mesh::trust::{Attestor, HostIdentity, HostTrust};
 
+use super::cluster::{self, Cluster, Inbound};
 use super::AgentError;
 
 /// The running swarm, as the API sees it.
 #[derive(Clone, Debug)]
 pub struct Mesh {
     pub client: MeshClient,
+    /// The replicated cluster state.
+    pub cluster: Cluster,
     /// This host, as `peers` lists it first.
     pub this: PeerEntry,
 }
@@ -44,34 +48,49 @@ pub(super) async fn start(
         addresses,
         this_host: true,
     };
-    let events_client = client.clone();
+    let cluster = cluster::start(&cfg.state_dir, &name_of(&this), client.clone()).await?;
+    let (events_client, events_cluster) = (client.clone(), cluster.clone());
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
-            follow(&events_client, event).await;
+            follow(&events_client, &events_cluster, event).await;
         }
         debug!("mesh events ended");
     });
-    Ok(Mesh { client, this })
+    Ok(Mesh { client, cluster, this })
 }
 
-async fn follow(client: &MeshClient, event: MeshEvent) {
+fn name_of(this: &PeerEntry) -> String {
+    this.name.clone().unwrap_or_default()
+}
+
+async fn follow(client: &MeshClient, cluster: &Cluster, event: MeshEvent) {
     match event {
         MeshEvent::PeerUp { host, listen_addrs } => {
-            info!(node = %host.node_name, peer = %host.peer, addrs = ?listen_addrs, "mesh peer attested")
+            info!(node = %host.node_name, peer = %host.peer, addrs = ?listen_addrs, "mesh peer attested");
+            cluster.deliver(Inbound::PeerUp(host)).await;
         }
-        MeshEvent::PeerDown { host } => info!(node = %host.node_name, peer = %host.peer, "mesh peer gone"),
+        MeshEvent::PeerDown { host } => {
+            info!(node = %host.node_name, peer = %host.peer, "mesh peer gone");
+            cluster.deliver(Inbound::PeerDown(host)).await;
+        }
         MeshEvent::AttestationFailed { peer, reason } => {
             warn!(%peer, %reason, "mesh peer failed attestation; disconnected")
         }
         MeshEvent::Subscribed { host, topic } => {
             debug!(node = %host.node_name, %topic, "mesh peer subscribed")
         }
+        MeshEvent::Gossip(message) if message.topic == cluster::TOPIC => {
+            cluster.deliver(Inbound::Gossip(Box::new(message))).await;
+        }
         MeshEvent::Gossip(message) => {
-            // No topic is served yet: nothing is forwarded on our word.
+            // A topic nobody serves here: nothing is forwarded on our word.
             let _ = client.validate(&message, MessageAcceptance::Ignore).await;
         }
         MeshEvent::GossipDropped { via, origin, reason } => {
             debug!(%via, ?origin, reason = reason.as_str(), "mesh gossip dropped")
+        }
+        MeshEvent::Request { from, kind, body, responder } if kind == cluster::REQUEST_KIND => {
+            cluster.deliver(Inbound::Request { from, body, responder }).await;
         }
         MeshEvent::Request { from, kind, responder, .. } => {
             debug!(node = %from.node_name, %kind, "mesh request refused: not served by this agent");

@@ -1,4 +1,4 @@
-//! The kubectl-like pod verbs: `apply`, `get pods`, `logs`, `exec POD`, `delete`, `wait`.
+//! The kubectl-like verbs: `apply`, `get pods|configmaps|secrets`, `logs`, `exec POD`, `delete`, `wait`.
 //! Clients of the agent's admin socket; `logs` reads the container's log file and `exec`
 //! enters the container with nsenter, both as root on the agent's host.
 
@@ -27,6 +27,30 @@ pub enum GetCommand {
     /// Pods on this host: NAME READY STATUS RESTARTS AGE HOST IDENTITY (wide: and IP).
     #[command(alias = "pod", alias = "po")]
     Pods {
+        name: Option<String>,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: PodOutput,
+    },
+    /// ConfigMaps of the cluster state (applied on any host): NAME DATA AGE.
+    #[command(alias = "configmap", alias = "cm")]
+    Configmaps {
+        name: Option<String>,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[arg(short, long, value_enum, default_value_t)]
+        output: PodOutput,
+    },
+    /// Secrets of the cluster state (applied on any host): NAME TYPE DATA AGE.
+    #[command(alias = "secret")]
+    Secrets {
         name: Option<String>,
         #[arg(short, long, default_value = "default")]
         namespace: String,
@@ -141,7 +165,19 @@ pub async fn wait(
 }
 
 pub async fn get(socket: &Path, cmd: GetCommand) -> ExitCode {
-    let GetCommand::Pods { name, namespace, all_namespaces, output } = cmd;
+    let (name, namespace, all_namespaces, output) = match cmd {
+        GetCommand::Pods { name, namespace, all_namespaces, output } => {
+            (name, namespace, all_namespaces, output)
+        }
+        GetCommand::Configmaps { name, namespace, all_namespaces, output } => {
+            let what = Listing { kind: "ConfigMap", name, namespace, all_namespaces, output };
+            return get_objects(socket, what).await;
+        }
+        GetCommand::Secrets { name, namespace, all_namespaces, output } => {
+            let what = Listing { kind: "Secret", name, namespace, all_namespaces, output };
+            return get_objects(socket, what).await;
+        }
+    };
     let req = Request::ListPods { namespace: (!all_namespaces).then_some(namespace.clone()) };
     let mut items = match client::call(socket, &req).await {
         Ok(Response::Pods { items }) => items,
@@ -155,24 +191,71 @@ pub async fn get(socket: &Path, cmd: GetCommand) -> ExitCode {
     }
     match output {
         PodOutput::Json | PodOutput::Yaml => {
-            let value = if name.is_some() {
-                items[0].object.clone()
-            } else {
-                serde_json::json!({
-                    "apiVersion": "v1",
-                    "kind": "List",
-                    "items": items.iter().map(|p| p.object.clone()).collect::<Vec<_>>(),
-                })
-            };
-            if output == PodOutput::Json {
-                outln!("{}", serde_json::to_string_pretty(&value).expect("json values serialise"));
-            } else {
-                out!("{}", serde_yaml::to_string(&value).expect("json values serialise as yaml"));
-            }
+            print_value(&items.iter().map(|p| p.object.clone()).collect::<Vec<_>>(), name.is_some(), output)
         }
         PodOutput::Table | PodOutput::Wide => print_pods(&items, all_namespaces, output == PodOutput::Wide),
     }
     ExitCode::SUCCESS
+}
+
+/// What `get configmaps|secrets` asks for.
+struct Listing {
+    kind: &'static str,
+    name: Option<String>,
+    namespace: String,
+    all_namespaces: bool,
+    output: PodOutput,
+}
+
+/// `get configmaps|secrets`: from the cluster state, so what any host applied.
+async fn get_objects(socket: &Path, what: Listing) -> ExitCode {
+    let Listing { kind, name, namespace, all_namespaces, output } = what;
+    let req = Request::ListObjects {
+        kind: kind.to_owned(),
+        namespace: (!all_namespaces).then_some(namespace.clone()),
+    };
+    let mut items = match client::call(socket, &req).await {
+        Ok(Response::Objects { items }) => items,
+        other => return unexpected(other),
+    };
+    if let Some(n) = &name {
+        items.retain(|o| &o.name == n);
+        if items.is_empty() {
+            return fail(format!("{} {namespace}/{n} not found", kind.to_lowercase()));
+        }
+    }
+    match output {
+        PodOutput::Json | PodOutput::Yaml => {
+            print_value(&items.iter().map(|o| o.object.clone()).collect::<Vec<_>>(), name.is_some(), output)
+        }
+        PodOutput::Table | PodOutput::Wide => {
+            let ns = |s: &str| if all_namespaces { format!("{s:<16} ") } else { String::new() };
+            let secret = kind == "Secret";
+            let ty = |s: &str| if secret { format!("{s:<36} ") } else { String::new() };
+            outln!("{}{:<32} {}{:<6} AGE", ns("NAMESPACE"), "NAME", ty("TYPE"), "DATA");
+            for o in &items {
+                let count = |field: &str| o.object[field].as_object().map_or(0, |m| m.len());
+                let data = count("data") + count("binaryData") + count("stringData");
+                let t = o.object["type"].as_str().unwrap_or("Opaque");
+                outln!("{}{:<32} {}{:<6} {}", ns(&o.namespace), o.name, ty(t), data, age(o.age_secs));
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `-o json|yaml`: the one object asked for by name, or a Kubernetes `List`.
+fn print_value(items: &[serde_json::Value], one: bool, output: PodOutput) {
+    let value = if one {
+        items[0].clone()
+    } else {
+        serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": items })
+    };
+    if output == PodOutput::Json {
+        outln!("{}", serde_json::to_string_pretty(&value).expect("json values serialise"));
+    } else {
+        out!("{}", serde_yaml::to_string(&value).expect("json values serialise as yaml"));
+    }
 }
 
 /// NAME READY STATUS RESTARTS AGE HOST IDENTITY (wide: and the pod's IP, the same for

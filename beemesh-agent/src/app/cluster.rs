@@ -1,0 +1,410 @@
+//! The driver of this host's replica of the cluster state (`beemesh_state::Replica`, design in
+//! `docs/state.md`): one task owns it, persists what changes under `<state-dir>/cluster/`
+//! before any message of the same call leaves, carries broadcasts on the gossip topic
+//! [`TOPIC`] and messages to one peer as mesh requests of kind [`REQUEST_KIND`], and ticks
+//! every 100 ms with the attested peers. The rest of the agent uses the [`Cluster`] handle:
+//! `write` (waits until another host holds the write), `get`, `list`.
+
+pub(crate) mod kube;
+mod store;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use beemesh_state::{Config, Key, Output, Replica, ReplicaError, WriteId};
+use bytes::Bytes;
+use libp2p::gossipsub::MessageAcceptance;
+use libp2p::PeerId;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use crate::mesh::swarm::{AttestedHost, GossipMessage, MeshClient, MeshResponse, Responder};
+use store::Store;
+
+/// The gossip topic of the cluster state's announcements.
+pub const TOPIC: &str = "beemesh/state/1";
+/// The mesh request kind carrying the cluster state's messages to one peer.
+pub const REQUEST_KIND: &str = "state";
+/// How often the replica is ticked (anti-entropy, push retries, fetch timeouts).
+const TICK: Duration = Duration::from_millis(100);
+/// How long `write` waits for another host to hold the write.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Errors of the cluster state's driver.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cluster state: cannot {what} {}: {source}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cluster state file {}: {why}", path.display())]
+    Corrupt { path: PathBuf, why: String },
+    #[error("cluster state file {}: {source}", path.display())]
+    Restore {
+        path: PathBuf,
+        #[source]
+        source: ReplicaError,
+    },
+    #[error("cannot write {key}: {source}")]
+    Write {
+        key: String,
+        #[source]
+        source: ReplicaError,
+    },
+    #[error(
+        "{key} is written here but no other host acknowledged it within {}s; it spreads once peers answer",
+        timeout.as_secs()
+    )]
+    NotAcked { key: String, timeout: Duration },
+    #[error("{key} was written but its acknowledgement was lost (the cluster task restarted?)")]
+    AckLost { key: String },
+    #[error("the cluster state task has stopped")]
+    Closed,
+}
+
+/// `kind namespace/name` for messages (never a body: Secrets are among the objects).
+fn shown(key: &Key) -> String {
+    if key.namespace.is_empty() {
+        format!("{} {}", key.kind, key.name)
+    } else {
+        format!("{} {}/{}", key.kind, key.namespace, key.name)
+    }
+}
+
+/// A write held by another host (`held_by`: its node name), or by this host only (`None`:
+/// there was no other host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acked {
+    pub held_by: Option<String>,
+}
+
+/// A live object as `list` gives it.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub key: Key,
+    pub body: Bytes,
+    /// Wall time (ms since the epoch) of the write that made this state.
+    pub written_ms: u64,
+}
+
+/// What the mesh's event loop hands the cluster task.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    Gossip(Box<GossipMessage>),
+    Request { from: AttestedHost, body: Vec<u8>, responder: Responder },
+    PeerUp(AttestedHost),
+    PeerDown(AttestedHost),
+}
+
+enum Command {
+    Write {
+        key: Key,
+        body: Option<Bytes>,
+        reply: oneshot::Sender<Result<oneshot::Receiver<Acked>, ClusterError>>,
+    },
+    Get {
+        key: Key,
+        reply: oneshot::Sender<Option<Bytes>>,
+    },
+    List {
+        kind: String,
+        namespace: Option<String>,
+        reply: oneshot::Sender<Vec<Listed>>,
+    },
+}
+
+/// Handle on the cluster task; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    commands: mpsc::Sender<Command>,
+    inbound: mpsc::Sender<Inbound>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Write { key, .. } => write!(f, "Write({})", shown(key)),
+            Command::Get { key, .. } => write!(f, "Get({})", shown(key)),
+            Command::List { kind, .. } => write!(f, "List({kind})"),
+        }
+    }
+}
+
+impl Cluster {
+    /// Writes `body` under `key` (`None` deletes it) and waits until another host holds it,
+    /// or, with no other host, returns at once with `held_by: None`.
+    pub async fn write(&self, key: Key, body: Option<Bytes>) -> Result<Acked, ClusterError> {
+        let name = shown(&key);
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Write { key, body, reply: tx })
+            .await
+            .map_err(|_| ClusterError::Closed)?;
+        let acked = rx.await.map_err(|_| ClusterError::Closed)??;
+        match tokio::time::timeout(WRITE_TIMEOUT, acked).await {
+            Ok(Ok(a)) => Ok(a),
+            Ok(Err(_)) => Err(ClusterError::AckLost { key: name }),
+            Err(_) => Err(ClusterError::NotAcked { key: name, timeout: WRITE_TIMEOUT }),
+        }
+    }
+
+    /// The live body under `key`.
+    pub async fn get(&self, key: Key) -> Result<Option<Bytes>, ClusterError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Get { key, reply: tx }).await.map_err(|_| ClusterError::Closed)?;
+        rx.await.map_err(|_| ClusterError::Closed)
+    }
+
+    /// Live objects of `kind` in `namespace` (or every namespace), by namespace and name.
+    pub async fn list(&self, kind: &str, namespace: Option<&str>) -> Result<Vec<Listed>, ClusterError> {
+        let (tx, rx) = oneshot::channel();
+        let (kind, namespace) = (kind.to_owned(), namespace.map(str::to_owned));
+        self.commands
+            .send(Command::List { kind, namespace, reply: tx })
+            .await
+            .map_err(|_| ClusterError::Closed)?;
+        rx.await.map_err(|_| ClusterError::Closed)
+    }
+
+    /// Hands a mesh event to the task (the mesh's event loop calls this).
+    pub(crate) async fn deliver(&self, event: Inbound) {
+        if self.inbound.send(event).await.is_err() {
+            debug!("cluster state task gone; mesh event dropped");
+        }
+    }
+}
+
+/// Wall time in ms since the epoch, as the replica's clock reads it.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Restores the replica from `<state_dir>/cluster/`, subscribes to [`TOPIC`] and spawns the
+/// task. A state file that does not decode or check fails the start, naming the file.
+pub(crate) async fn start(state_dir: &Path, node: &str, client: MeshClient) -> Result<Cluster, ClusterError> {
+    let store = Store::open(state_dir.join("cluster"))?;
+    let mut objects = Vec::new();
+    for (path, object) in store.load()? {
+        // Checked one by one so that a bad file is named (the clock may have gone back while
+        // the host was down: no skew check, as in `Replica::restore`).
+        object.validate(0, u64::MAX).map_err(|e| ClusterError::Restore { path, source: e.into() })?;
+        objects.push(object);
+    }
+    let held = objects.len();
+    let mut cfg = Config::new(node);
+    cfg.seed = u64::from_le_bytes(rand_seed());
+    let replica = Replica::restore(cfg, objects)
+        .map_err(|source| ClusterError::Restore { path: store.dir().to_path_buf(), source })?;
+    info!(dir = %store.dir().display(), objects = held, "cluster state restored");
+    client.subscribe(TOPIC).await.map_err(|e| ClusterError::Io {
+        what: "subscribe to the gossip topic for",
+        path: store.dir().to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let (cmd_tx, cmd_rx) = mpsc::channel(64);
+    let (in_tx, in_rx) = mpsc::channel(1024);
+    let task = Task {
+        replica,
+        store,
+        client,
+        peers: BTreeMap::new(),
+        names: HashMap::new(),
+        waiting: HashMap::new(),
+    };
+    tokio::spawn(task.run(cmd_rx, in_rx));
+    Ok(Cluster { commands: cmd_tx, inbound: in_tx })
+}
+
+fn rand_seed() -> [u8; 8] {
+    let mut seed = [0u8; 8];
+    // Only the choice of peers depends on it: a fixed seed is no harm if the kernel fails us.
+    let _ = getrandom::getrandom(&mut seed);
+    seed
+}
+
+struct Task {
+    replica: Replica<PeerId>,
+    store: Store,
+    client: MeshClient,
+    /// Attested peers reachable now.
+    peers: BTreeMap<PeerId, String>,
+    /// Node names of every peer seen attested (an ack may come after its peer left).
+    names: HashMap<PeerId, String>,
+    /// Writers waiting for their write's acknowledgement.
+    waiting: HashMap<WriteId, oneshot::Sender<Acked>>,
+}
+
+impl Task {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut inbound: mpsc::Receiver<Inbound>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                Some(cmd) = commands.recv() => self.command(cmd),
+                Some(event) = inbound.recv() => self.inbound(event),
+                _ = tick.tick() => {
+                    let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+                    let out = self.replica.tick(now_ms(), &peers);
+                    self.carry_out(out);
+                }
+                else => break,
+            }
+        }
+        debug!("cluster state task ended");
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Write { key, body, reply } => {
+                let name = shown(&key);
+                match self.replica.write(now_ms(), key, body) {
+                    Ok((id, out)) => {
+                        let (tx, rx) = oneshot::channel();
+                        self.waiting.insert(id, tx);
+                        if self.carry_out(out) {
+                            let _ = reply.send(Ok(rx));
+                        } else {
+                            self.waiting.remove(&id);
+                            let _ = reply.send(Err(ClusterError::Io {
+                                what: "persist a write in",
+                                path: self.store.dir().to_path_buf(),
+                                source: std::io::Error::other("see the agent's log"),
+                            }));
+                        }
+                    }
+                    Err(source) => {
+                        let _ = reply.send(Err(ClusterError::Write { key: name, source }));
+                    }
+                }
+            }
+            Command::Get { key, reply } => {
+                let _ = reply.send(self.replica.get(&key).cloned());
+            }
+            Command::List { kind, namespace, reply } => {
+                let items = self
+                    .replica
+                    .list(&kind, namespace.as_deref())
+                    .map(|(key, body)| Listed {
+                        key: key.clone(),
+                        body: body.clone(),
+                        written_ms: self.replica.object(key).map_or(0, |o| o.stamp.version.wall_ms),
+                    })
+                    .collect();
+                let _ = reply.send(items);
+            }
+        }
+    }
+
+    fn inbound(&mut self, event: Inbound) {
+        match event {
+            Inbound::PeerUp(host) => {
+                self.names.insert(host.peer, host.node_name.clone());
+                self.peers.insert(host.peer, host.node_name);
+            }
+            Inbound::PeerDown(host) => {
+                self.peers.remove(&host.peer);
+            }
+            Inbound::Gossip(message) => {
+                // The relaying peer is the one asked for a body not carried inline.
+                let verdict = match self.replica.handle_bytes(now_ms(), message.via.peer, &message.data) {
+                    Ok(out) => {
+                        if self.carry_out(out) {
+                            MessageAcceptance::Accept
+                        } else {
+                            MessageAcceptance::Ignore
+                        }
+                    }
+                    Err(e) => {
+                        warn!(via = %message.via.node_name, origin = %message.origin, error = %e, "cluster gossip rejected");
+                        MessageAcceptance::Reject
+                    }
+                };
+                let client = self.client.clone();
+                tokio::spawn(async move {
+                    let _ = client.validate(&message, verdict).await;
+                });
+            }
+            Inbound::Request { from, body, responder } => {
+                match self.replica.handle_bytes(now_ms(), from.peer, &body) {
+                    Ok(out) => {
+                        self.carry_out(out);
+                    }
+                    Err(e) => warn!(from = %from.node_name, error = %e, "cluster state message rejected"),
+                }
+                tokio::spawn(async move {
+                    let _ = responder.respond(Vec::new()).await;
+                });
+            }
+        }
+    }
+
+    /// Carries out one call's outputs: persists every `Changed`/`Collected` first, and sends
+    /// its messages only if all of that reached the disk (a `PushAck` promises we hold it).
+    /// Returns whether everything was persisted.
+    fn carry_out(&mut self, out: Vec<Output<PeerId>>) -> bool {
+        let mut persisted = true;
+        for o in &out {
+            let result = match o {
+                Output::Changed(key) => match self.replica.object(key) {
+                    Some(object) => self.store.save(object),
+                    None => Ok(()),
+                },
+                Output::Collected(key) => self.store.remove(key),
+                _ => Ok(()),
+            };
+            if let Err(e) = result {
+                error!(error = %e, "cluster state not persisted; this call's messages are not sent");
+                persisted = false;
+            }
+        }
+        for o in out {
+            match o {
+                Output::Changed(key) => debug!(key = %shown(&key), "cluster object changed"),
+                Output::Collected(key) => debug!(key = %shown(&key), "cluster tombstone collected"),
+                Output::Acked { write, held_by } => {
+                    let held_by =
+                        held_by.map(|p| self.names.get(&p).cloned().unwrap_or_else(|| p.to_string()));
+                    if let Some(tx) = self.waiting.remove(&write) {
+                        let _ = tx.send(Acked { held_by });
+                    }
+                }
+                Output::Broadcast(msg) if persisted => match msg.encode() {
+                    Ok(bytes) => {
+                        let client = self.client.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = client.publish(TOPIC, bytes).await {
+                                // With no peer subscribed yet gossipsub has nobody to send to;
+                                // anti-entropy spreads the write once peers come.
+                                debug!(error = %e, "cluster announcement not published");
+                            }
+                        });
+                    }
+                    Err(e) => error!(error = %e, kind = msg.kind(), "cannot encode a cluster message"),
+                },
+                Output::Send { to, msg } if persisted => match msg.encode() {
+                    Ok(bytes) => {
+                        let client = self.client.clone();
+                        let kind = msg.kind();
+                        tokio::spawn(async move {
+                            match client.request(to, REQUEST_KIND, bytes).await {
+                                Ok(MeshResponse::App(_)) => {}
+                                Ok(other) => debug!(%to, kind, answer = ?other, "cluster message refused"),
+                                Err(e) => debug!(%to, kind, error = %e, "cluster message not delivered"),
+                            }
+                        });
+                    }
+                    Err(e) => error!(error = %e, kind = msg.kind(), "cannot encode a cluster message"),
+                },
+                Output::Broadcast(_) | Output::Send { .. } => {}
+            }
+        }
+        persisted
+    }
+}
