@@ -22,44 +22,30 @@ pub enum PodOutput {
     Yaml,
 }
 
+/// What `get KIND` lists: one object or all, of a namespace or all of them, and how.
+#[derive(Debug, clap::Args)]
+pub struct Selector {
+    name: Option<String>,
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+    /// Every namespace.
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+    #[arg(short, long, value_enum, default_value_t)]
+    output: PodOutput,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum GetCommand {
     /// Pods on this host: NAME READY STATUS RESTARTS AGE HOST IDENTITY (wide: and IP).
     #[command(alias = "pod", alias = "po")]
-    Pods {
-        name: Option<String>,
-        #[arg(short, long, default_value = "default")]
-        namespace: String,
-        /// Every namespace.
-        #[arg(short = 'A', long)]
-        all_namespaces: bool,
-        #[arg(short, long, value_enum, default_value_t)]
-        output: PodOutput,
-    },
+    Pods(Selector),
     /// ConfigMaps of the cluster state (applied on any host): NAME DATA AGE.
     #[command(alias = "configmap", alias = "cm")]
-    Configmaps {
-        name: Option<String>,
-        #[arg(short, long, default_value = "default")]
-        namespace: String,
-        /// Every namespace.
-        #[arg(short = 'A', long)]
-        all_namespaces: bool,
-        #[arg(short, long, value_enum, default_value_t)]
-        output: PodOutput,
-    },
+    Configmaps(Selector),
     /// Secrets of the cluster state (applied on any host): NAME TYPE DATA AGE.
     #[command(alias = "secret")]
-    Secrets {
-        name: Option<String>,
-        #[arg(short, long, default_value = "default")]
-        namespace: String,
-        /// Every namespace.
-        #[arg(short = 'A', long)]
-        all_namespaces: bool,
-        #[arg(short, long, value_enum, default_value_t)]
-        output: PodOutput,
-    },
+    Secrets(Selector),
 }
 
 #[derive(Debug, Subcommand)]
@@ -165,18 +151,10 @@ pub async fn wait(
 }
 
 pub async fn get(socket: &Path, cmd: GetCommand) -> ExitCode {
-    let (name, namespace, all_namespaces, output) = match cmd {
-        GetCommand::Pods { name, namespace, all_namespaces, output } => {
-            (name, namespace, all_namespaces, output)
-        }
-        GetCommand::Configmaps { name, namespace, all_namespaces, output } => {
-            let what = Listing { kind: "ConfigMap", name, namespace, all_namespaces, output };
-            return get_objects(socket, what).await;
-        }
-        GetCommand::Secrets { name, namespace, all_namespaces, output } => {
-            let what = Listing { kind: "Secret", name, namespace, all_namespaces, output };
-            return get_objects(socket, what).await;
-        }
+    let Selector { name, namespace, all_namespaces, output } = match cmd {
+        GetCommand::Pods(selector) => selector,
+        GetCommand::Configmaps(selector) => return get_objects(socket, "ConfigMap", selector).await,
+        GetCommand::Secrets(selector) => return get_objects(socket, "Secret", selector).await,
     };
     let req = Request::ListPods { namespace: (!all_namespaces).then_some(namespace.clone()) };
     let mut items = match client::call(socket, &req).await {
@@ -198,18 +176,9 @@ pub async fn get(socket: &Path, cmd: GetCommand) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// What `get configmaps|secrets` asks for.
-struct Listing {
-    kind: &'static str,
-    name: Option<String>,
-    namespace: String,
-    all_namespaces: bool,
-    output: PodOutput,
-}
-
 /// `get configmaps|secrets`: from the cluster state, so what any host applied.
-async fn get_objects(socket: &Path, what: Listing) -> ExitCode {
-    let Listing { kind, name, namespace, all_namespaces, output } = what;
+async fn get_objects(socket: &Path, kind: &str, selector: Selector) -> ExitCode {
+    let Selector { name, namespace, all_namespaces, output } = selector;
     let req = Request::ListObjects {
         kind: kind.to_owned(),
         namespace: (!all_namespaces).then_some(namespace.clone()),
