@@ -28,11 +28,13 @@ use crate::state::StateFiles;
 use crate::sys::cgroup;
 use crate::workload::{Workload, WorkloadCgroups, WorkloadTable};
 
+mod apply;
 pub(crate) mod cluster;
 mod images;
 pub(crate) mod mesh;
 mod pods;
 mod policy_state;
+mod reconcile;
 mod workloads;
 
 use policy_state::{PolicyEngine, PolicyLink, Snapshot};
@@ -73,13 +75,13 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
 #[derive(Debug)]
 pub(crate) enum Command {
     Api(Request),
-    /// `apply -f`: every object of the file, parsed and validated off the actor.
-    Apply {
+    /// `apply -f`'s pods, checked against this host's rules before they are written.
+    CheckPods {
         file: String,
-        objects: Vec<crate::manifest::Object>,
+        pods: Vec<k8s_openapi::api::core::v1::Pod>,
     },
-    /// `delete -f`: the objects the file names.
-    DeleteObjects(Vec<crate::manifest::Object>),
+    /// What the cluster state assigns to this host (`app::reconcile`).
+    Reconcile(Box<reconcile::Desired>),
 }
 
 pub(crate) type Call = (Command, oneshot::Sender<Response>);
@@ -104,25 +106,27 @@ impl AgentHandle {
     }
 
     /// Sends a request and waits for the answer. Manifests are parsed here, on a blocking
-    /// thread, so a large file never holds up the actor (and with it policy installs).
+    /// thread, so a large file never holds up the actor (and with it policy installs); objects
+    /// go to the cluster state (`app::apply`), never to the pod runtime directly.
     pub async fn call(&self, req: Request) -> Response {
         let cmd = match req {
-            Request::Apply { file, text } => match parse_manifest(file.clone(), text).await {
-                Ok(objects) => {
-                    let replicated = objects.iter().map(cluster::kube::mesh_object).collect();
-                    let resp = self.actor(Command::Apply { file, objects }).await;
-                    return self.replicate(resp, replicated).await;
+            Request::Apply { file, text } => {
+                return match parse_manifest(file.clone(), text).await {
+                    Ok(objects) => self.apply(&file, objects).await,
+                    Err(message) => Response::Error { message },
                 }
-                Err(message) => return Response::Error { message },
-            },
-            Request::DeleteObjects { file, text } => match parse_manifest(file, text).await {
-                Ok(objects) => {
-                    let keys = objects.iter().map(cluster::kube::mesh_key).collect();
-                    let resp = self.actor(Command::DeleteObjects(objects)).await;
-                    return self.delete_replicated(resp, keys).await;
+            }
+            Request::DeleteObjects { file, text } => {
+                return match parse_manifest(file, text).await {
+                    Ok(objects) => self.delete_objects(objects).await,
+                    Err(message) => Response::Error { message },
                 }
-                Err(message) => return Response::Error { message },
-            },
+            }
+            Request::DeletePod { namespace, name } => return self.delete_pod(&namespace, &name).await,
+            Request::ListPods { namespace } => return self.list_pods(namespace.as_deref()).await,
+            Request::WaitPod { namespace, name, condition, timeout_ms } => {
+                return self.wait_pod(&namespace, &name, condition, timeout_ms).await
+            }
             Request::ListObjects { kind, namespace } => {
                 let Some(m) = &self.mesh else {
                     return Response::Error { message: "the cluster state is not running".into() };
@@ -157,63 +161,6 @@ impl AgentHandle {
             return Response::Error { message: "the agent is shutting down".into() };
         }
         rx.await.unwrap_or(Response::Error { message: "the agent dropped the request".into() })
-    }
-
-    /// After the actor applied a file: writes its mesh objects (`replicated`, one per object of
-    /// the file, as the actor's lines are) into the cluster state, and says on each line who
-    /// else holds it. Returns once another host holds each (or at once on a mesh of one).
-    async fn replicate(
-        &self,
-        resp: Response,
-        replicated: Vec<Option<(beemesh_state::Key, bytes::Bytes)>>,
-    ) -> Response {
-        // An error from the actor stands; a handle without the mesh (tests) writes nowhere.
-        let (Response::Applied { lines }, Some(m)) = (&resp, &self.mesh) else {
-            return resp;
-        };
-        let mut lines = lines.clone();
-        for (line, object) in lines.iter_mut().zip(replicated) {
-            let Some((key, body)) = object else { continue };
-            match m.cluster.write(key, Some(body)).await {
-                Ok(acked) => line.push_str(&held(&acked)),
-                Err(e) => {
-                    return Response::Error { message: format!("{line} on this host, but: {e}") };
-                }
-            }
-        }
-        Response::Applied { lines }
-    }
-
-    /// After the actor deleted what a file names: deletes its mesh objects from the cluster
-    /// state (where they may have been applied on another host).
-    async fn delete_replicated(&self, resp: Response, keys: Vec<Option<beemesh_state::Key>>) -> Response {
-        // An error from the actor stands; a handle without the mesh (tests) writes nowhere.
-        let (Response::Applied { lines }, Some(m)) = (&resp, &self.mesh) else {
-            return resp;
-        };
-        let mut lines = lines.clone();
-        for (line, key) in lines.iter_mut().zip(keys) {
-            let Some(key) = key else { continue };
-            let what = format!("{}/{}", key.kind.to_lowercase(), key.name);
-            match m.cluster.get(key.clone()).await {
-                Ok(Some(_)) => {}
-                Ok(None) => continue,
-                Err(e) => return Response::Error { message: e.to_string() },
-            }
-            match m.cluster.write(key, None).await {
-                Ok(acked) => *line = format!("{what} deleted{}", held(&acked)),
-                Err(e) => return Response::Error { message: format!("{what}: {e}") },
-            }
-        }
-        Response::Applied { lines }
-    }
-}
-
-/// What an apply's line adds about the write's acknowledgement.
-fn held(acked: &cluster::Acked) -> String {
-    match &acked.held_by {
-        Some(node) => format!(" (held by {node})"),
-        None => " (no other host holds it yet)".to_string(),
     }
 }
 
@@ -298,8 +245,12 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         issued = creds.issued,
         "host identity"
     );
-    let pods = pods::Pods::new(&cfg, pod_tx, Arc::new(creds.workloads))?;
+    let mut pods = pods::Pods::new(&cfg, pod_tx, Arc::new(creds.workloads))?;
     let mesh = mesh::start(&cfg, creds.identity, creds.trust).await?;
+    // Pods come from the cluster state and their statuses go there; `spec.nodeName` names
+    // hosts by node name.
+    pods.cluster = Some(mesh.cluster.clone());
+    pods.host = mesh.cluster.node().to_owned();
     let host_netns = crate::sys::process::netns_cookie().map_err(io("read the network namespace cookie"))?;
     let (mut engine, policy_link, snapshots) = PolicyEngine::new(
         &cfg,
@@ -362,6 +313,9 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     agent.settle();
 
     let (call_tx, mut calls) = mpsc::channel::<Call>(64);
+    // The reconciler carries what the state places here to the actor from now on (the
+    // first pass adopts what `recover_pods` found to the state).
+    tasks.spawn(reconcile::run(mesh.cluster.clone(), call_tx.clone()));
     tasks.spawn(api::server::serve(
         listener,
         AgentHandle::new(call_tx).with_mesh(mesh),
@@ -398,9 +352,6 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
             }
             Event::Call(cmd, reply) => {
                 match cmd {
-                    Command::Api(Request::WaitPod { namespace, name, condition, timeout_ms }) => {
-                        agent.wait_pod(&namespace, &name, condition, timeout_ms, reply);
-                    }
                     Command::Api(Request::ImportImage { path, name, state_dir }) => {
                         agent.import_image(path, name, state_dir, reply);
                     }
@@ -412,13 +363,14 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
                         let resp = agent.handle(req);
                         let _ = reply.send(resp);
                     }
-                    Command::Apply { file, objects } => {
-                        let resp =
-                            agent.apply(&file, objects).unwrap_or_else(|message| Response::Error { message });
+                    Command::CheckPods { file, pods } => {
+                        let resp = agent
+                            .check_pods(&file, &pods)
+                            .map_or_else(|message| Response::Error { message }, |()| Response::Done);
                         let _ = reply.send(resp);
                     }
-                    Command::DeleteObjects(objects) => {
-                        let _ = reply.send(agent.delete_objects(objects));
+                    Command::Reconcile(desired) => {
+                        let _ = reply.send(agent.reconcile(*desired));
                     }
                 };
                 "call"
@@ -436,6 +388,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         };
         let handled = turn.elapsed();
         agent.settle();
+        agent.publish_statuses();
         let total = turn.elapsed();
         if total >= Duration::from_millis(2) {
             debug!(
@@ -605,16 +558,17 @@ impl Agent {
             Request::Policies => Err("policy reports are answered by the policy engine".to_string()),
             Request::Peers => Err("peers are answered by the mesh swarm".to_string()),
             Request::Flows { .. } => Err("flows are served by the flow hub".to_string()),
-            Request::Apply { .. } | Request::DeleteObjects { .. } => {
-                Err("manifests are parsed before they reach the actor".to_string())
+            Request::Apply { .. }
+            | Request::DeleteObjects { .. }
+            | Request::DeletePod { .. }
+            | Request::ListPods { .. }
+            | Request::WaitPod { .. } => {
+                Err("objects and pods are answered from the cluster state".to_string())
             }
-            Request::DeletePod { namespace, name } => self.delete_pod(&namespace, &name),
-            Request::ListPods { namespace } => Ok(self.list_pods(namespace.as_deref())),
             Request::ListObjects { .. } => Err("objects are listed by the cluster state".to_string()),
             Request::PodContainer { namespace, name, container } => {
                 self.pod_container(&namespace, &name, container.as_deref())
             }
-            Request::WaitPod { .. } => Err("waits are answered by the actor loop".to_string()),
             Request::ImportImage { .. } => Err("imports are answered by the actor loop".to_string()),
             Request::ListImages { state_dir } => self.list_images(state_dir.as_deref()),
         };

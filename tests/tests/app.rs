@@ -28,41 +28,39 @@ fn workload_of(name: &str) -> String {
 fn apply_is_all_or_nothing_and_takes_a_one_mib_configmap() -> Result<()> {
     let agent = Agent::start("appatomic", &[])?;
     agent.import_busybox("busybox:1")?;
-    // Pod "second" cannot be created: a mount point sits where its directory must go (the
-    // agent removes a leftover directory first, but never crosses a mount to do it).
+    // A file whose pod changes the spec of a pod that exists is refused whole: its
+    // ConfigMap is not written either.
+    agent.apply(&sleeper("first"))?;
+    let changed = sleeper("first").replace("'1000'", "'2000'");
+    let text =
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm}}\ndata: {{a: b}}\n---\n{changed}");
+    let (ok, out, err) = agent.run_cli(&["apply", "-f", "-"], Some(&text))?;
+    assert!(!ok, "applied: {out}");
+    assert!(err.contains("spec cannot change") && err.contains("nothing of this file was applied"), "{err}");
+    let (_, deleted, _) = agent
+        .run_cli(&["delete", "-f", "-"], Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm}\n"))?;
+    assert!(deleted.contains("not found"), "the ConfigMap was never stored: {deleted}");
+
+    // A pod this host cannot create (a mount point sits where its directory must go, and the
+    // agent never crosses a mount to remove a leftover) is in the cluster state all the same,
+    // shows why it does not run, and leaves nothing behind; it starts once the way is clear.
     let blocker = agent.state_dir().join("pods").join(workload_of("second"));
     std::fs::create_dir_all(&blocker)?;
     let mounted =
         std::process::Command::new("mount").args(["-t", "tmpfs", "blocker"]).arg(&blocker).status()?;
     anyhow::ensure!(mounted.success(), "mount a tmpfs at {}", blocker.display());
-    let text = format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm}}\ndata: {{a: b}}\n---\n{}---\n{}",
-        sleeper("first"),
-        sleeper("second")
-    );
-    let (ok, out, err) = agent.run_cli(&["apply", "-f", "-"], Some(&text))?;
-    assert!(!ok, "applied: {out}");
-    assert!(err.contains("pod/second") && err.contains("nothing of this file was applied"), "{err}");
-    let (_, pods, _) = agent.run_cli(&["get", "pods", "-A"], None)?;
-    assert_eq!(pods.lines().count(), 1, "only the header: {pods}");
-    assert!(!agent.cgroup_root().join(workload_of("first")).exists(), "first's cgroup was left");
-    assert!(
-        !agent.state_dir().join("pods").join(workload_of("first")).exists(),
-        "first's directory was left"
-    );
+    let out = agent.apply(&sleeper("second"))?;
+    assert!(out.contains("pod/second created"), "{out}");
+    let second = agent.pod("second")?;
+    assert_eq!(second["status"]["reason"], "CreateError", "{second}");
+    assert!(!agent.cgroup_root().join(workload_of("second")).exists(), "second's cgroup was left");
     let records = std::fs::read_to_string(agent.state_dir().join("pods.json")).unwrap_or_default();
-    assert!(!records.contains("first"), "persisted: {records}");
-    let (_, deleted, _) = agent
-        .run_cli(&["delete", "-f", "-"], Some("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm}\n"))?;
-    assert!(deleted.contains("not found"), "the ConfigMap was never stored: {deleted}");
-
-    // Once nothing is in the way the same file applies whole.
+    assert!(!records.contains(&workload_of("second")), "persisted: {records}");
     let unmounted = std::process::Command::new("umount").arg(&blocker).status()?;
     anyhow::ensure!(unmounted.success(), "umount {}", blocker.display());
-    let out = agent.apply(&text)?;
-    assert!(out.contains("pod/first created") && out.contains("pod/second created"), "{out}");
-    agent.wait_ready("first", T)?;
+    // Tried again within the reconciler's resync period (10 s).
     agent.wait_ready("second", T)?;
+    agent.wait_ready("first", T)?;
 
     // A 1 MiB ConfigMap goes through the admin socket and is stored.
     let big = format!(

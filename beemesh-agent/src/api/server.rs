@@ -194,9 +194,9 @@ mod tests {
         tokio::spawn(async move {
             while let Some((cmd, reply)) = rx.recv().await {
                 let resp = match cmd {
-                    Command::Apply { objects, .. } => Response::Applied {
-                        lines: objects.iter().map(|o| format!("{}/{}", o.kind(), o.name())).collect(),
-                    },
+                    Command::Api(Request::ImportImage { path, .. }) => {
+                        Response::Applied { lines: vec![format!("{} bytes", path.len())] }
+                    }
                     Command::Api(Request::Status) => Response::Done,
                     other => Response::Error { message: format!("unexpected {other:?}") },
                 };
@@ -225,17 +225,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_one_mib_configmap_applies() {
+    async fn a_one_mib_request_is_served() {
         let served = serve_with(Limits::default()).await;
-        let value = "x".repeat(1024 * 1024);
-        let text =
-            format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: big}}\ndata: {{blob: {value}}}\n");
-        let req = Request::Apply { file: "big.yaml".into(), text };
+        let req = Request::ImportImage { path: "x".repeat(1024 * 1024), name: None, state_dir: None };
         let resp = tokio::time::timeout(DEADLINE, crate::api::client::call(&served.socket, &req))
             .await
             .expect("answered in time")
             .expect("applied");
-        assert_eq!(resp, Response::Applied { lines: vec!["ConfigMap/big".into()] });
+        assert_eq!(resp, Response::Applied { lines: vec![format!("{} bytes", 1024 * 1024)] });
     }
 
     #[tokio::test]

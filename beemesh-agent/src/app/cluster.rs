@@ -6,6 +6,7 @@
 //! `write` (waits until another host holds the write), `get`, `list`.
 
 pub(crate) mod kube;
+pub(crate) mod pods;
 mod store;
 
 use std::collections::{BTreeMap, HashMap};
@@ -16,7 +17,7 @@ use beemesh_state::{Config, Key, Output, Replica, ReplicaError, WriteId};
 use bytes::Bytes;
 use libp2p::gossipsub::MessageAcceptance;
 use libp2p::PeerId;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::mesh::swarm::{AttestedHost, GossipMessage, MeshClient, MeshResponse, Responder};
@@ -106,6 +107,11 @@ enum Command {
         body: Option<Bytes>,
         reply: oneshot::Sender<Result<oneshot::Receiver<Acked>, ClusterError>>,
     },
+    /// A write nobody waits for (pod status): spread like any other.
+    Put {
+        key: Key,
+        body: Option<Bytes>,
+    },
     Get {
         key: Key,
         reply: oneshot::Sender<Option<Bytes>>,
@@ -115,6 +121,11 @@ enum Command {
         namespace: Option<String>,
         reply: oneshot::Sender<Vec<Listed>>,
     },
+    /// Every live object of `kinds`, with the change count they reflect.
+    Snapshot {
+        kinds: Vec<&'static str>,
+        reply: oneshot::Sender<(u64, Vec<Listed>)>,
+    },
 }
 
 /// Handle on the cluster task; cheap to clone.
@@ -122,14 +133,20 @@ enum Command {
 pub struct Cluster {
     commands: mpsc::Sender<Command>,
     inbound: mpsc::Sender<Inbound>,
+    /// Bumped whenever an object changes (a local write, a peer's, a collected tombstone).
+    changes: watch::Receiver<u64>,
+    /// This host's node name.
+    node: String,
 }
 
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Command::Write { key, .. } => write!(f, "Write({})", shown(key)),
+            Command::Put { key, .. } => write!(f, "Put({})", shown(key)),
             Command::Get { key, .. } => write!(f, "Get({})", shown(key)),
             Command::List { kind, .. } => write!(f, "List({kind})"),
+            Command::Snapshot { kinds, .. } => write!(f, "Snapshot({kinds:?})"),
         }
     }
 }
@@ -152,6 +169,23 @@ impl Cluster {
         }
     }
 
+    /// Writes `body` under `key` (`None` deletes it) without waiting for another host to
+    /// hold it; refused only when the task is gone or its queue is full (the caller tries
+    /// again later).
+    pub fn put(&self, key: Key, body: Option<Bytes>) -> Result<(), ClusterError> {
+        self.commands.try_send(Command::Put { key, body }).map_err(|_| ClusterError::Closed)
+    }
+
+    /// A receiver that sees a new value whenever an object changes.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
+    }
+
+    /// This host's node name (the replica's node id).
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
     /// The live body under `key`.
     pub async fn get(&self, key: Key) -> Result<Option<Bytes>, ClusterError> {
         let (tx, rx) = oneshot::channel();
@@ -165,6 +199,17 @@ impl Cluster {
         let (kind, namespace) = (kind.to_owned(), namespace.map(str::to_owned));
         self.commands
             .send(Command::List { kind, namespace, reply: tx })
+            .await
+            .map_err(|_| ClusterError::Closed)?;
+        rx.await.map_err(|_| ClusterError::Closed)
+    }
+
+    /// Every live object of `kinds` at one instant, and the count of changes up to it (a
+    /// snapshot with a higher count is newer).
+    pub async fn snapshot(&self, kinds: &[&'static str]) -> Result<(u64, Vec<Listed>), ClusterError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Snapshot { kinds: kinds.to_vec(), reply: tx })
             .await
             .map_err(|_| ClusterError::Closed)?;
         rx.await.map_err(|_| ClusterError::Closed)
@@ -210,7 +255,9 @@ pub(crate) async fn start(state_dir: &Path, node: &str, client: MeshClient) -> R
     })?;
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (in_tx, in_rx) = mpsc::channel(1024);
+    let (changed, changes) = watch::channel(0);
     let task = Task {
+        changed,
         replica,
         store,
         client,
@@ -219,7 +266,7 @@ pub(crate) async fn start(state_dir: &Path, node: &str, client: MeshClient) -> R
         waiting: HashMap::new(),
     };
     tokio::spawn(task.run(cmd_rx, in_rx));
-    Ok(Cluster { commands: cmd_tx, inbound: in_tx })
+    Ok(Cluster { commands: cmd_tx, inbound: in_tx, changes, node: node.to_owned() })
 }
 
 fn rand_seed() -> [u8; 8] {
@@ -230,6 +277,8 @@ fn rand_seed() -> [u8; 8] {
 }
 
 struct Task {
+    /// Bumped once per call that changed objects.
+    changed: watch::Sender<u64>,
     replica: Replica<PeerId>,
     store: Store,
     client: MeshClient,
@@ -284,22 +333,37 @@ impl Task {
                     }
                 }
             }
+            Command::Put { key, body } => {
+                let name = shown(&key);
+                match self.replica.write(now_ms(), key, body) {
+                    Ok((_, out)) => {
+                        self.carry_out(out);
+                    }
+                    Err(e) => warn!(key = %name, error = %e, "cannot write"),
+                }
+            }
             Command::Get { key, reply } => {
                 let _ = reply.send(self.replica.get(&key).cloned());
             }
             Command::List { kind, namespace, reply } => {
-                let items = self
-                    .replica
-                    .list(&kind, namespace.as_deref())
-                    .map(|(key, body)| Listed {
-                        key: key.clone(),
-                        body: body.clone(),
-                        written_ms: self.replica.object(key).map_or(0, |o| o.stamp.version.wall_ms),
-                    })
-                    .collect();
-                let _ = reply.send(items);
+                let _ = reply.send(self.listed(&kind, namespace.as_deref()));
+            }
+            Command::Snapshot { kinds, reply } => {
+                let items = kinds.iter().flat_map(|k| self.listed(k, None)).collect();
+                let _ = reply.send((*self.changed.borrow(), items));
             }
         }
+    }
+
+    fn listed(&self, kind: &str, namespace: Option<&str>) -> Vec<Listed> {
+        self.replica
+            .list(kind, namespace)
+            .map(|(key, body)| Listed {
+                key: key.clone(),
+                body: body.clone(),
+                written_ms: self.replica.object(key).map_or(0, |o| o.stamp.version.wall_ms),
+            })
+            .collect()
     }
 
     fn inbound(&mut self, event: Inbound) {
@@ -350,6 +414,9 @@ impl Task {
     /// Returns whether everything was persisted.
     fn carry_out(&mut self, out: Vec<Output<PeerId>>) -> bool {
         let mut persisted = true;
+        if out.iter().any(|o| matches!(o, Output::Changed(_) | Output::Collected(_))) {
+            self.changed.send_modify(|n| *n += 1);
+        }
         for o in &out {
             let result = match o {
                 Output::Changed(key) => match self.replica.object(key) {

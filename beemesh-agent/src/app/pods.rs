@@ -9,7 +9,14 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::task::AbortHandle;
 
 use super::*;
-use crate::api::{ContainerInfo, PodInfo, WaitFor};
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::Pod;
+
+use super::cluster::pods::{self as cpods, PodReport};
+use super::cluster::Cluster;
+use super::reconcile::Desired;
+use crate::api::{ContainerInfo, PodInfo};
 use crate::manifest::Object;
 use crate::mesh::trust::files::WorkloadIssuer;
 use crate::pod::lifecycle::{self, Action, State};
@@ -23,6 +30,7 @@ use crate::pod::{probe, proto};
 mod kube;
 mod records;
 
+pub(super) use kube::format_time;
 use kube::{pod_object, pod_ready, status_column};
 use records::IdCursor;
 pub use records::{ContainerRecord, PodRecord};
@@ -117,13 +125,6 @@ pub(super) struct PodEntry {
     svid_expires: Option<SystemTime>,
 }
 
-pub(super) struct Waiter {
-    workload: String,
-    condition: WaitFor,
-    deadline: Instant,
-    reply: oneshot::Sender<Response>,
-}
-
 /// The runtime state the actor keeps for pods.
 pub(super) struct Pods {
     pub entries: BTreeMap<String, PodEntry>,
@@ -132,7 +133,6 @@ pub(super) struct Pods {
     pub limits: sandbox::Limits,
     pub tx: mpsc::Sender<PodMsg>,
     pub clock: Instant,
-    pub waiters: Vec<Waiter>,
     pub host: String,
     /// Pod inits killed but not reaped yet (their exit takes the pod's namespaces down).
     pub unreaped: Vec<u32>,
@@ -151,6 +151,27 @@ pub(super) struct Pods {
     pub tearing_down: BTreeMap<String, PodRecord>,
     /// The pass over container log sizes running on a blocking thread, if any.
     pub log_pass: Option<tokio::task::JoinHandle<()>>,
+    /// The cluster state: where pods come from and their statuses go.
+    pub cluster: Option<Cluster>,
+    /// The last reconcile: what the cluster state assigns to this host.
+    pub desired: Option<Box<Desired>>,
+    /// Pods placed here whose creation failed, by workload name (tried again later).
+    pub failed: BTreeMap<String, FailedPod>,
+    /// The statuses this host published, by pod uid.
+    pub published: BTreeMap<String, PodReport>,
+}
+
+/// A pod placed on this host that could not be created: its status says why.
+pub(super) struct FailedPod {
+    uid: String,
+    namespace: String,
+    name: String,
+    containers: usize,
+    reason: &'static str,
+    message: String,
+    at: Instant,
+    /// Try again at the next converge, not only after `RESYNC`.
+    retry: bool,
 }
 
 impl Pods {
@@ -171,11 +192,14 @@ impl Pods {
                 .map_err(io("find the cgroup v1 controllers"))?,
             tx,
             clock: Instant::now(),
-            waiters: Vec::new(),
             unreaped: Vec::new(),
             ids: IdRanges::new(cfg.pod_id_range_start, cfg.pod_id_range_size)?,
             releasing: Vec::new(),
             log_pass: None,
+            cluster: None,
+            desired: None,
+            failed: BTreeMap::new(),
+            published: BTreeMap::new(),
             host: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
         })
     }
@@ -205,10 +229,6 @@ impl spec::Objects for Pods {
     fn secret(&self, namespace: &str, name: &str) -> Option<&k8s_openapi::api::core::v1::Secret> {
         self.objects.secret(namespace, name)
     }
-}
-
-fn same_object(a: &Object, b: &Object) -> bool {
-    a.kind() == b.kind() && a.namespace() == b.namespace() && a.name() == b.name()
 }
 
 impl Agent {
@@ -335,137 +355,234 @@ impl Agent {
         }
     }
 
-    /// Applies a parsed file, all or nothing: everything is checked first, and if a pod
-    /// cannot be created, what this file created is undone and nothing of it is persisted.
-    pub(super) fn apply(&mut self, file: &str, objects: Vec<Object>) -> Result<Response, String> {
+    /// The pods of an `apply` checked against this host's rules (privileged, hostPaths,
+    /// seccomp profiles) before anything is written to the cluster state. The host that runs
+    /// a pod checks it again against its own rules.
+    pub(super) fn check_pods(&self, file: &str, pods: &[Pod]) -> Result<(), String> {
         let rules = self.security_rules();
-        // Everything is checked before anything changes.
-        let new_pods = objects
+        for pod in pods {
+            let (namespace, name) = (
+                pod.metadata.namespace.as_deref().unwrap_or("default"),
+                pod.metadata.name.as_deref().unwrap_or(""),
+            );
+            crate::pod::security::check_against_config(pod, &rules)
+                .map_err(|(field, reason)| format!("{file}: pod {namespace}/{name}: {field}: {reason}"))?;
+        }
+        Ok(())
+    }
+
+    /// What the cluster state assigns to this host (`app::reconcile`): its ConfigMaps and
+    /// Secrets replace the local copies, and the pods converge to those placed here. A
+    /// snapshot older than the last one is ignored.
+    pub(super) fn reconcile(&mut self, desired: Desired) -> Response {
+        if self.pods.desired.as_ref().is_some_and(|d| d.generation > desired.generation) {
+            return Response::Done;
+        }
+        let mut desired = desired;
+        let objects = std::mem::take(&mut desired.objects);
+        if objects != self.pods.objects {
+            self.pods.objects = objects;
+            if let Err(e) = self.state.save_json("objects.json", &self.pods.objects) {
+                error!(error = %e, "cannot save configmaps and secrets");
+            }
+        }
+        // Statuses of pods this host no longer has (they went while it was down).
+        let mut live: BTreeSet<&str> = self.pods.entries.values().map(|e| e.uid()).collect();
+        live.extend(self.pods.tearing_down.values().map(|r| r.uid.as_str()));
+        live.extend(self.pods.failed.values().map(|f| f.uid.as_str()));
+        let stale: Vec<(String, String)> =
+            desired.statuses.iter().filter(|(_, uid)| !live.contains(uid.as_str())).cloned().collect();
+        if let Some(cluster) = &self.pods.cluster {
+            for (namespace, uid) in stale {
+                if cluster.put(cpods::status_key(&namespace, &uid), None).is_ok() {
+                    self.pods.published.remove(&uid);
+                }
+            }
+        }
+        self.pods.desired = Some(Box::new(desired));
+        self.converge();
+        Response::Done
+    }
+
+    /// Makes the pod runtime match the last reconcile: pods no longer placed here (deleted, or
+    /// applied again with another uid) are deleted, pods placed here and not running are
+    /// created once the earlier pod of their name is gone. A creation that failed is tried again
+    /// after [`super::reconcile::RESYNC`].
+    pub(super) fn converge(&mut self) {
+        let Some(desired) = self.pods.desired.take() else { return };
+        let placed_uid = |key: &str| desired.pods.get(key).map(|p| cpods::placement(p).1);
+        let stale: Vec<String> = self
+            .pods
+            .entries
             .iter()
-            .filter(|o| {
-                matches!(o, Object::Pod(_))
-                    && !self.pods.entries.contains_key(&workload_name(o.namespace(), o.name()))
-            })
-            .count();
-        if new_pods > self.pods.ids.free() {
-            let mut ids = self.pods.ids.clone();
-            let exhausted = (0..new_pods).find_map(|_| ids.allocate().err());
-            return Err(exhausted.map(|e| e.to_string()).unwrap_or_default());
-        }
-        for o in &objects {
-            if let Object::Pod(pod) = o {
-                let key = workload_name(o.namespace(), o.name());
-                let deleting = self.pods.tearing_down.contains_key(&key)
-                    || self.pods.entries.get(&key).is_some_and(|e| e.deleting);
-                if deleting {
-                    return Err(format!(
-                        "pod {}/{} is being deleted; apply it again once it is gone",
-                        o.namespace(),
-                        o.name()
-                    ));
-                }
-                if let Some(e) = self.pods.entries.get(&key) {
-                    if e.record.manifest.spec != pod.spec {
-                        return Err(format!(
-                            "pod {}/{}: a pod's spec cannot change; delete it first",
-                            o.namespace(),
-                            o.name()
-                        ));
+            .filter(|(key, e)| !e.deleting && placed_uid(key) != Some(e.uid()))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in stale {
+            let Some(entry) = self.pods.entries.get_mut(&key) else { continue };
+            let (namespace, name) = (entry.plan.namespace.clone(), entry.plan.name.clone());
+            if !entry.record.in_state && !desired.named.contains(&key) {
+                // Applied before pods were mesh objects: it joins the state as it runs.
+                if let Some(cluster) = &self.pods.cluster {
+                    let created = kube::format_time(entry.record.created);
+                    let body = cpods::stored(
+                        &entry.record.manifest,
+                        &namespace,
+                        &entry.record.uid,
+                        &created,
+                        cluster.node(),
+                    );
+                    if cluster.put(cpods::pod_key(&namespace, &name), Some(body)).is_ok() {
+                        info!(pod = %key, "pod of an earlier agent written to the cluster state");
+                        entry.record.in_state = true;
                     }
-                } else if self.workloads.get(&key).is_some() {
-                    return Err(format!(
-                        "pod {}/{}: workload {key:?} exists and is not a pod",
-                        o.namespace(),
-                        o.name()
-                    ));
                 }
-                crate::pod::security::check_against_config(pod, &rules).map_err(|(field, reason)| {
-                    format!("{file}: pod {}/{}: {field}: {reason}", o.namespace(), o.name())
-                })?;
+                continue;
             }
+            info!(pod = %key, "pod no longer placed on this host: deleting it");
+            let _ = self.delete_pod(&namespace, &name);
         }
-        let objects_before = self.pods.objects.clone();
-        let mut created = Vec::new();
-        let mut lines = Vec::new();
-        for o in objects {
-            let what = format!("{}/{}", o.kind().to_lowercase(), o.name());
-            let key = workload_name(o.namespace(), o.name());
-            match o {
-                Object::Pod(pod) => {
-                    if self.pods.entries.contains_key(&key) {
-                        lines.push(format!("{what} unchanged"));
-                        continue;
-                    }
-                    let record = PodRecord {
-                        manifest: *pod,
-                        workload: key.clone(),
-                        uid: new_uid(),
-                        created: now_secs(),
-                        init_pid: None,
-                        slirp_pid: None,
-                        deleting: false,
-                        id_base: None,
-                        containers: BTreeMap::new(),
+        let mut rules = None;
+        for (key, pod) in &desired.pods {
+            let uid = cpods::placement(pod).1;
+            if self.pods.entries.contains_key(key) || self.pods.tearing_down.contains_key(key) {
+                continue;
+            }
+            if self
+                .pods
+                .failed
+                .get(key)
+                .is_some_and(|f| f.uid == uid && !f.retry && f.at.elapsed() < super::reconcile::RESYNC)
+            {
+                continue;
+            }
+            let rules = rules.get_or_insert_with(|| self.security_rules());
+            match self.create_placed(key, pod, rules) {
+                Ok(()) => {
+                    self.pods.failed.remove(key);
+                }
+                Err((reason, message)) => {
+                    warn!(pod = %key, reason, error = %message, "cannot create pod placed on this host");
+                    let failed = FailedPod {
+                        uid: uid.to_owned(),
+                        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+                        name: pod.metadata.name.clone().unwrap_or_default(),
+                        containers: pod.spec.as_ref().map_or(0, |s| s.containers.len()),
+                        reason,
+                        message,
+                        at: Instant::now(),
+                        retry: false,
                     };
-                    if let Err(e) = self.create_pod(record) {
-                        self.undo_apply(&created, objects_before);
-                        return Err(format!("{what}: {e} (nothing of this file was applied)"));
-                    }
-                    created.push(key);
-                    lines.push(format!("{what} created"));
+                    self.pods.failed.insert(key.clone(), failed);
                 }
-                other => match self.pods.objects.iter_mut().find(|x| same_object(x, &other)) {
-                    Some(x) if *x == other => lines.push(format!("{what} unchanged")),
-                    Some(x) => {
-                        *x = other;
-                        lines.push(format!("{what} configured"));
-                    }
-                    None => {
-                        self.pods.objects.push(other);
-                        lines.push(format!("{what} created"));
-                    }
-                },
             }
         }
+        self.pods.failed.retain(|key, f| placed_uid(key) == Some(f.uid.as_str()));
+        self.pods.desired = Some(desired);
         self.persist_pods();
         self.drive_pods();
-        Ok(Response::Applied { lines })
     }
 
-    /// Takes back the pods an apply created (their sandboxes have not started: that waits
-    /// for the end of the turn) and the ConfigMaps and Secrets it stored.
-    fn undo_apply(&mut self, created: &[String], objects_before: Vec<Object>) {
-        self.pods.objects = objects_before;
-        for key in created.iter().rev() {
-            self.pods.pending.retain(|k| k != key);
-            let Some(entry) = self.pods.entries.remove(key) else { continue };
-            if let Some(id) = entry.net_cgroup {
-                let _ = self.kernel.set_refuse_cgroup(id, false);
+    /// Creates a pod the cluster state placed here, after checking it against this host's
+    /// rules. Errors are `(reason, message)` for its status.
+    fn create_placed(
+        &mut self,
+        key: &str,
+        pod: &Pod,
+        rules: &crate::pod::security::Rules,
+    ) -> Result<(), (&'static str, String)> {
+        crate::pod::security::check_against_config(pod, rules)
+            .map_err(|(field, reason)| ("Forbidden", format!("refused by this host: {field}: {reason}")))?;
+        if self.workloads.get(key).is_some() {
+            return Err(("CreateError", format!("workload {key:?} exists and is not a pod")));
+        }
+        let record = PodRecord {
+            manifest: pod.clone(),
+            workload: key.to_owned(),
+            uid: cpods::placement(pod).1.to_owned(),
+            created: now_secs(),
+            init_pid: None,
+            slirp_pid: None,
+            deleting: false,
+            id_base: None,
+            containers: BTreeMap::new(),
+            in_state: true,
+        };
+        let free = self.pods.ids.free() > 0;
+        self.create_pod(record).map_err(|e| (if free { "CreateError" } else { "OutOfIdRanges" }, e))
+    }
+
+    /// Publishes the status of every pod of this host whose report changed (into the cluster
+    /// state, without waiting), and removes those of pods gone from it.
+    pub(super) fn publish_statuses(&mut self) {
+        let Some(cluster) = self.pods.cluster.clone() else { return };
+        let now = now_secs();
+        let node = cluster.node().to_owned();
+        let mut reports = Vec::with_capacity(self.pods.entries.len() + self.pods.failed.len());
+        for e in self.pods.entries.values() {
+            let info = self.pod_info(e, now);
+            let annotations = info.object["metadata"]["annotations"]
+                .as_object()
+                .map(|a| {
+                    a.iter()
+                        .filter(|(k, _)| k.starts_with("beemesh.io/"))
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                        .collect()
+                })
+                .unwrap_or_default();
+            reports.push(PodReport {
+                uid: e.uid().to_owned(),
+                namespace: info.namespace,
+                name: info.name,
+                node: node.clone(),
+                ready: info.ready,
+                status: info.status,
+                restarts: info.restarts,
+                identity: info.identity,
+                all_ready: pod_ready(e),
+                pod_status: info.object["status"].clone(),
+                annotations,
+            });
+        }
+        for f in self.pods.failed.values() {
+            let phase = if f.reason == "Forbidden" { "Failed" } else { "Pending" };
+            reports.push(PodReport {
+                uid: f.uid.clone(),
+                namespace: f.namespace.clone(),
+                name: f.name.clone(),
+                node: node.clone(),
+                ready: format!("0/{}", f.containers),
+                status: f.reason.to_owned(),
+                restarts: 0,
+                identity: String::new(),
+                all_ready: false,
+                pod_status: serde_json::json!({"phase": phase, "reason": f.reason, "message": f.message}),
+                annotations: BTreeMap::new(),
+            });
+        }
+        let mut live: BTreeSet<String> = self.pods.tearing_down.values().map(|r| r.uid.clone()).collect();
+        for report in reports {
+            live.insert(report.uid.clone());
+            if self.pods.published.get(&report.uid) == Some(&report) {
+                continue;
             }
-            let _ = self.forget_workload(key);
-            let _ = crate::sys::tree::remove_tree(&entry.layout.dir);
-            info!(pod = %key, "pod creation undone: its apply failed");
+            let key = cpods::status_key(&report.namespace, &report.uid);
+            if cluster.put(key, Some(cpods::encode_report(&report))).is_ok() {
+                self.pods.published.insert(report.uid.clone(), report);
+            }
         }
-        self.persist();
-        self.policy_dirty = true;
-    }
-
-    pub(super) fn delete_objects(&mut self, objects: Vec<Object>) -> Response {
-        let mut lines = Vec::new();
-        for o in objects {
-            let what = format!("{}/{}", o.kind().to_lowercase(), o.name());
-            let found = match &o {
-                Object::Pod(_) => self.delete_pod(o.namespace(), o.name()).is_ok(),
-                _ => {
-                    let before = self.pods.objects.len();
-                    self.pods.objects.retain(|x| !same_object(x, &o));
-                    before != self.pods.objects.len()
-                }
-            };
-            lines.push(if found { format!("{what} deleted") } else { format!("{what} not found") });
+        let gone: Vec<(String, String)> = self
+            .pods
+            .published
+            .iter()
+            .filter(|(uid, _)| !live.contains(*uid))
+            .map(|(uid, r)| (uid.clone(), r.namespace.clone()))
+            .collect();
+        for (uid, namespace) in gone {
+            if cluster.put(cpods::status_key(&namespace, &uid), None).is_ok() {
+                self.pods.published.remove(&uid);
+            }
         }
-        self.persist_pods();
-        Response::Applied { lines }
     }
 
     /// Starts deleting a pod: SIGTERM now, SIGKILL after its grace period, then teardown.
@@ -904,9 +1021,10 @@ impl Agent {
         }));
     }
 
-    /// Runs every pod's lifecycle forward: starts, signals, teardown of deleted pods, waiters.
+    /// Runs every pod's lifecycle forward: starts, signals, teardown of deleted pods.
     pub(super) fn drive_pods(&mut self) {
         let (ids, releasing) = (&mut self.pods.ids, &mut self.pods.releasing);
+        let free = ids.free();
         self.pods.unreaped.retain(|pid| {
             let reaped = crate::sys::process::reap(*pid, Duration::ZERO);
             if reaped {
@@ -920,6 +1038,7 @@ impl Agent {
             }
             !reaped
         });
+        let released = self.pods.ids.free() > free;
         let wall = SystemTime::now();
         let due: Vec<String> = self
             .pods
@@ -969,7 +1088,11 @@ impl Agent {
         if changed {
             self.persist_pods();
         }
-        self.answer_waiters();
+        // A pod that found no free id range may find one now.
+        if released && !self.pods.failed.is_empty() {
+            self.retry_failed();
+            self.converge();
+        }
     }
 
     fn carry_out(&mut self, key: &str, actions: Vec<Action>) {
@@ -1141,6 +1264,16 @@ impl Agent {
         self.policy_dirty = true;
         info!(pod = %key, "pod deleted");
         self.persist_pods();
+        // A pod of the same name may wait for this one to go, or for its id range.
+        self.retry_failed();
+        self.converge();
+    }
+
+    /// Pods whose creation failed are tried again at the next converge (room was made).
+    fn retry_failed(&mut self) {
+        for f in self.pods.failed.values_mut() {
+            f.retry = true;
+        }
     }
 
     /// Clean agent stop: pods stop with it (their records stay and they start again with
@@ -1163,58 +1296,6 @@ impl Agent {
         }
         self.persist_pods();
         self.pods.entries.clear();
-    }
-
-    pub(super) fn wait_pod(
-        &mut self,
-        namespace: &str,
-        name: &str,
-        condition: WaitFor,
-        timeout_ms: u64,
-        reply: oneshot::Sender<Response>,
-    ) {
-        let workload = workload_name(namespace, name);
-        self.pods.waiters.push(Waiter {
-            workload,
-            condition,
-            deadline: Instant::now() + Duration::from_millis(timeout_ms),
-            reply,
-        });
-        self.answer_waiters();
-    }
-
-    fn answer_waiters(&mut self) {
-        let waiters = std::mem::take(&mut self.pods.waiters);
-        for w in waiters {
-            let done = match w.condition {
-                WaitFor::Deleted => {
-                    !self.pods.entries.contains_key(&w.workload)
-                        && !self.pods.tearing_down.contains_key(&w.workload)
-                }
-                WaitFor::Ready => self.pods.entries.get(&w.workload).is_some_and(pod_ready),
-            };
-            if done {
-                let _ = w.reply.send(Response::Done);
-            } else if Instant::now() >= w.deadline || w.reply.is_closed() {
-                let _ = w
-                    .reply
-                    .send(Response::Error { message: format!("timed out waiting for {}", w.workload) });
-            } else {
-                self.pods.waiters.push(w);
-            }
-        }
-    }
-
-    pub(super) fn list_pods(&self, namespace: Option<&str>) -> Response {
-        let now = now_secs();
-        let items = self
-            .pods
-            .entries
-            .values()
-            .filter(|e| namespace.is_none_or(|n| n == e.plan.namespace))
-            .map(|e| self.pod_info(e, now))
-            .collect();
-        Response::Pods { items }
     }
 
     fn pod_info(&self, e: &PodEntry, now: u64) -> PodInfo {
@@ -1467,15 +1548,6 @@ async fn send_with_fds(
             other => return other,
         }
     }
-}
-
-fn new_uid() -> String {
-    let mut b = [0u8; 16];
-    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
 #[cfg(test)]

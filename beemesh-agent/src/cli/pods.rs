@@ -37,7 +37,7 @@ pub struct Selector {
 
 #[derive(Debug, Subcommand)]
 pub enum GetCommand {
-    /// Pods on this host: NAME READY STATUS RESTARTS AGE HOST IDENTITY (wide: and IP).
+    /// Pods of the mesh (any host): NAME READY STATUS RESTARTS AGE NODE IDENTITY (wide: and IP).
     #[command(alias = "pod", alias = "po")]
     Pods(Selector),
     /// ConfigMaps of the cluster state (applied on any host): NAME DATA AGE.
@@ -227,7 +227,7 @@ fn print_value(items: &[serde_json::Value], one: bool, output: PodOutput) {
     }
 }
 
-/// NAME READY STATUS RESTARTS AGE HOST IDENTITY (wide: and the pod's IP, the same for
+/// NAME READY STATUS RESTARTS AGE NODE IDENTITY (wide: and the pod's IP, the same for
 /// every pod: each has its own network namespace behind slirp4netns).
 fn print_pods(items: &[PodInfo], namespaces: bool, wide: bool) {
     let ns = |s: &str| if namespaces { format!("{s:<16}") } else { String::new() };
@@ -241,7 +241,7 @@ fn print_pods(items: &[PodInfo], namespaces: bool, wide: bool) {
         "RESTARTS",
         "AGE",
         ip("IP"),
-        "HOST",
+        "NODE",
     );
     for p in items {
         let pod_ip = p.object["status"]["podIP"].as_str().unwrap_or("");

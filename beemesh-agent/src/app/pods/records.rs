@@ -41,6 +41,10 @@ pub struct PodRecord {
     /// Per container: restart count, last state, back-off.
     #[serde(default)]
     pub containers: BTreeMap<String, ContainerRecord>,
+    /// Placed here by the cluster state (false: applied to an agent from before pods were mesh
+    /// objects; such a pod is written to the state instead of being deleted).
+    #[serde(default)]
+    pub in_state: bool,
 }
 
 /// `pod-ids.json`: the id range handed out last, so that round-robin allocation resumes

@@ -1,0 +1,327 @@
+//! The write path of objects, on the admin connection's task: `apply` writes what a file holds
+//! into the cluster state (Pods placed on their `nodeName`, else on this host), `delete`
+//! removes it mesh-wide, and each returns once another host holds the write (on a mesh of one,
+//! at once, saying so). Nothing goes from the CLI to the pod runtime directly: the reconciler
+//! (`app::reconcile`) carries what the state places on this host to the actor, and is run
+//! before the answer so that a pod applied here exists when `apply` returns. `get pods` and
+//! `wait` read the state, so they work on any host for a pod on any host.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use beemesh_state::Key;
+
+use k8s_openapi::api::core::v1::Pod;
+
+use super::cluster::pods::{self as cpods, POD, POD_STATUS};
+use super::cluster::{self, Acked, Cluster};
+use super::{mesh, AgentHandle, Command};
+use crate::api::{Response, WaitFor};
+use crate::manifest::Object;
+
+/// `kind/name` as kubectl prints it.
+fn what(o: &Object) -> String {
+    format!("{}/{}", o.kind().to_lowercase(), o.name())
+}
+
+/// What an apply's line adds about the write's acknowledgement.
+fn held(acked: &Acked) -> String {
+    match &acked.held_by {
+        Some(node) => format!(" (held by {node})"),
+        None => " (no other host holds it yet)".to_string(),
+    }
+}
+
+impl AgentHandle {
+    fn cluster(&self) -> Result<&Cluster, Box<Response>> {
+        self.mesh
+            .as_ref()
+            .map(|m| &m.cluster)
+            .ok_or_else(|| Box::new(Response::Error { message: "the cluster state is not running".into() }))
+    }
+
+    /// `apply -f`: every object checked first (a pod against this host's rules; a pod that
+    /// exists with another spec is refused), then written in the file's order.
+    pub(super) async fn apply(&self, file: &str, objects: Vec<Object>) -> Response {
+        let cluster = match self.cluster() {
+            Ok(c) => c,
+            Err(r) => return *r,
+        };
+        let pods: Vec<Pod> = objects
+            .iter()
+            .filter_map(|o| match o {
+                Object::Pod(p) => Some(with_namespace(p, o.namespace())),
+                _ => None,
+            })
+            .collect();
+        if !pods.is_empty() {
+            if let Response::Error { message } =
+                self.actor(Command::CheckPods { file: file.to_owned(), pods }).await
+            {
+                return Response::Error { message };
+            }
+        }
+        // The stored state of each object, read once: a pod's spec cannot change.
+        let mut existing = Vec::with_capacity(objects.len());
+        for o in &objects {
+            let key = Key::new(o.kind(), o.namespace(), o.name());
+            let body = match cluster.get(key).await {
+                Ok(b) => b,
+                Err(e) => return Response::Error { message: e.to_string() },
+            };
+            if let (Object::Pod(new), Some(body)) = (o, &body) {
+                match cpods::decode(body) {
+                    Ok(stored) if !cpods::same_spec(&stored, new) => {
+                        return Response::Error {
+                            message: format!(
+                                "{file}: pod {}/{}: a pod's spec cannot change; delete it first (nothing of this file was applied)",
+                                o.namespace(),
+                                o.name()
+                            ),
+                        }
+                    }
+                    // A body that is not a Pod is replaced.
+                    _ => {}
+                }
+            }
+            existing.push(body);
+        }
+        let mut lines = Vec::with_capacity(objects.len());
+        for (o, before) in objects.iter().zip(existing) {
+            let (key, body) = match o {
+                Object::Pod(p) => {
+                    if before.as_ref().is_some_and(|b| cpods::decode(b).is_ok()) {
+                        lines.push(format!("{} unchanged", what(o)));
+                        continue;
+                    }
+                    let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
+                    let node = node.unwrap_or_else(|| cluster.node().to_owned());
+                    let created = super::pods::format_time(now_secs());
+                    let body = cpods::stored(p, o.namespace(), &new_uid(), &created, &node);
+                    (cpods::pod_key(o.namespace(), o.name()), body)
+                }
+                _ => match cluster::kube::mesh_object(o) {
+                    Some(kb) => kb,
+                    None => {
+                        lines.push(format!("{} unchanged", what(o)));
+                        continue;
+                    }
+                },
+            };
+            let verb = match &before {
+                Some(b) if *b == body => {
+                    lines.push(format!("{} unchanged", what(o)));
+                    continue;
+                }
+                Some(_) => "configured",
+                None => "created",
+            };
+            match cluster.write(key, Some(body)).await {
+                Ok(acked) => lines.push(format!("{} {verb}{}", what(o), held(&acked))),
+                Err(e) => return partly(lines, format!("{}: {e}", what(o))),
+            }
+        }
+        if let Err(e) = super::reconcile::once(cluster, &self.tx).await {
+            return partly(lines, format!("written to the cluster state, but this host's pods: {e}"));
+        }
+        Response::Applied { lines }
+    }
+
+    /// `delete -f`: every object the file names, mesh-wide.
+    pub(super) async fn delete_objects(&self, objects: Vec<Object>) -> Response {
+        let cluster = match self.cluster() {
+            Ok(c) => c,
+            Err(r) => return *r,
+        };
+        let mut lines = Vec::with_capacity(objects.len());
+        for o in &objects {
+            let key = Key::new(o.kind(), o.namespace(), o.name());
+            match delete(cluster, key).await {
+                Ok(Some(acked)) => lines.push(format!("{} deleted{}", what(o), held(&acked))),
+                Ok(None) => lines.push(format!("{} not found", what(o))),
+                Err(e) => return partly(lines, format!("{}: {e}", what(o))),
+            }
+        }
+        if let Err(e) = super::reconcile::once(cluster, &self.tx).await {
+            return partly(lines, format!("deleted from the cluster state, but this host's pods: {e}"));
+        }
+        Response::Applied { lines }
+    }
+
+    /// `delete pod NAME`: wherever it runs.
+    pub(super) async fn delete_pod(&self, namespace: &str, name: &str) -> Response {
+        let cluster = match self.cluster() {
+            Ok(c) => c,
+            Err(r) => return *r,
+        };
+        match delete(cluster, cpods::pod_key(namespace, name)).await {
+            Ok(Some(acked)) => {
+                if let Err(e) = super::reconcile::once(cluster, &self.tx).await {
+                    return Response::Error {
+                        message: format!("pod/{name} deleted, but this host's pods: {e}"),
+                    };
+                }
+                Response::Applied { lines: vec![format!("pod/{name} deleted{}", held(&acked))] }
+            }
+            Ok(None) => Response::Error { message: format!("pod {namespace}/{name} not found") },
+            Err(e) => Response::Error { message: e.to_string() },
+        }
+    }
+
+    /// `get pods`: the mesh's pods with the status their hosts published.
+    pub(super) async fn list_pods(&self, namespace: Option<&str>) -> Response {
+        let cluster = match self.cluster() {
+            Ok(c) => c,
+            Err(r) => return *r,
+        };
+        let (pods, statuses) =
+            match (cluster.list(POD, namespace).await, cluster.list(POD_STATUS, namespace).await) {
+                (Ok(p), Ok(s)) => (p, s),
+                (Err(e), _) | (_, Err(e)) => return Response::Error { message: e.to_string() },
+            };
+        let reports = cpods::reports(&statuses);
+        let now = cluster::now_ms();
+        let items = pods
+            .iter()
+            .map(|l| {
+                let uid = cpods::decode(&l.body).ok().and_then(|p| p.metadata.uid);
+                cpods::info(l, uid.and_then(|u| reports.get(&u)), now)
+            })
+            .collect();
+        Response::Pods { items }
+    }
+
+    /// `wait`: until the pod is ready (its host says so) or deleted (gone from the state, and
+    /// its host, if reachable, has torn it down), or the timeout.
+    pub(super) async fn wait_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        condition: WaitFor,
+        timeout_ms: u64,
+    ) -> Response {
+        let cluster = match self.cluster() {
+            Ok(c) => c,
+            Err(r) => return *r,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+        let mut changes = cluster.changes();
+        loop {
+            changes.mark_unchanged();
+            match self.pod_condition(cluster, namespace, name, condition).await {
+                Ok(true) => return Response::Done,
+                Ok(false) => {}
+                Err(message) => return Response::Error { message },
+            }
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() {
+                    return Response::Error { message: "the cluster state task has stopped".into() };
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Response::Error {
+                        message: format!("timed out waiting for pod {namespace}/{name}"),
+                    };
+                }
+                // The hosts reachable change without the state changing.
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    async fn pod_condition(
+        &self,
+        cluster: &Cluster,
+        namespace: &str,
+        name: &str,
+        condition: WaitFor,
+    ) -> Result<bool, String> {
+        let pod = cluster.get(cpods::pod_key(namespace, name)).await.map_err(|e| e.to_string())?;
+        let pod = pod.map(|b| cpods::decode(&b)).transpose()?;
+        let statuses = cluster.list(POD_STATUS, Some(namespace)).await.map_err(|e| e.to_string())?;
+        let reports = cpods::reports(&statuses);
+        match condition {
+            WaitFor::Ready => {
+                let pod = pod.ok_or_else(|| format!("pod {namespace}/{name} not found"))?;
+                let uid = cpods::placement(&pod).1;
+                Ok(reports.get(uid).is_some_and(|r| r.all_ready))
+            }
+            WaitFor::Deleted => {
+                if pod.is_some() {
+                    return Ok(false);
+                }
+                // A host that is gone cannot tear its pod down: only reachable hosts are waited for.
+                let mut hosts: BTreeSet<String> = BTreeSet::from([cluster.node().to_owned()]);
+                if let Some(m) = &self.mesh {
+                    let peers = mesh::peers(m).await.unwrap_or_default();
+                    hosts.extend(peers.into_iter().filter(|p| p.attested).filter_map(|p| p.name));
+                }
+                Ok(!reports.values().any(|r| r.name == name && hosts.contains(&r.node)))
+            }
+        }
+    }
+}
+
+/// Deletes `key` if it is live; `None` if there was nothing to delete.
+async fn delete(cluster: &Cluster, key: Key) -> Result<Option<Acked>, cluster::ClusterError> {
+    if cluster.get(key.clone()).await?.is_none() {
+        return Ok(None);
+    }
+    cluster.write(key, None).await.map(Some)
+}
+
+/// The lines done so far, and what stopped the rest.
+fn partly(lines: Vec<String>, error: String) -> Response {
+    let mut message = lines.join("\n");
+    if !message.is_empty() {
+        message.push('\n');
+    }
+    message.push_str(&error);
+    Response::Error { message }
+}
+
+fn with_namespace(pod: &Pod, namespace: &str) -> Pod {
+    let mut pod = pod.clone();
+    pod.metadata.namespace = Some(namespace.to_owned());
+    pod
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A random (v4) uid for a new object.
+pub(crate) fn new_uid() -> String {
+    let mut b = [0u8; 16];
+    // Uniqueness, not secrecy: a failing kernel source still leaves the time in it.
+    if getrandom::getrandom(&mut b).is_err() {
+        b[..16]
+            .copy_from_slice(&std::time::UNIX_EPOCH.elapsed().unwrap_or_default().as_nanos().to_le_bytes());
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// The uid of a stored body, for tests.
+#[cfg(test)]
+fn uid_of(body: &bytes::Bytes) -> Option<String> {
+    cpods::decode(body).ok().and_then(|p| p.metadata.uid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uids_are_v4_and_distinct() {
+        let (a, b) = (new_uid(), new_uid());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4");
+        let pod: Pod =
+            serde_yaml::from_str("metadata: {name: p}\nspec: {containers: [{name: c}]}\n").expect("pod");
+        let body = cpods::stored(&pod, "default", &a, "2026-11-29T00:00:00Z", "h");
+        assert_eq!(uid_of(&body).as_deref(), Some(a.as_str()));
+    }
+}

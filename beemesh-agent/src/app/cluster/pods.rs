@@ -1,0 +1,238 @@
+//! Pods in the cluster state. A Pod is stored under `(Pod, namespace, name)` as its Kubernetes
+//! JSON with what the applying host fills in: namespace, `metadata.uid`, `creationTimestamp` and
+//! `spec.nodeName` (the placement: the manifest's, else the applying host). The host that runs a
+//! pod publishes its status under `(PodStatus, namespace, uid)` as a [`PodReport`]: a key of
+//! its own, so a status written late never brings a deleted Pod back (last writer wins per
+//! key), and a pod applied again under the same name (a new uid) never sees the old one's.
+
+use std::collections::BTreeMap;
+
+use beemesh_state::Key;
+use bytes::Bytes;
+use k8s_openapi::api::core::v1::Pod;
+use serde::{Deserialize, Serialize};
+
+use super::Listed;
+use crate::api::PodInfo;
+
+/// The kind under which Pods are stored.
+pub const POD: &str = "Pod";
+/// The kind under which the host that runs a pod publishes its status.
+pub const POD_STATUS: &str = "PodStatus";
+
+/// What the host that runs a pod says about it (`get pods` on any host shows it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodReport {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    /// The node name of the host that runs it.
+    pub node: String,
+    /// `ready/total` app containers.
+    pub ready: String,
+    /// The STATUS column.
+    pub status: String,
+    pub restarts: u32,
+    pub identity: String,
+    /// Every app container ready (`wait --for ready`).
+    pub all_ready: bool,
+    /// The Pod's Kubernetes `status`.
+    pub pod_status: serde_json::Value,
+    /// Annotations the running host adds (workload name, SVID expiry).
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The key of a pod.
+pub fn pod_key(namespace: &str, name: &str) -> Key {
+    Key::new(POD, namespace, name)
+}
+
+/// The key of a pod's status.
+pub fn status_key(namespace: &str, uid: &str) -> Key {
+    Key::new(POD_STATUS, namespace, uid)
+}
+
+/// The Pod as stored: `pod` with its namespace, uid, creation time and node filled in.
+pub fn stored(pod: &Pod, namespace: &str, uid: &str, created: &str, node: &str) -> Bytes {
+    let mut pod = pod.clone();
+    pod.metadata.namespace = Some(namespace.to_owned());
+    pod.metadata.uid = Some(uid.to_owned());
+    pod.metadata.creation_timestamp = serde_json::from_value(created.into()).ok();
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.node_name = Some(node.to_owned());
+    }
+    // k8s-openapi's types always serialise.
+    Bytes::from(serde_json::to_vec(&pod).unwrap_or_default())
+}
+
+/// A stored Pod, or why its body is not one (a broken or newer peer wrote it).
+pub fn decode(body: &[u8]) -> Result<Pod, String> {
+    serde_json::from_slice(body).map_err(|e| format!("the replicated body of this pod is not a Pod: {e}"))
+}
+
+/// The node a stored pod is placed on, and its uid.
+pub fn placement(pod: &Pod) -> (&str, &str) {
+    (
+        pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or(""),
+        pod.metadata.uid.as_deref().unwrap_or(""),
+    )
+}
+
+/// Whether `new` (as applied) has the spec of `stored`, the node the applying host filled in
+/// aside.
+pub fn same_spec(stored: &Pod, new: &Pod) -> bool {
+    let mut a = stored.spec.clone();
+    let b = new.spec.clone();
+    if let (Some(a), Some(b)) = (a.as_mut(), b.as_ref()) {
+        if b.node_name.is_none() {
+            a.node_name = None;
+        }
+    }
+    a == b
+}
+
+/// A report's body.
+pub fn encode_report(report: &PodReport) -> Bytes {
+    Bytes::from(serde_json::to_vec(report).unwrap_or_default())
+}
+
+/// The reports of `statuses` by uid (bodies that do not decode are skipped: the pod shows as
+/// not reported).
+pub fn reports(statuses: &[Listed]) -> BTreeMap<String, PodReport> {
+    statuses
+        .iter()
+        .filter_map(|l| serde_json::from_slice::<PodReport>(&l.body).ok())
+        .map(|r| (r.uid.clone(), r))
+        .collect()
+}
+
+/// `get pods`' row of a stored pod, with its host's report if there is one (else Pending,
+/// as a pod no host has started yet).
+pub fn info(listed: &Listed, report: Option<&PodReport>, now_ms: u64) -> PodInfo {
+    let (namespace, name) = (listed.key.namespace.clone(), listed.key.name.clone());
+    let age_secs = now_ms.saturating_sub(listed.written_ms) / 1000;
+    let pod = match decode(&listed.body) {
+        Ok(p) => p,
+        Err(e) => {
+            return PodInfo {
+                namespace,
+                name,
+                ready: "0/0".into(),
+                status: "Unknown".into(),
+                restarts: 0,
+                age_secs,
+                host: String::new(),
+                identity: String::new(),
+                object: serde_json::Value::String(e),
+            }
+        }
+    };
+    let (node, uid) = placement(&pod);
+    let report = report.filter(|r| r.uid == uid);
+    let mut object = serde_json::to_value(&pod).unwrap_or_default();
+    let containers = pod.spec.as_ref().map_or(0, |s| s.containers.len());
+    match report {
+        Some(r) => {
+            object["status"] = r.pod_status.clone();
+            if !r.annotations.is_empty() {
+                if let Some(meta) = object.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+                    let a = meta.entry("annotations").or_insert_with(|| serde_json::json!({}));
+                    for (k, v) in &r.annotations {
+                        a[k] = v.clone().into();
+                    }
+                }
+            }
+            PodInfo {
+                namespace,
+                name,
+                ready: r.ready.clone(),
+                status: r.status.clone(),
+                restarts: r.restarts,
+                age_secs,
+                host: node.to_owned(),
+                identity: r.identity.clone(),
+                object,
+            }
+        }
+        None => {
+            object["status"] = serde_json::json!({"phase": "Pending"});
+            PodInfo {
+                namespace,
+                name,
+                ready: format!("0/{containers}"),
+                status: "Pending".into(),
+                restarts: 0,
+                age_secs,
+                host: node.to_owned(),
+                identity: String::new(),
+                object,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(yaml: &str) -> Pod {
+        serde_yaml::from_str(yaml).expect("pod")
+    }
+
+    #[test]
+    fn a_stored_pod_carries_its_namespace_uid_and_node_and_keeps_the_manifests_node() {
+        let p = pod(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: w}\nspec: {containers: [{name: c, image: i}]}\n",
+        );
+        let body = stored(&p, "default", "u-1", "2026-11-29T00:00:00Z", "h1");
+        let back = decode(&body).expect("decodes");
+        assert_eq!(placement(&back), ("h1", "u-1"));
+        assert_eq!(back.metadata.namespace.as_deref(), Some("default"));
+        assert!(back.metadata.creation_timestamp.is_some());
+        // Applied again unchanged (no nodeName): the same spec.
+        assert!(same_spec(&back, &p));
+        let pinned = pod("apiVersion: v1\nkind: Pod\nmetadata: {name: w}\nspec: {nodeName: h2, containers: [{name: c, image: i}]}\n");
+        assert!(!same_spec(&back, &pinned));
+        let changed = pod(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: w}\nspec: {containers: [{name: c, image: j}]}\n",
+        );
+        assert!(!same_spec(&back, &changed));
+    }
+
+    #[test]
+    fn get_shows_a_pods_report_only_for_its_uid_and_pending_without_one() {
+        let p = pod(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: w}\nspec: {containers: [{name: c, image: i}]}\n",
+        );
+        let listed = Listed {
+            key: pod_key("default", "w"),
+            body: stored(&p, "default", "u-2", "2026-11-29T00:00:00Z", "h1"),
+            written_ms: 1_000,
+        };
+        let report = PodReport {
+            uid: "u-2".into(),
+            namespace: "default".into(),
+            name: "w".into(),
+            node: "h1".into(),
+            ready: "1/1".into(),
+            status: "Running".into(),
+            restarts: 2,
+            identity: "spiffe://td/ns/default/sa/default".into(),
+            all_ready: true,
+            pod_status: serde_json::json!({"phase": "Running"}),
+            annotations: BTreeMap::from([("beemesh.io/workload".into(), "pod-default-w".into())]),
+        };
+        let i = info(&listed, Some(&report), 11_000);
+        assert_eq!((i.status.as_str(), i.restarts, i.host.as_str(), i.age_secs), ("Running", 2, "h1", 10));
+        assert_eq!(i.object["status"]["phase"], "Running");
+        assert_eq!(i.object["metadata"]["annotations"]["beemesh.io/workload"], "pod-default-w");
+        assert_eq!(i.object["spec"]["nodeName"], "h1");
+        let stale = PodReport { uid: "u-1".into(), ..report };
+        let i = info(&listed, Some(&stale), 11_000);
+        assert_eq!((i.status.as_str(), i.ready.as_str()), ("Pending", "0/1"));
+        let broken = Listed { body: Bytes::from_static(b"{"), ..listed };
+        assert_eq!(info(&broken, None, 0).status, "Unknown");
+    }
+}
