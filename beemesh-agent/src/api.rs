@@ -84,6 +84,27 @@ pub enum Request {
         #[serde(default)]
         container: Option<String>,
     },
+    /// A chunk of a container's log from `offset` (`logs` of a pod on another host; the agent
+    /// forwards it to the pod's host).
+    PodLogs {
+        namespace: String,
+        name: String,
+        #[serde(default)]
+        container: Option<String>,
+        #[serde(default)]
+        previous: bool,
+        #[serde(default)]
+        offset: u64,
+    },
+    /// Runs a command in a container to completion with its output captured (`exec` of a pod
+    /// on another host; forwarded to the pod's host).
+    ExecPod {
+        namespace: String,
+        name: String,
+        #[serde(default)]
+        container: Option<String>,
+        command: Vec<String>,
+    },
     /// Answers once the pod is ready (or gone, for `deleted`), or with an error at the timeout.
     WaitPod {
         namespace: String,
@@ -146,6 +167,23 @@ pub enum Response {
         items: Vec<ObjectEntry>,
     },
     Container(ContainerInfo),
+    /// The pod runs on another host (`node`): use `PodLogs` / `ExecPod`.
+    Remote {
+        node: String,
+    },
+    /// A log chunk: `data` (base64) from the asked offset, the offset after it (0 again when
+    /// the log was rotated: read from there), and whether the container may write more.
+    Log {
+        data: String,
+        next: u64,
+        running: bool,
+    },
+    /// A finished command: its output (base64, each cut at 2 MiB) and exit code (128 + signal).
+    Exec {
+        stdout: String,
+        stderr: String,
+        code: i32,
+    },
     /// The tags an import stored.
     Imported {
         tags: Vec<String>,
@@ -223,6 +261,22 @@ pub struct ContainerInfo {
     /// What a process entering the container is confined with (as the container).
     #[serde(default)]
     pub security: crate::pod::proto::SecuritySpec,
+}
+
+impl ContainerInfo {
+    /// How `exec` enters the running container; `None` when it does not run (or may not be
+    /// entered).
+    pub fn exec_target(&self) -> Option<crate::pod::probe::Target> {
+        Some(crate::pod::probe::Target {
+            init_pid: 0,
+            host_pid: self.host_pid?,
+            env: self.env.clone(),
+            cwd: self.cwd.clone(),
+            user: (self.uid, self.gid),
+            cgroups: self.cgroups.iter().map(std::path::PathBuf::from).collect(),
+            security: self.security.clone(),
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

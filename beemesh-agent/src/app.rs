@@ -35,6 +35,7 @@ pub(crate) mod mesh;
 mod pods;
 mod policy_state;
 mod reconcile;
+mod remote;
 mod workloads;
 
 use policy_state::{PolicyEngine, PolicyLink, Snapshot};
@@ -123,6 +124,8 @@ impl AgentHandle {
                 }
             }
             Request::DeletePod { namespace, name } => return self.delete_pod(&namespace, &name).await,
+            req @ Request::PodContainer { .. } => return self.pod_container(req).await,
+            req @ (Request::PodLogs { .. } | Request::ExecPod { .. }) => return self.pod_io(req).await,
             Request::ListPods { namespace } => return self.list_pods(namespace.as_deref()).await,
             Request::WaitPod { namespace, name, condition, timeout_ms } => {
                 return self.wait_pod(&namespace, &name, condition, timeout_ms).await
@@ -316,9 +319,11 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     // The reconciler carries what the state places here to the actor from now on (the
     // first pass adopts what `recover_pods` found to the state).
     tasks.spawn(reconcile::run(mesh.cluster.clone(), call_tx.clone()));
+    let handle = AgentHandle::new(call_tx).with_mesh(mesh.clone());
+    let _ = mesh.pod_server.set(handle.clone());
     tasks.spawn(api::server::serve(
         listener,
-        AgentHandle::new(call_tx).with_mesh(mesh),
+        handle,
         hub,
         api::server::Limits::default(),
         shutdown_tx.subscribe(),
@@ -562,7 +567,9 @@ impl Agent {
             | Request::DeleteObjects { .. }
             | Request::DeletePod { .. }
             | Request::ListPods { .. }
-            | Request::WaitPod { .. } => {
+            | Request::WaitPod { .. }
+            | Request::PodLogs { .. }
+            | Request::ExecPod { .. } => {
                 Err("objects and pods are answered from the cluster state".to_string())
             }
             Request::ListObjects { .. } => Err("objects are listed by the cluster state".to_string()),

@@ -133,6 +133,9 @@ pub enum Command {
     CgroupExec {
         #[arg(long = "cgroup")]
         cgroups: Vec<PathBuf>,
+        /// Start in a mount namespace whose mounts are slaves of the host's.
+        #[arg(long)]
+        slave_mounts: bool,
         #[arg(last = true, required = true)]
         command: Vec<std::ffi::OsString>,
     },

@@ -26,8 +26,8 @@ fn main() -> ExitCode {
                 beemesh_agent::pod::init::exec_main(*target, *uid, *gid, cwd, cgroups, &security, command);
             return ExitCode::from(code as u8);
         }
-        Command::CgroupExec { cgroups, command } => {
-            let e = beemesh_agent::sys::cgroup_exec(cgroups, command);
+        Command::CgroupExec { cgroups, slave_mounts, command } => {
+            let e = beemesh_agent::sys::cgroup_exec(cgroups, *slave_mounts, command);
             eprintln!("beemesh cgroup-exec: {e}");
             return ExitCode::from(127);
         }

@@ -101,8 +101,15 @@ pub const CGROUP_EXEC: &str = "cgroup-exec";
 /// glibc's allocator locks, stalling every agent thread (the policy engine's included) for
 /// milliseconds per pod. It starts this binary instead (`/proc/self/exe cgroup-exec`, by
 /// posix_spawn, a vfork), which joins the cgroups and execs `program`.
+///
+/// With `slave_mounts` the program starts in a mount namespace of its own whose mounts are
+/// slaves of the host's: it sees the host's mounts, and nothing it unmounts reaches the host.
+/// slirp4netns needs it: its `--enable-sandbox` makes only `/` private before it pivots and
+/// detaches the old root, which would unmount shared submounts (`ip netns`' `/run/netns/*`)
+/// on the host where `/run` is not a mount of its own.
 pub fn cgroup_exec_argv(
     cgroups: &[std::path::PathBuf],
+    slave_mounts: bool,
     program: impl AsRef<std::ffi::OsStr>,
 ) -> Vec<std::ffi::OsString> {
     #[cfg(not(test))]
@@ -112,10 +119,13 @@ pub fn cgroup_exec_argv(
     let mut argv: Vec<std::ffi::OsString> = vec![
         "/bin/sh".into(),
         "-c".into(),
-        r#"while [ "$1" = --cgroup ]; do echo 0 > "$2/cgroup.procs" || exit 127; shift 2; done; shift; exec "$@""#
+        r#"[ "$1" = --slave-mounts ] && shift; while [ "$1" = --cgroup ]; do echo 0 > "$2/cgroup.procs" || exit 127; shift 2; done; shift; exec "$@""#
             .into(),
         CGROUP_EXEC.into(),
     ];
+    if slave_mounts {
+        argv.push("--slave-mounts".into());
+    }
     for c in cgroups {
         argv.push("--cgroup".into());
         argv.push(c.into());
@@ -131,16 +141,36 @@ pub fn command_in_cgroups(
     cgroups: &[std::path::PathBuf],
     program: impl AsRef<std::ffi::OsStr>,
 ) -> std::process::Command {
-    let argv = cgroup_exec_argv(cgroups, program);
+    let argv = cgroup_exec_argv(cgroups, false, program);
     let mut cmd = std::process::Command::new(&argv[0]);
     cmd.args(&argv[1..]);
     cmd
 }
 
-/// `beemesh-agent cgroup-exec`: moves this (single-threaded) process into each cgroup, then
+/// `beemesh-agent cgroup-exec`: moves this (single-threaded) process into each cgroup (and,
+/// with `slave_mounts`, into a mount namespace whose mounts are slaves of the host's), then
 /// execs `command` (searched in PATH); returns only the error that stopped it.
-pub fn cgroup_exec(cgroups: &[std::path::PathBuf], command: &[std::ffi::OsString]) -> std::io::Error {
+pub fn cgroup_exec(
+    cgroups: &[std::path::PathBuf],
+    slave_mounts: bool,
+    command: &[std::ffi::OsString],
+) -> std::io::Error {
     use std::os::unix::process::CommandExt;
+    if slave_mounts {
+        let none: Option<&str> = None;
+        let isolated = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).and_then(|()| {
+            nix::mount::mount(
+                none,
+                "/",
+                none,
+                nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE,
+                none,
+            )
+        });
+        if let Err(e) = isolated {
+            return std::io::Error::other(format!("a mount namespace of slave mounts: {e}"));
+        }
+    }
     for c in cgroups {
         if let Err(e) = std::fs::write(c.join("cgroup.procs"), b"0") {
             return std::io::Error::new(e.kind(), format!("join cgroup {}: {e}", c.display()));

@@ -304,3 +304,126 @@ fn objects_applied_on_one_host_are_listed_on_every_host_and_a_restarted_host_cat
     ensure!(err.contains(&file.display().to_string()), "the error does not name {}: {err}", file.display());
     Ok(())
 }
+
+/// A pod that says where it runs, then sleeps (`nodeName` pins it when given).
+fn pod_on(name: &str, node: Option<&str>) -> String {
+    let pin = node.map(|n| format!("  nodeName: {n}\n")).unwrap_or_default();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n{pin}  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox:1\n    command: [sh, -c, \"echo hello from $(hostname); trap 'exit 0' TERM; sleep 1000 & wait\"]\n"
+    )
+}
+
+/// `get pods -A -o json` of `agent`: (name, node, phase) of every pod, sorted.
+fn pods(agent: &Agent) -> Vec<(String, String, String)> {
+    let Ok((true, out, _)) = agent.run_cli(&["get", "pods", "-A", "-o", "json"], None) else {
+        return Vec::new();
+    };
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let mut items: Vec<(String, String, String)> = list["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|p| {
+                    let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+                    (s(&p["metadata"]["name"]), s(&p["spec"]["nodeName"]), s(&p["status"]["phase"]))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    items.sort();
+    items
+}
+
+#[test]
+fn pods_run_where_the_state_places_them_and_every_host_lists_logs_and_execs_them() -> Result<()> {
+    let mut lan = Lan::new("bmp", 46)?;
+    let offline = tempfile::tempdir()?;
+    let root = offline.path().join("root");
+    let port = "4001";
+    let bootstrap = format!("{}:{port}", lan.addr(1));
+    let mut agents = Vec::new();
+    for n in 1..=3u8 {
+        let ns = lan.host(n)?;
+        let config = if n > 1 { format!("mesh:\n  bootstrap: [\"{bootstrap}\"]\n") } else { String::new() };
+        let mut agent =
+            Agent::prepare(&format!("pods{n}"), &[("BEEMESH_MESH_PORT", port)], &config)?.in_netns(&ns);
+        if n == 1 {
+            ca_init(&agent, &root)?;
+        }
+        issue_host(&agent, &root, &format!("h{n}"))?;
+        agent.spawn()?;
+        agent.import_busybox("busybox:1")?;
+        agents.push(agent);
+    }
+    for (i, agent) in agents.iter().enumerate() {
+        ensure!(
+            eventually(T, || attested(agent).len() == 2),
+            "h{} never saw both others\n{}",
+            i + 1,
+            agent.log()
+        );
+    }
+
+    // Applied on h1: one pod pinned to h2, one placed on h1 (the applying host).
+    let out = agents[0].apply(&format!("{}---\n{}", pod_on("pinned", Some("h2")), pod_on("local", None)))?;
+    ensure!(
+        out.contains("pod/pinned created (held by h") && out.contains("pod/local created (held by h"),
+        "{out}"
+    );
+    // Waited for from h3, where neither runs: the hosts that run them report into the state.
+    for name in ["pinned", "local"] {
+        let (ok, _, err) = agents[2].run_cli(&["wait", name, "--for", "ready", "--timeout", "60"], None)?;
+        ensure!(ok, "wait {name} on h3: {err}\nh1:\n{}\nh2:\n{}", agents[0].log(), agents[1].log());
+    }
+    let expect = vec![
+        ("local".to_string(), "h1".to_string(), "Running".to_string()),
+        ("pinned".to_string(), "h2".to_string(), "Running".to_string()),
+    ];
+    for agent in &agents {
+        ensure!(eventually(T, || pods(agent) == expect), "listed {:?}, not {expect:?}", pods(agent));
+    }
+    let (_, table, _) = agents[2].run_cli(&["get", "pods"], None)?;
+    ensure!(table.lines().next().is_some_and(|h| h.contains("NODE")), "{table}");
+    ensure!(table.lines().any(|l| l.starts_with("pinned ") && l.contains(" h2 ")), "{table}");
+    // Each pod runs only where it is placed.
+    ensure!(agents[1].state_dir().join("pods").read_dir()?.count() == 1, "h2 runs one pod");
+    ensure!(agents[2].state_dir().join("pods").read_dir().map_or(0, |d| d.count()) == 0, "h3 runs none");
+
+    // logs and exec from a host that does not run the pod go to the one that does.
+    ensure!(
+        eventually(T, || agents[2]
+            .run_cli(&["logs", "pinned"], None)
+            .is_ok_and(|(ok, out, _)| ok && out.contains("hello from pinned"))),
+        "logs of pinned from h3: {:?}",
+        agents[2].run_cli(&["logs", "pinned"], None)
+    );
+    let (ok, out, err) = agents[0].run_cli(&["exec", "pinned", "--", "cat", "/etc/hostname"], None)?;
+    ensure!(ok && out.trim() == "pinned", "exec from h1: {out}{err}");
+    let status = agents[0]
+        .cli()
+        .args(["exec", "pinned", "--", "sh", "-c", "echo out; echo err >&2; exit 3"])
+        .output()?;
+    ensure!(status.status.code() == Some(3), "exit code: {status:?}");
+    ensure!(
+        String::from_utf8_lossy(&status.stdout) == "out\n"
+            && String::from_utf8_lossy(&status.stderr).contains("err")
+    );
+
+    // The host that took an apply dies right after acknowledging it: nothing is lost.
+    let out = agents[0].apply(&pod_on("survivor", Some("h3")))?;
+    ensure!(out.contains("pod/survivor created (held by h"), "{out}");
+    agents[0].crash()?;
+    let (ok, _, err) = agents[1].run_cli(&["wait", "survivor", "--for", "ready", "--timeout", "60"], None)?;
+    ensure!(ok, "survivor after h1 died: {err}\nh3:\n{}", agents[2].log());
+
+    // Deleted on h3: h2 stops and removes it, and the wait ends once h2 has torn it down.
+    let (ok, out, err) = agents[2].run_cli(&["delete", "pod", "pinned"], None)?;
+    ensure!(ok && out.contains("pod/pinned deleted"), "{out}{err}");
+    ensure!(agents[1].state_dir().join("pods").read_dir()?.count() == 0, "h2 still has the pod's directory");
+    agents[0].spawn()?;
+    let (ok, _, err) = agents[0].run_cli(&["wait", "local", "--for", "ready", "--timeout", "60"], None)?;
+    ensure!(ok, "local after h1 restarted: {err}");
+    ensure!(eventually(T, || pods(&agents[0]).len() == 2), "h1 lists {:?}", pods(&agents[0]));
+    Ok(())
+}

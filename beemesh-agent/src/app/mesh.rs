@@ -4,7 +4,7 @@
 //! the cluster state's task (`app::cluster`). Other gossip is ignored and other requests are
 //! refused by name.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use libp2p::gossipsub::MessageAcceptance;
 use tracing::{debug, info, warn};
@@ -15,7 +15,7 @@ use crate::mesh::swarm::{self, MeshClient, MeshEvent, PeerInfo};
 use crate::mesh::trust::{Attestor, HostIdentity, HostTrust};
 
 use super::cluster::{self, Cluster, Inbound};
-use super::AgentError;
+use super::{remote, AgentError, AgentHandle};
 
 /// The running swarm, as the API sees it.
 #[derive(Clone, Debug)]
@@ -25,6 +25,9 @@ pub struct Mesh {
     pub cluster: Cluster,
     /// This host, as `peers` lists it first.
     pub this: PeerEntry,
+    /// Serves peers' `logs`/`exec` of this host's pods (`app::remote`); set once the agent's
+    /// handle exists, refused until then.
+    pub pod_server: Arc<OnceLock<AgentHandle>>,
 }
 
 /// Starts the swarm (listening on the configured port, joining the bootstrap peers) and the
@@ -49,21 +52,22 @@ pub(super) async fn start(
         this_host: true,
     };
     let cluster = cluster::start(&cfg.state_dir, &name_of(&this), client.clone()).await?;
-    let (events_client, events_cluster) = (client.clone(), cluster.clone());
+    let pod_server = Arc::new(OnceLock::new());
+    let (events_client, events_cluster, server) = (client.clone(), cluster.clone(), pod_server.clone());
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
-            follow(&events_client, &events_cluster, event).await;
+            follow(&events_client, &events_cluster, &server, event).await;
         }
         debug!("mesh events ended");
     });
-    Ok(Mesh { client, cluster, this })
+    Ok(Mesh { client, cluster, this, pod_server })
 }
 
 fn name_of(this: &PeerEntry) -> String {
     this.name.clone().unwrap_or_default()
 }
 
-async fn follow(client: &MeshClient, cluster: &Cluster, event: MeshEvent) {
+async fn follow(client: &MeshClient, cluster: &Cluster, pods: &OnceLock<AgentHandle>, event: MeshEvent) {
     match event {
         MeshEvent::PeerUp { host, listen_addrs } => {
             info!(node = %host.node_name, peer = %host.peer, addrs = ?listen_addrs, "mesh peer attested");
@@ -91,6 +95,20 @@ async fn follow(client: &MeshClient, cluster: &Cluster, event: MeshEvent) {
         }
         MeshEvent::Request { from, kind, body, responder } if kind == cluster::REQUEST_KIND => {
             cluster.deliver(Inbound::Request { from, body, responder }).await;
+        }
+        MeshEvent::Request { from, kind, body, responder } if kind == remote::REQUEST_KIND => {
+            match pods.get() {
+                Some(handle) => {
+                    let handle = handle.clone();
+                    tokio::spawn(async move {
+                        let answer = handle.serve_remote(&from, &body).await;
+                        let _ = responder.respond(answer).await;
+                    });
+                }
+                None => {
+                    let _ = responder.refuse("the agent is starting".into()).await;
+                }
+            }
         }
         MeshEvent::Request { from, kind, responder, .. } => {
             debug!(node = %from.node_name, %kind, "mesh request refused: not served by this agent");

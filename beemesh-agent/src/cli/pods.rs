@@ -1,5 +1,5 @@
 //! The kubectl-like verbs: `apply`, `get pods|configmaps|secrets`, `logs`, `exec POD`, `delete`, `wait`.
-//! Clients of the agent's admin socket; `logs` reads the container's log file and `exec`
+//! Clients of the agent's admin socket. For a pod of this host `logs` reads the container's log file and `exec`
 //! enters the container with nsenter, both as root on the agent's host.
 
 use std::io::{Read, Seek, Write};
@@ -269,16 +269,66 @@ fn age(secs: u64) -> String {
     }
 }
 
+/// Where a container is: on this host (how to read and enter it), or on another host.
+enum Place {
+    Here(Box<crate::api::ContainerInfo>),
+    Remote,
+}
+
 async fn container(
     socket: &Path,
     namespace: &str,
     pod: &str,
     container: Option<String>,
-) -> Result<crate::api::ContainerInfo, ExitCode> {
+) -> Result<Place, ExitCode> {
     let req = Request::PodContainer { namespace: namespace.to_owned(), name: pod.to_owned(), container };
     match client::call(socket, &req).await {
-        Ok(Response::Container(c)) => Ok(c),
+        Ok(Response::Container(c)) => Ok(Place::Here(Box::new(c))),
+        Ok(Response::Remote { .. }) => Ok(Place::Remote),
         other => Err(unexpected(other)),
+    }
+}
+
+fn unbase64(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap_or_default()
+}
+
+/// `logs` of a pod on another host: chunks from its host through this agent; `-f` asks again
+/// every half second while the container runs.
+async fn remote_logs(
+    socket: &Path,
+    namespace: &str,
+    pod: &str,
+    container: Option<String>,
+    follow: bool,
+    previous: bool,
+) -> ExitCode {
+    let mut out = std::io::stdout();
+    let mut offset = 0;
+    loop {
+        let req = Request::PodLogs {
+            namespace: namespace.to_owned(),
+            name: pod.to_owned(),
+            container: container.clone(),
+            previous,
+            offset,
+        };
+        let (data, next, running) = match client::call(socket, &req).await {
+            Ok(Response::Log { data, next, running }) => (unbase64(&data), next, running),
+            other => return unexpected(other),
+        };
+        if out.write_all(&data).is_err() {
+            return ExitCode::SUCCESS;
+        }
+        offset = next;
+        if data.is_empty() {
+            if !follow || !running {
+                return ExitCode::SUCCESS;
+            }
+            let _ = out.flush();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 }
 
@@ -290,8 +340,9 @@ pub async fn logs(
     follow: bool,
     previous: bool,
 ) -> ExitCode {
-    let info = match container(socket, namespace, pod, c).await {
-        Ok(i) => i,
+    let info = match container(socket, namespace, pod, c.clone()).await {
+        Ok(Place::Here(i)) => i,
+        Ok(Place::Remote) => return remote_logs(socket, namespace, pod, c, follow, previous).await,
         Err(code) => return code,
     };
     let path = PathBuf::from(if previous { &info.previous_log } else { &info.log });
@@ -343,7 +394,32 @@ fn same_file(file: &std::fs::File, meta: &std::fs::Metadata) -> bool {
     file.metadata().is_ok_and(|m| m.ino() == meta.ino() && m.dev() == meta.dev())
 }
 
-/// Runs `command` inside the container and exits with its status.
+/// `exec` of a pod on another host: run there to completion (no stdin), its output printed here.
+async fn remote_exec(
+    socket: &Path,
+    namespace: &str,
+    pod: &str,
+    container: Option<String>,
+    command: &[String],
+) -> ExitCode {
+    let req = Request::ExecPod {
+        namespace: namespace.to_owned(),
+        name: pod.to_owned(),
+        container,
+        command: command.to_vec(),
+    };
+    match client::call(socket, &req).await {
+        Ok(Response::Exec { stdout, stderr, code }) => {
+            let _ = std::io::stdout().write_all(&unbase64(&stdout));
+            let _ = std::io::stderr().write_all(&unbase64(&stderr));
+            ExitCode::from(code.clamp(0, 255) as u8)
+        }
+        other => unexpected(other),
+    }
+}
+
+/// Runs `command` inside the container and exits with its status (on another host: run
+/// there, its output returned).
 pub async fn exec(
     socket: &Path,
     namespace: &str,
@@ -351,22 +427,13 @@ pub async fn exec(
     c: Option<String>,
     command: &[String],
 ) -> ExitCode {
-    let info = match container(socket, namespace, pod, c).await {
-        Ok(i) => i,
+    let info = match container(socket, namespace, pod, c.clone()).await {
+        Ok(Place::Here(i)) => i,
+        Ok(Place::Remote) => return remote_exec(socket, namespace, pod, c, command).await,
         Err(code) => return code,
     };
-    let Some(pid) = info.host_pid else {
+    let Some(target) = info.exec_target() else {
         return fail(format!("container {:?} of pod {pod} is not running", info.container));
-    };
-    let cgroups: Vec<PathBuf> = info.cgroups.iter().map(PathBuf::from).collect();
-    let target = crate::pod::probe::Target {
-        init_pid: 0,
-        host_pid: pid,
-        env: info.env,
-        cwd: info.cwd,
-        user: (info.uid, info.gid),
-        cgroups,
-        security: info.security,
     };
     let mut cmd = match crate::pod::probe::enter_command(&target, command) {
         Ok(c) => c,

@@ -83,6 +83,7 @@ const POD_SPEC: &[&str] = &[
     "spec.serviceAccount",
     "spec.terminationGracePeriodSeconds",
     "spec.hostname",
+    "spec.nodeName",
     "spec.shareProcessNamespace",
     "spec.volumes[].name",
     "spec.volumes[].emptyDir.medium",

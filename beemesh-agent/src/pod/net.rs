@@ -69,7 +69,7 @@ impl Slirp {
         let log_path = api.with_file_name("slirp.log");
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(NetError::Spawn)?;
-        let mut argv = crate::sys::cgroup_exec_argv(&[cgroup.to_path_buf()], "slirp4netns");
+        let mut argv = crate::sys::cgroup_exec_argv(&[cgroup.to_path_buf()], true, "slirp4netns");
         argv.extend(
             [
                 "--configure".into(),

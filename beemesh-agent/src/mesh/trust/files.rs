@@ -249,6 +249,15 @@ pub fn write_host(state_dir: &Path, host: &HostFiles<'_>) -> Result<(), TrustErr
     if key_path.exists() {
         return Err(file_err(&key_path, "already exists: this state directory has host credentials"));
     }
+    // A state directory made here is searchable (0711, as `run` makes it): pods with their own
+    // id range reach their files through it. Only `host/` is private.
+    if !state_dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(state_dir)
+            .map_err(|e| file_err(state_dir, e))?;
+    }
     make_dir(&dir)?;
     let encoded = host.keypair.to_protobuf_encoding().map_err(|_| TrustError::NotEd25519)?;
     write_file(&dir.join("workloads.key"), host.workload_key_pem.as_bytes(), 0o600)?;
