@@ -30,6 +30,7 @@ use crate::workload::{Workload, WorkloadCgroups, WorkloadTable};
 
 pub(crate) mod cluster;
 mod images;
+pub mod join;
 pub(crate) mod mesh;
 mod pods;
 mod policy_state;
@@ -60,6 +61,8 @@ pub enum AgentError {
     Mesh(#[from] crate::mesh::swarm::SwarmError),
     #[error(transparent)]
     Cluster(#[from] cluster::ClusterError),
+    #[error(transparent)]
+    Join(#[from] join::JoinError),
     #[error(transparent)]
     Userns(#[from] crate::pod::userns::UsernsError),
 }
@@ -136,6 +139,9 @@ impl AgentHandle {
                     }
                     Err(e) => Response::Error { message: e.to_string() },
                 };
+            }
+            Request::JoinTokens { action } => {
+                return join::answer(self.mesh.as_ref().and_then(|m| m.issuer.clone()), action).await;
             }
             Request::Peers => {
                 return match &self.mesh {
@@ -604,6 +610,7 @@ impl Agent {
             }
             Request::Policies => Err("policy reports are answered by the policy engine".to_string()),
             Request::Peers => Err("peers are answered by the mesh swarm".to_string()),
+            Request::JoinTokens { .. } => Err("join tokens are answered by the issuer".to_string()),
             Request::Flows { .. } => Err("flows are served by the flow hub".to_string()),
             Request::Apply { .. } | Request::DeleteObjects { .. } => {
                 Err("manifests are parsed before they reach the actor".to_string())
