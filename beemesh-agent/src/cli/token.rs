@@ -19,8 +19,8 @@ pub enum TokenCommand {
         /// How long it admits a host: NUMBER with s, m, h or d (default 1h).
         #[arg(long, default_value = "1h", value_parser = parse_ttl)]
         ttl: Duration,
-        /// The only node name it admits.
-        #[arg(long = "node-name", value_name = "NAME")]
+        /// The only node name it admits (`--node-name` is this host's own, a global flag).
+        #[arg(long = "for-node", value_name = "NAME")]
         node: Option<String>,
     },
     /// The member's tokens (never their secrets).
@@ -110,6 +110,12 @@ fn print(items: &[JoinTokenInfo]) {
 mod tests {
     use super::parse_ttl;
     use std::time::Duration;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        // clap checks (unique long names across global and local flags) at first use only.
+        <crate::cli::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 
     #[test]
     fn ttls_parse_with_units() {
