@@ -245,3 +245,89 @@ fn write(
     };
     Ok(files::write_host(state_dir, &files)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    const TD: &str = "beemesh.local";
+
+    /// A member's state dir with an issuer from a fresh root under `<state>/issuer`.
+    fn member() -> (tempfile::TempDir, Config, Vec<CertificateDer<'static>>) {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let now = SystemTime::now();
+        let root = files::init_ca(&tmp.path().join("root"), TD, now).expect("root");
+        let state = tmp.path().join("state");
+        files::issue_issuer(&root, "ops", &state.join(DEFAULT_ISSUER_DIR), now).expect("issuer");
+        let cfg = Config { state_dir: state, ..Config::default() };
+        (tmp, cfg, root.bundle)
+    }
+
+    fn ask(token: &JoinToken, node: &str) -> (PeerId, Vec<u8>) {
+        let keypair = crate::mesh::trust::generate_keypair().expect("key");
+        let wk = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let req = flow::request(token, node, &keypair, &wk).expect("request");
+        (keypair.public().to_peer_id(), serde_json::to_vec(&req).expect("json"))
+    }
+
+    #[test]
+    fn a_token_admits_one_host_and_its_use_survives_a_restart() {
+        let (_tmp, cfg, roots) = member();
+        let issuer = Issuer::load(&cfg, &roots).expect("loads").expect("has an issuer");
+        let (token, shown) = issuer.create(Duration::from_secs(600), None, SystemTime::now()).expect("token");
+        assert!(!shown.used);
+        let path = cfg.state_dir.join(TOKENS_FILE);
+        let mode = std::fs::metadata(&path).expect("records").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        let (peer, body) = ask(&token, "n1");
+        let answer = issuer.admit(&peer, &body, SystemTime::now()).expect("admitted");
+        let _: JoinResponse = serde_json::from_slice(&answer).expect("an answer");
+        let again = ask(&token, "n2");
+        assert_eq!(
+            issuer.admit(&again.0, &again.1, SystemTime::now()),
+            Err("join: token already used".into())
+        );
+
+        // Another agent process: the use was recorded before the answer left.
+        let reloaded = Issuer::load(&cfg, &roots).expect("loads").expect("issuer");
+        assert!(reloaded.list()[0].used);
+        assert_eq!(
+            reloaded.admit(&again.0, &again.1, SystemTime::now()),
+            Err("join: token already used".into())
+        );
+        reloaded.delete(&shown.id).expect("deleted");
+        assert!(reloaded.list().is_empty());
+        assert!(matches!(reloaded.delete(&shown.id), Err(JoinError::UnknownToken(_))));
+        assert_eq!(reloaded.admit(&again.0, &again.1, SystemTime::now()), Err("join: unknown token".into()));
+        assert!(reloaded
+            .admit(&again.0, b"{", SystemTime::now())
+            .expect_err("garbage")
+            .starts_with("malformed join request"));
+    }
+
+    #[test]
+    fn an_issuer_of_another_root_and_bad_names_are_refused() {
+        let (_tmp, cfg, _) = member();
+        let other = Authority::generate(TD, SystemTime::now(), Duration::from_secs(86_400)).expect("root");
+        let err = Issuer::load(&cfg, &[other.cert_der()]).expect_err("another root");
+        assert!(err.to_string().contains("is not this host's root"), "{err}");
+
+        let none = Config { state_dir: cfg.state_dir.join("elsewhere"), ..Config::default() };
+        assert!(Issuer::load(&none, &[]).expect("no issuer is fine").is_none());
+        let mut configured = none.clone();
+        configured.mesh.issuer_dir = Some(cfg.state_dir.join("missing"));
+        let err = Issuer::load(&configured, &[]).expect_err("a configured issuer must exist");
+        assert!(err.to_string().contains("missing"), "{err}");
+
+        let (_tmp2, cfg, roots) = member();
+        let issuer = Issuer::load(&cfg, &roots).expect("loads").expect("issuer");
+        assert!(matches!(
+            issuer.create(Duration::from_secs(60), Some("Bad Name"), SystemTime::now()),
+            Err(JoinError::Trust(TrustError::BadName(_)))
+        ));
+    }
+
+    use crate::identity::svid::Authority;
+}
