@@ -183,7 +183,7 @@ fn a_host_joins_with_a_token_from_an_issuer_holding_member_and_bad_tokens_are_re
     // The same token again: refused by a, the new host exits with the reason, nothing written.
     let mut d = joiner(&mut lan, 4, "b", &token, &bootstrap)?;
     let err = d.spawn().expect_err("a used token admits nobody").to_string();
-    assert!(err.contains("token already used"), "{err}");
+    assert!(err.contains("join: refused by the member: token already used"), "{err}");
     assert!(!d.state_dir().join("host").exists(), "d wrote credentials");
 
     // A token pinning another root: the joining host refuses a's answer itself.

@@ -156,11 +156,14 @@ impl Issuer {
             serde_json::from_slice(body).map_err(|e| format!("malformed join request: {e}"))?;
         let mut records = self.records();
         let Some(i) = records.iter().position(|r| r.id == request.token_id) else {
-            return Err(TrustError::Join("unknown token".into()).to_string());
+            return Err("unknown token".into());
         };
         let mut record = records[i].clone();
-        let response = flow::admit(&request, peer, &mut record, &self.ca, now, HOST_LIFETIME)
-            .map_err(|e| e.to_string())?;
+        let response =
+            flow::admit(&request, peer, &mut record, &self.ca, now, HOST_LIFETIME).map_err(|e| match e {
+                TrustError::Join(reason) => reason,
+                other => other.to_string(),
+            })?;
         let before = std::mem::replace(&mut records[i], record);
         if let Err(e) = self.save(&mut records, now) {
             records[i] = before;
@@ -285,22 +288,16 @@ mod tests {
         let answer = issuer.admit(&peer, &body, SystemTime::now()).expect("admitted");
         let _: JoinResponse = serde_json::from_slice(&answer).expect("an answer");
         let again = ask(&token, "n2");
-        assert_eq!(
-            issuer.admit(&again.0, &again.1, SystemTime::now()),
-            Err("join: token already used".into())
-        );
+        assert_eq!(issuer.admit(&again.0, &again.1, SystemTime::now()), Err("token already used".into()));
 
         // Another agent process: the use was recorded before the answer left.
         let reloaded = Issuer::load(&cfg, &roots).expect("loads").expect("issuer");
         assert!(reloaded.list()[0].used);
-        assert_eq!(
-            reloaded.admit(&again.0, &again.1, SystemTime::now()),
-            Err("join: token already used".into())
-        );
+        assert_eq!(reloaded.admit(&again.0, &again.1, SystemTime::now()), Err("token already used".into()));
         reloaded.delete(&shown.id).expect("deleted");
         assert!(reloaded.list().is_empty());
         assert!(matches!(reloaded.delete(&shown.id), Err(JoinError::UnknownToken(_))));
-        assert_eq!(reloaded.admit(&again.0, &again.1, SystemTime::now()), Err("join: unknown token".into()));
+        assert_eq!(reloaded.admit(&again.0, &again.1, SystemTime::now()), Err("unknown token".into()));
         assert!(reloaded
             .admit(&again.0, b"{", SystemTime::now())
             .expect_err("garbage")

@@ -120,7 +120,7 @@ async fn attempt(
                     MeshResponse::App(answer) => Ok(answer),
                     MeshResponse::Refused(why) if why == JOIN_BUSY => Err(Attempt::Retry(why)),
                     MeshResponse::Refused(why) => {
-                        Err(Attempt::Fatal(SwarmError::Join(format!("refused: {why}"))))
+                        Err(Attempt::Fatal(SwarmError::Join(format!("refused by the member: {why}"))))
                     }
                     other => Err(Attempt::Fatal(SwarmError::Join(format!("unexpected answer {other:?}")))),
                 };

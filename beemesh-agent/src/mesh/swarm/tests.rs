@@ -406,7 +406,7 @@ async fn a_host_without_credentials_may_send_a_join_request_and_nothing_else() {
     };
     responder.refuse("token already used".into()).await.expect("refuse");
     let err = asked.await.expect("task").expect_err("refused");
-    assert_eq!(err.to_string(), "join: refused: token already used");
+    assert_eq!(err.to_string(), "join: refused by the member: token already used");
 
     // Oversized: refused by the swarm, the application never sees it.
     let big = vec![0u8; MAX_JOIN_BYTES + 1];
