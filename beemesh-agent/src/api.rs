@@ -51,6 +51,10 @@ pub enum Request {
     Policies,
     /// The mesh: this host and its connected peers.
     Peers,
+    /// `token create|list|delete`: join tokens of the issuer this member holds.
+    JoinTokens {
+        action: TokenAction,
+    },
     /// Applies a manifest file (Pods, ConfigMaps, Secrets); all of it or none of it.
     Apply {
         file: String,
@@ -138,6 +142,23 @@ pub enum Request {
     },
 }
 
+/// What `joinTokens` does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "do", rename_all = "camelCase")]
+pub enum TokenAction {
+    /// A new single-use token valid `ttlSecs`, for `nodeName` only if given.
+    #[serde(rename_all = "camelCase")]
+    Create {
+        ttl_secs: u64,
+        #[serde(default)]
+        node_name: Option<String>,
+    },
+    List,
+    Delete {
+        id: String,
+    },
+}
+
 fn default_flow_limit() -> usize {
     100
 }
@@ -193,6 +214,14 @@ pub enum Response {
     },
     Peers {
         items: Vec<PeerEntry>,
+    },
+    /// A new join token (its text is shown once; the member keeps only its record).
+    JoinToken {
+        token: String,
+        info: JoinTokenInfo,
+    },
+    JoinTokens {
+        items: Vec<JoinTokenInfo>,
     },
     Done,
     Error {
@@ -308,6 +337,18 @@ pub struct PeerEntry {
     /// The host that answered.
     #[serde(default)]
     pub this_host: bool,
+}
+
+/// A join token as `token list` shows it (never its secret).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinTokenInfo {
+    pub id: String,
+    /// Seconds since the epoch.
+    pub expires_at: u64,
+    /// The only node name it admits, if pinned.
+    pub node_name: Option<String>,
+    pub used: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

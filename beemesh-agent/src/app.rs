@@ -31,6 +31,7 @@ use crate::workload::{Workload, WorkloadCgroups, WorkloadTable};
 mod apply;
 pub(crate) mod cluster;
 mod images;
+pub mod join;
 pub(crate) mod mesh;
 mod pods;
 mod policy_state;
@@ -63,6 +64,8 @@ pub enum AgentError {
     Mesh(#[from] crate::mesh::swarm::SwarmError),
     #[error(transparent)]
     Cluster(#[from] cluster::ClusterError),
+    #[error(transparent)]
+    Join(#[from] join::JoinError),
     #[error(transparent)]
     Userns(#[from] crate::pod::userns::UsernsError),
 }
@@ -143,6 +146,9 @@ impl AgentHandle {
                     }
                     Err(e) => Response::Error { message: e.to_string() },
                 };
+            }
+            Request::JoinTokens { action } => {
+                return join::answer(self.mesh.as_ref().and_then(|m| m.issuer.clone()), action).await;
             }
             Request::Peers => {
                 return match &self.mesh {
@@ -562,6 +568,7 @@ impl Agent {
             }
             Request::Policies => Err("policy reports are answered by the policy engine".to_string()),
             Request::Peers => Err("peers are answered by the mesh swarm".to_string()),
+            Request::JoinTokens { .. } => Err("join tokens are answered by the issuer".to_string()),
             Request::Flows { .. } => Err("flows are served by the flow hub".to_string()),
             Request::Apply { .. }
             | Request::DeleteObjects { .. }

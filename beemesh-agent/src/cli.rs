@@ -28,6 +28,7 @@ macro_rules! out {
 mod ca;
 mod images;
 mod pods;
+mod token;
 
 pub use ca::CaCommand;
 
@@ -96,7 +97,12 @@ pub enum Output {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent (needs root).
-    Run,
+    Run {
+        /// Join a mesh first with this token (`token create` on a member), through
+        /// --bootstrap; ignored when this host already has credentials.
+        #[arg(long, env = "BEEMESH_JOIN", value_name = "TOKEN")]
+        join: Option<String>,
+    },
     /// A pod's init process; the agent starts it, never a user.
     #[command(hide = true)]
     PodInit {
@@ -244,6 +250,11 @@ pub enum Command {
         #[command(subcommand)]
         command: CaCommand,
     },
+    /// Join tokens of the issuer this member holds (`run --join` on a new host).
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCommand,
+    },
     /// Agent status.
     Status {
         #[arg(short, long, value_enum, default_value_t)]
@@ -378,10 +389,25 @@ pub async fn execute(cli: Cli) -> ExitCode {
     };
     let socket = cfg.socket_path();
     match cli.command {
-        Command::Run => match crate::app::run(cfg).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(e),
-        },
+        Command::Run { join } => {
+            if let Some(text) = join {
+                let token = match token::parse_join(&text) {
+                    Ok(t) => t,
+                    Err(code) => return code,
+                };
+                if cfg.mesh.bootstrap.is_empty() {
+                    eprintln!("beemesh-agent: --join needs --bootstrap ADDR (a member holding an issuer)");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+                if let Err(e) = crate::app::join::join(&cfg, &token).await {
+                    return fail(e);
+                }
+            }
+            match crate::app::run(cfg).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
         Command::PodInit { .. } | Command::PodExec { .. } | Command::CgroupExec { .. } => {
             fail("pod-init, pod-exec and cgroup-exec must run before the async runtime starts")
         }
@@ -505,6 +531,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
         Command::Flows { follow, limit, output } => flows(&socket, follow, limit, output).await,
         Command::Image { command } => images::run(&cli.global, &cfg, &socket, command).await,
         Command::Ca { command } => ca::run(&cfg, command),
+        Command::Token { command } => token::run(&socket, command).await,
     }
 }
 

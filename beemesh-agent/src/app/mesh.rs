@@ -15,6 +15,7 @@ use crate::mesh::swarm::{self, MeshClient, MeshEvent, PeerInfo};
 use crate::mesh::trust::{Attestor, HostIdentity, HostTrust};
 
 use super::cluster::{self, Cluster, Inbound};
+use super::join::Issuer;
 use super::{remote, AgentError, AgentHandle};
 
 /// The running swarm, as the API sees it.
@@ -28,6 +29,8 @@ pub struct Mesh {
     /// Serves peers' `logs`/`exec` of this host's pods (`app::remote`); set once the agent's
     /// handle exists, refused until then.
     pub pod_server: Arc<OnceLock<AgentHandle>>,
+    /// The issuer joining hosts are admitted with, if this member holds one.
+    pub issuer: Option<Arc<Issuer>>,
 }
 
 /// Starts the swarm (listening on the configured port, joining the bootstrap peers) and the
@@ -38,6 +41,10 @@ pub(super) async fn start(
     trust: HostTrust,
 ) -> Result<Mesh, AgentError> {
     let config = cfg.mesh.to_config(&cfg.state_dir)?;
+    let issuer = Issuer::load(cfg, trust.roots())?.map(Arc::new);
+    if let Some(i) = &issuer {
+        info!(tokens = i.list().len(), "this member admits joining hosts (join tokens)");
+    }
     let keypair = identity.keypair().clone();
     let name = identity.node_name().to_owned();
     let attestor = Arc::new(Attestor { identity: Arc::new(identity), trust: Arc::new(trust) });
@@ -53,21 +60,28 @@ pub(super) async fn start(
     };
     let cluster = cluster::start(&cfg.state_dir, &name_of(&this), client.clone()).await?;
     let pod_server = Arc::new(OnceLock::new());
-    let (events_client, events_cluster, server) = (client.clone(), cluster.clone(), pod_server.clone());
+    let (events_client, events_cluster, events_issuer, server) =
+        (client.clone(), cluster.clone(), issuer.clone(), pod_server.clone());
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
-            follow(&events_client, &events_cluster, &server, event).await;
+            follow(&events_client, &events_cluster, &events_issuer, &server, event).await;
         }
         debug!("mesh events ended");
     });
-    Ok(Mesh { client, cluster, this, pod_server })
+    Ok(Mesh { client, cluster, this, issuer, pod_server })
 }
 
 fn name_of(this: &PeerEntry) -> String {
     this.name.clone().unwrap_or_default()
 }
 
-async fn follow(client: &MeshClient, cluster: &Cluster, pods: &OnceLock<AgentHandle>, event: MeshEvent) {
+async fn follow(
+    client: &MeshClient,
+    cluster: &Cluster,
+    issuer: &Option<Arc<Issuer>>,
+    pods: &OnceLock<AgentHandle>,
+    event: MeshEvent,
+) {
     match event {
         MeshEvent::PeerUp { host, listen_addrs } => {
             info!(node = %host.node_name, peer = %host.peer, addrs = ?listen_addrs, "mesh peer attested");
@@ -113,6 +127,33 @@ async fn follow(client: &MeshClient, cluster: &Cluster, pods: &OnceLock<AgentHan
         MeshEvent::Request { from, kind, responder, .. } => {
             debug!(node = %from.node_name, %kind, "mesh request refused: not served by this agent");
             let _ = responder.refuse(format!("{kind:?} is not served by this agent")).await;
+        }
+        MeshEvent::Join { peer, body, responder } => {
+            let issuer = issuer.clone();
+            // Issuing signs certificates and writes the token records: beside the loop.
+            tokio::spawn(async move {
+                let answer = match issuer {
+                    None => Err("this member holds no issuer; join through one that does".to_string()),
+                    Some(issuer) => tokio::task::spawn_blocking(move || {
+                        issuer.admit(&peer, &body, std::time::SystemTime::now())
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("join task failed: {e}"))),
+                };
+                let sent = match answer {
+                    Ok(body) => {
+                        info!(%peer, "join request admitted");
+                        responder.respond(body).await
+                    }
+                    Err(why) => {
+                        warn!(%peer, %why, "join request refused");
+                        responder.refuse(why).await
+                    }
+                };
+                if let Err(e) = sent {
+                    debug!(%peer, error = %e, "join answer not sent");
+                }
+            });
         }
         MeshEvent::BootstrapFailed { addr, error, retry_in } => {
             info!(%addr, %error, retry_in_ms = retry_in.as_millis() as u64, "mesh bootstrap not reached; retrying")

@@ -7,6 +7,7 @@
 mod addr;
 mod backoff;
 mod event_loop;
+mod join;
 mod membership;
 mod peers_file;
 mod protocol;
@@ -27,9 +28,10 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use crate::mesh::attest::{Attest, AttestedHost};
 pub use addr::BootstrapAddr;
+pub use join::join_request;
 pub use membership::GossipDrop;
 pub use peers_file::{KnownPeer, KnownPeers};
-pub use protocol::{MeshRequest, MeshResponse};
+pub use protocol::{MeshRequest, MeshResponse, MAX_JOIN_BYTES};
 pub use ratelimit::RateLimits;
 pub use settings::{MeshOpts, MeshSettings, DEFAULT_MESH_PORT};
 
@@ -62,6 +64,8 @@ pub enum SwarmError {
     Request { peer: PeerId, why: String },
     #[error("cannot dial {addr}: {why}")]
     Dial { addr: Multiaddr, why: String },
+    #[error("join: {0}")]
+    Join(String),
 }
 
 /// How the swarm runs; [`MeshConfig::new`] gives the defaults for a set of listen addresses.
@@ -133,6 +137,8 @@ pub struct MeshStats {
     pub requests_refused: u64,
     /// Peers whose attestation failed or timed out.
     pub attestations_failed: u64,
+    /// Join requests refused by the swarm (oversized or over the rate limit).
+    pub joins_refused: u64,
 }
 
 /// A gossip message from an attested peer, waiting for the application's verdict
@@ -168,6 +174,9 @@ pub enum MeshEvent {
     GossipDropped { via: PeerId, origin: Option<PeerId>, reason: GossipDrop },
     /// An application request from an attested peer; answer it through `responder`.
     Request { from: AttestedHost, kind: String, body: Vec<u8>, responder: Responder },
+    /// A join request from a peer that need not have attested (it has no credentials yet);
+    /// answer it through `responder` (`respond` with the answer, or `refuse`).
+    Join { peer: PeerId, body: Vec<u8>, responder: Responder },
     /// A bootstrap address could not be joined; it is tried again after `retry_in`.
     BootstrapFailed { addr: String, error: String, retry_in: Duration },
 }

@@ -18,8 +18,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::backoff::Backoff;
 use super::membership::{GossipDrop, Membership, PeerState};
 use super::peers_file::KnownPeers;
-use super::protocol::{build_swarm, Behaviour, BehaviourEvent, MeshRequest, MeshResponse};
-use super::ratelimit::RateLimiter;
+use super::protocol::{build_swarm, Behaviour, BehaviourEvent, MeshRequest, MeshResponse, MAX_JOIN_BYTES};
+use super::ratelimit::{RateLimiter, RateLimits};
 
 use super::{
     Attest, AttestedHost, BootstrapAddr, Command, GossipMessage, MeshConfig, MeshEvent, MeshStats, PeerInfo,
@@ -36,6 +36,14 @@ const DISCOVERY_CAP: Duration = Duration::from_secs(300);
 /// An attested connection that lasted this long resets the redial back-offs when it closes;
 /// a shorter one (e.g. a peer that keeps failing attestation) leaves them growing.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
+/// Join requests (from anyone, attested or not) this host looks at: a burst of 5, then one
+/// a second. PeerIds cost nothing to make, so the limit is for all requesters together.
+const JOIN_LIMITS: RateLimits = RateLimits {
+    messages_per_sec: 1.0,
+    message_burst: 5.0,
+    bytes_per_sec: MAX_JOIN_BYTES as f64,
+    byte_burst: 5.0 * MAX_JOIN_BYTES as f64,
+};
 
 /// One `--bootstrap` address and where its joining stands.
 #[derive(Debug)]
@@ -85,6 +93,11 @@ pub(super) struct EventLoop {
     limiters: HashMap<PeerId, RateLimiter>,
     stats: MeshStats,
     listen_addrs: HashSet<Multiaddr>,
+    /// Join requests, all requesters together.
+    join_limiter: RateLimiter,
+    /// Peers that sent a join request: they have nothing to attest with yet, so their
+    /// challenge failing is expected, not a warning.
+    joiners: HashSet<PeerId>,
     /// When to ask the DHT for more peers again: soon after a peer joins (it may know others
     /// that joined at the same time), then less and less often.
     discovery: Backoff,
@@ -236,6 +249,8 @@ impl EventLoop {
             stats: MeshStats::default(),
             listen_addrs,
             discovery: Backoff::new(DISCOVERY_BASE, DISCOVERY_CAP),
+            join_limiter: RateLimiter::new(JOIN_LIMITS, Instant::now()),
+            joiners: HashSet::new(),
             config,
         })
     }
@@ -476,6 +491,7 @@ impl EventLoop {
                                 .send_response(channel, MeshResponse::Refused("not attested".into()));
                         }
                     },
+                    MeshRequest::Join { body } => return self.on_join(peer, body, channel).await,
                 }
             }
             Event::Message { peer, message: Message::Response { request_id, response }, .. } => {
@@ -562,8 +578,45 @@ impl EventLoop {
         }
     }
 
+    /// The one request a peer that has not attested may send: bounded, rate limited, then
+    /// handed to the application (which holds the issuer, if this host has one).
+    async fn on_join(
+        &mut self,
+        peer: PeerId,
+        body: Vec<u8>,
+        channel: request_response::ResponseChannel<MeshResponse>,
+    ) -> bool {
+        let refusal = if body.len() > MAX_JOIN_BYTES {
+            Some(format!("join request of {} bytes, more than {MAX_JOIN_BYTES}", body.len()))
+        } else if !self.join_limiter.allow(body.len(), Instant::now()) {
+            Some(super::join::JOIN_BUSY.to_string())
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            self.stats.joins_refused += 1;
+            tracing::info!(%peer, %why, "join request refused");
+            let _ = self.swarm.behaviour_mut().rr.send_response(channel, MeshResponse::Refused(why));
+            return true;
+        }
+        if self.membership.attested(&peer).is_none() {
+            self.joiners.insert(peer);
+        }
+        let Some(commands) = self.command_tx.upgrade() else {
+            return false;
+        };
+        self.emit(MeshEvent::Join { peer, body, responder: Responder { channel, commands } }).await
+    }
+
     /// Marks `peer` failed, disconnects it and forgets it.
     async fn attestation_failed(&mut self, peer: PeerId, reason: String) -> bool {
+        if self.joiners.remove(&peer) {
+            // A host joining through us: it has no credentials to attest with yet.
+            tracing::debug!(%peer, %reason, "joining peer not attested; disconnecting");
+            self.membership.challenge_failed(&peer, reason);
+            let _ = self.swarm.disconnect_peer_id(peer);
+            return true;
+        }
         tracing::warn!(%peer, %reason, "mesh peer failed attestation; disconnecting");
         self.membership.challenge_failed(&peer, reason.clone());
         self.stats.attestations_failed += 1;

@@ -35,7 +35,17 @@ pub enum MeshRequest {
         #[serde(with = "serde_bytes")]
         body: Vec<u8>,
     },
+    /// A join request (`mesh::trust::join`): the one request a peer that has not attested
+    /// may send; at most [`MAX_JOIN_BYTES`], rate limited, answered with an `App` body or
+    /// `Refused`.
+    Join {
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+    },
 }
+
+/// Largest join request body a member looks at.
+pub const MAX_JOIN_BYTES: usize = 64 * 1024;
 
 /// The answer to a [`MeshRequest`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +66,18 @@ pub struct Behaviour {
     pub identify: identify::Behaviour,
     pub rr: request_response::cbor::Behaviour<MeshRequest, MeshResponse>,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// The request-response behaviour on [`REQUEST_PROTOCOL`] (also the joiner's only one).
+pub(super) fn request_response() -> request_response::cbor::Behaviour<MeshRequest, MeshResponse> {
+    let codec = request_response::cbor::codec::Codec::default()
+        .set_request_size_maximum(4 * 1024 * 1024)
+        .set_response_size_maximum(8 * 1024 * 1024);
+    request_response::Behaviour::with_codec(
+        codec,
+        [(StreamProtocol::new(REQUEST_PROTOCOL), ProtocolSupport::Full)],
+        request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+    )
 }
 
 /// The swarm with every protocol configured: QUIC only, on tokio.
@@ -96,14 +118,7 @@ pub(super) fn build_swarm(config: &MeshConfig, keypair: Keypair) -> Result<Swarm
                 identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
                     .with_agent_version(format!("beemesh-agent/{}", env!("CARGO_PKG_VERSION"))),
             );
-            let codec = request_response::cbor::codec::Codec::default()
-                .set_request_size_maximum(4 * 1024 * 1024)
-                .set_response_size_maximum(8 * 1024 * 1024);
-            let rr = request_response::Behaviour::with_codec(
-                codec,
-                [(StreamProtocol::new(REQUEST_PROTOCOL), ProtocolSupport::Full)],
-                request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
-            );
+            let rr = request_response();
             let mdns = if mdns_on {
                 Some(mdns::tokio::Behaviour::new(mdns::Config::default(), local)?)
             } else {

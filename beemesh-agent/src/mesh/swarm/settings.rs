@@ -30,6 +30,9 @@ pub struct MeshSettings {
     pub node_name: Option<String>,
     /// This host's node labels.
     pub node_labels: BTreeMap<String, String>,
+    /// The issuer (`ca issue-issuer`) this member admits joining hosts with; default:
+    /// `<state-dir>/issuer` when it exists.
+    pub issuer_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for MeshSettings {
@@ -41,6 +44,7 @@ impl Default for MeshSettings {
             mdns: false,
             node_name: None,
             node_labels: BTreeMap::new(),
+            issuer_dir: None,
         }
     }
 }
@@ -66,6 +70,10 @@ pub struct MeshOpts {
     /// A node label KEY=VALUE (repeatable).
     #[arg(long = "node-label", global = true, value_name = "KEY=VALUE", value_parser = parse_node_label)]
     pub node_labels: Vec<(String, String)>,
+    /// The issuer directory (`ca issue-issuer --out DIR`) for `token create`; default
+    /// STATE_DIR/issuer when it exists.
+    #[arg(long, global = true, env = "BEEMESH_ISSUER_DIR", value_name = "DIR")]
+    pub issuer_dir: Option<std::path::PathBuf>,
 }
 
 fn parse_node_label(s: &str) -> Result<(String, String), String> {
@@ -94,6 +102,9 @@ impl MeshOpts {
         }
         if let Some(n) = &self.node_name {
             settings.node_name = Some(n.clone());
+        }
+        if let Some(d) = &self.issuer_dir {
+            settings.issuer_dir = Some(d.clone());
         }
         for (k, v) in &self.node_labels {
             settings.node_labels.insert(k.clone(), v.clone());

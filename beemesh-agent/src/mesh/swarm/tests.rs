@@ -374,3 +374,56 @@ async fn a_peer_that_does_not_attest_in_time_is_disconnected_at_the_deadline() {
     assert!(stats.attestations_failed >= 1, "{stats:?}");
     assert!(!x.client.peers().await.expect("peers").iter().any(|p| p.attested));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_without_credentials_may_send_a_join_request_and_nothing_else() {
+    let ka = Keypair::generate_ed25519();
+    let mut a = Node::start("a", &ka, &[("a", &ka)], None, |_| {}).await;
+    let boot: Vec<BootstrapAddr> = vec![format!("127.0.0.1:{}", a.port().await).parse().expect("addr")];
+
+    // The joiner (a stranger to a) is answered by the application.
+    let joiner = Keypair::generate_ed25519();
+    let joiner_id = joiner.public().to_peer_id();
+    let (b1, j1) = (boot.clone(), joiner.clone());
+    let asked = tokio::spawn(async move { join_request(&b1, j1, b"please".to_vec(), DEADLINE).await });
+    let mut skipped = Vec::new();
+    let MeshEvent::Join { peer, body, responder } =
+        a.until("join", &mut skipped, |ev| matches!(ev, MeshEvent::Join { .. })).await
+    else {
+        unreachable!("picked a join")
+    };
+    assert_eq!((peer, body.as_slice()), (joiner_id, &b"please"[..]));
+    responder.respond(b"welcome".to_vec()).await.expect("respond");
+    assert_eq!(asked.await.expect("task").expect("answered"), b"welcome");
+
+    // A refusal reaches the joiner as such, and is not retried.
+    let (b2, j2) = (boot.clone(), joiner.clone());
+    let asked = tokio::spawn(async move { join_request(&b2, j2, b"again".to_vec(), DEADLINE).await });
+    let MeshEvent::Join { responder, .. } =
+        a.until("join", &mut skipped, |ev| matches!(ev, MeshEvent::Join { .. })).await
+    else {
+        unreachable!("picked a join")
+    };
+    responder.refuse("token already used".into()).await.expect("refuse");
+    let err = asked.await.expect("task").expect_err("refused");
+    assert_eq!(err.to_string(), "join: refused by the member: token already used");
+
+    // Oversized: refused by the swarm, the application never sees it.
+    let big = vec![0u8; MAX_JOIN_BYTES + 1];
+    let err = join_request(&boot, joiner.clone(), big, DEADLINE).await.expect_err("too big");
+    assert!(err.to_string().contains("more than 65536"), "{err}");
+    assert_eq!(a.client.stats().await.expect("stats").joins_refused, 1);
+    // Ordinary requests from the joiner are still refused: it never attested.
+    assert!(!skipped.iter().any(|e| matches!(e, MeshEvent::Request { .. } | MeshEvent::PeerUp { .. })));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_to_an_unreachable_bootstrap_gives_up_at_the_deadline() {
+    // A UDP port nothing listens on (bound, then closed).
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let boot: Vec<BootstrapAddr> = vec![format!("127.0.0.1:{port}").parse().expect("addr")];
+    let err = join_request(&boot, Keypair::generate_ed25519(), b"x".to_vec(), Duration::from_secs(3))
+        .await
+        .expect_err("nobody there");
+    assert!(err.to_string().starts_with("join: no member answered within 3 s"), "{err}");
+}

@@ -316,6 +316,24 @@ pub fn write_revocation(path: &Path, revocation: &SignedRevocation) -> Result<()
     write_file(path, revocation.to_pem().as_bytes(), 0o644)
 }
 
+/// A member's join-token records (`<state-dir>/mesh/join-tokens.json`, 0600: they hold the
+/// tokens' secrets); none when the file does not exist.
+pub fn load_tokens(path: &Path) -> Result<Vec<super::join::TokenRecord>, TrustError> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_slice(&read_secret(path)?).map_err(|e| file_err(path, e))
+}
+
+/// Writes a member's join-token records (atomically, 0600; the directory made 0700).
+pub fn save_tokens(path: &Path, records: &[super::join::TokenRecord]) -> Result<(), TrustError> {
+    if let Some(dir) = path.parent().filter(|d| !d.exists()) {
+        make_dir(dir)?;
+    }
+    let text = serde_json::to_vec_pretty(records).map_err(|e| file_err(path, e))?;
+    write_file(path, &text, 0o600)
+}
+
 /// What signs this host's workload SVIDs: the host's workload issuer (or, in a mesh of one,
 /// the self-made root), the intermediates to send after each leaf, and the bundle.
 #[derive(Debug)]

@@ -1,4 +1,4 @@
-//! The join-token flow, sans-IO (time passed in; not wired to the network or the CLI yet):
+//! The join-token flow, sans-IO (time passed in; `app::join` drives it over the network):
 //! a member holding an issuer (`ca issue-issuer`) creates a token; a new host sends, over
 //! the mesh, a request with its libp2p key and a CSR for its workload issuer's key,
 //! authenticated with the token's secret; the member checks it and issues the host's
