@@ -109,17 +109,32 @@ impl AgentHandle {
         let cmd = match req {
             Request::Apply { file, text } => match parse_manifest(file.clone(), text).await {
                 Ok(objects) => {
+                    // Kinds that live only in the cluster state are written after the actor's.
+                    let mut split = cluster::kube::Split::new(objects);
+                    let state = self.mesh.as_ref().map(|m| &m.cluster);
+                    if let Err(message) = split.check(state, false).await {
+                        return Response::Error { message };
+                    }
+                    let objects = split.take_actor();
                     let replicated = objects.iter().map(cluster::kube::mesh_object).collect();
                     let resp = self.actor(Command::Apply { file, objects }).await;
-                    return self.replicate(resp, replicated).await;
+                    let resp = self.replicate(resp, replicated).await;
+                    return split.apply(state, resp).await;
                 }
                 Err(message) => return Response::Error { message },
             },
             Request::DeleteObjects { file, text } => match parse_manifest(file, text).await {
                 Ok(objects) => {
+                    let mut split = cluster::kube::Split::new(objects);
+                    let state = self.mesh.as_ref().map(|m| &m.cluster);
+                    if let Err(message) = split.check(state, true).await {
+                        return Response::Error { message };
+                    }
+                    let objects = split.take_actor();
                     let keys = objects.iter().map(cluster::kube::mesh_key).collect();
                     let resp = self.actor(Command::DeleteObjects(objects)).await;
-                    return self.delete_replicated(resp, keys).await;
+                    let resp = self.delete_replicated(resp, keys).await;
+                    return split.delete(state, resp).await;
                 }
                 Err(message) => return Response::Error { message },
             },
@@ -129,10 +144,7 @@ impl AgentHandle {
                 };
                 return match m.cluster.list(&kind, namespace.as_deref()).await {
                     Ok(listed) => {
-                        let now = cluster::now_ms();
-                        Response::Objects {
-                            items: listed.iter().map(|l| cluster::kube::entry(l, now)).collect(),
-                        }
+                        Response::Objects { items: cluster::kube::entries(&kind, &listed, cluster::now_ms()) }
                     }
                     Err(e) => Response::Error { message: e.to_string() },
                 };
@@ -210,7 +222,7 @@ impl AgentHandle {
 }
 
 /// What an apply's line adds about the write's acknowledgement.
-fn held(acked: &cluster::Acked) -> String {
+pub(crate) fn held(acked: &cluster::Acked) -> String {
     match &acked.held_by {
         Some(node) => format!(" (held by {node})"),
         None => " (no other host holds it yet)".to_string(),
