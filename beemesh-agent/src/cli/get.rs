@@ -231,11 +231,7 @@ fn columns(kind: &str, o: &Value, wide: bool) -> Vec<String> {
         let join = |f: &str| containers.iter().filter_map(|c| c[f].as_str()).collect::<Vec<_>>().join(",");
         match kind {
             "Service" => cells.push(
-                spec["selector"]
-                    .as_object()
-                    .filter(|m| !m.is_empty())
-                    .map(labels)
-                    .unwrap_or_else(none),
+                spec["selector"].as_object().filter(|m| !m.is_empty()).map(labels).unwrap_or_else(none),
             ),
             "Deployment" => {
                 cells.extend([join("name"), join("image"), selector(&spec["selector"]).unwrap_or_else(none)])
