@@ -113,6 +113,13 @@ spec:
   selector: {app: web}
   ports: [{port: 80, targetPort: 8080}]
 ---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: web-conf
+  namespace: shop
+data: {mode: prod}
+---
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -179,7 +186,8 @@ fn kinds_applied_on_one_host_are_listed_and_deleted_from_the_other() -> Result<(
         a.log()
     );
 
-    // Applied on h1: the namespace nobody created is created, each object held by h2.
+    // Applied on h1: the namespace nobody created is created, each object held by h2, the
+    // lines in the file's order (the ConfigMap goes through the actor, the rest does not).
     let out = a.apply(FILE)?;
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
@@ -187,6 +195,7 @@ fn kinds_applied_on_one_host_are_listed_and_deleted_from_the_other() -> Result<(
         [
             "namespace/shop created (implicitly) (held by h2)",
             "service/web created (held by h2)",
+            "configmap/web-conf created (held by h2)",
             "deployment.apps/web created (held by h2)",
             "networkpolicy.networking.k8s.io/web-in created (held by h2)",
         ],
@@ -260,11 +269,17 @@ fn kinds_applied_on_one_host_are_listed_and_deleted_from_the_other() -> Result<(
 
     // Deleted on h2 (which never applied it first): gone on h1; then the emptied namespace.
     let out = cli(b, &["delete", "-f", "-"], Some(FILE))?;
-    ensure!(out.contains("deployment.apps/web deleted") && out.contains("service/web deleted"), "{out}");
+    ensure!(
+        out.contains("deployment.apps/web deleted")
+            && out.contains("service/web deleted")
+            && out.contains("configmap/web-conf deleted"),
+        "{out}"
+    );
     ensure!(
         eventually(T, || listed(a, "deployments").is_empty()
             && listed(a, "services").is_empty()
-            && listed(a, "networkpolicies").is_empty()),
+            && listed(a, "networkpolicies").is_empty()
+            && listed(a, "cm") == ["default/canary"]),
         "not deleted on h1:\n{}",
         a.log()
     );
