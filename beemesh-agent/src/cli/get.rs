@@ -102,6 +102,11 @@ async fn get_objects(socket: &Path, kind: &str, selector: Selector) -> ExitCode 
         Output::Json | Output::Yaml => {
             print_value(&items.iter().map(|o| o.object.clone()).collect::<Vec<_>>(), name.is_some(), output)
         }
+        // As kubectl: no header for nothing, and a note on stderr.
+        Output::Table | Output::Wide if items.is_empty() => match all {
+            true => eprintln!("No resources found"),
+            false => eprintln!("No resources found in {namespace} namespace."),
+        },
         Output::Table | Output::Wide => {
             out!("{}", table(kind, &items, all_namespaces && !cluster_scoped, output == Output::Wide))
         }
