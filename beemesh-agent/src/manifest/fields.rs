@@ -208,9 +208,9 @@ fn allowed(kind: &str) -> Option<&'static Allowed> {
     static CONFIGMAP: OnceLock<Allowed> = OnceLock::new();
     static SECRET: OnceLock<Allowed> = OnceLock::new();
     static NAMESPACE: OnceLock<Allowed> = OnceLock::new();
-    static SERVICE_: OnceLock<Allowed> = OnceLock::new();
-    static DEPLOYMENT_: OnceLock<Allowed> = OnceLock::new();
-    static STATEFUL_SET_: OnceLock<Allowed> = OnceLock::new();
+    static SERVICE_FIELDS: OnceLock<Allowed> = OnceLock::new();
+    static DEPLOYMENT_FIELDS: OnceLock<Allowed> = OnceLock::new();
+    static STATEFUL_SET_FIELDS: OnceLock<Allowed> = OnceLock::new();
     let with = |extra: Vec<String>| -> Allowed {
         let mut v: Vec<String> =
             ["apiVersion", "kind"].iter().chain(METADATA).map(|s| s.to_string()).collect();
@@ -223,9 +223,9 @@ fn allowed(kind: &str) -> Option<&'static Allowed> {
         "ConfigMap" => CONFIGMAP.get_or_init(|| with(strings(&["data.*", "binaryData.*", "immutable"]))),
         "Secret" => SECRET.get_or_init(|| with(strings(&["data.*", "stringData.*", "type", "immutable"]))),
         "Namespace" => NAMESPACE.get_or_init(|| with(Vec::new())),
-        "Service" => SERVICE_.get_or_init(|| with(strings(SERVICE))),
-        "Deployment" => DEPLOYMENT_.get_or_init(|| with(workload(DEPLOYMENT))),
-        "StatefulSet" => STATEFUL_SET_.get_or_init(|| with(workload(STATEFUL_SET))),
+        "Service" => SERVICE_FIELDS.get_or_init(|| with(strings(SERVICE))),
+        "Deployment" => DEPLOYMENT_FIELDS.get_or_init(|| with(workload(DEPLOYMENT))),
+        "StatefulSet" => STATEFUL_SET_FIELDS.get_or_init(|| with(workload(STATEFUL_SET))),
         _ => return None,
     })
 }
