@@ -191,3 +191,29 @@ fn new_uid() -> String {
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_is_split_between_the_actor_and_the_state_in_file_order() {
+        let objects = crate::manifest::parse(
+            "t.yaml",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 80}]}\n---\n\
+             apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: shop}\n---\n\
+             apiVersion: v1\nkind: Namespace\nmetadata: {name: ops}\n---\n\
+             apiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: ops}\n",
+        )
+        .expect("parse");
+        let mut split = Split::new(objects);
+        let actor: Vec<String> = split.take_actor().iter().map(Object::shown).collect();
+        assert_eq!(actor, ["configmap/c", "secret/s"]);
+        let order: Vec<Option<String>> = split.order.iter().map(|o| o.as_ref().map(Object::shown)).collect();
+        assert_eq!(order, [Some("service/web".to_owned()), None, Some("namespace/ops".to_owned()), None]);
+        // ops is declared by the file; shop is not; default always exists.
+        assert_eq!(split.namespaces, BTreeSet::from(["shop".to_owned()]));
+        assert!(split.keys.contains(&Key::new("ConfigMap", "shop", "c")));
+        assert!(split.keys.contains(&Key::new("Namespace", "", "ops")));
+    }
+}
