@@ -55,7 +55,7 @@ pub enum Request {
     JoinTokens {
         action: TokenAction,
     },
-    /// Applies a manifest file (Pods, ConfigMaps, Secrets); all of it or none of it.
+    /// Applies a manifest file (every kind `manifest` accepts); all of it or none of it.
     Apply {
         file: String,
         text: String,
@@ -69,8 +69,9 @@ pub enum Request {
         namespace: String,
         name: String,
     },
-    /// Objects of `kind` (`ConfigMap`, `Secret`) in the replicated cluster state, of one
-    /// namespace or (`None`) all.
+    /// Objects of `kind` (`ConfigMap`, `Secret`, `Namespace`, `Service`, `NetworkPolicy`,
+    /// `Deployment`, `StatefulSet`) in the replicated cluster state, of one namespace or
+    /// (`None`) all (Namespaces: always all, `default` and `kube-system` among them).
     ListObjects {
         kind: String,
         #[serde(default)]
@@ -253,15 +254,17 @@ pub struct PodInfo {
     pub object: serde_json::Value,
 }
 
-/// An object of the cluster state as `get configmaps|secrets` shows it; `object` is its
-/// Kubernetes JSON.
+/// An object of the cluster state as `get KIND` shows it; `object` is its Kubernetes JSON.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectEntry {
+    /// `""` for a cluster-scoped object (Namespace).
     pub namespace: String,
     pub name: String,
-    /// Since the write that made its current state.
-    pub age_secs: u64,
+    /// Since its `creationTimestamp` (else the write that made its current state); `None` for
+    /// the built-in namespaces nobody wrote.
+    #[serde(default)]
+    pub age_secs: Option<u64>,
     pub object: serde_json::Value,
 }
 

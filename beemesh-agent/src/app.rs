@@ -139,10 +139,7 @@ impl AgentHandle {
                 };
                 return match m.cluster.list(&kind, namespace.as_deref()).await {
                     Ok(listed) => {
-                        let now = cluster::now_ms();
-                        Response::Objects {
-                            items: listed.iter().map(|l| cluster::kube::entry(l, now)).collect(),
-                        }
+                        Response::Objects { items: cluster::kube::entries(&kind, &listed, cluster::now_ms()) }
                     }
                     Err(e) => Response::Error { message: e.to_string() },
                 };

@@ -26,6 +26,7 @@ macro_rules! out {
 }
 
 mod ca;
+mod get;
 mod images;
 mod pods;
 mod token;
@@ -167,15 +168,17 @@ pub enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// Apply a manifest (Pods, ConfigMaps, Secrets; `-` reads stdin).
+    /// Apply a manifest (Pods, ConfigMaps, Secrets, Namespaces, Services, NetworkPolicies,
+    /// Deployments, StatefulSets; `-` reads stdin).
     Apply {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
-    /// Show pods (this host), configmaps and secrets (the cluster state).
+    /// Show pods (this host) and the objects of the cluster state (configmaps, secrets,
+    /// namespaces, services, networkpolicies, deployments, statefulsets).
     Get {
         #[command(subcommand)]
-        what: pods::GetCommand,
+        what: get::GetCommand,
     },
     /// Delete what a manifest names (`-f FILE`) or `pod NAME`; waits until pods are gone.
     Delete {
@@ -420,7 +423,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
         }
         Command::Exec { .. } => fail("exec needs a POD or --identity"),
         Command::Apply { file } => pods::apply(&socket, &file).await,
-        Command::Get { what } => pods::get(&socket, what).await,
+        Command::Get { what } => get::get(&socket, what).await,
         Command::Delete { file, what, no_wait } => {
             let pod = what.map(|pods::DeleteCommand::Pod { name, namespace }| (namespace, name));
             pods::delete(&socket, file.as_deref(), pod, !no_wait).await

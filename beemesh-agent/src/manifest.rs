@@ -1,16 +1,23 @@
 //! Kubernetes manifests (`beemesh-agent apply -f`): a file of one or more YAML documents (or a
-//! `v1 List`) holding Pods, ConfigMaps and Secrets, decoded into k8s-openapi types and checked
-//! strictly. A field beemesh does not implement is rejected by name, never ignored; a whole
-//! file is accepted or rejected. Sans-IO: the caller reads the file. The pod runtime consumes
-//! the result.
+//! `v1 List`) holding Pods, ConfigMaps, Secrets, Namespaces, Services, NetworkPolicies,
+//! Deployments and StatefulSets, decoded into k8s-openapi types and checked strictly. A field
+//! beemesh does not implement is rejected by name, never ignored (a Deployment's Pod template
+//! by the Pod's rules); a whole file is accepted or rejected. Sans-IO: the caller reads the
+//! file. The pod runtime and the cluster state (`app::cluster::kube`) consume the result.
 
 mod fields;
+mod kinds;
 mod quantity;
 #[cfg(test)]
 mod tests;
+mod workloads;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::de::DeserializeOwned;
+
+pub use kinds::{kind_info, KindInfo, KINDS};
 
 pub use quantity::{parse_cpu_millis, parse_memory_bytes};
 
@@ -26,6 +33,11 @@ pub enum Object {
     Pod(Box<Pod>),
     ConfigMap(Box<ConfigMap>),
     Secret(Box<Secret>),
+    Namespace(Box<Namespace>),
+    Service(Box<Service>),
+    NetworkPolicy(Box<NetworkPolicy>),
+    Deployment(Box<Deployment>),
+    StatefulSet(Box<StatefulSet>),
 }
 
 impl Object {
@@ -34,24 +46,48 @@ impl Object {
             Object::Pod(_) => "Pod",
             Object::ConfigMap(_) => "ConfigMap",
             Object::Secret(_) => "Secret",
+            Object::Namespace(_) => "Namespace",
+            Object::Service(_) => "Service",
+            Object::NetworkPolicy(_) => "NetworkPolicy",
+            Object::Deployment(_) => "Deployment",
+            Object::StatefulSet(_) => "StatefulSet",
         }
     }
 
-    fn metadata(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+    pub fn metadata(&self) -> &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
         match self {
             Object::Pod(p) => &p.metadata,
             Object::ConfigMap(c) => &c.metadata,
             Object::Secret(s) => &s.metadata,
+            Object::Namespace(n) => &n.metadata,
+            Object::Service(s) => &s.metadata,
+            Object::NetworkPolicy(n) => &n.metadata,
+            Object::Deployment(d) => &d.metadata,
+            Object::StatefulSet(s) => &s.metadata,
         }
+    }
+
+    /// What this kind is to the API (`deployment.apps`, namespaced or not).
+    pub fn info(&self) -> &'static KindInfo {
+        kind_info(self.kind()).expect("every kind of Object is in KINDS")
     }
 
     pub fn name(&self) -> &str {
         self.metadata().name.as_deref().unwrap_or_default()
     }
 
-    /// The object's namespace, `default` when unset.
+    /// The object's namespace: `default` when unset, `""` for a cluster-scoped kind
+    /// (Namespace).
     pub fn namespace(&self) -> &str {
+        if !self.info().namespaced {
+            return "";
+        }
         self.metadata().namespace.as_deref().unwrap_or("default")
+    }
+
+    /// `deployment.apps/web`, as kubectl names an object in its answers.
+    pub fn shown(&self) -> String {
+        format!("{}/{}", self.info().resource, self.name())
     }
 }
 
@@ -161,26 +197,31 @@ fn object(value: &serde_yaml::Value, prefix: &str) -> Result<Object, ObjectError
         Ok(match kind {
             "Pod" => Object::Pod(Box::new(strict(v, prefix)?)),
             "ConfigMap" => Object::ConfigMap(Box::new(strict(v, prefix)?)),
-            _ => Object::Secret(Box::new(strict(v, prefix)?)),
+            "Secret" => Object::Secret(Box::new(strict(v, prefix)?)),
+            "Namespace" => Object::Namespace(Box::new(strict(v, prefix)?)),
+            "Service" => Object::Service(Box::new(strict(v, prefix)?)),
+            "NetworkPolicy" => Object::NetworkPolicy(Box::new(strict(v, prefix)?)),
+            "Deployment" => Object::Deployment(Box::new(strict(v, prefix)?)),
+            _ => Object::StatefulSet(Box::new(strict(v, prefix)?)),
         })
     };
-    match (api, kind) {
-        ("v1", "Pod" | "ConfigMap" | "Secret") => {}
-        (_, "Deployment" | "StatefulSet" | "Service") => {
+    if api.is_empty() || kind.is_empty() {
+        return Err(FieldError::new(join(prefix, "kind"), "apiVersion and kind are required").into());
+    }
+    match kind_info(kind) {
+        Some(info) if info.api_version == api => {}
+        Some(info) => {
             return Err(FieldError::new(
-                join(prefix, "kind"),
-                format!("{kind} is not supported yet (it arrives with the mesh scheduler); supported: Pod, ConfigMap, Secret"),
+                join(prefix, "apiVersion"),
+                format!("{kind} is {} (not {api})", info.api_version),
             )
-            .at(kind)
+            .at(api)
             .into())
         }
-        ("", _) | (_, "") => {
-            return Err(FieldError::new(join(prefix, "kind"), "apiVersion and kind are required").into())
-        }
-        _ => {
+        None => {
             return Err(FieldError::new(
                 join(prefix, "kind"),
-                format!("unsupported kind {api}/{kind} (supported: v1 Pod, ConfigMap, Secret, List)"),
+                format!("unsupported kind {api}/{kind} (supported: {}, and v1 List)", kinds::supported()),
             )
             .at(kind)
             .into())
@@ -195,21 +236,44 @@ fn object(value: &serde_yaml::Value, prefix: &str) -> Result<Object, ObjectError
 /// Checks what the types cannot: names, required fields, references inside the object.
 fn validate(object: &Object, prefix: &str) -> Result<(), FieldError> {
     let name = object.name();
-    if !is_dns_subdomain(name) {
+    let (valid, shape) = match object {
+        Object::Namespace(_) => (is_dns_label(name), "lowercase letters, digits and '-', at most 63"),
+        Object::Service(_) => {
+            (kinds::is_dns1035_label(name), "a letter, then lowercase letters, digits and '-', at most 63")
+        }
+        _ => (is_dns_subdomain(name), "lowercase letters, digits, '-' and '.', at most 253"),
+    };
+    if !valid {
         return Err(FieldError::new(
             join(prefix, "metadata.name"),
-            format!("invalid name {name:?}: lowercase letters, digits, '-' and '.', at most 253"),
+            format!("invalid name {name:?}: {shape}"),
         )
         .at("name:"));
     }
-    if !is_dns_label(object.namespace()) {
+    if !object.info().namespaced {
+        if let Some(ns) = &object.metadata().namespace {
+            return Err(FieldError::new(
+                join(prefix, "metadata.namespace"),
+                format!("a {} is cluster-scoped: it has no namespace (remove {ns:?})", object.kind()),
+            )
+            .at("namespace:"));
+        }
+    } else if !is_dns_label(object.namespace()) {
         return Err(FieldError::new(
             join(prefix, "metadata.namespace"),
             format!("invalid namespace {:?}", object.namespace()),
         ));
     }
-    if let Object::Pod(pod) = object {
-        fields::validate_pod(pod, prefix)?;
+    match object {
+        Object::Pod(pod) => fields::validate_pod(pod, prefix, &Default::default())?,
+        Object::Service(svc) => kinds::validate_service(svc, prefix)?,
+        Object::NetworkPolicy(np) => crate::policy::validate_network_policy(np).map_err(|mut e| {
+            e.field = join(prefix, &e.field);
+            e
+        })?,
+        Object::Deployment(d) => workloads::validate_deployment(d, prefix)?,
+        Object::StatefulSet(s) => workloads::validate_stateful_set(s, prefix)?,
+        Object::ConfigMap(_) | Object::Secret(_) | Object::Namespace(_) => {}
     }
     Ok(())
 }

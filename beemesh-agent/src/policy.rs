@@ -30,6 +30,14 @@ pub use model::{
 };
 pub use parse::{check, parse_file, PolicyError};
 
+/// Checks a NetworkPolicy applied to the mesh as a policy.d file's would be (the manifest
+/// parser calls this, so that what the policy engine would refuse is refused at apply).
+pub(crate) fn validate_network_policy(
+    np: &k8s_openapi::api::networking::v1::NetworkPolicy,
+) -> Result<(), crate::yamldoc::FieldError> {
+    network_policy::convert(np.clone()).map(|_| ())
+}
+
 /// A workload as the compiler sees it: its numeric id (from the identity registry), its
 /// identity and its labels.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]

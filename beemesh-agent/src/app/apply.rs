@@ -14,15 +14,10 @@ use beemesh_state::Key;
 use k8s_openapi::api::core::v1::Pod;
 
 use super::cluster::pods::{self as cpods, POD, POD_STATUS};
-use super::cluster::{self, Acked, Cluster};
+use super::cluster::{self, kube, Acked, Cluster};
 use super::{mesh, AgentHandle, Command};
 use crate::api::{Response, WaitFor};
 use crate::manifest::Object;
-
-/// `kind/name` as kubectl prints it.
-fn what(o: &Object) -> String {
-    format!("{}/{}", o.kind().to_lowercase(), o.name())
-}
 
 /// What an apply's line adds about the write's acknowledgement.
 fn held(acked: &Acked) -> String {
@@ -87,38 +82,45 @@ impl AgentHandle {
             existing.push(body);
         }
         let mut lines = Vec::with_capacity(objects.len());
+        // Namespaces the file's objects use that nobody created are created with them.
+        for ns in kube::namespaces_needed(&objects) {
+            let key = Key::new("Namespace", "", ns.as_str());
+            match cluster.get(key.clone()).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => {}
+                Err(e) => return partly(lines, e.to_string()),
+            }
+            let (_, body) =
+                kube::prepare(&kube::implicit_namespace(&ns), None, cluster::now_ms(), &new_uid());
+            match cluster.write(key, body).await {
+                Ok(acked) => lines.push(format!("namespace/{ns} created (implicitly){}", held(&acked))),
+                Err(e) => return partly(lines, format!("namespace/{ns}: {e}")),
+            }
+        }
         for (o, before) in objects.iter().zip(existing) {
-            let (key, body) = match o {
+            let key = Key::new(o.kind(), o.namespace(), o.name());
+            let (verb, body) = match o {
                 Object::Pod(p) => {
                     if before.as_ref().is_some_and(|b| cpods::decode(b).is_ok()) {
-                        lines.push(format!("{} unchanged", what(o)));
+                        lines.push(format!("{} unchanged", o.shown()));
                         continue;
                     }
                     let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
                     let node = node.unwrap_or_else(|| cluster.node().to_owned());
                     let created = super::pods::format_time(now_secs());
-                    let body = cpods::stored(p, o.namespace(), &new_uid(), &created, &node);
-                    (cpods::pod_key(o.namespace(), o.name()), body)
+                    ("created", cpods::stored(p, o.namespace(), &new_uid(), &created, &node))
                 }
-                _ => match cluster::kube::mesh_object(o) {
-                    Some(kb) => kb,
-                    None => {
-                        lines.push(format!("{} unchanged", what(o)));
+                _ => match kube::prepare(o, before.as_deref(), cluster::now_ms(), &new_uid()) {
+                    (change, Some(body)) if change != kube::Change::Unchanged => (change.word(), body),
+                    _ => {
+                        lines.push(format!("{} unchanged", o.shown()));
                         continue;
                     }
                 },
             };
-            let verb = match &before {
-                Some(b) if *b == body => {
-                    lines.push(format!("{} unchanged", what(o)));
-                    continue;
-                }
-                Some(_) => "configured",
-                None => "created",
-            };
             match cluster.write(key, Some(body)).await {
-                Ok(acked) => lines.push(format!("{} {verb}{}", what(o), held(&acked))),
-                Err(e) => return partly(lines, format!("{}: {e}", what(o))),
+                Ok(acked) => lines.push(format!("{} {verb}{}", o.shown(), held(&acked))),
+                Err(e) => return partly(lines, format!("{}: {e}", o.shown())),
             }
         }
         if let Err(e) = super::reconcile::once(cluster, &self.tx).await {
@@ -127,21 +129,32 @@ impl AgentHandle {
         Response::Applied { lines }
     }
 
-    /// `delete -f`: every object the file names, mesh-wide.
+    /// `delete -f`: every object the file names, mesh-wide; Namespaces last, and only when they
+    /// are empty but for what the same file deletes (`default` and `kube-system` never).
     pub(super) async fn delete_objects(&self, objects: Vec<Object>) -> Response {
         let cluster = match self.cluster() {
             Ok(c) => c,
             Err(r) => return *r,
         };
-        let mut lines = Vec::with_capacity(objects.len());
-        for o in &objects {
-            let key = Key::new(o.kind(), o.namespace(), o.name());
-            match delete(cluster, key).await {
-                Ok(Some(acked)) => lines.push(format!("{} deleted{}", what(o), held(&acked))),
-                Ok(None) => lines.push(format!("{} not found", what(o))),
-                Err(e) => return partly(lines, format!("{}: {e}", what(o))),
-            }
+        if let Err(message) = check_namespaces_deletable(cluster, &objects).await {
+            return Response::Error { message };
         }
+        let mut lines: Vec<Option<String>> = vec![None; objects.len()];
+        let (last, first): (Vec<_>, Vec<_>) =
+            objects.iter().enumerate().partition(|(_, o)| matches!(o, Object::Namespace(_)));
+        for (i, o) in first.into_iter().chain(last) {
+            let key = Key::new(o.kind(), o.namespace(), o.name());
+            lines[i] = Some(match delete(cluster, key).await {
+                Ok(Some(acked)) => format!("{} deleted{}", o.shown(), held(&acked)),
+                Ok(None) => {
+                    format!("Error from server (NotFound): {} {:?} not found", o.info().plural, o.name())
+                }
+                Err(e) => {
+                    return partly(lines.into_iter().flatten().collect(), format!("{}: {e}", o.shown()))
+                }
+            });
+        }
+        let lines: Vec<String> = lines.into_iter().flatten().collect();
         if let Err(e) = super::reconcile::once(cluster, &self.tx).await {
             return partly(lines, format!("deleted from the cluster state, but this host's pods: {e}"));
         }
@@ -259,6 +272,36 @@ impl AgentHandle {
             }
         }
     }
+}
+
+/// Refuses, before anything is deleted, the deletion of `default` or `kube-system`, or of a
+/// Namespace that holds objects the same file does not delete. (The check reads this host's
+/// copy of the state: an object applied elsewhere at the same moment can outlive it.)
+async fn check_namespaces_deletable(cluster: &Cluster, objects: &[Object]) -> Result<(), String> {
+    let deleted: BTreeSet<Key> =
+        objects.iter().map(|o| Key::new(o.kind(), o.namespace(), o.name())).collect();
+    for ns in objects.iter().filter(|o| matches!(o, Object::Namespace(_))).map(Object::name) {
+        if kube::BUILTIN_NAMESPACES.contains(&ns) {
+            return Err(format!(
+                "namespaces {ns:?} is forbidden: this namespace may not be deleted (nothing was deleted)"
+            ));
+        }
+        let mut held = Vec::new();
+        for kind in kube::NAMESPACED_KINDS {
+            let listed = cluster.list(kind, Some(ns)).await.map_err(|e| e.to_string())?;
+            held.extend(listed.into_iter().filter(|l| !deleted.contains(&l.key)).map(|l| {
+                let resource = crate::manifest::kind_info(kind).map_or(kind, |k| k.resource);
+                format!("{resource}/{}", l.key.name)
+            }));
+        }
+        if !held.is_empty() {
+            return Err(format!(
+                "namespace/{ns} is not empty: it holds {} (delete them first; nothing was deleted)",
+                held.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Deletes `key` if it is live; `None` if there was nothing to delete.

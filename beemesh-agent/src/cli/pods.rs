@@ -1,4 +1,4 @@
-//! The kubectl-like verbs: `apply`, `get pods|configmaps|secrets`, `logs`, `exec POD`, `delete`, `wait`.
+//! The kubectl-like verbs: `apply`, `get pods` (other kinds: `get.rs`), `logs`, `exec POD`, `delete`, `wait`.
 //! Clients of the agent's admin socket. For a pod of this host `logs` reads the container's log file and `exec`
 //! enters the container with nsenter, both as root on the agent's host.
 
@@ -7,46 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
 
+use super::get::{age, print_value, Output, Selector};
 use super::{fail, unexpected};
 use crate::api::client;
 use crate::api::{PodInfo, Request, Response, WaitFor};
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum PodOutput {
-    #[default]
-    Table,
-    Wide,
-    Json,
-    Yaml,
-}
-
-/// What `get KIND` lists: one object or all, of a namespace or all of them, and how.
-#[derive(Debug, clap::Args)]
-pub struct Selector {
-    name: Option<String>,
-    #[arg(short, long, default_value = "default")]
-    namespace: String,
-    /// Every namespace.
-    #[arg(short = 'A', long)]
-    all_namespaces: bool,
-    #[arg(short, long, value_enum, default_value_t)]
-    output: PodOutput,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum GetCommand {
-    /// Pods of the mesh (any host): NAME READY STATUS RESTARTS AGE NODE IDENTITY (wide: and IP).
-    #[command(alias = "pod", alias = "po")]
-    Pods(Selector),
-    /// ConfigMaps of the cluster state (applied on any host): NAME DATA AGE.
-    #[command(alias = "configmap", alias = "cm")]
-    Configmaps(Selector),
-    /// Secrets of the cluster state (applied on any host): NAME TYPE DATA AGE.
-    #[command(alias = "secret")]
-    Secrets(Selector),
-}
 
 #[derive(Debug, Subcommand)]
 pub enum DeleteCommand {
@@ -150,12 +116,9 @@ pub async fn wait(
     }
 }
 
-pub async fn get(socket: &Path, cmd: GetCommand) -> ExitCode {
-    let Selector { name, namespace, all_namespaces, output } = match cmd {
-        GetCommand::Pods(selector) => selector,
-        GetCommand::Configmaps(selector) => return get_objects(socket, "ConfigMap", selector).await,
-        GetCommand::Secrets(selector) => return get_objects(socket, "Secret", selector).await,
-    };
+/// `get pods`: the pods of this host.
+pub async fn get_pods(socket: &Path, selector: Selector) -> ExitCode {
+    let Selector { name, namespace, all_namespaces, output } = selector;
     let req = Request::ListPods { namespace: (!all_namespaces).then_some(namespace.clone()) };
     let mut items = match client::call(socket, &req).await {
         Ok(Response::Pods { items }) => items,
@@ -168,63 +131,12 @@ pub async fn get(socket: &Path, cmd: GetCommand) -> ExitCode {
         }
     }
     match output {
-        PodOutput::Json | PodOutput::Yaml => {
+        Output::Json | Output::Yaml => {
             print_value(&items.iter().map(|p| p.object.clone()).collect::<Vec<_>>(), name.is_some(), output)
         }
-        PodOutput::Table | PodOutput::Wide => print_pods(&items, all_namespaces, output == PodOutput::Wide),
+        Output::Table | Output::Wide => print_pods(&items, all_namespaces, output == Output::Wide),
     }
     ExitCode::SUCCESS
-}
-
-/// `get configmaps|secrets`: from the cluster state, so what any host applied.
-async fn get_objects(socket: &Path, kind: &str, selector: Selector) -> ExitCode {
-    let Selector { name, namespace, all_namespaces, output } = selector;
-    let req = Request::ListObjects {
-        kind: kind.to_owned(),
-        namespace: (!all_namespaces).then_some(namespace.clone()),
-    };
-    let mut items = match client::call(socket, &req).await {
-        Ok(Response::Objects { items }) => items,
-        other => return unexpected(other),
-    };
-    if let Some(n) = &name {
-        items.retain(|o| &o.name == n);
-        if items.is_empty() {
-            return fail(format!("{} {namespace}/{n} not found", kind.to_lowercase()));
-        }
-    }
-    match output {
-        PodOutput::Json | PodOutput::Yaml => {
-            print_value(&items.iter().map(|o| o.object.clone()).collect::<Vec<_>>(), name.is_some(), output)
-        }
-        PodOutput::Table | PodOutput::Wide => {
-            let ns = |s: &str| if all_namespaces { format!("{s:<16} ") } else { String::new() };
-            let secret = kind == "Secret";
-            let ty = |s: &str| if secret { format!("{s:<36} ") } else { String::new() };
-            outln!("{}{:<32} {}{:<6} AGE", ns("NAMESPACE"), "NAME", ty("TYPE"), "DATA");
-            for o in &items {
-                let count = |field: &str| o.object[field].as_object().map_or(0, |m| m.len());
-                let data = count("data") + count("binaryData") + count("stringData");
-                let t = o.object["type"].as_str().unwrap_or("Opaque");
-                outln!("{}{:<32} {}{:<6} {}", ns(&o.namespace), o.name, ty(t), data, age(o.age_secs));
-            }
-        }
-    }
-    ExitCode::SUCCESS
-}
-
-/// `-o json|yaml`: the one object asked for by name, or a Kubernetes `List`.
-fn print_value(items: &[serde_json::Value], one: bool, output: PodOutput) {
-    let value = if one {
-        items[0].clone()
-    } else {
-        serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": items })
-    };
-    if output == PodOutput::Json {
-        outln!("{}", serde_json::to_string_pretty(&value).expect("json values serialise"));
-    } else {
-        out!("{}", serde_yaml::to_string(&value).expect("json values serialise as yaml"));
-    }
 }
 
 /// NAME READY STATUS RESTARTS AGE NODE IDENTITY (wide: and the pod's IP, the same for
@@ -252,20 +164,11 @@ fn print_pods(items: &[PodInfo], namespaces: bool, wide: bool) {
             p.ready,
             p.status,
             p.restarts,
-            age(p.age_secs),
+            age(Some(p.age_secs)),
             ip(pod_ip),
             p.host,
             p.identity
         );
-    }
-}
-
-fn age(secs: u64) -> String {
-    match secs {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86_400),
     }
 }
 

@@ -1,6 +1,7 @@
 //! What beemesh implements of each kind, field by field: `check_supported` rejects any other
-//! field by name (a Pod that asks for `hostNetwork` must not run without it), and
-//! `validate_pod` checks the values the runtime relies on.
+//! field by name (a Pod that asks for `hostNetwork` must not run without it; a Deployment's
+//! Pod template follows the Pod's list, so what the scheduler could not run is refused at
+//! apply), and `validate_pod` checks the values the runtime relies on.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::OnceLock;
@@ -111,6 +112,75 @@ const POD_SPEC: &[&str] = &[
     "spec.securityContext.seccompProfile.localhostProfile",
 ];
 
+/// A Deployment's or StatefulSet's selector.
+const SELECTOR: &[&str] = &[
+    "spec.selector.matchLabels.*",
+    "spec.selector.matchExpressions[].key",
+    "spec.selector.matchExpressions[].operator",
+    "spec.selector.matchExpressions[].values[]",
+];
+
+/// What the scheduling issue implements of a Deployment (besides the selector and template).
+const DEPLOYMENT: &[&str] = &[
+    "spec.replicas",
+    "spec.strategy.type",
+    "spec.strategy.rollingUpdate.maxSurge",
+    "spec.strategy.rollingUpdate.maxUnavailable",
+    "spec.revisionHistoryLimit",
+    "spec.minReadySeconds",
+    "spec.progressDeadlineSeconds",
+];
+
+/// What the scheduling issue implements of a StatefulSet (besides the selector and template).
+const STATEFUL_SET: &[&str] = &[
+    "spec.replicas",
+    "spec.serviceName",
+    "spec.podManagementPolicy",
+    "spec.updateStrategy.type",
+    "spec.updateStrategy.rollingUpdate.partition",
+    "spec.revisionHistoryLimit",
+    "spec.minReadySeconds",
+    "spec.volumeClaimTemplates[].metadata.name",
+    "spec.volumeClaimTemplates[].metadata.labels.*",
+    "spec.volumeClaimTemplates[].metadata.annotations.*",
+    "spec.volumeClaimTemplates[].spec.accessModes[]",
+    "spec.volumeClaimTemplates[].spec.storageClassName",
+    "spec.volumeClaimTemplates[].spec.resources.requests.storage",
+];
+
+/// What the tunnels issue implements of a Service.
+const SERVICE: &[&str] = &[
+    "spec.type",
+    "spec.clusterIP",
+    "spec.selector.*",
+    "spec.ports[].name",
+    "spec.ports[].protocol",
+    "spec.ports[].port",
+    "spec.ports[].targetPort",
+    "spec.ports[].nodePort",
+];
+
+/// A Pod's `spec.*` patterns: the pod-level fields and every container's.
+fn pod_spec() -> Vec<String> {
+    let mut v: Vec<String> = POD_SPEC.iter().map(|s| s.to_string()).collect();
+    for list in ["spec.containers[]", "spec.initContainers[]"] {
+        v.extend(CONTAINER.iter().map(|f| format!("{list}.{f}")));
+        for probe in ["readinessProbe", "livenessProbe"] {
+            v.extend(PROBE.iter().map(|f| format!("{list}.{probe}.{f}")));
+        }
+    }
+    v
+}
+
+/// A workload's fields: its own, its selector, and its Pod template under `spec.template`
+/// (labels, annotations and the Pod's spec).
+fn workload(own: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = own.iter().chain(SELECTOR).map(|s| s.to_string()).collect();
+    v.extend(["spec.template.metadata.labels.*", "spec.template.metadata.annotations.*"].map(String::from));
+    v.extend(pod_spec().into_iter().map(|f| format!("spec.template.{f}")));
+    v
+}
+
 /// Field patterns per kind (`[]`: any sequence item, `*`: any map key), and every prefix of
 /// them (a prefix is a mapping that may appear on the way).
 struct Allowed {
@@ -132,41 +202,42 @@ impl Allowed {
     }
 }
 
-fn allowed(kind: &str) -> &'static Allowed {
+/// `None` for a kind whose every Kubernetes field beemesh implements (NetworkPolicy: the
+/// policy engine enforces all of it).
+fn allowed(kind: &str) -> Option<&'static Allowed> {
     static POD: OnceLock<Allowed> = OnceLock::new();
     static CONFIGMAP: OnceLock<Allowed> = OnceLock::new();
     static SECRET: OnceLock<Allowed> = OnceLock::new();
-    let base =
-        || -> Vec<String> { ["apiVersion", "kind"].iter().chain(METADATA).map(|s| s.to_string()).collect() };
-    match kind {
-        "Pod" => POD.get_or_init(|| {
-            let mut v = base();
-            v.extend(POD_SPEC.iter().map(|s| s.to_string()));
-            for list in ["spec.containers[]", "spec.initContainers[]"] {
-                v.extend(CONTAINER.iter().map(|f| format!("{list}.{f}")));
-                for probe in ["readinessProbe", "livenessProbe"] {
-                    v.extend(PROBE.iter().map(|f| format!("{list}.{probe}.{f}")));
-                }
-            }
-            Allowed::new(v)
-        }),
-        "ConfigMap" => CONFIGMAP.get_or_init(|| {
-            let mut v = base();
-            v.extend(["data.*", "binaryData.*", "immutable"].map(String::from));
-            Allowed::new(v)
-        }),
-        _ => SECRET.get_or_init(|| {
-            let mut v = base();
-            v.extend(["data.*", "stringData.*", "type", "immutable"].map(String::from));
-            Allowed::new(v)
-        }),
-    }
+    static NAMESPACE: OnceLock<Allowed> = OnceLock::new();
+    static SERVICE_FIELDS: OnceLock<Allowed> = OnceLock::new();
+    static DEPLOYMENT_FIELDS: OnceLock<Allowed> = OnceLock::new();
+    static STATEFUL_SET_FIELDS: OnceLock<Allowed> = OnceLock::new();
+    let with = |extra: Vec<String>| -> Allowed {
+        let mut v: Vec<String> =
+            ["apiVersion", "kind"].iter().chain(METADATA).map(|s| s.to_string()).collect();
+        v.extend(extra);
+        Allowed::new(v)
+    };
+    let strings = |l: &[&str]| -> Vec<String> { l.iter().map(|s| s.to_string()).collect() };
+    Some(match kind {
+        "Pod" => POD.get_or_init(|| with(pod_spec())),
+        "ConfigMap" => CONFIGMAP.get_or_init(|| with(strings(&["data.*", "binaryData.*", "immutable"]))),
+        "Secret" => SECRET.get_or_init(|| with(strings(&["data.*", "stringData.*", "type", "immutable"]))),
+        "Namespace" => NAMESPACE.get_or_init(|| with(Vec::new())),
+        "Service" => SERVICE_FIELDS.get_or_init(|| with(strings(SERVICE))),
+        "Deployment" => DEPLOYMENT_FIELDS.get_or_init(|| with(workload(DEPLOYMENT))),
+        "StatefulSet" => STATEFUL_SET_FIELDS.get_or_init(|| with(workload(STATEFUL_SET))),
+        _ => return None,
+    })
 }
 
 /// Rejects the first field outside what beemesh implements for `kind`. `status` (written by
 /// whoever ran the object before) is ignored.
 pub(super) fn check_supported(value: &serde_yaml::Value, kind: &str, prefix: &str) -> Result<(), FieldError> {
-    walk(value, allowed(kind), "", prefix)
+    match allowed(kind) {
+        Some(allowed) => walk(value, allowed, "", prefix),
+        None => Ok(()),
+    }
 }
 
 fn walk(value: &serde_yaml::Value, allowed: &Allowed, pattern: &str, shown: &str) -> Result<(), FieldError> {
@@ -205,8 +276,9 @@ fn walk(value: &serde_yaml::Value, allowed: &Allowed, pattern: &str, shown: &str
     }
 }
 
-/// Values the runtime relies on.
-pub(super) fn validate_pod(pod: &Pod, prefix: &str) -> Result<(), FieldError> {
+/// Values the runtime relies on. `claims`: names a volumeMount may use besides the pod's
+/// volumes (a StatefulSet's volumeClaimTemplates).
+pub(super) fn validate_pod(pod: &Pod, prefix: &str, claims: &BTreeSet<String>) -> Result<(), FieldError> {
     let at = |f: &str| join(prefix, f);
     let Some(spec) = &pod.spec else {
         return Err(FieldError::new(at("spec"), "a Pod needs a spec with containers"));
@@ -234,7 +306,7 @@ pub(super) fn validate_pod(pod: &Pod, prefix: &str) -> Result<(), FieldError> {
     let mut volumes = BTreeSet::new();
     for (i, v) in spec.volumes.iter().flatten().enumerate() {
         let field = at(&format!("spec.volumes[{i}]"));
-        if !is_dns_label(&v.name) || !volumes.insert(v.name.as_str()) {
+        if !is_dns_label(&v.name) || claims.contains(&v.name) || !volumes.insert(v.name.as_str()) {
             return Err(FieldError::new(
                 format!("{field}.name"),
                 format!("invalid or repeated volume name {:?}", v.name),
@@ -250,6 +322,7 @@ pub(super) fn validate_pod(pod: &Pod, prefix: &str) -> Result<(), FieldError> {
         }
     }
     crate::pod::security::validate(pod, &at)?;
+    volumes.extend(claims.iter().map(String::as_str));
     let mut names = BTreeSet::new();
     let lists = [
         ("initContainers", spec.init_containers.as_deref().unwrap_or_default()),

@@ -89,8 +89,10 @@ fn unsupported_fields_are_named_with_their_line() {
 
 #[test]
 fn bad_kinds_names_images_and_yaml() {
-    let e = err("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n");
-    assert!(e.to_string().contains("Deployment is not supported yet"), "{e}");
+    let e = err("apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: x}\n");
+    assert!(e.to_string().contains("unsupported kind apps/v1/DaemonSet"), "{e}");
+    let e = err("apiVersion: v1\nkind: Deployment\nmetadata: {name: x}\n");
+    assert!(e.to_string().contains("m.yaml:1: apiVersion: Deployment is apps/v1 (not v1)"), "{e}");
     let e = err("apiVersion: v1\nkind: Gadget\nmetadata: {name: x}\n");
     assert!(e.to_string().contains("unsupported kind v1/Gadget"), "{e}");
     let e = err(&POD.replace("  name: web\n  namespace", "  name: Web_1\n  namespace"));
@@ -113,4 +115,228 @@ fn a_bad_document_rejects_the_whole_file() {
     let e = err(&text);
     // The error is in the second document: its line counts from the top of the file.
     assert!(matches!(&e, ManifestError::Invalid { line, .. } if *line > 45), "{e}");
+}
+
+const KINDS: &str = r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  labels: {team: a}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports:
+    - {name: http, port: 80, targetPort: http, nodePort: 30080}
+    - {name: dns, port: 53, protocol: UDP, targetPort: 5353}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-in, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+    - from: [{podSelector: {matchLabels: {app: front}}}]
+      ports: [{port: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: web}
+    matchExpressions: [{key: tier, operator: NotIn, values: [db]}]
+  strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 25%, maxUnavailable: 0}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+        - name: web
+          image: busybox:1
+          ports: [{name: http, containerPort: 8080}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  serviceName: db
+  podManagementPolicy: Parallel
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      containers:
+        - name: db
+          image: busybox:1
+          volumeMounts: [{name: data, mountPath: /data}]
+  volumeClaimTemplates:
+    - metadata: {name: data}
+      spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
+"#;
+
+#[test]
+fn namespaces_services_network_policies_deployments_and_stateful_sets_parse() {
+    let objects = parse("m.yaml", KINDS).expect("valid");
+    let shown: Vec<(String, &str)> = objects.iter().map(|o| (o.shown(), o.namespace())).collect();
+    assert_eq!(
+        shown,
+        [
+            ("namespace/shop".to_owned(), ""),
+            ("service/web".to_owned(), "shop"),
+            ("networkpolicy.networking.k8s.io/web-in".to_owned(), "shop"),
+            ("deployment.apps/web".to_owned(), "shop"),
+            ("statefulset.apps/db".to_owned(), "default"),
+        ]
+    );
+}
+
+/// The error for `KINDS` with `from` replaced by `to` (which must occur).
+fn kinds_err(from: &str, to: &str) -> String {
+    assert!(KINDS.contains(from), "{from}");
+    err(&KINDS.replacen(from, to, 1)).to_string()
+}
+
+#[test]
+fn the_new_kinds_refuse_unknown_fields_by_name_with_their_line() {
+    // A Pod template follows the Pod's rules: what the scheduler could not run is refused now.
+    let e = kinds_err(
+        "          image: busybox:1
+          ports",
+        "          image: busybox:1
+          stdinn: true
+          ports",
+    );
+    assert!(
+        e.starts_with("m.yaml:41: spec.template.spec.containers[0].stdinn: field `stdinn` is not supported"),
+        "{e}"
+    );
+    let e = kinds_err(
+        "    spec:
+      containers:
+        - name: web",
+        "    spec:
+      hostNetwork: true
+      containers:
+        - name: web",
+    );
+    assert!(e.starts_with("m.yaml:38: spec.template.spec.hostNetwork:"), "{e}");
+    let e = kinds_err(
+        "  type: NodePort
+",
+        "  type: NodePort
+  sessionAffinity: ClientIP
+",
+    );
+    assert!(
+        e.starts_with("m.yaml:12: spec.sessionAffinity: field `sessionAffinity` is not supported"),
+        "{e}"
+    );
+    let e = kinds_err(
+        "  podSelector: {matchLabels: {app: web}}
+",
+        "  podSelector: {matchLabels: {app: web}}
+  bogus: 1
+",
+    );
+    assert!(e.starts_with("m.yaml:22: spec.bogus: unknown field `bogus`"), "{e}");
+    let e = kinds_err(
+        "  replicas: 3
+",
+        "  replicas: 3
+  paused: true
+",
+    );
+    assert!(e.contains("spec.paused: field `paused` is not supported"), "{e}");
+}
+
+#[test]
+fn the_new_kinds_are_validated_as_kubernetes_does() {
+    let cases = [
+        (
+            "  name: shop
+",
+            "  name: shop
+  namespace: x
+",
+            "metadata.namespace: a Namespace is cluster-scoped",
+        ),
+        (
+            "  name: shop
+",
+            "  name: Shop
+",
+            "metadata.name: invalid name \"Shop\"",
+        ),
+        (
+            "{name: web, namespace: shop}
+spec:
+  type",
+            "{name: 9web, namespace: shop}
+spec:
+  type",
+            "invalid name \"9web\": a letter",
+        ),
+        ("type: NodePort", "type: LoadBalancer", "spec.type: type LoadBalancer is not supported"),
+        ("port: 80,", "port: 0,", "spec.ports[0].port: 0: ports are 1-65535"),
+        ("protocol: UDP", "protocol: SCTP", "spec.ports[1].protocol: SCTP"),
+        ("{name: dns, port: 53", "{port: 53", "spec.ports[1].name: every port needs a name"),
+        ("targetPort: http,", "targetPort: Not_A_Port,", "spec.ports[0].targetPort"),
+        (
+            "operator: NotIn, values: [db]",
+            "operator: NotIn, values: []",
+            "matchExpressions[0].values: NotIn needs values",
+        ),
+        (
+            "    matchLabels: {app: web}
+",
+            "    matchLabels: {app: other}
+",
+            "spec.selector: the selector does not match the template's labels",
+        ),
+        (
+            "podManagementPolicy: Parallel",
+            "podManagementPolicy: Sometimes",
+            "spec.podManagementPolicy: \"Sometimes\"",
+        ),
+        ("volumeMounts: [{name: data,", "volumeMounts: [{name: logs,", "no volume named \"logs\""),
+        ("{requests: {storage: 1Gi}}", "{requests: {storage: lots}}", "requests.storage"),
+        (
+            "ingress:\n    - from: [{podSelector",
+            "ingress:\n    - from: [{ipBlock: {cidr: nope}, podSelector",
+            "spec.ingress[0].from[0]",
+        ),
+        (
+            "  selector: {matchLabels: {app: db}}
+",
+            "  selector: {}
+",
+            "spec.selector: a selector is required",
+        ),
+    ];
+    for (from, to, expect) in cases {
+        let from = from.replace("\\n", "\n");
+        let to = to.replace("\\n", "\n");
+        let e = kinds_err(&from, &to);
+        assert!(e.contains(expect), "{from:?} -> {to:?}: {e}");
+    }
+    // Both 0: the rollout could never progress.
+    let e = kinds_err(
+        "rollingUpdate: {maxSurge: 25%, maxUnavailable: 0}",
+        "rollingUpdate: {maxSurge: 0%, maxUnavailable: 0}",
+    );
+    assert!(e.contains("maxSurge and maxUnavailable cannot both be 0"), "{e}");
+    let e = kinds_err(
+        "    spec:
+      containers:
+        - name: web",
+        "    spec:
+      restartPolicy: Never
+      containers:
+        - name: web",
+    );
+    assert!(e.contains("spec.template.spec.restartPolicy: \"Never\": only Always"), "{e}");
 }

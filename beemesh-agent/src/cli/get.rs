@@ -1,0 +1,306 @@
+//! `get KIND [NAME] [-n NS|-A] [-o wide|json|yaml]` for the kinds of the cluster state
+//! (ConfigMaps, Secrets, Namespaces, Services, NetworkPolicies, Deployments, StatefulSets) with
+//! kubectl's columns and aliases, and the printing `get pods` shares (`-o json|yaml`: the
+//! object, or a `List`; ages). Client of the agent's `listObjects`; the tables are pure
+//! functions of the entries (`table`).
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::{Subcommand, ValueEnum};
+use serde_json::Value;
+
+use super::unexpected;
+use crate::api::client;
+use crate::api::{ObjectEntry, Request, Response};
+use crate::manifest::kind_info;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    #[default]
+    Table,
+    Wide,
+    Json,
+    Yaml,
+}
+
+/// What `get KIND` lists: one object or all, of a namespace or all of them, and how.
+#[derive(Debug, clap::Args)]
+pub struct Selector {
+    pub name: Option<String>,
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
+    /// Every namespace.
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    #[arg(short, long, value_enum, default_value_t)]
+    pub output: Output,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GetCommand {
+    /// Pods of the mesh (any host): NAME READY STATUS RESTARTS AGE NODE IDENTITY (wide: and IP).
+    #[command(alias = "pod", alias = "po")]
+    Pods(Selector),
+    /// ConfigMaps of the cluster state (applied on any host): NAME DATA AGE.
+    #[command(alias = "configmap", alias = "cm")]
+    Configmaps(Selector),
+    /// Secrets of the cluster state: NAME TYPE DATA AGE.
+    #[command(alias = "secret")]
+    Secrets(Selector),
+    /// Namespaces (cluster-scoped; default and kube-system always exist): NAME STATUS AGE.
+    #[command(alias = "namespace", alias = "ns")]
+    Namespaces(Selector),
+    /// Services: NAME TYPE CLUSTER-IP EXTERNAL-IP PORT(S) AGE (wide: SELECTOR).
+    #[command(alias = "service", alias = "svc")]
+    Services(Selector),
+    /// NetworkPolicies applied to the mesh: NAME POD-SELECTOR AGE.
+    #[command(alias = "networkpolicy", alias = "netpol")]
+    Networkpolicies(Selector),
+    /// Deployments: NAME READY UP-TO-DATE AVAILABLE AGE (wide: CONTAINERS IMAGES SELECTOR).
+    #[command(alias = "deployment", alias = "deploy")]
+    Deployments(Selector),
+    /// StatefulSets: NAME READY AGE (wide: CONTAINERS IMAGES).
+    #[command(alias = "statefulset", alias = "sts")]
+    Statefulsets(Selector),
+}
+
+pub async fn get(socket: &Path, cmd: GetCommand) -> ExitCode {
+    let (kind, selector) = match cmd {
+        GetCommand::Pods(selector) => return super::pods::get_pods(socket, selector).await,
+        GetCommand::Configmaps(s) => ("ConfigMap", s),
+        GetCommand::Secrets(s) => ("Secret", s),
+        GetCommand::Namespaces(s) => ("Namespace", s),
+        GetCommand::Services(s) => ("Service", s),
+        GetCommand::Networkpolicies(s) => ("NetworkPolicy", s),
+        GetCommand::Deployments(s) => ("Deployment", s),
+        GetCommand::Statefulsets(s) => ("StatefulSet", s),
+    };
+    get_objects(socket, kind, selector).await
+}
+
+/// `get KIND`: from the cluster state, so what any host applied.
+async fn get_objects(socket: &Path, kind: &str, selector: Selector) -> ExitCode {
+    let Selector { name, namespace, all_namespaces, output } = selector;
+    // A cluster-scoped kind has no namespace to filter on, as with kubectl.
+    let cluster_scoped = kind_info(kind).is_some_and(|k| !k.namespaced);
+    let all = all_namespaces || cluster_scoped;
+    let req = Request::ListObjects { kind: kind.to_owned(), namespace: (!all).then_some(namespace.clone()) };
+    let mut items = match client::call(socket, &req).await {
+        Ok(Response::Objects { items }) => items,
+        other => return unexpected(other),
+    };
+    if let Some(n) = &name {
+        items.retain(|o| &o.name == n);
+        if items.is_empty() {
+            let plural = kind_info(kind).map_or(kind, |k| k.plural);
+            eprintln!("Error from server (NotFound): {plural} {n:?} not found");
+            return ExitCode::FAILURE;
+        }
+    }
+    match output {
+        Output::Json | Output::Yaml => {
+            print_value(&items.iter().map(|o| o.object.clone()).collect::<Vec<_>>(), name.is_some(), output)
+        }
+        // As kubectl: no header for nothing, and a note on stderr.
+        Output::Table | Output::Wide if items.is_empty() => match all {
+            true => eprintln!("No resources found"),
+            false => eprintln!("No resources found in {namespace} namespace."),
+        },
+        Output::Table | Output::Wide => {
+            out!("{}", table(kind, &items, all_namespaces && !cluster_scoped, output == Output::Wide))
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `-o json|yaml`: the one object asked for by name, or a Kubernetes `List`.
+pub fn print_value(items: &[Value], one: bool, output: Output) {
+    out!("{}", render_value(items, one, output));
+}
+
+fn render_value(items: &[Value], one: bool, output: Output) -> String {
+    let value = match items {
+        [item] if one => item.clone(),
+        _ => serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": items }),
+    };
+    if output == Output::Json {
+        serde_json::to_string_pretty(&value).expect("json values serialise") + "\n"
+    } else {
+        serde_yaml::to_string(&value).expect("json values serialise as yaml")
+    }
+}
+
+/// kubectl's AGE: `42s`, `5m`, `3h`, `2d`, `<unknown>`.
+pub fn age(secs: Option<u64>) -> String {
+    match secs {
+        None => "<unknown>".to_owned(),
+        Some(s) if s < 120 => format!("{s}s"),
+        Some(s) if s < 7200 => format!("{}m", s / 60),
+        Some(s) if s < 172_800 => format!("{}h", s / 3600),
+        Some(s) => format!("{}d", s / 86_400),
+    }
+}
+
+/// The table of `get KIND` (`namespaces`: a NAMESPACE column first; `wide`: kubectl's extra
+/// columns), aligned as kubectl aligns it: each column as wide as its widest cell, three
+/// spaces apart.
+pub fn table(kind: &str, items: &[ObjectEntry], namespaces: bool, wide: bool) -> String {
+    let (mut header, wide_header): (Vec<&str>, Vec<&str>) = match kind {
+        "ConfigMap" => (vec!["NAME", "DATA", "AGE"], vec![]),
+        "Secret" => (vec!["NAME", "TYPE", "DATA", "AGE"], vec![]),
+        "Namespace" => (vec!["NAME", "STATUS", "AGE"], vec![]),
+        "Service" => (vec!["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"], vec!["SELECTOR"]),
+        "NetworkPolicy" => (vec!["NAME", "POD-SELECTOR", "AGE"], vec![]),
+        "Deployment" => (
+            vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+            vec!["CONTAINERS", "IMAGES", "SELECTOR"],
+        ),
+        "StatefulSet" => (vec!["NAME", "READY", "AGE"], vec!["CONTAINERS", "IMAGES"]),
+        _ => (vec!["NAME", "AGE"], vec![]),
+    };
+    if wide {
+        header.extend(wide_header);
+    }
+    if namespaces {
+        header.insert(0, "NAMESPACE");
+    }
+    let mut rows = vec![header.iter().map(|s| s.to_string()).collect::<Vec<_>>()];
+    for o in items {
+        let mut row = if namespaces { vec![o.namespace.clone()] } else { Vec::new() };
+        row.push(o.name.clone());
+        row.extend(columns(kind, &o.object, wide));
+        row.insert(row.len() - wide_count(kind, wide), age(o.age_secs));
+        rows.push(row);
+    }
+    align(&rows)
+}
+
+/// How many wide columns come after AGE.
+fn wide_count(kind: &str, wide: bool) -> usize {
+    match (kind, wide) {
+        (_, false) => 0,
+        ("Service", true) => 1,
+        ("Deployment", true) => 3,
+        ("StatefulSet", true) => 2,
+        _ => 0,
+    }
+}
+
+/// The cells between NAME and AGE, then the wide ones.
+fn columns(kind: &str, o: &Value, wide: bool) -> Vec<String> {
+    let none = || "<none>".to_owned();
+    let spec = &o["spec"];
+    let replicas = || spec["replicas"].as_i64().unwrap_or(1);
+    let status = |f: &str| o["status"][f].as_i64().unwrap_or(0);
+    let mut cells = match kind {
+        "ConfigMap" | "Secret" => {
+            let count = |field: &str| o[field].as_object().map_or(0, |m| m.len());
+            let data = (count("data") + count("binaryData") + count("stringData")).to_string();
+            if kind == "Secret" {
+                vec![o["type"].as_str().unwrap_or("Opaque").to_owned(), data]
+            } else {
+                vec![data]
+            }
+        }
+        "Namespace" => vec![o["status"]["phase"].as_str().unwrap_or("Active").to_owned()],
+        "Service" => {
+            let ty = spec["type"].as_str().unwrap_or("ClusterIP");
+            let ip = spec["clusterIP"].as_str().filter(|s| !s.is_empty()).map_or_else(none, str::to_owned);
+            let ports: Vec<String> = spec["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let proto = p["protocol"].as_str().unwrap_or("TCP");
+                    match p["nodePort"].as_i64() {
+                        Some(node) => format!("{}:{node}/{proto}", p["port"]),
+                        None => format!("{}/{proto}", p["port"]),
+                    }
+                })
+                .collect();
+            let ports = if ports.is_empty() { none() } else { ports.join(",") };
+            vec![ty.to_owned(), ip, none(), ports]
+        }
+        "NetworkPolicy" => vec![selector(&spec["podSelector"]).unwrap_or_else(none)],
+        "Deployment" => vec![
+            format!("{}/{}", status("readyReplicas"), replicas()),
+            status("updatedReplicas").to_string(),
+            status("availableReplicas").to_string(),
+        ],
+        "StatefulSet" => vec![format!("{}/{}", status("readyReplicas"), replicas())],
+        _ => Vec::new(),
+    };
+    if wide {
+        let containers = spec["template"]["spec"]["containers"].as_array().cloned().unwrap_or_default();
+        let join = |f: &str| containers.iter().filter_map(|c| c[f].as_str()).collect::<Vec<_>>().join(",");
+        match kind {
+            "Service" => cells.push(
+                spec["selector"].as_object().filter(|m| !m.is_empty()).map(labels).unwrap_or_else(none),
+            ),
+            "Deployment" => {
+                cells.extend([join("name"), join("image"), selector(&spec["selector"]).unwrap_or_else(none)])
+            }
+            "StatefulSet" => cells.extend([join("name"), join("image")]),
+            _ => {}
+        }
+    }
+    cells
+}
+
+fn labels(m: &serde_json::Map<String, Value>) -> String {
+    m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(",")
+}
+
+/// A label selector as kubectl prints it (`app=web,tier in (a,b)`); `None` when it selects
+/// everything.
+fn selector(sel: &Value) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(m) = sel["matchLabels"].as_object() {
+        parts.push(labels(m));
+    }
+    for e in sel["matchExpressions"].as_array().into_iter().flatten() {
+        let key = e["key"].as_str().unwrap_or_default();
+        let values = e["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(",");
+        parts.push(match e["operator"].as_str().unwrap_or_default() {
+            "In" => format!("{key} in ({values})"),
+            "NotIn" => format!("{key} notin ({values})"),
+            "Exists" => key.to_owned(),
+            "DoesNotExist" => format!("!{key}"),
+            other => format!("{key} {other} ({values})"),
+        });
+    }
+    parts.retain(|p| !p.is_empty());
+    (!parts.is_empty()).then(|| parts.join(","))
+}
+
+/// Rows padded to each column's widest cell, three spaces apart, no trailing spaces.
+fn align(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            line.push_str(cell);
+            if c + 1 < row.len() {
+                line.push_str(&" ".repeat(widths[c] - cell.chars().count() + 3));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+#[path = "get_tests.rs"]
+mod tests;

@@ -1,0 +1,234 @@
+//! Checks of Deployments and StatefulSets that the k8s-openapi types cannot make: the selector
+//! is valid and matches the template's labels, the template is a Pod beemesh runs (the Pod's
+//! rules, `fields::validate_pod`), and the rollout settings are in range.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{fields, join};
+use crate::identity::is_dns_label;
+use crate::yamldoc::FieldError;
+
+pub(super) fn validate_deployment(d: &Deployment, prefix: &str) -> Result<(), FieldError> {
+    let at = |f: &str| join(prefix, f);
+    let spec = &d.spec;
+    non_negative(at("spec.replicas"), spec.replicas)?;
+    non_negative(at("spec.revisionHistoryLimit"), spec.revision_history_limit)?;
+    non_negative(at("spec.minReadySeconds"), spec.min_ready_seconds)?;
+    if let Some(deadline) = spec.progress_deadline_seconds {
+        if deadline <= spec.min_ready_seconds.unwrap_or(0) {
+            return Err(FieldError::new(
+                at("spec.progressDeadlineSeconds"),
+                "must be greater than minReadySeconds",
+            ));
+        }
+    }
+    if let Some(strategy) = &spec.strategy {
+        let ty = strategy.type_.as_deref().unwrap_or("RollingUpdate");
+        match ty {
+            "Recreate" if strategy.rolling_update.is_some() => {
+                return Err(FieldError::new(
+                    at("spec.strategy.rollingUpdate"),
+                    "only a RollingUpdate strategy has rollingUpdate settings",
+                ))
+            }
+            "Recreate" | "RollingUpdate" => {}
+            other => {
+                return Err(FieldError::new(
+                    at("spec.strategy.type"),
+                    format!("{other:?}: expected RollingUpdate or Recreate"),
+                )
+                .at(other))
+            }
+        }
+        if let Some(r) = &strategy.rolling_update {
+            let surge = int_or_percent(at("spec.strategy.rollingUpdate.maxSurge"), r.max_surge.as_ref())?;
+            let unavailable =
+                int_or_percent(at("spec.strategy.rollingUpdate.maxUnavailable"), r.max_unavailable.as_ref())?;
+            if surge == Some(0) && unavailable == Some(0) {
+                return Err(FieldError::new(
+                    at("spec.strategy.rollingUpdate"),
+                    "maxSurge and maxUnavailable cannot both be 0 (the rollout could never progress)",
+                ));
+            }
+        }
+    }
+    template(&spec.selector, &spec.template, prefix, &BTreeSet::new())
+}
+
+pub(super) fn validate_stateful_set(s: &StatefulSet, prefix: &str) -> Result<(), FieldError> {
+    let at = |f: &str| join(prefix, f);
+    let spec = &s.spec;
+    non_negative(at("spec.replicas"), spec.replicas)?;
+    non_negative(at("spec.revisionHistoryLimit"), spec.revision_history_limit)?;
+    non_negative(at("spec.minReadySeconds"), spec.min_ready_seconds)?;
+    if let Some(service) = spec.service_name.as_deref().filter(|s| !s.is_empty()) {
+        if !is_dns_label(service) {
+            return Err(FieldError::new(at("spec.serviceName"), format!("invalid Service name {service:?}"))
+                .at(service));
+        }
+    }
+    if let Some(policy) = &spec.pod_management_policy {
+        if policy != "OrderedReady" && policy != "Parallel" {
+            return Err(FieldError::new(
+                at("spec.podManagementPolicy"),
+                format!("{policy:?}: expected OrderedReady or Parallel"),
+            )
+            .at(policy.clone()));
+        }
+    }
+    if let Some(update) = &spec.update_strategy {
+        let ty = update.type_.as_deref().unwrap_or("RollingUpdate");
+        if ty != "RollingUpdate" && ty != "OnDelete" {
+            return Err(FieldError::new(
+                at("spec.updateStrategy.type"),
+                format!("{ty:?}: expected RollingUpdate or OnDelete"),
+            )
+            .at(ty));
+        }
+        non_negative(
+            at("spec.updateStrategy.rollingUpdate.partition"),
+            update.rolling_update.as_ref().and_then(|r| r.partition),
+        )?;
+    }
+    let mut claims = BTreeSet::new();
+    for (i, claim) in spec.volume_claim_templates.iter().flatten().enumerate() {
+        let name = claim.metadata.name.as_deref().unwrap_or_default();
+        if !is_dns_label(name) || !claims.insert(name.to_owned()) {
+            return Err(FieldError::new(
+                at(&format!("spec.volumeClaimTemplates[{i}].metadata.name")),
+                format!("invalid or repeated claim name {name:?}"),
+            ));
+        }
+        let storage =
+            claim.spec.as_ref().and_then(|s| s.resources.as_ref()).and_then(|r| r.requests.as_ref());
+        match storage.and_then(|r| r.get("storage")) {
+            Some(q) => super::parse_memory_bytes(&q.0).map(|_| ()).map_err(|reason| {
+                FieldError::new(
+                    at(&format!("spec.volumeClaimTemplates[{i}].spec.resources.requests.storage")),
+                    reason,
+                )
+                .at(q.0.clone())
+            })?,
+            None => {
+                return Err(FieldError::new(
+                    at(&format!("spec.volumeClaimTemplates[{i}].spec.resources.requests.storage")),
+                    "a claim needs a storage request",
+                ))
+            }
+        }
+    }
+    template(&spec.selector, &spec.template, prefix, &claims)
+}
+
+fn non_negative(field: String, value: Option<i32>) -> Result<(), FieldError> {
+    match value {
+        Some(n) if n < 0 => Err(FieldError::new(field, format!("{n}: must not be negative"))),
+        _ => Ok(()),
+    }
+}
+
+/// `Some(n)` for a count, `Some(0)`/`None` for 0%/any other percent, so that only a real 0
+/// counts as zero.
+fn int_or_percent(field: String, value: Option<&IntOrString>) -> Result<Option<i64>, FieldError> {
+    match value {
+        None => Ok(None),
+        Some(IntOrString::Int(n)) if *n < 0 => {
+            Err(FieldError::new(field, format!("{n}: must not be negative")))
+        }
+        Some(IntOrString::Int(n)) => Ok(Some(i64::from(*n))),
+        Some(IntOrString::String(s)) => match s.strip_suffix('%').map(str::parse::<u32>) {
+            Some(Ok(p)) if p <= 100 => Ok((p == 0).then_some(0)),
+            _ => Err(FieldError::new(field, format!("{s:?}: expected a count or a percentage (0%-100%)"))
+                .at(s.clone())),
+        },
+    }
+}
+
+/// The selector is valid and selects the template's labels; the template is a Pod beemesh
+/// runs, restarted always (a Deployment's or StatefulSet's pods never end on purpose).
+fn template(
+    selector: &LabelSelector,
+    template: &PodTemplateSpec,
+    prefix: &str,
+    claims: &BTreeSet<String>,
+) -> Result<(), FieldError> {
+    let at = |f: &str| join(prefix, f);
+    let empty = BTreeMap::new();
+    let labels = template.metadata.as_ref().and_then(|m| m.labels.as_ref()).unwrap_or(&empty);
+    if selector.match_labels.as_ref().is_none_or(BTreeMap::is_empty)
+        && selector.match_expressions.as_ref().is_none_or(Vec::is_empty)
+    {
+        return Err(FieldError::new(at("spec.selector"), "a selector is required and must not be empty"));
+    }
+    if !selects(selector, labels, &at)? {
+        return Err(FieldError::new(
+            at("spec.selector"),
+            "the selector does not match the template's labels (spec.template.metadata.labels)",
+        ));
+    }
+    let pod = Pod {
+        metadata: template.metadata.clone().unwrap_or_default(),
+        spec: template.spec.clone(),
+        status: None,
+    };
+    if let Some(policy) = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) {
+        if policy != "Always" {
+            return Err(FieldError::new(
+                at("spec.template.spec.restartPolicy"),
+                format!("{policy:?}: only Always is allowed here"),
+            )
+            .at(policy));
+        }
+    }
+    fields::validate_pod(&pod, &at("spec.template"), claims)
+}
+
+/// Whether `selector` selects `labels` (matchLabels and every matchExpression), after checking
+/// its operators.
+pub(crate) fn selects(
+    selector: &LabelSelector,
+    labels: &BTreeMap<String, String>,
+    at: &dyn Fn(&str) -> String,
+) -> Result<bool, FieldError> {
+    let mut all = true;
+    for (k, v) in selector.match_labels.iter().flatten() {
+        all &= labels.get(k) == Some(v);
+    }
+    for (i, e) in selector.match_expressions.iter().flatten().enumerate() {
+        let field = at(&format!("spec.selector.matchExpressions[{i}]"));
+        let values = e.values.as_deref().unwrap_or_default();
+        let has = labels.get(&e.key);
+        let ok = match e.operator.as_str() {
+            "In" | "NotIn" if values.is_empty() => {
+                return Err(FieldError::new(
+                    format!("{field}.values"),
+                    format!("{} needs values", e.operator),
+                ))
+            }
+            "Exists" | "DoesNotExist" if !values.is_empty() => {
+                return Err(FieldError::new(
+                    format!("{field}.values"),
+                    format!("{} takes no values", e.operator),
+                ))
+            }
+            "In" => has.is_some_and(|v| values.contains(v)),
+            "NotIn" => !has.is_some_and(|v| values.contains(v)),
+            "Exists" => has.is_some(),
+            "DoesNotExist" => has.is_none(),
+            other => {
+                return Err(FieldError::new(
+                    format!("{field}.operator"),
+                    format!("unknown operator {other:?} (expected In, NotIn, Exists or DoesNotExist)"),
+                )
+                .at(other))
+            }
+        };
+        all &= ok;
+    }
+    Ok(all)
+}
