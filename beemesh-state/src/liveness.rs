@@ -417,13 +417,14 @@ where
         }
     }
 
-    /// A message from `from` at `incarnation` proves it alive at that incarnation. False when
-    /// it is held dead at that incarnation or later: it is told so (and will refute).
+    /// A message from `from` at `incarnation` proves it alive at that incarnation. A host held
+    /// dead is told the verdict, so that it broadcasts its refutation (or, back with a higher
+    /// incarnation, its return) to every host; false when the verdict still stands here.
     fn heard_from(&mut self, now_ms: u64, from: &P, incarnation: u64, out: &mut Vec<LiveOutput<P>>) -> bool {
-        if let Some(r) = self.records.get(from) {
-            if r.dead_since.is_some() && r.incarnation >= incarnation {
-                let msg = LiveMsg::Dead { target: from.clone(), incarnation: r.incarnation };
-                out.push(LiveOutput::Send { to: from.clone(), msg });
+        if let Some(r) = self.records.get(from).filter(|r| r.dead_since.is_some()) {
+            let msg = LiveMsg::Dead { target: from.clone(), incarnation: r.incarnation };
+            out.push(LiveOutput::Send { to: from.clone(), msg });
+            if r.incarnation >= incarnation {
                 return false;
             }
         }

@@ -89,7 +89,14 @@ fn a_host_declared_dead_refutes_and_returns() {
     // A heartbeat at the verdict's incarnation is answered with the verdict...
     let out = d.handle(300, 1, LiveMsg::Heartbeat { incarnation: 100, digest: 0 });
     assert_eq!(out, vec![LiveOutput::Send { to: 1, msg: LiveMsg::Dead { target: 1, incarnation: 100 } }]);
-    // ... a stale refutation changes nothing, a higher incarnation brings it back.
+    // ... and so is one at a higher incarnation (the host must tell everyone), which brings
+    // it back here at once.
+    let mut back = detectors(6, 100).remove(0);
+    back.handle(200, 2, LiveMsg::Dead { target: 1, incarnation: 100 });
+    let out = back.handle(300, 1, LiveMsg::Heartbeat { incarnation: 300, digest: 0 });
+    let told = LiveOutput::Send { to: 1, msg: LiveMsg::Dead { target: 1, incarnation: 100 } };
+    assert_eq!(out, vec![told, LiveOutput::Up(1)]);
+    // A stale refutation changes nothing, a higher incarnation brings it back.
     assert!(d.handle(310, 2, LiveMsg::Alive { target: 1, incarnation: 100 }).is_empty());
     assert_eq!(d.handle(320, 2, LiveMsg::Alive { target: 1, incarnation: 200 }), vec![LiveOutput::Up(1)]);
     assert!(matches!(d.status(&1), Some(Liveness::Alive { .. })));

@@ -109,6 +109,8 @@ fn a_crashed_host_that_restarts_is_alive_again() {
     sim.restart(8);
     let took = sim.run_until(20_000, LiveSim::agreed).expect("back alive everywhere");
     assert!(took <= 5_000, "took {took} ms");
+    // It was told of its verdict and broadcast its return.
+    assert!(sim.detector(8).stats().refutations >= 1);
     // And it learned nothing false on the way back: nobody is dead in its eyes.
     assert_eq!(sim.detector(8).dead().count(), 0);
 }
