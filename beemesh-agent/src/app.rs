@@ -31,6 +31,7 @@ use crate::workload::{Workload, WorkloadCgroups, WorkloadTable};
 pub(crate) mod cluster;
 mod images;
 pub(crate) mod mesh;
+pub(crate) mod nodes;
 mod pods;
 mod policy_state;
 mod workloads;

@@ -49,6 +49,14 @@ pub(super) async fn start(
         this_host: true,
     };
     let cluster = cluster::start(&cfg.state_dir, &name_of(&this), client.clone()).await?;
+    let facts = super::nodes::NodeFacts::of_this_host(
+        &name_of(&this),
+        &this.peer,
+        &cfg.mesh.node_labels,
+        &cfg.node,
+        &this.addresses,
+    );
+    super::nodes::spawn_publish(cluster.clone(), facts);
     let (events_client, events_cluster) = (client.clone(), cluster.clone());
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
