@@ -27,6 +27,7 @@ macro_rules! out {
 
 mod ca;
 mod images;
+mod nodes;
 mod pods;
 
 pub use ca::CaCommand;

@@ -56,7 +56,7 @@ pub(super) async fn start(
         &cfg.node,
         &this.addresses,
     );
-    super::nodes::spawn_publish(cluster.clone(), facts);
+    super::nodes::spawn_publish(cluster.clone(), client.clone(), facts);
     let (events_client, events_cluster) = (client.clone(), cluster.clone());
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {

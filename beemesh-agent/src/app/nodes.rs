@@ -1,9 +1,11 @@
 //! This host's Node record in the cluster state (kind `Node`, cluster-scoped, named after the
 //! node name): a Kubernetes Node JSON with its labels, peer id, capacity and allocatable, mesh
 //! addresses and system info. Written at start, and again only when it changes (never per
-//! heartbeat: liveness is the failure detector's, not the record's). Called from `app::mesh`.
+//! heartbeat: liveness is the failure detector's, not the record's; checked every 30 s, written
+//! on a difference). Started from `app::mesh`.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use beemesh_state::Key;
 use bytes::Bytes;
@@ -12,6 +14,7 @@ use tracing::{info, warn};
 
 use super::cluster::{Cluster, ClusterError};
 use crate::config::NodeCapacity;
+use crate::mesh::swarm::MeshClient;
 
 /// The kind of Node records in the cluster state.
 pub const KIND: &str = "Node";
@@ -185,11 +188,30 @@ pub async fn publish(cluster: &Cluster, facts: &NodeFacts) -> Result<bool, Clust
     Ok(true)
 }
 
-/// Publishes in the background; a failure is logged (the record is written at the next start).
-pub fn spawn_publish(cluster: Cluster, facts: NodeFacts) {
+/// How often the record is checked against this host's facts (its mesh addresses change when
+/// interfaces come and go); a write happens only on a difference.
+const REFRESH: Duration = Duration::from_secs(30);
+/// At start, how long to wait for the listener's interface addresses (libp2p reports them as
+/// it finds them) before writing the record without an InternalIP.
+const FIRST_ADDRESS_WAIT: Duration = Duration::from_secs(10);
+
+/// Keeps this host's record in the cluster state: written once the mesh listener's addresses
+/// are known, then rewritten only when the facts change. Failures are logged and retried.
+pub fn spawn_publish(cluster: Cluster, client: MeshClient, mut facts: NodeFacts) {
     tokio::spawn(async move {
-        if let Err(e) = publish(&cluster, &facts).await {
-            warn!(node = %facts.name, error = %e, "node record not written");
+        let started = tokio::time::Instant::now();
+        loop {
+            if let Ok(addrs) = client.listen_addrs().await {
+                facts.addresses = internal_ips(&addrs.iter().map(ToString::to_string).collect::<Vec<_>>());
+            }
+            let waiting = facts.addresses.is_empty() && started.elapsed() < FIRST_ADDRESS_WAIT;
+            if !waiting {
+                if let Err(e) = publish(&cluster, &facts).await {
+                    warn!(node = %facts.name, error = %e, "node record not written; retrying");
+                }
+            }
+            let next = if waiting { Duration::from_millis(200) } else { REFRESH };
+            tokio::time::sleep(next).await;
         }
     });
 }

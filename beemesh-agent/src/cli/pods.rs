@@ -46,6 +46,9 @@ pub enum GetCommand {
     /// Secrets of the cluster state (applied on any host): NAME TYPE DATA AGE.
     #[command(alias = "secret")]
     Secrets(Selector),
+    /// Nodes of the mesh (their Node records): NAME STATUS ROLES AGE VERSION.
+    #[command(alias = "node", alias = "no")]
+    Nodes(super::nodes::NodesArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,6 +158,7 @@ pub async fn get(socket: &Path, cmd: GetCommand) -> ExitCode {
         GetCommand::Pods(selector) => selector,
         GetCommand::Configmaps(selector) => return get_objects(socket, "ConfigMap", selector).await,
         GetCommand::Secrets(selector) => return get_objects(socket, "Secret", selector).await,
+        GetCommand::Nodes(args) => return super::nodes::get(socket, args).await,
     };
     let req = Request::ListPods { namespace: (!all_namespaces).then_some(namespace.clone()) };
     let mut items = match client::call(socket, &req).await {
@@ -214,7 +218,7 @@ async fn get_objects(socket: &Path, kind: &str, selector: Selector) -> ExitCode 
 }
 
 /// `-o json|yaml`: the one object asked for by name, or a Kubernetes `List`.
-fn print_value(items: &[serde_json::Value], one: bool, output: PodOutput) {
+pub(super) fn print_value(items: &[serde_json::Value], one: bool, output: PodOutput) {
     let value = if one {
         items[0].clone()
     } else {
@@ -260,7 +264,7 @@ fn print_pods(items: &[PodInfo], namespaces: bool, wide: bool) {
     }
 }
 
-fn age(secs: u64) -> String {
+pub(super) fn age(secs: u64) -> String {
     match secs {
         s if s < 120 => format!("{s}s"),
         s if s < 7200 => format!("{}m", s / 60),
