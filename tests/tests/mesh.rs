@@ -362,6 +362,12 @@ fn every_host_writes_its_node_record_and_get_nodes_shows_who_is_connected() -> R
     let list: serde_json::Value = serde_json::from_str(&out)?;
     ensure!(ok && list["kind"] == "List" && list["items"].as_array().map(Vec::len) == Some(2), "{out}");
 
+    // peers shows each host's labels and allocatable from its record.
+    let h2 = peers(&agents[0])?.into_iter().find(|p| p["name"] == "h2").context("h2 in peers")?;
+    ensure!(h2["labels"]["zone"] == "z2" && h2["allocatable"]["pods"] == "72", "{h2}");
+    let (ok, out, err) = agents[0].run_cli(&["peers", "-o", "wide"], None)?;
+    ensure!(ok && out.contains("LABELS") && out.contains("zone=z2"), "{out}{err}");
+
     // h2 stops: h1 still lists its record, NotReady.
     ensure!(agents[1].stop()?, "h2 did not stop cleanly");
     let h2_gone = vec![("h1".to_string(), "Ready".to_string()), ("h2".to_string(), "NotReady".to_string())];

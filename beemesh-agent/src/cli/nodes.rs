@@ -1,6 +1,7 @@
 //! `get nodes`: the Node records of the cluster state (one per host that ever joined), with
 //! kubectl's columns. STATUS is Ready for this host and for hosts attested and connected now,
 //! NotReady otherwise (until the failure detector is wired in, connection is the signal).
+//! `peers`: this host and its connected peers, with labels and capacity from their records.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -18,6 +19,105 @@ pub struct NodesArgs {
     name: Option<String>,
     #[arg(short, long, value_enum, default_value_t)]
     output: PodOutput,
+}
+
+/// How `peers` prints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum PeersOutput {
+    #[default]
+    Table,
+    /// And each host's labels and allocatable cpu, memory and pods (from its Node record).
+    Wide,
+    Json,
+}
+
+/// `peers [-o wide|json]`.
+pub async fn peers(socket: &Path, output: PeersOutput) -> ExitCode {
+    let items = match client::call(socket, &Request::Peers).await {
+        Ok(Response::Peers { items }) => items,
+        other => return unexpected(other),
+    };
+    let records: Vec<Value> = if output == PeersOutput::Table {
+        Vec::new()
+    } else {
+        let req = Request::ListObjects { kind: "Node".to_owned(), namespace: None };
+        match client::call(socket, &req).await {
+            Ok(Response::Objects { items }) => items.into_iter().map(|o| o.object).collect(),
+            // The cluster state may not be up: peers are shown without their records.
+            _ => Vec::new(),
+        }
+    };
+    let record_of = |p: &PeerEntry| {
+        records.iter().find(|r| {
+            r.pointer("/metadata/annotations/beemesh.io~1peer-id").and_then(Value::as_str) == Some(&p.peer)
+                && p.name.as_deref().is_some_and(|n| n == name_of(r))
+        })
+    };
+    if output == PeersOutput::Json {
+        let mut out = Vec::new();
+        for p in &items {
+            let mut v = serde_json::to_value(p).expect("API types always serialise");
+            if let (Some(r), Some(obj)) = (record_of(p), v.as_object_mut()) {
+                for (field, ptr) in [
+                    ("labels", "/metadata/labels"),
+                    ("capacity", "/status/capacity"),
+                    ("allocatable", "/status/allocatable"),
+                ] {
+                    obj.insert(field.into(), r.pointer(ptr).cloned().unwrap_or(Value::Null));
+                }
+            }
+            out.push(v);
+        }
+        outln!("{}", serde_json::to_string_pretty(&out).expect("JSON values serialise"));
+        return ExitCode::SUCCESS;
+    }
+    let wide = output == PeersOutput::Wide;
+    let extra = |cpu: &str, mem: &str, pods: &str, labels: &str| {
+        if wide {
+            format!(" {cpu:<6} {mem:<14} {pods:<5} {labels}")
+        } else {
+            String::new()
+        }
+    };
+    let head = format!(
+        "{:<20} {:<54} {:<9} {:<40}{}",
+        "NAME",
+        "PEER",
+        "ATTESTED",
+        "ADDRESSES",
+        extra("CPU", "MEMORY", "PODS", "LABELS")
+    );
+    outln!("{}", head.trim_end());
+    for p in &items {
+        let name = match (&p.name, p.this_host) {
+            (Some(n), true) => format!("{n} (this)"),
+            (Some(n), false) => n.clone(),
+            (None, _) => "<unattested>".into(),
+        };
+        let attested = if p.attested { "yes" } else { "no" };
+        let r = record_of(p);
+        let field =
+            |ptr: &str| r.and_then(|r| r.pointer(ptr)).and_then(Value::as_str).unwrap_or("-").to_string();
+        let labels = r
+            .and_then(|r| r.pointer("/metadata/labels"))
+            .and_then(Value::as_object)
+            .map(|l| {
+                l.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_else(|| "-".into());
+        let columns = extra(
+            &field("/status/allocatable/cpu"),
+            &field("/status/allocatable/memory"),
+            &field("/status/allocatable/pods"),
+            &labels,
+        );
+        let line = format!("{name:<20} {:<54} {attested:<9} {:<40}{columns}", p.peer, p.addresses.join(","));
+        outln!("{}", line.trim_end());
+    }
+    ExitCode::SUCCESS
 }
 
 pub async fn get(socket: &Path, args: NodesArgs) -> ExitCode {
