@@ -33,6 +33,7 @@ pub(crate) mod cluster;
 mod images;
 pub mod join;
 pub(crate) mod mesh;
+pub(crate) mod nodes;
 mod pods;
 mod policy_state;
 mod reconcile;

@@ -28,6 +28,7 @@ macro_rules! out {
 mod ca;
 mod get;
 mod images;
+mod nodes;
 mod pods;
 mod token;
 
@@ -267,7 +268,7 @@ pub enum Command {
     /// node name).
     Peers {
         #[arg(short, long, value_enum, default_value_t)]
-        output: Output,
+        output: nodes::PeersOutput,
     },
 }
 
@@ -458,27 +459,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
             }
             other => unexpected(other),
         },
-        Command::Peers { output } => match client::call(&socket, &Request::Peers).await {
-            Ok(Response::Peers { items }) => {
-                match output {
-                    Output::Json => outln!("{}", json(&items)),
-                    Output::Table => {
-                        outln!("{:<20} {:<54} {:<9} ADDRESSES", "NAME", "PEER", "ATTESTED");
-                        for p in &items {
-                            let name = match (&p.name, p.this_host) {
-                                (Some(n), true) => format!("{n} (this)"),
-                                (Some(n), false) => n.clone(),
-                                (None, _) => "<unattested>".into(),
-                            };
-                            let attested = if p.attested { "yes" } else { "no" };
-                            outln!("{name:<20} {:<54} {attested:<9} {}", p.peer, p.addresses.join(","));
-                        }
-                    }
-                }
-                ExitCode::SUCCESS
-            }
-            other => unexpected(other),
-        },
+        Command::Peers { output } => nodes::peers(&socket, output).await,
         Command::Status { output } => match client::call(&socket, &Request::Status).await {
             Ok(Response::Status(s)) => {
                 match output {

@@ -110,6 +110,28 @@ pub struct Config {
     pub container_log_max_bytes: u64,
     /// The mesh: listen port and addresses, bootstrap peers, mDNS, node name and labels.
     pub mesh: crate::mesh::swarm::MeshSettings,
+    /// What this host's Node record offers: pods and allocatable overrides.
+    pub node: NodeCapacity,
+}
+
+/// The `node:` section: what this host's Node record (in the cluster state) declares
+/// allocatable. Capacity is measured (cpu count, MemTotal); allocatable is capacity unless
+/// overridden here (to keep room for the host's own services).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeCapacity {
+    /// Most pods on this host (the kubelet's `maxPods`, 110).
+    pub max_pods: u32,
+    /// Allocatable cpu in millicores (e.g. 3500); default: every cpu.
+    pub allocatable_millicpu: Option<u64>,
+    /// Allocatable memory in bytes; default: MemTotal.
+    pub allocatable_memory_bytes: Option<u64>,
+}
+
+impl Default for NodeCapacity {
+    fn default() -> Self {
+        Self { max_pods: 110, allocatable_millicpu: None, allocatable_memory_bytes: None }
+    }
 }
 
 impl Default for Config {
@@ -136,6 +158,7 @@ impl Default for Config {
             image_max_entries: crate::image::DEFAULT_MAX_ENTRIES,
             container_log_max_bytes: 10 << 20,
             mesh: Default::default(),
+            node: NodeCapacity::default(),
         }
     }
 }
@@ -198,6 +221,14 @@ impl Config {
             return Err(ConfigError::Invalid("containerLogMaxBytes: must be 4096 or more".into()));
         }
         self.mesh.validate().map_err(ConfigError::Invalid)?;
+        if self.node.max_pods == 0 {
+            return Err(ConfigError::Invalid("node.maxPods: must be more than 0".into()));
+        }
+        if self.node.allocatable_millicpu == Some(0) || self.node.allocatable_memory_bytes == Some(0) {
+            return Err(ConfigError::Invalid(
+                "node.allocatableMillicpu and node.allocatableMemoryBytes: must be more than 0".into(),
+            ));
+        }
         crate::identity::SpiffeId::new(&self.trust_domain, "default", "default")
             .map_err(|e| ConfigError::Invalid(format!("trustDomain {:?}: {e}", self.trust_domain)))?;
         crate::pod::userns::IdRanges::new(self.pod_id_range_start, self.pod_id_range_size)
@@ -265,6 +296,17 @@ mod tests {
         let tiny = Config { container_log_max_bytes: 10, ..Config::default() };
         let err = tiny.validate().expect_err("too small").to_string();
         assert!(err.contains("containerLogMaxBytes"), "{err}");
+    }
+
+    #[test]
+    fn node_capacity_has_defaults_and_overrides() {
+        assert_eq!(Config::default().node.max_pods, 110);
+        let c = Config::from_yaml("node:\n  maxPods: 20\n  allocatableMillicpu: 1500\n").expect("parses");
+        assert_eq!((c.node.max_pods, c.node.allocatable_millicpu), (20, Some(1500)));
+        assert!(Config::from_yaml("node:\n  pods: 20\n").is_err());
+        let zero =
+            Config { node: NodeCapacity { max_pods: 0, ..NodeCapacity::default() }, ..Config::default() };
+        assert!(zero.validate().expect_err("zero pods").to_string().contains("node.maxPods"));
     }
 
     #[test]

@@ -4,12 +4,14 @@
 //! loop drives it with time and messages and persists what changes; [`sim`] drives many of
 //! them over a faulty simulated network. The design is in `docs/state.md`.
 
+pub mod liveness;
 pub mod msg;
 pub mod object;
 pub mod replica;
 pub mod rng;
 pub mod sim;
 
+pub use liveness::{Detector, LiveMsg, LiveOutput, Liveness, LivenessConfig};
 pub use msg::{Msg, MsgError};
 pub use object::{Clock, Digest, Key, Object, ObjectError, Stamp, Version};
 pub use replica::{Config, Output, Replica, ReplicaError, Snapshot, Stats, WriteId};

@@ -14,6 +14,7 @@ use crate::object::{Key, Object, Stamp};
 use crate::replica::{Config, Output, Replica, ReplicaError, WriteId};
 use crate::rng::Rng;
 
+pub mod liveness;
 pub mod memberlist;
 
 /// The start of simulated time (ms since the Unix epoch): versions look like real ones.
@@ -148,29 +149,7 @@ impl Sim {
     pub fn new(cfg: SimConfig) -> Sim {
         let mut rng = Rng::new(cfg.seed);
         let n = cfg.hosts;
-        let mut neighbours: Vec<Vec<usize>> = vec![Vec::new(); n];
-        if n <= cfg.degree + 1 {
-            for (h, nb) in neighbours.iter_mut().enumerate() {
-                nb.extend((0..n).filter(|&o| o != h));
-            }
-        } else {
-            // A ring (connected) plus random links, about `degree` per host.
-            for h in 0..n {
-                let mut link = |a: usize, b: usize| {
-                    if a != b && !neighbours[a].contains(&b) {
-                        neighbours[a].push(b);
-                        neighbours[b].push(a);
-                    }
-                };
-                link(h, (h + 1) % n);
-                for _ in 0..cfg.degree.saturating_sub(2) / 2 {
-                    link(h, rng.below(n));
-                }
-            }
-            for nb in &mut neighbours {
-                nb.sort_unstable();
-            }
-        }
+        let neighbours = gossip_mesh(n, cfg.degree, &mut rng);
         let hosts = (0..n)
             .map(|h| Host {
                 replica: Replica::new(host_config(&cfg.replica, h, cfg.seed)),
@@ -447,6 +426,34 @@ impl Sim {
             self.queue.push(Reverse((at, self.seq)));
         }
     }
+}
+
+/// Each host's gossip neighbours: everyone in a small mesh, else a ring (so the mesh is
+/// connected) plus random links, about `degree` per host, as gossipsub's mesh.
+pub(crate) fn gossip_mesh(n: usize, degree: usize, rng: &mut Rng) -> Vec<Vec<usize>> {
+    let mut neighbours: Vec<Vec<usize>> = vec![Vec::new(); n];
+    if n <= degree + 1 {
+        for (h, nb) in neighbours.iter_mut().enumerate() {
+            nb.extend((0..n).filter(|&o| o != h));
+        }
+        return neighbours;
+    }
+    for h in 0..n {
+        let mut link = |a: usize, b: usize| {
+            if a != b && !neighbours[a].contains(&b) {
+                neighbours[a].push(b);
+                neighbours[b].push(a);
+            }
+        };
+        link(h, (h + 1) % n);
+        for _ in 0..degree.saturating_sub(2) / 2 {
+            link(h, rng.below(n));
+        }
+    }
+    for nb in &mut neighbours {
+        nb.sort_unstable();
+    }
+    neighbours
 }
 
 fn copy(p: &Payload) -> Payload {

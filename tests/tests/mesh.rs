@@ -427,3 +427,73 @@ fn pods_run_where_the_state_places_them_and_every_host_lists_logs_and_execs_them
     ensure!(eventually(T, || pods(&agents[0]).len() == 2), "h1 lists {:?}", pods(&agents[0]));
     Ok(())
 }
+
+/// `get nodes` of `agent`: (NAME, STATUS) rows.
+fn nodes(agent: &Agent) -> Vec<(String, String)> {
+    let Ok((true, out, _)) = agent.run_cli(&["get", "nodes"], None) else { return Vec::new() };
+    out.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut cols = l.split_whitespace();
+            Some((cols.next()?.to_string(), cols.next()?.to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn every_host_writes_its_node_record_and_get_nodes_shows_who_is_connected() -> Result<()> {
+    let mut lan = Lan::new("bmn", 47)?;
+    let offline = tempfile::tempdir()?;
+    let root = offline.path().join("root");
+    let port = "4001";
+    let bootstrap = format!("{}:{port}", lan.addr(1));
+    let mut agents = Vec::new();
+    for n in 1..=2u8 {
+        let ns = lan.host(n)?;
+        let mut config = format!("node:\n  maxPods: 7{n}\n");
+        if n > 1 {
+            config
+                .push_str(&format!("mesh:\n  bootstrap: [\"{bootstrap}\"]\n  nodeLabels: {{zone: z{n}}}\n"));
+        }
+        let mut agent =
+            Agent::prepare(&format!("nodes{n}"), &[("BEEMESH_MESH_PORT", port)], &config)?.in_netns(&ns);
+        if n == 1 {
+            ca_init(&agent, &root)?;
+        }
+        issue_host(&agent, &root, &format!("h{n}"))?;
+        agent.spawn()?;
+        agents.push(agent);
+    }
+    let both = vec![("h1".to_string(), "Ready".to_string()), ("h2".to_string(), "Ready".to_string())];
+    for agent in &agents {
+        ensure!(eventually(T, || nodes(agent) == both), "get nodes: {:?}\n{}", nodes(agent), agent.log());
+    }
+    // The record is a Kubernetes Node: labels, peer id, capacity, addresses, node info.
+    let (ok, out, err) = agents[0].run_cli(&["get", "nodes", "h2", "-o", "json"], None)?;
+    ensure!(ok, "get nodes h2: {err}");
+    let node: serde_json::Value = serde_json::from_str(&out)?;
+    ensure!(node["kind"] == "Node" && node["metadata"]["labels"]["zone"] == "z2", "{node}");
+    ensure!(node["metadata"]["labels"]["kubernetes.io/hostname"] == "h2", "{node}");
+    ensure!(node["status"]["capacity"]["pods"] == "72", "{node}");
+    ensure!(node["status"]["addresses"][0]["address"] == lan.addr(2).as_str(), "{node}");
+    ensure!(node["status"]["conditions"][0]["status"] == "True", "{node}");
+    let h2_peer = peers(&agents[1])?.iter().find(|p| p["thisHost"] == true).map(|p| p["peer"].clone());
+    ensure!(Some(&node["metadata"]["annotations"]["beemesh.io/peer-id"]) == h2_peer.as_ref(), "{node}");
+    let (ok, out, err) = agents[1].run_cli(&["get", "nodes", "-o", "wide"], None)?;
+    ensure!(ok && out.contains("INTERNAL-IP") && out.contains(&lan.addr(1)), "{out}{err}");
+    let (ok, out, _) = agents[1].run_cli(&["get", "nodes", "-o", "json"], None)?;
+    let list: serde_json::Value = serde_json::from_str(&out)?;
+    ensure!(ok && list["kind"] == "List" && list["items"].as_array().map(Vec::len) == Some(2), "{out}");
+
+    // peers shows each host's labels and allocatable from its record.
+    let h2 = peers(&agents[0])?.into_iter().find(|p| p["name"] == "h2").context("h2 in peers")?;
+    ensure!(h2["labels"]["zone"] == "z2" && h2["allocatable"]["pods"] == "72", "{h2}");
+    let (ok, out, err) = agents[0].run_cli(&["peers", "-o", "wide"], None)?;
+    ensure!(ok && out.contains("LABELS") && out.contains("zone=z2"), "{out}{err}");
+
+    // h2 stops: h1 still lists its record, NotReady.
+    ensure!(agents[1].stop()?, "h2 did not stop cleanly");
+    let h2_gone = vec![("h1".to_string(), "Ready".to_string()), ("h2".to_string(), "NotReady".to_string())];
+    ensure!(eventually(T, || nodes(&agents[0]) == h2_gone), "get nodes: {:?}", nodes(&agents[0]));
+    Ok(())
+}

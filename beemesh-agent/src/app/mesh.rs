@@ -59,6 +59,14 @@ pub(super) async fn start(
         this_host: true,
     };
     let cluster = cluster::start(&cfg.state_dir, &name_of(&this), client.clone()).await?;
+    let facts = super::nodes::NodeFacts::of_this_host(
+        &name_of(&this),
+        &this.peer,
+        &cfg.mesh.node_labels,
+        &cfg.node,
+        &this.addresses,
+    );
+    super::nodes::spawn_publish(cluster.clone(), client.clone(), facts);
     let pod_server = Arc::new(OnceLock::new());
     let (events_client, events_cluster, events_issuer, server) =
         (client.clone(), cluster.clone(), issuer.clone(), pod_server.clone());

@@ -63,6 +63,9 @@ pub enum GetCommand {
     /// StatefulSets: NAME READY AGE (wide: CONTAINERS IMAGES).
     #[command(alias = "statefulset", alias = "sts")]
     Statefulsets(Selector),
+    /// Nodes of the mesh (their Node records): NAME STATUS ROLES AGE VERSION.
+    #[command(alias = "node", alias = "no")]
+    Nodes(super::nodes::NodesArgs),
 }
 
 pub async fn get(socket: &Path, cmd: GetCommand) -> ExitCode {
@@ -75,6 +78,7 @@ pub async fn get(socket: &Path, cmd: GetCommand) -> ExitCode {
         GetCommand::Networkpolicies(s) => ("NetworkPolicy", s),
         GetCommand::Deployments(s) => ("Deployment", s),
         GetCommand::Statefulsets(s) => ("StatefulSet", s),
+        GetCommand::Nodes(args) => return super::nodes::get(socket, args).await,
     };
     get_objects(socket, kind, selector).await
 }

@@ -1,11 +1,14 @@
 //! `state_bench`: beemesh-state's replica against a model of HashiCorp memberlist (LAN
 //! defaults) in the same simulator: write -> held by every host (p50/p95), messages and bytes
-//! per write per host, the idle background, and memberlist's time to find a dead host. Run by
-//! `cargo xtask bench`; `--quick` runs 100 hosts only (CI).
+//! per write per host, the idle background, and the time to find a dead host (beemesh-state's
+//! failure detector against memberlist's probes and suspicion), with what detection costs and
+//! its false verdicts under 1% loss. Run by `cargo xtask bench`; `--quick` runs 100 hosts only
+//! (CI).
 
 use std::process::ExitCode;
 use std::time::Instant;
 
+use beemesh_state::sim::liveness::{self, LiveBenchReport, LiveDetection};
 use beemesh_state::sim::memberlist::{self, Detection};
 use beemesh_state::sim::{self, BenchReport};
 
@@ -26,7 +29,9 @@ fn main() -> ExitCode {
             }
         }
     }
-    let sizes: &[(usize, u64)] = if quick { &[(100, 3)] } else { &[(1_000, 5), (10_000, 3)] };
+    // (hosts, memberlist kills, detector kills, seconds under 1% loss)
+    let sizes: &[(usize, u64, u64, u64)] =
+        if quick { &[(100, 3, 5, 20)] } else { &[(1_000, 5, 20, 120), (10_000, 3, 20, 60)] };
     println!(
         "state bench: simulator, 1-20 ms per hop, no loss; {WRITES} writes of {BODY_BYTES} B from random \
          hosts 100 ms apart, seed {SEED}"
@@ -36,7 +41,11 @@ fn main() -> ExitCode {
         "memberlist model (LAN defaults): gossip every 200 ms to 3 peers, retransmit 4 * ceil(log10(N+1)), \
          push-pull every 30 s, probe every 1 s, suspicion multiplier 4"
     );
-    for &(hosts, kills) in sizes {
+    println!(
+        "beemesh-state failure detector: heartbeat every 1 s to 3 ring-hashed watchers, suspect after 2.5 s, \
+         verdict on 2 watchers' quorum after 0.5 s more (or 3 s alone), broadcast on the gossip mesh"
+    );
+    for &(hosts, kills, live_kills, lossy_seconds) in sizes {
         let started = Instant::now();
         let b = sim::bench(hosts, WRITES, BODY_BYTES, SEED);
         let m = memberlist::bench(hosts, WRITES, BODY_BYTES, SEED);
@@ -51,8 +60,15 @@ fn main() -> ExitCode {
             (0..kills).map(|k| memberlist::detect(hosts, SEED + k, 300_000)).collect();
         print_comparison(&b, &m);
         print_alone(&alone);
-        print_detection(hosts, &detections);
+        let ours: Vec<LiveDetection> =
+            (0..live_kills).map(|k| liveness::detect(hosts, SEED + k, 60_000)).collect();
+        let live = liveness::bench(hosts, SEED, lossy_seconds);
+        print_detection(hosts, &detections, &ours, &live, &m);
         println!("  ({hosts} hosts simulated in {:.1} s)", started.elapsed().as_secs_f64());
+        if ours.iter().any(|d| d.all_dead_ms.is_none()) {
+            eprintln!("state_bench: a dead host was not found by every host within 60 s: {ours:?}");
+            return ExitCode::FAILURE;
+        }
         if b.not_converged > 0 || m.not_converged > 0 {
             eprintln!("state_bench: writes did not reach every host: beemesh {b:?}, memberlist {m:?}");
             return ExitCode::FAILURE;
@@ -141,27 +157,68 @@ fn print_alone(runs: &[(BenchReport, memberlist::MlBenchReport)]) {
     );
 }
 
-fn print_detection(hosts: usize, runs: &[Detection]) {
-    let collect = |f: fn(&Detection) -> Option<u64>| {
-        let mut v: Vec<u64> = runs.iter().filter_map(f).collect();
+fn print_detection(
+    hosts: usize,
+    runs: &[Detection],
+    ours: &[LiveDetection],
+    live: &LiveBenchReport,
+    m: &memberlist::MlBenchReport,
+) {
+    let sorted = |mut v: Vec<u64>| {
         v.sort_unstable();
         v
     };
-    let (first, all) = (collect(|d| d.first_dead_ms), collect(|d| d.all_dead_ms));
+    let first = sorted(runs.iter().filter_map(|d| d.first_dead_ms).collect());
+    let all = sorted(runs.iter().filter_map(|d| d.all_dead_ms).collect());
+    let our_first = sorted(ours.iter().filter_map(|d| d.first_dead_ms).collect());
+    let our_all = sorted(ours.iter().filter_map(|d| d.all_dead_ms).collect());
     let missed = runs.len() - all.len();
-    println!(
-        "  dead host -> declared dead, memberlist model ({} kills): first host p50 {} ms, max {} ms; \
-         every host p50 {} ms, max {} ms{}",
-        runs.len(),
-        memberlist::percentile(&first, 0.5),
-        first.last().copied().unwrap_or(0),
-        memberlist::percentile(&all, 0.5),
-        all.last().copied().unwrap_or(0),
-        if missed > 0 { format!(" ({missed} not detected by everyone within 300 s)") } else { String::new() },
-    );
     let min_ms = memberlist::MlConfig::lan(hosts, 0).suspicion_min_ms();
     println!(
-        "  (suspicion timeout {min_ms}..{} ms); beemesh-state has no failure detector yet: no figure to compare",
-        min_ms * 6
+        "  failure detection: beemesh {} kills, memberlist model {} kills (its suspicion timeout {min_ms}..{} ms){}",
+        ours.len(),
+        runs.len(),
+        min_ms * 6,
+        if missed > 0 { format!(", {missed} not found by every host within 300 s") } else { String::new() },
+    );
+    let row = |name: &str, ours: f64, theirs: f64, unit: &str, decimals: usize| {
+        let ratio = if theirs > 0.0 { format!("{:.2}", ours / theirs) } else { "-".to_string() };
+        println!(
+            "  {name:<44} {:>14} {:>14} {ratio:>16}",
+            format!("{ours:.decimals$}{unit}"),
+            format!("{theirs:.decimals$}{unit}")
+        );
+    };
+    let pct = |v: &[u64], p: f64| memberlist::percentile(v, p) as f64;
+    row("  dead host -> declared by the first, p50", pct(&our_first, 0.5), pct(&first, 0.5), " ms", 0);
+    row("  dead host -> declared by the first, p95", pct(&our_first, 0.95), pct(&first, 0.95), " ms", 0);
+    row("  dead host -> held dead by every host, p50", pct(&our_all, 0.5), pct(&all, 0.5), " ms", 0);
+    row("  dead host -> held dead by every host, p95", pct(&our_all, 0.95), pct(&all, 0.95), " ms", 0);
+    row(
+        "  idle messages per host per s (all)",
+        live.idle_messages_per_host_per_s,
+        m.idle_messages_per_host_per_s,
+        "",
+        1,
+    );
+    row(
+        "  idle bytes per host per s (all)",
+        live.idle_bytes_per_host_per_s,
+        m.idle_bytes_per_host_per_s,
+        "",
+        0,
+    );
+    println!(
+        "  {:<44} {:>14} {:>14}",
+        format!("  under {:.0}% loss for {} s:", live.loss * 100.0, live.lossy_seconds),
+        "",
+        "(not modelled)"
+    );
+    println!("  {:<44} {:>14}", "    live hosts declared dead (false verdicts)", live.false_downs);
+    println!("  {:<44} {:>14}", "    suspicions raised (cleared without verdict)", live.lossy_suspicions);
+    println!(
+        "  {:<44} {:>14}",
+        "    messages, bytes per host per s",
+        format!("{:.1}, {:.0}", live.lossy_messages_per_host_per_s, live.lossy_bytes_per_host_per_s)
     );
 }
