@@ -34,9 +34,11 @@ pub(super) async fn start(
     identity: HostIdentity,
     trust: HostTrust,
 ) -> Result<Mesh, AgentError> {
-    let config = cfg.mesh.to_config(&cfg.state_dir)?;
+    let mut config = cfg.mesh.to_config(&cfg.state_dir)?;
     let keypair = identity.keypair().clone();
     let name = identity.node_name().to_owned();
+    // Our gossip names the node our certificate names: peers check it against it.
+    config.node_name = name.clone();
     let attestor = Arc::new(Attestor { identity: Arc::new(identity), trust: Arc::new(trust) });
     let (client, mut events) = swarm::start(config, keypair, attestor).await?;
     let addresses = client.listen_addrs().await?.iter().map(ToString::to_string).collect::<Vec<_>>();
@@ -80,7 +82,7 @@ async fn follow(client: &MeshClient, cluster: &Cluster, event: MeshEvent) {
             debug!(node = %host.node_name, %topic, "mesh peer subscribed")
         }
         MeshEvent::Gossip(message) if message.topic == cluster::TOPIC => {
-            cluster.deliver(Inbound::Gossip(Box::new(message))).await;
+            cluster.deliver(Inbound::Gossip(message)).await;
         }
         MeshEvent::Gossip(message) => {
             // A topic nobody serves here: nothing is forwarded on our word.

@@ -11,6 +11,7 @@ use libp2p::{identify, identity::Keypair, kad, mdns, StreamProtocol, Swarm};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::envelope::ENVELOPE_OVERHEAD;
 use super::{MeshConfig, SwarmError};
 
 /// Protocol of the request-response exchange.
@@ -61,6 +62,7 @@ pub struct Behaviour {
 /// The swarm with every protocol configured: QUIC only, on tokio.
 pub(super) fn build_swarm(config: &MeshConfig, keypair: Keypair) -> Result<Swarm<Behaviour>, SwarmError> {
     let max_gossip = config.max_gossip_bytes;
+    let replay = config.replay_window;
     let mdns_on = config.mdns;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
@@ -73,7 +75,9 @@ pub(super) fn build_swarm(config: &MeshConfig, keypair: Keypair) -> Result<Swarm
             let gossip_config = gossipsub::ConfigBuilder::default()
                 .validation_mode(ValidationMode::Strict)
                 .validate_messages()
-                .max_transmit_size(max_gossip + GOSSIP_FRAMING)
+                .max_transmit_size(max_gossip + ENVELOPE_OVERHEAD + GOSSIP_FRAMING)
+                // A replay inside the window is a duplicate; outside it, the envelope is stale.
+                .duplicate_cache_time(replay.duplicate_cache_time())
                 // Stable across builds and hosts (std's hasher is neither): a replay of the
                 // same payload on the same topic has the same id and is dropped as a duplicate.
                 .message_id_fn(|m: &gossipsub::Message| {
