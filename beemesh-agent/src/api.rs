@@ -51,6 +51,12 @@ pub enum Request {
     Policies,
     /// The mesh: this host and its connected peers.
     Peers,
+    /// Hands a host revocation (the PEM `ca revoke-host` wrote, read from `file`) to the
+    /// agent, which verifies, keeps and spreads it and cuts the host off.
+    Revoke {
+        file: String,
+        text: String,
+    },
     /// Applies a manifest file (Pods, ConfigMaps, Secrets); all of it or none of it.
     Apply {
         file: String,
@@ -240,6 +246,20 @@ pub struct StatusInfo {
     pub allow_entries: usize,
     /// Number of policy installs since start (each an atomic slot switch).
     pub policy_generation: u64,
+    /// The mesh's counters and revocations (absent without a swarm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshStatus>,
+}
+
+/// The `mesh` section of `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshStatus {
+    /// Gossip delivered and dropped (by reason), requests refused and rate limited, failed
+    /// attestations, peers expelled: since the agent started.
+    pub counters: crate::mesh::swarm::MeshStats,
+    /// Node names of the hosts revoked.
+    pub revoked: Vec<String>,
 }
 
 /// One host of the mesh as `peers` lists it.

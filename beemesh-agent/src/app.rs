@@ -62,6 +62,8 @@ pub enum AgentError {
     Cluster(#[from] cluster::ClusterError),
     #[error(transparent)]
     Userns(#[from] crate::pod::userns::UsernsError),
+    #[error(transparent)]
+    Revocation(#[from] mesh::revocations::RevocationError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
@@ -135,6 +137,25 @@ impl AgentHandle {
                         }
                     }
                     Err(e) => Response::Error { message: e.to_string() },
+                };
+            }
+            Request::Revoke { file, text } => {
+                return match &self.mesh {
+                    Some(m) => match mesh::revoke(m, &file, &text).await {
+                        Ok(lines) => Response::Applied { lines },
+                        Err(message) => Response::Error { message },
+                    },
+                    None => Response::Error { message: "the mesh swarm is not running".into() },
+                };
+            }
+            Request::Status => {
+                let resp = self.actor(Command::Api(Request::Status)).await;
+                return match (resp, &self.mesh) {
+                    (Response::Status(mut s), Some(m)) => {
+                        s.mesh = mesh::status(m).await.ok();
+                        Response::Status(s)
+                    }
+                    (other, _) => other,
                 };
             }
             Request::Peers => {
@@ -603,7 +624,7 @@ impl Agent {
                 Ok(Response::Workloads { items: self.workloads.iter().map(|w| self.info(w)).collect() })
             }
             Request::Policies => Err("policy reports are answered by the policy engine".to_string()),
-            Request::Peers => Err("peers are answered by the mesh swarm".to_string()),
+            Request::Peers | Request::Revoke { .. } => Err("answered by the mesh swarm".to_string()),
             Request::Flows { .. } => Err("flows are served by the flow hub".to_string()),
             Request::Apply { .. } | Request::DeleteObjects { .. } => {
                 Err("manifests are parsed before they reach the actor".to_string())
@@ -635,6 +656,7 @@ impl Agent {
             rules: policy.rules,
             allow_entries: policy.allow_entries,
             policy_generation: policy.generation,
+            mesh: None,
         }
     }
 
