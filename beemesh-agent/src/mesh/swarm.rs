@@ -8,6 +8,7 @@ mod addr;
 mod backoff;
 mod envelope;
 mod event_loop;
+mod guarded_kad;
 mod membership;
 mod peers_file;
 mod protocol;
@@ -147,6 +148,8 @@ pub struct MeshStats {
     pub requests_rate_limited: u64,
     /// Peers whose attestation failed or timed out.
     pub attestations_failed: u64,
+    /// Kademlia messages (queries, record writes) of unattested peers dropped unanswered.
+    pub kad_unattested_dropped: u64,
     /// Attested peers cut off because a revocation names them.
     pub peers_expelled: u64,
 }

@@ -339,7 +339,9 @@ impl EventLoop {
                 let _ = reply.send(peers);
             }
             Command::Stats { reply } => {
-                let _ = reply.send(self.stats.clone());
+                let mut stats = self.stats.clone();
+                stats.kad_unattested_dropped = self.swarm.behaviour().kad.dropped();
+                let _ = reply.send(stats);
             }
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.listen_addrs.iter().cloned().collect());
@@ -360,7 +362,7 @@ impl EventLoop {
             self.stats.peers_expelled += 1;
             self.expelled.insert(peer, host.clone());
         }
-        self.swarm.behaviour_mut().kad.remove_peer(&peer);
+        self.swarm.behaviour_mut().kad.deny(&peer);
         if self.known.forget(&peer) {
             self.publish_known();
         }
@@ -410,6 +412,7 @@ impl EventLoop {
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.limiters.remove(&peer_id);
                 self.request_limiters.remove(&peer_id);
+                self.swarm.behaviour_mut().kad.deny(&peer_id);
                 self.identified.remove(&peer_id);
                 let stable = self.attested_at.remove(&peer_id).is_some_and(|t| t.elapsed() >= STABLE_AFTER);
                 if stable {
@@ -425,7 +428,6 @@ impl EventLoop {
                 };
                 if let Some(host) = was {
                     tracing::info!(peer = %peer_id, node = %host.node_name, "mesh peer down");
-                    self.swarm.behaviour_mut().kad.remove_peer(&peer_id);
                     if !self.emit(MeshEvent::PeerDown { host }).await {
                         return false;
                     }
@@ -574,6 +576,7 @@ impl EventLoop {
         match state {
             PeerState::Attested(host) => {
                 tracing::info!(%peer, node = %host.node_name, "mesh peer attested");
+                self.swarm.behaviour_mut().kad.allow(peer);
                 self.add_to_routing(&host);
                 self.attested_at.insert(peer, Instant::now());
                 // A new member: ask the DHT for the rest of the mesh now, and again soon.

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::envelope::ENVELOPE_OVERHEAD;
+use super::guarded_kad::GuardedKad;
 use super::{MeshConfig, SwarmError};
 
 /// Protocol of the request-response exchange.
@@ -52,7 +53,7 @@ pub enum MeshResponse {
 /// Every protocol of the agent's swarm.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
-    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub kad: GuardedKad,
     pub gossipsub: gossipsub::Behaviour,
     pub identify: identify::Behaviour,
     pub rr: request_response::cbor::Behaviour<MeshRequest, MeshResponse>,
@@ -94,6 +95,8 @@ pub(super) fn build_swarm(config: &MeshConfig, keypair: Keypair) -> Result<Swarm
             // Only attested peers enter the routing table (we add them), so the DHT never
             // hands out addresses of peers that failed attestation here.
             kad_config.set_kbucket_inserts(kad::BucketInserts::Manual);
+            // beemesh keeps no records in the DHT: none written by a peer is stored.
+            kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
             let mut kad = kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), kad_config);
             kad.set_mode(Some(kad::Mode::Server));
             let identify = identify::Behaviour::new(
@@ -113,6 +116,8 @@ pub(super) fn build_swarm(config: &MeshConfig, keypair: Keypair) -> Result<Swarm
             } else {
                 None
             };
+            // Kademlia answers attested peers only (the member list is not for strangers).
+            let kad = GuardedKad::new(kad);
             Ok(Behaviour { kad, gossipsub, identify, rr, mdns: Toggle::from(mdns) })
         })
         .map_err(|e| SwarmError::Build(e.to_string()))?

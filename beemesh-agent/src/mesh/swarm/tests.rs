@@ -264,6 +264,8 @@ async fn three_hosts_join_attest_gossip_and_refuse_a_stranger() {
     assert!(stats.gossip_dropped.get("unattested").copied().unwrap_or(0) >= 1, "{stats:?}");
     assert!(stats.attestations_failed >= 1, "{stats:?}");
     assert_eq!(stats.requests_refused, 1, "{stats:?}");
+    // Kademlia messages of peers not attested yet (the stranger's lookup among them) went unread.
+    assert!(stats.kad_unattested_dropped >= 1, "{stats:?}");
     assert!(!a.client.peers().await.expect("peers").iter().any(|p| p.peer == rogue && p.attested));
 
     // Requests: between members they are answered; to an unattested peer they are refused.
