@@ -213,3 +213,45 @@ fn write_private(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), Revocation
     f.write_all(bytes).and_then(|()| f.sync_all()).map_err(err(&tmp))?;
     std::fs::rename(&tmp, path).map_err(err(path))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::trust::files;
+
+    const TD: &str = "guard.test";
+
+    #[test]
+    fn kept_revocations_load_at_start_and_a_bad_one_is_named() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let now = SystemTime::now();
+        let ca = files::init_ca(&tmp.path().join("ca"), TD, now).expect("ca");
+        let signed = files::revoke_host(&ca, "h3", now).expect("revoke");
+        let state = tmp.path().join("state");
+        let dir = state.join("revocations");
+        let path = dir.join("h3-1.pem");
+        write_private(&dir, &path, signed.to_pem().as_bytes()).expect("write");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&path).expect("meta").mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(&dir).expect("meta").mode() & 0o777, 0o700);
+
+        let trust = Arc::new(HostTrust::new(TD, ca.bundle.clone()));
+        let loaded = Revocations::load(&state, trust.clone()).expect("loads");
+        assert_eq!(loaded.revoked_nodes(), ["h3"]);
+        assert_eq!(trust.revocations().len(), 1);
+        assert_eq!(loaded.texts().expect("texts"), [signed.to_pem()]);
+
+        // One from another root: the start fails, naming the file.
+        let other = files::init_ca(&tmp.path().join("other"), TD, now).expect("ca");
+        let foreign = dir.join("h4-1.pem");
+        let text = files::revoke_host(&other, "h4", now).expect("revoke").to_pem();
+        write_private(&dir, &foreign, text.as_bytes()).expect("write");
+        let err = Revocations::load(&state, Arc::new(HostTrust::new(TD, ca.bundle.clone())))
+            .expect_err("a foreign revocation");
+        assert!(err.to_string().contains(&foreign.display().to_string()), "{err}");
+        // No directory: nothing held.
+        let none = Revocations::load(&tmp.path().join("empty"), Arc::new(HostTrust::new(TD, ca.bundle)))
+            .expect("empty");
+        assert!(none.revoked_nodes().is_empty());
+    }
+}
