@@ -1,8 +1,9 @@
 //! A hostile member for the guard end-to-end tests: it holds a real host certificate of the
 //! trust domain (from `ca issue-host`), joins the mesh through the agent's own swarm, and
-//! once TARGET is attested and subscribed to the cluster state's topic publishes, signed with
-//! its own key, one message claiming to be another node and one sent five minutes ago. It
-//! prints `published` and stays connected until stdin closes.
+//! once TARGET and it have attested each other and TARGET is subscribed to the cluster
+//! state's topic publishes, signed with its own key, one message claiming to be another node
+//! and one sent five minutes ago. It prints `published` and stays connected until stdin
+//! closes.
 //!
 //! Usage: rogue_peer STATE_DIR TRUST_DOMAIN NODE_NAME BOOTSTRAP TARGET_NODE CLAIMED_NODE
 
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use beemesh_agent::mesh::swarm::{self, Envelope, MeshConfig, MeshEvent};
+use beemesh_agent::mesh::swarm::{self, Envelope, MeshConfig, MeshEvent, MeshResponse};
 use beemesh_agent::mesh::trust::{files, Attestor};
 
 const TOPIC: &str = "beemesh/state/1";
@@ -50,6 +51,27 @@ async fn main() -> Result<()> {
                 let _ = responder.refuse("rogue".into()).await;
             }
             _ => {}
+        }
+    }
+    // The target attests us on its own schedule: until it has, our gossip would be dropped as
+    // unattested. Its answer to a request says when it has (a refusal by kind, not by trust).
+    let target_peer = client
+        .peers()
+        .await?
+        .into_iter()
+        .find(|p| p.node_name.as_deref() == Some(target.as_str()))
+        .context("target not connected")?
+        .peer;
+    loop {
+        match client.request(target_peer, "ping", Vec::new()).await? {
+            MeshResponse::Refused(why) if why == "not attested" => {
+                if tokio::time::Instant::now() > deadline {
+                    bail!("never attested by the target");
+                }
+                // Polling the target's own answer, as `eventually` does in the tests.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            _ => break,
         }
     }
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
