@@ -55,6 +55,12 @@ pub enum Request {
     JoinTokens {
         action: TokenAction,
     },
+    /// Hands a host revocation (the PEM `ca revoke-host` wrote, read from `file`) to the
+    /// agent, which verifies, keeps and spreads it and cuts the host off.
+    Revoke {
+        file: String,
+        text: String,
+    },
     /// Applies a manifest file (every kind `manifest` accepts); all of it or none of it.
     Apply {
         file: String,
@@ -326,6 +332,20 @@ pub struct StatusInfo {
     pub allow_entries: usize,
     /// Number of policy installs since start (each an atomic slot switch).
     pub policy_generation: u64,
+    /// The mesh's counters and revocations (absent without a swarm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshStatus>,
+}
+
+/// The `mesh` section of `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshStatus {
+    /// Gossip delivered and dropped (by reason), requests refused and rate limited, failed
+    /// attestations, peers expelled: since the agent started.
+    pub counters: crate::mesh::swarm::MeshStats,
+    /// Node names of the hosts revoked.
+    pub revoked: Vec<String>,
 }
 
 /// One host of the mesh as `peers` lists it.

@@ -69,6 +69,8 @@ pub enum AgentError {
     Join(#[from] join::JoinError),
     #[error(transparent)]
     Userns(#[from] crate::pod::userns::UsernsError),
+    #[error(transparent)]
+    Revocation(#[from] mesh::revocations::RevocationError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {
@@ -147,6 +149,25 @@ impl AgentHandle {
             }
             Request::JoinTokens { action } => {
                 return join::answer(self.mesh.as_ref().and_then(|m| m.issuer.clone()), action).await;
+            }
+            Request::Revoke { file, text } => {
+                return match &self.mesh {
+                    Some(m) => match mesh::revoke(m, &file, &text).await {
+                        Ok(lines) => Response::Applied { lines },
+                        Err(message) => Response::Error { message },
+                    },
+                    None => Response::Error { message: "the mesh swarm is not running".into() },
+                };
+            }
+            Request::Status => {
+                let resp = self.actor(Command::Api(Request::Status)).await;
+                return match (resp, &self.mesh) {
+                    (Response::Status(mut s), Some(m)) => {
+                        s.mesh = mesh::status(m).await.ok();
+                        Response::Status(s)
+                    }
+                    (other, _) => other,
+                };
             }
             Request::Peers => {
                 return match &self.mesh {
@@ -565,7 +586,7 @@ impl Agent {
                 Ok(Response::Workloads { items: self.workloads.iter().map(|w| self.info(w)).collect() })
             }
             Request::Policies => Err("policy reports are answered by the policy engine".to_string()),
-            Request::Peers => Err("peers are answered by the mesh swarm".to_string()),
+            Request::Peers | Request::Revoke { .. } => Err("answered by the mesh swarm".to_string()),
             Request::JoinTokens { .. } => Err("join tokens are answered by the issuer".to_string()),
             Request::Flows { .. } => Err("flows are served by the flow hub".to_string()),
             Request::Apply { .. }
@@ -601,6 +622,7 @@ impl Agent {
             rules: policy.rules,
             allow_entries: policy.allow_entries,
             policy_generation: policy.generation,
+            mesh: None,
         }
     }
 

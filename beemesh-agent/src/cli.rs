@@ -264,6 +264,13 @@ pub enum Command {
         #[arg(short, long, value_enum, default_value_t)]
         output: Output,
     },
+    /// Hands a host revocation (the file `ca revoke-host` wrote) to the running agent: it
+    /// verifies it against the trust domain's roots, keeps it, spreads it to every host and
+    /// every host cuts the revoked one off.
+    Revoke {
+        /// The revocation's PEM file.
+        file: PathBuf,
+    },
     /// The mesh: this host and its connected peers (attested ones under their certificate's
     /// node name).
     Peers {
@@ -459,6 +466,19 @@ pub async fn execute(cli: Cli) -> ExitCode {
             }
             other => unexpected(other),
         },
+        Command::Revoke { file } => match std::fs::read_to_string(&file) {
+            Ok(text) => {
+                match client::call(&socket, &Request::Revoke { file: file.display().to_string(), text }).await
+                {
+                    Ok(Response::Applied { lines }) => {
+                        lines.iter().for_each(|l| outln!("{l}"));
+                        ExitCode::SUCCESS
+                    }
+                    other => unexpected(other),
+                }
+            }
+            Err(e) => fail(format!("{}: {e}", file.display())),
+        },
         Command::Peers { output } => nodes::peers(&socket, output).await,
         Command::Status { output } => match client::call(&socket, &Request::Status).await {
             Ok(Response::Status(s)) => {
@@ -481,6 +501,27 @@ pub async fn execute(cli: Cli) -> ExitCode {
                             s.allow_entries
                         );
                         outln!("workloads    {}", s.workloads);
+                        if let Some(m) = &s.mesh {
+                            let c = &m.counters;
+                            let dropped: Vec<String> =
+                                c.gossip_dropped.iter().map(|(r, n)| format!("{r} {n}")).collect();
+                            outln!(
+                                "mesh gossip  {} delivered, dropped: {}",
+                                c.gossip_delivered,
+                                if dropped.is_empty() { "none".into() } else { dropped.join(", ") }
+                            );
+                            outln!(
+                                "mesh guard   {} failed attestations, {} requests refused, {} rate limited, {} peers expelled",
+                                c.attestations_failed,
+                                c.requests_refused,
+                                c.requests_rate_limited,
+                                c.peers_expelled
+                            );
+                            outln!(
+                                "revoked      {}",
+                                if m.revoked.is_empty() { "none".into() } else { m.revoked.join(", ") }
+                            );
+                        }
                     }
                 }
                 ExitCode::SUCCESS

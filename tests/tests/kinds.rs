@@ -179,9 +179,17 @@ fn kinds_applied_on_one_host_are_listed_and_deleted_from_the_other() -> Result<(
 
     // The cluster state learns of a peer just after the swarm attests it: wait until h1's
     // writes are held by h2.
-    let canary = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: canary\n";
+    // (Each try writes something new: an unchanged object is not written again.)
+    let tries = std::cell::Cell::new(0);
+    let canary = || {
+        tries.set(tries.get() + 1);
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: canary\ndata: {{try: \"{}\"}}\n",
+            tries.get()
+        )
+    };
     ensure!(
-        eventually(T, || a.apply(canary).is_ok_and(|out| out.contains("(held by h2)"))),
+        eventually(T, || a.apply(&canary()).is_ok_and(|out| out.contains("(held by h2)"))),
         "h1's writes never held by h2:\n{}",
         a.log()
     );

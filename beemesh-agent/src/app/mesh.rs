@@ -1,15 +1,17 @@
 //! The agent's side of the mesh: starts the swarm with the host's identity and trust store,
 //! and follows its events. Peers attested or lost, failed attestations and bootstrap retries
 //! go to the log; peers, gossip on the cluster state's topic and requests of its kind go to
-//! the cluster state's task (`app::cluster`). Other gossip is ignored and other requests are
-//! refused by name.
+//! the cluster state's task (`app::cluster`); revocations (their topic and request kind) to
+//! [`revocations`]. Other gossip is ignored and other requests are refused by name.
+
+pub mod revocations;
 
 use std::sync::{Arc, OnceLock};
 
 use libp2p::gossipsub::MessageAcceptance;
 use tracing::{debug, info, warn};
 
-use crate::api::PeerEntry;
+use crate::api::{MeshStatus, PeerEntry};
 use crate::config::Config;
 use crate::mesh::swarm::{self, MeshClient, MeshEvent, PeerInfo};
 use crate::mesh::trust::{Attestor, HostIdentity, HostTrust};
@@ -17,6 +19,7 @@ use crate::mesh::trust::{Attestor, HostIdentity, HostTrust};
 use super::cluster::{self, Cluster, Inbound};
 use super::join::Issuer;
 use super::{remote, AgentError, AgentHandle};
+use revocations::Revocations;
 
 /// The running swarm, as the API sees it.
 #[derive(Clone, Debug)]
@@ -31,6 +34,8 @@ pub struct Mesh {
     pub pod_server: Arc<OnceLock<AgentHandle>>,
     /// The issuer joining hosts are admitted with, if this member holds one.
     pub issuer: Option<Arc<Issuer>>,
+    /// The revocations held, and what acts on new ones.
+    pub revocations: Revocations,
 }
 
 /// Starts the swarm (listening on the configured port, joining the bootstrap peers) and the
@@ -40,15 +45,21 @@ pub(super) async fn start(
     identity: HostIdentity,
     trust: HostTrust,
 ) -> Result<Mesh, AgentError> {
-    let config = cfg.mesh.to_config(&cfg.state_dir)?;
+    let mut config = cfg.mesh.to_config(&cfg.state_dir)?;
     let issuer = Issuer::load(cfg, trust.roots())?.map(Arc::new);
     if let Some(i) = &issuer {
         info!(tokens = i.list().len(), "this member admits joining hosts (join tokens)");
     }
     let keypair = identity.keypair().clone();
     let name = identity.node_name().to_owned();
-    let attestor = Arc::new(Attestor { identity: Arc::new(identity), trust: Arc::new(trust) });
+    // Our gossip names the node our certificate names: peers check it against it.
+    config.node_name = name.clone();
+    let trust = Arc::new(trust);
+    // Before the swarm listens: a revoked host must not attest even once after a restart.
+    let revocations = Revocations::load(&cfg.state_dir, trust.clone())?;
+    let attestor = Arc::new(Attestor { identity: Arc::new(identity), trust });
     let (client, mut events) = swarm::start(config, keypair, attestor).await?;
+    client.subscribe(revocations::TOPIC).await?;
     let addresses = client.listen_addrs().await?.iter().map(ToString::to_string).collect::<Vec<_>>();
     info!(node = %name, peer = %client.local_peer_id(), listen = ?addresses, "mesh swarm listening");
     let this = PeerEntry {
@@ -68,31 +79,35 @@ pub(super) async fn start(
     );
     super::nodes::spawn_publish(cluster.clone(), client.clone(), facts);
     let pod_server = Arc::new(OnceLock::new());
-    let (events_client, events_cluster, events_issuer, server) =
-        (client.clone(), cluster.clone(), issuer.clone(), pod_server.clone());
+    let serving = Serving { issuer: issuer.clone(), pods: pod_server.clone(), revoked: revocations.clone() };
+    let (events_client, events_cluster) = (client.clone(), cluster.clone());
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
-            follow(&events_client, &events_cluster, &events_issuer, &server, event).await;
+            follow(&events_client, &events_cluster, &serving, event).await;
         }
         debug!("mesh events ended");
     });
-    Ok(Mesh { client, cluster, this, issuer, pod_server })
+    Ok(Mesh { client, cluster, this, issuer, pod_server, revocations })
 }
 
 fn name_of(this: &PeerEntry) -> String {
     this.name.clone().unwrap_or_default()
 }
 
-async fn follow(
-    client: &MeshClient,
-    cluster: &Cluster,
-    issuer: &Option<Arc<Issuer>>,
-    pods: &OnceLock<AgentHandle>,
-    event: MeshEvent,
-) {
+/// What the event follower serves besides the cluster state.
+struct Serving {
+    issuer: Option<Arc<Issuer>>,
+    pods: Arc<OnceLock<AgentHandle>>,
+    revoked: Revocations,
+}
+
+async fn follow(client: &MeshClient, cluster: &Cluster, serving: &Serving, event: MeshEvent) {
+    let Serving { issuer, pods, revoked } = serving;
     match event {
         MeshEvent::PeerUp { host, listen_addrs } => {
             info!(node = %host.node_name, peer = %host.peer, addrs = ?listen_addrs, "mesh peer attested");
+            let (client, revoked, to) = (client.clone(), revoked.clone(), host.clone());
+            tokio::spawn(async move { revoked.push(&client, &to).await });
             cluster.deliver(Inbound::PeerUp(host)).await;
         }
         MeshEvent::PeerDown { host } => {
@@ -106,7 +121,26 @@ async fn follow(
             debug!(node = %host.node_name, %topic, "mesh peer subscribed")
         }
         MeshEvent::Gossip(message) if message.topic == cluster::TOPIC => {
-            cluster.deliver(Inbound::Gossip(Box::new(message))).await;
+            cluster.deliver(Inbound::Gossip(message)).await;
+        }
+        MeshEvent::Gossip(message) if message.topic == revocations::TOPIC => {
+            let (client, revoked) = (client.clone(), revoked.clone());
+            // Verification (certificate chains) and the disk write run beside the event loop.
+            tokio::spawn(async move {
+                let source = format!("gossip from {}", message.via.node_name);
+                let verdict = match revoked.accept(&client, &source, &message.data).await {
+                    Ok(Some(a)) => {
+                        info!(node = %a.revocation.node, expelled = ?a.expelled, "revocation heard");
+                        MessageAcceptance::Accept
+                    }
+                    Ok(None) => MessageAcceptance::Ignore,
+                    Err(e) => {
+                        warn!(error = %e, "revocation gossip rejected");
+                        MessageAcceptance::Reject
+                    }
+                };
+                let _ = client.validate(&message, verdict).await;
+            });
         }
         MeshEvent::Gossip(message) => {
             // A topic nobody serves here: nothing is forwarded on our word.
@@ -131,6 +165,19 @@ async fn follow(
                     let _ = responder.refuse("the agent is starting".into()).await;
                 }
             }
+        }
+        MeshEvent::Request { from, kind, body, responder } if kind == revocations::REQUEST_KIND => {
+            let (client, revoked) = (client.clone(), revoked.clone());
+            tokio::spawn(async move {
+                match revoked.pushed(&client, &from, &body).await {
+                    Ok(()) => {
+                        let _ = responder.respond(Vec::new()).await;
+                    }
+                    Err(e) => {
+                        let _ = responder.refuse(e.to_string()).await;
+                    }
+                }
+            });
         }
         MeshEvent::Request { from, kind, responder, .. } => {
             debug!(node = %from.node_name, %kind, "mesh request refused: not served by this agent");
@@ -183,4 +230,34 @@ pub async fn peers(mesh: &Mesh) -> Result<Vec<PeerEntry>, String> {
         this_host: false,
     }));
     Ok(items)
+}
+
+/// `revoke FILE`: verifies the revocation `text` (from `file`) against our roots, keeps it,
+/// expels the peers it names and spreads it to the mesh. Returns the lines to print.
+pub async fn revoke(mesh: &Mesh, file: &str, text: &str) -> Result<Vec<String>, String> {
+    let accepted =
+        mesh.revocations.accept(&mesh.client, file, text.as_bytes()).await.map_err(|e| e.to_string())?;
+    let Some(a) = accepted else {
+        return Ok(vec![format!("{file}: already known here; nothing to do")]);
+    };
+    // With no peer subscribed gossipsub has nobody to send to: peers get it when they attest.
+    let spread = match mesh.client.publish(revocations::TOPIC, text.as_bytes().to_vec()).await {
+        Ok(_) => "spreading to the mesh".to_string(),
+        Err(e) => format!("no peer to gossip it to yet ({e}); pushed to each peer as it attests"),
+    };
+    let cut = if a.expelled.is_empty() {
+        "no connected peer is that host".to_string()
+    } else {
+        format!("cut off {}", a.expelled.join(", "))
+    };
+    Ok(vec![format!(
+        "host {} revoked (made at {}): {cut}; {spread}",
+        a.revocation.node, a.revocation.revoked_at
+    )])
+}
+
+/// The `mesh` section of `status`: the swarm's counters and the hosts revoked.
+pub async fn status(mesh: &Mesh) -> Result<MeshStatus, String> {
+    let counters = mesh.client.stats().await.map_err(|e| e.to_string())?;
+    Ok(MeshStatus { counters, revoked: mesh.revocations.revoked_nodes() })
 }

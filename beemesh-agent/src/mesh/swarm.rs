@@ -6,7 +6,9 @@
 
 mod addr;
 mod backoff;
+mod envelope;
 mod event_loop;
+mod guarded_kad;
 mod join;
 mod membership;
 mod peers_file;
@@ -19,7 +21,7 @@ mod tests;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use libp2p::gossipsub::{MessageAcceptance, MessageId};
 use libp2p::request_response::ResponseChannel;
@@ -28,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use crate::mesh::attest::{Attest, AttestedHost};
 pub use addr::BootstrapAddr;
+pub use envelope::{Envelope, ReplayWindow};
 pub use join::join_request;
 pub use membership::GossipDrop;
 pub use peers_file::{KnownPeer, KnownPeers};
@@ -88,6 +91,12 @@ pub struct MeshConfig {
     pub max_gossip_bytes: usize,
     /// Per-peer limits on the gossip it forwards to us.
     pub rate_limits: RateLimits,
+    /// Per-peer limits on the application requests it sends us (bytes: request bodies).
+    pub request_limits: RateLimits,
+    /// How old (or early) a gossip message may be; gossipsub's duplicate cache outlasts it.
+    pub replay_window: ReplayWindow,
+    /// Our node name, as our certificate carries it: the author named in our gossip.
+    pub node_name: String,
     /// Connections with nothing to do close after this.
     pub idle_timeout: Duration,
     /// How often deadlines and redials are looked at.
@@ -108,6 +117,9 @@ impl MeshConfig {
             redial_cap: Duration::from_secs(30),
             max_gossip_bytes: 256 * 1024,
             rate_limits: RateLimits::default(),
+            request_limits: RateLimits::requests(),
+            replay_window: ReplayWindow::default(),
+            node_name: String::new(),
             idle_timeout: Duration::from_secs(300),
             tick: Duration::from_millis(250),
             handshake_timeout: Duration::from_secs(5),
@@ -126,19 +138,26 @@ pub struct PeerInfo {
     pub listen_addrs: Vec<Multiaddr>,
 }
 
-/// Counters of the swarm (for `peers`, metrics and tests).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Counters of the swarm since it started (for `peers -o json`, metrics and tests).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct MeshStats {
     /// Gossip handed to the application.
     pub gossip_delivered: u64,
     /// Gossip dropped before the application, by [`GossipDrop::as_str`].
-    pub gossip_dropped: BTreeMap<&'static str, u64>,
+    pub gossip_dropped: BTreeMap<String, u64>,
     /// Application requests refused because the requester was not attested.
     pub requests_refused: u64,
+    /// Application requests of attested peers refused by their per-peer rate limit.
+    pub requests_rate_limited: u64,
     /// Peers whose attestation failed or timed out.
     pub attestations_failed: u64,
     /// Join requests refused by the swarm (oversized or over the rate limit).
     pub joins_refused: u64,
+    /// Kademlia messages (queries, record writes) of unattested peers dropped unanswered.
+    pub kad_unattested_dropped: u64,
+    /// Attested peers cut off because a revocation names them.
+    pub peers_expelled: u64,
 }
 
 /// A gossip message from an attested peer, waiting for the application's verdict
@@ -147,7 +166,13 @@ pub struct MeshStats {
 pub struct GossipMessage {
     pub id: MessageId,
     pub topic: String,
+    /// The application's payload (out of its envelope).
     pub data: Vec<u8>,
+    /// The author's node name from the envelope: checked against the origin's certificate
+    /// when `origin_host` is set, a mere claim otherwise.
+    pub author: String,
+    /// When the author sent it (ms since the epoch, its clock; within the replay window).
+    pub sent_ms: u64,
     /// The peer that created and signed it (gossipsub's signature was checked).
     pub origin: PeerId,
     /// The origin, when it is attested here; otherwise the application must check the
@@ -169,7 +194,7 @@ pub enum MeshEvent {
     /// An attested peer is subscribed to a gossip topic.
     Subscribed { host: AttestedHost, topic: String },
     /// Gossip to validate.
-    Gossip(GossipMessage),
+    Gossip(Box<GossipMessage>),
     /// Gossip dropped before the application saw it (counted in [`MeshStats`]).
     GossipDropped { via: PeerId, origin: Option<PeerId>, reason: GossipDrop },
     /// An application request from an attested peer; answer it through `responder`.
@@ -214,7 +239,10 @@ enum Command {
     },
     Publish {
         topic: String,
+        /// An encoded [`Envelope`].
         data: Vec<u8>,
+        /// The size of the payload in it (what the gossip size limit applies to).
+        payload_len: usize,
         reply: oneshot::Sender<Result<MessageId, SwarmError>>,
     },
     Validate {
@@ -245,6 +273,11 @@ enum Command {
     ListenAddrs {
         reply: oneshot::Sender<Vec<Multiaddr>>,
     },
+    Expel {
+        peer: PeerId,
+        reason: String,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 /// The handle on the swarm; cheap to clone. Every call fails with [`SwarmError::Closed`] once
@@ -252,6 +285,8 @@ enum Command {
 #[derive(Clone, Debug)]
 pub struct MeshClient {
     local: PeerId,
+    /// Our node name, the author of what we publish.
+    node: Arc<str>,
     commands: mpsc::Sender<Command>,
 }
 
@@ -271,10 +306,25 @@ impl MeshClient {
         self.call(|reply| Command::Subscribe { topic, reply }).await?
     }
 
-    /// Publishes `data` (signed with our key) to the peers subscribed to `topic`.
+    /// Publishes `data` (in an [`Envelope`] naming us and now, signed with our key) to the
+    /// peers subscribed to `topic`.
     pub async fn publish(&self, topic: &str, data: Vec<u8>) -> Result<MessageId, SwarmError> {
-        let topic = topic.to_string();
-        self.call(|reply| Command::Publish { topic, data, reply }).await?
+        let sent_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.publish_envelope(topic, &Envelope { node: self.node.to_string(), sent_ms, data }).await
+    }
+
+    /// Publishes `envelope` as given (signed with our key). Peers check it like any other:
+    /// a name that is not our certificate's or a time outside their window gets it dropped.
+    pub async fn publish_envelope(&self, topic: &str, envelope: &Envelope) -> Result<MessageId, SwarmError> {
+        let (topic, data, payload_len) = (topic.to_string(), envelope.encode(), envelope.data.len());
+        self.call(|reply| Command::Publish { topic, data, payload_len, reply }).await?
+    }
+
+    /// Cuts `peer` off: disconnected, its gossip dropped as from a failed origin, the
+    /// application told `PeerDown` if it was attested, and challenged afresh should it come
+    /// back. Returns whether it was connected.
+    pub async fn expel(&self, peer: PeerId, reason: String) -> Result<bool, SwarmError> {
+        self.call(|reply| Command::Expel { peer, reason, reply }).await
     }
 
     /// The application's verdict on a [`GossipMessage`]: Accept forwards it, Reject
@@ -324,10 +374,11 @@ pub async fn start(
     attest: Arc<dyn Attest>,
 ) -> Result<(MeshClient, mpsc::Receiver<MeshEvent>), SwarmError> {
     let local = keypair.public().to_peer_id();
+    let node = Arc::from(config.node_name.as_str());
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (event_tx, event_rx) = mpsc::channel(1024);
     let event_loop =
         event_loop::EventLoop::new(config, keypair, attest, cmd_rx, cmd_tx.clone(), event_tx).await?;
     tokio::spawn(event_loop.run());
-    Ok((MeshClient { local, commands: cmd_tx }, event_rx))
+    Ok((MeshClient { local, node, commands: cmd_tx }, event_rx))
 }

@@ -16,6 +16,7 @@ use libp2p::{identify, identity::Keypair, mdns, Multiaddr, PeerId, Swarm};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::backoff::Backoff;
+use super::envelope::{Envelope, ENVELOPE_OVERHEAD};
 use super::membership::{GossipDrop, Membership, PeerState};
 use super::peers_file::KnownPeers;
 use super::protocol::{build_swarm, Behaviour, BehaviourEvent, MeshRequest, MeshResponse, MAX_JOIN_BYTES};
@@ -86,11 +87,14 @@ pub(super) struct EventLoop {
     known: KnownPeers,
     known_tx: Option<watch::Sender<KnownPeers>>,
     remembered_backoff: Backoff,
+    /// Peers expelled while attested, until their connection closes (then `PeerDown`).
+    expelled: HashMap<PeerId, AttestedHost>,
     /// When each connected peer attested.
     attested_at: HashMap<PeerId, Instant>,
     /// Addresses each peer listens on: what identify said, else the address we dialed.
     identified: HashMap<PeerId, Vec<Multiaddr>>,
     limiters: HashMap<PeerId, RateLimiter>,
+    request_limiters: HashMap<PeerId, RateLimiter>,
     stats: MeshStats,
     listen_addrs: HashSet<Multiaddr>,
     /// Join requests, all requesters together.
@@ -133,6 +137,10 @@ fn nonce() -> [u8; 32] {
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn unix_now_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Whether an address is worth telling others or dialing later (not 0.0.0.0, not empty).
@@ -230,6 +238,7 @@ impl EventLoop {
             swarm,
             remembered_backoff: Backoff::new(config.redial_base, config.redial_cap),
             attested_at: HashMap::new(),
+            expelled: HashMap::new(),
             attest,
             commands,
             command_tx: command_tx.downgrade(),
@@ -246,6 +255,7 @@ impl EventLoop {
             known_tx,
             identified: HashMap::new(),
             limiters: HashMap::new(),
+            request_limiters: HashMap::new(),
             stats: MeshStats::default(),
             listen_addrs,
             discovery: Backoff::new(DISCOVERY_BASE, DISCOVERY_CAP),
@@ -293,12 +303,10 @@ impl EventLoop {
                     .map_err(|e| SwarmError::Subscribe { topic, why: e.to_string() });
                 let _ = reply.send(r);
             }
-            Command::Publish { topic, data, reply } => {
-                let r = if data.len() > self.config.max_gossip_bytes {
-                    Err(SwarmError::Publish {
-                        topic,
-                        why: format!("{} bytes, more than {}", data.len(), self.config.max_gossip_bytes),
-                    })
+            Command::Publish { topic, data, payload_len, reply } => {
+                let max = self.config.max_gossip_bytes;
+                let r = if payload_len > max || data.len() > max + ENVELOPE_OVERHEAD {
+                    Err(SwarmError::Publish { topic, why: format!("{payload_len} bytes, more than {max}") })
                 } else {
                     self.swarm
                         .behaviour_mut()
@@ -346,12 +354,34 @@ impl EventLoop {
                 let _ = reply.send(peers);
             }
             Command::Stats { reply } => {
-                let _ = reply.send(self.stats.clone());
+                let mut stats = self.stats.clone();
+                stats.kad_unattested_dropped = self.swarm.behaviour().kad.dropped();
+                let _ = reply.send(stats);
             }
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.listen_addrs.iter().cloned().collect());
             }
+            Command::Expel { peer, reason, reply } => {
+                let _ = reply.send(self.expel(peer, reason));
+            }
         }
+    }
+
+    /// Cuts `peer` off (a revocation names it): its state becomes failed (so its gossip is
+    /// dropped, even relayed, until it attests afresh, which a revoked certificate cannot),
+    /// it is forgotten and disconnected. `PeerDown` follows from the connection's close.
+    fn expel(&mut self, peer: PeerId, reason: String) -> bool {
+        let was = self.membership.expel(&peer, reason.clone());
+        if let Some(PeerState::Attested(host)) = &was {
+            tracing::warn!(%peer, node = %host.node_name, %reason, "expelling mesh peer");
+            self.stats.peers_expelled += 1;
+            self.expelled.insert(peer, host.clone());
+        }
+        self.swarm.behaviour_mut().kad.deny(&peer);
+        if self.known.forget(&peer) {
+            self.publish_known();
+        }
+        self.swarm.disconnect_peer_id(peer).is_ok() || was.is_some()
     }
 
     async fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) -> bool {
@@ -396,6 +426,8 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.limiters.remove(&peer_id);
+                self.request_limiters.remove(&peer_id);
+                self.swarm.behaviour_mut().kad.deny(&peer_id);
                 self.identified.remove(&peer_id);
                 let stable = self.attested_at.remove(&peer_id).is_some_and(|t| t.elapsed() >= STABLE_AFTER);
                 if stable {
@@ -405,9 +437,12 @@ impl EventLoop {
                         t.backoff.reset();
                     }
                 }
-                if let Some(PeerState::Attested(host)) = self.membership.disconnected(&peer_id) {
+                let was = match self.membership.disconnected(&peer_id) {
+                    Some(PeerState::Attested(host)) => Some(host),
+                    _ => self.expelled.remove(&peer_id),
+                };
+                if let Some(host) = was {
                     tracing::info!(peer = %peer_id, node = %host.node_name, "mesh peer down");
-                    self.swarm.behaviour_mut().kad.remove_peer(&peer_id);
                     if !self.emit(MeshEvent::PeerDown { host }).await {
                         return false;
                     }
@@ -475,6 +510,15 @@ impl EventLoop {
                             .send_response(channel, MeshResponse::Attestation(attestation));
                     }
                     MeshRequest::App { kind, body } => match self.membership.attested(&peer).cloned() {
+                        Some(_) if !self.request_allowed(&peer, body.len()) => {
+                            self.stats.requests_rate_limited += 1;
+                            tracing::debug!(%peer, %kind, "mesh request rate limited");
+                            let _ = self
+                                .swarm
+                                .behaviour_mut()
+                                .rr
+                                .send_response(channel, MeshResponse::Refused("rate limited".into()));
+                        }
                         Some(from) => {
                             let Some(commands) = self.command_tx.upgrade() else {
                                 return false;
@@ -548,6 +592,7 @@ impl EventLoop {
         match state {
             PeerState::Attested(host) => {
                 tracing::info!(%peer, node = %host.node_name, "mesh peer attested");
+                self.swarm.behaviour_mut().kad.allow(peer);
                 self.add_to_routing(&host);
                 self.attested_at.insert(peer, Instant::now());
                 // A new member: ask the DHT for the rest of the mesh now, and again soon.
@@ -647,7 +692,9 @@ impl EventLoop {
     async fn on_gossip(&mut self, event: gossipsub::Event) -> bool {
         match event {
             gossipsub::Event::Message { propagation_source: via, message_id, message } => {
-                let verdict = self.gossip_verdict(&via, message.source.as_ref(), message.data.len());
+                let verdict = self
+                    .gossip_verdict(&via, message.source.as_ref(), message.data.len())
+                    .and_then(|()| self.open_envelope(message.source.as_ref(), &message.data));
                 match verdict {
                     Err(reason) => {
                         let acceptance = if reason.is_reject() {
@@ -660,25 +707,27 @@ impl EventLoop {
                             &via,
                             acceptance,
                         );
-                        *self.stats.gossip_dropped.entry(reason.as_str()).or_default() += 1;
+                        *self.stats.gossip_dropped.entry(reason.as_str().to_string()).or_default() += 1;
                         tracing::debug!(%via, reason = reason.as_str(), "gossip dropped");
                         return self
                             .emit(MeshEvent::GossipDropped { via, origin: message.source, reason })
                             .await;
                     }
-                    Ok(()) => {
+                    Ok(envelope) => {
                         let via_host = self.membership.attested(&via).cloned().expect("verdict checked it");
                         let origin = message.source.expect("verdict checked it");
                         self.stats.gossip_delivered += 1;
                         return self
-                            .emit(MeshEvent::Gossip(GossipMessage {
+                            .emit(MeshEvent::Gossip(Box::new(GossipMessage {
                                 id: message_id,
                                 topic: message.topic.as_str().to_string(),
-                                data: message.data,
+                                data: envelope.data,
+                                author: envelope.node,
+                                sent_ms: envelope.sent_ms,
                                 origin,
                                 origin_host: self.membership.attested(&origin).cloned(),
                                 via: via_host,
-                            }))
+                            })))
                             .await;
                     }
                 }
@@ -701,7 +750,7 @@ impl EventLoop {
         origin: Option<&PeerId>,
         len: usize,
     ) -> Result<(), GossipDrop> {
-        if len > self.config.max_gossip_bytes {
+        if len > self.config.max_gossip_bytes + ENVELOPE_OVERHEAD {
             return Err(GossipDrop::Oversized);
         }
         self.membership.gossip_verdict(via, origin)?;
@@ -712,5 +761,25 @@ impl EventLoop {
             return Err(GossipDrop::RateLimited);
         }
         Ok(())
+    }
+
+    /// The envelope of gossip from `origin`: inside the replay window, and naming the node
+    /// of `origin`'s certificate when `origin` is attested here (else the name is a claim
+    /// the application must not trust).
+    fn open_envelope(&self, origin: Option<&PeerId>, data: &[u8]) -> Result<Envelope, GossipDrop> {
+        let envelope = Envelope::open(data, unix_now_ms(), self.config.replay_window)?;
+        if let Some(host) = origin.and_then(|o| self.membership.attested(o)) {
+            if host.node_name != envelope.node {
+                return Err(GossipDrop::Forged);
+            }
+        }
+        Ok(envelope)
+    }
+
+    /// Whether an application request of `len` bytes from `peer` is within its rate limit.
+    fn request_allowed(&mut self, peer: &PeerId, len: usize) -> bool {
+        let now = Instant::now();
+        let limits = self.config.request_limits;
+        self.request_limiters.entry(*peer).or_insert_with(|| RateLimiter::new(limits, now)).allow(len, now)
     }
 }

@@ -36,6 +36,14 @@ pub enum GossipDrop {
     RateLimited,
     /// Larger than the configured gossip size limit.
     Oversized,
+    /// Its payload is not in a beemesh envelope.
+    Malformed,
+    /// Sent longer ago than the replay window allows (a replay, or a very late message).
+    Stale,
+    /// Sent further in the future than the allowed clock skew.
+    Future,
+    /// Its envelope names another node than the certificate of the peer that signed it.
+    Forged,
 }
 
 impl GossipDrop {
@@ -51,6 +59,10 @@ impl GossipDrop {
             Self::NoOrigin => "no-origin",
             Self::RateLimited => "rate-limited",
             Self::Oversized => "oversized",
+            Self::Malformed => "malformed",
+            Self::Stale => "stale",
+            Self::Future => "future",
+            Self::Forged => "forged",
         }
     }
 }
@@ -112,6 +124,11 @@ impl Membership {
         if matches!(self.peers.get(peer), Some(PeerState::Pending { .. })) {
             self.peers.insert(*peer, PeerState::Failed { reason });
         }
+    }
+
+    /// `peer` is cut off (revoked): failed whatever it was. Returns what it was.
+    pub fn expel(&mut self, peer: &PeerId, reason: String) -> Option<PeerState> {
+        self.peers.insert(*peer, PeerState::Failed { reason })
     }
 
     /// Pending peers whose deadline passed at `now`: they become failed and must be dropped.

@@ -11,6 +11,8 @@ use libp2p::{identify, identity::Keypair, kad, mdns, StreamProtocol, Swarm};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::envelope::ENVELOPE_OVERHEAD;
+use super::guarded_kad::GuardedKad;
 use super::{MeshConfig, SwarmError};
 
 /// Protocol of the request-response exchange.
@@ -61,7 +63,7 @@ pub enum MeshResponse {
 /// Every protocol of the agent's swarm.
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
-    pub kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub kad: GuardedKad,
     pub gossipsub: gossipsub::Behaviour,
     pub identify: identify::Behaviour,
     pub rr: request_response::cbor::Behaviour<MeshRequest, MeshResponse>,
@@ -83,6 +85,7 @@ pub(super) fn request_response() -> request_response::cbor::Behaviour<MeshReques
 /// The swarm with every protocol configured: QUIC only, on tokio.
 pub(super) fn build_swarm(config: &MeshConfig, keypair: Keypair) -> Result<Swarm<Behaviour>, SwarmError> {
     let max_gossip = config.max_gossip_bytes;
+    let replay = config.replay_window;
     let mdns_on = config.mdns;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
@@ -95,7 +98,9 @@ pub(super) fn build_swarm(config: &MeshConfig, keypair: Keypair) -> Result<Swarm
             let gossip_config = gossipsub::ConfigBuilder::default()
                 .validation_mode(ValidationMode::Strict)
                 .validate_messages()
-                .max_transmit_size(max_gossip + GOSSIP_FRAMING)
+                .max_transmit_size(max_gossip + ENVELOPE_OVERHEAD + GOSSIP_FRAMING)
+                // A replay inside the window is a duplicate; outside it, the envelope is stale.
+                .duplicate_cache_time(replay.duplicate_cache_time())
                 // Stable across builds and hosts (std's hasher is neither): a replay of the
                 // same payload on the same topic has the same id and is dropped as a duplicate.
                 .message_id_fn(|m: &gossipsub::Message| {
@@ -112,6 +117,8 @@ pub(super) fn build_swarm(config: &MeshConfig, keypair: Keypair) -> Result<Swarm
             // Only attested peers enter the routing table (we add them), so the DHT never
             // hands out addresses of peers that failed attestation here.
             kad_config.set_kbucket_inserts(kad::BucketInserts::Manual);
+            // beemesh keeps no records in the DHT: none written by a peer is stored.
+            kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
             let mut kad = kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), kad_config);
             kad.set_mode(Some(kad::Mode::Server));
             let identify = identify::Behaviour::new(
@@ -124,6 +131,8 @@ pub(super) fn build_swarm(config: &MeshConfig, keypair: Keypair) -> Result<Swarm
             } else {
                 None
             };
+            // Kademlia answers attested peers only (the member list is not for strangers).
+            let kad = GuardedKad::new(kad);
             Ok(Behaviour { kad, gossipsub, identify, rr, mdns: Toggle::from(mdns) })
         })
         .map_err(|e| SwarmError::Build(e.to_string()))?

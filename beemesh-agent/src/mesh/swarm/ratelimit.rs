@@ -1,4 +1,4 @@
-//! Per-peer gossip rate limits: token buckets for messages and bytes (sans-IO: time passed in).
+//! Per-peer gossip and request rate limits: token buckets for messages and bytes (sans-IO: time passed in).
 
 use std::time::Instant;
 
@@ -39,6 +39,19 @@ impl Default for RateLimits {
             message_burst: 1000.0,
             bytes_per_sec: 8.0 * 1024.0 * 1024.0,
             byte_burst: 32.0 * 1024.0 * 1024.0,
+        }
+    }
+}
+
+impl RateLimits {
+    /// Defaults for one peer's application requests: the cluster state's anti-entropy sends
+    /// a few per second per peer, a catch-up a burst of them.
+    pub fn requests() -> Self {
+        Self {
+            messages_per_sec: 100.0,
+            message_burst: 500.0,
+            bytes_per_sec: 16.0 * 1024.0 * 1024.0,
+            byte_burst: 64.0 * 1024.0 * 1024.0,
         }
     }
 }

@@ -96,6 +96,7 @@ impl Node {
     ) -> Node {
         let mut config = MeshConfig::new(vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("ma")]);
         config.tick = Duration::from_millis(50);
+        config.node_name = name.to_string();
         tweak(&mut config);
         let attest = KeySet {
             me: key.clone(),
@@ -174,7 +175,7 @@ impl Node {
             .until("gossip", &mut skipped, |ev| matches!(ev, MeshEvent::Gossip(m) if m.data == data))
             .await
         {
-            MeshEvent::Gossip(m) => m,
+            MeshEvent::Gossip(m) => *m,
             _ => unreachable!("picked a gossip"),
         }
     }
@@ -263,6 +264,8 @@ async fn three_hosts_join_attest_gossip_and_refuse_a_stranger() {
     assert!(stats.gossip_dropped.get("unattested").copied().unwrap_or(0) >= 1, "{stats:?}");
     assert!(stats.attestations_failed >= 1, "{stats:?}");
     assert_eq!(stats.requests_refused, 1, "{stats:?}");
+    // Kademlia messages of peers not attested yet (the stranger's lookup among them) went unread.
+    assert!(stats.kad_unattested_dropped >= 1, "{stats:?}");
     assert!(!a.client.peers().await.expect("peers").iter().any(|p| p.peer == rogue && p.attested));
 
     // Requests: between members they are answered; to an unattested peer they are refused.
@@ -426,4 +429,70 @@ async fn a_join_to_an_unreachable_bootstrap_gives_up_at_the_deadline() {
         .await
         .expect_err("nobody there");
     assert!(err.to_string().starts_with("join: no member answered within 3 s"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_stale_and_future_gossip_is_dropped_requests_are_limited_and_an_expelled_peer_goes() {
+    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let members = [("a", &ka), ("b", &kb)];
+    let mut a = Node::start("a", &ka, &members, None, |c| {
+        c.request_limits =
+            RateLimits { messages_per_sec: 0.001, message_burst: 2.0, bytes_per_sec: 1e9, byte_burst: 1e9 };
+    })
+    .await;
+    let boot = format!("127.0.0.1:{}", a.port().await);
+    let mut b =
+        Node::start("b", &kb, &members, None, |c| c.bootstrap = vec![boot.parse().expect("bootstrap")]).await;
+    a.members_up(&["b"]).await;
+    b.members_up(&["a"]).await;
+
+    let now_ms = SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("epoch").as_millis() as u64;
+    let sent =
+        |node: &str, sent_ms: u64, data: &[u8]| Envelope { node: node.into(), sent_ms, data: data.to_vec() };
+    // b speaks for a; b replays something of five minutes ago; b sends from the future.
+    b.client.publish_envelope("t", &sent("a", now_ms, b"forged")).await.expect("publish");
+    b.client.publish_envelope("t", &sent("b", now_ms - 300_000, b"stale")).await.expect("publish");
+    b.client.publish_envelope("t", &sent("b", now_ms + 300_000, b"future")).await.expect("publish");
+    b.client.publish("t", b"honest".to_vec()).await.expect("publish");
+    let mut skipped = Vec::new();
+    let m = a.gossip(b"honest").await;
+    assert_eq!((m.author.as_str(), m.origin_host.map(|h| h.node_name)), ("b", Some("b".to_string())));
+    let stats = a.client.stats().await.expect("stats");
+    for reason in ["forged", "stale", "future"] {
+        assert_eq!(stats.gossip_dropped.get(reason).copied(), Some(1), "{reason}: {stats:?}");
+    }
+    assert_eq!(stats.gossip_delivered, 1, "{stats:?}");
+
+    // b's requests beyond its burst are refused as rate limited.
+    let a_id = ka.public().to_peer_id();
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let asking = b.client.clone();
+        let ask = tokio::spawn(async move { asking.request(a_id, "echo", b"x".to_vec()).await });
+        if let MeshEvent::Request { responder, .. } =
+            a.until("a request or nothing", &mut skipped, |ev| matches!(ev, MeshEvent::Request { .. })).await
+        {
+            responder.respond(b"ok".to_vec()).await.expect("respond");
+        }
+        answers.push(ask.await.expect("join").expect("answered"));
+        if answers.len() == 2 {
+            break;
+        }
+    }
+    let third = b.client.request(a_id, "echo", b"x".to_vec()).await.expect("answered");
+    assert_eq!(third, MeshResponse::Refused("rate limited".into()));
+    assert_eq!(a.client.stats().await.expect("stats").requests_rate_limited, 1);
+
+    // a expels b: b is down for a's application, and a is gone for b.
+    assert!(a.client.expel(kb.public().to_peer_id(), "revoked".into()).await.expect("expel"));
+    a.until("b down", &mut skipped, |ev| matches!(ev, MeshEvent::PeerDown { host } if host.node_name == "b"))
+        .await;
+    let mut b_skipped = Vec::new();
+    b.until(
+        "a down",
+        &mut b_skipped,
+        |ev| matches!(ev, MeshEvent::PeerDown { host } if host.node_name == "a"),
+    )
+    .await;
+    assert_eq!(a.client.stats().await.expect("stats").peers_expelled, 1);
 }
