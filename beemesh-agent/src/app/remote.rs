@@ -65,8 +65,8 @@ impl AgentHandle {
         };
         match self.pod_node(namespace, name).await {
             Ok(node) if node != self.this_node() => Response::Remote { node },
-            Ok(_) => self.actor(Command::Api(req)).await,
-            Err(message) => Response::Error { message },
+            // Gone from the state, it may still be terminating here.
+            _ => self.actor(Command::Api(req)).await,
         }
     }
 
@@ -76,9 +76,11 @@ impl AgentHandle {
             return Response::Error { message: "not a pod I/O request".into() };
         };
         match self.pod_node(&namespace, &name).await {
-            Ok(node) if node == self.this_node() => self.local_pod_io(req).await,
-            Ok(node) => self.forward(&node, &req).await.unwrap_or_else(|message| Response::Error { message }),
-            Err(message) => Response::Error { message },
+            Ok(node) if node != self.this_node() => {
+                self.forward(&node, &req).await.unwrap_or_else(|message| Response::Error { message })
+            }
+            // Here, or gone from the state and perhaps still terminating here.
+            _ => self.local_pod_io(req).await,
         }
     }
 
