@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 pub mod image;
+pub mod lan;
 
 /// Workspace root.
 pub fn workspace() -> PathBuf {

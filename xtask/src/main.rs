@@ -93,9 +93,10 @@ fn cargo() -> Command {
 }
 
 /// Builds the agent and the benches' binaries (bench drives `probe` workloads) in release
-/// mode and runs the three benches: policy (`bench`), pods (`pod_bench`) and the replicated
+/// mode and runs the four benches: policy (`bench`), pods (`pod_bench`), the replicated
 /// state in the simulator against a model of memberlist (`state_bench`, which takes only
-/// `--quick`: 100 hosts instead of 1,000 and 10,000).
+/// `--quick`: 100 hosts instead of 1,000 and 10,000) and five real agents in network
+/// namespaces (`mesh_bench`: convergence, memory, failure detection; takes only `--quick`).
 fn bench(args: &[String]) -> Result<()> {
     run(cargo().args([
         "build",
@@ -114,9 +115,13 @@ fn bench(args: &[String]) -> Result<()> {
         cmd.args(args).env("BEEMESH_AGENT_BIN", release.join("beemesh-agent"));
         run(&mut cmd)?;
     }
+    let quick = args.iter().filter(|a| *a == "--quick");
     let mut state = Command::new(release.join("state_bench"));
-    state.args(args.iter().filter(|a| *a == "--quick"));
-    run(&mut state)
+    state.args(quick.clone());
+    run(&mut state)?;
+    let mut mesh = Command::new(release.join("mesh_bench"));
+    mesh.args(quick).env("BEEMESH_AGENT_BIN", release.join("beemesh-agent"));
+    run(&mut mesh)
 }
 
 fn main() -> Result<()> {
