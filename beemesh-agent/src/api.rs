@@ -51,6 +51,10 @@ pub enum Request {
     Policies,
     /// The mesh: this host and its connected peers.
     Peers,
+    /// The failure detector's view of these hosts (peer ids; one not a peer id is `unknown`).
+    Liveness {
+        peers: Vec<String>,
+    },
     /// `token create|list|delete`: join tokens of the issuer this member holds.
     JoinTokens {
         action: TokenAction,
@@ -222,6 +226,9 @@ pub enum Response {
     Peers {
         items: Vec<PeerEntry>,
     },
+    Liveness {
+        items: Vec<LiveEntry>,
+    },
     /// A new join token (its text is shown once; the member keeps only its record).
     JoinToken {
         token: String,
@@ -360,6 +367,49 @@ pub struct PeerEntry {
     /// The host that answered.
     #[serde(default)]
     pub this_host: bool,
+}
+
+/// What this host's failure detector holds about a host (`app::liveness`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LiveEntry {
+    pub peer: String,
+    /// The host that answered.
+    pub this_host: bool,
+    pub state: LiveState,
+    /// Since this host last heard it (for the hosts it watches).
+    pub last_heard_ms_ago: Option<u64>,
+    /// Since it was suspected or declared dead.
+    pub since_ms_ago: Option<u64>,
+}
+
+impl LiveEntry {
+    /// `get nodes`' Ready: this host, or a host the detector holds alive.
+    pub fn ready(&self) -> bool {
+        self.this_host || self.state == LiveState::Alive
+    }
+}
+
+/// [`LiveEntry::state`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LiveState {
+    Alive,
+    Suspect,
+    Dead,
+    /// Not a member (no Node record names it) or not a peer id.
+    Unknown,
+}
+
+impl LiveState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LiveState::Alive => "alive",
+            LiveState::Suspect => "suspect",
+            LiveState::Dead => "dead",
+            LiveState::Unknown => "unknown",
+        }
+    }
 }
 
 /// A join token as `token list` shows it (never its secret).

@@ -32,6 +32,7 @@ mod apply;
 pub(crate) mod cluster;
 mod images;
 pub mod join;
+pub(crate) mod liveness;
 pub(crate) mod mesh;
 pub(crate) mod nodes;
 mod pods;
@@ -175,6 +176,12 @@ impl AgentHandle {
                         Ok(items) => Response::Peers { items },
                         Err(message) => Response::Error { message },
                     },
+                    None => Response::Error { message: "the mesh swarm is not running".into() },
+                };
+            }
+            Request::Liveness { peers } => {
+                return match &self.mesh {
+                    Some(m) => Response::Liveness { items: mesh::liveness(m, &peers) },
                     None => Response::Error { message: "the mesh swarm is not running".into() },
                 };
             }
@@ -586,7 +593,9 @@ impl Agent {
                 Ok(Response::Workloads { items: self.workloads.iter().map(|w| self.info(w)).collect() })
             }
             Request::Policies => Err("policy reports are answered by the policy engine".to_string()),
-            Request::Peers | Request::Revoke { .. } => Err("answered by the mesh swarm".to_string()),
+            Request::Peers | Request::Liveness { .. } | Request::Revoke { .. } => {
+                Err("answered by the mesh swarm".to_string())
+            }
             Request::JoinTokens { .. } => Err("join tokens are answered by the issuer".to_string()),
             Request::Flows { .. } => Err("flows are served by the flow hub".to_string()),
             Request::Apply { .. }

@@ -411,3 +411,55 @@ fn every_host_writes_its_node_record_and_get_nodes_shows_who_is_connected() -> R
     ensure!(eventually(T, || nodes(&agents[0]) == h2_gone), "get nodes: {:?}", nodes(&agents[0]));
     Ok(())
 }
+
+#[test]
+fn a_crashed_host_is_not_ready_within_seconds_and_ready_again_once_restarted() -> Result<()> {
+    let mut lan = Lan::new("bml", 48)?;
+    let offline = tempfile::tempdir()?;
+    let root = offline.path().join("root");
+    let port = "4001";
+    let bootstrap = format!("{}:{port}", lan.addr(1));
+    let mut agents = Vec::new();
+    for n in 1..=3u8 {
+        let ns = lan.host(n)?;
+        let config = if n > 1 { format!("mesh:\n  bootstrap: [\"{bootstrap}\"]\n") } else { String::new() };
+        let agent =
+            Agent::prepare(&format!("live{n}"), &[("BEEMESH_MESH_PORT", port)], &config)?.in_netns(&ns);
+        if n == 1 {
+            ca_init(&agent, &root)?;
+        }
+        issue_host(&agent, &root, &format!("h{n}"))?;
+        let mut agent = agent;
+        agent.spawn()?;
+        agents.push(agent);
+    }
+    let row = |name: &str, status: &str| (name.to_string(), status.to_string());
+    let all = vec![row("h1", "Ready"), row("h2", "Ready"), row("h3", "Ready")];
+    for agent in &agents {
+        ensure!(eventually(T, || nodes(agent) == all), "get nodes: {:?}\n{}", nodes(agent), agent.log());
+    }
+    // peers shows the detector's view: h1 watches h2 (3 hosts: everyone watches everyone).
+    let h2 = peers(&agents[0])?.into_iter().find(|p| p["name"] == "h2").context("h2 in peers")?;
+    ensure!(h2["liveness"]["state"] == "alive", "{h2}");
+    let (ok, out, err) = agents[0].run_cli(&["peers", "-o", "wide"], None)?;
+    ensure!(ok && out.contains("LIVE") && out.contains("alive"), "{out}{err}");
+
+    // h3 is killed: its QUIC connections linger, but its watchers stop hearing it.
+    agents[2].crash()?;
+    let h3_down = vec![row("h1", "Ready"), row("h2", "Ready"), row("h3", "NotReady")];
+    for agent in &agents[..2] {
+        let in_time = eventually(Duration::from_secs(10), || nodes(agent) == h3_down);
+        ensure!(in_time, "get nodes 10 s after h3 crashed: {:?}\n{}", nodes(agent), agent.log());
+    }
+    // Restarted (same identity, a higher incarnation): Ready again everywhere.
+    agents[2].spawn()?;
+    for agent in &agents {
+        ensure!(
+            eventually(T, || nodes(agent) == all),
+            "get nodes after restart: {:?}\n{}",
+            nodes(agent),
+            agent.log()
+        );
+    }
+    Ok(())
+}

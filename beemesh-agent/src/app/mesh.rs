@@ -2,7 +2,7 @@
 //! and follows its events. Peers attested or lost, failed attestations and bootstrap retries
 //! go to the log; peers, gossip on the cluster state's topic and requests of its kind go to
 //! the cluster state's task (`app::cluster`); revocations (their topic and request kind) to
-//! [`revocations`]. Other gossip is ignored and other requests are refused by name.
+//! [`revocations`]; the failure detector's (`beemesh/live/1`, `live`) to `app::liveness`. Other gossip is ignored and other requests are refused by name.
 
 pub mod revocations;
 
@@ -18,6 +18,7 @@ use crate::mesh::trust::{Attestor, HostIdentity, HostTrust};
 
 use super::cluster::{self, Cluster, Inbound};
 use super::join::Issuer;
+use super::liveness::{self, Liveness};
 use super::{remote, AgentError, AgentHandle};
 use revocations::Revocations;
 
@@ -36,6 +37,8 @@ pub struct Mesh {
     pub issuer: Option<Arc<Issuer>>,
     /// The revocations held, and what acts on new ones.
     pub revocations: Revocations,
+    /// The failure detector: who is alive.
+    pub liveness: Liveness,
 }
 
 /// Starts the swarm (listening on the configured port, joining the bootstrap peers) and the
@@ -78,8 +81,14 @@ pub(super) async fn start(
         &this.addresses,
     );
     super::nodes::spawn_publish(cluster.clone(), client.clone(), facts);
+    let liveness = Liveness::start(client.local_peer_id(), cluster.clone(), client.clone()).await;
     let pod_server = Arc::new(OnceLock::new());
-    let serving = Serving { issuer: issuer.clone(), pods: pod_server.clone(), revoked: revocations.clone() };
+    let serving = Serving {
+        issuer: issuer.clone(),
+        pods: pod_server.clone(),
+        revoked: revocations.clone(),
+        liveness: liveness.clone(),
+    };
     let (events_client, events_cluster) = (client.clone(), cluster.clone());
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
@@ -87,7 +96,7 @@ pub(super) async fn start(
         }
         debug!("mesh events ended");
     });
-    Ok(Mesh { client, cluster, this, issuer, pod_server, revocations })
+    Ok(Mesh { client, cluster, this, issuer, pod_server, revocations, liveness })
 }
 
 fn name_of(this: &PeerEntry) -> String {
@@ -99,10 +108,11 @@ struct Serving {
     issuer: Option<Arc<Issuer>>,
     pods: Arc<OnceLock<AgentHandle>>,
     revoked: Revocations,
+    liveness: Liveness,
 }
 
 async fn follow(client: &MeshClient, cluster: &Cluster, serving: &Serving, event: MeshEvent) {
-    let Serving { issuer, pods, revoked } = serving;
+    let Serving { issuer, pods, revoked, liveness } = serving;
     match event {
         MeshEvent::PeerUp { host, listen_addrs } => {
             info!(node = %host.node_name, peer = %host.peer, addrs = ?listen_addrs, "mesh peer attested");
@@ -122,6 +132,9 @@ async fn follow(client: &MeshClient, cluster: &Cluster, serving: &Serving, event
         }
         MeshEvent::Gossip(message) if message.topic == cluster::TOPIC => {
             cluster.deliver(Inbound::Gossip(message)).await;
+        }
+        MeshEvent::Gossip(message) if message.topic == liveness::TOPIC => {
+            liveness.deliver(liveness::Inbound::Gossip(message)).await;
         }
         MeshEvent::Gossip(message) if message.topic == revocations::TOPIC => {
             let (client, revoked) = (client.clone(), revoked.clone());
@@ -151,6 +164,9 @@ async fn follow(client: &MeshClient, cluster: &Cluster, serving: &Serving, event
         }
         MeshEvent::Request { from, kind, body, responder } if kind == cluster::REQUEST_KIND => {
             cluster.deliver(Inbound::Request { from, body, responder }).await;
+        }
+        MeshEvent::Request { from, kind, body, responder } if kind == liveness::REQUEST_KIND => {
+            liveness.deliver(liveness::Inbound::Request { from, body, responder }).await;
         }
         MeshEvent::Request { from, kind, body, responder } if kind == remote::REQUEST_KIND => {
             match pods.get() {
@@ -230,6 +246,21 @@ pub async fn peers(mesh: &Mesh) -> Result<Vec<PeerEntry>, String> {
         this_host: false,
     }));
     Ok(items)
+}
+
+/// The failure detector's view of `peers` (peer ids; one that is not is `unknown`).
+pub fn liveness(mesh: &Mesh, peers: &[String]) -> Vec<crate::api::LiveEntry> {
+    let ids: Vec<Option<libp2p::PeerId>> = peers.iter().map(|p| p.parse().ok()).collect();
+    let known: Vec<libp2p::PeerId> = ids.iter().flatten().copied().collect();
+    let mut seen = mesh.liveness.view(&known).into_iter();
+    peers
+        .iter()
+        .zip(ids)
+        .map(|(p, id)| match id {
+            Some(_) => seen.next().unwrap_or_else(|| liveness::entry_unknown(p)),
+            None => liveness::entry_unknown(p),
+        })
+        .collect()
 }
 
 /// `revoke FILE`: verifies the revocation `text` (from `file`) against our roots, keeps it,

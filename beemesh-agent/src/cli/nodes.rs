@@ -1,7 +1,8 @@
 //! `get nodes`: the Node records of the cluster state (one per host that ever joined), with
-//! kubectl's columns. STATUS is Ready for this host and for hosts attested and connected now,
-//! NotReady otherwise (until the failure detector is wired in, connection is the signal).
-//! `peers`: this host and its connected peers, with labels and capacity from their records.
+//! kubectl's columns. STATUS is Ready for this host and for hosts this host's failure detector
+//! (`app::liveness`) holds alive, NotReady for hosts it suspects or holds dead, or does not know.
+//! `peers`: this host and its connected peers, with labels and capacity from their records and
+//! the detector's view of each (`-o wide|json`).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -11,7 +12,7 @@ use serde_json::Value;
 use super::get::{age, print_value, Output as PodOutput};
 use super::{fail, unexpected};
 use crate::api::client;
-use crate::api::{PeerEntry, Request, Response};
+use crate::api::{LiveEntry, PeerEntry, Request, Response};
 
 /// `get nodes [NAME] [-o wide|json|yaml]`.
 #[derive(Debug, clap::Args)]
@@ -26,7 +27,8 @@ pub struct NodesArgs {
 pub enum PeersOutput {
     #[default]
     Table,
-    /// And each host's labels and allocatable cpu, memory and pods (from its Node record).
+    /// And each host's labels and allocatable cpu, memory and pods (from its Node record), and
+    /// what the failure detector holds about it (alive, suspect, dead; last heard).
     Wide,
     Json,
 }
@@ -37,16 +39,23 @@ pub async fn peers(socket: &Path, output: PeersOutput) -> ExitCode {
         Ok(Response::Peers { items }) => items,
         other => return unexpected(other),
     };
-    let records: Vec<Value> = if output == PeersOutput::Table {
-        Vec::new()
+    let (records, live): (Vec<Value>, Vec<LiveEntry>) = if output == PeersOutput::Table {
+        (Vec::new(), Vec::new())
     } else {
+        let peers = items.iter().map(|p| p.peer.clone()).collect();
+        let live = match client::call(socket, &Request::Liveness { peers }).await {
+            Ok(Response::Liveness { items }) => items,
+            other => return unexpected(other),
+        };
         let req = Request::ListObjects { kind: "Node".to_owned(), namespace: None };
-        match client::call(socket, &req).await {
+        let records = match client::call(socket, &req).await {
             Ok(Response::Objects { items }) => items.into_iter().map(|o| o.object).collect(),
             // The cluster state may not be up: peers are shown without their records.
             _ => Vec::new(),
-        }
+        };
+        (records, live)
     };
+    let live_of = |p: &PeerEntry| live.iter().find(|l| l.peer == p.peer);
     let record_of = |p: &PeerEntry| {
         records.iter().find(|r| {
             r.pointer("/metadata/annotations/beemesh.io~1peer-id").and_then(Value::as_str) == Some(&p.peer)
@@ -66,15 +75,23 @@ pub async fn peers(socket: &Path, output: PeersOutput) -> ExitCode {
                     obj.insert(field.into(), r.pointer(ptr).cloned().unwrap_or(Value::Null));
                 }
             }
+            if let (Some(l), Some(obj)) = (live_of(p), v.as_object_mut()) {
+                let mut l = serde_json::to_value(l).expect("API types always serialise");
+                if let Some(l) = l.as_object_mut() {
+                    l.remove("peer");
+                    l.remove("thisHost");
+                }
+                obj.insert("liveness".into(), l);
+            }
             out.push(v);
         }
         outln!("{}", serde_json::to_string_pretty(&out).expect("JSON values serialise"));
         return ExitCode::SUCCESS;
     }
     let wide = output == PeersOutput::Wide;
-    let extra = |cpu: &str, mem: &str, pods: &str, labels: &str| {
+    let extra = |live: &str, heard: &str, cpu: &str, mem: &str, pods: &str, labels: &str| {
         if wide {
-            format!(" {cpu:<6} {mem:<14} {pods:<5} {labels}")
+            format!(" {live:<8} {heard:<7} {cpu:<6} {mem:<14} {pods:<5} {labels}")
         } else {
             String::new()
         }
@@ -85,7 +102,7 @@ pub async fn peers(socket: &Path, output: PeersOutput) -> ExitCode {
         "PEER",
         "ATTESTED",
         "ADDRESSES",
-        extra("CPU", "MEMORY", "PODS", "LABELS")
+        extra("LIVE", "HEARD", "CPU", "MEMORY", "PODS", "LABELS")
     );
     outln!("{}", head.trim_end());
     for p in &items {
@@ -108,7 +125,15 @@ pub async fn peers(socket: &Path, output: PeersOutput) -> ExitCode {
                     .join(",")
             })
             .unwrap_or_else(|| "-".into());
+        let l = live_of(p);
+        let (state, heard) = match (p.this_host, l) {
+            (true, _) => ("alive", "-".to_string()),
+            (false, Some(l)) => (l.state.as_str(), l.last_heard_ms_ago.map_or("-".into(), heard_ago)),
+            (false, None) => ("unknown", "-".to_string()),
+        };
         let columns = extra(
+            state,
+            &heard,
             &field("/status/allocatable/cpu"),
             &field("/status/allocatable/memory"),
             &field("/status/allocatable/pods"),
@@ -118,6 +143,11 @@ pub async fn peers(socket: &Path, output: PeersOutput) -> ExitCode {
         outln!("{}", line.trim_end());
     }
     ExitCode::SUCCESS
+}
+
+/// `HEARD`: how long ago, to the tenth of a second.
+fn heard_ago(ms: u64) -> String {
+    format!("{}.{}s", ms / 1000, ms % 1000 / 100)
 }
 
 pub async fn get(socket: &Path, args: NodesArgs) -> ExitCode {
@@ -133,12 +163,13 @@ pub async fn get(socket: &Path, args: NodesArgs) -> ExitCode {
             return fail(format!("node {n} not found"));
         }
     }
-    let peers = match client::call(socket, &Request::Peers).await {
-        Ok(Response::Peers { items }) => items,
+    let peers = items.iter().filter_map(peer_id_of).map(str::to_string).collect();
+    let live = match client::call(socket, &Request::Liveness { peers }).await {
+        Ok(Response::Liveness { items }) => items,
         other => return unexpected(other),
     };
     let now = time::OffsetDateTime::now_utc();
-    let rows: Vec<Row> = items.iter().map(|o| Row::of(o, &peers, now)).collect();
+    let rows: Vec<Row> = items.iter().map(|o| Row::of(o, &live, now)).collect();
     match args.output {
         PodOutput::Json | PodOutput::Yaml => {
             let objects: Vec<Value> =
@@ -148,6 +179,10 @@ pub async fn get(socket: &Path, args: NodesArgs) -> ExitCode {
         PodOutput::Table | PodOutput::Wide => print_rows(&rows, args.output == PodOutput::Wide),
     }
     ExitCode::SUCCESS
+}
+
+fn peer_id_of(o: &Value) -> Option<&str> {
+    o.pointer("/metadata/annotations/beemesh.io~1peer-id").and_then(Value::as_str)
 }
 
 fn name_of(o: &Value) -> &str {
@@ -168,15 +203,10 @@ pub struct Row {
 }
 
 impl Row {
-    /// `peers`: what `peers` answers (this host, and every connected peer).
-    pub fn of(o: &Value, peers: &[PeerEntry], now: time::OffsetDateTime) -> Row {
+    /// `live`: what the failure detector holds about the records' hosts (by peer id).
+    pub fn of(o: &Value, live: &[LiveEntry], now: time::OffsetDateTime) -> Row {
         let name = name_of(o).to_string();
-        let peer_id = o.pointer("/metadata/annotations/beemesh.io~1peer-id").and_then(Value::as_str);
-        let ready = peers.iter().any(|p| {
-            p.name.as_deref() == Some(name.as_str())
-                && (p.this_host || p.attested)
-                && peer_id.is_none_or(|id| id == p.peer)
-        });
+        let ready = peer_id_of(o).is_some_and(|id| live.iter().any(|l| l.peer == id && l.ready()));
         let text = |ptr: &str| o.pointer(ptr).and_then(Value::as_str).unwrap_or("").to_string();
         let created = o.pointer("/metadata/creationTimestamp").and_then(Value::as_str).and_then(|s| {
             time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
@@ -213,7 +243,7 @@ fn with_ready(mut o: Value, ready: bool) -> Value {
     let condition = serde_json::json!({
         "type": "Ready",
         "status": if ready { "True" } else { "Unknown" },
-        "reason": if ready { "HostConnected" } else { "NodeStatusUnknown" },
+        "reason": if ready { "HostAlive" } else { "NodeStatusUnknown" },
     });
     if let Some(status) = o.get_mut("status").and_then(Value::as_object_mut) {
         status.insert("conditions".into(), Value::Array(vec![condition]));
@@ -242,6 +272,7 @@ fn print_rows(rows: &[Row], wide: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::LiveState;
     use crate::app::nodes::{node_json, NodeFacts};
     use crate::config::NodeCapacity;
 
@@ -262,26 +293,34 @@ mod tests {
         node_json(&facts, "2026-01-01T00:00:00Z")
     }
 
-    fn peer(name: &str, id: &str, attested: bool, this_host: bool) -> PeerEntry {
-        PeerEntry { name: Some(name.into()), peer: id.into(), attested, addresses: vec![], this_host }
+    fn live(id: &str, state: LiveState, this_host: bool) -> LiveEntry {
+        LiveEntry { peer: id.into(), this_host, state, last_heard_ms_ago: None, since_ms_ago: None }
     }
 
     #[test]
-    fn ready_means_this_host_or_attested_now() {
+    fn ready_means_this_host_or_held_alive() {
         let now = time::OffsetDateTime::parse(
             "2026-01-01T01:00:00Z",
             &time::format_description::well_known::Rfc3339,
         )
         .expect("time");
-        let peers = [peer("a", "P1", true, true), peer("b", "P2", true, false)];
+        let peers = [
+            live("P1", LiveState::Unknown, true),
+            live("P2", LiveState::Alive, false),
+            live("P4", LiveState::Suspect, false),
+            live("P5", LiveState::Dead, false),
+            live("P6", LiveState::Unknown, false),
+        ];
         let a = Row::of(&node("a", "P1"), &peers, now);
         assert!(a.ready);
         assert_eq!((a.age.as_str(), a.roles.as_str(), a.internal_ip.as_str()), ("60m", "<none>", "10.0.0.2"));
         assert_eq!(a.version, "beemesh-agent 0.1.0");
         assert!(Row::of(&node("b", "P2"), &peers, now).ready);
-        // Gone from the peers, or now under another peer id (a different host took the name).
-        assert!(!Row::of(&node("c", "P3"), &peers, now).ready);
-        assert!(!Row::of(&node("b", "P9"), &peers, now).ready);
+        // Not in the detector's answer, suspected, dead, unknown to it.
+        for (n, id) in [("c", "P3"), ("d", "P4"), ("e", "P5"), ("f", "P6")] {
+            assert!(!Row::of(&node(n, id), &peers, now).ready, "{n}");
+        }
+        assert_eq!(heard_ago(1_250), "1.2s");
         let json = with_ready(node("c", "P3"), false);
         assert_eq!(json["status"]["conditions"][0]["status"], "Unknown");
     }
