@@ -8,69 +8,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use beemesh_tests::lan::Lan;
 use beemesh_tests::{eventually, Agent};
 
 const T: Duration = Duration::from_secs(30);
 const SUBNET: u8 = 43;
-
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output().context("run ip")?;
-    ensure!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
-    Ok(())
-}
-
-/// Hosts in network namespaces joined by a bridge in a "switch" namespace, addresses
-/// 10.200.<subnet>.<n>/24; all removed on drop. (A copy of tests/mesh.rs's.)
-struct Lan {
-    tag: String,
-    subnet: u8,
-    hosts: Vec<String>,
-}
-
-impl Lan {
-    fn new(tag: &str, subnet: u8) -> Result<Self> {
-        let lan = Self { tag: format!("{tag}{}", std::process::id() % 10000), subnet, hosts: Vec::new() };
-        let sw = lan.switch();
-        ip(&["netns", "add", &sw])?;
-        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &sw, "link", "set", "br0", "up"])?;
-        Ok(lan)
-    }
-
-    fn switch(&self) -> String {
-        format!("{}-sw", self.tag)
-    }
-
-    /// Adds host number `n` (1-based); returns its namespace name.
-    fn host(&mut self, n: u8) -> Result<String> {
-        let ns = format!("{}-h{n}", self.tag);
-        let sw = self.switch();
-        ip(&["netns", "add", &ns])?;
-        self.hosts.push(ns.clone());
-        let (outer, inner) = (format!("{}s{n}", self.tag), format!("{}h{n}", self.tag));
-        ip(&["link", "add", &outer, "type", "veth", "peer", "name", &inner])?;
-        ip(&["link", "set", &outer, "netns", &sw])?;
-        ip(&["link", "set", &inner, "netns", &ns])?;
-        ip(&["-n", &sw, "link", "set", &outer, "master", "br0", "up"])?;
-        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        ip(&["-n", &ns, "link", "set", &inner, "name", "eth0"])?;
-        ip(&["-n", &ns, "addr", "add", &format!("{}/24", self.addr(n)), "dev", "eth0"])?;
-        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-        Ok(ns)
-    }
-
-    fn addr(&self, n: u8) -> String {
-        format!("10.200.{}.{n}", self.subnet)
-    }
-}
-
-impl Drop for Lan {
-    fn drop(&mut self) {
-        for ns in self.hosts.iter().chain(std::iter::once(&self.switch())) {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
 
 fn path(p: &std::path::Path) -> Result<&str> {
     p.to_str().context("utf-8 path")
