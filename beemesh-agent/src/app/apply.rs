@@ -81,20 +81,22 @@ impl AgentHandle {
             }
             existing.push(body);
         }
-        let mut lines = Vec::with_capacity(objects.len());
+        // Every write is submitted in the file's order, and the acknowledgements are awaited
+        // together at the end.
+        let mut lines = Lines::default();
         // Namespaces the file's objects use that nobody created are created with them.
         for ns in kube::namespaces_needed(&objects) {
             let key = Key::new("Namespace", "", ns.as_str());
             match cluster.get(key.clone()).await {
                 Ok(Some(_)) => continue,
                 Ok(None) => {}
-                Err(e) => return partly(lines, e.to_string()),
+                Err(e) => return lines.stopped(e.to_string()).await,
             }
             let (_, body) =
                 kube::prepare(&kube::implicit_namespace(&ns), None, cluster::now_ms(), &new_uid());
-            match cluster.write(key, body).await {
-                Ok(acked) => lines.push(format!("namespace/{ns} created (implicitly){}", held(&acked))),
-                Err(e) => return partly(lines, format!("namespace/{ns}: {e}")),
+            match cluster.submit(key, body).await {
+                Ok(p) => lines.waiting(format!("namespace/{ns} created (implicitly)"), p),
+                Err(e) => return lines.stopped(format!("namespace/{ns}: {e}")).await,
             }
         }
         for (o, before) in objects.iter().zip(existing) {
@@ -102,7 +104,7 @@ impl AgentHandle {
             let (verb, body) = match o {
                 Object::Pod(p) => {
                     if before.as_ref().is_some_and(|b| cpods::decode(b).is_ok()) {
-                        lines.push(format!("{} unchanged", o.shown()));
+                        lines.done(format!("{} unchanged", o.shown()));
                         continue;
                     }
                     let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
@@ -113,16 +115,20 @@ impl AgentHandle {
                 _ => match kube::prepare(o, before.as_deref(), cluster::now_ms(), &new_uid()) {
                     (change, Some(body)) if change != kube::Change::Unchanged => (change.word(), body),
                     _ => {
-                        lines.push(format!("{} unchanged", o.shown()));
+                        lines.done(format!("{} unchanged", o.shown()));
                         continue;
                     }
                 },
             };
-            match cluster.write(key, Some(body)).await {
-                Ok(acked) => lines.push(format!("{} {verb}{}", o.shown(), held(&acked))),
-                Err(e) => return partly(lines, format!("{}: {e}", o.shown())),
+            match cluster.submit(key, Some(body)).await {
+                Ok(p) => lines.waiting(format!("{} {verb}", o.shown()), p),
+                Err(e) => return lines.stopped(format!("{}: {e}", o.shown())).await,
             }
         }
+        let lines = match lines.settle().await {
+            Ok(lines) => lines,
+            Err((lines, error)) => return partly(lines, error),
+        };
         if let Err(e) = super::reconcile::once(cluster, &self.tx).await {
             return partly(lines, format!("written to the cluster state, but this host's pods: {e}"));
         }
@@ -139,22 +145,35 @@ impl AgentHandle {
         if let Err(message) = check_namespaces_deletable(cluster, &objects).await {
             return Response::Error { message };
         }
-        let mut lines: Vec<Option<String>> = vec![None; objects.len()];
-        let (last, first): (Vec<_>, Vec<_>) =
-            objects.iter().enumerate().partition(|(_, o)| matches!(o, Object::Namespace(_)));
-        for (i, o) in first.into_iter().chain(last) {
-            let key = Key::new(o.kind(), o.namespace(), o.name());
-            lines[i] = Some(match delete(cluster, key).await {
-                Ok(Some(acked)) => format!("{} deleted{}", o.shown(), held(&acked)),
-                Ok(None) => {
-                    format!("Error from server (NotFound): {} {:?} not found", o.info().plural, o.name())
+        // Namespaces go last, once the rest is held elsewhere.
+        let (last, first): (Vec<_>, Vec<_>) = objects.iter().partition(|o| matches!(o, Object::Namespace(_)));
+        let mut lines = Vec::with_capacity(objects.len());
+        for batch in [first, last] {
+            let mut batch_lines = Lines::default();
+            for o in batch {
+                let key = Key::new(o.kind(), o.namespace(), o.name());
+                let live = match cluster.get(key.clone()).await {
+                    Ok(body) => body.is_some(),
+                    Err(e) => return batch_lines.stopped(format!("{}: {e}", o.shown())).await,
+                };
+                if !live {
+                    let (plural, name) = (o.info().plural, o.name());
+                    batch_lines.done(format!("Error from server (NotFound): {plural} {name:?} not found"));
+                    continue;
                 }
-                Err(e) => {
-                    return partly(lines.into_iter().flatten().collect(), format!("{}: {e}", o.shown()))
+                match cluster.submit(key, None).await {
+                    Ok(p) => batch_lines.waiting(format!("{} deleted", o.shown()), p),
+                    Err(e) => return batch_lines.stopped(format!("{}: {e}", o.shown())).await,
                 }
-            });
+            }
+            match batch_lines.settle().await {
+                Ok(done) => lines.extend(done),
+                Err((done, error)) => {
+                    lines.extend(done);
+                    return partly(lines, error);
+                }
+            }
         }
-        let lines: Vec<String> = lines.into_iter().flatten().collect();
         if let Err(e) = super::reconcile::once(cluster, &self.tx).await {
             return partly(lines, format!("deleted from the cluster state, but this host's pods: {e}"));
         }
@@ -310,6 +329,49 @@ async fn delete(cluster: &Cluster, key: Key) -> Result<Option<Acked>, cluster::C
         return Ok(None);
     }
     cluster.write(key, None).await.map(Some)
+}
+
+/// The lines of an apply or a delete, in order; some wait for their write's acknowledgement.
+#[derive(Default)]
+struct Lines(Vec<(String, Option<cluster::Pending>)>);
+
+impl Lines {
+    fn done(&mut self, line: String) {
+        self.0.push((line, None));
+    }
+
+    fn waiting(&mut self, line: String, pending: cluster::Pending) {
+        self.0.push((line, Some(pending)));
+    }
+
+    /// Waits for every acknowledgement together: the finished lines, or those before the
+    /// first write that was not acknowledged and its error.
+    async fn settle(self) -> Result<Vec<String>, (Vec<String>, String)> {
+        let (texts, pending): (Vec<String>, Vec<_>) = self.0.into_iter().unzip();
+        let acks = futures::future::join_all(pending.into_iter().map(|p| async move {
+            match p {
+                Some(p) => p.acked().await.map(|a| held(&a)),
+                None => Ok(String::new()),
+            }
+        }))
+        .await;
+        let mut lines = Vec::with_capacity(texts.len());
+        for (text, ack) in texts.into_iter().zip(acks) {
+            match ack {
+                Ok(suffix) => lines.push(text + &suffix),
+                Err(e) => return Err((lines, format!("{}: {e}", text.split(' ').next().unwrap_or(&text)))),
+            }
+        }
+        Ok(lines)
+    }
+
+    /// What was submitted, settled, and the error that stopped the rest.
+    async fn stopped(self, error: String) -> Response {
+        match self.settle().await {
+            Ok(lines) => partly(lines, error),
+            Err((lines, first)) => partly(lines, format!("{first}\n{error}")),
+        }
+    }
 }
 
 /// The lines done so far, and what stopped the rest.

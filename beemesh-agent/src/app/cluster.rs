@@ -83,6 +83,24 @@ pub struct Acked {
     pub held_by: Option<String>,
 }
 
+/// A write this host holds, waiting for another host to hold it too.
+#[derive(Debug)]
+pub struct Pending {
+    key: String,
+    acked: oneshot::Receiver<Acked>,
+}
+
+impl Pending {
+    /// Waits (at most [`WRITE_TIMEOUT`]) until another host holds the write.
+    pub async fn acked(self) -> Result<Acked, ClusterError> {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.acked).await {
+            Ok(Ok(a)) => Ok(a),
+            Ok(Err(_)) => Err(ClusterError::AckLost { key: self.key }),
+            Err(_) => Err(ClusterError::NotAcked { key: self.key, timeout: WRITE_TIMEOUT }),
+        }
+    }
+}
+
 /// A live object as `list` gives it.
 #[derive(Debug, Clone)]
 pub struct Listed {
@@ -155,6 +173,14 @@ impl Cluster {
     /// Writes `body` under `key` (`None` deletes it) and waits until another host holds it,
     /// or, with no other host, returns at once with `held_by: None`.
     pub async fn write(&self, key: Key, body: Option<Bytes>) -> Result<Acked, ClusterError> {
+        self.submit(key, body).await?.acked().await
+    }
+
+    /// Writes `body` under `key` (`None` deletes it) and returns once this host holds it;
+    /// [`Pending::acked`] waits for another host. Writes submitted one after the other are
+    /// ordered as submitted, and their acknowledgements can be awaited together (an apply of
+    /// many objects costs about one round trip, not one per object).
+    pub async fn submit(&self, key: Key, body: Option<Bytes>) -> Result<Pending, ClusterError> {
         let name = shown(&key);
         let (tx, rx) = oneshot::channel();
         self.commands
@@ -162,11 +188,7 @@ impl Cluster {
             .await
             .map_err(|_| ClusterError::Closed)?;
         let acked = rx.await.map_err(|_| ClusterError::Closed)??;
-        match tokio::time::timeout(WRITE_TIMEOUT, acked).await {
-            Ok(Ok(a)) => Ok(a),
-            Ok(Err(_)) => Err(ClusterError::AckLost { key: name }),
-            Err(_) => Err(ClusterError::NotAcked { key: name, timeout: WRITE_TIMEOUT }),
-        }
+        Ok(Pending { key: name, acked })
     }
 
     /// Writes `body` under `key` (`None` deletes it) without waiting for another host to

@@ -1,11 +1,12 @@
 //! The per-host reconciler: reads what the cluster state assigns to this host (Pods whose
-//! `spec.nodeName` is this node, and the ConfigMaps and Secrets pods draw on) and hands it to the
-//! actor, which makes its pod runtime match (`Agent::reconcile`). It runs whenever the state
-//! changes, every [`RESYNC`] in any case (failed pod creations are tried again then), and at
-//! once after an `apply` or `delete` on this host, so that a pod applied here exists in the
-//! runtime when the apply returns.
+//! `spec.nodeName` is this node, and the ConfigMaps and Secrets those pods draw on) and hands it
+//! to the actor, which makes its pod runtime match (`Agent::reconcile`). It reads the state
+//! whenever it changes, and hands the actor what it read when that differs from the last time
+//! (a thousand ConfigMaps no pod here uses cost no actor turn), every [`RESYNC`] in any case
+//! (failed pod creations are tried again then), and at once after an `apply` or `delete` on this
+//! host, so that a pod applied here exists in the runtime when the apply returns.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -13,21 +14,24 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use super::cluster::pods::{self as cpods, PodReport, POD, POD_STATUS};
+use beemesh_state::Key;
+
 use super::cluster::{Cluster, ClusterError};
 use super::{Call, Command};
 use crate::api::Response;
 use crate::manifest::Object;
+use crate::pod::spec::{self, ObjectKind};
 
 /// How often the reconciler runs without a change.
 pub const RESYNC: Duration = Duration::from_secs(10);
 
 /// What the cluster state assigns to this host, as of change `generation`.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Desired {
     pub generation: u64,
     /// Pods placed on this host, by workload name.
     pub pods: BTreeMap<String, Pod>,
-    /// The ConfigMaps and Secrets of the mesh.
+    /// The ConfigMaps and Secrets the pods placed here draw on.
     pub objects: Vec<Object>,
     /// Statuses this host published earlier: `(namespace, uid)`.
     pub statuses: Vec<(String, String)>,
@@ -35,9 +39,19 @@ pub struct Desired {
     pub named: std::collections::BTreeSet<String>,
 }
 
+impl Desired {
+    /// The same assignment as `other` (whatever the generations).
+    fn same(&self, other: &Desired) -> bool {
+        self.pods == other.pods
+            && self.objects == other.objects
+            && self.statuses == other.statuses
+            && self.named == other.named
+    }
+}
+
 /// Reads what the state assigns to this host.
 pub async fn desired(cluster: &Cluster) -> Result<Desired, ClusterError> {
-    let (generation, items) = cluster.snapshot(&[POD, "ConfigMap", "Secret", POD_STATUS]).await?;
+    let (generation, items) = cluster.snapshot(&[POD, POD_STATUS]).await?;
     let node = cluster.node();
     let mut d = Desired { generation, ..Desired::default() };
     for listed in items {
@@ -56,18 +70,34 @@ pub async fn desired(cluster: &Cluster) -> Result<Desired, ClusterError> {
             POD_STATUS if serde_json::from_slice::<PodReport>(&listed.body).is_ok_and(|r| r.node == node) => {
                 d.statuses.push((key.namespace.clone(), key.name.clone()));
             }
-            "ConfigMap" => match serde_json::from_slice(&listed.body) {
+            _ => {}
+        }
+    }
+    // The ConfigMaps and Secrets those pods use (a change to one wakes the reconciler too).
+    let mut wanted = BTreeSet::new();
+    for pod in d.pods.values() {
+        let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        for (kind, name) in spec::references(pod) {
+            wanted.insert((kind, namespace.clone(), name));
+        }
+    }
+    for (kind, namespace, name) in wanted {
+        let Some(body) = cluster.get(Key::new(kind.kube_kind(), namespace.as_str(), name.as_str())).await?
+        else {
+            continue;
+        };
+        match kind {
+            ObjectKind::ConfigMap => match serde_json::from_slice(&body) {
                 Ok(c) => d.objects.push(Object::ConfigMap(Box::new(c))),
-                Err(e) => warn!(configmap = %key.name, error = %e, "replicated ConfigMap skipped"),
+                Err(e) => warn!(configmap = %name, error = %e, "replicated ConfigMap skipped"),
             },
-            "Secret" => match serde_json::from_slice(&listed.body) {
+            ObjectKind::Secret => match serde_json::from_slice(&body) {
                 Ok(s) => d.objects.push(Object::Secret(Box::new(s))),
                 // Never the body: it is a Secret.
                 Err(e) => {
-                    warn!(secret = %key.name, line = e.line(), column = e.column(), "replicated Secret skipped: not JSON of a Secret")
+                    warn!(secret = %name, line = e.line(), column = e.column(), "replicated Secret skipped: not JSON of a Secret")
                 }
             },
-            _ => {}
         }
     }
     Ok(d)
@@ -76,6 +106,11 @@ pub async fn desired(cluster: &Cluster) -> Result<Desired, ClusterError> {
 /// Reads the state and waits until the actor has made its runtime match.
 pub async fn once(cluster: &Cluster, actor: &mpsc::Sender<Call>) -> Result<(), String> {
     let desired = desired(cluster).await.map_err(|e| e.to_string())?;
+    hand_over(desired, actor).await
+}
+
+/// Hands `desired` to the actor and waits until its runtime matches.
+async fn hand_over(desired: Desired, actor: &mpsc::Sender<Call>) -> Result<(), String> {
     let (tx, rx) = oneshot::channel();
     actor
         .send((Command::Reconcile(Box::new(desired)), tx))
@@ -91,16 +126,28 @@ pub async fn once(cluster: &Cluster, actor: &mpsc::Sender<Call>) -> Result<(), S
 /// Runs the reconciler until the actor goes away.
 pub async fn run(cluster: Cluster, actor: mpsc::Sender<Call>) {
     let mut changes = cluster.changes();
+    let mut last: Option<Desired> = None;
+    let mut resync = tokio::time::Instant::now();
     loop {
-        if let Err(e) = once(&cluster, &actor).await {
+        let outcome = match desired(&cluster).await {
+            Ok(d) if resync.elapsed() < RESYNC && last.as_ref().is_some_and(|l| l.same(&d)) => Ok(()),
+            Ok(d) => {
+                last = Some(d.clone());
+                resync = tokio::time::Instant::now();
+                hand_over(d, &actor).await
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = outcome {
             if actor.is_closed() {
                 break;
             }
+            last = None;
             warn!(error = %e, "reconcile failed; trying again");
         }
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { break },
-            _ = tokio::time::sleep(RESYNC) => {}
+            _ = tokio::time::sleep_until(resync + RESYNC) => {}
         }
     }
     debug!("reconciler ended");

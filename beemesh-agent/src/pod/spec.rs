@@ -4,7 +4,7 @@
 //! pod runtime calls it with a Pod already checked by `crate::manifest`, the image config, and
 //! the ConfigMaps and Secrets it knows, then does the mounting and spawning itself.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::time::Duration;
 
@@ -29,6 +29,41 @@ const HOSTNAME_MAX: usize = 63;
 pub trait Objects {
     fn config_map(&self, namespace: &str, name: &str) -> Option<&ConfigMap>;
     fn secret(&self, namespace: &str, name: &str) -> Option<&Secret>;
+}
+
+/// The ConfigMaps and Secrets a pod draws on (volumes, `envFrom`, `env[].valueFrom`), as
+/// `(kind, name)` in the pod's namespace: what a host must hold to run it.
+pub fn references(pod: &Pod) -> BTreeSet<(ObjectKind, String)> {
+    let mut refs = BTreeSet::new();
+    let Some(spec) = &pod.spec else { return refs };
+    for v in spec.volumes.iter().flatten() {
+        if let Some(c) = &v.config_map {
+            refs.insert((ObjectKind::ConfigMap, c.name.clone()));
+        }
+        if let Some(name) = v.secret.as_ref().and_then(|s| s.secret_name.clone()) {
+            refs.insert((ObjectKind::Secret, name));
+        }
+    }
+    let containers = spec.init_containers.iter().flatten().chain(&spec.containers);
+    for c in containers {
+        for from in c.env_from.iter().flatten() {
+            if let Some(r) = &from.config_map_ref {
+                refs.insert((ObjectKind::ConfigMap, r.name.clone()));
+            }
+            if let Some(r) = &from.secret_ref {
+                refs.insert((ObjectKind::Secret, r.name.clone()));
+            }
+        }
+        for from in c.env.iter().flatten().filter_map(|e| e.value_from.as_ref()) {
+            if let Some(r) = &from.config_map_key_ref {
+                refs.insert((ObjectKind::ConfigMap, r.name.clone()));
+            }
+            if let Some(r) = &from.secret_key_ref {
+                refs.insert((ObjectKind::Secret, r.name.clone()));
+            }
+        }
+    }
+    refs
 }
 
 /// The objects of one manifest file (`manifest::parse`), e.g. for `apply -f` of a pod with its
@@ -65,10 +100,20 @@ impl fmt::Display for Owner {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ObjectKind {
     ConfigMap,
     Secret,
+}
+
+impl ObjectKind {
+    /// The object's `kind`, as the cluster state keys it.
+    pub fn kube_kind(self) -> &'static str {
+        match self {
+            ObjectKind::ConfigMap => "ConfigMap",
+            ObjectKind::Secret => "Secret",
+        }
+    }
 }
 
 impl fmt::Display for ObjectKind {
@@ -825,6 +870,25 @@ data: {raw: /w==}
              - {{name: cfg, configMap: {{name: cfg}}}}\n  - {{name: sec, secret: {{secretName: s}}}}\n  \
              - {{name: data, emptyDir: {{}}}}\n  containers:\n  - name: app\n    image: app:1\n{fields}"
         ))
+    }
+
+    #[test]
+    fn references_name_every_configmap_and_secret_a_pod_draws_on() {
+        let p = app("    envFrom:\n    - configMapRef: {name: env-cm}\n    - secretRef: {name: env-s}\n    \
+             env:\n    - name: A\n      valueFrom: {configMapKeyRef: {name: key-cm, key: a}}\n    \
+             - name: B\n      valueFrom: {secretKeyRef: {name: key-s, key: b}}\n");
+        let refs: Vec<String> = references(&p).into_iter().map(|(k, n)| format!("{k}/{n}")).collect();
+        assert_eq!(
+            refs,
+            [
+                "configmap/cfg",
+                "configmap/env-cm",
+                "configmap/key-cm",
+                "secret/env-s",
+                "secret/key-s",
+                "secret/s"
+            ]
+        );
     }
 
     fn image(entrypoint: &[&str], cmd: &[&str], env: &[&str]) -> ImageConfig {
