@@ -353,6 +353,9 @@ pub struct MeshStatus {
     pub counters: crate::mesh::swarm::MeshStats,
     /// Node names of the hosts revoked.
     pub revoked: Vec<String>,
+    /// The failure detector's counters.
+    #[serde(default)]
+    pub liveness: beemesh_state::liveness::LiveStats,
 }
 
 /// One host of the mesh as `peers` lists it.
@@ -367,6 +370,26 @@ pub struct PeerEntry {
     /// The host that answered.
     #[serde(default)]
     pub this_host: bool,
+    /// Connected now (this host, or a peer); else remembered from an earlier attestation.
+    #[serde(default)]
+    pub connected: bool,
+    /// Unix seconds it was last seen, for a peer not connected now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<u64>,
+    /// What the pods the cluster state places on it request (by its node name).
+    #[serde(default)]
+    pub requested: Requested,
+}
+
+/// What the pods placed on one host request, as Kubernetes' "Allocated resources" counts
+/// them: pods that have not ended; per pod the larger of its app containers' sum and its
+/// largest init container; a container's limit when it sets no request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Requested {
+    pub pods: u32,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
 }
 
 /// What this host's failure detector holds about a host (`app::liveness`).

@@ -517,6 +517,16 @@ pub async fn execute(cli: Cli) -> ExitCode {
                                 c.requests_rate_limited,
                                 c.peers_expelled
                             );
+                            let l = &m.liveness;
+                            outln!(
+                                "liveness     {} suspicions ({} cleared), {} hosts held dead, {} refutations, {} messages ignored, {} rejected",
+                                l.suspicions,
+                                l.suspicions_cleared,
+                                l.verdicts,
+                                l.refutations,
+                                l.ignored,
+                                l.rejected
+                            );
                             outln!(
                                 "revoked      {}",
                                 if m.revoked.is_empty() { "none".into() } else { m.revoked.join(", ") }

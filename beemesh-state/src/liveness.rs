@@ -103,7 +103,8 @@ pub enum LiveOutput<P> {
 }
 
 /// Counters for operators and the simulator.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct LiveStats {
     /// Suspicions this host raised as a watcher.
     pub suspicions: u64,

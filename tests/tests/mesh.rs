@@ -223,7 +223,7 @@ fn objects_applied_on_one_host_are_listed_on_every_host_and_a_restarted_host_cat
 fn pod_on(name: &str, node: Option<&str>) -> String {
     let pin = node.map(|n| format!("  nodeName: {n}\n")).unwrap_or_default();
     format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n{pin}  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox:1\n    command: [sh, -c, \"echo hello from $(hostname); trap 'exit 0' TERM; sleep 1000 & wait\"]\n"
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n{pin}  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox:1\n    resources: {{requests: {{cpu: 100m, memory: 16Mi}}}}\n    command: [sh, -c, \"echo hello from $(hostname); trap 'exit 0' TERM; sleep 1000 & wait\"]\n"
     )
 }
 
@@ -300,6 +300,10 @@ fn pods_run_where_the_state_places_them_and_every_host_lists_logs_and_execs_them
     let (_, table, _) = agents[2].run_cli(&["get", "pods"], None)?;
     ensure!(table.lines().next().is_some_and(|h| h.contains("NODE")), "{table}");
     ensure!(table.lines().any(|l| l.starts_with("pinned ") && l.contains(" h2 ")), "{table}");
+    // peers on h3 shows what the pods placed on each host request.
+    let h2 = peers(&agents[2])?.into_iter().find(|p| p["name"] == "h2").context("h2 in peers")?;
+    let want = serde_json::json!({"pods": 1, "cpuMillis": 100, "memoryBytes": 16 << 20});
+    ensure!(h2["requested"] == want && h2["connected"] == true, "{h2}");
     // Each pod runs only where it is placed.
     ensure!(agents[1].state_dir().join("pods").read_dir()?.count() == 1, "h2 runs one pod");
     ensure!(agents[2].state_dir().join("pods").read_dir().map_or(0, |d| d.count()) == 0, "h3 runs none");
@@ -405,10 +409,19 @@ fn every_host_writes_its_node_record_and_get_nodes_shows_who_is_connected() -> R
     let (ok, out, err) = agents[0].run_cli(&["peers", "-o", "wide"], None)?;
     ensure!(ok && out.contains("LABELS") && out.contains("zone=z2"), "{out}{err}");
 
-    // h2 stops: h1 still lists its record, NotReady.
+    // h2 stops: h1 still lists its record, NotReady, and remembers when it last saw it.
     ensure!(agents[1].stop()?, "h2 did not stop cleanly");
     let h2_gone = vec![("h1".to_string(), "Ready".to_string()), ("h2".to_string(), "NotReady".to_string())];
     ensure!(eventually(T, || nodes(&agents[0]) == h2_gone), "get nodes: {:?}", nodes(&agents[0]));
+    let remembered =
+        |p: &serde_json::Value| p["name"] == "h2" && p["connected"] == false && p["lastSeen"].is_u64();
+    ensure!(
+        eventually(T, || peers(&agents[0]).is_ok_and(|ps| ps.iter().any(remembered))),
+        "h1's peers after h2 stopped: {:?}",
+        peers(&agents[0])
+    );
+    let (ok, out, err) = agents[0].run_cli(&["peers"], None)?;
+    ensure!(ok && out.lines().any(|l| l.starts_with("h2 ") && l.contains(" ago ")), "{out}{err}");
     Ok(())
 }
 
@@ -420,9 +433,15 @@ fn a_crashed_host_is_not_ready_within_seconds_and_ready_again_once_restarted() -
     let port = "4001";
     let bootstrap = format!("{}:{port}", lan.addr(1));
     let mut agents = Vec::new();
+    // The detector's settings, as an operator writes them (here its defaults, spelled out).
+    let detector = "  failureDetector: {heartbeatMs: 1000, suspectAfterMs: 2500, watchers: 3, quorum: 2}\n";
     for n in 1..=3u8 {
         let ns = lan.host(n)?;
-        let config = if n > 1 { format!("mesh:\n  bootstrap: [\"{bootstrap}\"]\n") } else { String::new() };
+        let config = if n > 1 {
+            format!("mesh:\n  bootstrap: [\"{bootstrap}\"]\n{detector}")
+        } else {
+            format!("mesh:\n{detector}")
+        };
         let agent =
             Agent::prepare(&format!("live{n}"), &[("BEEMESH_MESH_PORT", port)], &config)?.in_netns(&ns);
         if n == 1 {
@@ -451,6 +470,15 @@ fn a_crashed_host_is_not_ready_within_seconds_and_ready_again_once_restarted() -
         let in_time = eventually(Duration::from_secs(10), || nodes(agent) == h3_down);
         ensure!(in_time, "get nodes 10 s after h3 crashed: {:?}\n{}", nodes(agent), agent.log());
     }
+    // The survivors' counters show the suspicion and the verdict.
+    let counter = |agent: &Agent, name: &str| -> u64 {
+        let Ok((true, out, _)) = agent.run_cli(&["status", "-o", "json"], None) else { return 0 };
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        v["mesh"]["liveness"][name].as_u64().unwrap_or(0)
+    };
+    let suspicions: u64 = agents[..2].iter().map(|a| counter(a, "suspicions")).sum();
+    let verdicts: u64 = agents[..2].iter().map(|a| counter(a, "verdicts")).sum();
+    ensure!(suspicions >= 1 && verdicts >= 1, "suspicions {suspicions}, verdicts {verdicts}");
     // Restarted (same identity, a higher incarnation): Ready again everywhere.
     agents[2].spawn()?;
     for agent in &agents {

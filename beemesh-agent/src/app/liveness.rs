@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::cluster::Cluster;
 use crate::api::{LiveEntry, LiveState};
-use crate::mesh::swarm::{AttestedHost, GossipMessage, MeshClient, Responder};
+use crate::mesh::swarm::{AttestedHost, FailureDetector, GossipMessage, MeshClient, Responder};
 
 /// The gossip topic of the detector's broadcasts (verdicts, refutations).
 pub const TOPIC: &str = "beemesh/live/1";
@@ -65,11 +65,17 @@ impl Clock {
 }
 
 impl Liveness {
-    /// Starts the task for this host (`me`), subscribed to [`TOPIC`].
-    pub async fn start(me: PeerId, cluster: Cluster, client: MeshClient) -> Liveness {
+    /// Starts the task for this host (`me`), subscribed to [`TOPIC`], with the detector's
+    /// `settings`.
+    pub async fn start(
+        me: PeerId,
+        settings: &FailureDetector,
+        cluster: Cluster,
+        client: MeshClient,
+    ) -> Liveness {
         let clock = Clock::new();
-        let detector =
-            Detector::new(LivenessConfig { seed: seed_of(&me), ..Default::default() }, me, clock.now_ms());
+        let config: LivenessConfig = settings.to_config(seed_of(&me));
+        let detector = Detector::new(config, me, clock.now_ms());
         let (tx, rx) = mpsc::channel(1024);
         let live = Liveness { detector: Arc::new(Mutex::new(detector)), clock, inbound: tx };
         if let Err(e) = client.subscribe(TOPIC).await {
@@ -92,6 +98,11 @@ impl Liveness {
     }
 
     /// What this host believes about `peer`; `None` when it is not a member.
+    /// The detector's counters since the agent started.
+    pub fn stats(&self) -> beemesh_state::liveness::LiveStats {
+        self.lock().stats()
+    }
+
     pub fn status(&self, peer: &PeerId) -> Option<Seen> {
         self.lock().status(peer)
     }

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::mesh::swarm::{self, MeshClient, MeshEvent, PeerInfo};
 use crate::mesh::trust::{Attestor, HostIdentity, HostTrust};
 
-use super::cluster::{self, Cluster, Inbound};
+use super::cluster::{self, pods as cpods, Cluster, Inbound};
 use super::join::Issuer;
 use super::liveness::{self, Liveness};
 use super::{remote, AgentError, AgentHandle};
@@ -71,6 +71,9 @@ pub(super) async fn start(
         attested: true,
         addresses,
         this_host: true,
+        connected: true,
+        last_seen: None,
+        requested: Default::default(),
     };
     let cluster = cluster::start(&cfg.state_dir, &name_of(&this), client.clone()).await?;
     let facts = super::nodes::NodeFacts::of_this_host(
@@ -81,7 +84,9 @@ pub(super) async fn start(
         &this.addresses,
     );
     super::nodes::spawn_publish(cluster.clone(), client.clone(), facts);
-    let liveness = Liveness::start(client.local_peer_id(), cluster.clone(), client.clone()).await;
+    let liveness =
+        Liveness::start(client.local_peer_id(), &cfg.mesh.failure_detector, cluster.clone(), client.clone())
+            .await;
     let pod_server = Arc::new(OnceLock::new());
     let serving = Serving {
         issuer: issuer.clone(),
@@ -236,15 +241,28 @@ async fn follow(client: &MeshClient, cluster: &Cluster, serving: &Serving, event
 pub async fn peers(mesh: &Mesh) -> Result<Vec<PeerEntry>, String> {
     let mut items = vec![mesh.this.clone()];
     let mut found: Vec<PeerInfo> = mesh.client.peers().await.map_err(|e| e.to_string())?;
-    found.sort_by(|a, b| (&a.node_name, a.peer).cmp(&(&b.node_name, b.peer)));
+    found.sort_by(|a, b| (!a.connected, &a.node_name, a.peer).cmp(&(!b.connected, &b.node_name, b.peer)));
     items.extend(found.into_iter().map(|p| PeerEntry {
-        // Never a name a peer merely claims: only its certificate's, once attested.
-        name: p.node_name.filter(|_| p.attested),
+        // Never a name a peer merely claims: only its certificate's, once attested (now, or
+        // when a remembered peer was last connected).
+        name: p.node_name.filter(|_| p.attested || !p.connected),
         peer: p.peer.to_string(),
         attested: p.attested,
         addresses: p.listen_addrs.iter().map(ToString::to_string).collect(),
         this_host: false,
+        connected: p.connected,
+        last_seen: p.last_seen,
+        requested: Default::default(),
     }));
+    // What each host's pods request, from the cluster state.
+    let pods = mesh.cluster.list(cpods::POD, None).await.map_err(|e| e.to_string())?;
+    let statuses = mesh.cluster.list(cpods::POD_STATUS, None).await.map_err(|e| e.to_string())?;
+    let requested = cpods::requested(&pods, &statuses);
+    for item in &mut items {
+        if let Some(r) = item.name.as_ref().and_then(|n| requested.get(n)) {
+            item.requested = *r;
+        }
+    }
     Ok(items)
 }
 
@@ -290,5 +308,5 @@ pub async fn revoke(mesh: &Mesh, file: &str, text: &str) -> Result<Vec<String>, 
 /// The `mesh` section of `status`: the swarm's counters and the hosts revoked.
 pub async fn status(mesh: &Mesh) -> Result<MeshStatus, String> {
     let counters = mesh.client.stats().await.map_err(|e| e.to_string())?;
-    Ok(MeshStatus { counters, revoked: mesh.revocations.revoked_nodes() })
+    Ok(MeshStatus { counters, revoked: mesh.revocations.revoked_nodes(), liveness: mesh.liveness.stats() })
 }

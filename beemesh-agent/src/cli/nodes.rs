@@ -1,8 +1,9 @@
 //! `get nodes`: the Node records of the cluster state (one per host that ever joined), with
 //! kubectl's columns. STATUS is Ready for this host and for hosts this host's failure detector
 //! (`app::liveness`) holds alive, NotReady for hosts it suspects or holds dead, or does not know.
-//! `peers`: this host and its connected peers, with labels and capacity from their records and
-//! the detector's view of each (`-o wide|json`).
+//! `peers`: this host, its connected peers and the members it remembers (not connected now,
+//! with when they were last seen), the pods the state places on each and what they request;
+//! labels and allocatable from their records and the detector's view of each (`-o wide|json`).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -27,8 +28,9 @@ pub struct NodesArgs {
 pub enum PeersOutput {
     #[default]
     Table,
-    /// And each host's labels and allocatable cpu, memory and pods (from its Node record), and
-    /// what the failure detector holds about it (alive, suspect, dead; last heard).
+    /// And what each host's pods request of its allocatable cpu, memory and pods (from its
+    /// Node record), its labels, and what the failure detector holds about it (alive,
+    /// suspect, dead; last heard).
     Wide,
     Json,
 }
@@ -89,22 +91,25 @@ pub async fn peers(socket: &Path, output: PeersOutput) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let wide = output == PeersOutput::Wide;
-    let extra = |live: &str, heard: &str, cpu: &str, mem: &str, pods: &str, labels: &str| {
+    let extra = |live: &str, heard: &str, cpu: &str, mem: &str, labels: &str| {
         if wide {
-            format!(" {live:<8} {heard:<7} {cpu:<6} {mem:<14} {pods:<5} {labels}")
+            format!(" {live:<8} {heard:<7} {cpu:<12} {mem:<17} {labels}")
         } else {
             String::new()
         }
     };
     let head = format!(
-        "{:<20} {:<54} {:<9} {:<40}{}",
+        "{:<20} {:<54} {:<9} {:<8} {:<10} {:<40}{}",
         "NAME",
         "PEER",
         "ATTESTED",
+        "PODS",
+        "LAST SEEN",
         "ADDRESSES",
-        extra("LIVE", "HEARD", "CPU", "MEMORY", "PODS", "LABELS")
+        extra("LIVE", "HEARD", "CPU", "MEMORY", "LABELS")
     );
     outln!("{}", head.trim_end());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     for p in &items {
         let name = match (&p.name, p.this_host) {
             (Some(n), true) => format!("{n} (this)"),
@@ -113,8 +118,7 @@ pub async fn peers(socket: &Path, output: PeersOutput) -> ExitCode {
         };
         let attested = if p.attested { "yes" } else { "no" };
         let r = record_of(p);
-        let field =
-            |ptr: &str| r.and_then(|r| r.pointer(ptr)).and_then(Value::as_str).unwrap_or("-").to_string();
+        let field = |ptr: &str| r.and_then(|r| r.pointer(ptr)).and_then(Value::as_str).map(str::to_string);
         let labels = r
             .and_then(|r| r.pointer("/metadata/labels"))
             .and_then(Value::as_object)
@@ -131,18 +135,70 @@ pub async fn peers(socket: &Path, output: PeersOutput) -> ExitCode {
             (false, Some(l)) => (l.state.as_str(), l.last_heard_ms_ago.map_or("-".into(), heard_ago)),
             (false, None) => ("unknown", "-".to_string()),
         };
+        let rq = &p.requested;
+        // Requested of allocatable (allocatable once the record is known), kubectl's units.
+        let of = |requested: String, allocatable: Option<String>| match allocatable {
+            Some(a) => format!("{requested}/{a}"),
+            None => requested,
+        };
+        let pods = if wide {
+            of(rq.pods.to_string(), field("/status/allocatable/pods"))
+        } else {
+            rq.pods.to_string()
+        };
         let columns = extra(
             state,
             &heard,
-            &field("/status/allocatable/cpu"),
-            &field("/status/allocatable/memory"),
-            &field("/status/allocatable/pods"),
+            &of(cpu_quantity(rq.cpu_millis), field("/status/allocatable/cpu")),
+            &of(memory_quantity(rq.memory_bytes), field("/status/allocatable/memory")),
             &labels,
         );
-        let line = format!("{name:<20} {:<54} {attested:<9} {:<40}{columns}", p.peer, p.addresses.join(","));
+        let seen = match (p.connected, p.last_seen) {
+            (true, _) => "now".to_string(),
+            (false, Some(t)) => format!("{} ago", age(Some(now.saturating_sub(t)))),
+            (false, None) => "-".to_string(),
+        };
+        let line = format!(
+            "{name:<20} {:<54} {attested:<9} {pods:<8} {seen:<10} {:<40}{columns}",
+            p.peer,
+            p.addresses.join(",")
+        );
         outln!("{}", line.trim_end());
     }
     ExitCode::SUCCESS
+}
+
+/// Millicpus as kubectl prints a quantity: whole cpus when whole, else millis.
+fn cpu_quantity(millis: u64) -> String {
+    if millis.is_multiple_of(1000) {
+        (millis / 1000).to_string()
+    } else {
+        format!("{millis}m")
+    }
+}
+
+/// Bytes in the largest binary unit that divides them (kubectl's `Mi`, `Gi`, ...).
+fn memory_quantity(bytes: u64) -> String {
+    for (unit, shift) in [("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)] {
+        if bytes != 0 && bytes.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
+#[cfg(test)]
+mod quantity_tests {
+    #[test]
+    fn quantities_print_as_kubectl_prints_them() {
+        assert_eq!(super::cpu_quantity(2000), "2");
+        assert_eq!(super::cpu_quantity(250), "250m");
+        assert_eq!(super::cpu_quantity(0), "0");
+        assert_eq!(super::memory_quantity(128 << 20), "128Mi");
+        assert_eq!(super::memory_quantity(3 << 30), "3Gi");
+        assert_eq!(super::memory_quantity(1500), "1500");
+        assert_eq!(super::memory_quantity(0), "0");
+    }
 }
 
 /// `HEARD`: how long ago, to the tenth of a second.

@@ -36,7 +36,7 @@ pub use membership::GossipDrop;
 pub use peers_file::{KnownPeer, KnownPeers};
 pub use protocol::{MeshRequest, MeshResponse, MAX_JOIN_BYTES};
 pub use ratelimit::RateLimits;
-pub use settings::{MeshOpts, MeshSettings, DEFAULT_MESH_PORT};
+pub use settings::{FailureDetector, MeshOpts, MeshSettings, DEFAULT_MESH_PORT};
 
 /// Errors of the mesh swarm.
 #[derive(Debug, thiserror::Error)]
@@ -127,15 +127,21 @@ impl MeshConfig {
     }
 }
 
-/// A connected peer as `MeshClient::peers` lists it.
+/// A peer as `MeshClient::peers` lists it: connected now, or remembered from earlier.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerInfo {
     pub peer: PeerId,
-    /// Set only once attested: the name its certificate carries.
+    /// The name its certificate carries: set once attested (for a remembered peer, the
+    /// name it had when it last attested).
     pub node_name: Option<String>,
     pub attested: bool,
-    /// Where it says it listens (identify).
+    /// Where it says it listens (identify), or listened when last seen.
     pub listen_addrs: Vec<Multiaddr>,
+    /// Connected now (else remembered: attested earlier, not connected now).
+    pub connected: bool,
+    /// Unix seconds it was last seen (attested, or its last connection closed); `None` for a
+    /// connected peer (seen now).
+    pub last_seen: Option<u64>,
 }
 
 /// Counters of the swarm since it started (for `peers -o json`, metrics and tests).

@@ -93,6 +93,51 @@ pub fn same_spec(stored: &Pod, new: &Pod) -> bool {
     a == b
 }
 
+/// The cpu (millis) and memory (bytes) one pod requests: the larger of its app containers'
+/// sum and its largest init container, per resource; a container's limit stands in for a
+/// request it does not set (as the API server defaults it). Unparsable quantities count 0
+/// (manifests are checked when applied).
+pub fn pod_requests(pod: &Pod) -> (u64, u64) {
+    use crate::manifest::{parse_cpu_millis, parse_memory_bytes};
+    let Some(spec) = &pod.spec else { return (0, 0) };
+    let of = |c: &k8s_openapi::api::core::v1::Container| {
+        let r = c.resources.as_ref();
+        let get = |name: &str| {
+            r.and_then(|r| r.requests.as_ref().and_then(|q| q.get(name)))
+                .or_else(|| r.and_then(|r| r.limits.as_ref().and_then(|q| q.get(name))))
+                .map(|q| q.0.clone())
+        };
+        let cpu = get("cpu").and_then(|q| parse_cpu_millis(&q).ok()).unwrap_or(0);
+        let memory = get("memory").and_then(|q| parse_memory_bytes(&q).ok()).unwrap_or(0);
+        (cpu, memory)
+    };
+    let apps = spec.containers.iter().map(of).fold((0, 0), |(c, m), (dc, dm)| (c + dc, m + dm));
+    spec.init_containers.iter().flatten().map(of).fold(apps, |(c, m), (ic, im)| (c.max(ic), m.max(im)))
+}
+
+/// What the pods of the state (`pods`, with `statuses`) request per node name; pods whose
+/// host reported them Succeeded or Failed are not counted.
+pub fn requested(pods: &[Listed], statuses: &[Listed]) -> BTreeMap<String, crate::api::Requested> {
+    let reports = reports(statuses);
+    let mut by_node: BTreeMap<String, crate::api::Requested> = BTreeMap::new();
+    for pod in pods.iter().filter_map(|l| decode(&l.body).ok()) {
+        let (node, uid) = placement(&pod);
+        let ended = reports.get(uid).is_some_and(|r| {
+            r.node == node
+                && matches!(r.pod_status.get("phase").and_then(|p| p.as_str()), Some("Succeeded" | "Failed"))
+        });
+        if ended {
+            continue;
+        }
+        let (cpu, memory) = pod_requests(&pod);
+        let r = by_node.entry(node.to_owned()).or_default();
+        r.pods += 1;
+        r.cpu_millis += cpu;
+        r.memory_bytes += memory;
+    }
+    by_node
+}
+
 /// A report's body.
 pub fn encode_report(report: &PodReport) -> Bytes {
     Bytes::from(serde_json::to_vec(report).unwrap_or_default())
@@ -234,5 +279,67 @@ mod tests {
         assert_eq!((i.status.as_str(), i.ready.as_str()), ("Pending", "0/1"));
         let broken = Listed { body: Bytes::from_static(b"{"), ..listed };
         assert_eq!(info(&broken, None, 0).status, "Unknown");
+    }
+
+    #[test]
+    fn requested_counts_running_pods_per_node_as_kubernetes_allocates() {
+        let listed = |name: &str, node: &str, uid: &str, containers: &str| {
+            let p = pod(&format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {node}\n{containers}"
+            ));
+            Listed {
+                key: pod_key("default", name),
+                body: stored(&p, "default", uid, "2026-11-29T00:00:00Z", node),
+                written_ms: 0,
+            }
+        };
+        let pods = vec![
+            // Two app containers (one with a limit only), an init container larger in cpu.
+            listed(
+                "a",
+                "h1",
+                "u-a",
+                "  initContainers: [{name: i, image: i, resources: {requests: {cpu: '1'}}}]\n  \
+                 containers:\n  - {name: c, image: i, resources: {requests: {cpu: 100m, memory: 64Mi}}}\n  \
+                 - {name: d, image: i, resources: {limits: {cpu: 200m, memory: 32Mi}}}\n",
+            ),
+            listed("b", "h1", "u-b", "  containers: [{name: c, image: i}]\n"),
+            listed(
+                "done",
+                "h1",
+                "u-d",
+                "  containers: [{name: c, image: i, resources: {requests: {cpu: '2'}}}]\n",
+            ),
+            listed(
+                "c",
+                "h2",
+                "u-c",
+                "  containers: [{name: c, image: i, resources: {requests: {memory: 1Gi}}}]\n",
+            ),
+        ];
+        let report = |uid: &str, phase: &str| PodReport {
+            uid: uid.into(),
+            namespace: "default".into(),
+            name: String::new(),
+            node: "h1".into(),
+            ready: String::new(),
+            status: String::new(),
+            restarts: 0,
+            identity: String::new(),
+            all_ready: false,
+            pod_status: serde_json::json!({"phase": phase}),
+            annotations: BTreeMap::new(),
+        };
+        let statuses: Vec<Listed> = [report("u-d", "Succeeded"), report("u-a", "Running")]
+            .iter()
+            .map(|r| Listed { key: status_key("default", &r.uid), body: encode_report(r), written_ms: 0 })
+            .collect();
+        let r = requested(&pods, &statuses);
+        let h1 = crate::api::Requested { pods: 2, cpu_millis: 1000, memory_bytes: 96 << 20 };
+        assert_eq!(r.get("h1"), Some(&h1), "the ended pod is not counted");
+        assert_eq!(
+            r.get("h2"),
+            Some(&crate::api::Requested { pods: 1, cpu_millis: 0, memory_bytes: 1 << 30 })
+        );
     }
 }

@@ -338,7 +338,7 @@ impl EventLoop {
                 let _ = reply.send(r);
             }
             Command::Peers { reply } => {
-                let peers = self
+                let mut peers: Vec<PeerInfo> = self
                     .swarm
                     .connected_peers()
                     .map(|p| {
@@ -348,9 +348,26 @@ impl EventLoop {
                             node_name: host.map(|h| h.node_name.clone()),
                             attested: host.is_some(),
                             listen_addrs: self.identified.get(p).cloned().unwrap_or_default(),
+                            connected: true,
+                            last_seen: None,
                         }
                     })
                     .collect();
+                // Members remembered from earlier that are not connected now.
+                for (id, known) in &self.known.peers {
+                    let Ok(peer) = id.parse::<PeerId>() else { continue };
+                    if self.swarm.is_connected(&peer) {
+                        continue;
+                    }
+                    peers.push(PeerInfo {
+                        peer,
+                        node_name: Some(known.node_name.clone()),
+                        attested: false,
+                        listen_addrs: known.addrs.iter().filter_map(|a| a.parse().ok()).collect(),
+                        connected: false,
+                        last_seen: Some(known.last_seen),
+                    });
+                }
                 let _ = reply.send(peers);
             }
             Command::Stats { reply } => {
@@ -443,6 +460,9 @@ impl EventLoop {
                 };
                 if let Some(host) = was {
                     tracing::info!(peer = %peer_id, node = %host.node_name, "mesh peer down");
+                    if self.known.seen(&peer_id, unix_now()) {
+                        self.publish_known();
+                    }
                     if !self.emit(MeshEvent::PeerDown { host }).await {
                         return false;
                     }

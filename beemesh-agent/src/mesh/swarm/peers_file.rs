@@ -21,7 +21,7 @@ pub struct KnownPeer {
     pub node_name: String,
     /// Where it listened (from identify), dialable addresses first.
     pub addrs: Vec<String>,
-    /// Unix seconds when it was last attested.
+    /// Unix seconds when it was last attested, or when its last connection closed.
     pub last_seen: u64,
 }
 
@@ -91,6 +91,17 @@ impl KnownPeers {
             self.peers.remove(&oldest);
         }
         true
+    }
+
+    /// A remembered peer was seen at `now_unix` (its last connection closed): true if known.
+    pub fn seen(&mut self, peer: &PeerId, now_unix: u64) -> bool {
+        match self.peers.get_mut(&peer.to_base58()) {
+            Some(p) => {
+                p.last_seen = p.last_seen.max(now_unix);
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn forget(&mut self, peer: &PeerId) -> bool {

@@ -33,6 +33,86 @@ pub struct MeshSettings {
     /// The issuer (`ca issue-issuer`) this member admits joining hosts with; default:
     /// `<state-dir>/issuer` when it exists.
     pub issuer_dir: Option<std::path::PathBuf>,
+    /// How hosts decide that a host is gone (`beemesh_state::liveness`).
+    pub failure_detector: FailureDetector,
+}
+
+/// The `mesh.failureDetector:` section: how fast a silent host is held dead, and by how many
+/// of its watchers. A host is suspected `suspectAfterMs` after the last heartbeat its watcher
+/// heard, and held dead about `probeWaitMs` later once `quorum` watchers agree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct FailureDetector {
+    /// Each host sends a heartbeat to each of its watchers this often.
+    pub heartbeat_ms: u64,
+    /// A watcher that heard nothing from a host for this long suspects it.
+    pub suspect_after_ms: u64,
+    /// How long a suspicion waits for the host's answer to a probe before it is a verdict.
+    pub probe_wait_ms: u64,
+    /// Watchers of each host.
+    pub watchers: usize,
+    /// Watchers that must suspect a host before it is held dead (at most `watchers`).
+    pub quorum: usize,
+}
+
+impl Default for FailureDetector {
+    fn default() -> Self {
+        let d = beemesh_state::liveness::LivenessConfig::default();
+        Self {
+            heartbeat_ms: d.heartbeat_interval_ms,
+            suspect_after_ms: d.suspect_after_ms,
+            probe_wait_ms: d.probe_wait_ms,
+            watchers: d.watchers,
+            quorum: d.quorum,
+        }
+    }
+}
+
+impl FailureDetector {
+    /// Checks the values against each other; errors name the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let key = "mesh.failureDetector";
+        if !(100..=60_000).contains(&self.heartbeat_ms) {
+            return Err(format!("{key}.heartbeatMs: {} is outside 100..=60000", self.heartbeat_ms));
+        }
+        if self.suspect_after_ms < 2 * self.heartbeat_ms {
+            return Err(format!(
+                "{key}.suspectAfterMs: {} must be at least two heartbeats ({} ms): one lost heartbeat would make a host suspect",
+                self.suspect_after_ms,
+                2 * self.heartbeat_ms
+            ));
+        }
+        if !(50..=60_000).contains(&self.probe_wait_ms) {
+            return Err(format!("{key}.probeWaitMs: {} is outside 50..=60000", self.probe_wait_ms));
+        }
+        if !(1..=16).contains(&self.watchers) {
+            return Err(format!("{key}.watchers: {} is outside 1..=16", self.watchers));
+        }
+        if !(1..=self.watchers).contains(&self.quorum) {
+            return Err(format!(
+                "{key}.quorum: {} is outside 1..={} (the watchers)",
+                self.quorum, self.watchers
+            ));
+        }
+        Ok(())
+    }
+
+    /// The detector's configuration (the other values scale with the heartbeat).
+    pub fn to_config(&self, seed: u64) -> beemesh_state::liveness::LivenessConfig {
+        let d = beemesh_state::liveness::LivenessConfig::default();
+        let scale = |ms: u64| ms * self.heartbeat_ms / d.heartbeat_interval_ms;
+        beemesh_state::liveness::LivenessConfig {
+            watchers: self.watchers,
+            quorum: self.quorum,
+            heartbeat_interval_ms: self.heartbeat_ms,
+            suspect_after_ms: self.suspect_after_ms,
+            probe_wait_ms: self.probe_wait_ms,
+            lone_verdict_after_ms: self.suspect_after_ms + (d.lone_verdict_after_ms - d.suspect_after_ms),
+            sync_interval_ms: scale(d.sync_interval_ms),
+            refute_interval_ms: scale(d.refute_interval_ms),
+            seed,
+        }
+    }
 }
 
 impl Default for MeshSettings {
@@ -45,6 +125,7 @@ impl Default for MeshSettings {
             node_name: None,
             node_labels: BTreeMap::new(),
             issuer_dir: None,
+            failure_detector: FailureDetector::default(),
         }
     }
 }
@@ -122,7 +203,7 @@ impl MeshSettings {
                 return Err("mesh.nodeName: empty".into());
             }
         }
-        Ok(())
+        self.failure_detector.validate()
     }
 
     pub fn listen_addrs(&self) -> Result<Vec<Multiaddr>, SwarmError> {
@@ -204,6 +285,30 @@ mod tests {
         assert!(c.mdns);
         assert_eq!(c.listen[0].to_string(), "/ip4/127.0.0.1/udp/4100/quic-v1");
         assert_eq!(c.peers_file.as_deref(), Some(Path::new("/var/lib/beemesh/mesh/peers.json")));
+    }
+
+    #[test]
+    fn the_failure_detector_is_configurable_and_checked() {
+        let s: MeshSettings =
+            serde_yaml::from_str("failureDetector:\n  heartbeatMs: 500\n  suspectAfterMs: 1500\n")
+                .expect("yaml");
+        s.validate().expect("valid");
+        let c = s.failure_detector.to_config(7);
+        assert_eq!((c.heartbeat_interval_ms, c.suspect_after_ms, c.watchers, c.quorum), (500, 1500, 3, 2));
+        assert_eq!(
+            (c.sync_interval_ms, c.refute_interval_ms, c.lone_verdict_after_ms, c.seed),
+            (2500, 500, 2000, 7)
+        );
+        let d = FailureDetector::default().to_config(0);
+        assert_eq!(d, beemesh_state::liveness::LivenessConfig::default());
+        let bad = |yaml: &str| {
+            let s: MeshSettings = serde_yaml::from_str(yaml).expect("yaml");
+            s.validate().expect_err(yaml)
+        };
+        assert!(bad("failureDetector: {suspectAfterMs: 1500}").contains("suspectAfterMs"));
+        assert!(bad("failureDetector: {watchers: 2, quorum: 3}").contains("quorum"));
+        assert!(bad("failureDetector: {heartbeatMs: 10}").contains("heartbeatMs"));
+        assert!(serde_yaml::from_str::<MeshSettings>("failureDetector: {heartbeat: 1}").is_err());
     }
 
     #[test]
