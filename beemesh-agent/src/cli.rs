@@ -401,6 +401,9 @@ pub async fn execute(cli: Cli) -> ExitCode {
     let socket = cfg.socket_path();
     match cli.command {
         Command::Run { join } => {
+            if let Err(e) = crate::sys::process::cloexec_inherited() {
+                tracing::warn!(error = %e, "inherited descriptors not marked close-on-exec; pods may hold them");
+            }
             if let Some(text) = join {
                 let token = match token::parse_join(&text) {
                     Ok(t) => t,

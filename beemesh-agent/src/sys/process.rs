@@ -291,3 +291,18 @@ pub fn errno_under_filters(filters: &[seccompiler::BpfProgram], nr: libc::c_long
         },
     }
 }
+
+/// Marks every descriptor from 3 up close-on-exec. What the agent's parent left open (a
+/// lock a build tool holds for its child, a shell's extra descriptors) must not reach the
+/// pods, slirp4netns and helpers the agent starts: they would hold it for their whole life.
+/// Descriptors the agent hands on on purpose are set up in the child after this.
+pub fn cloexec_inherited() -> io::Result<()> {
+    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only sets a flag on descriptors of
+    // this process; it closes none and touches no memory.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
