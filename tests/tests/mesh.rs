@@ -476,9 +476,13 @@ fn a_crashed_host_is_not_ready_within_seconds_and_ready_again_once_restarted() -
         let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
         v["mesh"]["liveness"][name].as_u64().unwrap_or(0)
     };
-    let suspicions: u64 = agents[..2].iter().map(|a| counter(a, "suspicions")).sum();
-    let verdicts: u64 = agents[..2].iter().map(|a| counter(a, "verdicts")).sum();
-    ensure!(suspicions >= 1 && verdicts >= 1, "suspicions {suspicions}, verdicts {verdicts}");
+    let counted = |name: &str| -> u64 { agents[..2].iter().map(|a| counter(a, name)).sum() };
+    ensure!(
+        eventually(T, || counted("suspicions") >= 1 && counted("verdicts") >= 1),
+        "suspicions {}, verdicts {}",
+        counted("suspicions"),
+        counted("verdicts")
+    );
     // Restarted (same identity, a higher incarnation): Ready again everywhere.
     agents[2].spawn()?;
     for agent in &agents {
