@@ -12,8 +12,9 @@ use crate::image::HeldImage;
 pub const CHUNK: u64 = 4 * 1024 * 1024;
 /// Chunk requests in flight to one holder at once.
 pub const PER_HOLDER: usize = 4;
-/// Failures after which a holder is left out of the rest of a blob.
-pub const HOLDER_FAILURES: u32 = 3;
+/// Failures in a row after which a holder is left out of the rest of a blob. After a failure
+/// a holder gets one request at a time until one succeeds, so its failures come one by one.
+pub const HOLDER_FAILURES: u32 = 6;
 
 /// The image `tag` names across the records `(holder, images)`: the image id most holders
 /// hold under it (ties: the smallest id), with those holders in order. `None` when nobody
@@ -121,7 +122,9 @@ impl<H: Clone + PartialEq> Fetch<H> {
         let holder = self
             .holders
             .iter_mut()
-            .filter(|h| h.failures < HOLDER_FAILURES && h.in_flight < per_holder)
+            .filter(|h| {
+                h.failures < HOLDER_FAILURES && h.in_flight < if h.failures > 0 { 1 } else { per_holder }
+            })
             .min_by_key(|h| (h.in_flight, h.asked))?;
         holder.in_flight += 1;
         holder.asked += 1;
@@ -208,9 +211,23 @@ mod tests {
     }
 
     #[test]
+    fn a_holder_that_failed_gets_one_request_at_a_time_until_it_succeeds() {
+        let mut f = Fetch::new(8 * CHUNK, CHUNK, Vec::new(), vec!["a"], 4);
+        let first: Vec<Ask<&str>> = std::iter::from_fn(|| f.next()).collect();
+        assert_eq!(first.len(), 4);
+        for a in &first {
+            f.failed(a);
+        }
+        let probe = f.next().expect("one probe");
+        assert!(f.next().is_none(), "one at a time after failures");
+        f.completed(&probe);
+        assert_eq!(std::iter::from_fn(|| f.next()).count(), 4, "the window reopens after a success");
+    }
+
+    #[test]
     fn a_failing_holders_chunks_go_to_another() {
         let mut f = Fetch::new(4 * CHUNK, CHUNK, Vec::new(), vec!["bad", "good"], 4);
-        for _ in 0..30 {
+        for _ in 0..60 {
             let Some(a) = f.next() else { break };
             if a.holder == "bad" {
                 f.failed(&a);

@@ -29,6 +29,11 @@ use crate::mesh::swarm::MeshResponse;
 
 /// A failed pull is tried again this long after it failed.
 pub const RETRY: Duration = Duration::from_secs(10);
+/// A failed chunk request is reported after this pause, so a holder that is not reachable
+/// yet (peers connect and attest after a restart) is not given up within milliseconds.
+const FAIL_PAUSE: Duration = Duration::from_millis(500);
+/// How long a pull waits for one of its holders to be connected and attested.
+const CONNECT_WAIT: Duration = Duration::from_secs(15);
 
 /// A pull under way, or the last one's failure.
 #[derive(Clone, Debug)]
@@ -142,6 +147,7 @@ impl Sharing {
                 self.inner.max_bytes
             ));
         }
+        self.connected(&holders).await;
         let names: Vec<&str> = holders.iter().map(|h| h.node.as_str()).collect();
         info!(image = %reference, id = %image.id, bytes = total, holders = ?names, "pulling image");
         let mut from: BTreeMap<String, u64> = BTreeMap::new();
@@ -174,6 +180,22 @@ impl Sharing {
         Ok(())
     }
 
+    /// Waits (at most [`CONNECT_WAIT`]) until one of `holders` is an attested peer: right
+    /// after a start, the state is there before the connections.
+    async fn connected(&self, holders: &[Holder]) {
+        let deadline = Instant::now() + CONNECT_WAIT;
+        let mut changes = self.inner.cluster.changes();
+        while Instant::now() < deadline {
+            let peers = self.inner.client.peers().await.unwrap_or_default();
+            if peers.iter().any(|p| p.attested && holders.iter().any(|h| h.peer == p.peer)) {
+                return;
+            }
+            // Peers attesting write nothing we can wait on; the state's changes (their
+            // records and gossip arriving) or a short pause, whichever comes first.
+            let _ = tokio::time::timeout(FAIL_PAUSE, changes.changed()).await;
+        }
+    }
+
     /// Fetches `blob` into the store from `holders`; returns the bytes an earlier attempt had
     /// already written (resumed). `from` counts the bytes got per holder.
     async fn fetch_blob(
@@ -191,10 +213,19 @@ impl Sharing {
             .map_err(|e| format!("partial file task failed: {e}"))??;
         let file = Arc::new(file);
         let mut fetch = Fetch::new(blob.size, CHUNK, done, holders.to_vec(), PER_HOLDER);
-        let resumed = fetch.done_bytes();
-        if resumed > 0 {
-            info!(blob = %blob.digest, resumed_bytes = resumed, size = blob.size, "resuming blob");
-            self.inner.counters.lock().expect("counters lock").resumed_bytes += resumed;
+        // Resumed: what was written before this agent started (or by an attempt it did not
+        // count), not what an earlier attempt of this agent fetched and counted.
+        let on_disk = fetch.done_bytes();
+        let resumed = {
+            let mut c = self.inner.counters.lock().expect("counters lock");
+            let known = c.accounted.entry(blob.digest.clone()).or_default();
+            let new = on_disk.saturating_sub(*known);
+            *known = on_disk;
+            c.resumed_bytes += new;
+            new
+        };
+        if on_disk > 0 {
+            info!(blob = %blob.digest, resumed_bytes = on_disk, size = blob.size, "resuming blob");
         }
         let mut inflight: JoinSet<Answered> = JoinSet::new();
         let mut last_error = String::new();
@@ -210,6 +241,9 @@ impl Sharing {
                         Ok(other) => Err(format!("{} answered {other:?}", ask.holder.node)),
                         Err(e) => Err(format!("{}: {e}", ask.holder.node)),
                     };
+                    if got.is_err() {
+                        tokio::time::sleep(FAIL_PAUSE).await;
+                    }
                     (ask, got)
                 });
             }
@@ -256,6 +290,7 @@ impl Sharing {
             let t = c.fetched.entry(ask.holder.node.clone()).or_default();
             t.bytes += n;
             t.chunks += 1;
+            *c.accounted.entry(blob.digest.clone()).or_default() += n;
         }
         drop(file);
         let store = self.inner.store.clone();
@@ -271,10 +306,12 @@ impl Sharing {
         match admitted {
             Ok(()) => {
                 c.blobs_verified += 1;
+                c.accounted.remove(&blob.digest);
                 Ok(resumed)
             }
             Err(e) => {
                 c.blobs_rejected += 1;
+                c.accounted.remove(&blob.digest);
                 Err(format!(
                     "blob {} from {:?}: {e}",
                     blob.digest,

@@ -92,6 +92,8 @@ pub(super) struct Counters {
     pub resumed_bytes: u64,
     pub pulls_done: u64,
     pub pulls_failed: u64,
+    /// Bytes of each partial blob already counted (fetched or resumed) by this agent.
+    pub accounted: BTreeMap<String, u64>,
 }
 
 /// The sharing side of this host's image store: cloneable.
