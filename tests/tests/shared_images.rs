@@ -248,15 +248,17 @@ fn an_image_held_by_two_hosts_comes_from_both_and_a_killed_pull_resumes_with_the
     let resumed = after["resumedBytes"].as_u64().context("resumedBytes")?;
     ensure!(
         resumed == done as u64 * (4 << 20),
-        "resumed {resumed} bytes, the record had {done} chunks: {after}"
+        "resumed {resumed} bytes, the record had {done} chunks: {after}\n{}",
+        pull_lines(&agents[2])
     );
     let fetched: u64 = ["h1", "h2"].iter().map(|h| after["fetched"][h]["bytes"].as_u64().unwrap_or(0)).sum();
     // After the restart only the payload's missing chunks came (busybox's layer and the config
     // were in the store already).
     ensure!(
         fetched == payload_size - resumed,
-        "fetched {fetched} after the restart, expected {}: {after}",
-        payload_size - resumed
+        "fetched {fetched} after the restart, expected {}: {after}\n{}",
+        payload_size - resumed,
+        pull_lines(&agents[2])
     );
     for h in ["h1", "h2"] {
         ensure!(
