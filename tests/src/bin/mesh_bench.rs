@@ -306,6 +306,7 @@ fn images(agents: &[Agent], lan: &Lan) -> Result<()> {
     ensure!(ok, "import on h1: {out}{err}");
     let pullers = &agents[1..];
     let before: Vec<u64> = pullers.iter().map(pulls_done).collect();
+    let cpu_before = agents_cpu(agents)?;
     let t = Instant::now();
     let pods: Vec<String> = (2..=HOSTS)
         .map(|n| {
@@ -327,6 +328,14 @@ fn images(agents: &[Agent], lan: &Lan) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let mesh_secs = times.iter().map(|d| d.unwrap_or_default().as_secs_f64()).fold(0.0, f64::max);
+    let cpu = agents_cpu(agents)? - cpu_before;
+    // What one puller logged: time fetching vs verifying and unpacking.
+    let h2_log: Vec<String> = pullers[0]
+        .log()
+        .lines()
+        .filter(|l| l.contains("image pulled") || l.contains("blob verified"))
+        .map(|l| l.split_once("INFO").map_or(l, |(_, rest)| rest).trim().to_owned())
+        .collect();
     let per_host: Vec<String> = times
         .iter()
         .enumerate()
@@ -396,6 +405,13 @@ fn images(agents: &[Agent], lan: &Lan) -> Result<()> {
     println!("  plain TCP, 4 streams   {tcp_secs:>7.2} s  {:>7.1} MB/s delivered   (one stream from h1 to each, written to disk)", mb(tcp_secs));
     println!("  ratio (TCP time / beemesh time) {:.2}", tcp_secs / mesh_secs);
     println!("  fetched from: {}", fetched.join("; "));
+    println!(
+        "  CPU of the 5 agents while pulling: {cpu:.1} s ({:.1} s per GB delivered; 2 cores shared)",
+        cpu / ((pullers.len() as u64 * size) as f64 / 1e9)
+    );
+    for l in h2_log {
+        println!("  h2: {l}");
+    }
     Ok(())
 }
 
@@ -440,4 +456,21 @@ fn tcp_send(args: &[String]) -> Result<()> {
         t.join().map_err(|_| anyhow::anyhow!("sender thread panicked"))??;
     }
     Ok(())
+}
+
+/// User + system CPU seconds of every agent process so far.
+fn agents_cpu(agents: &[Agent]) -> Result<f64> {
+    let tick = 100.0; // USER_HZ on Linux
+    let mut total = 0.0;
+    for a in agents {
+        let pid = a.pid().context("agent runs")?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command (in parentheses): state is field 3, utime 14, stime 15.
+        let rest = stat.rsplit_once(')').context("stat format")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: f64 = fields.get(11).context("utime")?.parse()?;
+        let stime: f64 = fields.get(12).context("stime")?.parse()?;
+        total += (utime + stime) / tick;
+    }
+    Ok(total)
 }

@@ -158,6 +158,7 @@ impl Sharing {
             }
             resumed += self.fetch_blob(blob, &holders, &mut from).await?;
         }
+        let fetched_at = started.elapsed();
         let store = self.inner.store.clone();
         let img = image.clone();
         let tag = tokio::task::spawn_blocking(move || store.install_pulled(&img))
@@ -173,6 +174,8 @@ impl Sharing {
             bytes = fetched,
             resumed_bytes = resumed,
             ms = (secs * 1e3) as u64,
+            fetch_ms = fetched_at.as_millis() as u64,
+            unpack_ms = (started.elapsed() - fetched_at).as_millis() as u64,
             mb_per_s = format_args!("{:.1}", fetched as f64 / 1e6 / secs.max(1e-3)),
             "image pulled"
         );
@@ -295,6 +298,7 @@ impl Sharing {
         drop(file);
         let store = self.inner.store.clone();
         let b = blob.clone();
+        let verifying = Instant::now();
         let admitted = tokio::task::spawn_blocking(move || {
             let r = store.admit_blob(&data, &b);
             let _ = std::fs::remove_file(&rec);
@@ -305,6 +309,7 @@ impl Sharing {
         let mut c = self.inner.counters.lock().expect("counters lock");
         match admitted {
             Ok(()) => {
+                info!(blob = %blob.digest, bytes = blob.size, verify_ms = verifying.elapsed().as_millis() as u64, "blob verified");
                 c.blobs_verified += 1;
                 c.accounted.remove(&blob.digest);
                 Ok(resumed)
