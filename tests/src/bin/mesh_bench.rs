@@ -334,7 +334,10 @@ fn images(agents: &[Agent], lan: &Lan) -> Result<()> {
         .log()
         .lines()
         .filter(|l| l.contains("image pulled") || l.contains("blob verified"))
-        .map(|l| l.split_once("INFO").map_or(l, |(_, rest)| rest).trim().to_owned())
+        .map(|l| {
+            let plain = strip_ansi(l);
+            plain.split_once("INFO").map_or(plain.as_str(), |(_, rest)| rest).trim().to_owned()
+        })
         .collect();
     let per_host: Vec<String> = times
         .iter()
@@ -473,4 +476,22 @@ fn agents_cpu(agents: &[Agent]) -> Result<f64> {
         total += (utime + stime) / tick;
     }
     Ok(total)
+}
+
+/// `line` without terminal colour sequences (`ESC [ ... m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
