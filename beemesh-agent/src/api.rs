@@ -287,6 +287,39 @@ pub struct ObjectEntry {
 pub struct ImageInfo {
     pub tag: String,
     pub id: String,
+    /// Bytes of its blobs together, when a holder record says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// Node names of the hosts that hold it (empty when listed offline).
+    #[serde(default)]
+    pub holders: Vec<String>,
+}
+
+/// Bytes and chunks of image blobs moved to or from one peer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerTransfer {
+    pub bytes: u64,
+    pub chunks: u64,
+}
+
+/// The `images` section of `status`: blobs shared peer to peer since the agent started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageShareStatus {
+    /// Fetched from each holder (node name).
+    pub fetched: std::collections::BTreeMap<String, PeerTransfer>,
+    /// Served to each peer (node name).
+    pub served: std::collections::BTreeMap<String, PeerTransfer>,
+    /// Pulled blobs whose sha256 and size matched (and entered the store).
+    pub blobs_verified: u64,
+    /// Pulled blobs that did not match (discarded).
+    pub blobs_rejected: u64,
+    /// Bytes of partial blobs a pull found already written (resumed, not fetched again).
+    pub resumed_bytes: u64,
+    pub pulls_done: u64,
+    pub pulls_failed: u64,
+    /// Images being pulled now.
+    pub pulling: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -342,6 +375,9 @@ pub struct StatusInfo {
     /// The mesh's counters and revocations (absent without a swarm).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh: Option<MeshStatus>,
+    /// Images shared peer to peer (absent without a swarm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<ImageShareStatus>,
 }
 
 /// The `mesh` section of `status`.

@@ -165,6 +165,7 @@ impl AgentHandle {
                 return match (resp, &self.mesh) {
                     (Response::Status(mut s), Some(m)) => {
                         s.mesh = mesh::status(m).await.ok();
+                        s.images = Some(m.images.status());
                         Response::Status(s)
                     }
                     (other, _) => other,
@@ -184,6 +185,9 @@ impl AgentHandle {
                     Some(m) => Response::Liveness { items: mesh::liveness(m, &peers) },
                     None => Response::Error { message: "the mesh swarm is not running".into() },
                 };
+            }
+            req @ (Request::ImportImage { .. } | Request::ListImages { .. }) => {
+                return self.images(req).await
             }
             other => Command::Api(other),
         };
@@ -285,6 +289,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     // Pods come from the cluster state and their statuses go there; `spec.nodeName` names
     // hosts by node name.
     pods.cluster = Some(mesh.cluster.clone());
+    pods.pulls = Some(mesh.images.clone());
     pods.host = mesh.cluster.node().to_owned();
     let host_netns = crate::sys::process::netns_cookie().map_err(io("read the network namespace cookie"))?;
     let (mut engine, policy_link, snapshots) = PolicyEngine::new(
@@ -632,6 +637,7 @@ impl Agent {
             allow_entries: policy.allow_entries,
             policy_generation: policy.generation,
             mesh: None,
+            images: None,
         }
     }
 

@@ -296,8 +296,12 @@ pub enum ImageCommand {
         #[arg(long)]
         name: Option<String>,
     },
-    /// List imported images.
-    List,
+    /// List images: with a running agent, every image of the mesh and the hosts holding it
+    /// (HOLDERS); offline, this store's.
+    List {
+        #[arg(short, long, value_enum, default_value_t)]
+        output: Output,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,6 +7,9 @@
 mod archive;
 mod beneath;
 mod layer;
+mod share;
+
+pub use share::{digest_hex, BlobRef, HeldImage};
 
 use std::collections::BTreeMap;
 use std::io::Read;

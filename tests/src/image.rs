@@ -67,21 +67,64 @@ pub fn busybox_layout(dir: &Path, reference: &str) -> Result<()> {
 
 /// [`busybox_layout`] with the image's `User` set (`""` is root).
 pub fn busybox_layout_as(dir: &Path, reference: &str, user: &str) -> Result<()> {
+    layout(dir, reference, user, None).map(|_| ())
+}
+
+/// [`busybox_layout`] with a second layer holding `/payload`: `bytes` of random data (from
+/// /dev/urandom, so no compression helps), for transfer tests and benches. Returns the
+/// payload layer's digest (`sha256:<hex>`) and size.
+pub fn busybox_layout_with_payload(dir: &Path, reference: &str, bytes: u64) -> Result<(String, u64)> {
+    layout(dir, reference, "", Some(bytes)).map(|p| p.expect("a payload was asked for"))
+}
+
+/// A layer with one file, `payload`, of `bytes` random bytes, written into `blobs`; its hex
+/// digest (by `sha256sum`: a debug build's hashing is slow) and size.
+fn payload_layer(blobs: &Path, bytes: u64) -> Result<(String, u64)> {
+    use std::io::Read;
+    let tmp = blobs.join("payload.tmp");
+    let mut b = tar::Builder::new(std::fs::File::create(&tmp)?);
+    let mut h = tar::Header::new_gnu();
+    h.set_size(bytes);
+    h.set_mode(0o644);
+    h.set_cksum();
+    let random = std::fs::File::open("/dev/urandom")?.take(bytes);
+    b.append_data(&mut h, "payload", random)?;
+    b.into_inner()?.sync_all()?;
+    let out = std::process::Command::new("sha256sum").arg(&tmp).output().context("run sha256sum")?;
+    anyhow::ensure!(out.status.success(), "sha256sum: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout)?;
+    let hex = text.split_whitespace().next().context("sha256sum output")?.to_owned();
+    let size = std::fs::metadata(&tmp)?.len();
+    std::fs::rename(&tmp, blobs.join(&hex))?;
+    Ok((hex, size))
+}
+
+fn layout(dir: &Path, reference: &str, user: &str, payload: Option<u64>) -> Result<Option<(String, u64)>> {
     let layer = layer()?;
-    let config = format!(
-        r#"{{"architecture":"amd64","os":"linux","config":{{"Cmd":["sh"],"Env":["PATH=/bin"],"User":"{user}"}},"rootfs":{{"type":"layers","diff_ids":["sha256:{}"]}}}}"#,
-        hex(&layer)
-    );
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs)?;
+    let mut layers = vec![(hex(&layer), layer.len() as u64)];
     std::fs::write(blobs.join(hex(&layer)), &layer)?;
+    if let Some(bytes) = payload {
+        layers.push(payload_layer(&blobs, bytes)?);
+    }
+    let diff_ids: Vec<String> = layers.iter().map(|(h, _)| format!("\"sha256:{h}\"")).collect();
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","config":{{"Cmd":["sh"],"Env":["PATH=/bin"],"User":"{user}"}},"rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
+        diff_ids.join(",")
+    );
     std::fs::write(blobs.join(hex(config.as_bytes())), &config)?;
+    let descriptors: Vec<String> = layers
+        .iter()
+        .map(|(h, size)| {
+            format!(r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:{h}","size":{size}}}"#)
+        })
+        .collect();
     let manifest = format!(
-        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:{}","size":{}}}]}}"#,
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{}","size":{}}},"layers":[{}]}}"#,
         hex(config.as_bytes()),
         config.len(),
-        hex(&layer),
-        layer.len()
+        descriptors.join(",")
     );
     std::fs::write(blobs.join(hex(manifest.as_bytes())), &manifest)?;
     let index = format!(
@@ -91,5 +134,5 @@ pub fn busybox_layout_as(dir: &Path, reference: &str, user: &str) -> Result<()> 
     );
     std::fs::write(dir.join("index.json"), index)?;
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    Ok(())
+    Ok(payload.and(layers.get(1).map(|(h, size)| (format!("sha256:{h}"), *size))))
 }

@@ -1,15 +1,22 @@
 //! The agent's side of `image import` and `image list`: the agent owns `<state-dir>/images`,
 //! so CLI imports come here while it runs. An import (copy, verify, unpack: slow) runs on a
 //! blocking thread and answers when done; the actor never waits for it. The store's own lock
-//! orders imports among themselves and against offline ones.
+//! orders imports among themselves and against offline ones. Images are shared peer to peer
+//! (`sharing`: holder records and the list across the mesh; `blobs`: the blob server;
+//! `pull`: the puller; `chunks`: its sans-IO choices).
+
+pub(crate) mod blobs;
+pub(crate) mod chunks;
+pub(crate) mod pull;
+pub(crate) mod sharing;
 
 use std::path::Path;
 
 use tokio::sync::oneshot;
 use tracing::info;
 
-use super::Agent;
-use crate::api::{ImageInfo, Response};
+use super::{Agent, AgentHandle, Command};
+use crate::api::{ImageInfo, Request, Response};
 use crate::image::ImageStore;
 
 impl Agent {
@@ -72,6 +79,36 @@ impl Agent {
     pub(super) fn list_images(&self, state_dir: Option<&str>) -> Result<Response, String> {
         self.same_state_dir(state_dir)?;
         let items = self.image_store().list().map_err(|e| e.to_string())?;
-        Ok(Response::Images { items: items.into_iter().map(|(tag, id)| ImageInfo { tag, id }).collect() })
+        Ok(Response::Images {
+            items: items
+                .into_iter()
+                .map(|(tag, id)| ImageInfo { tag, id, size: None, holders: Vec::new() })
+                .collect(),
+        })
+    }
+}
+
+impl AgentHandle {
+    /// `importImage` / `listImages` through the actor (it owns the store); with a mesh, an
+    /// import rewrites this host's holder record and the list names every image of the mesh
+    /// with its holders.
+    pub(super) async fn images(&self, req: Request) -> Response {
+        let import = matches!(req, Request::ImportImage { .. });
+        let resp = self.actor(Command::Api(req)).await;
+        let Some(m) = &self.mesh else { return resp };
+        match resp {
+            Response::Imported { tags } if import => {
+                m.images.publish().await;
+                Response::Imported { tags }
+            }
+            Response::Images { items } if !import => {
+                let local: Vec<(String, String)> = items.into_iter().map(|i| (i.tag, i.id)).collect();
+                match m.images.list(&local).await {
+                    Ok(items) => Response::Images { items },
+                    Err(message) => Response::Error { message },
+                }
+            }
+            other => other,
+        }
     }
 }

@@ -2,7 +2,8 @@
 //! and follows its events. Peers attested or lost, failed attestations and bootstrap retries
 //! go to the log; peers, gossip on the cluster state's topic and requests of its kind go to
 //! the cluster state's task (`app::cluster`); revocations (their topic and request kind) to
-//! [`revocations`]; the failure detector's (`beemesh/live/1`, `live`) to `app::liveness`. Other gossip is ignored and other requests are refused by name.
+//! [`revocations`]; the failure detector's (`beemesh/live/1`, `live`) to `app::liveness`;
+//! requests of kind `blob` to the image blob server (`app::images::blobs`). Other gossip is ignored and other requests are refused by name.
 
 pub mod revocations;
 
@@ -17,6 +18,7 @@ use crate::mesh::swarm::{self, MeshClient, MeshEvent, PeerInfo};
 use crate::mesh::trust::{Attestor, HostIdentity, HostTrust};
 
 use super::cluster::{self, pods as cpods, Cluster, Inbound};
+use super::images::{blobs, sharing::Sharing};
 use super::join::Issuer;
 use super::liveness::{self, Liveness};
 use super::{remote, AgentError, AgentHandle};
@@ -39,6 +41,8 @@ pub struct Mesh {
     pub revocations: Revocations,
     /// The failure detector: who is alive.
     pub liveness: Liveness,
+    /// Images shared peer to peer: holder records, blob server, puller.
+    pub images: Sharing,
 }
 
 /// Starts the swarm (listening on the configured port, joining the bootstrap peers) and the
@@ -87,8 +91,10 @@ pub(super) async fn start(
     let liveness =
         Liveness::start(client.local_peer_id(), &cfg.mesh.failure_detector, cluster.clone(), client.clone())
             .await;
+    let images = Sharing::start(cfg, client.clone(), cluster.clone(), name_of(&this), this.peer.clone());
     let pod_server = Arc::new(OnceLock::new());
     let serving = Serving {
+        images: images.clone(),
         issuer: issuer.clone(),
         pods: pod_server.clone(),
         revoked: revocations.clone(),
@@ -101,7 +107,7 @@ pub(super) async fn start(
         }
         debug!("mesh events ended");
     });
-    Ok(Mesh { client, cluster, this, issuer, pod_server, revocations, liveness })
+    Ok(Mesh { client, cluster, this, issuer, pod_server, revocations, liveness, images })
 }
 
 fn name_of(this: &PeerEntry) -> String {
@@ -114,10 +120,11 @@ struct Serving {
     pods: Arc<OnceLock<AgentHandle>>,
     revoked: Revocations,
     liveness: Liveness,
+    images: Sharing,
 }
 
 async fn follow(client: &MeshClient, cluster: &Cluster, serving: &Serving, event: MeshEvent) {
-    let Serving { issuer, pods, revoked, liveness } = serving;
+    let Serving { issuer, pods, revoked, liveness, images } = serving;
     match event {
         MeshEvent::PeerUp { host, listen_addrs } => {
             info!(node = %host.node_name, peer = %host.peer, addrs = ?listen_addrs, "mesh peer attested");
@@ -186,6 +193,15 @@ async fn follow(client: &MeshClient, cluster: &Cluster, serving: &Serving, event
                     let _ = responder.refuse("the agent is starting".into()).await;
                 }
             }
+        }
+        MeshEvent::Request { from, kind, body, responder } if kind == blobs::REQUEST_KIND => {
+            let images = images.clone();
+            tokio::spawn(async move {
+                let _ = match images.serve(&from, &body).await {
+                    Ok(bytes) => responder.respond(bytes).await,
+                    Err(why) => responder.refuse(why).await,
+                };
+            });
         }
         MeshEvent::Request { from, kind, body, responder } if kind == revocations::REQUEST_KIND => {
             let (client, revoked) = (client.clone(), revoked.clone());

@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 use super::cluster::pods::{self as cpods, PodReport};
 use super::cluster::Cluster;
+use super::images::pull::Wanted;
 use super::reconcile::Desired;
 use crate::api::{ContainerInfo, PodInfo};
 use crate::manifest::Object;
@@ -159,7 +160,12 @@ pub(super) struct Pods {
     pub failed: BTreeMap<String, FailedPod>,
     /// The statuses this host published, by pod uid.
     pub published: BTreeMap<String, PodReport>,
+    /// Pulls images this store lacks from the hosts that hold them (with a mesh).
+    pub pulls: Option<super::images::sharing::Sharing>,
 }
+
+/// How often a container waiting for its image being pulled checks again (ms).
+const IMAGE_RECHECK_MS: u64 = 1000;
 
 /// A pod placed on this host that could not be created: its status says why.
 pub(super) struct FailedPod {
@@ -200,6 +206,7 @@ impl Pods {
             desired: None,
             failed: BTreeMap::new(),
             published: BTreeMap::new(),
+            pulls: None,
             host: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
         })
     }
@@ -397,6 +404,20 @@ impl Agent {
                 if cluster.put(cpods::status_key(&namespace, &uid), None).is_ok() {
                     self.pods.published.remove(&uid);
                 }
+            }
+        }
+        // Images of pods placed here that this store lacks start coming now, not only once
+        // a container asks (the pull runs beside the actor).
+        if let Some(pulls) = &self.pods.pulls {
+            let images: BTreeSet<&str> = desired
+                .pods
+                .values()
+                .filter_map(|p| p.spec.as_ref())
+                .flat_map(|s| s.containers.iter().chain(s.init_containers.iter().flatten()))
+                .filter_map(|c| c.image.as_deref())
+                .collect();
+            for image in images {
+                pulls.want(image);
             }
         }
         self.pods.desired = Some(Box::new(desired));
@@ -1122,9 +1143,24 @@ impl Agent {
             entry.life.failed_to_start(name, reason, now);
             entry.runs.entry(name.to_owned()).or_default().message = Some(message);
         };
+        // An image this store lacks is pulled from the hosts that hold it; meanwhile the
+        // container waits as ContainerCreating, re-checked on the tick.
         let image = match self.pods.images.resolve(&image_ref) {
             Ok(i) => i,
-            Err(e) => return fail(self, "ErrImagePull", e.to_string()),
+            Err(e) => match self.pods.pulls.as_ref().map(|p| p.want(&image_ref)) {
+                Some(Wanted::Pulling(message)) => {
+                    let Some(entry) = self.pods.entries.get_mut(key) else { return };
+                    entry.life.not_yet(name, "ContainerCreating", now + IMAGE_RECHECK_MS);
+                    entry.runs.entry(name.to_owned()).or_default().message = Some(message);
+                    return;
+                }
+                Some(Wanted::Failed(reason)) => return fail(self, "ErrImagePull", reason),
+                Some(Wanted::Present) => match self.pods.images.resolve(&image_ref) {
+                    Ok(i) => i,
+                    Err(e) => return fail(self, "ErrImagePull", e.to_string()),
+                },
+                None => return fail(self, "ErrImagePull", e.to_string()),
+            },
         };
         let plan = match spec::plan_container(&entry.record.manifest, name, &image.config, &self.pods) {
             Ok(p) => p,

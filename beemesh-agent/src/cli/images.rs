@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use super::{fail, unexpected, GlobalOpts, ImageCommand};
+use super::{fail, json, unexpected, GlobalOpts, ImageCommand, Output};
 use crate::api::client::{self, ClientError};
-use crate::api::{Request, Response};
+use crate::api::{ImageInfo, Request, Response};
 use crate::config::Config;
 use crate::image::ImageStore;
 
@@ -53,20 +53,49 @@ pub(super) async fn run(global: &GlobalOpts, cfg: &Config, socket: &Path, comman
             }
             ExitCode::SUCCESS
         }
-        ImageCommand::List => {
+        ImageCommand::List { output } => {
             let answer = client::call(socket, &Request::ListImages { state_dir }).await;
             let items = match answer {
-                Ok(Response::Images { items }) => items.into_iter().map(|i| (i.tag, i.id)).collect(),
+                Ok(Response::Images { items }) => items,
                 r if no_agent(&r) => match store.list() {
-                    Ok(list) => list,
+                    Ok(list) => list
+                        .into_iter()
+                        .map(|(tag, id)| ImageInfo { tag, id, size: None, holders: Vec::new() })
+                        .collect(),
                     Err(e) => return fail(e),
                 },
                 other => return unexpected(other),
             };
-            for (tag, id) in items {
-                outln!("{tag:<60} {id}");
+            match output {
+                Output::Json => outln!("{}", json(&items)),
+                Output::Table => {
+                    outln!("{:<50} {:<20} {:>10}  HOLDERS", "IMAGE", "ID", "SIZE");
+                    for i in items {
+                        let id = i.id.strip_prefix("sha256:").unwrap_or(&i.id);
+                        let size = i.size.map_or_else(|| "-".to_string(), human_size);
+                        let holders =
+                            if i.holders.is_empty() { "-".to_string() } else { i.holders.join(",") };
+                        outln!("{:<50} {:<20} {:>10}  {holders}", i.tag, &id[..id.len().min(12)], size);
+                    }
+                }
             }
             ExitCode::SUCCESS
         }
+    }
+}
+
+/// `1.5MiB`-style sizes for the table.
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.1}{}", UNITS[unit])
     }
 }

@@ -177,7 +177,7 @@ fn stored_json<T: for<'de> Deserialize<'de>>(store: &ImageStore, hex: &str) -> R
     serde_json::from_slice(&bytes).map_err(|e| malformed(format!("blob sha256:{hex}"), e))
 }
 
-fn config(store: &ImageStore, hex: &str) -> Result<ImageConfig, ImageError> {
+pub(super) fn config(store: &ImageStore, hex: &str) -> Result<ImageConfig, ImageError> {
     let raw: RawConfig = stored_json(store, hex)?;
     let c = raw.config.unwrap_or(RawConfigInner {
         entrypoint: None,

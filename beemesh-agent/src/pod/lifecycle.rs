@@ -216,6 +216,14 @@ impl Pod {
         }
     }
 
+    /// `name` cannot start yet for a reason that is no failure (its image is being pulled): it
+    /// waits with `reason` until `until`, and its back-off stays as it was.
+    pub fn not_yet(&mut self, name: &str, reason: &str, until: u64) {
+        if let Some(c) = self.get(name) {
+            c.state = State::Waiting { reason: reason.into(), until_ms: Some(until) };
+        }
+    }
+
     /// Deletion: SIGTERM to everything running now, SIGKILL at `now + grace`.
     pub fn terminate(&mut self, grace: Duration, now: u64) -> Vec<Action> {
         if self.deadline_ms.is_none() {

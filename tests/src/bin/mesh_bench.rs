@@ -4,11 +4,16 @@
 //! other host lists it (admin sockets polled every 5 ms), p50/p95. (2) Resident memory
 //! (VmRSS) of one agent before and after 1,000 ConfigMaps reach its state. (3) Failure
 //! detection: one agent is killed (SIGKILL), timed until `get nodes` on each other host
-//! shows it NotReady.
+//! shows it NotReady. (4) Image distribution (full run only): one image with 200 MiB of random
+//! data imported on h1, pods pinned to h2..h5 so that all four pull it at once, timed until
+//! all four hold it (pulled, verified, unpacked); against the same bytes sent with plain TCP,
+//! one stream from h1 to each of the four at once (as four `scp`s would), written to disk.
 //!
 //! `--quick` runs a few writes (CI uses it to prove the bench runs; not a measurement).
+//! `--tcp-recv PORT FILE` / `--tcp-send FILE ADDR:PORT...` are the TCP baseline's two ends,
+//! run by the bench itself inside the hosts' namespaces.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -17,6 +22,11 @@ use beemesh_tests::lan::{ca_init, issue_host, Lan};
 use beemesh_tests::{eventually, Agent};
 
 const HOSTS: u8 = 5;
+const LAN_TAG: &str = "bmb";
+/// The image distributed in the image bench: random data, so no compression helps.
+const IMAGE_BYTES: u64 = 200 << 20;
+/// The TCP baseline's port, in each host's own namespace.
+const TCP_PORT: u16 = 5301;
 const SUBNET: u8 = 49;
 /// Mesh start and attestation on a loaded 2-core machine.
 const T: Duration = Duration::from_secs(60);
@@ -35,6 +45,12 @@ fn percentile(v: &[f64], p: f64) -> f64 {
 }
 
 fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("--tcp-recv") => return tcp_recv(&args[1..]),
+        Some("--tcp-send") => return tcp_send(&args[1..]),
+        _ => {}
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     if let Some(unknown) = std::env::args().skip(1).find(|a| a != "--quick") {
         bail!("unknown argument {unknown:?} (mesh_bench [--quick])");
@@ -44,7 +60,7 @@ fn main() -> Result<()> {
         println!("(--quick: a few writes to prove the bench runs; not a measurement)");
     }
     // Declared first, dropped last: the agents stop before their namespaces go.
-    let mut lan = Lan::new("bmb", SUBNET)?;
+    let mut lan = Lan::new(LAN_TAG, SUBNET)?;
     let offline = tempfile::tempdir()?;
     let root = offline.path().join("root");
     let port = "4001";
@@ -80,6 +96,9 @@ fn main() -> Result<()> {
 
     convergence(&agents, writes)?;
     memory(&agents)?;
+    if !quick {
+        images(&agents, &lan)?;
+    }
     failure_detection(&mut agents)
 }
 
@@ -262,4 +281,217 @@ fn failure_detection(agents: &mut [Agent]) -> Result<()> {
     let secs: Vec<f64> = times.iter().map(|d| d.unwrap_or_default().as_secs_f64()).collect();
     println!("  slowest {:.2} s", secs.iter().cloned().fold(0.0, f64::max));
     Ok(())
+}
+
+/// The namespace of host `n` of the bench's lan (`Lan` names them `<tag><pid>-h<n>`).
+fn host_ns(n: u8) -> String {
+    format!("{LAN_TAG}{}-h{n}", std::process::id() % 10000)
+}
+
+/// `pulls_done` of `agent`'s `status`.
+fn pulls_done(agent: &Agent) -> u64 {
+    match call(agent, &Request::Status) {
+        Ok(Response::Status(s)) => s.images.map_or(0, |i| i.pulls_done),
+        _ => 0,
+    }
+}
+
+/// One image of [`IMAGE_BYTES`] random data imported on h1, pulled by the four others at once;
+/// then the same bytes over plain TCP from h1 to the four at once.
+fn images(agents: &[Agent], lan: &Lan) -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let layout = work.path().join("big");
+    let (payload, size) = beemesh_tests::image::busybox_layout_with_payload(&layout, "big:1", IMAGE_BYTES)?;
+    let (ok, out, err) = agents[0].run_cli(&["image", "import", layout.to_str().context("utf-8")?], None)?;
+    ensure!(ok, "import on h1: {out}{err}");
+    let pullers = &agents[1..];
+    let before: Vec<u64> = pullers.iter().map(pulls_done).collect();
+    let cpu_before = agents_cpu(agents)?;
+    let t = Instant::now();
+    let pods: Vec<String> = (2..=HOSTS)
+        .map(|n| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: big-h{n}\nspec:\n  nodeName: h{n}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: big:1\n    command: [sleep, \"1000\"]\n"
+            )
+        })
+        .collect();
+    apply(&agents[0], pods.join("---\n"))?;
+    let mut times: Vec<Option<Duration>> = vec![None; pullers.len()];
+    let deadline = t + Duration::from_secs(600);
+    while times.iter().any(Option::is_none) {
+        for (i, a) in pullers.iter().enumerate() {
+            if times[i].is_none() && pulls_done(a) > before[i] {
+                times[i] = Some(t.elapsed());
+            }
+        }
+        ensure!(Instant::now() < deadline, "the image never reached every host: {times:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mesh_secs = times.iter().map(|d| d.unwrap_or_default().as_secs_f64()).fold(0.0, f64::max);
+    let cpu = agents_cpu(agents)? - cpu_before;
+    // What one puller logged: time fetching vs verifying and unpacking.
+    let h2_log: Vec<String> = pullers[0]
+        .log()
+        .lines()
+        .filter(|l| l.contains("image pulled") || l.contains("blob verified"))
+        .map(|l| {
+            let plain = strip_ansi(l);
+            plain.split_once("INFO").map_or(plain.as_str(), |(_, rest)| rest).trim().to_owned()
+        })
+        .collect();
+    let per_host: Vec<String> = times
+        .iter()
+        .enumerate()
+        .map(|(i, d)| format!("h{} {:.2} s", i + 2, d.unwrap_or_default().as_secs_f64()))
+        .collect();
+    let fetched: Vec<String> = pullers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| match call(a, &Request::Status) {
+            Ok(Response::Status(s)) => s.images.map(|im| {
+                let from: Vec<String> = im
+                    .fetched
+                    .iter()
+                    .map(|(n, t)| format!("{n} {:.0} MiB", t.bytes as f64 / 1048576.0))
+                    .collect();
+                format!("h{}: {}", i + 2, from.join(", "))
+            }),
+            _ => None,
+        })
+        .collect();
+
+    // The same payload over plain TCP: h1 -> h2..h5 at once, one stream each.
+    let file = layout.join("blobs/sha256").join(payload.trim_start_matches("sha256:"));
+    let exe = std::env::current_exe()?;
+    let mut receivers = Vec::new();
+    for n in 2..=HOSTS {
+        let out = work.path().join(format!("recv-h{n}"));
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", host_ns(n))).arg("--").arg(&exe).args([
+            "--tcp-recv",
+            &TCP_PORT.to_string(),
+            out.to_str().context("utf-8")?,
+        ]);
+        let r = beemesh_tests::Probe::spawn_command(&mut cmd)?;
+        let said = r.line(T)?;
+        ensure!(said == "listening", "receiver on h{n} said {said:?}");
+        receivers.push(r);
+    }
+    let targets: Vec<String> = (2..=HOSTS).map(|n| format!("{}:{TCP_PORT}", lan.addr(n))).collect();
+    let t = Instant::now();
+    let status = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", host_ns(1)))
+        .arg("--")
+        .arg(&exe)
+        .arg("--tcp-send")
+        .arg(&file)
+        .args(&targets)
+        .status()?;
+    ensure!(status.success(), "tcp sender failed");
+    for r in receivers {
+        let said = r.line(Duration::from_secs(600))?;
+        ensure!(said == format!("received {size}"), "a receiver said {said:?}");
+    }
+    let tcp_secs = t.elapsed().as_secs_f64();
+
+    let mb = |secs: f64| (pullers.len() as u64 * size) as f64 / 1e6 / secs;
+    println!(
+        "\nimage distribution: one image of {} MiB random data on h1, pulled by the {} others at once (until each holds it: fetched, verified, unpacked)",
+        size >> 20,
+        pullers.len()
+    );
+    println!(
+        "  beemesh peer to peer   {mesh_secs:>7.2} s  {:>7.1} MB/s delivered   ({})",
+        mb(mesh_secs),
+        per_host.join("   ")
+    );
+    println!("  plain TCP, 4 streams   {tcp_secs:>7.2} s  {:>7.1} MB/s delivered   (one stream from h1 to each, written to disk)", mb(tcp_secs));
+    println!("  ratio (TCP time / beemesh time) {:.2}", tcp_secs / mesh_secs);
+    println!("  fetched from: {}", fetched.join("; "));
+    println!(
+        "  CPU of the 5 agents while pulling: {cpu:.1} s ({:.1} s per GB delivered; 2 cores shared)",
+        cpu / ((pullers.len() as u64 * size) as f64 / 1e9)
+    );
+    for l in h2_log {
+        println!("  h2: {l}");
+    }
+    Ok(())
+}
+
+/// `--tcp-recv PORT FILE`: accepts one connection, writes what it sends to FILE, prints
+/// `received N` at EOF.
+fn tcp_recv(args: &[String]) -> Result<()> {
+    let [port, file] = args else { bail!("--tcp-recv PORT FILE") };
+    let listener = std::net::TcpListener::bind(("0.0.0.0", port.parse::<u16>()?))?;
+    println!("listening");
+    std::io::stdout().flush()?;
+    let (mut conn, _) = listener.accept()?;
+    let mut out = std::fs::File::create(file)?;
+    let n = std::io::copy(&mut conn, &mut out)?;
+    println!("received {n}");
+    Ok(())
+}
+
+/// `--tcp-send FILE ADDR:PORT...`: one thread per address streams FILE to it.
+fn tcp_send(args: &[String]) -> Result<()> {
+    let Some((file, targets)) = args.split_first() else { bail!("--tcp-send FILE ADDR:PORT...") };
+    let threads: Vec<_> = targets
+        .iter()
+        .cloned()
+        .map(|addr| {
+            let file = file.clone();
+            std::thread::spawn(move || -> Result<()> {
+                let mut conn = std::net::TcpStream::connect(&addr)?;
+                let mut src = std::fs::File::open(&file)?;
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = src.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    conn.write_all(&buf[..n])?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().map_err(|_| anyhow::anyhow!("sender thread panicked"))??;
+    }
+    Ok(())
+}
+
+/// User + system CPU seconds of every agent process so far.
+fn agents_cpu(agents: &[Agent]) -> Result<f64> {
+    let tick = 100.0; // USER_HZ on Linux
+    let mut total = 0.0;
+    for a in agents {
+        let pid = a.pid().context("agent runs")?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command (in parentheses): state is field 3, utime 14, stime 15.
+        let rest = stat.rsplit_once(')').context("stat format")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: f64 = fields.get(11).context("utime")?.parse()?;
+        let stime: f64 = fields.get(12).context("stime")?.parse()?;
+        total += (utime + stime) / tick;
+    }
+    Ok(total)
+}
+
+/// `line` without terminal colour sequences (`ESC [ ... m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
