@@ -70,9 +70,8 @@ fn apply_is_all_or_nothing_and_takes_a_one_mib_configmap() -> Result<()> {
     let out = agent.apply(&big)?;
     // A mesh of one: held here only, and said so.
     assert_eq!(out.trim(), "configmap/big created (no other host holds it yet)");
-    let objects = std::fs::metadata(agent.state_dir().join("objects.json"))?;
-    assert!(objects.len() > 1024 * 1024, "stored: {} bytes", objects.len());
-    // ... and in the cluster state, whole.
+    // ... in the cluster state, whole (this host's local copy, objects.json, holds only what
+    // its pods use).
     let (ok, out, err) = agent.run_cli(&["get", "configmaps", "big", "-o", "json"], None)?;
     anyhow::ensure!(ok, "get configmaps big: {err}");
     let cm: serde_json::Value = serde_json::from_str(&out)?;
