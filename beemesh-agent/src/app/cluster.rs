@@ -312,43 +312,73 @@ struct Task {
     waiting: HashMap<WriteId, oneshot::Sender<Acked>>,
 }
 
+/// Most calls handled before their outputs are carried out together.
+const MAX_BATCH: usize = 256;
+
+/// What waits for a batch's objects to reach the disk.
+enum Then {
+    /// A `write`'s answer: the acknowledgement's receiver, or the error.
+    Write { id: WriteId, reply: oneshot::Sender<Result<oneshot::Receiver<Acked>, ClusterError>>, acked: oneshot::Receiver<Acked> },
+    /// Gossip handled well: accepted once persisted (ignored if not).
+    Validate(Box<GossipMessage>),
+    /// A request's (empty) answer.
+    Respond(Responder),
+}
+
+/// The outputs of the calls handled since the last flush, and what waits for them.
+#[derive(Default)]
+struct Batch {
+    calls: usize,
+    out: Vec<Output<PeerId>>,
+    then: Vec<Then>,
+}
+
 impl Task {
+    /// Handles what arrives, in batches: every call ready (up to [`MAX_BATCH`]) goes to the
+    /// replica, then the batch's changed objects are persisted together (in parallel, off the
+    /// runtime: one round of fsyncs for many writes) before any of its messages leave.
     async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut inbound: mpsc::Receiver<Inbound>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let mut batch = Batch::default();
             tokio::select! {
-                Some(cmd) = commands.recv() => self.command(cmd),
-                Some(event) = inbound.recv() => self.inbound(event),
-                _ = tick.tick() => {
-                    let peers: Vec<PeerId> = self.peers.keys().copied().collect();
-                    let out = self.replica.tick(now_ms(), &peers);
-                    self.carry_out(out);
-                }
+                Some(cmd) = commands.recv() => self.command(cmd, &mut batch),
+                Some(event) = inbound.recv() => self.inbound(event, &mut batch),
+                _ = tick.tick() => self.tick(&mut batch),
                 else => break,
             }
+            while batch.calls < MAX_BATCH {
+                if let Ok(event) = inbound.try_recv() {
+                    self.inbound(event, &mut batch);
+                } else if let Ok(cmd) = commands.try_recv() {
+                    self.command(cmd, &mut batch);
+                } else {
+                    break;
+                }
+            }
+            self.flush(batch).await;
         }
         debug!("cluster state task ended");
     }
 
-    fn command(&mut self, cmd: Command) {
+    fn tick(&mut self, batch: &mut Batch) {
+        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        batch.out.extend(self.replica.tick(now_ms(), &peers));
+        batch.calls += 1;
+    }
+
+    fn command(&mut self, cmd: Command, batch: &mut Batch) {
+        batch.calls += 1;
         match cmd {
             Command::Write { key, body, reply } => {
                 let name = shown(&key);
                 match self.replica.write(now_ms(), key, body) {
                     Ok((id, out)) => {
-                        let (tx, rx) = oneshot::channel();
+                        let (tx, acked) = oneshot::channel();
                         self.waiting.insert(id, tx);
-                        if self.carry_out(out) {
-                            let _ = reply.send(Ok(rx));
-                        } else {
-                            self.waiting.remove(&id);
-                            let _ = reply.send(Err(ClusterError::Io {
-                                what: "persist a write in",
-                                path: self.store.dir().to_path_buf(),
-                                source: std::io::Error::other("see the agent's log"),
-                            }));
-                        }
+                        batch.out.extend(out);
+                        batch.then.push(Then::Write { id, reply, acked });
                     }
                     Err(source) => {
                         let _ = reply.send(Err(ClusterError::Write { key: name, source }));
@@ -358,9 +388,7 @@ impl Task {
             Command::Put { key, body } => {
                 let name = shown(&key);
                 match self.replica.write(now_ms(), key, body) {
-                    Ok((_, out)) => {
-                        self.carry_out(out);
-                    }
+                    Ok((_, out)) => batch.out.extend(out),
                     Err(e) => warn!(key = %name, error = %e, "cannot write"),
                 }
             }
@@ -388,7 +416,8 @@ impl Task {
             .collect()
     }
 
-    fn inbound(&mut self, event: Inbound) {
+    fn inbound(&mut self, event: Inbound, batch: &mut Batch) {
+        batch.calls += 1;
         match event {
             Inbound::PeerUp(host) => {
                 self.names.insert(host.peer, host.node_name.clone());
@@ -399,60 +428,72 @@ impl Task {
             }
             Inbound::Gossip(message) => {
                 // The relaying peer is the one asked for a body not carried inline.
-                let verdict = match self.replica.handle_bytes(now_ms(), message.via.peer, &message.data) {
+                match self.replica.handle_bytes(now_ms(), message.via.peer, &message.data) {
                     Ok(out) => {
-                        if self.carry_out(out) {
-                            MessageAcceptance::Accept
-                        } else {
-                            MessageAcceptance::Ignore
-                        }
+                        batch.out.extend(out);
+                        batch.then.push(Then::Validate(message));
                     }
                     Err(e) => {
                         warn!(via = %message.via.node_name, origin = %message.origin, error = %e, "cluster gossip rejected");
-                        MessageAcceptance::Reject
+                        self.validate(message, MessageAcceptance::Reject);
                     }
-                };
-                let client = self.client.clone();
-                tokio::spawn(async move {
-                    let _ = client.validate(&message, verdict).await;
-                });
+                }
             }
             Inbound::Request { from, body, responder } => {
                 match self.replica.handle_bytes(now_ms(), from.peer, &body) {
-                    Ok(out) => {
-                        self.carry_out(out);
-                    }
+                    Ok(out) => batch.out.extend(out),
                     Err(e) => warn!(from = %from.node_name, error = %e, "cluster state message rejected"),
                 }
-                tokio::spawn(async move {
-                    let _ = responder.respond(Vec::new()).await;
-                });
+                batch.then.push(Then::Respond(responder));
             }
         }
     }
 
-    /// Carries out one call's outputs: persists every `Changed`/`Collected` first, and sends
-    /// its messages only if all of that reached the disk (a `PushAck` promises we hold it).
-    /// Returns whether everything was persisted.
-    fn carry_out(&mut self, out: Vec<Output<PeerId>>) -> bool {
-        let mut persisted = true;
-        if out.iter().any(|o| matches!(o, Output::Changed(_) | Output::Collected(_))) {
-            self.changed.send_modify(|n| *n += 1);
-        }
-        for o in &out {
-            let result = match o {
-                Output::Changed(key) => match self.replica.object(key) {
-                    Some(object) => self.store.save(object),
-                    None => Ok(()),
-                },
-                Output::Collected(key) => self.store.remove(key),
-                _ => Ok(()),
-            };
-            if let Err(e) = result {
-                error!(error = %e, "cluster state not persisted; this call's messages are not sent");
-                persisted = false;
+    fn validate(&self, message: Box<GossipMessage>, verdict: MessageAcceptance) {
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let _ = client.validate(&message, verdict).await;
+        });
+    }
+
+    /// Carries out a batch's outputs: persists every `Changed`/`Collected` first (on a
+    /// blocking thread, the files in parallel), and sends its messages only if all of that
+    /// reached the disk (a `PushAck` promises we hold it); then answers what waited.
+    async fn flush(&mut self, batch: Batch) {
+        let Batch { out, then, .. } = batch;
+        let mut saves = Vec::new();
+        let mut removes = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        // The last output for a key wins: a later call of the batch changed it again.
+        for o in out.iter().rev() {
+            match o {
+                Output::Changed(key) if seen.insert(key.clone()) => {
+                    if let Some(object) = self.replica.object(key) {
+                        saves.push(object.clone());
+                    }
+                }
+                Output::Collected(key) if seen.insert(key.clone()) => removes.push(key.clone()),
+                _ => {}
             }
         }
+        let persisted = if saves.is_empty() && removes.is_empty() {
+            true
+        } else {
+            self.changed.send_modify(|n| *n += 1);
+            let store = self.store.clone();
+            let result = tokio::task::spawn_blocking(move || store.save_all(&saves, &removes)).await;
+            match result {
+                Ok(Ok(())) => true,
+                Ok(Err(e)) => {
+                    error!(error = %e, "cluster state not persisted; these calls' messages are not sent");
+                    false
+                }
+                Err(e) => {
+                    error!(error = %e, "cluster state persistence panicked; these calls' messages are not sent");
+                    false
+                }
+            }
+        };
         for o in out {
             match o {
                 Output::Changed(key) => debug!(key = %shown(&key), "cluster object changed"),
@@ -494,6 +535,30 @@ impl Task {
                 Output::Broadcast(_) | Output::Send { .. } => {}
             }
         }
-        persisted
+        for t in then {
+            match t {
+                Then::Write { id, reply, acked } => {
+                    if persisted {
+                        let _ = reply.send(Ok(acked));
+                    } else {
+                        self.waiting.remove(&id);
+                        let _ = reply.send(Err(ClusterError::Io {
+                            what: "persist a write in",
+                            path: self.store.dir().to_path_buf(),
+                            source: std::io::Error::other("see the agent's log"),
+                        }));
+                    }
+                }
+                Then::Validate(message) => {
+                    let verdict = if persisted { MessageAcceptance::Accept } else { MessageAcceptance::Ignore };
+                    self.validate(message, verdict);
+                }
+                Then::Respond(responder) => {
+                    tokio::spawn(async move {
+                        let _ = responder.respond(Vec::new()).await;
+                    });
+                }
+            }
+        }
     }
 }
