@@ -318,7 +318,11 @@ const MAX_BATCH: usize = 256;
 /// What waits for a batch's objects to reach the disk.
 enum Then {
     /// A `write`'s answer: the acknowledgement's receiver, or the error.
-    Write { id: WriteId, reply: oneshot::Sender<Result<oneshot::Receiver<Acked>, ClusterError>>, acked: oneshot::Receiver<Acked> },
+    Write {
+        id: WriteId,
+        reply: oneshot::Sender<Result<oneshot::Receiver<Acked>, ClusterError>>,
+        acked: oneshot::Receiver<Acked>,
+    },
     /// Gossip handled well: accepted once persisted (ignored if not).
     Validate(Box<GossipMessage>),
     /// A request's (empty) answer.
@@ -550,7 +554,8 @@ impl Task {
                     }
                 }
                 Then::Validate(message) => {
-                    let verdict = if persisted { MessageAcceptance::Accept } else { MessageAcceptance::Ignore };
+                    let verdict =
+                        if persisted { MessageAcceptance::Accept } else { MessageAcceptance::Ignore };
                     self.validate(message, verdict);
                 }
                 Then::Respond(responder) => {

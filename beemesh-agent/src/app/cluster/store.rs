@@ -124,7 +124,9 @@ impl Store {
                     .collect();
                 threads.into_iter().try_for_each(|t| {
                     t.join().unwrap_or_else(|_| {
-                        Err(io(&self.dir, "persist (a saving thread panicked)")(std::io::Error::other("panic")))
+                        Err(io(&self.dir, "persist (a saving thread panicked)")(std::io::Error::other(
+                            "panic",
+                        )))
                     })
                 })
             })?;
