@@ -415,6 +415,19 @@ fn images(agents: &[Agent], lan: &Lan) -> Result<()> {
     for l in h2_log {
         println!("  h2: {l}");
     }
+    // The pods go before h5 is killed: a killed agent's pods outlive it.
+    for n in 2..=HOSTS {
+        let req = Request::DeletePod { namespace: "default".into(), name: format!("big-h{n}") };
+        match call(&agents[0], &req)? {
+            Response::Applied { .. } => {}
+            other => bail!("delete answered {other:?}"),
+        }
+    }
+    for (i, a) in pullers.iter().enumerate() {
+        let name = format!("big-h{}", i + 2);
+        let (ok, _, err) = a.run_cli(&["wait", &name, "--for", "deleted", "--timeout", "60"], None)?;
+        ensure!(ok, "{name} not deleted: {err}");
+    }
     Ok(())
 }
 
