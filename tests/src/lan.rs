@@ -69,6 +69,30 @@ impl Drop for Lan {
     }
 }
 
+/// `n` hosts on a new lan (`tag`, `subnet`), h2.. joined from h1 (`mesh.bootstrap`), each with
+/// credentials for node `h<i>` from one offline root (kept in the returned directory), agents
+/// named `<tag><i>`, prepared and not started. Declare the lan first so it is dropped last.
+pub fn joined_mesh(tag: &str, subnet: u8, n: u8) -> Result<(Lan, tempfile::TempDir, Vec<Agent>)> {
+    let mut lan = Lan::new(tag, subnet)?;
+    let offline = tempfile::tempdir()?;
+    let root = offline.path().join("root");
+    let port = "4001";
+    let bootstrap = format!("{}:{port}", lan.addr(1));
+    let mut agents = Vec::new();
+    for i in 1..=n {
+        let ns = lan.host(i)?;
+        let config = if i > 1 { format!("mesh:\n  bootstrap: [\"{bootstrap}\"]\n") } else { String::new() };
+        let agent =
+            Agent::prepare(&format!("{tag}{i}"), &[("BEEMESH_MESH_PORT", port)], &config)?.in_netns(&ns);
+        if i == 1 {
+            ca_init(&agent, &root)?;
+        }
+        issue_host(&agent, &root, &format!("h{i}"))?;
+        agents.push(agent);
+    }
+    Ok((lan, offline, agents))
+}
+
 /// `ca init` into `dir` (run by `agent`'s binary; no agent needed).
 pub fn ca_init(agent: &Agent, dir: &Path) -> Result<()> {
     let (ok, out, err) = agent.run_cli(&["ca", "init", "--dir", dir.to_str().context("utf-8")?], None)?;

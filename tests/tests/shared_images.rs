@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use beemesh_tests::lan::{ca_init, issue_host, Lan};
+use beemesh_tests::lan::joined_mesh;
 use beemesh_tests::{eventually, Agent};
 use serde_json::Value;
 
@@ -20,28 +20,6 @@ fn pod(name: &str, node: &str, image: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: {image}\n    command: [sh, -c, \"trap 'exit 0' TERM; sleep 1000 & wait\"]\n"
     )
-}
-
-/// `n` hosts on subnet `subnet`, joined from h1, each with its credentials; not started.
-fn mesh(tag: &str, subnet: u8, n: u8) -> Result<(Lan, tempfile::TempDir, Vec<Agent>)> {
-    let mut lan = Lan::new(tag, subnet)?;
-    let offline = tempfile::tempdir()?;
-    let root = offline.path().join("root");
-    let port = "4001";
-    let bootstrap = format!("{}:{port}", lan.addr(1));
-    let mut agents = Vec::new();
-    for i in 1..=n {
-        let ns = lan.host(i)?;
-        let config = if i > 1 { format!("mesh:\n  bootstrap: [\"{bootstrap}\"]\n") } else { String::new() };
-        let agent =
-            Agent::prepare(&format!("{tag}{i}"), &[("BEEMESH_MESH_PORT", port)], &config)?.in_netns(&ns);
-        if i == 1 {
-            ca_init(&agent, &root)?;
-        }
-        issue_host(&agent, &root, &format!("h{i}"))?;
-        agents.push(agent);
-    }
-    Ok((lan, offline, agents))
 }
 
 fn attested(agent: &Agent) -> usize {
@@ -100,7 +78,7 @@ fn image_status(agent: &Agent) -> Result<Value> {
 
 #[test]
 fn an_image_imported_on_one_host_runs_on_the_others_and_one_nobody_holds_is_err_image_pull() -> Result<()> {
-    let (_lan, _offline, mut agents) = mesh("bmi", 50, 3)?;
+    let (_lan, _offline, mut agents) = joined_mesh("bmi", 50, 3)?;
     start_all(&mut agents)?;
     agents[0].import_busybox("busybox:1")?;
     for (i, a) in agents.iter().enumerate() {
@@ -195,7 +173,7 @@ fn throttle(ns: &str, rate: &str) -> Result<()> {
 
 #[test]
 fn an_image_held_by_two_hosts_comes_from_both_and_a_killed_pull_resumes_with_the_rest() -> Result<()> {
-    let (_lan, _offline, mut agents) = mesh("bmr", 51, 3)?;
+    let (_lan, _offline, mut agents) = joined_mesh("bmr", 51, 3)?;
     start_all(&mut agents)?;
     // 64 MiB of random data on h1 and h2 (the same layout, so the same image).
     let work = tempfile::tempdir()?;

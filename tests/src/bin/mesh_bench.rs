@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use beemesh_agent::api::{Request, Response};
-use beemesh_tests::lan::{ca_init, issue_host, Lan};
+use beemesh_tests::lan::{joined_mesh, Lan};
 use beemesh_tests::{eventually, Agent};
 
 const HOSTS: u8 = 5;
@@ -60,24 +60,10 @@ fn main() -> Result<()> {
         println!("(--quick: a few writes to prove the bench runs; not a measurement)");
     }
     // Declared first, dropped last: the agents stop before their namespaces go.
-    let mut lan = Lan::new(LAN_TAG, SUBNET)?;
-    let offline = tempfile::tempdir()?;
-    let root = offline.path().join("root");
-    let port = "4001";
-    let bootstrap = format!("{}:{port}", lan.addr(1));
-    let mut agents = Vec::new();
+    let (lan, _offline, mut agents) = joined_mesh(LAN_TAG, SUBNET, HOSTS)?;
     let started = Instant::now();
-    for n in 1..=HOSTS {
-        let ns = lan.host(n)?;
-        let config = if n > 1 { format!("mesh:\n  bootstrap: [\"{bootstrap}\"]\n") } else { String::new() };
-        let mut agent =
-            Agent::prepare(&format!("meshb{n}"), &[("BEEMESH_MESH_PORT", port)], &config)?.in_netns(&ns);
-        if n == 1 {
-            ca_init(&agent, &root)?;
-        }
-        issue_host(&agent, &root, &format!("h{n}"))?;
+    for agent in &mut agents {
         agent.spawn()?;
-        agents.push(agent);
     }
     let names: Vec<String> = (1..=HOSTS).map(|n| format!("h{n}")).collect();
     for (i, agent) in agents.iter().enumerate() {
