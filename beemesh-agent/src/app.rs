@@ -90,6 +90,9 @@ pub(crate) enum Command {
     },
     /// What the cluster state assigns to this host (`app::reconcile`).
     Reconcile(Box<reconcile::Desired>),
+    /// Some host (this one too) holds other images now: containers that found no image are
+    /// tried again at once.
+    ImagesChanged,
 }
 
 pub(crate) type Call = (Command, oneshot::Sender<Response>);
@@ -356,6 +359,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     // The reconciler carries what the state places here to the actor from now on (the
     // first pass adopts what `recover_pods` found to the state).
     tasks.spawn(reconcile::run(mesh.cluster.clone(), call_tx.clone()));
+    tasks.spawn(images::sharing::watch(mesh.cluster.clone(), mesh.images.clone(), call_tx.clone()));
     let handle = AgentHandle::new(call_tx).with_mesh(mesh.clone());
     let _ = mesh.pod_server.set(handle.clone());
     tasks.spawn(api::server::serve(
@@ -413,6 +417,10 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
                     }
                     Command::Reconcile(desired) => {
                         let _ = reply.send(agent.reconcile(*desired));
+                    }
+                    Command::ImagesChanged => {
+                        agent.retry_image_pulls();
+                        let _ = reply.send(Response::Done);
                     }
                 };
                 "call"

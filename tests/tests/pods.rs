@@ -559,6 +559,26 @@ fn pods_survive_an_agent_crash_and_a_clean_stop_leaves_nothing() -> Result<()> {
 }
 
 #[test]
+fn a_pod_waiting_for_its_image_survives_an_agent_crash() -> Result<()> {
+    let mut agent = Agent::start("podwaitimg", &[])?;
+    agent.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: later}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {name: c, image: busybox:1, command: [sh, -c, 'echo up; sleep 1000']}\n",
+    )?;
+    let status = |agent: &Agent| agent.run_cli(&["get", "pods"], None).map(|(_, o, _)| o).unwrap_or_default();
+    assert!(eventually(T, || status(&agent).contains("ErrImagePull")), "{}", status(&agent));
+    // Its sandbox runs with no container started yet when the agent dies.
+    agent.crash()?;
+    agent.spawn()?;
+    assert!(eventually(T, || status(&agent).contains("ErrImagePull")), "{}", status(&agent));
+    // The re-adopted sandbox (or a new one) runs the container once the image is there.
+    agent.import_busybox("busybox:1")?;
+    agent.wait_ready("later", T)?;
+    assert!(eventually(T, || logs(&agent, "later", "c").contains("up")));
+    agent.run_cli(&["delete", "pod", "later"], None)?;
+    Ok(())
+}
+
+#[test]
 fn deletion_sends_sigterm_then_sigkill_after_the_grace_period() -> Result<()> {
     let agent = Agent::start("podgrace", &[])?;
     agent.import_busybox("busybox:1")?;

@@ -11,6 +11,7 @@ mod store;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use beemesh_state::{Config, Key, Output, Replica, ReplicaError, WriteId};
@@ -153,9 +154,14 @@ pub struct Cluster {
     inbound: mpsc::Sender<Inbound>,
     /// Bumped whenever an object changes (a local write, a peer's, a collected tombstone).
     changes: watch::Receiver<u64>,
+    /// Bumped whenever an object of the kind changes (kinds someone asked to watch).
+    kinds: KindWatches,
     /// This host's node name.
     node: String,
 }
+
+/// Per-kind change counters, shared by the handles and the task.
+type KindWatches = Arc<Mutex<HashMap<String, watch::Sender<u64>>>>;
 
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -199,6 +205,13 @@ impl Cluster {
     }
 
     /// A receiver that sees a new value whenever an object changes.
+    /// A counter bumped whenever an object of `kind` changes: for what cares about one kind
+    /// only and should not wake for the others.
+    pub fn kind_changes(&self, kind: &str) -> watch::Receiver<u64> {
+        let mut kinds = self.kinds.lock().expect("kind watches lock");
+        kinds.entry(kind.to_owned()).or_insert_with(|| watch::channel(0).0).subscribe()
+    }
+
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()
     }
@@ -278,8 +291,10 @@ pub(crate) async fn start(state_dir: &Path, node: &str, client: MeshClient) -> R
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (in_tx, in_rx) = mpsc::channel(1024);
     let (changed, changes) = watch::channel(0);
+    let kinds = KindWatches::default();
     let task = Task {
         changed,
+        kinds: kinds.clone(),
         replica,
         store,
         client,
@@ -288,7 +303,7 @@ pub(crate) async fn start(state_dir: &Path, node: &str, client: MeshClient) -> R
         waiting: HashMap::new(),
     };
     tokio::spawn(task.run(cmd_rx, in_rx));
-    Ok(Cluster { commands: cmd_tx, inbound: in_tx, changes, node: node.to_owned() })
+    Ok(Cluster { commands: cmd_tx, inbound: in_tx, changes, kinds, node: node.to_owned() })
 }
 
 fn rand_seed() -> [u8; 8] {
@@ -301,6 +316,7 @@ fn rand_seed() -> [u8; 8] {
 struct Task {
     /// Bumped once per call that changed objects.
     changed: watch::Sender<u64>,
+    kinds: KindWatches,
     replica: Replica<PeerId>,
     store: Store,
     client: MeshClient,
@@ -500,7 +516,12 @@ impl Task {
         };
         for o in out {
             match o {
-                Output::Changed(key) => debug!(key = %shown(&key), "cluster object changed"),
+                Output::Changed(key) => {
+                    debug!(key = %shown(&key), "cluster object changed");
+                    if let Some(tx) = self.kinds.lock().expect("kind watches lock").get(&key.kind) {
+                        tx.send_modify(|n| *n += 1);
+                    }
+                }
                 Output::Collected(key) => debug!(key = %shown(&key), "cluster tombstone collected"),
                 Output::Acked { write, held_by } => {
                     let held_by =

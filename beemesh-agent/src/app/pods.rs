@@ -1043,6 +1043,15 @@ impl Agent {
     }
 
     /// Runs every pod's lifecycle forward: starts, signals, teardown of deleted pods.
+    /// Containers that waited for a missing image are tried again now (`Command::ImagesChanged`).
+    pub(super) fn retry_image_pulls(&mut self) {
+        let now = self.pods.now();
+        for entry in self.pods.entries.values_mut() {
+            entry.life.retry_now("ErrImagePull", now);
+        }
+        self.drive_pods();
+    }
+
     pub(super) fn drive_pods(&mut self) {
         let (ids, releasing) = (&mut self.pods.ids, &mut self.pods.releasing);
         let free = ids.free();

@@ -224,6 +224,18 @@ impl Pod {
         }
     }
 
+    /// Containers waiting with `reason` (their image was missing, and may be there now) are
+    /// tried again at the next poll instead of when their back-off ends; the back-off stays.
+    pub fn retry_now(&mut self, reason: &str, now: u64) {
+        for c in &mut self.containers {
+            if let State::Waiting { reason: r, until_ms: Some(until) } = &mut c.state {
+                if r == reason && *until > now {
+                    *until = now;
+                }
+            }
+        }
+    }
+
     /// Deletion: SIGTERM to everything running now, SIGKILL at `now + grace`.
     pub fn terminate(&mut self, grace: Duration, now: u64) -> Vec<Action> {
         if self.deadline_ms.is_none() {
@@ -439,5 +451,19 @@ mod tests {
         assert!(p.poll(S).is_empty());
         assert_eq!(p.poll(10 * S), vec![Action::Start("app".into())]);
         assert_eq!(p.phase(), Phase::Pending);
+    }
+
+    #[test]
+    fn an_image_that_arrives_cuts_the_wait_short_but_keeps_the_back_off() {
+        let mut p = Pod::new(RestartPolicy::Always, &[], &["app"]);
+        p.failed_to_start("app", "ErrImagePull", 0);
+        p.failed_to_start("app", "ErrImagePull", 10 * S);
+        assert!(p.poll(11 * S).is_empty(), "waits 20 s now");
+        p.retry_now("CreateContainerConfigError", 11 * S);
+        assert!(p.poll(11 * S).is_empty(), "another reason does not wake it");
+        p.retry_now("ErrImagePull", 11 * S);
+        assert_eq!(p.poll(11 * S), vec![Action::Start("app".into())]);
+        p.failed_to_start("app", "ErrImagePull", 11 * S);
+        assert!(p.poll(11 * S + 39 * S).is_empty(), "the back-off went on doubling: 40 s");
     }
 }

@@ -5,6 +5,7 @@
 //! `unshare` + slirp4netns namespace without the agent (target ratio >= 0.95).
 //!
 //! `--quick` runs a few short rounds (CI uses it to prove the bench works; not a measurement).
+//! `--start-only` skips (2). `BEEMESH_BENCH_KEEP_LOG=FILE` keeps the agent's debug log there.
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -47,9 +48,16 @@ fn main() -> Result<()> {
     }
     let result = Podman::new(agent.dir.path(), &layout).and_then(|podman| {
         start_latency(&agent, &podman, &opts)?;
+        if std::env::args().any(|a| a == "--start-only") {
+            return Ok(());
+        }
         throughput(&agent, &opts)
     });
     let _ = std::fs::remove_dir_all(&lower);
+    // To read where the time went: the agent's debug log outlives its temporary directory.
+    if let Some(keep) = std::env::var_os("BEEMESH_BENCH_KEEP_LOG") {
+        std::fs::copy(agent.log_path(), keep)?;
+    }
     result
 }
 
@@ -104,13 +112,14 @@ fn pod_yaml(name: &str, command: &str) -> String {
 
 fn start_latency(agent: &Agent, podman: &Podman, opts: &Opts) -> Result<()> {
     println!("\npod start latency, {} pods each, interleaved (busybox, sleep 1000)", opts.pods);
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let (mut ours, mut theirs, mut applies) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..opts.pods {
         let name = format!("lat-{i}");
         let t = Instant::now();
         // sh handles SIGTERM (as PID 1 of the container's pid namespace, sleep would not):
         // deleting it between rounds does not wait out the grace period.
         agent.apply(&pod_yaml(&name, "trap 'exit 0' TERM; sleep 1000 & wait"))?;
+        applies.push(t.elapsed().as_secs_f64() * 1e3);
         let (ok, _, err) = agent.run_cli(&["wait", &name, "--for", "ready", "--timeout", "30"], None)?;
         if !ok {
             bail!("pod {name} not ready: {err}\n{}", agent.log());
@@ -155,6 +164,11 @@ fn start_latency(agent: &Agent, podman: &Podman, opts: &Opts) -> Result<()> {
         percentile(&theirs, 0.95),
     );
     println!("  beemesh apply -> Ready          p50 {o50:>7.1} ms   p95 {o95:>7.1} ms");
+    println!(
+        "    of which apply returned       p50 {:>7.1} ms   p95 {:>7.1} ms",
+        percentile(&applies, 0.5),
+        percentile(&applies, 0.95)
+    );
     println!("  podman run -d (slirp4netns)     p50 {p50:>7.1} ms   p95 {p95:>7.1} ms");
     println!(
         "  ratio beemesh/podman            p50 {:.3}   p95 {:.3}   (target <= 0.5)",

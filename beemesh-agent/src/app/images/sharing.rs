@@ -12,12 +12,13 @@ use std::sync::{Arc, Mutex};
 use beemesh_state::Key;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{info, warn};
 
 use super::pull::PullState;
 use crate::api::{ImageInfo, ImageShareStatus, PeerTransfer};
 use crate::app::cluster::Cluster;
+use crate::app::{Call, Command};
 use crate::config::Config;
 use crate::image::{HeldImage, ImageStore};
 use crate::mesh::swarm::MeshClient;
@@ -94,6 +95,21 @@ pub(super) struct Counters {
     pub pulls_failed: u64,
     /// Bytes of each partial blob already counted (fetched or resumed) by this agent.
     pub accounted: BTreeMap<String, u64>,
+}
+
+/// Wakes the containers of this host that wait for an image whenever a holder record changes
+/// (an import or a pull, here or on another host): a failed pull is tried again at once rather
+/// than when its container's back-off ends, so a pod runs as soon as some host has its image.
+pub async fn watch(cluster: Cluster, sharing: Sharing, actor: mpsc::Sender<Call>) {
+    let mut changes = cluster.kind_changes(KIND);
+    while changes.changed().await.is_ok() {
+        sharing.inner.pulls.lock().expect("pulls lock").retain(|_, p| p.is_pulling());
+        let (tx, rx) = oneshot::channel();
+        if actor.send((Command::ImagesChanged, tx)).await.is_err() {
+            break;
+        }
+        let _ = rx.await;
+    }
 }
 
 /// The sharing side of this host's image store: cloneable.
