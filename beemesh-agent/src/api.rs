@@ -392,6 +392,9 @@ pub struct MeshStatus {
     /// The failure detector's counters.
     #[serde(default)]
     pub liveness: beemesh_state::liveness::LiveStats,
+    /// Hosts whose `mesh.failureDetector` differs from this host's (it must be the same).
+    #[serde(default)]
+    pub detector_differs: Vec<String>,
 }
 
 /// One host of the mesh as `peers` lists it.

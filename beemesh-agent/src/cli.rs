@@ -534,6 +534,12 @@ pub async fn execute(cli: Cli) -> ExitCode {
                                 l.ignored,
                                 l.rejected
                             );
+                            if !m.detector_differs.is_empty() {
+                                outln!(
+                                    "detector     settings differ from this host's on {} (mesh.failureDetector must be the same everywhere)",
+                                    m.detector_differs.join(", ")
+                                );
+                            }
                             outln!(
                                 "revoked      {}",
                                 if m.revoked.is_empty() { "none".into() } else { m.revoked.join(", ") }

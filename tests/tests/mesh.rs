@@ -370,8 +370,10 @@ fn every_host_writes_its_node_record_and_get_nodes_shows_who_is_connected() -> R
         let ns = lan.host(n)?;
         let mut config = format!("node:\n  maxPods: 7{n}\n");
         if n > 1 {
-            config
-                .push_str(&format!("mesh:\n  bootstrap: [\"{bootstrap}\"]\n  nodeLabels: {{zone: z{n}}}\n"));
+            // h2's failure detector waits longer for a probe's answer than h1's: both notice.
+            config.push_str(&format!(
+                "mesh:\n  bootstrap: [\"{bootstrap}\"]\n  nodeLabels: {{zone: z{n}}}\n  failureDetector: {{probeWaitMs: 1500}}\n"
+            ));
         }
         let mut agent =
             Agent::prepare(&format!("nodes{n}"), &[("BEEMESH_MESH_PORT", port)], &config)?.in_netns(&ns);
@@ -408,6 +410,14 @@ fn every_host_writes_its_node_record_and_get_nodes_shows_who_is_connected() -> R
     ensure!(h2["labels"]["zone"] == "z2" && h2["allocatable"]["pods"] == "72", "{h2}");
     let (ok, out, err) = agents[0].run_cli(&["peers", "-o", "wide"], None)?;
     ensure!(ok && out.contains("LABELS") && out.contains("zone=z2"), "{out}{err}");
+    // The detector's settings must be the same everywhere: each host names the other.
+    for (agent, other) in agents.iter().zip(["h2", "h1"]) {
+        let (ok, out, err) = agent.run_cli(&["status", "-o", "json"], None)?;
+        let status: serde_json::Value = serde_json::from_str(&out).with_context(|| format!("{out}{err}"))?;
+        ensure!(ok && status["mesh"]["detectorDiffers"] == serde_json::json!([other]), "{status}");
+    }
+    let (ok, out, err) = agents[0].run_cli(&["status"], None)?;
+    ensure!(ok && out.contains("settings differ from this host's on h2"), "{out}{err}");
 
     // h2 stops: h1 still lists its record, NotReady, and remembers when it last saw it.
     ensure!(agents[1].stop()?, "h2 did not stop cleanly");

@@ -41,6 +41,10 @@ pub enum Inbound {
 #[derive(Clone, Debug)]
 pub struct Liveness {
     detector: Arc<Mutex<Detector<PeerId>>>,
+    /// This host's settings (`FailureDetector::fingerprint`) and the hosts whose Node record
+    /// names other ones.
+    settings: Arc<str>,
+    differs: Arc<Mutex<Vec<String>>>,
     clock: Clock,
     inbound: mpsc::Sender<Inbound>,
 }
@@ -77,7 +81,13 @@ impl Liveness {
         let config: LivenessConfig = settings.to_config(seed_of(&me));
         let detector = Detector::new(config, me, clock.now_ms());
         let (tx, rx) = mpsc::channel(1024);
-        let live = Liveness { detector: Arc::new(Mutex::new(detector)), clock, inbound: tx };
+        let live = Liveness {
+            detector: Arc::new(Mutex::new(detector)),
+            settings: settings.fingerprint().into(),
+            differs: Arc::default(),
+            clock,
+            inbound: tx,
+        };
         if let Err(e) = client.subscribe(TOPIC).await {
             warn!(error = %e, topic = TOPIC, "liveness topic not subscribed; verdicts reach this host by anti-entropy only");
         }
@@ -97,12 +107,17 @@ impl Liveness {
         self.detector.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// What this host believes about `peer`; `None` when it is not a member.
     /// The detector's counters since the agent started.
     pub fn stats(&self) -> beemesh_state::liveness::LiveStats {
         self.lock().stats()
     }
 
+    /// Hosts whose failure detector settings differ from this host's, by node name.
+    pub fn differs(&self) -> Vec<String> {
+        self.differs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// What this host believes about `peer`; `None` when it is not a member.
     pub fn status(&self, peer: &PeerId) -> Option<Seen> {
         self.lock().status(peer)
     }
@@ -167,8 +182,26 @@ pub fn members_of(records: &[Value]) -> (Vec<PeerId>, Vec<String>) {
     (members, bad)
 }
 
-/// The members from the cluster state's Node records now.
-async fn read_members(cluster: &Cluster) -> Option<Vec<PeerId>> {
+/// The hosts whose Node record names other failure detector settings than `ours`, by name (a
+/// record that names none is not judged).
+pub fn differing(records: &[Value], ours: &str) -> Vec<String> {
+    let mut out: Vec<String> = records
+        .iter()
+        .filter(|r| {
+            r.pointer("/metadata/annotations")
+                .and_then(|a| a.get(super::nodes::DETECTOR_ANNOTATION))
+                .and_then(Value::as_str)
+                .is_some_and(|s| s != ours)
+        })
+        .map(|r| r.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("<unnamed>").to_string())
+        .collect();
+    out.sort();
+    out
+}
+
+/// The members from the cluster state's Node records now; notes (and logs, when that
+/// changes) the hosts whose detector settings differ from this host's.
+async fn read_members(cluster: &Cluster, live: &Liveness) -> Option<Vec<PeerId>> {
     let listed = match cluster.list(super::nodes::KIND, None).await {
         Ok(l) => l,
         Err(e) => {
@@ -181,11 +214,24 @@ async fn read_members(cluster: &Cluster) -> Option<Vec<PeerId>> {
     if !bad.is_empty() {
         warn!(nodes = ?bad, "node records without a valid {PEER_ID_ANNOTATION} annotation: not watched");
     }
+    let differs = differing(&records, &live.settings);
+    let mut known = live.differs.lock().unwrap_or_else(|e| e.into_inner());
+    if *known != differs {
+        if !differs.is_empty() {
+            warn!(
+                nodes = ?differs,
+                ours = %live.settings,
+                "hosts run other mesh.failureDetector settings: failure detection assumes the same everywhere"
+            );
+        }
+        *known = differs;
+    }
     Some(members)
 }
 
 async fn run(live: Liveness, cluster: Cluster, client: MeshClient, mut inbound: mpsc::Receiver<Inbound>) {
-    let mut changes = cluster.changes();
+    // Only Node records name the members.
+    let mut changes = cluster.kind_changes(super::nodes::KIND);
     let mut members: Vec<PeerId> = Vec::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -193,7 +239,7 @@ async fn run(live: Liveness, cluster: Cluster, client: MeshClient, mut inbound: 
     loop {
         if reread {
             reread = false;
-            if let Some(m) = read_members(&cluster).await {
+            if let Some(m) = read_members(&cluster, &live).await {
                 if m != members {
                     debug!(members = m.len(), "liveness members from the node records");
                     let now = live.clock.now_ms();
@@ -310,6 +356,17 @@ mod tests {
     }
 
     #[test]
+    fn hosts_with_other_detector_settings_are_named() {
+        let ours = crate::mesh::swarm::FailureDetector::default().fingerprint();
+        let with = |name: &str, settings: &str| {
+            json!({"metadata": {"name": name, "annotations": {crate::app::nodes::DETECTOR_ANNOTATION: settings}}})
+        };
+        let other = crate::mesh::swarm::FailureDetector { quorum: 1, ..Default::default() }.fingerprint();
+        let records = [with("b", &other), with("a", &ours), node("c", None), with("d", &other)];
+        assert_eq!(differing(&records, &ours), vec!["b", "d"], "an old record without settings is not judged");
+    }
+
+    #[test]
     fn members_come_from_the_peer_id_annotations() {
         let (a, b) = (PeerId::random(), PeerId::random());
         let records = [
@@ -348,7 +405,13 @@ mod tests {
         let mut d = Detector::new(LivenessConfig::default(), me, clock.now_ms());
         d.set_members(clock.now_ms(), &[me, other]);
         let (tx, _rx) = mpsc::channel(1);
-        let live = Liveness { detector: Arc::new(Mutex::new(d)), clock, inbound: tx };
+        let live = Liveness {
+            detector: Arc::new(Mutex::new(d)),
+            settings: "heartbeatMs=1000".into(),
+            differs: Arc::default(),
+            clock,
+            inbound: tx,
+        };
         let stranger = PeerId::random();
         let view = live.view(&[me, other, stranger]);
         assert_eq!(

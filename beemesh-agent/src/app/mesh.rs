@@ -86,6 +86,7 @@ pub(super) async fn start(
         &cfg.mesh.node_labels,
         &cfg.node,
         &this.addresses,
+        cfg.mesh.failure_detector.fingerprint(),
     );
     super::nodes::spawn_publish(cluster.clone(), client.clone(), facts);
     let liveness =
@@ -324,5 +325,10 @@ pub async fn revoke(mesh: &Mesh, file: &str, text: &str) -> Result<Vec<String>, 
 /// The `mesh` section of `status`: the swarm's counters and the hosts revoked.
 pub async fn status(mesh: &Mesh) -> Result<MeshStatus, String> {
     let counters = mesh.client.stats().await.map_err(|e| e.to_string())?;
-    Ok(MeshStatus { counters, revoked: mesh.revocations.revoked_nodes(), liveness: mesh.liveness.stats() })
+    Ok(MeshStatus {
+        counters,
+        revoked: mesh.revocations.revoked_nodes(),
+        liveness: mesh.liveness.stats(),
+        detector_differs: mesh.liveness.differs(),
+    })
 }

@@ -35,7 +35,12 @@ pub struct NodeFacts {
     pub os_image: String,
     pub arch: String,
     pub agent_version: String,
+    /// `FailureDetector::fingerprint`: the annotation [`DETECTOR_ANNOTATION`].
+    pub failure_detector: String,
 }
+
+/// The annotation of a Node record with its host's failure detector settings.
+pub const DETECTOR_ANNOTATION: &str = "beemesh.io/failure-detector";
 
 impl NodeFacts {
     /// Facts of this host: cpus, MemTotal, kernel and OS image read from /proc and /etc.
@@ -45,6 +50,7 @@ impl NodeFacts {
         labels: &BTreeMap<String, String>,
         capacity: &NodeCapacity,
         listen_addrs: &[String],
+        failure_detector: String,
     ) -> NodeFacts {
         let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
         NodeFacts {
@@ -59,6 +65,7 @@ impl NodeFacts {
             os_image: pretty_name(&read("/etc/os-release")).unwrap_or_else(|| "Linux".to_string()),
             arch: kube_arch(std::env::consts::ARCH).to_string(),
             agent_version: format!("beemesh-agent {}", env!("CARGO_PKG_VERSION")),
+            failure_detector,
         }
     }
 }
@@ -143,7 +150,10 @@ pub fn node_json(facts: &NodeFacts, created: &str) -> Value {
         "metadata": {
             "name": facts.name,
             "labels": labels,
-            "annotations": {"beemesh.io/peer-id": facts.peer_id},
+            "annotations": {
+                "beemesh.io/peer-id": facts.peer_id,
+                "beemesh.io/failure-detector": facts.failure_detector,
+            },
             "creationTimestamp": created,
         },
         "spec": {},
@@ -240,6 +250,7 @@ mod tests {
             os_image: "Debian GNU/Linux 12 (bookworm)".into(),
             arch: "amd64".into(),
             agent_version: "beemesh-agent 0.1.0".into(),
+            failure_detector: "heartbeatMs=1000".into(),
         }
     }
 

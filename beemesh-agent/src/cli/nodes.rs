@@ -345,6 +345,7 @@ mod tests {
             os_image: "Debian GNU/Linux 12 (bookworm)".into(),
             arch: "amd64".into(),
             agent_version: "beemesh-agent 0.1.0".into(),
+            failure_detector: "heartbeatMs=1000".into(),
         };
         node_json(&facts, "2026-01-01T00:00:00Z")
     }

@@ -97,6 +97,15 @@ impl FailureDetector {
         Ok(())
     }
 
+    /// The settings as one line, published in this host's Node record: every host must run
+    /// the same (watchers and heartbeats are assumed alike), and each compares.
+    pub fn fingerprint(&self) -> String {
+        format!(
+            "heartbeatMs={} suspectAfterMs={} probeWaitMs={} watchers={} quorum={}",
+            self.heartbeat_ms, self.suspect_after_ms, self.probe_wait_ms, self.watchers, self.quorum
+        )
+    }
+
     /// The detector's configuration (the other values scale with the heartbeat).
     pub fn to_config(&self, seed: u64) -> beemesh_state::liveness::LivenessConfig {
         let d = beemesh_state::liveness::LivenessConfig::default();
