@@ -358,12 +358,15 @@ mod tests {
     #[test]
     fn hosts_with_other_detector_settings_are_named() {
         let ours = crate::mesh::swarm::FailureDetector::default().fingerprint();
-        let with = |name: &str, settings: &str| {
-            json!({"metadata": {"name": name, "annotations": {crate::app::nodes::DETECTOR_ANNOTATION: settings}}})
-        };
+        let key = crate::app::nodes::DETECTOR_ANNOTATION;
+        let with = |name: &str, s: &str| json!({"metadata": {"name": name, "annotations": {key: s}}});
         let other = crate::mesh::swarm::FailureDetector { quorum: 1, ..Default::default() }.fingerprint();
         let records = [with("b", &other), with("a", &ours), node("c", None), with("d", &other)];
-        assert_eq!(differing(&records, &ours), vec!["b", "d"], "an old record without settings is not judged");
+        assert_eq!(
+            differing(&records, &ours),
+            vec!["b", "d"],
+            "an old record without settings is not judged"
+        );
     }
 
     #[test]
