@@ -9,6 +9,7 @@ pub mod msg;
 pub mod object;
 pub mod replica;
 pub mod rng;
+pub mod sched;
 pub mod sim;
 
 pub use liveness::{Detector, LiveMsg, LiveOutput, Liveness, LivenessConfig};

@@ -16,6 +16,7 @@ use crate::rng::Rng;
 
 pub mod liveness;
 pub mod memberlist;
+pub mod sched;
 
 /// The start of simulated time (ms since the Unix epoch): versions look like real ones.
 pub const EPOCH_MS: u64 = 1_700_000_000_000;
