@@ -494,6 +494,25 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "many seeds; run with --release"]
+    fn faults_settle_over_many_seeds() {
+        for seed in 0..40 {
+            let sim = SchedSim {
+                faults: Faults { loss: 0.2, duplicate: 0.1, min_delay_ms: 5, max_delay_ms: 50 },
+                faults_until_ms: 10_000,
+                crashes: 1 + (seed as usize % 8),
+                crash_at_ms: 500 + seed * 97,
+                down_ms: if seed % 2 == 0 { 4_000 } else { 0 },
+                run_ms: 45_000,
+                ..SchedSim::new(80, 40, 10, seed)
+            };
+            let r = sim.run();
+            assert_eq!(r.overcommits, 0, "seed {seed}: {r:?}");
+            assert_eq!((r.placed, r.on_dead), (r.slots, 0), "seed {seed}: {r:?}");
+        }
+    }
+
+    #[test]
     fn restarted_hosts_take_slots_again_and_nothing_runs_twice() {
         let sim = SchedSim {
             crashes: 5,
