@@ -34,9 +34,17 @@ impl Resources {
         }
     }
 
-    /// Every field of `self` is at most `o`'s.
-    pub fn within(self, o: Resources) -> bool {
-        self.cpu_millis <= o.cpu_millis && self.memory_bytes <= o.memory_bytes && self.pods <= o.pods
+    /// `self` fits in `o`, or the first resource that does not (Kubernetes' order).
+    pub fn fits_in(self, o: Resources) -> Result<(), Reason> {
+        if self.cpu_millis > o.cpu_millis {
+            Err(Reason::InsufficientCpu)
+        } else if self.memory_bytes > o.memory_bytes {
+            Err(Reason::InsufficientMemory)
+        } else if self.pods > o.pods {
+            Err(Reason::TooManyPods)
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -203,17 +211,7 @@ impl fmt::Display for Reason {
 /// The checks a host's Node record alone can decide (labels, taints, allocatable): what the
 /// tenderer uses to choose candidates, and the first checks of a bid.
 pub fn static_fit(needs: &Needs, host: &HostFacts) -> Result<(), Reason> {
-    let r = needs.requests;
-    let a = host.allocatable;
-    if r.cpu_millis > a.cpu_millis {
-        return Err(Reason::InsufficientCpu);
-    }
-    if r.memory_bytes > a.memory_bytes {
-        return Err(Reason::InsufficientMemory);
-    }
-    if r.pods > a.pods {
-        return Err(Reason::TooManyPods);
-    }
+    needs.requests.fits_in(host.allocatable)?;
     let affinity =
         needs.node_affinity.is_empty() || needs.node_affinity.iter().any(|t| t.matches(&host.labels));
     if !needs.node_selector.matches(&host.labels) || !affinity {
@@ -234,15 +232,7 @@ pub fn fit(needs: &Needs, host: &HostFacts, placed: &[&Placed]) -> Result<u32, R
     let used = placed.iter().fold(Resources::default(), |acc, p| acc.plus(p.requests));
     let after = used.plus(needs.requests);
     let a = host.allocatable;
-    if after.cpu_millis > a.cpu_millis {
-        return Err(Reason::InsufficientCpu);
-    }
-    if after.memory_bytes > a.memory_bytes {
-        return Err(Reason::InsufficientMemory);
-    }
-    if after.pods > a.pods {
-        return Err(Reason::TooManyPods);
-    }
+    after.fits_in(a)?;
     if needs.pod_anti_affinity.iter().any(|s| placed.iter().any(|p| s.matches(&p.labels))) {
         return Err(Reason::PodAntiAffinity);
     }

@@ -69,6 +69,7 @@ struct Host {
     bidder: Bidder,
 }
 
+#[derive(Clone)]
 enum Msg {
     Tender { from: usize, tender: Tender },
     Answer { from: usize, slot: String, attempt: u32, answer: Answer },
@@ -137,7 +138,16 @@ impl SchedSim {
     }
 
     pub fn run(&self) -> SchedReport {
-        let mut rng = Rng::new(self.seed);
+        let mut wire = Wire {
+            faults: self.faults.clone(),
+            rng: Rng::new(self.seed),
+            net: BinaryHeap::new(),
+            msgs: BTreeMap::new(),
+            seq: 0,
+            writes: BinaryHeap::new(),
+            messages: 0,
+            bindings: 0,
+        };
         let facts = HostFacts { allocatable: self.allocatable, ..HostFacts::default() };
         let mut hosts: Vec<Host> = (0..self.hosts)
             .map(|_| Host {
@@ -156,13 +166,8 @@ impl SchedSim {
                 slots.insert(slot.clone(), SlotReq { slot, group: format!("w{w}"), needs, max_skew: None });
             }
         }
-        let crashed: BTreeSet<usize> = (0..self.crashes).map(|_| rng.below(self.hosts)).collect();
+        let crashed: BTreeSet<usize> = (0..self.crashes).map(|_| wire.rng.below(self.hosts)).collect();
         let mut state = State::default();
-        // (visible at, seq) -> write
-        let mut writes: BinaryHeap<Write> = BinaryHeap::new();
-        let mut net: BinaryHeap<Reverse<(u64, u64, usize)>> = BinaryHeap::new();
-        let mut msgs: BTreeMap<u64, Msg> = BTreeMap::new();
-        let mut seq = 0u64;
         let mut alive_view: Vec<(usize, u64)> = (0..self.hosts).map(|i| (i, hash[i])).collect();
         // Who owns which slot, recomputed when the alive view changes.
         let owner_of = |alive: &[(usize, u64)], slot: &SlotReq| -> Option<usize> {
@@ -203,8 +208,8 @@ impl SchedSim {
                 view_changed = true;
             }
             // State writes becoming visible (last writer wins by (time, writer)).
-            while writes.peek().is_some_and(|Reverse((t, ..))| *t <= now) {
-                let Reverse((_, _, slot, host, writer)) = writes.pop().expect("peeked");
+            while wire.writes.peek().is_some_and(|Reverse((t, ..))| *t <= now) {
+                let Reverse((_, _, slot, host, writer)) = wire.writes.pop().expect("peeked");
                 let version = (now, writer);
                 let newer = state.placed.get(&slot).is_none_or(|(_, v)| version > *v);
                 if newer {
@@ -238,24 +243,13 @@ impl SchedSim {
                     } else {
                         hosts[o].tenderer.want(now, req.clone(), &v)
                     };
-                    self.carry(
-                        o,
-                        out,
-                        now,
-                        faulty,
-                        &mut rng,
-                        &mut net,
-                        &mut msgs,
-                        &mut seq,
-                        &mut writes,
-                        &mut report,
-                    );
+                    wire.carry(o, out, now, faulty);
                 }
             }
             // Messages due.
-            while net.peek().is_some_and(|Reverse((t, ..))| *t <= now) {
-                let Reverse((_, id, to)) = net.pop().expect("peeked");
-                let Some(msg) = msgs.remove(&id) else { continue };
+            while wire.net.peek().is_some_and(|Reverse((t, ..))| *t <= now) {
+                let Reverse((_, id, to)) = wire.net.pop().expect("peeked");
+                let Some(msg) = wire.msgs.remove(&id) else { continue };
                 if !hosts[to].alive {
                     continue;
                 }
@@ -277,35 +271,13 @@ impl SchedSim {
                         let answer = bidder.answer(now, &all_facts[to], &placed, &tender);
                         let back =
                             Msg::Answer { from: to, slot: tender.slot, attempt: tender.attempt, answer };
-                        send(
-                            from,
-                            back,
-                            now,
-                            &self.faults,
-                            faulty,
-                            &mut rng,
-                            &mut net,
-                            &mut msgs,
-                            &mut seq,
-                            &mut report,
-                        );
+                        wire.send(from, back, now, faulty);
                     }
                     Msg::Answer { from, slot, attempt, answer } => {
                         let v =
                             SimView { alive: &alive_view, facts: &all_facts, state: &state, slots: &slots };
                         let out = hosts[to].tenderer.answered(now, &from, &slot, attempt, answer, &v);
-                        self.carry(
-                            to,
-                            out,
-                            now,
-                            faulty,
-                            &mut rng,
-                            &mut net,
-                            &mut msgs,
-                            &mut seq,
-                            &mut writes,
-                            &mut report,
-                        );
+                        wire.carry(to, out, now, faulty);
                     }
                 }
             }
@@ -319,18 +291,7 @@ impl SchedSim {
                 }
                 let v = SimView { alive: &alive_view, facts: &all_facts, state: &state, slots: &slots };
                 let out = hosts[h].tenderer.tick(now, &v);
-                self.carry(
-                    h,
-                    out,
-                    now,
-                    faulty,
-                    &mut rng,
-                    &mut net,
-                    &mut msgs,
-                    &mut seq,
-                    &mut writes,
-                    &mut report,
-                );
+                wire.carry(h, out, now, faulty);
             }
             // Invariant: no host holds more than its allocatable.
             for (h, s) in &state.on {
@@ -348,6 +309,8 @@ impl SchedSim {
             now += step;
         }
         let alive: BTreeSet<usize> = (0..self.hosts).filter(|h| hosts[*h].alive).collect();
+        report.messages = wire.messages;
+        report.bindings = wire.bindings;
         report.placed = state.placed.len();
         report.on_dead = state.placed.values().filter(|(h, _)| !alive.contains(h)).count();
         for (h, _) in state.placed.values() {
@@ -362,82 +325,56 @@ impl SchedSim {
         report.placed_p95_ms = pick(0.95).unwrap_or(0);
         report
     }
+}
 
+/// The simulated network and the state's writes in flight.
+struct Wire {
+    faults: Faults,
+    rng: Rng,
+    /// (delivery time, message id, to), the messages by id.
+    net: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    msgs: BTreeMap<u64, Msg>,
+    seq: u64,
+    writes: BinaryHeap<Write>,
+    messages: u64,
+    bindings: u64,
+}
+
+impl Wire {
     /// Carries a tenderer's outputs: tenders onto the network, bindings into the state.
-    #[allow(clippy::too_many_arguments)]
-    fn carry(
-        &self,
-        from: usize,
-        out: Vec<Out<usize>>,
-        now: u64,
-        faulty: bool,
-        rng: &mut Rng,
-        net: &mut BinaryHeap<Reverse<(u64, u64, usize)>>,
-        msgs: &mut BTreeMap<u64, Msg>,
-        seq: &mut u64,
-        writes: &mut BinaryHeap<Write>,
-        report: &mut SchedReport,
-    ) {
+    fn carry(&mut self, from: usize, out: Vec<Out<usize>>, now: u64, faulty: bool) {
         for o in out {
             match o {
-                Out::Tender { to, tender } => send(
-                    to,
-                    Msg::Tender { from, tender },
-                    now,
-                    &self.faults,
-                    faulty,
-                    rng,
-                    net,
-                    msgs,
-                    seq,
-                    report,
-                ),
+                Out::Tender { to, tender } => self.send(to, Msg::Tender { from, tender }, now, faulty),
                 Out::Bind { slot, host, .. } => {
-                    report.bindings += 1;
-                    *seq += 1;
-                    let visible = now + 5 + rng.below(46) as u64;
-                    writes.push(Reverse((visible, *seq, slot, host, from)));
+                    self.bindings += 1;
+                    self.seq += 1;
+                    let visible = now + 5 + self.rng.below(46) as u64;
+                    self.writes.push(Reverse((visible, self.seq, slot, host, from)));
                 }
                 Out::Pending { .. } => {}
             }
         }
     }
-}
 
-#[allow(clippy::too_many_arguments)]
-fn send(
-    to: usize,
-    msg: Msg,
-    now: u64,
-    faults: &Faults,
-    faulty: bool,
-    rng: &mut Rng,
-    net: &mut BinaryHeap<Reverse<(u64, u64, usize)>>,
-    msgs: &mut BTreeMap<u64, Msg>,
-    seq: &mut u64,
-    report: &mut SchedReport,
-) {
-    report.messages += 1;
-    if faulty && rng.chance(faults.loss) {
-        return;
+    /// Sends `msg`: lost, delayed or delivered twice as the faults say while `faulty`.
+    fn send(&mut self, to: usize, msg: Msg, now: u64, faulty: bool) {
+        self.messages += 1;
+        let f = &self.faults;
+        if faulty && self.rng.chance(f.loss) {
+            return;
+        }
+        let delay = f.min_delay_ms + self.rng.below((f.max_delay_ms - f.min_delay_ms + 1) as usize) as u64;
+        if faulty && self.rng.chance(f.duplicate) {
+            // The copy: the same message again, a little later.
+            self.seq += 1;
+            self.msgs.insert(self.seq, msg.clone());
+            self.net.push(Reverse((now + delay + 1 + self.rng.below(20) as u64, self.seq, to)));
+        }
+        self.seq += 1;
+        self.msgs.insert(self.seq, msg);
+        self.net.push(Reverse((now + delay, self.seq, to)));
     }
-    let delay =
-        faults.min_delay_ms + rng.below((faults.max_delay_ms - faults.min_delay_ms + 1) as usize) as u64;
-    *seq += 1;
-    if faulty && rng.chance(faults.duplicate) {
-        // The copy: the same message again, a little later.
-        let copy = match &msg {
-            Msg::Tender { from, tender } => Msg::Tender { from: *from, tender: tender.clone() },
-            Msg::Answer { from, slot, attempt, answer } => {
-                Msg::Answer { from: *from, slot: slot.clone(), attempt: *attempt, answer: answer.clone() }
-            }
-        };
-        msgs.insert(*seq, copy);
-        net.push(Reverse((now + delay + 1 + rng.below(20) as u64, *seq, to)));
-        *seq += 1;
-    }
-    msgs.insert(*seq, msg);
-    net.push(Reverse((now + delay, *seq, to)));
 }
 
 #[cfg(test)]
