@@ -420,6 +420,11 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.stop();
+        // `BEEMESH_TEST_KEEP_LOGS=DIR` keeps every agent's log, for chasing a rare failure.
+        if let Some(dir) = std::env::var_os("BEEMESH_TEST_KEEP_LOGS") {
+            let kept = PathBuf::from(dir).join(format!("{}-{}.log", self.name, std::process::id()));
+            let _ = std::fs::copy(self.log_path(), kept);
+        }
         // Last resort for a test that failed half-way; assertions on cleanup are explicit.
         let _ = std::fs::remove_dir(self.cgroup_root());
     }

@@ -144,6 +144,25 @@ fn unix_now_ms() -> u64 {
 }
 
 /// Whether an address is worth telling others or dialing later (not 0.0.0.0, not empty).
+/// The addresses worth dialing among those a peer says it listens on. Its loopback address
+/// reaches this host, not the peer, unless the peer is on this host's loopback too (it saw us
+/// there): dialing it would connect to ourselves, and such self-dials racing the real dial
+/// made two hosts drop each other's connection for seconds.
+fn peer_addrs(listen: Vec<Multiaddr>, observed_us: &Multiaddr) -> Vec<Multiaddr> {
+    let same_host = is_loopback(observed_us);
+    listen.into_iter().filter(|a| dialable(a) && (same_host || !is_loopback(a))).collect()
+}
+
+/// Whether `a` is a loopback IP address.
+fn is_loopback(a: &Multiaddr) -> bool {
+    use libp2p::multiaddr::Protocol;
+    match a.iter().next() {
+        Some(Protocol::Ip4(ip)) => ip.is_loopback(),
+        Some(Protocol::Ip6(ip)) => ip.is_loopback(),
+        _ => false,
+    }
+}
+
 fn dialable(a: &Multiaddr) -> bool {
     use libp2p::multiaddr::Protocol;
     match a.iter().next() {
@@ -441,7 +460,11 @@ impl EventLoop {
                     }
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+            SwarmEvent::ConnectionClosed { peer_id, num_established, cause, .. } => {
+                tracing::debug!(peer = %peer_id, num_established, cause = ?cause, "mesh connection closed");
+                if num_established > 0 {
+                    return true;
+                }
                 self.limiters.remove(&peer_id);
                 self.request_limiters.remove(&peer_id);
                 self.swarm.behaviour_mut().kad.deny(&peer_id);
@@ -468,7 +491,11 @@ impl EventLoop {
                     }
                 }
             }
-            SwarmEvent::OutgoingConnectionError { connection_id, error, .. } => {
+            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+                tracing::debug!(addr = %send_back_addr, %error, "incoming mesh connection failed");
+            }
+            SwarmEvent::OutgoingConnectionError { connection_id, error, peer_id, .. } => {
+                tracing::debug!(peer = ?peer_id, %error, "outgoing mesh connection failed");
                 if let Some(i) = self.boot_dials.remove(&connection_id) {
                     let t = &mut self.boot[i];
                     t.outstanding = t.outstanding.saturating_sub(1);
@@ -488,7 +515,7 @@ impl EventLoop {
             BehaviourEvent::Rr(e) => return self.on_request_response(e).await,
             BehaviourEvent::Gossipsub(e) => return self.on_gossip(e).await,
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                let addrs: Vec<Multiaddr> = info.listen_addrs.into_iter().filter(dialable).collect();
+                let addrs = peer_addrs(info.listen_addrs, &info.observed_addr);
                 if !addrs.is_empty() {
                     self.identified.insert(peer_id, addrs);
                 }
@@ -584,8 +611,18 @@ impl EventLoop {
             }
             Event::OutboundFailure { peer, request_id, error, .. } => match self.outbound.remove(&request_id)
             {
-                Some(Outbound::Challenge { .. }) => {
-                    return self.attestation_failed(peer, format!("challenge failed: {error}")).await
+                Some(Outbound::Challenge { nonce }) => {
+                    // One of several connections closed under the challenge (two hosts that
+                    // dialed each other at once): ask again over one still open.
+                    let closed = matches!(error, request_response::OutboundFailure::ConnectionClosed);
+                    if closed && self.swarm.is_connected(&peer) {
+                        tracing::debug!(%peer, "challenge's connection closed; challenging again");
+                        let id =
+                            self.swarm.behaviour_mut().rr.send_request(&peer, MeshRequest::Attest { nonce });
+                        self.outbound.insert(id, Outbound::Challenge { nonce });
+                        return true;
+                    }
+                    return self.attestation_failed(peer, format!("challenge failed: {error}")).await;
                 }
                 Some(Outbound::Client(reply)) => {
                     let _ = reply.send(Err(SwarmError::Request { peer, why: error.to_string() }));
@@ -801,5 +838,29 @@ impl EventLoop {
         let now = Instant::now();
         let limits = self.config.request_limits;
         self.request_limiters.entry(*peer).or_insert_with(|| RateLimiter::new(limits, now)).allow(len, now)
+    }
+}
+
+#[cfg(test)]
+mod addr_tests {
+    use super::*;
+
+    #[test]
+    fn a_remote_peers_loopback_address_is_not_dialed() {
+        let a = |s: &str| s.parse::<Multiaddr>().expect("multiaddr");
+        let listen = vec![
+            a("/ip4/127.0.0.1/udp/4001/quic-v1"),
+            a("/ip4/10.200.0.2/udp/4001/quic-v1"),
+            a("/ip4/0.0.0.0/udp/4001/quic-v1"),
+        ];
+        assert_eq!(
+            peer_addrs(listen.clone(), &a("/ip4/10.200.0.1/udp/4001/quic-v1")),
+            [a("/ip4/10.200.0.2/udp/4001/quic-v1")]
+        );
+        assert_eq!(
+            peer_addrs(listen, &a("/ip4/127.0.0.1/udp/4002/quic-v1")).len(),
+            2,
+            "same host: loopback kept"
+        );
     }
 }
