@@ -39,6 +39,7 @@ mod pods;
 mod policy_state;
 mod reconcile;
 mod remote;
+pub(crate) mod sched;
 mod workloads;
 
 use policy_state::{PolicyEngine, PolicyLink, Snapshot};

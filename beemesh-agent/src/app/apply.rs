@@ -1,5 +1,5 @@
 //! The write path of objects, on the admin connection's task: `apply` writes what a file holds
-//! into the cluster state (Pods placed on their `nodeName`, else on this host), `delete`
+//! into the cluster state (Pods placed on their `nodeName`, else by the scheduler), `delete`
 //! removes it mesh-wide, and each returns once another host holds the write (on a mesh of one,
 //! at once, saying so). Nothing goes from the CLI to the pod runtime directly: the reconciler
 //! (`app::reconcile`) carries what the state places on this host to the actor, and is run
@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Pod;
 
 use super::cluster::pods::{self as cpods, POD, POD_STATUS};
 use super::cluster::{self, kube, Acked, Cluster};
-use super::{mesh, AgentHandle, Command};
+use super::{mesh, sched, AgentHandle, Command};
 use crate::api::{Response, WaitFor};
 use crate::manifest::Object;
 
@@ -107,10 +107,13 @@ impl AgentHandle {
                         lines.done(format!("{} unchanged", o.shown()));
                         continue;
                     }
-                    let node = p.spec.as_ref().and_then(|s| s.node_name.clone());
-                    let node = node.unwrap_or_else(|| cluster.node().to_owned());
                     let created = super::pods::format_time(now_secs());
-                    ("created", cpods::stored(p, o.namespace(), &new_uid(), &created, &node))
+                    let mut pod = with_namespace(p, o.namespace());
+                    let pinned = p.spec.as_ref().and_then(|s| s.node_name.clone());
+                    if pinned.is_none() {
+                        self.place(&mut pod, o.namespace(), o.name()).await;
+                    }
+                    ("created", cpods::stored(&pod, o.namespace(), &new_uid(), &created, None))
                 }
                 _ => match kube::prepare(o, before.as_deref(), cluster::now_ms(), &new_uid()) {
                     (change, Some(body)) if change != kube::Change::Unchanged => (change.word(), body),
@@ -133,6 +136,18 @@ impl AgentHandle {
             return partly(lines, format!("written to the cluster state, but this host's pods: {e}"));
         }
         Response::Applied { lines }
+    }
+
+    /// Places a pod that names no `nodeName` through the mesh's scheduler (a tender to the
+    /// hosts that could take it, the best bid wins); a pod nobody can take now is written
+    /// unplaced, saying why, and its owner tenders it again with back-off.
+    async fn place(&self, pod: &mut Pod, namespace: &str, name: &str) {
+        let Some(m) = self.mesh.as_ref() else { return };
+        let slot = sched::needs::slot_of(namespace, name);
+        match m.sched.place(sched::needs::slot_req(pod, &slot)).await {
+            sched::Placement::Bound(host) => sched::mark_bound(pod, &host),
+            sched::Placement::Pending(message) => sched::mark_unschedulable(pod, &message),
+        }
     }
 
     /// `delete -f`: every object the file names, mesh-wide; Namespaces last, and only when they
@@ -212,12 +227,18 @@ impl AgentHandle {
                 (Err(e), _) | (_, Err(e)) => return Response::Error { message: e.to_string() },
             };
         let reports = cpods::reports(&statuses);
+        let dead = match (cluster.list(super::nodes::KIND, None).await, self.mesh.as_ref()) {
+            (Ok(nodes), Some(m)) => sched::dead_nodes(&nodes, &m.liveness),
+            _ => Default::default(),
+        };
         let now = cluster::now_ms();
         let items = pods
             .iter()
             .map(|l| {
-                let uid = cpods::decode(&l.body).ok().and_then(|p| p.metadata.uid);
-                cpods::info(l, uid.and_then(|u| reports.get(&u)), now)
+                let pod = cpods::decode(&l.body).ok();
+                let lost = pod.as_ref().is_some_and(|p| dead.contains(cpods::placement(p).0));
+                let uid = pod.and_then(|p| p.metadata.uid);
+                cpods::info(l, uid.and_then(|u| reports.get(&u)), now, lost)
             })
             .collect();
         Response::Pods { items }
@@ -426,7 +447,7 @@ mod tests {
         assert_eq!(&a[14..15], "4");
         let pod: Pod =
             serde_yaml::from_str("metadata: {name: p}\nspec: {containers: [{name: c}]}\n").expect("pod");
-        let body = cpods::stored(&pod, "default", &a, "2026-11-29T00:00:00Z", "h");
+        let body = cpods::stored(&pod, "default", &a, "2026-11-29T00:00:00Z", Some("h"));
         assert_eq!(uid_of(&body).as_deref(), Some(a.as_str()));
     }
 }

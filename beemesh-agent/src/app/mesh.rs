@@ -3,7 +3,8 @@
 //! go to the log; peers, gossip on the cluster state's topic and requests of its kind go to
 //! the cluster state's task (`app::cluster`); revocations (their topic and request kind) to
 //! [`revocations`]; the failure detector's (`beemesh/live/1`, `live`) to `app::liveness`;
-//! requests of kind `blob` to the image blob server (`app::images::blobs`). Other gossip is ignored and other requests are refused by name.
+//! requests of kind `blob` to the image blob server (`app::images::blobs`), of kind `sched`
+//! (tenders) to the scheduler (`app::sched`). Other gossip is ignored and other requests are refused by name.
 
 pub mod revocations;
 
@@ -21,6 +22,7 @@ use super::cluster::{self, pods as cpods, Cluster, Inbound};
 use super::images::{blobs, sharing::Sharing};
 use super::join::Issuer;
 use super::liveness::{self, Liveness};
+use super::sched::{self, Scheduler};
 use super::{remote, AgentError, AgentHandle};
 use revocations::Revocations;
 
@@ -43,6 +45,8 @@ pub struct Mesh {
     pub liveness: Liveness,
     /// Images shared peer to peer: holder records, blob server, puller.
     pub images: Sharing,
+    /// This host's scheduler: tenders, bids, bindings.
+    pub sched: Scheduler,
 }
 
 /// Starts the swarm (listening on the configured port, joining the bootstrap peers) and the
@@ -87,12 +91,15 @@ pub(super) async fn start(
         &cfg.node,
         &this.addresses,
         cfg.mesh.failure_detector.fingerprint(),
+        // Checked with the rest of the config when it was loaded.
+        cfg.mesh.taints().unwrap_or_default(),
     );
     super::nodes::spawn_publish(cluster.clone(), client.clone(), facts);
     let liveness =
         Liveness::start(client.local_peer_id(), &cfg.mesh.failure_detector, cluster.clone(), client.clone())
             .await;
     let images = Sharing::start(cfg, client.clone(), cluster.clone(), name_of(&this), this.peer.clone());
+    let sched = Scheduler::start(cluster.clone(), client.clone(), liveness.clone(), Default::default());
     let pod_server = Arc::new(OnceLock::new());
     let serving = Serving {
         images: images.clone(),
@@ -100,6 +107,7 @@ pub(super) async fn start(
         pods: pod_server.clone(),
         revoked: revocations.clone(),
         liveness: liveness.clone(),
+        sched: sched.clone(),
     };
     let (events_client, events_cluster) = (client.clone(), cluster.clone());
     tokio::spawn(async move {
@@ -108,7 +116,7 @@ pub(super) async fn start(
         }
         debug!("mesh events ended");
     });
-    Ok(Mesh { client, cluster, this, issuer, pod_server, revocations, liveness, images })
+    Ok(Mesh { client, cluster, this, issuer, pod_server, revocations, liveness, images, sched })
 }
 
 fn name_of(this: &PeerEntry) -> String {
@@ -122,10 +130,11 @@ struct Serving {
     revoked: Revocations,
     liveness: Liveness,
     images: Sharing,
+    sched: Scheduler,
 }
 
 async fn follow(client: &MeshClient, cluster: &Cluster, serving: &Serving, event: MeshEvent) {
-    let Serving { issuer, pods, revoked, liveness, images } = serving;
+    let Serving { issuer, pods, revoked, liveness, images, sched } = serving;
     match event {
         MeshEvent::PeerUp { host, listen_addrs } => {
             info!(node = %host.node_name, peer = %host.peer, addrs = ?listen_addrs, "mesh peer attested");
@@ -194,6 +203,15 @@ async fn follow(client: &MeshClient, cluster: &Cluster, serving: &Serving, event
                     let _ = responder.refuse("the agent is starting".into()).await;
                 }
             }
+        }
+        MeshEvent::Request { from, kind, body, responder } if kind == sched::REQUEST_KIND => {
+            let sched = sched.clone();
+            tokio::spawn(async move {
+                let _ = match sched.serve(&from, &body).await {
+                    Ok(bytes) => responder.respond(bytes).await,
+                    Err(why) => responder.refuse(why).await,
+                };
+            });
         }
         MeshEvent::Request { from, kind, body, responder } if kind == blobs::REQUEST_KIND => {
             let images = images.clone();

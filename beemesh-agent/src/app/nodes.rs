@@ -37,6 +37,8 @@ pub struct NodeFacts {
     pub agent_version: String,
     /// `FailureDetector::fingerprint`: the annotation [`DETECTOR_ANNOTATION`].
     pub failure_detector: String,
+    /// `--node-taint`s: `spec.taints`.
+    pub taints: Vec<beemesh_state::sched::fit::Taint>,
 }
 
 /// The annotation of a Node record with its host's failure detector settings.
@@ -51,6 +53,7 @@ impl NodeFacts {
         capacity: &NodeCapacity,
         listen_addrs: &[String],
         failure_detector: String,
+        taints: Vec<beemesh_state::sched::fit::Taint>,
     ) -> NodeFacts {
         let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
         NodeFacts {
@@ -66,6 +69,7 @@ impl NodeFacts {
             arch: kube_arch(std::env::consts::ARCH).to_string(),
             agent_version: format!("beemesh-agent {}", env!("CARGO_PKG_VERSION")),
             failure_detector,
+            taints,
         }
     }
 }
@@ -141,6 +145,11 @@ pub fn node_json(facts: &NodeFacts, created: &str) -> Value {
         "memory": format!("{memory}Ki"),
         "pods": facts.capacity.max_pods.to_string(),
     });
+    let spec = if facts.taints.is_empty() {
+        json!({})
+    } else {
+        json!({"taints": facts.taints.iter().map(crate::app::sched::needs::taint_json).collect::<Vec<_>>()})
+    };
     let mut addresses: Vec<Value> =
         facts.addresses.iter().map(|ip| json!({"type": "InternalIP", "address": ip})).collect();
     addresses.push(json!({"type": "Hostname", "address": facts.name}));
@@ -156,7 +165,7 @@ pub fn node_json(facts: &NodeFacts, created: &str) -> Value {
             },
             "creationTimestamp": created,
         },
-        "spec": {},
+        "spec": spec,
         "status": {
             "capacity": capacity,
             "allocatable": allocatable,
@@ -251,6 +260,7 @@ mod tests {
             arch: "amd64".into(),
             agent_version: "beemesh-agent 0.1.0".into(),
             failure_detector: "heartbeatMs=1000".into(),
+            taints: vec![crate::app::sched::needs::parse_taint("gpu=yes:NoSchedule").expect("taint")],
         }
     }
 
@@ -264,6 +274,7 @@ mod tests {
         assert_eq!(n["status"]["capacity"], json!({"cpu": "4", "memory": "8388608Ki", "pods": "110"}));
         assert_eq!(n["status"]["allocatable"], n["status"]["capacity"]);
         assert_eq!(n["status"]["addresses"][0], json!({"type": "InternalIP", "address": "10.200.43.2"}));
+        assert_eq!(n["spec"]["taints"], json!([{"key": "gpu", "value": "yes", "effect": "NoSchedule"}]));
         assert_eq!(n["status"]["nodeInfo"]["kubeletVersion"], "beemesh-agent 0.1.0");
         let mut f = facts();
         f.capacity = NodeCapacity {

@@ -451,7 +451,7 @@ impl Agent {
                         &namespace,
                         &entry.record.uid,
                         &created,
-                        cluster.node(),
+                        Some(cluster.node()),
                     );
                     if cluster.put(cpods::pod_key(&namespace, &name), Some(body)).is_ok() {
                         info!(pod = %key, "pod of an earlier agent written to the cluster state");

@@ -110,7 +110,60 @@ const POD_SPEC: &[&str] = &[
     "spec.securityContext.supplementalGroups[]",
     "spec.securityContext.seccompProfile.type",
     "spec.securityContext.seccompProfile.localhostProfile",
+    "spec.schedulerName",
+    "spec.nodeSelector.*",
+    "spec.tolerations[].key",
+    "spec.tolerations[].operator",
+    "spec.tolerations[].value",
+    "spec.tolerations[].effect",
+    "spec.tolerations[].tolerationSeconds",
+    "spec.topologySpreadConstraints[].maxSkew",
+    "spec.topologySpreadConstraints[].topologyKey",
+    "spec.topologySpreadConstraints[].whenUnsatisfiable",
 ];
+
+/// A node selector term's fields (node affinity).
+const NODE_TERM: &[&str] = &[
+    "matchExpressions[].key",
+    "matchExpressions[].operator",
+    "matchExpressions[].values[]",
+    "matchFields[].key",
+    "matchFields[].operator",
+    "matchFields[].values[]",
+];
+
+/// A pod affinity term's fields.
+const POD_TERM: &[&str] = &[
+    "labelSelector.matchLabels.*",
+    "labelSelector.matchExpressions[].key",
+    "labelSelector.matchExpressions[].operator",
+    "labelSelector.matchExpressions[].values[]",
+    "topologyKey",
+    "namespaces[]",
+];
+
+/// The scheduling fields of a pod spec: node affinity, pod (anti-)affinity, spreading.
+fn scheduling() -> Vec<String> {
+    let mut v = Vec::new();
+    let node = "spec.affinity.nodeAffinity";
+    for f in NODE_TERM {
+        v.push(format!("{node}.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[].{f}"));
+        v.push(format!("{node}.preferredDuringSchedulingIgnoredDuringExecution[].preference.{f}"));
+    }
+    v.push(format!("{node}.preferredDuringSchedulingIgnoredDuringExecution[].weight"));
+    for kind in ["podAffinity", "podAntiAffinity"] {
+        let base = format!("spec.affinity.{kind}");
+        for f in POD_TERM {
+            v.push(format!("{base}.requiredDuringSchedulingIgnoredDuringExecution[].{f}"));
+            v.push(format!("{base}.preferredDuringSchedulingIgnoredDuringExecution[].podAffinityTerm.{f}"));
+        }
+        v.push(format!("{base}.preferredDuringSchedulingIgnoredDuringExecution[].weight"));
+    }
+    for f in &POD_TERM[..4] {
+        v.push(format!("spec.topologySpreadConstraints[].{f}"));
+    }
+    v
+}
 
 /// A Deployment's or StatefulSet's selector.
 const SELECTOR: &[&str] = &[
@@ -163,6 +216,7 @@ const SERVICE: &[&str] = &[
 /// A Pod's `spec.*` patterns: the pod-level fields and every container's.
 fn pod_spec() -> Vec<String> {
     let mut v: Vec<String> = POD_SPEC.iter().map(|s| s.to_string()).collect();
+    v.extend(scheduling());
     for list in ["spec.containers[]", "spec.initContainers[]"] {
         v.extend(CONTAINER.iter().map(|f| format!("{list}.{f}")));
         for probe in ["readinessProbe", "livenessProbe"] {
@@ -295,6 +349,7 @@ pub(super) fn validate_pod(pod: &Pod, prefix: &str, claims: &BTreeSet<String>) -
             .at(policy.clone()));
         }
     }
+    check_topology_keys(spec).map_err(|(f, m)| FieldError::new(at(&f), m))?;
     for sa in [&spec.service_account_name, &spec.service_account].into_iter().flatten() {
         if !is_dns_subdomain(sa) {
             return Err(FieldError::new(
@@ -426,6 +481,67 @@ fn validate_probe(p: &Probe, c: &Container, field: &str) -> Result<(), FieldErro
                 format!("named port {name:?} is not among the container's ports"),
             )
             .at(name.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Pod (anti-)affinity and spreading count pods per host: the topology key must be the
+/// hostname (hosts have no zones yet). `DoNotSchedule` and `ScheduleAnyway` are the two ways
+/// to be unsatisfiable.
+fn check_topology_keys(spec: &k8s_openapi::api::core::v1::PodSpec) -> Result<(), (String, String)> {
+    const HOSTNAME: &str = "kubernetes.io/hostname";
+    let key = |field: String, k: &str| {
+        if k == HOSTNAME {
+            Ok(())
+        } else {
+            Err((
+                field,
+                format!("topologyKey {k:?}: beemesh places pods per host; only {HOSTNAME} is supported"),
+            ))
+        }
+    };
+    if let Some(a) = &spec.affinity {
+        let terms = [
+            (
+                "podAffinity",
+                a.pod_affinity.as_ref().map(|p| {
+                    (
+                        &p.required_during_scheduling_ignored_during_execution,
+                        &p.preferred_during_scheduling_ignored_during_execution,
+                    )
+                }),
+            ),
+            (
+                "podAntiAffinity",
+                a.pod_anti_affinity.as_ref().map(|p| {
+                    (
+                        &p.required_during_scheduling_ignored_during_execution,
+                        &p.preferred_during_scheduling_ignored_during_execution,
+                    )
+                }),
+            ),
+        ];
+        for (kind, t) in terms {
+            let Some((required, preferred)) = t else { continue };
+            for (i, term) in required.iter().flatten().enumerate() {
+                key(format!("spec.affinity.{kind}.requiredDuringSchedulingIgnoredDuringExecution[{i}].topologyKey"), &term.topology_key)?;
+            }
+            for (i, w) in preferred.iter().flatten().enumerate() {
+                key(
+                    format!("spec.affinity.{kind}.preferredDuringSchedulingIgnoredDuringExecution[{i}].podAffinityTerm.topologyKey"),
+                    &w.pod_affinity_term.topology_key,
+                )?;
+            }
+        }
+    }
+    for (i, c) in spec.topology_spread_constraints.iter().flatten().enumerate() {
+        key(format!("spec.topologySpreadConstraints[{i}].topologyKey"), &c.topology_key)?;
+        if !matches!(c.when_unsatisfiable.as_str(), "DoNotSchedule" | "ScheduleAnyway") {
+            return Err((
+                format!("spec.topologySpreadConstraints[{i}].whenUnsatisfiable"),
+                format!("{:?}: expected DoNotSchedule or ScheduleAnyway", c.when_unsatisfiable),
+            ));
         }
     }
     Ok(())

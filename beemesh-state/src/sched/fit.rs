@@ -153,6 +153,8 @@ pub struct Needs {
     pub pod_affinity: Vec<Selector>,
     /// Required pod anti-affinity by hostname: the host must run no pod matching any.
     pub pod_anti_affinity: Vec<Selector>,
+    /// Preferred pod affinity by hostname: (weight, selector).
+    pub preferred_affinity: Vec<(u32, Selector)>,
     /// Preferred pod anti-affinity by hostname: (weight, selector).
     pub preferred_anti: Vec<(u32, Selector)>,
     /// The pod's own labels (what other pods' (anti-)affinity sees).
@@ -261,10 +263,17 @@ pub fn fit(needs: &Needs, host: &HostFacts, placed: &[&Placed]) -> Result<u32, R
         .map(|(w, _)| u64::from(*w))
         .sum();
     let total_anti: u64 = needs.preferred_anti.iter().map(|(w, _)| u64::from(*w)).sum();
+    let near: u64 = needs
+        .preferred_affinity
+        .iter()
+        .filter(|(_, s)| placed.iter().any(|p| s.matches(&p.labels)))
+        .map(|(w, _)| u64::from(*w))
+        .sum();
+    let total_near: u64 = needs.preferred_affinity.iter().map(|(w, _)| u64::from(*w)).sum();
     let soft_taint = host.taints.iter().any(|t| {
         t.effect == Effect::PreferNoSchedule && !needs.tolerations.iter().any(|tol| tol.tolerates(t))
     });
-    // Preferences weigh as much as the resources: the mean of the three parts.
+    // Preferences weigh as much as the resources: the mean of the parts.
     let mut parts = 1;
     if let Some(p) = (preferred * 100).checked_div(total_pref) {
         score += p;
@@ -272,6 +281,10 @@ pub fn fit(needs: &Needs, host: &HostFacts, placed: &[&Placed]) -> Result<u32, R
     }
     if let Some(a) = (avoided * 100).checked_div(total_anti) {
         score += 100 - a;
+        parts += 1;
+    }
+    if let Some(n) = (near * 100).checked_div(total_near) {
+        score += n;
         parts += 1;
     }
     score /= parts;

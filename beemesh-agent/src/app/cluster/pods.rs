@@ -1,6 +1,7 @@
 //! Pods in the cluster state. A Pod is stored under `(Pod, namespace, name)` as its Kubernetes
 //! JSON with what the applying host fills in: namespace, `metadata.uid`, `creationTimestamp` and
-//! `spec.nodeName` (the placement: the manifest's, else the applying host). The host that runs a
+//! `spec.nodeName` (the placement: the manifest's, else the scheduler's; none while no host
+//! can take it). The host that runs a
 //! pod publishes its status under `(PodStatus, namespace, uid)` as a [`PodReport`]: a key of
 //! its own, so a status written late never brings a deleted Pod back (last writer wins per
 //! key), and a pod applied again under the same name (a new uid) never sees the old one's.
@@ -54,13 +55,14 @@ pub fn status_key(namespace: &str, uid: &str) -> Key {
     Key::new(POD_STATUS, namespace, uid)
 }
 
-/// The Pod as stored: `pod` with its namespace, uid, creation time and node filled in.
-pub fn stored(pod: &Pod, namespace: &str, uid: &str, created: &str, node: &str) -> Bytes {
+/// The Pod as stored: `pod` with its namespace, uid and creation time filled in, and its node
+/// when `node` names one (else the pod's own: placed, or not yet).
+pub fn stored(pod: &Pod, namespace: &str, uid: &str, created: &str, node: Option<&str>) -> Bytes {
     let mut pod = pod.clone();
     pod.metadata.namespace = Some(namespace.to_owned());
     pod.metadata.uid = Some(uid.to_owned());
     pod.metadata.creation_timestamp = serde_json::from_value(created.into()).ok();
-    if let Some(spec) = pod.spec.as_mut() {
+    if let (Some(spec), Some(node)) = (pod.spec.as_mut(), node) {
         spec.node_name = Some(node.to_owned());
     }
     // k8s-openapi's types always serialise.
@@ -154,8 +156,10 @@ pub fn reports(statuses: &[Listed]) -> BTreeMap<String, PodReport> {
 }
 
 /// `get pods`' row of a stored pod, with its host's report if there is one (else Pending,
-/// as a pod no host has started yet).
-pub fn info(listed: &Listed, report: Option<&PodReport>, now_ms: u64) -> PodInfo {
+/// as a pod no host has started yet, with the scheduler's reason while no host can take it).
+/// A pod whose host the failure detector holds dead (`lost`) is `Unknown` (reason NodeLost),
+/// never what its host last said, until it is placed again.
+pub fn info(listed: &Listed, report: Option<&PodReport>, now_ms: u64, lost: bool) -> PodInfo {
     let (namespace, name) = (listed.key.namespace.clone(), listed.key.name.clone());
     let age_secs = now_ms.saturating_sub(listed.written_ms) / 1000;
     let pod = match decode(&listed.body) {
@@ -178,6 +182,24 @@ pub fn info(listed: &Listed, report: Option<&PodReport>, now_ms: u64) -> PodInfo
     let report = report.filter(|r| r.uid == uid);
     let mut object = serde_json::to_value(&pod).unwrap_or_default();
     let containers = pod.spec.as_ref().map_or(0, |s| s.containers.len());
+    if lost {
+        object["status"] = serde_json::json!({
+            "phase": "Unknown",
+            "reason": "NodeLost",
+            "message": format!("Node {node} which was running pod {name} is unresponsive"),
+        });
+        return PodInfo {
+            namespace,
+            name,
+            ready: format!("0/{containers}"),
+            status: "Unknown".into(),
+            restarts: report.map_or(0, |r| r.restarts),
+            age_secs,
+            host: node.to_owned(),
+            identity: report.map(|r| r.identity.clone()).unwrap_or_default(),
+            object,
+        };
+    }
     match report {
         Some(r) => {
             object["status"] = r.pod_status.clone();
@@ -202,7 +224,24 @@ pub fn info(listed: &Listed, report: Option<&PodReport>, now_ms: u64) -> PodInfo
             }
         }
         None => {
-            object["status"] = serde_json::json!({"phase": "Pending"});
+            let why = pod
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::app::sched::UNSCHEDULABLE_ANNOTATION))
+                .filter(|_| node.is_empty());
+            object["status"] = match why {
+                Some(message) => serde_json::json!({
+                    "phase": "Pending",
+                    "conditions": [{
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": message,
+                    }],
+                }),
+                None => serde_json::json!({"phase": "Pending"}),
+            };
             PodInfo {
                 namespace,
                 name,
@@ -231,7 +270,7 @@ mod tests {
         let p = pod(
             "apiVersion: v1\nkind: Pod\nmetadata: {name: w}\nspec: {containers: [{name: c, image: i}]}\n",
         );
-        let body = stored(&p, "default", "u-1", "2026-11-29T00:00:00Z", "h1");
+        let body = stored(&p, "default", "u-1", "2026-11-29T00:00:00Z", Some("h1"));
         let back = decode(&body).expect("decodes");
         assert_eq!(placement(&back), ("h1", "u-1"));
         assert_eq!(back.metadata.namespace.as_deref(), Some("default"));
@@ -253,7 +292,7 @@ mod tests {
         );
         let listed = Listed {
             key: pod_key("default", "w"),
-            body: stored(&p, "default", "u-2", "2026-11-29T00:00:00Z", "h1"),
+            body: stored(&p, "default", "u-2", "2026-11-29T00:00:00Z", Some("h1")),
             written_ms: 1_000,
         };
         let report = PodReport {
@@ -269,16 +308,19 @@ mod tests {
             pod_status: serde_json::json!({"phase": "Running"}),
             annotations: BTreeMap::from([("beemesh.io/workload".into(), "pod-default-w".into())]),
         };
-        let i = info(&listed, Some(&report), 11_000);
+        let i = info(&listed, Some(&report), 11_000, false);
         assert_eq!((i.status.as_str(), i.restarts, i.host.as_str(), i.age_secs), ("Running", 2, "h1", 10));
         assert_eq!(i.object["status"]["phase"], "Running");
         assert_eq!(i.object["metadata"]["annotations"]["beemesh.io/workload"], "pod-default-w");
         assert_eq!(i.object["spec"]["nodeName"], "h1");
         let stale = PodReport { uid: "u-1".into(), ..report };
-        let i = info(&listed, Some(&stale), 11_000);
+        let i = info(&listed, Some(&stale), 11_000, false);
         assert_eq!((i.status.as_str(), i.ready.as_str()), ("Pending", "0/1"));
+        let lost = info(&listed, Some(&stale), 11_000, true);
+        assert_eq!((lost.status.as_str(), lost.host.as_str()), ("Unknown", "h1"));
+        assert_eq!(lost.object["status"]["reason"], "NodeLost");
         let broken = Listed { body: Bytes::from_static(b"{"), ..listed };
-        assert_eq!(info(&broken, None, 0).status, "Unknown");
+        assert_eq!(info(&broken, None, 0, false).status, "Unknown");
     }
 
     #[test]
@@ -289,7 +331,7 @@ mod tests {
             ));
             Listed {
                 key: pod_key("default", name),
-                body: stored(&p, "default", uid, "2026-11-29T00:00:00Z", node),
+                body: stored(&p, "default", uid, "2026-11-29T00:00:00Z", Some(node)),
                 written_ms: 0,
             }
         };

@@ -30,6 +30,9 @@ pub struct MeshSettings {
     pub node_name: Option<String>,
     /// This host's node labels.
     pub node_labels: BTreeMap<String, String>,
+    /// This host's taints, `KEY[=VALUE]:EFFECT` (pods without a matching toleration are not
+    /// scheduled here).
+    pub node_taints: Vec<String>,
     /// The issuer (`ca issue-issuer`) this member admits joining hosts with; default:
     /// `<state-dir>/issuer` when it exists.
     pub issuer_dir: Option<std::path::PathBuf>,
@@ -133,6 +136,7 @@ impl Default for MeshSettings {
             mdns: false,
             node_name: None,
             node_labels: BTreeMap::new(),
+            node_taints: Vec::new(),
             issuer_dir: None,
             failure_detector: FailureDetector::default(),
         }
@@ -160,6 +164,10 @@ pub struct MeshOpts {
     /// A node label KEY=VALUE (repeatable).
     #[arg(long = "node-label", global = true, value_name = "KEY=VALUE", value_parser = parse_node_label)]
     pub node_labels: Vec<(String, String)>,
+    /// A node taint KEY[=VALUE]:EFFECT (repeatable; replaces the config file's list), e.g.
+    /// dedicated=gpu:NoSchedule.
+    #[arg(long = "node-taint", global = true, value_name = "KEY[=VALUE]:EFFECT")]
+    pub node_taints: Vec<String>,
     /// The issuer directory (`ca issue-issuer --out DIR`) for `token create`; default
     /// STATE_DIR/issuer when it exists.
     #[arg(long, global = true, env = "BEEMESH_ISSUER_DIR", value_name = "DIR")]
@@ -187,6 +195,9 @@ impl MeshOpts {
         if !self.bootstrap.is_empty() {
             settings.bootstrap = self.bootstrap.clone();
         }
+        if !self.node_taints.is_empty() {
+            settings.node_taints = self.node_taints.clone();
+        }
         if self.mdns {
             settings.mdns = true;
         }
@@ -203,6 +214,11 @@ impl MeshOpts {
 }
 
 impl MeshSettings {
+    /// The node taints, parsed.
+    pub fn taints(&self) -> Result<Vec<beemesh_state::sched::fit::Taint>, String> {
+        self.node_taints.iter().map(|t| crate::app::sched::needs::parse_taint(t)).collect()
+    }
+
     /// Checks every address; errors name the key and the entry.
     pub fn validate(&self) -> Result<(), String> {
         self.listen_addrs().map_err(|e| format!("mesh.listen: {e}"))?;
@@ -212,6 +228,7 @@ impl MeshSettings {
                 return Err("mesh.nodeName: empty".into());
             }
         }
+        self.taints().map_err(|e| format!("mesh.nodeTaints: {e}"))?;
         self.failure_detector.validate()
     }
 

@@ -1,0 +1,514 @@
+//! The scheduler's driver (`docs/scheduling.md`): one task per host owning the sans-IO
+//! [`Tenderer`] and [`Bidder`] of `beemesh_state::sched`. It reads the cluster state (Node
+//! records: allocatable, labels, taints; Pods: where each is placed and what it asks) and the
+//! failure detector (which hosts are dead) into a [`View`], carries tenders to candidates as
+//! mesh requests of kind [`REQUEST_KIND`] (a tender to this host is answered in place), and
+//! writes the outcome into the state: `spec.nodeName` for a binding, the annotation
+//! [`UNSCHEDULABLE_ANNOTATION`] with Kubernetes' message for a slot nobody can take.
+//!
+//! Who tenders: `apply` on any host places the Pods it writes without a `nodeName` through
+//! [`Scheduler::place`] before writing them (so a pod applied is placed in the same write);
+//! afterwards a pod's owner (rendezvous over the alive hosts, by its workload) tenders what
+//! still needs a host: pods written unplaced, and pods the mesh placed (annotation
+//! [`SCHEDULED_ANNOTATION`]) on a host the failure detector holds dead. A pod a manifest pins
+//! with `nodeName` stays where it is pinned.
+
+pub mod needs;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use beemesh_state::sched::{
+    self as core, rank, Answer, Bidder, HostFacts, Out, Placed, Resources, SchedConfig, SlotReq, Tender,
+    Tenderer,
+};
+use beemesh_state::Key;
+use bytes::Bytes;
+use k8s_openapi::api::core::v1::Pod;
+use libp2p::PeerId;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::cluster::pods::{self as cpods, POD, POD_STATUS};
+use super::cluster::{Cluster, Listed};
+use super::liveness::Liveness;
+use crate::mesh::swarm::{AttestedHost, MeshClient, MeshResponse};
+
+/// The mesh request kind of tenders (JSON [`Tender`] in, JSON [`Answer`] out).
+pub const REQUEST_KIND: &str = "sched";
+/// On a pod the mesh placed (it may be placed again when its host is lost).
+pub const SCHEDULED_ANNOTATION: &str = "beemesh.io/scheduled";
+/// On a pod no host can take now: why (`0/3 hosts are available: ...`).
+pub const UNSCHEDULABLE_ANNOTATION: &str = "beemesh.io/unschedulable";
+/// How often the task looks at deadlines and back-offs.
+const TICK: Duration = Duration::from_millis(100);
+/// How often the view is read again without a change (the detector's verdicts change
+/// without the state changing).
+const REFRESH: Duration = Duration::from_secs(1);
+/// The Node records' annotation naming a host's peer id.
+const PEER_ID_ANNOTATION: &str = "beemesh.io/peer-id";
+
+/// Where `apply` may write a pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placement {
+    Bound(String),
+    /// Nobody can take it now: why.
+    Pending(String),
+}
+
+enum Input {
+    Place { req: SlotReq, reply: oneshot::Sender<Placement> },
+    Tender { tender: Tender, reply: oneshot::Sender<Answer> },
+    Answered { from: String, slot: String, attempt: u32, answer: Answer },
+}
+
+/// The handle of this host's scheduler task.
+#[derive(Clone, Debug)]
+pub struct Scheduler {
+    tx: mpsc::Sender<Input>,
+    cfg: SchedConfig,
+}
+
+impl Scheduler {
+    pub fn start(cluster: Cluster, client: MeshClient, liveness: Liveness, cfg: SchedConfig) -> Scheduler {
+        let (tx, rx) = mpsc::channel(1024);
+        let task = Task {
+            me: cluster.node().to_owned(),
+            tenderer: Tenderer::new(cfg.clone()),
+            bidder: Bidder::new(&cfg),
+            view: StateView::default(),
+            tracked: BTreeSet::new(),
+            waiters: BTreeMap::new(),
+            shown: BTreeMap::new(),
+            epoch: Instant::now(),
+            cluster,
+            client,
+            liveness,
+            tx: tx.downgrade(),
+        };
+        tokio::spawn(task.run(rx));
+        Scheduler { tx, cfg }
+    }
+
+    /// Places the slot of a pod about to be written: the host that won it, or why none can.
+    pub async fn place(&self, req: SlotReq) -> Placement {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Input::Place { req, reply }).await.is_err() {
+            return Placement::Pending("the scheduler has stopped".into());
+        }
+        // The tender's own deadline decides well before this.
+        let limit = Duration::from_millis(self.cfg.bid_wait_ms * 3 + 1000);
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(p)) => p,
+            _ => Placement::Pending("no host answered the tender".into()),
+        }
+    }
+
+    /// A peer's tender: this host's bid, or why not.
+    pub async fn serve(&self, from: &AttestedHost, body: &[u8]) -> Result<Vec<u8>, String> {
+        let tender: Tender = serde_json::from_slice(body).map_err(|e| format!("not a tender: {e}"))?;
+        debug!(from = %from.node_name, slot = %tender.slot, "tender");
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Input::Tender { tender, reply }).await.map_err(|_| "the scheduler has stopped")?;
+        let answer = rx.await.map_err(|_| "the scheduler dropped the tender")?;
+        serde_json::to_vec(&answer).map_err(|e| e.to_string())
+    }
+}
+
+/// A pod of the state as the scheduler sees it.
+#[derive(Debug)]
+struct PodSlot {
+    pod: Pod,
+    node: String,
+    scheduled: bool,
+}
+
+/// What the state and the failure detector say, read at once.
+#[derive(Debug, Default)]
+struct StateView {
+    /// Alive hosts with a Node record, with their rendezvous hashes.
+    hosts: Vec<(String, u64)>,
+    dead: BTreeSet<String>,
+    facts: BTreeMap<String, HostFacts>,
+    peers: BTreeMap<String, PeerId>,
+    requested: BTreeMap<String, Resources>,
+    groups: BTreeMap<(String, String), u64>,
+    placed: BTreeMap<String, String>,
+    /// What each host runs, by slot.
+    on: BTreeMap<String, BTreeMap<String, Placed>>,
+    pods: BTreeMap<String, PodSlot>,
+}
+
+impl core::View<String> for StateView {
+    fn hosts(&self) -> Vec<(String, u64)> {
+        self.hosts.clone()
+    }
+    fn facts(&self, host: &String) -> Option<&HostFacts> {
+        self.facts.get(host)
+    }
+    fn requested(&self, host: &String) -> Resources {
+        self.requested.get(host).copied().unwrap_or_default()
+    }
+    fn group_on(&self, group: &str, host: &String) -> u64 {
+        self.groups.get(&(group.to_owned(), host.clone())).copied().unwrap_or(0)
+    }
+    fn placed(&self, slot: &str) -> Option<String> {
+        self.placed.get(slot).cloned()
+    }
+}
+
+/// The node names of `nodes` (Node records) whose host the failure detector holds dead.
+pub fn dead_nodes(nodes: &[Listed], liveness: &Liveness) -> BTreeSet<String> {
+    nodes
+        .iter()
+        .filter_map(|l| {
+            let v: Value = serde_json::from_slice(&l.body).ok()?;
+            let peer: PeerId =
+                v.pointer("/metadata/annotations")?.get(PEER_ID_ANNOTATION)?.as_str()?.parse().ok()?;
+            matches!(liveness.status(&peer), Some(beemesh_state::liveness::Liveness::Dead { .. }))
+                .then(|| l.key.name.clone())
+        })
+        .collect()
+}
+
+/// Whether a stored pod was placed by the mesh.
+fn scheduled(pod: &Pod) -> bool {
+    pod.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(SCHEDULED_ANNOTATION))
+}
+
+impl StateView {
+    fn read(nodes: &[Listed], pods: &[Listed], statuses: &[Listed], liveness: &Liveness) -> StateView {
+        let mut v = StateView { dead: dead_nodes(nodes, liveness), ..StateView::default() };
+        for l in nodes {
+            let Ok(record) = serde_json::from_slice::<Value>(&l.body) else { continue };
+            let name = l.key.name.clone();
+            let peer = record
+                .pointer("/metadata/annotations")
+                .and_then(|a| a.get(PEER_ID_ANNOTATION))
+                .and_then(Value::as_str)
+                .and_then(|p| p.parse::<PeerId>().ok());
+            let (Some(facts), Some(peer)) = (needs::host_facts(&record), peer) else { continue };
+            v.facts.insert(name.clone(), facts);
+            v.peers.insert(name.clone(), peer);
+            if !v.dead.contains(&name) {
+                v.hosts.push((name.clone(), rank::hash_str(&name)));
+            }
+        }
+        let reports = cpods::reports(statuses);
+        for l in pods {
+            let Ok(pod) = cpods::decode(&l.body) else { continue };
+            let (node, uid) = cpods::placement(&pod);
+            let (node, uid) = (node.to_owned(), uid.to_owned());
+            let slot = needs::slot_of(&l.key.namespace, &l.key.name);
+            let ended = reports.get(&uid).is_some_and(|r| {
+                r.node == node
+                    && matches!(
+                        r.pod_status.get("phase").and_then(Value::as_str),
+                        Some("Succeeded" | "Failed")
+                    )
+            });
+            if !node.is_empty() && !ended {
+                let p = needs::placed(&pod);
+                let r = v.requested.entry(node.clone()).or_default();
+                *r = r.plus(p.requests);
+                *v.groups.entry((needs::group(&pod, &slot), node.clone())).or_default() += 1;
+                v.on.entry(node.clone()).or_default().insert(slot.clone(), p);
+                v.placed.insert(slot.clone(), node.clone());
+            }
+            let scheduled = scheduled(&pod);
+            v.pods.insert(slot, PodSlot { pod, node, scheduled });
+        }
+        v
+    }
+}
+
+struct Task {
+    me: String,
+    tenderer: Tenderer<String>,
+    bidder: Bidder,
+    view: StateView,
+    /// Slots this host tenders as their owner.
+    tracked: BTreeSet<String>,
+    /// `apply`s waiting for their slot's outcome.
+    waiters: BTreeMap<String, oneshot::Sender<Placement>>,
+    /// The unschedulable message last written per slot.
+    shown: BTreeMap<String, String>,
+    epoch: Instant,
+    cluster: Cluster,
+    client: MeshClient,
+    liveness: Liveness,
+    tx: mpsc::WeakSender<Input>,
+}
+
+impl Task {
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Input>) {
+        let mut pods = self.cluster.kind_changes(POD);
+        let mut nodes = self.cluster.kind_changes(super::nodes::KIND);
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut read_at: Option<Instant> = None;
+        loop {
+            let mut dirty = false;
+            tokio::select! {
+                input = rx.recv() => match input {
+                    Some(input) => {
+                        // A placement decides on the latest state (an apply's earlier pods).
+                        let changed = pods.has_changed().unwrap_or(false) || nodes.has_changed().unwrap_or(false);
+                        if matches!(input, Input::Place { .. }) && (changed || read_at.is_none()) {
+                            pods.mark_unchanged();
+                            nodes.mark_unchanged();
+                            if self.read().await.is_ok() {
+                                read_at = Some(Instant::now());
+                            }
+                        }
+                        let outs = self.on_input(input);
+                        self.carry(outs);
+                    }
+                    None => break,
+                },
+                changed = pods.changed() => { if changed.is_err() { break } dirty = true; }
+                changed = nodes.changed() => {
+                    if changed.is_err() { break }
+                    dirty = true;
+                    let now = self.now();
+                    self.tenderer.poke(now);
+                }
+                _ = tick.tick() => {}
+            }
+            if dirty || read_at.is_none_or(|t| t.elapsed() >= REFRESH) {
+                match self.read().await {
+                    Ok(()) => read_at = Some(Instant::now()),
+                    Err(e) => warn!(error = %e, "scheduler could not read the cluster state"),
+                }
+                let outs = self.duties();
+                self.carry(outs);
+            }
+            let now = self.now();
+            let outs = self.tenderer.tick(now, &self.view);
+            self.carry(outs);
+        }
+        debug!("scheduler ended");
+    }
+
+    async fn read(&mut self) -> Result<(), String> {
+        let (_, items) =
+            self.cluster.snapshot(&[super::nodes::KIND, POD, POD_STATUS]).await.map_err(|e| e.to_string())?;
+        let (mut nodes, mut pods, mut statuses) = (Vec::new(), Vec::new(), Vec::new());
+        for l in items {
+            match l.key.kind.as_str() {
+                POD => pods.push(l),
+                POD_STATUS => statuses.push(l),
+                _ => nodes.push(l),
+            }
+        }
+        self.view = StateView::read(&nodes, &pods, &statuses, &self.liveness);
+        let placed = &self.view.placed;
+        self.bidder.release(|slot| placed.contains_key(slot));
+        Ok(())
+    }
+
+    /// The slots of the state that need a host and are this host's to tender.
+    fn duties(&mut self) -> Vec<Out<String>> {
+        let now = self.now();
+        let mut outs = Vec::new();
+        let mut wanted = BTreeSet::new();
+        for (slot, p) in &self.view.pods {
+            let lost = p.scheduled && self.view.dead.contains(&p.node);
+            if !(p.node.is_empty() || lost) {
+                continue;
+            }
+            let req = needs::slot_req(&p.pod, slot);
+            if core::owner(&self.view, &req.group).as_deref() != Some(self.me.as_str()) {
+                continue;
+            }
+            if lost && !self.tracked.contains(slot) {
+                info!(pod = %slot, node = %p.node, "pod's host is lost; placing it again");
+            }
+            wanted.insert(slot.clone());
+            outs.extend(self.tenderer.want(now, req, &self.view));
+        }
+        for slot in std::mem::take(&mut self.tracked) {
+            if !wanted.contains(&slot) && !self.waiters.contains_key(&slot) {
+                self.tenderer.forget(&slot);
+                self.shown.remove(&slot);
+            }
+        }
+        self.tracked = wanted;
+        outs
+    }
+
+    fn on_input(&mut self, input: Input) -> Vec<Out<String>> {
+        let now = self.now();
+        match input {
+            Input::Place { req, reply } => {
+                let slot = req.slot.clone();
+                self.waiters.insert(slot.clone(), reply);
+                // A slot placed in this apply's own earlier write is tendered afresh.
+                self.tenderer.forget(&slot);
+                self.tenderer.want(now, req, &self.view)
+            }
+            Input::Tender { tender, reply } => {
+                let _ = reply.send(self.bid(now, &tender));
+                Vec::new()
+            }
+            Input::Answered { from, slot, attempt, answer } => {
+                self.tenderer.answered(now, &from, &slot, attempt, answer, &self.view)
+            }
+        }
+    }
+
+    fn bid(&mut self, now: u64, tender: &Tender) -> Answer {
+        let Some(facts) = self.view.facts.get(&self.me) else {
+            return Answer::Decline(core::Reason::NoAnswer);
+        };
+        let empty = BTreeMap::new();
+        let here = self.view.on.get(&self.me).unwrap_or(&empty);
+        self.bidder.answer(now, facts, here, tender)
+    }
+
+    /// Carries out what the tenderer asks, answering tenders to this host in place.
+    fn carry(&mut self, outs: Vec<Out<String>>) {
+        let mut queue: VecDeque<Out<String>> = outs.into();
+        while let Some(out) = queue.pop_front() {
+            match out {
+                Out::Tender { to, tender } if to == self.me => {
+                    let now = self.now();
+                    let answer = self.bid(now, &tender);
+                    let me = self.me.clone();
+                    queue.extend(self.tenderer.answered(
+                        now,
+                        &me,
+                        &tender.slot,
+                        tender.attempt,
+                        answer,
+                        &self.view,
+                    ));
+                }
+                Out::Tender { to, tender } => self.send_tender(to, tender),
+                Out::Bind { slot, host, bids } => {
+                    self.shown.remove(&slot);
+                    debug!(pod = %slot, node = %host, bids, "placed");
+                    match self.waiters.remove(&slot) {
+                        Some(w) => {
+                            let _ = w.send(Placement::Bound(host));
+                        }
+                        None => {
+                            let from = self.view.pods.get(&slot).map(|p| p.node.clone()).unwrap_or_default();
+                            tokio::spawn(bind(self.cluster.clone(), slot, host, from));
+                        }
+                    }
+                }
+                Out::Pending { slot, message } => {
+                    if let Some(w) = self.waiters.remove(&slot) {
+                        let _ = w.send(Placement::Pending(message));
+                        if !self.tracked.contains(&slot) {
+                            // The pod is written unplaced; its owner tenders it from now on.
+                            self.tenderer.forget(&slot);
+                        }
+                        continue;
+                    }
+                    if self.shown.get(&slot) != Some(&message) {
+                        self.shown.insert(slot.clone(), message.clone());
+                        tokio::spawn(unschedulable(self.cluster.clone(), slot, message));
+                    }
+                }
+            }
+        }
+    }
+
+    fn send_tender(&self, to: String, tender: Tender) {
+        let (Some(peer), Some(tx)) = (self.view.peers.get(&to).copied(), self.tx.upgrade()) else { return };
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let body = serde_json::to_vec(&tender).unwrap_or_default();
+            let answer = match client.request(peer, REQUEST_KIND, body).await {
+                Ok(MeshResponse::App(bytes)) => serde_json::from_slice::<Answer>(&bytes).ok(),
+                Ok(other) => {
+                    debug!(node = %to, answer = ?other, "tender not answered");
+                    None
+                }
+                Err(e) => {
+                    debug!(node = %to, error = %e, "tender not delivered");
+                    None
+                }
+            };
+            if let Some(answer) = answer {
+                let _ = tx
+                    .send(Input::Answered { from: to, slot: tender.slot, attempt: tender.attempt, answer })
+                    .await;
+            }
+        });
+    }
+}
+
+fn split(slot: &str) -> Option<(&str, &str)> {
+    slot.split_once('/')
+}
+
+/// Reads the slot's pod and applies `change` to it, writing it back when it returns true.
+async fn rewrite(cluster: &Cluster, slot: &str, change: impl FnOnce(&mut Pod) -> bool) {
+    let Some((namespace, name)) = split(slot) else { return };
+    let key: Key = cpods::pod_key(namespace, name);
+    let Ok(Some(body)) = cluster.get(key.clone()).await else { return };
+    let Ok(mut pod) = cpods::decode(&body) else { return };
+    if !change(&mut pod) {
+        return;
+    }
+    let body = Bytes::from(serde_json::to_vec(&pod).unwrap_or_default());
+    if let Err(e) = cluster.put(key, Some(body)) {
+        warn!(pod = %slot, error = %e, "scheduler's write failed");
+    }
+}
+
+/// Writes a binding: the pod's `nodeName`, unless it was placed elsewhere meanwhile (`from`:
+/// where the decision saw it, empty for unplaced). A pod moved off a lost host is a new pod
+/// (a new uid) on its new host.
+async fn bind(cluster: Cluster, slot: String, host: String, from: String) {
+    rewrite(&cluster, &slot, |pod| {
+        if cpods::placement(pod).0 != from {
+            return false;
+        }
+        if !from.is_empty() {
+            pod.metadata.uid = Some(super::apply::new_uid());
+            info!(pod = %slot, from = %from, to = %host, "pod placed again");
+        }
+        mark_bound(pod, &host);
+        true
+    })
+    .await;
+}
+
+/// Sets `pod`'s node as the mesh's placement.
+pub fn mark_bound(pod: &mut Pod, host: &str) {
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.node_name = Some(host.to_owned());
+    }
+    let a = pod.metadata.annotations.get_or_insert_with(Default::default);
+    a.insert(SCHEDULED_ANNOTATION.into(), "mesh".into());
+    a.remove(UNSCHEDULABLE_ANNOTATION);
+}
+
+/// Marks `pod` as waiting for a host, saying why.
+pub fn mark_unschedulable(pod: &mut Pod, message: &str) {
+    let a = pod.metadata.annotations.get_or_insert_with(Default::default);
+    a.insert(UNSCHEDULABLE_ANNOTATION.into(), message.to_owned());
+}
+
+async fn unschedulable(cluster: Cluster, slot: String, message: String) {
+    rewrite(&cluster, &slot, |pod| {
+        let unplaced = cpods::placement(pod).0.is_empty();
+        let shown = pod.metadata.annotations.as_ref().and_then(|a| a.get(UNSCHEDULABLE_ANNOTATION));
+        if !unplaced || shown == Some(&message) {
+            return false;
+        }
+        info!(pod = %slot, %message, "pod unschedulable");
+        mark_unschedulable(pod, &message);
+        true
+    })
+    .await;
+}
