@@ -279,7 +279,8 @@ fn pods_run_where_the_state_places_them_and_every_host_lists_logs_and_execs_them
         );
     }
 
-    // Applied on h1: one pod pinned to h2, one placed on h1 (the applying host).
+    // Applied on h1: one pod pinned to h2, one the scheduler places: h1 and h3 bid alike (h2
+    // holds the pinned pod's requests), and ties go to the lowest host name.
     let out = agents[0].apply(&format!("{}---\n{}", pod_on("pinned", Some("h2")), pod_on("local", None)))?;
     ensure!(
         out.contains("pod/pinned created (held by h") && out.contains("pod/local created (held by h"),
