@@ -63,7 +63,8 @@ pub struct SlotReq {
 pub struct Tender {
     pub slot: String,
     pub attempt: u32,
-    pub needs: Needs,
+    /// Boxed: a tender travels in messages and outputs that are mostly smaller.
+    pub needs: Box<Needs>,
 }
 
 /// A candidate's answer: a bid (a promise) or why not.
@@ -268,7 +269,7 @@ impl<H: Clone + Ord + std::fmt::Debug> Tenderer<H> {
         let asked = rank::top_k(key, fit, self.cfg.candidates);
         self.attempts = self.attempts.wrapping_add(1);
         let attempt = self.attempts;
-        let tender = Tender { slot: req.slot.clone(), attempt, needs: req.needs.clone() };
+        let tender = Tender { slot: req.slot.clone(), attempt, needs: Box::new(req.needs.clone()) };
         let out = asked.iter().map(|h| Out::Tender { to: h.clone(), tender: tender.clone() }).collect();
         self.open.insert(
             req.slot.clone(),

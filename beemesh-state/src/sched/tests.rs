@@ -72,7 +72,7 @@ fn the_pipeline_declines_with_kubernetes_reasons() {
 }
 
 fn tender(slot: &str, n: Needs) -> Tender {
-    Tender { slot: slot.into(), attempt: 1, needs: n }
+    Tender { slot: slot.into(), attempt: 1, needs: Box::new(n) }
 }
 
 #[test]
