@@ -58,7 +58,7 @@ pub enum Placement {
 }
 
 enum Input {
-    Place { req: SlotReq, reply: oneshot::Sender<Placement> },
+    Place { req: Box<SlotReq>, reply: oneshot::Sender<Placement> },
     Tender { tender: Tender, reply: oneshot::Sender<Answer> },
     Answered { from: String, slot: String, attempt: u32, answer: Answer },
 }
@@ -94,7 +94,7 @@ impl Scheduler {
     /// Places the slot of a pod about to be written: the host that won it, or why none can.
     pub async fn place(&self, req: SlotReq) -> Placement {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Input::Place { req, reply }).await.is_err() {
+        if self.tx.send(Input::Place { req: Box::new(req), reply }).await.is_err() {
             return Placement::Pending("the scheduler has stopped".into());
         }
         // The tender's own deadline decides well before this.
@@ -350,7 +350,7 @@ impl Task {
                 self.waiters.insert(slot.clone(), reply);
                 // A slot placed in this apply's own earlier write is tendered afresh.
                 self.tenderer.forget(&slot);
-                self.tenderer.want(now, req, &self.view)
+                self.tenderer.want(now, *req, &self.view)
             }
             Input::Tender { tender, reply } => {
                 let _ = reply.send(self.bid(now, &tender));
