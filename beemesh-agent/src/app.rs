@@ -30,6 +30,7 @@ use crate::workload::{Workload, WorkloadCgroups, WorkloadTable};
 
 mod apply;
 pub(crate) mod cluster;
+pub(crate) mod controllers;
 mod images;
 pub mod join;
 pub(crate) mod liveness;
@@ -145,12 +146,17 @@ impl AgentHandle {
                 let Some(m) = &self.mesh else {
                     return Response::Error { message: "the cluster state is not running".into() };
                 };
-                return match m.cluster.list(&kind, namespace.as_deref()).await {
-                    Ok(listed) => {
-                        Response::Objects { items: cluster::kube::entries(&kind, &listed, cluster::now_ms()) }
-                    }
-                    Err(e) => Response::Error { message: e.to_string() },
+                let mut items = match m.cluster.list(&kind, namespace.as_deref()).await {
+                    Ok(listed) => cluster::kube::entries(&kind, &listed, cluster::now_ms()),
+                    Err(e) => return Response::Error { message: e.to_string() },
                 };
+                if let Some((_, status_kind)) = controllers::STATUS_KINDS.iter().find(|(k, _)| *k == kind) {
+                    match m.cluster.list(status_kind, namespace.as_deref()).await {
+                        Ok(statuses) => controllers::merge_status(&mut items, &statuses),
+                        Err(e) => return Response::Error { message: e.to_string() },
+                    }
+                }
+                return Response::Objects { items };
             }
             Request::JoinTokens { action } => {
                 return join::answer(self.mesh.as_ref().and_then(|m| m.issuer.clone()), action).await;

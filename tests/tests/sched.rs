@@ -178,3 +178,146 @@ fn pods_are_tendered_spread_constrained_and_placed_again_when_their_host_dies() 
     ensure!(replaced(&agents[1]), "after h2 returned: {:?}", rows(&agents[1]));
     Ok(())
 }
+
+fn deployment(replicas: u32, version: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: c\n        image: busybox:1\n        env: [{{name: VERSION, value: \"{version}\"}}]\n        resources: {{requests: {{cpu: 50m, memory: 16Mi}}}}\n        command: [sh, -c, \"trap 'exit 0' TERM; sleep 1000 & wait\"]\n"
+    )
+}
+
+fn stateful_set(replicas: u32) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: db}}\nspec:\n  replicas: {replicas}\n  serviceName: db\n  selector: {{matchLabels: {{app: db}}}}\n  template:\n    metadata: {{labels: {{app: db}}}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: c\n        image: busybox:1\n        command: [sh, -c, \"trap 'exit 0' TERM; sleep 1000 & wait\"]\n"
+    )
+}
+
+/// `get KIND NAME -o json` of `agent`.
+fn object(agent: &Agent, kind: &str, name: &str) -> serde_json::Value {
+    match agent.run_cli(&["get", kind, name, "-o", "json"], None) {
+        Ok((true, out, _)) => serde_json::from_str(&out).unwrap_or_default(),
+        _ => serde_json::Value::Null,
+    }
+}
+
+/// `get replicasets -o json`: (revision, desired, pods) of each, by revision.
+fn replica_sets(agent: &Agent) -> Vec<(String, i64, i64)> {
+    let Ok((true, out, _)) = agent.run_cli(&["get", "replicasets", "-o", "json"], None) else {
+        return Vec::new();
+    };
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    let mut v: Vec<(String, i64, i64)> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            let rev =
+                r["metadata"]["annotations"]["deployment.kubernetes.io/revision"].as_str().unwrap_or("");
+            (
+                rev.to_owned(),
+                r["spec"]["replicas"].as_i64().unwrap_or(-1),
+                r["status"]["replicas"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn deployments_roll_out_and_stateful_sets_start_in_order_across_hosts() -> Result<()> {
+    let (_lan, _root, mut agents) = joined_mesh("bmw", 53, 2)?;
+    for agent in agents.iter_mut() {
+        agent.spawn()?;
+        agent.import_busybox("busybox:1")?;
+    }
+    let both = |agent: &Agent| {
+        agent
+            .run_cli(&["get", "nodes"], None)
+            .is_ok_and(|(ok, out, _)| ok && out.matches(" Ready").count() == 2)
+    };
+    ensure!(eventually(T, || both(&agents[0])), "hosts not Ready\n{}", agents[0].log());
+
+    let out = agents[0].apply(&format!("{}---\n{}", deployment(4, "1"), stateful_set(2)))?;
+    ensure!(
+        out.contains("deployment.apps/web created") && out.contains("statefulset.apps/db created"),
+        "{out}"
+    );
+    // Four replicas, two per host (spread by their ReplicaSet), named as Kubernetes names them.
+    let status = |agent: &Agent, kind: &str, name: &str, field: &str| {
+        object(agent, kind, name)["status"][field].as_i64()
+    };
+    ensure!(
+        eventually(T, || status(&agents[1], "deployment", "web", "readyReplicas") == Some(4)),
+        "web: {}\n{:?}\n{}",
+        object(&agents[1], "deployment", "web"),
+        rows(&agents[1]),
+        agents[0].log()
+    );
+    let web = running_on(&agents[0], "web-");
+    ensure!(web == BTreeMap::from([("h1".to_string(), 2), ("h2".to_string(), 2)]), "{web:?}");
+    let names: Vec<String> = rows(&agents[0]).into_keys().filter(|n| n.starts_with("web-")).collect();
+    ensure!(
+        names.iter().all(|n| n.split('-').count() == 3 && n.rsplit('-').next().is_some_and(|s| s.len() == 5)),
+        "{names:?}"
+    );
+    ensure!(replica_sets(&agents[1]) == [("1".to_string(), 4, 4)], "{:?}", replica_sets(&agents[1]));
+    let d = object(&agents[0], "deployment", "web");
+    ensure!(
+        d["status"]["conditions"][0]["type"] == "Available"
+            && d["status"]["conditions"][0]["status"] == "True",
+        "{d}"
+    );
+    let (_, table, _) = agents[1].run_cli(&["get", "deployments"], None)?;
+    ensure!(table.lines().any(|l| l.starts_with("web ") && l.contains("4/4")), "{table}");
+
+    // The StatefulSet's pods keep their ordinal names; db-1 started after db-0 was Ready.
+    ensure!(
+        eventually(T, || status(&agents[0], "statefulset", "db", "readyReplicas") == Some(2)),
+        "db: {}\n{:?}",
+        object(&agents[0], "statefulset", "db"),
+        rows(&agents[0])
+    );
+    let created = |name: &str| {
+        object(&agents[0], "pod", name)["metadata"]["creationTimestamp"].as_str().map(str::to_owned)
+    };
+    let (db0, db1) = (object(&agents[0], "pod", "db-0"), object(&agents[0], "pod", "db-1"));
+    ensure!(db0["spec"]["hostname"] == "db-0" && db1["spec"]["subdomain"] == "db", "{db0}\n{db1}");
+    ensure!(created("db-0") <= created("db-1"), "db-1 before db-0");
+
+    // A new template rolls out: revision 2 takes all four, revision 1 stays as history at 0.
+    agents[1].apply(&deployment(4, "2"))?;
+    let rolled = |agent: &Agent| {
+        replica_sets(agent) == [("1".to_string(), 0, 0), ("2".to_string(), 4, 4)]
+            && status(agent, "deployment", "web", "updatedReplicas") == Some(4)
+            && status(agent, "deployment", "web", "readyReplicas") == Some(4)
+    };
+    ensure!(
+        eventually(T, || rolled(&agents[0])),
+        "rollout: {:?}\n{:?}",
+        replica_sets(&agents[0]),
+        rows(&agents[0])
+    );
+
+    // Scaled down from the highest ordinal; deleted: its ReplicaSets and pods go too.
+    agents[0].apply(&stateful_set(1))?;
+    ensure!(
+        eventually(T, || rows(&agents[1])
+            .keys()
+            .filter(|n| n.starts_with("db-"))
+            .cloned()
+            .collect::<Vec<_>>()
+            == ["db-0"]),
+        "{:?}",
+        rows(&agents[1])
+    );
+    let (ok, out, err) = agents[0].run_cli(&["delete", "-f", "-"], Some(&deployment(4, "2")))?;
+    ensure!(ok && out.contains("deployment.apps/web deleted"), "{out}{err}");
+    ensure!(
+        eventually(T, || replica_sets(&agents[1]).is_empty()
+            && rows(&agents[1]).keys().all(|n| !n.starts_with("web-"))),
+        "left after delete: {:?} {:?}",
+        replica_sets(&agents[1]),
+        rows(&agents[1])
+    );
+    Ok(())
+}

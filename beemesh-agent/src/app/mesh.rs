@@ -100,6 +100,7 @@ pub(super) async fn start(
             .await;
     let images = Sharing::start(cfg, client.clone(), cluster.clone(), name_of(&this), this.peer.clone());
     let sched = Scheduler::start(cluster.clone(), client.clone(), liveness.clone(), Default::default());
+    super::controllers::spawn(cluster.clone(), liveness.clone());
     let pod_server = Arc::new(OnceLock::new());
     let serving = Serving {
         images: images.clone(),

@@ -63,6 +63,10 @@ pub enum GetCommand {
     /// StatefulSets: NAME READY AGE (wide: CONTAINERS IMAGES).
     #[command(alias = "statefulset", alias = "sts")]
     Statefulsets(Selector),
+    /// ReplicaSets (a Deployment's, one per pod template): NAME DESIRED CURRENT READY AGE
+    /// (wide: CONTAINERS IMAGES SELECTOR).
+    #[command(alias = "replicaset", alias = "rs")]
+    Replicasets(Selector),
     /// Nodes of the mesh (their Node records): NAME STATUS ROLES AGE VERSION.
     #[command(alias = "node", alias = "no")]
     Nodes(super::nodes::NodesArgs),
@@ -78,6 +82,7 @@ pub async fn get(socket: &Path, cmd: GetCommand) -> ExitCode {
         GetCommand::Networkpolicies(s) => ("NetworkPolicy", s),
         GetCommand::Deployments(s) => ("Deployment", s),
         GetCommand::Statefulsets(s) => ("StatefulSet", s),
+        GetCommand::Replicasets(s) => ("ReplicaSet", s),
         GetCommand::Nodes(args) => return super::nodes::get(socket, args).await,
     };
     get_objects(socket, kind, selector).await
@@ -161,6 +166,9 @@ pub fn table(kind: &str, items: &[ObjectEntry], namespaces: bool, wide: bool) ->
             vec!["CONTAINERS", "IMAGES", "SELECTOR"],
         ),
         "StatefulSet" => (vec!["NAME", "READY", "AGE"], vec!["CONTAINERS", "IMAGES"]),
+        "ReplicaSet" => {
+            (vec!["NAME", "DESIRED", "CURRENT", "READY", "AGE"], vec!["CONTAINERS", "IMAGES", "SELECTOR"])
+        }
         _ => (vec!["NAME", "AGE"], vec![]),
     };
     if wide {
@@ -185,7 +193,7 @@ fn wide_count(kind: &str, wide: bool) -> usize {
     match (kind, wide) {
         (_, false) => 0,
         ("Service", true) => 1,
-        ("Deployment", true) => 3,
+        ("Deployment" | "ReplicaSet", true) => 3,
         ("StatefulSet", true) => 2,
         _ => 0,
     }
@@ -233,6 +241,9 @@ fn columns(kind: &str, o: &Value, wide: bool) -> Vec<String> {
             status("availableReplicas").to_string(),
         ],
         "StatefulSet" => vec![format!("{}/{}", status("readyReplicas"), replicas())],
+        "ReplicaSet" => {
+            vec![replicas().to_string(), status("replicas").to_string(), status("readyReplicas").to_string()]
+        }
         _ => Vec::new(),
     };
     if wide {
@@ -242,7 +253,7 @@ fn columns(kind: &str, o: &Value, wide: bool) -> Vec<String> {
             "Service" => cells.push(
                 spec["selector"].as_object().filter(|m| !m.is_empty()).map(labels).unwrap_or_else(none),
             ),
-            "Deployment" => {
+            "Deployment" | "ReplicaSet" => {
                 cells.extend([join("name"), join("image"), selector(&spec["selector"]).unwrap_or_else(none)])
             }
             "StatefulSet" => cells.extend([join("name"), join("image")]),

@@ -1,0 +1,310 @@
+//! The workload controllers' driver: Deployments, their ReplicaSets, and StatefulSets, kept by
+//! whichever host owns each object (rendezvous over the alive hosts by the object's key, so
+//! exactly one host acts on it while the mesh agrees on who is alive, and another takes over
+//! when it dies). The decisions are the pure functions of [`replicas`] and [`stateful`]; this
+//! task reads the cluster state, hands each owned object what it controls, and writes the
+//! differences: pods (placed by `app::sched`), ReplicaSets, and status records
+//! (`<Kind>Status`, keyed like the object and naming its uid, merged into `get`; kept apart
+//! from the object so a status write never undoes an `apply`). Objects whose controller is
+//! gone (a Deployment deleted: its ReplicaSets, then their pods) are deleted once they have
+//! been orphans for [`ORPHAN_GRACE`].
+
+pub mod common;
+pub mod replicas;
+pub mod stateful;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use beemesh_state::sched::rank;
+use beemesh_state::Key;
+use bytes::Bytes;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+use serde_json::Value;
+use tracing::{debug, info, warn};
+
+use super::cluster::pods::{self as cpods, POD, POD_STATUS};
+use super::cluster::{Cluster, Listed};
+use super::liveness::Liveness;
+use common::{controller_uid, PodState, Write};
+
+/// The controlled kinds and their status records' kinds.
+pub const STATUS_KINDS: [(&str, &str); 3] = [
+    ("Deployment", "DeploymentStatus"),
+    ("ReplicaSet", "ReplicaSetStatus"),
+    ("StatefulSet", "StatefulSetStatus"),
+];
+/// How long an object whose controller is gone waits before it is deleted (its controller
+/// may only not have reached this host yet).
+const ORPHAN_GRACE: Duration = Duration::from_secs(5);
+/// A pass at least this often (readiness reported, hosts lost), and at most this often.
+const RESYNC: Duration = Duration::from_secs(1);
+const SETTLE: Duration = Duration::from_millis(50);
+
+pub fn spawn(cluster: Cluster, liveness: Liveness) {
+    tokio::spawn(async move {
+        let mut changes = cluster.changes();
+        let mut orphans: BTreeMap<Key, Instant> = BTreeMap::new();
+        loop {
+            if let Err(e) = pass(&cluster, &liveness, &mut orphans).await {
+                warn!(error = %e, "workload controllers could not read the cluster state");
+            }
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() { break },
+                _ = tokio::time::sleep(RESYNC) => {}
+            }
+            tokio::time::sleep(SETTLE).await;
+        }
+        debug!("workload controllers ended");
+    });
+}
+
+fn decode<T: serde::de::DeserializeOwned>(l: &Listed) -> Option<T> {
+    serde_json::from_slice(&l.body).ok()
+}
+
+fn key_text(k: &Key) -> String {
+    format!("{}/{}/{}", k.kind, k.namespace, k.name)
+}
+
+async fn pass(
+    cluster: &Cluster,
+    liveness: &Liveness,
+    orphans: &mut BTreeMap<Key, Instant>,
+) -> Result<(), String> {
+    let mut kinds: Vec<&'static str> = vec![super::nodes::KIND, POD, POD_STATUS];
+    for (k, s) in STATUS_KINDS {
+        kinds.extend([k, s]);
+    }
+    let (_, items) = cluster.snapshot(&kinds).await.map_err(|e| e.to_string())?;
+    let mut by_kind: BTreeMap<String, Vec<Listed>> = BTreeMap::new();
+    for l in items {
+        by_kind.entry(l.key.kind.clone()).or_default().push(l);
+    }
+    let of = |k: &str| by_kind.get(k).map_or(&[][..], Vec::as_slice);
+    let dead = super::sched::dead_nodes(of(super::nodes::KIND), liveness);
+    let hosts: Vec<(String, u64)> = of(super::nodes::KIND)
+        .iter()
+        .map(|l| l.key.name.clone())
+        .filter(|n| !dead.contains(n))
+        .map(|n| {
+            let h = rank::hash_str(&n);
+            (n, h)
+        })
+        .collect();
+    let me = cluster.node();
+    let owns = |k: &Key| {
+        rank::owner(rank::hash_str(&key_text(k)), hosts.iter().map(|(h, x)| (h, *x))).map(String::as_str)
+            == Some(me)
+    };
+    let existing: BTreeMap<Key, &Listed> = by_kind.values().flatten().map(|l| (l.key.clone(), l)).collect();
+
+    let reports = cpods::reports(of(POD_STATUS));
+    let pods: Vec<(Key, PodState)> = of(POD)
+        .iter()
+        .filter_map(|l| {
+            let pod = cpods::decode(&l.body).ok()?;
+            let (node, uid) = cpods::placement(&pod);
+            let lost = dead.contains(node);
+            let ready = !lost && reports.get(uid).is_some_and(|r| r.node == node && r.all_ready);
+            Some((l.key.clone(), PodState { pod, ready }))
+        })
+        .collect();
+    let mut controlled: BTreeMap<String, Vec<&PodState>> = BTreeMap::new();
+    for (_, p) in &pods {
+        if let Some(uid) = controller_uid(&p.pod.metadata) {
+            controlled.entry(uid.to_owned()).or_default().push(p);
+        }
+    }
+    let deployments: Vec<(Key, Deployment)> =
+        of("Deployment").iter().filter_map(|l| Some((l.key.clone(), decode(l)?))).collect();
+    let rses: Vec<(Key, ReplicaSet)> =
+        of("ReplicaSet").iter().filter_map(|l| Some((l.key.clone(), decode(l)?))).collect();
+    let sets: Vec<(Key, StatefulSet)> =
+        of("StatefulSet").iter().filter_map(|l| Some((l.key.clone(), decode(l)?))).collect();
+
+    let mut writes: Vec<Write> = Vec::new();
+    for (key, d) in deployments.iter().filter(|(k, _)| owns(k)) {
+        let uid = d.metadata.uid.as_deref().unwrap_or("");
+        let mine: Vec<&ReplicaSet> =
+            rses.iter().map(|(_, r)| r).filter(|r| controller_uid(&r.metadata) == Some(uid)).collect();
+        debug!(deployment = %key_text(key), replica_sets = mine.len(), "deployment pass");
+        writes.extend(replicas::deployment(d, &mine, &controlled));
+    }
+    for (_, rs) in rses.iter().filter(|(k, _)| owns(k)) {
+        let mine = controlled.get(rs.metadata.uid.as_deref().unwrap_or("")).cloned().unwrap_or_default();
+        writes.extend(replicas::replica_set(rs, &mine));
+    }
+    for (_, s) in sets.iter().filter(|(k, _)| owns(k)) {
+        let mine = controlled.get(s.metadata.uid.as_deref().unwrap_or("")).cloned().unwrap_or_default();
+        writes.extend(stateful::stateful_set(s, &mine));
+    }
+
+    // Orphans: ReplicaSets of no Deployment, pods of no ReplicaSet or StatefulSet, status
+    // records of no object.
+    let d_uids: BTreeSet<&str> = deployments.iter().filter_map(|(_, d)| d.metadata.uid.as_deref()).collect();
+    let owner_uids: BTreeSet<&str> = rses
+        .iter()
+        .filter_map(|(_, r)| r.metadata.uid.as_deref())
+        .chain(sets.iter().filter_map(|(_, s)| s.metadata.uid.as_deref()))
+        .collect();
+    let mut candidates: BTreeSet<Key> = BTreeSet::new();
+    for (key, rs) in &rses {
+        if controller_uid(&rs.metadata).is_some_and(|u| !d_uids.contains(u)) {
+            candidates.insert(key.clone());
+        }
+    }
+    for (key, p) in &pods {
+        let kind = p.pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true));
+        let ours = kind.is_some_and(|o| o.kind == "ReplicaSet" || o.kind == "StatefulSet");
+        if ours && controller_uid(&p.pod.metadata).is_some_and(|u| !owner_uids.contains(u)) {
+            candidates.insert(key.clone());
+        }
+    }
+    for (kind, status_kind) in STATUS_KINDS {
+        for l in of(status_kind) {
+            let object = Key::new(kind, l.key.namespace.as_str(), l.key.name.as_str());
+            let uid = decode::<Value>(l).and_then(|v| v["uid"].as_str().map(str::to_owned));
+            let alive = existing
+                .get(&object)
+                .and_then(|o| decode::<Value>(o))
+                .is_some_and(|o| o["metadata"]["uid"].as_str().is_some_and(|u| Some(u.to_owned()) == uid));
+            if !alive {
+                candidates.insert(l.key.clone());
+            }
+        }
+    }
+    orphans.retain(|k, _| candidates.contains(k));
+    let now = Instant::now();
+    for key in candidates {
+        let since = *orphans.entry(key.clone()).or_insert(now);
+        if now.duration_since(since) >= ORPHAN_GRACE && owns(&key) {
+            info!(object = %key_text(&key), "deleting an object whose controller is gone");
+            if let Err(e) = cluster.put(key.clone(), None) {
+                warn!(object = %key_text(&key), error = %e, "orphan not deleted");
+            }
+            orphans.remove(&key);
+        }
+    }
+
+    for w in writes {
+        let key = Key::new(w.kind, w.namespace.as_str(), w.name.as_str());
+        let held = existing.get(&key).copied();
+        let body = match (w.body, held) {
+            (None, None) => continue,
+            (None, Some(_)) => None,
+            (Some(v), held) => match prepared(w.kind, &w.namespace, v, held) {
+                Some(b) => Some(b),
+                None => continue,
+            },
+        };
+        debug!(object = %key_text(&key), delete = body.is_none(), "controller write");
+        if let Err(e) = cluster.put(key.clone(), body) {
+            warn!(object = %key_text(&key), error = %e, "controller write failed");
+        }
+    }
+    Ok(())
+}
+
+/// The body to write for `new` over `held` (server-side metadata kept or filled in), or
+/// `None` when nothing changes. A pod that exists is never rewritten by a controller.
+fn prepared(kind: &str, namespace: &str, mut new: Value, held: Option<&Listed>) -> Option<Bytes> {
+    let held: Option<Value> = held.and_then(|l| serde_json::from_slice(&l.body).ok());
+    match kind {
+        POD => {
+            if held.is_some() {
+                return None;
+            }
+            let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(new).ok()?;
+            let created = super::pods::format_time(now_secs());
+            return Some(cpods::stored(&pod, namespace, &super::apply::new_uid(), &created, None));
+        }
+        "ReplicaSet" => {
+            let meta = &mut new["metadata"];
+            match &held {
+                Some(h) => {
+                    for f in ["uid", "creationTimestamp"] {
+                        meta[f] = h["metadata"][f].clone();
+                    }
+                    let generation = h["metadata"]["generation"].as_i64().unwrap_or(1);
+                    let changed = h["spec"] != new["spec"];
+                    new["metadata"]["generation"] = (generation + i64::from(changed)).into();
+                }
+                None => {
+                    meta["uid"] = super::apply::new_uid().into();
+                    meta["creationTimestamp"] = super::pods::format_time(now_secs()).into();
+                    meta["generation"] = 1.into();
+                }
+            }
+        }
+        _ => {}
+    }
+    strip_nulls(&mut new);
+    if held.as_ref() == Some(&new) {
+        return None;
+    }
+    Some(Bytes::from(serde_json::to_vec(&new).unwrap_or_default()))
+}
+
+/// Drops `null` members (k8s-openapi omits them when it serialises; a JSON `Value` we build
+/// may carry them), so a body compares equal to the one it was read from.
+fn strip_nulls(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `get`'s entries of a controlled kind with their status records merged in (a record for
+/// another uid, of an object deleted and applied again, is not shown).
+pub fn merge_status(entries: &mut [crate::api::ObjectEntry], statuses: &[Listed]) {
+    let by_name: BTreeMap<(&str, &str), Value> = statuses
+        .iter()
+        .filter_map(|l| Some(((l.key.namespace.as_str(), l.key.name.as_str()), decode::<Value>(l)?)))
+        .collect();
+    for e in entries {
+        let Some(record) = by_name.get(&(e.namespace.as_str(), e.name.as_str())) else { continue };
+        if record["uid"] == e.object["metadata"]["uid"] {
+            e.object["status"] = record["status"].clone();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_set_keeps_its_identity_and_counts_spec_changes() {
+        let held_body = serde_json::json!({
+            "metadata": {"name": "web-x", "uid": "u-1", "creationTimestamp": "2026-11-30T00:00:00Z", "generation": 1},
+            "spec": {"replicas": 1},
+        });
+        let held = Listed {
+            key: Key::new("ReplicaSet", "default", "web-x"),
+            body: Bytes::from(serde_json::to_vec(&held_body).expect("json")),
+            written_ms: 0,
+        };
+        let same = serde_json::json!({"metadata": {"name": "web-x", "uid": null}, "spec": {"replicas": 1}});
+        assert!(prepared("ReplicaSet", "default", same, Some(&held)).is_none(), "nothing changed");
+        let scaled = serde_json::json!({"metadata": {"name": "web-x"}, "spec": {"replicas": 3}});
+        let body = prepared("ReplicaSet", "default", scaled, Some(&held)).expect("a write");
+        let v: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(
+            (v["metadata"]["uid"].as_str(), v["metadata"]["generation"].as_i64()),
+            (Some("u-1"), Some(2))
+        );
+        let fresh = prepared("ReplicaSet", "default", serde_json::json!({"metadata": {"name": "n"}}), None)
+            .expect("new");
+        let v: Value = serde_json::from_slice(&fresh).expect("json");
+        assert_eq!(v["metadata"]["uid"].as_str().map(str::len), Some(36));
+    }
+}

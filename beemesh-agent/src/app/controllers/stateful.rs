@@ -1,0 +1,197 @@
+//! StatefulSets, decided as a pure function of what the state holds: pods `<name>-0..N-1`
+//! with a stable name per ordinal (`hostname` = the pod's name, `subdomain` = the governing
+//! Service), started in order and each only once the ones before it are Ready
+//! (`OrderedReady`, the default) or all at once (`Parallel`), scaled down from the highest
+//! ordinal. A template change replaces pods from the highest ordinal down, one at a time with
+//! every pod Ready, down to `partition` (`RollingUpdate`), or only as pods are deleted
+//! (`OnDelete`). A pod on a lost host is placed again by the scheduler under the same name.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use serde_json::json;
+
+use super::common::{owner_ref, pod_from_template, template_hash, PodState, Write};
+use super::replicas::status_write;
+
+pub const REVISION_LABEL: &str = "controller-revision-hash";
+pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
+pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
+
+/// The ordinal of `pod` in set `name`, if it is one of its names.
+fn ordinal(name: &str, pod: &str) -> Option<usize> {
+    let rest = pod.strip_prefix(name)?.strip_prefix('-')?;
+    let n: usize = rest.parse().ok()?;
+    (n.to_string() == rest).then_some(n)
+}
+
+/// A StatefulSet's writes (pods to create or delete) and status, given the pods it controls.
+pub fn stateful_set(s: &StatefulSet, pods: &[&PodState]) -> Vec<Write> {
+    let ns = s.metadata.namespace.as_deref().unwrap_or("default");
+    let name = s.metadata.name.as_deref().unwrap_or("");
+    let spec = s.spec.clone();
+    let n = spec.replicas.map_or(1, i64::from).max(0) as usize;
+    let parallel = spec.pod_management_policy.as_deref() == Some("Parallel");
+    let revision = format!("{name}-{}", template_hash(&spec.template));
+    let update = spec.update_strategy.clone().unwrap_or_default();
+    let on_delete = update.type_.as_deref() == Some("OnDelete");
+    let partition = update.rolling_update.and_then(|r| r.partition).map_or(0, |p| p.max(0) as usize);
+    let by_ordinal: BTreeMap<usize, &PodState> =
+        pods.iter().filter_map(|p| ordinal(name, p.name()).map(|o| (o, *p))).collect();
+    let mut writes = Vec::new();
+    let create = |i: usize| {
+        let pod_name = format!("{name}-{i}");
+        let index = i.to_string();
+        let mut pod = pod_from_template(
+            &spec.template,
+            ns,
+            &pod_name,
+            owner_ref("StatefulSet", &s.metadata),
+            &[(POD_NAME_LABEL, &pod_name), (POD_INDEX_LABEL, &index), (REVISION_LABEL, &revision)],
+        );
+        if let Some(ps) = pod.spec.as_mut() {
+            ps.hostname = Some(pod_name.clone());
+            ps.subdomain = spec.service_name.clone().filter(|s| !s.is_empty());
+        }
+        Write::put("Pod", ns, &pod_name, serde_json::to_value(pod).unwrap_or_default())
+    };
+    // Start what is missing: in order, each once its predecessors are Ready, or all at once.
+    for i in 0..n {
+        match by_ordinal.get(&i) {
+            None => {
+                writes.push(create(i));
+                if !parallel {
+                    break;
+                }
+            }
+            Some(p) if !p.ready && !parallel => break,
+            Some(_) => {}
+        }
+    }
+    let all_ready = (0..n).all(|i| by_ordinal.get(&i).is_some_and(|p| p.ready));
+    // Scale down from the highest ordinal: one at a time with the rest Ready, or all at once.
+    let extra: Vec<usize> = by_ordinal.keys().copied().filter(|o| *o >= n).collect();
+    if parallel {
+        for o in &extra {
+            writes.push(Write::delete("Pod", ns, &format!("{name}-{o}")));
+        }
+    } else if let Some(o) = extra.last().filter(|_| all_ready) {
+        writes.push(Write::delete("Pod", ns, &format!("{name}-{o}")));
+    }
+    // A new template replaces pods from the highest ordinal down to the partition, one at a
+    // time, each once every pod is Ready (recreated with the new template at the next pass).
+    if !on_delete && extra.is_empty() && all_ready {
+        let stale = (partition..n)
+            .rev()
+            .find(|i| by_ordinal.get(i).is_some_and(|p| p.label(REVISION_LABEL) != Some(revision.as_str())));
+        if let Some(i) = stale {
+            writes.push(Write::delete("Pod", ns, &format!("{name}-{i}")));
+        }
+    }
+    let ready = pods.iter().filter(|p| p.ready).count();
+    let updated = pods.iter().filter(|p| p.label(REVISION_LABEL) == Some(revision.as_str())).count();
+    let current_revision = if updated == pods.len() {
+        revision.clone()
+    } else {
+        pods.iter()
+            .filter_map(|p| p.label(REVISION_LABEL))
+            .find(|r| *r != revision)
+            .unwrap_or(&revision)
+            .to_owned()
+    };
+    let status = json!({
+        "observedGeneration": s.metadata.generation.unwrap_or(1),
+        "replicas": pods.len(),
+        "readyReplicas": ready,
+        "availableReplicas": ready,
+        "currentReplicas": pods.iter().filter(|p| p.label(REVISION_LABEL) == Some(current_revision.as_str())).count(),
+        "updatedReplicas": updated,
+        "currentRevision": current_revision,
+        "updateRevision": revision,
+    });
+    writes.push(status_write("StatefulSetStatus", &s.metadata, status));
+    writes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Pod;
+
+    fn set(replicas: i32, image: &str, extra: &str) -> StatefulSet {
+        serde_yaml::from_str(&format!(
+            "metadata: {{name: db, namespace: default, uid: s-1}}\nspec:\n  replicas: {replicas}\n  serviceName: db\n  selector: {{matchLabels: {{app: db}}}}\n{extra}  template:\n    metadata: {{labels: {{app: db}}}}\n    spec: {{containers: [{{name: c, image: {image}}}]}}\n"
+        ))
+        .expect("statefulset")
+    }
+
+    /// Runs the controller against its own writes: created pods become ready when `ready`.
+    fn step(s: &StatefulSet, pods: &mut BTreeMap<String, PodState>, ready: bool) -> Vec<Write> {
+        let listed: Vec<&PodState> = pods.values().collect();
+        let writes = stateful_set(s, &listed);
+        for w in &writes {
+            match (w.kind, &w.body) {
+                ("Pod", Some(b)) => {
+                    let pod: Pod = serde_json::from_value(b.clone()).expect("pod");
+                    pods.insert(w.name.clone(), PodState { pod, ready });
+                }
+                ("Pod", None) => {
+                    pods.remove(&w.name);
+                }
+                _ => {}
+            }
+        }
+        writes
+    }
+
+    #[test]
+    fn ordered_ready_starts_one_ordinal_at_a_time_and_scales_down_from_the_top() {
+        let mut pods = BTreeMap::new();
+        let s = set(3, "db:1", "");
+        // Not ready yet: only db-0 exists, and nothing more comes.
+        step(&s, &mut pods, false);
+        step(&s, &mut pods, false);
+        assert_eq!(pods.keys().collect::<Vec<_>>(), ["db-0"]);
+        let p = &pods["db-0"].pod;
+        assert_eq!(p.spec.as_ref().and_then(|s| s.hostname.as_deref()), Some("db-0"));
+        assert_eq!(p.spec.as_ref().and_then(|s| s.subdomain.as_deref()), Some("db"));
+        assert_eq!(pods["db-0"].label(POD_INDEX_LABEL), Some("0"));
+        pods.values_mut().for_each(|p| p.ready = true);
+        for _ in 0..3 {
+            step(&s, &mut pods, true);
+        }
+        assert_eq!(pods.keys().collect::<Vec<_>>(), ["db-0", "db-1", "db-2"]);
+        let s1 = set(1, "db:1", "");
+        step(&s1, &mut pods, true);
+        assert_eq!(pods.keys().collect::<Vec<_>>(), ["db-0", "db-1"], "highest first, one at a time");
+        step(&s1, &mut pods, true);
+        assert_eq!(pods.keys().collect::<Vec<_>>(), ["db-0"]);
+    }
+
+    #[test]
+    fn parallel_starts_all_and_an_update_replaces_from_the_top_down_to_the_partition() {
+        let mut pods = BTreeMap::new();
+        let par = "  podManagementPolicy: Parallel\n  updateStrategy: {type: RollingUpdate, rollingUpdate: {partition: 1}}\n";
+        step(&set(3, "db:1", par), &mut pods, true);
+        assert_eq!(pods.len(), 3);
+        let v2 = set(3, "db:2", par);
+        let mut replaced = Vec::new();
+        for _ in 0..10 {
+            let writes = step(&v2, &mut pods, true);
+            replaced.extend(
+                writes.iter().filter(|w| w.kind == "Pod" && w.body.is_none()).map(|w| w.name.clone()),
+            );
+        }
+        assert_eq!(replaced, ["db-2", "db-1"], "db-0 is below the partition");
+        let rev = |p: &str| pods[p].label(REVISION_LABEL).map(str::to_owned);
+        assert_eq!(rev("db-1"), rev("db-2"));
+        assert_ne!(rev("db-0"), rev("db-1"));
+        let status = step(&v2, &mut pods, true)
+            .into_iter()
+            .find(|w| w.kind == "StatefulSetStatus")
+            .and_then(|w| w.body)
+            .expect("status");
+        assert_eq!(status["status"]["updatedReplicas"], 2);
+        assert_eq!(status["status"]["readyReplicas"], 3);
+    }
+}
