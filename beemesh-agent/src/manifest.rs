@@ -1,6 +1,6 @@
 //! Kubernetes manifests (`beemesh-agent apply -f`): a file of one or more YAML documents (or a
 //! `v1 List`) holding Pods, ConfigMaps, Secrets, Namespaces, Services, NetworkPolicies,
-//! Deployments and StatefulSets, decoded into k8s-openapi types and checked strictly. A field
+//! Deployments, StatefulSets, ReplicaSets and DaemonSets, decoded into k8s-openapi types and checked strictly. A field
 //! beemesh does not implement is rejected by name, never ignored (a Deployment's Pod template
 //! by the Pod's rules); a whole file is accepted or rejected. Sans-IO: the caller reads the
 //! file. The pod runtime and the cluster state (`app::cluster::kube`) consume the result.
@@ -12,7 +12,7 @@ mod quantity;
 mod tests;
 mod workloads;
 
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::de::DeserializeOwned;
@@ -38,6 +38,8 @@ pub enum Object {
     NetworkPolicy(Box<NetworkPolicy>),
     Deployment(Box<Deployment>),
     StatefulSet(Box<StatefulSet>),
+    ReplicaSet(Box<ReplicaSet>),
+    DaemonSet(Box<DaemonSet>),
 }
 
 impl Object {
@@ -51,6 +53,8 @@ impl Object {
             Object::NetworkPolicy(_) => "NetworkPolicy",
             Object::Deployment(_) => "Deployment",
             Object::StatefulSet(_) => "StatefulSet",
+            Object::ReplicaSet(_) => "ReplicaSet",
+            Object::DaemonSet(_) => "DaemonSet",
         }
     }
 
@@ -64,6 +68,8 @@ impl Object {
             Object::NetworkPolicy(n) => &n.metadata,
             Object::Deployment(d) => &d.metadata,
             Object::StatefulSet(s) => &s.metadata,
+            Object::ReplicaSet(r) => &r.metadata,
+            Object::DaemonSet(d) => &d.metadata,
         }
     }
 
@@ -202,6 +208,8 @@ fn object(value: &serde_yaml::Value, prefix: &str) -> Result<Object, ObjectError
             "Service" => Object::Service(Box::new(strict(v, prefix)?)),
             "NetworkPolicy" => Object::NetworkPolicy(Box::new(strict(v, prefix)?)),
             "Deployment" => Object::Deployment(Box::new(strict(v, prefix)?)),
+            "ReplicaSet" => Object::ReplicaSet(Box::new(strict(v, prefix)?)),
+            "DaemonSet" => Object::DaemonSet(Box::new(strict(v, prefix)?)),
             _ => Object::StatefulSet(Box::new(strict(v, prefix)?)),
         })
     };
@@ -273,6 +281,8 @@ fn validate(object: &Object, prefix: &str) -> Result<(), FieldError> {
         })?,
         Object::Deployment(d) => workloads::validate_deployment(d, prefix)?,
         Object::StatefulSet(s) => workloads::validate_stateful_set(s, prefix)?,
+        Object::ReplicaSet(r) => workloads::validate_replica_set(r, prefix)?,
+        Object::DaemonSet(d) => workloads::validate_daemon_set(d, prefix)?,
         Object::ConfigMap(_) | Object::Secret(_) | Object::Namespace(_) => {}
     }
     Ok(())

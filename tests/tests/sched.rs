@@ -185,6 +185,10 @@ fn deployment(replicas: u32, version: &str) -> String {
     )
 }
 
+fn daemon_set() -> String {
+    "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: agent}\nspec:\n  selector: {matchLabels: {app: agent}}\n  template:\n    metadata: {labels: {app: agent}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: c\n        image: busybox:1\n        command: [sh, -c, \"trap 'exit 0' TERM; sleep 1000 & wait\"]\n".to_string()
+}
+
 fn stateful_set(replicas: u32) -> String {
     format!(
         "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: db}}\nspec:\n  replicas: {replicas}\n  serviceName: db\n  selector: {{matchLabels: {{app: db}}}}\n  template:\n    metadata: {{labels: {{app: db}}}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: c\n        image: busybox:1\n        command: [sh, -c, \"trap 'exit 0' TERM; sleep 1000 & wait\"]\n"
@@ -224,18 +228,42 @@ fn replica_sets(agent: &Agent) -> Vec<(String, i64, i64)> {
 }
 
 #[test]
-fn deployments_roll_out_and_stateful_sets_start_in_order_across_hosts() -> Result<()> {
+fn daemon_sets_follow_hosts_deployments_roll_out_and_stateful_sets_start_in_order() -> Result<()> {
     let (_lan, _root, mut agents) = joined_mesh("bmw", 53, 2)?;
-    for agent in agents.iter_mut() {
-        agent.spawn()?;
-        agent.import_busybox("busybox:1")?;
-    }
+    agents[0].spawn()?;
+    agents[0].import_busybox("busybox:1")?;
+    // A DaemonSet on a mesh of one: one pod, on h1.
+    let out = agents[0].apply(&daemon_set())?;
+    ensure!(out.contains("daemonset.apps/agent created"), "{out}");
+    let daemons = |agent: &Agent| running_on(agent, "agent-");
+    ensure!(
+        eventually(T, || daemons(&agents[0]) == BTreeMap::from([("h1".to_string(), 1)])),
+        "daemon on h1: {:?}\n{}",
+        rows(&agents[0]),
+        agents[0].log()
+    );
+    // h2 joins: it gets its own (its image pulled from h1).
+    agents[1].spawn()?;
     let both = |agent: &Agent| {
         agent
             .run_cli(&["get", "nodes"], None)
             .is_ok_and(|(ok, out, _)| ok && out.matches(" Ready").count() == 2)
     };
     ensure!(eventually(T, || both(&agents[0])), "hosts not Ready\n{}", agents[0].log());
+    let one_each = BTreeMap::from([("h1".to_string(), 1), ("h2".to_string(), 1)]);
+    ensure!(
+        eventually(T, || daemons(&agents[1]) == one_each),
+        "daemons: {:?}\n{}",
+        rows(&agents[1]),
+        agents[1].log()
+    );
+    let ds = object(&agents[1], "daemonset", "agent");
+    ensure!(ds["status"]["desiredNumberScheduled"] == 2 && ds["status"]["numberReady"] == 2, "{ds}");
+    let (_, table, _) = agents[1].run_cli(&["get", "daemonsets"], None)?;
+    ensure!(
+        table.lines().any(|l| l.starts_with("agent ") && l.split_whitespace().nth(3) == Some("2")),
+        "{table}"
+    );
 
     let out = agents[0].apply(&format!("{}---\n{}", deployment(4, "1"), stateful_set(2)))?;
     ensure!(

@@ -1,7 +1,7 @@
-//! The workload controllers' driver: Deployments, their ReplicaSets, and StatefulSets, kept by
+//! The workload controllers' driver: Deployments, ReplicaSets, StatefulSets and DaemonSets, kept by
 //! whichever host owns each object (rendezvous over the alive hosts by the object's key, so
 //! exactly one host acts on it while the mesh agrees on who is alive, and another takes over
-//! when it dies). The decisions are the pure functions of [`replicas`] and [`stateful`]; this
+//! when it dies). The decisions are the pure functions of [`replicas`], [`stateful`] and [`daemon`]; this
 //! task reads the cluster state, hands each owned object what it controls, and writes the
 //! differences: pods (placed by `app::sched`), ReplicaSets, and status records
 //! (`<Kind>Status`, keyed like the object and naming its uid, merged into `get`; kept apart
@@ -10,6 +10,7 @@
 //! been orphans for [`ORPHAN_GRACE`].
 
 pub mod common;
+pub mod daemon;
 pub mod replicas;
 pub mod stateful;
 
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 use beemesh_state::sched::rank;
 use beemesh_state::Key;
 use bytes::Bytes;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
@@ -29,10 +30,11 @@ use super::liveness::Liveness;
 use common::{controller_uid, PodState, Write};
 
 /// The controlled kinds and their status records' kinds.
-pub const STATUS_KINDS: [(&str, &str); 3] = [
+pub const STATUS_KINDS: [(&str, &str); 4] = [
     ("Deployment", "DeploymentStatus"),
     ("ReplicaSet", "ReplicaSetStatus"),
     ("StatefulSet", "StatefulSetStatus"),
+    ("DaemonSet", "DaemonSetStatus"),
 ];
 /// How long an object whose controller is gone waits before it is deleted (its controller
 /// may only not have reached this host yet).
@@ -122,6 +124,13 @@ async fn pass(
         of("ReplicaSet").iter().filter_map(|l| Some((l.key.clone(), decode(l)?))).collect();
     let sets: Vec<(Key, StatefulSet)> =
         of("StatefulSet").iter().filter_map(|l| Some((l.key.clone(), decode(l)?))).collect();
+    let daemons: Vec<(Key, DaemonSet)> =
+        of("DaemonSet").iter().filter_map(|l| Some((l.key.clone(), decode(l)?))).collect();
+    // Every host with a Node record, dead ones too (a DaemonSet's pod waits for its host).
+    let facts: BTreeMap<String, beemesh_state::sched::HostFacts> = of(super::nodes::KIND)
+        .iter()
+        .filter_map(|l| Some((l.key.name.clone(), super::sched::needs::host_facts(&decode::<Value>(l)?)?)))
+        .collect();
 
     let mut writes: Vec<Write> = Vec::new();
     for (key, d) in deployments.iter().filter(|(k, _)| owns(k)) {
@@ -139,6 +148,10 @@ async fn pass(
         let mine = controlled.get(s.metadata.uid.as_deref().unwrap_or("")).cloned().unwrap_or_default();
         writes.extend(stateful::stateful_set(s, &mine));
     }
+    for (_, d) in daemons.iter().filter(|(k, _)| owns(k)) {
+        let mine = controlled.get(d.metadata.uid.as_deref().unwrap_or("")).cloned().unwrap_or_default();
+        writes.extend(daemon::daemon_set(d, &facts, &mine));
+    }
 
     // Orphans: ReplicaSets of no Deployment, pods of no ReplicaSet or StatefulSet, status
     // records of no object.
@@ -147,6 +160,7 @@ async fn pass(
         .iter()
         .filter_map(|(_, r)| r.metadata.uid.as_deref())
         .chain(sets.iter().filter_map(|(_, s)| s.metadata.uid.as_deref()))
+        .chain(daemons.iter().filter_map(|(_, d)| d.metadata.uid.as_deref()))
         .collect();
     let mut candidates: BTreeSet<Key> = BTreeSet::new();
     for (key, rs) in &rses {
@@ -156,7 +170,8 @@ async fn pass(
     }
     for (key, p) in &pods {
         let kind = p.pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true));
-        let ours = kind.is_some_and(|o| o.kind == "ReplicaSet" || o.kind == "StatefulSet");
+        let ours =
+            kind.is_some_and(|o| matches!(o.kind.as_str(), "ReplicaSet" | "StatefulSet" | "DaemonSet"));
         if ours && controller_uid(&p.pod.metadata).is_some_and(|u| !owner_uids.contains(u)) {
             candidates.insert(key.clone());
         }

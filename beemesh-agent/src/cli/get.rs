@@ -1,5 +1,6 @@
 //! `get KIND [NAME] [-n NS|-A] [-o wide|json|yaml]` for the kinds of the cluster state
-//! (ConfigMaps, Secrets, Namespaces, Services, NetworkPolicies, Deployments, StatefulSets) with
+//! (ConfigMaps, Secrets, Namespaces, Services, NetworkPolicies, Deployments, StatefulSets,
+//! ReplicaSets, DaemonSets) with
 //! kubectl's columns and aliases, and the printing `get pods` shares (`-o json|yaml`: the
 //! object, or a `List`; ages). Client of the agent's `listObjects`; the tables are pure
 //! functions of the entries (`table`).
@@ -67,6 +68,10 @@ pub enum GetCommand {
     /// (wide: CONTAINERS IMAGES SELECTOR).
     #[command(alias = "replicaset", alias = "rs")]
     Replicasets(Selector),
+    /// DaemonSets: NAME DESIRED CURRENT READY UP-TO-DATE AVAILABLE NODE SELECTOR AGE (wide:
+    /// CONTAINERS IMAGES SELECTOR).
+    #[command(alias = "daemonset", alias = "ds")]
+    Daemonsets(Selector),
     /// Nodes of the mesh (their Node records): NAME STATUS ROLES AGE VERSION.
     #[command(alias = "node", alias = "no")]
     Nodes(super::nodes::NodesArgs),
@@ -83,6 +88,7 @@ pub async fn get(socket: &Path, cmd: GetCommand) -> ExitCode {
         GetCommand::Deployments(s) => ("Deployment", s),
         GetCommand::Statefulsets(s) => ("StatefulSet", s),
         GetCommand::Replicasets(s) => ("ReplicaSet", s),
+        GetCommand::Daemonsets(s) => ("DaemonSet", s),
         GetCommand::Nodes(args) => return super::nodes::get(socket, args).await,
     };
     get_objects(socket, kind, selector).await
@@ -193,7 +199,7 @@ fn wide_count(kind: &str, wide: bool) -> usize {
     match (kind, wide) {
         (_, false) => 0,
         ("Service", true) => 1,
-        ("Deployment" | "ReplicaSet", true) => 3,
+        ("Deployment" | "ReplicaSet" | "DaemonSet", true) => 3,
         ("StatefulSet", true) => 2,
         _ => 0,
     }
@@ -244,6 +250,21 @@ fn columns(kind: &str, o: &Value, wide: bool) -> Vec<String> {
         "ReplicaSet" => {
             vec![replicas().to_string(), status("replicas").to_string(), status("readyReplicas").to_string()]
         }
+        "DaemonSet" => {
+            let mut cells: Vec<String> = [
+                "desiredNumberScheduled",
+                "currentNumberScheduled",
+                "numberReady",
+                "updatedNumberScheduled",
+                "numberAvailable",
+            ]
+            .iter()
+            .map(|f| status(f).to_string())
+            .collect();
+            let sel = spec["template"]["spec"]["nodeSelector"].as_object().filter(|m| !m.is_empty());
+            cells.push(sel.map(labels).unwrap_or_else(none));
+            cells
+        }
         _ => Vec::new(),
     };
     if wide {
@@ -253,7 +274,7 @@ fn columns(kind: &str, o: &Value, wide: bool) -> Vec<String> {
             "Service" => cells.push(
                 spec["selector"].as_object().filter(|m| !m.is_empty()).map(labels).unwrap_or_else(none),
             ),
-            "Deployment" | "ReplicaSet" => {
+            "Deployment" | "ReplicaSet" | "DaemonSet" => {
                 cells.extend([join("name"), join("image"), selector(&spec["selector"]).unwrap_or_else(none)])
             }
             "StatefulSet" => cells.extend([join("name"), join("image")]),

@@ -201,6 +201,18 @@ const STATEFUL_SET: &[&str] = &[
     "spec.volumeClaimTemplates[].spec.resources.requests.storage",
 ];
 
+/// What beemesh implements of a ReplicaSet applied directly (besides selector and template).
+const REPLICA_SET: &[&str] = &["spec.replicas", "spec.minReadySeconds"];
+
+/// What beemesh implements of a DaemonSet (besides selector and template).
+const DAEMON_SET: &[&str] = &[
+    "spec.updateStrategy.type",
+    "spec.updateStrategy.rollingUpdate.maxUnavailable",
+    "spec.updateStrategy.rollingUpdate.maxSurge",
+    "spec.minReadySeconds",
+    "spec.revisionHistoryLimit",
+];
+
 /// What the tunnels issue implements of a Service.
 const SERVICE: &[&str] = &[
     "spec.type",
@@ -266,6 +278,8 @@ fn allowed(kind: &str) -> Option<&'static Allowed> {
     static SERVICE_FIELDS: OnceLock<Allowed> = OnceLock::new();
     static DEPLOYMENT_FIELDS: OnceLock<Allowed> = OnceLock::new();
     static STATEFUL_SET_FIELDS: OnceLock<Allowed> = OnceLock::new();
+    static REPLICA_SET_FIELDS: OnceLock<Allowed> = OnceLock::new();
+    static DAEMON_SET_FIELDS: OnceLock<Allowed> = OnceLock::new();
     let with = |extra: Vec<String>| -> Allowed {
         let mut v: Vec<String> =
             ["apiVersion", "kind"].iter().chain(METADATA).map(|s| s.to_string()).collect();
@@ -281,6 +295,8 @@ fn allowed(kind: &str) -> Option<&'static Allowed> {
         "Service" => SERVICE_FIELDS.get_or_init(|| with(strings(SERVICE))),
         "Deployment" => DEPLOYMENT_FIELDS.get_or_init(|| with(workload(DEPLOYMENT))),
         "StatefulSet" => STATEFUL_SET_FIELDS.get_or_init(|| with(workload(STATEFUL_SET))),
+        "ReplicaSet" => REPLICA_SET_FIELDS.get_or_init(|| with(workload(REPLICA_SET))),
+        "DaemonSet" => DAEMON_SET_FIELDS.get_or_init(|| with(workload(DAEMON_SET))),
         _ => return None,
     })
 }

@@ -50,6 +50,8 @@ pub const KINDS: &[KindInfo] = &[
     ),
     kind("Deployment", "apps/v1", "deployment.apps", "deployments.apps", true),
     kind("StatefulSet", "apps/v1", "statefulset.apps", "statefulsets.apps", true),
+    kind("ReplicaSet", "apps/v1", "replicaset.apps", "replicasets.apps", true),
+    kind("DaemonSet", "apps/v1", "daemonset.apps", "daemonsets.apps", true),
 ];
 
 pub fn kind_info(kind: &str) -> Option<&'static KindInfo> {

@@ -89,8 +89,9 @@ fn unsupported_fields_are_named_with_their_line() {
 
 #[test]
 fn bad_kinds_names_images_and_yaml() {
-    let e = err("apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: x}\n");
-    assert!(e.to_string().contains("unsupported kind apps/v1/DaemonSet"), "{e}");
+    let e = err("apiVersion: batch/v1\nkind: Job\nmetadata: {name: x}\n");
+    assert!(e.to_string().contains("unsupported kind batch/v1/Job"), "{e}");
+    assert!(e.to_string().contains("apps/v1 DaemonSet"), "{e}");
     let e = err("apiVersion: v1\nkind: Deployment\nmetadata: {name: x}\n");
     assert!(e.to_string().contains("m.yaml:1: apiVersion: Deployment is apps/v1 (not v1)"), "{e}");
     let e = err("apiVersion: v1\nkind: Gadget\nmetadata: {name: x}\n");

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -55,6 +55,41 @@ pub(super) fn validate_deployment(d: &Deployment, prefix: &str) -> Result<(), Fi
                     "maxSurge and maxUnavailable cannot both be 0 (the rollout could never progress)",
                 ));
             }
+        }
+    }
+    template(&spec.selector, &spec.template, prefix, &BTreeSet::new())
+}
+
+pub(super) fn validate_replica_set(r: &ReplicaSet, prefix: &str) -> Result<(), FieldError> {
+    let at = |f: &str| join(prefix, f);
+    non_negative(at("spec.replicas"), r.spec.replicas)?;
+    non_negative(at("spec.minReadySeconds"), r.spec.min_ready_seconds)?;
+    let Some(t) = &r.spec.template else {
+        return Err(FieldError::new(at("spec.template"), "a ReplicaSet needs a pod template"));
+    };
+    template(&r.spec.selector, t, prefix, &BTreeSet::new())
+}
+
+pub(super) fn validate_daemon_set(d: &DaemonSet, prefix: &str) -> Result<(), FieldError> {
+    let at = |f: &str| join(prefix, f);
+    let spec = &d.spec;
+    non_negative(at("spec.minReadySeconds"), spec.min_ready_seconds)?;
+    non_negative(at("spec.revisionHistoryLimit"), spec.revision_history_limit)?;
+    if let Some(update) = &spec.update_strategy {
+        let ty = update.type_.as_deref().unwrap_or("RollingUpdate");
+        if ty != "RollingUpdate" && ty != "OnDelete" {
+            return Err(FieldError::new(
+                at("spec.updateStrategy.type"),
+                format!("{ty:?}: expected RollingUpdate or OnDelete"),
+            )
+            .at(ty));
+        }
+        if let Some(r) = &update.rolling_update {
+            int_or_percent(
+                at("spec.updateStrategy.rollingUpdate.maxUnavailable"),
+                r.max_unavailable.as_ref(),
+            )?;
+            int_or_percent(at("spec.updateStrategy.rollingUpdate.maxSurge"), r.max_surge.as_ref())?;
         }
     }
     template(&spec.selector, &spec.template, prefix, &BTreeSet::new())

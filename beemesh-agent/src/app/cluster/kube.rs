@@ -144,8 +144,17 @@ pub(crate) fn implicit_namespace(name: &str) -> Object {
 }
 
 /// The kinds a namespace holds objects of (a Namespace with any of them is not deleted).
-pub(crate) const NAMESPACED_KINDS: [&str; 8] =
-    ["Pod", "ConfigMap", "Secret", "Service", "NetworkPolicy", "Deployment", "StatefulSet", "ReplicaSet"];
+pub(crate) const NAMESPACED_KINDS: [&str; 9] = [
+    "Pod",
+    "ConfigMap",
+    "Secret",
+    "Service",
+    "NetworkPolicy",
+    "Deployment",
+    "StatefulSet",
+    "ReplicaSet",
+    "DaemonSet",
+];
 
 /// A listed object as the API returns it; a body that is not JSON (written by a broken or
 /// newer peer) is shown as a string saying so, never dropped silently. Its age is from its
