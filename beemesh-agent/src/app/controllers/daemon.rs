@@ -81,7 +81,7 @@ pub fn daemon_set(ds: &DaemonSet, hosts: &BTreeMap<String, HostFacts>, pods: &[&
     // Hosts the template no longer fits (or gone), and a second pod on one host.
     let mut misscheduled = 0;
     for (host, list) in &on {
-        let keep = usize::from(eligible.iter().any(|e| *e == host));
+        let keep = usize::from(eligible.contains(&host));
         misscheduled += usize::from(keep == 0) * list.len();
         for p in list.iter().skip(keep) {
             writes.push(Write::delete("Pod", ns, p.name()));
