@@ -126,6 +126,10 @@ pub enum Request {
         name: String,
         condition: WaitFor,
         timeout_ms: u64,
+        /// With `deleted`: the pod instance waited for (a controller may have made a new pod
+        /// of the same name meanwhile); without, any pod of that name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        uid: Option<String>,
     },
     /// Imports an image archive (OCI layout, dir or tar, or docker-archive) at `path` (absolute,
     /// on the agent's host) into the agent's store. `stateDir`, when the client was given one,

@@ -139,8 +139,8 @@ impl AgentHandle {
             req @ Request::PodContainer { .. } => return self.pod_container(req).await,
             req @ (Request::PodLogs { .. } | Request::ExecPod { .. }) => return self.pod_io(req).await,
             Request::ListPods { namespace } => return self.list_pods(namespace.as_deref()).await,
-            Request::WaitPod { namespace, name, condition, timeout_ms } => {
-                return self.wait_pod(&namespace, &name, condition, timeout_ms).await
+            Request::WaitPod { namespace, name, condition, timeout_ms, uid } => {
+                return self.wait_pod(&namespace, &name, condition, timeout_ms, uid.as_deref()).await
             }
             Request::ListObjects { kind, namespace } => {
                 let Some(m) = &self.mesh else {

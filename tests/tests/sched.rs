@@ -139,8 +139,12 @@ fn pods_are_tendered_spread_constrained_and_placed_again_when_their_host_dies() 
         "huge: {:?}",
         rows1.get("huge")
     );
-    let (_, table, _) = agents[2].run_cli(&["get", "pods"], None)?;
-    ensure!(table.lines().any(|l| l.starts_with("huge ") && l.contains("Pending")), "{table}");
+    let pending = |agent: &Agent| {
+        agent
+            .run_cli(&["get", "pods"], None)
+            .is_ok_and(|(_, table, _)| table.lines().any(|l| l.starts_with("huge ") && l.contains("Pending")))
+    };
+    ensure!(eventually(T, || pending(&agents[2])), "{:?}", agents[2].run_cli(&["get", "pods"], None));
 
     // h2 dies: every host shows its pods as Unknown (NodeLost) within seconds, never Running,
     // then the survivors place them again. h3 is tainted: all six web pods end up on h1.
@@ -175,7 +179,7 @@ fn pods_are_tendered_spread_constrained_and_placed_again_when_their_host_dies() 
     let empty = |agent: &Agent| agent.state_dir().join("pods").read_dir().map_or(0, |d| d.count()) == 0;
     ensure!(eventually(T, || empty(&agents[1])), "h2 kept its stale pods\n{}", agents[1].log());
     ensure!(eventually(T, || ready(&agents[1])), "h2 not Ready again\n{}", agents[1].log());
-    ensure!(replaced(&agents[1]), "after h2 returned: {:?}", rows(&agents[1]));
+    ensure!(eventually(T, || replaced(&agents[1])), "after h2 returned: {:?}", rows(&agents[1]));
     Ok(())
 }
 
@@ -191,7 +195,7 @@ fn daemon_set() -> String {
 
 fn stateful_set(replicas: u32) -> String {
     format!(
-        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: db}}\nspec:\n  replicas: {replicas}\n  serviceName: db\n  selector: {{matchLabels: {{app: db}}}}\n  template:\n    metadata: {{labels: {{app: db}}}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: c\n        image: busybox:1\n        command: [sh, -c, \"trap 'exit 0' TERM; sleep 1000 & wait\"]\n"
+        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: db}}\nspec:\n  replicas: {replicas}\n  serviceName: db\n  selector: {{matchLabels: {{app: db}}}}\n  volumeClaimTemplates: [{{metadata: {{name: data}}, spec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 1Gi}}}}}}}}]\n  template:\n    metadata: {{labels: {{app: db}}}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: c\n        image: busybox:1\n        volumeMounts: [{{name: data, mountPath: /data}}]\n        command: [sh, -c, \"trap 'exit 0' TERM; sleep 1000 & wait\"]\n"
     )
 }
 
@@ -257,8 +261,12 @@ fn daemon_sets_follow_hosts_deployments_roll_out_and_stateful_sets_start_in_orde
         rows(&agents[1]),
         agents[1].log()
     );
-    let ds = object(&agents[1], "daemonset", "agent");
-    ensure!(ds["status"]["desiredNumberScheduled"] == 2 && ds["status"]["numberReady"] == 2, "{ds}");
+    // The status record follows the pods' reports.
+    let counted = |agent: &Agent| {
+        let ds = object(agent, "daemonset", "agent");
+        ds["status"]["desiredNumberScheduled"] == 2 && ds["status"]["numberReady"] == 2
+    };
+    ensure!(eventually(T, || counted(&agents[1])), "{}", object(&agents[1], "daemonset", "agent"));
     let (_, table, _) = agents[1].run_cli(&["get", "daemonsets"], None)?;
     ensure!(
         table.lines().any(|l| l.starts_with("agent ") && l.split_whitespace().nth(3) == Some("2")),
@@ -281,20 +289,24 @@ fn daemon_sets_follow_hosts_deployments_roll_out_and_stateful_sets_start_in_orde
         rows(&agents[1]),
         agents[0].log()
     );
-    let web = running_on(&agents[0], "web-");
-    ensure!(web == BTreeMap::from([("h1".to_string(), 2), ("h2".to_string(), 2)]), "{web:?}");
+    let two_each = BTreeMap::from([("h1".to_string(), 2), ("h2".to_string(), 2)]);
+    ensure!(eventually(T, || running_on(&agents[0], "web-") == two_each), "{:?}", rows(&agents[0]));
     let names: Vec<String> = rows(&agents[0]).into_keys().filter(|n| n.starts_with("web-")).collect();
     ensure!(
         names.iter().all(|n| n.split('-').count() == 3 && n.rsplit('-').next().is_some_and(|s| s.len() == 5)),
         "{names:?}"
     );
-    ensure!(replica_sets(&agents[1]) == [("1".to_string(), 4, 4)], "{:?}", replica_sets(&agents[1]));
-    let d = object(&agents[0], "deployment", "web");
     ensure!(
-        d["status"]["conditions"][0]["type"] == "Available"
-            && d["status"]["conditions"][0]["status"] == "True",
-        "{d}"
+        eventually(T, || replica_sets(&agents[1]) == [("1".to_string(), 4, 4)]),
+        "{:?}",
+        replica_sets(&agents[1])
     );
+    let available = |agent: &Agent| {
+        let d = object(agent, "deployment", "web");
+        d["status"]["conditions"][0]["type"] == "Available"
+            && d["status"]["conditions"][0]["status"] == "True"
+    };
+    ensure!(eventually(T, || available(&agents[0])), "{}", object(&agents[0], "deployment", "web"));
     let (_, table, _) = agents[1].run_cli(&["get", "deployments"], None)?;
     ensure!(table.lines().any(|l| l.starts_with("web ") && l.contains("4/4")), "{table}");
 
@@ -324,6 +336,44 @@ fn daemon_sets_follow_hosts_deployments_roll_out_and_stateful_sets_start_in_orde
         "rollout: {:?}\n{:?}",
         replica_sets(&agents[0]),
         rows(&agents[0])
+    );
+
+    // db-0's claim is a local volume on the host it was first placed on: written, its pod
+    // deleted, the new db-0 comes back on that host with the data.
+    let home_of = |agent: &Agent| {
+        let pvc = object(agent, "pvc", "data-db-0");
+        let node =
+            pvc["metadata"]["annotations"]["volume.kubernetes.io/selected-node"].as_str().map(str::to_owned);
+        node.filter(|_| pvc["status"]["phase"] == "Bound")
+    };
+    ensure!(eventually(T, || home_of(&agents[1]).is_some()), "{}", object(&agents[1], "pvc", "data-db-0"));
+    let home = home_of(&agents[1]);
+    let (ok, out, err) =
+        agents[0].run_cli(&["exec", "db-0", "--", "sh", "-c", "echo kept > /data/f"], None)?;
+    ensure!(ok, "write into the claim: {out}{err}");
+    let uid = |agent: &Agent| object(agent, "pod", "db-0")["metadata"]["uid"].as_str().map(str::to_owned);
+    let before = uid(&agents[0]);
+    let (ok, out, err) = agents[1].run_cli(&["delete", "pod", "db-0"], None)?;
+    ensure!(ok, "delete db-0: {out}{err}");
+    ensure!(
+        eventually(T, || uid(&agents[0]).is_some_and(|u| Some(u) != before)
+            && rows(&agents[0]).get("db-0").is_some_and(|r| r.phase == "Running")),
+        "db-0 not back: {:?}",
+        rows(&agents[0])
+    );
+    ensure!(
+        rows(&agents[0])["db-0"].node == home.clone().unwrap_or_default(),
+        "db-0 moved off its claim's host"
+    );
+    let kept = |agent: &Agent| {
+        agent
+            .run_cli(&["exec", "db-0", "--", "cat", "/data/f"], None)
+            .is_ok_and(|(ok, out, _)| ok && out.trim() == "kept")
+    };
+    ensure!(
+        eventually(T, || kept(&agents[1])),
+        "the claim's data: {:?}",
+        agents[1].run_cli(&["exec", "db-0", "--", "cat", "/data/f"], None)
     );
 
     // Scaled down from the highest ordinal; deleted: its ReplicaSets and pods go too.

@@ -252,6 +252,7 @@ impl AgentHandle {
         name: &str,
         condition: WaitFor,
         timeout_ms: u64,
+        uid: Option<&str>,
     ) -> Response {
         let cluster = match self.cluster() {
             Ok(c) => c,
@@ -261,7 +262,7 @@ impl AgentHandle {
         let mut changes = cluster.changes();
         loop {
             changes.mark_unchanged();
-            match self.pod_condition(cluster, namespace, name, condition).await {
+            match self.pod_condition(cluster, namespace, name, condition, uid).await {
                 Ok(true) => return Response::Done,
                 Ok(false) => {}
                 Err(message) => return Response::Error { message },
@@ -287,6 +288,7 @@ impl AgentHandle {
         namespace: &str,
         name: &str,
         condition: WaitFor,
+        uid: Option<&str>,
     ) -> Result<bool, String> {
         let pod = cluster.get(cpods::pod_key(namespace, name)).await.map_err(|e| e.to_string())?;
         let pod = pod.map(|b| cpods::decode(&b)).transpose()?;
@@ -299,7 +301,9 @@ impl AgentHandle {
                 Ok(reports.get(uid).is_some_and(|r| r.all_ready))
             }
             WaitFor::Deleted => {
-                if pod.is_some() {
+                // The instance waited for: a pod of the same name with another uid is a new one.
+                let same = |p: &Pod| uid.is_none_or(|u| cpods::placement(p).1 == u);
+                if pod.as_ref().is_some_and(same) {
                     return Ok(false);
                 }
                 // A host that is gone cannot tear its pod down: only reachable hosts are waited for.
@@ -308,7 +312,9 @@ impl AgentHandle {
                     let peers = mesh::peers(m).await.unwrap_or_default();
                     hosts.extend(peers.into_iter().filter(|p| p.attested).filter_map(|p| p.name));
                 }
-                Ok(!reports.values().any(|r| r.name == name && hosts.contains(&r.node)))
+                Ok(!reports
+                    .values()
+                    .any(|r| r.name == name && uid.is_none_or(|u| r.uid == u) && hosts.contains(&r.node)))
             }
         }
     }

@@ -42,6 +42,8 @@ const ORPHAN_GRACE: Duration = Duration::from_secs(5);
 /// A pass at least this often (readiness reported, hosts lost), and at most this often.
 const RESYNC: Duration = Duration::from_secs(1);
 const SETTLE: Duration = Duration::from_millis(50);
+/// Claims of StatefulSets' `volumeClaimTemplates` (local volumes, bound to a host).
+const CLAIM: &str = "PersistentVolumeClaim";
 
 pub fn spawn(cluster: Cluster, liveness: Liveness) {
     tokio::spawn(async move {
@@ -74,7 +76,7 @@ async fn pass(
     liveness: &Liveness,
     orphans: &mut BTreeMap<Key, Instant>,
 ) -> Result<(), String> {
-    let mut kinds: Vec<&'static str> = vec![super::nodes::KIND, POD, POD_STATUS];
+    let mut kinds: Vec<&'static str> = vec![super::nodes::KIND, POD, POD_STATUS, CLAIM];
     for (k, s) in STATUS_KINDS {
         kinds.extend([k, s]);
     }
@@ -146,7 +148,17 @@ async fn pass(
     }
     for (_, s) in sets.iter().filter(|(k, _)| owns(k)) {
         let mine = controlled.get(s.metadata.uid.as_deref().unwrap_or("")).cloned().unwrap_or_default();
-        writes.extend(stateful::stateful_set(s, &mine));
+        let ns = s.metadata.namespace.as_deref().unwrap_or("default");
+        let claims: BTreeMap<String, String> = of(CLAIM)
+            .iter()
+            .filter(|l| l.key.namespace == ns)
+            .filter_map(|l| {
+                let v: Value = decode(l)?;
+                let node = v["metadata"]["annotations"][stateful::SELECTED_NODE].as_str()?.to_owned();
+                Some((l.key.name.clone(), node))
+            })
+            .collect();
+        writes.extend(stateful::stateful_set(s, &mine, &claims));
     }
     for (_, d) in daemons.iter().filter(|(k, _)| owns(k)) {
         let mine = controlled.get(d.metadata.uid.as_deref().unwrap_or("")).cloned().unwrap_or_default();

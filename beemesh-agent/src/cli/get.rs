@@ -72,6 +72,11 @@ pub enum GetCommand {
     /// CONTAINERS IMAGES SELECTOR).
     #[command(alias = "daemonset", alias = "ds")]
     Daemonsets(Selector),
+    /// PersistentVolumeClaims (a StatefulSet's claims: local volumes on the host named by
+    /// `volume.kubernetes.io/selected-node`): NAME STATUS VOLUME CAPACITY ACCESS MODES
+    /// STORAGECLASS AGE.
+    #[command(alias = "persistentvolumeclaim", alias = "pvc")]
+    Persistentvolumeclaims(Selector),
     /// Nodes of the mesh (their Node records): NAME STATUS ROLES AGE VERSION.
     #[command(alias = "node", alias = "no")]
     Nodes(super::nodes::NodesArgs),
@@ -89,6 +94,7 @@ pub async fn get(socket: &Path, cmd: GetCommand) -> ExitCode {
         GetCommand::Statefulsets(s) => ("StatefulSet", s),
         GetCommand::Replicasets(s) => ("ReplicaSet", s),
         GetCommand::Daemonsets(s) => ("DaemonSet", s),
+        GetCommand::Persistentvolumeclaims(s) => ("PersistentVolumeClaim", s),
         GetCommand::Nodes(args) => return super::nodes::get(socket, args).await,
     };
     get_objects(socket, kind, selector).await
@@ -249,6 +255,33 @@ fn columns(kind: &str, o: &Value, wide: bool) -> Vec<String> {
         "StatefulSet" => vec![format!("{}/{}", status("readyReplicas"), replicas())],
         "ReplicaSet" => {
             vec![replicas().to_string(), status("replicas").to_string(), status("readyReplicas").to_string()]
+        }
+        "PersistentVolumeClaim" => {
+            let modes: Vec<&str> = o["status"]["accessModes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let short: Vec<&str> = modes
+                .iter()
+                .map(|m| match *m {
+                    "ReadWriteOnce" => "RWO",
+                    "ReadOnlyMany" => "ROX",
+                    "ReadWriteMany" => "RWX",
+                    "ReadWriteOncePod" => "RWOP",
+                    other => other,
+                })
+                .collect();
+            let node =
+                o["metadata"]["annotations"]["volume.kubernetes.io/selected-node"].as_str().unwrap_or("");
+            vec![
+                o["status"]["phase"].as_str().unwrap_or("Pending").to_owned(),
+                if node.is_empty() { none() } else { format!("local:{node}") },
+                o["status"]["capacity"]["storage"].as_str().map_or_else(none, str::to_owned),
+                short.join(","),
+                spec["storageClassName"].as_str().unwrap_or("local").to_owned(),
+            ]
         }
         "DaemonSet" => {
             let mut cells: Vec<String> = [

@@ -77,13 +77,30 @@ pub async fn delete(
         }
         (None, None) => return fail("delete needs -f FILE or `pod NAME`"),
     };
+    // The instances deleted: a controller may make new pods of the same names at once.
+    let mut uids = std::collections::BTreeMap::new();
+    if wait {
+        let namespaces: std::collections::BTreeSet<&String> = pods.iter().map(|(ns, _)| ns).collect();
+        for ns in namespaces {
+            if let Ok(Response::Pods { items }) =
+                client::call(socket, &Request::ListPods { namespace: Some(ns.clone()) }).await
+            {
+                for p in items {
+                    let uid = p.object["metadata"]["uid"].as_str().map(str::to_owned);
+                    uids.insert((p.namespace, p.name), uid);
+                }
+            }
+        }
+    }
     match client::call(socket, &req).await {
         Ok(Response::Applied { lines }) => lines.iter().for_each(|l| outln!("{l}")),
         other => return unexpected(other),
     }
     if wait {
         for (namespace, name) in pods {
-            let req = Request::WaitPod { namespace, name, condition: WaitFor::Deleted, timeout_ms: 600_000 };
+            let uid = uids.get(&(namespace.clone(), name.clone())).cloned().flatten();
+            let req =
+                Request::WaitPod { namespace, name, condition: WaitFor::Deleted, timeout_ms: 600_000, uid };
             if let Err(e) | Ok(Response::Error { message: e }) =
                 client::call(socket, &req).await.map_err(|e| e.to_string())
             {
@@ -106,6 +123,7 @@ pub async fn wait(
         name: name.clone(),
         condition,
         timeout_ms: timeout * 1000,
+        uid: None,
     };
     match client::call(socket, &req).await {
         Ok(Response::Done) => {

@@ -64,6 +64,45 @@ fn give_tree_to_pod(dir: &Path, ids: IdMap) -> Result<(), SandboxError> {
     Ok(())
 }
 
+/// Makes a claim's volume `dir` the pod's: created on first use (mode 0777, its root the
+/// pod's root, as an emptyDir), and when an earlier pod with another id range used it, every
+/// file's owner moved from that range to this pod's, in-pod ids kept (so data written by a
+/// pod's uid 999 is uid 999's again in the next pod). The range last used is kept beside the
+/// directory (`<claim>.ids`).
+fn claim_for_pod(dir: &Path, ids: IdMap) -> Result<(), SandboxError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let record = dir.with_extension("ids");
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
+            .map_err(io_err("chmod", dir))?;
+        give_to_pod(&[dir.to_path_buf()], ids)?;
+    } else if !ids.is_identity() {
+        let before: Option<u32> = std::fs::read_to_string(&record).ok().and_then(|s| s.trim().parse().ok());
+        if let Some(old) = before.filter(|b| *b != ids.host) {
+            let shift = |id: u32| match id.checked_sub(old) {
+                Some(off) if off < ids.count => ids.host + off,
+                _ => id,
+            };
+            let mut stack = vec![dir.to_path_buf()];
+            while let Some(p) = stack.pop() {
+                let m = std::fs::symlink_metadata(&p).map_err(io_err("stat", &p))?;
+                std::os::unix::fs::lchown(&p, Some(shift(m.uid())), Some(shift(m.gid())))
+                    .map_err(io_err("chown", &p))?;
+                if m.is_dir() {
+                    for e in std::fs::read_dir(&p).map_err(io_err("read", &p))? {
+                        stack.push(e.map_err(io_err("read", &p))?.path());
+                    }
+                }
+            }
+        }
+    }
+    if !ids.is_identity() {
+        std::fs::write(&record, ids.host.to_string()).map_err(io_err("write", &record))?;
+    }
+    Ok(())
+}
+
 /// Every directory above `dir` must let other users through (search permission): a pod's
 /// processes (host ids of its own range) open the container root, logs and volumes by path.
 fn check_reachable(dir: &Path) -> Result<(), SandboxError> {
@@ -117,6 +156,12 @@ impl Layout {
     }
     pub fn volume(&self, volume: &str) -> PathBuf {
         self.dir.join("volumes").join(volume)
+    }
+    /// A claim's local volume: `<state-dir>/volumes/<namespace>/<claim>` (beside `pods/`, so
+    /// it outlives the pod).
+    pub fn claim(&self, namespace: &str, claim: &str) -> PathBuf {
+        let state = self.dir.parent().and_then(Path::parent).unwrap_or(&self.dir);
+        state.join("volumes").join(namespace).join(claim)
     }
     fn etc(&self, file: &str) -> PathBuf {
         self.dir.join("etc").join(file)
@@ -240,6 +285,13 @@ impl Layout {
                         group_own(&dir, host_gid(ids, gid)?, false)?;
                     }
                 }
+                VolumePlan::Claim { claim } => {
+                    let dir = self.claim(&plan.namespace, claim);
+                    claim_for_pod(&dir, ids)?;
+                    if let Some(gid) = plan.fs_group {
+                        group_own(&dir, host_gid(ids, gid)?, true)?;
+                    }
+                }
                 VolumePlan::HostPath { path, kind } => {
                     // Checked (and created, for the *OrCreate types) here and again at every
                     // container start, each time through descriptors (`open_host_path`).
@@ -318,6 +370,13 @@ impl Layout {
                         from_fd: true,
                     });
                 }
+                Some(VolumePlan::Claim { claim }) => mounts.push(BindMount {
+                    source: self.claim(&pod.namespace, claim),
+                    target: m.target.clone(),
+                    read_only: m.read_only,
+                    sub_path: m.sub_path.clone(),
+                    from_fd: false,
+                }),
                 Some(_) => mounts.push(BindMount {
                     source: self.volume(&m.volume),
                     target: m.target.clone(),

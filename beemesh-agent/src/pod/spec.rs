@@ -190,6 +190,9 @@ pub enum VolumePlan {
     ConfigMap { name: String, items: Option<Vec<KeyToPath>>, default_mode: u32, optional: bool },
     /// Files from a Secret, as for `ConfigMap`.
     Secret { name: String, items: Option<Vec<KeyToPath>>, default_mode: u32, optional: bool },
+    /// A claim's local volume on this host (`<state-dir>/volumes/<namespace>/<claim>`): kept
+    /// when the pod goes, found again by the next pod of the same claim here.
+    Claim { claim: String },
 }
 
 /// One key of a configMap/secret volume, written at `path` (relative to the volume).
@@ -356,6 +359,9 @@ fn volume(v: &Volume) -> Option<VolumePlan> {
         let kind = h.type_.clone().filter(|t| !t.is_empty());
         return Some(VolumePlan::HostPath { path: h.path.clone(), kind });
     }
+    if let Some(c) = &v.persistent_volume_claim {
+        return Some(VolumePlan::Claim { claim: c.claim_name.clone() });
+    }
     if let Some(c) = &v.config_map {
         return Some(VolumePlan::ConfigMap {
             name: c.name.clone(),
@@ -411,7 +417,9 @@ pub fn volume_files(
             let data = objects.secret(namespace, name).map(secret_data);
             (ObjectKind::Secret, name, items, *default_mode, *optional, data)
         }
-        VolumePlan::EmptyDir { .. } | VolumePlan::HostPath { .. } => return Ok(Vec::new()),
+        VolumePlan::EmptyDir { .. } | VolumePlan::HostPath { .. } | VolumePlan::Claim { .. } => {
+            return Ok(Vec::new())
+        }
     };
     let Some(data) = data else {
         if optional {

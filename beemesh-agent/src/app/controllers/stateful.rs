@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Volume};
 use serde_json::json;
 
 use super::common::{owner_ref, pod_from_template, template_hash, PodState, Write};
@@ -25,8 +26,20 @@ fn ordinal(name: &str, pod: &str) -> Option<usize> {
     (n.to_string() == rest).then_some(n)
 }
 
-/// A StatefulSet's writes (pods to create or delete) and status, given the pods it controls.
-pub fn stateful_set(s: &StatefulSet, pods: &[&PodState]) -> Vec<Write> {
+/// The annotation naming the host a claim's local volume is on (Kubernetes' own).
+pub const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
+
+/// The claim of template `template` for pod `pod`, as Kubernetes names it.
+pub fn claim_name(template: &str, pod: &str) -> String {
+    format!("{template}-{pod}")
+}
+
+/// A StatefulSet's writes (pods to create or delete, claims to record) and status, given the
+/// pods it controls and the hosts of the claims that exist (`claims`: name -> node).
+/// `volumeClaimTemplates` become local volumes: each pod mounts `<template>-<pod>`, recorded
+/// as a PersistentVolumeClaim bound to the host the pod was first placed on; a pod whose claims
+/// are bound is pinned to that host (its data is there): never moved, it waits for the host.
+pub fn stateful_set(s: &StatefulSet, pods: &[&PodState], claims: &BTreeMap<String, String>) -> Vec<Write> {
     let ns = s.metadata.namespace.as_deref().unwrap_or("default");
     let name = s.metadata.name.as_deref().unwrap_or("");
     let spec = s.spec.clone();
@@ -52,6 +65,25 @@ pub fn stateful_set(s: &StatefulSet, pods: &[&PodState]) -> Vec<Write> {
         if let Some(ps) = pod.spec.as_mut() {
             ps.hostname = Some(pod_name.clone());
             ps.subdomain = spec.service_name.clone().filter(|s| !s.is_empty());
+            let volumes = ps.volumes.get_or_insert_with(Vec::new);
+            for t in spec.volume_claim_templates.iter().flatten() {
+                let Some(t_name) = t.metadata.name.clone() else { continue };
+                if volumes.iter().any(|v| v.name == t_name) {
+                    continue;
+                }
+                let claim = claim_name(&t_name, &pod_name);
+                if let Some(node) = claims.get(&claim) {
+                    ps.node_name = Some(node.clone());
+                }
+                volumes.push(Volume {
+                    name: t_name,
+                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                        claim_name: claim,
+                        read_only: None,
+                    }),
+                    ..Volume::default()
+                });
+            }
         }
         Write::put("Pod", ns, &pod_name, serde_json::to_value(pod).unwrap_or_default())
     };
@@ -86,6 +118,46 @@ pub fn stateful_set(s: &StatefulSet, pods: &[&PodState]) -> Vec<Write> {
             .find(|i| by_ordinal.get(i).is_some_and(|p| p.label(REVISION_LABEL) != Some(revision.as_str())));
         if let Some(i) = stale {
             writes.push(Write::delete("Pod", ns, &format!("{name}-{i}")));
+        }
+    }
+    // Claims of placed pods not recorded yet: bound to the pod's host.
+    for p in pods {
+        let Some(node) = p.pod.spec.as_ref().and_then(|s| s.node_name.clone()).filter(|n| !n.is_empty())
+        else {
+            continue;
+        };
+        for t in spec.volume_claim_templates.iter().flatten() {
+            let Some(t_name) = t.metadata.name.as_deref() else { continue };
+            let claim = claim_name(t_name, p.name());
+            if claims.contains_key(&claim) {
+                continue;
+            }
+            let mut labels = t.metadata.labels.clone().unwrap_or_default();
+            labels.extend(spec.selector.match_labels.clone().unwrap_or_default());
+            let storage = t
+                .spec
+                .as_ref()
+                .and_then(|s| s.resources.as_ref())
+                .and_then(|r| r.requests.as_ref())
+                .and_then(|r| r.get("storage"))
+                .map(|q| q.0.clone());
+            let pvc = json!({
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {
+                    "name": claim,
+                    "namespace": ns,
+                    "labels": labels,
+                    "annotations": {SELECTED_NODE: node},
+                },
+                "spec": t.spec,
+                "status": {
+                    "phase": "Bound",
+                    "accessModes": t.spec.as_ref().and_then(|s| s.access_modes.clone()),
+                    "capacity": {"storage": storage},
+                },
+            });
+            writes.push(Write::put("PersistentVolumeClaim", ns, &claim, pvc));
         }
     }
     let ready = pods.iter().filter(|p| p.ready).count();
@@ -128,7 +200,7 @@ mod tests {
     /// Runs the controller against its own writes: created pods become ready when `ready`.
     fn step(s: &StatefulSet, pods: &mut BTreeMap<String, PodState>, ready: bool) -> Vec<Write> {
         let listed: Vec<&PodState> = pods.values().collect();
-        let writes = stateful_set(s, &listed);
+        let writes = stateful_set(s, &listed, &BTreeMap::new());
         for w in &writes {
             match (w.kind, &w.body) {
                 ("Pod", Some(b)) => {
@@ -193,5 +265,44 @@ mod tests {
             .expect("status");
         assert_eq!(status["status"]["updatedReplicas"], 2);
         assert_eq!(status["status"]["readyReplicas"], 3);
+    }
+}
+
+#[cfg(test)]
+mod claim_tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Pod;
+
+    #[test]
+    fn claims_become_local_volumes_bound_to_the_first_host_and_pin_the_pod_there() {
+        let s: StatefulSet = serde_yaml::from_str(
+            "metadata: {name: db, namespace: default, uid: s-1}\nspec:\n  replicas: 1\n  serviceName: db\n  selector: {matchLabels: {app: db}}\n  volumeClaimTemplates: [{metadata: {name: data}, spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}}]\n  template:\n    metadata: {labels: {app: db}}\n    spec: {containers: [{name: c, image: i, volumeMounts: [{name: data, mountPath: /data}]}]}\n",
+        )
+        .expect("statefulset");
+        let writes = stateful_set(&s, &[], &BTreeMap::new());
+        let pod: Pod = serde_json::from_value(writes[0].body.clone().expect("pod")).expect("pod");
+        let v = &pod.spec.as_ref().and_then(|s| s.volumes.clone()).expect("volumes")[0];
+        assert_eq!(v.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str()), Some("data-db-0"));
+        assert!(
+            pod.spec.as_ref().and_then(|s| s.node_name.clone()).is_none(),
+            "first placement is the scheduler's"
+        );
+        // Placed on h2: the claim is recorded there.
+        let mut placed = pod.clone();
+        placed.spec.as_mut().expect("spec").node_name = Some("h2".into());
+        let state = PodState { pod: placed, ready: true };
+        let writes = stateful_set(&s, &[&state], &BTreeMap::new());
+        let pvc = writes
+            .iter()
+            .find(|w| w.kind == "PersistentVolumeClaim")
+            .and_then(|w| w.body.clone())
+            .expect("claim");
+        assert_eq!(pvc["metadata"]["annotations"][SELECTED_NODE], "h2");
+        assert_eq!(pvc["status"]["capacity"]["storage"], "1Gi");
+        // Replaced: the new db-0 is pinned to h2.
+        let claims = BTreeMap::from([("data-db-0".to_string(), "h2".to_string())]);
+        let writes = stateful_set(&s, &[], &claims);
+        let pod: Pod = serde_json::from_value(writes[0].body.clone().expect("pod")).expect("pod");
+        assert_eq!(pod.spec.and_then(|s| s.node_name), Some("h2".into()));
     }
 }
