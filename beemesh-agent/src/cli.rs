@@ -30,6 +30,7 @@ mod get;
 mod images;
 mod nodes;
 mod pods;
+mod rollout;
 mod token;
 
 pub use ca::CaCommand;
@@ -170,7 +171,7 @@ pub enum Command {
         command: Vec<String>,
     },
     /// Apply a manifest (Pods, ConfigMaps, Secrets, Namespaces, Services, NetworkPolicies,
-    /// Deployments, StatefulSets; `-` reads stdin).
+    /// Deployments, StatefulSets, ReplicaSets, DaemonSets; `-` reads stdin).
     Apply {
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
@@ -180,6 +181,11 @@ pub enum Command {
     Get {
         #[command(subcommand)]
         what: get::GetCommand,
+    },
+    /// A Deployment's revisions (`history`), or a rollback to one (`undo`).
+    Rollout {
+        #[command(subcommand)]
+        what: rollout::RolloutCommand,
     },
     /// Delete what a manifest names (`-f FILE`) or `pod NAME`; waits until pods are gone.
     Delete {
@@ -439,6 +445,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
         Command::Exec { .. } => fail("exec needs a POD or --identity"),
         Command::Apply { file } => pods::apply(&socket, &file).await,
         Command::Get { what } => get::get(&socket, what).await,
+        Command::Rollout { what } => rollout::rollout(&socket, what).await,
         Command::Delete { file, what, no_wait } => {
             let pod = what.map(|pods::DeleteCommand::Pod { name, namespace }| (namespace, name));
             pods::delete(&socket, file.as_deref(), pod, !no_wait).await

@@ -337,6 +337,24 @@ fn daemon_sets_follow_hosts_deployments_roll_out_and_stateful_sets_start_in_orde
         replica_sets(&agents[0]),
         rows(&agents[0])
     );
+    // History, and an undo: revision 1's template comes back as revision 3 (its ReplicaSet
+    // reused), rolled out like any new template.
+    let (ok, out, err) = agents[1].run_cli(&["rollout", "history", "deployment/web"], None)?;
+    ensure!(ok && out.contains("REVISION  CHANGE-CAUSE\n1 ") && out.contains("\n2 "), "{out}{err}");
+    let (ok, out, err) = agents[1].run_cli(&["rollout", "undo", "deployment/web"], None)?;
+    ensure!(ok && out.contains("deployment.apps/web rolled back"), "{out}{err}");
+    let undone = |agent: &Agent| {
+        replica_sets(agent) == [("2".to_string(), 0, 0), ("3".to_string(), 4, 4)]
+            && status(agent, "deployment", "web", "readyReplicas") == Some(4)
+    };
+    ensure!(
+        eventually(T, || undone(&agents[0])),
+        "undo: {:?}\n{:?}",
+        replica_sets(&agents[0]),
+        rows(&agents[0])
+    );
+    let d = object(&agents[0], "deployment", "web");
+    ensure!(d["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"] == "1", "{d}");
 
     // db-0's claim is a local volume on the host it was first placed on: written, its pod
     // deleted, the new db-0 comes back on that host with the data.
