@@ -76,14 +76,7 @@ pub(super) fn validate_daemon_set(d: &DaemonSet, prefix: &str) -> Result<(), Fie
     non_negative(at("spec.minReadySeconds"), spec.min_ready_seconds)?;
     non_negative(at("spec.revisionHistoryLimit"), spec.revision_history_limit)?;
     if let Some(update) = &spec.update_strategy {
-        let ty = update.type_.as_deref().unwrap_or("RollingUpdate");
-        if ty != "RollingUpdate" && ty != "OnDelete" {
-            return Err(FieldError::new(
-                at("spec.updateStrategy.type"),
-                format!("{ty:?}: expected RollingUpdate or OnDelete"),
-            )
-            .at(ty));
-        }
+        update_type(at("spec.updateStrategy.type"), update.type_.as_deref())?;
         if let Some(r) = &update.rolling_update {
             int_or_percent(
                 at("spec.updateStrategy.rollingUpdate.maxUnavailable"),
@@ -117,14 +110,7 @@ pub(super) fn validate_stateful_set(s: &StatefulSet, prefix: &str) -> Result<(),
         }
     }
     if let Some(update) = &spec.update_strategy {
-        let ty = update.type_.as_deref().unwrap_or("RollingUpdate");
-        if ty != "RollingUpdate" && ty != "OnDelete" {
-            return Err(FieldError::new(
-                at("spec.updateStrategy.type"),
-                format!("{ty:?}: expected RollingUpdate or OnDelete"),
-            )
-            .at(ty));
-        }
+        update_type(at("spec.updateStrategy.type"), update.type_.as_deref())?;
         non_negative(
             at("spec.updateStrategy.rollingUpdate.partition"),
             update.rolling_update.as_ref().and_then(|r| r.partition),
@@ -158,6 +144,15 @@ pub(super) fn validate_stateful_set(s: &StatefulSet, prefix: &str) -> Result<(),
         }
     }
     template(&spec.selector, &spec.template, prefix, &claims)
+}
+
+/// A StatefulSet's or DaemonSet's `updateStrategy.type`.
+fn update_type(field: String, ty: Option<&str>) -> Result<(), FieldError> {
+    let ty = ty.unwrap_or("RollingUpdate");
+    if ty != "RollingUpdate" && ty != "OnDelete" {
+        return Err(FieldError::new(field, format!("{ty:?}: expected RollingUpdate or OnDelete")).at(ty));
+    }
+    Ok(())
 }
 
 fn non_negative(field: String, value: Option<i32>) -> Result<(), FieldError> {

@@ -227,6 +227,15 @@ pub fn static_fit(needs: &Needs, host: &HostFacts) -> Result<(), Reason> {
     Ok(())
 }
 
+/// The share (0..=100) of the weights of `prefs` whose selector `matches`; `None` without
+/// preferences.
+fn matched_share(prefs: &[(u32, Selector)], matches: impl Fn(&Selector) -> bool) -> Option<u64> {
+    let weight = |(w, _): &(u32, Selector)| u64::from(*w);
+    let total: u64 = prefs.iter().map(weight).sum();
+    let hit: u64 = prefs.iter().filter(|(_, s)| matches(s)).map(weight).sum();
+    (hit * 100).checked_div(total)
+}
+
 /// The whole pipeline against what the host runs and has promised (`placed`): the score in
 /// 0..=100, or why not.
 pub fn fit(needs: &Needs, host: &HostFacts, placed: &[&Placed]) -> Result<u32, Reason> {
@@ -249,45 +258,20 @@ pub fn fit(needs: &Needs, host: &HostFacts, placed: &[&Placed]) -> Result<u32, R
     // placing, 0..=100.
     let share = |used: u64, total: u64| ((total - used.min(total)) * 100).checked_div(total).unwrap_or(0);
     let mut score = (share(after.cpu_millis, a.cpu_millis) + share(after.memory_bytes, a.memory_bytes)) / 2;
-    let preferred: u64 = needs
-        .preferred_nodes
-        .iter()
-        .filter(|(_, t)| t.matches(&host.labels))
-        .map(|(w, _)| u64::from(*w))
-        .sum();
-    let total_pref: u64 = needs.preferred_nodes.iter().map(|(w, _)| u64::from(*w)).sum();
-    let avoided: u64 = needs
-        .preferred_anti
-        .iter()
-        .filter(|(_, s)| placed.iter().any(|p| s.matches(&p.labels)))
-        .map(|(w, _)| u64::from(*w))
-        .sum();
-    let total_anti: u64 = needs.preferred_anti.iter().map(|(w, _)| u64::from(*w)).sum();
-    let near: u64 = needs
-        .preferred_affinity
-        .iter()
-        .filter(|(_, s)| placed.iter().any(|p| s.matches(&p.labels)))
-        .map(|(w, _)| u64::from(*w))
-        .sum();
-    let total_near: u64 = needs.preferred_affinity.iter().map(|(w, _)| u64::from(*w)).sum();
+    let runs_one = |s: &Selector| placed.iter().any(|p| s.matches(&p.labels));
     let soft_taint = host.taints.iter().any(|t| {
         t.effect == Effect::PreferNoSchedule && !needs.tolerations.iter().any(|tol| tol.tolerates(t))
     });
     // Preferences weigh as much as the resources: the mean of the parts.
-    let mut parts = 1;
-    if let Some(p) = (preferred * 100).checked_div(total_pref) {
+    let parts = [
+        matched_share(&needs.preferred_nodes, |t| t.matches(&host.labels)),
+        matched_share(&needs.preferred_anti, runs_one).map(|a| 100 - a),
+        matched_share(&needs.preferred_affinity, runs_one),
+    ];
+    for p in parts.iter().flatten() {
         score += p;
-        parts += 1;
     }
-    if let Some(a) = (avoided * 100).checked_div(total_anti) {
-        score += 100 - a;
-        parts += 1;
-    }
-    if let Some(n) = (near * 100).checked_div(total_near) {
-        score += n;
-        parts += 1;
-    }
-    score /= parts;
+    score /= 1 + parts.iter().flatten().count() as u64;
     if soft_taint {
         score /= 2;
     }

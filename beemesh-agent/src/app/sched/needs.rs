@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use beemesh_state::sched::fit::{Effect, Op, Requirement, Selector, Taint, Toleration};
 use beemesh_state::sched::{HostFacts, Needs, Placed, Resources, SlotReq};
-use k8s_openapi::api::core::v1::{NodeSelectorTerm, Pod, PodAffinityTerm};
+use k8s_openapi::api::core::v1::{NodeSelectorTerm, Pod, PodAffinityTerm, WeightedPodAffinityTerm};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::Value;
 
@@ -174,33 +174,23 @@ pub fn needs(pod: &Pod) -> Needs {
             .map(|p| (p.weight.clamp(0, 100) as u32, node_term(&p.preference)))
             .collect();
     }
-    if let Some(pa) = &affinity.pod_affinity {
-        n.pod_affinity = pa
-            .required_during_scheduling_ignored_during_execution
-            .iter()
-            .flatten()
-            .map(|t| pod_term(t, &namespace))
-            .collect();
-        n.preferred_affinity = pa
-            .preferred_during_scheduling_ignored_during_execution
-            .iter()
+    let required = |terms: Option<&Vec<PodAffinityTerm>>| -> Vec<Selector> {
+        terms.into_iter().flatten().map(|t| pod_term(t, &namespace)).collect()
+    };
+    let preferred = |terms: Option<&Vec<WeightedPodAffinityTerm>>| -> Vec<(u32, Selector)> {
+        terms
+            .into_iter()
             .flatten()
             .map(|w| (w.weight.clamp(0, 100) as u32, pod_term(&w.pod_affinity_term, &namespace)))
-            .collect();
+            .collect()
+    };
+    if let Some(pa) = &affinity.pod_affinity {
+        n.pod_affinity = required(pa.required_during_scheduling_ignored_during_execution.as_ref());
+        n.preferred_affinity = preferred(pa.preferred_during_scheduling_ignored_during_execution.as_ref());
     }
     if let Some(pa) = &affinity.pod_anti_affinity {
-        n.pod_anti_affinity = pa
-            .required_during_scheduling_ignored_during_execution
-            .iter()
-            .flatten()
-            .map(|t| pod_term(t, &namespace))
-            .collect();
-        n.preferred_anti = pa
-            .preferred_during_scheduling_ignored_during_execution
-            .iter()
-            .flatten()
-            .map(|w| (w.weight.clamp(0, 100) as u32, pod_term(&w.pod_affinity_term, &namespace)))
-            .collect();
+        n.pod_anti_affinity = required(pa.required_during_scheduling_ignored_during_execution.as_ref());
+        n.preferred_anti = preferred(pa.preferred_during_scheduling_ignored_during_execution.as_ref());
     }
     n
 }
