@@ -104,6 +104,15 @@ pub fn owner<H: Clone, V: View<H>>(view: &V, workload: &str) -> Option<H> {
     rank::owner(rank::hash_str(workload), hosts.iter().map(|(h, x)| (h, *x))).cloned()
 }
 
+/// Whether a host that sees `alive` of the `known` hosts (alive or held dead) may place the
+/// pods of the hosts it lost again: only while it sees at least half of them. A side cut off
+/// by a partition keeps what it runs and still places what was never placed, but leaves the
+/// lost hosts' pods to the larger side: no copy of the mesh's pods piles onto a minority, and
+/// the duplicates a heal must stop are only those of the cut-off hosts.
+pub fn may_heal(alive: usize, known: usize) -> bool {
+    alive * 2 >= known
+}
+
 /// A tender under way.
 #[derive(Debug)]
 struct Open<H> {
@@ -368,11 +377,13 @@ struct Promise {
 pub struct Bidder {
     promise_ms: u64,
     promises: BTreeMap<String, Promise>,
+    /// When the earliest promise lapses (none before it: no need to look).
+    next_lapse_ms: u64,
 }
 
 impl Bidder {
     pub fn new(cfg: &SchedConfig) -> Self {
-        Bidder { promise_ms: cfg.promise_ms, promises: BTreeMap::new() }
+        Bidder { promise_ms: cfg.promise_ms, promises: BTreeMap::new(), next_lapse_ms: u64::MAX }
     }
 
     /// Answers `tender` from `facts` and the pods the state places here (`placed`, by slot),
@@ -385,7 +396,12 @@ impl Bidder {
         placed: &BTreeMap<String, Placed>,
         tender: &Tender,
     ) -> Answer {
-        self.expire(now, placed);
+        // Lapsed promises go; those of slots placed here are the driver's to drop
+        // (`release`, `settled`): until it does, such a pod counts twice, never too little.
+        if now >= self.next_lapse_ms {
+            self.promises.retain(|_, p| p.until_ms > now);
+            self.next_lapse_ms = self.promises.values().map(|p| p.until_ms).min().unwrap_or(u64::MAX);
+        }
         self.promises.remove(&tender.slot);
         if placed.contains_key(&tender.slot) {
             // Already ours: bid without counting it twice.
@@ -399,8 +415,9 @@ impl Bidder {
                     labels: tender.needs.labels.clone(),
                     anti: tender.needs.pod_anti_affinity.clone(),
                 };
-                self.promises
-                    .insert(tender.slot.clone(), Promise { placed, until_ms: now + self.promise_ms });
+                let until_ms = now + self.promise_ms;
+                self.next_lapse_ms = self.next_lapse_ms.min(until_ms);
+                self.promises.insert(tender.slot.clone(), Promise { placed, until_ms });
                 Answer::Bid { score }
             }
             Err(r) => Answer::Decline(r),
@@ -416,6 +433,11 @@ impl Bidder {
     /// counted as placed here) or lost (the capacity is free again).
     pub fn release(&mut self, placed: impl Fn(&str) -> bool) {
         self.promises.retain(|slot, _| !placed(slot));
+    }
+
+    /// The state shows `slot` placed (here or elsewhere): its promise, if any, is dropped.
+    pub fn settled(&mut self, slot: &str) {
+        self.promises.remove(slot);
     }
 
     /// What promises hold now.

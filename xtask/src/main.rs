@@ -93,10 +93,12 @@ fn cargo() -> Command {
 }
 
 /// Builds the agent and the benches' binaries (bench drives `probe` workloads) in release
-/// mode and runs the four benches: policy (`bench`), pods (`pod_bench`), the replicated
+/// mode and runs the five benches: policy (`bench`), pods (`pod_bench`), the replicated
 /// state in the simulator against a model of memberlist (`state_bench`, which takes only
-/// `--quick`: 100 hosts instead of 1,000 and 10,000) and five real agents in network
-/// namespaces (`mesh_bench`: convergence, memory, failure detection; takes only `--quick`).
+/// `--quick`: 100 hosts instead of 1,000 and 10,000), the scheduler in the simulator
+/// (`sched_bench`: 100,000 pods on 1,000 and 10,000 hosts; `--quick`: 2,000 on 100) and five
+/// real agents in network namespaces (`mesh_bench`: convergence, memory, failure detection;
+/// takes only `--quick`).
 fn bench(args: &[String]) -> Result<()> {
     run(cargo().args([
         "build",
@@ -119,6 +121,9 @@ fn bench(args: &[String]) -> Result<()> {
     let mut state = Command::new(release.join("state_bench"));
     state.args(quick.clone());
     run(&mut state)?;
+    let mut sched = Command::new(release.join("sched_bench"));
+    sched.args(quick.clone());
+    run(&mut sched)?;
     let mut mesh = Command::new(release.join("mesh_bench"));
     mesh.args(quick).env("BEEMESH_AGENT_BIN", release.join("beemesh-agent"));
     run(&mut mesh)

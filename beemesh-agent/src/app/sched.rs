@@ -10,8 +10,10 @@
 //! [`Scheduler::place`] before writing them (so a pod applied is placed in the same write);
 //! afterwards a pod's owner (rendezvous over the alive hosts, by its workload) tenders what
 //! still needs a host: pods written unplaced, and pods the mesh placed (annotation
-//! [`SCHEDULED_ANNOTATION`]) on a host the failure detector holds dead. A pod a manifest pins
-//! with `nodeName` stays where it is pinned.
+//! [`SCHEDULED_ANNOTATION`]) on a host the failure detector holds dead, while this host sees
+//! at least half the known hosts ([`core::may_heal`]: a side cut off by a partition leaves the
+//! lost hosts' pods to the larger side). A pod a manifest pins with `nodeName` stays where it
+//! is pinned.
 
 pub mod needs;
 
@@ -317,8 +319,9 @@ impl Task {
         let now = self.now();
         let mut outs = Vec::new();
         let mut wanted = BTreeSet::new();
+        let heal = core::may_heal(self.view.hosts.len(), self.view.facts.len());
         for (slot, p) in &self.view.pods {
-            let lost = p.scheduled && self.view.dead.contains(&p.node);
+            let lost = heal && p.scheduled && self.view.dead.contains(&p.node);
             if !(p.node.is_empty() || lost) {
                 continue;
             }
