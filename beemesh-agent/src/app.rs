@@ -31,6 +31,7 @@ use crate::workload::{Workload, WorkloadCgroups, WorkloadTable};
 mod apply;
 pub(crate) mod cluster;
 pub(crate) mod controllers;
+pub(crate) mod events;
 mod images;
 pub mod join;
 pub(crate) mod liveness;
@@ -299,6 +300,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     // Pods come from the cluster state and their statuses go there; `spec.nodeName` names
     // hosts by node name.
     pods.cluster = Some(mesh.cluster.clone());
+    pods.events = Some(mesh.events.clone());
     pods.pulls = Some(mesh.images.clone());
     pods.host = mesh.cluster.node().to_owned();
     let host_netns = crate::sys::process::netns_cookie().map_err(io("read the network namespace cookie"))?;

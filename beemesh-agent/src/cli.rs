@@ -26,6 +26,7 @@ macro_rules! out {
 }
 
 mod ca;
+mod events;
 mod get;
 mod images;
 mod nodes;
@@ -181,6 +182,27 @@ pub enum Command {
     Get {
         #[command(subcommand)]
         what: get::GetCommand,
+    },
+    /// Events of the mesh, oldest first: LAST SEEN TYPE REASON OBJECT MESSAGE (tendered and
+    /// scheduled with the bids, pods created and started, hosts lost, replica sets scaled).
+    Events {
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// Only the events of this object: KIND/NAME (`pod/web-0`, `deploy/web`).
+        #[arg(long = "for", value_name = "KIND/NAME")]
+        about: Option<String>,
+    },
+    /// An object's fields as kubectl describes them (pods, deployments, statefulsets,
+    /// replicasets, daemonsets, any kind of the state), then its events.
+    Describe {
+        /// pod, deployment, statefulset, replicaset, daemonset, service, configmap, node, ...
+        kind: String,
+        name: String,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
     },
     /// A Deployment's revisions (`history`), or a rollback to one (`undo`).
     Rollout {
@@ -446,6 +468,12 @@ pub async fn execute(cli: Cli) -> ExitCode {
         Command::Apply { file } => pods::apply(&socket, &file).await,
         Command::Get { what } => get::get(&socket, what).await,
         Command::Rollout { what } => rollout::rollout(&socket, what).await,
+        Command::Events { namespace, all_namespaces, about } => {
+            events::events(&socket, &namespace, all_namespaces, about.as_deref()).await
+        }
+        Command::Describe { kind, name, namespace } => {
+            events::describe(&socket, &kind, &name, &namespace).await
+        }
         Command::Delete { file, what, no_wait } => {
             let pod = what.map(|pods::DeleteCommand::Pod { name, namespace }| (namespace, name));
             pods::delete(&socket, file.as_deref(), pod, !no_wait).await

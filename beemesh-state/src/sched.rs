@@ -79,8 +79,9 @@ pub enum Answer {
 pub enum Out<H> {
     /// Send `tender` to `to`; hand its answer to [`Tenderer::answered`].
     Tender { to: H, tender: Tender },
-    /// Write the slot's pod with `spec.nodeName` = `host`.
-    Bind { slot: String, host: H, bids: usize },
+    /// Write the slot's pod with `spec.nodeName` = `host` (`asked` candidates, `bids` of
+    /// them bid).
+    Bind { slot: String, host: H, asked: usize, bids: usize },
     /// Nobody can take the slot now: show `message`; tried again later.
     Pending { slot: String, message: String },
 }
@@ -119,6 +120,9 @@ struct Open<H> {
     req: SlotReq,
     attempt: u32,
     asked: BTreeSet<H>,
+    /// The candidates in their rank for the slot, best first (ties of the award go to the
+    /// first: equal hosts share the load instead of the lowest name taking it all).
+    ranked: Vec<H>,
     bids: BTreeMap<H, u32>,
     declines: BTreeMap<H, Reason>,
     /// Why the hosts not asked could not be (their Node records alone decide it).
@@ -285,7 +289,8 @@ impl<H: Clone + Ord + std::fmt::Debug> Tenderer<H> {
             Open {
                 req,
                 attempt,
-                asked: asked.into_iter().collect(),
+                asked: asked.iter().cloned().collect(),
+                ranked: asked,
                 bids: BTreeMap::new(),
                 declines: BTreeMap::new(),
                 unfit,
@@ -320,7 +325,7 @@ impl<H: Clone + Ord + std::fmt::Debug> Tenderer<H> {
                 .unwrap_or(0)
         });
         let mut best: Option<(i64, &H)> = None;
-        for (h, score) in &o.bids {
+        for (h, score) in o.ranked.iter().filter_map(|h| Some((h, o.bids.get(h)?))) {
             let n = count(h);
             if let (Some(skew), Some(floor)) = (o.req.max_skew, floor) {
                 if n + 1 > floor + skew {
@@ -329,7 +334,7 @@ impl<H: Clone + Ord + std::fmt::Debug> Tenderer<H> {
                 }
             }
             let total = i64::from(*score) - i64::from(self.cfg.spread_weight) * n as i64;
-            // Ties to the lowest host: strictly greater replaces.
+            // Ties to the better ranked: strictly greater replaces.
             if best.is_none_or(|(b, _)| total > b) {
                 best = Some((total, h));
             }
@@ -339,7 +344,7 @@ impl<H: Clone + Ord + std::fmt::Debug> Tenderer<H> {
                 let host = h.clone();
                 let until = now + self.cfg.promise_ms;
                 self.awarded.insert(slot.to_owned(), (o.req.group.clone(), host.clone(), until));
-                vec![Out::Bind { slot: slot.to_owned(), host, bids: o.bids.len() }]
+                vec![Out::Bind { slot: slot.to_owned(), host, asked: o.asked.len(), bids: o.bids.len() }]
             }
             None => {
                 let total = view.hosts().len();

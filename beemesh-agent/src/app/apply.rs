@@ -110,10 +110,11 @@ impl AgentHandle {
                     let created = super::pods::format_time(now_secs());
                     let mut pod = with_namespace(p, o.namespace());
                     let pinned = p.spec.as_ref().and_then(|s| s.node_name.clone());
+                    let uid = new_uid();
                     if pinned.is_none() {
-                        self.place(&mut pod, o.namespace(), o.name()).await;
+                        self.place(&mut pod, o.namespace(), o.name(), &uid).await;
                     }
-                    ("created", cpods::stored(&pod, o.namespace(), &new_uid(), &created, None))
+                    ("created", cpods::stored(&pod, o.namespace(), &uid, &created, None))
                 }
                 _ => match kube::prepare(o, before.as_deref(), cluster::now_ms(), &new_uid()) {
                     (change, Some(body)) if change != kube::Change::Unchanged => (change.word(), body),
@@ -141,10 +142,11 @@ impl AgentHandle {
     /// Places a pod that names no `nodeName` through the mesh's scheduler (a tender to the
     /// hosts that could take it, the best bid wins); a pod nobody can take now is written
     /// unplaced, saying why, and its owner tenders it again with back-off.
-    async fn place(&self, pod: &mut Pod, namespace: &str, name: &str) {
+    async fn place(&self, pod: &mut Pod, namespace: &str, name: &str, uid: &str) {
         let Some(m) = self.mesh.as_ref() else { return };
         let slot = sched::needs::slot_of(namespace, name);
-        match m.sched.place(sched::needs::slot_req(pod, &slot)).await {
+        let about = sched::PodRef { uid: Some(uid.to_owned()), ..sched::PodRef::of(pod) };
+        match m.sched.place(sched::needs::slot_req(pod, &slot), about).await {
             sched::Placement::Bound(host) => sched::mark_bound(pod, &host),
             sched::Placement::Pending(message) => sched::mark_unschedulable(pod, &message),
         }

@@ -32,6 +32,9 @@ pub const REQUEST_KIND: &str = "state";
 const TICK: Duration = Duration::from_millis(100);
 /// How long `write` waits for another host to hold the write.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Kinds whose changes do not bump [`Cluster::changes`] (only their own `kind_changes`):
+/// records nothing reconciles from, written often.
+const QUIET_KINDS: [&str; 1] = [super::events::KIND];
 
 /// Errors of the cluster state's driver.
 #[derive(Debug, thiserror::Error)]
@@ -499,7 +502,12 @@ impl Task {
         let persisted = if saves.is_empty() && removes.is_empty() {
             true
         } else {
-            self.changed.send_modify(|n| *n += 1);
+            // Events wake nobody but who watches their kind (`QUIET_KINDS`).
+            let loud =
+                saves.iter().map(|o| &o.key).chain(&removes).any(|k| !QUIET_KINDS.contains(&k.kind.as_str()));
+            if loud {
+                self.changed.send_modify(|n| *n += 1);
+            }
             let store = self.store.clone();
             let result = tokio::task::spawn_blocking(move || store.save_all(&saves, &removes)).await;
             match result {

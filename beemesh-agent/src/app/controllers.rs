@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 
 use super::cluster::pods::{self as cpods, POD, POD_STATUS};
 use super::cluster::{Cluster, Listed};
+use super::events::{Involved, Recorder};
 use super::liveness::Liveness;
 use common::{controller_uid, PodState, Write};
 
@@ -45,12 +46,12 @@ const SETTLE: Duration = Duration::from_millis(50);
 /// Claims of StatefulSets' `volumeClaimTemplates` (local volumes, bound to a host).
 const CLAIM: &str = "PersistentVolumeClaim";
 
-pub fn spawn(cluster: Cluster, liveness: Liveness) {
+pub fn spawn(cluster: Cluster, liveness: Liveness, events: Recorder) {
     tokio::spawn(async move {
         let mut changes = cluster.changes();
         let mut orphans: BTreeMap<Key, Instant> = BTreeMap::new();
         loop {
-            if let Err(e) = pass(&cluster, &liveness, &mut orphans).await {
+            if let Err(e) = pass(&cluster, &liveness, &events, &mut orphans).await {
                 warn!(error = %e, "workload controllers could not read the cluster state");
             }
             tokio::select! {
@@ -61,6 +62,21 @@ pub fn spawn(cluster: Cluster, liveness: Liveness) {
         }
         debug!("workload controllers ended");
     });
+}
+
+/// The hosts with a Node record the failure detector does not hold dead, with their
+/// rendezvous hashes: who may own an object.
+pub fn alive_hosts(nodes: &[Listed], liveness: &Liveness) -> Vec<(String, u64)> {
+    let dead = super::sched::dead_nodes(nodes, liveness);
+    nodes
+        .iter()
+        .map(|l| l.key.name.clone())
+        .filter(|n| !dead.contains(n))
+        .map(|n| {
+            let h = rank::hash_str(&n);
+            (n, h)
+        })
+        .collect()
 }
 
 fn decode<T: serde::de::DeserializeOwned>(l: &Listed) -> Option<T> {
@@ -74,6 +90,7 @@ fn key_text(k: &Key) -> String {
 async fn pass(
     cluster: &Cluster,
     liveness: &Liveness,
+    events: &Recorder,
     orphans: &mut BTreeMap<Key, Instant>,
 ) -> Result<(), String> {
     let mut kinds: Vec<&'static str> = vec![super::nodes::KIND, POD, POD_STATUS, CLAIM];
@@ -87,15 +104,7 @@ async fn pass(
     }
     let of = |k: &str| by_kind.get(k).map_or(&[][..], Vec::as_slice);
     let dead = super::sched::dead_nodes(of(super::nodes::KIND), liveness);
-    let hosts: Vec<(String, u64)> = of(super::nodes::KIND)
-        .iter()
-        .map(|l| l.key.name.clone())
-        .filter(|n| !dead.contains(n))
-        .map(|n| {
-            let h = rank::hash_str(&n);
-            (n, h)
-        })
-        .collect();
+    let hosts = alive_hosts(of(super::nodes::KIND), liveness);
     let me = cluster.node();
     let owns = |k: &Key| {
         rank::owner(rank::hash_str(&key_text(k)), hosts.iter().map(|(h, x)| (h, *x))).map(String::as_str)
@@ -217,6 +226,8 @@ async fn pass(
     for w in writes {
         let key = Key::new(w.kind, w.namespace.as_str(), w.name.as_str());
         let held = existing.get(&key).copied();
+        let event =
+            write_event(w.kind, &w.namespace, held.and_then(decode::<Value>).as_ref(), w.body.as_ref());
         let body = match (w.body, held) {
             (None, None) => continue,
             (None, Some(_)) => None,
@@ -228,9 +239,69 @@ async fn pass(
         debug!(object = %key_text(&key), delete = body.is_none(), "controller write");
         if let Err(e) = cluster.put(key.clone(), body) {
             warn!(object = %key_text(&key), error = %e, "controller write failed");
+            continue;
+        }
+        if let Some(e) = event {
+            events.normal(e.component, &e.about, e.reason, e.message);
         }
     }
     Ok(())
+}
+
+/// An event a controller's write makes, in Kubernetes' words.
+#[derive(Debug, PartialEq, Eq)]
+struct WriteEvent {
+    component: &'static str,
+    about: Involved,
+    reason: &'static str,
+    message: String,
+}
+
+/// The event of writing `new` (`None`: deleting) over `held`: a pod created or deleted by its
+/// ReplicaSet, StatefulSet or DaemonSet; a Deployment's ReplicaSet scaled.
+fn write_event(kind: &str, namespace: &str, held: Option<&Value>, new: Option<&Value>) -> Option<WriteEvent> {
+    let object = new.or(held)?;
+    let name = object["metadata"]["name"].as_str()?;
+    let owner = object["metadata"]["ownerReferences"].as_array()?.iter().find(|o| o["controller"] == true)?;
+    let about = Involved {
+        kind: owner["kind"].as_str()?.to_owned(),
+        namespace: namespace.to_owned(),
+        name: owner["name"].as_str()?.to_owned(),
+        uid: owner["uid"].as_str().map(str::to_owned),
+    };
+    let component = match about.kind.as_str() {
+        "ReplicaSet" => "replicaset-controller",
+        "StatefulSet" => "statefulset-controller",
+        "DaemonSet" => "daemonset-controller",
+        "Deployment" => "deployment-controller",
+        _ => return None,
+    };
+    let (reason, message) = match (kind, held, new, about.kind.as_str()) {
+        (POD, None, Some(_), "StatefulSet") => {
+            ("SuccessfulCreate", format!("create Pod {name} in StatefulSet {} successful", about.name))
+        }
+        (POD, Some(_), None, "StatefulSet") => {
+            ("SuccessfulDelete", format!("delete Pod {name} in StatefulSet {} successful", about.name))
+        }
+        (POD, None, Some(_), _) => ("SuccessfulCreate", format!("Created pod: {name}")),
+        (POD, Some(_), None, _) => ("SuccessfulDelete", format!("Deleted pod: {name}")),
+        ("ReplicaSet", _, Some(new), "Deployment") => {
+            let before = held.map(|h| h["spec"]["replicas"].as_i64().unwrap_or(1));
+            let after = new["spec"]["replicas"].as_i64().unwrap_or(1);
+            match before {
+                None => ("ScalingReplicaSet", format!("Scaled up replica set {name} to {after}")),
+                Some(b) if b < after => {
+                    ("ScalingReplicaSet", format!("Scaled up replica set {name} from {b} to {after}"))
+                }
+                Some(b) if b > after => {
+                    ("ScalingReplicaSet", format!("Scaled down replica set {name} from {b} to {after}"))
+                }
+                Some(_) => return None,
+            }
+        }
+        _ => return None,
+    };
+    Some(WriteEvent { component, about, reason, message })
 }
 
 /// The body to write for `new` over `held` (server-side metadata kept or filled in), or
@@ -308,6 +379,36 @@ pub fn merge_status(entries: &mut [crate::api::ObjectEntry], statuses: &[Listed]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_make_kubernetes_events_on_their_controller() {
+        let pod = |owner: &str| {
+            serde_json::json!({"metadata": {"name": "web-0", "ownerReferences": [
+                {"kind": owner, "name": "web", "uid": "u-1", "controller": true}]}})
+        };
+        let e = write_event(POD, "default", None, Some(&pod("StatefulSet"))).expect("created");
+        assert_eq!(
+            (e.reason, e.message.as_str()),
+            ("SuccessfulCreate", "create Pod web-0 in StatefulSet web successful")
+        );
+        assert_eq!((e.about.kind.as_str(), e.about.uid.as_deref()), ("StatefulSet", Some("u-1")));
+        let e = write_event(POD, "default", Some(&pod("ReplicaSet")), None).expect("deleted");
+        assert_eq!(
+            (e.reason, e.component, e.message.as_str()),
+            ("SuccessfulDelete", "replicaset-controller", "Deleted pod: web-0")
+        );
+        let rs = |n: i64| {
+            serde_json::json!({"metadata": {"name": "web-abc", "ownerReferences": [
+                {"kind": "Deployment", "name": "web", "uid": "d-1", "controller": true}]}, "spec": {"replicas": n}})
+        };
+        let e = write_event("ReplicaSet", "default", None, Some(&rs(3))).expect("new");
+        assert_eq!(e.message, "Scaled up replica set web-abc to 3");
+        let e = write_event("ReplicaSet", "default", Some(&rs(3)), Some(&rs(1))).expect("down");
+        assert_eq!(e.message, "Scaled down replica set web-abc from 3 to 1");
+        assert_eq!(write_event("ReplicaSet", "default", Some(&rs(3)), Some(&rs(3))), None);
+        let bare = serde_json::json!({"metadata": {"name": "p"}});
+        assert_eq!(write_event(POD, "default", None, Some(&bare)), None);
+    }
 
     #[test]
     fn a_replica_set_keeps_its_identity_and_counts_spec_changes() {

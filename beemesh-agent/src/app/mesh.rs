@@ -19,6 +19,7 @@ use crate::mesh::swarm::{self, MeshClient, MeshEvent, PeerInfo};
 use crate::mesh::trust::{Attestor, HostIdentity, HostTrust};
 
 use super::cluster::{self, pods as cpods, Cluster, Inbound};
+use super::events::Recorder;
 use super::images::{blobs, sharing::Sharing};
 use super::join::Issuer;
 use super::liveness::{self, Liveness};
@@ -47,6 +48,8 @@ pub struct Mesh {
     pub images: Sharing,
     /// This host's scheduler: tenders, bids, bindings.
     pub sched: Scheduler,
+    /// This host's event recorder (`app::events`).
+    pub events: Recorder,
 }
 
 /// Starts the swarm (listening on the configured port, joining the bootstrap peers) and the
@@ -99,8 +102,16 @@ pub(super) async fn start(
         Liveness::start(client.local_peer_id(), &cfg.mesh.failure_detector, cluster.clone(), client.clone())
             .await;
     let images = Sharing::start(cfg, client.clone(), cluster.clone(), name_of(&this), this.peer.clone());
-    let sched = Scheduler::start(cluster.clone(), client.clone(), liveness.clone(), Default::default());
-    super::controllers::spawn(cluster.clone(), liveness.clone());
+    let recorder = Recorder::new(cluster.clone());
+    super::events::spawn_sweeper(cluster.clone(), liveness.clone());
+    let sched = Scheduler::start(
+        cluster.clone(),
+        client.clone(),
+        liveness.clone(),
+        recorder.clone(),
+        Default::default(),
+    );
+    super::controllers::spawn(cluster.clone(), liveness.clone(), recorder.clone());
     let pod_server = Arc::new(OnceLock::new());
     let serving = Serving {
         images: images.clone(),
@@ -117,7 +128,18 @@ pub(super) async fn start(
         }
         debug!("mesh events ended");
     });
-    Ok(Mesh { client, cluster, this, issuer, pod_server, revocations, liveness, images, sched })
+    Ok(Mesh {
+        client,
+        cluster,
+        this,
+        issuer,
+        pod_server,
+        revocations,
+        liveness,
+        images,
+        sched,
+        events: recorder,
+    })
 }
 
 fn name_of(this: &PeerEntry) -> String {

@@ -15,6 +15,10 @@ use k8s_openapi::api::core::v1::Pod;
 
 use super::cluster::pods::{self as cpods, PodReport};
 use super::cluster::Cluster;
+use super::events::{Involved, Recorder};
+
+/// The component named in the pod runtime's events (Kubernetes': `kubelet`).
+const COMPONENT: &str = "beemesh-agent";
 use super::images::pull::Wanted;
 use super::reconcile::Desired;
 use crate::api::{ContainerInfo, PodInfo};
@@ -31,7 +35,7 @@ use crate::pod::{probe, proto};
 mod kube;
 mod records;
 
-pub(super) use kube::format_time;
+pub(super) use kube::{format_time, parse_time};
 use kube::{pod_object, pod_ready, status_column};
 use records::IdCursor;
 pub use records::{ContainerRecord, PodRecord};
@@ -154,6 +158,8 @@ pub(super) struct Pods {
     pub log_pass: Option<tokio::task::JoinHandle<()>>,
     /// The cluster state: where pods come from and their statuses go.
     pub cluster: Option<Cluster>,
+    /// Where the runtime's events go (`Started`, `Failed`, `Killing`).
+    pub events: Option<Recorder>,
     /// The last reconcile: what the cluster state assigns to this host.
     pub desired: Option<Box<Desired>>,
     /// Pods placed here whose creation failed, by workload name (tried again later).
@@ -203,6 +209,7 @@ impl Pods {
             releasing: Vec::new(),
             log_pass: None,
             cluster: None,
+            events: None,
             desired: None,
             failed: BTreeMap::new(),
             published: BTreeMap::new(),
@@ -461,6 +468,8 @@ impl Agent {
                 continue;
             }
             info!(pod = %key, "pod no longer placed on this host: deleting it");
+            let uid = entry.uid().to_owned();
+            self.pod_event(&namespace, &name, &uid, "Killing", "Stopping pod: no longer placed on this host");
             let _ = self.delete_pod(&namespace, &name);
         }
         let mut rules = None;
@@ -484,6 +493,13 @@ impl Agent {
                 }
                 Err((reason, message)) => {
                     warn!(pod = %key, reason, error = %message, "cannot create pod placed on this host");
+                    if let Some(events) = &self.pods.events {
+                        let (namespace, name) =
+                            (pod.metadata.namespace.as_deref(), pod.metadata.name.as_deref());
+                        let about =
+                            Involved::pod(namespace.unwrap_or("default"), name.unwrap_or(""), Some(uid));
+                        events.warning(COMPONENT, &about, "Failed", format!("{reason}: {message}"));
+                    }
                     let failed = FailedPod {
                         uid: uid.to_owned(),
                         namespace: pod.metadata.namespace.clone().unwrap_or_default(),
@@ -588,6 +604,11 @@ impl Agent {
                 continue;
             }
             let key = cpods::status_key(&report.namespace, &report.uid);
+            let was_running = self.pods.published.get(&report.uid).is_some_and(|r| r.status == "Running");
+            if report.status == "Running" && !was_running {
+                let message = format!("Started pod on {node}");
+                self.pod_event(&report.namespace, &report.name, &report.uid, "Started", &message);
+            }
             if cluster.put(key, Some(cpods::encode_report(&report))).is_ok() {
                 self.pods.published.insert(report.uid.clone(), report);
             }
@@ -603,6 +624,13 @@ impl Agent {
             if cluster.put(cpods::status_key(&namespace, &uid), None).is_ok() {
                 self.pods.published.remove(&uid);
             }
+        }
+    }
+
+    /// Records a Normal event about this host's pod.
+    fn pod_event(&self, namespace: &str, name: &str, uid: &str, reason: &str, message: &str) {
+        if let Some(events) = &self.pods.events {
+            events.normal(COMPONENT, &Involved::pod(namespace, name, Some(uid)), reason, message);
         }
     }
 

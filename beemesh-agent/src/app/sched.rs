@@ -30,6 +30,8 @@ use k8s_openapi::api::core::v1::Pod;
 use libp2p::PeerId;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
+
+use super::events::{Involved, Recorder};
 use tracing::{debug, info, warn};
 
 use super::cluster::pods::{self as cpods, POD, POD_STATUS};
@@ -59,8 +61,30 @@ pub enum Placement {
     Pending(String),
 }
 
+/// What the scheduler's events say about the pod of a placement `apply` asks for.
+#[derive(Clone, Debug, Default)]
+pub struct PodRef {
+    pub uid: Option<String>,
+    /// Its `spec.schedulerName`, when it names one.
+    pub scheduler_name: Option<String>,
+}
+
+impl PodRef {
+    pub fn of(pod: &Pod) -> PodRef {
+        PodRef {
+            uid: pod.metadata.uid.clone(),
+            scheduler_name: pod.spec.as_ref().and_then(|s| s.scheduler_name.clone()),
+        }
+    }
+}
+
+/// The component named in the scheduler's events.
+const COMPONENT: &str = "beemesh-scheduler";
+/// The scheduler name Kubernetes pods name by default.
+const DEFAULT_SCHEDULER: &str = "default-scheduler";
+
 enum Input {
-    Place { req: Box<SlotReq>, reply: oneshot::Sender<Placement> },
+    Place { req: Box<SlotReq>, pod: PodRef, reply: oneshot::Sender<Placement> },
     Tender { tender: Tender, reply: oneshot::Sender<Answer> },
     Answered { from: String, slot: String, attempt: u32, answer: Answer },
 }
@@ -73,7 +97,13 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn start(cluster: Cluster, client: MeshClient, liveness: Liveness, cfg: SchedConfig) -> Scheduler {
+    pub fn start(
+        cluster: Cluster,
+        client: MeshClient,
+        liveness: Liveness,
+        events: Recorder,
+        cfg: SchedConfig,
+    ) -> Scheduler {
         let (tx, rx) = mpsc::channel(1024);
         let task = Task {
             me: cluster.node().to_owned(),
@@ -84,6 +114,7 @@ impl Scheduler {
             waiters: BTreeMap::new(),
             shown: BTreeMap::new(),
             epoch: Instant::now(),
+            events,
             cluster,
             client,
             liveness,
@@ -94,9 +125,9 @@ impl Scheduler {
     }
 
     /// Places the slot of a pod about to be written: the host that won it, or why none can.
-    pub async fn place(&self, req: SlotReq) -> Placement {
+    pub async fn place(&self, req: SlotReq, pod: PodRef) -> Placement {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Input::Place { req: Box::new(req), reply }).await.is_err() {
+        if self.tx.send(Input::Place { req: Box::new(req), pod, reply }).await.is_err() {
             return Placement::Pending("the scheduler has stopped".into());
         }
         // The tender's own deadline decides well before this.
@@ -233,10 +264,11 @@ struct Task {
     /// Slots this host tenders as their owner.
     tracked: BTreeSet<String>,
     /// `apply`s waiting for their slot's outcome.
-    waiters: BTreeMap<String, oneshot::Sender<Placement>>,
+    waiters: BTreeMap<String, (oneshot::Sender<Placement>, PodRef)>,
     /// The unschedulable message last written per slot.
     shown: BTreeMap<String, String>,
     epoch: Instant,
+    events: Recorder,
     cluster: Cluster,
     client: MeshClient,
     liveness: Liveness,
@@ -331,6 +363,9 @@ impl Task {
             }
             if lost && !self.tracked.contains(slot) {
                 info!(pod = %slot, node = %p.node, "pod's host is lost; placing it again");
+                let about = pod_involved(slot, p.pod.metadata.uid.as_deref());
+                let message = format!("host {} is lost: tendering the pod again", p.node);
+                self.events.warning(COMPONENT, &about, "NodeLost", message);
             }
             wanted.insert(slot.clone());
             outs.extend(self.tenderer.want(now, req, &self.view));
@@ -348,9 +383,9 @@ impl Task {
     fn on_input(&mut self, input: Input) -> Vec<Out<String>> {
         let now = self.now();
         match input {
-            Input::Place { req, reply } => {
+            Input::Place { req, pod, reply } => {
                 let slot = req.slot.clone();
-                self.waiters.insert(slot.clone(), reply);
+                self.waiters.insert(slot.clone(), (reply, pod));
                 // A slot placed in this apply's own earlier write is tendered afresh.
                 self.tenderer.forget(&slot);
                 self.tenderer.want(now, *req, &self.view)
@@ -393,21 +428,37 @@ impl Task {
                     ));
                 }
                 Out::Tender { to, tender } => self.send_tender(to, tender),
-                Out::Bind { slot, host, bids } => {
+                Out::Bind { slot, host, asked, bids } => {
                     self.shown.remove(&slot);
                     debug!(pod = %slot, node = %host, bids, "placed");
-                    match self.waiters.remove(&slot) {
-                        Some(w) => {
-                            let _ = w.send(Placement::Bound(host));
+                    let pod = match self.waiters.remove(&slot) {
+                        Some((w, pod)) => {
+                            let _ = w.send(Placement::Bound(host.clone()));
+                            pod
                         }
                         None => {
-                            let from = self.view.pods.get(&slot).map(|p| p.node.clone()).unwrap_or_default();
-                            tokio::spawn(bind(self.cluster.clone(), slot, host, from));
+                            let held = self.view.pods.get(&slot);
+                            let from = held.map(|p| p.node.clone()).unwrap_or_default();
+                            // A pod placed again gets a new uid when it is written.
+                            let pod = held.filter(|_| from.is_empty()).map(|p| PodRef::of(&p.pod));
+                            tokio::spawn(bind(self.cluster.clone(), slot.clone(), host.clone(), from));
+                            pod.unwrap_or_default()
                         }
-                    }
+                    };
+                    self.placed_events(&slot, &host, asked, bids, &pod);
                 }
                 Out::Pending { slot, message } => {
-                    if let Some(w) = self.waiters.remove(&slot) {
+                    let uid = match self.waiters.get(&slot) {
+                        Some((_, pod)) => pod.uid.clone(),
+                        None => self.view.pods.get(&slot).and_then(|p| p.pod.metadata.uid.clone()),
+                    };
+                    self.events.warning(
+                        COMPONENT,
+                        &pod_involved(&slot, uid.as_deref()),
+                        "FailedScheduling",
+                        &message,
+                    );
+                    if let Some((w, _)) = self.waiters.remove(&slot) {
                         let _ = w.send(Placement::Pending(message));
                         if !self.tracked.contains(&slot) {
                             // The pod is written unplaced; its owner tenders it from now on.
@@ -421,6 +472,20 @@ impl Task {
                     }
                 }
             }
+        }
+    }
+
+    /// `Scheduled` (and `SchedulerName` for a pod naming another scheduler).
+    fn placed_events(&self, slot: &str, host: &str, asked: usize, bids: usize, pod: &PodRef) {
+        let about = pod_involved(slot, pod.uid.as_deref());
+        let message =
+            format!("Successfully assigned {slot} to {host} (tendered to {asked} hosts, {bids} bid)");
+        self.events.normal(COMPONENT, &about, "Scheduled", message);
+        if let Some(name) = pod.scheduler_name.as_deref().filter(|n| *n != DEFAULT_SCHEDULER) {
+            let message = format!(
+                "schedulerName {name:?} is not a scheduler of this mesh: the mesh's tender and bid placed the pod"
+            );
+            self.events.normal(COMPONENT, &about, "SchedulerName", message);
         }
     }
 
@@ -451,6 +516,12 @@ impl Task {
 
 fn split(slot: &str) -> Option<(&str, &str)> {
     slot.split_once('/')
+}
+
+/// The pod of `slot` (`namespace/name`) as an event's object.
+fn pod_involved(slot: &str, uid: Option<&str>) -> Involved {
+    let (namespace, name) = split(slot).unwrap_or(("default", slot));
+    Involved::pod(namespace, name, uid)
 }
 
 /// Reads the slot's pod and applies `change` to it, writing it back when it returns true.

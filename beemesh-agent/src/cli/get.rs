@@ -80,6 +80,10 @@ pub enum GetCommand {
     /// Nodes of the mesh (their Node records): NAME STATUS ROLES AGE VERSION.
     #[command(alias = "node", alias = "no")]
     Nodes(super::nodes::NodesArgs),
+    /// Events (what the scheduler, controllers and pod runtimes did): LAST SEEN TYPE REASON
+    /// OBJECT MESSAGE, as `events` prints them.
+    #[command(alias = "event", alias = "ev")]
+    Events(Selector),
 }
 
 pub async fn get(socket: &Path, cmd: GetCommand) -> ExitCode {
@@ -96,6 +100,10 @@ pub async fn get(socket: &Path, cmd: GetCommand) -> ExitCode {
         GetCommand::Daemonsets(s) => ("DaemonSet", s),
         GetCommand::Persistentvolumeclaims(s) => ("PersistentVolumeClaim", s),
         GetCommand::Nodes(args) => return super::nodes::get(socket, args).await,
+        GetCommand::Events(s) if matches!(s.output, Output::Table | Output::Wide) && s.name.is_none() => {
+            return super::events::events(socket, &s.namespace, s.all_namespaces, None).await
+        }
+        GetCommand::Events(s) => ("Event", s),
     };
     get_objects(socket, kind, selector).await
 }
@@ -350,7 +358,7 @@ fn selector(sel: &Value) -> Option<String> {
 }
 
 /// Rows padded to each column's widest cell, three spaces apart, no trailing spaces.
-fn align(rows: &[Vec<String>]) -> String {
+pub fn align(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..columns)
         .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))

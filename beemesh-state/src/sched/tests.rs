@@ -271,7 +271,7 @@ fn silent_candidates_count_as_no_answer_and_bids_decide_at_the_deadline() {
     assert!(t.tick(cfg.bid_wait_ms - 1, &view).is_empty());
     assert_eq!(
         t.tick(cfg.bid_wait_ms, &view),
-        vec![Out::Bind { slot: "s".into(), host: "h2".into(), bids: 1 }]
+        vec![Out::Bind { slot: "s".into(), host: "h2".into(), asked: 3, bids: 1 }]
     );
 }
 

@@ -149,9 +149,28 @@ pub fn format_time(secs: u64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// Unix seconds of an RFC 3339 time (`2026-11-30T05:00:00Z`, fractions and offsets allowed);
+/// `None` when it is not one or before 1970.
+pub fn parse_time(text: &str) -> Option<u64> {
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp()).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_parse_back() {
+        for secs in [0, 951_782_400 + 3661, 1_795_478_400, 4_102_444_799] {
+            assert_eq!(parse_time(&format_time(secs)), Some(secs));
+        }
+        assert_eq!(parse_time("2026-11-24T00:00:00.000123Z"), Some(1_795_478_400));
+        assert_eq!(parse_time("2026-11-24T01:00:00+01:00"), Some(1_795_478_400));
+        for bad in ["", "2026-11-24", "2026-13-24T00:00:00Z", "2026-11-24T00:00:00", "x026-11-24T00:00:00Z"] {
+            assert_eq!(parse_time(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn times_format_as_rfc3339() {
