@@ -50,8 +50,9 @@ pub fn spawn(cluster: Cluster, liveness: Liveness, events: Recorder) {
     tokio::spawn(async move {
         let mut changes = cluster.changes();
         let mut orphans: BTreeMap<Key, Instant> = BTreeMap::new();
+        let mut ready_since: BTreeMap<String, Instant> = BTreeMap::new();
         loop {
-            if let Err(e) = pass(&cluster, &liveness, &events, &mut orphans).await {
+            if let Err(e) = pass(&cluster, &liveness, &events, &mut orphans, &mut ready_since).await {
                 warn!(error = %e, "workload controllers could not read the cluster state");
             }
             tokio::select! {
@@ -92,7 +93,9 @@ async fn pass(
     liveness: &Liveness,
     events: &Recorder,
     orphans: &mut BTreeMap<Key, Instant>,
+    ready_since: &mut BTreeMap<String, Instant>,
 ) -> Result<(), String> {
+    let now = Instant::now();
     let mut kinds: Vec<&'static str> = vec![super::nodes::KIND, POD, POD_STATUS, CLAIM];
     for (k, s) in STATUS_KINDS {
         kinds.extend([k, s]);
@@ -120,9 +123,18 @@ async fn pass(
             let (node, uid) = cpods::placement(&pod);
             let lost = dead.contains(node);
             let ready = !lost && reports.get(uid).is_some_and(|r| r.node == node && r.all_ready);
-            Some((l.key.clone(), PodState { pod, ready }))
+            let ready_for_secs = match ready {
+                true => now.duration_since(*ready_since.entry(uid.to_owned()).or_insert(now)).as_secs(),
+                false => 0,
+            };
+            Some((l.key.clone(), PodState { pod, ready, ready_for_secs }))
         })
         .collect();
+    // When this host first saw each pod ready (`minReadySeconds` counts from there: its own
+    // clock, whatever the pod's host says).
+    let ready_uids: BTreeSet<&str> =
+        pods.iter().filter(|(_, p)| p.ready).filter_map(|(_, p)| p.pod.metadata.uid.as_deref()).collect();
+    ready_since.retain(|uid, _| ready_uids.contains(uid.as_str()));
     let mut controlled: BTreeMap<String, Vec<&PodState>> = BTreeMap::new();
     for (_, p) in &pods {
         if let Some(uid) = controller_uid(&p.pod.metadata) {
@@ -211,7 +223,6 @@ async fn pass(
         }
     }
     orphans.retain(|k, _| candidates.contains(k));
-    let now = Instant::now();
     for key in candidates {
         let since = *orphans.entry(key.clone()).or_insert(now);
         if now.duration_since(since) >= ORPHAN_GRACE && owns(&key) {

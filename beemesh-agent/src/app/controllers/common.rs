@@ -32,9 +32,16 @@ pub struct PodState {
     pub pod: Pod,
     /// Every container ready (its host says so, and the host is not lost).
     pub ready: bool,
+    /// How long this host has seen it ready (0 when not ready).
+    pub ready_for_secs: u64,
 }
 
 impl PodState {
+    /// Ready for at least `min_ready_seconds` (a controller's `minReadySeconds`): available.
+    pub fn available(&self, min_ready_seconds: Option<i32>) -> bool {
+        self.ready && self.ready_for_secs >= min_ready_seconds.map_or(0, |s| s.max(0) as u64)
+    }
+
     pub fn name(&self) -> &str {
         self.pod.metadata.name.as_deref().unwrap_or("")
     }

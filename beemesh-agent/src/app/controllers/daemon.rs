@@ -90,6 +90,7 @@ pub fn daemon_set(ds: &DaemonSet, hosts: &BTreeMap<String, HostFacts>, pods: &[&
     let placed: Vec<&PodState> =
         eligible.iter().filter_map(|h| on.get(h.as_str()).and_then(|l| l.first().copied())).collect();
     let ready = placed.iter().filter(|p| p.ready).count();
+    let available = placed.iter().filter(|p| p.available(ds.spec.min_ready_seconds)).count();
     let updated = placed.iter().filter(|p| p.label(REVISION_LABEL) == Some(revision.as_str())).count();
     let update = spec.update_strategy.clone().unwrap_or_default();
     if update.type_.as_deref() != Some("OnDelete") {
@@ -114,7 +115,7 @@ pub fn daemon_set(ds: &DaemonSet, hosts: &BTreeMap<String, HostFacts>, pods: &[&
         "currentNumberScheduled": placed.len(),
         "numberMisscheduled": misscheduled,
         "numberReady": ready,
-        "numberAvailable": ready,
+        "numberAvailable": available,
         "numberUnavailable": eligible.len() - ready,
         "updatedNumberScheduled": updated,
     });
@@ -153,7 +154,7 @@ mod tests {
             match (w.kind, &w.body) {
                 ("Pod", Some(b)) => {
                     let pod: Pod = serde_json::from_value(b.clone()).expect("pod");
-                    pods.insert(w.name.clone(), PodState { pod, ready: true });
+                    pods.insert(w.name.clone(), PodState { pod, ready: true, ready_for_secs: 0 });
                 }
                 ("Pod", None) => {
                     pods.remove(&w.name);

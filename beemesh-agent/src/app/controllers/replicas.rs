@@ -65,11 +65,12 @@ pub fn replica_set(rs: &ReplicaSet, pods: &[&PodState]) -> Vec<Write> {
         writes.push(Write::delete("Pod", ns, p.name()));
     }
     let ready = pods.iter().filter(|p| p.ready).count();
+    let available = pods.iter().filter(|p| p.available(rs.spec.min_ready_seconds)).count();
     let status = json!({
         "replicas": pods.len(),
         "fullyLabeledReplicas": pods.len(),
         "readyReplicas": ready,
-        "availableReplicas": ready,
+        "availableReplicas": available,
         "observedGeneration": rs.metadata.generation.unwrap_or(1),
     });
     writes.push(status_write("ReplicaSetStatus", &rs.metadata, status));
@@ -109,7 +110,9 @@ pub fn deployment(
     let new_name = format!("{dname}-{hash}");
     let uid_of = |rs: &ReplicaSet| rs.metadata.uid.clone().unwrap_or_default();
     let pods_of = |rs: &ReplicaSet| pods.get(&uid_of(rs)).map_or(&[][..], Vec::as_slice);
-    let ready_of = |rs: &ReplicaSet| pods_of(rs).iter().filter(|p| p.ready).count() as i64;
+    // Availability (what maxUnavailable keeps) counts pods ready for `minReadySeconds`.
+    let min_ready = spec.min_ready_seconds;
+    let ready_of = |rs: &ReplicaSet| pods_of(rs).iter().filter(|p| p.available(min_ready)).count() as i64;
 
     let max_revision = rses.iter().map(|r| revision_of(r)).max().unwrap_or(0);
     let existing_new = rses.iter().find(|r| r.metadata.name.as_deref() == Some(new_name.as_str()));
@@ -220,15 +223,16 @@ pub fn deployment(
     // Status, as Kubernetes fills it.
     let all: Vec<&PodState> = rses.iter().flat_map(|r| pods_of(r).iter().copied()).collect();
     let ready = all.iter().filter(|p| p.ready).count() as i64;
+    let available = all.iter().filter(|p| p.available(min_ready)).count() as i64;
     let updated = existing_new.map_or(0, |r| pods_of(r).len() as i64);
-    let available_ok = ready >= n - unavailable;
-    let complete = updated == n && all.len() as i64 == n && ready == n;
+    let available_ok = available >= n - unavailable;
+    let complete = updated == n && all.len() as i64 == n && available == n;
     let mut status = json!({
         "observedGeneration": d.metadata.generation.unwrap_or(1),
         "replicas": all.len(),
         "updatedReplicas": updated,
         "readyReplicas": ready,
-        "availableReplicas": ready,
+        "availableReplicas": available,
         "conditions": [
             if available_ok {
                 condition("Available", true, "MinimumReplicasAvailable", "Deployment has minimum availability.")
@@ -242,8 +246,8 @@ pub fn deployment(
             },
         ],
     });
-    if n - ready > 0 {
-        status["unavailableReplicas"] = json!(n - ready);
+    if n - available > 0 {
+        status["unavailableReplicas"] = json!(n - available);
     }
     writes.push(status_write("DeploymentStatus", &d.metadata, status));
     writes
@@ -295,7 +299,7 @@ mod tests {
                 let pods = self.pods.entry(uid).or_default();
                 pods.truncate(n);
                 while pods.len() < n {
-                    pods.push(PodState { pod: Pod::default(), ready });
+                    pods.push(PodState { pod: Pod::default(), ready, ready_for_secs: 0 });
                 }
             }
             writes
@@ -316,6 +320,44 @@ mod tests {
         fn mark_ready(&mut self) {
             self.pods.values_mut().flatten().for_each(|p| p.ready = true);
         }
+        /// `secs` pass: ready pods have been ready that much longer.
+        fn age(&mut self, secs: u64) {
+            self.pods.values_mut().flatten().filter(|p| p.ready).for_each(|p| p.ready_for_secs += secs);
+        }
+    }
+
+    #[test]
+    fn min_ready_seconds_holds_a_rollout_until_new_pods_have_been_ready_that_long() {
+        let mut w = World { rses: BTreeMap::new(), pods: BTreeMap::new() };
+        let min = "  minReadySeconds: 10\n";
+        w.step(&dep(4, "app:1", min), true);
+        w.step(&dep(4, "app:1", min), true);
+        w.age(60);
+        let v2 = dep(4, "app:2", min);
+        for _ in 0..10 {
+            w.step(&v2, true);
+        }
+        // New pods are ready but not yet available: the old ReplicaSet keeps 3 (4 - 25%).
+        let c = w.counts();
+        let old = c.iter().find(|c| revision_of(&w.rses[&c.0]) == 1);
+        assert_eq!(old.map(|c| c.1), Some(3), "{c:?}");
+        let writes = w.step(&v2, true);
+        let status = writes.iter().find(|w| w.kind == "DeploymentStatus").and_then(|w| w.body.clone());
+        let status = status.expect("status")["status"].clone();
+        assert_eq!(
+            (status["readyReplicas"].as_i64(), status["availableReplicas"].as_i64()),
+            (Some(5), Some(3))
+        );
+        // Ten seconds later they are available and the rollout goes on to the end.
+        for _ in 0..20 {
+            w.age(10);
+            w.step(&v2, true);
+        }
+        let c = w.counts();
+        assert!(
+            c.iter().any(|c| c.1 == 4 && c.2 == 4) && c.iter().filter(|c| c.1 == 0).count() == 1,
+            "{c:?}"
+        );
     }
 
     #[test]
@@ -402,7 +444,7 @@ mod tests {
         let pod = |name: &str| {
             let mut p = Pod::default();
             p.metadata.name = Some(name.into());
-            PodState { pod: p, ready: true }
+            PodState { pod: p, ready: true, ready_for_secs: 0 }
         };
         let have = [pod(&names[0]), pod(&names[2])];
         let writes = replica_set(&rs, &have.iter().collect::<Vec<_>>());

@@ -161,6 +161,7 @@ pub fn stateful_set(s: &StatefulSet, pods: &[&PodState], claims: &BTreeMap<Strin
         }
     }
     let ready = pods.iter().filter(|p| p.ready).count();
+    let available = pods.iter().filter(|p| p.available(s.spec.min_ready_seconds)).count();
     let updated = pods.iter().filter(|p| p.label(REVISION_LABEL) == Some(revision.as_str())).count();
     let current_revision = if updated == pods.len() {
         revision.clone()
@@ -175,7 +176,7 @@ pub fn stateful_set(s: &StatefulSet, pods: &[&PodState], claims: &BTreeMap<Strin
         "observedGeneration": s.metadata.generation.unwrap_or(1),
         "replicas": pods.len(),
         "readyReplicas": ready,
-        "availableReplicas": ready,
+        "availableReplicas": available,
         "currentReplicas": pods.iter().filter(|p| p.label(REVISION_LABEL) == Some(current_revision.as_str())).count(),
         "updatedReplicas": updated,
         "currentRevision": current_revision,
@@ -205,7 +206,7 @@ mod tests {
             match (w.kind, &w.body) {
                 ("Pod", Some(b)) => {
                     let pod: Pod = serde_json::from_value(b.clone()).expect("pod");
-                    pods.insert(w.name.clone(), PodState { pod, ready });
+                    pods.insert(w.name.clone(), PodState { pod, ready, ready_for_secs: 0 });
                 }
                 ("Pod", None) => {
                     pods.remove(&w.name);
@@ -290,7 +291,7 @@ mod claim_tests {
         // Placed on h2: the claim is recorded there.
         let mut placed = pod.clone();
         placed.spec.as_mut().expect("spec").node_name = Some("h2".into());
-        let state = PodState { pod: placed, ready: true };
+        let state = PodState { pod: placed, ready: true, ready_for_secs: 0 };
         let writes = stateful_set(&s, &[&state], &BTreeMap::new());
         let pvc = writes
             .iter()
