@@ -14,7 +14,7 @@ use crate::api::{Request, Response};
 use crate::app::events::last_seen;
 
 /// A kind as `describe` and `--for` take it (kubectl's names, plurals and short names).
-pub fn kind_of(word: &str) -> Option<&'static str> {
+pub(super) fn kind_of(word: &str) -> Option<&'static str> {
     Some(match word.to_ascii_lowercase().as_str() {
         "pod" | "pods" | "po" => "Pod",
         "deployment" | "deployments" | "deploy" | "deployment.apps" => "Deployment",

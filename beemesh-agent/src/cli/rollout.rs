@@ -2,7 +2,8 @@
 //! the Deployment's ReplicaSets by their revision annotation; an undo applies the Deployment
 //! again with the pod template of the revision asked for (the previous one by default), and
 //! the Deployment's controller rolls it out as any new template (reusing that ReplicaSet, which
-//! takes the next revision).
+//! takes the next revision). `rollout status deployment|statefulset|daemonset/NAME` follows the
+//! object's status until its rollout is complete, printing kubectl's messages as they change.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -24,6 +25,19 @@ pub enum RolloutCommand {
         target: String,
         #[arg(short, long, default_value = "default")]
         namespace: String,
+    },
+    /// Follows a rollout until it is complete: `deployment/NAME`, `statefulset/NAME` or
+    /// `daemonset/NAME`.
+    Status {
+        target: String,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Give up after this many seconds (0: wait as long as it takes).
+        #[arg(long, default_value_t = 0)]
+        timeout: u64,
+        /// Only print the status now, do not wait.
+        #[arg(short = 'w', long = "watch", default_value_t = true, action = clap::ArgAction::Set)]
+        watch: bool,
     },
     /// Rolls a Deployment back to its previous revision, or to `--to-revision`.
     Undo {
@@ -120,8 +134,146 @@ async fn list(socket: &Path, kind: &str, namespace: &str) -> Result<Vec<Value>, 
     }
 }
 
+/// How often `rollout status` reads the status again.
+const STATUS_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// kubectl's rollout status message for `object` of `kind`, and whether the rollout is done;
+/// an error when it cannot finish (a progress deadline exceeded).
+pub fn status_message(kind: &str, o: &Value) -> Result<(String, bool), String> {
+    let name = o["metadata"]["name"].as_str().unwrap_or("");
+    let st = &o["status"];
+    let n = |v: &Value| v.as_i64().unwrap_or(0);
+    let generation = n(&o["metadata"]["generation"]);
+    let observed = n(&st["observedGeneration"]);
+    let waiting = |m: String| Ok((m, false));
+    match kind {
+        "Deployment" => {
+            if generation > observed {
+                return waiting("Waiting for deployment spec update to be observed...".into());
+            }
+            let progress =
+                st["conditions"].as_array().into_iter().flatten().find(|c| c["type"] == "Progressing");
+            if progress.is_some_and(|c| c["reason"] == "ProgressDeadlineExceeded") {
+                return Err(format!("deployment {name:?} exceeded its progress deadline"));
+            }
+            let replicas = o["spec"]["replicas"].as_i64().unwrap_or(1);
+            let (updated, total, available) =
+                (n(&st["updatedReplicas"]), n(&st["replicas"]), n(&st["availableReplicas"]));
+            if updated < replicas {
+                return waiting(format!("Waiting for deployment {name:?} rollout to finish: {updated} out of {replicas} new replicas have been updated..."));
+            }
+            if total > updated {
+                return waiting(format!("Waiting for deployment {name:?} rollout to finish: {} old replicas are pending termination...", total - updated));
+            }
+            if available < updated {
+                return waiting(format!("Waiting for deployment {name:?} rollout to finish: {available} of {updated} updated replicas are available..."));
+            }
+            Ok((format!("deployment {name:?} successfully rolled out"), true))
+        }
+        "StatefulSet" => {
+            if observed == 0 || generation > observed {
+                return waiting("Waiting for statefulset spec update to be observed...".into());
+            }
+            let replicas = o["spec"]["replicas"].as_i64().unwrap_or(1);
+            let ready = n(&st["readyReplicas"]);
+            if ready < replicas {
+                return waiting(format!("Waiting for {} pods to be ready...", replicas - ready));
+            }
+            let strategy = &o["spec"]["updateStrategy"];
+            let partition = strategy["rollingUpdate"]["partition"].as_i64();
+            if strategy["type"].as_str().is_none_or(|t| t == "RollingUpdate") {
+                if let Some(p) = partition.filter(|p| *p > 0) {
+                    let updated = n(&st["updatedReplicas"]);
+                    if updated < replicas - p {
+                        return waiting(format!("Waiting for partitioned roll out to finish: {updated} out of {} new pods have been updated...", replicas - p));
+                    }
+                    return Ok((
+                        format!("partitioned roll out complete: {updated} new pods have been updated..."),
+                        true,
+                    ));
+                }
+            }
+            let (current, update) =
+                (st["currentRevision"].as_str().unwrap_or(""), st["updateRevision"].as_str().unwrap_or(""));
+            if current != update {
+                return waiting(format!(
+                    "waiting for statefulset rolling update to complete {} pods at revision {update}...",
+                    n(&st["updatedReplicas"])
+                ));
+            }
+            Ok((
+                format!(
+                    "statefulset rolling update complete {} pods at revision {current}...",
+                    n(&st["currentReplicas"]).max(ready)
+                ),
+                true,
+            ))
+        }
+        "DaemonSet" => {
+            if generation > observed {
+                return waiting("Waiting for daemon set spec update to be observed...".into());
+            }
+            let desired = n(&st["desiredNumberScheduled"]);
+            let (updated, available) = (n(&st["updatedNumberScheduled"]), n(&st["numberAvailable"]));
+            if updated < desired {
+                return waiting(format!("Waiting for daemon set {name:?} rollout to finish: {updated} out of {desired} new pods have been updated..."));
+            }
+            if available < desired {
+                return waiting(format!("Waiting for daemon set {name:?} rollout to finish: {available} of {desired} updated pods are available..."));
+            }
+            Ok((format!("daemon set {name:?} successfully rolled out"), true))
+        }
+        other => Err(format!("no status viewer has been implemented for {other}")),
+    }
+}
+
+/// `rollout status`: reads the object's status until the rollout is done (or `timeout`).
+async fn status(socket: &Path, target: &str, namespace: &str, timeout: u64, watch: bool) -> ExitCode {
+    let (kind, name) = match target.split_once('/').map(|(k, n)| (super::events::kind_of(k), n)) {
+        Some((Some(k @ ("Deployment" | "StatefulSet" | "DaemonSet")), n)) if !n.is_empty() => (k, n),
+        _ => {
+            return super::fail(format!(
+                "{target:?}: expected deployment/NAME, statefulset/NAME or daemonset/NAME"
+            ))
+        }
+    };
+    let deadline = (timeout > 0).then(|| std::time::Instant::now() + std::time::Duration::from_secs(timeout));
+    let mut last = String::new();
+    loop {
+        let objects = match list(socket, kind, namespace).await {
+            Ok(o) => o,
+            Err(code) => return code,
+        };
+        let Some(object) = objects.into_iter().find(|o| o["metadata"]["name"] == name) else {
+            return super::fail(format!(
+                "Error from server (NotFound): {} {name:?} not found",
+                kind.to_ascii_lowercase()
+            ));
+        };
+        match status_message(kind, &object) {
+            Err(e) => return super::fail(format!("error: {e}")),
+            Ok((message, done)) => {
+                if message != last {
+                    outln!("{message}");
+                    last = message;
+                }
+                if done || !watch {
+                    return ExitCode::SUCCESS;
+                }
+            }
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return super::fail("error: timed out waiting for the condition");
+        }
+        tokio::time::sleep(STATUS_POLL).await;
+    }
+}
+
 pub async fn rollout(socket: &Path, cmd: RolloutCommand) -> ExitCode {
     let (target, namespace) = match &cmd {
+        RolloutCommand::Status { target, namespace, timeout, watch } => {
+            return status(socket, target, namespace, *timeout, *watch).await
+        }
         RolloutCommand::History { target, namespace } | RolloutCommand::Undo { target, namespace, .. } => {
             (target.as_str(), namespace.as_str())
         }
@@ -146,6 +298,7 @@ pub async fn rollout(socket: &Path, cmd: RolloutCommand) -> ExitCode {
             out!("deployment.apps/{name}\n{}", history(&deploy, &rses));
             ExitCode::SUCCESS
         }
+        RolloutCommand::Status { .. } => ExitCode::SUCCESS,
         RolloutCommand::Undo { to_revision, .. } => {
             let manifest = match undo(&deploy, &rses, to_revision) {
                 Ok(m) => m,
@@ -174,6 +327,36 @@ mod tests {
             "spec": {"template": {"metadata": {"labels": {"app": "web", HASH_LABEL: format!("h{rev}")}},
                                   "spec": {"containers": [{"name": "c", "image": image}]}}},
         })
+    }
+
+    #[test]
+    fn status_messages_follow_kubectl() {
+        let d = |gen: i64, obs: i64, upd: i64, total: i64, avail: i64| {
+            json!({"metadata": {"name": "web", "generation": gen}, "spec": {"replicas": 3},
+                   "status": {"observedGeneration": obs, "updatedReplicas": upd, "replicas": total, "availableReplicas": avail}})
+        };
+        let m = |o: &Value| status_message("Deployment", o).expect("message");
+        assert_eq!(m(&d(2, 1, 3, 3, 3)).0, "Waiting for deployment spec update to be observed...");
+        assert_eq!(
+            m(&d(2, 2, 1, 4, 3)).0,
+            "Waiting for deployment \"web\" rollout to finish: 1 out of 3 new replicas have been updated..."
+        );
+        assert_eq!(
+            m(&d(2, 2, 3, 4, 3)).0,
+            "Waiting for deployment \"web\" rollout to finish: 1 old replicas are pending termination..."
+        );
+        assert_eq!(
+            m(&d(2, 2, 3, 3, 2)).0,
+            "Waiting for deployment \"web\" rollout to finish: 2 of 3 updated replicas are available..."
+        );
+        assert_eq!(m(&d(2, 2, 3, 3, 3)), ("deployment \"web\" successfully rolled out".into(), true));
+        let s = json!({"metadata": {"name": "db", "generation": 1}, "spec": {"replicas": 3},
+                       "status": {"observedGeneration": 1, "readyReplicas": 1, "currentRevision": "a", "updateRevision": "a"}});
+        assert_eq!(status_message("StatefulSet", &s).expect("sts").0, "Waiting for 2 pods to be ready...");
+        let ds = json!({"metadata": {"name": "agent", "generation": 1},
+                        "status": {"observedGeneration": 1, "desiredNumberScheduled": 3, "updatedNumberScheduled": 3, "numberAvailable": 3}});
+        assert!(status_message("DaemonSet", &ds).expect("ds").1);
+        assert!(status_message("Pod", &ds).is_err());
     }
 
     #[test]
