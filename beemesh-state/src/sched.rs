@@ -128,9 +128,16 @@ struct Open<H> {
     /// Why the hosts not asked could not be (their Node records alone decide it).
     unfit: BTreeMap<Reason, usize>,
     deadline_ms: u64,
+    /// Times the deadline was pushed back for a silent candidate that could have won.
+    extended: u32,
     /// How long to wait before the next tender if this one places nothing.
     delay_ms: u64,
 }
+
+/// How many times a tender waits `bid_wait_ms` more for silent candidates that could beat
+/// every bid in (a loaded host answers late; deciding without it would pile pods on the
+/// hosts that answered).
+const EXTENSIONS: u32 = 2;
 
 /// A slot nobody could take, waiting to be tendered again.
 #[derive(Debug)]
@@ -171,8 +178,12 @@ impl<H: Clone + Ord + std::fmt::Debug> Tenderer<H> {
     /// `req`'s slot needs a host: tendered now unless a tender is open or waiting for it (then
     /// only its needs are updated).
     pub fn want<V: View<H>>(&mut self, now: u64, req: SlotReq, view: &V) -> Vec<Out<H>> {
-        if self.awarded.get(&req.slot).is_some_and(|(_, _, until)| now < *until) {
-            return Vec::new();
+        // Awarded and not yet visible: wait for the state, unless the winner is gone.
+        if let Some((_, host, until)) = self.awarded.get(&req.slot) {
+            if now < *until && view.hosts().iter().any(|(h, _)| h == host) {
+                return Vec::new();
+            }
+            self.awarded.remove(&req.slot);
         }
         if let Some(o) = self.open.get_mut(&req.slot) {
             o.req = req;
@@ -295,6 +306,7 @@ impl<H: Clone + Ord + std::fmt::Debug> Tenderer<H> {
                 declines: BTreeMap::new(),
                 unfit,
                 deadline_ms: now + self.cfg.bid_wait_ms,
+                extended: 0,
                 delay_ms: next_delay,
             },
         );
@@ -338,6 +350,20 @@ impl<H: Clone + Ord + std::fmt::Debug> Tenderer<H> {
             if best.is_none_or(|(b, _)| total > b) {
                 best = Some((total, h));
             }
+        }
+        // A candidate that has not answered and could beat the best bid (its best possible
+        // score, less its spreading) is waited for a little longer.
+        let silent_could_win =
+            o.asked.iter().filter(|h| !o.bids.contains_key(*h) && !o.declines.contains_key(*h)).any(|h| {
+                let could = 100 - i64::from(self.cfg.spread_weight) * count(h) as i64;
+                best.is_none_or(|(b, _)| could > b)
+            });
+        if silent_could_win && o.extended < EXTENSIONS && best.is_some() {
+            let mut o = o;
+            o.extended += 1;
+            o.deadline_ms = now + self.cfg.bid_wait_ms;
+            self.open.insert(slot.to_owned(), o);
+            return Vec::new();
         }
         match best {
             Some((_, h)) => {

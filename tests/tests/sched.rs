@@ -98,7 +98,8 @@ fn pods_are_tendered_spread_constrained_and_placed_again_when_their_host_dies() 
     let web: String = (0..6).map(|i| pod(&format!("web-{i}"), "app: web", "100m", "")).collect();
     // One pod for the host with an ssd, one that tolerates h3's taint and asks for it, one
     // that no host can hold.
-    let ssd = pod("ssd", "app: ssd", "100m", "  nodeSelector: {disk: ssd}\n");
+    // It names another scheduler: the mesh places it all the same, and says so.
+    let ssd = pod("ssd", "app: ssd", "100m", "  nodeSelector: {disk: ssd}\n  schedulerName: my-scheduler\n");
     let batch = pod(
         "batch",
         "app: batch",
@@ -145,6 +146,47 @@ fn pods_are_tendered_spread_constrained_and_placed_again_when_their_host_dies() 
             .is_ok_and(|(_, table, _)| table.lines().any(|l| l.starts_with("huge ") && l.contains("Pending")))
     };
     ensure!(eventually(T, || pending(&agents[2])), "{:?}", agents[2].run_cli(&["get", "pods"], None));
+    // Events, on any host: the tender's outcome with its bids, the pod started, the reason a
+    // pod waits, the scheduler named in the spec.
+    let shows = |agent: &Agent, args: &[&str], want: &[&str]| {
+        agent.run_cli(args, None).is_ok_and(|(ok, out, _)| ok && want.iter().all(|w| out.contains(w)))
+    };
+    let describe_web0 = ["describe", "pod", "web-0"];
+    ensure!(
+        eventually(T, || shows(
+            &agents[2],
+            &describe_web0,
+            &[
+                "Scheduled",
+                "Successfully assigned default/web-0 to h",
+                "(tendered to ",
+                "Started",
+                "Started pod on h"
+            ]
+        )),
+        "{:?}",
+        agents[2].run_cli(&describe_web0, None)
+    );
+    let huge_events = ["events", "--for", "pod/huge"];
+    ensure!(
+        eventually(T, || shows(
+            &agents[0],
+            &huge_events,
+            &["Warning", "FailedScheduling", "0/3 hosts are available: 3 Insufficient cpu"]
+        )),
+        "{:?}",
+        agents[0].run_cli(&huge_events, None)
+    );
+    let ssd_events = ["events", "--for", "pod/ssd"];
+    ensure!(
+        eventually(T, || shows(
+            &agents[1],
+            &ssd_events,
+            &["SchedulerName", "\"my-scheduler\" is not a scheduler of this mesh"]
+        )),
+        "{:?}",
+        agents[1].run_cli(&ssd_events, None)
+    );
 
     // h2 dies: every host shows its pods as Unknown (NodeLost) within seconds, never Running,
     // then the survivors place them again. h3 is tainted: all six web pods end up on h1.
@@ -170,6 +212,15 @@ fn pods_are_tendered_spread_constrained_and_placed_again_when_their_host_dies() 
             agents[0].log()
         );
     }
+    ensure!(
+        eventually(T, || shows(
+            &agents[2],
+            &["events"],
+            &["NodeLost", "host h2 is lost: tendering the pod again"]
+        )),
+        "{:?}",
+        agents[2].run_cli(&["events"], None)
+    );
     // The rest stays where it was, and the pod nobody can hold still waits (its message counts
     // the alive hosts: 0/3, or 0/2 once its owner tendered it again without h2).
     let r = rows(&agents[2]);
@@ -330,8 +381,30 @@ fn daemon_sets_follow_hosts_deployments_roll_out_and_stateful_sets_start_in_orde
     ensure!(db0["spec"]["hostname"] == "db-0" && db1["spec"]["subdomain"] == "db", "{db0}\n{db1}");
     ensure!(created("db-0") <= created("db-1"), "db-1 before db-0");
 
-    // A new template rolls out: revision 2 takes all four, revision 1 stays as history at 0.
+    // Events of the controllers, on the other host.
+    let scaled = |agent: &Agent| {
+        agent.run_cli(&["events", "--for", "deployment/web"], None).is_ok_and(|(ok, out, _)| {
+            ok && out.contains("ScalingReplicaSet") && out.contains("Scaled up replica set web-")
+        })
+    };
+    ensure!(eventually(T, || scaled(&agents[1])), "{:?}", agents[1].run_cli(&["events"], None));
+    let created_by_rs = |agent: &Agent| {
+        agent.run_cli(&["events"], None).is_ok_and(|(ok, out, _)| {
+            ok && out.lines().any(|l| {
+                l.contains("SuccessfulCreate")
+                    && l.contains("replicaset/web-")
+                    && l.contains("Created pod: web-")
+            }) && out.contains("create Pod db-1 in StatefulSet db successful")
+        })
+    };
+    ensure!(eventually(T, || created_by_rs(&agents[1])), "{:?}", agents[1].run_cli(&["events"], None));
+
+    // A new template rolls out: revision 2 takes all four, revision 1 stays as history at 0;
+    // `rollout status` follows it to the end.
     agents[1].apply(&deployment(4, "2"))?;
+    let (ok, out, err) =
+        agents[1].run_cli(&["rollout", "status", "deployment/web", "--timeout", "120"], None)?;
+    ensure!(ok && out.trim_end().ends_with("deployment \"web\" successfully rolled out"), "{out}{err}");
     let rolled = |agent: &Agent| {
         replica_sets(agent) == [("1".to_string(), 0, 0), ("2".to_string(), 4, 4)]
             && status(agent, "deployment", "web", "updatedReplicas") == Some(4)

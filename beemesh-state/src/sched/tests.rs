@@ -269,10 +269,36 @@ fn silent_candidates_count_as_no_answer_and_bids_decide_at_the_deadline() {
     assert!(t.answered(5, &"h9".into(), "s", tender.attempt, Answer::Bid { score: 90 }, &view).is_empty());
     assert!(t.answered(5, &"h2".into(), "s", tender.attempt, Answer::Bid { score: 10 }, &view).is_empty());
     assert!(t.tick(cfg.bid_wait_ms - 1, &view).is_empty());
+    // h1 and h3 could still beat a bid of 10: the tender waits for them twice more, then
+    // decides on what it has.
+    let w = cfg.bid_wait_ms;
+    assert!(t.tick(w, &view).is_empty());
+    assert!(t.tick(2 * w, &view).is_empty());
     assert_eq!(
-        t.tick(cfg.bid_wait_ms, &view),
+        t.tick(3 * w, &view),
         vec![Out::Bind { slot: "s".into(), host: "h2".into(), asked: 3, bids: 1 }]
     );
+}
+
+#[test]
+fn a_late_answer_from_a_candidate_that_could_win_is_waited_for() {
+    let view = TestView::new(2, host(4000, 16));
+    let cfg = SchedConfig::default();
+    let mut t = Tenderer::new(cfg.clone());
+    let r = SlotReq { slot: "s".into(), group: "g".into(), needs: needs(100, 1), max_skew: None };
+    let out = t.want(0, r, &view);
+    let Out::Tender { tender, .. } = &out[0] else { panic!() };
+    assert!(t.answered(5, &"h0".into(), "s", tender.attempt, Answer::Bid { score: 50 }, &view).is_empty());
+    assert!(t.tick(cfg.bid_wait_ms, &view).is_empty(), "h1 could bid more than 50");
+    let out = t.answered(
+        cfg.bid_wait_ms + 300,
+        &"h1".into(),
+        "s",
+        tender.attempt,
+        Answer::Bid { score: 90 },
+        &view,
+    );
+    assert_eq!(out, vec![Out::Bind { slot: "s".into(), host: "h1".into(), asked: 2, bids: 2 }]);
 }
 
 #[test]
