@@ -3,7 +3,7 @@
 //! lifecycle, and report status. Part of `impl Agent` (see `app.rs`); the pod's init process
 //! (`pod::init`) does the forking, this side decides.
 
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::task::AbortHandle;
@@ -19,6 +19,30 @@ use super::events::{Involved, Recorder};
 
 /// The component named in the pod runtime's events (Kubernetes': `kubelet`).
 const COMPONENT: &str = "beemesh-agent";
+/// How long a stale copy waits for its replacement to be ready before it stops anyway.
+const STALE_GRACE: Duration = Duration::from_secs(120);
+
+/// Whether this host's copy of `key`, no longer placed here, keeps running: the pod was placed
+/// again elsewhere (while this host was away), its replacement is not ready yet, this copy is,
+/// and more than one copy may run for a while.
+fn waits_for_replacement(
+    desired: &Desired,
+    key: &str,
+    ready_here: bool,
+    pod: &k8s_openapi::api::core::v1::Pod,
+) -> bool {
+    let replaced = desired.named.contains(key) && !desired.pods.contains_key(key);
+    replaced && !desired.ready_elsewhere.contains(key) && ready_here && !single_instance(pod)
+}
+
+/// A pod of which at most one copy may run (a StatefulSet's, or one with a claim's local
+/// volume): its stale copy stops at once, whatever its replacement's state.
+fn single_instance(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    let stateful = pod.metadata.owner_references.iter().flatten().any(|o| o.kind == "StatefulSet");
+    let claims =
+        pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()).any(|v| v.persistent_volume_claim.is_some());
+    stateful || claims
+}
 use super::images::pull::Wanted;
 use super::reconcile::Desired;
 use crate::api::{ContainerInfo, PodInfo};
@@ -160,6 +184,8 @@ pub(super) struct Pods {
     pub cluster: Option<Cluster>,
     /// Where the runtime's events go (`Started`, `Failed`, `Killing`).
     pub events: Option<Recorder>,
+    /// Stale copies kept running until their replacement elsewhere is ready, since when.
+    pub draining: BTreeMap<String, Instant>,
     /// The last reconcile: what the cluster state assigns to this host.
     pub desired: Option<Box<Desired>>,
     /// Pods placed here whose creation failed, by workload name (tried again later).
@@ -210,6 +236,7 @@ impl Pods {
             log_pass: None,
             cluster: None,
             events: None,
+            draining: BTreeMap::new(),
             desired: None,
             failed: BTreeMap::new(),
             published: BTreeMap::new(),
@@ -467,6 +494,18 @@ impl Agent {
                 }
                 continue;
             }
+            // A stale copy (the pod was placed again elsewhere while this host was away) keeps
+            // serving until its replacement is ready, unless only one may run at a time.
+            if waits_for_replacement(&desired, &key, kube::pod_ready(entry), &entry.record.manifest) {
+                let since = *self.pods.draining.entry(key.clone()).or_insert_with(|| {
+                    info!(pod = %key, "pod placed again elsewhere: this copy runs until that one is ready");
+                    Instant::now()
+                });
+                if since.elapsed() < STALE_GRACE {
+                    continue;
+                }
+            }
+            self.pods.draining.remove(&key);
             info!(pod = %key, "pod no longer placed on this host: deleting it");
             let uid = entry.uid().to_owned();
             self.pod_event(&namespace, &name, &uid, "Killing", "Stopping pod: no longer placed on this host");
@@ -515,6 +554,8 @@ impl Agent {
             }
         }
         self.pods.failed.retain(|key, f| placed_uid(key) == Some(f.uid.as_str()));
+        let entries = &self.pods.entries;
+        self.pods.draining.retain(|key, _| entries.get(key).is_some_and(|e| !e.deleting));
         self.pods.desired = Some(desired);
         self.persist_pods();
         self.drive_pods();
@@ -1626,6 +1667,26 @@ async fn send_with_fds(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stale_copy_runs_until_its_replacement_is_ready_unless_only_one_may_run() {
+        let mut d = Desired::default();
+        d.named.insert("web".into());
+        let pod = k8s_openapi::api::core::v1::Pod::default();
+        assert!(waits_for_replacement(&d, "web", true, &pod));
+        assert!(!waits_for_replacement(&d, "web", false, &pod), "a copy not ready goes at once");
+        d.ready_elsewhere.insert("web".into());
+        assert!(!waits_for_replacement(&d, "web", true, &pod), "the replacement is ready");
+        d.ready_elsewhere.clear();
+        let mut db: k8s_openapi::api::core::v1::Pod =
+            serde_json::from_value(serde_json::json!({"metadata": {"ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db", "uid": "u"}]}}))
+            .unwrap_or_default();
+        assert!(!waits_for_replacement(&d, "web", true, &db), "a StatefulSet's pod never runs twice");
+        db.metadata.owner_references = None;
+        assert!(waits_for_replacement(&d, "web", true, &db));
+        assert!(!waits_for_replacement(&d, "gone", true, &db), "deleted, not replaced");
+    }
 
     #[test]
     fn pod_workload_names_are_valid_and_distinct() {

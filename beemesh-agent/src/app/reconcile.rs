@@ -37,6 +37,9 @@ pub struct Desired {
     pub statuses: Vec<(String, String)>,
     /// Workload names of every pod of the mesh, wherever it is placed.
     pub named: std::collections::BTreeSet<String>,
+    /// Workload names of the pods placed on another host whose host reports them ready (a
+    /// stale copy here may stop once its replacement is ready).
+    pub ready_elsewhere: BTreeSet<String>,
 }
 
 impl Desired {
@@ -46,6 +49,7 @@ impl Desired {
             && self.objects == other.objects
             && self.statuses == other.statuses
             && self.named == other.named
+            && self.ready_elsewhere == other.ready_elsewhere
     }
 }
 
@@ -54,6 +58,9 @@ pub async fn desired(cluster: &Cluster) -> Result<Desired, ClusterError> {
     let (generation, items) = cluster.snapshot(&[POD, POD_STATUS]).await?;
     let node = cluster.node();
     let mut d = Desired { generation, ..Desired::default() };
+    // Where each pod elsewhere is placed (workload, node, uid), and the reports of readiness.
+    let mut elsewhere: Vec<(String, String, String)> = Vec::new();
+    let mut ready: BTreeSet<(String, String)> = BTreeSet::new();
     for listed in items {
         let key = &listed.key;
         match key.kind.as_str() {
@@ -61,18 +68,31 @@ pub async fn desired(cluster: &Cluster) -> Result<Desired, ClusterError> {
                 Ok(pod) => {
                     let workload = super::pods::workload_name(&key.namespace, &key.name);
                     d.named.insert(workload.clone());
-                    if cpods::placement(&pod).0 == node {
+                    let (placed, uid) = cpods::placement(&pod);
+                    if placed == node {
                         d.pods.insert(workload, pod);
+                    } else if !placed.is_empty() {
+                        elsewhere.push((workload, placed.to_owned(), uid.to_owned()));
                     }
                 }
                 Err(e) => warn!(pod = %format!("{}/{}", key.namespace, key.name), error = %e, "pod skipped"),
             },
-            POD_STATUS if serde_json::from_slice::<PodReport>(&listed.body).is_ok_and(|r| r.node == node) => {
-                d.statuses.push((key.namespace.clone(), key.name.clone()));
+            POD_STATUS => {
+                let Ok(r) = serde_json::from_slice::<PodReport>(&listed.body) else { continue };
+                if r.node == node {
+                    d.statuses.push((key.namespace.clone(), key.name.clone()));
+                } else if r.all_ready {
+                    ready.insert((r.node, r.uid));
+                }
             }
             _ => {}
         }
     }
+    d.ready_elsewhere = elsewhere
+        .into_iter()
+        .filter(|(_, node, uid)| ready.contains(&(node.clone(), uid.clone())))
+        .map(|(workload, _, _)| workload)
+        .collect();
     // The ConfigMaps and Secrets those pods use (a change to one wakes the reconciler too).
     let mut wanted = BTreeSet::new();
     for pod in d.pods.values() {

@@ -155,6 +155,9 @@ struct Host {
     /// Until when (virtual ns) the host is handling earlier events.
     busy_until: u64,
     tick_at: Option<u64>,
+    /// Events that arrived while it was busy, in order, and when it looks at them next.
+    inbox: std::collections::VecDeque<Ev>,
+    wake_at: Option<u64>,
 }
 
 impl Host {
@@ -165,6 +168,8 @@ impl Host {
             bidder: Bidder::new(cfg),
             busy_until: 0,
             tick_at: None,
+            inbox: Default::default(),
+            wake_at: None,
         }
     }
 }
@@ -188,6 +193,8 @@ enum Ev {
         written: u64,
     },
     Tick(usize),
+    /// A busy host is free again: it takes the next event of its inbox.
+    Wake(usize),
     Crash,
     Restart,
     /// The failure detector's verdicts or a heal change who is alive.
@@ -438,25 +445,43 @@ impl<'a> Run<'a> {
             }
             self.now = time;
             let Some(ev) = self.events.remove(&id) else { continue };
-            // A host handles one event at a time: a busy host's event waits.
-            let host = match &ev {
-                Ev::Deliver { to, .. } => Some(*to),
-                Ev::Tick(h) => Some(*h),
+            // A host handles one event at a time: a busy host's events wait in its inbox.
+            let ev = match ev {
+                Ev::Deliver { to: h, .. } | Ev::Tick(h) => {
+                    let host = &mut self.hosts[h];
+                    if !host.alive {
+                        if matches!(ev, Ev::Tick(_)) {
+                            host.tick_at = None;
+                        }
+                        continue;
+                    }
+                    if host.busy_until <= time && host.inbox.is_empty() {
+                        ev
+                    } else {
+                        host.inbox.push_back(ev);
+                        self.wake(h);
+                        continue;
+                    }
+                }
+                Ev::Wake(h) => {
+                    let host = &mut self.hosts[h];
+                    host.wake_at = None;
+                    if !host.alive {
+                        host.inbox.clear();
+                        continue;
+                    }
+                    let Some(ev) = host.inbox.pop_front() else { continue };
+                    if matches!(ev, Ev::Tick(_)) {
+                        host.tick_at = None;
+                    }
+                    ev
+                }
+                other => other,
+            };
+            let waiting = match &ev {
+                Ev::Deliver { to: h, .. } | Ev::Tick(h) => Some(*h),
                 _ => None,
             };
-            if let Some(h) = host {
-                if !self.hosts[h].alive {
-                    if matches!(ev, Ev::Tick(_)) {
-                        self.hosts[h].tick_at = None;
-                    }
-                    continue;
-                }
-                if self.hosts[h].busy_until > time {
-                    let later = self.hosts[h].busy_until;
-                    self.at(later, ev);
-                    continue;
-                }
-            }
             match ev {
                 Ev::Deliver { to, msg } => self.deliver(to, msg),
                 Ev::Visible { slot, host, writer, written } => self.visible(slot, host, writer, written),
@@ -493,7 +518,21 @@ impl<'a> Run<'a> {
                     self.views();
                 }
                 Ev::Check => self.check(),
+                Ev::Wake(_) => {}
             }
+            if let Some(h) = waiting.filter(|h| !self.hosts[*h].inbox.is_empty()) {
+                self.wake(h);
+            }
+        }
+    }
+
+    /// Makes sure a host with events waiting looks at them when it is free.
+    fn wake(&mut self, h: usize) {
+        let host = &self.hosts[h];
+        if host.wake_at.is_none() && !host.inbox.is_empty() {
+            let at = host.busy_until.max(self.now);
+            self.hosts[h].wake_at = Some(at);
+            self.at(at, Ev::Wake(h));
         }
     }
 
