@@ -42,7 +42,7 @@ pub const STATUS_KINDS: [(&str, &str); 4] = [
 const ORPHAN_GRACE: Duration = Duration::from_secs(5);
 /// A pass at least this often (readiness reported, hosts lost), and at most this often.
 const RESYNC: Duration = Duration::from_secs(1);
-const SETTLE: Duration = Duration::from_millis(50);
+const SETTLE: Duration = Duration::from_millis(20);
 /// Claims of StatefulSets' `volumeClaimTemplates` (local volumes, bound to a host).
 const CLAIM: &str = "PersistentVolumeClaim";
 

@@ -9,10 +9,15 @@
 //! all four hold it (pulled, verified, unpacked); against the same bytes sent with plain TCP,
 //! one stream from h1 to each of the four at once (as four `scp`s would), written to disk.
 //!
+//! (5) Scheduling: a Deployment of 20 replicas applied on h1 (the image imported on every
+//! host first), each pod timed from the apply until h1 lists it placed and until it is
+//! Running, p50/p95; in (3), the killed host's replicas are timed until they run elsewhere.
+//!
 //! `--quick` runs a few writes (CI uses it to prove the bench runs; not a measurement).
 //! `--tcp-recv PORT FILE` / `--tcp-send FILE ADDR:PORT...` are the TCP baseline's two ends,
 //! run by the bench itself inside the hosts' namespaces.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::time::{Duration, Instant};
 
@@ -36,6 +41,10 @@ const POLL: Duration = Duration::from_millis(5);
 const MEMORY_OBJECTS: usize = 1000;
 /// Objects per `apply` while loading them.
 const BATCH: usize = 100;
+/// The scheduling part's Deployment.
+const REPLICAS: usize = 20;
+/// How often pods are listed while timing them.
+const POD_POLL: Duration = Duration::from_millis(20);
 
 fn percentile(v: &[f64], p: f64) -> f64 {
     let mut v = v.to_vec();
@@ -85,7 +94,69 @@ fn main() -> Result<()> {
     if !quick {
         images(&agents, &lan)?;
     }
+    scheduling(&agents)?;
     failure_detection(&mut agents)
+}
+
+/// The scheduling part's pods as h1 lists them: (name, node, Running).
+fn sched_pods(agent: &Agent) -> Result<Vec<(String, String, bool)>> {
+    match call(agent, &Request::ListPods { namespace: Some("default".into()) })? {
+        Response::Pods { items } => Ok(items
+            .into_iter()
+            .filter(|p| p.name.starts_with("spread-"))
+            .map(|p| (p.name, p.host, p.status == "Running"))
+            .collect()),
+        other => bail!("list pods answered {other:?}"),
+    }
+}
+
+/// A Deployment of [`REPLICAS`] applied on h1: per pod, apply -> placed and apply -> Running.
+fn scheduling(agents: &[Agent]) -> Result<()> {
+    for agent in agents {
+        agent.import_busybox("busybox:1")?;
+    }
+    let manifest = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: spread}}\nspec:\n  replicas: {REPLICAS}\n  selector: {{matchLabels: {{app: spread}}}}\n  template:\n    metadata: {{labels: {{app: spread}}}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: c\n        image: busybox:1\n        resources: {{requests: {{cpu: 10m, memory: 8Mi}}}}\n        command: [sh, -c, \"trap 'exit 0' TERM; sleep 100000 & wait\"]\n"
+    );
+    let t = Instant::now();
+    apply(&agents[0], manifest)?;
+    let (mut placed, mut running) = (BTreeMap::new(), BTreeMap::new());
+    let deadline = t + Duration::from_secs(120);
+    while running.len() < REPLICAS {
+        for (name, node, up) in sched_pods(&agents[0])? {
+            if !node.is_empty() {
+                placed.entry(name.clone()).or_insert_with(|| (t.elapsed(), node));
+            }
+            if up {
+                running.entry(name).or_insert_with(|| t.elapsed());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{} of {REPLICAS} replicas Running after 120 s", running.len());
+        }
+        std::thread::sleep(POD_POLL);
+    }
+    let ms = |d: &Duration| d.as_secs_f64() * 1000.0;
+    let to_placed: Vec<f64> = placed.values().map(|(d, _)| ms(d)).collect();
+    let to_running: Vec<f64> = running.values().map(ms).collect();
+    let mut per_host: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, node) in placed.values() {
+        *per_host.entry(node.as_str()).or_default() += 1;
+    }
+    println!("\nscheduling: a Deployment of {REPLICAS} replicas applied on h1 (h1's pod list every 20 ms)");
+    println!(
+        "  apply -> placed   p50 {:.0} ms   p95 {:.0} ms",
+        percentile(&to_placed, 0.5),
+        percentile(&to_placed, 0.95)
+    );
+    println!(
+        "  apply -> Running  p50 {:.0} ms   p95 {:.0} ms   all {:.0} ms",
+        percentile(&to_running, 0.5),
+        percentile(&to_running, 0.95),
+        to_running.iter().cloned().fold(0.0, f64::max)
+    );
+    println!("  per host: {per_host:?}");
+    Ok(())
 }
 
 /// One admin request to `agent`'s socket, straight (no CLI process in the timing).
@@ -242,6 +313,9 @@ fn memory(agents: &[Agent]) -> Result<()> {
 fn failure_detection(agents: &mut [Agent]) -> Result<()> {
     let (victim, others) = agents.split_last_mut().context("hosts")?;
     let name = format!("h{HOSTS}");
+    // Its replicas of the scheduling part (timed below until they run elsewhere).
+    let lost: Vec<String> =
+        sched_pods(&others[0])?.into_iter().filter(|(_, node, _)| *node == name).map(|(n, _, _)| n).collect();
     let t = Instant::now();
     victim.crash()?;
     let mut times: Vec<Option<Duration>> = vec![None; others.len()];
@@ -266,6 +340,23 @@ fn failure_detection(agents: &mut [Agent]) -> Result<()> {
     println!("  {}", cells.join("   "));
     let secs: Vec<f64> = times.iter().map(|d| d.unwrap_or_default().as_secs_f64()).collect();
     println!("  slowest {:.2} s", secs.iter().cloned().fold(0.0, f64::max));
+    // Its replicas of the scheduling part, placed again and Running on the others.
+    while !lost.is_empty() {
+        let pods = sched_pods(&others[0])?;
+        let elsewhere = pods.iter().filter(|(_, node, up)| *up && *node != name).count();
+        if elsewhere == REPLICAS {
+            println!(
+                "  its {} replicas Running on the other hosts {:.2} s after the kill",
+                lost.len(),
+                t.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{name}'s replicas not Running elsewhere 180 s after the kill: {pods:?}");
+        }
+        std::thread::sleep(POD_POLL);
+    }
     Ok(())
 }
 
