@@ -59,6 +59,16 @@ impl Lan {
     pub fn addr(&self, n: u8) -> String {
         format!("10.200.{}.{n}", self.subnet)
     }
+
+    /// Cuts host `n` off the lan (its port on the bridge goes down): a partition of one.
+    pub fn cut(&self, n: u8) -> Result<()> {
+        ip(&["-n", &self.switch(), "link", "set", &format!("{}s{n}", self.tag), "down"])
+    }
+
+    /// Joins host `n` to the lan again after [`Lan::cut`].
+    pub fn mend(&self, n: u8) -> Result<()> {
+        ip(&["-n", &self.switch(), "link", "set", &format!("{}s{n}", self.tag), "up"])
+    }
 }
 
 impl Drop for Lan {

@@ -3,7 +3,9 @@
 //! their free capacity; spreading, node selectors, taints and tolerations decide where they
 //! go; a pod no host can take is Pending with Kubernetes' reason; the pods of a host that dies
 //! show as Unknown (NodeLost) and are placed again on the survivors, and the host, back, stops
-//! its stale copies.
+//! its stale copies. On five hosts: a Deployment spreads (at most two of six per host), a host
+//! cut off (its bridge port down) has its replicas run elsewhere and, back, stops its copies; a
+//! scale applied on a host that dies right after survives it; a delete from another host.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -494,5 +496,67 @@ fn daemon_sets_follow_hosts_deployments_roll_out_and_stateful_sets_start_in_orde
         replica_sets(&agents[1]),
         rows(&agents[1])
     );
+    Ok(())
+}
+
+#[test]
+fn five_hosts_spread_a_deployment_heal_a_cut_off_host_and_outlive_the_host_that_applied() -> Result<()> {
+    let (lan, _root, mut agents) = joined_mesh("bm5", 54, 5)?;
+    for agent in agents.iter_mut() {
+        agent.spawn()?;
+        agent.import_busybox("busybox:1")?;
+    }
+    let ready = |agent: &Agent, n: usize| {
+        agent
+            .run_cli(&["get", "nodes"], None)
+            .is_ok_and(|(ok, out, _)| ok && out.matches(" Ready").count() == n)
+    };
+    for agent in &agents {
+        ensure!(eventually(T, || ready(agent, 5)), "not every host Ready\n{}", agent.log());
+    }
+    let web = |agent: &Agent| running_on(agent, "web-");
+    let spread = |by_node: &BTreeMap<String, usize>, total: usize, without: &str| {
+        by_node.values().sum::<usize>() == total
+            && by_node.values().all(|n| *n <= 2)
+            && !by_node.contains_key(without)
+    };
+    // Six replicas on five hosts with room: at most two on any host, as Kubernetes spreads.
+    agents[0].apply(&deployment(6, "1"))?;
+    ensure!(eventually(T, || spread(&web(&agents[1]), 6, "")), "spread: {:?}", rows(&agents[1]));
+
+    // h5 is cut off: the four others hold it dead and run its replicas (still spread); h5,
+    // seeing one host of five, places nothing of theirs again.
+    let on_h5 = web(&agents[0]).get("h5").copied().unwrap_or(0);
+    lan.cut(5)?;
+    ensure!(
+        eventually(T, || spread(&web(&agents[0]), 6, "h5")),
+        "after the cut ({on_h5} on h5): {:?}\n{}",
+        rows(&agents[0]),
+        agents[0].log()
+    );
+    // It comes back: its copies stop (their replacements are ready), nothing runs twice.
+    lan.mend(5)?;
+    let h5_runs = |agent: &Agent| {
+        agent.state_dir().join("pods").read_dir().map_or(0, |d| {
+            d.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains("-web-")).count()
+        })
+    };
+    ensure!(eventually(T, || ready(&agents[4], 5)), "h5 not back\n{}", agents[4].log());
+    ensure!(eventually(T, || h5_runs(&agents[4]) == 0), "h5 kept its stale copies\n{}", agents[4].log());
+    ensure!(eventually(T, || spread(&web(&agents[4]), 6, "h5")), "after h5 returned: {:?}", rows(&agents[4]));
+
+    // h4 takes a scale to 8 and dies right after acknowledging it: the others carry it out.
+    agents[3].apply(&deployment(8, "1"))?;
+    agents[3].crash()?;
+    let eight = |agent: &Agent| {
+        let by_node = web(agent);
+        by_node.values().sum::<usize>() == 8 && !by_node.contains_key("h4")
+    };
+    ensure!(eventually(T, || eight(&agents[1])), "scale after h4 died: {:?}", rows(&agents[1]));
+
+    // Deleted from another host than the one that applied it: every replica goes.
+    let (ok, out, err) = agents[2].run_cli(&["delete", "-f", "-"], Some(&deployment(8, "1")))?;
+    ensure!(ok && out.contains("deployment.apps/web deleted"), "{out}{err}");
+    ensure!(eventually(T, || web(&agents[0]).is_empty()), "left after delete: {:?}", rows(&agents[0]));
     Ok(())
 }
