@@ -125,3 +125,19 @@ fn costs_measured_from_the_agents_code_take_virtual_time() {
     check(&r);
     assert!(r.calls > 0 && r.call_ns > 0, "{r:?}");
 }
+
+#[test]
+fn regression_seed_1_an_award_to_a_host_that_then_died_is_tendered_again() {
+    // `faults_settle_over_many_seeds`' seed 1 left 9 slots on dead hosts when a tender's award
+    // to a host that crashed before the state showed it blocked tendering it again.
+    let seed = 1;
+    let sim = SchedSim {
+        faults: Faults { loss: 0.2, duplicate: 0.1, min_delay_ms: 5, max_delay_ms: 50 },
+        faults_until_ms: 10_000,
+        crashes: 2,
+        crash_at_ms: 500 + seed * 97,
+        run_ms: 45_000,
+        ..SchedSim::new(80, 40, 10, seed)
+    };
+    check(&sim.run());
+}
