@@ -51,7 +51,11 @@ pub fn top_k<H: Clone>(key: u64, hosts: impl IntoIterator<Item = (H, u64, f64)>,
         ranked.truncate(k);
     }
     ranked.sort_by(by);
-    ranked.into_iter().map(|(_, _, h)| h).collect()
+    // A new vector: collecting in place would keep the capacity of every host's entry (at
+    // 10,000 hosts, 240 KB held by each open tender for its 16 candidates).
+    let mut top = Vec::with_capacity(ranked.len());
+    top.extend(ranked.into_iter().map(|(_, _, h)| h));
+    top
 }
 
 #[cfg(test)]
