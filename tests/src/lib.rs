@@ -426,8 +426,29 @@ impl Drop for Agent {
             let _ = std::fs::copy(self.log_path(), kept);
         }
         // Last resort for a test that failed half-way; assertions on cleanup are explicit.
-        let _ = std::fs::remove_dir(self.cgroup_root());
+        // The pods of an agent that was killed (`crash`) outlive it: what is left in its
+        // cgroup subtree is killed, and the subtree removed once the kernel says it is empty.
+        let root = self.cgroup_root();
+        if std::fs::write(root.join("cgroup.kill"), "1").is_ok() {
+            let empty = || {
+                std::fs::read_to_string(root.join("cgroup.events")).is_ok_and(|e| e.contains("populated 0"))
+            };
+            let _ = eventually(Duration::from_secs(5), empty);
+            remove_cgroup_tree(&root);
+        }
     }
+}
+
+/// Removes a cgroup directory and the cgroups under it, deepest first.
+fn remove_cgroup_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup_tree(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 pub fn signal(pid: u32, sig: &str) {

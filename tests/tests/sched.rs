@@ -16,6 +16,14 @@ use beemesh_tests::{eventually, Agent};
 
 const T: Duration = Duration::from_secs(60);
 
+/// This file's tests run one at a time: ten debug agents at once on two cores starved the
+/// failure detector's heartbeats into false verdicts (two hosts each declaring the other dead).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A row of `get pods -o json`: node, phase, and the reason or the scheduling message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Row {
@@ -77,6 +85,7 @@ fn add_mesh_config(agent: &Agent, lines: &str) -> Result<()> {
 
 #[test]
 fn pods_are_tendered_spread_constrained_and_placed_again_when_their_host_dies() -> Result<()> {
+    let _serial = serial();
     let (_lan, _root, mut agents) = joined_mesh("bms", 52, 3)?;
     add_mesh_config(&agents[0], "  nodeLabels: {disk: ssd}\n")?;
     add_mesh_config(&agents[2], "  nodeTaints: [\"dedicated=batch:NoSchedule\"]\n")?;
@@ -292,6 +301,7 @@ fn replica_sets(agent: &Agent) -> Vec<(String, i64, i64)> {
 
 #[test]
 fn daemon_sets_follow_hosts_deployments_roll_out_and_stateful_sets_start_in_order() -> Result<()> {
+    let _serial = serial();
     let (_lan, _root, mut agents) = joined_mesh("bmw", 53, 2)?;
     agents[0].spawn()?;
     agents[0].import_busybox("busybox:1")?;
@@ -501,6 +511,7 @@ fn daemon_sets_follow_hosts_deployments_roll_out_and_stateful_sets_start_in_orde
 
 #[test]
 fn five_hosts_spread_a_deployment_heal_a_cut_off_host_and_outlive_the_host_that_applied() -> Result<()> {
+    let _serial = serial();
     let (lan, _root, mut agents) = joined_mesh("bm5", 54, 5)?;
     for agent in agents.iter_mut() {
         agent.spawn()?;

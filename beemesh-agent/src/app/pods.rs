@@ -17,6 +17,27 @@ use super::cluster::pods::{self as cpods, PodReport};
 use super::cluster::Cluster;
 use super::events::{Involved, Recorder};
 
+use super::images::pull::Wanted;
+use super::reconcile::Desired;
+use crate::api::{ContainerInfo, PodInfo};
+use crate::manifest::Object;
+use crate::mesh::trust::files::WorkloadIssuer;
+use crate::pod::lifecycle::{self, Action, State};
+use crate::pod::net::Slirp;
+use crate::pod::rootfs::Rootfs;
+use crate::pod::sandbox::{self, Layout};
+use crate::pod::spec::{self, ContainerPlan, PodPlan};
+use crate::pod::userns::{IdMap, IdRanges};
+use crate::pod::{probe, proto};
+
+mod kube;
+mod records;
+
+pub(super) use kube::{format_time, parse_time};
+use kube::{pod_object, pod_ready, status_column};
+use records::IdCursor;
+pub use records::{ContainerRecord, PodRecord};
+
 /// The component named in the pod runtime's events (Kubernetes': `kubelet`).
 const COMPONENT: &str = "beemesh-agent";
 /// How long a stale copy waits for its replacement to be ready before it stops anyway.
@@ -39,30 +60,8 @@ fn waits_for_replacement(
 /// volume): its stale copy stops at once, whatever its replacement's state.
 fn single_instance(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
     let stateful = pod.metadata.owner_references.iter().flatten().any(|o| o.kind == "StatefulSet");
-    let claims =
-        pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()).any(|v| v.persistent_volume_claim.is_some());
-    stateful || claims
+    stateful || super::sched::needs::uses_claims(pod)
 }
-use super::images::pull::Wanted;
-use super::reconcile::Desired;
-use crate::api::{ContainerInfo, PodInfo};
-use crate::manifest::Object;
-use crate::mesh::trust::files::WorkloadIssuer;
-use crate::pod::lifecycle::{self, Action, State};
-use crate::pod::net::Slirp;
-use crate::pod::rootfs::Rootfs;
-use crate::pod::sandbox::{self, Layout};
-use crate::pod::spec::{self, ContainerPlan, PodPlan};
-use crate::pod::userns::{IdMap, IdRanges};
-use crate::pod::{probe, proto};
-
-mod kube;
-mod records;
-
-pub(super) use kube::{format_time, parse_time};
-use kube::{pod_object, pod_ready, status_column};
-use records::IdCursor;
-pub use records::{ContainerRecord, PodRecord};
 
 /// Messages from pod tasks (sandbox creation, init connections, probes) to the actor.
 #[derive(Debug)]

@@ -353,7 +353,8 @@ impl Task {
         let mut wanted = BTreeSet::new();
         let heal = core::may_heal(self.view.hosts.len(), self.view.facts.len());
         for (slot, p) in &self.view.pods {
-            let lost = heal && p.scheduled && self.view.dead.contains(&p.node);
+            // A pod with a claim's local volume waits for its host: its data is there.
+            let lost = heal && p.scheduled && self.view.dead.contains(&p.node) && !needs::uses_claims(&p.pod);
             if !(p.node.is_empty() || lost) {
                 continue;
             }

@@ -213,6 +213,12 @@ pub fn group(pod: &Pod, slot: &str) -> String {
 }
 
 /// The slot of `pod` (its state key's `namespace/name`).
+/// Whether the pod mounts a claim (a local volume on the host it was first placed on, which
+/// holds its data): it stays with that host and is not placed elsewhere when the host is lost.
+pub fn uses_claims(pod: &Pod) -> bool {
+    pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()).any(|v| v.persistent_volume_claim.is_some())
+}
+
 pub fn slot_of(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
 }
