@@ -65,10 +65,9 @@ pub fn spawn(cluster: Cluster, liveness: Liveness, events: Recorder) {
     });
 }
 
-/// The hosts with a Node record the failure detector does not hold dead, with their
+/// The hosts with a Node record not in `dead` (`sched::dead_nodes`), with their
 /// rendezvous hashes: who may own an object.
-pub fn alive_hosts(nodes: &[Listed], liveness: &Liveness) -> Vec<(String, u64)> {
-    let dead = super::sched::dead_nodes(nodes, liveness);
+pub fn alive_hosts(nodes: &[Listed], dead: &BTreeSet<String>) -> Vec<(String, u64)> {
     nodes
         .iter()
         .map(|l| l.key.name.clone())
@@ -107,7 +106,7 @@ async fn pass(
     }
     let of = |k: &str| by_kind.get(k).map_or(&[][..], Vec::as_slice);
     let dead = super::sched::dead_nodes(of(super::nodes::KIND), liveness);
-    let hosts = alive_hosts(of(super::nodes::KIND), liveness);
+    let hosts = alive_hosts(of(super::nodes::KIND), &dead);
     let me = cluster.node();
     let owns = |k: &Key| {
         rank::owner(rank::hash_str(&key_text(k)), hosts.iter().map(|(h, x)| (h, *x))).map(String::as_str)

@@ -208,7 +208,8 @@ pub fn spawn_sweeper(cluster: Cluster, liveness: Liveness) {
             tokio::time::sleep(SWEEP).await;
             let Ok((_, items)) = cluster.snapshot(&[super::nodes::KIND, KIND]).await else { continue };
             let (nodes, events): (Vec<_>, Vec<_>) = items.into_iter().partition(|l| l.key.kind != KIND);
-            let hosts = super::controllers::alive_hosts(&nodes, &liveness);
+            let dead = super::sched::dead_nodes(&nodes, &liveness);
+            let hosts = super::controllers::alive_hosts(&nodes, &dead);
             let me = cluster.node();
             let now = now_micros() / 1_000_000;
             for l in events {

@@ -163,10 +163,11 @@ pub fn describe_text(kind: &str, o: &Value, events: &[Value], now: u64) -> Strin
         }
     };
     let s = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    let or = |v: &Value, absent: &str| v.as_str().unwrap_or(absent).to_owned();
     match kind {
         "Pod" => {
-            push("Node", s(&o["spec"]["nodeName"]).replace("null", "<none>"));
-            push("Start Time", s(&o["status"]["startTime"]).replace("null", "<unknown>"));
+            push("Node", or(&o["spec"]["nodeName"], "<none>"));
+            push("Start Time", or(&o["status"]["startTime"], "<unknown>"));
             push("Labels", pairs(&m["labels"], "="));
             push("Annotations", pairs(&m["annotations"], ": "));
             let status =
@@ -175,7 +176,7 @@ pub fn describe_text(kind: &str, o: &Value, events: &[Value], now: u64) -> Strin
             if let Some(msg) = o["status"]["message"].as_str() {
                 push("Message", msg.into());
             }
-            push("IP", s(&o["status"]["podIP"]).replace("null", "<none>"));
+            push("IP", or(&o["status"]["podIP"], "<none>"));
             if let Some(c) = controller(m) {
                 push("Controlled By", c);
             }
@@ -201,7 +202,7 @@ pub fn describe_text(kind: &str, o: &Value, events: &[Value], now: u64) -> Strin
                             n(&st["unavailableReplicas"])
                         ),
                     );
-                    push("StrategyType", s(&o["spec"]["strategy"]["type"]).replace("null", "RollingUpdate"));
+                    push("StrategyType", or(&o["spec"]["strategy"]["type"], "RollingUpdate"));
                     push("MinReadySeconds", n(&o["spec"]["minReadySeconds"]).to_string());
                 }
                 "DaemonSet" => {
