@@ -1,6 +1,6 @@
 //! The driver of this host's replica of the cluster state (`beemesh_state::Replica`, design in
-//! `docs/state.md`): one task owns it, persists what changes under `<state-dir>/cluster/`
-//! before any message of the same call leaves, carries broadcasts on the gossip topic
+//! `docs/state.md`): one task owns it and answers reads from it; a persister task writes
+//! what changes under `<state-dir>/cluster/` before any message of the same call leaves, carries broadcasts on the gossip topic
 //! [`TOPIC`] and messages to one peer as mesh requests of kind [`REQUEST_KIND`], and ticks
 //! every 100 ms with the attested peers. The rest of the agent uses the [`Cluster`] handle:
 //! `write` (waits until another host holds the write), `get`, `list`.
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use beemesh_state::{Config, Key, Output, Replica, ReplicaError, WriteId};
+use beemesh_state::{Config, Key, Msg, Object, Output, Replica, ReplicaError, WriteId};
 use bytes::Bytes;
 use libp2p::gossipsub::MessageAcceptance;
 use libp2p::PeerId;
@@ -295,15 +295,18 @@ pub(crate) async fn start(state_dir: &Path, node: &str, client: MeshClient) -> R
     let (in_tx, in_rx) = mpsc::channel(1024);
     let (changed, changes) = watch::channel(0);
     let kinds = KindWatches::default();
+    let waiting = Waiting::default();
+    let (persist_tx, persist_rx) = mpsc::channel(PERSIST_QUEUE);
+    tokio::spawn(persister(store, client.clone(), waiting.clone(), persist_rx));
     let task = Task {
         changed,
         kinds: kinds.clone(),
         replica,
-        store,
+        persister: persist_tx,
         client,
         peers: BTreeMap::new(),
         names: HashMap::new(),
-        waiting: HashMap::new(),
+        waiting,
     };
     tokio::spawn(task.run(cmd_rx, in_rx));
     Ok(Cluster { commands: cmd_tx, inbound: in_tx, changes, kinds, node: node.to_owned() })
@@ -321,15 +324,19 @@ struct Task {
     changed: watch::Sender<u64>,
     kinds: KindWatches,
     replica: Replica<PeerId>,
-    store: Store,
+    /// The persister's queue (`persister`).
+    persister: mpsc::Sender<Job>,
     client: MeshClient,
     /// Attested peers reachable now.
     peers: BTreeMap<PeerId, String>,
     /// Node names of every peer seen attested (an ack may come after its peer left).
     names: HashMap<PeerId, String>,
     /// Writers waiting for their write's acknowledgement.
-    waiting: HashMap<WriteId, oneshot::Sender<Acked>>,
+    waiting: Waiting,
 }
+
+/// Writers waiting for their write's acknowledgement (the persister drops those it fails).
+type Waiting = Arc<Mutex<HashMap<WriteId, oneshot::Sender<Acked>>>>;
 
 /// Most calls handled before their outputs are carried out together.
 const MAX_BATCH: usize = 256;
@@ -358,8 +365,9 @@ struct Batch {
 
 impl Task {
     /// Handles what arrives, in batches: every call ready (up to [`MAX_BATCH`]) goes to the
-    /// replica, then the batch's changed objects are persisted together (in parallel, off the
-    /// runtime: one round of fsyncs for many writes) before any of its messages leave.
+    /// replica, then the batch's changed objects go to the persister, which writes them
+    /// together (in parallel, off the runtime: one round of fsyncs for many writes) before any
+    /// of the batch's messages leave.
     async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut inbound: mpsc::Receiver<Inbound>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -399,7 +407,7 @@ impl Task {
                 match self.replica.write(now_ms(), key, body) {
                     Ok((id, out)) => {
                         let (tx, acked) = oneshot::channel();
-                        self.waiting.insert(id, tx);
+                        self.waiting.lock().expect("waiting lock").insert(id, tx);
                         batch.out.extend(out);
                         batch.then.push(Then::Write { id, reply, acked });
                     }
@@ -458,7 +466,7 @@ impl Task {
                     }
                     Err(e) => {
                         warn!(via = %message.via.node_name, origin = %message.origin, error = %e, "cluster gossip rejected");
-                        self.validate(message, MessageAcceptance::Reject);
+                        validate(&self.client, message, MessageAcceptance::Reject);
                     }
                 }
             }
@@ -472,56 +480,32 @@ impl Task {
         }
     }
 
-    fn validate(&self, message: Box<GossipMessage>, verdict: MessageAcceptance) {
-        let client = self.client.clone();
-        tokio::spawn(async move {
-            let _ = client.validate(&message, verdict).await;
-        });
-    }
-
-    /// Carries out a batch's outputs: persists every `Changed`/`Collected` first (on a
-    /// blocking thread, the files in parallel), and sends its messages only if all of that
-    /// reached the disk (a `PushAck` promises we hold it); then answers what waited.
+    /// Carries out a batch's outputs. Changes are visible to readers at once (this task's
+    /// reads come from the replica); what the batch's objects must reach the disk before (its
+    /// messages, gossip verdicts, write answers) goes with them to the persister, which keeps
+    /// batches in order. This task never waits on the disk, only when the persister is
+    /// [`PERSIST_QUEUE`] batches behind.
     async fn flush(&mut self, batch: Batch) {
         let Batch { out, then, .. } = batch;
-        let mut saves = Vec::new();
-        let mut removes = Vec::new();
+        let mut files: Vec<(Key, Option<Object>)> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         // The last output for a key wins: a later call of the batch changed it again.
         for o in out.iter().rev() {
             match o {
                 Output::Changed(key) if seen.insert(key.clone()) => {
                     if let Some(object) = self.replica.object(key) {
-                        saves.push(object.clone());
+                        files.push((key.clone(), Some(object.clone())));
                     }
                 }
-                Output::Collected(key) if seen.insert(key.clone()) => removes.push(key.clone()),
+                Output::Collected(key) if seen.insert(key.clone()) => files.push((key.clone(), None)),
                 _ => {}
             }
         }
-        let persisted = if saves.is_empty() && removes.is_empty() {
-            true
-        } else {
-            // Events wake nobody but who watches their kind (`QUIET_KINDS`).
-            let loud =
-                saves.iter().map(|o| &o.key).chain(&removes).any(|k| !QUIET_KINDS.contains(&k.kind.as_str()));
-            if loud {
-                self.changed.send_modify(|n| *n += 1);
-            }
-            let store = self.store.clone();
-            let result = tokio::task::spawn_blocking(move || store.save_all(&saves, &removes)).await;
-            match result {
-                Ok(Ok(())) => true,
-                Ok(Err(e)) => {
-                    error!(error = %e, "cluster state not persisted; these calls' messages are not sent");
-                    false
-                }
-                Err(e) => {
-                    error!(error = %e, "cluster state persistence panicked; these calls' messages are not sent");
-                    false
-                }
-            }
-        };
+        // Events wake nobody but who watches their kind (`QUIET_KINDS`).
+        if files.iter().any(|(k, _)| !QUIET_KINDS.contains(&k.kind.as_str())) {
+            self.changed.send_modify(|n| *n += 1);
+        }
+        let mut sends = Vec::new();
         for o in out {
             match o {
                 Output::Changed(key) => {
@@ -532,67 +516,149 @@ impl Task {
                 }
                 Output::Collected(key) => debug!(key = %shown(&key), "cluster tombstone collected"),
                 Output::Acked { write, held_by } => {
+                    // Our write left only once persisted: an ack never overtakes the disk.
                     let held_by =
                         held_by.map(|p| self.names.get(&p).cloned().unwrap_or_else(|| p.to_string()));
-                    if let Some(tx) = self.waiting.remove(&write) {
+                    if let Some(tx) = self.waiting.lock().expect("waiting lock").remove(&write) {
                         let _ = tx.send(Acked { held_by });
                     }
                 }
-                Output::Broadcast(msg) if persisted => match msg.encode() {
-                    Ok(bytes) => {
-                        let client = self.client.clone();
-                        tokio::spawn(async move {
-                            if let Err(e) = client.publish(TOPIC, bytes).await {
-                                // With no peer subscribed yet gossipsub has nobody to send to;
-                                // anti-entropy spreads the write once peers come.
-                                debug!(error = %e, "cluster announcement not published");
-                            }
-                        });
-                    }
-                    Err(e) => error!(error = %e, kind = msg.kind(), "cannot encode a cluster message"),
-                },
-                Output::Send { to, msg } if persisted => match msg.encode() {
-                    Ok(bytes) => {
-                        let client = self.client.clone();
-                        let kind = msg.kind();
-                        tokio::spawn(async move {
-                            match client.request(to, REQUEST_KIND, bytes).await {
-                                Ok(MeshResponse::App(_)) => {}
-                                Ok(other) => debug!(%to, kind, answer = ?other, "cluster message refused"),
-                                Err(e) => debug!(%to, kind, error = %e, "cluster message not delivered"),
-                            }
-                        });
-                    }
-                    Err(e) => error!(error = %e, kind = msg.kind(), "cannot encode a cluster message"),
-                },
-                Output::Broadcast(_) | Output::Send { .. } => {}
+                Output::Broadcast(msg) => sends.push((None, msg)),
+                Output::Send { to, msg } => sends.push((Some(to), msg)),
             }
         }
-        for t in then {
-            match t {
-                Then::Write { id, reply, acked } => {
-                    if persisted {
-                        let _ = reply.send(Ok(acked));
-                    } else {
-                        self.waiting.remove(&id);
-                        let _ = reply.send(Err(ClusterError::Io {
-                            what: "persist a write in",
-                            path: self.store.dir().to_path_buf(),
-                            source: std::io::Error::other("see the agent's log"),
-                        }));
+        if files.is_empty() && sends.is_empty() && then.is_empty() {
+            return;
+        }
+        files.reverse();
+        let _ = self.persister.send(Job { files, sends, then }).await;
+    }
+}
+
+/// How many batches the persister may be behind before the cluster task waits for it.
+const PERSIST_QUEUE: usize = 16;
+
+/// A batch's files (a body, or `None`: removed) and what waits for them to reach the disk.
+struct Job {
+    files: Vec<(Key, Option<Object>)>,
+    sends: Vec<(Option<PeerId>, Msg)>,
+    then: Vec<Then>,
+}
+
+/// The persister: writes each batch's objects (batches queued meanwhile together: one round
+/// of fsyncs, the last state of a key wins), then carries out what waited for them, in order:
+/// messages leave (none if persisting failed), gossip is accepted (or ignored), writes answered.
+async fn persister(store: Store, client: MeshClient, waiting: Waiting, mut jobs: mpsc::Receiver<Job>) {
+    while let Some(first) = jobs.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = jobs.try_recv() {
+            batch.push(more);
+        }
+        let mut last: HashMap<Key, Option<Object>> = HashMap::new();
+        for job in &mut batch {
+            last.extend(job.files.drain(..));
+        }
+        let (mut saves, mut removes) = (Vec::new(), Vec::new());
+        for (key, object) in last {
+            match object {
+                Some(o) => saves.push(o),
+                None => removes.push(key),
+            }
+        }
+        let (count, started) = (saves.len() + removes.len(), std::time::Instant::now());
+        let persisted = count == 0
+            || {
+                let store = store.clone();
+                let result = tokio::task::spawn_blocking(move || store.save_all(&saves, &removes)).await;
+                debug!(
+                    objects = count,
+                    ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "cluster batch persisted"
+                );
+                match result {
+                    Ok(Ok(())) => true,
+                    Ok(Err(e)) => {
+                        error!(error = %e, "cluster state not persisted; these calls' messages are not sent");
+                        false
+                    }
+                    Err(e) => {
+                        error!(error = %e, "cluster state persistence panicked; these calls' messages are not sent");
+                        false
                     }
                 }
-                Then::Validate(message) => {
-                    let verdict =
-                        if persisted { MessageAcceptance::Accept } else { MessageAcceptance::Ignore };
-                    self.validate(message, verdict);
-                }
-                Then::Respond(responder) => {
-                    tokio::spawn(async move {
-                        let _ = responder.respond(Vec::new()).await;
-                    });
-                }
+            };
+        for job in batch {
+            if persisted {
+                job.sends.into_iter().for_each(|(to, msg)| send(&client, to, msg));
+            }
+            for t in job.then {
+                answer(&client, &store, &waiting, t, persisted);
             }
         }
     }
+    debug!("cluster persister ended");
+}
+
+/// Sends `msg`: published on the topic (`to` = `None`) or as a request to one peer, in a task
+/// of its own (the persister never waits on the swarm).
+fn send(client: &MeshClient, to: Option<PeerId>, msg: Msg) {
+    let bytes = match msg.encode() {
+        Ok(b) => b,
+        Err(e) => {
+            error!(error = %e, kind = msg.kind(), "cannot encode a cluster message");
+            return;
+        }
+    };
+    let client = client.clone();
+    let kind = msg.kind();
+    tokio::spawn(async move {
+        match to {
+            None => {
+                if let Err(e) = client.publish(TOPIC, bytes).await {
+                    // With no peer subscribed yet gossipsub has nobody to send to;
+                    // anti-entropy spreads the write once peers come.
+                    debug!(error = %e, "cluster announcement not published");
+                }
+            }
+            Some(to) => match client.request(to, REQUEST_KIND, bytes).await {
+                Ok(MeshResponse::App(_)) => {}
+                Ok(other) => debug!(%to, kind, answer = ?other, "cluster message refused"),
+                Err(e) => debug!(%to, kind, error = %e, "cluster message not delivered"),
+            },
+        }
+    });
+}
+
+/// Carries out what waited for a batch's objects to reach the disk (`persisted`: they did).
+fn answer(client: &MeshClient, store: &Store, waiting: &Waiting, then: Then, persisted: bool) {
+    match then {
+        Then::Write { id, reply, acked } => {
+            if persisted {
+                let _ = reply.send(Ok(acked));
+            } else {
+                waiting.lock().expect("waiting lock").remove(&id);
+                let _ = reply.send(Err(ClusterError::Io {
+                    what: "persist a write in",
+                    path: store.dir().to_path_buf(),
+                    source: std::io::Error::other("see the agent's log"),
+                }));
+            }
+        }
+        Then::Validate(message) => {
+            let verdict = if persisted { MessageAcceptance::Accept } else { MessageAcceptance::Ignore };
+            validate(client, message, verdict);
+        }
+        Then::Respond(responder) => {
+            tokio::spawn(async move {
+                let _ = responder.respond(Vec::new()).await;
+            });
+        }
+    }
+}
+
+fn validate(client: &MeshClient, message: Box<GossipMessage>, verdict: MessageAcceptance) {
+    let client = client.clone();
+    tokio::spawn(async move {
+        let _ = client.validate(&message, verdict).await;
+    });
 }

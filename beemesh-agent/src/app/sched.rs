@@ -2,7 +2,8 @@
 //! [`Tenderer`] and [`Bidder`] of `beemesh_state::sched`. It reads the cluster state (Node
 //! records: allocatable, labels, taints; Pods: where each is placed and what it asks) and the
 //! failure detector (which hosts are dead) into a [`View`], carries tenders to candidates as
-//! mesh requests of kind [`REQUEST_KIND`] (a tender to this host is answered in place), and
+//! mesh requests of kind [`REQUEST_KIND`] (the tenders of one pass to one candidate in one
+//! request; a tender to this host is answered in place), and
 //! writes the outcome into the state: `spec.nodeName` for a binding, the annotation
 //! [`UNSCHEDULABLE_ANNOTATION`] with Kubernetes' message for a slot nobody can take.
 //!
@@ -39,7 +40,7 @@ use super::cluster::{Cluster, Listed};
 use super::liveness::Liveness;
 use crate::mesh::swarm::{AttestedHost, MeshClient, MeshResponse};
 
-/// The mesh request kind of tenders (JSON [`Tender`] in, JSON [`Answer`] out).
+/// The mesh request kind of tenders (a JSON list of [`Tender`]s in, of [`Answer`]s out).
 pub const REQUEST_KIND: &str = "sched";
 /// On a pod the mesh placed (it may be placed again when its host is lost).
 pub const SCHEDULED_ANNOTATION: &str = "beemesh.io/scheduled";
@@ -84,10 +85,26 @@ const COMPONENT: &str = "beemesh-scheduler";
 const DEFAULT_SCHEDULER: &str = "default-scheduler";
 
 enum Input {
-    Place { req: Box<SlotReq>, pod: PodRef, reply: oneshot::Sender<Placement> },
-    Tender { tender: Tender, reply: oneshot::Sender<Answer> },
-    Answered { from: String, slot: String, attempt: u32, answer: Answer },
+    Place {
+        req: Box<SlotReq>,
+        pod: PodRef,
+        reply: oneshot::Sender<Placement>,
+    },
+    /// A peer's tenders, answered in their order.
+    Tenders {
+        tenders: Vec<Tender>,
+        reply: oneshot::Sender<Vec<Answer>>,
+    },
+    /// A candidate's answers to the tenders sent to it in one request.
+    Answered {
+        from: String,
+        answers: Vec<(Tender, Answer)>,
+    },
 }
+
+/// Most tenders one request carries: a burst of slots (a Deployment's replicas) goes to each
+/// candidate in a few requests instead of one per slot.
+const BATCH: usize = 128;
 
 /// The handle of this host's scheduler task.
 #[derive(Clone, Debug)]
@@ -138,14 +155,19 @@ impl Scheduler {
         }
     }
 
-    /// A peer's tender: this host's bid, or why not.
+    /// A peer's tenders (a JSON list of at most [`BATCH`]): this host's bid, or why not, to
+    /// each, in their order.
     pub async fn serve(&self, from: &AttestedHost, body: &[u8]) -> Result<Vec<u8>, String> {
-        let tender: Tender = serde_json::from_slice(body).map_err(|e| format!("not a tender: {e}"))?;
-        debug!(from = %from.node_name, slot = %tender.slot, "tender");
+        let tenders: Vec<Tender> =
+            serde_json::from_slice(body).map_err(|e| format!("not a list of tenders: {e}"))?;
+        if tenders.len() > BATCH {
+            return Err(format!("{} tenders in one request, more than {BATCH}", tenders.len()));
+        }
+        debug!(from = %from.node_name, tenders = tenders.len(), first = ?tenders.first().map(|t| &t.slot), "tenders");
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Input::Tender { tender, reply }).await.map_err(|_| "the scheduler has stopped")?;
-        let answer = rx.await.map_err(|_| "the scheduler dropped the tender")?;
-        serde_json::to_vec(&answer).map_err(|e| e.to_string())
+        self.tx.send(Input::Tenders { tenders, reply }).await.map_err(|_| "the scheduler has stopped")?;
+        let answers = rx.await.map_err(|_| "the scheduler dropped the tenders")?;
+        serde_json::to_vec(&answers).map_err(|e| e.to_string())
     }
 }
 
@@ -391,12 +413,16 @@ impl Task {
                 self.tenderer.forget(&slot);
                 self.tenderer.want(now, *req, &self.view)
             }
-            Input::Tender { tender, reply } => {
-                let _ = reply.send(self.bid(now, &tender));
+            Input::Tenders { tenders, reply } => {
+                let _ = reply.send(tenders.iter().map(|t| self.bid(now, t)).collect());
                 Vec::new()
             }
-            Input::Answered { from, slot, attempt, answer } => {
-                self.tenderer.answered(now, &from, &slot, attempt, answer, &self.view)
+            Input::Answered { from, answers } => {
+                let mut outs = Vec::new();
+                for (t, answer) in answers {
+                    outs.extend(self.tenderer.answered(now, &from, &t.slot, t.attempt, answer, &self.view));
+                }
+                outs
             }
         }
     }
@@ -410,9 +436,11 @@ impl Task {
         self.bidder.answer(now, facts, here, tender)
     }
 
-    /// Carries out what the tenderer asks, answering tenders to this host in place.
+    /// Carries out what the tenderer asks, answering tenders to this host in place; tenders to
+    /// one peer travel together.
     fn carry(&mut self, outs: Vec<Out<String>>) {
         let mut queue: VecDeque<Out<String>> = outs.into();
+        let mut sends: BTreeMap<String, Vec<Tender>> = BTreeMap::new();
         while let Some(out) = queue.pop_front() {
             match out {
                 Out::Tender { to, tender } if to == self.me => {
@@ -428,7 +456,7 @@ impl Task {
                         &self.view,
                     ));
                 }
-                Out::Tender { to, tender } => self.send_tender(to, tender),
+                Out::Tender { to, tender } => sends.entry(to).or_default().push(tender),
                 Out::Bind { slot, host, asked, bids } => {
                     self.shown.remove(&slot);
                     debug!(pod = %slot, node = %host, bids, "placed");
@@ -474,6 +502,11 @@ impl Task {
                 }
             }
         }
+        for (to, tenders) in sends {
+            for chunk in tenders.chunks(BATCH) {
+                self.send_tenders(to.clone(), chunk.to_vec());
+            }
+        }
     }
 
     /// `Scheduled` (and `SchedulerName` for a pod naming another scheduler).
@@ -490,26 +523,31 @@ impl Task {
         }
     }
 
-    fn send_tender(&self, to: String, tender: Tender) {
+    fn send_tenders(&self, to: String, tenders: Vec<Tender>) {
         let (Some(peer), Some(tx)) = (self.view.peers.get(&to).copied(), self.tx.upgrade()) else { return };
         let client = self.client.clone();
         tokio::spawn(async move {
-            let body = serde_json::to_vec(&tender).unwrap_or_default();
-            let answer = match client.request(peer, REQUEST_KIND, body).await {
-                Ok(MeshResponse::App(bytes)) => serde_json::from_slice::<Answer>(&bytes).ok(),
+            let body = serde_json::to_vec(&tenders).unwrap_or_default();
+            let answers = match client.request(peer, REQUEST_KIND, body).await {
+                Ok(MeshResponse::App(bytes)) => match serde_json::from_slice::<Vec<Answer>>(&bytes) {
+                    Ok(a) if a.len() == tenders.len() => Some(a),
+                    _ => {
+                        debug!(node = %to, "tenders answered with a malformed list");
+                        None
+                    }
+                },
                 Ok(other) => {
-                    debug!(node = %to, answer = ?other, "tender not answered");
+                    debug!(node = %to, answer = ?other, "tenders not answered");
                     None
                 }
                 Err(e) => {
-                    debug!(node = %to, error = %e, "tender not delivered");
+                    debug!(node = %to, error = %e, "tenders not delivered");
                     None
                 }
             };
-            if let Some(answer) = answer {
-                let _ = tx
-                    .send(Input::Answered { from: to, slot: tender.slot, attempt: tender.attempt, answer })
-                    .await;
+            if let Some(answers) = answers {
+                let answers = tenders.into_iter().zip(answers).collect();
+                let _ = tx.send(Input::Answered { from: to, answers }).await;
             }
         });
     }
