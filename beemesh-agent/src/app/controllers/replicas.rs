@@ -148,13 +148,16 @@ pub fn deployment(
         }
         new_replicas = new_replicas.min(n);
         // Old replicas go as far as keeping `n - maxUnavailable` ready allows; the new
-        // ReplicaSet's pods not ready yet count against it.
-        let all_pods: i64 = rses.iter().map(|r| pods_of(r).len() as i64).sum();
+        // ReplicaSet's pods not ready yet count against it. A ReplicaSet's pods count up to
+        // its count only: those past it are being deleted (by its owner, perhaps another
+        // host not heard from yet), no availability to count on (Kubernetes sums the counts).
+        let held = |r: &ReplicaSet| (pods_of(r).len() as i64).min(replicas_of(r));
+        let all_pods: i64 = rses.iter().map(|r| held(r)).sum();
         let new_unready = existing_new.map_or(0, |r| (replicas_of(r) - ready_of(r)).max(0));
         let mut budget = all_pods - (n - unavailable) - new_unready;
         for (i, r) in old_replicas.iter_mut().enumerate() {
             // Pods of an old ReplicaSet that are not ready cost no availability.
-            let unready = (pods_of(olds[i]).len() as i64 - ready_of(olds[i])).max(0).min(*r);
+            let unready = (held(olds[i]) - ready_of(olds[i])).max(0).min(*r);
             *r -= unready;
             let down = budget.clamp(0, *r);
             *r -= down;
@@ -267,9 +270,12 @@ mod tests {
 
     /// A fake mesh: applies the writes to the ReplicaSets, and lets every ReplicaSet's pods
     /// match its count, ready or not.
+    #[derive(Default)]
     struct World {
         rses: BTreeMap<String, ReplicaSet>,
         pods: BTreeMap<String, Vec<PodState>>,
+        /// The ReplicaSet controller's deletions wait for `catch_up` (it runs on another host).
+        lag: bool,
     }
 
     impl World {
@@ -297,7 +303,9 @@ mod tests {
                 let uid = rs.metadata.uid.clone().expect("uid");
                 let n = replicas_of(rs) as usize;
                 let pods = self.pods.entry(uid).or_default();
-                pods.truncate(n);
+                if !self.lag {
+                    pods.truncate(n);
+                }
                 while pods.len() < n {
                     pods.push(PodState { pod: Pod::default(), ready, ready_for_secs: 0 });
                 }
@@ -317,6 +325,18 @@ mod tests {
                 })
                 .collect()
         }
+        /// The lagging deletions happen.
+        fn catch_up(&mut self) {
+            for rs in self.rses.values() {
+                let uid = rs.metadata.uid.clone().unwrap_or_default();
+                if let Some(pods) = self.pods.get_mut(&uid) {
+                    pods.truncate(replicas_of(rs) as usize);
+                }
+            }
+        }
+        fn ready(&self) -> usize {
+            self.pods.values().flatten().filter(|p| p.ready).count()
+        }
         fn mark_ready(&mut self) {
             self.pods.values_mut().flatten().for_each(|p| p.ready = true);
         }
@@ -328,7 +348,7 @@ mod tests {
 
     #[test]
     fn min_ready_seconds_holds_a_rollout_until_new_pods_have_been_ready_that_long() {
-        let mut w = World { rses: BTreeMap::new(), pods: BTreeMap::new() };
+        let mut w = World::default();
         let min = "  minReadySeconds: 10\n";
         w.step(&dep(4, "app:1", min), true);
         w.step(&dep(4, "app:1", min), true);
@@ -362,7 +382,7 @@ mod tests {
 
     #[test]
     fn a_rolling_update_never_exceeds_surge_nor_drops_below_availability() {
-        let mut w = World { rses: BTreeMap::new(), pods: BTreeMap::new() };
+        let mut w = World::default();
         let v1 = dep(4, "app:1", "");
         w.step(&v1, true);
         w.step(&v1, true);
@@ -396,8 +416,31 @@ mod tests {
     }
 
     #[test]
+    fn old_pods_whose_deletion_lags_are_not_counted_as_availability() {
+        let mut w = World::default();
+        let strategy = "  strategy: {rollingUpdate: {maxSurge: 0, maxUnavailable: 1}}\n";
+        let v1 = dep(4, "app:1", strategy);
+        w.step(&v1, true);
+        w.step(&v1, true);
+        // The old ReplicaSet's deletions (another host's controller) are seen only every
+        // other pass. A pod about to be deleted is no availability to count on: once the
+        // deletions are done, at least 3 stay ready.
+        let v2 = dep(4, "app:2", strategy);
+        w.lag = true;
+        for _ in 0..20 {
+            w.step(&v2, false);
+            w.step(&v2, false);
+            w.catch_up();
+            assert!(w.ready() >= 3, "availability dropped: {:?}", w.counts());
+            w.mark_ready();
+        }
+        let c = w.counts();
+        assert!(c.iter().any(|c| c.1 == 4 && c.2 == 4) && c.iter().any(|c| c.1 == 0 && c.2 == 0), "{c:?}");
+    }
+
+    #[test]
     fn recreate_stops_every_old_pod_before_starting_new_ones() {
-        let mut w = World { rses: BTreeMap::new(), pods: BTreeMap::new() };
+        let mut w = World::default();
         let r = "  strategy: {type: Recreate}\n";
         w.step(&dep(3, "app:1", r), true);
         w.step(&dep(3, "app:2", r), true);
@@ -410,7 +453,7 @@ mod tests {
 
     #[test]
     fn history_keeps_the_limit_and_status_counts_like_kubernetes() {
-        let mut w = World { rses: BTreeMap::new(), pods: BTreeMap::new() };
+        let mut w = World::default();
         let limit = "  revisionHistoryLimit: 1\n";
         for v in 1..=4 {
             for _ in 0..10 {
