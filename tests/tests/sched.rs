@@ -411,22 +411,62 @@ fn daemon_sets_follow_hosts_deployments_roll_out_and_stateful_sets_start_in_orde
     };
     ensure!(eventually(T, || created_by_rs(&agents[1])), "{:?}", agents[1].run_cli(&["events"], None));
 
-    // A new template rolls out: revision 2 takes all four, revision 1 stays as history at 0;
-    // `rollout status` follows it to the end.
-    agents[1].apply(&deployment(4, "2"))?;
-    let (ok, out, err) =
-        agents[1].run_cli(&["rollout", "status", "deployment/web", "--timeout", "120"], None)?;
-    ensure!(ok && out.trim_end().ends_with("deployment \"web\" successfully rolled out"), "{out}{err}");
+    // A new template rolls out one pod at a time (maxSurge 0, maxUnavailable 1): revision 2
+    // takes all four, revision 1 stays as history at 0. Watched from the other host, the
+    // Deployment's status never shows fewer than 3 available; `rollout status` follows it to
+    // the end.
+    let one_by_one = deployment(4, "2").replace(
+        "  replicas: 4\n",
+        "  replicas: 4\n  strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 0, maxUnavailable: 1}}\n",
+    );
+    agents[1].apply(&one_by_one)?;
     let rolled = |agent: &Agent| {
         replica_sets(agent) == [("1".to_string(), 0, 0), ("2".to_string(), 4, 4)]
             && status(agent, "deployment", "web", "updatedReplicas") == Some(4)
             && status(agent, "deployment", "web", "readyReplicas") == Some(4)
     };
+    let mut least_available = i64::MAX;
+    let done = eventually(T, || {
+        let d = object(&agents[0], "deployment", "web");
+        if let Some(a) = d["status"]["availableReplicas"].as_i64() {
+            least_available = least_available.min(a);
+        }
+        rolled(&agents[0])
+    });
+    ensure!(done, "rollout: {:?}\n{:?}", replica_sets(&agents[0]), rows(&agents[0]));
+    ensure!(least_available >= 3, "least available during the rollout: {least_available}");
+    let (ok, out, err) =
+        agents[1].run_cli(&["rollout", "status", "deployment/web", "--timeout", "120"], None)?;
+    ensure!(ok && out.trim_end().ends_with("deployment \"web\" successfully rolled out"), "{out}{err}");
+    // The controller's steps, in its events: the old ReplicaSet down and the new one up, one
+    // pod at a time.
+    let (_, listed, _) = agents[0].run_cli(&["get", "replicasets", "-o", "json"], None)?;
+    let listed: serde_json::Value = serde_json::from_str(&listed)?;
+    let names: BTreeMap<String, String> = listed["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            let rev = r["metadata"]["annotations"]["deployment.kubernetes.io/revision"].as_str()?;
+            Some((rev.to_owned(), r["metadata"]["name"].as_str()?.to_owned()))
+        })
+        .collect();
+    let (old, new) =
+        (names.get("1").cloned().unwrap_or_default(), names.get("2").cloned().unwrap_or_default());
+    let mut steps = Vec::new();
+    for k in 0..4 {
+        steps.push(format!("Scaled up replica set {new} from {k} to {}", k + 1));
+        steps.push(format!("Scaled down replica set {old} from {} to {k}", k + 1));
+    }
+    let stepped = |agent: &Agent| {
+        agent
+            .run_cli(&["events", "--for", "deployment/web"], None)
+            .is_ok_and(|(ok, out, _)| ok && steps.iter().all(|s| out.contains(s.as_str())))
+    };
     ensure!(
-        eventually(T, || rolled(&agents[0])),
-        "rollout: {:?}\n{:?}",
-        replica_sets(&agents[0]),
-        rows(&agents[0])
+        eventually(T, || stepped(&agents[1])),
+        "{steps:?}\n{:?}",
+        agents[1].run_cli(&["events", "--for", "deployment/web"], None)
     );
     // History, and an undo: revision 1's template comes back as revision 3 (its ReplicaSet
     // reused), rolled out like any new template.

@@ -299,6 +299,8 @@ fn write_event(kind: &str, namespace: &str, held: Option<&Value>, new: Option<&V
             let before = held.map(|h| h["spec"]["replicas"].as_i64().unwrap_or(1));
             let after = new["spec"]["replicas"].as_i64().unwrap_or(1);
             match before {
+                // Made with no pods (a rollout that cannot surge): no event, as in Kubernetes.
+                None if after == 0 => return None,
                 None => ("ScalingReplicaSet", format!("Scaled up replica set {name} to {after}")),
                 Some(b) if b < after => {
                     ("ScalingReplicaSet", format!("Scaled up replica set {name} from {b} to {after}"))
@@ -416,6 +418,7 @@ mod tests {
         let e = write_event("ReplicaSet", "default", Some(&rs(3)), Some(&rs(1))).expect("down");
         assert_eq!(e.message, "Scaled down replica set web-abc from 3 to 1");
         assert_eq!(write_event("ReplicaSet", "default", Some(&rs(3)), Some(&rs(3))), None);
+        assert_eq!(write_event("ReplicaSet", "default", None, Some(&rs(0))), None);
         let bare = serde_json::json!({"metadata": {"name": "p"}});
         assert_eq!(write_event(POD, "default", None, Some(&bare)), None);
     }
