@@ -17,8 +17,15 @@
 //! A side that sees fewer than half the hosts leaves the lost hosts' slots alone
 //! ([`may_heal`]).
 //!
+//! StatefulSets ([`SchedSim::stateful`]) as the agent's controller and scheduler treat them:
+//! ordinals `0..N-1` created in order (OrderedReady: an ordinal is wanted once the one before
+//! it is placed), each with a claim's local volume, so an ordinal stays on the host it was
+//! first placed on: never placed elsewhere when that host is lost, back with it when it
+//! returns.
+//!
 //! Checked: no host ever holds more than it can (per side); at the end every slot is placed
-//! once, on an alive host, and no slot runs on two hosts.
+//! once, on an alive host, and no slot runs on two hosts; no ordinal placed before the one
+//! before it, none moved off its first host, none running on two hosts at any check.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
@@ -58,6 +65,8 @@ pub struct SchedSim {
     /// Workloads of `replicas` slots each, all applied at time 0.
     pub workloads: usize,
     pub replicas: usize,
+    /// How many of the workloads (the last ones) are StatefulSets.
+    pub stateful: usize,
     /// Each slot's request; each host's allocatable.
     pub request: Resources,
     pub allocatable: Resources,
@@ -85,8 +94,10 @@ pub struct SchedSim {
 pub struct SchedReport {
     pub slots: usize,
     pub placed: usize,
-    /// Slots placed on a host that is not alive at the end.
+    /// Slots placed on a host that is not alive at the end (StatefulSet ordinals not
+    /// counted: they wait for their host, `ordinals_waiting`).
     pub on_dead: usize,
+    pub ordinals_waiting: usize,
     /// Largest placed/allocatable cpu seen on any host, in per mille (at most 1000).
     pub max_fill_permille: u64,
     /// Times a host held more than its allocatable (must be 0).
@@ -106,6 +117,11 @@ pub struct SchedReport {
     pub max_duplicates: usize,
     pub duplicates: usize,
     pub no_duplicates_ms: Option<u64>,
+    /// StatefulSet ordinals: first placed before the ordinal before them, ending on another
+    /// host than their first, and the most seen running on two hosts at once (all must be 0).
+    pub out_of_order: usize,
+    pub moved: usize,
+    pub ordinal_duplicates: usize,
     /// Calls into the agent's code (tender, answer, answered, tick) and their measured time.
     pub calls: u64,
     pub call_ns: u64,
@@ -266,8 +282,9 @@ struct World {
     index: FnvMap<String, usize>,
     /// Per slot, the hosts its tenders went to (their promises end when it is placed).
     asked: Vec<Vec<usize>>,
-    /// Per slot, its workload's index.
+    /// Per slot, its workload's index, and its ordinal when the workload is a StatefulSet.
     group: Vec<usize>,
+    ordinal: Vec<Option<usize>>,
     states: [State; 2],
     views: [Vec<(usize, u64)>; 2],
     alive: [Vec<bool>; 2],
@@ -315,6 +332,7 @@ struct Run<'a> {
     crashed: BTreeSet<usize>,
     down_since: BTreeMap<usize, u64>,
     first_placed: Vec<Option<u64>>,
+    first_host: Vec<Option<usize>>,
     /// When the state's apply pipeline is free again (see `SchedSim::write_ns`).
     state_free: u64,
     report: SchedReport,
@@ -329,6 +347,7 @@ impl SchedSim {
             faults: Faults { loss: 0.0, duplicate: 0.0, min_delay_ms: 5, max_delay_ms: 50 },
             workloads,
             replicas,
+            stateful: 0,
             request: Resources { cpu_millis: 100, memory_bytes: 128 << 20, pods: 1 },
             allocatable: Resources { cpu_millis: 4000, memory_bytes: 8 << 30, pods: 110 },
             crashes: 0,
@@ -375,13 +394,15 @@ impl<'a> Run<'a> {
         let facts = HostFacts { allocatable: cfg.allocatable, ..HostFacts::default() };
         let hash: Vec<u64> = (0..n).map(|i| rank::hash_str(&format!("host-{i}"))).collect();
         let mut slots = Vec::new();
-        let mut group = Vec::new();
+        let (mut group, mut ordinal) = (Vec::new(), Vec::new());
+        let first_stateful = cfg.workloads.saturating_sub(cfg.stateful);
         for w in 0..cfg.workloads {
             for r in 0..cfg.replicas {
                 let needs = Needs { requests: cfg.request, ..Needs::default() };
                 let slot = format!("w{w}-{r}");
                 slots.push(SlotReq { slot, group: format!("w{w}"), needs, max_skew: None });
                 group.push(w);
+                ordinal.push((w >= first_stateful).then_some(r));
             }
         }
         let index = slots.iter().enumerate().map(|(i, s)| (s.slot.clone(), i)).collect();
@@ -405,6 +426,7 @@ impl<'a> Run<'a> {
                 index,
                 asked,
                 group,
+                ordinal,
                 states: [state.clone(), state],
                 views: [Vec::new(), Vec::new()],
                 alive: [vec![false; n], vec![false; n]],
@@ -413,6 +435,7 @@ impl<'a> Run<'a> {
             crashed,
             down_since: BTreeMap::new(),
             first_placed: vec![None; cfg.workloads * cfg.replicas],
+            first_host: vec![None; cfg.workloads * cfg.replicas],
             state_free: 0,
             report,
         }
@@ -555,7 +578,14 @@ impl<'a> Run<'a> {
             }
             for g in 0..self.cfg.workloads {
                 let key = rank::hash_str(&format!("w{g}"));
-                self.w.owners[side][g] = rank::owner(key, view.iter().map(|(h, x)| (h, *x))).copied();
+                let owner = rank::owner(key, view.iter().map(|(h, x)| (h, *x))).copied();
+                // A host that no longer owns a workload forgets its slots (the driver's duties).
+                if let Some(old) = self.w.owners[side][g].filter(|o| Some(*o) != owner) {
+                    for r in 0..self.cfg.replicas {
+                        self.hosts[old].tenderer.forget(&self.w.slots[g * self.cfg.replicas + r].slot);
+                    }
+                }
+                self.w.owners[side][g] = owner;
             }
             self.w.views[side] = view;
         }
@@ -573,11 +603,18 @@ impl<'a> Run<'a> {
         if self.side(o) != side || !self.hosts[o].alive {
             return;
         }
+        let ordinal = self.w.ordinal[slot];
+        // OrderedReady: the controller creates an ordinal once the one before it is up.
+        if ordinal.is_some_and(|r| r > 0) && self.w.states[side].placed[slot - 1].is_none() {
+            return;
+        }
         let (placed, lost) = match self.w.states[side].placed[slot] {
             Some((h, _)) => (self.w.alive[side][h], !self.w.alive[side][h]),
             None => (false, false),
         };
-        if placed || (lost && !may_heal(self.w.views[side].len(), self.cfg.hosts)) {
+        // An ordinal's claim keeps it on its host: it waits for it.
+        let pinned = ordinal.is_some();
+        if placed || (lost && (pinned || !may_heal(self.w.views[side].len(), self.cfg.hosts))) {
             self.hosts[o].tenderer.forget(&self.w.slots[slot].slot);
             return;
         }
@@ -608,8 +645,14 @@ impl<'a> Run<'a> {
                     self.send(done, to, Msg::Tender { from: host, tender }, faulty);
                 }
                 Out::Bind { slot, host: to, .. } => {
-                    self.report.bindings += 1;
                     let Some(&slot) = self.w.index.get(&slot) else { continue };
+                    // The driver writes a binding only over what the decision saw: not over
+                    // a placement on an alive host that reached the state meanwhile.
+                    let side = self.side(host);
+                    if self.w.states[side].placed[slot].is_some_and(|(h, _)| self.w.alive[side][h]) {
+                        continue;
+                    }
+                    self.report.bindings += 1;
                     let arrives = done + (5 + self.rng.below(46) as u64) * MS;
                     let visible = arrives.max(self.state_free) + self.cfg.write_ns;
                     self.state_free = visible;
@@ -680,9 +723,12 @@ impl<'a> Run<'a> {
             for h in std::mem::take(&mut self.w.asked[slot]) {
                 self.hosts[h].bidder.settled(name);
             }
-            let first = &mut self.first_placed[slot];
-            if first.is_none() {
-                *first = Some(self.now);
+            if self.first_placed[slot].is_none() {
+                self.first_placed[slot] = Some(self.now);
+                self.first_host[slot] = Some(host);
+                if self.w.ordinal[slot].is_some_and(|r| r > 0) && self.first_placed[slot - 1].is_none() {
+                    self.report.out_of_order += 1;
+                }
             }
             let n = self.w.states[side].on[host].len() as u64;
             let fill = n * self.cfg.request.cpu_millis * 1000 / self.cfg.allocatable.cpu_millis.max(1);
@@ -691,6 +737,10 @@ impl<'a> Run<'a> {
                 self.report.overcommits += 1;
             }
             self.want(side, slot);
+            let next = slot + 1;
+            if self.w.ordinal.get(next).copied().flatten().is_some_and(|r| r > 0) {
+                self.want(side, next);
+            }
         }
     }
 
@@ -700,9 +750,12 @@ impl<'a> Run<'a> {
             let (h, _) = self.w.states[side].placed[slot]?;
             (self.side(h) == side && self.hosts[h].alive).then_some(h)
         };
-        let dups = (0..self.w.slots.len())
+        let twice: Vec<usize> = (0..self.w.slots.len())
             .filter(|s| matches!((running(0, *s), running(1, *s)), (Some(a), Some(b)) if a != b))
-            .count();
+            .collect();
+        let dups = twice.len();
+        let ordinals = twice.iter().filter(|s| self.w.ordinal[**s].is_some()).count();
+        self.report.ordinal_duplicates = self.report.ordinal_duplicates.max(ordinals);
         self.report.max_duplicates = self.report.max_duplicates.max(dups);
         self.report.duplicates = dups;
         let healed = self.cfg.partition.is_some_and(|p| self.now >= p.heal_ms * MS);
@@ -721,10 +774,17 @@ impl<'a> Run<'a> {
         let mut r = self.report;
         let state = &self.w.states[0];
         r.placed = state.placed.iter().flatten().count();
-        r.on_dead = state.placed.iter().flatten().filter(|(h, _)| !self.hosts[*h].alive).count();
+        let dead = |s: &usize| state.placed[*s].is_some_and(|(h, _)| !self.hosts[h].alive);
+        let (ordinals, others): (Vec<usize>, Vec<usize>) =
+            (0..state.placed.len()).filter(dead).partition(|s| self.w.ordinal[*s].is_some());
+        (r.on_dead, r.ordinals_waiting) = (others.len(), ordinals.len());
         for (h, _) in state.placed.iter().flatten() {
             *r.per_host.entry(*h).or_default() += 1;
         }
+        r.moved = (0..state.placed.len())
+            .filter(|s| self.w.ordinal[*s].is_some())
+            .filter(|s| state.placed[*s].map(|(h, _)| h) != self.first_host[*s])
+            .count();
         let mut times: Vec<u64> = self.first_placed.iter().flatten().map(|t| t / MS).collect();
         times.sort_unstable();
         let pick = |p: f64| {

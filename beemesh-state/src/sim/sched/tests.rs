@@ -74,12 +74,69 @@ fn faults_settle_over_many_seeds() {
                 split: 50,
             }),
             run_ms: 45_000,
+            stateful: 10,
             ..SchedSim::new(80, 40, 10, seed)
         };
         let r = sim.run();
         assert_eq!(r.overcommits, 0, "seed {seed}: {r:?}");
         assert_eq!((r.placed, r.on_dead, r.duplicates), (r.slots, 0, 0), "seed {seed}: {r:?}");
+        assert_eq!(r.out_of_order, 0, "seed {seed}: {r:?}");
+        if sim.partition.is_none() {
+            // Ordinals stay with their claims; those of hosts that never came back wait.
+            assert_eq!(r.moved, 0, "seed {seed}: {r:?}");
+            if sim.down_ms > 0 {
+                assert_eq!(r.ordinals_waiting, 0, "seed {seed}: {r:?}");
+            }
+        }
     }
+}
+
+#[test]
+fn stateful_sets_start_in_order_and_keep_their_hosts_through_crashes_and_restarts() {
+    for seed in [7, 8] {
+        let sim = SchedSim {
+            faults: Faults { loss: 0.1, duplicate: 0.05, min_delay_ms: 5, max_delay_ms: 50 },
+            faults_until_ms: 8_000,
+            stateful: 10,
+            crashes: 8,
+            crash_at_ms: 3_000,
+            down_ms: 5_000,
+            run_ms: 30_000,
+            ..SchedSim::new(60, 30, 5, seed)
+        };
+        let r = sim.run();
+        check(&r);
+        assert_eq!((r.out_of_order, r.moved, r.ordinals_waiting), (0, 0, 0), "{r:?}");
+    }
+    // Without the restart, the crashed hosts' ordinals wait for them (their data is there)
+    // while the other workloads' slots are placed again.
+    let sim = SchedSim {
+        stateful: 10,
+        crashes: 8,
+        crash_at_ms: 3_000,
+        run_ms: 30_000,
+        ..SchedSim::new(60, 30, 5, 9)
+    };
+    let r = sim.run();
+    assert_eq!((r.overcommits, r.on_dead, r.duplicates, r.moved), (0, 0, 0, 0), "{r:?}");
+    assert!(r.ordinals_waiting > 0, "no ordinal was on a crashed host: {r:?}");
+    assert_eq!(r.placed, r.slots, "{r:?}");
+}
+
+#[test]
+fn a_partition_never_runs_an_ordinal_twice() {
+    // A third cut off once everything is placed: the larger side places the cut-off hosts'
+    // Deployment slots again, but never their ordinals.
+    let sim = SchedSim {
+        partition: Some(Partition { at_ms: 5_000, heal_ms: 15_000, split: 40 }),
+        stateful: 15,
+        run_ms: 30_000,
+        ..SchedSim::new(60, 30, 10, 10)
+    };
+    let r = sim.run();
+    check(&r);
+    assert!(r.max_duplicates > 0, "the cut-off hosts' Deployment slots ran twice: {r:?}");
+    assert_eq!((r.ordinal_duplicates, r.moved, r.out_of_order), (0, 0, 0), "{r:?}");
 }
 
 #[test]
