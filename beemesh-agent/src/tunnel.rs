@@ -1,18 +1,24 @@
-//! Agent-to-agent tunnels: workload traffic between hosts rides QUIC streams between the
-//! agents, with mutual TLS on each agent's SVID. Every stream opens with a
-//! [`frame::StreamHeader`] naming the sending workload and the target. The forwarding
-//! path (and `app`, which will wire it) calls [`Endpoint`]; TLS is in [`tls`], the
-//! sans-IO header codec in [`frame`].
+//! Tunnels between hosts: workload traffic rides QUIC streams to the destination host's
+//! agent, with mutual TLS. The connecting side presents the SVID of the workload whose
+//! traffic it carries (one connection per source identity and destination host, its streams
+//! multiplexed, as ztunnel's HBONE); the accepting agent presents its host certificate. Each
+//! side checks the role it expects ([`tls`]). Every stream opens with a
+//! [`frame::StreamHeader`] naming the sending workload and the target; its `source` must be
+//! the identity the connection proved, or the stream is refused. Headers are read
+//! concurrently, each within a deadline, so a stream that never sends one stalls nothing
+//! else. The forwarding path (and `app`, which will wire it) calls [`Endpoint`]; the sans-IO
+//! header codec is [`frame`].
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::{mpsc, Mutex, Semaphore};
+
 use nix::sys::socket::{setsockopt, sockopt};
 use quinn::{IdleTimeout, TransportConfig, VarInt};
-use rustls::pki_types::CertificateDer;
 
-use crate::identity::svid::{Svid, SvidError};
+use crate::identity::svid::SvidError;
 
 pub mod frame;
 pub mod tls;
@@ -37,8 +43,16 @@ const IDLE_TIMEOUT_MS: u32 = 30_000;
 const MAX_STREAMS: u32 = 4096;
 /// Socket buffers; 4 MiB is what net.core.*mem_max allows inside a namespace.
 const SOCKET_BUFFER: usize = 4 << 20;
+/// How long a new stream may take to send its header.
+pub const HEADER_DEADLINE: Duration = Duration::from_secs(5);
+/// Streams of one connection whose header is being read at once; further streams wait in
+/// QUIC (bounded by [`MAX_STREAMS`]) until one of these is done.
+const HEADER_READS: usize = 64;
+/// Accepted streams waiting for [`Connection::accept_stream`].
+const ACCEPTED_QUEUE: usize = 64;
 
-/// Application error code for a stream refused because of its header.
+/// Application error code for a stream refused because of its header (malformed, late, or
+/// claiming a source the connection did not prove).
 pub const BAD_HEADER: VarInt = VarInt::from_u32(1);
 /// Application error code of an orderly connection close.
 const CLOSED: VarInt = VarInt::from_u32(0);
@@ -49,9 +63,26 @@ pub enum TunnelError {
     /// Binding or configuring the UDP socket failed.
     #[error("udp socket: {0}")]
     Socket(#[from] std::io::Error),
-    /// Our own SVID would not pass a peer's check.
-    #[error("our svid: {0}")]
-    OwnSvid(#[source] SvidError),
+    /// Our own certificate would not pass a peer's check.
+    #[error("our certificate: {0}")]
+    OwnCert(#[source] SvidError),
+    /// A host identity's key is not the ed25519 key its certificate is issued for.
+    #[error("the host key is not an ed25519 key")]
+    HostKey,
+    /// An identity used on the wrong side (a workload SVID to accept, a host to connect).
+    #[error("{0}")]
+    WrongSide(&'static str),
+    /// A stream's header named another source than the identity its connection proved.
+    #[error("stream header claims source {claimed}, but the connection proved {proven}")]
+    ForgedSource {
+        /// What the header says.
+        claimed: String,
+        /// The SPIFFE id the peer's certificate proved.
+        proven: String,
+    },
+    /// A stream sent no complete header within [`HEADER_DEADLINE`].
+    #[error("no stream header within {0:?}")]
+    HeaderTimeout(Duration),
     /// rustls refused the configuration (key, certificate or protocol versions).
     #[error("tls configuration: {0}")]
     Tls(#[from] rustls::Error),
@@ -89,28 +120,21 @@ pub enum TunnelError {
     Header(#[from] FrameError),
 }
 
-/// A QUIC endpoint that both accepts and opens tunnels. Cheap to clone; all clones share
-/// the socket, which closes when the last clone and connection are gone.
+/// A host's QUIC endpoint: it accepts tunnels as the host and opens them for its workloads.
+/// Cheap to clone; all clones share the socket, which closes when the last clone and
+/// connection are gone.
 #[derive(Clone, Debug)]
 pub struct Endpoint {
     inner: quinn::Endpoint,
     identity: Arc<TlsIdentity>,
     transport: Arc<TransportConfig>,
+    header_deadline: Duration,
 }
 
 impl Endpoint {
-    /// Binds `addr` (UDP) and serves tunnels as `svid`, trusting peers whose SVIDs chain to
-    /// `roots` and belong to `trust_domain`. Needs a tokio runtime.
-    pub fn bind(
-        addr: SocketAddr,
-        svid: &Svid,
-        roots: Vec<CertificateDer<'static>>,
-        trust_domain: &str,
-    ) -> Result<Self, TunnelError> {
-        Self::with_identity(addr, TlsIdentity::new(svid, roots, trust_domain)?)
-    }
-
-    fn with_identity(addr: SocketAddr, identity: TlsIdentity) -> Result<Self, TunnelError> {
+    /// Binds `addr` (UDP) and accepts tunnels as `identity` (a [`TlsIdentity::host`]), from
+    /// workloads whose SVIDs chain to its trust domain's roots. Needs a tokio runtime.
+    pub fn bind(addr: SocketAddr, identity: TlsIdentity) -> Result<Self, TunnelError> {
         let transport = Arc::new(transport_config());
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config()?)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -132,7 +156,13 @@ impl Endpoint {
             Arc::new(quinn::TokioRuntime),
         )?;
         tracing::debug!(addr = %inner.local_addr()?, id = identity.spiffe_uri(), "tunnel endpoint bound");
-        Ok(Self { inner, identity: Arc::new(identity), transport })
+        Ok(Self { inner, identity: Arc::new(identity), transport, header_deadline: HEADER_DEADLINE })
+    }
+
+    /// The same endpoint with another deadline for stream headers (tests).
+    pub fn with_header_deadline(mut self, deadline: Duration) -> Self {
+        self.header_deadline = deadline;
+        self
     }
 
     /// The bound address (with the port chosen when binding port 0).
@@ -140,29 +170,31 @@ impl Endpoint {
         Ok(self.inner.local_addr()?)
     }
 
-    /// Our SPIFFE id, as peers see it.
+    /// This host's SPIFFE id, as peers see it.
     pub fn spiffe_uri(&self) -> &str {
         self.identity.spiffe_uri()
     }
 
-    /// Connects to the agent at `peer`; with `expected_peer`, the handshake fails unless the
-    /// peer proves exactly that SPIFFE id.
+    /// Connects to the agent of `host` (a node name) at `peer`, presenting `workload` (a
+    /// [`TlsIdentity::workload`]); the handshake fails unless the peer proves `host`'s
+    /// host certificate.
     pub async fn connect(
         &self,
         peer: SocketAddr,
-        expected_peer: Option<&str>,
+        workload: &TlsIdentity,
+        host: &str,
     ) -> Result<Connection, TunnelError> {
-        let crypto =
-            quinn::crypto::rustls::QuicClientConfig::try_from(self.identity.client_config(expected_peer)?)?;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(workload.client_config(host)?)?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(self.transport.clone());
         let conn = self.inner.connect_with(config, peer, SERVER_NAME)?.await?;
-        Connection::established(conn)
+        Connection::established(conn, self.header_deadline)
     }
 
     /// The next connection attempt from a peer; `None` once the endpoint is closed.
     pub async fn accept(&self) -> Option<Incoming> {
-        self.inner.accept().await.map(|inner| Incoming { inner })
+        let deadline = self.header_deadline;
+        self.inner.accept().await.map(|inner| Incoming { inner, header_deadline: deadline })
     }
 
     /// Closes every connection at once and stops accepting.
@@ -188,6 +220,7 @@ fn transport_config() -> TransportConfig {
 #[derive(Debug)]
 pub struct Incoming {
     inner: quinn::Incoming,
+    header_deadline: Duration,
 }
 
 impl Incoming {
@@ -196,30 +229,46 @@ impl Incoming {
         self.inner.remote_address()
     }
 
-    /// Runs the handshake: the peer must present an SVID of our trust domain.
+    /// Runs the handshake: the peer must present a workload SVID of our trust domain.
     pub async fn handshake(self) -> Result<Connection, TunnelError> {
-        Connection::established(self.inner.await?)
+        Connection::established(self.inner.await?, self.header_deadline)
     }
 }
 
-/// An authenticated connection to another agent. Cheap to clone; the connection closes
-/// when the last clone is dropped.
+/// What the stream acceptor hands [`Connection::accept_stream`].
+type Accepted = Result<(StreamHeader, SendStream, RecvStream), TunnelError>;
+
+/// An authenticated tunnel connection. Cheap to clone; the connection closes when the last
+/// clone is dropped.
 #[derive(Clone, Debug)]
 pub struct Connection {
     inner: quinn::Connection,
     peer_id: Arc<str>,
+    peer_host: Option<Arc<str>>,
+    accepted: Arc<Mutex<mpsc::Receiver<Accepted>>>,
 }
 
 impl Connection {
-    fn established(inner: quinn::Connection) -> Result<Self, TunnelError> {
-        let peer_id = tls::peer_spiffe_uri(&inner)?;
-        tracing::debug!(peer = %peer_id, remote = %inner.remote_address(), "tunnel connection established");
-        Ok(Self { inner, peer_id: peer_id.into() })
+    fn established(inner: quinn::Connection, header_deadline: Duration) -> Result<Self, TunnelError> {
+        let (peer_id, peer_host) = tls::peer_identity(&inner)?;
+        tracing::debug!(peer = %peer_id, host = ?peer_host, remote = %inner.remote_address(), "tunnel connection established");
+        let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
+        let peer_id: Arc<str> = peer_id.into();
+        tokio::spawn(accept_streams(inner.clone(), peer_id.clone(), header_deadline, tx));
+        Ok(Self { inner, peer_id, peer_host: peer_host.map(Into::into), accepted: Arc::new(Mutex::new(rx)) })
     }
 
-    /// The peer agent's SPIFFE id, verified in the handshake.
+    /// The peer's SPIFFE id, verified in the handshake: the workload's on the accepting side,
+    /// the host's on the connecting side.
     pub fn peer_id(&self) -> &str {
         &self.peer_id
+    }
+
+    /// The host the peer stands for: the accepted workload's issuing host (`None` when a
+    /// root signed its SVID), or the connected host. The agent checks that the workload runs
+    /// there before it forwards anything.
+    pub fn peer_host(&self) -> Option<&str> {
+        self.peer_host.as_deref()
     }
 
     /// The peer's UDP address.
@@ -236,20 +285,15 @@ impl Connection {
         Ok((send, recv))
     }
 
-    /// The next stream the peer opens, with its header read; the receive half is left at the
-    /// first payload byte. A stream with a bad header is refused (stopped and reset with
-    /// [`BAD_HEADER`]) and reported as an error; the connection stays up for other streams.
+    /// The next stream the peer opened whose header has arrived, with the receive half left
+    /// at the first payload byte. A stream whose header is malformed, late or names another
+    /// source than [`Self::peer_id`] is refused (stopped and reset with [`BAD_HEADER`]) and
+    /// reported as an error; the connection stays up for other streams. Once the connection
+    /// is gone, its error.
     pub async fn accept_stream(&self) -> Result<(StreamHeader, SendStream, RecvStream), TunnelError> {
-        let (mut send, mut recv) = self.inner.accept_bi().await?;
-        match read_header(&mut recv).await {
-            Ok(header) => Ok((header, send, recv)),
-            Err(err) => {
-                tracing::warn!(peer = %self.peer_id, error = %err, "refusing tunnel stream");
-                // Either half may already be gone with the peer; nothing is left to undo then.
-                let _ = recv.stop(BAD_HEADER);
-                let _ = send.reset(BAD_HEADER);
-                Err(err)
-            }
+        match self.accepted.lock().await.recv().await {
+            Some(accepted) => accepted,
+            None => Err(TunnelError::Connection(self.inner.closed().await)),
         }
     }
 
@@ -261,6 +305,52 @@ impl Connection {
     /// Waits until the connection is closed, by either side or by timeout, and says why.
     pub async fn closed(&self) -> quinn::ConnectionError {
         self.inner.closed().await
+    }
+}
+
+/// Accepts the peer's streams and reads their headers concurrently (at most [`HEADER_READS`]
+/// at once, each within `deadline`), handing each stream or its refusal to `out` in the order
+/// headers complete. Ends with the connection, or when every [`Connection`] is dropped.
+async fn accept_streams(
+    conn: quinn::Connection,
+    peer_id: Arc<str>,
+    deadline: Duration,
+    out: mpsc::Sender<Accepted>,
+) {
+    let reads = Arc::new(Semaphore::new(HEADER_READS));
+    loop {
+        let Ok(permit) = reads.clone().acquire_owned().await else { return };
+        // Every `Connection` clone gone: stop, so that this task does not keep it open.
+        let (mut send, mut recv) = tokio::select! {
+            accepted = conn.accept_bi() => match accepted {
+                Ok(pair) => pair,
+                Err(_) => return,
+            },
+            () = out.closed() => return,
+        };
+        let (out, peer_id) = (out.clone(), peer_id.clone());
+        tokio::spawn(async move {
+            let header = match tokio::time::timeout(deadline, read_header(&mut recv)).await {
+                Ok(Ok(h)) if h.source == *peer_id => Ok(h),
+                Ok(Ok(h)) => {
+                    Err(TunnelError::ForgedSource { claimed: h.source, proven: peer_id.to_string() })
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(TunnelError::HeaderTimeout(deadline)),
+            };
+            drop(permit);
+            let accepted = match header {
+                Ok(header) => Ok((header, send, recv)),
+                Err(err) => {
+                    tracing::warn!(peer = %peer_id, error = %err, "refusing tunnel stream");
+                    // Either half may already be gone with the peer; nothing is left to undo then.
+                    let _ = recv.stop(BAD_HEADER);
+                    let _ = send.reset(BAD_HEADER);
+                    Err(err)
+                }
+            };
+            let _ = out.send(accepted).await;
+        });
     }
 }
 

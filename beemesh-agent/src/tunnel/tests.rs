@@ -1,21 +1,26 @@
-//! Real QUIC between endpoints on 127.0.0.1, each on its own ephemeral port.
+//! Real QUIC between endpoints on 127.0.0.1, each on its own ephemeral port. Hosts and their
+//! workloads' SVIDs are issued as the mesh issues them (`mesh::trust::issue`): a root, host
+//! certificates on ed25519 keys, and per host a workload issuer.
 
 use std::time::{Duration, SystemTime};
 
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
+use rustls::pki_types::CertificateDer;
+
 use super::*;
-use crate::identity::svid::Authority;
+use crate::identity::svid::{Authority, Expect};
+use crate::mesh::trust::{generate_keypair, issue};
 
 const TD: &str = "beemesh.local";
-const A: &str = "spiffe://beemesh.local/host/a";
-const B: &str = "spiffe://beemesh.local/host/b";
+const WEB: &str = "spiffe://beemesh.local/ns/shop/sa/web";
+const H2: &str = "spiffe://beemesh.local/beemesh/node/h2";
 const HOUR: Duration = Duration::from_secs(3600);
 /// Bounds every wait, so that a broken handshake fails the test instead of hanging it.
 const WAIT: Duration = Duration::from_secs(10);
 
-fn authority(td: &str) -> Authority {
+fn root(td: &str) -> Authority {
     Authority::generate(td, SystemTime::now(), 24 * HOUR).expect("generates")
 }
 
@@ -23,14 +28,31 @@ fn localhost() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-fn agent(ca: &Authority, id: &str) -> Endpoint {
+/// Host `node`'s identity under `root`: its certificate chain and ed25519 keypair.
+fn host_cert(root: &Authority, node: &str) -> (Vec<CertificateDer<'static>>, libp2p_identity::Keypair) {
+    let keypair = generate_keypair().expect("keypair");
+    let cert = issue::host_cert(root, node, &keypair.public(), SystemTime::now(), HOUR).expect("issues");
+    (vec![cert], keypair)
+}
+
+/// Host `node`'s tunnel endpoint under `root`.
+fn host(root: &Authority, node: &str) -> Endpoint {
+    let (chain, keypair) = host_cert(root, node);
+    let id = TlsIdentity::host(chain, &keypair, vec![root.cert_der()], root.trust_domain()).expect("host");
+    Endpoint::bind(localhost(), id).expect("binds")
+}
+
+/// The SVID of workload `id` on host `node`, with its host's workload issuer after it.
+fn workload(root: &Authority, node: &str, id: &str) -> TlsIdentity {
+    let ca = issue::workload_ca(root, node, SystemTime::now(), HOUR).expect("workload issuer");
     let svid = ca.issue(id, SystemTime::now(), HOUR).expect("issues");
-    Endpoint::bind(localhost(), &svid, vec![ca.cert_der()], ca.trust_domain()).expect("binds")
+    TlsIdentity::workload(&svid, &[ca.cert_der()], vec![root.cert_der()], root.trust_domain())
+        .expect("workload")
 }
 
 fn header() -> StreamHeader {
     StreamHeader {
-        source: "spiffe://beemesh.local/ns/shop/sa/web".to_owned(),
+        source: WEB.to_owned(),
         target: Target { host: "10.42.0.7".to_owned(), port: 8080, proto: Proto::Tcp },
     }
 }
@@ -57,17 +79,18 @@ async fn client_is_refused(client: Result<Connection, TunnelError>, reason: &str
 }
 
 #[tokio::test]
-async fn mutual_tls_stream_echoes_a_mebibyte() {
-    let ca = authority(TD);
-    let (a, b) = (agent(&ca, A), agent(&ca, B));
-    let b_addr = b.local_addr().expect("bound");
-    assert_ne!(b_addr.port(), 0);
-    assert_eq!(b.spiffe_uri(), B);
+async fn a_workload_reaches_a_host_and_a_stream_echoes_a_mebibyte() {
+    let ca = root(TD);
+    let (h1, h2) = (host(&ca, "h1"), host(&ca, "h2"));
+    let h2_addr = h2.local_addr().expect("bound");
+    assert_ne!(h2_addr.port(), 0);
+    assert_eq!(h2.spiffe_uri(), H2);
 
     let server = tokio::spawn(async move {
-        let incoming = b.accept().await.expect("attempt");
+        let incoming = h2.accept().await.expect("attempt");
         let conn = incoming.handshake().await.expect("handshake");
-        assert_eq!(conn.peer_id(), A);
+        // The workload's identity, and the host whose issuer vouches for it.
+        assert_eq!((conn.peer_id(), conn.peer_host()), (WEB, Some("h1")));
         let (header, mut send, mut recv) = conn.accept_stream().await.expect("stream");
         let data = recv.read_to_end(2 << 20).await.expect("payload");
         send.write_all(&data).await.expect("echo");
@@ -77,9 +100,10 @@ async fn mutual_tls_stream_echoes_a_mebibyte() {
         header
     });
 
-    let conn = timeout(WAIT, a.connect(b_addr, Some(B))).await.expect("in time").expect("connects");
-    assert_eq!(conn.peer_id(), B);
-    assert_eq!(conn.remote_address(), b_addr);
+    let web = workload(&ca, "h1", WEB);
+    let conn = timeout(WAIT, h1.connect(h2_addr, &web, "h2")).await.expect("in time").expect("connects");
+    assert_eq!((conn.peer_id(), conn.peer_host()), (H2, Some("h2")));
+    assert_eq!(conn.remote_address(), h2_addr);
     let (mut send, mut recv) = conn.open(&header()).await.expect("opens");
     let payload: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 7 + i / 4096) as u8).collect();
     send.write_all(&payload).await.expect("sends");
@@ -92,62 +116,115 @@ async fn mutual_tls_stream_echoes_a_mebibyte() {
 }
 
 #[tokio::test]
-async fn client_of_another_authority_is_refused() {
-    let ours = authority(TD);
-    let theirs = authority(TD);
-    let server = agent(&ours, B);
-    // The intruder trusts our authority, so only the server's check can stop it.
-    let svid = theirs.issue(A, SystemTime::now(), HOUR).expect("issues");
+async fn a_workload_of_another_authority_is_refused() {
+    let (ours, theirs) = (root(TD), root(TD));
+    let (h1, h2) = (host(&ours, "h1"), host(&ours, "h2"));
+    // The intruder trusts our root too, so only the server's check can stop it.
+    let ca = issue::workload_ca(&theirs, "h1", SystemTime::now(), HOUR).expect("issuer");
+    let svid = ca.issue(WEB, SystemTime::now(), HOUR).expect("issues");
     let roots = vec![ours.cert_der(), theirs.cert_der()];
-    let intruder = Endpoint::bind(localhost(), &svid, roots, TD).expect("binds");
+    let intruder = TlsIdentity::workload(&svid, &[ca.cert_der()], roots, TD).expect("valid for itself");
 
-    let accepted = accept_one(&server);
-    let client = intruder.connect(server.local_addr().expect("bound"), None).await;
+    let accepted = accept_one(&h2);
+    let client = h1.connect(h2.local_addr().expect("bound"), &intruder, "h2").await;
     let err = accepted.await.expect("joins").expect_err("refused");
     assert!(err.to_string().contains("not signed by the trust domain's authority"), "{err}");
     client_is_refused(client, "not signed by the trust domain's authority").await;
 }
 
 #[tokio::test]
-async fn unexpected_server_is_refused() {
-    let ca = authority(TD);
-    let (a, b) = (agent(&ca, A), agent(&ca, B));
-    let accepted = accept_one(&b);
-    let other = "spiffe://beemesh.local/host/c";
-    let err = a.connect(b.local_addr().expect("bound"), Some(other)).await.expect_err("refused");
+async fn another_host_than_the_one_asked_for_is_refused() {
+    let ca = root(TD);
+    let (h1, h2) = (host(&ca, "h1"), host(&ca, "h2"));
+    let accepted = accept_one(&h2);
+    let web = workload(&ca, "h1", WEB);
+    let err = h1.connect(h2.local_addr().expect("bound"), &web, "h3").await.expect_err("refused");
     let msg = err.to_string();
-    assert!(msg.contains(&format!("peer is {B}, expected {other}")), "{msg}");
+    assert!(msg.contains(&format!("peer is {H2}, expected spiffe://beemesh.local/beemesh/node/h3")), "{msg}");
     assert!(matches!(err, TunnelError::Connection(quinn::ConnectionError::TransportError(_))), "{err:?}");
     assert!(accepted.await.expect("joins").is_err());
 }
 
 #[tokio::test]
-async fn client_of_another_trust_domain_is_refused() {
-    let ca = authority(TD);
-    let other = authority("other.local");
-    let server = agent(&ca, B);
-    // Its SVID names other.local; it trusts our authority for the server's certificate. A
-    // properly configured agent refuses to start like this, so build the identity by hand.
-    let svid = other.issue("spiffe://other.local/host/a", SystemTime::now(), HOUR).expect("issues");
+async fn a_workload_of_another_trust_domain_is_refused() {
+    let (ca, other) = (root(TD), root("other.local"));
+    let (h1, h2) = (host(&ca, "h1"), host(&ca, "h2"));
+    // Its SVID names other.local; it trusts our root for the server's certificate. A
+    // properly configured agent refuses to use it, so build the identity by hand.
+    let issuer = issue::workload_ca(&other, "h1", SystemTime::now(), HOUR).expect("issuer");
+    let svid = issuer.issue("spiffe://other.local/ns/shop/sa/web", SystemTime::now(), HOUR).expect("issues");
     let roots = vec![ca.cert_der(), other.cert_der()];
-    let err = Endpoint::bind(localhost(), &svid, roots.clone(), TD).expect_err("own svid checked");
-    assert_eq!(err.to_string(), "our svid: trust domain other.local, expected beemesh.local");
-    let intruder =
-        Endpoint::with_identity(localhost(), TlsIdentity::unchecked(&svid, roots, TD)).expect("binds");
+    let err = TlsIdentity::workload(&svid, &[issuer.cert_der()], roots.clone(), TD).expect_err("checked");
+    assert_eq!(err.to_string(), "our certificate: trust domain other.local, expected beemesh.local");
+    let chain = vec![svid.cert_der.clone(), issuer.cert_der()];
+    let intruder = TlsIdentity::unchecked(chain, svid.key_der.clone_key(), Expect::Workload, roots, TD);
 
-    let accepted = accept_one(&server);
-    let client = intruder.connect(server.local_addr().expect("bound"), Some(B)).await;
+    let accepted = accept_one(&h2);
+    let client = h1.connect(h2.local_addr().expect("bound"), &intruder, "h2").await;
     let err = accepted.await.expect("joins").expect_err("refused");
     assert!(err.to_string().contains("trust domain other.local, expected beemesh.local"), "{err}");
     client_is_refused(client, "trust domain other.local, expected beemesh.local").await;
 }
 
 #[tokio::test]
-async fn bad_headers_refuse_only_their_stream() {
-    let ca = authority(TD);
-    let (a, b) = (agent(&ca, A), agent(&ca, B));
-    let accepted = accept_one(&b);
-    let client = a.connect(b.local_addr().expect("bound"), Some(B)).await.expect("connects");
+async fn a_workload_svid_never_passes_as_a_host() {
+    let ca = root(TD);
+    let h1 = host(&ca, "h1");
+    // A pod's SVID issued under the path a host would have is refused by its issuer; one
+    // under its own path is no host certificate: the agent will not accept with it...
+    let issuer = issue::workload_ca(&ca, "h2", SystemTime::now(), HOUR).expect("issuer");
+    assert!(issuer.issue(H2, SystemTime::now(), HOUR).is_err(), "a workload issuer signed a host id");
+    let svid = issuer.issue(WEB, SystemTime::now(), HOUR).expect("issues");
+    let chain = vec![svid.cert_der.clone(), issuer.cert_der()];
+    let (_, keypair) = host_cert(&ca, "h2");
+    let err = TlsIdentity::host(chain.clone(), &keypair, vec![ca.cert_der()], TD).expect_err("not a host");
+    assert!(err.to_string().contains("a workload SVID"), "{err}");
+    // ...and a pod that plays the agent with it is refused by the connecting side.
+    let fake = TlsIdentity::unchecked(chain, svid.key_der.clone_key(), Expect::Host, vec![ca.cert_der()], TD);
+    let fake_h2 = Endpoint::bind(localhost(), fake).expect("binds");
+    let accepted = accept_one(&fake_h2);
+    let web = workload(&ca, "h1", WEB);
+    let err = h1.connect(fake_h2.local_addr().expect("bound"), &web, "h2").await.expect_err("refused");
+    assert!(err.to_string().contains("a workload SVID"), "{err}");
+    assert!(accepted.await.expect("joins").is_err());
+}
+
+#[tokio::test]
+async fn a_host_certificate_never_passes_as_a_workload() {
+    let ca = root(TD);
+    let (h1, h2) = (host(&ca, "h1"), host(&ca, "h2"));
+    let (chain, keypair) = host_cert(&ca, "h1");
+    let key = tls::ed25519_pkcs8(&keypair).expect("ed25519");
+    let err = TlsIdentity::workload(
+        &crate::identity::svid::Svid {
+            cert_der: chain[0].clone(),
+            key_der: key.clone_key(),
+            not_before: SystemTime::now(),
+            issued: SystemTime::now(),
+            not_after: SystemTime::now() + HOUR,
+            spiffe_uri: "spiffe://beemesh.local/beemesh/node/h1".into(),
+        },
+        &[],
+        vec![ca.cert_der()],
+        TD,
+    )
+    .expect_err("not a workload");
+    assert!(err.to_string().contains("a host certificate"), "{err}");
+    let agent_as_workload = TlsIdentity::unchecked(chain, key, Expect::Workload, vec![ca.cert_der()], TD);
+    let accepted = accept_one(&h2);
+    let client = h1.connect(h2.local_addr().expect("bound"), &agent_as_workload, "h2").await;
+    let err = accepted.await.expect("joins").expect_err("refused");
+    assert!(err.to_string().contains("a host certificate"), "{err}");
+    client_is_refused(client, "a host certificate").await;
+}
+
+#[tokio::test]
+async fn bad_headers_and_forged_sources_refuse_only_their_stream() {
+    let ca = root(TD);
+    let (h1, h2) = (host(&ca, "h1"), host(&ca, "h2"));
+    let accepted = accept_one(&h2);
+    let web = workload(&ca, "h1", WEB);
+    let client = h1.connect(h2.local_addr().expect("bound"), &web, "h2").await.expect("connects");
     let server = accepted.await.expect("joins").expect("handshake");
 
     let mut refused = Vec::new();
@@ -170,6 +247,16 @@ async fn bad_headers_refuse_only_their_stream() {
     let err = timeout(WAIT, server.accept_stream()).await.expect("in time").expect_err("truncated");
     assert!(matches!(err, TunnelError::Read(quinn::ReadExactError::FinishedEarly(2))), "{err}");
 
+    // A header naming another workload than the one the connection proved.
+    let admin = StreamHeader { source: "spiffe://beemesh.local/ns/shop/sa/admin".into(), ..header() };
+    let (forged, _recv) = client.open(&admin).await.expect("opens");
+    let err = timeout(WAIT, server.accept_stream()).await.expect("in time").expect_err("forged");
+    assert_eq!(
+        err.to_string(),
+        format!("stream header claims source spiffe://beemesh.local/ns/shop/sa/admin, but the connection proved {WEB}")
+    );
+    assert_eq!(timeout(WAIT, forged.stopped()).await.expect("in time").expect("stopped"), Some(BAD_HEADER));
+
     let (mut send, mut recv) = client.open(&header()).await.expect("opens");
     send.write_all(b"ping").await.expect("sends");
     send.finish().expect("finish");
@@ -180,5 +267,31 @@ async fn bad_headers_refuse_only_their_stream() {
     reply.write_all(b"pong").await.expect("replies");
     reply.finish().expect("finish");
     assert_eq!(timeout(WAIT, recv.read_to_end(64)).await.expect("in time").expect("reply"), b"pong");
+    client.close();
+}
+
+#[tokio::test]
+async fn a_stream_that_never_sends_its_header_stalls_no_other() {
+    let ca = root(TD);
+    let h1 = host(&ca, "h1");
+    let deadline = Duration::from_secs(3);
+    let h2 = host(&ca, "h2").with_header_deadline(deadline);
+    let accepted = accept_one(&h2);
+    let web = workload(&ca, "h1", WEB);
+    let client = h1.connect(h2.local_addr().expect("bound"), &web, "h2").await.expect("connects");
+    let server = accepted.await.expect("joins").expect("handshake");
+
+    // A stream opened and left silent (a byte short of a header), then a good one.
+    let (mut silent, _silent_recv) = client.inner.open_bi().await.expect("opens");
+    silent.write_all(&[frame::VERSION]).await.expect("sends");
+    let (mut send, _recv) = client.open(&header()).await.expect("opens");
+    send.write_all(b"ping").await.expect("sends");
+    let (got, _, _) =
+        timeout(WAIT, server.accept_stream()).await.expect("in time").expect("good stream first");
+    assert_eq!(got, header());
+    // The silent one is refused at its deadline.
+    let err = timeout(WAIT, server.accept_stream()).await.expect("in time").expect_err("late");
+    assert!(matches!(err, TunnelError::HeaderTimeout(d) if d == deadline), "{err}");
+    assert_eq!(timeout(WAIT, silent.stopped()).await.expect("in time").expect("stopped"), Some(BAD_HEADER));
     client.close();
 }

@@ -1,6 +1,10 @@
-//! rustls configurations for agent-to-agent QUIC: TLS 1.3 only, ALPN [`ALPN`], the ring
-//! provider, both sides presenting their SVID and verifying the other's with
-//! [`svid::verify`] instead of WebPKI name checks. Used by [`super::Endpoint`].
+//! rustls configurations for tunnels: TLS 1.3 only, ALPN [`ALPN`], the ring provider. The
+//! accepting agent presents its host certificate (`spiffe://<td>/beemesh/node/<name>`, its
+//! libp2p ed25519 key); the connecting side presents the SVID of the workload whose traffic
+//! the connection carries, with the intermediates of its host's workload issuer. Each side
+//! checks the role it expects with `svid::verify_for_role` (never WebPKI name checks), so a
+//! workload SVID never passes as an agent and a host certificate never as a workload. Used by
+//! [`super::Endpoint`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -14,20 +18,24 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherEr
 use rustls::{SignatureScheme, SupportedProtocolVersion};
 
 use super::TunnelError;
-use crate::identity::svid::{self, PeerRole, Svid};
+use crate::identity::svid::role::{self, Role};
+use crate::identity::svid::{self, Expect, PeerRole, Svid};
 
 /// The application protocol both sides must agree on; the number is the tunnel protocol's
 /// version, bumped when [`super::frame`] or the stream semantics change incompatibly.
-pub const ALPN: &[u8] = b"beemesh/1";
+pub const ALPN: &[u8] = b"beemesh/2";
 
 static TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
 
-/// What an agent needs for TLS: its SVID and the trust domain it verifies peers against.
+/// A side of a tunnel for TLS: a host (accepts) or a workload (connects), its certificate
+/// chain and key, and the trust domain it verifies peers against.
 #[derive(Clone)]
 pub struct TlsIdentity {
-    cert: CertificateDer<'static>,
+    /// Leaf first, then the intermediates a peer needs to reach a root.
+    chain: Vec<CertificateDer<'static>>,
     key: Arc<PrivatePkcs8KeyDer<'static>>,
     spiffe_uri: String,
+    kind: Expect,
     roots: Arc<[CertificateDer<'static>]>,
     trust_domain: String,
     provider: Arc<CryptoProvider>,
@@ -37,36 +45,100 @@ impl fmt::Debug for TlsIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsIdentity")
             .field("spiffe_uri", &self.spiffe_uri)
+            .field("kind", &self.kind)
             .field("trust_domain", &self.trust_domain)
             .field("roots", &self.roots.len())
             .finish_non_exhaustive()
     }
 }
 
+/// The PKCS#8 v1 prefix of an ed25519 private key (RFC 8410): the 32-byte seed follows.
+const ED25519_PKCS8_PREFIX: [u8; 16] =
+    [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+
+/// `keypair`'s ed25519 private key as PKCS#8, for rustls.
+pub(crate) fn ed25519_pkcs8(
+    keypair: &libp2p_identity::Keypair,
+) -> Result<PrivatePkcs8KeyDer<'static>, TunnelError> {
+    let ed = keypair.clone().try_into_ed25519().map_err(|_| TunnelError::HostKey)?;
+    let mut der = ED25519_PKCS8_PREFIX.to_vec();
+    der.extend_from_slice(ed.secret().as_ref());
+    Ok(PrivatePkcs8KeyDer::from(der))
+}
+
 impl TlsIdentity {
-    /// Our `svid`, and the authority certificates `roots` of `trust_domain` that peers'
-    /// certificates must chain to. Refuses an SVID that peers would refuse (another trust
-    /// domain, not signed by `roots`, expired): better a clear error now than every
-    /// handshake failing later.
-    pub fn new(
-        svid: &Svid,
+    /// A host: its certificate `chain` (leaf first, issued for `keypair`'s ed25519 key by a
+    /// root or an issuer of `trust_domain`), which the accepting side presents. Refuses a
+    /// chain peers would refuse (not a host certificate, another trust domain, not under
+    /// `roots`, expired) or a key of another type.
+    pub fn host(
+        chain: Vec<CertificateDer<'static>>,
+        keypair: &libp2p_identity::Keypair,
         roots: Vec<CertificateDer<'static>>,
         trust_domain: &str,
     ) -> Result<Self, TunnelError> {
-        let chain = std::slice::from_ref(&svid.cert_der);
-        for role in [PeerRole::Server, PeerRole::Client] {
-            svid::verify(chain, &roots, trust_domain, role, SystemTime::now())
-                .map_err(TunnelError::OwnSvid)?;
-        }
-        Ok(Self::unchecked(svid, roots, trust_domain))
+        let uri = svid::verify_for_role(
+            &chain,
+            &roots,
+            trust_domain,
+            PeerRole::Server,
+            SystemTime::now(),
+            Expect::Host,
+        )
+        .map_err(TunnelError::OwnCert)?;
+        Ok(Self::assemble(chain, ed25519_pkcs8(keypair)?, uri, Expect::Host, roots, trust_domain))
     }
 
-    /// Like [`Self::new`] without checking the SVID; tests use it to play a misconfigured peer.
-    pub(crate) fn unchecked(svid: &Svid, roots: Vec<CertificateDer<'static>>, trust_domain: &str) -> Self {
+    /// A workload: its `svid` and the `intermediates` its host's workload issuer sends after
+    /// it (none when a root issued it), which the connecting side presents. Refuses what peers
+    /// would refuse (a host certificate, another trust domain, not under `roots`, expired).
+    pub fn workload(
+        svid: &Svid,
+        intermediates: &[CertificateDer<'static>],
+        roots: Vec<CertificateDer<'static>>,
+        trust_domain: &str,
+    ) -> Result<Self, TunnelError> {
+        let mut chain = vec![svid.cert_der.clone()];
+        chain.extend_from_slice(intermediates);
+        let uri = svid::verify_for_role(
+            &chain,
+            &roots,
+            trust_domain,
+            PeerRole::Client,
+            SystemTime::now(),
+            Expect::Workload,
+        )
+        .map_err(TunnelError::OwnCert)?;
+        Ok(Self::assemble(chain, svid.key_der.clone_key(), uri, Expect::Workload, roots, trust_domain))
+    }
+
+    /// Like [`Self::workload`] and [`Self::host`] without the checks, playing `kind` with any
+    /// chain and key: tests use it for misconfigured or hostile peers.
+    #[cfg(test)]
+    pub(crate) fn unchecked(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivatePkcs8KeyDer<'static>,
+        kind: Expect,
+        roots: Vec<CertificateDer<'static>>,
+        trust_domain: &str,
+    ) -> Self {
+        let uri = chain.first().and_then(|c| svid::spiffe_uri_of(c).ok()).unwrap_or_default();
+        Self::assemble(chain, key, uri, kind, roots, trust_domain)
+    }
+
+    fn assemble(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivatePkcs8KeyDer<'static>,
+        spiffe_uri: String,
+        kind: Expect,
+        roots: Vec<CertificateDer<'static>>,
+        trust_domain: &str,
+    ) -> Self {
         Self {
-            cert: svid.cert_der.clone(),
-            key: Arc::new(svid.key_der.clone_key()),
-            spiffe_uri: svid.spiffe_uri.clone(),
+            chain,
+            key: Arc::new(key),
+            spiffe_uri,
+            kind,
             roots: roots.into(),
             trust_domain: trust_domain.to_owned(),
             provider: Arc::new(rustls::crypto::ring::default_provider()),
@@ -78,26 +150,34 @@ impl TlsIdentity {
         &self.spiffe_uri
     }
 
-    /// The server side: requires a client certificate, verified for clientAuth.
+    /// The accepting side (a host): requires the client's workload SVID, verified for
+    /// clientAuth.
     pub fn server_config(&self) -> Result<rustls::ServerConfig, TunnelError> {
-        let verifier = Arc::new(SvidVerifier::new(self, PeerRole::Client, None));
+        if self.kind != Expect::Host {
+            return Err(TunnelError::WrongSide("only a host certificate accepts tunnels"));
+        }
+        let verifier = Arc::new(SvidVerifier::new(self, PeerRole::Client, Expect::Workload, None));
         let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(TLS13_ONLY)?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(vec![self.cert.clone()], self.key_der())?;
+            .with_single_cert(self.chain.clone(), self.key_der())?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(config)
     }
 
-    /// The client side: the server's certificate is verified for serverAuth and, with
-    /// `expected_peer`, must carry exactly that SPIFFE id.
-    pub fn client_config(&self, expected_peer: Option<&str>) -> Result<rustls::ClientConfig, TunnelError> {
-        let verifier = Arc::new(SvidVerifier::new(self, PeerRole::Server, expected_peer));
+    /// The connecting side (a workload): the server must prove the host certificate of
+    /// `host` (a node name), verified for serverAuth.
+    pub fn client_config(&self, host: &str) -> Result<rustls::ClientConfig, TunnelError> {
+        if self.kind != Expect::Workload {
+            return Err(TunnelError::WrongSide("only a workload SVID opens tunnels"));
+        }
+        let expected = format!("spiffe://{}{}", self.trust_domain, role::host_path(host));
+        let verifier = Arc::new(SvidVerifier::new(self, PeerRole::Server, Expect::Host, Some(&expected)));
         let mut config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(TLS13_ONLY)?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
-            .with_client_auth_cert(vec![self.cert.clone()], self.key_der())?;
+            .with_client_auth_cert(self.chain.clone(), self.key_der())?;
         config.alpn_protocols = vec![ALPN.to_vec()];
         Ok(config)
     }
@@ -107,15 +187,26 @@ impl TlsIdentity {
     }
 }
 
-/// The peer's SPIFFE id on an established connection: the URI SAN of the leaf it presented,
-/// which the handshake already verified.
-pub fn peer_spiffe_uri(conn: &quinn::Connection) -> Result<String, TunnelError> {
+/// The peer's SPIFFE id on an established connection (the URI SAN of the leaf it presented,
+/// which the handshake already verified) and the host it stands for: a host certificate's
+/// node, or the node whose workload issuer signed a workload SVID (`None`: a root signed it,
+/// a mesh of one).
+pub fn peer_identity(conn: &quinn::Connection) -> Result<(String, Option<String>), TunnelError> {
     let chain = conn
         .peer_identity()
         .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
         .ok_or(TunnelError::NoPeerIdentity)?;
     let leaf = chain.first().ok_or(TunnelError::NoPeerIdentity)?;
-    Ok(svid::spiffe_uri_of(leaf)?)
+    let uri = svid::spiffe_uri_of(leaf)?;
+    let host = chain.iter().find_map(|cert| {
+        let id = svid::spiffe_uri_of(cert).ok()?;
+        let (_, path) = svid::split_spiffe_id(&id).ok()?;
+        match role::role_of(path)? {
+            Role::Host(n) | Role::WorkloadCa(n) => Some(n.to_owned()),
+            _ => None,
+        }
+    });
+    Ok((uri, host))
 }
 
 /// Verifies the peer's chain with [`svid::verify`] and its handshake signature with the
@@ -125,16 +216,18 @@ struct SvidVerifier {
     roots: Arc<[CertificateDer<'static>]>,
     trust_domain: String,
     role: PeerRole,
+    expect: Expect,
     expected: Option<String>,
     algs: WebPkiSupportedAlgorithms,
 }
 
 impl SvidVerifier {
-    fn new(identity: &TlsIdentity, role: PeerRole, expected: Option<&str>) -> Self {
+    fn new(identity: &TlsIdentity, role: PeerRole, expect: Expect, expected: Option<&str>) -> Self {
         Self {
             roots: identity.roots.clone(),
             trust_domain: identity.trust_domain.clone(),
             role,
+            expect,
             expected: expected.map(str::to_owned),
             algs: identity.provider.signature_verification_algorithms,
         }
@@ -151,8 +244,9 @@ impl SvidVerifier {
         chain.push(end_entity.clone());
         chain.extend_from_slice(intermediates);
         let now = UNIX_EPOCH + Duration::from_secs(now.as_secs());
-        let found = svid::verify(&chain, &self.roots, &self.trust_domain, self.role, now)
-            .map_err(|e| self.reject(TunnelError::PeerRejected(e)))?;
+        let found =
+            svid::verify_for_role(&chain, &self.roots, &self.trust_domain, self.role, now, self.expect)
+                .map_err(|e| self.reject(TunnelError::PeerRejected(e)))?;
         if let Some(expected) = &self.expected {
             if found != *expected {
                 return Err(self.reject(TunnelError::UnexpectedPeer { expected: expected.clone(), found }));
