@@ -42,6 +42,7 @@ mod policy_state;
 mod reconcile;
 mod remote;
 pub(crate) mod sched;
+pub(crate) mod services;
 mod workloads;
 
 use policy_state::{PolicyEngine, PolicyLink, Snapshot};
@@ -75,6 +76,8 @@ pub enum AgentError {
     Userns(#[from] crate::pod::userns::UsernsError),
     #[error(transparent)]
     Revocation(#[from] mesh::revocations::RevocationError),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> AgentError {

@@ -108,6 +108,9 @@ pub struct Config {
     /// it, keeping this many of its last bytes in `logs/<c>.log.1` (as the kubelet's
     /// `containerLogMaxSize`, 10 MiB).
     pub container_log_max_bytes: u64,
+    /// The virtual addresses Services get (`spec.clusterIP`), mesh-wide: every host must name
+    /// the same range.
+    pub service_cluster_ip_range: String,
     /// The mesh: listen port and addresses, bootstrap peers, mDNS, node name and labels.
     pub mesh: crate::mesh::swarm::MeshSettings,
     /// What this host's Node record offers: pods and allocatable overrides.
@@ -157,6 +160,7 @@ impl Default for Config {
             svid_lifetime_seconds: 3600,
             image_max_entries: crate::image::DEFAULT_MAX_ENTRIES,
             container_log_max_bytes: 10 << 20,
+            service_cluster_ip_range: crate::app::services::DEFAULT_CLUSTER_IP_RANGE.to_owned(),
             mesh: Default::default(),
             node: NodeCapacity::default(),
         }
@@ -220,6 +224,8 @@ impl Config {
         if self.container_log_max_bytes < 4096 {
             return Err(ConfigError::Invalid("containerLogMaxBytes: must be 4096 or more".into()));
         }
+        crate::app::services::Pool::cidr(&self.service_cluster_ip_range)
+            .map_err(|e| ConfigError::Invalid(format!("serviceClusterIpRange: {e}")))?;
         self.mesh.validate().map_err(ConfigError::Invalid)?;
         if self.node.max_pods == 0 {
             return Err(ConfigError::Invalid("node.maxPods: must be more than 0".into()));

@@ -182,6 +182,15 @@ fn kinds_applied_on_one_host_are_listed_and_deleted_from_the_other() -> Result<(
             .is_some_and(|l| l.contains("ClusterIP") && l.contains("80/TCP") && l.ends_with("app=web")),
         "{table}"
     );
+    // Its cluster IP comes from the mesh's range (10.96.0.0/12 by default), and stays.
+    let cluster_ip = table
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|ip| ip.parse::<std::net::Ipv4Addr>().ok())
+        .context("a cluster IP")?;
+    let [a1, a2, _, _] = cluster_ip.octets();
+    ensure!(a1 == 10 && (96..=111).contains(&a2), "{table}");
     let yaml = cli(b, &["get", "netpol", "-n", "shop", "-o", "yaml"], None)?;
     ensure!(yaml.starts_with("apiVersion: v1\nitems:") && yaml.contains("kind: List"), "{yaml}");
     let (ok, _, err) = b.run_cli(&["get", "deployments", "web"], None)?;
@@ -193,7 +202,21 @@ fn kinds_applied_on_one_host_are_listed_and_deleted_from_the_other() -> Result<(
 
     // Re-applied on h2: unchanged; scaled, it is configured with the same uid, generation 2.
     let out = b.apply(FILE)?;
-    ensure!(out.contains("deployment.apps/web unchanged") && !out.contains("namespace/shop"), "{out}");
+    ensure!(
+        out.contains("deployment.apps/web unchanged")
+            && out.contains("service/web unchanged")
+            && !out.contains("namespace/shop"),
+        "{out}"
+    );
+    // Another Service may not ask for that address: nothing of its file is written.
+    let taken = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: other}}\nspec:\n  clusterIP: {cluster_ip}\n  ports: [{{port: 81}}]\n"
+    );
+    let (ok, _, err) = b.run_cli(&["apply", "-f", "-"], Some(&taken))?;
+    ensure!(
+        !ok && err.contains(&format!("service default/other: spec.clusterIP: Invalid value: \"{cluster_ip}\": provided IP is already allocated (to Service default/web)")),
+        "{err}"
+    );
     let out = b.apply(&FILE.replace("replicas: 2", "replicas: 3"))?;
     ensure!(out.contains("deployment.apps/web configured (held by h1)"), "{out}");
     ensure!(

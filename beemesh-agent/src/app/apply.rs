@@ -81,6 +81,14 @@ impl AgentHandle {
             }
             existing.push(body);
         }
+        // Services get their addresses before anything is written: a refused one (an address
+        // taken or out of range) leaves the whole file unapplied.
+        let mut objects = objects;
+        if let Err(message) = self.assign_addresses(cluster, &mut objects, &existing).await {
+            return Response::Error {
+                message: format!("{file}: {message} (nothing of this file was applied)"),
+            };
+        }
         // Every write is submitted in the file's order, and the acknowledgements are awaited
         // together at the end.
         let mut lines = Lines::default();
@@ -137,6 +145,41 @@ impl AgentHandle {
             return partly(lines, format!("written to the cluster state, but this host's pods: {e}"));
         }
         Response::Applied { lines }
+    }
+
+    /// Fills the cluster IP and node ports of the Services among `objects` (`app::services`):
+    /// kept from the state's copy (`existing`, in the same order), as asked, or allocated past
+    /// what every other Service of the state and of this file holds.
+    async fn assign_addresses(
+        &self,
+        cluster: &Cluster,
+        objects: &mut [Object],
+        existing: &[Option<bytes::Bytes>],
+    ) -> Result<(), String> {
+        if !objects.iter().any(|o| matches!(o, Object::Service(_))) {
+            return Ok(());
+        }
+        let Some(m) = self.mesh.as_ref() else { return Ok(()) };
+        let listed = cluster.list("Service", None).await.map_err(|e| e.to_string())?;
+        let mut held: std::collections::BTreeMap<String, k8s_openapi::api::core::v1::Service> = listed
+            .iter()
+            .filter_map(|l| {
+                let svc = serde_json::from_slice(&l.body).ok()?;
+                Some((format!("{}/{}", l.key.namespace, l.key.name), svc))
+            })
+            .collect();
+        for (o, before) in objects.iter_mut().zip(existing) {
+            let (ns, name) = (o.namespace().to_owned(), o.name().to_owned());
+            let Object::Service(svc) = o else { continue };
+            let key = format!("{ns}/{name}");
+            let stored: Option<k8s_openapi::api::core::v1::Service> =
+                before.as_ref().and_then(|b| serde_json::from_slice(b).ok());
+            let taken = super::services::Taken::of(held.iter().map(|(k, s)| (k.as_str(), s)), &key);
+            super::services::assign(svc, &key, stored.as_ref(), &taken, &m.service_pools)
+                .map_err(|e| format!("service {key}: {e}"))?;
+            held.insert(key, (**svc).clone());
+        }
+        Ok(())
     }
 
     /// Places a pod that names no `nodeName` through the mesh's scheduler (a tender to the

@@ -46,13 +46,13 @@ const SETTLE: Duration = Duration::from_millis(20);
 /// Claims of StatefulSets' `volumeClaimTemplates` (local volumes, bound to a host).
 const CLAIM: &str = "PersistentVolumeClaim";
 
-pub fn spawn(cluster: Cluster, liveness: Liveness, events: Recorder) {
+pub fn spawn(cluster: Cluster, liveness: Liveness, events: Recorder, pools: super::services::Pools) {
     tokio::spawn(async move {
         let mut changes = cluster.changes();
         let mut orphans: BTreeMap<Key, Instant> = BTreeMap::new();
         let mut ready_since: BTreeMap<String, Instant> = BTreeMap::new();
         loop {
-            if let Err(e) = pass(&cluster, &liveness, &events, &mut orphans, &mut ready_since).await {
+            if let Err(e) = pass(&cluster, &liveness, &events, &pools, &mut orphans, &mut ready_since).await {
                 warn!(error = %e, "workload controllers could not read the cluster state");
             }
             tokio::select! {
@@ -91,11 +91,12 @@ async fn pass(
     cluster: &Cluster,
     liveness: &Liveness,
     events: &Recorder,
+    pools: &super::services::Pools,
     orphans: &mut BTreeMap<Key, Instant>,
     ready_since: &mut BTreeMap<String, Instant>,
 ) -> Result<(), String> {
     let now = Instant::now();
-    let mut kinds: Vec<&'static str> = vec![super::nodes::KIND, POD, POD_STATUS, CLAIM];
+    let mut kinds: Vec<&'static str> = vec![super::nodes::KIND, POD, POD_STATUS, CLAIM, "Service"];
     for (k, s) in STATUS_KINDS {
         kinds.extend([k, s]);
     }
@@ -184,6 +185,7 @@ async fn pass(
         let mine = controlled.get(d.metadata.uid.as_deref().unwrap_or("")).cloned().unwrap_or_default();
         writes.extend(daemon::daemon_set(d, &facts, &mine));
     }
+    writes.extend(moved_services(of("Service"), pools, |k| owns(k)));
 
     // Orphans: ReplicaSets of no Deployment, pods of no ReplicaSet or StatefulSet, status
     // records of no object.
@@ -256,6 +258,50 @@ async fn pass(
         }
     }
     Ok(())
+}
+
+/// Services that share a cluster IP or node port with one created before them (two hosts
+/// allocated at once, `app::services`): each owned here gets new ones.
+fn moved_services(
+    listed: &[Listed],
+    pools: &super::services::Pools,
+    owns: impl Fn(&Key) -> bool,
+) -> Vec<Write> {
+    use k8s_openapi::api::core::v1::Service;
+    let services: Vec<(Key, String, String, Service)> = listed
+        .iter()
+        .filter_map(|l| {
+            let svc: Service = decode(l)?;
+            let created =
+                svc.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
+            Some((l.key.clone(), format!("{}/{}", l.key.namespace, l.key.name), created, svc))
+        })
+        .collect();
+    let rows: Vec<(String, String, Service)> =
+        services.iter().map(|(_, k, c, s)| (k.clone(), c.clone(), s.clone())).collect();
+    let losers = super::services::losers(&rows);
+    let mut writes = Vec::new();
+    for (key, text, _, svc) in services.iter().filter(|(k, t, _, _)| losers.contains(t) && owns(k)) {
+        let taken = super::services::Taken::of(services.iter().map(|(_, k, _, s)| (k.as_str(), s)), text);
+        let mut moved = svc.clone();
+        super::services::release_shared(&mut moved, &taken);
+        match super::services::assign(&mut moved, text, None, &taken, pools) {
+            Ok(()) => {
+                info!(service = %text, ip = ?moved.spec.as_ref().and_then(|s| s.cluster_ip.clone()), "service's address was taken by an older one: moved");
+                let body = serde_json::to_value(&moved).unwrap_or_default();
+                writes.push(Write {
+                    kind: "Service",
+                    namespace: key.namespace.clone(),
+                    name: key.name.clone(),
+                    body: Some(body),
+                });
+            }
+            Err(e) => {
+                warn!(service = %text, error = %e, "service shares an address and none is left to move it to")
+            }
+        }
+    }
+    writes
 }
 
 /// An event a controller's write makes, in Kubernetes' words.
@@ -391,6 +437,34 @@ pub fn merge_status(entries: &mut [crate::api::ObjectEntry], statuses: &[Listed]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn of_two_services_given_one_address_at_once_the_younger_moves() {
+        let svc = |name: &str, created: &str| Listed {
+            key: Key::new("Service", "default", name),
+            body: Bytes::from(
+                serde_json::json!({"apiVersion": "v1", "kind": "Service",
+                    "metadata": {"name": name, "namespace": "default", "creationTimestamp": created},
+                    "spec": {"clusterIP": "10.96.0.9", "clusterIPs": ["10.96.0.9"], "ports": [{"port": 80}]}})
+                .to_string(),
+            ),
+            written_ms: 0,
+        };
+        let listed = [svc("old", "2026-11-30T10:00:00Z"), svc("new", "2026-11-30T10:00:01Z")];
+        let pools = super::super::services::Pools {
+            cluster_ips: super::super::services::Pool::cidr("10.96.0.0/16").expect("cidr"),
+            node_ports: super::super::services::Pool::node_ports(),
+        };
+        assert!(moved_services(&listed, &pools, |_| false).is_empty(), "only the owner moves it");
+        let writes = moved_services(&listed, &pools, |_| true);
+        assert_eq!(writes.len(), 1);
+        assert_eq!(writes[0].name, "new");
+        let body = writes[0].body.clone().unwrap_or_default();
+        let ip = body["spec"]["clusterIP"].as_str().unwrap_or_default();
+        assert!(ip.starts_with("10.96.") && ip != "10.96.0.9", "{body}");
+        assert_eq!(body["spec"]["clusterIPs"][0], ip);
+        assert_eq!(body["metadata"]["creationTimestamp"], "2026-11-30T10:00:01Z");
+    }
 
     #[test]
     fn writes_make_kubernetes_events_on_their_controller() {

@@ -50,6 +50,8 @@ pub struct Mesh {
     pub sched: Scheduler,
     /// This host's event recorder (`app::events`).
     pub events: Recorder,
+    /// What Services' addresses are assigned from.
+    pub service_pools: super::services::Pools,
 }
 
 /// Starts the swarm (listening on the configured port, joining the bootstrap peers) and the
@@ -111,7 +113,12 @@ pub(super) async fn start(
         recorder.clone(),
         Default::default(),
     );
-    super::controllers::spawn(cluster.clone(), liveness.clone(), recorder.clone());
+    let service_pools = super::services::Pools {
+        cluster_ips: super::services::Pool::cidr(&cfg.service_cluster_ip_range)
+            .map_err(|e| AgentError::Config(format!("serviceClusterIpRange: {e}")))?,
+        node_ports: super::services::Pool::node_ports(),
+    };
+    super::controllers::spawn(cluster.clone(), liveness.clone(), recorder.clone(), service_pools);
     let pod_server = Arc::new(OnceLock::new());
     let serving = Serving {
         images: images.clone(),
@@ -139,6 +146,7 @@ pub(super) async fn start(
         images,
         sched,
         events: recorder,
+        service_pools,
     })
 }
 
