@@ -31,6 +31,7 @@ use crate::workload::{Workload, WorkloadCgroups, WorkloadTable};
 mod apply;
 pub(crate) mod cluster;
 pub(crate) mod controllers;
+pub mod dns;
 pub(crate) mod events;
 mod images;
 pub mod join;
