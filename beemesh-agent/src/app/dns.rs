@@ -99,10 +99,9 @@ pub fn answer(query: &[u8], records: &Records) -> Result<Answer, DnsError> {
     };
     // The name exists: A records for A (and ANY) queries, none for other types (NODATA).
     let answers = match q.query_type() {
-        RecordType::A | RecordType::ANY => addrs
-            .into_iter()
-            .map(|a| Record::from_rdata(q.name().clone(), TTL, RData::A(A(a))))
-            .collect(),
+        RecordType::A | RecordType::ANY => {
+            addrs.into_iter().map(|a| Record::from_rdata(q.name().clone(), TTL, RData::A(A(a)))).collect()
+        }
         _ => Vec::new(),
     };
     reply(ResponseCode::NoError, answers)
