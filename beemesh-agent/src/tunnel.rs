@@ -127,7 +127,8 @@ pub enum TunnelError {
 pub struct Endpoint {
     inner: quinn::Endpoint,
     identity: Arc<TlsIdentity>,
-    transport: Arc<TransportConfig>,
+    /// The connecting side's: the peer may open no streams to it.
+    client_transport: Arc<TransportConfig>,
     header_deadline: Duration,
 }
 
@@ -156,7 +157,14 @@ impl Endpoint {
             Arc::new(quinn::TokioRuntime),
         )?;
         tracing::debug!(addr = %inner.local_addr()?, id = identity.spiffe_uri(), "tunnel endpoint bound");
-        Ok(Self { inner, identity: Arc::new(identity), transport, header_deadline: HEADER_DEADLINE })
+        let mut client = transport_config();
+        client.max_concurrent_bidi_streams(VarInt::from_u32(0));
+        Ok(Self {
+            inner,
+            identity: Arc::new(identity),
+            client_transport: Arc::new(client),
+            header_deadline: HEADER_DEADLINE,
+        })
     }
 
     /// The same endpoint with another deadline for stream headers (tests).
@@ -186,15 +194,16 @@ impl Endpoint {
     ) -> Result<Connection, TunnelError> {
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(workload.client_config(host)?)?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(self.transport.clone());
+        config.transport_config(self.client_transport.clone());
         let conn = self.inner.connect_with(config, peer, SERVER_NAME)?.await?;
-        Connection::established(conn, self.header_deadline)
+        // The host opens no streams to a workload: nothing to accept on this side.
+        Connection::established(conn, workload, None)
     }
 
     /// The next connection attempt from a peer; `None` once the endpoint is closed.
     pub async fn accept(&self) -> Option<Incoming> {
-        let deadline = self.header_deadline;
-        self.inner.accept().await.map(|inner| Incoming { inner, header_deadline: deadline })
+        let (identity, deadline) = (self.identity.clone(), self.header_deadline);
+        self.inner.accept().await.map(|inner| Incoming { inner, identity, header_deadline: deadline })
     }
 
     /// Closes every connection at once and stops accepting.
@@ -220,6 +229,7 @@ fn transport_config() -> TransportConfig {
 #[derive(Debug)]
 pub struct Incoming {
     inner: quinn::Incoming,
+    identity: Arc<TlsIdentity>,
     header_deadline: Duration,
 }
 
@@ -231,7 +241,7 @@ impl Incoming {
 
     /// Runs the handshake: the peer must present a workload SVID of our trust domain.
     pub async fn handshake(self) -> Result<Connection, TunnelError> {
-        Connection::established(self.inner.await?, self.header_deadline)
+        Connection::established(self.inner.await?, &self.identity, Some(self.header_deadline))
     }
 }
 
@@ -249,12 +259,20 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn established(inner: quinn::Connection, header_deadline: Duration) -> Result<Self, TunnelError> {
-        let (peer_id, peer_host) = tls::peer_identity(&inner)?;
+    /// `accept`: the header deadline of the streams the peer opens (the accepting side);
+    /// `None`: the peer opens none (the connecting side).
+    fn established(
+        inner: quinn::Connection,
+        ours: &TlsIdentity,
+        accept: Option<Duration>,
+    ) -> Result<Self, TunnelError> {
+        let (peer_id, peer_host) = ours.peer_identity(&inner)?;
         tracing::debug!(peer = %peer_id, host = ?peer_host, remote = %inner.remote_address(), "tunnel connection established");
         let (tx, rx) = mpsc::channel(ACCEPTED_QUEUE);
         let peer_id: Arc<str> = peer_id.into();
-        tokio::spawn(accept_streams(inner.clone(), peer_id.clone(), header_deadline, tx));
+        if let Some(deadline) = accept {
+            tokio::spawn(accept_streams(inner.clone(), peer_id.clone(), deadline, tx));
+        }
         Ok(Self { inner, peer_id, peer_host: peer_host.map(Into::into), accepted: Arc::new(Mutex::new(rx)) })
     }
 

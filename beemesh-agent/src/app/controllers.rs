@@ -281,10 +281,10 @@ fn moved_services(
         services.iter().map(|(_, k, c, s)| (k.clone(), c.clone(), s.clone())).collect();
     let losers = super::services::losers(&rows);
     let mut writes = Vec::new();
-    for (key, text, _, svc) in services.iter().filter(|(k, t, _, _)| losers.contains(t) && owns(k)) {
+    for (key, text, created, svc) in services.iter().filter(|(k, t, _, _)| losers.contains(t) && owns(k)) {
         let taken = super::services::Taken::of(services.iter().map(|(_, k, _, s)| (k.as_str(), s)), text);
         let mut moved = svc.clone();
-        super::services::release_shared(&mut moved, &taken);
+        super::services::release_shared(&mut moved, text, created, &rows);
         match super::services::assign(&mut moved, text, None, &taken, pools) {
             Ok(()) => {
                 info!(service = %text, ip = ?moved.spec.as_ref().and_then(|s| s.cluster_ip.clone()), "service's address was taken by an older one: moved");

@@ -128,7 +128,8 @@ pub fn assign(
 ) -> Result<(), String> {
     let held_ip = held.and_then(cluster_ip);
     let spec = svc.spec.get_or_insert_with(Default::default);
-    if spec.cluster_ip.as_deref() != Some("None") {
+    // An ExternalName Service is a DNS alias: no address.
+    if spec.cluster_ip.as_deref() != Some("None") && spec.type_.as_deref() != Some("ExternalName") {
         let asked = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty());
         let ip = match (asked, held_ip) {
             (Some(a), held) => {
@@ -181,7 +182,7 @@ pub fn assign(
                             "spec.ports[{i}].nodePort: Invalid value: {asked}: provided port is not in the valid range 30000-32767"
                         ));
                     }
-                    if let Some(other) = ports_taken.get(&v).filter(|o| *o != key) {
+                    if let Some(other) = ports_taken.get(&v).filter(|o| *o != key && !mine) {
                         return Err(format!(
                             "spec.ports[{i}].nodePort: Invalid value: {asked}: provided port is already allocated (to Service {other})"
                         ));
@@ -203,17 +204,26 @@ pub fn assign(
     Ok(())
 }
 
-/// Clears what of `svc`'s cluster IP and node ports `taken` holds, for [`assign`] to allocate
-/// again.
-pub fn release_shared(svc: &mut Service, taken: &Taken) {
+/// Clears the cluster IP and node ports `svc` (`key`, created at `created`) shares with a
+/// Service of `services` created before it (ties: the lower key), for [`assign`] to allocate
+/// again; what it holds first stays.
+pub fn release_shared(svc: &mut Service, key: &str, created: &str, services: &[(String, String, Service)]) {
+    let me = (created, key);
+    let older =
+        |other: &(String, String, Service)| other.0 != key && (other.1.as_str(), other.0.as_str()) < me;
     let ip = cluster_ip(svc);
+    let lost_ip = ip.is_some_and(|ip| services.iter().any(|o| older(o) && cluster_ip(&o.2) == Some(ip)));
+    let lost_ports: BTreeSet<u32> = node_ports(svc)
+        .into_iter()
+        .filter(|p| services.iter().any(|o| older(o) && is_node_port(&o.2) && node_ports(&o.2).contains(p)))
+        .collect();
     let Some(spec) = svc.spec.as_mut() else { return };
-    if ip.is_some_and(|ip| taken.ips.contains_key(&ip)) {
+    if lost_ip {
         spec.cluster_ip = None;
         spec.cluster_ips = None;
     }
     for p in spec.ports.iter_mut().flatten() {
-        if p.node_port.and_then(|n| u32::try_from(n).ok()).is_some_and(|n| taken.ports.contains_key(&n)) {
+        if p.node_port.and_then(|n| u32::try_from(n).ok()).is_some_and(|n| lost_ports.contains(&n)) {
             p.node_port = None;
         }
     }
@@ -230,7 +240,8 @@ pub fn losers(services: &[(String, String, Service)]) -> BTreeSet<String> {
             by_ip.entry(ip).or_default().push((created, key));
         }
         if is_node_port(svc) {
-            for p in node_ports(svc) {
+            // One Service may use a port for TCP and UDP alike: it is one holder.
+            for p in node_ports(svc).into_iter().collect::<BTreeSet<u32>>() {
                 by_port.entry(p).or_default().push((created, key));
             }
         }

@@ -441,6 +441,20 @@ pub(crate) fn verify_for_role(
     now: SystemTime,
     expect: Expect,
 ) -> Result<String, SvidError> {
+    verify_with_host(chain, roots, trust_domain, role, now, expect).map(|(uri, _)| uri)
+}
+
+/// [`verify_for_role`], and the host the verified path names: a host certificate's node, or
+/// the node whose workload issuer signed a workload SVID (`None`: a root signed it). Taken
+/// from the path the verification built, never from what else the peer sent.
+pub(crate) fn verify_with_host(
+    chain: &[CertificateDer<'_>],
+    roots: &[CertificateDer<'_>],
+    trust_domain: &str,
+    role: PeerRole,
+    now: SystemTime,
+    expect: Expect,
+) -> Result<(String, Option<String>), SvidError> {
     let (leaf_der, intermediates) = chain.split_first().ok_or(SvidError::EmptyChain)?;
     let leaf = parse_cert(leaf_der)?;
     // Checks on the leaf's own content come first: their errors say more than a failed
@@ -454,10 +468,11 @@ pub(crate) fn verify_for_role(
         Expect::Workload => Role::Workload,
         Expect::Host => Role::Host(""),
     };
-    match (role_of(path), expect) {
-        (Some(Role::Workload), Expect::Workload) | (Some(Role::Host(_)), Expect::Host) => {}
+    let mut host = match (role_of(path), expect) {
+        (Some(Role::Workload), Expect::Workload) => None,
+        (Some(Role::Host(n)), Expect::Host) => Some(n.to_owned()),
         (other, _) => return Err(wrong_role(other, wanted)),
-    }
+    };
     if found != trust_domain {
         return Err(SvidError::WrongTrustDomain {
             found: found.to_owned(),
@@ -508,7 +523,7 @@ pub(crate) fn verify_for_role(
             return Err(bad(ca_uri, "of another trust domain"));
         }
         match (role_of(ca_path), expect, i) {
-            (Some(Role::WorkloadCa(_)), Expect::Workload, 0) => {}
+            (Some(Role::WorkloadCa(n)), Expect::Workload, 0) => host = Some(n.to_owned()),
             (Some(Role::WorkloadCa(_)), Expect::Workload, _) => {
                 return Err(bad(ca_uri, "a workload issuer may only sign workload SVIDs"))
             }
@@ -522,7 +537,7 @@ pub(crate) fn verify_for_role(
             _ => return Err(bad(ca_uri, "not an issuer of this trust domain")),
         }
     }
-    Ok(uri)
+    Ok((uri, host))
 }
 
 fn wrong_role(found: Option<Role<'_>>, expected: Role<'_>) -> SvidError {

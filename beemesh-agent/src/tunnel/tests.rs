@@ -295,3 +295,21 @@ async fn a_stream_that_never_sends_its_header_stalls_no_other() {
     assert_eq!(timeout(WAIT, silent.stopped()).await.expect("in time").expect("stopped"), Some(BAD_HEADER));
     client.close();
 }
+
+#[tokio::test]
+async fn the_host_behind_a_workload_is_read_from_the_verified_path_only() {
+    let ca = root(TD);
+    let (h1, h2) = (host(&ca, "h1"), host(&ca, "h2"));
+    // A workload of h1 sends h2's host certificate (public) too, before its issuer: the path
+    // verification builds ignores it, and so must the host it is taken to stand for.
+    let issuer = issue::workload_ca(&ca, "h1", SystemTime::now(), HOUR).expect("issuer");
+    let svid = issuer.issue(WEB, SystemTime::now(), HOUR).expect("issues");
+    let (h2_chain, _) = host_cert(&ca, "h2");
+    let chain = vec![svid.cert_der.clone(), h2_chain[0].clone(), issuer.cert_der()];
+    let sly =
+        TlsIdentity::unchecked(chain, svid.key_der.clone_key(), Expect::Workload, vec![ca.cert_der()], TD);
+    let accepted = accept_one(&h2);
+    let _client = h1.connect(h2.local_addr().expect("bound"), &sly, "h2").await.expect("connects");
+    let server = accepted.await.expect("joins").expect("handshake");
+    assert_eq!((server.peer_id(), server.peer_host()), (WEB, Some("h1")));
+}

@@ -18,7 +18,7 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherEr
 use rustls::{SignatureScheme, SupportedProtocolVersion};
 
 use super::TunnelError;
-use crate::identity::svid::role::{self, Role};
+use crate::identity::svid::role;
 use crate::identity::svid::{self, Expect, PeerRole, Svid};
 
 /// The application protocol both sides must agree on; the number is the tunnel protocol's
@@ -187,26 +187,27 @@ impl TlsIdentity {
     }
 }
 
-/// The peer's SPIFFE id on an established connection (the URI SAN of the leaf it presented,
-/// which the handshake already verified) and the host it stands for: a host certificate's
-/// node, or the node whose workload issuer signed a workload SVID (`None`: a root signed it,
-/// a mesh of one).
-pub fn peer_identity(conn: &quinn::Connection) -> Result<(String, Option<String>), TunnelError> {
-    let chain = conn
-        .peer_identity()
-        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .ok_or(TunnelError::NoPeerIdentity)?;
-    let leaf = chain.first().ok_or(TunnelError::NoPeerIdentity)?;
-    let uri = svid::spiffe_uri_of(leaf)?;
-    let host = chain.iter().find_map(|cert| {
-        let id = svid::spiffe_uri_of(cert).ok()?;
-        let (_, path) = svid::split_spiffe_id(&id).ok()?;
-        match role::role_of(path)? {
-            Role::Host(n) | Role::WorkloadCa(n) => Some(n.to_owned()),
-            _ => None,
-        }
-    });
-    Ok((uri, host))
+impl TlsIdentity {
+    /// The peer's SPIFFE id on a connection this identity made or accepted, and the host it
+    /// stands for: a host certificate's node, or the node whose workload issuer signed a
+    /// workload SVID (`None`: a root signed it, a mesh of one). The chain is verified again to
+    /// learn the host from the path verification builds: a peer may send more certificates
+    /// than that path uses (another host's, which are public), and those say nothing.
+    pub(crate) fn peer_identity(
+        &self,
+        conn: &quinn::Connection,
+    ) -> Result<(String, Option<String>), TunnelError> {
+        let chain = conn
+            .peer_identity()
+            .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .ok_or(TunnelError::NoPeerIdentity)?;
+        // We accept workloads as a host, and connect to hosts as a workload.
+        let (role, expect) = match self.kind {
+            Expect::Host => (PeerRole::Client, Expect::Workload),
+            Expect::Workload => (PeerRole::Server, Expect::Host),
+        };
+        Ok(svid::verify_with_host(&chain, &self.roots, &self.trust_domain, role, SystemTime::now(), expect)?)
+    }
 }
 
 /// Verifies the peer's chain with [`svid::verify`] and its handshake signature with the

@@ -580,7 +580,9 @@ impl<'a> Run<'a> {
                 let key = rank::hash_str(&format!("w{g}"));
                 let owner = rank::owner(key, view.iter().map(|(h, x)| (h, *x))).copied();
                 // A host that no longer owns a workload forgets its slots (the driver's duties).
-                if let Some(old) = self.w.owners[side][g].filter(|o| Some(*o) != owner) {
+                if let Some(old) =
+                    self.w.owners[side][g].filter(|o| Some(*o) != owner && self.side(*o) == side)
+                {
                     for r in 0..self.cfg.replicas {
                         self.hosts[old].tenderer.forget(&self.w.slots[g * self.cfg.replicas + r].slot);
                     }

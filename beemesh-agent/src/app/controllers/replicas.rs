@@ -52,17 +52,27 @@ pub fn replica_set(rs: &ReplicaSet, pods: &[&PodState]) -> Vec<Write> {
     let name = rs.metadata.name.as_deref().unwrap_or("");
     let uid = rs.metadata.uid.as_deref().unwrap_or("");
     let want = replicas_of(rs).max(0) as usize;
-    let names = replica_names(name, uid, want);
-    let have: BTreeSet<&str> = pods.iter().map(|p| p.name()).collect();
     let mut writes = Vec::new();
     let template = rs.spec.template.clone().unwrap_or_default();
-    for n in names.iter().filter(|n| !have.contains(n.as_str())) {
-        let pod = pod_from_template(&template, ns, n, owner_ref("ReplicaSet", &rs.metadata), &[]);
-        writes.push(Write::put("Pod", ns, n, serde_json::to_value(pod).unwrap_or_default()));
-    }
-    let wanted: BTreeSet<&str> = names.iter().map(String::as_str).collect();
-    for p in pods.iter().filter(|p| !wanted.contains(p.name())) {
-        writes.push(Write::delete("Pod", ns, p.name()));
+    if pods.len() < want {
+        // The first names (by index) not in use: two owners writing at once write the same.
+        let have: BTreeSet<&str> = pods.iter().map(|p| p.name()).collect();
+        let names = replica_names(name, uid, want + pods.len());
+        for n in names.iter().filter(|n| !have.contains(n.as_str())).take(want - pods.len()) {
+            let pod = pod_from_template(&template, ns, n, owner_ref("ReplicaSet", &rs.metadata), &[]);
+            writes.push(Write::put("Pod", ns, n, serde_json::to_value(pod).unwrap_or_default()));
+        }
+    } else if pods.len() > want {
+        // Pods not ready go first (they cost no availability), then the latest names, as
+        // Kubernetes ranks the pods it deletes.
+        let rank: BTreeMap<String, usize> =
+            replica_names(name, uid, pods.len() * 2).into_iter().enumerate().map(|(i, n)| (n, i)).collect();
+        let mut doomed: Vec<&&PodState> = pods.iter().collect();
+        doomed
+            .sort_by_key(|p| (p.ready, std::cmp::Reverse(rank.get(p.name()).copied().unwrap_or(usize::MAX))));
+        for p in doomed.into_iter().take(pods.len() - want) {
+            writes.push(Write::delete("Pod", ns, p.name()));
+        }
     }
     let ready = pods.iter().filter(|p| p.ready).count();
     let available = pods.iter().filter(|p| p.available(rs.spec.min_ready_seconds)).count();
@@ -147,18 +157,25 @@ pub fn deployment(
             }
         }
         new_replicas = new_replicas.min(n);
-        // Old replicas go as far as keeping `n - maxUnavailable` ready allows; the new
-        // ReplicaSet's pods not ready yet count against it. A ReplicaSet's pods count up to
-        // its count only: those past it are being deleted (by its owner, perhaps another
-        // host not heard from yet), no availability to count on (Kubernetes sums the counts).
+        // As Kubernetes: old pods that are not ready go first (a ReplicaSet deletes those
+        // first), as many as `maxScaledDown` allows; then ready ones, as far as keeping
+        // `n - maxUnavailable` available allows. A ReplicaSet's pods count up to its count
+        // only: those past it are being deleted (by its owner, perhaps another host not
+        // heard from yet), no availability to count on (Kubernetes sums the counts).
         let held = |r: &ReplicaSet| (pods_of(r).len() as i64).min(replicas_of(r));
+        let ready_held = |r: &ReplicaSet| ready_of(r).min(held(r));
+        let min_available = n - unavailable;
         let all_pods: i64 = rses.iter().map(|r| held(r)).sum();
         let new_unready = existing_new.map_or(0, |r| (replicas_of(r) - ready_of(r)).max(0));
-        let mut budget = all_pods - (n - unavailable) - new_unready;
+        let mut cleanup = all_pods - min_available - new_unready;
         for (i, r) in old_replicas.iter_mut().enumerate() {
-            // Pods of an old ReplicaSet that are not ready cost no availability.
-            let unready = (held(olds[i]) - ready_of(olds[i])).max(0).min(*r);
+            let unready = (held(olds[i]) - ready_held(olds[i])).max(0).min(*r).min(cleanup.max(0));
             *r -= unready;
+            cleanup -= unready;
+        }
+        let available: i64 = rses.iter().map(|r| ready_held(r)).sum();
+        let mut budget = (available - min_available).min(cleanup.max(0));
+        for r in old_replicas.iter_mut() {
             let down = budget.clamp(0, *r);
             *r -= down;
             budget -= down;
@@ -303,8 +320,10 @@ mod tests {
                 let uid = rs.metadata.uid.clone().expect("uid");
                 let n = replicas_of(rs) as usize;
                 let pods = self.pods.entry(uid).or_default();
-                if !self.lag {
-                    pods.truncate(n);
+                // As `replica_set` deletes: pods not ready first, then the latest.
+                while !self.lag && pods.len() > n {
+                    let i = pods.iter().rposition(|p| !p.ready).unwrap_or(pods.len() - 1);
+                    pods.remove(i);
                 }
                 while pods.len() < n {
                     pods.push(PodState { pod: Pod::default(), ready, ready_for_secs: 0 });
@@ -330,7 +349,10 @@ mod tests {
             for rs in self.rses.values() {
                 let uid = rs.metadata.uid.clone().unwrap_or_default();
                 if let Some(pods) = self.pods.get_mut(&uid) {
-                    pods.truncate(replicas_of(rs) as usize);
+                    while pods.len() > replicas_of(rs) as usize {
+                        let i = pods.iter().rposition(|p| !p.ready).unwrap_or(pods.len() - 1);
+                        pods.remove(i);
+                    }
                 }
             }
         }
@@ -439,6 +461,25 @@ mod tests {
     }
 
     #[test]
+    fn unready_old_pods_go_first_and_ready_ones_only_as_availability_allows() {
+        let mut w = World::default();
+        let v1 = dep(4, "app:1", "");
+        w.step(&v1, true);
+        w.step(&v1, true);
+        // Two of the four old pods stop being ready; a rollout begins (25%: surge 1,
+        // unavailable 1: 3 must stay available). Kubernetes removes one unready old pod and
+        // keeps both ready ones.
+        for p in w.pods.values_mut().flatten().take(2) {
+            p.ready = false;
+        }
+        w.step(&dep(4, "app:2", ""), false);
+        let c = w.counts();
+        let old = c.iter().find(|c| revision_of(&w.rses[&c.0]) == 1).expect("old");
+        assert_eq!(old.1, 3, "{c:?}");
+        assert_eq!(w.ready(), 2, "a ready pod was deleted: {c:?}");
+    }
+
+    #[test]
     fn recreate_stops_every_old_pod_before_starting_new_ones() {
         let mut w = World::default();
         let r = "  strategy: {type: Recreate}\n";
@@ -479,24 +520,35 @@ mod tests {
 
     #[test]
     fn a_replica_set_creates_missing_replicas_and_drops_those_past_its_count() {
-        let rs: ReplicaSet = serde_yaml::from_str(
-            "metadata: {name: web-abc, namespace: default, uid: r-1}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template: {metadata: {labels: {app: web}}, spec: {containers: [{name: c, image: i}]}}\n",
-        )
-        .expect("rs");
+        let rs = |replicas: u32| -> ReplicaSet {
+            serde_yaml::from_str(&format!(
+                "metadata: {{name: web-abc, namespace: default, uid: r-1}}\nspec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: web}}}}\n  template: {{metadata: {{labels: {{app: web}}}}, spec: {{containers: [{{name: c, image: i}}]}}}}\n",
+            ))
+            .expect("rs")
+        };
         let names = replica_names("web-abc", "r-1", 3);
-        let pod = |name: &str| {
+        let pod = |name: &str, ready: bool| {
             let mut p = Pod::default();
             p.metadata.name = Some(name.into());
-            PodState { pod: p, ready: true, ready_for_secs: 0 }
+            PodState { pod: p, ready, ready_for_secs: 0 }
         };
-        let have = [pod(&names[0]), pod(&names[2])];
-        let writes = replica_set(&rs, &have.iter().collect::<Vec<_>>());
-        let created: Vec<&str> =
-            writes.iter().filter(|w| w.kind == "Pod" && w.body.is_some()).map(|w| w.name.as_str()).collect();
-        let deleted: Vec<&str> =
-            writes.iter().filter(|w| w.kind == "Pod" && w.body.is_none()).map(|w| w.name.as_str()).collect();
-        assert_eq!(created, [names[1].as_str()]);
-        assert_eq!(deleted, [names[2].as_str()]);
+        let split = |writes: &[Write]| -> (Vec<String>, Vec<String>) {
+            let pods = writes.iter().filter(|w| w.kind == "Pod");
+            let (made, gone): (Vec<&Write>, Vec<&Write>) = pods.partition(|w| w.body.is_some());
+            (made.iter().map(|w| w.name.clone()).collect(), gone.iter().map(|w| w.name.clone()).collect())
+        };
+        // Pods are counted, not names: two of two is enough, whichever names they have.
+        let have = [pod(&names[0], true), pod(&names[2], true)];
+        let refs: Vec<&PodState> = have.iter().collect();
+        assert_eq!(split(&replica_set(&rs(2), &refs)), (vec![], vec![]));
+        // A missing one gets the first name not in use.
+        let writes = replica_set(&rs(3), &refs);
+        assert_eq!(split(&writes), (vec![names[1].clone()], vec![]));
+        // Past the count: the latest name goes, unless a pod is not ready: that one goes first.
+        assert_eq!(split(&replica_set(&rs(1), &refs)), (vec![], vec![names[2].clone()]));
+        let have = [pod(&names[0], false), pod(&names[2], true)];
+        let refs: Vec<&PodState> = have.iter().collect();
+        assert_eq!(split(&replica_set(&rs(1), &refs)), (vec![], vec![names[0].clone()]));
         let body = writes.iter().find(|w| w.name == names[1]).and_then(|w| w.body.clone()).expect("pod");
         assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "r-1");
         assert_eq!(body["metadata"]["labels"]["app"], "web");

@@ -131,3 +131,28 @@ fn of_services_sharing_a_value_the_first_created_keeps_it() {
     ];
     assert_eq!(losers(&services), BTreeSet::from(["default/a".to_string(), "default/c".to_string()]));
 }
+
+#[test]
+fn a_service_gives_up_only_what_an_older_one_holds() {
+    let np = |name: &str, ip: &str, port: u32| {
+        svc(&format!("metadata: {{name: {name}}}\nspec: {{type: NodePort, clusterIP: \"{ip}\", ports: [{{port: 80, nodePort: {port}}}]}}\n"))
+    };
+    // b is older than c for the address, a older than b for the port.
+    let services = vec![
+        ("default/a".to_string(), "2026-11-30T10:00:00Z".to_string(), np("a", "10.96.0.1", 30001)),
+        ("default/b".to_string(), "2026-11-30T10:00:01Z".to_string(), np("b", "10.96.0.9", 30001)),
+        ("default/c".to_string(), "2026-11-30T10:00:02Z".to_string(), np("c", "10.96.0.9", 30002)),
+    ];
+    let mut b = services[1].2.clone();
+    release_shared(&mut b, "default/b", "2026-11-30T10:00:01Z", &services);
+    let spec = b.spec.clone().unwrap_or_default();
+    assert_eq!(spec.cluster_ip.as_deref(), Some("10.96.0.9"), "b keeps the address it holds first");
+    assert_eq!(spec.ports.unwrap_or_default()[0].node_port, None, "a holds the port first");
+    let mut c = services[2].2.clone();
+    release_shared(&mut c, "default/c", "2026-11-30T10:00:02Z", &services);
+    assert_eq!(c.spec.clone().unwrap_or_default().cluster_ip, None);
+    // An ExternalName Service gets no address.
+    let mut ext = svc("metadata: {name: ext}\nspec: {type: ExternalName, externalName: example.com}\n");
+    assign(&mut ext, "default/ext", None, &Taken::default(), &pools()).expect("assigned");
+    assert_eq!(ext.spec.and_then(|s| s.cluster_ip), None);
+}
