@@ -419,7 +419,7 @@ pub fn verify(
     role: PeerRole,
     now: SystemTime,
 ) -> Result<String, SvidError> {
-    verify_for_role(chain, roots, trust_domain, role, now, Expect::Workload)
+    verify_for_role(chain, roots, trust_domain, role, now, Expect::Workload).map(|(uri, _)| uri)
 }
 
 /// Which kind of leaf [`verify_for_role`] accepts.
@@ -432,22 +432,11 @@ pub(crate) enum Expect {
 }
 
 /// [`verify`] for a leaf of the role `expect`, with the intermediates of the verified path
-/// checked for that role too.
+/// checked for that role too. Returns the leaf's SPIFFE id and the host the verified path
+/// names: a host certificate's node, or the node whose workload issuer signed a workload SVID
+/// (`None`: a root signed it), taken from the path the verification built, never from what
+/// else the peer sent.
 pub(crate) fn verify_for_role(
-    chain: &[CertificateDer<'_>],
-    roots: &[CertificateDer<'_>],
-    trust_domain: &str,
-    role: PeerRole,
-    now: SystemTime,
-    expect: Expect,
-) -> Result<String, SvidError> {
-    verify_with_host(chain, roots, trust_domain, role, now, expect).map(|(uri, _)| uri)
-}
-
-/// [`verify_for_role`], and the host the verified path names: a host certificate's node, or
-/// the node whose workload issuer signed a workload SVID (`None`: a root signed it). Taken
-/// from the path the verification built, never from what else the peer sent.
-pub(crate) fn verify_with_host(
     chain: &[CertificateDer<'_>],
     roots: &[CertificateDer<'_>],
     trust_domain: &str,

@@ -187,7 +187,7 @@ pub fn verify_host(
     trust_domain: &str,
     now: SystemTime,
 ) -> Result<String, TrustError> {
-    let uri = svid::verify_for_role(chain, roots, trust_domain, PeerRole::Client, now, Expect::Host)?;
+    let (uri, _) = svid::verify_for_role(chain, roots, trust_domain, PeerRole::Client, now, Expect::Host)?;
     let (_, path) = svid::split_spiffe_id(&uri)?;
     match role::role_of(path) {
         Some(Role::Host(name)) => Ok(name.to_owned()),

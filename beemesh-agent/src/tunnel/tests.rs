@@ -66,6 +66,25 @@ fn accept_one(server: &Endpoint) -> JoinHandle<Result<Connection, TunnelError>> 
     })
 }
 
+/// `from` connects to `to` (host `host`) as `workload`: the client's outcome and the server's
+/// handshake.
+async fn attempt(
+    from: &Endpoint,
+    to: &Endpoint,
+    workload: &TlsIdentity,
+    host: &str,
+) -> (Result<Connection, TunnelError>, Result<Connection, TunnelError>) {
+    let accepted = accept_one(to);
+    let client = from.connect(to.local_addr().expect("bound"), workload, host).await;
+    (client, accepted.await.expect("joins"))
+}
+
+/// A connection `from` -> `to` as `workload`, both sides of it.
+async fn connected(from: &Endpoint, to: &Endpoint, workload: &TlsIdentity) -> (Connection, Connection) {
+    let (client, server) = attempt(from, to, workload, "h2").await;
+    (client.expect("connects"), server.expect("handshake"))
+}
+
 /// A client refused by the server: its handshake may complete on its side first (TLS 1.3
 /// clients send their certificate last), but then the server closes the connection with the
 /// TLS alert and the reason.
@@ -125,9 +144,8 @@ async fn a_workload_of_another_authority_is_refused() {
     let roots = vec![ours.cert_der(), theirs.cert_der()];
     let intruder = TlsIdentity::workload(&svid, &[ca.cert_der()], roots, TD).expect("valid for itself");
 
-    let accepted = accept_one(&h2);
-    let client = h1.connect(h2.local_addr().expect("bound"), &intruder, "h2").await;
-    let err = accepted.await.expect("joins").expect_err("refused");
+    let (client, server) = attempt(&h1, &h2, &intruder, "h2").await;
+    let err = server.expect_err("refused");
     assert!(err.to_string().contains("not signed by the trust domain's authority"), "{err}");
     client_is_refused(client, "not signed by the trust domain's authority").await;
 }
@@ -159,9 +177,8 @@ async fn a_workload_of_another_trust_domain_is_refused() {
     let chain = vec![svid.cert_der.clone(), issuer.cert_der()];
     let intruder = TlsIdentity::unchecked(chain, svid.key_der.clone_key(), Expect::Workload, roots, TD);
 
-    let accepted = accept_one(&h2);
-    let client = h1.connect(h2.local_addr().expect("bound"), &intruder, "h2").await;
-    let err = accepted.await.expect("joins").expect_err("refused");
+    let (client, server) = attempt(&h1, &h2, &intruder, "h2").await;
+    let err = server.expect_err("refused");
     assert!(err.to_string().contains("trust domain other.local, expected beemesh.local"), "{err}");
     client_is_refused(client, "trust domain other.local, expected beemesh.local").await;
 }
@@ -211,9 +228,8 @@ async fn a_host_certificate_never_passes_as_a_workload() {
     .expect_err("not a workload");
     assert!(err.to_string().contains("a host certificate"), "{err}");
     let agent_as_workload = TlsIdentity::unchecked(chain, key, Expect::Workload, vec![ca.cert_der()], TD);
-    let accepted = accept_one(&h2);
-    let client = h1.connect(h2.local_addr().expect("bound"), &agent_as_workload, "h2").await;
-    let err = accepted.await.expect("joins").expect_err("refused");
+    let (client, server) = attempt(&h1, &h2, &agent_as_workload, "h2").await;
+    let err = server.expect_err("refused");
     assert!(err.to_string().contains("a host certificate"), "{err}");
     client_is_refused(client, "a host certificate").await;
 }
@@ -222,10 +238,7 @@ async fn a_host_certificate_never_passes_as_a_workload() {
 async fn bad_headers_and_forged_sources_refuse_only_their_stream() {
     let ca = root(TD);
     let (h1, h2) = (host(&ca, "h1"), host(&ca, "h2"));
-    let accepted = accept_one(&h2);
-    let web = workload(&ca, "h1", WEB);
-    let client = h1.connect(h2.local_addr().expect("bound"), &web, "h2").await.expect("connects");
-    let server = accepted.await.expect("joins").expect("handshake");
+    let (client, server) = connected(&h1, &h2, &workload(&ca, "h1", WEB)).await;
 
     let mut refused = Vec::new();
     for garbage in [&[frame::VERSION, 0xff, 0xff][..], b"GET / HTTP/1.1\r\n"] {
@@ -276,10 +289,7 @@ async fn a_stream_that_never_sends_its_header_stalls_no_other() {
     let h1 = host(&ca, "h1");
     let deadline = Duration::from_secs(3);
     let h2 = host(&ca, "h2").with_header_deadline(deadline);
-    let accepted = accept_one(&h2);
-    let web = workload(&ca, "h1", WEB);
-    let client = h1.connect(h2.local_addr().expect("bound"), &web, "h2").await.expect("connects");
-    let server = accepted.await.expect("joins").expect("handshake");
+    let (client, server) = connected(&h1, &h2, &workload(&ca, "h1", WEB)).await;
 
     // A stream opened and left silent (a byte short of a header), then a good one.
     let (mut silent, _silent_recv) = client.inner.open_bi().await.expect("opens");
@@ -308,8 +318,6 @@ async fn the_host_behind_a_workload_is_read_from_the_verified_path_only() {
     let chain = vec![svid.cert_der.clone(), h2_chain[0].clone(), issuer.cert_der()];
     let sly =
         TlsIdentity::unchecked(chain, svid.key_der.clone_key(), Expect::Workload, vec![ca.cert_der()], TD);
-    let accepted = accept_one(&h2);
-    let _client = h1.connect(h2.local_addr().expect("bound"), &sly, "h2").await.expect("connects");
-    let server = accepted.await.expect("joins").expect("handshake");
+    let (_client, server) = connected(&h1, &h2, &sly).await;
     assert_eq!((server.peer_id(), server.peer_host()), (WEB, Some("h1")));
 }

@@ -85,7 +85,8 @@ impl TlsIdentity {
             SystemTime::now(),
             Expect::Host,
         )
-        .map_err(TunnelError::OwnCert)?;
+        .map_err(TunnelError::OwnCert)?
+        .0;
         Ok(Self::assemble(chain, ed25519_pkcs8(keypair)?, uri, Expect::Host, roots, trust_domain))
     }
 
@@ -108,7 +109,8 @@ impl TlsIdentity {
             SystemTime::now(),
             Expect::Workload,
         )
-        .map_err(TunnelError::OwnCert)?;
+        .map_err(TunnelError::OwnCert)?
+        .0;
         Ok(Self::assemble(chain, svid.key_der.clone_key(), uri, Expect::Workload, roots, trust_domain))
     }
 
@@ -206,7 +208,7 @@ impl TlsIdentity {
             Expect::Host => (PeerRole::Client, Expect::Workload),
             Expect::Workload => (PeerRole::Server, Expect::Host),
         };
-        Ok(svid::verify_with_host(&chain, &self.roots, &self.trust_domain, role, SystemTime::now(), expect)?)
+        Ok(svid::verify_for_role(&chain, &self.roots, &self.trust_domain, role, SystemTime::now(), expect)?)
     }
 }
 
@@ -245,7 +247,7 @@ impl SvidVerifier {
         chain.push(end_entity.clone());
         chain.extend_from_slice(intermediates);
         let now = UNIX_EPOCH + Duration::from_secs(now.as_secs());
-        let found =
+        let (found, _) =
             svid::verify_for_role(&chain, &self.roots, &self.trust_domain, self.role, now, self.expect)
                 .map_err(|e| self.reject(TunnelError::PeerRejected(e)))?;
         if let Some(expected) = &self.expected {
