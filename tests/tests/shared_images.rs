@@ -263,13 +263,11 @@ fn an_image_held_by_two_hosts_comes_from_both_and_a_killed_pull_resumes_with_the
     ensure!(after["blobsVerified"].as_u64() >= Some(1), "{after}");
     ensure!(agents[2].log().contains("resuming blob"), "no resume logged:\n{}", agents[2].log());
 
-    // The pulled image runs. (A pod whose sandbox was up but whose container never started
-    // loses its init after an agent crash; that is the pod runtime's matter, so a new pod.)
-    agents[0].apply(&pod("big2", "h3", "big:1"))?;
+    // The pulled image runs in the pod re-adopted after the crash.
     ensure!(
-        eventually(T, || running(&agents[0], "big2")),
-        "big2: {}\n{}",
-        pod_json(&agents[0], "big2"),
+        eventually(T, || running(&agents[0], "big")),
+        "big: {}\n{}",
+        pod_json(&agents[0], "big"),
         agents[2].log()
     );
     Ok(())
