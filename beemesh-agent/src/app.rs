@@ -33,6 +33,7 @@ pub(crate) mod cluster;
 pub(crate) mod controllers;
 pub mod dns;
 pub(crate) mod events;
+pub(crate) mod forward;
 mod images;
 pub mod join;
 pub(crate) mod liveness;
@@ -245,6 +246,8 @@ struct Agent {
     /// The workloads changed since the last snapshot: send one at the end of this turn of
     /// the actor (one snapshot, and at most one compile, per burst, not one per pod).
     policy_dirty: bool,
+    /// This host's running pods, for the forwarder (`app::forward`).
+    local_pods: watch::Sender<Arc<forward::LocalPods>>,
 }
 
 /// Something that may only go ahead once the policy in force includes a workload.
@@ -279,8 +282,9 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     let workload_level = cgroup::cgroup_level(&mount, cgroups.root()) as u32 + 1;
 
     let state = StateFiles::new(&cfg.state_dir);
-    let (kernel, slots, flow_reader, log_reader) =
+    let (mut kernel, slots, flow_reader, log_reader) =
         Kernel::load(KernelOptions { cgroup_root: cgroups.root().to_path_buf(), pin_dir: cfg.pin_dir() })?;
+    let service_maps = kernel.take_service_maps();
     let (names_tx, names_rx) = watch::channel(Arc::new(Names::default()));
     let (pod_tx, mut pod_msgs) = mpsc::channel::<pods::PodMsg>(256);
     // Host credentials from `ca issue-host` in <state-dir>/host/, or a mesh of one on the
@@ -299,7 +303,9 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         issued = creds.issued,
         "host identity"
     );
-    let mut pods = pods::Pods::new(&cfg, pod_tx, Arc::new(creds.workloads))?;
+    let issuer = Arc::new(creds.workloads);
+    let mut pods = pods::Pods::new(&cfg, pod_tx, issuer.clone())?;
+    let trust_domain = creds.trust.trust_domain().to_owned();
     let mesh = mesh::start(&cfg, creds.identity, creds.trust).await?;
     // Pods come from the cluster state and their statuses go there; `spec.nodeName` names
     // hosts by node name.
@@ -331,6 +337,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         ticket: 0,
         awaiting: Vec::new(),
         policy_dirty: false,
+        local_pods: watch::channel(Arc::new(forward::LocalPods::new())).0,
     };
     agent.recover()?;
     agent.seed_local_ports();
@@ -352,6 +359,21 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     let (shutdown_tx, _) = broadcast::channel::<()>(1);
     let hub = FlowHub::new(agent.cfg.flow_history);
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(maps) = service_maps {
+        forward::start(forward::Setup {
+            node: mesh.cluster.node().to_owned(),
+            cluster: mesh.cluster.clone(),
+            maps,
+            tunnel: mesh.tunnel.clone(),
+            issuer,
+            trust_domain,
+            svid_lifetime: Duration::from_secs(agent.cfg.svid_lifetime_seconds),
+            local: agent.local_pods.subscribe(),
+            names: names_rx.clone(),
+        })
+        .await
+        .map_err(io("start the forwarder"))?;
+    }
     tasks.spawn(crate::flows::run(flow_reader, hub.clone(), names_rx));
     if let Some(logs) = log_reader {
         tasks.spawn(logs.run());
@@ -452,6 +474,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         let handled = turn.elapsed();
         agent.settle();
         agent.publish_statuses();
+        agent.publish_local_pods();
         let total = turn.elapsed();
         if total >= Duration::from_millis(2) {
             debug!(

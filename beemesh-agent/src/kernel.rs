@@ -4,10 +4,12 @@
 
 mod flows;
 mod loader;
+mod services;
 mod slots;
 
 pub use flows::{FlowReader, LogReader};
 pub use loader::{Kernel, KernelOptions};
+pub use services::{Captured, ServiceMaps};
 pub use slots::{SlotContents, SlotWriter};
 
 /// Errors from loading, attaching and updating the kernel side.

@@ -320,6 +320,11 @@ impl Connection {
         self.inner.close(CLOSED, b"closed");
     }
 
+    /// Whether the connection is closed (by either side, or by timeout).
+    pub fn is_closed(&self) -> bool {
+        self.inner.close_reason().is_some()
+    }
+
     /// Waits until the connection is closed, by either side or by timeout, and says why.
     pub async fn closed(&self) -> quinn::ConnectionError {
         self.inner.closed().await

@@ -207,7 +207,7 @@ pub struct LocalPortValue {
 
 /// Key of the endpoint map: a workload address:port the agent learnt about (remote hosts).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EndpointKey {
     pub addr: Addr,
     /// Host byte order.
@@ -215,6 +215,68 @@ pub struct EndpointKey {
     pub proto: u8,
     pub _pad: u8,
 }
+
+/// A Service's virtual address the kernel captures (`SERVICES`, key type [`EndpointKey`]):
+/// its id and how many backends it has in `BACKENDS` (indices `0..backends`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    pub id: u32,
+    pub backends: u32,
+}
+
+/// One backend slot of a captured Service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    pub service: u32,
+    pub index: u32,
+}
+
+/// A backend: the agent's id for it (a pod and its port), the pod's numeric identity and
+/// the port policy is decided on (the pod's port, not the Service's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendValue {
+    pub backend: u32,
+    pub identity: u32,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// A connection the kernel captured, as `connect4` recorded it (`CAPTURES` by socket
+/// cookie, then `CAPTURED` by the client port once the port is chosen).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capture {
+    /// The connecting workload's numeric identity.
+    pub subject: u32,
+    /// The backend picked ([`BackendValue::backend`]).
+    pub backend: u32,
+    /// The backend's numeric identity, as policy saw it.
+    pub peer: u32,
+    /// The destination the workload asked for (host order port).
+    pub port: u16,
+    pub _pad: u16,
+    pub addr: Addr,
+}
+
+/// Where captured traffic goes: the agent's listeners on 127.0.0.1 (host order ports; 0:
+/// nothing is captured).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Redirect {
+    pub capture_port: u16,
+    pub dns_port: u16,
+}
+
+/// Capacity of the captured-Service map (Service ports).
+pub const SERVICE_MAP_SIZE: u32 = 65_536;
+/// Capacity of the backend map.
+pub const BACKEND_MAP_SIZE: u32 = 262_144;
+/// Capacity of the captures in flight (connect -> accepted by the agent).
+pub const CAPTURE_MAP_SIZE: u32 = 65_536;
 
 /// Per-slot settings, swapped atomically with the rest of a compiled policy.
 #[repr(C)]
@@ -318,4 +380,9 @@ mod user {
     unsafe impl aya::Pod for FlowEvent {}
     unsafe impl aya::Pod for UdpFlowKey {}
     unsafe impl aya::Pod for UdpFlowValue {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for BackendKey {}
+    unsafe impl aya::Pod for BackendValue {}
+    unsafe impl aya::Pod for Capture {}
+    unsafe impl aya::Pod for Redirect {}
 }

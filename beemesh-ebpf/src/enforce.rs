@@ -4,14 +4,15 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use beemesh_common::{
-    decide, Addr, CidrKey, Decision, Query, EndpointKey, FlowEvent, LocalPortKey, PeerSet, Settings,
-    DIR_EGRESS, DIR_INGRESS, FIRST_CIDR_ID, FIRST_WORKLOAD_ID, FLOWS_DENIED, FLOWS_NONE, FLOWS_SAMPLED, FLOW_SAMPLE_NS, PolicyKey, ID_HOST,
-    ID_NONE, ID_WORLD, MAX_RULES, VERDICT_ALLOW, VERDICT_DENY, UdpFlowKey, UdpFlowValue, UDP_FLOW_TTL_NS,
+    decide, Addr, CidrKey, Decision, EndpointKey, FlowEvent, LocalPortKey, PeerSet, PolicyKey, Query,
+    Settings, UdpFlowKey, UdpFlowValue, DIR_EGRESS, DIR_INGRESS, FIRST_CIDR_ID, FIRST_WORKLOAD_ID,
+    FLOWS_DENIED, FLOWS_NONE, FLOWS_SAMPLED, FLOW_SAMPLE_NS, ID_HOST, ID_NONE, ID_WORLD, MAX_RULES,
+    UDP_FLOW_TTL_NS, VERDICT_ALLOW, VERDICT_DENY,
 };
 
 use crate::maps::{
-    UDP_FLOWS, ACTIVE, CGROUPS, CIDR0, CIDR1, COUNTERS, ENDPOINTS, FLOWS, FLOW_SEEN, ISOLATION0, ISOLATION1,
-    LOCAL_ADDRS, LOCAL_PORTS, POLICY0, POLICY1, SETTINGS,
+    ACTIVE, CGROUPS, CIDR0, CIDR1, COUNTERS, ENDPOINTS, FLOWS, FLOW_SEEN, ISOLATION0, ISOLATION1,
+    LOCAL_ADDRS, LOCAL_PORTS, POLICY0, POLICY1, SETTINGS, UDP_FLOWS,
 };
 
 /// The policy slot in force, read once per verdict.
@@ -50,22 +51,14 @@ pub fn is_local(addr: &Addr) -> bool {
 #[inline(always)]
 fn cidr_identity(slot: &Slot, addr: &Addr) -> u32 {
     let key = Key::new(128, CidrKey { addr: addr.octets() });
-    let hit = if slot.index == 0 {
-        CIDR0.get(&key)
-    } else {
-        CIDR1.get(&key)
-    };
+    let hit = if slot.index == 0 { CIDR0.get(&key) } else { CIDR1.get(&key) };
     hit.copied().unwrap_or(ID_NONE)
 }
 
 /// Workload that owns a local port, if any.
 #[inline(always)]
 pub fn local_port_owner(port: u16, proto: u8) -> u32 {
-    let key = LocalPortKey {
-        port,
-        proto,
-        _pad: 0,
-    };
+    let key = LocalPortKey { port, proto, _pad: 0 };
     match LOCAL_PORTS.get_ptr(&key) {
         // SAFETY: pointer from a successful lookup, read at once.
         Some(p) => unsafe { (*p).identity },
@@ -80,12 +73,7 @@ pub fn classify(slot: &Slot, addr: &Addr, port: u16, proto: u8) -> PeerSet {
     if is_local(addr) {
         return local_peer(slot, addr, local_port_owner(port, proto));
     }
-    let key = EndpointKey {
-        addr: *addr,
-        port,
-        proto,
-        _pad: 0,
-    };
+    let key = EndpointKey { addr: *addr, port, proto, _pad: 0 };
     if let Some(p) = ENDPOINTS.get_ptr(&key) {
         return PeerSet {
             // SAFETY: pointer from a successful lookup, read at once.
@@ -93,10 +81,7 @@ pub fn classify(slot: &Slot, addr: &Addr, port: u16, proto: u8) -> PeerSet {
             cidr: ID_NONE,
         };
     }
-    PeerSet {
-        primary: ID_WORLD,
-        cidr: cidr_identity(slot, addr),
-    }
+    PeerSet { primary: ID_WORLD, cidr: cidr_identity(slot, addr) }
 }
 
 /// A peer on this host: the workload `owner` if it is one, else the host (plus the CIDR
@@ -104,15 +89,9 @@ pub fn classify(slot: &Slot, addr: &Addr, port: u16, proto: u8) -> PeerSet {
 #[inline(always)]
 pub fn local_peer(slot: &Slot, addr: &Addr, owner: u32) -> PeerSet {
     if owner != ID_NONE {
-        PeerSet {
-            primary: owner,
-            cidr: ID_NONE,
-        }
+        PeerSet { primary: owner, cidr: ID_NONE }
     } else {
-        PeerSet {
-            primary: ID_HOST,
-            cidr: cidr_identity(slot, addr),
-        }
+        PeerSet { primary: ID_HOST, cidr: cidr_identity(slot, addr) }
     }
 }
 
@@ -131,11 +110,7 @@ fn decide_in(slot: &Slot, q: &Query) -> Decision {
             v.map(|p| unsafe { (*p).rule })
         },
         |k| {
-            let v = if first {
-                ISOLATION0.get_ptr(k)
-            } else {
-                ISOLATION1.get_ptr(k)
-            };
+            let v = if first { ISOLATION0.get_ptr(k) } else { ISOLATION1.get_ptr(k) };
             // SAFETY: pointer from a successful lookup, read at once.
             v.map(|p| unsafe { (*p).rule })
         },
@@ -186,7 +161,8 @@ pub fn remember_udp_flow(slot: &Slot, addr: &Addr, remote_port: u16, local_port:
     }
     let key = UdpFlowKey { addr: *addr, remote_port, local_port };
     // SAFETY: helper without preconditions.
-    let value = UdpFlowValue { ts_ns: unsafe { bpf_ktime_get_ns() }, generation: slot.settings.generation, _pad: 0 };
+    let value =
+        UdpFlowValue { ts_ns: unsafe { bpf_ktime_get_ns() }, generation: slot.settings.generation, _pad: 0 };
     let _ = UDP_FLOWS.insert(&key, &value, 0);
 }
 
@@ -262,23 +238,19 @@ const FLOW_WAKEUP_BYTES: u64 = (beemesh_common::FLOW_RING_BYTES / 4) as u64;
 /// flow is worth an event (a new connection is; every UDP datagram is not).
 #[inline(always)]
 pub fn egress(slot: &Slot, flow: &Flow, emit_allowed: bool) -> bool {
-    let peers = classify(slot, &flow.addr, flow.port, flow.proto);
+    egress_to(slot, flow, classify(slot, &flow.addr, flow.port, flow.proto), emit_allowed)
+}
+
+/// [`egress`] to peers already known (a captured Service's backend).
+#[inline(always)]
+pub fn egress_to(slot: &Slot, flow: &Flow, peers: PeerSet, emit_allowed: bool) -> bool {
     let mut d = decide_in(
         slot,
-        &Query {
-            subject: flow.subject,
-            direction: DIR_EGRESS,
-            peers,
-            proto: flow.proto,
-            port: flow.port,
-        },
+        &Query { subject: flow.subject, direction: DIR_EGRESS, peers, proto: flow.proto, port: flow.port },
     );
     count(slot, d.rule, d.allowed);
     if d.allowed && is_workload(peers.primary) {
-        let back = PeerSet {
-            primary: flow.subject,
-            cidr: ID_NONE,
-        };
+        let back = PeerSet { primary: flow.subject, cidr: ID_NONE };
         let theirs = decide_in(
             slot,
             &Query {
@@ -291,11 +263,7 @@ pub fn egress(slot: &Slot, flow: &Flow, emit_allowed: bool) -> bool {
         );
         count(slot, theirs.rule, theirs.allowed);
         if !theirs.allowed {
-            d = Decision {
-                allowed: false,
-                rule: theirs.rule,
-                peer: peers.primary,
-            };
+            d = Decision { allowed: false, rule: theirs.rule, peer: peers.primary };
         }
     }
     emit(slot, flow, &d, emit_allowed);
@@ -311,13 +279,7 @@ pub fn egress(slot: &Slot, flow: &Flow, emit_allowed: bool) -> bool {
 pub fn ingress(slot: &Slot, flow: &Flow, peers: PeerSet, quiet_allow: bool) -> bool {
     let d = decide_in(
         slot,
-        &Query {
-            subject: flow.subject,
-            direction: DIR_INGRESS,
-            peers,
-            proto: flow.proto,
-            port: flow.port,
-        },
+        &Query { subject: flow.subject, direction: DIR_INGRESS, peers, proto: flow.proto, port: flow.port },
     );
     if !(d.allowed && quiet_allow) {
         count(slot, d.rule, d.allowed);

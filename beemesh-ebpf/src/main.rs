@@ -15,20 +15,20 @@ use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_tuple},
     helpers::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_netns_cookie,
-        bpf_get_socket_cookie, bpf_sk_ancestor_cgroup_id, bpf_sk_fullsock, bpf_sk_lookup_tcp,
-        bpf_sk_lookup_udp, bpf_sk_release, bpf_set_retval, bpf_skb_ancestor_cgroup_id,
+        bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval, bpf_sk_ancestor_cgroup_id,
+        bpf_sk_fullsock, bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release, bpf_skb_ancestor_cgroup_id,
     },
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr},
-    programs::{SkBuffContext, SockAddrContext, SockContext},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, sock_ops},
+    programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext},
     EbpfContext,
 };
 use aya_log_ebpf::debug;
 use beemesh_common::{
-    Addr, LocalPortKey, LocalPortValue, DIR_EGRESS, DIR_INGRESS, HOOK_CONNECT, HOOK_INGRESS,
-    HOOK_SENDMSG, ID_NONE, PROTO_TCP, PROTO_UDP,
+    Addr, BackendKey, Capture, EndpointKey, LocalPortKey, LocalPortValue, PeerSet, DIR_EGRESS, DIR_INGRESS,
+    HOOK_CONNECT, HOOK_INGRESS, HOOK_SENDMSG, ID_NONE, PROTO_TCP, PROTO_UDP,
 };
 use enforce::{active_slot, identity_of_cgroup, is_workload, Flow, Slot};
-use maps::{COOKIE_PORTS, LOCAL_PORTS, REFUSE_CGROUPS};
+use maps::{BACKENDS, CAPTURED, CAPTURES, COOKIE_PORTS, LOCAL_PORTS, REDIRECT, REFUSE_CGROUPS, SERVICES};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -98,21 +98,24 @@ fn sock_addr(ctx: &SockAddrContext, v6: bool, hook: u8) -> i32 {
     } else {
         Addr::from_v4_be(sa.user_ip4)
     };
-    let flow = Flow {
-        subject,
-        addr,
-        port: u16::from_be(sa.user_port as u16),
-        proto,
-        direction: DIR_EGRESS,
-        hook,
-    };
+    let flow =
+        Flow { subject, addr, port: u16::from_be(sa.user_port as u16), proto, direction: DIR_EGRESS, hook };
+    if hook == HOOK_CONNECT && !v6 && proto == PROTO_TCP {
+        if let Some(verdict) = capture(ctx, &slot, &flow) {
+            return verdict;
+        }
+    }
     // A datagram of a UDP exchange allowed recently (a reply, or more of the same) passes;
     // the workload's port is known here because sendmsg autobinds before this hook.
     let udp_port = if hook == HOOK_SENDMSG {
         // SAFETY: `sk` is always set for sock_addr programs.
         let sk = unsafe { sa.__bindgen_anon_1.sk };
         // SAFETY: non-null kernel socket pointer checked by the verifier.
-        if sk.is_null() { 0 } else { (unsafe { (*sk).src_port }) as u16 }
+        if sk.is_null() {
+            0
+        } else {
+            (unsafe { (*sk).src_port }) as u16
+        }
     } else {
         0
     };
@@ -125,15 +128,96 @@ fn sock_addr(ctx: &SockAddrContext, v6: bool, hook: u8) -> i32 {
     } else {
         debug!(ctx, "deny egress subject={} port={}", subject, flow.port);
         if hook == HOOK_CONNECT {
-            // SAFETY: helper without memory arguments.
-            let cg = unsafe { bpf_get_current_cgroup_id() };
-            if REFUSE_CGROUPS.get_ptr(&cg).is_some() {
-                // SAFETY: sets the error this connect() returns; valid in sock_addr programs.
-                unsafe { bpf_set_retval(-ECONNREFUSED) };
-            }
+            refuse_connect();
         }
         DENY
     }
+}
+
+/// A denied connect from a slirp4netns leaf fails with ECONNREFUSED (the pod sees a reset).
+#[inline(always)]
+fn refuse_connect() {
+    // SAFETY: helper without memory arguments.
+    let cg = unsafe { bpf_get_current_cgroup_id() };
+    if REFUSE_CGROUPS.get_ptr(&cg).is_some() {
+        // SAFETY: sets the error this connect() returns; valid in sock_addr programs.
+        unsafe { bpf_set_retval(-ECONNREFUSED) };
+    }
+}
+
+/// A TCP connect to a Service's cluster IP: picks a backend, decides the subject's egress
+/// (and the backend's ingress) against it, records the capture under the socket's cookie
+/// and sends the connection to the agent's capture listener (127.0.0.1). `None`: not a
+/// Service address (or nothing is captured), decide as usual.
+#[inline(always)]
+fn capture(ctx: &SockAddrContext, slot: &Slot, flow: &Flow) -> Option<i32> {
+    let key = EndpointKey { addr: flow.addr, port: flow.port, proto: PROTO_TCP, _pad: 0 };
+    // SAFETY: pointer from a successful lookup, copied at once.
+    let service = unsafe { *SERVICES.get_ptr(&key)? };
+    // SAFETY: array index 0 exists; copied at once.
+    let redirect = unsafe { *REDIRECT.get_ptr(0)? };
+    if redirect.capture_port == 0 {
+        return None;
+    }
+    if service.backends == 0 {
+        // No ready endpoint: refused, as kube-proxy rejects a Service without endpoints.
+        refuse_connect();
+        return Some(DENY);
+    }
+    // SAFETY: helper without arguments.
+    let index = unsafe { bpf_get_prandom_u32() } % service.backends;
+    let Some(backend) = BACKENDS.get_ptr(&BackendKey { service: service.id, index }) else {
+        refuse_connect();
+        return Some(DENY);
+    };
+    // SAFETY: pointer from a successful lookup, copied at once.
+    let backend = unsafe { *backend };
+    let to_backend = Flow { port: backend.port, ..*flow };
+    let peers = PeerSet { primary: backend.identity, cidr: ID_NONE };
+    if !enforce::egress_to(slot, &to_backend, peers, true) {
+        refuse_connect();
+        return Some(DENY);
+    }
+    let record = Capture {
+        subject: flow.subject,
+        backend: backend.backend,
+        peer: backend.identity,
+        port: flow.port,
+        _pad: 0,
+        addr: flow.addr,
+    };
+    // SAFETY: the context pointer is valid for the helper.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if CAPTURES.insert(&cookie, &record, 0).is_err() {
+        refuse_connect();
+        return Some(DENY);
+    }
+    // SAFETY: connect4 may rewrite the destination of its own context.
+    unsafe {
+        (*ctx.sock_addr).user_ip4 = u32::from_be_bytes([127, 0, 0, 1]).to_be();
+        (*ctx.sock_addr).user_port = u32::from(redirect.capture_port.to_be());
+    }
+    Some(ALLOW)
+}
+
+/// `BPF_SOCK_OPS_TCP_CONNECT_CB`: the SYN is about to go, the client port is chosen.
+const SOCK_OPS_TCP_CONNECT: u32 = 3;
+
+/// Moves a capture from the socket's cookie to its client port, where the agent finds it
+/// when it accepts the connection (the agent sees the port, never the cookie).
+#[sock_ops]
+pub fn capture_port(ctx: SockOpsContext) -> u32 {
+    if ctx.op() != SOCK_OPS_TCP_CONNECT {
+        return 1;
+    }
+    // SAFETY: the context pointer is valid for the helper.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(record) = CAPTURES.get_ptr(&cookie) else { return 1 };
+    // SAFETY: pointer from a successful lookup, copied at once.
+    let record = unsafe { *record };
+    let _ = CAPTURES.remove(&cookie);
+    let _ = CAPTURED.insert(&(ctx.local_port() as u16), &record, 0);
+    1
 }
 
 #[cgroup_sock_addr(connect4)]
@@ -232,9 +316,7 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, i32> {
     let src = if v4 {
         Addr::from_v4_be(ctx.load::<u32>(12).map_err(|_| ALLOW)?)
     } else {
-        Addr {
-            words: ctx.load::<[u32; 4]>(8).map_err(|_| ALLOW)?,
-        }
+        Addr { words: ctx.load::<[u32; 4]>(8).map_err(|_| ALLOW)? }
     };
     let slot = active_slot().ok_or(ALLOW)?;
     // SAFETY: the skb pointer is the program's own context.
@@ -245,7 +327,9 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, i32> {
     }
     let sport = u16::from_be(ctx.load::<u16>(l4).map_err(|_| ALLOW)?);
     let dport = u16::from_be(ctx.load::<u16>(l4 + 2).map_err(|_| ALLOW)?);
-    if proto == PROTO_UDP && (udp_receiver_connected(ctx) || enforce::udp_flow_known(&slot, &src, sport, dport)) {
+    if proto == PROTO_UDP
+        && (udp_receiver_connected(ctx) || enforce::udp_flow_known(&slot, &src, sport, dport))
+    {
         return Ok(ALLOW);
     }
     let peers = if enforce::is_local(&src) {
@@ -258,14 +342,7 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, i32> {
     // reported at connect(); it is decided again here, quietly, because connect() may have
     // seen a different destination than the socket the kernel delivered to.
     let quiet = proto == PROTO_TCP && is_workload(peers.primary);
-    let flow = Flow {
-        subject,
-        addr: src,
-        port: dport,
-        proto,
-        direction: DIR_INGRESS,
-        hook: HOOK_INGRESS,
-    };
+    let flow = Flow { subject, addr: src, port: dport, proto, direction: DIR_INGRESS, hook: HOOK_INGRESS };
     if !enforce::ingress(&slot, &flow, peers, quiet) {
         return Ok(DENY);
     }
@@ -295,7 +372,14 @@ fn udp_receiver_connected(ctx: &SkBuffContext) -> bool {
 /// in the lookup tables) and reading its workload-level cgroup. `ID_NONE` if it is not a
 /// workload's socket.
 #[inline(always)]
-fn local_sender(ctx: &SkBuffContext, v4: bool, proto: u8, sport: u16, dport: u16, level: u32) -> Result<u32, i32> {
+fn local_sender(
+    ctx: &SkBuffContext,
+    v4: bool,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+    level: u32,
+) -> Result<u32, i32> {
     // SAFETY: an all-zero tuple is a valid value of this plain C union.
     let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
     let size = if v4 {

@@ -7,10 +7,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use beemesh_common::{
-    Addr, CidrKey, EndpointKey, IsolationKey, IsolationValue, LocalPortKey, LocalPortValue,
-    PolicyKey, PolicyValue, RuleCounter, Settings, UdpFlowKey, UdpFlowValue, UDP_FLOW_MAP_SIZE, CGROUP_MAP_SIZE, CIDR_MAP_SIZE,
-    ENDPOINT_MAP_SIZE, FLOW_RING_BYTES, ISOLATION_MAP_SIZE, LOCAL_ADDR_MAP_SIZE,
-    LOCAL_PORT_MAP_SIZE, MAX_RULES, POLICY_MAP_SIZE,
+    Addr, BackendKey, BackendValue, Capture, CidrKey, EndpointKey, IsolationKey, IsolationValue,
+    LocalPortKey, LocalPortValue, PolicyKey, PolicyValue, Redirect, RuleCounter, ServiceValue, Settings,
+    UdpFlowKey, UdpFlowValue, BACKEND_MAP_SIZE, CAPTURE_MAP_SIZE, CGROUP_MAP_SIZE, CIDR_MAP_SIZE,
+    ENDPOINT_MAP_SIZE, FLOW_RING_BYTES, ISOLATION_MAP_SIZE, LOCAL_ADDR_MAP_SIZE, LOCAL_PORT_MAP_SIZE,
+    MAX_RULES, POLICY_MAP_SIZE, SERVICE_MAP_SIZE, UDP_FLOW_MAP_SIZE,
 };
 
 /// Index (0 or 1) of the policy slot in force. The agent fills the other slot completely,
@@ -54,8 +55,7 @@ pub static LOCAL_PORTS: LruHashMap<LocalPortKey, LocalPortValue> =
 /// Socket cookie -> the local port it tagged, so `sock_release` (which cannot read the
 /// socket's port) can drop exactly its own tag.
 #[map]
-pub static COOKIE_PORTS: LruHashMap<u64, LocalPortKey> =
-    LruHashMap::with_max_entries(LOCAL_PORT_MAP_SIZE, 0);
+pub static COOKIE_PORTS: LruHashMap<u64, LocalPortKey> = LruHashMap::with_max_entries(LOCAL_PORT_MAP_SIZE, 0);
 
 /// Workload address:port on other hosts -> identity (filled by the agent).
 #[map]
@@ -88,3 +88,25 @@ pub static UDP_FLOWS: LruHashMap<UdpFlowKey, UdpFlowValue> =
 /// Flow events to the agent.
 #[map]
 pub static FLOWS: RingBuf = RingBuf::with_byte_size(FLOW_RING_BYTES, 0);
+
+/// Service cluster IP:port -> the Service's id and backend count (filled by the agent).
+#[map]
+pub static SERVICES: HashMap<EndpointKey, ServiceValue> =
+    HashMap::with_max_entries(SERVICE_MAP_SIZE, BPF_F_NO_PREALLOC);
+
+/// (Service id, index) -> backend (filled by the agent).
+#[map]
+pub static BACKENDS: HashMap<BackendKey, BackendValue> =
+    HashMap::with_max_entries(BACKEND_MAP_SIZE, BPF_F_NO_PREALLOC);
+
+/// Socket cookie -> a connection `connect4` captured, until `sock_ops` knows its port.
+#[map]
+pub static CAPTURES: LruHashMap<u64, Capture> = LruHashMap::with_max_entries(CAPTURE_MAP_SIZE, 0);
+
+/// Client port (host order) -> a captured connection, until the agent accepts it.
+#[map]
+pub static CAPTURED: LruHashMap<u16, Capture> = LruHashMap::with_max_entries(CAPTURE_MAP_SIZE, 0);
+
+/// The agent's capture and DNS listeners on 127.0.0.1.
+#[map]
+pub static REDIRECT: Array<Redirect> = Array::with_max_entries(1, 0);

@@ -5,9 +5,11 @@
 use std::path::Path;
 use std::process::Command;
 
+use std::time::Duration;
+
 use anyhow::{ensure, Context, Result};
 
-use crate::Agent;
+use crate::{eventually, Agent};
 
 fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip").args(args).output().context("run ip")?;
@@ -127,5 +129,29 @@ pub fn issue_host(agent: &Agent, ca: &Path, name: &str) -> Result<()> {
         None,
     )?;
     ensure!(ok, "ca issue-host {name}: {out}{err}");
+    Ok(())
+}
+
+/// How many other hosts `agent` lists as attested.
+pub fn attested_others(agent: &Agent) -> usize {
+    let Ok((true, out, _)) = agent.run_cli(&["peers", "-o", "json"], None) else { return 0 };
+    let peers: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap_or_default();
+    peers.iter().filter(|p| p["attested"] == true && p["thisHost"] != true).count()
+}
+
+/// Starts every agent and waits (up to `timeout`) until each has attested all the others.
+pub fn start_all(agents: &mut [Agent], timeout: Duration) -> Result<()> {
+    for a in agents.iter_mut() {
+        a.spawn()?;
+    }
+    let others = agents.len() - 1;
+    for (i, a) in agents.iter().enumerate() {
+        ensure!(
+            eventually(timeout, || attested_others(a) == others),
+            "h{} never saw the others\n{}",
+            i + 1,
+            a.log()
+        );
+    }
     Ok(())
 }

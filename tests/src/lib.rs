@@ -203,7 +203,8 @@ impl Agent {
             .env("BEEMESH_CGROUP_NAME", &self.name)
             .env("BEEMESH_CONFIG", self.dir.path().join("agent.yaml"))
             // Many agents share this host's network namespace: any free mesh port.
-            .env("BEEMESH_MESH_PORT", "0");
+            .env("BEEMESH_MESH_PORT", "0")
+            .env("BEEMESH_TUNNEL_PORT", "0");
         for (k, v) in &self.extra {
             c.env(k, v);
         }

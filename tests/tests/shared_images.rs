@@ -22,22 +22,9 @@ fn pod(name: &str, node: &str, image: &str) -> String {
     )
 }
 
-fn attested(agent: &Agent) -> usize {
-    let Ok((true, out, _)) = agent.run_cli(&["peers", "-o", "json"], None) else { return 0 };
-    let peers: Vec<Value> = serde_json::from_str(&out).unwrap_or_default();
-    peers.iter().filter(|p| p["attested"] == true && p["thisHost"] != true).count()
-}
-
 /// Starts every agent and waits until each has attested all the others.
 fn start_all(agents: &mut [Agent]) -> Result<()> {
-    for a in agents.iter_mut() {
-        a.spawn()?;
-    }
-    let others = agents.len() - 1;
-    for (i, a) in agents.iter().enumerate() {
-        ensure!(eventually(T, || attested(a) == others), "h{} never saw the others\n{}", i + 1, a.log());
-    }
-    Ok(())
+    beemesh_tests::lan::start_all(agents, T)
 }
 
 /// The holders `image list -o json` on `agent` names for `tag`.

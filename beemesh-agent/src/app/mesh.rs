@@ -52,6 +52,9 @@ pub struct Mesh {
     pub events: Recorder,
     /// What Services' addresses are assigned from.
     pub service_pools: super::services::Pools,
+    /// This host's tunnel endpoint: it accepts workload tunnels as the host and opens them
+    /// for this host's workloads (`app::forward`).
+    pub tunnel: crate::tunnel::Endpoint,
 }
 
 /// Starts the swarm (listening on the configured port, joining the bootstrap peers) and the
@@ -70,6 +73,17 @@ pub(super) async fn start(
     let name = identity.node_name().to_owned();
     // Our gossip names the node our certificate names: peers check it against it.
     config.node_name = name.clone();
+    let host_tls = crate::tunnel::TlsIdentity::host(
+        identity.chain().to_vec(),
+        identity.keypair(),
+        trust.roots().to_vec(),
+        trust.trust_domain(),
+    )
+    .map_err(|e| AgentError::Config(format!("the host certificate cannot serve tunnels: {e}")))?;
+    let tunnel_addr = std::net::SocketAddr::from(([0, 0, 0, 0], cfg.mesh.tunnel_port));
+    let tunnel = crate::tunnel::Endpoint::bind(tunnel_addr, host_tls)
+        .map_err(|e| AgentError::Config(format!("tunnel port {}: {e}", cfg.mesh.tunnel_port)))?;
+    let tunnel_port = tunnel.local_addr().map(|a| a.port()).unwrap_or(cfg.mesh.tunnel_port);
     let trust = Arc::new(trust);
     // Before the swarm listens: a revoked host must not attest even once after a restart.
     let revocations = Revocations::load(&cfg.state_dir, trust.clone())?;
@@ -99,6 +113,7 @@ pub(super) async fn start(
         // Checked with the rest of the config when it was loaded.
         cfg.mesh.taints().unwrap_or_default(),
     );
+    let facts = super::nodes::NodeFacts { tunnel_port, ..facts };
     super::nodes::spawn_publish(cluster.clone(), client.clone(), facts);
     let liveness =
         Liveness::start(client.local_peer_id(), &cfg.mesh.failure_detector, cluster.clone(), client.clone())
@@ -136,6 +151,7 @@ pub(super) async fn start(
         debug!("mesh events ended");
     });
     Ok(Mesh {
+        tunnel,
         client,
         cluster,
         this,

@@ -39,7 +39,12 @@ pub struct NodeFacts {
     pub failure_detector: String,
     /// `--node-taint`s: `spec.taints`.
     pub taints: Vec<beemesh_state::sched::fit::Taint>,
+    /// The workload tunnels' UDP port: the annotation [`TUNNEL_PORT_ANNOTATION`].
+    pub tunnel_port: u16,
 }
+
+/// The annotation of a Node record with the UDP port its agent accepts tunnels on.
+pub const TUNNEL_PORT_ANNOTATION: &str = "beemesh.io/tunnel-port";
 
 /// The annotation of a Node record with its host's failure detector settings.
 pub const DETECTOR_ANNOTATION: &str = "beemesh.io/failure-detector";
@@ -70,6 +75,7 @@ impl NodeFacts {
             agent_version: format!("beemesh-agent {}", env!("CARGO_PKG_VERSION")),
             failure_detector,
             taints,
+            tunnel_port: 0,
         }
     }
 }
@@ -162,6 +168,7 @@ pub fn node_json(facts: &NodeFacts, created: &str) -> Value {
             "annotations": {
                 "beemesh.io/peer-id": facts.peer_id,
                 "beemesh.io/failure-detector": facts.failure_detector,
+                TUNNEL_PORT_ANNOTATION: facts.tunnel_port.to_string(),
             },
             "creationTimestamp": created,
         },
@@ -260,6 +267,7 @@ mod tests {
             arch: "amd64".into(),
             agent_version: "beemesh-agent 0.1.0".into(),
             failure_detector: "heartbeatMs=1000".into(),
+            tunnel_port: 4002,
             taints: vec![crate::app::sched::needs::parse_taint("gpu=yes:NoSchedule").expect("taint")],
         }
     }

@@ -591,6 +591,26 @@ impl Agent {
 
     /// Publishes the status of every pod of this host whose report changed (into the cluster
     /// state, without waiting), and removes those of pods gone from it.
+    /// This host's running pods for the forwarder, sent when they changed.
+    pub(super) fn publish_local_pods(&mut self) {
+        let pods: super::forward::LocalPods = (self.pods.entries.values())
+            .filter(|e| matches!(e.sandbox, Sandbox::Ready) && !e.deleting)
+            .filter_map(|e| {
+                let init_pid = e.record.init_pid?;
+                let identity = self.workloads.get(&e.record.workload)?.id;
+                let key = format!("{}/{}", e.plan.namespace, e.plan.name);
+                Some((key, super::forward::LocalPod { uid: e.uid().to_owned(), init_pid, identity }))
+            })
+            .collect();
+        self.local_pods.send_if_modified(|held| {
+            let changed = **held != pods;
+            if changed {
+                *held = Arc::new(pods);
+            }
+            changed
+        });
+    }
+
     pub(super) fn publish_statuses(&mut self) {
         let Some(cluster) = self.pods.cluster.clone() else { return };
         let now = now_secs();

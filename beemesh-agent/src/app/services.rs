@@ -11,6 +11,8 @@ use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::Service;
 
+pub mod endpoints;
+
 /// The cluster IP range when the configuration names none (Kubernetes' default).
 pub const DEFAULT_CLUSTER_IP_RANGE: &str = "10.96.0.0/12";
 /// The node port range (Kubernetes' default).

@@ -346,6 +346,7 @@ mod tests {
             arch: "amd64".into(),
             agent_version: "beemesh-agent 0.1.0".into(),
             failure_detector: "heartbeatMs=1000".into(),
+            tunnel_port: 4002,
             taints: Vec::new(),
         };
         node_json(&facts, "2026-01-01T00:00:00Z")

@@ -17,14 +17,24 @@ use beemesh_common::{Addr, LocalPortKey, LocalPortValue};
 use tracing::{debug, info, warn};
 
 use super::flows::{FlowReader, LogReader};
+use super::services::ServiceMaps;
 use super::slots::{addr_of, SlotWriter};
 use super::KernelError;
 
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/beemesh-ebpf.o"));
 
 /// Every program in the object, in attach order (taggers before enforcers).
-const PROGRAMS: [&str; 8] =
-    ["post_bind4", "post_bind6", "sock_release", "connect4", "connect6", "sendmsg4", "sendmsg6", "ingress"];
+const PROGRAMS: [&str; 9] = [
+    "post_bind4",
+    "post_bind6",
+    "sock_release",
+    "capture_port",
+    "connect4",
+    "connect6",
+    "sendmsg4",
+    "sendmsg6",
+    "ingress",
+];
 
 /// Where the programs go.
 #[derive(Clone, Debug)]
@@ -50,9 +60,11 @@ pub struct Kernel {
     local_ports: HashMap<MapData, LocalPortKey, LocalPortValue>,
     cookie_ports: HashMap<MapData, u64, LocalPortKey>,
     refuse_cgroups: HashMap<MapData, u64, u8>,
+    /// The capture maps, until the forwarder takes them.
+    services: Option<ServiceMaps>,
 }
 
-fn take_hash<K: aya::Pod, V: aya::Pod>(
+pub(super) fn take_hash<K: aya::Pod, V: aya::Pod>(
     ebpf: &mut Ebpf,
     name: &'static str,
 ) -> Result<HashMap<MapData, K, V>, KernelError> {
@@ -87,12 +99,15 @@ impl Kernel {
                 Program::CgroupSockAddr(p) => p.load(),
                 Program::CgroupSock(p) => p.load(),
                 Program::CgroupSkb(p) => p.load(),
+                Program::SockOps(p) => p.load(),
                 _ => unreachable!("the object only has cgroup programs"),
             };
             result.map_err(|source| KernelError::Program { name, source })?;
         }
         let slots = SlotWriter::new(&mut ebpf)?;
+        let services = Some(ServiceMaps::new(&mut ebpf)?);
         let kernel = Self {
+            services,
             cgroups: take_hash(&mut ebpf, "CGROUPS")?,
             local_addrs: take_hash(&mut ebpf, "LOCAL_ADDRS")?,
             local_ports: take_hash(&mut ebpf, "LOCAL_PORTS")?,
@@ -176,6 +191,11 @@ impl Kernel {
         info!("kernel programs detached");
     }
 
+    /// The capture maps, for the forwarder (once).
+    pub fn take_service_maps(&mut self) -> Option<ServiceMaps> {
+        self.services.take()
+    }
+
     /// Maps a workload cgroup to its numeric identity.
     pub fn set_cgroup(&mut self, cgroup_id: u64, identity: u32) -> Result<(), KernelError> {
         self.cgroups.insert(cgroup_id, identity, 0).map_err(KernelError::map("CGROUPS"))
@@ -254,6 +274,10 @@ fn attach_one(ebpf: &mut Ebpf, name: &'static str, cgroup: &File) -> Result<FdLi
         }
         Program::CgroupSkb(p) => {
             let id = p.attach(cgroup, CgroupSkbAttachType::Ingress, mode).map_err(perr)?;
+            p.take_link(id).map_err(perr)?.try_into()
+        }
+        Program::SockOps(p) => {
+            let id = p.attach(cgroup, mode).map_err(perr)?;
             p.take_link(id).map_err(perr)?.try_into()
         }
         _ => unreachable!("the object only has cgroup programs"),

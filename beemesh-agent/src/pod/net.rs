@@ -16,6 +16,9 @@ use crate::sockpath::ShortPath;
 
 /// MTU for the tap device: about 3x the throughput of 1500 (machine notes).
 pub const MTU: u32 = 65520;
+/// The pod's own address on its tap device (slirp4netns' `--configure` default): what
+/// the agent dials inside the pod's network namespace to reach its servers.
+pub const POD_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 2, 100);
 /// The descriptor number slirp4netns gets its ready pipe on.
 const READY_FD: i32 = 200;
 /// The descriptor number slirp4netns gets the API socket's directory on: it binds the socket

@@ -13,6 +13,8 @@ use super::{MeshConfig, SwarmError};
 
 /// UDP port of the mesh's QUIC listener.
 pub const DEFAULT_MESH_PORT: u16 = 4001;
+/// The workload tunnels' UDP port unless configured.
+pub const DEFAULT_TUNNEL_PORT: u16 = 4002;
 
 /// The `mesh:` section of the agent's config file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +40,9 @@ pub struct MeshSettings {
     pub issuer_dir: Option<std::path::PathBuf>,
     /// How hosts decide that a host is gone (`beemesh_state::liveness`).
     pub failure_detector: FailureDetector,
+    /// UDP port of the workload tunnels (QUIC, all IPv4 addresses); 0 lets the kernel
+    /// choose. Published in the host's Node record.
+    pub tunnel_port: u16,
 }
 
 /// The `mesh.failureDetector:` section: how fast a silent host is held dead, and by how many
@@ -139,6 +144,7 @@ impl Default for MeshSettings {
             node_taints: Vec::new(),
             issuer_dir: None,
             failure_detector: FailureDetector::default(),
+            tunnel_port: DEFAULT_TUNNEL_PORT,
         }
     }
 }
@@ -172,6 +178,9 @@ pub struct MeshOpts {
     /// STATE_DIR/issuer when it exists.
     #[arg(long, global = true, env = "BEEMESH_ISSUER_DIR", value_name = "DIR")]
     pub issuer_dir: Option<std::path::PathBuf>,
+    /// UDP port of the workload tunnels (QUIC); default 4002; 0 lets the kernel choose one.
+    #[arg(long, global = true, env = "BEEMESH_TUNNEL_PORT")]
+    pub tunnel_port: Option<u16>,
 }
 
 fn parse_node_label(s: &str) -> Result<(String, String), String> {
@@ -188,6 +197,9 @@ impl MeshOpts {
     pub fn apply(&self, settings: &mut MeshSettings) {
         if let Some(p) = self.mesh_port {
             settings.port = p;
+        }
+        if let Some(p) = self.tunnel_port {
+            settings.tunnel_port = p;
         }
         if !self.mesh_listen.is_empty() {
             settings.listen = self.mesh_listen.clone();

@@ -1,0 +1,218 @@
+//! Service endpoints, sans-IO: which pods of the mesh serve each Service port, read from the
+//! cluster state (Services, Pods and the statuses their hosts publish). Every host computes
+//! the same table from the same state; `app::forward` installs it in the kernel's capture
+//! maps and forwards captured connections to it.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::app::cluster::pods::{placement, PodReport};
+
+/// A pod serving a Service port: where it runs and the port it listens on.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Backend {
+    pub namespace: String,
+    pub pod: String,
+    pub uid: String,
+    /// The node name of the host that runs it.
+    pub node: String,
+    /// The pod's port (the Service port's `targetPort`, a named port resolved).
+    pub port: u16,
+    /// The pod's identity: `spiffe://<td>/ns/<namespace>/sa/<serviceAccount>`'s path part.
+    pub service_account: String,
+    /// The pod's labels (policy matches remote pods by them).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One TCP port of a Service with a cluster IP, and its ready backends in a stable order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub namespace: String,
+    pub service: String,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub backends: Vec<Backend>,
+}
+
+/// The endpoints of every Service port with a cluster IP (`services`: namespace, name,
+/// Service), from the stored `pods` and their hosts' `reports` (by uid). A pod is an
+/// endpoint when its labels match the Service's selector in its namespace, the host it is
+/// placed on reports it with every container ready, and it is not being deleted. Services
+/// without a selector, headless and ExternalName Services, and ports other than TCP capture
+/// nothing.
+pub fn compute(
+    services: &[(String, String, Service)],
+    pods: &[Pod],
+    reports: &BTreeMap<String, PodReport>,
+) -> Vec<ServicePort> {
+    let ready: Vec<&Pod> = pods.iter().filter(|p| is_ready(p, reports)).collect();
+    let mut out = Vec::new();
+    for (namespace, name, svc) in services {
+        let Some(spec) = svc.spec.as_ref() else { continue };
+        let Some(ip) = super::cluster_ip(svc).map(Ipv4Addr::from) else { continue };
+        let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else { continue };
+        let selected: Vec<&Pod> = ready
+            .iter()
+            .copied()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(namespace.as_str()))
+            .filter(|p| {
+                let labels = p.metadata.labels.as_ref();
+                selector.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+            })
+            .collect();
+        for port in spec.ports.iter().flatten() {
+            if port.protocol.as_deref().is_some_and(|p| p != "TCP") {
+                continue;
+            }
+            let Ok(service_port) = u16::try_from(port.port) else { continue };
+            let mut backends: Vec<Backend> = selected
+                .iter()
+                .filter_map(|pod| {
+                    let target = target_port(pod, port.target_port.as_ref(), service_port)?;
+                    Some(backend(pod, target))
+                })
+                .collect();
+            backends.sort();
+            out.push(ServicePort {
+                namespace: namespace.clone(),
+                service: name.clone(),
+                ip,
+                port: service_port,
+                backends,
+            });
+        }
+    }
+    out
+}
+
+fn is_ready(pod: &Pod, reports: &BTreeMap<String, PodReport>) -> bool {
+    let (node, uid) = placement(pod);
+    pod.metadata.deletion_timestamp.is_none()
+        && !node.is_empty()
+        && reports.get(uid).is_some_and(|r| r.node == node && r.all_ready)
+}
+
+fn backend(pod: &Pod, port: u16) -> Backend {
+    let (node, uid) = placement(pod);
+    let spec = pod.spec.as_ref();
+    Backend {
+        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+        pod: pod.metadata.name.clone().unwrap_or_default(),
+        uid: uid.to_owned(),
+        node: node.to_owned(),
+        port,
+        service_account: spec
+            .and_then(|s| s.service_account_name.clone().or_else(|| s.service_account.clone()))
+            .unwrap_or_else(|| "default".to_owned()),
+        labels: pod.metadata.labels.clone().unwrap_or_default(),
+    }
+}
+
+/// The port `target` names on `pod`: a number as it is, a name looked up among its
+/// containers' ports (a pod without that name is no endpoint of the port, as in
+/// Kubernetes); none means the Service port itself.
+fn target_port(pod: &Pod, target: Option<&IntOrString>, service_port: u16) -> Option<u16> {
+    match target {
+        None => Some(service_port),
+        Some(IntOrString::Int(n)) => u16::try_from(*n).ok().filter(|p| *p != 0),
+        Some(IntOrString::String(name)) => {
+            if let Ok(n) = name.parse::<u16>() {
+                return Some(n);
+            }
+            let containers = pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
+            containers
+                .iter()
+                .flat_map(|c| c.ports.iter().flatten())
+                .find(|p| p.name.as_deref() == Some(name.as_str()))
+                .and_then(|p| u16::try_from(p.container_port).ok())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, node: &str, labels: &str, ports: &str) -> Pod {
+        let yaml = format!(
+            "metadata: {{name: {name}, namespace: default, uid: u-{name}, labels: {labels}}}\n\
+             spec: {{nodeName: {node}, containers: [{{name: c, image: x, ports: {ports}}}]}}\n"
+        );
+        serde_yaml::from_str(&yaml).expect("pod")
+    }
+
+    fn report(uid: &str, node: &str, ready: bool) -> (String, PodReport) {
+        let r = PodReport {
+            uid: uid.to_owned(),
+            namespace: "default".into(),
+            name: String::new(),
+            node: node.to_owned(),
+            ready: String::new(),
+            status: "Running".into(),
+            restarts: 0,
+            identity: String::new(),
+            all_ready: ready,
+            pod_status: serde_json::Value::Null,
+            annotations: BTreeMap::new(),
+        };
+        (uid.to_owned(), r)
+    }
+
+    fn service(yaml: &str) -> (String, String, Service) {
+        let svc: Service = serde_yaml::from_str(yaml).expect("service");
+        ("default".into(), svc.metadata.name.clone().unwrap_or_default(), svc)
+    }
+
+    #[test]
+    fn ready_selected_pods_are_the_endpoints_with_named_ports_resolved() {
+        let pods = vec![
+            pod("a", "h1", "{app: web}", "[{name: http, containerPort: 8080}]"),
+            pod("b", "h2", "{app: web}", "[{name: http, containerPort: 9090}]"),
+            pod("c", "h2", "{app: web}", "[]"),
+            pod("d", "h1", "{app: db}", "[{name: http, containerPort: 1}]"),
+            pod("e", "h3", "{app: web}", "[{name: http, containerPort: 7}]"),
+        ];
+        let reports: BTreeMap<_, _> = [
+            report("u-a", "h1", true),
+            report("u-b", "h2", true),
+            report("u-c", "h2", true),
+            report("u-d", "h1", true),
+            // Not ready, and another report from a host it is no longer placed on.
+            report("u-e", "h1", true),
+        ]
+        .into_iter()
+        .collect();
+        let services = [service(
+            "metadata: {name: web}\nspec: {clusterIP: 10.96.0.10, selector: {app: web}, ports: [{port: 80, targetPort: http}, {port: 81, targetPort: 8081}, {port: 53, protocol: UDP}]}",
+        )];
+        let table = compute(&services, &pods, &reports);
+        assert_eq!(table.len(), 2, "{table:?}");
+        let http: Vec<(&str, u16)> = table[0].backends.iter().map(|b| (b.pod.as_str(), b.port)).collect();
+        assert_eq!(table[0].ip, Ipv4Addr::new(10, 96, 0, 10));
+        assert_eq!(
+            http,
+            [("a", 8080), ("b", 9090)],
+            "c has no port named http; d is not selected; e is not ready"
+        );
+        let numbered: Vec<(&str, u16)> = table[1].backends.iter().map(|b| (b.pod.as_str(), b.port)).collect();
+        assert_eq!(numbered, [("a", 8081), ("b", 8081), ("c", 8081)]);
+        assert_eq!(table[0].backends[1].node, "h2");
+    }
+
+    #[test]
+    fn headless_selectorless_and_unaddressed_services_capture_nothing() {
+        let pods = vec![pod("a", "h1", "{app: web}", "[]")];
+        let reports: BTreeMap<_, _> = [report("u-a", "h1", true)].into_iter().collect();
+        let services = [
+            service(
+                "metadata: {name: h}\nspec: {clusterIP: None, selector: {app: web}, ports: [{port: 80}]}",
+            ),
+            service("metadata: {name: s}\nspec: {clusterIP: 10.96.0.11, ports: [{port: 80}]}"),
+            service("metadata: {name: n}\nspec: {selector: {app: web}, ports: [{port: 80}]}"),
+        ];
+        assert!(compute(&services, &pods, &reports).is_empty());
+    }
+}

@@ -1,0 +1,86 @@
+//! Services between pods: the kernel captures a pod's connection to a cluster IP, the agent
+//! forwards it to a ready backend, on its own host from inside the backend pod's network
+//! namespace, on another host through a QUIC tunnel between the two agents. Hosts are
+//! network namespaces on a bridge (subnet 55).
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use beemesh_tests::{eventually, lan, Agent};
+
+const T: Duration = Duration::from_secs(60);
+
+/// A busybox httpd pod on `node` answering `text` on port 8080 (named `http`), ready once it
+/// listens.
+fn server(name: &str, node: &str, app: &str, text: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: {app}}}}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox:1\n    command: [sh, -c, 'mkdir -p /www && echo {text} > /www/index.html && exec httpd -f -p 8080 -h /www']\n    ports: [{{name: http, containerPort: 8080}}]\n    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}\n"
+    )
+}
+
+fn service(name: &str, app: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{app: {app}}}\n  ports: [{{port: 80, targetPort: http}}]\n"
+    )
+}
+
+fn cluster_ip(agent: &Agent, service: &str) -> Result<String> {
+    let (ok, out, err) = agent.run_cli(&["get", "services", service, "-o", "json"], None)?;
+    ensure!(ok, "get services {service}: {err}");
+    let svc: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(svc["spec"]["clusterIP"].as_str().context("clusterIP")?.to_owned())
+}
+
+/// `wget` of `url` from inside `pod` (on `agent`'s host): its output, or the error.
+fn fetch(agent: &Agent, pod: &str, url: &str) -> String {
+    // (busybox-static 1.35's wget crashes on -T: the timeout applet bounds it.)
+    let script = format!("timeout 5 wget -q -O - {url} 2>&1; echo rc=$?");
+    match agent.run_cli(&["exec", pod, "--", "sh", "-c", &script], None) {
+        Ok((_, out, err)) => out + &err,
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn a_pod_reaches_services_on_another_host_through_the_tunnel_and_on_its_own_host() -> Result<()> {
+    let (_lan, _offline, mut agents) = lan::joined_mesh("svc", 55, 2)?;
+    lan::start_all(&mut agents, T)?;
+    for a in &agents {
+        a.import_busybox("busybox:1")?;
+    }
+    let (h1, h2) = (&agents[0], &agents[1]);
+    h1.apply(&format!(
+        "{}---\n{}---\n{}---\n{}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: client}}\nspec:\n  nodeName: h1\n  terminationGracePeriodSeconds: 1\n  containers:\n  - {{name: c, image: busybox:1, command: [sleep, '1000']}}\n",
+        server("remote", "h2", "far", "hello-from-h2"),
+        service("far", "far"),
+        server("near", "h1", "near", "hello-from-h1"),
+        service("near", "near"),
+    ))?;
+    for pod in ["client", "near"] {
+        h1.wait_ready(pod, T)?;
+    }
+    h2.wait_ready("remote", T)?;
+
+    // Through the tunnel: the server's port exists only inside its pod on h2.
+    let far = cluster_ip(h1, "far")?;
+    let url = format!("http://{far}/");
+    ensure!(
+        eventually(T, || fetch(h1, "client", &url).contains("hello-from-h2")),
+        "client on h1 never reached {url}: {}\nh1:\n{}\nh2:\n{}",
+        fetch(h1, "client", &url),
+        h1.log(),
+        h2.log()
+    );
+    ensure!(h2.log().contains("tunnel stream closed"), "h2 served no tunnel stream:\n{}", h2.log());
+
+    // On its own host: straight into the server pod's network namespace, no tunnel.
+    let near = cluster_ip(h1, "near")?;
+    let url = format!("http://{near}/");
+    ensure!(
+        eventually(T, || fetch(h1, "client", &url).contains("hello-from-h1")),
+        "client on h1 never reached {url}: {}\n{}",
+        fetch(h1, "client", &url),
+        h1.log()
+    );
+    Ok(())
+}
