@@ -271,6 +271,17 @@ pub struct Redirect {
     pub dns_port: u16,
 }
 
+/// Where a redirected DNS query was going (`DNS_ORIG`, by socket cookie): its replies are
+/// made to come from there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsOrigin {
+    /// Network order, as `user_ip4`.
+    pub addr: u32,
+    /// Network order, as `user_port`.
+    pub port: u32,
+}
+
 /// Capacity of the captured-Service map (Service ports).
 pub const SERVICE_MAP_SIZE: u32 = 65_536;
 /// Capacity of the backend map.
@@ -385,4 +396,5 @@ mod user {
     unsafe impl aya::Pod for BackendValue {}
     unsafe impl aya::Pod for Capture {}
     unsafe impl aya::Pod for Redirect {}
+    unsafe impl aya::Pod for DnsOrigin {}
 }

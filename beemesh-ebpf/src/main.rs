@@ -24,11 +24,11 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use beemesh_common::{
-    Addr, BackendKey, Capture, EndpointKey, LocalPortKey, LocalPortValue, PeerSet, DIR_EGRESS, DIR_INGRESS,
+    Addr, BackendKey, Capture, DnsOrigin, EndpointKey, LocalPortKey, LocalPortValue, PeerSet, DIR_EGRESS, DIR_INGRESS,
     HOOK_CONNECT, HOOK_INGRESS, HOOK_SENDMSG, ID_NONE, PROTO_TCP, PROTO_UDP,
 };
 use enforce::{active_slot, identity_of_cgroup, is_workload, Flow, Slot};
-use maps::{BACKENDS, CAPTURED, CAPTURES, COOKIE_PORTS, LOCAL_PORTS, REDIRECT, REFUSE_CGROUPS, SERVICES};
+use maps::{BACKENDS, CAPTURED, CAPTURES, COOKIE_PORTS, DNS_ORIG, LOCAL_PORTS, REDIRECT, REFUSE_CGROUPS, SERVICES};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -104,6 +104,9 @@ fn sock_addr(ctx: &SockAddrContext, v6: bool, hook: u8) -> i32 {
         if let Some(verdict) = capture(ctx, &slot, &flow) {
             return verdict;
         }
+    }
+    if hook == HOOK_SENDMSG && !v6 && proto == PROTO_UDP && flow.port == 53 && redirect_dns(ctx, &slot) {
+        return ALLOW;
     }
     // A datagram of a UDP exchange allowed recently (a reply, or more of the same) passes;
     // the workload's port is known here because sendmsg autobinds before this hook.
@@ -198,6 +201,67 @@ fn capture(ctx: &SockAddrContext, slot: &Slot, flow: &Flow) -> Option<i32> {
         (*ctx.sock_addr).user_port = u32::from(redirect.capture_port.to_be());
     }
     Some(ALLOW)
+}
+
+/// A pod's DNS query (slirp4netns forwarding it from 10.0.2.3) goes to the agent's
+/// resolver on 127.0.0.1; the original destination is kept by socket cookie for
+/// `recvmsg4`, and the answer is let in as the reply it is.
+#[inline(always)]
+fn redirect_dns(ctx: &SockAddrContext, slot: &Slot) -> bool {
+    // SAFETY: helper without memory arguments.
+    let cg = unsafe { bpf_get_current_cgroup_id() };
+    if REFUSE_CGROUPS.get_ptr(&cg).is_none() {
+        return false;
+    }
+    // SAFETY: array index 0 exists; copied at once.
+    let Some(redirect) = REDIRECT.get_ptr(0).map(|r| unsafe { *r }) else { return false };
+    if redirect.dns_port == 0 {
+        return false;
+    }
+    // SAFETY: the kernel hands a valid bpf_sock_addr context; `sk` is always set.
+    let sa = unsafe { &*ctx.sock_addr };
+    let origin = DnsOrigin { addr: sa.user_ip4, port: sa.user_port };
+    // SAFETY: the context pointer is valid for the helper.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if DNS_ORIG.insert(&cookie, &origin, 0).is_err() {
+        return false;
+    }
+    // SAFETY: non-null kernel socket pointer (sendmsg autobinds before this hook).
+    let sk = unsafe { sa.__bindgen_anon_1.sk };
+    let own_port = if sk.is_null() { 0 } else { (unsafe { (*sk).src_port }) as u16 };
+    let loopback = u32::from_be_bytes([127, 0, 0, 1]);
+    enforce::remember_udp_flow(slot, &Addr::from_v4_be(loopback.to_be()), redirect.dns_port, own_port);
+    // SAFETY: sendmsg4 may rewrite the destination of its own context.
+    unsafe {
+        (*ctx.sock_addr).user_ip4 = loopback.to_be();
+        (*ctx.sock_addr).user_port = u32::from(redirect.dns_port.to_be());
+    }
+    true
+}
+
+/// An answer from the agent's resolver to a redirected query reads as from the resolver
+/// the query was sent to.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the context pointer is valid for the helper.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(origin) = DNS_ORIG.get_ptr(&cookie) else { return ALLOW };
+    // SAFETY: pointer from a successful lookup, copied at once.
+    let origin = unsafe { *origin };
+    // SAFETY: array index 0 exists; copied at once.
+    let Some(redirect) = REDIRECT.get_ptr(0).map(|r| unsafe { *r }) else { return ALLOW };
+    // SAFETY: the kernel hands a valid bpf_sock_addr context.
+    let sa = unsafe { &*ctx.sock_addr };
+    let from_agent = sa.user_ip4 == u32::from_be_bytes([127, 0, 0, 1]).to_be()
+        && sa.user_port == u32::from(redirect.dns_port.to_be());
+    if from_agent {
+        // SAFETY: recvmsg4 may rewrite the source address it reports.
+        unsafe {
+            (*ctx.sock_addr).user_ip4 = origin.addr;
+            (*ctx.sock_addr).user_port = origin.port;
+        }
+    }
+    ALLOW
 }
 
 /// `BPF_SOCK_OPS_TCP_CONNECT_CB`: the SYN is about to go, the client port is chosen.

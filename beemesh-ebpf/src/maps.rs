@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use beemesh_common::{
-    Addr, BackendKey, BackendValue, Capture, CidrKey, EndpointKey, IsolationKey, IsolationValue,
+    Addr, BackendKey, BackendValue, Capture, CidrKey, DnsOrigin, EndpointKey, IsolationKey, IsolationValue,
     LocalPortKey, LocalPortValue, PolicyKey, PolicyValue, Redirect, RuleCounter, ServiceValue, Settings,
     UdpFlowKey, UdpFlowValue, BACKEND_MAP_SIZE, CAPTURE_MAP_SIZE, CGROUP_MAP_SIZE, CIDR_MAP_SIZE,
     ENDPOINT_MAP_SIZE, FLOW_RING_BYTES, ISOLATION_MAP_SIZE, LOCAL_ADDR_MAP_SIZE, LOCAL_PORT_MAP_SIZE,
@@ -110,3 +110,8 @@ pub static CAPTURED: LruHashMap<u16, Capture> = LruHashMap::with_max_entries(CAP
 /// The agent's capture and DNS listeners on 127.0.0.1.
 #[map]
 pub static REDIRECT: Array<Redirect> = Array::with_max_entries(1, 0);
+
+/// Socket cookie -> where a pod's redirected DNS query was going (slirp4netns' socket), so
+/// that the agent's answers read as from there.
+#[map]
+pub static DNS_ORIG: LruHashMap<u64, DnsOrigin> = LruHashMap::with_max_entries(CAPTURE_MAP_SIZE, 0);

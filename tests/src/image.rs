@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 const APPLETS: &[&str] = &[
     "sh", "cat", "echo", "env", "hostname", "id", "ip", "ls", "mkdir", "nc", "ps", "sleep", "wget", "httpd",
     "head", "dd", "grep", "test", "true", "false", "touch", "sed", "tail", "wc", "rm", "cp", "tr", "seq",
-    "tftp",
+    "tftp", "nslookup", "timeout",
 ];
 
 fn hex(bytes: &[u8]) -> String {

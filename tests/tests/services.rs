@@ -61,9 +61,11 @@ fn a_pod_reaches_services_on_another_host_through_the_tunnel_and_on_its_own_host
     }
     h2.wait_ready("remote", T)?;
 
-    // Through the tunnel: the server's port exists only inside its pod on h2.
+    // Through the tunnel: the server's port exists only inside its pod on h2. By name: the
+    // pod's resolver (10.0.2.3 in slirp4netns) is redirected to the agent's, and `far`
+    // is found through the pod's search domains.
     let far = cluster_ip(h1, "far")?;
-    let url = format!("http://{far}/");
+    let url = "http://far/".to_owned();
     ensure!(
         eventually(T, || fetch(h1, "client", &url).contains("hello-from-h2")),
         "client on h1 never reached {url}: {}\nh1:\n{}\nh2:\n{}",
@@ -73,14 +75,48 @@ fn a_pod_reaches_services_on_another_host_through_the_tunnel_and_on_its_own_host
     );
     ensure!(h2.log().contains("tunnel stream closed"), "h2 served no tunnel stream:\n{}", h2.log());
 
+    ensure!(fetch(h1, "client", &format!("http://{far}/")).contains("hello-from-h2"), "by address");
+    let (ok, out, err) =
+        h1.run_cli(&["exec", "client", "--", "nslookup", "far.default.svc.cluster.local"], None)?;
+    ensure!(ok && out.contains(&far), "nslookup: {out}{err}");
+    let (_, out, err) =
+        h1.run_cli(&["exec", "client", "--", "nslookup", "nothing.default.svc.cluster.local"], None)?;
+    ensure!(
+        out.contains("NXDOMAIN") || err.contains("NXDOMAIN"),
+        "a name under cluster.local that names nothing: {out}{err}"
+    );
+
     // On its own host: straight into the server pod's network namespace, no tunnel.
-    let near = cluster_ip(h1, "near")?;
-    let url = format!("http://{near}/");
+    let url = "http://near.default.svc/".to_owned();
     ensure!(
         eventually(T, || fetch(h1, "client", &url).contains("hello-from-h1")),
         "client on h1 never reached {url}: {}\n{}",
         fetch(h1, "client", &url),
         h1.log()
     );
+
+    // One Service, a pod on each host: connections spread over both (each picks at random;
+    // 200 tries all to one side would be a 2^-199 chance).
+    h1.apply(&format!(
+        "{}---\n{}---\n{}",
+        server("both-1", "h1", "both", "both-h1"),
+        server("both-2", "h2", "both", "both-h2"),
+        service("both", "both")
+    ))?;
+    h1.wait_ready("both-1", T)?;
+    h2.wait_ready("both-2", T)?;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        let got = fetch(h1, "client", "http://both/");
+        for side in ["both-h1", "both-h2"] {
+            if got.contains(side) {
+                seen.insert(side);
+            }
+        }
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    ensure!(seen.len() == 2, "connections went only to {seen:?}");
     Ok(())
 }

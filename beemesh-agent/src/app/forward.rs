@@ -21,12 +21,13 @@ use std::time::{Duration, Instant, SystemTime};
 use beemesh_common::{BackendValue, EndpointKey, ID_WORLD, PROTO_TCP};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::cluster::pods::{self as cluster_pods, POD, POD_STATUS};
 use super::cluster::Cluster;
+use super::dns;
 use super::services::endpoints::{self, Backend};
 use crate::flows::Names;
 use crate::kernel::{Captured, ServiceMaps};
@@ -69,6 +70,8 @@ struct Table {
     tunnels: HashMap<String, SocketAddr>,
     /// (node, SPIFFE id) of every pod the state places: who a host may speak for.
     sources: HashSet<(String, String)>,
+    /// The mesh's DNS names.
+    records: dns::Records,
 }
 
 /// A source's tunnel identity, its generation and when to renew it.
@@ -98,8 +101,10 @@ struct Shared {
 pub(crate) async fn start(setup: Setup) -> std::io::Result<()> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
     let capture_port = listener.local_addr()?.port();
+    let resolver = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let dns_port = resolver.local_addr()?.port();
     let mut maps = setup.maps;
-    maps.set_redirect(capture_port, 0).map_err(std::io::Error::other)?;
+    maps.set_redirect(capture_port, dns_port).map_err(std::io::Error::other)?;
     let (table_tx, table) = watch::channel(Arc::new(Table::default()));
     let shared = Arc::new(Shared {
         node: setup.node,
@@ -115,7 +120,15 @@ pub(crate) async fn start(setup: Setup) -> std::io::Result<()> {
         pool: Mutex::new(HashMap::new()),
         generation: std::sync::atomic::AtomicU64::new(0),
     });
-    info!(capture = %listener.local_addr()?, tunnel = ?shared.tunnel.local_addr().ok(), "forwarder listening");
+    let upstreams = upstream_resolvers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+    info!(
+        capture = %listener.local_addr()?,
+        dns = %resolver.local_addr()?,
+        upstreams = ?upstreams,
+        tunnel = ?shared.tunnel.local_addr().ok(),
+        "forwarder listening"
+    );
+    tokio::spawn(dns_loop(shared.clone(), resolver, upstreams));
     tokio::spawn(follow_state(shared.clone(), setup.cluster, table_tx));
     tokio::spawn(capture_loop(shared.clone(), listener));
     tokio::spawn(tunnel_loop(shared));
@@ -218,6 +231,16 @@ fn build(
             _ => {}
         }
     }
+    let mut records = dns::Records::default();
+    for (namespace, name, svc) in &services {
+        let headless = svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None");
+        match super::services::cluster_ip(svc) {
+            Some(ip) => records.add_service(namespace, name, vec![Ipv4Addr::from(ip)]),
+            // A headless Service's name exists; its pods' addresses come with pod addresses.
+            None if headless => records.add_service(namespace, name, Vec::new()),
+            None => {}
+        }
+    }
     let reports = cluster_pods::reports(&statuses);
     let ports = endpoints::compute(&services, &pods, &reports);
     let mut wanted = BTreeMap::new();
@@ -258,7 +281,7 @@ fn build(
             Some((node.to_owned(), spiffe_of(p, trust_domain, ns)))
         })
         .collect();
-    (wanted, Table { backends, tunnels, sources })
+    (wanted, Table { backends, tunnels, sources, records })
 }
 
 /// The SPIFFE id of a pod.
@@ -507,4 +530,77 @@ async fn serve_stream(
             debug!(peer = conn.peer_id(), target = %header.target.host, error = %e, "tunnel stream ended")
         }
     }
+}
+
+/// The host's resolvers (`nameserver` lines of resolv.conf), port 53.
+fn upstream_resolvers(resolv_conf: &str) -> Vec<SocketAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+/// Forwarded queries in flight at most; more are dropped (the pod's resolver asks again).
+const DNS_FORWARDS: usize = 256;
+/// How long one upstream resolver gets to answer before the next is asked.
+const DNS_UPSTREAM_WAIT: Duration = Duration::from_secs(2);
+
+/// The agent's resolver for pods (their queries reach it through the kernel's redirect):
+/// the mesh's names answered from the cluster state, other names forwarded to the host's
+/// resolvers.
+async fn dns_loop(shared: Arc<Shared>, socket: UdpSocket, upstreams: Vec<SocketAddr>) {
+    let socket = Arc::new(socket);
+    let forwards = Arc::new(tokio::sync::Semaphore::new(DNS_FORWARDS));
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (n, from) = match socket.recv_from(&mut buf).await {
+            Ok(got) => got,
+            Err(e) => {
+                warn!(error = %e, "dns socket");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let query = &buf[..n];
+        let answer = dns::answer(query, &shared.table.borrow().records);
+        match answer {
+            Ok(dns::Answer::Reply(reply)) => {
+                let _ = socket.send_to(&reply, from).await;
+            }
+            Ok(dns::Answer::Forward) => {
+                let Ok(permit) = forwards.clone().try_acquire_owned() else {
+                    debug!("too many forwarded DNS queries in flight: dropped");
+                    continue;
+                };
+                let (socket, query, upstreams) = (socket.clone(), query.to_vec(), upstreams.clone());
+                tokio::spawn(async move {
+                    if let Some(reply) = ask_upstream(&query, &upstreams).await {
+                        let _ = socket.send_to(&reply, from).await;
+                    }
+                    drop(permit);
+                });
+            }
+            Err(e) => debug!(%from, error = %e, "dns query dropped"),
+        }
+    }
+}
+
+/// `query` asked of each upstream resolver in turn; the first answer.
+async fn ask_upstream(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
+    for upstream in upstreams {
+        let bind: SocketAddr =
+            if upstream.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { "[::]:0".parse().ok()? };
+        let Ok(sock) = UdpSocket::bind(bind).await else { continue };
+        if sock.connect(upstream).await.is_err() || sock.send(query).await.is_err() {
+            continue;
+        }
+        let mut buf = vec![0u8; 4096];
+        if let Ok(Ok(n)) = tokio::time::timeout(DNS_UPSTREAM_WAIT, sock.recv(&mut buf)).await {
+            buf.truncate(n);
+            return Some(buf);
+        }
+    }
+    None
 }

@@ -756,7 +756,7 @@ impl Agent {
             sandbox::give_to_pod(&[pod_leaf.join("cgroup.procs")], ids).map_err(|e| e.to_string())?;
             let net_id = crate::sys::cgroup::cgroup_id(&net_leaf).map_err(|e| e.to_string())?;
             self.kernel.set_refuse_cgroup(net_id, true).map_err(|e| e.to_string())?;
-            layout.create(&plan.hostname, ids).map_err(|e| e.to_string())?;
+            layout.create(&plan.hostname, &plan.namespace, ids).map_err(|e| e.to_string())?;
             Ok(net_id)
         })();
         let net_id = match prepared {

@@ -24,7 +24,7 @@ use super::KernelError;
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/beemesh-ebpf.o"));
 
 /// Every program in the object, in attach order (taggers before enforcers).
-const PROGRAMS: [&str; 9] = [
+const PROGRAMS: [&str; 10] = [
     "post_bind4",
     "post_bind6",
     "sock_release",
@@ -33,6 +33,7 @@ const PROGRAMS: [&str; 9] = [
     "connect6",
     "sendmsg4",
     "sendmsg6",
+    "recvmsg4",
     "ingress",
 ];
 

@@ -105,6 +105,12 @@ fn claim_for_pod(dir: &Path, ids: IdMap) -> Result<(), SandboxError> {
 
 /// Every directory above `dir` must let other users through (search permission): a pod's
 /// processes (host ids of its own range) open the container root, logs and volumes by path.
+/// A pod's /etc/resolv.conf, as a kubelet writes it for `dnsPolicy: ClusterFirst`.
+fn resolv_conf(namespace: &str) -> String {
+    let domain = crate::app::dns::CLUSTER_DOMAIN;
+    format!("search {namespace}.svc.{domain} svc.{domain} {domain}\nnameserver 10.0.2.3\noptions ndots:5\n")
+}
+
 fn check_reachable(dir: &Path) -> Result<(), SandboxError> {
     use std::os::unix::fs::PermissionsExt;
     for a in dir.ancestors().skip(1) {
@@ -195,14 +201,16 @@ impl Layout {
     }
 
     /// Creates the directories and the pod's /etc/hosts, /etc/hostname and /etc/resolv.conf
-    /// (slirp4netns answers DNS at 10.0.2.3; the pod's own address is 10.0.2.100).
+    /// (slirp4netns takes DNS at 10.0.2.3, where the kernel sends it on to the agent's
+    /// resolver; the search domains are Kubernetes' for a pod in `namespace`; the pod's own
+    /// address is 10.0.2.100).
     ///
     /// The pod directory is root's, mode 0700, or, for a pod with its own id range, group
     /// `ids.root()` with mode 0710: the pod's root may pass through it (to its container
     /// roots, logs, volumes, /etc files and SVID) but not list or change it, and other host
     /// users may not enter at all (volumes hold Secrets, the SVID directory its key). What
     /// the pod writes (logs, /etc files) belongs to the pod's root.
-    pub fn create(&self, hostname: &str, ids: IdMap) -> Result<(), SandboxError> {
+    pub fn create(&self, hostname: &str, namespace: &str, ids: IdMap) -> Result<(), SandboxError> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let pods = self.dir.parent().unwrap_or(&self.dir);
         std::fs::create_dir_all(pods).map_err(io_err("create", pods))?;
@@ -230,7 +238,7 @@ impl Layout {
         let files = [
             ("hosts", format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n10.0.2.100\t{hostname}\n")),
             ("hostname", format!("{hostname}\n")),
-            ("resolv.conf", "nameserver 10.0.2.3\n".to_owned()),
+            ("resolv.conf", resolv_conf(namespace)),
         ];
         for (name, text) in files {
             let p = self.etc(name);
@@ -907,7 +915,7 @@ mod tests {
         let old = layout.volume("scratch").join("a/b");
         std::fs::create_dir_all(&old).expect("mkdir");
         std::fs::write(old.join("data"), "old").expect("write");
-        layout.create("x", IdMap::IDENTITY).expect("create over a leftover");
+        layout.create("x", "default", IdMap::IDENTITY).expect("create over a leftover");
         assert!(!layout.volume("scratch").exists(), "leftover emptyDir kept");
         assert!(layout.etc("hostname").is_file());
         // Root: a mount inside a leftover is neither crossed nor reused.
@@ -923,7 +931,7 @@ mod tests {
             None::<&str>,
         )
         .expect("bind");
-        let result = layout.create("x", IdMap::IDENTITY);
+        let result = layout.create("x", "default", IdMap::IDENTITY);
         nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH).expect("umount");
         let e = result.expect_err("a mount in the leftover").to_string();
         assert!(e.contains("earlier pod") && e.contains("volumes/scratch"), "{e}");
