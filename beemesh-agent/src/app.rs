@@ -38,6 +38,7 @@ mod images;
 pub mod join;
 pub(crate) mod liveness;
 pub(crate) mod mesh;
+mod mesh_view;
 pub(crate) mod nodes;
 mod pods;
 mod policy_state;
@@ -101,6 +102,8 @@ pub(crate) enum Command {
     /// Some host (this one too) holds other images now: containers that found no image are
     /// tried again at once.
     ImagesChanged,
+    /// Other hosts' pods and the mesh's NetworkPolicies changed (`app::mesh_view`).
+    MeshView(Box<mesh_view::MeshView>),
 }
 
 pub(crate) type Call = (Command, oneshot::Sender<Response>);
@@ -246,8 +249,21 @@ struct Agent {
     /// The workloads changed since the last snapshot: send one at the end of this turn of
     /// the actor (one snapshot, and at most one compile, per burst, not one per pod).
     policy_dirty: bool,
-    /// This host's running pods, for the forwarder (`app::forward`).
-    local_pods: watch::Sender<Arc<forward::LocalPods>>,
+    /// This host's running pods, and other hosts' pods' numeric identities, for the
+    /// forwarder (`app::forward`).
+    local_pods: watch::Sender<Arc<forward::PodView>>,
+    /// Other hosts' pods (numbered here) and the mesh's NetworkPolicies, for the policy.
+    mesh: MeshPolicy,
+}
+
+/// What the policy knows of the rest of the mesh (`app::mesh_view`).
+#[derive(Debug, Default)]
+struct MeshPolicy {
+    /// `namespace/name` -> the pod as the compiler sees it, with a numeric id of this host's.
+    remote: BTreeMap<String, crate::policy::Workload>,
+    policies: Arc<Vec<crate::policy::Policy>>,
+    /// Bumped when `policies` change.
+    generation: u64,
 }
 
 /// Something that may only go ahead once the policy in force includes a workload.
@@ -337,7 +353,8 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         ticket: 0,
         awaiting: Vec::new(),
         policy_dirty: false,
-        local_pods: watch::channel(Arc::new(forward::LocalPods::new())).0,
+        local_pods: watch::channel(Arc::new(forward::PodView::default())).0,
+        mesh: MeshPolicy::default(),
     };
     agent.recover()?;
     agent.seed_local_ports();
@@ -370,6 +387,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
             svid_lifetime: Duration::from_secs(agent.cfg.svid_lifetime_seconds),
             local: agent.local_pods.subscribe(),
             names: names_rx.clone(),
+            flows: hub.clone(),
         })
         .await
         .map_err(io("start the forwarder"))?;
@@ -395,6 +413,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     // first pass adopts what `recover_pods` found to the state).
     tasks.spawn(reconcile::run(mesh.cluster.clone(), call_tx.clone()));
     tasks.spawn(images::sharing::watch(mesh.cluster.clone(), mesh.images.clone(), call_tx.clone()));
+    tasks.spawn(mesh_view::run(mesh.cluster.clone(), agent.cfg.trust_domain.clone(), call_tx.clone()));
     let handle = AgentHandle::new(call_tx).with_mesh(mesh.clone());
     let _ = mesh.pod_server.set(handle.clone());
     tasks.spawn(api::server::serve(
@@ -455,6 +474,10 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
                     }
                     Command::ImagesChanged => {
                         agent.retry_image_pulls();
+                        let _ = reply.send(Response::Done);
+                    }
+                    Command::MeshView(view) => {
+                        agent.set_mesh_view(*view);
                         let _ = reply.send(Response::Done);
                     }
                 };

@@ -14,6 +14,14 @@ use tracing::{info, warn};
 
 use crate::sys::diag::{self, StateMask, TcpSocket, TcpState};
 
+/// The forwarder's capture listener port on loopback (0: none yet).
+static CAPTURE_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
+/// Tells the sweep where captured connections go: the forwarder re-decides those itself.
+pub fn set_capture_port(port: u16) {
+    CAPTURE_PORT.store(port, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// What the sweep needs from a compiled policy.
 pub trait Verdicts {
     fn decide(&self, q: &Query) -> Decision;
@@ -90,10 +98,16 @@ pub fn revoked<'a>(
         cidr: policy.cidr_identity(canonical(ip)).unwrap_or(ID_NONE),
     };
 
+    let captured = CAPTURE_PORT.load(std::sync::atomic::Ordering::Relaxed);
     let mut out = Vec::new();
     for s in sockets.iter().filter(|s| is_connection(s.state)) {
         let Some(subject) = owner_of(s) else { continue };
         let remote = SocketAddr::new(canonical(s.remote.ip()), s.remote.port());
+        // A connection the kernel captured for a Service: the forwarder decides it again
+        // against its backend (its socket only shows the agent's listener).
+        if captured != 0 && remote.ip().is_loopback() && remote.port() == captured {
+            continue;
+        }
         let remote_is_local = local.contains(remote.ip());
         let inbound = listeners.contains_key(&s.local.port());
         let allowed = if inbound {

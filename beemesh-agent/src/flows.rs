@@ -77,6 +77,12 @@ impl FlowHub {
             .collect()
     }
 
+    /// A verdict the agent itself took (a tunnel stream), `ts_ns` on CLOCK_MONOTONIC as the
+    /// kernel's.
+    pub fn push_agent(&self, event: FlowEvent, names: &Arc<Names>) {
+        self.push(&[event], names);
+    }
+
     fn push(&self, events: &[FlowEvent], names: &Arc<Names>) {
         {
             let mut h = self.history.lock().expect("flow history lock is never poisoned");
@@ -129,6 +135,7 @@ pub fn record(ev: &FlowEvent, names: &Names, offset_ms: i128) -> FlowRecord {
         hook: match ev.hook {
             HOOK_CONNECT => "connect",
             HOOK_SENDMSG => "sendmsg",
+            beemesh_common::HOOK_TUNNEL => "tunnel",
             _ => "ingress",
         }
         .into(),

@@ -38,6 +38,13 @@ pub(crate) fn validate_network_policy(
     network_policy::convert(np.clone()).map(|_| ())
 }
 
+/// A NetworkPolicy applied to the mesh, as the compiler takes it.
+pub(crate) fn convert_network_policy(
+    np: k8s_openapi::api::networking::v1::NetworkPolicy,
+) -> Result<Policy, crate::yamldoc::FieldError> {
+    network_policy::convert(np)
+}
+
 /// A workload as the compiler sees it: its numeric id (from the identity registry), its
 /// identity and its labels.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]

@@ -348,6 +348,8 @@ pub struct RuleCounter {
 pub const HOOK_CONNECT: u8 = 0;
 pub const HOOK_SENDMSG: u8 = 1;
 pub const HOOK_INGRESS: u8 = 2;
+/// Decided by the agent for a stream arriving through a tunnel (not by a kernel hook).
+pub const HOOK_TUNNEL: u8 = 3;
 
 /// One verdict, streamed to the agent through the flow ring buffer.
 #[repr(C)]

@@ -18,7 +18,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use beemesh_common::{BackendValue, EndpointKey, ID_WORLD, PROTO_TCP};
+use beemesh_common::{
+    BackendValue, EndpointKey, FlowEvent, PeerSet, Query, DIR_EGRESS, DIR_INGRESS, HOOK_TUNNEL, ID_NONE,
+    ID_WORLD, PROTO_TCP, VERDICT_ALLOW, VERDICT_DENY,
+};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -44,8 +47,14 @@ pub struct LocalPod {
     pub identity: u32,
 }
 
-/// This host's running pods by `namespace/name`.
-pub type LocalPods = BTreeMap<String, LocalPod>;
+/// What the forwarder knows of pods (published by the actor).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodView {
+    /// This host's running pods by `namespace/name`.
+    pub local: BTreeMap<String, LocalPod>,
+    /// Other hosts' pods' numeric identities (this host's numbers) by `namespace/name`.
+    pub remote: BTreeMap<String, u32>,
+}
 
 /// What the forwarder is started with.
 pub(crate) struct Setup {
@@ -56,8 +65,10 @@ pub(crate) struct Setup {
     pub issuer: Arc<WorkloadIssuer>,
     pub trust_domain: String,
     pub svid_lifetime: Duration,
-    pub local: watch::Receiver<Arc<LocalPods>>,
+    pub local: watch::Receiver<Arc<PodView>>,
     pub names: watch::Receiver<Arc<Names>>,
+    /// Where the verdicts on tunnel streams are shown (`flows`).
+    pub flows: crate::flows::FlowHub,
 }
 
 /// The endpoints in force, for the data path.
@@ -68,11 +79,116 @@ struct Table {
     backends: HashMap<u32, Backend>,
     /// Node name -> its agent's tunnel address.
     tunnels: HashMap<String, SocketAddr>,
-    /// (node, SPIFFE id) of every pod the state places: who a host may speak for.
-    sources: HashSet<(String, String)>,
+    /// `namespace/name` -> (node, SPIFFE id) of every pod the state places: who a host may
+    /// speak for.
+    pods: HashMap<String, (String, String)>,
     /// The mesh's DNS names.
     records: dns::Records,
 }
+
+/// What a live flow was allowed by, decided again whenever the policy changes.
+#[derive(Clone, Copy, Debug)]
+enum Check {
+    /// A captured connection (the source host): `subject`'s egress to `peer`, and `peer`'s
+    /// ingress from `subject`, on `port`.
+    Egress { subject: u32, peer: u32, port: u16 },
+    /// A tunnel stream (the destination host): `subject`'s ingress from `peer` on `port`.
+    Ingress { subject: u32, peer: u32, port: u16 },
+}
+
+impl Check {
+    fn allowed(&self, policy: &crate::policy::CompiledPolicy) -> bool {
+        let q = |subject, direction, peer, port| Query {
+            subject,
+            direction,
+            peers: PeerSet { primary: peer, cidr: ID_NONE },
+            proto: PROTO_TCP,
+            port,
+        };
+        match *self {
+            Check::Egress { subject, peer, port } => {
+                policy.decide(&q(subject, DIR_EGRESS, peer, port)).allowed
+                    && (!is_workload(peer) || policy.decide(&q(peer, DIR_INGRESS, subject, port)).allowed)
+            }
+            Check::Ingress { subject, peer, port } => {
+                policy.decide(&q(subject, DIR_INGRESS, peer, port)).allowed
+            }
+        }
+    }
+}
+
+fn is_workload(id: u32) -> bool {
+    (beemesh_common::FIRST_WORKLOAD_ID..beemesh_common::FIRST_CIDR_ID).contains(&id)
+}
+
+/// The flows this forwarder relays, each with what allowed it and how to cut it.
+#[derive(Default)]
+struct Live {
+    next: std::sync::atomic::AtomicU64,
+    flows: Mutex<HashMap<u64, (Check, Arc<tokio::sync::Notify>)>>,
+}
+
+/// A registered flow; unregisters when dropped.
+struct LiveGuard<'a> {
+    live: &'a Live,
+    id: u64,
+    cut: Arc<tokio::sync::Notify>,
+}
+
+impl Live {
+    fn register(&self, check: Check) -> LiveGuard<'_> {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let cut = Arc::new(tokio::sync::Notify::new());
+        if let Ok(mut flows) = self.flows.lock() {
+            flows.insert(id, (check, cut.clone()));
+        }
+        LiveGuard { live: self, id, cut }
+    }
+
+    /// Cuts every flow `policy` no longer allows; returns how many.
+    fn revoke(&self, policy: &crate::policy::CompiledPolicy) -> usize {
+        let Ok(flows) = self.flows.lock() else { return 0 };
+        let mut cut = 0;
+        for (check, notify) in flows.values() {
+            if !check.allowed(policy) {
+                notify.notify_one();
+                cut += 1;
+            }
+        }
+        cut
+    }
+}
+
+impl Drop for LiveGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut flows) = self.live.flows.lock() {
+            flows.remove(&self.id);
+        }
+    }
+}
+
+/// Copies both ways until both sides have ended, or until the flow is cut (`None`).
+async fn relay<A, B>(a: &mut A, b: &mut B, cut: &tokio::sync::Notify) -> Option<std::io::Result<(u64, u64)>>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(a, b) => Some(r),
+        () = cut.notified() => None,
+    }
+}
+
+/// Resets a TCP connection (RST, not FIN): the workload sees its connection cut.
+fn reset_tcp(stream: TcpStream) {
+    // Zero linger: the close sends a reset at once (it never blocks).
+    let reset = libc::linger { l_onoff: 1, l_linger: 0 };
+    let _ = nix::sys::socket::setsockopt(&stream, nix::sys::socket::sockopt::Linger, &reset);
+    drop(stream);
+}
+
+/// Stream error code of a flow cut by a policy change.
+const REVOKED: quinn::VarInt = quinn::VarInt::from_u32(2);
 
 /// A source's tunnel identity, its generation and when to renew it.
 type Issued = (Arc<TlsIdentity>, u64, Instant);
@@ -83,8 +199,9 @@ struct Shared {
     node: String,
     maps: Mutex<ServiceMaps>,
     table: watch::Receiver<Arc<Table>>,
-    local: watch::Receiver<Arc<LocalPods>>,
+    local: watch::Receiver<Arc<PodView>>,
     names: watch::Receiver<Arc<Names>>,
+    flows: crate::flows::FlowHub,
     tunnel: tunnel::Endpoint,
     issuer: Arc<WorkloadIssuer>,
     trust_domain: String,
@@ -94,6 +211,8 @@ struct Shared {
     /// Per (source identity, node): the pooled tunnel connection and the identity
     /// generation it presented.
     pool: Mutex<HashMap<(String, String), Pooled>>,
+    /// The flows relayed now, for revocation.
+    live: Live,
     generation: std::sync::atomic::AtomicU64,
 }
 
@@ -105,6 +224,7 @@ pub(crate) async fn start(setup: Setup) -> std::io::Result<()> {
     let dns_port = resolver.local_addr()?.port();
     let mut maps = setup.maps;
     maps.set_redirect(capture_port, dns_port).map_err(std::io::Error::other)?;
+    crate::authz::set_capture_port(capture_port);
     let (table_tx, table) = watch::channel(Arc::new(Table::default()));
     let shared = Arc::new(Shared {
         node: setup.node,
@@ -112,12 +232,14 @@ pub(crate) async fn start(setup: Setup) -> std::io::Result<()> {
         table,
         local: setup.local,
         names: setup.names,
+        flows: setup.flows,
         tunnel: setup.tunnel,
         issuer: setup.issuer,
         trust_domain: setup.trust_domain,
         svid_lifetime: setup.svid_lifetime,
         identities: Mutex::new(HashMap::new()),
         pool: Mutex::new(HashMap::new()),
+        live: Live::default(),
         generation: std::sync::atomic::AtomicU64::new(0),
     });
     let upstreams = upstream_resolvers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
@@ -129,6 +251,7 @@ pub(crate) async fn start(setup: Setup) -> std::io::Result<()> {
         "forwarder listening"
     );
     tokio::spawn(dns_loop(shared.clone(), resolver, upstreams));
+    tokio::spawn(revoke_loop(shared.clone()));
     tokio::spawn(follow_state(shared.clone(), setup.cluster, table_tx));
     tokio::spawn(capture_loop(shared.clone(), listener));
     tokio::spawn(tunnel_loop(shared));
@@ -201,7 +324,7 @@ fn build(
     node: &str,
     trust_domain: &str,
     listed: &[super::cluster::Listed],
-    local: &LocalPods,
+    view: &PodView,
     ids: &mut Ids,
 ) -> (BTreeMap<EndpointKey, Captured>, Table) {
     let mut services = Vec::new();
@@ -254,12 +377,14 @@ fn build(
         for b in sp.backends {
             let bid = Ids::id(&mut ids.next, &mut ids.backends, b.clone());
             used_backends.insert(b.clone());
+            let key = format!("{}/{}", b.namespace, b.pod);
             let identity = if b.node == node {
-                local.get(&format!("{}/{}", b.namespace, b.pod)).map_or(ID_WORLD, |p| p.identity)
+                view.local.get(&key).map(|p| p.identity)
             } else {
-                // Remote pods' identities join policy with the mesh-wide identities.
-                ID_WORLD
+                view.remote.get(&key).copied()
             };
+            // Not numbered yet (the actor has not seen the pod): policy sees the world.
+            let identity = identity.unwrap_or(ID_WORLD);
             values.push(BackendValue { backend: bid, identity, port: b.port, _pad: 0 });
             backends.insert(bid, b);
         }
@@ -273,15 +398,16 @@ fn build(
     }
     ids.services.retain(|k, _| used_services.contains(k));
     ids.backends.retain(|k, _| used_backends.contains(k));
-    let sources = pods
+    let placed = pods
         .iter()
         .filter_map(|p| {
             let (node, _) = cluster_pods::placement(p);
             let ns = p.metadata.namespace.as_deref()?;
-            Some((node.to_owned(), spiffe_of(p, trust_domain, ns)))
+            let key = format!("{ns}/{}", p.metadata.name.as_deref()?);
+            Some((key, (node.to_owned(), spiffe_of(p, trust_domain, ns))))
         })
         .collect();
-    (wanted, Table { backends, tunnels, sources, records })
+    (wanted, Table { backends, tunnels, pods: placed, records })
 }
 
 /// The SPIFFE id of a pod.
@@ -339,14 +465,24 @@ async fn captured(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         return;
     };
     let source = shared.names.borrow().identities.get(&capture.subject).cloned();
+    // The source pod (for the destination's label-based policy): the local pod with the
+    // captured workload's identity. Replicas sharing an identity share its labels.
+    let source_pod = (shared.local.borrow().local.iter())
+        .find(|(_, p)| p.identity == capture.subject)
+        .map(|(k, _)| k.clone());
     let Some(source) = source.filter(|s| s.starts_with("spiffe://")) else {
         warn!(subject = capture.subject, "captured connection from an unknown workload: closed");
         return;
     };
+    let live = shared.live.register(Check::Egress {
+        subject: capture.subject,
+        peer: capture.peer,
+        port: backend.port,
+    });
     let result = if backend.node == shared.node {
-        forward_local(&shared, stream, &backend).await
+        forward_local(&shared, stream, &backend, &live.cut).await
     } else {
-        forward_remote(&shared, stream, &source, &backend, &table).await
+        forward_remote(&shared, stream, &source, source_pod, &backend, &table, &live.cut).await
     };
     match result {
         Ok((up, down)) => {
@@ -362,13 +498,26 @@ async fn forward_local(
     shared: &Shared,
     mut stream: TcpStream,
     backend: &Backend,
+    cut: &tokio::sync::Notify,
 ) -> Result<(u64, u64), String> {
     let key = format!("{}/{}", backend.namespace, backend.pod);
-    let pod =
-        shared.local.borrow().get(&key).cloned().ok_or_else(|| format!("pod {key} does not run here"))?;
+    let pod = shared
+        .local
+        .borrow()
+        .local
+        .get(&key)
+        .cloned()
+        .ok_or_else(|| format!("pod {key} does not run here"))?;
     let mut upstream =
         dial_pod(&pod, backend.port).await.map_err(|e| format!("dial {key}:{}: {e}", backend.port))?;
-    tokio::io::copy_bidirectional(&mut stream, &mut upstream).await.map_err(|e| e.to_string())
+    match relay(&mut stream, &mut upstream, cut).await {
+        Some(r) => r.map_err(|e| e.to_string()),
+        None => {
+            reset_tcp(stream);
+            reset_tcp(upstream);
+            Err("revoked: the policy no longer allows it".into())
+        }
+    }
 }
 
 /// A TCP connection to `port` of `pod`, from a socket made inside its network namespace.
@@ -387,14 +536,17 @@ async fn forward_remote(
     shared: &Shared,
     mut stream: TcpStream,
     source: &str,
+    source_pod: Option<String>,
     backend: &Backend,
     table: &Table,
+    cut: &tokio::sync::Notify,
 ) -> Result<(u64, u64), String> {
     let addr =
         *table.tunnels.get(&backend.node).ok_or_else(|| format!("no tunnel address for {}", backend.node))?;
     let conn = shared.connection(source, &backend.node, addr).await?;
     let header = StreamHeader {
         source: source.to_owned(),
+        pod: source_pod,
         target: Target {
             host: format!("{}/{}", backend.namespace, backend.pod),
             port: backend.port,
@@ -404,10 +556,53 @@ async fn forward_remote(
     let (send, recv) = conn.open(&header).await.map_err(|e| e.to_string())?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let mut quic = tokio::io::join(recv, send);
-    tokio::io::copy_bidirectional(&mut stream, &mut quic).await.map_err(|e| e.to_string())
+    match relay(&mut stream, &mut quic, cut).await {
+        Some(r) => r.map_err(|e| e.to_string()),
+        None => {
+            reset_tcp(stream);
+            let (mut recv, mut send) = quic.into_inner();
+            let _ = send.reset(REVOKED);
+            let _ = recv.stop(REVOKED);
+            Err("revoked: the policy no longer allows it".into())
+        }
+    }
 }
 
 impl Shared {
+    /// The destination's ingress verdict for a stream from `source` (a numeric identity) to
+    /// `pod`'s `port`, recorded in `flows` with the tunnel peer's address.
+    fn decide_ingress(&self, pod: &LocalPod, source: u32, port: u16, from: SocketAddr) -> bool {
+        let names = self.names.borrow().clone();
+        let decision = names.policy.decide(&Query {
+            subject: pod.identity,
+            direction: DIR_INGRESS,
+            peers: PeerSet { primary: source, cidr: ID_NONE },
+            proto: PROTO_TCP,
+            port,
+        });
+        let ip = match from.ip() {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            std::net::IpAddr::V6(v6) => v6,
+        };
+        let words =
+            ip.octets().chunks(4).map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect::<Vec<_>>();
+        let event = FlowEvent {
+            ts_ns: monotonic_ns(),
+            subject: pod.identity,
+            peer: source,
+            rule: decision.rule,
+            addr: beemesh_common::Addr { words: [words[0], words[1], words[2], words[3]] },
+            port,
+            proto: PROTO_TCP,
+            direction: DIR_INGRESS,
+            verdict: if decision.allowed { VERDICT_ALLOW } else { VERDICT_DENY },
+            hook: HOOK_TUNNEL,
+            _pad: [0; 2],
+        };
+        self.flows.push_agent(event, &names);
+        decision.allowed
+    }
+
     /// The tunnel identity of `source`, issued by this host's workload issuer and renewed at
     /// half its lifetime; with its generation.
     fn workload_identity(&self, source: &str) -> Result<(Arc<TlsIdentity>, u64), String> {
@@ -498,21 +693,39 @@ async fn serve_stream(
         let _ = send.reset(tunnel::BAD_HEADER);
         let _ = recv.stop(tunnel::BAD_HEADER);
     };
-    // The source was proven by mTLS; the host that vouches for it must run it.
+    // The source was proven by mTLS; the pod it names must be placed on the host that
+    // vouches for it, with that identity.
+    let source_pod = header.pod.clone().unwrap_or_default();
     let vouched = conn.peer_host().is_some_and(|host| {
-        shared.table.borrow().sources.contains(&(host.to_owned(), conn.peer_id().to_owned()))
+        shared.table.borrow().pods.get(&source_pod) == Some(&(host.to_owned(), conn.peer_id().to_owned()))
     });
     if !vouched {
-        warn!(peer = conn.peer_id(), host = ?conn.peer_host(), "tunnel stream from a workload its host does not run: refused");
+        warn!(
+            peer = conn.peer_id(),
+            host = ?conn.peer_host(),
+            pod = %source_pod,
+            "tunnel stream from a pod its host does not run with that identity: refused"
+        );
         refuse(&mut send, &mut recv);
         return;
     }
-    let pod = shared.local.borrow().get(&header.target.host).cloned();
+    let (pod, source_id) = {
+        let view = shared.local.borrow();
+        (view.local.get(&header.target.host).cloned(), view.remote.get(&source_pod).copied())
+    };
     let Some(pod) = pod else {
         info!(peer = conn.peer_id(), target = %header.target.host, "tunnel stream to a pod that does not run here: refused");
         refuse(&mut send, &mut recv);
         return;
     };
+    // This host decides again, on its own policy, with the proven peer.
+    let source_id = source_id.unwrap_or(ID_WORLD);
+    let allowed = shared.decide_ingress(&pod, source_id, header.target.port, conn.remote_address());
+    if !allowed {
+        info!(peer = conn.peer_id(), pod = %source_pod, target = %header.target.host, port = header.target.port, "tunnel stream denied by policy");
+        refuse(&mut send, &mut recv);
+        return;
+    }
     let mut upstream = match dial_pod(&pod, header.target.port).await {
         Ok(s) => s,
         Err(e) => {
@@ -521,13 +734,38 @@ async fn serve_stream(
             return;
         }
     };
+    let live = shared.live.register(Check::Ingress {
+        subject: pod.identity,
+        peer: source_id,
+        port: header.target.port,
+    });
     let mut quic = tokio::io::join(recv, send);
-    match tokio::io::copy_bidirectional(&mut quic, &mut upstream).await {
-        Ok((up, down)) => {
+    match relay(&mut quic, &mut upstream, &live.cut).await {
+        Some(Ok((up, down))) => {
             debug!(peer = conn.peer_id(), target = %header.target.host, up, down, "tunnel stream closed")
         }
-        Err(e) => {
+        Some(Err(e)) => {
             debug!(peer = conn.peer_id(), target = %header.target.host, error = %e, "tunnel stream ended")
+        }
+        None => {
+            reset_tcp(upstream);
+            let (mut recv, mut send) = quic.into_inner();
+            let _ = send.reset(REVOKED);
+            let _ = recv.stop(REVOKED);
+            info!(peer = conn.peer_id(), target = %header.target.host, "revoked: tunnel stream cut");
+        }
+    }
+}
+
+/// Decides every live flow again whenever the policy in force changes, and cuts the ones it
+/// no longer allows (continuous authorization, as the kernel's sweep does for sockets).
+async fn revoke_loop(shared: Arc<Shared>) {
+    let mut names = shared.names.clone();
+    while names.changed().await.is_ok() {
+        let policy = names.borrow_and_update().policy.clone();
+        let cut = shared.live.revoke(&policy);
+        if cut > 0 {
+            info!(cut, "revoked: forwarded flows cut");
         }
     }
 }
@@ -603,4 +841,11 @@ async fn ask_upstream(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>>
         }
     }
     None
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the kernel's flow event clock.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }

@@ -593,7 +593,7 @@ impl Agent {
     /// state, without waiting), and removes those of pods gone from it.
     /// This host's running pods for the forwarder, sent when they changed.
     pub(super) fn publish_local_pods(&mut self) {
-        let pods: super::forward::LocalPods = (self.pods.entries.values())
+        let local = (self.pods.entries.values())
             .filter(|e| matches!(e.sandbox, Sandbox::Ready) && !e.deleting)
             .filter_map(|e| {
                 let init_pid = e.record.init_pid?;
@@ -602,6 +602,8 @@ impl Agent {
                 Some((key, super::forward::LocalPod { uid: e.uid().to_owned(), init_pid, identity }))
             })
             .collect();
+        let remote = self.mesh.remote.iter().map(|(k, w)| (k.clone(), w.id)).collect();
+        let pods = super::forward::PodView { local, remote };
         self.local_pods.send_if_modified(|held| {
             let changed = **held != pods;
             if changed {

@@ -6,6 +6,7 @@
 //! change and hears back (a [`Installed`] ticket) once the policy in force includes them.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use super::*;
@@ -40,6 +41,10 @@ pub(super) struct Snapshot {
     pub(super) workloads: Vec<(String, u64, policy::Workload)>,
     pub(super) identities: HashMap<u32, String>,
     pub(super) local: LocalAddrs,
+    /// The mesh's NetworkPolicies (`app::mesh_view`), compiled with policy.d's files, and
+    /// their generation (a new one recompiles).
+    pub(super) mesh_policies: Arc<Vec<policy::Policy>>,
+    pub(super) mesh_generation: u64,
 }
 
 /// The engine's answer to a snapshot: the policy in force includes its workloads, or could
@@ -97,7 +102,8 @@ pub(super) struct PolicyEngine {
     compiled: Option<Arc<CompiledPolicy>>,
     /// The workload identities `compiled` was compiled for: a workload of an identity
     /// already among them (a replica) changes nothing in the tables.
-    compiled_for: Option<BTreeSet<u32>>,
+    /// The workload ids and the mesh policy generation the tables in force were compiled for.
+    compiled_for: Option<(BTreeSet<u32>, u64)>,
     compile_error: Option<String>,
     generation: u64,
     snapshot: Arc<Snapshot>,
@@ -292,8 +298,9 @@ impl PolicyEngine {
     pub(super) fn take_snapshot(&mut self, snapshot: Arc<Snapshot>) {
         self.snapshot = snapshot;
         let ids: BTreeSet<u32> = self.snapshot.workloads.iter().map(|(_, _, w)| w.id).collect();
-        let current =
-            (self.compiled.is_some() && self.compiled_for.as_ref() == Some(&ids)) || self.recompile();
+        let current = (self.compiled.is_some()
+            && self.compiled_for == Some((ids, self.snapshot.mesh_generation)))
+            || self.recompile();
         if current {
             // Names may have changed even when the tables did not.
             if let Some(c) = self.compiled.clone() {
@@ -315,11 +322,17 @@ impl PolicyEngine {
     /// recorded).
     fn recompile(&mut self) -> bool {
         self.compiled_for = None;
-        let files: Vec<PolicyFile> = self
+        let mut files: Vec<PolicyFile> = self
             .files
             .iter()
             .filter_map(|(path, f)| Some(PolicyFile { path: path.clone(), policies: f.good.clone()? }))
             .collect();
+        if !self.snapshot.mesh_policies.is_empty() {
+            files.push(PolicyFile {
+                path: PathBuf::from("(mesh NetworkPolicies)"),
+                policies: self.snapshot.mesh_policies.to_vec(),
+            });
+        }
         // Replicas share a security identity (SPIFFE id + labels): one entry per id.
         let workloads: Vec<policy::Workload> = self
             .snapshot
@@ -346,7 +359,7 @@ impl PolicyEngine {
         let compile_ms = started.elapsed().as_secs_f64() * 1e3;
         if self.compiled.as_deref() == Some(&compiled) {
             // Same tables (a replica came or went): nothing to install.
-            self.compiled_for = Some(workloads.iter().map(|w| w.id).collect());
+            self.compiled_for = Some(self.compiled_key(&workloads));
             return true;
         }
         let compiled = Arc::new(compiled);
@@ -385,8 +398,12 @@ impl PolicyEngine {
             warn!(error = %e, "cannot collect the counters of the previous policy");
         }
         self.compiled = Some(compiled);
-        self.compiled_for = Some(workloads.iter().map(|w| w.id).collect());
+        self.compiled_for = Some(self.compiled_key(&workloads));
         true
+    }
+
+    fn compiled_key(&self, workloads: &[policy::Workload]) -> (BTreeSet<u32>, u64) {
+        (workloads.iter().map(|w| w.id).collect(), self.snapshot.mesh_generation)
     }
 
     /// cgroup id -> workload id for every cgroup of every workload, nested ones included
@@ -548,9 +565,13 @@ impl Agent {
                         policy::Workload { id: w.id, identity: w.identity.clone(), labels: w.labels.clone() };
                     (w.name.clone(), w.cgroup_id, entry)
                 })
+                // Other hosts' pods: no cgroup here, named for policy only.
+                .chain(self.mesh.remote.iter().map(|(key, w)| (format!("mesh:{key}"), 0, w.clone())))
                 .collect(),
             identities: self.identities.iter().map(|(id, s)| (id, s.to_string())).collect(),
             local: self.local.clone(),
+            mesh_policies: self.mesh.policies.clone(),
+            mesh_generation: self.mesh.generation,
         })
     }
 

@@ -148,6 +148,32 @@ impl Agent {
         Ok(info)
     }
 
+    /// Takes other hosts' pods (numbered with this host's registry, as local workloads are)
+    /// and the mesh's NetworkPolicies; the policy follows at the end of the turn.
+    pub(super) fn set_mesh_view(&mut self, view: super::mesh_view::MeshView) {
+        let mut remote = BTreeMap::new();
+        for (key, (identity, labels)) in view.remote {
+            match self.identities.allocate_labeled(&identity, &labels) {
+                Ok(id) => {
+                    remote.insert(key, crate::policy::Workload { id, identity, labels });
+                }
+                Err(e) => warn!(pod = %key, error = %e, "no identity for a pod of another host"),
+            }
+        }
+        let ids_changed = remote.values().map(|w| w.id).collect::<std::collections::BTreeSet<_>>()
+            != self.mesh.remote.values().map(|w| w.id).collect();
+        if *self.mesh.policies != view.policies {
+            self.mesh.policies = Arc::new(view.policies);
+            self.mesh.generation += 1;
+            self.policy_dirty = true;
+        }
+        if ids_changed {
+            self.policy_dirty = true;
+            self.persist();
+        }
+        self.mesh.remote = remote;
+    }
+
     /// cgroup id -> workload id for every cgroup of every workload, nested ones included
     /// (sock_diag reports a socket's own cgroup).
     pub(super) fn socket_owners(&self) -> HashMap<u64, u32> {

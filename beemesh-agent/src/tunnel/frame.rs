@@ -41,6 +41,11 @@ pub enum FrameError {
 pub struct StreamHeader {
     /// SPIFFE id of the sending workload, for the accepting agent's policy check.
     pub source: String,
+    /// The sending pod, `namespace/name`: the accepting agent checks that the cluster state
+    /// places it on the host that vouches for the connection, with the proven identity, and
+    /// decides its policy on that pod's labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
     /// Where the accepting agent sends the stream's bytes.
     pub target: Target,
 }
@@ -117,6 +122,7 @@ mod tests {
     fn header() -> StreamHeader {
         StreamHeader {
             source: "spiffe://beemesh.local/ns/shop/sa/web".to_owned(),
+            pod: Some("shop/web-1".to_owned()),
             target: Target { host: "10.42.0.7".to_owned(), port: 8080, proto: Proto::Tcp },
         }
     }

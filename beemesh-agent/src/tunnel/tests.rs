@@ -53,6 +53,7 @@ fn workload(root: &Authority, node: &str, id: &str) -> TlsIdentity {
 fn header() -> StreamHeader {
     StreamHeader {
         source: WEB.to_owned(),
+        pod: None,
         target: Target { host: "10.42.0.7".to_owned(), port: 8080, proto: Proto::Tcp },
     }
 }

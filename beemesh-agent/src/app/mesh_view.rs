@@ -1,0 +1,89 @@
+//! What this host's policy must know of the rest of the mesh: the pods other hosts run (their
+//! identities and labels, so that selectors match them: their traffic reaches this host's
+//! pods through tunnels, and this host's pods reach them) and the NetworkPolicies applied to
+//! the mesh (enforced on every host, with the files of policy.d). Followed from the cluster
+//! state and handed to the actor, which gives remote pods numeric identities and hands the
+//! lot to the policy engine.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
+
+use super::cluster::pods::{self as cluster_pods, POD};
+use super::cluster::Cluster;
+use super::{Call, Command};
+use crate::identity::SpiffeId;
+use crate::policy::Policy;
+
+/// The kind NetworkPolicies are stored under.
+const NETWORK_POLICY: &str = "NetworkPolicy";
+
+/// Other hosts' pods and the mesh's NetworkPolicies.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct MeshView {
+    /// `namespace/name` -> (identity, labels) of every pod placed on another host.
+    pub remote: BTreeMap<String, (SpiffeId, BTreeMap<String, String>)>,
+    /// The mesh's NetworkPolicies, converted (one that does not convert is left out, logged).
+    pub policies: Vec<Policy>,
+}
+
+/// Sends the actor a new [`MeshView`] whenever Pods or NetworkPolicies change it.
+pub(crate) async fn run(cluster: Cluster, trust_domain: String, calls: mpsc::Sender<Call>) {
+    let mut pods = cluster.kind_changes(POD);
+    let mut policies = cluster.kind_changes(NETWORK_POLICY);
+    let mut last = MeshView::default();
+    loop {
+        let Ok((_, listed)) = cluster.snapshot(&[POD, NETWORK_POLICY]).await else { return };
+        let view = build(cluster.node(), &trust_domain, &listed);
+        if view != last {
+            let (tx, rx) = oneshot::channel();
+            if calls.send((Command::MeshView(Box::new(view.clone())), tx)).await.is_err() {
+                return;
+            }
+            let _ = rx.await;
+            last = view;
+        }
+        tokio::select! {
+            r = pods.changed() => if r.is_err() { return },
+            r = policies.changed() => if r.is_err() { return },
+        }
+        // A burst of changes (a rollout) makes one view.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn build(node: &str, trust_domain: &str, listed: &[super::cluster::Listed]) -> MeshView {
+    let mut view = MeshView::default();
+    for l in listed {
+        match l.key.kind.as_str() {
+            POD => {
+                let Ok(pod) = cluster_pods::decode(&l.body) else { continue };
+                let (placed, _) = cluster_pods::placement(&pod);
+                if placed.is_empty() || placed == node {
+                    continue;
+                }
+                let spec = pod.spec.as_ref();
+                let sa = spec
+                    .and_then(|s| s.service_account_name.clone().or_else(|| s.service_account.clone()))
+                    .unwrap_or_else(|| "default".to_owned());
+                let Ok(id) = SpiffeId::new(trust_domain, &l.key.namespace, &sa) else { continue };
+                let labels = pod.metadata.labels.clone().unwrap_or_default();
+                view.remote.insert(format!("{}/{}", l.key.namespace, l.key.name), (id, labels));
+            }
+            NETWORK_POLICY => {
+                let Ok(np) = serde_json::from_slice::<NetworkPolicy>(&l.body) else { continue };
+                match crate::policy::convert_network_policy(np) {
+                    Ok(p) => view.policies.push(p),
+                    Err(e) => {
+                        warn!(policy = %l.key.name, namespace = %l.key.namespace, error = ?e, "mesh NetworkPolicy left out")
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    view
+}
