@@ -42,7 +42,7 @@ impl Lan {
 
     /// Adds host number `n` (1-based); returns its namespace name.
     pub fn host(&mut self, n: u8) -> Result<String> {
-        let ns = format!("{}-h{n}", self.tag);
+        let ns = self.netns(n);
         let sw = self.switch();
         ip(&["netns", "add", &ns])?;
         self.hosts.push(ns.clone());
@@ -56,6 +56,11 @@ impl Lan {
         ip(&["-n", &ns, "addr", "add", &format!("{}/24", self.addr(n)), "dev", "eth0"])?;
         ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
         Ok(ns)
+    }
+
+    /// The network namespace of host `n`.
+    pub fn netns(&self, n: u8) -> String {
+        format!("{}-h{n}", self.tag)
     }
 
     pub fn addr(&self, n: u8) -> String {

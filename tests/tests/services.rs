@@ -223,3 +223,189 @@ fn policy_is_decided_at_both_ends_and_a_revoked_permission_cuts_the_live_stream(
     ensure!(h1.log().contains("revoked"), "no revocation logged on h1");
     Ok(())
 }
+
+/// A tunnel client the agent must refuse: QUIC with `chain`/`key` as its certificate, any
+/// server certificate accepted (so that only the agent's checks decide). Runs in the network
+/// namespace `netns` (a host of the lan).
+mod rogue {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use anyhow::{Context, Result};
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::crypto::CryptoProvider;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    #[derive(Debug)]
+    struct AnyServer(Arc<CryptoProvider>);
+
+    impl ServerCertVerifier for AnyServer {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    /// Connects to `addr` from inside `netns` presenting `chain`, and says how the connection
+    /// ended (the agent closes a refused one with the TLS alert).
+    pub fn refused_how(
+        netns: &str,
+        addr: SocketAddr,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivatePkcs8KeyDer<'static>,
+    ) -> Result<String> {
+        let ns = std::fs::File::open(format!("/run/netns/{netns}")).context("open netns")?;
+        std::thread::spawn(move || -> Result<String> {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async move {
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+                    .with_protocol_versions(&[&rustls::version::TLS13])?
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+                    .with_client_auth_cert(chain, PrivateKeyDer::Pkcs8(key))?;
+                tls.alpn_protocols = vec![b"beemesh/2".to_vec()];
+                let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+                let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0)))?;
+                endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+                let why = match endpoint.connect(addr, "agent.beemesh")?.await {
+                    Ok(conn) => {
+                        let closed = tokio::time::timeout(std::time::Duration::from_secs(10), conn.closed());
+                        closed.await.map(|e| e.to_string()).unwrap_or_else(|_| "still open".into())
+                    }
+                    Err(e) => e.to_string(),
+                };
+                Ok(why)
+            })
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("rogue client thread panicked"))?
+    }
+}
+
+#[test]
+fn the_tunnel_refuses_foreign_expired_and_forged_peers_and_says_why() -> Result<()> {
+    use beemesh_agent::identity::svid::Authority;
+    use beemesh_agent::mesh::trust::{files, issue};
+    use beemesh_agent::tunnel::{self, Proto, StreamHeader, Target, TlsIdentity};
+    use std::time::SystemTime;
+
+    let (lan, offline, mut agents) = lan::joined_mesh("svr", 57, 2)?;
+    lan::start_all(&mut agents, T)?;
+    agents[0].import_busybox("busybox:1")?;
+    agents[0].apply(&client("good", "good"))?;
+    agents[0].wait_ready("good", T)?;
+    let h2 = &agents[1];
+    let node: serde_json::Value = {
+        let (ok, out, err) = h2.run_cli(&["get", "nodes", "h2", "-o", "json"], None)?;
+        ensure!(ok, "get nodes: {err}");
+        serde_json::from_str(&out)?
+    };
+    let port: u16 = node["metadata"]["annotations"]["beemesh.io/tunnel-port"]
+        .as_str()
+        .context("tunnel port annotation")?
+        .parse()?;
+    let addr: std::net::SocketAddr = format!("{}:{port}", lan.addr(2)).parse()?;
+    let h1_ns = lan.netns(1);
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    let refused_in_log = |reason: &str| {
+        eventually(T, || h2.log().lines().any(|l| l.contains("tunnel refused") && l.contains(reason)))
+    };
+
+    // Another trust domain's workload.
+    let other = Authority::generate("other.example", now, 24 * hour)?;
+    let svid = other.issue("spiffe://other.example/ns/default/sa/default", now, hour)?;
+    let why = rogue::refused_how(&h1_ns, addr, vec![svid.cert_der.clone()], svid.key_der.clone_key())?;
+    ensure!(why.contains("handshake failed"), "another trust domain got in: {why}");
+    ensure!(refused_in_log("other.example"), "h2 logged no refusal naming the trust domain:\n{}", h2.log());
+
+    // An expired SVID from the mesh's own root.
+    let ca = files::load_ca(&offline.path().join("root"), now)?;
+    // Issued 50 s ago for 1 s (the root itself was made a minute before `ca init`).
+    let svid = ca.authority.issue(
+        "spiffe://beemesh.local/ns/default/sa/default",
+        now - Duration::from_secs(50),
+        Duration::from_secs(1),
+    )?;
+    let why = rogue::refused_how(&h1_ns, addr, vec![svid.cert_der.clone()], svid.key_der.clone_key())?;
+    ensure!(why.contains("handshake failed"), "an expired SVID got in: {why}");
+    ensure!(refused_in_log("expired"), "h2 logged no refusal for the expired SVID:\n{}", h2.log());
+
+    // Valid certificates, lying headers: a workload issuer for h1 (minted with the root, as
+    // h1's own is) vouches for `admin`, which no pod on h1 runs as.
+    let issuer = issue::workload_ca(&ca.authority, "h1", now, hour)?;
+    let ns = std::fs::File::open(format!("/run/netns/{h1_ns}"))?;
+    let roots = ca.bundle.clone();
+    let outcome = std::thread::spawn(move || -> Result<(String, String)> {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async move {
+            // Any endpoint to connect from: one for a host "h9" of the same root.
+            let keypair = beemesh_agent::mesh::trust::generate_keypair()?;
+            let cert = issue::host_cert(&ca.authority, "h9", &keypair.public(), now, hour)?;
+            let h9 = TlsIdentity::host(vec![cert], &keypair, roots.clone(), "beemesh.local")?;
+            let local = tunnel::Endpoint::bind(([0, 0, 0, 0], 0).into(), h9)?;
+            let admin = "spiffe://beemesh.local/ns/default/sa/admin";
+            let svid = issuer.issue(admin, now, hour)?;
+            let me = TlsIdentity::workload(&svid, &[issuer.cert_der()], roots.clone(), "beemesh.local")?;
+            let conn = local.connect(addr, &me, "h2").await?;
+            let target = Target { host: "default/good".into(), port: 80, proto: Proto::Tcp };
+            // A header claiming another identity than the one proven.
+            let forged = StreamHeader {
+                source: "spiffe://beemesh.local/ns/default/sa/default".into(),
+                pod: Some("default/good".into()),
+                target: target.clone(),
+            };
+            let (_s, mut r) = conn.open(&forged).await?;
+            let forged_end = format!("{:?}", r.read_to_end(64).await);
+            // The proven identity, naming a pod that runs on h1 as another identity.
+            let unvouched = StreamHeader { source: admin.into(), pod: Some("default/good".into()), target };
+            let (_s, mut r) = conn.open(&unvouched).await?;
+            let unvouched_end = format!("{:?}", r.read_to_end(64).await);
+            Ok((forged_end, unvouched_end))
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    ensure!(outcome.0.contains("Reset"), "the forged header's stream was not reset: {}", outcome.0);
+    ensure!(outcome.1.contains("Reset"), "the unvouched stream was not reset: {}", outcome.1);
+    ensure!(
+        eventually(T, || h2.log().contains("tunnel stream refused")),
+        "h2 logged no forged header:\n{}",
+        h2.log()
+    );
+    ensure!(
+        eventually(T, || h2.log().contains("does not run with that identity")),
+        "h2 logged no unvouched stream:\n{}",
+        h2.log()
+    );
+    Ok(())
+}
