@@ -409,3 +409,49 @@ fn the_tunnel_refuses_foreign_expired_and_forged_peers_and_says_why() -> Result<
     );
     Ok(())
 }
+
+#[test]
+fn traffic_recovers_after_the_link_drops_and_after_the_destination_changes_address() -> Result<()> {
+    let (lan, _offline, mut agents) = lan::joined_mesh("svl", 58, 2)?;
+    lan::start_all(&mut agents, T)?;
+    for a in &agents {
+        a.import_busybox("busybox:1")?;
+    }
+    let (h1, h2) = (&agents[0], &agents[1]);
+    h1.apply(&format!(
+        "{}---\n{}---\n{}",
+        server("remote", "h2", "far", "hello-from-h2"),
+        service("far", "far"),
+        client("c", "any")
+    ))?;
+    h1.wait_ready("c", T)?;
+    h2.wait_ready("remote", T)?;
+    let reached = || fetch(h1, "c", "http://far/").contains("hello-from-h2");
+    ensure!(eventually(T, reached), "never reached: {}", fetch(h1, "c", "http://far/"));
+
+    // The link drops (h2's port on the bridge goes down) and comes back.
+    lan.cut(2)?;
+    ensure!(eventually(T, || !reached()), "h2 still reached with its link down");
+    lan.mend(2)?;
+    ensure!(eventually(T, reached), "not recovered after the link came back:\n{}", h1.log());
+
+    // h2 moves to another address: its Node record follows, the tunnel dials it there.
+    let ns = lan.netns(2);
+    let ip = |args: &[&str]| -> Result<()> {
+        let out = std::process::Command::new("ip").args(["-n", &ns]).args(args).output()?;
+        ensure!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    };
+    // (Deleting a primary address takes the secondaries of its subnet with it: delete first.)
+    ip(&["addr", "del", &format!("{}/24", lan.addr(2)), "dev", "eth0"])?;
+    ip(&["addr", "add", "10.200.58.12/24", "dev", "eth0"])?;
+    ensure!(
+        eventually(T, reached),
+        "not recovered after h2 changed its address:\n{}\n{}",
+        h1.log(),
+        h2.log()
+    );
+    let (ok, out, _) = h1.run_cli(&["get", "nodes", "h2", "-o", "json"], None)?;
+    ensure!(ok && out.contains("10.200.58.12"), "h2's Node record kept its old address: {out}");
+    Ok(())
+}

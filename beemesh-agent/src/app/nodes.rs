@@ -215,8 +215,9 @@ pub async fn publish(cluster: &Cluster, facts: &NodeFacts) -> Result<bool, Clust
 }
 
 /// How often the record is checked against this host's facts (its mesh addresses change when
-/// interfaces come and go); a write happens only on a difference.
-const REFRESH: Duration = Duration::from_secs(30);
+/// interfaces come and go, and peers find its tunnel endpoint there); a write happens only on
+/// a difference, and a check is a local read.
+const REFRESH: Duration = Duration::from_secs(5);
 /// At start, how long to wait for the listener's interface addresses (libp2p reports them as
 /// it finds them) before writing the record without an InternalIP.
 const FIRST_ADDRESS_WAIT: Duration = Duration::from_secs(10);

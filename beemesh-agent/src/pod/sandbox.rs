@@ -103,14 +103,14 @@ fn claim_for_pod(dir: &Path, ids: IdMap) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// Every directory above `dir` must let other users through (search permission): a pod's
-/// processes (host ids of its own range) open the container root, logs and volumes by path.
 /// A pod's /etc/resolv.conf, as a kubelet writes it for `dnsPolicy: ClusterFirst`.
 fn resolv_conf(namespace: &str) -> String {
     let domain = crate::app::dns::CLUSTER_DOMAIN;
     format!("search {namespace}.svc.{domain} svc.{domain} {domain}\nnameserver 10.0.2.3\noptions ndots:5\n")
 }
 
+/// Every directory above `dir` must let other users through (search permission): a pod's
+/// processes (host ids of its own range) open the container root, logs and volumes by path.
 fn check_reachable(dir: &Path) -> Result<(), SandboxError> {
     use std::os::unix::fs::PermissionsExt;
     for a in dir.ancestors().skip(1) {
