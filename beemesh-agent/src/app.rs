@@ -254,6 +254,8 @@ struct Agent {
     local_pods: watch::Sender<Arc<forward::PodView>>,
     /// Other hosts' pods (numbered here) and the mesh's NetworkPolicies, for the policy.
     mesh: MeshPolicy,
+    /// This host's pods' mesh addresses (assigned by the forwarder), for their statuses.
+    pod_addrs: forward::PodAddrs,
 }
 
 /// What the policy knows of the rest of the mesh (`app::mesh_view`).
@@ -355,6 +357,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         policy_dirty: false,
         local_pods: watch::channel(Arc::new(forward::PodView::default())).0,
         mesh: MeshPolicy::default(),
+        pod_addrs: forward::PodAddrs::default(),
     };
     agent.recover()?;
     agent.seed_local_ports();
@@ -377,7 +380,11 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     let hub = FlowHub::new(agent.cfg.flow_history);
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(maps) = service_maps {
+        let pod_pool = services::Pool::cidr(&agent.cfg.pod_cidr)
+            .map_err(|e| AgentError::Config(format!("podCidr: {e}")))?;
         forward::start(forward::Setup {
+            pod_pool,
+            addrs: agent.pod_addrs.clone(),
             node: mesh.cluster.node().to_owned(),
             cluster: mesh.cluster.clone(),
             maps,

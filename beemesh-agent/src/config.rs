@@ -111,6 +111,9 @@ pub struct Config {
     /// The virtual addresses Services get (`spec.clusterIP`), mesh-wide: every host must name
     /// the same range.
     pub service_cluster_ip_range: String,
+    /// The pods' mesh addresses (`status.podIP`), mesh-wide: every host must name the same
+    /// range, apart from `serviceClusterIpRange`.
+    pub pod_cidr: String,
     /// The mesh: listen port and addresses, bootstrap peers, mDNS, node name and labels.
     pub mesh: crate::mesh::swarm::MeshSettings,
     /// What this host's Node record offers: pods and allocatable overrides.
@@ -161,6 +164,7 @@ impl Default for Config {
             image_max_entries: crate::image::DEFAULT_MAX_ENTRIES,
             container_log_max_bytes: 10 << 20,
             service_cluster_ip_range: crate::app::services::DEFAULT_CLUSTER_IP_RANGE.to_owned(),
+            pod_cidr: crate::app::services::DEFAULT_POD_CIDR.to_owned(),
             mesh: Default::default(),
             node: NodeCapacity::default(),
         }
@@ -224,8 +228,16 @@ impl Config {
         if self.container_log_max_bytes < 4096 {
             return Err(ConfigError::Invalid("containerLogMaxBytes: must be 4096 or more".into()));
         }
-        crate::app::services::Pool::cidr(&self.service_cluster_ip_range)
+        let services = crate::app::services::Pool::cidr(&self.service_cluster_ip_range)
             .map_err(|e| ConfigError::Invalid(format!("serviceClusterIpRange: {e}")))?;
+        let pods = crate::app::services::Pool::cidr(&self.pod_cidr)
+            .map_err(|e| ConfigError::Invalid(format!("podCidr: {e}")))?;
+        if pods.overlaps(&services) {
+            return Err(ConfigError::Invalid(format!(
+                "podCidr: {} overlaps serviceClusterIpRange {}",
+                self.pod_cidr, self.service_cluster_ip_range
+            )));
+        }
         self.mesh.validate().map_err(ConfigError::Invalid)?;
         if self.node.max_pods == 0 {
             return Err(ConfigError::Invalid("node.maxPods: must be more than 0".into()));

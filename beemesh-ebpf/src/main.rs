@@ -148,15 +148,20 @@ fn refuse_connect() {
     }
 }
 
-/// A TCP connect to a Service's cluster IP: picks a backend, decides the subject's egress
+/// A TCP connect to a Service's cluster IP (or a pod's mesh address): picks a backend, decides the subject's egress
 /// (and the backend's ingress) against it, records the capture under the socket's cookie
 /// and sends the connection to the agent's capture listener (127.0.0.1). `None`: not a
 /// Service address (or nothing is captured), decide as usual.
 #[inline(always)]
 fn capture(ctx: &SockAddrContext, slot: &Slot, flow: &Flow) -> Option<i32> {
     let key = EndpointKey { addr: flow.addr, port: flow.port, proto: PROTO_TCP, _pad: 0 };
+    // A Service port, else a pod's mesh address (port 0: any port).
+    let found = match SERVICES.get_ptr(&key) {
+        Some(p) => p,
+        None => SERVICES.get_ptr(&EndpointKey { port: 0, ..key })?,
+    };
     // SAFETY: pointer from a successful lookup, copied at once.
-    let service = unsafe { *SERVICES.get_ptr(&key)? };
+    let service = unsafe { *found };
     // SAFETY: array index 0 exists; copied at once.
     let redirect = unsafe { *REDIRECT.get_ptr(0)? };
     if redirect.capture_port == 0 {
@@ -175,7 +180,9 @@ fn capture(ctx: &SockAddrContext, slot: &Slot, flow: &Flow) -> Option<i32> {
     };
     // SAFETY: pointer from a successful lookup, copied at once.
     let backend = unsafe { *backend };
-    let to_backend = Flow { port: backend.port, ..*flow };
+    // Port 0: the pod's own port, as asked.
+    let port = if backend.port == 0 { flow.port } else { backend.port };
+    let to_backend = Flow { port, ..*flow };
     let peers = PeerSet { primary: backend.identity, cidr: ID_NONE };
     if !enforce::egress_to(slot, &to_backend, peers, true) {
         refuse_connect();

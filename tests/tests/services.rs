@@ -95,6 +95,42 @@ fn a_pod_reaches_services_on_another_host_through_the_tunnel_and_on_its_own_host
         h1.log()
     );
 
+    // Pods' mesh addresses: from podCidr (10.244.0.0/16), reachable from any host on any port,
+    // answered by a headless Service and, with hostname and subdomain, by the pod's own name.
+    h1.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: db}\nspec:\n  clusterIP: None\n  selector: {app: db}\n  ports: [{port: 8080}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: db-pod, labels: {app: db}}\nspec:\n  nodeName: h2\n  hostname: db-0\n  subdomain: db\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox:1\n    command: [sh, -c, 'mkdir -p /www && echo hello-from-db-0 > /www/index.html && exec httpd -f -p 8080 -h /www']\n    readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}\n",
+    )?;
+    h2.wait_ready("db-pod", T)?;
+    let pod_ip = |name: &str| -> String {
+        let pod = h1.pod(name).unwrap_or_default();
+        pod["status"]["podIP"].as_str().unwrap_or_default().to_owned()
+    };
+    ensure!(
+        eventually(T, || pod_ip("db-pod").starts_with("10.244.")),
+        "no mesh address: {}",
+        pod_ip("db-pod")
+    );
+    let db_ip = pod_ip("db-pod");
+    ensure!(
+        eventually(T, || pod_ip("remote").starts_with("10.244.") && pod_ip("remote") != db_ip),
+        "pods share or lack addresses: {db_ip} {}",
+        pod_ip("remote")
+    );
+    let by_addr = format!("http://{db_ip}:8080/");
+    ensure!(
+        eventually(T, || fetch(h1, "client", &by_addr).contains("hello-from-db-0")),
+        "{by_addr}: {}",
+        fetch(h1, "client", &by_addr)
+    );
+    ensure!(
+        eventually(T, || fetch(h1, "client", "http://db-0.db:8080/").contains("hello-from-db-0")),
+        "db-0.db: {}",
+        fetch(h1, "client", "http://db-0.db:8080/")
+    );
+    let (_, out, err) =
+        h1.run_cli(&["exec", "client", "--", "nslookup", "db.default.svc.cluster.local"], None)?;
+    ensure!(out.contains(&db_ip), "the headless Service does not answer its pod: {out}{err}");
+
     // One Service, a pod on each host: connections spread over both (each picks at random;
     // 200 tries all to one side would be a 2^-199 chance).
     h1.apply(&format!(

@@ -32,6 +32,7 @@ use super::cluster::pods::{self as cluster_pods, POD, POD_STATUS};
 use super::cluster::Cluster;
 use super::dns;
 use super::services::endpoints::{self, Backend};
+use super::services::{Aged, Pool};
 use crate::flows::Names;
 use crate::kernel::{Captured, ServiceMaps};
 use crate::mesh::trust::files::WorkloadIssuer;
@@ -56,8 +57,15 @@ pub struct PodView {
     pub remote: BTreeMap<String, u32>,
 }
 
+/// This host's pods' mesh addresses by uid (assigned by the forwarder, shown in their
+/// statuses by the actor).
+pub type PodAddrs = Arc<Mutex<BTreeMap<String, Ipv4Addr>>>;
+
 /// What the forwarder is started with.
 pub(crate) struct Setup {
+    /// The pods' mesh address range (`podCidr`).
+    pub pod_pool: Pool,
+    pub addrs: PodAddrs,
     pub node: String,
     pub cluster: Cluster,
     pub maps: ServiceMaps,
@@ -174,10 +182,14 @@ where
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     tokio::select! {
-        r = tokio::io::copy_bidirectional(a, b) => Some(r),
+        r = tokio::io::copy_bidirectional_with_sizes(a, b, RELAY_BUFFER, RELAY_BUFFER) => Some(r),
         () = cut.notified() => None,
     }
 }
+
+/// Each direction's copy buffer: large reads and writes (fewer syscalls and QUIC frames per
+/// byte); bounded, so a slow side holds back the other (back-pressure, no queue grows).
+const RELAY_BUFFER: usize = 64 << 10;
 
 /// Resets a TCP connection (RST, not FIN): the workload sees its connection cut.
 fn reset_tcp(stream: TcpStream) {
@@ -197,6 +209,8 @@ type Pooled = Arc<tokio::sync::Mutex<Option<(Connection, u64)>>>;
 
 struct Shared {
     node: String,
+    pod_pool: Pool,
+    addrs: PodAddrs,
     maps: Mutex<ServiceMaps>,
     table: watch::Receiver<Arc<Table>>,
     local: watch::Receiver<Arc<PodView>>,
@@ -228,6 +242,8 @@ pub(crate) async fn start(setup: Setup) -> std::io::Result<()> {
     let (table_tx, table) = watch::channel(Arc::new(Table::default()));
     let shared = Arc::new(Shared {
         node: setup.node,
+        pod_pool: setup.pod_pool,
+        addrs: setup.addrs,
         maps: Mutex::new(maps),
         table,
         local: setup.local,
@@ -269,8 +285,15 @@ async fn follow_state(shared: Arc<Shared>, cluster: Cluster, table_tx: watch::Se
         match cluster.snapshot(&kinds).await {
             Ok((_, listed)) => {
                 let local_pods = local.borrow_and_update().clone();
-                let (wanted, table) =
-                    build(&shared.node, &shared.trust_domain, &listed, &local_pods, &mut ids);
+                let (wanted, table) = build(
+                    &shared.node,
+                    &shared.trust_domain,
+                    &shared.pod_pool,
+                    &shared.addrs,
+                    &listed,
+                    &local_pods,
+                    &mut ids,
+                );
                 let table = Table {
                     backends: table.backends.into_iter().chain(ids.previous(&table_tx.borrow())).collect(),
                     ..table
@@ -320,9 +343,12 @@ impl Ids {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn build(
     node: &str,
     trust_domain: &str,
+    pool: &Pool,
+    addrs: &PodAddrs,
     listed: &[super::cluster::Listed],
     view: &PodView,
     ids: &mut Ids,
@@ -354,22 +380,37 @@ fn build(
             _ => {}
         }
     }
-    let mut records = dns::Records::default();
-    for (namespace, name, svc) in &services {
-        let headless = svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None");
-        match super::services::cluster_ip(svc) {
-            Some(ip) => records.add_service(namespace, name, vec![Ipv4Addr::from(ip)]),
-            // A headless Service's name exists; its pods' addresses come with pod addresses.
-            None if headless => records.add_service(namespace, name, Vec::new()),
-            None => {}
-        }
-    }
     let reports = cluster_pods::reports(&statuses);
+    let addr_of = pod_addresses(node, pool, &pods, &reports, view, addrs);
+    let records = dns_records(&services, &pods, &reports, &addr_of);
     let ports = endpoints::compute(&services, &pods, &reports);
     let mut wanted = BTreeMap::new();
     let mut backends = HashMap::new();
     let (mut used_services, mut used_backends) = (HashSet::new(), HashSet::new());
-    for sp in ports {
+    // Every pod with a mesh address, on any port: a Service of its own (port 0).
+    let pod_ports = pods.iter().filter_map(|p| {
+        let addr = *addr_of.get(p.metadata.uid.as_deref()?)?;
+        let (placed, uid) = cluster_pods::placement(p);
+        let b = Backend {
+            namespace: p.metadata.namespace.clone()?,
+            pod: p.metadata.name.clone()?,
+            uid: uid.to_owned(),
+            node: placed.to_owned(),
+            port: 0,
+            service_account: String::new(),
+            labels: BTreeMap::new(),
+        };
+        let service = format!("pod/{}", b.pod);
+        Some(endpoints::ServicePort {
+            namespace: b.namespace.clone(),
+            service,
+            ip: addr,
+            port: 0,
+            backends: vec![b],
+        })
+    });
+    let pod_ports: Vec<_> = pod_ports.collect();
+    for sp in ports.into_iter().chain(pod_ports) {
         let skey = (sp.namespace.clone(), sp.service.clone(), sp.port);
         let id = Ids::id(&mut ids.next, &mut ids.services, skey.clone());
         used_services.insert(skey);
@@ -408,6 +449,84 @@ fn build(
         })
         .collect();
     (wanted, Table { backends, tunnels, pods: placed, records })
+}
+
+/// Mesh addresses by pod uid: this host's pods' (assigned here, `services::pod_addresses`,
+/// and kept in `addrs` for their statuses) and the ones other hosts report for theirs.
+fn pod_addresses(
+    node: &str,
+    pool: &Pool,
+    pods: &[Pod],
+    reports: &BTreeMap<String, cluster_pods::PodReport>,
+    view: &PodView,
+    addrs: &PodAddrs,
+) -> HashMap<String, Ipv4Addr> {
+    let reported = |uid: &str, placed: &str| -> Option<u32> {
+        let r = reports.get(uid).filter(|r| r.node == placed)?;
+        let ip: Ipv4Addr = r.pod_status.get("podIP")?.as_str()?.parse().ok()?;
+        Some(u32::from(ip)).filter(|a| pool.contains(*a))
+    };
+    let running_here: HashSet<&str> = view.local.values().map(|p| p.uid.as_str()).collect();
+    let mut local = Vec::new();
+    let mut others = BTreeMap::new();
+    let held_now = addrs.lock().map(|a| a.clone()).unwrap_or_default();
+    let mut held = BTreeMap::new();
+    for p in pods {
+        let (placed, uid) = cluster_pods::placement(p);
+        let created = p.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
+        let aged = Aged { created, uid: uid.to_owned() };
+        if placed == node && running_here.contains(uid) {
+            if let Some(a) = held_now.get(uid).map(|a| u32::from(*a)).or_else(|| reported(uid, placed)) {
+                held.insert(uid.to_owned(), a);
+            }
+            local.push(aged);
+        } else if let Some(a) = reported(uid, placed) {
+            others.insert(a, aged);
+        }
+    }
+    let assigned = super::services::pod_addresses(pool, &local, &held, &others);
+    let mine: BTreeMap<String, Ipv4Addr> =
+        assigned.into_iter().map(|(u, a)| (u, Ipv4Addr::from(a))).collect();
+    if let Ok(mut a) = addrs.lock() {
+        a.clone_from(&mine);
+    }
+    others.into_iter().map(|(a, p)| (p.uid, Ipv4Addr::from(a))).chain(mine).collect()
+}
+
+/// The mesh's DNS names: Services by their cluster IP, headless ones by their ready pods'
+/// addresses, and pods with `hostname` and `subdomain` naming a headless Service by theirs.
+fn dns_records(
+    services: &[(String, String, Service)],
+    pods: &[Pod],
+    reports: &BTreeMap<String, cluster_pods::PodReport>,
+    addr_of: &HashMap<String, Ipv4Addr>,
+) -> dns::Records {
+    let ready: Vec<&Pod> = pods.iter().filter(|p| endpoints::is_ready(p, reports)).collect();
+    let addr = |p: &Pod| p.metadata.uid.as_deref().and_then(|u| addr_of.get(u)).copied();
+    let mut records = dns::Records::default();
+    for (namespace, name, svc) in services {
+        let headless = svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None");
+        if let Some(ip) = super::services::cluster_ip(svc) {
+            records.add_service(namespace, name, vec![Ipv4Addr::from(ip)]);
+        } else if headless {
+            let selected = endpoints::selected(svc, namespace, &ready);
+            let mut addrs: Vec<Ipv4Addr> = selected.iter().filter_map(|p| addr(p)).collect();
+            addrs.sort();
+            records.add_service(namespace, name, addrs);
+            for p in selected {
+                let spec = p.spec.as_ref();
+                let (Some(host), Some(sub)) =
+                    (spec.and_then(|s| s.hostname.as_deref()), spec.and_then(|s| s.subdomain.as_deref()))
+                else {
+                    continue;
+                };
+                if let (true, Some(a)) = (sub == name, addr(p)) {
+                    records.add_pod(namespace, name, host, a);
+                }
+            }
+        }
+    }
+    records
 }
 
 /// The SPIFFE id of a pod.
@@ -460,10 +579,14 @@ async fn captured(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         return;
     };
     let table = shared.table.borrow().clone();
-    let Some(backend) = table.backends.get(&capture.backend).cloned() else {
+    let Some(mut backend) = table.backends.get(&capture.backend).cloned() else {
         warn!(backend = capture.backend, "captured connection to a backend that is gone: closed");
         return;
     };
+    // A pod's mesh address: the port asked for.
+    if backend.port == 0 {
+        backend.port = capture.port;
+    }
     let source = shared.names.borrow().identities.get(&capture.subject).cloned();
     // The source pod (for the destination's label-based policy): the local pod with the
     // captured workload's identity. Replicas sharing an identity share its labels.

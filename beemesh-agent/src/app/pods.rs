@@ -1451,7 +1451,17 @@ impl Agent {
             age_secs: now.saturating_sub(e.record.created),
             host: self.pods.host.clone(),
             identity,
-            object: pod_object(e, &self.pods.host),
+            object: {
+                let mut object = pod_object(e, &self.pods.host);
+                // The pod's mesh address once the forwarder gave it one (inside, it is
+                // 10.0.2.100 on its own tap device).
+                let addr = self.pod_addrs.lock().ok().and_then(|a| a.get(e.uid()).copied());
+                if let Some(addr) = addr {
+                    object["status"]["podIP"] = addr.to_string().into();
+                    object["status"]["podIPs"] = serde_json::json!([{"ip": addr.to_string()}]);
+                }
+                object
+            },
         }
     }
 

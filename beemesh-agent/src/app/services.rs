@@ -13,6 +13,9 @@ use k8s_openapi::api::core::v1::Service;
 
 pub mod endpoints;
 
+/// The pods' mesh address range when the configuration names none (a common Kubernetes pod
+/// network).
+pub const DEFAULT_POD_CIDR: &str = "10.244.0.0/16";
 /// The cluster IP range when the configuration names none (Kubernetes' default).
 pub const DEFAULT_CLUSTER_IP_RANGE: &str = "10.96.0.0/12";
 /// The node port range (Kubernetes' default).
@@ -31,7 +34,7 @@ impl Pool {
     /// the network address, nor the first address after it (kept for the mesh's own API
     /// Service, as Kubernetes keeps it for `kubernetes`), nor the broadcast address.
     pub fn cidr(cidr: &str) -> Result<Pool, String> {
-        let bad = |why: &str| format!("cluster IP range {cidr:?}: {why}");
+        let bad = |why: &str| format!("range {cidr:?}: {why}");
         let (addr, len) = cidr.split_once('/').ok_or_else(|| bad("not an IPv4 CIDR (a.b.c.d/len)"))?;
         let addr: Ipv4Addr = addr.parse().map_err(|_| bad("not an IPv4 address"))?;
         let len: u32 = len.parse().map_err(|_| bad("not a prefix length"))?;
@@ -49,6 +52,11 @@ impl Pool {
     /// The node ports, 30000-32767.
     pub fn node_ports() -> Pool {
         Pool { first: NODE_PORT_FIRST, count: NODE_PORT_LAST - NODE_PORT_FIRST + 1 }
+    }
+
+    /// Whether the two pools share a value.
+    pub fn overlaps(&self, other: &Pool) -> bool {
+        self.first < other.first + other.count && other.first < self.first + self.count
     }
 
     pub fn contains(&self, v: u32) -> bool {
@@ -252,6 +260,44 @@ pub fn losers(services: &[(String, String, Service)]) -> BTreeSet<String> {
     for mut holders in by_ip.into_values().chain(by_port.into_values()).filter(|h| h.len() > 1) {
         holders.sort();
         out.extend(holders.into_iter().skip(1).map(|(_, k)| k.to_owned()));
+    }
+    out
+}
+
+/// A pod, for [`pod_addresses`]: its uid and creation time (RFC 3339; older first).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Aged {
+    pub created: String,
+    pub uid: String,
+}
+
+/// Mesh addresses (`status.podIP`) for this host's pods (`local`), from `pool`: a pod keeps
+/// the address it holds (`held`: assigned earlier, or read back from this host's reports
+/// after a restart) unless an older pod elsewhere (`others`: addresses other hosts report)
+/// or an older pod here holds it too; else it gets its uid hashed into the pool, probed
+/// past every address in use. Two hosts picking one address at once: the older pod keeps
+/// it, the younger one's host moves it on its next pass.
+pub fn pod_addresses(
+    pool: &Pool,
+    local: &[Aged],
+    held: &BTreeMap<String, u32>,
+    others: &BTreeMap<u32, Aged>,
+) -> BTreeMap<String, u32> {
+    let mut local: Vec<&Aged> = local.iter().collect();
+    local.sort();
+    let mut taken: BTreeMap<u32, String> = others.iter().map(|(a, p)| (*a, p.uid.clone())).collect();
+    let mut out = BTreeMap::new();
+    for pod in local {
+        let kept = held.get(&pod.uid).copied().filter(|a| {
+            let free_here = !out.values().any(|v| v == a);
+            let older_elsewhere = others.get(a).is_some_and(|o| o < pod);
+            pool.contains(*a) && free_here && !older_elsewhere
+        });
+        let addr = kept.or_else(|| pool.allocate(&pod.uid, &taken));
+        if let Some(addr) = addr {
+            taken.insert(addr, pod.uid.clone());
+            out.insert(pod.uid.clone(), addr);
+        }
     }
     out
 }

@@ -84,6 +84,8 @@ const POD_SPEC: &[&str] = &[
     "spec.serviceAccount",
     "spec.terminationGracePeriodSeconds",
     "spec.hostname",
+    // Names the headless Service whose DNS answers `HOSTNAME.SUBDOMAIN.NS.svc` (app::forward).
+    "spec.subdomain",
     "spec.nodeName",
     "spec.shareProcessNamespace",
     "spec.volumes[].name",

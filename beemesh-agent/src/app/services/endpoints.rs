@@ -53,16 +53,10 @@ pub fn compute(
     for (namespace, name, svc) in services {
         let Some(spec) = svc.spec.as_ref() else { continue };
         let Some(ip) = super::cluster_ip(svc).map(Ipv4Addr::from) else { continue };
-        let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) else { continue };
-        let selected: Vec<&Pod> = ready
-            .iter()
-            .copied()
-            .filter(|p| p.metadata.namespace.as_deref() == Some(namespace.as_str()))
-            .filter(|p| {
-                let labels = p.metadata.labels.as_ref();
-                selector.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
-            })
-            .collect();
+        if spec.selector.as_ref().is_none_or(|s| s.is_empty()) {
+            continue;
+        }
+        let selected = selected(svc, namespace, &ready);
         for port in spec.ports.iter().flatten() {
             if port.protocol.as_deref().is_some_and(|p| p != "TCP") {
                 continue;
@@ -88,7 +82,25 @@ pub fn compute(
     out
 }
 
-fn is_ready(pod: &Pod, reports: &BTreeMap<String, PodReport>) -> bool {
+/// The pods of `ready` in `namespace` that `svc`'s selector selects (none without a
+/// selector).
+pub fn selected<'a>(svc: &Service, namespace: &str, ready: &[&'a Pod]) -> Vec<&'a Pod> {
+    let selector = svc.spec.as_ref().and_then(|s| s.selector.as_ref()).filter(|s| !s.is_empty());
+    let Some(selector) = selector else { return Vec::new() };
+    ready
+        .iter()
+        .copied()
+        .filter(|p| p.metadata.namespace.as_deref() == Some(namespace))
+        .filter(|p| {
+            let labels = p.metadata.labels.as_ref();
+            selector.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+        })
+        .collect()
+}
+
+/// Whether the host `pod` is placed on reports it with every container ready, and it is not
+/// being deleted.
+pub fn is_ready(pod: &Pod, reports: &BTreeMap<String, PodReport>) -> bool {
     let (node, uid) = placement(pod);
     pod.metadata.deletion_timestamp.is_none()
         && !node.is_empty()

@@ -156,3 +156,36 @@ fn a_service_gives_up_only_what_an_older_one_holds() {
     assign(&mut ext, "default/ext", None, &Taken::default(), &pools()).expect("assigned");
     assert_eq!(ext.spec.and_then(|s| s.cluster_ip), None);
 }
+
+fn aged(created: &str, uid: &str) -> Aged {
+    Aged { created: created.into(), uid: uid.into() }
+}
+
+#[test]
+fn pod_addresses_are_kept_allocated_apart_and_yielded_only_to_older_pods() {
+    let pool = Pool::cidr("10.244.0.0/24").expect("pool");
+    let (a, b) = (aged("2026-01-01T00:00:00Z", "a"), aged("2026-01-02T00:00:00Z", "b"));
+    // Fresh: each gets an address of the pool, different ones.
+    let first = pod_addresses(&pool, &[a.clone(), b.clone()], &BTreeMap::new(), &BTreeMap::new());
+    assert_eq!(first.len(), 2);
+    assert!(first.values().all(|v| pool.contains(*v)));
+    assert_ne!(first["a"], first["b"]);
+    // Held addresses stay, whatever the hash says.
+    let held: BTreeMap<String, u32> = [("a".to_string(), first["b"]), ("b".to_string(), first["a"])].into();
+    assert_eq!(pod_addresses(&pool, &[a.clone(), b.clone()], &held, &BTreeMap::new()), held);
+    // An older pod elsewhere reports a's address: a moves; a younger one: a keeps it.
+    let older: BTreeMap<u32, Aged> = [(held["a"], aged("2025-12-31T00:00:00Z", "z"))].into();
+    let moved = pod_addresses(&pool, std::slice::from_ref(&a), &held, &older);
+    assert_ne!(moved["a"], held["a"]);
+    assert!(pool.contains(moved["a"]));
+    let younger: BTreeMap<u32, Aged> = [(held["a"], aged("2026-02-01T00:00:00Z", "y"))].into();
+    assert_eq!(pod_addresses(&pool, std::slice::from_ref(&a), &held, &younger)["a"], held["a"]);
+    // Two pods here holding one address: the older keeps it.
+    let same: BTreeMap<String, u32> = [("a".to_string(), first["a"]), ("b".to_string(), first["a"])].into();
+    let fixed = pod_addresses(&pool, &[b, a], &same, &BTreeMap::new());
+    assert_eq!(fixed["a"], first["a"]);
+    assert_ne!(fixed["b"], first["a"]);
+    // An address outside the pool (a changed podCidr) is replaced.
+    let outside: BTreeMap<String, u32> = [("a".to_string(), 1)].into();
+    assert!(pool.contains(pod_addresses(&pool, &[aged("x", "a")], &outside, &BTreeMap::new())["a"]));
+}
