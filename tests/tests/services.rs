@@ -43,7 +43,7 @@ fn fetch(agent: &Agent, pod: &str, url: &str) -> String {
 
 #[test]
 fn a_pod_reaches_services_on_another_host_through_the_tunnel_and_on_its_own_host() -> Result<()> {
-    let (_lan, _offline, mut agents) = lan::joined_mesh("svc", 55, 2)?;
+    let (lan, _offline, mut agents) = lan::joined_mesh("svc", 55, 2)?;
     lan::start_all(&mut agents, T)?;
     for a in &agents {
         a.import_busybox("busybox:1")?;
@@ -130,6 +130,30 @@ fn a_pod_reaches_services_on_another_host_through_the_tunnel_and_on_its_own_host
     let (_, out, err) =
         h1.run_cli(&["exec", "client", "--", "nslookup", "db.default.svc.cluster.local"], None)?;
     ensure!(out.contains(&db_ip), "the headless Service does not answer its pod: {out}{err}");
+
+    // A NodePort Service answers on every host's address, from outside any pod: on h1
+    // through the tunnel, on h2 from its own pod.
+    h1.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: np}\nspec:\n  type: NodePort\n  selector: {app: far}\n  ports: [{port: 80, targetPort: http}]\n",
+    )?;
+    let (ok, out, err) = h1.run_cli(&["get", "services", "np", "-o", "json"], None)?;
+    ensure!(ok, "get services np: {err}");
+    let svc: serde_json::Value = serde_json::from_str(&out)?;
+    let node_port = svc["spec"]["ports"][0]["nodePort"].as_u64().context("nodePort")?;
+    for host in [1, 2] {
+        let url = format!("http://{}:{node_port}/", lan.addr(host));
+        let from_h1 = || {
+            std::process::Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", lan.netns(1)))
+                .args(["timeout", "5", "busybox", "wget", "-q", "-O", "-", &url])
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+                })
+                .unwrap_or_else(|e| e.to_string())
+        };
+        ensure!(eventually(T, || from_h1().contains("hello-from-h2")), "{url}: {}", from_h1());
+    }
 
     // One Service, a pod on each host: connections spread over both (each picks at random;
     // 200 tries all to one side would be a 2^-199 chance).

@@ -92,6 +92,8 @@ struct Table {
     pods: HashMap<String, (String, String)>,
     /// The mesh's DNS names.
     records: dns::Records,
+    /// NodePort -> the ready backends of its Service port.
+    node_ports: HashMap<u16, Vec<Backend>>,
 }
 
 /// What a live flow was allowed by, decided again whenever the policy changes.
@@ -227,6 +229,8 @@ struct Shared {
     pool: Mutex<HashMap<(String, String), Pooled>>,
     /// The flows relayed now, for revocation.
     live: Live,
+    /// Round robin over a NodePort's backends.
+    next_backend: std::sync::atomic::AtomicUsize,
     generation: std::sync::atomic::AtomicU64,
 }
 
@@ -256,6 +260,7 @@ pub(crate) async fn start(setup: Setup) -> std::io::Result<()> {
         identities: Mutex::new(HashMap::new()),
         pool: Mutex::new(HashMap::new()),
         live: Live::default(),
+        next_backend: std::sync::atomic::AtomicUsize::new(0),
         generation: std::sync::atomic::AtomicU64::new(0),
     });
     let upstreams = upstream_resolvers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
@@ -268,6 +273,7 @@ pub(crate) async fn start(setup: Setup) -> std::io::Result<()> {
     );
     tokio::spawn(dns_loop(shared.clone(), resolver, upstreams));
     tokio::spawn(revoke_loop(shared.clone()));
+    tokio::spawn(node_port_loop(shared.clone()));
     tokio::spawn(follow_state(shared.clone(), setup.cluster, table_tx));
     tokio::spawn(capture_loop(shared.clone(), listener));
     tokio::spawn(tunnel_loop(shared));
@@ -406,10 +412,17 @@ fn build(
             service,
             ip: addr,
             port: 0,
+            node_port: None,
             backends: vec![b],
         })
     });
     let pod_ports: Vec<_> = pod_ports.collect();
+    let mut node_ports = HashMap::new();
+    for sp in ports.iter().filter(|sp| !sp.backends.is_empty()) {
+        if let Some(np) = sp.node_port {
+            node_ports.insert(np, sp.backends.clone());
+        }
+    }
     for sp in ports.into_iter().chain(pod_ports) {
         let skey = (sp.namespace.clone(), sp.service.clone(), sp.port);
         let id = Ids::id(&mut ids.next, &mut ids.services, skey.clone());
@@ -448,7 +461,7 @@ fn build(
             Some((key, (node.to_owned(), spiffe_of(p, trust_domain, ns))))
         })
         .collect();
-    (wanted, Table { backends, tunnels, pods: placed, records })
+    (wanted, Table { backends, tunnels, pods: placed, records, node_ports })
 }
 
 /// Mesh addresses by pod uid: this host's pods' (assigned here, `services::pod_addresses`,
@@ -692,6 +705,24 @@ async fn forward_remote(
 }
 
 impl Shared {
+    /// The identity under which an agent carries NodePort traffic (from outside the mesh:
+    /// policy sees `world`) to other hosts.
+    fn node_port_identity(&self) -> String {
+        format!("spiffe://{}/ns/kube-system/sa/beemesh-node-port", self.trust_domain)
+    }
+
+    /// The numeric identity of a backend's pod, as this host numbers it.
+    fn identity_of(&self, backend: &Backend) -> u32 {
+        let key = format!("{}/{}", backend.namespace, backend.pod);
+        let view = self.local.borrow();
+        let id = if backend.node == self.node {
+            view.local.get(&key).map(|p| p.identity)
+        } else {
+            view.remote.get(&key).copied()
+        };
+        id.unwrap_or(ID_WORLD)
+    }
+
     /// The destination's ingress verdict for a stream from `source` (a numeric identity) to
     /// `pod`'s `port`, recorded in `flows` with the tunnel peer's address.
     fn decide_ingress(&self, pod: &LocalPod, source: u32, port: u16, from: SocketAddr) -> bool {
@@ -819,9 +850,12 @@ async fn serve_stream(
     // The source was proven by mTLS; the pod it names must be placed on the host that
     // vouches for it, with that identity.
     let source_pod = header.pod.clone().unwrap_or_default();
-    let vouched = conn.peer_host().is_some_and(|host| {
-        shared.table.borrow().pods.get(&source_pod) == Some(&(host.to_owned(), conn.peer_id().to_owned()))
-    });
+    // NodePort traffic another host took in: no pod, its agent's node-port identity.
+    let from_node_port = header.pod.is_none() && conn.peer_id() == shared.node_port_identity();
+    let vouched = from_node_port
+        || conn.peer_host().is_some_and(|host| {
+            shared.table.borrow().pods.get(&source_pod) == Some(&(host.to_owned(), conn.peer_id().to_owned()))
+        });
     if !vouched {
         warn!(
             peer = conn.peer_id(),
@@ -971,4 +1005,83 @@ fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
         .unwrap_or(0)
+}
+
+/// Listens on every NodePort the table names (all IPv4 addresses, as kube-proxy does), and
+/// stops listening on the ones it no longer names.
+async fn node_port_loop(shared: Arc<Shared>) {
+    let mut table = shared.table.clone();
+    let mut listening: HashMap<u16, tokio::task::JoinHandle<()>> = HashMap::new();
+    loop {
+        let wanted: HashSet<u16> = table.borrow_and_update().node_ports.keys().copied().collect();
+        listening.retain(|port, task| {
+            let keep = wanted.contains(port);
+            if !keep {
+                task.abort();
+                info!(port, "node port closed");
+            }
+            keep
+        });
+        for port in wanted {
+            if listening.contains_key(&port) {
+                continue;
+            }
+            match TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).await {
+                Ok(listener) => {
+                    info!(port, "node port listening");
+                    listening.insert(port, tokio::spawn(node_port_accept(shared.clone(), listener, port)));
+                }
+                // Tried again on the next change of the endpoints.
+                Err(e) => warn!(port, error = %e, "cannot listen on a node port"),
+            }
+        }
+        if table.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn node_port_accept(shared: Arc<Shared>, listener: TcpListener, port: u16) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(node_port_connection(shared.clone(), stream, peer, port));
+            }
+            Err(e) => {
+                warn!(port, error = %e, "node port listener");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// A connection to a NodePort: to the Service port's backends in turn, here or through a
+/// tunnel, decided as coming from `world` (`host` from this host itself).
+async fn node_port_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, port: u16) {
+    let table = shared.table.borrow().clone();
+    let Some(backends) = table.node_ports.get(&port).filter(|b| !b.is_empty()) else {
+        reset_tcp(stream);
+        return;
+    };
+    let turn = shared.next_backend.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let backend = backends[turn % backends.len()].clone();
+    let local_peer = peer.ip().is_loopback() || crate::authz::LocalAddrs::read().contains(peer.ip());
+    let source = if local_peer { beemesh_common::ID_HOST } else { ID_WORLD };
+    let check = Check::Ingress { subject: shared.identity_of(&backend), peer: source, port: backend.port };
+    if !check.allowed(&shared.names.borrow().policy) {
+        info!(port, %peer, pod = %backend.pod, "node port connection denied by policy");
+        reset_tcp(stream);
+        return;
+    }
+    let live = shared.live.register(check);
+    let result = if backend.node == shared.node {
+        forward_local(&shared, stream, &backend, &live.cut).await
+    } else {
+        let identity = shared.node_port_identity();
+        forward_remote(&shared, stream, &identity, None, &backend, &table, &live.cut).await
+    };
+    match result {
+        Ok((up, down)) => debug!(port, %peer, pod = %backend.pod, up, down, "node port connection closed"),
+        Err(e) => info!(port, %peer, pod = %backend.pod, error = %e, "node port forwarding failed"),
+    }
 }

@@ -34,6 +34,8 @@ pub struct ServicePort {
     pub service: String,
     pub ip: Ipv4Addr,
     pub port: u16,
+    /// A NodePort Service's port on every host's addresses.
+    pub node_port: Option<u16>,
     pub backends: Vec<Backend>,
 }
 
@@ -70,11 +72,13 @@ pub fn compute(
                 })
                 .collect();
             backends.sort();
+            let node_port = port.node_port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0);
             out.push(ServicePort {
                 namespace: namespace.clone(),
                 service: name.clone(),
                 ip,
                 port: service_port,
+                node_port: node_port.filter(|_| spec.type_.as_deref() == Some("NodePort")),
                 backends,
             });
         }
