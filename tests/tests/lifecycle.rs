@@ -34,7 +34,7 @@ fn clean_shutdown_detaches_and_removes_everything() -> Result<()> {
     let web = agent.workload("web", WEB, &[], &["listen", &format!("127.0.0.1:{p}")])?;
     assert_eq!(web.line(T)?, "listening");
     assert!(agent.cgroup_root().join("web").is_dir());
-    assert_eq!(link_pins(&agent.pin_dir()), 8, "one pinned link per program");
+    assert_eq!(link_pins(&agent.pin_dir()), 10, "one pinned link per program");
 
     assert!(agent.stop()?, "agent exit status:\n{}", agent.log());
     assert!(!agent.cgroup_root().exists(), "cgroup subtree left behind");
@@ -73,7 +73,7 @@ fn crash_keeps_enforcing_and_restart_recovers() -> Result<()> {
     let names: Vec<&str> = list.as_array().expect("list").iter().filter_map(|w| w["name"].as_str()).collect();
     assert!(names.contains(&"web") && names.contains(&"watcher"), "{list}");
     assert!(
-        eventually(T, || link_pins(&agent.pin_dir()) == 8),
+        eventually(T, || link_pins(&agent.pin_dir()) == 10),
         "old generation not retired: {} pins",
         link_pins(&agent.pin_dir())
     );
