@@ -584,3 +584,16 @@ pub fn established_to(port: u16) -> Result<usize> {
     anyhow::ensure!(out.status.success(), "ss: {}", String::from_utf8_lossy(&out.stderr));
     Ok(String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).count())
 }
+
+/// User + system CPU seconds process `pid` (a number, or `self`) has used so far, from
+/// `/proc/PID/stat` (all its threads).
+pub fn cpu_seconds(pid: &str) -> Result<f64> {
+    let tick = 100.0; // USER_HZ on Linux
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command (in parentheses): state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').context("stat format")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11).context("utime")?.parse()?;
+    let stime: f64 = fields.get(12).context("stime")?.parse()?;
+    Ok((utime + stime) / tick)
+}

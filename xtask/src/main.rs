@@ -98,7 +98,8 @@ fn cargo() -> Command {
 /// `--quick`: 100 hosts instead of 1,000 and 10,000), the scheduler in the simulator
 /// (`sched_bench`: 100,000 pods on 1,000 and 10,000 hosts; `--quick`: 2,000 on 100) and five
 /// real agents in network namespaces (`mesh_bench`: convergence, memory, failure detection;
-/// takes only `--quick`).
+/// takes only `--quick`), and the tunnels against plain TCP on one veth pair
+/// (`tunnel_bench`: throughput, request/response, new streams; takes only `--quick`).
 fn bench(args: &[String]) -> Result<()> {
     run(cargo().args([
         "build",
@@ -124,6 +125,9 @@ fn bench(args: &[String]) -> Result<()> {
     let mut sched = Command::new(release.join("sched_bench"));
     sched.args(quick.clone());
     run(&mut sched)?;
+    let mut tunnel = Command::new(release.join("tunnel_bench"));
+    tunnel.args(quick.clone());
+    run(&mut tunnel)?;
     let mut mesh = Command::new(release.join("mesh_bench"));
     mesh.args(quick).env("BEEMESH_AGENT_BIN", release.join("beemesh-agent"));
     run(&mut mesh)

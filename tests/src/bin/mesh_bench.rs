@@ -553,17 +553,10 @@ fn tcp_send(args: &[String]) -> Result<()> {
 
 /// User + system CPU seconds of every agent process so far.
 fn agents_cpu(agents: &[Agent]) -> Result<f64> {
-    let tick = 100.0; // USER_HZ on Linux
     let mut total = 0.0;
     for a in agents {
         let pid = a.pid().context("agent runs")?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // Fields after the command (in parentheses): state is field 3, utime 14, stime 15.
-        let rest = stat.rsplit_once(')').context("stat format")?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: f64 = fields.get(11).context("utime")?.parse()?;
-        let stime: f64 = fields.get(12).context("stime")?.parse()?;
-        total += (utime + stime) / tick;
+        total += beemesh_tests::cpu_seconds(&pid.to_string())?;
     }
     Ok(total)
 }
