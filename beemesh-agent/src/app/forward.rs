@@ -287,6 +287,7 @@ async fn follow_state(shared: Arc<Shared>, cluster: Cluster, table_tx: watch::Se
     let mut changes: Vec<watch::Receiver<u64>> = kinds.iter().map(|k| cluster.kind_changes(k)).collect();
     let mut local = shared.local.clone();
     let mut ids = Ids::default();
+    let mut previous: HashMap<u32, Backend> = HashMap::new();
     loop {
         match cluster.snapshot(&kinds).await {
             Ok((_, listed)) => {
@@ -300,10 +301,12 @@ async fn follow_state(shared: Arc<Shared>, cluster: Cluster, table_tx: watch::Se
                     &local_pods,
                     &mut ids,
                 );
-                let table = Table {
-                    backends: table.backends.into_iter().chain(ids.previous(&table_tx.borrow())).collect(),
-                    ..table
-                };
+                // The previous pass's own backends stay one more pass (not older ones: the
+                // table does not grow with every pod that ever served).
+                let own = table.backends.clone();
+                let backends = previous.drain().chain(table.backends).collect();
+                previous = own;
+                let table = Table { backends, ..table };
                 let installed = shared.maps.lock().map(|mut m| m.install(&wanted));
                 match installed {
                     Ok(Ok(())) => debug!(services = wanted.len(), "service endpoints installed"),
@@ -341,11 +344,6 @@ impl Ids {
             *next = next.wrapping_add(1).max(1);
             *next
         })
-    }
-
-    /// The previous table's backends, kept one more generation.
-    fn previous(&self, table: &Table) -> Vec<(u32, Backend)> {
-        table.backends.iter().map(|(k, v)| (*k, v.clone())).collect()
     }
 }
 
