@@ -34,8 +34,12 @@ fn cluster_ip(agent: &Agent, service: &str) -> Result<String> {
 /// `wget` of `url` from inside `pod` (on `agent`'s host): its output, or the error.
 fn fetch(agent: &Agent, pod: &str, url: &str) -> String {
     // (busybox-static 1.35's wget crashes on -T: the timeout applet bounds it.)
-    let script = format!("timeout 5 wget -q -O - {url} 2>&1; echo rc=$?");
-    match agent.run_cli(&["exec", pod, "--", "sh", "-c", &script], None) {
+    in_pod(agent, pod, &format!("timeout 5 wget -q -O - {url} 2>&1; echo rc=$?"))
+}
+
+/// What `script` printed inside `pod` (on `agent`'s host), or the error.
+fn in_pod(agent: &Agent, pod: &str, script: &str) -> String {
+    match agent.run_cli(&["exec", pod, "--", "sh", "-c", script], None) {
         Ok((_, out, err)) => out + &err,
         Err(e) => e.to_string(),
     }
@@ -198,11 +202,7 @@ fn client(name: &str, role: &str) -> String {
 
 /// One line sent to the db Service from `pod`, and what came back (or the error).
 fn ask_db(agent: &Agent, pod: &str) -> String {
-    let script = "echo hi | timeout 5 nc db 80 2>&1; echo rc=$?";
-    match agent.run_cli(&["exec", pod, "--", "sh", "-c", script], None) {
-        Ok((_, out, err)) => out + &err,
-        Err(e) => e.to_string(),
-    }
+    in_pod(agent, pod, "echo hi | timeout 5 nc db 80 2>&1; echo rc=$?")
 }
 
 fn answered(reply: &str) -> bool {

@@ -401,8 +401,6 @@ fn build(
             uid: uid.to_owned(),
             node: placed.to_owned(),
             port: 0,
-            service_account: String::new(),
-            labels: BTreeMap::new(),
         };
         let service = format!("pod/{}", b.pod);
         Some(endpoints::ServicePort {
@@ -542,11 +540,7 @@ fn dns_records(
 
 /// The SPIFFE id of a pod.
 fn spiffe_of(pod: &Pod, trust_domain: &str, namespace: &str) -> String {
-    let spec = pod.spec.as_ref();
-    let sa = spec
-        .and_then(|s| s.service_account_name.clone().or_else(|| s.service_account.clone()))
-        .unwrap_or_else(|| "default".to_owned());
-    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{sa}")
+    format!("spiffe://{trust_domain}/ns/{namespace}/sa/{}", cluster_pods::service_account(pod))
 }
 
 /// A Node record's tunnel address: its first InternalIP and its tunnel port annotation.

@@ -65,10 +65,7 @@ fn build(node: &str, trust_domain: &str, listed: &[super::cluster::Listed]) -> M
                 if placed.is_empty() || placed == node {
                     continue;
                 }
-                let spec = pod.spec.as_ref();
-                let sa = spec
-                    .and_then(|s| s.service_account_name.clone().or_else(|| s.service_account.clone()))
-                    .unwrap_or_else(|| "default".to_owned());
+                let sa = cluster_pods::service_account(&pod);
                 let Ok(id) = SpiffeId::new(trust_domain, &l.key.namespace, &sa) else { continue };
                 let labels = pod.metadata.labels.clone().unwrap_or_default();
                 view.remote.insert(format!("{}/{}", l.key.namespace, l.key.name), (id, labels));

@@ -74,6 +74,14 @@ pub fn decode(body: &[u8]) -> Result<Pod, String> {
     serde_json::from_slice(body).map_err(|e| format!("the replicated body of this pod is not a Pod: {e}"))
 }
 
+/// The service account a pod runs as (its identity): `serviceAccountName`, else the
+/// deprecated `serviceAccount`, else `default`.
+pub fn service_account(pod: &Pod) -> String {
+    let spec = pod.spec.as_ref();
+    spec.and_then(|s| s.service_account_name.clone().or_else(|| s.service_account.clone()))
+        .unwrap_or_else(|| "default".to_owned())
+}
+
 /// The node a stored pod is placed on, and its uid.
 pub fn placement(pod: &Pod) -> (&str, &str) {
     (

@@ -21,10 +21,6 @@ pub struct Backend {
     pub node: String,
     /// The pod's port (the Service port's `targetPort`, a named port resolved).
     pub port: u16,
-    /// The pod's identity: `spiffe://<td>/ns/<namespace>/sa/<serviceAccount>`'s path part.
-    pub service_account: String,
-    /// The pod's labels (policy matches remote pods by them).
-    pub labels: BTreeMap<String, String>,
 }
 
 /// One TCP port of a Service with a cluster IP, and its ready backends in a stable order.
@@ -113,17 +109,12 @@ pub fn is_ready(pod: &Pod, reports: &BTreeMap<String, PodReport>) -> bool {
 
 fn backend(pod: &Pod, port: u16) -> Backend {
     let (node, uid) = placement(pod);
-    let spec = pod.spec.as_ref();
     Backend {
         namespace: pod.metadata.namespace.clone().unwrap_or_default(),
         pod: pod.metadata.name.clone().unwrap_or_default(),
         uid: uid.to_owned(),
         node: node.to_owned(),
         port,
-        service_account: spec
-            .and_then(|s| s.service_account_name.clone().or_else(|| s.service_account.clone()))
-            .unwrap_or_else(|| "default".to_owned()),
-        labels: pod.metadata.labels.clone().unwrap_or_default(),
     }
 }
 
