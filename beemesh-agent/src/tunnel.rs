@@ -210,6 +210,14 @@ impl Endpoint {
     pub fn close(&self) {
         self.inner.close(CLOSED, b"endpoint closed");
     }
+
+    /// Waits until every connection of this endpoint is closed and its close has been sent,
+    /// so that peers learn of it at once instead of after their idle timeout. Call it after
+    /// [`Self::close`] or [`Connection::close`], before the runtime that drives the endpoint
+    /// ends.
+    pub async fn wait_idle(&self) {
+        self.inner.wait_idle().await;
+    }
 }
 
 fn transport_config() -> TransportConfig {

@@ -251,6 +251,7 @@ fn round(lan: &Lan, plan: Plan) -> Result<Round> {
                 let (send, recv) = conn.open(&header()).await?;
                 let bps = blast(recv, send, seconds).await?;
                 conn.close();
+                endpoint.wait_idle().await;
                 Ok(bps)
             })
         }),
@@ -285,6 +286,7 @@ fn round(lan: &Lan, plan: Plan) -> Result<Round> {
                 let (send, recv) = conn.open(&header()).await?;
                 let rate = ping_pong(recv, send, seconds).await?;
                 conn.close();
+                endpoint.wait_idle().await;
                 Ok(rate)
             })
         }),
@@ -327,6 +329,7 @@ fn round(lan: &Lan, plan: Plan) -> Result<Round> {
                 }
                 let rate = count as f64 / started.elapsed().as_secs_f64();
                 conn.close();
+                endpoint.wait_idle().await;
                 Ok(rate)
             })
         }),
