@@ -392,6 +392,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
             issuer,
             trust_domain,
             svid_lifetime: Duration::from_secs(agent.cfg.svid_lifetime_seconds),
+            idle: Duration::from_secs(agent.cfg.flow_idle_timeout_seconds),
             local: agent.local_pods.subscribe(),
             names: names_rx.clone(),
             flows: hub.clone(),

@@ -101,6 +101,10 @@ pub struct Config {
     pub image_max_unpacked_bytes: u64,
     /// Lifetime of a pod's X.509 SVID; it is renewed at half of it.
     pub svid_lifetime_seconds: u64,
+    /// A forwarded connection (to a Service, a pod's mesh address or a NodePort) that moves
+    /// no byte either way for this long is reset at both ends (as Envoy's TCP proxy idle
+    /// timeout, 1 hour).
+    pub flow_idle_timeout_seconds: u64,
     /// Most entries (files, directories, links, and the directories their paths imply) one
     /// `image import` may create: headers compress to almost nothing, inodes do not.
     pub image_max_entries: u64,
@@ -161,6 +165,7 @@ impl Default for Config {
             seccomp_profile_dir: "/etc/beemesh/seccomp".into(),
             image_max_unpacked_bytes: crate::image::DEFAULT_MAX_UNPACKED_BYTES,
             svid_lifetime_seconds: 3600,
+            flow_idle_timeout_seconds: 3600,
             image_max_entries: crate::image::DEFAULT_MAX_ENTRIES,
             container_log_max_bytes: 10 << 20,
             service_cluster_ip_range: crate::app::services::DEFAULT_CLUSTER_IP_RANGE.to_owned(),
@@ -221,6 +226,9 @@ impl Config {
                 "svidLifetimeSeconds {}: at least {MIN_SVID_LIFETIME_SECONDS} (renewal happens at half of it)",
                 self.svid_lifetime_seconds
             )));
+        }
+        if self.flow_idle_timeout_seconds == 0 {
+            return Err(ConfigError::Invalid("flowIdleTimeoutSeconds: must be more than 0".into()));
         }
         if self.image_max_entries == 0 {
             return Err(ConfigError::Invalid("imageMaxEntries: must be more than 0".into()));

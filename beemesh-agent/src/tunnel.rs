@@ -21,6 +21,7 @@ use quinn::{IdleTimeout, TransportConfig, VarInt};
 use crate::identity::svid::SvidError;
 
 pub mod frame;
+pub mod splice;
 pub mod tls;
 
 pub use frame::{FrameError, Proto, StreamHeader, Target};

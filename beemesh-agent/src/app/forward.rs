@@ -36,6 +36,7 @@ use super::services::{Aged, Pool};
 use crate::flows::Names;
 use crate::kernel::{Captured, ServiceMaps};
 use crate::mesh::trust::files::WorkloadIssuer;
+use crate::tunnel::splice::{self, Ended};
 use crate::tunnel::{self, Connection, Proto, StreamHeader, Target, TlsIdentity};
 
 /// A pod running on this host, as the forwarder needs it (published by the actor).
@@ -73,6 +74,8 @@ pub(crate) struct Setup {
     pub issuer: Arc<WorkloadIssuer>,
     pub trust_domain: String,
     pub svid_lifetime: Duration,
+    /// A relayed flow idle this long is reset (`flowIdleTimeoutSeconds`).
+    pub idle: Duration,
     pub local: watch::Receiver<Arc<PodView>>,
     pub names: watch::Receiver<Arc<Names>>,
     /// Where the verdicts on tunnel streams are shown (`flows`).
@@ -177,22 +180,6 @@ impl Drop for LiveGuard<'_> {
     }
 }
 
-/// Copies both ways until both sides have ended, or until the flow is cut (`None`).
-async fn relay<A, B>(a: &mut A, b: &mut B, cut: &tokio::sync::Notify) -> Option<std::io::Result<(u64, u64)>>
-where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    tokio::select! {
-        r = tokio::io::copy_bidirectional_with_sizes(a, b, RELAY_BUFFER, RELAY_BUFFER) => Some(r),
-        () = cut.notified() => None,
-    }
-}
-
-/// Each direction's copy buffer: large reads and writes (fewer syscalls and QUIC frames per
-/// byte); bounded, so a slow side holds back the other (back-pressure, no queue grows).
-const RELAY_BUFFER: usize = 64 << 10;
-
 /// Resets a TCP connection (RST, not FIN): the workload sees its connection cut.
 fn reset_tcp(stream: TcpStream) {
     // Zero linger: the close sends a reset at once (it never blocks).
@@ -222,6 +209,7 @@ struct Shared {
     issuer: Arc<WorkloadIssuer>,
     trust_domain: String,
     svid_lifetime: Duration,
+    idle: Duration,
     /// Per source identity: its tunnel identity and when to renew it.
     identities: Mutex<HashMap<String, Issued>>,
     /// Per (source identity, node): the pooled tunnel connection and the identity
@@ -257,6 +245,7 @@ pub(crate) async fn start(setup: Setup) -> std::io::Result<()> {
         issuer: setup.issuer,
         trust_domain: setup.trust_domain,
         svid_lifetime: setup.svid_lifetime,
+        idle: setup.idle,
         identities: Mutex::new(HashMap::new()),
         pool: Mutex::new(HashMap::new()),
         live: Live::default(),
@@ -638,13 +627,22 @@ async fn forward_local(
         .ok_or_else(|| format!("pod {key} does not run here"))?;
     let mut upstream =
         dial_pod(&pod, backend.port).await.map_err(|e| format!("dial {key}:{}: {e}", backend.port))?;
-    match relay(&mut stream, &mut upstream, cut).await {
-        Some(r) => r.map_err(|e| e.to_string()),
-        None => {
+    let ended = splice::tcp_tcp(&mut stream, &mut upstream, shared.idle, cut).await;
+    match ended.map_err(|e| e.to_string())? {
+        Ended::Closed { up, down } => Ok((up, down)),
+        cut => {
             reset_tcp(stream);
             reset_tcp(upstream);
-            Err("revoked: the policy no longer allows it".into())
+            Err(ended_why(cut, shared.idle))
         }
+    }
+}
+
+/// Why a relayed flow was cut, for the log.
+fn ended_why(ended: Ended, idle: Duration) -> String {
+    match ended {
+        Ended::Idle => format!("idle for {idle:?}: reset"),
+        _ => "revoked: the policy no longer allows it".into(),
     }
 }
 
@@ -681,17 +679,16 @@ async fn forward_remote(
             proto: Proto::Tcp,
         },
     };
-    let (send, recv) = conn.open(&header).await.map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open(&header).await.map_err(|e| e.to_string())?;
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
-    let mut quic = tokio::io::join(recv, send);
-    match relay(&mut stream, &mut quic, cut).await {
-        Some(r) => r.map_err(|e| e.to_string()),
-        None => {
+    let ended = splice::tcp_stream(&mut stream, &mut send, &mut recv, shared.idle, cut).await;
+    match ended.map_err(|e| e.to_string())? {
+        Ended::Closed { up, down } => Ok((up, down)),
+        cut => {
             reset_tcp(stream);
-            let (mut recv, mut send) = quic.into_inner();
             let _ = send.reset(REVOKED);
             let _ = recv.stop(REVOKED);
-            Err("revoked: the policy no longer allows it".into())
+            Err(ended_why(cut, shared.idle))
         }
     }
 }
@@ -888,20 +885,19 @@ async fn serve_stream(
         peer: source_id,
         port: header.target.port,
     });
-    let mut quic = tokio::io::join(recv, send);
-    match relay(&mut quic, &mut upstream, &live.cut).await {
-        Some(Ok((up, down))) => {
-            debug!(peer = conn.peer_id(), target = %header.target.host, up, down, "tunnel stream closed")
+    match splice::tcp_stream(&mut upstream, &mut send, &mut recv, shared.idle, &live.cut).await {
+        Ok(Ended::Closed { up, down }) => {
+            debug!(peer = conn.peer_id(), target = %header.target.host, up = down, down = up, "tunnel stream closed")
         }
-        Some(Err(e)) => {
+        Err(e) => {
             debug!(peer = conn.peer_id(), target = %header.target.host, error = %e, "tunnel stream ended")
         }
-        None => {
+        Ok(cut) => {
             reset_tcp(upstream);
-            let (mut recv, mut send) = quic.into_inner();
             let _ = send.reset(REVOKED);
             let _ = recv.stop(REVOKED);
-            info!(peer = conn.peer_id(), target = %header.target.host, "revoked: tunnel stream cut");
+            let why = ended_why(cut, shared.idle);
+            info!(peer = conn.peer_id(), target = %header.target.host, "tunnel stream cut: {why}");
         }
     }
 }

@@ -322,3 +322,114 @@ async fn the_host_behind_a_workload_is_read_from_the_verified_path_only() {
     let (_client, server) = connected(&h1, &h2, &sly).await;
     assert_eq!((server.peer_id(), server.peer_host()), (WEB, Some("h1")));
 }
+
+/// A connected pair of loopback TCP sockets.
+async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+    let listener = tokio::net::TcpListener::bind(localhost()).await.expect("listens");
+    let addr = listener.local_addr().expect("bound");
+    let (client, accepted) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+    (client.expect("connects"), accepted.expect("accepts").0)
+}
+
+/// The relays of one forwarded connection, as two agents run them: the client's socket ->
+/// relay on h1 -> tunnel stream -> relay on h2 -> the server's socket. Returns the client's
+/// and the server's sockets and both relays' outcomes, each relay running with `idle` and
+/// cut by its `Notify`.
+struct Forwarded {
+    app: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    h1: JoinHandle<std::io::Result<splice::Ended>>,
+    h2: JoinHandle<std::io::Result<splice::Ended>>,
+    cut_h1: Arc<tokio::sync::Notify>,
+    _conns: (Connection, Connection, Endpoint, Endpoint),
+}
+
+async fn forwarded(idle: Duration) -> Forwarded {
+    let ca = root(TD);
+    let (h1, h2) = (host(&ca, "h1"), host(&ca, "h2"));
+    let (client, accepted) = connected(&h1, &h2, &workload(&ca, "h1", WEB)).await;
+    let (app, mut agent_in) = tcp_pair().await;
+    let (mut agent_out, server) = tcp_pair().await;
+    let cut_h1 = Arc::new(tokio::sync::Notify::new());
+    let (mut send, mut recv) = client.open(&header()).await.expect("opens");
+    let cut = cut_h1.clone();
+    let h1_relay =
+        tokio::spawn(
+            async move { splice::tcp_stream(&mut agent_in, &mut send, &mut recv, idle, &cut).await },
+        );
+    let (_, mut send, mut recv) =
+        timeout(WAIT, accepted.accept_stream()).await.expect("in time").expect("stream");
+    let h2_relay = tokio::spawn(async move {
+        let never = tokio::sync::Notify::new();
+        splice::tcp_stream(&mut agent_out, &mut send, &mut recv, idle, &never).await
+    });
+    Forwarded { app, server, h1: h1_relay, h2: h2_relay, cut_h1, _conns: (client, accepted, h1, h2) }
+}
+
+/// How a relay ended (within [`WAIT`]).
+async fn relay_end(relay: JoinHandle<std::io::Result<splice::Ended>>) -> splice::Ended {
+    timeout(WAIT, relay).await.expect("in time").expect("joins").expect("relays")
+}
+
+#[tokio::test]
+async fn a_forwarded_connection_carries_both_ways_and_half_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Forwarded { app, mut server, h1, h2, _conns, .. } = forwarded(HOUR).await;
+    let payload: Vec<u8> = (0..3 << 20).map(|i: u32| (i * 7 + i / 4096) as u8).collect();
+    let client = {
+        let payload = payload.clone();
+        let (mut r, mut w) = app.into_split();
+        tokio::spawn(async move {
+            w.write_all(&payload).await.expect("sends");
+            // Half-close: the server sees the end, and may still answer.
+            w.shutdown().await.expect("shuts down");
+            let mut answer = Vec::new();
+            r.read_to_end(&mut answer).await.expect("reads the answer");
+            answer
+        })
+    };
+    let mut got = Vec::new();
+    timeout(WAIT, server.read_to_end(&mut got)).await.expect("in time").expect("reads");
+    assert!(got == payload, "payload differs ({} bytes of {})", got.len(), payload.len());
+    server.write_all(b"done").await.expect("answers after the client's end");
+    server.shutdown().await.expect("shuts down");
+    assert_eq!(timeout(WAIT, client).await.expect("in time").expect("joins"), b"done");
+    let len = payload.len() as u64;
+    assert_eq!(relay_end(h1).await, splice::Ended::Closed { up: len, down: 4 });
+    // h2's first side is the server's socket.
+    assert_eq!(relay_end(h2).await, splice::Ended::Closed { up: 4, down: len });
+}
+
+#[tokio::test]
+async fn an_idle_forwarded_connection_ends_at_both_hosts() {
+    let f = forwarded(Duration::from_millis(200)).await;
+    assert_eq!(relay_end(f.h1).await, splice::Ended::Idle);
+    assert_eq!(relay_end(f.h2).await, splice::Ended::Idle);
+}
+
+#[tokio::test]
+async fn a_cut_forwarded_connection_ends_at_once() {
+    let f = forwarded(HOUR).await;
+    f.cut_h1.notify_one();
+    assert_eq!(relay_end(f.h1).await, splice::Ended::Cut);
+}
+
+#[tokio::test]
+async fn a_tcp_relay_half_closes_and_counts_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut app, mut a) = tcp_pair().await;
+    let (mut b, mut server) = tcp_pair().await;
+    let relay =
+        tokio::spawn(async move { splice::tcp_tcp(&mut a, &mut b, HOUR, &tokio::sync::Notify::new()).await });
+    app.write_all(b"hello").await.expect("sends");
+    app.shutdown().await.expect("shuts down");
+    let mut got = Vec::new();
+    timeout(WAIT, server.read_to_end(&mut got)).await.expect("in time").expect("reads");
+    assert_eq!(got, b"hello");
+    server.write_all(b"world!").await.expect("answers");
+    server.shutdown().await.expect("shuts down");
+    let mut answer = Vec::new();
+    timeout(WAIT, app.read_to_end(&mut answer)).await.expect("in time").expect("reads");
+    assert_eq!(answer, b"world!");
+    assert_eq!(relay_end(relay).await, splice::Ended::Closed { up: 5, down: 6 });
+}
