@@ -276,6 +276,21 @@ enum Awaiting {
     Workload(WorkloadInfo, oneshot::Sender<Response>),
 }
 
+/// Raises the soft limit on open files to the hard one: every forwarded connection holds a
+/// socket or two (a unit's default soft limit, 1024, would refuse connections past about a
+/// thousand, as Envoy's deployments raise it too).
+fn raise_open_files() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(from = soft, to = hard, "raised the open files limit"),
+            Err(e) => warn!(soft, hard, error = %e, "cannot raise the open files limit"),
+        },
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot read the open files limit"),
+    }
+}
+
 /// Runs the agent until SIGTERM/SIGINT, then detaches everything it attached and removes
 /// every cgroup it created.
 pub async fn run(cfg: Config) -> Result<(), AgentError> {
@@ -291,6 +306,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
     // Image files may be setuid: the store is root's alone, also when made by an older agent.
     crate::image::ImageStore::new(&cfg.state_dir).secure().map_err(io("secure the image store"))?;
     crate::sys::process::become_subreaper().map_err(io("become the reaper of pod init processes"))?;
+    raise_open_files();
     let socket = cfg.socket_path();
     let listener = api::server::bind(&socket).await.map_err(io(format!("bind {}", socket.display())))?;
     ensure_bpffs(&cfg.bpffs)?;
@@ -387,6 +403,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
             addrs: agent.pod_addrs.clone(),
             node: mesh.cluster.node().to_owned(),
             cluster: mesh.cluster.clone(),
+            liveness: mesh.liveness.clone(),
             maps,
             tunnel: mesh.tunnel.clone(),
             issuer,

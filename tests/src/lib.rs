@@ -585,6 +585,29 @@ pub fn established_to(port: u16) -> Result<usize> {
     Ok(String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).count())
 }
 
+/// VmRSS of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no VmRSS line in {path}"))
+}
+
+/// CPU seconds the whole machine has spent busy (every process and the kernel, all cores),
+/// from `/proc/stat`: what several hosts in namespaces of one machine cost together.
+pub fn machine_busy_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let cpu = stat.lines().next().context("empty /proc/stat")?;
+    let ticks: Vec<f64> = cpu.split_whitespace().skip(1).map(|v| v.parse().unwrap_or(0.0)).collect();
+    // user nice system idle iowait irq softirq steal: all but idle and iowait.
+    let busy: f64 =
+        ticks.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, t)| t).sum();
+    Ok(busy / 100.0)
+}
+
 /// User + system CPU seconds process `pid` (a number, or `self`) has used so far, from
 /// `/proc/PID/stat` (all its threads).
 pub fn cpu_seconds(pid: &str) -> Result<f64> {

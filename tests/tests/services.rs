@@ -187,6 +187,18 @@ fn a_pod_reaches_services_on_another_host_through_the_tunnel_and_on_its_own_host
         }
     }
     ensure!(seen.len() == 2, "connections went only to {seen:?}");
+
+    // h2's agent dies (its pods linger, unreachable): once h1's failure detector holds h2
+    // dead, its pod is no endpoint, and every connection goes to h1's.
+    agents[1].crash()?;
+    let h1 = &agents[0];
+    let all_to_h1 = || (0..10).all(|_| fetch(h1, "client", "http://both/").contains("both-h1"));
+    ensure!(
+        eventually(T, all_to_h1),
+        "connections still go to the dead host's pod: {}\n{}",
+        fetch(h1, "client", "http://both/"),
+        h1.log()
+    );
     Ok(())
 }
 

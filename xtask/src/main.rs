@@ -93,13 +93,16 @@ fn cargo() -> Command {
 }
 
 /// Builds the agent and the benches' binaries (bench drives `probe` workloads) in release
-/// mode and runs the five benches: policy (`bench`), pods (`pod_bench`), the replicated
+/// mode and runs the benches: policy (`bench`), pods (`pod_bench`), the replicated
 /// state in the simulator against a model of memberlist (`state_bench`, which takes only
 /// `--quick`: 100 hosts instead of 1,000 and 10,000), the scheduler in the simulator
 /// (`sched_bench`: 100,000 pods on 1,000 and 10,000 hosts; `--quick`: 2,000 on 100) and five
 /// real agents in network namespaces (`mesh_bench`: convergence, memory, failure detection;
 /// takes only `--quick`), and the tunnels against plain TCP on one veth pair
-/// (`tunnel_bench`: throughput, request/response, new streams; takes only `--quick`).
+/// (`tunnel_bench`: throughput, forwarded throughput, request/response, new streams; takes
+/// only `--quick`), and Services between pods on two real agents (`services_bench`: pod to
+/// pod across / same host, revocation, memory with 1,000 live connections; takes only
+/// `--quick`).
 fn bench(args: &[String]) -> Result<()> {
     run(cargo().args([
         "build",
@@ -128,9 +131,12 @@ fn bench(args: &[String]) -> Result<()> {
     let mut tunnel = Command::new(release.join("tunnel_bench"));
     tunnel.args(quick.clone());
     run(&mut tunnel)?;
-    let mut mesh = Command::new(release.join("mesh_bench"));
-    mesh.args(quick).env("BEEMESH_AGENT_BIN", release.join("beemesh-agent"));
-    run(&mut mesh)
+    for name in ["services_bench", "mesh_bench"] {
+        let mut cmd = Command::new(release.join(name));
+        cmd.args(quick.clone()).env("BEEMESH_AGENT_BIN", release.join("beemesh-agent"));
+        run(&mut cmd)?;
+    }
+    Ok(())
 }
 
 fn main() -> Result<()> {

@@ -69,6 +69,8 @@ pub(crate) struct Setup {
     pub addrs: PodAddrs,
     pub node: String,
     pub cluster: Cluster,
+    /// The failure detector: pods on hosts it holds dead are no endpoints.
+    pub liveness: super::liveness::Liveness,
     pub maps: ServiceMaps,
     pub tunnel: tunnel::Endpoint,
     pub issuer: Arc<WorkloadIssuer>,
@@ -263,7 +265,7 @@ pub(crate) async fn start(setup: Setup) -> std::io::Result<()> {
     tokio::spawn(dns_loop(shared.clone(), resolver, upstreams));
     tokio::spawn(revoke_loop(shared.clone()));
     tokio::spawn(node_port_loop(shared.clone()));
-    tokio::spawn(follow_state(shared.clone(), setup.cluster, table_tx));
+    tokio::spawn(follow_state(shared.clone(), setup.cluster, setup.liveness, table_tx));
     tokio::spawn(capture_loop(shared.clone(), listener));
     tokio::spawn(tunnel_loop(shared));
     Ok(())
@@ -271,16 +273,27 @@ pub(crate) async fn start(setup: Setup) -> std::io::Result<()> {
 
 /// Recomputes the endpoints whenever a Service, Pod, pod status or Node changes, or this
 /// host's pods do, and installs them.
-async fn follow_state(shared: Arc<Shared>, cluster: Cluster, table_tx: watch::Sender<Arc<Table>>) {
+async fn follow_state(
+    shared: Arc<Shared>,
+    cluster: Cluster,
+    liveness: super::liveness::Liveness,
+    table_tx: watch::Sender<Arc<Table>>,
+) {
     let kinds = ["Service", POD, POD_STATUS, super::nodes::KIND];
     let mut changes: Vec<watch::Receiver<u64>> = kinds.iter().map(|k| cluster.kind_changes(k)).collect();
     let mut local = shared.local.clone();
     let mut ids = Ids::default();
     let mut previous: HashMap<u32, Backend> = HashMap::new();
+    // A host's death is the detector's verdict, not a write: checked every second.
+    let mut verdicts = tokio::time::interval(DEAD_CHECK);
+    verdicts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        match cluster.snapshot(&kinds).await {
+        let dead = match cluster.snapshot(&kinds).await {
             Ok((_, listed)) => {
                 let local_pods = local.borrow_and_update().clone();
+                let nodes: Vec<_> =
+                    listed.iter().filter(|l| l.key.kind == super::nodes::KIND).cloned().collect();
+                let dead = super::sched::dead_nodes(&nodes, &liveness);
                 let (wanted, table) = build(
                     &shared.node,
                     &shared.trust_domain,
@@ -288,6 +301,7 @@ async fn follow_state(shared: Arc<Shared>, cluster: Cluster, table_tx: watch::Se
                     &shared.addrs,
                     &listed,
                     &local_pods,
+                    &dead,
                     &mut ids,
                 );
                 // The previous pass's own backends stay one more pass (not older ones: the
@@ -298,26 +312,38 @@ async fn follow_state(shared: Arc<Shared>, cluster: Cluster, table_tx: watch::Se
                 let table = Table { backends, ..table };
                 let installed = shared.maps.lock().map(|mut m| m.install(&wanted));
                 match installed {
-                    Ok(Ok(())) => debug!(services = wanted.len(), "service endpoints installed"),
+                    Ok(Ok(())) => debug!(services = wanted.len(), ?dead, "service endpoints installed"),
                     Ok(Err(e)) => warn!(error = %e, "cannot install service endpoints"),
                     Err(_) => return,
                 }
                 table_tx.send_replace(Arc::new(table));
+                dead
             }
             Err(e) => {
                 warn!(error = %e, "forwarder: cluster state unavailable");
                 return;
             }
-        }
-        let any_change = futures::future::select_all(changes.iter_mut().map(|c| Box::pin(c.changed())));
-        tokio::select! {
-            (result, _, _) = any_change => if result.is_err() { return },
-            result = local.changed() => if result.is_err() { return },
+        };
+        loop {
+            let any_change = futures::future::select_all(changes.iter_mut().map(|c| Box::pin(c.changed())));
+            tokio::select! {
+                (result, _, _) = any_change => if result.is_err() { return } else { break },
+                result = local.changed() => if result.is_err() { return } else { break },
+                _ = verdicts.tick() => {
+                    let Ok((_, nodes)) = cluster.snapshot(&[super::nodes::KIND]).await else { return };
+                    if super::sched::dead_nodes(&nodes, &liveness) != dead {
+                        break;
+                    }
+                }
+            }
         }
         // A burst of changes (a rollout) makes one pass.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// How often the forwarder asks the failure detector whether a backend's host died.
+const DEAD_CHECK: Duration = Duration::from_secs(1);
 
 /// Stable ids for Service ports and backends, as the kernel maps name them.
 #[derive(Default)]
@@ -344,6 +370,7 @@ fn build(
     addrs: &PodAddrs,
     listed: &[super::cluster::Listed],
     view: &PodView,
+    dead: &std::collections::BTreeSet<String>,
     ids: &mut Ids,
 ) -> (BTreeMap<EndpointKey, Captured>, Table) {
     let mut services = Vec::new();
@@ -373,8 +400,11 @@ fn build(
             _ => {}
         }
     }
-    let reports = cluster_pods::reports(&statuses);
+    let mut reports = cluster_pods::reports(&statuses);
+    // A pod keeps its address while its host is down (it may come back)...
     let addr_of = pod_addresses(node, pool, &pods, &reports, view, addrs);
+    // ...but serves nothing: as Kubernetes marks a lost node's pods not ready.
+    reports.retain(|_, r| !dead.contains(&r.node));
     let records = dns_records(&services, &pods, &reports, &addr_of);
     let ports = endpoints::compute(&services, &pods, &reports);
     let mut wanted = BTreeMap::new();

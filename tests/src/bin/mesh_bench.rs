@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use beemesh_agent::api::{Request, Response};
 use beemesh_tests::lan::{joined_mesh, Lan};
-use beemesh_tests::{eventually, Agent};
+use beemesh_tests::{eventually, rss_kib, Agent};
 
 const HOSTS: u8 = 5;
 const LAN_TAG: &str = "bmb";
@@ -258,17 +258,6 @@ fn convergence(agents: &[Agent], writes: usize) -> Result<()> {
     row("apply -> listed on a first host", &first);
     row(&format!("apply -> listed on all {} others", agents.len() - 1), &all);
     Ok(())
-}
-
-/// VmRSS of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no VmRSS line in {path}"))
 }
 
 /// RSS of h2 before and after h1 applies 1,000 ConfigMaps and h2 lists all of them.
