@@ -90,6 +90,18 @@ impl Drop for Lan {
 /// credentials for node `h<i>` from one offline root (kept in the returned directory), agents
 /// named `<tag><i>`, prepared and not started. Declare the lan first so it is dropped last.
 pub fn joined_mesh(tag: &str, subnet: u8, n: u8) -> Result<(Lan, tempfile::TempDir, Vec<Agent>)> {
+    joined_mesh_with(tag, subnet, n, "")
+}
+
+/// [`joined_mesh`] with `config` (top-level YAML keys, not `mesh:`) in every agent's config
+/// file.
+pub fn joined_mesh_with(
+    tag: &str,
+    subnet: u8,
+    n: u8,
+    config: &str,
+) -> Result<(Lan, tempfile::TempDir, Vec<Agent>)> {
+    let extra = config;
     let mut lan = Lan::new(tag, subnet)?;
     let offline = tempfile::tempdir()?;
     let root = offline.path().join("root");
@@ -98,7 +110,8 @@ pub fn joined_mesh(tag: &str, subnet: u8, n: u8) -> Result<(Lan, tempfile::TempD
     let mut agents = Vec::new();
     for i in 1..=n {
         let ns = lan.host(i)?;
-        let config = if i > 1 { format!("mesh:\n  bootstrap: [\"{bootstrap}\"]\n") } else { String::new() };
+        let mesh = if i > 1 { format!("mesh:\n  bootstrap: [\"{bootstrap}\"]\n") } else { String::new() };
+        let config = format!("{extra}{mesh}");
         let agent =
             Agent::prepare(&format!("{tag}{i}"), &[("BEEMESH_MESH_PORT", port)], &config)?.in_netns(&ns);
         if i == 1 {

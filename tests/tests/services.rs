@@ -301,6 +301,55 @@ fn policy_is_decided_at_both_ends_and_a_revoked_permission_cuts_the_live_stream(
     Ok(())
 }
 
+#[test]
+fn a_live_stream_outlives_the_certificate_it_was_opened_with() -> Result<()> {
+    // SVIDs of 10 s, renewed at 5 s: the holder's stream is opened with one and must go on
+    // after it expired, while new connections present the renewed one.
+    let (_lan, _offline, mut agents) = lan::joined_mesh_with("svt", 61, 2, "svidLifetimeSeconds: 10\n")?;
+    lan::start_all(&mut agents, T)?;
+    for a in &agents {
+        a.import_busybox("busybox:1")?;
+    }
+    let (h1, h2) = (&agents[0], &agents[1]);
+    h1.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: db, labels: {{app: db}}}}\nspec:\n  nodeName: h2\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox:1\n    command: [nc, -ll, -p, '8080', -e, cat]\n    ports: [{{name: echo, containerPort: 8080}}]\n    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}\n---\n{}---\n{}",
+        service("db", "db").replace("targetPort: http", "targetPort: echo"),
+        client("good", "good"),
+    ))?;
+    h2.wait_ready("db", T)?;
+    h1.wait_ready("good", T)?;
+    ensure!(eventually(T, || answered(&ask_db(h1, "good"))), "no answer: {}", ask_db(h1, "good"));
+    h1.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: holder, labels: {role: good}}\nspec:\n  nodeName: h1\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox:1\n    command: [sh, -c, 'while true; do echo ping; sleep 0.2; done | nc db 80; echo CUT; sleep 1000']\n",
+    )?;
+    let log = || h1.run_cli(&["logs", "holder"], None).map(|(_, o, _)| o).unwrap_or_default();
+    ensure!(eventually(T, || log().matches("ping").count() >= 3), "no echo on the live stream: {}", log());
+    // The stream's SVID (issued at the latest when it opened) has expired 12 s later: the
+    // time is what this test is about, not a stand-in for an event.
+    let opened = std::time::Instant::now();
+    let mut echoes = log().matches("ping").count();
+    while opened.elapsed() < Duration::from_secs(12) {
+        // Echoes keep coming all along (each wait far longer than the 0.2 s between pings).
+        ensure!(
+            eventually(Duration::from_secs(10), || log().matches("ping").count() > echoes),
+            "the live stream stopped: {}\n{}",
+            log(),
+            h1.log()
+        );
+        echoes = log().matches("ping").count();
+        ensure!(!log().contains("CUT"), "the live stream was cut: {}\n{}", log(), h1.log());
+    }
+    // New connections use the renewed SVID.
+    ensure!(
+        answered(&ask_db(h1, "good")),
+        "a new connection after renewal: {}\n{}",
+        ask_db(h1, "good"),
+        h1.log()
+    );
+    ensure!(!log().contains("CUT"), "the live stream was cut: {}", log());
+    Ok(())
+}
+
 /// A tunnel client the agent must refuse: QUIC with `chain`/`key` as its certificate, any
 /// server certificate accepted (so that only the agent's checks decide). Runs in the network
 /// namespace `netns` (a host of the lan).
