@@ -205,6 +205,18 @@ fn a_pod_reaches_services_on_another_host_through_the_tunnel_and_on_its_own_host
 /// A NetworkPolicy admitting pods labelled `role: good` to `app: db` on port 8080.
 const ONLY_GOOD: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: db-from-good}\nspec:\n  podSelector: {matchLabels: {app: db}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {role: good}}}]\n    ports: [{port: 8080}]\n";
 
+/// An echo server pod on h2 (`app: db`, port 8080 named `echo`) and its Service `db`.
+fn echo_db() -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: db, labels: {{app: db}}}}\nspec:\n  nodeName: h2\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox:1\n    command: [nc, -ll, -p, '8080', -e, cat]\n    ports: [{{name: echo, containerPort: 8080}}]\n    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}\n---\n{}",
+        service("db", "db").replace("targetPort: http", "targetPort: echo")
+    )
+}
+
+/// A pod on h1 (`role: good`) that keeps one connection to `db` open, sending a line every
+/// 0.2 s, and prints CUT when it ends.
+const HOLDER: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: holder, labels: {role: good}}\nspec:\n  nodeName: h1\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox:1\n    command: [sh, -c, 'while true; do echo ping; sleep 0.2; done | nc db 80; echo CUT; sleep 1000']\n";
+
 /// A client pod on h1 labelled `role: ROLE` that idles.
 fn client(name: &str, role: &str) -> String {
     format!(
@@ -241,12 +253,7 @@ fn policy_is_decided_at_both_ends_and_a_revoked_permission_cuts_the_live_stream(
     let (h1, h2) = (&agents[0], &agents[1]);
     // An echo server on h2; two clients on h1; a third keeps one connection open and says
     // when it is cut.
-    h1.apply(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: db, labels: {{app: db}}}}\nspec:\n  nodeName: h2\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox:1\n    command: [nc, -ll, -p, '8080', -e, cat]\n    ports: [{{name: echo, containerPort: 8080}}]\n    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}\n---\n{}---\n{}---\n{}",
-        service("db", "db").replace("targetPort: http", "targetPort: echo"),
-        client("good", "good"),
-        client("bad", "bad"),
-    ))?;
+    h1.apply(&format!("{}---\n{}---\n{}", echo_db(), client("good", "good"), client("bad", "bad"),))?;
     h2.wait_ready("db", T)?;
     for pod in ["good", "bad"] {
         h1.wait_ready(pod, T)?;
@@ -279,9 +286,7 @@ fn policy_is_decided_at_both_ends_and_a_revoked_permission_cuts_the_live_stream(
     ensure!(answered(&ask_db(h1, "good")), "good refused under the mesh policy: {}", ask_db(h1, "good"));
 
     // A live stream: good keeps a connection open and prints what comes back.
-    h1.apply(
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: holder, labels: {role: good}}\nspec:\n  nodeName: h1\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox:1\n    command: [sh, -c, 'while true; do echo ping; sleep 0.2; done | nc db 80; echo CUT; sleep 1000']\n",
-    )?;
+    h1.apply(HOLDER)?;
     let log = |a: &Agent| a.run_cli(&["logs", "holder"], None).map(|(_, o, _)| o).unwrap_or_default();
     ensure!(
         eventually(T, || log(h1).matches("ping").count() >= 3),
@@ -311,17 +316,11 @@ fn a_live_stream_outlives_the_certificate_it_was_opened_with() -> Result<()> {
         a.import_busybox("busybox:1")?;
     }
     let (h1, h2) = (&agents[0], &agents[1]);
-    h1.apply(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: db, labels: {{app: db}}}}\nspec:\n  nodeName: h2\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox:1\n    command: [nc, -ll, -p, '8080', -e, cat]\n    ports: [{{name: echo, containerPort: 8080}}]\n    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}\n---\n{}---\n{}",
-        service("db", "db").replace("targetPort: http", "targetPort: echo"),
-        client("good", "good"),
-    ))?;
+    h1.apply(&format!("{}---\n{}", echo_db(), client("good", "good"),))?;
     h2.wait_ready("db", T)?;
     h1.wait_ready("good", T)?;
     ensure!(eventually(T, || answered(&ask_db(h1, "good"))), "no answer: {}", ask_db(h1, "good"));
-    h1.apply(
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: holder, labels: {role: good}}\nspec:\n  nodeName: h1\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox:1\n    command: [sh, -c, 'while true; do echo ping; sleep 0.2; done | nc db 80; echo CUT; sleep 1000']\n",
-    )?;
+    h1.apply(HOLDER)?;
     let log = || h1.run_cli(&["logs", "holder"], None).map(|(_, o, _)| o).unwrap_or_default();
     ensure!(eventually(T, || log().matches("ping").count() >= 3), "no echo on the live stream: {}", log());
     // The stream's SVID (issued at the latest when it opened) has expired 12 s later: the

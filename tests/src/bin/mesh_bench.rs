@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use beemesh_agent::api::{Request, Response};
 use beemesh_tests::lan::{joined_mesh, Lan};
-use beemesh_tests::{eventually, rss_kib, Agent};
+use beemesh_tests::{eventually, percentile, rss_kib, Agent};
 
 const HOSTS: u8 = 5;
 const LAN_TAG: &str = "bmb";
@@ -45,13 +45,6 @@ const BATCH: usize = 100;
 const REPLICAS: usize = 20;
 /// How often pods are listed while timing them.
 const POD_POLL: Duration = Duration::from_millis(20);
-
-fn percentile(v: &[f64], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i.min(v.len() - 1)]
-}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -15,19 +15,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use beemesh_tests::{host_addr, image, Agent};
+use beemesh_tests::{host_addr, image, percentile, Agent};
 
 struct Opts {
     pods: usize,
     rounds: usize,
     mib: usize,
-}
-
-fn percentile(v: &[f64], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i.min(v.len() - 1)]
 }
 
 fn main() -> Result<()> {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{ensure, Context, Result};
 use beemesh_tests::lan::{joined_mesh, start_all};
-use beemesh_tests::{eventually, machine_busy_seconds, rss_kib, Agent};
+use beemesh_tests::{eventually, machine_busy_seconds, percentile, rss_kib, Agent};
 
 const SUBNET: u8 = 60;
 /// Mesh start, pod start and each wait on a loaded 2-core machine.
@@ -34,13 +34,6 @@ struct Plan {
     file_mib: u32,
     revocations: usize,
     streams: usize,
-}
-
-fn percentile(v: &[f64], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i.min(v.len() - 1)]
 }
 
 /// An httpd pod on `node` serving a file `big` of `mib` MiB (zeros) on port 8080, labelled
