@@ -56,6 +56,11 @@ pub struct LivenessConfig {
     pub sync_interval_ms: u64,
     /// A host refutes verdicts about itself at most this often (by broadcast).
     pub refute_interval_ms: u64,
+    /// Two ticks further apart than this mean this host itself did not run meanwhile
+    /// (overloaded, paused, starved of CPU): the gap is not held against the hosts it watches,
+    /// whose heartbeats may wait unread in its queues (Lifeguard's local health awareness).
+    /// Must exceed the driver's tick interval.
+    pub stall_after_ms: u64,
     /// Seed of the random choices (anti-entropy partner, jitter).
     pub seed: u64,
 }
@@ -71,6 +76,7 @@ impl Default for LivenessConfig {
             lone_verdict_after_ms: 3_000,
             sync_interval_ms: 5_000,
             refute_interval_ms: 1_000,
+            stall_after_ms: 500,
             seed: 0,
         }
     }
@@ -100,6 +106,9 @@ pub enum LiveOutput<P> {
     Up(P),
     /// A host is now held dead.
     Down(P),
+    /// This host did not run for this many ms (ticks that far apart): the time was not held
+    /// against the hosts it watches. Worth a warning: the host is overloaded.
+    Stalled(u64),
 }
 
 /// Counters for operators and the simulator.
@@ -118,6 +127,9 @@ pub struct LiveStats {
     pub ignored: u64,
     /// Messages that did not decode or were out of bounds.
     pub rejected: u64,
+    /// Times this host found it had not run for longer than `stall_after_ms`.
+    #[serde(default)]
+    pub stalls: u64,
 }
 
 /// A verdict this host holds: dead, or alive again at a higher incarnation.
@@ -160,6 +172,8 @@ pub struct Detector<P> {
     next_heartbeat_ms: u64,
     next_sync_ms: u64,
     last_refute_ms: Option<u64>,
+    /// The last tick (a longer gap than `stall_after_ms` since is a stall of this host).
+    last_tick_ms: Option<u64>,
     /// Peers sent our verdicts recently (rate limit of anti-entropy answers).
     verdicts_sent: BTreeMap<P, u64>,
     rng: Rng,
@@ -189,6 +203,7 @@ where
             next_heartbeat_ms,
             next_sync_ms,
             last_refute_ms: None,
+            last_tick_ms: None,
             verdicts_sent: BTreeMap::new(),
             rng,
             stats: LiveStats::default(),
@@ -342,6 +357,13 @@ where
     /// anti-entropy heartbeat. The driver calls it often (every 100 ms or so).
     pub fn tick(&mut self, now_ms: u64) -> Vec<LiveOutput<P>> {
         let mut out = Vec::new();
+        if let Some(gap) = self.last_tick_ms.replace(now_ms).map(|t| now_ms.saturating_sub(t)) {
+            if gap > self.cfg.stall_after_ms {
+                self.stats.stalls += 1;
+                self.discount(now_ms, gap);
+                out.push(LiveOutput::Stalled(gap));
+            }
+        }
         if self.my_pos.is_none() {
             return out;
         }
@@ -409,6 +431,21 @@ where
         let window = self.cfg.sync_interval_ms;
         self.verdicts_sent.retain(|_, at| now_ms.saturating_sub(*at) < window);
         out
+    }
+
+    /// This host did not run for `gap` ms: what it watches gets that time back (silence,
+    /// suspicions, probes and votes all move forward by it), so that it first reads what waited
+    /// for it. A host that really died meanwhile is found `gap` later.
+    fn discount(&mut self, now_ms: u64, gap: u64) {
+        let later = |t: u64| (t + gap).min(now_ms);
+        for w in self.watched.values_mut() {
+            w.last_heard_ms = later(w.last_heard_ms);
+            w.suspect_since = w.suspect_since.map(later);
+            w.next_probe_ms = later(w.next_probe_ms);
+            for (at, _) in &mut w.votes {
+                *at = later(*at);
+            }
+        }
     }
 
     fn heartbeat_to(&self, to: P) -> LiveOutput<P> {

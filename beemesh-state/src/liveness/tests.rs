@@ -14,6 +14,11 @@ fn detectors(n: u32, now: u64) -> Vec<Detector<u32>> {
         .collect()
 }
 
+/// Ticks `d` every 100 ms (as the agent does) after `from` up to `to`; everything it output.
+fn run(d: &mut Detector<u32>, from: u64, to: u64) -> Vec<LiveOutput<u32>> {
+    (from / 100 + 1..=to / 100).flat_map(|t| d.tick(t * 100)).collect()
+}
+
 #[test]
 fn every_host_agrees_who_watches_whom() {
     let ds = detectors(20, 1_000);
@@ -36,21 +41,21 @@ fn silence_leads_to_suspicion_probe_and_a_lone_verdict() {
     let watcher = ds[0].watched().copied().next().expect("watches someone");
     let d = &mut ds[0];
     assert!(matches!(d.status(&watcher), Some(Liveness::Alive { last_heard_ms: Some(0) })));
-    let out = d.tick(2_600);
+    let out = run(d, 0, 2_500);
     assert!(out.contains(&LiveOutput::Send { to: watcher, msg: LiveMsg::Probe }), "{out:?}");
     assert!(out.iter().any(
         |o| matches!(o, LiveOutput::Send { msg: LiveMsg::Suspect { target, .. }, .. } if *target == watcher)
     ));
-    assert_eq!(d.status(&watcher), Some(Liveness::Suspect { since_ms: 2_600 }));
+    assert_eq!(d.status(&watcher), Some(Liveness::Suspect { since_ms: 2_500 }));
     // No other watcher confirms: no verdict at quorum time...
-    assert!(!d.tick(3_200).iter().any(|o| matches!(o, LiveOutput::Down(_))));
+    assert!(!run(d, 2_500, 3_100).iter().any(|o| matches!(o, LiveOutput::Down(_))));
     // ... but one once the suspicion is old enough.
-    let out = d.tick(5_600);
+    let out = run(d, 3_100, 5_500);
     assert!(out.contains(&LiveOutput::Down(watcher)), "{out:?}");
     assert!(out
         .iter()
         .any(|o| matches!(o, LiveOutput::Broadcast(LiveMsg::Dead { target, .. }) if *target == watcher)));
-    assert_eq!(d.status(&watcher), Some(Liveness::Dead { since_ms: 5_600 }));
+    assert_eq!(d.status(&watcher), Some(Liveness::Dead { since_ms: 5_500 }));
     // Nobody heartbeats to this lone detector: all three hosts it watches went the same way.
     assert_eq!(d.stats().verdicts, 3);
 }
@@ -62,16 +67,49 @@ fn a_second_watcher_confirms_sooner_and_a_heartbeat_clears() {
     let watchers = ds[target as usize].watchers().to_vec();
     let (a, b) = (watchers[0], watchers[1]);
     let d = &mut ds[a as usize];
-    d.tick(2_600);
+    run(d, 0, 2_500);
+    assert_eq!(d.status(&target), Some(Liveness::Suspect { since_ms: 2_500 }));
     // b says it hears nothing either: the verdict comes at the probe wait.
-    d.handle(2_610, b, LiveMsg::Suspect { target, incarnation: 0 });
-    let out = d.tick(3_100);
+    d.handle(2_510, b, LiveMsg::Suspect { target, incarnation: 0 });
+    let out = run(d, 2_500, 3_000);
     assert!(out.contains(&LiveOutput::Down(target)), "{out:?}");
     // Another watcher, which heard it just now, answers a suspicion with Heard.
     let c = &mut ds[watchers[2] as usize];
     c.handle(2_500, target, LiveMsg::Heartbeat { incarnation: 0, digest: 0 });
     let out = c.handle(2_610, a, LiveMsg::Suspect { target, incarnation: 0 });
     assert_eq!(out, vec![LiveOutput::Send { to: a, msg: LiveMsg::Heard { target, incarnation: 0 } }]);
+}
+
+#[test]
+fn a_host_that_did_not_run_does_not_blame_those_it_watches() {
+    let mut ds = detectors(5, 0);
+    let watched: Vec<u32> = ds[0].watched().copied().collect();
+    let d = &mut ds[0];
+    run(d, 0, 1_000);
+    // Not ticked for 4 s (starved of CPU): the hosts it watches are not suspected for it...
+    let out = d.tick(5_000);
+    assert_eq!(out.first(), Some(&LiveOutput::Stalled(4_000)), "{out:?}");
+    assert!(!out.iter().any(|o| matches!(o, LiveOutput::Send { msg: LiveMsg::Probe, .. })), "{out:?}");
+    assert_eq!(d.stats().stalls, 1);
+    // ... and what waited in its queue (heartbeats of two of them) is read first.
+    d.handle(5_010, watched[0], LiveMsg::Heartbeat { incarnation: 0, digest: 0 });
+    d.handle(5_010, watched[1], LiveMsg::Heartbeat { incarnation: 0, digest: 0 });
+    // The silent third is suspected once its silence, stall not counted, is long enough:
+    // 1 s before the stall and 1.5 s after it.
+    assert!(!run(d, 5_000, 6_400).iter().any(|o| matches!(o, LiveOutput::Send { msg: LiveMsg::Probe, .. })));
+    let out = run(d, 6_400, 6_500);
+    assert!(out.contains(&LiveOutput::Send { to: watched[2], msg: LiveMsg::Probe }), "{out:?}");
+    assert_eq!(d.status(&watched[2]), Some(Liveness::Suspect { since_ms: 6_500 }));
+    for w in &watched[..2] {
+        assert!(matches!(d.status(w), Some(Liveness::Alive { .. })), "{w}: {:?}", d.status(w));
+    }
+    // A suspicion in progress is not turned into a verdict by a stall either.
+    let out = d.tick(9_500);
+    assert!(!out.iter().any(|o| matches!(o, LiveOutput::Down(_))), "{out:?}");
+    assert_eq!(d.status(&watched[2]), Some(Liveness::Suspect { since_ms: 9_500 }));
+    // Ticking again, the lone verdict comes 3 s after the suspicion (stall not counted).
+    assert!(!run(d, 9_500, 12_400).iter().any(|o| matches!(o, LiveOutput::Down(_))));
+    assert!(run(d, 12_400, 12_500).contains(&LiveOutput::Down(watched[2])));
 }
 
 #[test]

@@ -293,6 +293,7 @@ impl LiveSim {
                     self.ups += 1;
                     self.held_dead_by[p] -= 1;
                 }
+                LiveOutput::Stalled(_) => {}
             }
         }
     }

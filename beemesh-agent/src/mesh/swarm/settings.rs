@@ -127,6 +127,7 @@ impl FailureDetector {
             lone_verdict_after_ms: self.suspect_after_ms + (d.lone_verdict_after_ms - d.suspect_after_ms),
             sync_interval_ms: scale(d.sync_interval_ms),
             refute_interval_ms: scale(d.refute_interval_ms),
+            stall_after_ms: d.stall_after_ms,
             seed,
         }
     }
