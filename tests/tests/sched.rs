@@ -665,9 +665,24 @@ fn five_hosts_spread_a_deployment_heal_a_cut_off_host_and_outlive_the_host_that_
     };
     ensure!(eventually(T, || eight(&agents[1])), "scale after h4 died: {:?}", rows(&agents[1]));
 
-    // Deleted from another host than the one that applied it: every replica goes.
+    // Deleted from another host than the one that applied it: every replica goes, and no
+    // host makes one again meanwhile (a host that saw the ReplicaSet go before the Deployment
+    // once made a new ReplicaSet and 8 new pods).
+    let before: BTreeSet<String> = rows(&agents[0]).into_keys().filter(|n| n.starts_with("web-")).collect();
     let (ok, out, err) = agents[2].run_cli(&["delete", "-f", "-"], Some(&deployment(8, "1")))?;
     ensure!(ok && out.contains("deployment.apps/web deleted"), "{out}{err}");
-    ensure!(eventually(T, || web(&agents[0]).is_empty()), "left after delete: {:?}", rows(&agents[0]));
+    let mut made_again = BTreeSet::new();
+    let gone = eventually(T, || {
+        let now: BTreeSet<String> = agents
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 3)
+            .flat_map(|(_, a)| rows(a).into_keys().filter(|n| n.starts_with("web-")).collect::<Vec<_>>())
+            .collect();
+        made_again.extend(now.difference(&before).cloned());
+        now.is_empty()
+    });
+    ensure!(gone, "left after delete: {:?}", rows(&agents[0]));
+    ensure!(made_again.is_empty(), "made again after the delete: {made_again:?}");
     Ok(())
 }

@@ -205,16 +205,10 @@ impl AgentHandle {
         if let Err(message) = check_namespaces_deletable(cluster, &objects).await {
             return Response::Error { message };
         }
-        // What the file's controllers made goes with them (as Kubernetes' cascading deletion).
-        let dependents = match dependents(cluster, &objects).await {
-            Ok(d) => d,
-            Err(e) => return Response::Error { message: e },
-        };
-        for key in dependents {
-            if let Err(e) = cluster.put(key, None) {
-                return Response::Error { message: e.to_string() };
-            }
-        }
+        // What the file's controllers made goes after them, level by level, deleted by hosts
+        // that have seen the level above go (`app::controllers`' collection of orphans, as
+        // Kubernetes' background cascade): deleted here all at once, a peer could see a
+        // Deployment still standing without its ReplicaSet and make it again.
         // Namespaces go last, once the rest is held elsewhere.
         let (last, first): (Vec<_>, Vec<_>) = objects.iter().partition(|o| matches!(o, Object::Namespace(_)));
         let mut lines = Vec::with_capacity(objects.len());
@@ -414,51 +408,6 @@ async fn check_namespaces_deletable(cluster: &Cluster, objects: &[Object]) -> Re
         }
     }
     Ok(())
-}
-
-/// The objects the file's Deployments, ReplicaSets, StatefulSets and DaemonSets made (their
-/// ReplicaSets, pods and status records), to be deleted with them.
-async fn dependents(cluster: &Cluster, objects: &[Object]) -> Result<Vec<Key>, String> {
-    use super::controllers::STATUS_KINDS;
-    let uid_of = |body: &[u8]| {
-        serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| v["metadata"]["uid"].as_str().map(str::to_owned))
-    };
-    let controller_of = |body: &[u8]| {
-        serde_json::from_slice::<serde_json::Value>(body).ok().and_then(|v| {
-            v["metadata"]["ownerReferences"]
-                .as_array()?
-                .iter()
-                .find(|r| r["controller"] == true)
-                .and_then(|r| r["uid"].as_str().map(str::to_owned))
-        })
-    };
-    let mut keys = Vec::new();
-    for o in objects {
-        let Some((_, status_kind)) = STATUS_KINDS.iter().find(|(k, _)| *k == o.kind()) else { continue };
-        let ns = o.namespace();
-        let Some(body) = cluster.get(Key::new(o.kind(), ns, o.name())).await.map_err(|e| e.to_string())?
-        else {
-            continue;
-        };
-        let Some(uid) = uid_of(&body) else { continue };
-        keys.push(Key::new(*status_kind, ns, o.name()));
-        let mut owners = BTreeSet::from([uid]);
-        for rs in cluster.list("ReplicaSet", Some(ns)).await.map_err(|e| e.to_string())? {
-            if controller_of(&rs.body).is_some_and(|c| owners.contains(&c)) {
-                owners.extend(uid_of(&rs.body));
-                keys.push(Key::new("ReplicaSetStatus", ns, rs.key.name.as_str()));
-                keys.push(rs.key);
-            }
-        }
-        for pod in cluster.list(POD, Some(ns)).await.map_err(|e| e.to_string())? {
-            if controller_of(&pod.body).is_some_and(|c| owners.contains(&c)) {
-                keys.push(pod.key);
-            }
-        }
-    }
-    Ok(keys)
 }
 
 /// Deletes `key` if it is live; `None` if there was nothing to delete.

@@ -148,6 +148,11 @@ enum Command {
         kinds: Vec<&'static str>,
         reply: oneshot::Sender<(u64, Vec<Listed>)>,
     },
+    /// Which of `keys` are deleted (a tombstone held), with when.
+    Deleted {
+        keys: Vec<Key>,
+        reply: oneshot::Sender<BTreeMap<Key, u64>>,
+    },
 }
 
 /// Handle on the cluster task; cheap to clone.
@@ -174,6 +179,7 @@ impl std::fmt::Debug for Command {
             Command::Get { key, .. } => write!(f, "Get({})", shown(key)),
             Command::List { kind, .. } => write!(f, "List({kind})"),
             Command::Snapshot { kinds, .. } => write!(f, "Snapshot({kinds:?})"),
+            Command::Deleted { keys, .. } => write!(f, "Deleted({} keys)", keys.len()),
         }
     }
 }
@@ -250,6 +256,18 @@ impl Cluster {
             .send(Command::Snapshot { kinds: kinds.to_vec(), reply: tx })
             .await
             .map_err(|_| ClusterError::Closed)?;
+        rx.await.map_err(|_| ClusterError::Closed)
+    }
+
+    /// Which of `keys` this host holds deleted (a tombstone, kept for the replica's tombstone
+    /// ttl), with the wall time (ms since the epoch) of the delete. A key never seen, or live,
+    /// is not in the answer.
+    pub async fn deleted(&self, keys: Vec<Key>) -> Result<BTreeMap<Key, u64>, ClusterError> {
+        if keys.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Deleted { keys, reply: tx }).await.map_err(|_| ClusterError::Closed)?;
         rx.await.map_err(|_| ClusterError::Closed)
     }
 
@@ -432,6 +450,16 @@ impl Task {
             Command::Snapshot { kinds, reply } => {
                 let items = kinds.iter().flat_map(|k| self.listed(k, None)).collect();
                 let _ = reply.send((*self.changed.borrow(), items));
+            }
+            Command::Deleted { keys, reply } => {
+                let deleted = keys
+                    .into_iter()
+                    .filter_map(|k| {
+                        let at = self.replica.object(&k).filter(|o| o.is_tombstone())?.stamp.version.wall_ms;
+                        Some((k, at))
+                    })
+                    .collect();
+                let _ = reply.send(deleted);
             }
         }
     }

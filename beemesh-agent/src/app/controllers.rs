@@ -6,8 +6,10 @@
 //! differences: pods (placed by `app::sched`), ReplicaSets, and status records
 //! (`<Kind>Status`, keyed like the object and naming its uid, merged into `get`; kept apart
 //! from the object so a status write never undoes an `apply`). Objects whose controller is
-//! gone (a Deployment deleted: its ReplicaSets, then their pods) are deleted once they have
-//! been orphans for [`ORPHAN_GRACE`].
+//! gone (a Deployment deleted: its ReplicaSets, then their pods) are deleted at once when
+//! the controller's tombstone is here, else once they have been orphans for [`ORPHAN_GRACE`]
+//! (the controller may not have reached this host yet): `delete` deletes only what it names,
+//! and this is the cascade.
 
 pub mod common;
 pub mod daemon;
@@ -155,15 +157,50 @@ async fn pass(
         .filter_map(|l| Some((l.key.name.clone(), super::sched::needs::host_facts(&decode::<Value>(l)?)?)))
         .collect();
 
+    let d_uids: BTreeSet<&str> = deployments.iter().filter_map(|(_, d)| d.metadata.uid.as_deref()).collect();
     let mut writes: Vec<Write> = Vec::new();
+    let mut made: Vec<(Key, u64)> = Vec::new();
     for (key, d) in deployments.iter().filter(|(k, _)| owns(k)) {
         let uid = d.metadata.uid.as_deref().unwrap_or("");
         let mine: Vec<&ReplicaSet> =
             rses.iter().map(|(_, r)| r).filter(|r| controller_uid(&r.metadata) == Some(uid)).collect();
         debug!(deployment = %key_text(key), replica_sets = mine.len(), "deployment pass");
-        writes.extend(replicas::deployment(d, &mine, &controlled));
+        let written_ms = existing.get(key).map_or(0, |l| l.written_ms);
+        for w in replicas::deployment(d, &mine, &controlled) {
+            let rs = Key::new(w.kind, w.namespace.as_str(), w.name.as_str());
+            if w.kind == "ReplicaSet" && w.body.is_some() && !existing.contains_key(&rs) {
+                made.push((rs, written_ms));
+            }
+            writes.push(w);
+        }
     }
-    for (_, rs) in rses.iter().filter(|(k, _)| owns(k)) {
+    // A ReplicaSet deleted after its Deployment was last written is not made again at once:
+    // the Deployment's own delete is on its way (the cascade deletes it first, but a peer's
+    // messages may come in another order). One a user deleted comes back after the grace.
+    let wall = super::cluster::now_ms();
+    let deleted =
+        cluster.deleted(made.iter().map(|(k, _)| k.clone()).collect()).await.map_err(|e| e.to_string())?;
+    let held_back: BTreeSet<Key> = made
+        .into_iter()
+        .filter(|(k, since)| {
+            deleted
+                .get(k)
+                .is_some_and(|at| at > since && wall.saturating_sub(*at) < ORPHAN_GRACE.as_millis() as u64)
+        })
+        .map(|(k, _)| k)
+        .collect();
+    writes.retain(|w| {
+        let key = Key::new(w.kind, w.namespace.as_str(), w.name.as_str());
+        let keep = !held_back.contains(&key);
+        if !keep {
+            debug!(object = %key_text(&key), "not made again yet: deleted after its deployment was written");
+        }
+        keep
+    });
+    // A ReplicaSet whose Deployment is not here (deleted, or not arrived yet) is left alone:
+    // it is collected below, or its Deployment comes.
+    let orphaned = |rs: &ReplicaSet| controller_uid(&rs.metadata).is_some_and(|u| !d_uids.contains(u));
+    for (_, rs) in rses.iter().filter(|(k, rs)| owns(k) && !orphaned(rs)) {
         let mine = controlled.get(rs.metadata.uid.as_deref().unwrap_or("")).cloned().unwrap_or_default();
         writes.extend(replicas::replica_set(rs, &mine));
     }
@@ -187,19 +224,22 @@ async fn pass(
     }
     writes.extend(moved_services(of("Service"), pools, |k| owns(k)));
 
-    // Orphans: ReplicaSets of no Deployment, pods of no ReplicaSet or StatefulSet, status
-    // records of no object.
-    let d_uids: BTreeSet<&str> = deployments.iter().filter_map(|(_, d)| d.metadata.uid.as_deref()).collect();
+    // Orphans: ReplicaSets of no Deployment, pods of no ReplicaSet, StatefulSet or DaemonSet,
+    // status records of no object; each with its controller's key.
     let owner_uids: BTreeSet<&str> = rses
         .iter()
         .filter_map(|(_, r)| r.metadata.uid.as_deref())
         .chain(sets.iter().filter_map(|(_, s)| s.metadata.uid.as_deref()))
         .chain(daemons.iter().filter_map(|(_, d)| d.metadata.uid.as_deref()))
         .collect();
-    let mut candidates: BTreeSet<Key> = BTreeSet::new();
+    let controller_key = |key: &Key, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        let owner = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true))?;
+        Some(Key::new(owner.kind.as_str(), key.namespace.as_str(), owner.name.as_str()))
+    };
+    let mut candidates: BTreeMap<Key, Option<Key>> = BTreeMap::new();
     for (key, rs) in &rses {
-        if controller_uid(&rs.metadata).is_some_and(|u| !d_uids.contains(u)) {
-            candidates.insert(key.clone());
+        if orphaned(rs) {
+            candidates.insert(key.clone(), controller_key(key, &rs.metadata));
         }
     }
     for (key, p) in &pods {
@@ -207,7 +247,7 @@ async fn pass(
         let ours =
             kind.is_some_and(|o| matches!(o.kind.as_str(), "ReplicaSet" | "StatefulSet" | "DaemonSet"));
         if ours && controller_uid(&p.pod.metadata).is_some_and(|u| !owner_uids.contains(u)) {
-            candidates.insert(key.clone());
+            candidates.insert(key.clone(), controller_key(key, &p.pod.metadata));
         }
     }
     for (kind, status_kind) in STATUS_KINDS {
@@ -219,14 +259,21 @@ async fn pass(
                 .and_then(|o| decode::<Value>(o))
                 .is_some_and(|o| o["metadata"]["uid"].as_str().is_some_and(|u| Some(u.to_owned()) == uid));
             if !alive {
-                candidates.insert(l.key.clone());
+                candidates.insert(l.key.clone(), Some(object));
             }
         }
     }
-    orphans.retain(|k, _| candidates.contains(k));
-    for key in candidates {
+    orphans.retain(|k, _| candidates.contains_key(k));
+    // A controller known deleted (its tombstone here) takes what it made at once: Kubernetes'
+    // background cascade, each level deleted by a host that has seen the level above go, so no
+    // controller sees its objects vanish while it still stands. One merely not here yet (or
+    // made again under another uid) gets the grace.
+    let owners: Vec<Key> = candidates.values().flatten().cloned().collect();
+    let gone = cluster.deleted(owners).await.map_err(|e| e.to_string())?;
+    for (key, owner) in candidates {
         let since = *orphans.entry(key.clone()).or_insert(now);
-        if now.duration_since(since) >= ORPHAN_GRACE && owns(&key) {
+        let owner_deleted = owner.is_some_and(|o| gone.contains_key(&o));
+        if (owner_deleted || now.duration_since(since) >= ORPHAN_GRACE) && owns(&key) {
             info!(object = %key_text(&key), "deleting an object whose controller is gone");
             if let Err(e) = cluster.put(key.clone(), None) {
                 warn!(object = %key_text(&key), error = %e, "orphan not deleted");
