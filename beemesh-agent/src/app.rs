@@ -256,6 +256,8 @@ struct Agent {
     mesh: MeshPolicy,
     /// This host's pods' mesh addresses (assigned by the forwarder), for their statuses.
     pod_addrs: forward::PodAddrs,
+    /// This host's `exec --identity` workloads as published in the cluster state, by name.
+    exec_records: BTreeMap<String, cluster::execs::ExecRecord>,
 }
 
 /// What the policy knows of the rest of the mesh (`app::mesh_view`).
@@ -374,6 +376,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         local_pods: watch::channel(Arc::new(forward::PodView::default())).0,
         mesh: MeshPolicy::default(),
         pod_addrs: forward::PodAddrs::default(),
+        exec_records: BTreeMap::new(),
     };
     agent.recover()?;
     agent.seed_local_ports();

@@ -194,6 +194,20 @@ impl Agent {
         self
     }
 
+    /// `cmd` (a program and its environment, no arguments yet) run in this agent's network
+    /// namespace, if it has one.
+    fn in_own_netns(&self, cmd: Command) -> Command {
+        let Some(ns) = &self.netns else { return cmd };
+        let mut wrapped = Command::new("nsenter");
+        wrapped.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(cmd.get_program());
+        for (k, v) in cmd.get_envs() {
+            if let Some(v) = v {
+                wrapped.env(k, v);
+            }
+        }
+        wrapped
+    }
+
     /// A `beemesh-agent` command configured for this agent.
     pub fn cli(&self) -> Command {
         let mut c = Command::new(agent_bin());
@@ -218,20 +232,8 @@ impl Agent {
             std::fs::write(&config, "")?;
         }
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
-        let mut cmd = self.cli();
-        if let Some(ns) = &self.netns {
-            let program = cmd.get_program().to_owned();
-            let envs: Vec<_> =
-                cmd.get_envs().map(|(k, v)| (k.to_owned(), v.map(ToOwned::to_owned))).collect();
-            cmd = Command::new("nsenter");
-            cmd.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(program);
-            for (k, v) in envs {
-                if let Some(v) = v {
-                    cmd.env(k, v);
-                }
-            }
-        }
-        let child = cmd
+        let child = self
+            .in_own_netns(self.cli())
             .arg("run")
             .env("RUST_LOG", "info,beemesh_agent=debug")
             .stdout(log.try_clone()?)
@@ -308,7 +310,8 @@ impl Agent {
         v["policyGeneration"].as_u64().context("policyGeneration")
     }
 
-    /// Runs `probe ARGS` as workload `name` with `identity` (labels `k=v`).
+    /// Runs `probe ARGS` as workload `name` with `identity` (labels `k=v`), in the agent's
+    /// network namespace.
     pub fn workload(
         &self,
         name: &str,
@@ -316,7 +319,7 @@ impl Agent {
         labels: &[&str],
         probe_args: &[&str],
     ) -> Result<Probe> {
-        let mut c = self.cli();
+        let mut c = self.in_own_netns(self.cli());
         c.args(["exec", "--identity", identity, "--name", name]);
         for l in labels {
             c.args(["--label", l]);

@@ -307,6 +307,45 @@ fn policy_is_decided_at_both_ends_and_a_revoked_permission_cuts_the_live_stream(
 }
 
 #[test]
+fn an_exec_workload_reaches_a_pod_on_another_host_and_that_host_decides_on_its_labels() -> Result<()> {
+    let (_lan, _offline, mut agents) = lan::joined_mesh("svx", 62, 2)?;
+    lan::start_all(&mut agents, T)?;
+    for a in &agents {
+        a.import_busybox("busybox:1")?;
+    }
+    let (h1, h2) = (&agents[0], &agents[1]);
+    // The echo server's only backend is on h2: h1's workloads reach it through the tunnel.
+    h1.apply(&echo_db())?;
+    h2.wait_ready("db", T)?;
+    let ip = cluster_ip(h1, "db")?;
+    // A host process run as a workload of h1 (`exec --identity`), not a pod: one line sent to
+    // the Service, and what came back (a workload name is used once).
+    let runs = std::cell::Cell::new(0);
+    let ask = |role: &str| -> String {
+        runs.set(runs.get() + 1);
+        let name = format!("{role}-{}", runs.get());
+        let label = format!("role={role}");
+        h1.workload(&name, "default/client", &[&label], &["ask", &format!("{ip}:80")])
+            .and_then(|p| p.line(Duration::from_secs(15)))
+            .unwrap_or_else(|e| e.to_string())
+    };
+    ensure!(eventually(T, || ask("good") == "reply hi"), "good: {}\n{}", ask("good"), h2.log());
+    ensure!(ask("bad") == "reply hi", "bad, no policy: {}", ask("bad"));
+
+    // h2 alone holds the policy: it admits role good, by the labels h1 published for its
+    // workload, and refuses bad's stream with the identity the tunnel proved.
+    h2.write_policy("db.yaml", ONLY_GOOD)?;
+    ensure!(eventually(T, || ask("bad") != "reply hi"), "bad still answered by h2: {}", h2.log());
+    ensure!(ask("good") == "reply hi", "good refused: {}", ask("good"));
+    let denied = flows_with(h2, "deny", "tunnel");
+    ensure!(
+        denied.iter().any(|f| f["peer"].as_str().is_some_and(|p| p.contains("ns/default/sa/client"))),
+        "h2 shows no tunnel denial with the workload's identity: {denied:?}"
+    );
+    Ok(())
+}
+
+#[test]
 fn a_live_stream_outlives_the_certificate_it_was_opened_with() -> Result<()> {
     // SVIDs of 10 s, renewed at 5 s: the holder's stream is opened with one and must go on
     // after it expired, while new connections present the renewed one.

@@ -5,6 +5,7 @@
 //! every 100 ms with the attested peers. The rest of the agent uses the [`Cluster`] handle:
 //! `write` (waits until another host holds the write), `get`, `list`.
 
+pub(crate) mod execs;
 pub(crate) mod kube;
 pub(crate) mod pods;
 mod store;

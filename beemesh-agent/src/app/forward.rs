@@ -28,6 +28,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::cluster::execs::ExecRecord;
 use super::cluster::pods::{self as cluster_pods, POD, POD_STATUS};
 use super::cluster::Cluster;
 use super::dns;
@@ -54,8 +55,11 @@ pub struct LocalPod {
 pub struct PodView {
     /// This host's running pods by `namespace/name`.
     pub local: BTreeMap<String, LocalPod>,
-    /// Other hosts' pods' numeric identities (this host's numbers) by `namespace/name`.
+    /// Other hosts' pods' numeric identities (this host's numbers) by `namespace/name`, and
+    /// their `exec --identity` workloads' by `exec:<node>/<name>`.
     pub remote: BTreeMap<String, u32>,
+    /// This host's `exec --identity` workloads: numeric identity -> `exec:<node>/<name>`.
+    pub exec: BTreeMap<u32, String>,
 }
 
 /// This host's pods' mesh addresses by uid (assigned by the forwarder, shown in their
@@ -92,8 +96,9 @@ struct Table {
     backends: HashMap<u32, Backend>,
     /// Node name -> its agent's tunnel address.
     tunnels: HashMap<String, SocketAddr>,
-    /// `namespace/name` -> (node, SPIFFE id) of every pod the state places: who a host may
-    /// speak for.
+    /// `namespace/name` -> (node, SPIFFE id) of every pod the state places, and
+    /// `exec:<node>/<name>` -> the same of every `exec --identity` workload a host publishes:
+    /// who a host may speak for.
     pods: HashMap<String, (String, String)>,
     /// The mesh's DNS names.
     records: dns::Records,
@@ -279,7 +284,7 @@ async fn follow_state(
     liveness: super::liveness::Liveness,
     table_tx: watch::Sender<Arc<Table>>,
 ) {
-    let kinds = ["Service", POD, POD_STATUS, super::nodes::KIND];
+    let kinds = ["Service", POD, POD_STATUS, super::nodes::KIND, super::cluster::execs::KIND];
     let mut changes: Vec<watch::Receiver<u64>> = kinds.iter().map(|k| cluster.kind_changes(k)).collect();
     let mut local = shared.local.clone();
     let mut ids = Ids::default();
@@ -377,8 +382,10 @@ fn build(
     let mut pods = Vec::new();
     let mut statuses = Vec::new();
     let mut tunnels = HashMap::new();
+    let mut execs = Vec::new();
     for l in listed {
         match l.key.kind.as_str() {
+            super::cluster::execs::KIND => execs.extend(ExecRecord::decode(&l.key, &l.body)),
             "Service" => {
                 if let Ok(svc) = serde_json::from_slice::<Service>(&l.body) {
                     services.push((l.key.namespace.clone(), l.key.name.clone(), svc));
@@ -475,6 +482,7 @@ fn build(
             let key = format!("{ns}/{}", p.metadata.name.as_deref()?);
             Some((key, (node.to_owned(), spiffe_of(p, trust_domain, ns))))
         })
+        .chain(execs.iter().map(|r| (r.view_key(), (r.node.clone(), r.identity.to_string()))))
         .collect();
     (wanted, Table { backends, tunnels, pods: placed, records, node_ports })
 }
@@ -613,10 +621,13 @@ async fn captured(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     }
     let source = shared.names.borrow().identities.get(&capture.subject).cloned();
     // The source pod (for the destination's label-based policy): the local pod with the
-    // captured workload's identity. Replicas sharing an identity share its labels.
-    let source_pod = (shared.local.borrow().local.iter())
-        .find(|(_, p)| p.identity == capture.subject)
-        .map(|(k, _)| k.clone());
+    // captured workload's identity, else the `exec --identity` workload with it. Replicas
+    // sharing an identity share its labels.
+    let source_pod = {
+        let view = shared.local.borrow();
+        let pod = view.local.iter().find(|(_, p)| p.identity == capture.subject).map(|(k, _)| k.clone());
+        pod.or_else(|| view.exec.get(&capture.subject).cloned())
+    };
     let Some(source) = source.filter(|s| s.starts_with("spiffe://")) else {
         warn!(subject = capture.subject, "captured connection from an unknown workload: closed");
         return;
@@ -855,6 +866,10 @@ async fn serve_tunnel(shared: Arc<Shared>, conn: Connection) {
     }
 }
 
+/// How long a stream from an `exec --identity` workload this host does not know yet waits for
+/// its record (published when the workload started) and its numeric identity.
+const EXEC_RECORD_WAIT: Duration = Duration::from_secs(2);
+
 async fn serve_stream(
     shared: Arc<Shared>,
     conn: Connection,
@@ -871,10 +886,28 @@ async fn serve_stream(
     let source_pod = header.pod.clone().unwrap_or_default();
     // NodePort traffic another host took in: no pod, its agent's node-port identity.
     let from_node_port = header.pod.is_none() && conn.peer_id() == shared.node_port_identity();
-    let vouched = from_node_port
-        || conn.peer_host().is_some_and(|host| {
-            shared.table.borrow().pods.get(&source_pod) == Some(&(host.to_owned(), conn.peer_id().to_owned()))
-        });
+    let placed = |table: &Table| {
+        conn.peer_host().is_some_and(|host| {
+            table.pods.get(&source_pod) == Some(&(host.to_owned(), conn.peer_id().to_owned()))
+        })
+    };
+    if source_pod.starts_with(super::cluster::execs::VIEW_PREFIX) {
+        // An `exec --identity` workload connects as soon as it starts: its record may still be
+        // on its way here, behind its first stream.
+        let mut table = shared.table.clone();
+        let mut local = shared.local.clone();
+        let deadline = tokio::time::Instant::now() + EXEC_RECORD_WAIT;
+        while !(placed(&table.borrow_and_update())
+            && local.borrow_and_update().remote.contains_key(&source_pod))
+        {
+            tokio::select! {
+                _ = table.changed() => {}
+                _ = local.changed() => {}
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+    }
+    let vouched = from_node_port || placed(&shared.table.borrow());
     if !vouched {
         warn!(
             peer = conn.peer_id(),

@@ -12,6 +12,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
+use super::cluster::execs::{ExecRecord, KIND as EXEC};
 use super::cluster::pods::{self as cluster_pods, POD};
 use super::cluster::Cluster;
 use super::{Call, Command};
@@ -24,7 +25,8 @@ const NETWORK_POLICY: &str = "NetworkPolicy";
 /// Other hosts' pods and the mesh's NetworkPolicies.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct MeshView {
-    /// `namespace/name` -> (identity, labels) of every pod placed on another host.
+    /// `namespace/name` -> (identity, labels) of every pod placed on another host, and
+    /// `exec:<node>/<name>` -> the same of every `exec --identity` workload another host runs.
     pub remote: BTreeMap<String, (SpiffeId, BTreeMap<String, String>)>,
     /// The mesh's NetworkPolicies, converted (one that does not convert is left out, logged).
     pub policies: Vec<Policy>,
@@ -33,10 +35,11 @@ pub(crate) struct MeshView {
 /// Sends the actor a new [`MeshView`] whenever Pods or NetworkPolicies change it.
 pub(crate) async fn run(cluster: Cluster, trust_domain: String, calls: mpsc::Sender<Call>) {
     let mut pods = cluster.kind_changes(POD);
+    let mut execs = cluster.kind_changes(EXEC);
     let mut policies = cluster.kind_changes(NETWORK_POLICY);
     let mut last = MeshView::default();
     loop {
-        let Ok((_, listed)) = cluster.snapshot(&[POD, NETWORK_POLICY]).await else { return };
+        let Ok((_, listed)) = cluster.snapshot(&[POD, EXEC, NETWORK_POLICY]).await else { return };
         let view = build(cluster.node(), &trust_domain, &listed);
         if view != last {
             let (tx, rx) = oneshot::channel();
@@ -48,6 +51,7 @@ pub(crate) async fn run(cluster: Cluster, trust_domain: String, calls: mpsc::Sen
         }
         tokio::select! {
             r = pods.changed() => if r.is_err() { return },
+            r = execs.changed() => if r.is_err() { return },
             r = policies.changed() => if r.is_err() { return },
         }
         // A burst of changes (a rollout) makes one view.
@@ -69,6 +73,12 @@ fn build(node: &str, trust_domain: &str, listed: &[super::cluster::Listed]) -> M
                 let Ok(id) = SpiffeId::new(trust_domain, &l.key.namespace, &sa) else { continue };
                 let labels = pod.metadata.labels.clone().unwrap_or_default();
                 view.remote.insert(format!("{}/{}", l.key.namespace, l.key.name), (id, labels));
+            }
+            EXEC => {
+                let Some(r) = ExecRecord::decode(&l.key, &l.body) else { continue };
+                if r.node != node {
+                    view.remote.insert(r.view_key(), (r.identity, r.labels));
+                }
             }
             NETWORK_POLICY => {
                 let Ok(np) = serde_json::from_slice::<NetworkPolicy>(&l.body) else { continue };

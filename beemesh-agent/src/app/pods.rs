@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::Pod;
 
+use super::cluster::execs as cexecs;
 use super::cluster::pods::{self as cpods, PodReport};
 use super::cluster::Cluster;
 use super::events::{Involved, Recorder};
@@ -603,7 +604,8 @@ impl Agent {
             })
             .collect();
         let remote = self.mesh.remote.iter().map(|(k, w)| (k.clone(), w.id)).collect();
-        let pods = super::forward::PodView { local, remote };
+        let exec = self.publish_execs();
+        let pods = super::forward::PodView { local, remote, exec };
         self.local_pods.send_if_modified(|held| {
             let changed = **held != pods;
             if changed {
@@ -611,6 +613,45 @@ impl Agent {
             }
             changed
         });
+    }
+
+    /// Publishes this host's `exec --identity` workloads (the workloads no pod owns) into the
+    /// cluster state when they changed, and deletes the records of those gone; returns them
+    /// by numeric identity for the forwarder (replicas of one identity and labels share one).
+    fn publish_execs(&mut self) -> BTreeMap<u32, String> {
+        let Some(cluster) = self.pods.cluster.clone() else { return BTreeMap::new() };
+        let pods: BTreeSet<&str> = (self.pods.entries.values().map(|e| e.record.workload.as_str()))
+            .chain(self.pods.tearing_down.values().map(|r| r.workload.as_str()))
+            .collect();
+        let records: BTreeMap<String, (u32, cexecs::ExecRecord)> = (self.workloads.iter())
+            .filter(|w| !pods.contains(w.name.as_str()))
+            .map(|w| {
+                let record = cexecs::ExecRecord {
+                    node: cluster.node().to_owned(),
+                    name: w.name.clone(),
+                    identity: w.identity.clone(),
+                    labels: w.labels.clone(),
+                };
+                (w.name.clone(), (w.id, record))
+            })
+            .collect();
+        for (name, (_, record)) in &records {
+            if self.exec_records.get(name) != Some(record)
+                && cluster.put(record.key(), Some(record.encode())).is_ok()
+            {
+                self.exec_records.insert(name.clone(), record.clone());
+            }
+        }
+        let gone: Vec<String> =
+            self.exec_records.keys().filter(|n| !records.contains_key(*n)).cloned().collect();
+        for name in gone {
+            if let Some(record) = self.exec_records.get(&name) {
+                if cluster.put(record.key(), None).is_ok() {
+                    self.exec_records.remove(&name);
+                }
+            }
+        }
+        records.into_values().map(|(id, r)| (id, r.view_key())).collect()
     }
 
     pub(super) fn publish_statuses(&mut self) {

@@ -5,6 +5,7 @@
 //! probe listen ADDR         accept forever, echo each connection's bytes back
 //! probe connect ADDR [MS]   one connect (timeout MS, default 2000), then exit
 //! probe hold ADDR           connect, then block until the connection dies
+//! probe ask ADDR            connect, send `hi\n`, print `reply <line>` (or `closed <reason>`)
 //! probe udp-send ADDR       one datagram with sendto()
 //! probe udp-listen ADDR     print `datagram <len>` for each datagram received
 //! probe udp-echo ADDR       send every datagram back to its sender
@@ -74,6 +75,26 @@ fn main() {
                 Err(e) => fail(&e, 2),
             }
         }
+        "ask" => match connect(addr, 2000) {
+            Ok(mut c) => {
+                let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                if let Err(e) = c.write_all(b"hi\n") {
+                    fail(&e, 2);
+                }
+                let mut line = Vec::new();
+                let mut byte = [0u8; 1];
+                loop {
+                    match c.read(&mut byte) {
+                        Ok(0) => return say("closed eof"),
+                        Ok(_) if byte[0] == b'\n' => break,
+                        Ok(_) => line.push(byte[0]),
+                        Err(e) => return say(&format!("closed {}", errno_line(&e))),
+                    }
+                }
+                say(&format!("reply {}", String::from_utf8_lossy(&line)));
+            }
+            Err(e) => fail(&e, 2),
+        },
         "hold" => match connect(addr, 2000) {
             Ok(mut c) => {
                 say("connected");
