@@ -278,6 +278,20 @@ enum Awaiting {
     Workload(WorkloadInfo, oneshot::Sender<Response>),
 }
 
+/// Starts the data path's runtime: one thread with a single-threaded tokio runtime, on which
+/// the tunnel endpoint, the capture listener, the tunnel acceptor, the NodePort listeners and
+/// every relay run (`app::forward`). A relay's bytes then never hop between worker threads,
+/// and the agent's other work (the cluster state, the scheduler, the controllers) never
+/// delays them; the QUIC machine notes measured 7.7 -> 8.9 Gbit/s from fewer runtime threads.
+fn data_path() -> std::io::Result<tokio::runtime::Handle> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let handle = runtime.handle().clone();
+    std::thread::Builder::new()
+        .name("beemesh-data".into())
+        .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
+    Ok(handle)
+}
+
 /// Raises the soft limit on open files to the hard one: every forwarded connection holds a
 /// socket or two (a unit's default soft limit, 1024, would refuse connections past about a
 /// thousand, as Envoy's deployments raise it too).
@@ -409,6 +423,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
             liveness: mesh.liveness.clone(),
             maps,
             tunnel: mesh.tunnel.clone(),
+            data: mesh.data.clone(),
             issuer,
             trust_domain,
             svid_lifetime: Duration::from_secs(agent.cfg.svid_lifetime_seconds),

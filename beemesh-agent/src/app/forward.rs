@@ -77,6 +77,9 @@ pub(crate) struct Setup {
     pub liveness: super::liveness::Liveness,
     pub maps: ServiceMaps,
     pub tunnel: tunnel::Endpoint,
+    /// The data path's runtime (`app::data_path`): the tunnel endpoint, the tunnel acceptor
+    /// and every relay through a tunnel run there.
+    pub data: tokio::runtime::Handle,
     pub issuer: Arc<WorkloadIssuer>,
     pub trust_domain: String,
     pub svid_lifetime: Duration,
@@ -213,6 +216,7 @@ struct Shared {
     names: watch::Receiver<Arc<Names>>,
     flows: crate::flows::FlowHub,
     tunnel: tunnel::Endpoint,
+    data: tokio::runtime::Handle,
     issuer: Arc<WorkloadIssuer>,
     trust_domain: String,
     svid_lifetime: Duration,
@@ -249,6 +253,7 @@ pub(crate) async fn start(setup: Setup) -> std::io::Result<()> {
         names: setup.names,
         flows: setup.flows,
         tunnel: setup.tunnel,
+        data: setup.data,
         issuer: setup.issuer,
         trust_domain: setup.trust_domain,
         svid_lifetime: setup.svid_lifetime,
@@ -269,10 +274,11 @@ pub(crate) async fn start(setup: Setup) -> std::io::Result<()> {
     );
     tokio::spawn(dns_loop(shared.clone(), resolver, upstreams));
     tokio::spawn(revoke_loop(shared.clone()));
-    tokio::spawn(node_port_loop(shared.clone()));
     tokio::spawn(follow_state(shared.clone(), setup.cluster, setup.liveness, table_tx));
+    tokio::spawn(node_port_loop(shared.clone()));
     tokio::spawn(capture_loop(shared.clone(), listener));
-    tokio::spawn(tunnel_loop(shared));
+    // Tunnel streams in are relayed on the data path's thread, with the endpoint.
+    shared.data.clone().spawn(tunnel_loop(shared));
     Ok(())
 }
 
@@ -632,15 +638,49 @@ async fn captured(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         warn!(subject = capture.subject, "captured connection from an unknown workload: closed");
         return;
     };
-    let live = shared.live.register(Check::Egress {
-        subject: capture.subject,
-        peer: capture.peer,
-        port: backend.port,
-    });
+    let flow = Relay {
+        check: Check::Egress { subject: capture.subject, peer: capture.peer, port: backend.port },
+        source,
+        source_pod,
+        backend,
+    };
+    if flow.backend.node == shared.node {
+        return relay(shared, stream, flow, &table).await;
+    }
+    // Through a tunnel: on the data path's thread, with the tunnel endpoint (a relay on one
+    // thread moves its bytes without handing them between workers). A relay between two
+    // sockets of this host stays on the agent's runtime, whose two workers share its work.
+    let data = shared.data.clone();
+    match stream.into_std() {
+        Ok(stream) => {
+            data.spawn(async move {
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => relay(shared, stream, flow, &table).await,
+                    Err(e) => warn!(error = %e, "captured connection not moved to the data path: closed"),
+                }
+            });
+        }
+        Err(e) => warn!(error = %e, "captured connection not moved to the data path: closed"),
+    }
+}
+
+/// One captured connection on its way to its backend.
+struct Relay {
+    check: Check,
+    source: String,
+    source_pod: Option<String>,
+    backend: Backend,
+}
+
+/// Relays `stream` to its backend, here or through a tunnel, until either side ends or the
+/// policy cuts it.
+async fn relay(shared: Arc<Shared>, stream: TcpStream, flow: Relay, table: &Table) {
+    let Relay { check, source, source_pod, backend } = flow;
+    let live = shared.live.register(check);
     let result = if backend.node == shared.node {
         forward_local(&shared, stream, &backend, &live.cut).await
     } else {
-        forward_remote(&shared, stream, &source, source_pod, &backend, &table, &live.cut).await
+        forward_remote(&shared, stream, &source, source_pod, &backend, table, &live.cut).await
     };
     match result {
         Ok((up, down)) => {

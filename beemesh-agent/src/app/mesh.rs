@@ -53,8 +53,10 @@ pub struct Mesh {
     /// What Services' addresses are assigned from.
     pub service_pools: super::services::Pools,
     /// This host's tunnel endpoint: it accepts workload tunnels as the host and opens them
-    /// for this host's workloads (`app::forward`).
+    /// for this host's workloads (`app::forward`). It runs on the data path's runtime.
     pub tunnel: crate::tunnel::Endpoint,
+    /// The data path's runtime (`super::data_path`): the tunnel endpoint and the relays.
+    pub data: tokio::runtime::Handle,
 }
 
 /// Starts the swarm (listening on the configured port, joining the bootstrap peers) and the
@@ -81,8 +83,13 @@ pub(super) async fn start(
     )
     .map_err(|e| AgentError::Config(format!("the host certificate cannot serve tunnels: {e}")))?;
     let tunnel_addr = std::net::SocketAddr::from(([0, 0, 0, 0], cfg.mesh.tunnel_port));
-    let tunnel = crate::tunnel::Endpoint::bind(tunnel_addr, host_tls)
-        .map_err(|e| AgentError::Config(format!("tunnel port {}: {e}", cfg.mesh.tunnel_port)))?;
+    let data = super::data_path().map_err(|e| AgentError::Config(format!("the data path's thread: {e}")))?;
+    let tunnel = {
+        // The endpoint's socket and driver belong to the runtime it is made in.
+        let _on_data_path = data.enter();
+        crate::tunnel::Endpoint::bind(tunnel_addr, host_tls)
+            .map_err(|e| AgentError::Config(format!("tunnel port {}: {e}", cfg.mesh.tunnel_port)))?
+    };
     let tunnel_port = tunnel.local_addr().map(|a| a.port()).unwrap_or(cfg.mesh.tunnel_port);
     let trust = Arc::new(trust);
     // Before the swarm listens: a revoked host must not attest even once after a restart.
@@ -152,6 +159,7 @@ pub(super) async fn start(
     });
     Ok(Mesh {
         tunnel,
+        data,
         client,
         cluster,
         this,
