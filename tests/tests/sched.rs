@@ -684,5 +684,13 @@ fn five_hosts_spread_a_deployment_heal_a_cut_off_host_and_outlive_the_host_that_
     });
     ensure!(gone, "left after delete: {:?}", rows(&agents[0]));
     ensure!(made_again.is_empty(), "made again after the delete: {made_again:?}");
+    // Applied again at once: its ReplicaSet has the old one's name, whose tombstone every host
+    // holds; the new one and its pods come all the same.
+    agents[0].apply(&deployment(3, "1"))?;
+    ensure!(
+        eventually(T, || web(&agents[1]).values().sum::<usize>() == 3),
+        "applied again after the delete: {:?}",
+        rows(&agents[1])
+    );
     Ok(())
 }

@@ -264,16 +264,19 @@ async fn pass(
         }
     }
     orphans.retain(|k, _| candidates.contains_key(k));
-    // A controller known deleted (its tombstone here) takes what it made at once: Kubernetes'
-    // background cascade, each level deleted by a host that has seen the level above go, so no
-    // controller sees its objects vanish while it still stands. One merely not here yet (or
-    // made again under another uid) gets the grace.
+    // A controller deleted after the object was written (its tombstone here, newer) takes
+    // what it made at once: Kubernetes' background cascade, each level deleted by a host that
+    // has seen the level above go, so no controller sees its objects vanish while it still
+    // stands. One merely not here yet gets the grace, and so does one whose tombstone is older
+    // than the object: a controller deleted and made again under the same name, whose new
+    // self has not arrived yet.
     let owners: Vec<Key> = candidates.values().flatten().cloned().collect();
     let gone = cluster.deleted(owners).await.map_err(|e| e.to_string())?;
     for (key, owner) in candidates {
         let since = *orphans.entry(key.clone()).or_insert(now);
-        let owner_deleted = owner.is_some_and(|o| gone.contains_key(&o));
-        if (owner_deleted || now.duration_since(since) >= ORPHAN_GRACE) && owns(&key) {
+        let written_ms = existing.get(&key).map_or(u64::MAX, |l| l.written_ms);
+        let deleted_ms = owner.and_then(|o| gone.get(&o).copied());
+        if orphan_due(deleted_ms, written_ms, now.duration_since(since)) && owns(&key) {
             info!(object = %key_text(&key), "deleting an object whose controller is gone");
             if let Err(e) = cluster.put(key.clone(), None) {
                 warn!(object = %key_text(&key), error = %e, "orphan not deleted");
@@ -305,6 +308,14 @@ async fn pass(
         }
     }
     Ok(())
+}
+
+/// Whether an orphan (written at `written_ms`, an orphan here for `orphan_for`) is deleted now:
+/// at once when its controller's tombstone (deleted at `deleted_ms`) is newer than it (the
+/// cascade), else after [`ORPHAN_GRACE`] (its controller may not have arrived yet, or was
+/// deleted before it and made again under the same name).
+fn orphan_due(deleted_ms: Option<u64>, written_ms: u64, orphan_for: Duration) -> bool {
+    deleted_ms.is_some_and(|at| at > written_ms) || orphan_for >= ORPHAN_GRACE
 }
 
 /// Services that share a cluster IP or node port with one created before them (two hosts
@@ -484,6 +495,20 @@ pub fn merge_status(entries: &mut [crate::api::ObjectEntry], statuses: &[Listed]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_orphan_goes_at_once_only_when_its_controller_was_deleted_after_it() {
+        let fresh = Duration::ZERO;
+        // The cascade: the ReplicaSet's tombstone (t=2000) is newer than the pod (t=1000).
+        assert!(orphan_due(Some(2_000), 1_000, fresh));
+        // Deleted and made again under the same name: the old tombstone (t=500) says nothing
+        // of a pod written at t=1000 whose new ReplicaSet has not arrived yet.
+        assert!(!orphan_due(Some(500), 1_000, fresh));
+        assert!(orphan_due(Some(500), 1_000, ORPHAN_GRACE));
+        // A controller not here at all: the grace.
+        assert!(!orphan_due(None, 1_000, Duration::from_secs(4)));
+        assert!(orphan_due(None, 1_000, ORPHAN_GRACE));
+    }
 
     #[test]
     fn of_two_services_given_one_address_at_once_the_younger_moves() {
