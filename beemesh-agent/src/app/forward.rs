@@ -644,23 +644,28 @@ async fn captured(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         source_pod,
         backend,
     };
+    dispatch(shared, stream, flow, table).await;
+}
+
+/// Relays `stream` here when its backend runs on this host; through a tunnel on the data
+/// path's thread, with the tunnel endpoint (a relay on one thread moves its bytes without
+/// handing them between workers). A relay between two sockets of this host stays on the
+/// agent's runtime, whose two workers share its work.
+async fn dispatch(shared: Arc<Shared>, stream: TcpStream, flow: Relay, table: Arc<Table>) {
     if flow.backend.node == shared.node {
         return relay(shared, stream, flow, &table).await;
     }
-    // Through a tunnel: on the data path's thread, with the tunnel endpoint (a relay on one
-    // thread moves its bytes without handing them between workers). A relay between two
-    // sockets of this host stays on the agent's runtime, whose two workers share its work.
     let data = shared.data.clone();
     match stream.into_std() {
         Ok(stream) => {
             data.spawn(async move {
                 match TcpStream::from_std(stream) {
                     Ok(stream) => relay(shared, stream, flow, &table).await,
-                    Err(e) => warn!(error = %e, "captured connection not moved to the data path: closed"),
+                    Err(e) => warn!(error = %e, "connection not moved to the data path: closed"),
                 }
             });
         }
-        Err(e) => warn!(error = %e, "captured connection not moved to the data path: closed"),
+        Err(e) => warn!(error = %e, "connection not moved to the data path: closed"),
     }
 }
 
@@ -1164,15 +1169,7 @@ async fn node_port_connection(shared: Arc<Shared>, stream: TcpStream, peer: Sock
         reset_tcp(stream);
         return;
     }
-    let live = shared.live.register(check);
-    let result = if backend.node == shared.node {
-        forward_local(&shared, stream, &backend, &live.cut).await
-    } else {
-        let identity = shared.node_port_identity();
-        forward_remote(&shared, stream, &identity, None, &backend, &table, &live.cut).await
-    };
-    match result {
-        Ok((up, down)) => debug!(port, %peer, pod = %backend.pod, up, down, "node port connection closed"),
-        Err(e) => info!(port, %peer, pod = %backend.pod, error = %e, "node port forwarding failed"),
-    }
+    debug!(port, %peer, pod = %backend.pod, node = %backend.node, "node port connection");
+    let flow = Relay { check, source: shared.node_port_identity(), source_pod: None, backend };
+    dispatch(shared, stream, flow, table).await;
 }
