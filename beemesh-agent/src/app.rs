@@ -279,8 +279,9 @@ enum Awaiting {
 }
 
 /// Starts the data path's runtime: one thread with a single-threaded tokio runtime, on which
-/// the tunnel endpoint, the capture listener, the tunnel acceptor, the NodePort listeners and
-/// every relay run (`app::forward`). A relay's bytes then never hop between worker threads,
+/// the tunnel endpoint, the tunnel acceptor and every relay through a tunnel run
+/// (`app::forward`; the capture and NodePort listeners stay on the agent's runtime and hand
+/// such connections over). A relay's bytes then never hop between worker threads,
 /// and the agent's other work (the cluster state, the scheduler, the controllers) never
 /// delays them; the QUIC machine notes measured 7.7 -> 8.9 Gbit/s from fewer runtime threads.
 fn data_path() -> std::io::Result<tokio::runtime::Handle> {
