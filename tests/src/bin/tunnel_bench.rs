@@ -9,7 +9,9 @@
 //! second (open, header, 1 byte each way, close) against new TCP connections per second.
 //!
 //! `--quick` runs one short round (CI proves it runs; not a measurement); `--profile` only the
-//! tunnel throughput, for 10 s (to run under `perf record`).
+//! tunnel throughput, for 10 s, and `--profile forwarded` only the forwarded throughput (to run
+//! under `perf record`; the forwarded phase's threads are named `client`, `agent-h1`,
+//! `agent-h2` and `server`, for `perf report --sort comm`).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
@@ -50,17 +52,32 @@ fn cpu_seconds() -> f64 {
     beemesh_tests::cpu_seconds("self").unwrap_or(0.0)
 }
 
+/// The future a bench thread runs.
+type Task<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>>>>;
+
 /// Runs `f` on a new thread inside network namespace `ns`, on a single-threaded runtime.
 fn in_netns<T: Send + 'static>(
     ns: &str,
-    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>>>> + Send + 'static,
+    f: impl FnOnce() -> Task<T> + Send + 'static,
+) -> std::thread::JoinHandle<Result<T>> {
+    named_in_netns("bench", ns, f)
+}
+
+/// [`in_netns`] on a thread named `name` (what `perf report --sort comm` shows).
+fn named_in_netns<T: Send + 'static>(
+    name: &str,
+    ns: &str,
+    f: impl FnOnce() -> Task<T> + Send + 'static,
 ) -> std::thread::JoinHandle<Result<T>> {
     let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f())
-    })
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f())
+        })
+        .expect("spawn a bench thread")
 }
 
 fn joined_as<T>(what: &str, h: std::thread::JoinHandle<Result<T>>) -> Result<T> {
@@ -131,7 +148,7 @@ where
 /// The TCP server on h2: serves `connections` connections, one at a time.
 fn tcp_server(lan: &Lan, how: Serve, connections: usize) -> std::thread::JoinHandle<Result<()>> {
     let addr: SocketAddr = format!("{}:{TCP_PORT}", lan.addr(2)).parse().expect("address");
-    in_netns(&lan.netns(2), move || {
+    named_in_netns("server", &lan.netns(2), move || {
         Box::pin(async move {
             let listener = tokio::net::TcpListener::bind(addr).await?;
             for _ in 0..connections {
@@ -291,27 +308,10 @@ fn round(lan: &Lan, plan: Plan) -> Result<Round> {
     joined_as("quic throughput server", server)?;
     let per_gb = |cpu: f64, bps: f64| cpu / (bps / 8.0 * seconds / 1e9);
 
-    // (1b) Forwarded: client -> agent (h1) -> tunnel -> agent (h2) -> server, every hop a
-    // thread of its own, the agents relaying with the agent's own `splice`.
-    let server = tcp_server(lan, Serve::Sink, 1);
-    let ids = identities()?;
-    let agents = forwarding_agents(lan, ids, tcp_addr)?;
+    // (1b) Forwarded.
     let cpu = cpu_seconds();
-    let fwd_bps = joined_as(
-        "forwarded client",
-        in_netns(&h1, move || {
-            Box::pin(async move {
-                let s = connect_retrying(SocketAddr::from(([127, 0, 0, 1], FORWARD_PORT))).await?;
-                let (r, w) = s.into_split();
-                blast(r, w, seconds).await
-            })
-        }),
-    )?;
+    let fwd_bps = forwarded(lan, seconds)?;
     let fwd_cpu = cpu_seconds() - cpu;
-    for (what, agent) in ["agent h1", "agent h2"].into_iter().zip(agents) {
-        joined_as(what, agent)?;
-    }
-    joined_as("forwarded server", server)?;
 
     // (2) Request/response.
     let server = tcp_server(lan, Serve::Echo, 1);
@@ -402,6 +402,29 @@ fn round(lan: &Lan, plan: Plan) -> Result<Round> {
     })
 }
 
+/// Forwarded throughput (bits/s): client -> agent (h1) -> tunnel -> agent (h2) -> server,
+/// every hop a thread of its own, the agents relaying with the agent's own `splice`.
+fn forwarded(lan: &Lan, seconds: f64) -> Result<f64> {
+    let tcp_addr: SocketAddr = format!("{}:{TCP_PORT}", lan.addr(2)).parse()?;
+    let server = tcp_server(lan, Serve::Sink, 1);
+    let agents = forwarding_agents(lan, identities()?, tcp_addr)?;
+    let bps = joined_as(
+        "forwarded client",
+        named_in_netns("client", &lan.netns(1), move || {
+            Box::pin(async move {
+                let s = connect_retrying(SocketAddr::from(([127, 0, 0, 1], FORWARD_PORT))).await?;
+                let (r, w) = s.into_split();
+                blast(r, w, seconds).await
+            })
+        }),
+    )?;
+    for (what, agent) in ["agent h1", "agent h2"].into_iter().zip(agents) {
+        joined_as(what, agent)?;
+    }
+    joined_as("forwarded server", server)?;
+    Ok(bps)
+}
+
 /// The two agents of the forwarded phase, each relaying one connection: h1's takes the
 /// client's connection on 127.0.0.1:[`FORWARD_PORT`] and opens a tunnel stream for it; h2's
 /// accepts the stream and dials `server`.
@@ -413,7 +436,7 @@ fn forwarding_agents(
     let quic_addr: SocketAddr = format!("{}:{QUIC_PORT}", lan.addr(2)).parse()?;
     let never = || std::sync::Arc::new(tokio::sync::Notify::new());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let h2 = in_netns(&lan.netns(2), move || {
+    let h2 = named_in_netns("agent-h2", &lan.netns(2), move || {
         Box::pin(async move {
             let endpoint = Endpoint::bind(quic_addr, ids.h2)?;
             let _ = ready_tx.send(());
@@ -429,7 +452,7 @@ fn forwarding_agents(
     ready_rx.recv_timeout(Duration::from_secs(10)).context("agent h2 never bound")?;
     let (h1_id, workload) = (ids.h1, ids.workload);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let h1 = in_netns(&lan.netns(1), move || {
+    let h1 = named_in_netns("agent-h1", &lan.netns(1), move || {
         Box::pin(async move {
             let listener =
                 tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], FORWARD_PORT))).await?;
@@ -477,10 +500,15 @@ async fn connect_retrying(addr: SocketAddr) -> Result<tokio::net::TcpStream> {
 }
 
 /// `--profile`: only the tunnel's throughput, for 10 s, to run under `perf record`.
-fn profile() -> Result<()> {
+fn profile(what: &str) -> Result<()> {
     let mut lan = Lan::new("tnb", SUBNET)?;
     lan.host(1)?;
     lan.host(2)?;
+    if what == "forwarded" {
+        let bps = forwarded(&lan, 10.0)?;
+        println!("forwarded throughput {:.2} Gbit/s", bps / 1e9);
+        return Ok(());
+    }
     let quic_addr: SocketAddr = format!("{}:{QUIC_PORT}", lan.addr(2)).parse()?;
     let ids = identities()?;
     let server = quic_server(&lan, ids.h2, Serve::Sink, 1)?;
@@ -507,8 +535,9 @@ fn profile() -> Result<()> {
 fn main() -> Result<()> {
     beemesh_tests::require_root();
     let quick = std::env::args().any(|a| a == "--quick");
-    if std::env::args().any(|a| a == "--profile") {
-        return profile();
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--profile") {
+        return profile(args.get(i + 1).map_or("tunnel", String::as_str));
     }
     let plan = if quick { Plan { seconds: 0.5, rounds: 1 } } else { Plan { seconds: 3.0, rounds: 5 } };
     let mut lan = Lan::new("tnb", SUBNET)?;
