@@ -30,6 +30,9 @@ pub(crate) struct MeshView {
     pub remote: BTreeMap<String, (SpiffeId, BTreeMap<String, String>)>,
     /// The mesh's NetworkPolicies, converted (one that does not convert is left out, logged).
     pub policies: Vec<Policy>,
+    /// This host's own `exec --identity` records in the store, by workload name (the actor
+    /// deletes those left by an earlier run: [`super::cluster::execs::adopt`]).
+    pub own_execs: BTreeMap<String, ExecRecord>,
 }
 
 /// Sends the actor a new [`MeshView`] whenever Pods or NetworkPolicies change it.
@@ -76,7 +79,9 @@ fn build(node: &str, trust_domain: &str, listed: &[super::cluster::Listed]) -> M
             }
             EXEC => {
                 let Some(r) = ExecRecord::decode(&l.key, &l.body) else { continue };
-                if r.node != node {
+                if r.node == node {
+                    view.own_execs.insert(r.name.clone(), r);
+                } else {
                     view.remote.insert(r.view_key(), (r.identity, r.labels));
                 }
             }

@@ -172,6 +172,10 @@ impl Agent {
             self.persist();
         }
         self.mesh.remote = remote;
+        if super::cluster::execs::adopt(&mut self.exec_records, &view.own_execs) {
+            // Records an earlier run left: deleted unless their workload runs again.
+            self.publish_local_pods();
+        }
     }
 
     /// cgroup id -> workload id for every cgroup of every workload, nested ones included

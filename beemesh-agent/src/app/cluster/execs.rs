@@ -2,7 +2,8 @@
 //! `(ExecWorkload, "", <node>.<workload>)`: its identity and labels, so that other hosts let
 //! its tunnel streams in (its host vouches for it, as for a pod it runs) and match it in their
 //! policy (NetworkPolicy selectors, policy.d). Written when the host's workloads change and
-//! deleted when one ends; sans-IO.
+//! deleted when one ends, and also when the host finds a record of its own naming a workload it
+//! does not run (one that ended while the agent was down); sans-IO.
 
 use std::collections::BTreeMap;
 
@@ -53,9 +54,53 @@ impl ExecRecord {
     }
 }
 
+/// Takes into `published` (this host's records, by workload name, as it wrote them) the
+/// records of its own it finds in the cluster state (`stored`) that it did not write in this
+/// run: a workload that ended while the agent was down left one. The next publication then
+/// deletes those naming no workload it runs, and rewrites those that differ. Returns whether
+/// any was taken.
+pub fn adopt(published: &mut BTreeMap<String, ExecRecord>, stored: &BTreeMap<String, ExecRecord>) -> bool {
+    let mut taken = false;
+    for (name, record) in stored {
+        if !published.contains_key(name) {
+            published.insert(name.clone(), record.clone());
+            taken = true;
+        }
+    }
+    taken
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(name: &str, app: &str) -> ExecRecord {
+        ExecRecord {
+            node: "h1".into(),
+            name: name.into(),
+            identity: "spiffe://td/ns/shop/sa/web".parse().expect("spiffe id"),
+            labels: BTreeMap::from([("app".into(), app.into())]),
+        }
+    }
+
+    #[test]
+    fn records_left_by_an_earlier_run_are_taken_so_that_they_are_deleted_or_rewritten() {
+        let mut published = BTreeMap::from([("live".to_owned(), record("live", "web"))]);
+        // The store holds the live one (as written), one whose workload ended while the agent
+        // was down, and an older version of one running again under the same name.
+        let stored = BTreeMap::from([
+            ("live".to_owned(), record("live", "web")),
+            ("ended".to_owned(), record("ended", "web")),
+            ("again".to_owned(), record("again", "old")),
+        ]);
+        assert!(adopt(&mut published, &stored));
+        assert_eq!(published.keys().collect::<Vec<_>>(), ["again", "ended", "live"]);
+        assert!(!adopt(&mut published, &stored), "nothing new the second time");
+        // What this run wrote is kept, not replaced by the store's view of it.
+        let mut published = BTreeMap::from([("live".to_owned(), record("live", "new"))]);
+        adopt(&mut published, &BTreeMap::from([("live".to_owned(), record("live", "old"))]));
+        assert_eq!(published["live"].labels["app"], "new");
+    }
 
     #[test]
     fn a_record_is_read_back_only_under_its_own_key() {
