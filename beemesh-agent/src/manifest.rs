@@ -22,9 +22,7 @@ pub use kinds::{kind_info, KindInfo, KINDS};
 pub use quantity::{parse_cpu_millis, parse_memory_bytes};
 
 use crate::identity::{is_dns_label, is_dns_subdomain};
-use crate::yamldoc::{
-    check_unknown_fields, find_line, split_documents, strip_location, Document, FieldError,
-};
+use crate::yamldoc::{find_line, split_documents, strip_location, unknown_fields, Document, FieldError};
 
 /// One object of a manifest file (stored as `{"kind": ..., "object": ...}`).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -106,15 +104,39 @@ pub enum ManifestError {
     /// Well-formed, but not something beemesh can run (unknown kind, unsupported field, bad name).
     #[error("{file}:{line}: {field}: {reason}")]
     Invalid { file: String, line: usize, field: String, reason: String },
+    /// More than one of the above, in file order, one per line.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ManifestError>),
 }
 
-/// Parses a manifest file: every object, or the first error.
+impl ManifestError {
+    fn from_list(mut errors: Vec<ManifestError>) -> Option<Self> {
+        match errors.len() {
+            0 => None,
+            1 => errors.pop(),
+            _ => Some(ManifestError::Several(errors)),
+        }
+    }
+}
+
+/// Parses a manifest file: every object, or every error (each document is checked whatever
+/// the others hold; within one, every unsupported and unknown field is named, then the first
+/// invalid value).
 pub fn parse(file: &str, text: &str) -> Result<Vec<Object>, ManifestError> {
     let mut out = Vec::new();
+    let mut errors = Vec::new();
     for doc in split_documents(text) {
-        parse_document(file, &doc, &mut out)?;
+        if let Err(e) = parse_document(file, &doc, &mut out) {
+            match e {
+                ManifestError::Several(list) => errors.extend(list),
+                e => errors.push(e),
+            }
+        }
     }
-    Ok(out)
+    match ManifestError::from_list(errors) {
+        None => Ok(out),
+        Some(e) => Err(e),
+    }
 }
 
 fn parse_document(file: &str, doc: &Document<'_>, out: &mut Vec<Object>) -> Result<(), ManifestError> {
@@ -140,24 +162,28 @@ fn parse_document(file: &str, doc: &Document<'_>, out: &mut Vec<Object>) -> Resu
             let Some(items) = value.get("items").and_then(|v| v.as_sequence()) else {
                 return Err(invalid(FieldError::new("items", "a List needs an items sequence")));
             };
+            let mut errors = Vec::new();
             for (i, item) in items.iter().enumerate() {
                 let prefix = format!("items[{i}]");
-                let object = object(item, &prefix).map_err(|e| match e {
-                    ObjectError::Field(f) => invalid(f),
-                    ObjectError::Type(e) => typed(e, &prefix),
-                })?;
-                out.push(object);
+                match object(item, &prefix) {
+                    Ok(object) => out.push(object),
+                    Err(ObjectError::Fields(f)) => errors.extend(f.into_iter().map(invalid)),
+                    Err(ObjectError::Type(e)) => errors.push(typed(e, &prefix)),
+                }
             }
-            Ok(())
+            ManifestError::from_list(errors).map_or(Ok(()), Err)
         }
-        _ => {
-            let object = object(&value, "").map_err(|e| match e {
-                ObjectError::Field(f) => invalid(f),
-                ObjectError::Type(e) => typed(e, "(document)"),
-            })?;
-            out.push(object);
-            Ok(())
-        }
+        _ => match object(&value, "") {
+            Ok(object) => {
+                out.push(object);
+                Ok(())
+            }
+            Err(ObjectError::Fields(f)) => {
+                Err(ManifestError::from_list(f.into_iter().map(invalid).collect())
+                    .expect("at least one error"))
+            }
+            Err(ObjectError::Type(e)) => Err(typed(e, "(document)")),
+        },
     }
 }
 
@@ -166,13 +192,14 @@ fn str_field<'a>(v: &'a serde_yaml::Value, key: &str) -> Option<&'a str> {
 }
 
 enum ObjectError {
-    Field(FieldError),
+    /// At least one.
+    Fields(Vec<FieldError>),
     Type(serde_yaml::Error),
 }
 
 impl From<FieldError> for ObjectError {
     fn from(e: FieldError) -> Self {
-        ObjectError::Field(e)
+        ObjectError::Fields(vec![e])
     }
 }
 
@@ -194,10 +221,14 @@ fn object(value: &serde_yaml::Value, prefix: &str) -> Result<Object, ObjectError
             prefix: &str,
         ) -> Result<T, ObjectError> {
             let t: T = serde_yaml::from_value(v.clone()).map_err(ObjectError::Type)?;
-            check_unknown_fields(v, &t).map_err(|mut e| {
-                e.field = join(prefix, &e.field);
-                ObjectError::Field(e)
-            })?;
+            let unknown = unknown_fields(v, &t);
+            if !unknown.is_empty() {
+                let joined = unknown.into_iter().map(|mut e| {
+                    e.field = join(prefix, &e.field);
+                    e
+                });
+                return Err(ObjectError::Fields(joined.collect()));
+            }
             Ok(t)
         }
         Ok(match kind {
@@ -235,10 +266,38 @@ fn object(value: &serde_yaml::Value, prefix: &str) -> Result<Object, ObjectError
             .into())
         }
     }
-    fields::check_supported(value, kind, prefix)?;
+    let mut refused = fields::unsupported(value, kind, prefix);
+    refused.extend(byte_values(value, kind, prefix));
+    if !refused.is_empty() {
+        return Err(ObjectError::Fields(refused));
+    }
     let object = decode(value)?;
     validate(&object, prefix)?;
     Ok(object)
+}
+
+/// The base64 values of a Secret's `data` and a ConfigMap's `binaryData` that do not decode,
+/// each named by its key (decoding the object would name only the document).
+fn byte_values(value: &serde_yaml::Value, kind: &str, prefix: &str) -> Vec<FieldError> {
+    use base64::Engine as _;
+    let field = match kind {
+        "Secret" => "data",
+        "ConfigMap" => "binaryData",
+        _ => return Vec::new(),
+    };
+    let Some(map) = value.get(field).and_then(|m| m.as_mapping()) else { return Vec::new() };
+    let mut out = Vec::new();
+    for (k, v) in map {
+        let (Some(key), Some(text)) = (k.as_str(), v.as_str()) else { continue };
+        // As k8s-openapi's ByteString (and the API server) read it: standard alphabet, padded.
+        if let Err(e) = base64::engine::general_purpose::STANDARD.decode(text) {
+            out.push(
+                FieldError::new(join(prefix, &format!("{field}.{key}")), format!("invalid base64 ({e})"))
+                    .at(format!("{key}:")),
+            );
+        }
+    }
+    out
 }
 
 /// Checks what the types cannot: names, required fields, references inside the object.

@@ -100,15 +100,29 @@ pub(crate) fn check_unknown_fields<T: serde::Serialize>(
     original: &serde_yaml::Value,
     parsed: &T,
 ) -> Result<(), FieldError> {
-    let typed = serde_json::to_value(parsed).map_err(|e| FieldError::new("(document)", e.to_string()))?;
-    first_unknown(original, &typed, "")
+    unknown_fields(original, parsed).into_iter().next().map_or(Ok(()), Err)
 }
 
-fn first_unknown(
+/// Every field of `original` that `parsed` (its typed decoding) does not have, in document
+/// order.
+pub(crate) fn unknown_fields<T: serde::Serialize>(
+    original: &serde_yaml::Value,
+    parsed: &T,
+) -> Vec<FieldError> {
+    let mut out = Vec::new();
+    match serde_json::to_value(parsed) {
+        Ok(typed) => collect_unknown(original, &typed, "", &mut out),
+        Err(e) => out.push(FieldError::new("(document)", e.to_string())),
+    }
+    out
+}
+
+fn collect_unknown(
     original: &serde_yaml::Value,
     typed: &serde_json::Value,
     path: &str,
-) -> Result<(), FieldError> {
+    out: &mut Vec<FieldError>,
+) {
     match (original, typed) {
         (serde_yaml::Value::Mapping(map), serde_json::Value::Object(obj)) => {
             for (k, v) in map {
@@ -118,22 +132,17 @@ fn first_unknown(
                 }
                 let field = if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") };
                 match obj.get(key) {
-                    Some(t) => first_unknown(v, t, &field)?,
-                    None => {
-                        return Err(
-                            FieldError::new(field, format!("unknown field `{key}`")).at(format!("{key}:"))
-                        )
-                    }
+                    Some(t) => collect_unknown(v, t, &field, out),
+                    None => out
+                        .push(FieldError::new(field, format!("unknown field `{key}`")).at(format!("{key}:"))),
                 }
             }
-            Ok(())
         }
         (serde_yaml::Value::Sequence(items), serde_json::Value::Array(typed_items)) => {
             for (i, (v, t)) in items.iter().zip(typed_items).enumerate() {
-                first_unknown(v, t, &format!("{path}[{i}]"))?;
+                collect_unknown(v, t, &format!("{path}[{i}]"), out);
             }
-            Ok(())
         }
-        _ => Ok(()),
+        _ => {}
     }
 }

@@ -1,4 +1,4 @@
-//! What beemesh implements of each kind, field by field: `check_supported` rejects any other
+//! What beemesh implements of each kind, field by field: `unsupported` names every other
 //! field by name (a Pod that asks for `hostNetwork` must not run without it; a Deployment's
 //! Pod template follows the Pod's list, so what the scheduler could not run is refused at
 //! apply), and `validate_pod` checks the values the runtime relies on.
@@ -303,16 +303,18 @@ fn allowed(kind: &str) -> Option<&'static Allowed> {
     })
 }
 
-/// Rejects the first field outside what beemesh implements for `kind`. `status` (written by
-/// whoever ran the object before) is ignored.
-pub(super) fn check_supported(value: &serde_yaml::Value, kind: &str, prefix: &str) -> Result<(), FieldError> {
-    match allowed(kind) {
-        Some(allowed) => walk(value, allowed, "", prefix),
-        None => Ok(()),
+/// Every field outside what beemesh implements for `kind`, in document order (what is inside
+/// a refused field is not looked at). `status` (written by whoever ran the object before) is
+/// ignored.
+pub(super) fn unsupported(value: &serde_yaml::Value, kind: &str, prefix: &str) -> Vec<FieldError> {
+    let mut out = Vec::new();
+    if let Some(allowed) = allowed(kind) {
+        walk(value, allowed, "", prefix, &mut out);
     }
+    out
 }
 
-fn walk(value: &serde_yaml::Value, allowed: &Allowed, pattern: &str, shown: &str) -> Result<(), FieldError> {
+fn walk(value: &serde_yaml::Value, allowed: &Allowed, pattern: &str, shown: &str, out: &mut Vec<FieldError>) {
     match value {
         serde_yaml::Value::Mapping(map) => {
             for (k, v) in map {
@@ -327,24 +329,24 @@ fn walk(value: &serde_yaml::Value, allowed: &Allowed, pattern: &str, shown: &str
                 } else if allowed.leaves.contains(&wildcard) {
                     wildcard
                 } else {
-                    let field = join(shown, key);
-                    return Err(FieldError::new(
-                        field,
-                        format!("field `{key}` is not supported by beemesh (it would be ignored, so the object is refused)"),
-                    )
-                    .at(format!("{key}:")));
+                    out.push(
+                        FieldError::new(
+                            join(shown, key),
+                            format!("field `{key}` is not supported by beemesh (it would be ignored, so the object is refused)"),
+                        )
+                        .at(format!("{key}:")),
+                    );
+                    continue;
                 };
-                walk(v, allowed, &next, &join(shown, key))?;
+                walk(v, allowed, &next, &join(shown, key), out);
             }
-            Ok(())
         }
         serde_yaml::Value::Sequence(items) => {
             for (i, v) in items.iter().enumerate() {
-                walk(v, allowed, &format!("{pattern}[]"), &format!("{shown}[{i}]"))?;
+                walk(v, allowed, &format!("{pattern}[]"), &format!("{shown}[{i}]"), out);
             }
-            Ok(())
         }
-        _ => Ok(()),
+        _ => {}
     }
 }
 

@@ -88,6 +88,45 @@ fn unsupported_fields_are_named_with_their_line() {
 }
 
 #[test]
+fn every_refused_field_of_every_document_is_named_in_one_answer() {
+    let pod = POD
+        .replace(
+            "  restartPolicy: OnFailure\n",
+            "  restartPolicy: OnFailure\n  hostNetwork: true\n  hostPID: true\n",
+        )
+        .replace("          hostPort: 18080\n", "          hostPort: 18080\n          containerPortt: 1\n");
+    let text = format!("{pod}---\napiVersion: v1\nkind: Gadget\nmetadata: {{name: x}}\n");
+    let msg = err(&text).to_string();
+    let lines: Vec<&str> = msg.lines().collect();
+    assert_eq!(lines.len(), 4, "{msg}");
+    assert!(
+        lines[0].starts_with("m.yaml:10: spec.hostNetwork: field `hostNetwork` is not supported"),
+        "{msg}"
+    );
+    assert!(lines[1].starts_with("m.yaml:11: spec.hostPID:"), "{msg}");
+    // A misspelt field too, then the second document's kind, with its line in the file.
+    assert!(lines[2].contains("spec.containers[0].ports[0].containerPortt"), "{msg}");
+    assert!(lines[3].starts_with("m.yaml:51: kind: unsupported kind v1/Gadget"), "{msg}");
+}
+
+#[test]
+fn a_bad_base64_value_is_named_by_its_line_and_key() {
+    let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: tls}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: plain\ndata:\n  ca.crt: Zm9v\n  tls.crt: not*base64\n  tls.key: Zm9\n";
+    let msg = err(text).to_string();
+    let lines: Vec<&str> = msg.lines().collect();
+    assert_eq!(lines.len(), 2, "{msg}");
+    assert!(lines[0].starts_with("m.yaml:9: data.tls.crt: invalid base64"), "{msg}");
+    assert!(lines[1].starts_with("m.yaml:10: data.tls.key: invalid base64"), "{msg}");
+    let binary = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\nbinaryData:\n  blob: \"%%\"\n";
+    assert!(
+        err(binary).to_string().starts_with("m.yaml:5: binaryData.blob: invalid base64"),
+        "{}",
+        err(binary)
+    );
+    assert!(parse("m.yaml", &text.replace("not*base64", "Zm9v").replace("Zm9\n", "Zm8=\n")).is_ok());
+}
+
+#[test]
 fn bad_kinds_names_images_and_yaml() {
     let e = err("apiVersion: batch/v1\nkind: Job\nmetadata: {name: x}\n");
     assert!(e.to_string().contains("unsupported kind batch/v1/Job"), "{e}");

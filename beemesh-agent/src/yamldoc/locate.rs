@@ -70,25 +70,43 @@ pub(crate) fn find_line(text: &str, field: &str, needle: Option<&str>) -> usize 
     let mut pos = 0usize; // the line the path has been followed to
     let mut inclusive = true; // whether a key on `pos` itself may be the next step
     let mut walked = true;
-    for step in steps(field) {
-        let found = match step {
-            Step::Key(key) => {
-                let from = if inclusive { pos } else { pos + 1 };
-                (from..raw.len()).find(|&i| lines[i].as_ref().is_some_and(|l| is_key_line(l.content, key)))
-            }
-            Step::Index(n) => nth_item(&lines, pos, n),
+    let steps = steps(field);
+    let mut next = 0;
+    while next < steps.len() {
+        let step = &steps[next];
+        let key_at = |key: &str| {
+            let from = if inclusive { pos } else { pos + 1 };
+            (from..raw.len()).find(|&i| lines[i].as_ref().is_some_and(|l| is_key_line(l.content, key)))
         };
-        let Some(line) = found else {
+        let found = match step {
+            // A key may hold dots itself (`data.tls.crt`, `app.kubernetes.io/name`): the
+            // shortest run of the path's keys that is a key of the document.
+            Step::Key(_) => (next..steps.len())
+                .map_while(|end| {
+                    let keys: Option<Vec<&str>> = steps[next..=end]
+                        .iter()
+                        .map(|s| match s {
+                            Step::Key(k) => Some(*k),
+                            Step::Index(_) => None,
+                        })
+                        .collect();
+                    keys.map(|k| (end, k.join(".")))
+                })
+                .find_map(|(end, key)| key_at(&key).map(|line| (line, end, key.len()))),
+            Step::Index(n) => nth_item(&lines, pos, *n).map(|line| (line, next, 0)),
+        };
+        let Some((line, end, key_len)) = found else {
             walked = false;
             break;
         };
         pos = line;
         inclusive = matches!(step, Step::Index(_));
+        next = end + 1;
         // A flow collection (`to: [{cidr: ...}]`): the rest of the path is on this line.
-        if let Step::Key(key) = step {
+        if matches!(step, Step::Key(_)) {
             let after = lines[line]
                 .as_ref()
-                .map_or("", |l| l.content[key.len()..].trim_start_matches(['"', '\'', ':', ' ']));
+                .map_or("", |l| l.content[key_len..].trim_start_matches(['"', '\'', ':', ' ']));
             if after.starts_with(['[', '{']) {
                 break;
             }
@@ -183,5 +201,23 @@ spec:
     fn falls_back_to_the_needle() {
         assert_eq!(find_line(DOC, "spec.nothing[3]", Some("entity: host")), 17);
         assert_eq!(find_line(DOC, "spec.nothing", None), 5);
+    }
+
+    #[test]
+    fn keys_may_hold_dots() {
+        let doc = "\
+kind: Secret
+stringData:
+  tls.crt: plain
+data:
+  ca.crt: Zm9v
+  tls.crt: not*base64
+metadata:
+  labels:
+    app.kubernetes.io/name: web
+";
+        // The key under `data`, not the same key under `stringData` before it.
+        assert_eq!(find_line(doc, "data.tls.crt", Some("tls.crt:")), 6);
+        assert_eq!(find_line(doc, "metadata.labels.app.kubernetes.io/name", None), 9);
     }
 }
