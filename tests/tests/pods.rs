@@ -233,7 +233,7 @@ fn http_get(addr: &str) -> Option<String> {
 }
 
 #[test]
-fn two_containers_share_the_network_with_config_secret_env_forward_and_probe() -> Result<()> {
+fn two_containers_share_the_network_with_config_secret_downward_env_forward_and_probe() -> Result<()> {
     let agent = Agent::start("podweb", &[])?;
     agent.import_busybox("busybox:1")?;
     let host_port = port();
@@ -269,8 +269,24 @@ spec:
       periodSeconds: 1
   - name: sidecar
     image: busybox:1
-    command: ["sh", "-c", "echo color=$COLOR token=$TOKEN mode=$APP_mode file=$(cat /conf/color); until wget -q -O - http://127.0.0.1:8080/index.html; do sleep 0.2; done; sleep 1000"]
+    command: ["sh", "-c", "echo color=$COLOR token=$TOKEN mode=$APP_mode file=$(cat /conf/color); echo pod=$POD ns=$NS uid=$UID_ node=$NODE app=$APPL sa=$SA mem=$MEM_MI; until wget -q -O - http://127.0.0.1:8080/index.html; do sleep 0.2; done; sleep 1000"]
+    resources:
+      limits: {{memory: 64Mi}}
     env:
+    - name: POD
+      valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+    - name: NS
+      valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}
+    - name: UID_
+      valueFrom: {{fieldRef: {{fieldPath: metadata.uid}}}}
+    - name: NODE
+      valueFrom: {{fieldRef: {{fieldPath: spec.nodeName}}}}
+    - name: APPL
+      valueFrom: {{fieldRef: {{fieldPath: "metadata.labels['app']"}}}}
+    - name: SA
+      valueFrom: {{fieldRef: {{fieldPath: spec.serviceAccountName}}}}
+    - name: MEM_MI
+      valueFrom: {{resourceFieldRef: {{resource: limits.memory, divisor: 1Mi}}}}
     - name: COLOR
       valueFrom: {{configMapKeyRef: {{name: settings, key: color}}}}
     - name: TOKEN
@@ -296,6 +312,11 @@ spec:
     );
     let side = logs(&agent, "web", "sidecar");
     assert!(side.contains("color=blue token=s3cr3t mode=fast file=blue"), "{side}");
+    // The downward API: the pod's own fields as the cluster state holds them.
+    let (uid, node) =
+        (pod["metadata"]["uid"].as_str().unwrap_or("?"), pod["spec"]["nodeName"].as_str().unwrap_or("?"));
+    let downward = format!("pod=web ns=default uid={uid} node={node} app=web sa=frontend mem=64");
+    assert!(side.contains(&downward), "{downward:?} not in {side}");
     // The hostPort forward reaches the pod from the host.
     let reply = http_get(&format!("127.0.0.1:{host_port}")).unwrap_or_default();
     assert!(reply.contains("200") && reply.contains("hello from a pod"), "{reply}");

@@ -186,6 +186,9 @@ pub(super) struct Pods {
     pub events: Option<Recorder>,
     /// Stale copies kept running until their replacement elsewhere is ready, since when.
     pub draining: BTreeMap<String, Instant>,
+    /// This host's allocatable cpu (millicores) and memory (bytes), as its Node record has
+    /// them: what a `resourceFieldRef` to a limit a container does not set reads.
+    allocatable: (u64, u64),
     /// The last reconcile: what the cluster state assigns to this host.
     pub desired: Option<Box<Desired>>,
     /// Pods placed here whose creation failed, by workload name (tried again later).
@@ -237,6 +240,7 @@ impl Pods {
             cluster: None,
             events: None,
             draining: BTreeMap::new(),
+            allocatable: allocatable(&cfg.node),
             desired: None,
             failed: BTreeMap::new(),
             published: BTreeMap::new(),
@@ -263,12 +267,25 @@ pub fn workload_name(namespace: &str, name: &str) -> String {
     format!("{}-{hex}", clean.trim_end_matches('-'))
 }
 
+/// `node`'s allocatable, else every cpu and `MemTotal` (as `app::nodes` reports them).
+fn allocatable(node: &crate::config::NodeCapacity) -> (u64, u64) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let memory = || {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        super::nodes::mem_total_bytes(&meminfo).unwrap_or(0)
+    };
+    (node.allocatable_millicpu.unwrap_or(cpus * 1000), node.allocatable_memory_bytes.unwrap_or_else(memory))
+}
+
 impl spec::Objects for Pods {
     fn config_map(&self, namespace: &str, name: &str) -> Option<&k8s_openapi::api::core::v1::ConfigMap> {
         self.objects.config_map(namespace, name)
     }
     fn secret(&self, namespace: &str, name: &str) -> Option<&k8s_openapi::api::core::v1::Secret> {
         self.objects.secret(namespace, name)
+    }
+    fn allocatable(&self) -> Option<(u64, u64)> {
+        Some(self.allocatable)
     }
 }
 

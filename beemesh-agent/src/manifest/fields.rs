@@ -31,6 +31,11 @@ const CONTAINER: &[&str] = &[
     "env[].valueFrom.secretKeyRef.name",
     "env[].valueFrom.secretKeyRef.key",
     "env[].valueFrom.secretKeyRef.optional",
+    "env[].valueFrom.fieldRef.fieldPath",
+    "env[].valueFrom.fieldRef.apiVersion",
+    "env[].valueFrom.resourceFieldRef.containerName",
+    "env[].valueFrom.resourceFieldRef.resource",
+    "env[].valueFrom.resourceFieldRef.divisor",
     "envFrom[].prefix",
     "envFrom[].configMapRef.name",
     "envFrom[].configMapRef.optional",
@@ -350,6 +355,24 @@ fn walk(value: &serde_yaml::Value, allowed: &Allowed, pattern: &str, shown: &str
     }
 }
 
+/// A `fieldRef.fieldPath` an env var may read (the kubelet's list, less the pod and host
+/// addresses, which beemesh does not hand to containers yet).
+fn check_field_path(path: &str) -> Result<(), String> {
+    let keyed = |prefix: &str| {
+        path.strip_prefix(prefix).and_then(|k| k.strip_suffix("']")).is_some_and(|k| !k.is_empty())
+    };
+    match path {
+        "metadata.name" | "metadata.namespace" | "metadata.uid" | "spec.nodeName" | "spec.serviceAccountName" => Ok(()),
+        _ if keyed("metadata.labels['") || keyed("metadata.annotations['") => Ok(()),
+        "status.podIP" | "status.podIPs" | "status.hostIP" | "status.hostIPs" => {
+            Err(format!("{path:?} is not supported by beemesh yet (it would be empty, so the object is refused)"))
+        }
+        _ => Err(format!(
+            "{path:?} is not a field the downward API offers (metadata.name, metadata.namespace, metadata.uid, metadata.labels['KEY'], metadata.annotations['KEY'], spec.nodeName, spec.serviceAccountName)"
+        )),
+    }
+}
+
 /// Values the runtime relies on. `claims`: names a volumeMount may use besides the pod's
 /// volumes (a StatefulSet's volumeClaimTemplates).
 pub(super) fn validate_pod(pod: &Pod, prefix: &str, claims: &BTreeSet<String>) -> Result<(), FieldError> {
@@ -459,13 +482,35 @@ fn validate_container(c: &Container, field: &str, volumes: &BTreeSet<&str>) -> R
     }
     for (i, e) in c.env.iter().flatten().enumerate() {
         if let Some(from) = &e.value_from {
-            if usize::from(from.config_map_key_ref.is_some()) + usize::from(from.secret_key_ref.is_some())
-                != 1
-            {
+            let sources = [
+                from.config_map_key_ref.is_some(),
+                from.secret_key_ref.is_some(),
+                from.field_ref.is_some(),
+                from.resource_field_ref.is_some(),
+            ];
+            let at = format!("{field}.env[{i}].valueFrom");
+            if sources.iter().filter(|s| **s).count() != 1 {
                 return Err(FieldError::new(
-                    format!("{field}.env[{i}].valueFrom"),
-                    "needs exactly one of configMapKeyRef, secretKeyRef",
+                    at,
+                    "needs exactly one of configMapKeyRef, secretKeyRef, fieldRef, resourceFieldRef",
                 ));
+            }
+            if let Some(f) = &from.field_ref {
+                check_field_path(&f.field_path).map_err(|reason| {
+                    FieldError::new(format!("{at}.fieldRef.fieldPath"), reason).at(f.field_path.clone())
+                })?;
+            }
+            if let Some(r) = &from.resource_field_ref {
+                if !matches!(
+                    r.resource.as_str(),
+                    "limits.cpu" | "limits.memory" | "requests.cpu" | "requests.memory"
+                ) {
+                    return Err(FieldError::new(
+                        format!("{at}.resourceFieldRef.resource"),
+                        format!("{:?}: beemesh offers limits.cpu, limits.memory, requests.cpu and requests.memory", r.resource),
+                    )
+                    .at(r.resource.clone()));
+                }
             }
         }
     }

@@ -110,6 +110,26 @@ fn every_refused_field_of_every_document_is_named_in_one_answer() {
 }
 
 #[test]
+fn the_downward_api_in_env_is_checked_at_apply() {
+    let with = |source: &str| {
+        POD.replace(
+            "        - name: MODE\n",
+            &format!("        - name: D\n          valueFrom: {source}\n        - name: MODE\n"),
+        )
+    };
+    assert!(parse("m.yaml", &with("{fieldRef: {fieldPath: \"metadata.labels['app']\"}}")).is_ok());
+    assert!(parse("m.yaml", &with("{resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}")).is_ok());
+    let msg = err(&with("{fieldRef: {fieldPath: status.podIP}}")).to_string();
+    assert!(msg.contains("spec.containers[0].env[0].valueFrom.fieldRef.fieldPath: \"status.podIP\" is not supported by beemesh yet"), "{msg}");
+    let msg = err(&with("{fieldRef: {fieldPath: metadata.labels}}")).to_string();
+    assert!(msg.contains("is not a field the downward API offers"), "{msg}");
+    let msg = err(&with("{resourceFieldRef: {resource: limits.ephemeral-storage}}")).to_string();
+    assert!(msg.contains("resourceFieldRef.resource: \"limits.ephemeral-storage\""), "{msg}");
+    let both = "{fieldRef: {fieldPath: metadata.name}, secretKeyRef: {name: s, key: k}}";
+    assert!(err(&with(both)).to_string().contains("needs exactly one of"), "{}", err(&with(both)));
+}
+
+#[test]
 fn a_bad_base64_value_is_named_by_its_line_and_key() {
     let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: tls}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: plain\ndata:\n  ca.crt: Zm9v\n  tls.crt: not*base64\n  tls.key: Zm9\n";
     let msg = err(text).to_string();

@@ -29,6 +29,11 @@ const HOSTNAME_MAX: usize = 63;
 pub trait Objects {
     fn config_map(&self, namespace: &str, name: &str) -> Option<&ConfigMap>;
     fn secret(&self, namespace: &str, name: &str) -> Option<&Secret>;
+    /// This host's allocatable cpu (millicores) and memory (bytes): what a `resourceFieldRef`
+    /// to a limit the container does not set reads, as the kubelet does. `None`: unknown.
+    fn allocatable(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 /// The ConfigMaps and Secrets a pod draws on (volumes, `envFrom`, `env[].valueFrom`), as
@@ -288,10 +293,7 @@ pub enum ProbeAction {
 /// `plan_container`.
 pub fn plan_pod(pod: &Pod) -> PodPlan {
     let spec = pod.spec.as_ref();
-    let non_empty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
-    let service_account = spec
-        .and_then(|s| non_empty(&s.service_account_name).or_else(|| non_empty(&s.service_account)))
-        .unwrap_or_else(|| "default".to_owned());
+    let service_account = service_account(pod);
     let names = |list: &[Container]| list.iter().map(|c| c.name.clone()).collect();
     let app = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
     PodPlan {
@@ -318,6 +320,15 @@ pub fn plan_pod(pod: &Pod) -> PodPlan {
 
 fn namespace(pod: &Pod) -> &str {
     pod.metadata.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or("default")
+}
+
+/// The service account a pod runs as (its identity): `serviceAccountName`, else the
+/// deprecated `serviceAccount`, else `default`.
+pub fn service_account(pod: &Pod) -> String {
+    let non_empty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
+    (pod.spec.as_ref())
+        .and_then(|s| non_empty(&s.service_account_name).or_else(|| non_empty(&s.service_account)))
+        .unwrap_or_else(|| "default".to_owned())
 }
 
 /// As the kubelet: `spec.hostname`, else the pod name, cut to 63 characters without a trailing
@@ -495,7 +506,7 @@ pub fn plan_container(
         field,
         reason,
     };
-    let env = environment(c, image, namespace(pod), objects)?;
+    let env = environment(pod, c, image, objects)?;
     let argv = argv(c, image, &env)?;
     let quantity = |kind: &str, resource: &str| -> Result<Option<u64>, SpecError> {
         let resources = c.resources.as_ref();
@@ -572,11 +583,12 @@ fn is_env_name(name: &str) -> bool {
 /// Image env, then `envFrom` sources in order, then `env` in order; `env` values expand
 /// `$(VAR)` from what is defined before them (image env included).
 fn environment(
+    pod: &Pod,
     c: &Container,
     image: &ImageConfig,
-    namespace: &str,
     objects: &dyn Objects,
 ) -> Result<Env, SpecError> {
+    let namespace = namespace(pod);
     let owner = || Owner::Container(c.name.clone());
     let not_found = |kind, name: &str| SpecError::NotFound { owner: owner(), kind, name: name.to_owned() };
     let mut env = Env::default();
@@ -623,6 +635,9 @@ fn environment(
         }
         let value = match &e.value_from {
             None => expand(e.value.as_deref().unwrap_or_default(), |n| env.get(n)),
+            Some(from) if from.field_ref.is_some() || from.resource_field_ref.is_some() => {
+                downward(pod, c, i, from, objects)?
+            }
             Some(from) => match key_ref(c, i, from, namespace, objects)? {
                 Some(value) => value,
                 None => continue,
@@ -631,6 +646,119 @@ fn environment(
         env.set(e.name.clone(), value);
     }
     Ok(env)
+}
+
+/// The downward API in `env`: a `fieldRef` to the pod's metadata or spec, or a
+/// `resourceFieldRef` to a container's cpu or memory, with Kubernetes' values (a label or
+/// annotation not set reads as empty; a limit not set reads as the host's allocatable; a
+/// request not set as the limit, else 0; divided by `divisor`, rounded up).
+fn downward(
+    pod: &Pod,
+    c: &Container,
+    i: usize,
+    from: &EnvVarSource,
+    objects: &dyn Objects,
+) -> Result<String, SpecError> {
+    let invalid = |field: &str, reason: String| SpecError::Invalid {
+        owner: Owner::Container(c.name.clone()),
+        field: format!("env[{i}].valueFrom.{field}"),
+        reason,
+    };
+    if let Some(f) = &from.field_ref {
+        return field_value(pod, &f.field_path).ok_or_else(|| {
+            invalid(
+                "fieldRef.fieldPath",
+                format!("{:?} is not a field the downward API offers here", f.field_path),
+            )
+        });
+    }
+    let Some(r) = &from.resource_field_ref else {
+        return Err(invalid("", "needs fieldRef or resourceFieldRef".into()));
+    };
+    let spec = pod.spec.as_ref();
+    let target = match r.container_name.as_deref().filter(|n| !n.is_empty()) {
+        None => c,
+        Some(name) => spec
+            .into_iter()
+            .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+            .find(|t| t.name == name)
+            .ok_or_else(|| {
+                invalid("resourceFieldRef.containerName", format!("no container {name:?} in the pod"))
+            })?,
+    };
+    let field = "resourceFieldRef";
+    let (kind, resource) = r
+        .resource
+        .split_once('.')
+        .filter(|(k, r)| matches!(*k, "limits" | "requests") && matches!(*r, "cpu" | "memory"))
+        .ok_or_else(|| {
+            invalid(
+                field,
+                format!(
+                    "resource {:?}: limits.cpu, limits.memory, requests.cpu or requests.memory",
+                    r.resource
+                ),
+            )
+        })?;
+    let parse = if resource == "cpu" { parse_cpu_millis } else { parse_memory_bytes };
+    let of = |list: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
+        list.and_then(|l| l.get(resource)).map(|q| parse(&q.0)).transpose()
+    };
+    let resources = target.resources.as_ref();
+    let limit = of(resources.and_then(|r| r.limits.as_ref())).map_err(|e| invalid(field, e))?;
+    let value = if kind == "limits" {
+        match limit {
+            Some(v) => v,
+            None => {
+                let (cpu, memory) = objects.allocatable().ok_or_else(|| {
+                    invalid(
+                        field,
+                        format!(
+                            "{} sets no {} and this host's allocatable is unknown",
+                            target.name, r.resource
+                        ),
+                    )
+                })?;
+                if resource == "cpu" {
+                    cpu
+                } else {
+                    memory
+                }
+            }
+        }
+    } else {
+        of(resources.and_then(|r| r.requests.as_ref())).map_err(|e| invalid(field, e))?.or(limit).unwrap_or(0)
+    };
+    let divisor = match &r.divisor {
+        Some(q) => parse(&q.0).map_err(|e| invalid("resourceFieldRef.divisor", e))?,
+        None if resource == "cpu" => 1000,
+        None => 1,
+    };
+    if divisor == 0 {
+        return Err(invalid("resourceFieldRef.divisor", "must be more than 0".into()));
+    }
+    Ok(value.div_ceil(divisor).to_string())
+}
+
+/// A `fieldRef` path's value for `pod` (`None`: not one the downward API offers in env).
+pub fn field_value(pod: &Pod, path: &str) -> Option<String> {
+    let m = &pod.metadata;
+    let spec = pod.spec.as_ref();
+    let keyed = |prefix: &str, map: &Option<BTreeMap<String, String>>| -> Option<String> {
+        let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
+        Some(map.as_ref().and_then(|m| m.get(key)).cloned().unwrap_or_default())
+    };
+    Some(match path {
+        "metadata.name" => m.name.clone().unwrap_or_default(),
+        "metadata.namespace" => namespace(pod).to_owned(),
+        "metadata.uid" => m.uid.clone().unwrap_or_default(),
+        "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        "spec.serviceAccountName" => service_account(pod),
+        _ => {
+            return keyed("metadata.labels['", &m.labels)
+                .or_else(|| keyed("metadata.annotations['", &m.annotations))
+        }
+    })
 }
 
 /// The value of a `configMapKeyRef` or `secretKeyRef`; none when it is optional and missing.
@@ -1165,6 +1293,75 @@ spec:
         let image = image(&["/app", "$(MODE)"], &[], &[]);
         let plan = plan_container(&app("    env: [{name: MODE, value: prod}]\n"), "app", &image, &store());
         assert_eq!(plan.expect("plans").argv, ["/app", "$(MODE)"], "the image's own argv is not expanded");
+    }
+
+    /// The test store, on a host with 2 cpus and 4 GiB allocatable.
+    struct Host(Vec<Object>);
+
+    impl Objects for Host {
+        fn config_map(&self, namespace: &str, name: &str) -> Option<&ConfigMap> {
+            self.0.config_map(namespace, name)
+        }
+        fn secret(&self, namespace: &str, name: &str) -> Option<&Secret> {
+            self.0.secret(namespace, name)
+        }
+        fn allocatable(&self) -> Option<(u64, u64)> {
+            Some((2000, 4 << 30))
+        }
+    }
+
+    #[test]
+    fn the_downward_api_gives_env_the_pods_fields_and_the_containers_resources() {
+        let mut p = pod("apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: shop\n  \
+             labels: {app: web}\n  annotations: {team: a}\nspec:\n  serviceAccountName: api\n  \
+             containers:\n  - name: app\n    image: app:1\n    resources:\n      \
+             limits: {cpu: 1500m, memory: 128Mi}\n      requests: {cpu: 250m}\n    env:\n    \
+             - {name: NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}\n    \
+             - {name: NS, valueFrom: {fieldRef: {apiVersion: v1, fieldPath: metadata.namespace}}}\n    \
+             - {name: UID, valueFrom: {fieldRef: {fieldPath: metadata.uid}}}\n    \
+             - {name: APP, valueFrom: {fieldRef: {fieldPath: \"metadata.labels['app']\"}}}\n    \
+             - {name: NONE, valueFrom: {fieldRef: {fieldPath: \"metadata.labels['none']\"}}}\n    \
+             - {name: TEAM, valueFrom: {fieldRef: {fieldPath: \"metadata.annotations['team']\"}}}\n    \
+             - {name: NODE, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}\n    \
+             - {name: SA, valueFrom: {fieldRef: {fieldPath: spec.serviceAccountName}}}\n    \
+             - {name: CPU, valueFrom: {resourceFieldRef: {resource: limits.cpu}}}\n    \
+             - {name: CPU_M, valueFrom: {resourceFieldRef: {resource: limits.cpu, divisor: 1m}}}\n    \
+             - {name: REQ_M, valueFrom: {resourceFieldRef: {resource: requests.cpu, divisor: 1m}}}\n    \
+             - {name: MEM_MI, valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}}\n    \
+             - {name: REQ_MEM, valueFrom: {resourceFieldRef: {resource: requests.memory}}}\n    \
+             - {name: SIDE_CPU, valueFrom: {resourceFieldRef: {containerName: side, resource: limits.cpu}}}\n    \
+             - {name: SIDE_REQ, valueFrom: {resourceFieldRef: {containerName: side, resource: requests.memory}}}\n  \
+             - name: side\n    image: app:1\n");
+        // What the cluster state fills in when it stores and places the pod.
+        p.metadata.uid = Some("0d4c-uid".into());
+        p.spec.as_mut().expect("spec").node_name = Some("h2".into());
+        let env = plan_container(&p, "app", &default_image(), &Host(store())).expect("plans").env;
+        let expected = [
+            ("NAME", "web"),
+            ("NS", "shop"),
+            ("UID", "0d4c-uid"),
+            ("APP", "web"),
+            ("NONE", ""),
+            ("TEAM", "a"),
+            ("NODE", "h2"),
+            ("SA", "api"),
+            // Whole cpus, rounded up, as the kubelet does.
+            ("CPU", "2"),
+            ("CPU_M", "1500"),
+            ("REQ_M", "250"),
+            ("MEM_MI", "128"),
+            // A request not set is the limit.
+            ("REQ_MEM", "134217728"),
+            // The sidecar sets no limit: the host's allocatable; no request either: 0.
+            ("SIDE_CPU", "2"),
+            ("SIDE_REQ", "0"),
+        ];
+        for (name, value) in expected {
+            assert_eq!(var(&env, name).as_deref(), Some(value), "{name} in {env:?}");
+        }
+        // Without the host's allocatable (unknown), a limit not set is an error, not a guess.
+        let err = plan_container(&p, "app", &default_image(), &store()).expect_err("unknown allocatable");
+        assert!(err.to_string().contains("allocatable is unknown"), "{err}");
     }
 
     #[test]

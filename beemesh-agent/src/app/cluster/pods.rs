@@ -77,9 +77,7 @@ pub fn decode(body: &[u8]) -> Result<Pod, String> {
 /// The service account a pod runs as (its identity): `serviceAccountName`, else the
 /// deprecated `serviceAccount`, else `default`.
 pub fn service_account(pod: &Pod) -> String {
-    let spec = pod.spec.as_ref();
-    spec.and_then(|s| s.service_account_name.clone().or_else(|| s.service_account.clone()))
-        .unwrap_or_else(|| "default".to_owned())
+    crate::pod::spec::service_account(pod)
 }
 
 /// The node a stored pod is placed on, and its uid.
