@@ -118,6 +118,10 @@ const POD_SPEC: &[&str] = &[
     "spec.securityContext.seccompProfile.type",
     "spec.securityContext.seccompProfile.localhostProfile",
     "spec.schedulerName",
+    // Kept on the object; beemesh neither preempts nor orders placement by priority.
+    "spec.priorityClassName",
+    // Kept; images come from the host's store or its peers, never a registry.
+    "spec.imagePullSecrets[].name",
     "spec.nodeSelector.*",
     "spec.tolerations[].key",
     "spec.tolerations[].operator",
@@ -398,6 +402,21 @@ pub(super) fn validate_pod(pod: &Pod, prefix: &str, claims: &BTreeSet<String>) -
             return Err(FieldError::new(
                 at("spec.serviceAccountName"),
                 format!("invalid service account {sa:?}"),
+            ));
+        }
+    }
+    if let Some(class) = spec.priority_class_name.as_deref().filter(|c| !is_dns_subdomain(c)) {
+        return Err(FieldError::new(
+            at("spec.priorityClassName"),
+            format!("invalid priority class {class:?}"),
+        )
+        .at(class.to_owned()));
+    }
+    for (i, secret) in spec.image_pull_secrets.iter().flatten().enumerate() {
+        if !is_dns_subdomain(&secret.name) {
+            return Err(FieldError::new(
+                at(&format!("spec.imagePullSecrets[{i}].name")),
+                format!("invalid secret name {:?}", secret.name),
             ));
         }
     }

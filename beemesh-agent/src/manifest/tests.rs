@@ -130,6 +130,23 @@ fn the_downward_api_in_env_is_checked_at_apply() {
 }
 
 #[test]
+fn priority_classes_and_image_pull_secrets_are_accepted_and_checked() {
+    let with = |lines: &str| {
+        POD.replace("  restartPolicy: OnFailure\n", &format!("  restartPolicy: OnFailure\n{lines}"))
+    };
+    let text = with("  priorityClassName: high-priority\n  imagePullSecrets:\n    - name: regcred\n");
+    let objects = parse("m.yaml", &text).expect("accepted");
+    let Some(Object::Pod(pod)) = objects.first() else { panic!("not a pod: {objects:?}") };
+    let spec = pod.spec.as_ref().expect("spec");
+    assert_eq!(spec.priority_class_name.as_deref(), Some("high-priority"));
+    assert_eq!(spec.image_pull_secrets.as_ref().map(|s| s[0].name.as_str()), Some("regcred"));
+    let msg = err(&with("  priorityClassName: High_Priority\n")).to_string();
+    assert!(msg.starts_with("m.yaml:10: spec.priorityClassName: invalid priority class"), "{msg}");
+    let msg = err(&with("  imagePullSecrets: [{name: Bad_Name}]\n")).to_string();
+    assert!(msg.contains("spec.imagePullSecrets[0].name: invalid secret name"), "{msg}");
+}
+
+#[test]
 fn a_bad_base64_value_is_named_by_its_line_and_key() {
     let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: tls}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: plain\ndata:\n  ca.crt: Zm9v\n  tls.crt: not*base64\n  tls.key: Zm9\n";
     let msg = err(text).to_string();
