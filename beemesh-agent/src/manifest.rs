@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::de::DeserializeOwned;
 
+pub use fields::{env_field, EnvField};
 pub use kinds::{kind_info, KindInfo, KINDS};
 
 pub use quantity::{parse_cpu_millis, parse_memory_bytes};
@@ -109,16 +110,6 @@ pub enum ManifestError {
     Several(Vec<ManifestError>),
 }
 
-impl ManifestError {
-    fn from_list(mut errors: Vec<ManifestError>) -> Option<Self> {
-        match errors.len() {
-            0 => None,
-            1 => errors.pop(),
-            _ => Some(ManifestError::Several(errors)),
-        }
-    }
-}
-
 /// Parses a manifest file: every object, or every error (each document is checked whatever
 /// the others hold; within one, every unsupported and unknown field is named, then the first
 /// invalid value).
@@ -126,28 +117,29 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Object>, ManifestError> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for doc in split_documents(text) {
-        if let Err(e) = parse_document(file, &doc, &mut out) {
-            match e {
-                ManifestError::Several(list) => errors.extend(list),
-                e => errors.push(e),
-            }
-        }
+        parse_document(file, &doc, &mut out, &mut errors);
     }
-    match ManifestError::from_list(errors) {
-        None => Ok(out),
-        Some(e) => Err(e),
+    match errors.len() {
+        0 => Ok(out),
+        1 => Err(errors.remove(0)),
+        _ => Err(ManifestError::Several(errors)),
     }
 }
 
-fn parse_document(file: &str, doc: &Document<'_>, out: &mut Vec<Object>) -> Result<(), ManifestError> {
-    let syntax = |e: serde_yaml::Error| ManifestError::Syntax {
-        file: file.to_owned(),
-        line: doc.first_line + e.location().map_or(1, |l| l.line()),
-        message: strip_location(&e.to_string()),
+/// Adds `doc`'s objects to `out`, or its errors to `errors`.
+fn parse_document(file: &str, doc: &Document<'_>, out: &mut Vec<Object>, errors: &mut Vec<ManifestError>) {
+    let value: serde_yaml::Value = match serde_yaml::from_str(&doc.text) {
+        Ok(v) => v,
+        Err(e) => {
+            return errors.push(ManifestError::Syntax {
+                file: file.to_owned(),
+                line: doc.first_line + e.location().map_or(1, |l| l.line()),
+                message: strip_location(&e.to_string()),
+            })
+        }
     };
-    let value: serde_yaml::Value = serde_yaml::from_str(&doc.text).map_err(syntax)?;
     if value.is_null() {
-        return Ok(());
+        return;
     }
     let invalid = |e: FieldError| ManifestError::Invalid {
         file: file.to_owned(),
@@ -157,33 +149,22 @@ fn parse_document(file: &str, doc: &Document<'_>, out: &mut Vec<Object>) -> Resu
     };
     let typed =
         |e: serde_yaml::Error, field: &str| invalid(FieldError::new(field, strip_location(&e.to_string())));
+    let mut add = |result: Result<Object, ObjectError>, prefix: &str| match result {
+        Ok(object) => out.push(object),
+        Err(ObjectError::Fields(f)) => errors.extend(f.into_iter().map(invalid)),
+        Err(ObjectError::Type(e)) => errors.push(typed(e, prefix)),
+    };
     match (str_field(&value, "apiVersion"), str_field(&value, "kind")) {
         (Some("v1"), Some("List")) => {
             let Some(items) = value.get("items").and_then(|v| v.as_sequence()) else {
-                return Err(invalid(FieldError::new("items", "a List needs an items sequence")));
+                return add(Err(FieldError::new("items", "a List needs an items sequence").into()), "items");
             };
-            let mut errors = Vec::new();
             for (i, item) in items.iter().enumerate() {
                 let prefix = format!("items[{i}]");
-                match object(item, &prefix) {
-                    Ok(object) => out.push(object),
-                    Err(ObjectError::Fields(f)) => errors.extend(f.into_iter().map(invalid)),
-                    Err(ObjectError::Type(e)) => errors.push(typed(e, &prefix)),
-                }
+                add(object(item, &prefix), &prefix);
             }
-            ManifestError::from_list(errors).map_or(Ok(()), Err)
         }
-        _ => match object(&value, "") {
-            Ok(object) => {
-                out.push(object);
-                Ok(())
-            }
-            Err(ObjectError::Fields(f)) => {
-                Err(ManifestError::from_list(f.into_iter().map(invalid).collect())
-                    .expect("at least one error"))
-            }
-            Err(ObjectError::Type(e)) => Err(typed(e, "(document)")),
-        },
+        _ => add(object(&value, ""), "(document)"),
     }
 }
 

@@ -50,6 +50,11 @@ pub const TUNNEL_PORT_ANNOTATION: &str = "beemesh.io/tunnel-port";
 pub const DETECTOR_ANNOTATION: &str = "beemesh.io/failure-detector";
 
 impl NodeFacts {
+    /// Allocatable cpu (millicores) and memory (bytes): as configured, else all of it.
+    pub fn allocatable(&self) -> (u64, u64) {
+        allocatable(&self.capacity, self.cpus, self.memory_bytes)
+    }
+
     /// Facts of this host: cpus, MemTotal, kernel and OS image read from /proc and /etc.
     pub fn of_this_host(
         name: &str,
@@ -61,12 +66,13 @@ impl NodeFacts {
         taints: Vec<beemesh_state::sched::fit::Taint>,
     ) -> NodeFacts {
         let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        let (cpus, memory_bytes) = host_resources();
         NodeFacts {
             name: name.to_string(),
             peer_id: peer_id.to_string(),
             labels: labels.clone(),
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
-            memory_bytes: mem_total_bytes(&read("/proc/meminfo")).unwrap_or(0),
+            cpus,
+            memory_bytes,
             capacity: capacity.clone(),
             addresses: internal_ips(listen_addrs),
             kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
@@ -78,6 +84,22 @@ impl NodeFacts {
             tunnel_port: 0,
         }
     }
+}
+
+/// This host's cpus and `MemTotal` in bytes (0 when /proc/meminfo cannot be read).
+pub fn host_resources() -> (u64, u64) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    (cpus, mem_total_bytes(&meminfo).unwrap_or(0))
+}
+
+/// Allocatable cpu (millicores) and memory (bytes) of a host with `cpus` and `memory_bytes`:
+/// `capacity`'s settings, else all of it.
+pub fn allocatable(capacity: &NodeCapacity, cpus: u64, memory_bytes: u64) -> (u64, u64) {
+    (
+        capacity.allocatable_millicpu.unwrap_or(cpus * 1000),
+        capacity.allocatable_memory_bytes.unwrap_or(memory_bytes),
+    )
 }
 
 /// `MemTotal` of /proc/meminfo, in bytes.
@@ -140,15 +162,11 @@ pub fn node_json(facts: &NodeFacts, created: &str) -> Value {
         "memory": format!("{memory_ki}Ki"),
         "pods": facts.capacity.max_pods.to_string(),
     });
-    let cpu = match facts.capacity.allocatable_millicpu {
-        Some(m) if m % 1000 == 0 => (m / 1000).to_string(),
-        Some(m) => format!("{m}m"),
-        None => facts.cpus.to_string(),
-    };
-    let memory = facts.capacity.allocatable_memory_bytes.map_or(memory_ki, |b| b / 1024);
+    let (cpu_millis, memory) = facts.allocatable();
+    let cpu = if cpu_millis % 1000 == 0 { (cpu_millis / 1000).to_string() } else { format!("{cpu_millis}m") };
     let allocatable = json!({
         "cpu": cpu,
-        "memory": format!("{memory}Ki"),
+        "memory": format!("{}Ki", memory / 1024),
         "pods": facts.capacity.max_pods.to_string(),
     });
     let spec = if facts.taints.is_empty() {

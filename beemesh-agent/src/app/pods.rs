@@ -240,7 +240,10 @@ impl Pods {
             cluster: None,
             events: None,
             draining: BTreeMap::new(),
-            allocatable: allocatable(&cfg.node),
+            allocatable: {
+                let (cpus, memory) = super::nodes::host_resources();
+                super::nodes::allocatable(&cfg.node, cpus, memory)
+            },
             desired: None,
             failed: BTreeMap::new(),
             published: BTreeMap::new(),
@@ -265,16 +268,6 @@ pub fn workload_name(namespace: &str, name: &str) -> String {
     let clean: String =
         raw.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).take(54).collect();
     format!("{}-{hex}", clean.trim_end_matches('-'))
-}
-
-/// `node`'s allocatable, else every cpu and `MemTotal` (as `app::nodes` reports them).
-fn allocatable(node: &crate::config::NodeCapacity) -> (u64, u64) {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
-    let memory = || {
-        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-        super::nodes::mem_total_bytes(&meminfo).unwrap_or(0)
-    };
-    (node.allocatable_millicpu.unwrap_or(cpus * 1000), node.allocatable_memory_bytes.unwrap_or_else(memory))
 }
 
 impl spec::Objects for Pods {

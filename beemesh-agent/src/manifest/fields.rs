@@ -359,22 +359,39 @@ fn walk(value: &serde_yaml::Value, allowed: &Allowed, pattern: &str, shown: &str
     }
 }
 
-/// A `fieldRef.fieldPath` an env var may read (the kubelet's list, less the pod and host
-/// addresses, which beemesh does not hand to containers yet).
-fn check_field_path(path: &str) -> Result<(), String> {
-    let keyed = |prefix: &str| {
-        path.strip_prefix(prefix).and_then(|k| k.strip_suffix("']")).is_some_and(|k| !k.is_empty())
-    };
-    match path {
-        "metadata.name" | "metadata.namespace" | "metadata.uid" | "spec.nodeName" | "spec.serviceAccountName" => Ok(()),
-        _ if keyed("metadata.labels['") || keyed("metadata.annotations['") => Ok(()),
+/// A `fieldRef.fieldPath` an env var may read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnvField<'a> {
+    Name,
+    Namespace,
+    Uid,
+    Label(&'a str),
+    Annotation(&'a str),
+    NodeName,
+    ServiceAccountName,
+}
+
+/// `path` as an [`EnvField`]: the kubelet's list, less the pod and host addresses, which
+/// beemesh does not hand to containers yet.
+pub fn env_field(path: &str) -> Result<EnvField<'_>, String> {
+    let keyed = |prefix: &str| path.strip_prefix(prefix)?.strip_suffix("']").filter(|k| !k.is_empty());
+    Ok(match path {
+        "metadata.name" => EnvField::Name,
+        "metadata.namespace" => EnvField::Namespace,
+        "metadata.uid" => EnvField::Uid,
+        "spec.nodeName" => EnvField::NodeName,
+        "spec.serviceAccountName" => EnvField::ServiceAccountName,
         "status.podIP" | "status.podIPs" | "status.hostIP" | "status.hostIPs" => {
-            Err(format!("{path:?} is not supported by beemesh yet (it would be empty, so the object is refused)"))
+            return Err(format!("{path:?} is not supported by beemesh yet (it would be empty, so the object is refused)"))
         }
-        _ => Err(format!(
-            "{path:?} is not a field the downward API offers (metadata.name, metadata.namespace, metadata.uid, metadata.labels['KEY'], metadata.annotations['KEY'], spec.nodeName, spec.serviceAccountName)"
-        )),
-    }
+        _ => match (keyed("metadata.labels['"), keyed("metadata.annotations['")) {
+            (Some(key), _) => EnvField::Label(key),
+            (_, Some(key)) => EnvField::Annotation(key),
+            _ => return Err(format!(
+                "{path:?} is not a field the downward API offers (metadata.name, metadata.namespace, metadata.uid, metadata.labels['KEY'], metadata.annotations['KEY'], spec.nodeName, spec.serviceAccountName)"
+            )),
+        },
+    })
 }
 
 /// Values the runtime relies on. `claims`: names a volumeMount may use besides the pod's
@@ -515,7 +532,7 @@ fn validate_container(c: &Container, field: &str, volumes: &BTreeSet<&str>) -> R
                 ));
             }
             if let Some(f) = &from.field_ref {
-                check_field_path(&f.field_path).map_err(|reason| {
+                env_field(&f.field_path).map_err(|reason| {
                     FieldError::new(format!("{at}.fieldRef.fieldPath"), reason).at(f.field_path.clone())
                 })?;
             }

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::lifecycle::RestartPolicy;
 use super::security::SecurityPlan;
 use crate::image::ImageConfig;
-use crate::manifest::{parse_cpu_millis, parse_memory_bytes, Object};
+use crate::manifest::{env_field, parse_cpu_millis, parse_memory_bytes, EnvField, Object};
 
 /// What container runtimes set when neither the image nor the pod defines `PATH`.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -741,23 +741,19 @@ fn downward(
 }
 
 /// A `fieldRef` path's value for `pod` (`None`: not one the downward API offers in env).
-pub fn field_value(pod: &Pod, path: &str) -> Option<String> {
+fn field_value(pod: &Pod, path: &str) -> Option<String> {
     let m = &pod.metadata;
-    let spec = pod.spec.as_ref();
-    let keyed = |prefix: &str, map: &Option<BTreeMap<String, String>>| -> Option<String> {
-        let key = path.strip_prefix(prefix)?.strip_suffix("']")?;
-        Some(map.as_ref().and_then(|m| m.get(key)).cloned().unwrap_or_default())
+    let keyed = |map: &Option<BTreeMap<String, String>>, key: &str| {
+        map.as_ref().and_then(|m| m.get(key)).cloned().unwrap_or_default()
     };
-    Some(match path {
-        "metadata.name" => m.name.clone().unwrap_or_default(),
-        "metadata.namespace" => namespace(pod).to_owned(),
-        "metadata.uid" => m.uid.clone().unwrap_or_default(),
-        "spec.nodeName" => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
-        "spec.serviceAccountName" => service_account(pod),
-        _ => {
-            return keyed("metadata.labels['", &m.labels)
-                .or_else(|| keyed("metadata.annotations['", &m.annotations))
-        }
+    Some(match env_field(path).ok()? {
+        EnvField::Name => m.name.clone().unwrap_or_default(),
+        EnvField::Namespace => namespace(pod).to_owned(),
+        EnvField::Uid => m.uid.clone().unwrap_or_default(),
+        EnvField::Label(key) => keyed(&m.labels, key),
+        EnvField::Annotation(key) => keyed(&m.annotations, key),
+        EnvField::NodeName => pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        EnvField::ServiceAccountName => service_account(pod),
     })
 }
 
