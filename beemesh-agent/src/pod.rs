@@ -2,6 +2,7 @@
 //! phase), driven with time passed in; the runtime that spawns containers in namespaces with
 //! slirp4netns is its driver (issue 3, in progress).
 
+pub mod dns;
 pub mod init;
 pub mod lifecycle;
 pub mod logs;

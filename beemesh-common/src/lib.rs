@@ -50,6 +50,12 @@ pub const CIDR_MAP_SIZE: u32 = 65_536;
 pub const ISOLATION_MAP_SIZE: u32 = 65_536;
 /// Capacity of the cgroup -> identity map.
 pub const CGROUP_MAP_SIZE: u32 = 65_536;
+
+/// `REFUSE_CGROUPS` values (bits) for a slirp4netns leaf: denied connects fail with
+/// ECONNREFUSED...
+pub const NET_LEAF_REFUSE: u8 = 1;
+/// ...and its DNS queries go where the pod sends them (`dnsPolicy: None`), not to the agent.
+pub const NET_LEAF_OWN_DNS: u8 = 2;
 /// Capacity of the local-port owner map.
 pub const LOCAL_PORT_MAP_SIZE: u32 = 131_072;
 /// Capacity of the remote endpoint (address:port -> identity) map.

@@ -25,7 +25,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use beemesh_common::{
     Addr, BackendKey, Capture, DnsOrigin, EndpointKey, LocalPortKey, LocalPortValue, PeerSet, DIR_EGRESS, DIR_INGRESS,
-    HOOK_CONNECT, HOOK_INGRESS, HOOK_SENDMSG, ID_NONE, PROTO_TCP, PROTO_UDP,
+    HOOK_CONNECT, HOOK_INGRESS, HOOK_SENDMSG, ID_NONE, NET_LEAF_OWN_DNS, PROTO_TCP, PROTO_UDP,
 };
 use enforce::{active_slot, identity_of_cgroup, is_workload, Flow, Slot};
 use maps::{BACKENDS, CAPTURED, CAPTURES, COOKIE_PORTS, DNS_ORIG, LOCAL_PORTS, REDIRECT, REFUSE_CGROUPS, SERVICES};
@@ -217,8 +217,10 @@ fn capture(ctx: &SockAddrContext, slot: &Slot, flow: &Flow) -> Option<i32> {
 fn redirect_dns(ctx: &SockAddrContext, slot: &Slot) -> bool {
     // SAFETY: helper without memory arguments.
     let cg = unsafe { bpf_get_current_cgroup_id() };
-    if REFUSE_CGROUPS.get_ptr(&cg).is_none() {
-        return false;
+    // SAFETY: pointer from a successful lookup, read at once.
+    match REFUSE_CGROUPS.get_ptr(&cg).map(|f| unsafe { *f }) {
+        Some(flags) if flags & NET_LEAF_OWN_DNS == 0 => {}
+        _ => return false,
     }
     // SAFETY: array index 0 exists; copied at once.
     let Some(redirect) = REDIRECT.get_ptr(0).map(|r| unsafe { *r }) else { return false };

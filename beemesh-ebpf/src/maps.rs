@@ -62,8 +62,9 @@ pub static COOKIE_PORTS: LruHashMap<u64, LocalPortKey> = LruHashMap::with_max_en
 pub static ENDPOINTS: HashMap<EndpointKey, u32> =
     HashMap::with_max_entries(ENDPOINT_MAP_SIZE, BPF_F_NO_PREALLOC);
 
-/// cgroups whose denied connects fail with ECONNREFUSED instead of EPERM: slirp4netns
-/// leaves, so that the pod sees a refused connection (a RST), not an unreachable network.
+/// slirp4netns leaves -> `NET_LEAF_*` bits: their denied connects fail with ECONNREFUSED
+/// instead of EPERM, so that the pod sees a refused connection (a RST), not an unreachable
+/// network; their DNS queries go to the agent's resolver unless `NET_LEAF_OWN_DNS`.
 #[map]
 pub static REFUSE_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(CGROUP_MAP_SIZE, 0);
 

@@ -1508,3 +1508,110 @@ spec:
     }
     Ok(())
 }
+
+/// A nameserver on the host's test address, port 53, answering every A query with
+/// 10.9.8.7; the names it was asked go to `asked`.
+fn test_nameserver(asked: std::sync::mpsc::Sender<String>) -> Result<()> {
+    use hickory_proto::op::{Message, MessageType, ResponseCode};
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{RData, Record, RecordType};
+    let socket = std::net::UdpSocket::bind((host_addr(), 53))?;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let Ok(query) = Message::from_vec(&buf[..n]) else { continue };
+            let mut answer = Message::new();
+            answer.set_id(query.id()).set_message_type(MessageType::Response).set_recursion_available(true);
+            answer.set_response_code(ResponseCode::NoError);
+            for q in query.queries() {
+                answer.add_query(q.clone());
+                let _ = asked.send(q.name().to_ascii());
+                if q.query_type() == RecordType::A {
+                    answer.add_answer(Record::from_rdata(
+                        q.name().clone(),
+                        60,
+                        RData::A(A::new(10, 9, 8, 7)),
+                    ));
+                }
+            }
+            if let Ok(bytes) = answer.to_vec() {
+                let _ = socket.send_to(&bytes, from);
+            }
+        }
+    });
+    Ok(())
+}
+
+#[test]
+fn dns_policy_dns_config_and_host_aliases_shape_the_pods_name_resolution() -> Result<()> {
+    let agent = Agent::start("poddns", &[])?;
+    agent.import_busybox("busybox:1")?;
+    let (tx, asked) = std::sync::mpsc::channel();
+    test_nameserver(tx)?;
+    let addr = host_addr();
+    let manifest = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: own, namespace: shop}}
+spec:
+  dnsPolicy: None
+  dnsConfig:
+    nameservers: [{addr}]
+    searches: [probe.example]
+    options: [{{name: ndots, value: "1"}}]
+  hostAliases:
+  - {{ip: 192.0.2.7, hostnames: [foo.local, bar.local]}}
+  containers:
+  - {{name: c, image: "busybox:1", command: [sleep, "3600"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: merged, namespace: shop}}
+spec:
+  subdomain: db
+  dnsConfig:
+    nameservers: [192.0.2.53]
+    searches: [extra.example]
+    options: [{{name: ndots, value: "2"}}, {{name: edns0}}]
+  containers:
+  - {{name: c, image: "busybox:1", command: [sleep, "3600"]}}
+"#
+    );
+    agent.apply(&manifest)?;
+    for pod in ["own", "merged"] {
+        let (ok, _, err) = agent.run_cli(&["wait", "-n", "shop", pod, "--timeout", "20"], None)?;
+        anyhow::ensure!(ok, "{pod} not ready: {err}\n{}", agent.log());
+    }
+    let cat = |pod: &str, file: &str| -> Result<String> {
+        let (ok, out, err) = agent.run_cli(&["exec", "-n", "shop", pod, "--", "cat", file], None)?;
+        anyhow::ensure!(ok, "cat {file} in {pod}: {err}");
+        Ok(out)
+    };
+    // `None`: only the pod's own configuration; its aliases follow its own names.
+    assert_eq!(
+        cat("own", "/etc/resolv.conf")?,
+        format!("search probe.example\nnameserver {addr}\noptions ndots:1\n")
+    );
+    let hosts = cat("own", "/etc/hosts")?;
+    assert!(hosts.ends_with("# Entries added by HostAliases.\n192.0.2.7\tfoo.local\tbar.local\n"), "{hosts}");
+    // Its queries reach the nameserver it names (the kernel does not hand them to the
+    // agent), with its search domain applied.
+    let (ok, out, err) = agent.run_cli(&["exec", "-n", "shop", "own", "--", "nslookup", "www"], None)?;
+    assert!(ok && out.contains("10.9.8.7"), "nslookup www: {out}{err}");
+    let names: Vec<String> = asked.try_iter().collect();
+    assert!(names.iter().any(|n| n == "www.probe.example."), "asked: {names:?}");
+    // `ClusterFirst` with `dnsConfig`: the cluster's search domains and slirp4netns'
+    // resolver first, then the pod's, its options over the default ones.
+    let resolv = cat("merged", "/etc/resolv.conf")?;
+    assert!(
+        resolv.starts_with("search shop.svc.cluster.local svc.cluster.local cluster.local ")
+            && resolv.contains(
+                " extra.example\nnameserver 10.0.2.3\nnameserver 192.0.2.53\noptions ndots:2 edns0\n"
+            ),
+        "{resolv}"
+    );
+    let hosts = cat("merged", "/etc/hosts")?;
+    assert!(hosts.contains("10.0.2.100\tmerged.db.shop.svc.cluster.local\tmerged\n"), "{hosts}");
+    Ok(())
+}

@@ -358,7 +358,7 @@ impl Agent {
         let net_leaf = self.cgroups.path(&workload).join("net");
         let net_cgroup = crate::sys::cgroup::cgroup_id(&net_leaf).ok();
         if let Some(id) = net_cgroup {
-            let _ = self.kernel.set_refuse_cgroup(id, true);
+            let _ = self.kernel.set_refuse_cgroup(id, net_leaf_flags(&plan));
         }
         let slirp = record.slirp_pid.and_then(|pid| Slirp::adopt(pid, &layout.slirp_api())).or_else(|| {
             warn!(pod = %workload, "slirp4netns is gone: starting it again");
@@ -808,15 +808,15 @@ impl Agent {
             // The pod's root moves its container processes from init's leaf into theirs.
             sandbox::give_to_pod(&[pod_leaf.join("cgroup.procs")], ids).map_err(|e| e.to_string())?;
             let net_id = crate::sys::cgroup::cgroup_id(&net_leaf).map_err(|e| e.to_string())?;
-            self.kernel.set_refuse_cgroup(net_id, true).map_err(|e| e.to_string())?;
-            layout.create(&plan.hostname, &plan.namespace, ids).map_err(|e| e.to_string())?;
+            self.kernel.set_refuse_cgroup(net_id, net_leaf_flags(&plan)).map_err(|e| e.to_string())?;
+            layout.create(&plan.hostname, &plan.namespace, &plan.dns, ids).map_err(|e| e.to_string())?;
             Ok(net_id)
         })();
         let net_id = match prepared {
             Ok(id) => id,
             Err(e) => {
                 if let Ok(id) = crate::sys::cgroup::cgroup_id(&net_leaf) {
-                    let _ = self.kernel.set_refuse_cgroup(id, false);
+                    let _ = self.kernel.set_refuse_cgroup(id, 0);
                 }
                 let _ = self.delete_workload(&workload);
                 return Err(e);
@@ -825,7 +825,7 @@ impl Agent {
         let mut entry = new_entry(record, plan, layout.clone());
         entry.net_cgroup = Some(net_id);
         if let Err(e) = self.renew_svid(&mut entry) {
-            let _ = self.kernel.set_refuse_cgroup(net_id, false);
+            let _ = self.kernel.set_refuse_cgroup(net_id, 0);
             let _ = self.delete_workload(&workload);
             let _ = crate::sys::tree::remove_tree(&layout.dir);
             return Err(e);
@@ -1396,7 +1396,7 @@ impl Agent {
         let Some(mut entry) = self.pods.entries.remove(key) else { return };
         detach_entry(&mut entry);
         if let Some(id) = entry.net_cgroup {
-            let _ = self.kernel.set_refuse_cgroup(id, false);
+            let _ = self.kernel.set_refuse_cgroup(id, 0);
         }
         let (tx, cgroups, limits) = (self.pods.tx.clone(), self.cgroups.clone(), self.pods.limits.clone());
         let (workload, uid) = (key.to_owned(), entry.record.uid.clone());
@@ -1560,6 +1560,12 @@ impl PodEntry {
     pub(super) fn uid(&self) -> &str {
         &self.record.uid
     }
+}
+
+/// How the kernel treats the pod's slirp4netns leaf (`REFUSE_CGROUPS`).
+fn net_leaf_flags(plan: &PodPlan) -> u8 {
+    let own_dns = if plan.dns.own_resolvers() { beemesh_common::NET_LEAF_OWN_DNS } else { 0 };
+    beemesh_common::NET_LEAF_REFUSE | own_dns
 }
 
 fn new_entry(record: PodRecord, plan: PodPlan, layout: Layout) -> PodEntry {

@@ -209,11 +209,12 @@ impl Kernel {
         }
     }
 
-    /// Denied connects from processes in this cgroup fail with ECONNREFUSED (slirp4netns
-    /// leaves: the pod sees a refused connection).
-    pub fn set_refuse_cgroup(&mut self, cgroup_id: u64, on: bool) -> Result<(), KernelError> {
-        let result = if on {
-            self.refuse_cgroups.insert(cgroup_id, 1, 0)
+    /// Marks a slirp4netns leaf (`flags`: `NET_LEAF_*`, 0 forgets it): denied connects from
+    /// its processes fail with ECONNREFUSED (the pod sees a refused connection), and unless
+    /// `NET_LEAF_OWN_DNS` is set its DNS queries go to the agent's resolver.
+    pub fn set_refuse_cgroup(&mut self, cgroup_id: u64, flags: u8) -> Result<(), KernelError> {
+        let result = if flags != 0 {
+            self.refuse_cgroups.insert(cgroup_id, flags, 0)
         } else {
             match self.refuse_cgroups.remove(&cgroup_id) {
                 Err(aya::maps::MapError::KeyNotFound) => Ok(()),

@@ -93,6 +93,14 @@ const POD_SPEC: &[&str] = &[
     "spec.subdomain",
     "spec.nodeName",
     "spec.shareProcessNamespace",
+    // pod::dns: resolv.conf and hosts as the kubelet writes them.
+    "spec.dnsPolicy",
+    "spec.dnsConfig.nameservers[]",
+    "spec.dnsConfig.searches[]",
+    "spec.dnsConfig.options[].name",
+    "spec.dnsConfig.options[].value",
+    "spec.hostAliases[].ip",
+    "spec.hostAliases[].hostnames[]",
     "spec.volumes[].name",
     "spec.volumes[].emptyDir.medium",
     "spec.volumes[].emptyDir.sizeLimit",
@@ -414,6 +422,7 @@ pub(super) fn validate_pod(pod: &Pod, prefix: &str, claims: &BTreeSet<String>) -
         }
     }
     check_topology_keys(spec).map_err(|(f, m)| FieldError::new(at(&f), m))?;
+    crate::pod::dns::validate(spec).map_err(|(f, m)| FieldError::new(at(&f), m))?;
     for sa in [&spec.service_account_name, &spec.service_account].into_iter().flatten() {
         if !is_dns_subdomain(sa) {
             return Err(FieldError::new(

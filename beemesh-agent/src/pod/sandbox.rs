@@ -8,6 +8,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use super::dns::DnsPlan;
 use super::proto::{BindMount, ContainerSpec};
 use super::security;
 use super::spec::{ContainerPlan, Objects, PodPlan, VolumePlan};
@@ -103,12 +104,6 @@ fn claim_for_pod(dir: &Path, ids: IdMap) -> Result<(), SandboxError> {
     Ok(())
 }
 
-/// A pod's /etc/resolv.conf, as a kubelet writes it for `dnsPolicy: ClusterFirst`.
-fn resolv_conf(namespace: &str) -> String {
-    let domain = crate::app::dns::CLUSTER_DOMAIN;
-    format!("search {namespace}.svc.{domain} svc.{domain} {domain}\nnameserver 10.0.2.3\noptions ndots:5\n")
-}
-
 /// Every directory above `dir` must let other users through (search permission): a pod's
 /// processes (host ids of its own range) open the container root, logs and volumes by path.
 fn check_reachable(dir: &Path) -> Result<(), SandboxError> {
@@ -201,16 +196,22 @@ impl Layout {
     }
 
     /// Creates the directories and the pod's /etc/hosts, /etc/hostname and /etc/resolv.conf
-    /// (slirp4netns takes DNS at 10.0.2.3, where the kernel sends it on to the agent's
-    /// resolver; the search domains are Kubernetes' for a pod in `namespace`; the pod's own
-    /// address is 10.0.2.100).
+    /// (`pod::dns`: slirp4netns takes DNS at 10.0.2.3, where the kernel sends it on to the
+    /// agent's resolver; the search domains are Kubernetes' for a pod in `namespace`, then
+    /// the host's; the pod's own address is 10.0.2.100).
     ///
     /// The pod directory is root's, mode 0700, or, for a pod with its own id range, group
     /// `ids.root()` with mode 0710: the pod's root may pass through it (to its container
     /// roots, logs, volumes, /etc files and SVID) but not list or change it, and other host
     /// users may not enter at all (volumes hold Secrets, the SVID directory its key). What
     /// the pod writes (logs, /etc files) belongs to the pod's root.
-    pub fn create(&self, hostname: &str, namespace: &str, ids: IdMap) -> Result<(), SandboxError> {
+    pub fn create(
+        &self,
+        hostname: &str,
+        namespace: &str,
+        dns: &DnsPlan,
+        ids: IdMap,
+    ) -> Result<(), SandboxError> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         let pods = self.dir.parent().unwrap_or(&self.dir);
         std::fs::create_dir_all(pods).map_err(io_err("create", pods))?;
@@ -235,10 +236,11 @@ impl Layout {
         }
         // Container processes create their log files.
         give_to_pod(&[self.dir.join("logs")], ids)?;
+        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let files = [
-            ("hosts", format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n10.0.2.100\t{hostname}\n")),
+            ("hosts", dns.hosts(hostname, namespace)),
             ("hostname", format!("{hostname}\n")),
-            ("resolv.conf", resolv_conf(namespace)),
+            ("resolv.conf", dns.resolv_conf(namespace, &host_resolv)),
         ];
         for (name, text) in files {
             let p = self.etc(name);
@@ -915,7 +917,7 @@ mod tests {
         let old = layout.volume("scratch").join("a/b");
         std::fs::create_dir_all(&old).expect("mkdir");
         std::fs::write(old.join("data"), "old").expect("write");
-        layout.create("x", "default", IdMap::IDENTITY).expect("create over a leftover");
+        layout.create("x", "default", &DnsPlan::default(), IdMap::IDENTITY).expect("create over a leftover");
         assert!(!layout.volume("scratch").exists(), "leftover emptyDir kept");
         assert!(layout.etc("hostname").is_file());
         // Root: a mount inside a leftover is neither crossed nor reused.
@@ -931,7 +933,7 @@ mod tests {
             None::<&str>,
         )
         .expect("bind");
-        let result = layout.create("x", "default", IdMap::IDENTITY);
+        let result = layout.create("x", "default", &DnsPlan::default(), IdMap::IDENTITY);
         nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH).expect("umount");
         let e = result.expect_err("a mount in the leftover").to_string();
         assert!(e.contains("earlier pod") && e.contains("volumes/scratch"), "{e}");

@@ -182,6 +182,8 @@ pub struct PodPlan {
     /// `securityContext.fsGroup`: group owner of the pod's emptyDir, configMap and secret
     /// volumes (directories setgid, files group-readable).
     pub fs_group: Option<u32>,
+    /// `dnsPolicy`, `dnsConfig`, `hostAliases`: the pod's resolv.conf and hosts files.
+    pub dns: super::dns::DnsPlan,
 }
 
 /// A pod volume, created once per pod and mounted into containers by `MountPlan`.
@@ -315,6 +317,7 @@ pub fn plan_pod(pod: &Pod) -> PodPlan {
             .and_then(|s| s.security_context.as_ref())
             .and_then(|s| s.fs_group)
             .and_then(|g| u32::try_from(g).ok()),
+        dns: super::dns::DnsPlan::of(pod),
     }
 }
 
