@@ -1615,3 +1615,80 @@ spec:
     assert!(hosts.contains("10.0.2.100\tmerged.db.shop.svc.cluster.local\tmerged\n"), "{hosts}");
     Ok(())
 }
+
+#[test]
+fn hooks_run_in_the_kubelets_order_and_the_startup_probe_holds_liveness_back() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let agent = Agent::start("podhooks", &[])?;
+    agent.import_busybox("busybox:1")?;
+    let host_dir = agent.dir.path().join("hooks");
+    std::fs::create_dir_all(&host_dir)?;
+    std::fs::set_permissions(&host_dir, std::fs::Permissions::from_mode(0o777))?;
+    let manifest = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: hooked}}
+spec:
+  terminationGracePeriodSeconds: 30
+  volumes: [{{name: out, hostPath: {{path: {host}, type: Directory}}}}]
+  containers:
+  - name: c
+    image: busybox:1
+    command: ["sh", "-c", "trap 'echo term >> /out/order; exit 0' TERM; while true; do sleep 0.1; done"]
+    volumeMounts: [{{name: out, mountPath: /out}}]
+    lifecycle:
+      postStart: {{exec: {{command: [sh, -c, "sleep 1; echo started > /out/post"]}}}}
+      preStop: {{exec: {{command: [sh, -c, "echo prestop >> /out/order; sleep 1"]}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: slow}}
+spec:
+  containers:
+  - name: c
+    image: busybox:1
+    command: ["sh", "-c", "sleep 3; touch /tmp/up; sleep 3600"]
+    # Liveness alone would restart it in its first seconds; the startup probe holds it back.
+    startupProbe: {{exec: {{command: [cat, /tmp/up]}}, periodSeconds: 1, failureThreshold: 30}}
+    livenessProbe: {{exec: {{command: [cat, /tmp/up]}}, periodSeconds: 1, failureThreshold: 1}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: never}}
+spec:
+  containers:
+  - name: c
+    image: busybox:1
+    command: ["sleep", "3600"]
+    startupProbe: {{exec: {{command: ["false"]}}, periodSeconds: 1, failureThreshold: 2}}
+"#,
+        host = host_dir.display()
+    );
+    agent.apply(&manifest)?;
+    // Ready only once postStart is through: its file is there by then.
+    agent.wait_ready("hooked", T)?;
+    assert_eq!(std::fs::read_to_string(host_dir.join("post"))?, "started\n");
+    let status = |pod: &str| -> serde_json::Value {
+        agent.pod(pod).map(|p| p["status"]["containerStatuses"][0].clone()).unwrap_or_default()
+    };
+    assert_eq!(status("hooked")["started"], true);
+    agent.wait_ready("slow", T)?;
+    let slow = status("slow");
+    assert!(slow["started"] == true && slow["restartCount"] == 0, "{slow}");
+    // A startup probe that never succeeds restarts its container; it never becomes ready.
+    assert!(
+        eventually(T, || status("never")["restartCount"].as_u64().is_some_and(|n| n >= 1)),
+        "{}",
+        status("never")
+    );
+    let never = status("never");
+    assert!(never["ready"] == false && never["started"] == false, "{never}");
+    // Deletion: preStop first, SIGTERM only after it ended.
+    let (ok, _, err) = agent.run_cli(&["delete", "pod", "hooked"], None)?;
+    assert!(ok, "{err}");
+    let (ok, _, err) = agent.run_cli(&["wait", "hooked", "--for", "deleted", "--timeout", "30"], None)?;
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read_to_string(host_dir.join("order"))?, "prestop\nterm\n");
+    Ok(())
+}

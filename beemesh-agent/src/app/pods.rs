@@ -83,13 +83,19 @@ pub enum PodMsg {
         workload: String,
         uid: String,
     },
-    Probe {
+    /// What a container run's hooks and probes found (`probe::watch`).
+    Check {
         workload: String,
         uid: String,
         container: String,
         run: u64,
-        liveness: bool,
-        ok: bool,
+        report: probe::Report,
+    },
+    /// A container's preStop hook has ended: its SIGTERM may go.
+    PreStopDone {
+        workload: String,
+        uid: String,
+        container: String,
     },
     /// A deleted pod's processes, mounts, cgroups and files are gone (`cgroup_removed`:
     /// its workload cgroup too; `unreaped`: its init has not been reaped yet).
@@ -116,6 +122,8 @@ struct Run {
     run: u64,
     host_pid: Option<u32>,
     ready: bool,
+    /// postStart and the startup probe are through (`containerStatuses[].started`).
+    started: bool,
     plan: Option<ContainerPlan>,
     cgroups: Vec<PathBuf>,
     message: Option<String>,
@@ -373,7 +381,7 @@ impl Agent {
         if deleting {
             entry.deleting = true;
             let now = self.pods.now();
-            let _ = entry.life.terminate(entry.plan.grace, now);
+            entry.life.begin_termination(entry.plan.grace, now);
         }
         if let Err(e) = self.renew_svid(&mut entry) {
             warn!(pod = %workload, error = %e, "cannot renew the pod's SVID");
@@ -759,7 +767,8 @@ impl Agent {
         if !entry.deleting {
             entry.deleting = true;
             entry.record.deleting = true;
-            let actions = entry.life.terminate(entry.plan.grace, now);
+            let runs = &entry.runs;
+            let actions = entry.life.terminate(entry.plan.grace, now, |c| has_pre_stop(runs, c));
             info!(pod = %key, grace = ?entry.plan.grace, "deleting pod");
             self.carry_out(&key, actions);
             self.persist_pods();
@@ -945,23 +954,47 @@ impl Agent {
             PodMsg::TornDown { workload, uid, cgroup_removed, unreaped } => {
                 self.torn_down(&workload, &uid, cgroup_removed, unreaped);
             }
-            PodMsg::Probe { workload, uid, container, run, liveness, ok } => {
+            PodMsg::Check { workload, uid, container, run, report } => {
                 let Some(entry) = self.pods.entries.get_mut(&workload).filter(|e| e.record.uid == uid) else {
                     return;
                 };
+                let declared = find_container(&entry.record.manifest, &container)
+                    .is_some_and(|c| c.readiness_probe.is_some());
                 let Some(r) = entry.runs.get_mut(&container).filter(|r| r.run == run) else { return };
-                if liveness {
-                    if !ok && !entry.deleting {
-                        info!(pod = %workload, container = %container, "liveness probe failed: restarting");
-                        if let Some(cmds) = &entry.cmds {
-                            let _ = cmds.try_send(
-                                proto::Command::Signal { name: container, signal: libc::SIGKILL }.into(),
-                            );
-                        }
+                let kill = match report {
+                    probe::Report::Ready(ok) => {
+                        r.ready = ok;
+                        None
                     }
-                } else {
-                    r.ready = ok;
+                    probe::Report::Started => {
+                        r.started = true;
+                        // Without a readiness probe a started container is ready.
+                        r.ready = !declared && r.plan.as_ref().is_none_or(|p| p.readiness.is_none());
+                        None
+                    }
+                    probe::Report::Live(ok) => (!ok).then(|| "liveness probe failed".to_owned()),
+                    probe::Report::StartupFailed => Some("startup probe failed".to_owned()),
+                    probe::Report::PostStartFailed(e) => {
+                        r.message = Some(format!("FailedPostStartHook: {e}"));
+                        Some(format!("postStart hook failed: {e}"))
+                    }
+                };
+                if let Some(why) = kill.filter(|_| !entry.deleting) {
+                    info!(pod = %workload, container = %container, why = %why, "restarting");
+                    if let Some(cmds) = &entry.cmds {
+                        let _ = cmds.try_send(
+                            proto::Command::Signal { name: container, signal: libc::SIGKILL }.into(),
+                        );
+                    }
                 }
+            }
+            PodMsg::PreStopDone { workload, uid, container } => {
+                let now = self.pods.now();
+                let Some(entry) = self.pods.entries.get_mut(&workload).filter(|e| e.record.uid == uid) else {
+                    return;
+                };
+                let actions = entry.life.pre_stop_done(&container, now);
+                self.carry_out(&workload, actions);
             }
         }
         self.drive_pods();
@@ -976,7 +1009,8 @@ impl Agent {
                     // A deletion that began before the replay: its SIGTERMs go out now (the
                     // deadline stays where it was).
                     if entry.deleting {
-                        term = entry.life.terminate(entry.plan.grace, now);
+                        let runs = &entry.runs;
+                        term = entry.life.terminate(entry.plan.grace, now, |c| has_pre_stop(runs, c));
                     }
                 }
             }
@@ -1022,53 +1056,40 @@ impl Agent {
                     }
                 }
                 r.host_pid = Some(host_pid);
-                let probe = r.plan.as_ref().map(|p| (p.readiness.clone(), p.liveness.clone()));
-                let (readiness, liveness) = probe.unwrap_or((None, None));
-                // Without a plan (the manifest no longer resolves), a declared readiness probe
-                // cannot run: the container is not ready rather than ready unchecked.
-                let declared = find_container(&entry.record.manifest, &name)
-                    .is_some_and(|c| c.readiness_probe.is_some());
-                r.ready = readiness.is_none() && !declared;
+                (r.ready, r.started) = (false, false);
                 let init_pid = entry.record.init_pid.unwrap_or_default();
-                // Probes enter the container as the host's root: only a process of the pod.
+                // Hooks and probes enter the container as the host's root: only a process
+                // of the pod. A run that cannot be entered is neither hooked nor probed (and
+                // not ready if it declares a readiness probe).
                 let enterable = r.sealed.is_none() && sandbox::in_pod(init_pid, host_pid);
                 if !enterable {
                     debug!(pod = %workload, container = %name, host_pid, "not probing: not a process of the pod");
                 }
-                let probes = if enterable {
-                    [(readiness, false), (liveness, true)]
-                } else {
-                    [(None, false), (None, true)]
+                let checks = match r.plan.as_ref().filter(|_| enterable) {
+                    Some(p) => probe::Checks {
+                        post_start: p.post_start.clone(),
+                        startup: p.startup.clone(),
+                        readiness: p.readiness.clone(),
+                        liveness: p.liveness.clone(),
+                    },
+                    None => probe::Checks::default(),
                 };
-                for (plan, liveness) in probes {
-                    let Some(plan) = plan else { continue };
-                    let target = probe::Target {
-                        init_pid,
-                        host_pid,
-                        env: r.plan.as_ref().map(|p| p.env.clone()).unwrap_or_default(),
-                        cwd: r.plan.as_ref().map_or_else(|| "/".to_owned(), |p| p.cwd.clone()),
-                        user: (r.uid, r.gid),
-                        cgroups: r.cgroups.clone(),
-                        security: r.security.clone(),
+                let target = check_target(init_pid, host_pid, r);
+                let (w, u, c, run) = (workload.to_owned(), uid.clone(), name.clone(), r.run);
+                let handle = tokio::spawn(probe::watch(checks, target, move |report| {
+                    let msg = PodMsg::Check {
+                        workload: w.clone(),
+                        uid: u.clone(),
+                        container: c.clone(),
+                        run,
+                        report,
                     };
-                    let (w, u, c, run) = (workload.to_owned(), uid.clone(), name.clone(), r.run);
                     let tx = tx.clone();
-                    let handle = tokio::spawn(probe::run(plan, target, move |ok| {
-                        let msg = PodMsg::Probe {
-                            workload: w.clone(),
-                            uid: u.clone(),
-                            container: c.clone(),
-                            run,
-                            liveness,
-                            ok,
-                        };
-                        let tx = tx.clone();
-                        async move {
-                            let _ = tx.send(msg).await;
-                        }
-                    }));
-                    r.probes.push(handle.abort_handle());
-                }
+                    async move {
+                        let _ = tx.send(msg).await;
+                    }
+                }));
+                r.probes.push(handle.abort_handle());
                 debug!(pod = %workload, container = %name, run, host_pid, "container started");
             }
             proto::Event::Exited { run, code, signal, .. } if run >= r.run => {
@@ -1271,10 +1292,41 @@ impl Agent {
         for action in actions {
             match action {
                 Action::Start(name) => self.start_container(key, &name, now),
+                Action::PreStop(name) => self.pre_stop(key, &name),
                 Action::Term(name) => self.signal_container(key, &name, libc::SIGTERM),
                 Action::Kill(name) => self.signal_container(key, &name, libc::SIGKILL),
             }
         }
+    }
+
+    /// Runs `name`'s preStop hook (within the pod's grace period), then reports
+    /// `PreStopDone`; at once when the run cannot be entered.
+    fn pre_stop(&mut self, key: &str, name: &str) {
+        let tx = self.pods.tx.clone();
+        let Some(entry) = self.pods.entries.get_mut(key) else { return };
+        let (uid, grace, init_pid) = (entry.record.uid.clone(), entry.plan.grace, entry.record.init_pid);
+        let done = PodMsg::PreStopDone { workload: key.to_owned(), uid, container: name.to_owned() };
+        let hooked = entry.runs.get_mut(name).and_then(|r| {
+            let hook = r.plan.as_ref()?.pre_stop.clone()?;
+            let (init_pid, host_pid) = (init_pid?, r.host_pid?);
+            (r.sealed.is_none() && sandbox::in_pod(init_pid, host_pid))
+                .then(|| (hook, check_target(init_pid, host_pid, r), r))
+        });
+        let Some((hook, target, r)) = hooked else {
+            let _ = tx.try_send(done);
+            return;
+        };
+        info!(pod = %key, container = %name, "running the preStop hook");
+        let (pod, container) = (key.to_owned(), name.to_owned());
+        let handle = tokio::spawn(async move {
+            match tokio::time::timeout(grace, probe::run_hook(&hook, &target)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(pod = %pod, container = %container, error = %e, "preStop hook failed"),
+                Err(_) => warn!(pod = %pod, container = %container, "preStop hook outlived the grace period"),
+            }
+            let _ = tx.send(done).await;
+        });
+        r.probes.push(handle.abort_handle());
     }
 
     fn signal_container(&self, key: &str, name: &str, signal: i32) {
@@ -1559,6 +1611,25 @@ impl PodEntry {
     /// The uid of this pod (a pod applied again under the same name has another).
     pub(super) fn uid(&self) -> &str {
         &self.record.uid
+    }
+}
+
+/// Whether container `name`'s current run has a preStop hook.
+fn has_pre_stop(runs: &BTreeMap<String, Run>, name: &str) -> bool {
+    runs.get(name).and_then(|r| r.plan.as_ref()).is_some_and(|p| p.pre_stop.is_some())
+}
+
+/// What a hook or probe of run `r` enters: the container of `host_pid` in the pod of
+/// `init_pid`, with the run's environment, user, cgroups and confinement.
+fn check_target(init_pid: u32, host_pid: u32, r: &Run) -> probe::Target {
+    probe::Target {
+        init_pid,
+        host_pid,
+        env: r.plan.as_ref().map(|p| p.env.clone()).unwrap_or_default(),
+        cwd: r.plan.as_ref().map_or_else(|| "/".to_owned(), |p| p.cwd.clone()),
+        user: (r.uid, r.gid),
+        cgroups: r.cgroups.clone(),
+        security: r.security.clone(),
     }
 }
 

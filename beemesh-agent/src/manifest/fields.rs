@@ -6,7 +6,7 @@
 use std::collections::{BTreeSet, HashSet};
 use std::sync::OnceLock;
 
-use k8s_openapi::api::core::v1::{Container, Pod, Probe};
+use k8s_openapi::api::core::v1::{Container, LifecycleHandler, Pod, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{join, parse_cpu_millis, parse_memory_bytes};
@@ -81,6 +81,18 @@ const PROBE: &[&str] = &[
     "timeoutSeconds",
     "successThreshold",
     "failureThreshold",
+];
+
+/// A lifecycle hook's fields (`lifecycle.postStart`, `lifecycle.preStop`).
+const HOOK: &[&str] = &[
+    "exec.command[]",
+    "httpGet.path",
+    "httpGet.port",
+    "httpGet.host",
+    "httpGet.scheme",
+    "httpGet.httpHeaders[].name",
+    "httpGet.httpHeaders[].value",
+    "sleep.seconds",
 ];
 
 const POD_SPEC: &[&str] = &[
@@ -250,8 +262,11 @@ fn pod_spec() -> Vec<String> {
     v.extend(scheduling());
     for list in ["spec.containers[]", "spec.initContainers[]"] {
         v.extend(CONTAINER.iter().map(|f| format!("{list}.{f}")));
-        for probe in ["readinessProbe", "livenessProbe"] {
+        for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
             v.extend(PROBE.iter().map(|f| format!("{list}.{probe}.{f}")));
+        }
+        for hook in ["postStart", "preStop"] {
+            v.extend(HOOK.iter().map(|f| format!("{list}.lifecycle.{hook}.{f}")));
         }
     }
     v
@@ -520,9 +535,23 @@ fn validate_container(c: &Container, field: &str, volumes: &BTreeSet<&str>) -> R
             }
         }
     }
-    for (name, probe) in [("readinessProbe", &c.readiness_probe), ("livenessProbe", &c.liveness_probe)] {
+    let probes = [
+        ("readinessProbe", &c.readiness_probe),
+        ("livenessProbe", &c.liveness_probe),
+        ("startupProbe", &c.startup_probe),
+    ];
+    for (name, probe) in probes {
         if let Some(probe) = probe {
             validate_probe(probe, c, &format!("{field}.{name}"))?;
+        }
+    }
+    let lifecycle = c.lifecycle.as_ref();
+    for (name, hook) in [
+        ("postStart", lifecycle.and_then(|l| l.post_start.as_ref())),
+        ("preStop", lifecycle.and_then(|l| l.pre_stop.as_ref())),
+    ] {
+        if let Some(hook) = hook {
+            validate_hook(hook, c, &format!("{field}.lifecycle.{name}"))?;
         }
     }
     for (i, e) in c.env.iter().flatten().enumerate() {
@@ -582,7 +611,32 @@ fn validate_probe(p: &Probe, c: &Container, field: &str) -> Result<(), FieldErro
     if handlers.iter().filter(|h| **h).count() != 1 {
         return Err(FieldError::new(field, "a probe needs exactly one of exec, httpGet, tcpSocket"));
     }
+    if !field.ends_with("readinessProbe") && p.success_threshold.is_some_and(|n| n != 1) {
+        return Err(FieldError::new(
+            format!("{field}.successThreshold"),
+            "must be 1 for a liveness or startup probe",
+        ));
+    }
     let port = p.http_get.as_ref().map(|h| &h.port).or(p.tcp_socket.as_ref().map(|t| &t.port));
+    check_named_port(port, c, field)
+}
+
+fn validate_hook(h: &LifecycleHandler, c: &Container, field: &str) -> Result<(), FieldError> {
+    let handlers = [h.exec.is_some(), h.http_get.is_some(), h.sleep.is_some()];
+    if handlers.iter().filter(|h| **h).count() != 1 {
+        return Err(FieldError::new(field, "a hook needs exactly one of exec, httpGet, sleep"));
+    }
+    if let Some(sleep) = h.sleep.as_ref().filter(|s| s.seconds < 0) {
+        return Err(FieldError::new(
+            format!("{field}.sleep.seconds"),
+            format!("{} is negative", sleep.seconds),
+        ));
+    }
+    check_named_port(h.http_get.as_ref().map(|h| &h.port), c, field)
+}
+
+/// A probe's or hook's port given by name must be one of the container's.
+fn check_named_port(port: Option<&IntOrString>, c: &Container, field: &str) -> Result<(), FieldError> {
     if let Some(IntOrString::String(name)) = port {
         let declared = c.ports.iter().flatten().any(|p| p.name.as_deref() == Some(name.as_str()));
         if !declared && name.parse::<u16>().is_err() {

@@ -417,3 +417,35 @@ spec:
     );
     assert!(e.contains("spec.template.spec.restartPolicy: \"Never\": only Always"), "{e}");
 }
+
+#[test]
+fn lifecycle_hooks_and_startup_probes_are_accepted_and_checked() {
+    let with = |lines: &str| POD.replace("      livenessProbe:\n", &format!("{lines}      livenessProbe:\n"));
+    let good = with(
+        "      startupProbe: {httpGet: {path: /up, port: 8080}, failureThreshold: 30}\n      lifecycle:\n        \
+         postStart: {exec: {command: [touch, /ready]}}\n        preStop: {sleep: {seconds: 5}}\n",
+    );
+    assert!(parse("m.yaml", &good).is_ok(), "{:?}", parse("m.yaml", &good).err());
+    let http = with("      lifecycle:\n        preStop: {httpGet: {path: /drain, port: 8080}}\n");
+    assert!(parse("m.yaml", &http).is_ok());
+    let msg = err(&with("      lifecycle:\n        preStop: {tcpSocket: {port: 8080}}\n")).to_string();
+    // (Deprecated, and never run by Kubernetes.)
+    assert!(
+        msg.contains("spec.containers[1].lifecycle.preStop.tcpSocket: field `tcpSocket` is not supported"),
+        "{msg}"
+    );
+    let msg =
+        err(&with("      lifecycle:\n        postStart: {exec: {command: [a]}, sleep: {seconds: 1}}\n"))
+            .to_string();
+    assert!(msg.contains("lifecycle.postStart: a hook needs exactly one of exec, httpGet, sleep"), "{msg}");
+    let msg = err(&with("      lifecycle:\n        postStart: {httpGet: {port: admin}}\n")).to_string();
+    assert!(msg.contains("named port \"admin\" is not among the container's ports"), "{msg}");
+    let msg = err(&with("      startupProbe: {exec: {command: [a]}, successThreshold: 2}\n")).to_string();
+    assert!(
+        msg.contains("startupProbe.successThreshold: must be 1 for a liveness or startup probe"),
+        "{msg}"
+    );
+    let liveness = POD
+        .replace("exec: {command: [\"true\"]}", "exec: {command: [\"true\"]}\n        successThreshold: 2");
+    assert!(err(&liveness).to_string().contains("livenessProbe.successThreshold: must be 1"));
+}

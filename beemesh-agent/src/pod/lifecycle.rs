@@ -81,6 +81,8 @@ pub struct History {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     Start(String),
+    /// Run the container's preStop hook, then report [`Pod::pre_stop_done`].
+    PreStop(String),
     /// Send SIGTERM to the container.
     Term(String),
     /// SIGKILL: the grace period is over.
@@ -102,6 +104,8 @@ pub struct Pod {
     pub containers: Vec<Container>,
     /// Set once deletion started: when the grace period ends.
     deadline_ms: Option<u64>,
+    /// Containers whose preStop hook runs (their SIGTERM waits for it).
+    pre_stopping: Vec<String>,
 }
 
 impl Pod {
@@ -117,7 +121,7 @@ impl Pod {
         };
         let containers =
             init.iter().map(|n| waiting(n, true)).chain(app.iter().map(|n| waiting(n, false))).collect();
-        Self { restart, containers, deadline_ms: None }
+        Self { restart, containers, deadline_ms: None, pre_stopping: Vec::new() }
     }
 
     fn get(&mut self, name: &str) -> Option<&mut Container> {
@@ -236,12 +240,51 @@ impl Pod {
         }
     }
 
-    /// Deletion: SIGTERM to everything running now, SIGKILL at `now + grace`.
-    pub fn terminate(&mut self, grace: Duration, now: u64) -> Vec<Action> {
+    /// Deletion begins: nothing starts again, SIGKILL at `now + grace` (the first call
+    /// sets the deadline).
+    pub fn begin_termination(&mut self, grace: Duration, now: u64) {
         if self.deadline_ms.is_none() {
             self.deadline_ms = Some(now + grace.as_millis() as u64);
         }
-        self.running().map(Action::Term).collect()
+    }
+
+    /// Deletion, as the kubelet orders it: each running container's preStop hook (those
+    /// `has_pre_stop` names) first, its SIGTERM once the hook is done
+    /// ([`Self::pre_stop_done`]); SIGTERM at once to the others; SIGKILL to whatever still
+    /// runs at `now + grace` (a hook included). A hook already running is not started again.
+    pub fn terminate(
+        &mut self,
+        grace: Duration,
+        now: u64,
+        has_pre_stop: impl Fn(&str) -> bool,
+    ) -> Vec<Action> {
+        self.begin_termination(grace, now);
+        let mut actions = Vec::new();
+        for name in self.running().collect::<Vec<_>>() {
+            if self.pre_stopping.contains(&name) {
+                continue;
+            }
+            if has_pre_stop(&name) {
+                self.pre_stopping.push(name.clone());
+                actions.push(Action::PreStop(name));
+            } else {
+                actions.push(Action::Term(name));
+            }
+        }
+        actions
+    }
+
+    /// `name`'s preStop hook has ended (done, failed or cut): SIGTERM, if it still runs
+    /// and the grace period is not over (then SIGKILL comes from [`Self::poll`]).
+    pub fn pre_stop_done(&mut self, name: &str, now: u64) -> Vec<Action> {
+        let Some(i) = self.pre_stopping.iter().position(|n| n == name) else { return Vec::new() };
+        self.pre_stopping.swap_remove(i);
+        let running = self.running().any(|n| n == name);
+        if running && self.deadline_ms.is_some_and(|d| now < d) {
+            vec![Action::Term(name.to_owned())]
+        } else {
+            Vec::new()
+        }
     }
 
     fn running(&self) -> impl Iterator<Item = String> + '_ {
@@ -431,7 +474,7 @@ mod tests {
         p.started("a", 0);
         p.started("b", 0);
         assert_eq!(
-            p.terminate(Duration::from_secs(30), 10),
+            p.terminate(Duration::from_secs(30), 10, |_| false),
             vec![Action::Term("a".into()), Action::Term("b".into())]
         );
         p.exited("a", 0, false, 20);
@@ -441,6 +484,36 @@ mod tests {
         assert_eq!(p.poll(30 * S + 10), vec![Action::Kill("b".into())]);
         p.exited("b", 137, false, 30 * S + 11);
         assert!(p.stopped());
+    }
+
+    #[test]
+    fn pre_stop_hooks_run_before_sigterm_inside_the_grace_period() {
+        let mut p = Pod::new(RestartPolicy::Always, &[], &["a", "b", "c"]);
+        for c in ["a", "b", "c"] {
+            p.started(c, 0);
+        }
+        let hooked = |c: &str| c != "b";
+        assert_eq!(
+            p.terminate(Duration::from_secs(30), 10, hooked),
+            vec![Action::PreStop("a".into()), Action::Term("b".into()), Action::PreStop("c".into())]
+        );
+        // Asked again (an agent's replay): a running hook is not started twice, nor SIGTERM
+        // sent before it ends.
+        assert_eq!(p.terminate(Duration::from_secs(30), 20, hooked), vec![Action::Term("b".into())]);
+        assert_eq!(p.pre_stop_done("a", 5 * S), vec![Action::Term("a".into())]);
+        assert!(p.pre_stop_done("a", 5 * S).is_empty(), "once");
+        // A hook that outlives the grace period: SIGKILL, no SIGTERM after it.
+        assert_eq!(
+            p.poll(30 * S + 10),
+            vec![Action::Kill("a".into()), Action::Kill("b".into()), Action::Kill("c".into())]
+        );
+        assert!(p.pre_stop_done("c", 30 * S + 20).is_empty());
+        // A container that ended during its hook gets nothing.
+        let mut q = Pod::new(RestartPolicy::Always, &[], &["a"]);
+        q.started("a", 0);
+        assert_eq!(q.terminate(Duration::from_secs(30), 0, |_| true), vec![Action::PreStop("a".into())]);
+        q.exited("a", 0, false, S);
+        assert!(q.pre_stop_done("a", 2 * S).is_empty());
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! Readiness and liveness probes, as the kubelet runs them: exec (a command inside the
-//! container, entered with nsenter), tcpSocket (a connect) and httpGet (a GET whose status
+//! Lifecycle hooks and probes, as the kubelet runs them: exec (a command inside the
+//! container, entered with `pod-exec`), tcpSocket (a connect) and httpGet (a GET whose status
 //! must be 2xx or 3xx), from a socket made in the pod's network namespace. One task per
-//! probe and container run; it reports each change of verdict once the thresholds agree.
+//! container run ([`watch`]): the postStart hook, then the startup probe until its first
+//! success, then readiness and liveness side by side, each reporting a change of verdict
+//! once the thresholds agree. preStop hooks run on their own ([`run_hook`]).
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -11,7 +13,7 @@ use std::process::Stdio;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::proto::SecuritySpec;
-use super::spec::{ProbeAction, ProbePlan};
+use super::spec::{Hook, ProbeAction, ProbePlan};
 
 /// The container a probe checks.
 #[derive(Clone, Debug)]
@@ -28,8 +30,67 @@ pub struct Target {
     pub security: SecuritySpec,
 }
 
+/// What a container run's checks tell the actor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Report {
+    /// The postStart hook failed (why): the container is killed, and restarted as its
+    /// policy says.
+    PostStartFailed(String),
+    /// The startup probe failed `failureThreshold` times in a row: the container is killed.
+    StartupFailed,
+    /// postStart and the startup probe are through (at once when there are none): the
+    /// container counts as started; readiness and liveness begin.
+    Started,
+    Ready(bool),
+    Live(bool),
+}
+
+/// What runs for one container run.
+#[derive(Clone, Debug, Default)]
+pub struct Checks {
+    pub post_start: Option<Hook>,
+    pub startup: Option<ProbePlan>,
+    pub readiness: Option<ProbePlan>,
+    pub liveness: Option<ProbePlan>,
+}
+
+/// Runs a container run's checks in the kubelet's order until aborted (or a failure that
+/// kills the container), telling `report` what changes.
+pub async fn watch<F, Fut>(checks: Checks, target: Target, report: F)
+where
+    F: Fn(Report) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    if let Some(hook) = &checks.post_start {
+        if let Err(e) = run_hook(hook, &target).await {
+            return report(Report::PostStartFailed(e)).await;
+        }
+    }
+    if let Some(plan) = &checks.startup {
+        tokio::time::sleep(plan.initial_delay).await;
+        let mut failures = 0u32;
+        while !tokio::time::timeout(plan.timeout, check(&plan.action, &target)).await.unwrap_or(false) {
+            failures += 1;
+            if failures >= plan.failure_threshold.max(1) {
+                return report(Report::StartupFailed).await;
+            }
+            tokio::time::sleep(plan.period).await;
+        }
+    }
+    report(Report::Started).await;
+    let probe = |plan: Option<ProbePlan>, verdict: fn(bool) -> Report| {
+        let (target, report) = (&target, &report);
+        async move {
+            if let Some(plan) = plan {
+                run(plan, target, |ok| report(verdict(ok))).await;
+            }
+        }
+    };
+    tokio::join!(probe(checks.readiness, Report::Ready), probe(checks.liveness, Report::Live));
+}
+
 /// Probes until aborted; calls `report` with the new verdict whenever it changes.
-pub async fn run<F, Fut>(plan: ProbePlan, target: Target, report: F)
+async fn run<F, Fut>(plan: ProbePlan, target: &Target, report: F)
 where
     F: Fn(bool) -> Fut,
     Fut: Future<Output = ()>,
@@ -37,7 +98,7 @@ where
     tokio::time::sleep(plan.initial_delay).await;
     let (mut successes, mut failures, mut last) = (0u32, 0u32, None);
     loop {
-        let ok = tokio::time::timeout(plan.timeout, check(&plan.action, &target)).await.unwrap_or(false);
+        let ok = tokio::time::timeout(plan.timeout, check(&plan.action, target)).await.unwrap_or(false);
         if ok {
             successes += 1;
             failures = 0;
@@ -56,6 +117,40 @@ where
         tokio::time::sleep(plan.period).await;
     }
 }
+
+/// Runs a lifecycle hook to its end: an exec hook must exit 0 (its output's tail is the
+/// error otherwise), an httpGet hook must get a 2xx or 3xx answer; a sleep sleeps.
+pub async fn run_hook(hook: &Hook, target: &Target) -> Result<(), String> {
+    match hook {
+        Hook::Sleep(d) => {
+            tokio::time::sleep(*d).await;
+            Ok(())
+        }
+        Hook::Action(ProbeAction::Exec(argv)) => {
+            let mut cmd =
+                tokio::process::Command::from(enter_command(target, argv).map_err(|e| e.to_string())?);
+            cmd.stdin(Stdio::null()).kill_on_drop(true);
+            let out = cmd.output().await.map_err(|e| format!("cannot run {argv:?}: {e}"))?;
+            if out.status.success() {
+                return Ok(());
+            }
+            let text = String::from_utf8_lossy(&[out.stdout, out.stderr].concat()).into_owned();
+            let tail =
+                text.char_indices().rev().nth(HOOK_OUTPUT_KEPT).map_or(text.as_str(), |(i, _)| &text[i..]);
+            Err(format!("{argv:?} {}: {}", out.status, tail.trim()))
+        }
+        Hook::Action(action) => {
+            if check(action, target).await {
+                Ok(())
+            } else {
+                Err(format!("{action:?} failed"))
+            }
+        }
+    }
+}
+
+/// How much of a failed exec hook's output its error keeps (characters, the last ones).
+const HOOK_OUTPUT_KEPT: usize = 1024;
 
 async fn check(action: &ProbeAction, target: &Target) -> bool {
     match action {

