@@ -1692,3 +1692,63 @@ spec:
     assert_eq!(std::fs::read_to_string(host_dir.join("order"))?, "prestop\nterm\n");
     Ok(())
 }
+
+#[test]
+fn downward_api_and_projected_volumes_reach_the_container() -> Result<()> {
+    let agent = Agent::start("podfiles", &[])?;
+    agent.import_busybox("busybox:1")?;
+    agent.apply(
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {mode: prod}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {token: t0ken}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: files
+  labels: {app: files, tier: back}
+  annotations: {build: "42"}
+spec:
+  volumes:
+  - name: info
+    downwardAPI:
+      items:
+      - {path: labels, fieldRef: {fieldPath: metadata.labels}}
+      - {path: build, fieldRef: {fieldPath: "metadata.annotations['build']"}}
+      - {path: mem, resourceFieldRef: {containerName: c, resource: limits.memory, divisor: 1Mi}}
+  - name: all
+    projected:
+      sources:
+      - configMap: {name: settings}
+      - secret: {name: creds, items: [{key: token, path: secret/token}]}
+      - downwardAPI: {items: [{path: name, fieldRef: {fieldPath: metadata.name}}]}
+  containers:
+  - name: c
+    image: busybox:1
+    command: [sleep, "3600"]
+    resources: {limits: {memory: 32Mi}}
+    volumeMounts:
+    - {name: info, mountPath: /etc/podinfo}
+    - {name: all, mountPath: /etc/all}
+"#,
+    )?;
+    agent.wait_ready("files", T)?;
+    let sh = |script: &str| -> Result<String> {
+        let (ok, out, err) = agent.run_cli(&["exec", "files", "--", "sh", "-c", script], None)?;
+        anyhow::ensure!(ok, "{script}: {err}");
+        Ok(out)
+    };
+    assert_eq!(sh("cat /etc/podinfo/labels")?, "app=\"files\"\ntier=\"back\"");
+    assert_eq!(sh("cat /etc/podinfo/build /etc/podinfo/mem")?, "4232");
+    assert_eq!(sh("cat /etc/all/mode; echo; cat /etc/all/secret/token; echo; cat /etc/all/name")?, "prod\nt0ken\nfiles");
+    // Read-only, as Kubernetes mounts them.
+    assert!(sh("touch /etc/all/x 2>&1 || echo refused")?.contains("refused"));
+    Ok(())
+}

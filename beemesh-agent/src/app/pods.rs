@@ -839,7 +839,13 @@ impl Agent {
             let _ = crate::sys::tree::remove_tree(&layout.dir);
             return Err(e);
         }
-        if let Err(e) = layout.prepare_volumes(&entry.plan, &self.pods, ids, &self.security_rules()) {
+        if let Err(e) = layout.prepare_volumes(
+            &entry.record.manifest,
+            &entry.plan,
+            &self.pods,
+            ids,
+            &self.security_rules(),
+        ) {
             entry.sandbox = Sandbox::Failed(e.to_string());
             self.pods.entries.insert(workload, entry);
             return Ok(());

@@ -256,9 +256,42 @@ const SERVICE: &[&str] = &[
     "spec.ports[].nodePort",
 ];
 
+/// A downward API file's fields (a `downwardAPI` volume's or projection's items).
+const DOWNWARD_ITEM: &[&str] = &[
+    "path",
+    "mode",
+    "fieldRef.fieldPath",
+    "fieldRef.apiVersion",
+    "resourceFieldRef.containerName",
+    "resourceFieldRef.resource",
+    "resourceFieldRef.divisor",
+];
+
+/// `downwardAPI` and `projected` volumes.
+fn file_volumes() -> Vec<String> {
+    let mut v = vec![
+        "spec.volumes[].downwardAPI.defaultMode".to_owned(),
+        "spec.volumes[].projected.defaultMode".into(),
+    ];
+    for base in ["spec.volumes[].downwardAPI", "spec.volumes[].projected.sources[].downwardAPI"] {
+        v.extend(DOWNWARD_ITEM.iter().map(|f| format!("{base}.items[].{f}")));
+    }
+    let source = "spec.volumes[].projected.sources[]";
+    for kind in ["configMap", "secret"] {
+        v.extend(
+            ["name", "optional", "items[].key", "items[].path", "items[].mode"]
+                .map(|f| format!("{source}.{kind}.{f}")),
+        );
+    }
+    // Accepted only to be refused with the reason (`validate_projection`).
+    v.extend(["audience", "expirationSeconds", "path"].map(|f| format!("{source}.serviceAccountToken.{f}")));
+    v
+}
+
 /// A Pod's `spec.*` patterns: the pod-level fields and every container's.
 fn pod_spec() -> Vec<String> {
     let mut v: Vec<String> = POD_SPEC.iter().map(|s| s.to_string()).collect();
+    v.extend(file_volumes());
     v.extend(scheduling());
     for list in ["spec.containers[]", "spec.initContainers[]"] {
         v.extend(CONTAINER.iter().map(|f| format!("{list}.{f}")));
@@ -470,13 +503,29 @@ pub(super) fn validate_pod(pod: &Pod, prefix: &str, claims: &BTreeSet<String>) -
                 format!("invalid or repeated volume name {:?}", v.name),
             ));
         }
-        let sources =
-            [v.empty_dir.is_some(), v.config_map.is_some(), v.secret.is_some(), v.host_path.is_some()];
+        let sources = [
+            v.empty_dir.is_some(),
+            v.config_map.is_some(),
+            v.secret.is_some(),
+            v.host_path.is_some(),
+            v.downward_api.is_some(),
+            v.projected.is_some(),
+        ];
         if sources.iter().filter(|s| **s).count() != 1 {
             return Err(FieldError::new(
                 field,
-                "a volume needs exactly one of emptyDir, configMap, secret, hostPath",
+                "a volume needs exactly one of emptyDir, configMap, secret, hostPath, downwardAPI, projected",
             ));
+        }
+        if let Some(d) = &v.downward_api {
+            validate_downward_items(
+                d.items.as_deref().unwrap_or_default(),
+                spec,
+                &format!("{field}.downwardAPI"),
+            )?;
+        }
+        for (j, source) in v.projected.iter().flat_map(|p| p.sources.iter().flatten()).enumerate() {
+            validate_projection(source, spec, &format!("{field}.projected.sources[{j}]"))?;
         }
     }
     crate::pod::security::validate(pod, &at)?;
@@ -633,6 +682,111 @@ fn validate_hook(h: &LifecycleHandler, c: &Container, field: &str) -> Result<(),
         ));
     }
     check_named_port(h.http_get.as_ref().map(|h| &h.port), c, field)
+}
+
+/// One source of a projected volume: exactly one of configMap, secret, downwardAPI; a
+/// serviceAccountToken is refused with the reason.
+fn validate_projection(
+    p: &k8s_openapi::api::core::v1::VolumeProjection,
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    field: &str,
+) -> Result<(), FieldError> {
+    if p.service_account_token.is_some() {
+        return Err(FieldError::new(
+            format!("{field}.serviceAccountToken"),
+            "beemesh issues no Kubernetes service account tokens: a pod's identity is its X.509 SVID, \
+             mounted at /var/run/secrets/beemesh.io in every container",
+        ));
+    }
+    if p.cluster_trust_bundle.is_some() {
+        return Err(FieldError::new(format!("{field}.clusterTrustBundle"), "not supported by beemesh"));
+    }
+    let kinds = [p.config_map.is_some(), p.secret.is_some(), p.downward_api.is_some()];
+    if kinds.iter().filter(|k| **k).count() != 1 {
+        return Err(FieldError::new(
+            field,
+            "a projection needs exactly one of configMap, secret, downwardAPI",
+        ));
+    }
+    if let Some(d) = &p.downward_api {
+        validate_downward_items(
+            d.items.as_deref().unwrap_or_default(),
+            spec,
+            &format!("{field}.downwardAPI"),
+        )?;
+    }
+    Ok(())
+}
+
+/// A downward API volume's files: a relative path each, and one of `fieldRef` (the pod's
+/// name, namespace, uid, labels and annotations, whole or by key: what Kubernetes offers in
+/// volumes) or `resourceFieldRef` (of a named container of the pod).
+fn validate_downward_items(
+    items: &[k8s_openapi::api::core::v1::DownwardAPIVolumeFile],
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    field: &str,
+) -> Result<(), FieldError> {
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("{field}.items[{i}]");
+        let p = &item.path;
+        if p.is_empty()
+            || p.starts_with('/')
+            || p.starts_with("..")
+            || p.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(FieldError::new(
+                format!("{at}.path"),
+                format!("{p:?} must be relative, without '.' or '..' components"),
+            ));
+        }
+        match (&item.field_ref, &item.resource_field_ref) {
+            (Some(f), None) => {
+                let path = f.field_path.as_str();
+                let offered = matches!(path, "metadata.labels" | "metadata.annotations")
+                    || matches!(
+                        env_field(path),
+                        Ok(EnvField::Name
+                            | EnvField::Namespace
+                            | EnvField::Uid
+                            | EnvField::Label(_)
+                            | EnvField::Annotation(_))
+                    );
+                if !offered {
+                    return Err(FieldError::new(
+                        format!("{at}.fieldRef.fieldPath"),
+                        format!("{path:?}: a volume offers metadata.name, metadata.namespace, metadata.uid, metadata.labels and metadata.annotations (whole or ['KEY'])"),
+                    )
+                    .at(path.to_owned()));
+                }
+            }
+            (None, Some(r)) => {
+                let name = r.container_name.as_deref().unwrap_or_default();
+                let known = spec
+                    .containers
+                    .iter()
+                    .chain(spec.init_containers.iter().flatten())
+                    .any(|c| c.name == name);
+                if !known {
+                    return Err(FieldError::new(
+                        format!("{at}.resourceFieldRef.containerName"),
+                        format!("{name:?}: a volume's resourceFieldRef must name a container of the pod"),
+                    ));
+                }
+                if !matches!(
+                    r.resource.as_str(),
+                    "limits.cpu" | "limits.memory" | "requests.cpu" | "requests.memory"
+                ) {
+                    return Err(FieldError::new(
+                        format!("{at}.resourceFieldRef.resource"),
+                        format!("{:?}: beemesh offers limits.cpu, limits.memory, requests.cpu and requests.memory", r.resource),
+                    )
+                    .at(r.resource.clone()));
+                }
+            }
+            _ => return Err(FieldError::new(at, "needs exactly one of fieldRef, resourceFieldRef")),
+        }
+    }
+    Ok(())
 }
 
 /// A probe's or hook's port given by name must be one of the container's.

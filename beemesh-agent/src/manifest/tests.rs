@@ -449,3 +449,38 @@ fn lifecycle_hooks_and_startup_probes_are_accepted_and_checked() {
         .replace("exec: {command: [\"true\"]}", "exec: {command: [\"true\"]}\n        successThreshold: 2");
     assert!(err(&liveness).to_string().contains("livenessProbe.successThreshold: must be 1"));
 }
+
+#[test]
+fn downward_api_and_projected_volumes_are_accepted_and_checked() {
+    let with = |volume: &str| POD.replace("    - name: conf\n", &format!("{volume}    - name: conf\n"));
+    let good = with(
+        "    - name: info\n      downwardAPI:\n        items:\n          - {path: labels, fieldRef: {fieldPath: metadata.labels}}\n          \
+         - {path: cpu, resourceFieldRef: {containerName: app, resource: limits.cpu, divisor: 1m}}\n    \
+         - name: all\n      projected:\n        defaultMode: 0o440\n        sources:\n          - configMap: {name: web-conf}\n          \
+         - secret: {name: web-secret, items: [{key: password, path: pw}]}\n          \
+         - downwardAPI: {items: [{path: ns, fieldRef: {fieldPath: metadata.namespace}}]}\n",
+    );
+    assert!(parse("m.yaml", &good).is_ok(), "{:?}", parse("m.yaml", &good).err());
+    let refused = |volume: &str| err(&with(volume)).to_string();
+    let msg = refused("    - name: info\n      downwardAPI: {items: [{path: node, fieldRef: {fieldPath: spec.nodeName}}]}\n");
+    assert!(
+        msg.contains(
+            "spec.volumes[1].downwardAPI.items[0].fieldRef.fieldPath: \"spec.nodeName\": a volume offers"
+        ),
+        "{msg}"
+    );
+    let msg = refused("    - name: info\n      downwardAPI: {items: [{path: ../x, fieldRef: {fieldPath: metadata.name}}]}\n");
+    assert!(msg.contains("downwardAPI.items[0].path: \"../x\" must be relative"), "{msg}");
+    let msg = refused("    - name: info\n      downwardAPI: {items: [{path: cpu, resourceFieldRef: {resource: limits.cpu}}]}\n");
+    assert!(
+        msg.contains(
+            "resourceFieldRef.containerName: \"\": a volume's resourceFieldRef must name a container"
+        ),
+        "{msg}"
+    );
+    let msg = refused("    - name: token\n      projected: {sources: [{serviceAccountToken: {path: token, expirationSeconds: 3600}}]}\n");
+    assert!(
+        msg.contains("spec.volumes[1].projected.sources[0].serviceAccountToken: beemesh issues no Kubernetes service account tokens"),
+        "{msg}"
+    );
+}

@@ -250,12 +250,14 @@ impl Layout {
         Ok(())
     }
 
-    /// Writes the pod's volumes: emptyDir directories, configMap and secret files (all the
+    /// Writes the pod's volumes: emptyDir directories, configMap, secret, downwardAPI and
+    /// projected files (all the
     /// pod's root's, group-owned by the pod's fsGroup if it has one); checks hostPath volumes
     /// against the agent's `rules` (again: a link may have changed since apply) and by their
     /// type (their files keep their host owners: ids outside the pod's range show as `nobody`).
     pub fn prepare_volumes(
         &self,
+        pod: &k8s_openapi::api::core::v1::Pod,
         plan: &PodPlan,
         objects: &dyn Objects,
         ids: IdMap,
@@ -275,9 +277,14 @@ impl Layout {
                         group_own(&dir, host_gid(ids, gid)?, true)?;
                     }
                 }
-                VolumePlan::ConfigMap { .. } | VolumePlan::Secret { .. } => {
-                    let files = super::spec::volume_files(&plan.namespace, name, volume, objects)
-                        .map_err(|e| bad(e.to_string()))?;
+                VolumePlan::ConfigMap { .. } | VolumePlan::Secret { .. } | VolumePlan::Projected { .. } => {
+                    let files = match volume {
+                        VolumePlan::Projected { sources, default_mode } => {
+                            super::spec::projected_files(pod, name, sources, *default_mode, objects)
+                        }
+                        _ => super::spec::volume_files(&plan.namespace, name, volume, objects),
+                    }
+                    .map_err(|e| bad(e.to_string()))?;
                     crate::sys::tree::remove_tree(&dir).map_err(io_err("clear", &dir))?;
                     std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
                     for f in files {

@@ -9,8 +9,8 @@ use std::fmt;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, EnvVarSource, ExecAction, HTTPGetAction, LifecycleHandler, Pod, Probe, Secret,
-    TCPSocketAction, Volume,
+    ConfigMap, Container, DownwardAPIVolumeFile, EnvVarSource, ExecAction, HTTPGetAction, LifecycleHandler,
+    Pod, Probe, ResourceFieldSelector, Secret, TCPSocketAction, Volume,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -50,6 +50,14 @@ pub fn references(pod: &Pod) -> BTreeSet<(ObjectKind, String)> {
         }
         if let Some(name) = v.secret.as_ref().and_then(|s| s.secret_name.clone()) {
             refs.insert((ObjectKind::Secret, name));
+        }
+        for source in v.projected.iter().flat_map(|p| p.sources.iter().flatten()) {
+            if let Some(c) = &source.config_map {
+                refs.insert((ObjectKind::ConfigMap, c.name.clone()));
+            }
+            if let Some(c) = &source.secret {
+                refs.insert((ObjectKind::Secret, c.name.clone()));
+            }
         }
     }
     let containers = spec.init_containers.iter().flatten().chain(&spec.containers);
@@ -203,6 +211,34 @@ pub enum VolumePlan {
     /// A claim's local volume on this host (`<state-dir>/volumes/<namespace>/<claim>`): kept
     /// when the pod goes, found again by the next pod of the same claim here.
     Claim { claim: String },
+    /// Files from several sources in one directory (`projected`; a `downwardAPI` volume is
+    /// one downward source): `projected_files`.
+    Projected { sources: Vec<Projection>, default_mode: u32 },
+}
+
+/// One source of a projected volume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Projection {
+    ConfigMap { name: String, items: Option<Vec<KeyToPath>>, optional: bool },
+    Secret { name: String, items: Option<Vec<KeyToPath>>, optional: bool },
+    Downward(Vec<DownwardFile>),
+}
+
+/// One file of the downward API in a volume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DownwardFile {
+    pub path: String,
+    pub source: DownwardSource,
+    pub mode: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DownwardSource {
+    /// A `fieldRef` path: metadata.name, namespace, uid, labels, annotations (whole maps, or
+    /// one key).
+    Field(String),
+    /// A `resourceFieldRef` of a named container (`divisor`: the quantity as written).
+    Resource { container: String, resource: String, divisor: Option<String> },
 }
 
 /// One key of a configMap/secret volume, written at `path` (relative to the volume).
@@ -394,6 +430,51 @@ fn volume(v: &Volume) -> Option<VolumePlan> {
     if let Some(c) = &v.persistent_volume_claim {
         return Some(VolumePlan::Claim { claim: c.claim_name.clone() });
     }
+    let downward = |items: &Option<Vec<DownwardAPIVolumeFile>>| {
+        let file = |f: &DownwardAPIVolumeFile| {
+            let source = match (&f.field_ref, &f.resource_field_ref) {
+                (Some(r), _) => DownwardSource::Field(r.field_path.clone()),
+                (None, Some(r)) => DownwardSource::Resource {
+                    container: r.container_name.clone().unwrap_or_default(),
+                    resource: r.resource.clone(),
+                    divisor: r.divisor.as_ref().map(|q| q.0.clone()),
+                },
+                (None, None) => return None,
+            };
+            Some(DownwardFile { path: f.path.clone(), source, mode: f.mode.map(mode) })
+        };
+        Projection::Downward(items.iter().flatten().filter_map(file).collect())
+    };
+    if let Some(d) = &v.downward_api {
+        let default_mode = d.default_mode.map_or(DEFAULT_MODE, mode);
+        return Some(VolumePlan::Projected { sources: vec![downward(&d.items)], default_mode });
+    }
+    if let Some(p) = &v.projected {
+        // (A serviceAccountToken source is refused at apply.)
+        let sources = (p.sources.iter().flatten())
+            .filter_map(|s| {
+                if let Some(c) = &s.config_map {
+                    return Some(Projection::ConfigMap {
+                        name: c.name.clone(),
+                        items: items(&c.items),
+                        optional: c.optional == Some(true),
+                    });
+                }
+                if let Some(c) = &s.secret {
+                    return Some(Projection::Secret {
+                        name: c.name.clone(),
+                        items: items(&c.items),
+                        optional: c.optional == Some(true),
+                    });
+                }
+                s.downward_api.as_ref().map(|d| downward(&d.items))
+            })
+            .collect();
+        return Some(VolumePlan::Projected {
+            sources,
+            default_mode: p.default_mode.map_or(DEFAULT_MODE, mode),
+        });
+    }
     if let Some(c) = &v.config_map {
         return Some(VolumePlan::ConfigMap {
             name: c.name.clone(),
@@ -449,9 +530,10 @@ pub fn volume_files(
             let data = objects.secret(namespace, name).map(secret_data);
             (ObjectKind::Secret, name, items, *default_mode, *optional, data)
         }
-        VolumePlan::EmptyDir { .. } | VolumePlan::HostPath { .. } | VolumePlan::Claim { .. } => {
-            return Ok(Vec::new())
-        }
+        VolumePlan::EmptyDir { .. }
+        | VolumePlan::HostPath { .. }
+        | VolumePlan::Claim { .. }
+        | VolumePlan::Projected { .. } => return Ok(Vec::new()),
     };
     let Some(data) = data else {
         if optional {
@@ -484,6 +566,110 @@ pub fn volume_files(
         files.push(VolumeFile { path: path.to_owned(), data: bytes.to_vec(), mode });
     }
     Ok(files)
+}
+
+/// The files of a projected (or downwardAPI) volume of `pod`, source by source: configMap
+/// and secret sources as their volumes' (`volume_files`), downward files with the values the
+/// env's downward API gives (labels and annotations whole as `key="value"` lines, sorted, as
+/// the kubelet writes them). Written once, when the pod starts.
+pub fn projected_files(
+    pod: &Pod,
+    volume: &str,
+    sources: &[Projection],
+    default_mode: u32,
+    objects: &dyn Objects,
+) -> Result<Vec<VolumeFile>, SpecError> {
+    let ns = namespace(pod);
+    let invalid = |field: String, reason: String| SpecError::Invalid {
+        owner: Owner::Volume(volume.to_owned()),
+        field,
+        reason,
+    };
+    let mut files = Vec::new();
+    for source in sources {
+        let (name, items, optional) = match source {
+            Projection::ConfigMap { name, items, optional } => {
+                let plan = VolumePlan::ConfigMap {
+                    name: name.clone(),
+                    items: items.clone(),
+                    default_mode,
+                    optional: *optional,
+                };
+                files.extend(volume_files(ns, volume, &plan, objects)?);
+                continue;
+            }
+            Projection::Secret { name, items, optional } => (name, items, optional),
+            Projection::Downward(list) => {
+                for f in list {
+                    if !is_volume_file(&f.path) {
+                        return Err(invalid(
+                            "path".into(),
+                            format!("{:?} must be relative, without '.' or '..' components", f.path),
+                        ));
+                    }
+                    let value = match &f.source {
+                        DownwardSource::Field(path) => volume_field_value(pod, path).ok_or_else(|| {
+                            invalid(
+                                "fieldRef.fieldPath".into(),
+                                format!("{path:?} is not a field the downward API offers in volumes"),
+                            )
+                        })?,
+                        DownwardSource::Resource { container, resource, divisor } => {
+                            let target = containers(pod).find(|c| &c.name == container).ok_or_else(|| {
+                                invalid(
+                                    "resourceFieldRef.containerName".into(),
+                                    format!("no container {container:?} in the pod"),
+                                )
+                            })?;
+                            let selector = ResourceFieldSelector {
+                                container_name: Some(container.clone()),
+                                resource: resource.clone(),
+                                divisor: divisor
+                                    .clone()
+                                    .map(k8s_openapi::apimachinery::pkg::api::resource::Quantity),
+                            };
+                            resource_value(target, &selector, objects)
+                                .map_err(|(field, e)| invalid(field, e))?
+                        }
+                    };
+                    files.push(VolumeFile {
+                        path: f.path.clone(),
+                        data: value.into_bytes(),
+                        mode: f.mode.unwrap_or(default_mode),
+                    });
+                }
+                continue;
+            }
+        };
+        let plan = VolumePlan::Secret {
+            name: name.clone(),
+            items: items.clone(),
+            default_mode,
+            optional: *optional,
+        };
+        files.extend(volume_files(ns, volume, &plan, objects)?);
+    }
+    Ok(files)
+}
+
+/// Every container of `pod`, init containers first.
+fn containers(pod: &Pod) -> impl Iterator<Item = &Container> {
+    (pod.spec.iter()).flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+}
+
+/// A downward volume file's value: the env's fields of the pod's metadata, or its labels or
+/// annotations whole (`None`: not offered in volumes).
+fn volume_field_value(pod: &Pod, path: &str) -> Option<String> {
+    let format = |map: &Option<BTreeMap<String, String>>| {
+        let lines: Vec<String> = map.iter().flatten().map(|(k, v)| format!("{k}={v:?}")).collect();
+        lines.join("\n")
+    };
+    match path {
+        "metadata.labels" => Some(format(&pod.metadata.labels)),
+        "metadata.annotations" => Some(format(&pod.metadata.annotations)),
+        _ if path.starts_with("metadata.") => field_value(pod, path),
+        _ => None,
+    }
 }
 
 fn config_map_files(c: &ConfigMap) -> BTreeMap<&str, &[u8]> {
@@ -705,25 +891,31 @@ fn downward(
     let Some(r) = &from.resource_field_ref else {
         return Err(invalid("", "needs fieldRef or resourceFieldRef".into()));
     };
-    let spec = pod.spec.as_ref();
     let target = match r.container_name.as_deref().filter(|n| !n.is_empty()) {
         None => c,
-        Some(name) => spec
-            .into_iter()
-            .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
-            .find(|t| t.name == name)
-            .ok_or_else(|| {
-                invalid("resourceFieldRef.containerName", format!("no container {name:?} in the pod"))
-            })?,
+        Some(name) => containers(pod).find(|t| t.name == name).ok_or_else(|| {
+            invalid("resourceFieldRef.containerName", format!("no container {name:?} in the pod"))
+        })?,
     };
-    let field = "resourceFieldRef";
+    resource_value(target, r, objects).map_err(|(field, reason)| invalid(&field, reason))
+}
+
+/// A `resourceFieldRef`'s value for container `target`: its limit (the host's allocatable
+/// when not set) or request (the limit when not set, else 0) of cpu or memory, divided by
+/// `divisor` and rounded up. An error names the selector's field.
+fn resource_value(
+    target: &Container,
+    r: &ResourceFieldSelector,
+    objects: &dyn Objects,
+) -> Result<String, (String, String)> {
+    let field = || "resourceFieldRef".to_owned();
     let (kind, resource) = r
         .resource
         .split_once('.')
         .filter(|(k, r)| matches!(*k, "limits" | "requests") && matches!(*r, "cpu" | "memory"))
         .ok_or_else(|| {
-            invalid(
-                field,
+            (
+                field(),
                 format!(
                     "resource {:?}: limits.cpu, limits.memory, requests.cpu or requests.memory",
                     r.resource
@@ -735,14 +927,14 @@ fn downward(
         list.and_then(|l| l.get(resource)).map(|q| parse(&q.0)).transpose()
     };
     let resources = target.resources.as_ref();
-    let limit = of(resources.and_then(|r| r.limits.as_ref())).map_err(|e| invalid(field, e))?;
+    let limit = of(resources.and_then(|r| r.limits.as_ref())).map_err(|e| (field(), e))?;
     let value = if kind == "limits" {
         match limit {
             Some(v) => v,
             None => {
                 let (cpu, memory) = objects.allocatable().ok_or_else(|| {
-                    invalid(
-                        field,
+                    (
+                        field(),
                         format!(
                             "{} sets no {} and this host's allocatable is unknown",
                             target.name, r.resource
@@ -757,15 +949,16 @@ fn downward(
             }
         }
     } else {
-        of(resources.and_then(|r| r.requests.as_ref())).map_err(|e| invalid(field, e))?.or(limit).unwrap_or(0)
+        of(resources.and_then(|r| r.requests.as_ref())).map_err(|e| (field(), e))?.or(limit).unwrap_or(0)
     };
+    let divisor_field = || "resourceFieldRef.divisor".to_owned();
     let divisor = match &r.divisor {
-        Some(q) => parse(&q.0).map_err(|e| invalid("resourceFieldRef.divisor", e))?,
+        Some(q) => parse(&q.0).map_err(|e| (divisor_field(), e))?,
         None if resource == "cpu" => 1000,
         None => 1,
     };
     if divisor == 0 {
-        return Err(invalid("resourceFieldRef.divisor", "must be more than 0".into()));
+        return Err((divisor_field(), "must be more than 0".into()));
     }
     Ok(value.div_ceil(divisor).to_string())
 }
@@ -918,7 +1111,10 @@ fn mounts(c: &Container, volumes: &BTreeMap<String, VolumePlan>) -> Result<Vec<M
             volume: m.name.clone(),
             target: m.mount_path.clone(),
             read_only: m.read_only == Some(true)
-                || matches!(volume, VolumePlan::ConfigMap { .. } | VolumePlan::Secret { .. }),
+                || matches!(
+                    volume,
+                    VolumePlan::ConfigMap { .. } | VolumePlan::Secret { .. } | VolumePlan::Projected { .. }
+                ),
             sub_path,
         });
     }
@@ -1840,5 +2036,44 @@ spec:
         ] {
             assert_eq!(volume_files("default", "v", &plan, &store()), Ok(vec![]));
         }
+    }
+
+    #[test]
+    fn downward_and_projected_volumes_hold_the_pods_fields_and_objects() {
+        let mut p = pod("apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  labels: {app: web, tier: \"a \\\"b\\\"\"}\n  \
+             annotations: {build: \"7\"}\nspec:\n  volumes:\n  - name: info\n    downwardAPI:\n      defaultMode: 0o600\n      items:\n      \
+             - {path: labels, fieldRef: {fieldPath: metadata.labels}}\n      - {path: meta/name, fieldRef: {fieldPath: metadata.name}, mode: 0o444}\n      \
+             - {path: build, fieldRef: {fieldPath: \"metadata.annotations['build']\"}}\n      \
+             - {path: mem, resourceFieldRef: {containerName: app, resource: limits.memory, divisor: 1Mi}}\n  \
+             - name: all\n    projected:\n      sources:\n      - configMap: {name: cfg, items: [{key: mode, path: mode}]}\n      \
+             - secret: {name: s, items: [{key: token, path: token}]}\n      - downwardAPI: {items: [{path: uid, fieldRef: {fieldPath: metadata.uid}}]}\n  \
+             containers:\n  - name: app\n    image: app:1\n    resources: {limits: {memory: 64Mi}}\n");
+        p.metadata.uid = Some("u-1".into());
+        let refs: Vec<String> = references(&p).into_iter().map(|(k, n)| format!("{k}/{n}")).collect();
+        assert_eq!(refs, ["configmap/cfg", "secret/s"], "a projection's objects are the pod's references");
+        let plan = plan_pod(&p);
+        let files = |name: &str| {
+            let Some(VolumePlan::Projected { sources, default_mode }) = plan.volumes.get(name) else {
+                panic!("{name}: {:?}", plan.volumes.get(name))
+            };
+            projected_files(&p, name, sources, *default_mode, &store()).expect("files")
+        };
+        assert_eq!(
+            files("info"),
+            vec![
+                file("labels", b"app=\"web\"\ntier=\"a \\\"b\\\"\"", 0o600),
+                file("meta/name", b"web", 0o444),
+                file("build", b"7", 0o600),
+                file("mem", b"64", 0o600),
+            ]
+        );
+        assert_eq!(
+            files("all"),
+            vec![
+                file("mode", b"prod", DEFAULT_MODE),
+                file("token", b"abc", DEFAULT_MODE),
+                file("uid", b"u-1", DEFAULT_MODE)
+            ]
+        );
     }
 }
