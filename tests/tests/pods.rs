@@ -1747,8 +1747,39 @@ spec:
     };
     assert_eq!(sh("cat /etc/podinfo/labels")?, "app=\"files\"\ntier=\"back\"");
     assert_eq!(sh("cat /etc/podinfo/build /etc/podinfo/mem")?, "4232");
-    assert_eq!(sh("cat /etc/all/mode; echo; cat /etc/all/secret/token; echo; cat /etc/all/name")?, "prod\nt0ken\nfiles");
+    assert_eq!(
+        sh("cat /etc/all/mode; echo; cat /etc/all/secret/token; echo; cat /etc/all/name")?,
+        "prod\nt0ken\nfiles"
+    );
     // Read-only, as Kubernetes mounts them.
     assert!(sh("touch /etc/all/x 2>&1 || echo refused")?.contains("refused"));
+    Ok(())
+}
+
+#[test]
+fn service_links_give_pods_their_namespaces_services_in_env() -> Result<()> {
+    let agent = Agent::start("podlinks", &[])?;
+    agent.import_busybox("busybox:1")?;
+    agent.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: redis-main}\nspec:\n  selector: {app: redis}\n  ports: [{name: client, port: 6379}]\n",
+    )?;
+    let (ok, out, err) = agent.run_cli(&["get", "services", "redis-main", "-o", "json"], None)?;
+    anyhow::ensure!(ok, "{err}");
+    let svc: serde_json::Value = serde_json::from_str(&out)?;
+    let ip = svc["spec"]["clusterIP"].as_str().unwrap_or_default().to_owned();
+    assert!(ip.starts_with("10."), "{svc}");
+    // Applied after the Service: its containers start with the Service's variables...
+    agent.apply(&shell_pod("linked", "default", "env | grep ^REDIS_MAIN | sort; sleep 3600"))?;
+    // ...unless the pod says not to.
+    let unlinked = shell_pod("unlinked", "default", "env | grep -c ^REDIS_MAIN; sleep 3600")
+        .replace("spec:\n", "spec:\n  enableServiceLinks: false\n");
+    agent.apply(&unlinked)?;
+    let expected = format!(
+        "REDIS_MAIN_PORT=tcp://{ip}:6379\nREDIS_MAIN_PORT_6379_TCP=tcp://{ip}:6379\nREDIS_MAIN_PORT_6379_TCP_ADDR={ip}\n\
+         REDIS_MAIN_PORT_6379_TCP_PORT=6379\nREDIS_MAIN_PORT_6379_TCP_PROTO=tcp\nREDIS_MAIN_SERVICE_HOST={ip}\n\
+         REDIS_MAIN_SERVICE_PORT=6379\nREDIS_MAIN_SERVICE_PORT_CLIENT=6379\n"
+    );
+    assert!(eventually(T, || logs(&agent, "linked", "c") == expected), "{}", logs(&agent, "linked", "c"));
+    assert!(eventually(T, || logs(&agent, "unlinked", "c") == "0\n"), "{}", logs(&agent, "unlinked", "c"));
     Ok(())
 }

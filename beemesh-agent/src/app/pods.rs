@@ -288,6 +288,9 @@ impl spec::Objects for Pods {
     fn allocatable(&self) -> Option<(u64, u64)> {
         Some(self.allocatable)
     }
+    fn services(&self, namespace: &str) -> Vec<&k8s_openapi::api::core::v1::Service> {
+        self.objects.services(namespace)
+    }
 }
 
 impl Agent {

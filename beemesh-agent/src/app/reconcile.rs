@@ -23,6 +23,9 @@ use crate::manifest::Object;
 use crate::pod::spec::{self, ObjectKind};
 
 /// How often the reconciler runs without a change.
+/// The cluster state's kind of Services.
+const SERVICE: &str = "Service";
+
 pub const RESYNC: Duration = Duration::from_secs(10);
 
 /// What the cluster state assigns to this host, as of change `generation`.
@@ -55,12 +58,13 @@ impl Desired {
 
 /// Reads what the state assigns to this host.
 pub async fn desired(cluster: &Cluster) -> Result<Desired, ClusterError> {
-    let (generation, items) = cluster.snapshot(&[POD, POD_STATUS]).await?;
+    let (generation, items) = cluster.snapshot(&[POD, POD_STATUS, SERVICE]).await?;
     let node = cluster.node();
     let mut d = Desired { generation, ..Desired::default() };
     // Where each pod elsewhere is placed (workload, node, uid), and the reports of readiness.
     let mut elsewhere: Vec<(String, String, String)> = Vec::new();
     let mut ready: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut services: Vec<k8s_openapi::api::core::v1::Service> = Vec::new();
     for listed in items {
         let key = &listed.key;
         match key.kind.as_str() {
@@ -76,6 +80,12 @@ pub async fn desired(cluster: &Cluster) -> Result<Desired, ClusterError> {
                     }
                 }
                 Err(e) => warn!(pod = %format!("{}/{}", key.namespace, key.name), error = %e, "pod skipped"),
+            },
+            SERVICE => match serde_json::from_slice(&listed.body) {
+                Ok(svc) => services.push(svc),
+                Err(e) => {
+                    warn!(service = %format!("{}/{}", key.namespace, key.name), error = %e, "service skipped")
+                }
             },
             POD_STATUS => {
                 let Ok(r) = serde_json::from_slice::<PodReport>(&listed.body) else { continue };
@@ -93,6 +103,17 @@ pub async fn desired(cluster: &Cluster) -> Result<Desired, ClusterError> {
         .filter(|(_, node, uid)| ready.contains(&(node.clone(), uid.clone())))
         .map(|(workload, _, _)| workload)
         .collect();
+    // The Services of those pods' namespaces, for their service links (env at container
+    // start, as the kubelet gives them).
+    let linked: BTreeSet<String> = (d.pods.values())
+        .filter(|p| p.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false))
+        .map(|p| p.metadata.namespace.clone().unwrap_or_else(|| "default".into()))
+        .collect();
+    d.objects.extend(
+        (services.into_iter())
+            .filter(|s| linked.contains(s.metadata.namespace.as_deref().unwrap_or("default")))
+            .map(|s| Object::Service(Box::new(s))),
+    );
     // The ConfigMaps and Secrets those pods use (a change to one wakes the reconciler too).
     let mut wanted = BTreeSet::new();
     for pod in d.pods.values() {

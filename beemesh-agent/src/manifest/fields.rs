@@ -105,6 +105,8 @@ const POD_SPEC: &[&str] = &[
     "spec.subdomain",
     "spec.nodeName",
     "spec.shareProcessNamespace",
+    // Service env vars at container start (pod::spec::service_links).
+    "spec.enableServiceLinks",
     // pod::dns: resolv.conf and hosts as the kubelet writes them.
     "spec.dnsPolicy",
     "spec.dnsConfig.nameservers[]",

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, DownwardAPIVolumeFile, EnvVarSource, ExecAction, HTTPGetAction, LifecycleHandler,
-    Pod, Probe, ResourceFieldSelector, Secret, TCPSocketAction, Volume,
+    Pod, Probe, ResourceFieldSelector, Secret, Service, TCPSocketAction, Volume,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -36,6 +36,11 @@ pub trait Objects {
     /// to a limit the container does not set reads, as the kubelet does. `None`: unknown.
     fn allocatable(&self) -> Option<(u64, u64)> {
         None
+    }
+    /// The Services of `namespace` (for service links).
+    fn services(&self, namespace: &str) -> Vec<&Service> {
+        let _ = namespace;
+        Vec::new()
     }
 }
 
@@ -97,6 +102,15 @@ impl Objects for Vec<Object> {
             Object::Secret(s) if o.namespace() == namespace && o.name() == name => Some(&**s),
             _ => None,
         })
+    }
+
+    fn services(&self, namespace: &str) -> Vec<&Service> {
+        (self.iter())
+            .filter_map(|o| match o {
+                Object::Service(s) if o.namespace() == namespace => Some(&**s),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -813,6 +827,13 @@ fn environment(
             env.set(k.to_owned(), v.to_owned());
         }
     }
+    if pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false) {
+        let mut services = objects.services(namespace);
+        services.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        for (k, v) in services.into_iter().flat_map(service_links) {
+            env.set(k, v);
+        }
+    }
     for from in c.env_from.iter().flatten() {
         let prefix = from.prefix.as_deref().unwrap_or_default();
         // Keys that cannot be variable names are skipped, as the kubelet skips invalid ones.
@@ -862,6 +883,42 @@ fn environment(
         env.set(e.name.clone(), value);
     }
     Ok(env)
+}
+
+/// A Service's variables, as the kubelet gives them to the pods of its namespace
+/// (`enableServiceLinks`): `NAME_SERVICE_HOST`, `NAME_SERVICE_PORT` (the first port),
+/// `NAME_SERVICE_PORT_PORTNAME` per named port, and Docker's link variables (`NAME_PORT`,
+/// `NAME_PORT_80_TCP`, `_PROTO`, `_PORT`, `_ADDR`). None for a Service without a cluster IP.
+fn service_links(svc: &Service) -> Vec<(String, String)> {
+    let var = |s: &str| s.to_ascii_uppercase().replace('-', "_");
+    let Some(spec) = svc.spec.as_ref() else { return Vec::new() };
+    let Some(ip) = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty() && *ip != "None") else {
+        return Vec::new();
+    };
+    let name = var(svc.metadata.name.as_deref().unwrap_or_default());
+    let ports = spec.ports.as_deref().unwrap_or_default();
+    let mut out = vec![(format!("{name}_SERVICE_HOST"), ip.to_owned())];
+    if let Some(first) = ports.first() {
+        out.push((format!("{name}_SERVICE_PORT"), first.port.to_string()));
+    }
+    for p in ports {
+        if let Some(port_name) = p.name.as_deref().filter(|n| !n.is_empty()) {
+            out.push((format!("{name}_SERVICE_PORT_{}", var(port_name)), p.port.to_string()));
+        }
+    }
+    for (i, p) in ports.iter().enumerate() {
+        let proto = p.protocol.as_deref().unwrap_or("TCP");
+        let url = format!("{}://{ip}:{}", proto.to_ascii_lowercase(), p.port);
+        if i == 0 {
+            out.push((format!("{name}_PORT"), url.clone()));
+        }
+        let prefix = format!("{name}_PORT_{}_{}", p.port, proto.to_ascii_uppercase());
+        out.push((prefix.clone(), url));
+        out.push((format!("{prefix}_PROTO"), proto.to_ascii_lowercase()));
+        out.push((format!("{prefix}_PORT"), p.port.to_string()));
+        out.push((format!("{prefix}_ADDR"), ip.to_owned()));
+    }
+    out
 }
 
 /// The downward API in `env`: a `fieldRef` to the pod's metadata or spec, or a
@@ -2075,5 +2132,55 @@ spec:
                 file("uid", b"u-1", DEFAULT_MODE)
             ]
         );
+    }
+
+    #[test]
+    fn service_links_give_the_namespaces_services_as_the_kubelet_does() {
+        let mut objects = store();
+        objects.extend(
+            crate::manifest::parse(
+                "s.yaml",
+                "apiVersion: v1\nkind: Service\nmetadata: {name: redis-main}\nspec:\n  clusterIP: 10.96.0.7\n  selector: {app: r}\n  \
+                 ports: [{name: client, port: 6379}, {name: dns, port: 53, protocol: UDP}]\n---\napiVersion: v1\nkind: Service\n\
+                 metadata: {name: headless}\nspec: {clusterIP: None, selector: {app: h}, ports: [{port: 80}]}\n---\napiVersion: v1\n\
+                 kind: Service\nmetadata: {name: elsewhere, namespace: other}\nspec: {clusterIP: 10.96.0.8, selector: {app: e}, ports: [{port: 80}]}\n",
+            )
+            .expect("services"),
+        );
+        let env = plan_container(&app(""), "app", &default_image(), &objects).expect("plans").env;
+        let links: Vec<&String> = env
+            .iter()
+            .filter(|e| e.contains("REDIS_MAIN") || e.contains("HEADLESS") || e.contains("ELSEWHERE"))
+            .collect();
+        assert_eq!(
+            links,
+            [
+                "REDIS_MAIN_SERVICE_HOST=10.96.0.7",
+                "REDIS_MAIN_SERVICE_PORT=6379",
+                "REDIS_MAIN_SERVICE_PORT_CLIENT=6379",
+                "REDIS_MAIN_SERVICE_PORT_DNS=53",
+                "REDIS_MAIN_PORT=tcp://10.96.0.7:6379",
+                "REDIS_MAIN_PORT_6379_TCP=tcp://10.96.0.7:6379",
+                "REDIS_MAIN_PORT_6379_TCP_PROTO=tcp",
+                "REDIS_MAIN_PORT_6379_TCP_PORT=6379",
+                "REDIS_MAIN_PORT_6379_TCP_ADDR=10.96.0.7",
+                "REDIS_MAIN_PORT_53_UDP=udp://10.96.0.7:53",
+                "REDIS_MAIN_PORT_53_UDP_PROTO=udp",
+                "REDIS_MAIN_PORT_53_UDP_PORT=53",
+                "REDIS_MAIN_PORT_53_UDP_ADDR=10.96.0.7",
+            ]
+        );
+        // The pod's own variables win; `enableServiceLinks: false` gives none.
+        let own = plan_container(
+            &app("    env: [{name: REDIS_MAIN_SERVICE_HOST, value: mine}]\n"),
+            "app",
+            &default_image(),
+            &objects,
+        );
+        assert!(own.expect("plans").env.contains(&"REDIS_MAIN_SERVICE_HOST=mine".to_owned()));
+        let mut off = app("");
+        off.spec.as_mut().expect("spec").enable_service_links = Some(false);
+        let env = plan_container(&off, "app", &default_image(), &objects).expect("plans").env;
+        assert!(!env.iter().any(|e| e.starts_with("REDIS_MAIN")), "{env:?}");
     }
 }
