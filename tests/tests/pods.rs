@@ -1783,3 +1783,27 @@ fn service_links_give_pods_their_namespaces_services_in_env() -> Result<()> {
     assert!(eventually(T, || logs(&agent, "unlinked", "c") == "0\n"), "{}", logs(&agent, "unlinked", "c"));
     Ok(())
 }
+
+#[test]
+fn a_pod_past_its_active_deadline_is_stopped_for_good_and_failed() -> Result<()> {
+    let agent = Agent::start("poddeadline", &[])?;
+    agent.import_busybox("busybox:1")?;
+    let manifest = shell_pod("brief", "default", "trap 'exit 0' TERM; while true; do sleep 0.1; done")
+        .replace("spec:\n", "spec:\n  activeDeadlineSeconds: 2\n  terminationGracePeriodSeconds: 5\n");
+    agent.apply(&manifest)?;
+    let status = || agent.pod("brief").map(|p| p["status"].clone()).unwrap_or_default();
+    assert!(
+        eventually(T, || {
+            let s = status();
+            s["phase"] == "Failed" && s["reason"] == "DeadlineExceeded" && s["containerStatuses"][0]["state"]["terminated"].is_object()
+        }),
+        "{}",
+        status()
+    );
+    // Stopped for good: the restart policy (Always) does not bring it back.
+    let (ok, _, err) = agent.run_cli(&["wait", "brief", "--timeout", "3"], None)?;
+    assert!(!ok, "ready again: {err}");
+    let s = status();
+    assert!(s["phase"] == "Failed" && s["containerStatuses"][0]["restartCount"] == 0, "{s}");
+    Ok(())
+}

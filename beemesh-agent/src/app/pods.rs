@@ -1271,6 +1271,20 @@ impl Agent {
                 }
                 Sandbox::Ready => {}
             }
+            // `activeDeadlineSeconds`, from the pod's start (wall clock: it holds across agent
+            // restarts): stopped for good, Failed with DeadlineExceeded.
+            let active = entry.record.manifest.spec.as_ref().and_then(|s| s.active_deadline_seconds);
+            if let Some(limit) = active.filter(|_| !entry.deleting && !entry.life.deadline_exceeded()) {
+                let wall_secs = wall.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                if wall_secs >= entry.record.created.saturating_add(limit.max(0).unsigned_abs()) {
+                    info!(pod = %key, seconds = limit, "active deadline exceeded: stopping the pod");
+                    let runs = &entry.runs;
+                    let actions =
+                        entry.life.exceed_deadline(entry.plan.grace, now, |c| has_pre_stop(runs, c));
+                    self.carry_out(&key, actions);
+                    continue;
+                }
+            }
             let actions = entry.life.poll(now);
             if entry.deleting && entry.life.stopped() {
                 finished.push(key.clone());

@@ -100,6 +100,8 @@ const POD_SPEC: &[&str] = &[
     "spec.serviceAccountName",
     "spec.serviceAccount",
     "spec.terminationGracePeriodSeconds",
+    // Counted from the pod's start; then stopped for good, Failed with DeadlineExceeded.
+    "spec.activeDeadlineSeconds",
     "spec.hostname",
     // Names the headless Service whose DNS answers `HOSTNAME.SUBDOMAIN.NS.svc` (app::forward).
     "spec.subdomain",
@@ -473,6 +475,9 @@ pub(super) fn validate_pod(pod: &Pod, prefix: &str, claims: &BTreeSet<String>) -
     }
     check_topology_keys(spec).map_err(|(f, m)| FieldError::new(at(&f), m))?;
     crate::pod::dns::validate(spec).map_err(|(f, m)| FieldError::new(at(&f), m))?;
+    if let Some(d) = spec.active_deadline_seconds.filter(|d| *d <= 0) {
+        return Err(FieldError::new(at("spec.activeDeadlineSeconds"), format!("{d}: must be more than 0")));
+    }
     for sa in [&spec.service_account_name, &spec.service_account].into_iter().flatten() {
         if !is_dns_subdomain(sa) {
             return Err(FieldError::new(

@@ -106,6 +106,8 @@ pub struct Pod {
     deadline_ms: Option<u64>,
     /// Containers whose preStop hook runs (their SIGTERM waits for it).
     pre_stopping: Vec<String>,
+    /// `activeDeadlineSeconds` passed: the pod is stopped for good and Failed.
+    deadline_exceeded: bool,
 }
 
 impl Pod {
@@ -121,7 +123,7 @@ impl Pod {
         };
         let containers =
             init.iter().map(|n| waiting(n, true)).chain(app.iter().map(|n| waiting(n, false))).collect();
-        Self { restart, containers, deadline_ms: None, pre_stopping: Vec::new() }
+        Self { restart, containers, deadline_ms: None, pre_stopping: Vec::new(), deadline_exceeded: false }
     }
 
     fn get(&mut self, name: &str) -> Option<&mut Container> {
@@ -274,6 +276,26 @@ impl Pod {
         actions
     }
 
+    /// The pod's `activeDeadlineSeconds` has passed: it is stopped as a deletion stops it
+    /// ([`Self::terminate`]), nothing starts again, and its phase is Failed
+    /// (`DeadlineExceeded`). Only the first call acts.
+    pub fn exceed_deadline(
+        &mut self,
+        grace: Duration,
+        now: u64,
+        has_pre_stop: impl Fn(&str) -> bool,
+    ) -> Vec<Action> {
+        if self.deadline_exceeded {
+            return Vec::new();
+        }
+        self.deadline_exceeded = true;
+        self.terminate(grace, now, has_pre_stop)
+    }
+
+    pub fn deadline_exceeded(&self) -> bool {
+        self.deadline_exceeded
+    }
+
     /// `name`'s preStop hook has ended (done, failed or cut): SIGTERM, if it still runs
     /// and the grace period is not over (then SIGKILL comes from [`Self::poll`]).
     pub fn pre_stop_done(&mut self, name: &str, now: u64) -> Vec<Action> {
@@ -331,6 +353,9 @@ impl Pod {
 
     /// The pod phase, as Kubernetes computes it.
     pub fn phase(&self) -> Phase {
+        if self.deadline_exceeded {
+            return Phase::Failed;
+        }
         let apps: Vec<&Container> = self.containers.iter().filter(|c| !c.init).collect();
         if !self.inits_done() {
             let init_failed = self.containers.iter().any(|c| {
@@ -514,6 +539,22 @@ mod tests {
         assert_eq!(q.terminate(Duration::from_secs(30), 0, |_| true), vec![Action::PreStop("a".into())]);
         q.exited("a", 0, false, S);
         assert!(q.pre_stop_done("a", 2 * S).is_empty());
+    }
+
+    #[test]
+    fn an_exceeded_deadline_stops_the_pod_for_good_as_failed() {
+        let mut p = Pod::new(RestartPolicy::Always, &[], &["a"]);
+        p.started("a", 0);
+        assert_eq!(
+            p.exceed_deadline(Duration::from_secs(5), 60 * S, |_| false),
+            vec![Action::Term("a".into())]
+        );
+        assert!(p.exceed_deadline(Duration::from_secs(5), 61 * S, |_| false).is_empty(), "once");
+        assert_eq!(p.phase(), Phase::Failed);
+        p.exited("a", 143, false, 62 * S);
+        assert!(p.poll(120 * S).is_empty(), "no restart");
+        assert!(p.stopped() && p.deadline_exceeded());
+        assert_eq!(p.phase(), Phase::Failed);
     }
 
     #[test]

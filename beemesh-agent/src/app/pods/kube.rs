@@ -123,6 +123,10 @@ pub(super) fn pod_object(e: &PodEntry, host: &str) -> serde_json::Value {
         "initContainerStatuses": init.into_iter().map(|(s, _)| s).collect::<Vec<_>>(),
         "containerStatuses": app.into_iter().map(|(s, _)| s).collect::<Vec<_>>(),
     });
+    if e.life.deadline_exceeded() {
+        v["status"]["reason"] = "DeadlineExceeded".into();
+        v["status"]["message"] = "Pod was active on the node longer than the specified deadline".into();
+    }
     if let Sandbox::Failed(message) = &e.sandbox {
         v["status"]["reason"] = "SandboxError".into();
         v["status"]["message"] = message.clone().into();
