@@ -1795,7 +1795,9 @@ fn a_pod_past_its_active_deadline_is_stopped_for_good_and_failed() -> Result<()>
     assert!(
         eventually(T, || {
             let s = status();
-            s["phase"] == "Failed" && s["reason"] == "DeadlineExceeded" && s["containerStatuses"][0]["state"]["terminated"].is_object()
+            s["phase"] == "Failed"
+                && s["reason"] == "DeadlineExceeded"
+                && s["containerStatuses"][0]["state"]["terminated"].is_object()
         }),
         "{}",
         status()
@@ -1805,5 +1807,43 @@ fn a_pod_past_its_active_deadline_is_stopped_for_good_and_failed() -> Result<()>
     assert!(!ok, "ready again: {err}");
     let s = status();
     assert!(s["phase"] == "Failed" && s["containerStatuses"][0]["restartCount"] == 0, "{s}");
+    Ok(())
+}
+
+#[test]
+fn termination_messages_come_from_the_file_or_the_logs_tail() -> Result<()> {
+    let agent = Agent::start("podmsg", &[])?;
+    agent.import_busybox("busybox:1")?;
+    let pod = |name: &str, extra: &str, script: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  restartPolicy: Never\n  containers:\n  \
+             - name: c\n    image: busybox:1\n    command: [sh, -c, {script:?}]\n{extra}"
+        )
+    };
+    agent.apply(&pod("file", "", "echo done-well > /dev/termination-log; exit 3"))?;
+    agent.apply(&pod(
+        "fallback",
+        "    terminationMessagePolicy: FallbackToLogsOnError\n",
+        "echo line1; echo line2; exit 1",
+    ))?;
+    // Another path, written by a user that is not root.
+    agent.apply(&pod(
+        "custom",
+        "    terminationMessagePath: /tmp/why\n    securityContext: {runAsUser: 1000}\n",
+        "echo custom > /tmp/why",
+    ))?;
+    let terminated = |name: &str| {
+        agent.pod(name).map(|p| p["status"]["containerStatuses"][0]["state"]["terminated"].clone()).unwrap_or_default()
+    };
+    for (name, code, message) in [("file", 3, "done-well\n"), ("fallback", 1, "line1\nline2"), ("custom", 0, "custom\n")] {
+        assert!(
+            eventually(T, || {
+                let t = terminated(name);
+                t["exitCode"] == code && t["message"] == message
+            }),
+            "{name}: {}",
+            terminated(name)
+        );
+    }
     Ok(())
 }

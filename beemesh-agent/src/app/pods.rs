@@ -124,6 +124,8 @@ struct Run {
     ready: bool,
     /// postStart and the startup probe are through (`containerStatuses[].started`).
     started: bool,
+    /// The last run's termination message (`terminated.message`).
+    exit_message: Option<String>,
     plan: Option<ContainerPlan>,
     cgroups: Vec<PathBuf>,
     message: Option<String>,
@@ -1110,6 +1112,7 @@ impl Agent {
                     p.abort();
                 }
                 if fresh {
+                    r.exit_message = r.plan.as_ref().and_then(|p| entry.layout.termination_message(p, code));
                     let oom = signal == Some(libc::SIGKILL) && limits.oom_killed(workload, &name);
                     entry.life.exited(&name, code, oom, now);
                     info!(pod = %workload, container = %name, code, oom, "container exited");

@@ -23,6 +23,8 @@ const CONTAINER: &[&str] = &[
     "command[]",
     "args[]",
     "workingDir",
+    "terminationMessagePath",
+    "terminationMessagePolicy",
     "env[].name",
     "env[].value",
     "env[].valueFrom.configMapKeyRef.name",
@@ -561,6 +563,22 @@ pub(super) fn validate_pod(pod: &Pod, prefix: &str, claims: &BTreeSet<String>) -
 fn validate_container(c: &Container, field: &str, volumes: &BTreeSet<&str>) -> Result<(), FieldError> {
     if c.image.as_deref().is_none_or(str::is_empty) {
         return Err(FieldError::new(format!("{field}.image"), "a container needs an image"));
+    }
+    if let Some(p) = c.termination_message_path.as_deref().filter(|p| !p.starts_with('/') || p.contains('\0'))
+    {
+        return Err(FieldError::new(
+            format!("{field}.terminationMessagePath"),
+            format!("{p:?} must be an absolute path"),
+        ));
+    }
+    if let Some(p) =
+        c.termination_message_policy.as_deref().filter(|p| !matches!(*p, "File" | "FallbackToLogsOnError"))
+    {
+        return Err(FieldError::new(
+            format!("{field}.terminationMessagePolicy"),
+            format!("{p:?}: expected File or FallbackToLogsOnError"),
+        )
+        .at(p.to_owned()));
     }
     for (kind, list) in [
         ("requests", c.resources.as_ref().and_then(|r| r.requests.as_ref())),

@@ -104,6 +104,45 @@ fn claim_for_pod(dir: &Path, ids: IdMap) -> Result<(), SandboxError> {
     Ok(())
 }
 
+/// The kubelet's bounds on a termination message: from the file, and from the log.
+const TERMINATION_MESSAGE_MAX: u64 = 4096;
+const LOG_FALLBACK_MAX: u64 = 2048;
+const LOG_FALLBACK_LINES: usize = 80;
+
+/// Opens a file the pod may have written without following a link or blocking on a FIFO.
+fn open_plain(path: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    file.metadata().ok().filter(std::fs::Metadata::is_file).map(|_| file)
+}
+
+/// The first `max` bytes of `path` (nothing if it cannot be read).
+fn read_head(path: &Path, max: u64) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    if let Some(f) = open_plain(path) {
+        let _ = f.take(max).read_to_end(&mut out);
+    }
+    out
+}
+
+/// The last `max` bytes of `path` (nothing if it cannot be read).
+fn read_tail(path: &Path, max: u64) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut out = Vec::new();
+    if let Some(mut f) = open_plain(path) {
+        let len = f.metadata().map_or(0, |m| m.len());
+        if f.seek(SeekFrom::Start(len.saturating_sub(max))).is_ok() {
+            let _ = f.take(max).read_to_end(&mut out);
+        }
+    }
+    out
+}
+
 /// Every directory above `dir` must let other users through (search permission): a pod's
 /// processes (host ids of its own range) open the container root, logs and volumes by path.
 fn check_reachable(dir: &Path) -> Result<(), SandboxError> {
@@ -149,6 +188,29 @@ impl Layout {
         self.dir.join("logs").join(format!("{container}.log.1"))
     }
     /// The log of the container's previous run (`logs --previous`).
+    /// The file bound at the container's `terminationMessagePath`, new for every run.
+    pub fn termination_file(&self, container: &str) -> PathBuf {
+        self.dir.join("termination").join(container)
+    }
+
+    /// A run's termination message, as the kubelet reads it: at most 4 KiB of what the
+    /// container left in its termination file; when that is empty, the run failed and
+    /// `from_logs` (`FallbackToLogsOnError`), the last 80 lines (at most 2 KiB) of its log.
+    pub fn termination_message(&self, plan: &ContainerPlan, exit_code: i32) -> Option<String> {
+        let message = read_head(&self.termination_file(&plan.name), TERMINATION_MESSAGE_MAX);
+        if !message.is_empty() {
+            return Some(String::from_utf8_lossy(&message).into_owned());
+        }
+        if !plan.termination_message_from_logs || exit_code == 0 {
+            return None;
+        }
+        let tail = read_tail(&self.log(&plan.name), LOG_FALLBACK_MAX);
+        let text = String::from_utf8_lossy(&tail);
+        let lines: Vec<&str> = text.lines().collect();
+        let kept = lines[lines.len().saturating_sub(LOG_FALLBACK_LINES)..].join("\n");
+        (!kept.is_empty()).then_some(kept)
+    }
+
     pub fn previous_log(&self, container: &str) -> PathBuf {
         self.dir.join("logs").join(format!("{container}.previous.log"))
     }
@@ -403,6 +465,26 @@ impl Layout {
                 }),
             }
         }
+        // A fresh termination file for this run, writable by any user of the pod (as the
+        // kubelet makes it), bound over whatever the volumes put at its path.
+        let termination = self.termination_file(&plan.name);
+        if let Some(dir) = termination.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        }
+        let _ = std::fs::remove_file(&termination);
+        std::fs::write(&termination, b"").map_err(io_err("write", &termination))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&termination, std::fs::Permissions::from_mode(0o666))
+                .map_err(io_err("chmod", &termination))?;
+        }
+        mounts.push(BindMount {
+            source: termination,
+            target: plan.termination_message_path.clone(),
+            read_only: false,
+            sub_path: None,
+            from_fd: false,
+        });
         let user_err = |reason: String| SandboxError::Volume { volume: "(image user)".into(), reason };
         let (image_uid, image_gid) = resolve_user(rootfs, &plan.user).map_err(user_err)?;
         let sec = &plan.security;

@@ -312,6 +312,12 @@ pub struct ContainerPlan {
     pub post_start: Option<Hook>,
     /// `lifecycle.preStop`: run at deletion before SIGTERM, inside the grace period.
     pub pre_stop: Option<Hook>,
+    /// `terminationMessagePath` (default `/dev/termination-log`): a file the container may
+    /// write; what it holds when the container ends is its terminated state's message.
+    pub termination_message_path: String,
+    /// `terminationMessagePolicy: FallbackToLogsOnError`: an empty message of a failed run
+    /// is the tail of its log.
+    pub termination_message_from_logs: bool,
     /// User, groups, capabilities, seccomp... from the pod's and the container's
     /// `securityContext`.
     pub security: SecurityPlan,
@@ -340,6 +346,9 @@ pub struct ProbePlan {
     /// Consecutive failures that make it unready (readiness) or restart it (liveness).
     pub failure_threshold: u32,
 }
+
+/// Where a container may leave its termination message, unless it says otherwise.
+pub const DEFAULT_TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
 
 /// A lifecycle hook: a probe's exec or httpGet action, or a pause.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -778,6 +787,13 @@ pub fn plan_container(
         startup,
         post_start,
         pre_stop,
+        termination_message_path: c
+            .termination_message_path
+            .clone()
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| DEFAULT_TERMINATION_MESSAGE_PATH.to_owned()),
+        termination_message_from_logs: c.termination_message_policy.as_deref()
+            == Some("FallbackToLogsOnError"),
         security: super::security::plan(spec.security_context.as_ref(), c),
     })
 }

@@ -84,7 +84,11 @@ pub(super) fn pod_object(e: &PodEntry, host: &str) -> serde_json::Value {
                     "message": run.and_then(|r| r.message.clone()).unwrap_or_default(),
                 }}),
                 State::Terminated { exit_code, reason } => {
-                    serde_json::json!({"terminated": {"exitCode": exit_code, "reason": reason}})
+                    let mut t = serde_json::json!({"exitCode": exit_code, "reason": reason});
+                    if let Some(m) = run.and_then(|r| r.exit_message.as_ref()) {
+                        t["message"] = m.clone().into();
+                    }
+                    serde_json::json!({ "terminated": t })
                 }
             };
             let mut s = serde_json::json!({
@@ -98,6 +102,9 @@ pub(super) fn pod_object(e: &PodEntry, host: &str) -> serde_json::Value {
             });
             if let Some((code, reason)) = &c.last_exit {
                 s["lastState"] = serde_json::json!({"terminated": {"exitCode": code, "reason": reason}});
+                if let (Some(m), false) = (run.and_then(|r| r.exit_message.as_ref()), matches!(c.state, State::Terminated { .. })) {
+                    s["lastState"]["terminated"]["message"] = m.clone().into();
+                }
             }
             s
         })
