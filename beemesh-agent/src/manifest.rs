@@ -13,7 +13,7 @@ mod tests;
 mod workloads;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::de::DeserializeOwned;
 
@@ -39,6 +39,7 @@ pub enum Object {
     StatefulSet(Box<StatefulSet>),
     ReplicaSet(Box<ReplicaSet>),
     DaemonSet(Box<DaemonSet>),
+    ServiceAccount(Box<ServiceAccount>),
 }
 
 impl Object {
@@ -54,6 +55,7 @@ impl Object {
             Object::StatefulSet(_) => "StatefulSet",
             Object::ReplicaSet(_) => "ReplicaSet",
             Object::DaemonSet(_) => "DaemonSet",
+            Object::ServiceAccount(_) => "ServiceAccount",
         }
     }
 
@@ -69,6 +71,7 @@ impl Object {
             Object::StatefulSet(s) => &s.metadata,
             Object::ReplicaSet(r) => &r.metadata,
             Object::DaemonSet(d) => &d.metadata,
+            Object::ServiceAccount(a) => &a.metadata,
         }
     }
 
@@ -128,7 +131,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<Object>, ManifestError> {
 
 /// Adds `doc`'s objects to `out`, or its errors to `errors`.
 fn parse_document(file: &str, doc: &Document<'_>, out: &mut Vec<Object>, errors: &mut Vec<ManifestError>) {
-    let value: serde_yaml::Value = match serde_yaml::from_str(&doc.text) {
+    let mut value: serde_yaml::Value = match serde_yaml::from_str(&doc.text) {
         Ok(v) => v,
         Err(e) => {
             return errors.push(ManifestError::Syntax {
@@ -141,6 +144,7 @@ fn parse_document(file: &str, doc: &Document<'_>, out: &mut Vec<Object>, errors:
     if value.is_null() {
         return;
     }
+    octal_modes(&mut value, false);
     let invalid = |e: FieldError| ManifestError::Invalid {
         file: file.to_owned(),
         line: doc.first_line + find_line(&doc.text, &e.field, e.needle.as_deref()),
@@ -222,6 +226,7 @@ fn object(value: &serde_yaml::Value, prefix: &str) -> Result<Object, ObjectError
             "Deployment" => Object::Deployment(Box::new(strict(v, prefix)?)),
             "ReplicaSet" => Object::ReplicaSet(Box::new(strict(v, prefix)?)),
             "DaemonSet" => Object::DaemonSet(Box::new(strict(v, prefix)?)),
+            "ServiceAccount" => Object::ServiceAccount(Box::new(strict(v, prefix)?)),
             _ => Object::StatefulSet(Box::new(strict(v, prefix)?)),
         })
     };
@@ -281,6 +286,34 @@ fn byte_values(value: &serde_yaml::Value, kind: &str, prefix: &str) -> Vec<Field
     out
 }
 
+/// File modes written in octal (`defaultMode: 0440`, as YAML 1.1 and so kubectl read them;
+/// YAML 1.2 takes `0440` for a string) become numbers: only `mode` and `defaultMode` keys
+/// inside a `volumes` list, where every such field is an integer.
+fn octal_modes(value: &mut serde_yaml::Value, in_volumes: bool) {
+    use serde_yaml::Value;
+    match value {
+        Value::Mapping(map) => {
+            for (k, v) in map.iter_mut() {
+                let key = k.as_str().unwrap_or_default();
+                if in_volumes && matches!(key, "mode" | "defaultMode") {
+                    if let Some(n) = v
+                        .as_str()
+                        .and_then(|t| t.strip_prefix("0o").or_else(|| t.strip_prefix('0')))
+                        .filter(|digits| !digits.is_empty())
+                        .and_then(|digits| i64::from_str_radix(digits, 8).ok())
+                    {
+                        *v = Value::Number(n.into());
+                    }
+                    continue;
+                }
+                octal_modes(v, in_volumes || key == "volumes");
+            }
+        }
+        Value::Sequence(items) => items.iter_mut().for_each(|v| octal_modes(v, in_volumes)),
+        _ => {}
+    }
+}
+
 /// Checks what the types cannot: names, required fields, references inside the object.
 fn validate(object: &Object, prefix: &str) -> Result<(), FieldError> {
     let name = object.name();
@@ -323,7 +356,7 @@ fn validate(object: &Object, prefix: &str) -> Result<(), FieldError> {
         Object::StatefulSet(s) => workloads::validate_stateful_set(s, prefix)?,
         Object::ReplicaSet(r) => workloads::validate_replica_set(r, prefix)?,
         Object::DaemonSet(d) => workloads::validate_daemon_set(d, prefix)?,
-        Object::ConfigMap(_) | Object::Secret(_) | Object::Namespace(_) => {}
+        Object::ConfigMap(_) | Object::Secret(_) | Object::Namespace(_) | Object::ServiceAccount(_) => {}
     }
     Ok(())
 }

@@ -86,6 +86,13 @@ spec:
   podSelector: {matchLabels: {app: web}}
   ingress:
     - from: [{podSelector: {matchLabels: {app: front}}}]
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: web
+  namespace: shop
+automountServiceAccountToken: false
 ";
 
 #[test]
@@ -147,6 +154,7 @@ fn kinds_applied_on_one_host_are_listed_and_deleted_from_the_other() -> Result<(
             "configmap/web-conf created (held by h2)",
             "deployment.apps/web created (held by h2)",
             "networkpolicy.networking.k8s.io/web-in created (held by h2)",
+            "serviceaccount/web created (held by h2)",
         ],
         "{out}"
     );
@@ -155,7 +163,8 @@ fn kinds_applied_on_one_host_are_listed_and_deleted_from_the_other() -> Result<(
     ensure!(
         eventually(T, || listed(b, "deployments") == ["shop/web"]
             && listed(b, "svc") == ["default/web"]
-            && listed(b, "netpol") == ["shop/web-in"]),
+            && listed(b, "netpol") == ["shop/web-in"]
+            && listed(b, "sa") == ["shop/web"]),
         "not listed on h2: {:?} {:?} {:?}\n{}",
         listed(b, "deployments"),
         listed(b, "services"),
@@ -252,6 +261,7 @@ fn kinds_applied_on_one_host_are_listed_and_deleted_from_the_other() -> Result<(
         eventually(T, || listed(a, "deployments").is_empty()
             && listed(a, "services").is_empty()
             && listed(a, "networkpolicies").is_empty()
+            && listed(a, "serviceaccounts").is_empty()
             && listed(a, "cm") == ["default/canary"]),
         "not deleted on h1:\n{}",
         a.log()

@@ -1833,9 +1833,14 @@ fn termination_messages_come_from_the_file_or_the_logs_tail() -> Result<()> {
         "echo custom > /tmp/why",
     ))?;
     let terminated = |name: &str| {
-        agent.pod(name).map(|p| p["status"]["containerStatuses"][0]["state"]["terminated"].clone()).unwrap_or_default()
+        agent
+            .pod(name)
+            .map(|p| p["status"]["containerStatuses"][0]["state"]["terminated"].clone())
+            .unwrap_or_default()
     };
-    for (name, code, message) in [("file", 3, "done-well\n"), ("fallback", 1, "line1\nline2"), ("custom", 0, "custom\n")] {
+    for (name, code, message) in
+        [("file", 3, "done-well\n"), ("fallback", 1, "line1\nline2"), ("custom", 0, "custom\n")]
+    {
         assert!(
             eventually(T, || {
                 let t = terminated(name);

@@ -536,14 +536,14 @@ fn pod_addresses(
 }
 
 /// The mesh's DNS names: Services by their cluster IP, headless ones by their ready pods'
-/// addresses, and pods with `hostname` and `subdomain` naming a headless Service by theirs.
+/// addresses (every running one's with `publishNotReadyAddresses`), and pods with `hostname` and `subdomain` naming a headless Service by theirs.
 fn dns_records(
     services: &[(String, String, Service)],
     pods: &[Pod],
     reports: &BTreeMap<String, cluster_pods::PodReport>,
     addr_of: &HashMap<String, Ipv4Addr>,
 ) -> dns::Records {
-    let ready: Vec<&Pod> = pods.iter().filter(|p| endpoints::is_ready(p, reports)).collect();
+    let (ready, running) = endpoints::candidates(pods, reports);
     let addr = |p: &Pod| p.metadata.uid.as_deref().and_then(|u| addr_of.get(u)).copied();
     let mut records = dns::Records::default();
     for (namespace, name, svc) in services {
@@ -551,7 +551,8 @@ fn dns_records(
         if let Some(ip) = super::services::cluster_ip(svc) {
             records.add_service(namespace, name, vec![Ipv4Addr::from(ip)]);
         } else if headless {
-            let selected = endpoints::selected(svc, namespace, &ready);
+            let pool = if endpoints::publishes_not_ready(svc) { &running } else { &ready };
+            let selected = endpoints::selected(svc, namespace, pool);
             let mut addrs: Vec<Ipv4Addr> = selected.iter().filter_map(|p| addr(p)).collect();
             addrs.sort();
             records.add_service(namespace, name, addrs);

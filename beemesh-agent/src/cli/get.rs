@@ -77,6 +77,9 @@ pub enum GetCommand {
     /// STORAGECLASS AGE.
     #[command(alias = "persistentvolumeclaim", alias = "pvc")]
     Persistentvolumeclaims(Selector),
+    /// ServiceAccounts (each the identity of the pods that name it): NAME AGE.
+    #[command(alias = "serviceaccount", alias = "sa")]
+    Serviceaccounts(Selector),
     /// Nodes of the mesh (their Node records): NAME STATUS ROLES AGE VERSION.
     #[command(alias = "node", alias = "no")]
     Nodes(super::nodes::NodesArgs),
@@ -99,6 +102,7 @@ pub async fn get(socket: &Path, cmd: GetCommand) -> ExitCode {
         GetCommand::Replicasets(s) => ("ReplicaSet", s),
         GetCommand::Daemonsets(s) => ("DaemonSet", s),
         GetCommand::Persistentvolumeclaims(s) => ("PersistentVolumeClaim", s),
+        GetCommand::Serviceaccounts(s) => ("ServiceAccount", s),
         GetCommand::Nodes(args) => return super::nodes::get(socket, args).await,
         GetCommand::Events(s) if matches!(s.output, Output::Table | Output::Wide) && s.name.is_none() => {
             return super::events::events(socket, &s.namespace, s.all_namespaces, None).await

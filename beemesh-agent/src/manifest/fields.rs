@@ -101,6 +101,8 @@ const POD_SPEC: &[&str] = &[
     "spec.restartPolicy",
     "spec.serviceAccountName",
     "spec.serviceAccount",
+    // beemesh mounts no service account token either way (a pod's identity is its SVID).
+    "spec.automountServiceAccountToken",
     "spec.terminationGracePeriodSeconds",
     // Counted from the pod's start; then stopped for good, Failed with DeadlineExceeded.
     "spec.activeDeadlineSeconds",
@@ -140,6 +142,8 @@ const POD_SPEC: &[&str] = &[
     "spec.securityContext.runAsGroup",
     "spec.securityContext.runAsNonRoot",
     "spec.securityContext.fsGroup",
+    // Volumes are given to the fsGroup when the pod starts, whichever policy.
+    "spec.securityContext.fsGroupChangePolicy",
     "spec.securityContext.supplementalGroups[]",
     "spec.securityContext.seccompProfile.type",
     "spec.securityContext.seccompProfile.localhostProfile",
@@ -230,6 +234,12 @@ const STATEFUL_SET: &[&str] = &[
     "spec.updateStrategy.rollingUpdate.partition",
     "spec.revisionHistoryLimit",
     "spec.minReadySeconds",
+    // Type meta of the claims, as `kubectl get -o yaml` writes it.
+    "spec.volumeClaimTemplates[].apiVersion",
+    "spec.volumeClaimTemplates[].kind",
+    // beemesh keeps a StatefulSet's claims when it is deleted or scaled down: `Retain` only.
+    "spec.persistentVolumeClaimRetentionPolicy.whenDeleted",
+    "spec.persistentVolumeClaimRetentionPolicy.whenScaled",
     "spec.volumeClaimTemplates[].metadata.name",
     "spec.volumeClaimTemplates[].metadata.labels.*",
     "spec.volumeClaimTemplates[].metadata.annotations.*",
@@ -260,6 +270,10 @@ const SERVICE: &[&str] = &[
     "spec.ports[].port",
     "spec.ports[].targetPort",
     "spec.ports[].nodePort",
+    // Not-ready pods are endpoints and DNS answers too (app::services::endpoints).
+    "spec.publishNotReadyAddresses",
+    // `None` only (`kinds::validate_service`).
+    "spec.sessionAffinity",
 ];
 
 /// A downward API file's fields (a `downwardAPI` volume's or projection's items).
@@ -315,7 +329,15 @@ fn pod_spec() -> Vec<String> {
 /// (labels, annotations and the Pod's spec).
 fn workload(own: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = own.iter().chain(SELECTOR).map(|s| s.to_string()).collect();
-    v.extend(["spec.template.metadata.labels.*", "spec.template.metadata.annotations.*"].map(String::from));
+    // (A template's name is ignored by Kubernetes too.)
+    v.extend(
+        [
+            "spec.template.metadata.name",
+            "spec.template.metadata.labels.*",
+            "spec.template.metadata.annotations.*",
+        ]
+        .map(String::from),
+    );
     v.extend(pod_spec().into_iter().map(|f| format!("spec.template.{f}")));
     v
 }
@@ -353,6 +375,7 @@ fn allowed(kind: &str) -> Option<&'static Allowed> {
     static STATEFUL_SET_FIELDS: OnceLock<Allowed> = OnceLock::new();
     static REPLICA_SET_FIELDS: OnceLock<Allowed> = OnceLock::new();
     static DAEMON_SET_FIELDS: OnceLock<Allowed> = OnceLock::new();
+    static SERVICE_ACCOUNT_FIELDS: OnceLock<Allowed> = OnceLock::new();
     let with = |extra: Vec<String>| -> Allowed {
         let mut v: Vec<String> =
             ["apiVersion", "kind"].iter().chain(METADATA).map(|s| s.to_string()).collect();
@@ -370,6 +393,9 @@ fn allowed(kind: &str) -> Option<&'static Allowed> {
         "StatefulSet" => STATEFUL_SET_FIELDS.get_or_init(|| with(workload(STATEFUL_SET))),
         "ReplicaSet" => REPLICA_SET_FIELDS.get_or_init(|| with(workload(REPLICA_SET))),
         "DaemonSet" => DAEMON_SET_FIELDS.get_or_init(|| with(workload(DAEMON_SET))),
+        "ServiceAccount" => SERVICE_ACCOUNT_FIELDS.get_or_init(|| {
+            with(strings(&["automountServiceAccountToken", "imagePullSecrets[].name", "secrets[].name"]))
+        }),
         _ => return None,
     })
 }

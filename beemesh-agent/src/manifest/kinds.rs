@@ -52,6 +52,9 @@ pub const KINDS: &[KindInfo] = &[
     kind("StatefulSet", "apps/v1", "statefulset.apps", "statefulsets.apps", true),
     kind("ReplicaSet", "apps/v1", "replicaset.apps", "replicasets.apps", true),
     kind("DaemonSet", "apps/v1", "daemonset.apps", "daemonsets.apps", true),
+    // Kept as written; the pods that name it run as its identity
+    // (`spiffe://<td>/ns/<ns>/sa/<name>`), with an SVID rather than a token.
+    kind("ServiceAccount", "v1", "serviceaccount", "serviceaccounts", true),
 ];
 
 pub fn kind_info(kind: &str) -> Option<&'static KindInfo> {
@@ -86,6 +89,13 @@ pub(super) fn validate_service(svc: &Service, prefix: &str) -> Result<(), FieldE
             format!("type {ty} is not supported by beemesh (ClusterIP, NodePort)"),
         )
         .at(ty));
+    }
+    if let Some(affinity) = spec.session_affinity.as_deref().filter(|a| *a != "None") {
+        return Err(FieldError::new(
+            at("spec.sessionAffinity"),
+            format!("{affinity}: beemesh spreads every connection over the backends (None only)"),
+        )
+        .at(affinity));
     }
     let headless = spec.cluster_ip.as_deref() == Some("None");
     if let Some(ip) = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty() && *ip != "None") {

@@ -308,10 +308,7 @@ fn the_new_kinds_refuse_unknown_fields_by_name_with_their_line() {
   sessionAffinity: ClientIP
 ",
     );
-    assert!(
-        e.starts_with("m.yaml:12: spec.sessionAffinity: field `sessionAffinity` is not supported"),
-        "{e}"
-    );
+    assert!(e.starts_with("m.yaml:12: spec.sessionAffinity: ClientIP: beemesh spreads"), "{e}");
     let e = kinds_err(
         "  podSelector: {matchLabels: {app: web}}
 ",
@@ -483,4 +480,83 @@ fn downward_api_and_projected_volumes_are_accepted_and_checked() {
         msg.contains("spec.volumes[1].projected.sources[0].serviceAccountToken: beemesh issues no Kubernetes service account tokens"),
         "{msg}"
     );
+}
+
+/// The share of our corpus of everyday manifests (`tests/corpus`, written like Helm charts'
+/// output) that applies unchanged. `cargo test -p beemesh-agent --lib corpus -- --nocapture`
+/// prints every refusal. The floor only rises: a change that refuses more fails here.
+#[test]
+fn the_corpus_of_everyday_manifests_is_accepted() {
+    const FLOOR: usize = 12;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus");
+    let mut files: Vec<_> =
+        std::fs::read_dir(&dir).expect("tests/corpus").flatten().map(|e| e.path()).collect();
+    files.retain(|p| p.extension().is_some_and(|e| e == "yaml"));
+    files.sort();
+    let mut accepted = 0;
+    for path in &files {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let text = std::fs::read_to_string(path).expect("read");
+        match parse(&name, &text) {
+            Ok(_) => accepted += 1,
+            Err(e) => println!("refused {e}"),
+        }
+    }
+    println!(
+        "corpus: {accepted} of {} files accepted ({}%)",
+        files.len(),
+        accepted * 100 / files.len().max(1)
+    );
+    assert!(!files.is_empty(), "no corpus in {}", dir.display());
+    assert!(accepted >= FLOOR, "{accepted} accepted, fewer than {FLOOR}");
+}
+
+#[test]
+fn octal_modes_service_accounts_and_helm_habits_are_accepted() {
+    // `0440` is octal to kubectl (YAML 1.1); only modes under `volumes` are read so.
+    let text = POD.replace(
+        "      configMap: {name: web-conf}\n",
+        "      configMap:\n        name: web-conf\n        defaultMode: 0440\n        items: [{key: a, path: a, mode: 0o600}]\n",
+    );
+    let objects = parse("m.yaml", &text).expect("octal modes");
+    let Some(Object::Pod(pod)) = objects.first() else { panic!("{objects:?}") };
+    let cm =
+        pod.spec.as_ref().and_then(|s| s.volumes.as_ref()).and_then(|v| v[1].config_map.clone()).expect("cm");
+    assert_eq!((cm.default_mode, cm.items.as_ref().and_then(|i| i[0].mode)), (Some(0o440), Some(0o600)));
+    let data =
+        parse("m.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {mode: \"0644\"}\n");
+    let Ok(objects) = data else { panic!("{data:?}") };
+    let Some(Object::ConfigMap(c)) = objects.first() else { panic!("{objects:?}") };
+    assert_eq!(
+        c.data.as_ref().and_then(|d| d.get("mode")).map(String::as_str),
+        Some("0644"),
+        "data stays text"
+    );
+    // A ServiceAccount is kept as written.
+    let sa = parse(
+        "m.yaml",
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: web, namespace: shop}\nautomountServiceAccountToken: false\nimagePullSecrets: [{name: reg}]\n",
+    )
+    .expect("service account");
+    assert_eq!(sa[0].kind(), "ServiceAccount");
+    // Services: affinity None is accepted, ClientIP refused with the reason.
+    let svc = |extra: &str| {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  selector: {{app: web}}\n  ports: [{{port: 80}}]\n{extra}")
+    };
+    assert!(parse("m.yaml", &svc("  sessionAffinity: None\n  publishNotReadyAddresses: true\n")).is_ok());
+    let msg = err(&svc("  sessionAffinity: ClientIP\n")).to_string();
+    assert!(msg.contains("spec.sessionAffinity: ClientIP: beemesh spreads every connection"), "{msg}");
+    // A StatefulSet's claims are retained; Delete is refused with the reason.
+    let sts = |policy: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: db}}\nspec:\n  serviceName: db\n  \
+             persistentVolumeClaimRetentionPolicy: {{whenDeleted: {policy}, whenScaled: Retain}}\n  selector: {{matchLabels: {{app: db}}}}\n  \
+             template:\n    metadata: {{name: ignored, labels: {{app: db}}}}\n    spec: {{containers: [{{name: c, image: db:1}}]}}\n  \
+             volumeClaimTemplates:\n  - apiVersion: v1\n    kind: PersistentVolumeClaim\n    metadata: {{name: data}}\n    \
+             spec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 1Gi}}}}}}\n"
+        )
+    };
+    assert!(parse("m.yaml", &sts("Retain")).is_ok(), "{:?}", parse("m.yaml", &sts("Retain")).err());
+    let msg = err(&sts("Delete")).to_string();
+    assert!(msg.contains("persistentVolumeClaimRetentionPolicy.whenDeleted: Delete: beemesh keeps"), "{msg}");
 }

@@ -94,6 +94,19 @@ pub(super) fn validate_stateful_set(s: &StatefulSet, prefix: &str) -> Result<(),
     non_negative(at("spec.replicas"), spec.replicas)?;
     non_negative(at("spec.revisionHistoryLimit"), spec.revision_history_limit)?;
     non_negative(at("spec.minReadySeconds"), spec.min_ready_seconds)?;
+    let retention = spec.persistent_volume_claim_retention_policy.as_ref();
+    for (field, policy) in [
+        ("whenDeleted", retention.and_then(|r| r.when_deleted.as_deref())),
+        ("whenScaled", retention.and_then(|r| r.when_scaled.as_deref())),
+    ] {
+        if let Some(p) = policy.filter(|p| *p != "Retain") {
+            return Err(FieldError::new(
+                at(&format!("spec.persistentVolumeClaimRetentionPolicy.{field}")),
+                format!("{p}: beemesh keeps a StatefulSet's claims (Retain only)"),
+            )
+            .at(p));
+        }
+    }
     if let Some(service) = spec.service_name.as_deref().filter(|s| !s.is_empty()) {
         if !is_dns_label(service) {
             return Err(FieldError::new(at("spec.serviceName"), format!("invalid Service name {service:?}"))

@@ -46,7 +46,7 @@ pub fn compute(
     pods: &[Pod],
     reports: &BTreeMap<String, PodReport>,
 ) -> Vec<ServicePort> {
-    let ready: Vec<&Pod> = pods.iter().filter(|p| is_ready(p, reports)).collect();
+    let (ready, running) = candidates(pods, reports);
     let mut out = Vec::new();
     for (namespace, name, svc) in services {
         let Some(spec) = svc.spec.as_ref() else { continue };
@@ -54,7 +54,7 @@ pub fn compute(
         if spec.selector.as_ref().is_none_or(|s| s.is_empty()) {
             continue;
         }
-        let selected = selected(svc, namespace, &ready);
+        let selected = selected(svc, namespace, if publishes_not_ready(svc) { &running } else { &ready });
         for port in spec.ports.iter().flatten() {
             if port.protocol.as_deref().is_some_and(|p| p != "TCP") {
                 continue;
@@ -101,10 +101,32 @@ pub fn selected<'a>(svc: &Service, namespace: &str, ready: &[&'a Pod]) -> Vec<&'
 /// Whether the host `pod` is placed on reports it with every container ready, and it is not
 /// being deleted.
 pub fn is_ready(pod: &Pod, reports: &BTreeMap<String, PodReport>) -> bool {
+    is_running(pod, reports) && reports.get(placement(pod).1).is_some_and(|r| r.all_ready)
+}
+
+/// Whether the host `pod` is placed on reports it, ready or not, and it is not being
+/// deleted: an endpoint of a Service with `publishNotReadyAddresses`.
+pub fn is_running(pod: &Pod, reports: &BTreeMap<String, PodReport>) -> bool {
     let (node, uid) = placement(pod);
     pod.metadata.deletion_timestamp.is_none()
         && !node.is_empty()
-        && reports.get(uid).is_some_and(|r| r.node == node && r.all_ready)
+        && reports.get(uid).is_some_and(|r| r.node == node)
+}
+
+/// `pods` that are ready, and those that run (ready or not).
+pub fn candidates<'a>(
+    pods: &'a [Pod],
+    reports: &BTreeMap<String, PodReport>,
+) -> (Vec<&'a Pod>, Vec<&'a Pod>) {
+    let running: Vec<&Pod> = pods.iter().filter(|p| is_running(p, reports)).collect();
+    let ready = running.iter().copied().filter(|p| is_ready(p, reports)).collect();
+    (ready, running)
+}
+
+/// `spec.publishNotReadyAddresses`: the Service's endpoints and DNS answers include its pods
+/// that are not ready (a StatefulSet's peers finding each other before they are ready).
+pub fn publishes_not_ready(svc: &Service) -> bool {
+    svc.spec.as_ref().and_then(|s| s.publish_not_ready_addresses) == Some(true)
 }
 
 fn backend(pod: &Pod, port: u16) -> Backend {
@@ -221,5 +243,27 @@ mod tests {
             service("metadata: {name: n}\nspec: {selector: {app: web}, ports: [{port: 80}]}"),
         ];
         assert!(compute(&services, &pods, &reports).is_empty());
+    }
+
+    #[test]
+    fn publish_not_ready_addresses_makes_running_pods_endpoints_before_they_are_ready() {
+        let pods = vec![
+            pod("a", "h1", "{app: db}", "[]"),
+            pod("b", "h2", "{app: db}", "[]"),
+            // Placed, but its host has not reported it yet.
+            pod("c", "h2", "{app: db}", "[]"),
+        ];
+        let reports: BTreeMap<_, _> =
+            [report("u-a", "h1", true), report("u-b", "h2", false)].into_iter().collect();
+        let plain = service(
+            "metadata: {name: db}\nspec: {clusterIP: 10.96.0.9, selector: {app: db}, ports: [{port: 5432}]}",
+        );
+        let published = service(
+            "metadata: {name: peers}\nspec: {clusterIP: 10.96.0.10, publishNotReadyAddresses: true, selector: {app: db}, ports: [{port: 5432}]}",
+        );
+        let table = compute(&[plain, published], &pods, &reports);
+        let uids = |i: usize| table[i].backends.iter().map(|b| b.uid.clone()).collect::<Vec<_>>();
+        assert_eq!(uids(0), ["u-a"]);
+        assert_eq!(uids(1), ["u-a", "u-b"]);
     }
 }
