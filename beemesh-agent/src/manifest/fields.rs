@@ -546,19 +546,14 @@ pub(super) fn validate_pod(pod: &Pod, prefix: &str, claims: &BTreeSet<String>) -
             v.downward_api.is_some(),
             v.projected.is_some(),
         ];
-        if sources.iter().filter(|s| **s).count() != 1 {
-            return Err(FieldError::new(
-                field,
-                "a volume needs exactly one of emptyDir, configMap, secret, hostPath, downwardAPI, projected",
-            ));
-        }
-        if let Some(d) = &v.downward_api {
-            validate_downward_items(
-                d.items.as_deref().unwrap_or_default(),
-                spec,
-                &format!("{field}.downwardAPI"),
-            )?;
-        }
+        exactly_one(
+            &sources,
+            &field,
+            "a volume",
+            "emptyDir, configMap, secret, hostPath, downwardAPI, projected",
+        )?;
+        let items = v.downward_api.as_ref().map(|d| d.items.as_deref().unwrap_or_default());
+        validate_downward(items, spec, &field)?;
         for (j, source) in v.projected.iter().flat_map(|p| p.sources.iter().flatten()).enumerate() {
             validate_projection(source, spec, &format!("{field}.projected.sources[{j}]"))?;
         }
@@ -663,12 +658,12 @@ fn validate_container(c: &Container, field: &str, volumes: &BTreeSet<&str>) -> R
                 from.resource_field_ref.is_some(),
             ];
             let at = format!("{field}.env[{i}].valueFrom");
-            if sources.iter().filter(|s| **s).count() != 1 {
-                return Err(FieldError::new(
-                    at,
-                    "needs exactly one of configMapKeyRef, secretKeyRef, fieldRef, resourceFieldRef",
-                ));
-            }
+            exactly_one(
+                &sources,
+                &at,
+                "a valueFrom",
+                "configMapKeyRef, secretKeyRef, fieldRef, resourceFieldRef",
+            )?;
             if let Some(f) = &from.field_ref {
                 env_field(&f.field_path).map_err(|reason| {
                     FieldError::new(format!("{at}.fieldRef.fieldPath"), reason).at(f.field_path.clone())
@@ -708,9 +703,7 @@ fn validate_container(c: &Container, field: &str, volumes: &BTreeSet<&str>) -> R
 
 fn validate_probe(p: &Probe, c: &Container, field: &str) -> Result<(), FieldError> {
     let handlers = [p.exec.is_some(), p.http_get.is_some(), p.tcp_socket.is_some()];
-    if handlers.iter().filter(|h| **h).count() != 1 {
-        return Err(FieldError::new(field, "a probe needs exactly one of exec, httpGet, tcpSocket"));
-    }
+    exactly_one(&handlers, field, "a probe", "exec, httpGet, tcpSocket")?;
     if !field.ends_with("readinessProbe") && p.success_threshold.is_some_and(|n| n != 1) {
         return Err(FieldError::new(
             format!("{field}.successThreshold"),
@@ -723,9 +716,7 @@ fn validate_probe(p: &Probe, c: &Container, field: &str) -> Result<(), FieldErro
 
 fn validate_hook(h: &LifecycleHandler, c: &Container, field: &str) -> Result<(), FieldError> {
     let handlers = [h.exec.is_some(), h.http_get.is_some(), h.sleep.is_some()];
-    if handlers.iter().filter(|h| **h).count() != 1 {
-        return Err(FieldError::new(field, "a hook needs exactly one of exec, httpGet, sleep"));
-    }
+    exactly_one(&handlers, field, "a hook", "exec, httpGet, sleep")?;
     if let Some(sleep) = h.sleep.as_ref().filter(|s| s.seconds < 0) {
         return Err(FieldError::new(
             format!("{field}.sleep.seconds"),
@@ -753,20 +744,28 @@ fn validate_projection(
         return Err(FieldError::new(format!("{field}.clusterTrustBundle"), "not supported by beemesh"));
     }
     let kinds = [p.config_map.is_some(), p.secret.is_some(), p.downward_api.is_some()];
-    if kinds.iter().filter(|k| **k).count() != 1 {
-        return Err(FieldError::new(
-            field,
-            "a projection needs exactly one of configMap, secret, downwardAPI",
-        ));
+    exactly_one(&kinds, field, "a projection", "configMap, secret, downwardAPI")?;
+    validate_downward(p.downward_api.as_ref().map(|d| d.items.as_deref().unwrap_or_default()), spec, field)
+}
+
+/// `what` (at `field`) needs exactly one of the fields `names` lists, set as `set` says.
+fn exactly_one(set: &[bool], field: &str, what: &str, names: &str) -> Result<(), FieldError> {
+    if set.iter().filter(|s| **s).count() == 1 {
+        return Ok(());
     }
-    if let Some(d) = &p.downward_api {
-        validate_downward_items(
-            d.items.as_deref().unwrap_or_default(),
-            spec,
-            &format!("{field}.downwardAPI"),
-        )?;
+    Err(FieldError::new(field, format!("{what} needs exactly one of {names}")))
+}
+
+/// The items of a `downwardAPI` volume or projection (`field`: the volume's or source's).
+fn validate_downward(
+    items: Option<&[k8s_openapi::api::core::v1::DownwardAPIVolumeFile]>,
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    field: &str,
+) -> Result<(), FieldError> {
+    match items {
+        Some(items) => validate_downward_items(items, spec, &format!("{field}.downwardAPI")),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// A downward API volume's files: a relative path each, and one of `fieldRef` (the pod's
@@ -834,7 +833,7 @@ fn validate_downward_items(
                     .at(r.resource.clone()));
                 }
             }
-            _ => return Err(FieldError::new(at, "needs exactly one of fieldRef, resourceFieldRef")),
+            _ => return Err(FieldError::new(at, "an item needs exactly one of fieldRef, resourceFieldRef")),
         }
     }
     Ok(())
