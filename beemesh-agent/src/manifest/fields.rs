@@ -68,7 +68,8 @@ const CONTAINER: &[&str] = &[
     "securityContext.seccompProfile.localhostProfile",
 ];
 
-const PROBE: &[&str] = &[
+/// What a probe and a lifecycle hook can both do: exec and httpGet.
+const HANDLER: &[&str] = &[
     "exec.command[]",
     "httpGet.path",
     "httpGet.port",
@@ -76,6 +77,10 @@ const PROBE: &[&str] = &[
     "httpGet.scheme",
     "httpGet.httpHeaders[].name",
     "httpGet.httpHeaders[].value",
+];
+
+/// A probe's own fields, besides [`HANDLER`].
+const PROBE: &[&str] = &[
     "tcpSocket.port",
     "tcpSocket.host",
     "initialDelaySeconds",
@@ -85,17 +90,9 @@ const PROBE: &[&str] = &[
     "failureThreshold",
 ];
 
-/// A lifecycle hook's fields (`lifecycle.postStart`, `lifecycle.preStop`).
-const HOOK: &[&str] = &[
-    "exec.command[]",
-    "httpGet.path",
-    "httpGet.port",
-    "httpGet.host",
-    "httpGet.scheme",
-    "httpGet.httpHeaders[].name",
-    "httpGet.httpHeaders[].value",
-    "sleep.seconds",
-];
+/// A lifecycle hook's own fields (`lifecycle.postStart`, `lifecycle.preStop`), besides
+/// [`HANDLER`].
+const HOOK: &[&str] = &["sleep.seconds"];
 
 const POD_SPEC: &[&str] = &[
     "spec.restartPolicy",
@@ -316,10 +313,10 @@ fn pod_spec() -> Vec<String> {
     for list in ["spec.containers[]", "spec.initContainers[]"] {
         v.extend(CONTAINER.iter().map(|f| format!("{list}.{f}")));
         for probe in ["readinessProbe", "livenessProbe", "startupProbe"] {
-            v.extend(PROBE.iter().map(|f| format!("{list}.{probe}.{f}")));
+            v.extend(HANDLER.iter().chain(PROBE).map(|f| format!("{list}.{probe}.{f}")));
         }
         for hook in ["postStart", "preStop"] {
-            v.extend(HOOK.iter().map(|f| format!("{list}.lifecycle.{hook}.{f}")));
+            v.extend(HANDLER.iter().chain(HOOK).map(|f| format!("{list}.lifecycle.{hook}.{f}")));
         }
     }
     v
@@ -670,16 +667,7 @@ fn validate_container(c: &Container, field: &str, volumes: &BTreeSet<&str>) -> R
                 })?;
             }
             if let Some(r) = &from.resource_field_ref {
-                if !matches!(
-                    r.resource.as_str(),
-                    "limits.cpu" | "limits.memory" | "requests.cpu" | "requests.memory"
-                ) {
-                    return Err(FieldError::new(
-                        format!("{at}.resourceFieldRef.resource"),
-                        format!("{:?}: beemesh offers limits.cpu, limits.memory, requests.cpu and requests.memory", r.resource),
-                    )
-                    .at(r.resource.clone()));
-                }
+                check_resource(&r.resource, &at)?;
             }
         }
     }
@@ -746,6 +734,18 @@ fn validate_projection(
     let kinds = [p.config_map.is_some(), p.secret.is_some(), p.downward_api.is_some()];
     exactly_one(&kinds, field, "a projection", "configMap, secret, downwardAPI")?;
     validate_downward(p.downward_api.as_ref().map(|d| d.items.as_deref().unwrap_or_default()), spec, field)
+}
+
+/// A `resourceFieldRef`'s resource (at `field`, its parent): cpu or memory, limit or request.
+fn check_resource(resource: &str, field: &str) -> Result<(), FieldError> {
+    if matches!(resource, "limits.cpu" | "limits.memory" | "requests.cpu" | "requests.memory") {
+        return Ok(());
+    }
+    Err(FieldError::new(
+        format!("{field}.resourceFieldRef.resource"),
+        format!("{resource:?}: beemesh offers limits.cpu, limits.memory, requests.cpu and requests.memory"),
+    )
+    .at(resource.to_owned()))
 }
 
 /// `what` (at `field`) needs exactly one of the fields `names` lists, set as `set` says.
@@ -822,16 +822,7 @@ fn validate_downward_items(
                         format!("{name:?}: a volume's resourceFieldRef must name a container of the pod"),
                     ));
                 }
-                if !matches!(
-                    r.resource.as_str(),
-                    "limits.cpu" | "limits.memory" | "requests.cpu" | "requests.memory"
-                ) {
-                    return Err(FieldError::new(
-                        format!("{at}.resourceFieldRef.resource"),
-                        format!("{:?}: beemesh offers limits.cpu, limits.memory, requests.cpu and requests.memory", r.resource),
-                    )
-                    .at(r.resource.clone()));
-                }
+                check_resource(&r.resource, &at)?;
             }
             _ => return Err(FieldError::new(at, "an item needs exactly one of fieldRef, resourceFieldRef")),
         }
