@@ -1,6 +1,6 @@
 //! Kubernetes manifests (`beemesh-agent apply -f`): a file of one or more YAML documents (or a
 //! `v1 List`) holding Pods, ConfigMaps, Secrets, Namespaces, Services, NetworkPolicies,
-//! Deployments, StatefulSets, ReplicaSets and DaemonSets, decoded into k8s-openapi types and checked strictly. A field
+//! Deployments, StatefulSets, ReplicaSets, DaemonSets, ServiceAccounts, Jobs and CronJobs, decoded into k8s-openapi types and checked strictly. A field
 //! beemesh does not implement is rejected by name, never ignored (a Deployment's Pod template
 //! by the Pod's rules); a whole file is accepted or rejected. Sans-IO: the caller reads the
 //! file. The pod runtime and the cluster state (`app::cluster::kube`) consume the result.
@@ -8,11 +8,13 @@
 mod fields;
 mod kinds;
 mod quantity;
+mod schedule;
 #[cfg(test)]
 mod tests;
 mod workloads;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::de::DeserializeOwned;
@@ -21,6 +23,7 @@ pub use fields::{env_field, EnvField};
 pub use kinds::{kind_info, KindInfo, KINDS};
 
 pub use quantity::{parse_cpu_millis, parse_memory_bytes};
+pub use schedule::Schedule;
 
 use crate::identity::{is_dns_label, is_dns_subdomain};
 use crate::yamldoc::{find_line, split_documents, strip_location, unknown_fields, Document, FieldError};
@@ -40,6 +43,8 @@ pub enum Object {
     ReplicaSet(Box<ReplicaSet>),
     DaemonSet(Box<DaemonSet>),
     ServiceAccount(Box<ServiceAccount>),
+    Job(Box<Job>),
+    CronJob(Box<CronJob>),
 }
 
 impl Object {
@@ -56,6 +61,8 @@ impl Object {
             Object::ReplicaSet(_) => "ReplicaSet",
             Object::DaemonSet(_) => "DaemonSet",
             Object::ServiceAccount(_) => "ServiceAccount",
+            Object::Job(_) => "Job",
+            Object::CronJob(_) => "CronJob",
         }
     }
 
@@ -72,6 +79,8 @@ impl Object {
             Object::ReplicaSet(r) => &r.metadata,
             Object::DaemonSet(d) => &d.metadata,
             Object::ServiceAccount(a) => &a.metadata,
+            Object::Job(j) => &j.metadata,
+            Object::CronJob(c) => &c.metadata,
         }
     }
 
@@ -227,6 +236,8 @@ fn object(value: &serde_yaml::Value, prefix: &str) -> Result<Object, ObjectError
             "ReplicaSet" => Object::ReplicaSet(Box::new(strict(v, prefix)?)),
             "DaemonSet" => Object::DaemonSet(Box::new(strict(v, prefix)?)),
             "ServiceAccount" => Object::ServiceAccount(Box::new(strict(v, prefix)?)),
+            "Job" => Object::Job(Box::new(strict(v, prefix)?)),
+            "CronJob" => Object::CronJob(Box::new(strict(v, prefix)?)),
             _ => Object::StatefulSet(Box::new(strict(v, prefix)?)),
         })
     };
@@ -356,6 +367,8 @@ fn validate(object: &Object, prefix: &str) -> Result<(), FieldError> {
         Object::StatefulSet(s) => workloads::validate_stateful_set(s, prefix)?,
         Object::ReplicaSet(r) => workloads::validate_replica_set(r, prefix)?,
         Object::DaemonSet(d) => workloads::validate_daemon_set(d, prefix)?,
+        Object::Job(j) => workloads::validate_job(j, prefix)?,
+        Object::CronJob(c) => workloads::validate_cron_job(c, prefix)?,
         Object::ConfigMap(_) | Object::Secret(_) | Object::Namespace(_) | Object::ServiceAccount(_) => {}
     }
     Ok(())

@@ -1,18 +1,20 @@
-//! The workload controllers' driver: Deployments, ReplicaSets, StatefulSets and DaemonSets, kept by
-//! whichever host owns each object (rendezvous over the alive hosts by the object's key, so
-//! exactly one host acts on it while the mesh agrees on who is alive, and another takes over
-//! when it dies). The decisions are the pure functions of [`replicas`], [`stateful`] and [`daemon`]; this
-//! task reads the cluster state, hands each owned object what it controls, and writes the
-//! differences: pods (placed by `app::sched`), ReplicaSets, and status records
-//! (`<Kind>Status`, keyed like the object and naming its uid, merged into `get`; kept apart
-//! from the object so a status write never undoes an `apply`). Objects whose controller is
-//! gone (a Deployment deleted: its ReplicaSets, then their pods) are deleted at once when
-//! the controller's tombstone is here, else once they have been orphans for [`ORPHAN_GRACE`]
-//! (the controller may not have reached this host yet): `delete` deletes only what it names,
-//! and this is the cascade.
+//! The workload controllers' driver: Deployments, ReplicaSets, StatefulSets, DaemonSets, Jobs
+//! and CronJobs, kept by whichever host owns each object (rendezvous over the alive hosts by
+//! the object's key, so exactly one host acts on it while the mesh agrees on who is alive, and
+//! another takes over when it dies). The decisions are the pure functions of [`replicas`],
+//! [`stateful`], [`daemon`], [`job`] and [`cron_job`]; this task reads the cluster state,
+//! hands each owned object what it controls, and writes the differences: pods (placed by
+//! `app::sched`), ReplicaSets, Jobs, and status records (`<Kind>Status`, keyed like the object
+//! and naming its uid, merged into `get`; kept apart from the object so a status write never
+//! undoes an `apply`). Objects whose controller is gone (a Deployment deleted: its
+//! ReplicaSets, then their pods) are deleted at once when the controller's tombstone is here,
+//! else once they have been orphans for [`ORPHAN_GRACE`] (the controller may not have reached
+//! this host yet): `delete` deletes only what it names, and this is the cascade.
 
 pub mod common;
+pub mod cron_job;
 pub mod daemon;
+pub mod job;
 pub mod replicas;
 pub mod stateful;
 
@@ -23,6 +25,7 @@ use beemesh_state::sched::rank;
 use beemesh_state::Key;
 use bytes::Bytes;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
@@ -33,11 +36,13 @@ use super::liveness::Liveness;
 use common::{controller_uid, PodState, Write};
 
 /// The controlled kinds and their status records' kinds.
-pub const STATUS_KINDS: [(&str, &str); 4] = [
+pub const STATUS_KINDS: [(&str, &str); 6] = [
     ("Deployment", "DeploymentStatus"),
     ("ReplicaSet", "ReplicaSetStatus"),
     ("StatefulSet", "StatefulSetStatus"),
     ("DaemonSet", "DaemonSetStatus"),
+    ("Job", job::STATUS),
+    ("CronJob", cron_job::STATUS),
 ];
 /// How long an object whose controller is gone waits before it is deleted (its controller
 /// may only not have reached this host yet).
@@ -124,12 +129,15 @@ async fn pass(
             let pod = cpods::decode(&l.body).ok()?;
             let (node, uid) = cpods::placement(&pod);
             let lost = dead.contains(node);
-            let ready = !lost && reports.get(uid).is_some_and(|r| r.node == node && r.all_ready);
+            let report = reports.get(uid).filter(|r| r.node == node);
+            let ready = !lost && report.is_some_and(|r| r.all_ready);
+            let phase = report.and_then(|r| r.pod_status["phase"].as_str()).unwrap_or_default().to_owned();
+            let restarts = report.map_or(0, |r| r.restarts);
             let ready_for_secs = match ready {
                 true => now.duration_since(*ready_since.entry(uid.to_owned()).or_insert(now)).as_secs(),
                 false => 0,
             };
-            Some((l.key.clone(), PodState { pod, ready, ready_for_secs }))
+            Some((l.key.clone(), PodState { pod, ready, ready_for_secs, phase, restarts, lost }))
         })
         .collect();
     // When this host first saw each pod ready (`minReadySeconds` counts from there: its own
@@ -151,6 +159,9 @@ async fn pass(
         of("StatefulSet").iter().filter_map(|l| Some((l.key.clone(), decode(l)?))).collect();
     let daemons: Vec<(Key, DaemonSet)> =
         of("DaemonSet").iter().filter_map(|l| Some((l.key.clone(), decode(l)?))).collect();
+    let jobs: Vec<(Key, Job)> = of("Job").iter().filter_map(|l| Some((l.key.clone(), decode(l)?))).collect();
+    let crons: Vec<(Key, CronJob)> =
+        of("CronJob").iter().filter_map(|l| Some((l.key.clone(), decode(l)?))).collect();
     // Every host with a Node record, dead ones too (a DaemonSet's pod waits for its host).
     let facts: BTreeMap<String, beemesh_state::sched::HostFacts> = of(super::nodes::KIND)
         .iter()
@@ -222,6 +233,18 @@ async fn pass(
         let mine = controlled.get(d.metadata.uid.as_deref().unwrap_or("")).cloned().unwrap_or_default();
         writes.extend(daemon::daemon_set(d, &facts, &mine));
     }
+    let job_records: BTreeMap<(&str, &str), Value> = of(job::STATUS)
+        .iter()
+        .filter_map(|l| Some(((l.key.namespace.as_str(), l.key.name.as_str()), decode::<Value>(l)?)))
+        .collect();
+    for (key, j) in jobs.iter().filter(|(k, _)| owns(k)) {
+        let mine = controlled.get(j.metadata.uid.as_deref().unwrap_or("")).cloned().unwrap_or_default();
+        let record = job_records.get(&(key.namespace.as_str(), key.name.as_str()));
+        writes.extend(job::job(j, &mine, record, wall));
+    }
+    writes.extend(
+        cron_jobs(cluster, &crons, &jobs, &job_records, of(cron_job::STATUS), &existing, wall, &owns).await?,
+    );
     writes.extend(moved_services(of("Service"), pools, |k| owns(k)));
 
     // Orphans: ReplicaSets of no Deployment, pods of no ReplicaSet, StatefulSet or DaemonSet,
@@ -231,6 +254,7 @@ async fn pass(
         .filter_map(|(_, r)| r.metadata.uid.as_deref())
         .chain(sets.iter().filter_map(|(_, s)| s.metadata.uid.as_deref()))
         .chain(daemons.iter().filter_map(|(_, d)| d.metadata.uid.as_deref()))
+        .chain(jobs.iter().filter_map(|(_, j)| j.metadata.uid.as_deref()))
         .collect();
     let controller_key = |key: &Key, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
         let owner = meta.owner_references.iter().flatten().find(|o| o.controller == Some(true))?;
@@ -242,10 +266,16 @@ async fn pass(
             candidates.insert(key.clone(), controller_key(key, &rs.metadata));
         }
     }
+    let cron_uids: BTreeSet<&str> = crons.iter().filter_map(|(_, c)| c.metadata.uid.as_deref()).collect();
+    for (key, j) in &jobs {
+        if controller_uid(&j.metadata).is_some_and(|u| !cron_uids.contains(u)) {
+            candidates.insert(key.clone(), controller_key(key, &j.metadata));
+        }
+    }
     for (key, p) in &pods {
         let kind = p.pod.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true));
-        let ours =
-            kind.is_some_and(|o| matches!(o.kind.as_str(), "ReplicaSet" | "StatefulSet" | "DaemonSet"));
+        let ours = kind
+            .is_some_and(|o| matches!(o.kind.as_str(), "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job"));
         if ours && controller_uid(&p.pod.metadata).is_some_and(|u| !owner_uids.contains(u)) {
             candidates.insert(key.clone(), controller_key(key, &p.pod.metadata));
         }
@@ -308,6 +338,58 @@ async fn pass(
         }
     }
     Ok(())
+}
+
+/// The writes of the CronJobs this host owns: each one's due run (unless a Job of its name
+/// exists or has a tombstone here), the Jobs it replaces and prunes, its status record.
+#[allow(clippy::too_many_arguments)]
+async fn cron_jobs(
+    cluster: &Cluster,
+    crons: &[(Key, CronJob)],
+    jobs: &[(Key, Job)],
+    job_records: &BTreeMap<(&str, &str), Value>,
+    records: &[Listed],
+    existing: &BTreeMap<Key, &Listed>,
+    wall: u64,
+    owns: &impl Fn(&Key) -> bool,
+) -> Result<Vec<Write>, String> {
+    let records: BTreeMap<(&str, &str), Value> = records
+        .iter()
+        .filter_map(|l| Some(((l.key.namespace.as_str(), l.key.name.as_str()), decode::<Value>(l)?)))
+        .collect();
+    let now = i64::try_from(wall).unwrap_or(i64::MAX);
+    type Owned<'a> = (&'a Key, &'a CronJob, Option<&'a Value>, Option<cron_job::Run>);
+    let mine: Vec<Owned<'_>> = crons
+        .iter()
+        .filter(|(k, _)| owns(k))
+        .map(|(k, c)| {
+            let record = records.get(&(k.namespace.as_str(), k.name.as_str()));
+            (k, c, record, cron_job::due(c, record, now))
+        })
+        .collect();
+    let names: Vec<Key> = mine
+        .iter()
+        .filter_map(|(k, _, _, run)| Some(Key::new("Job", k.namespace.as_str(), run.as_ref()?.1.as_str())))
+        .collect();
+    let tombstones = cluster.deleted(names).await.map_err(|e| e.to_string())?;
+    let mut writes = Vec::new();
+    for (key, c, record, run) in mine {
+        let uid = c.metadata.uid.as_deref().unwrap_or("");
+        let used = run.as_ref().is_some_and(|(_, name)| {
+            let k = Key::new("Job", key.namespace.as_str(), name.as_str());
+            existing.contains_key(&k) || tombstones.contains_key(&k)
+        });
+        let made: Vec<(&Job, Option<&Value>)> = jobs
+            .iter()
+            .filter(|(_, j)| controller_uid(&j.metadata) == Some(uid))
+            .map(|(k, j)| (j, job_records.get(&(k.namespace.as_str(), k.name.as_str()))))
+            .collect();
+        if let Some((at, name)) = run.as_ref().filter(|_| !used) {
+            debug!(cronjob = %key_text(key), job = %name, scheduled_ms = at, "cron job due");
+        }
+        writes.extend(cron_job::cron_job(c, &made, record, run, used));
+    }
+    Ok(writes)
 }
 
 /// Whether an orphan (written at `written_ms`, an orphan here for `orphan_for`) is deleted now:
@@ -388,6 +470,7 @@ fn write_event(kind: &str, namespace: &str, held: Option<&Value>, new: Option<&V
         "StatefulSet" => "statefulset-controller",
         "DaemonSet" => "daemonset-controller",
         "Deployment" => "deployment-controller",
+        "Job" => "job-controller",
         _ => return None,
     };
     let (reason, message) = match (kind, held, new, about.kind.as_str()) {
@@ -433,7 +516,7 @@ fn prepared(kind: &str, namespace: &str, mut new: Value, held: Option<&Listed>) 
             let created = super::pods::format_time(now_secs());
             return Some(cpods::stored(&pod, namespace, &super::apply::new_uid(), &created, None));
         }
-        "ReplicaSet" => {
+        "ReplicaSet" | "Job" => {
             let meta = &mut new["metadata"];
             match &held {
                 Some(h) => {
@@ -445,7 +528,10 @@ fn prepared(kind: &str, namespace: &str, mut new: Value, held: Option<&Listed>) 
                     new["metadata"]["generation"] = (generation + i64::from(changed)).into();
                 }
                 None => {
-                    meta["uid"] = super::apply::new_uid().into();
+                    // A CronJob's Job comes with a uid of its own (the same from every host).
+                    if !meta["uid"].is_string() {
+                        meta["uid"] = super::apply::new_uid().into();
+                    }
                     meta["creationTimestamp"] = super::pods::format_time(now_secs()).into();
                     meta["generation"] = 1.into();
                 }

@@ -54,6 +54,7 @@ impl Involved {
     fn api_version(&self) -> &'static str {
         match self.kind.as_str() {
             "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => "apps/v1",
+            "Job" | "CronJob" => "batch/v1",
             _ => "v1",
         }
     }

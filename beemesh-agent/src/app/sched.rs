@@ -375,8 +375,14 @@ impl Task {
         let mut wanted = BTreeSet::new();
         let heal = core::may_heal(self.view.hosts.len(), self.view.facts.len());
         for (slot, p) in &self.view.pods {
-            // A pod with a claim's local volume waits for its host: its data is there.
-            let lost = heal && p.scheduled && self.view.dead.contains(&p.node) && !needs::uses_claims(&p.pod);
+            // A pod with a claim's local volume waits for its host: its data is there. A Job's
+            // pod is never moved: it may have run already; its Job counts it failed and
+            // makes another.
+            let lost = heal
+                && p.scheduled
+                && self.view.dead.contains(&p.node)
+                && !needs::uses_claims(&p.pod)
+                && !needs::run_by_job(&p.pod);
             if !(p.node.is_empty() || lost) {
                 continue;
             }

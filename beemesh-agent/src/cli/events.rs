@@ -27,6 +27,9 @@ pub(super) fn kind_of(word: &str) -> Option<&'static str> {
         "namespace" | "namespaces" | "ns" => "Namespace",
         "networkpolicy" | "networkpolicies" | "netpol" => "NetworkPolicy",
         "persistentvolumeclaim" | "persistentvolumeclaims" | "pvc" => "PersistentVolumeClaim",
+        "job" | "jobs" | "job.batch" => "Job",
+        "cronjob" | "cronjobs" | "cj" | "cronjob.batch" => "CronJob",
+        "serviceaccount" | "serviceaccounts" | "sa" => "ServiceAccount",
         "node" | "nodes" | "no" => "Node",
         _ => return None,
     })
@@ -219,6 +222,50 @@ pub fn describe_text(kind: &str, o: &Value, events: &[Value], now: u64) -> Strin
             if let Some(c) = controller(m) {
                 push("Controlled By", c);
             }
+        }
+        "Job" => {
+            push("Labels", pairs(&m["labels"], "="));
+            push("Annotations", pairs(&m["annotations"], ": "));
+            if let Some(c) = controller(m) {
+                push("Controlled By", c);
+            }
+            let (spec, st) = (&o["spec"], &o["status"]);
+            let n = |v: &Value| v.as_i64().unwrap_or(0);
+            push("Parallelism", spec["parallelism"].as_i64().unwrap_or(1).to_string());
+            push(
+                "Completions",
+                spec["completions"].as_i64().map_or_else(|| "<unset>".into(), |c| c.to_string()),
+            );
+            push("Completion Mode", or(&spec["completionMode"], "NonIndexed"));
+            push("Start Time", or(&st["startTime"], "<unset>"));
+            if let Some(done) = st["completionTime"].as_str() {
+                push("Completed At", done.into());
+            }
+            push(
+                "Pods Statuses",
+                format!(
+                    "{} Active ({} Ready) / {} Succeeded / {} Failed",
+                    n(&st["active"]),
+                    n(&st["ready"]),
+                    n(&st["succeeded"]),
+                    n(&st["failed"])
+                ),
+            );
+            if let Some(done) = st["completedIndexes"].as_str() {
+                push("Completed Indexes", if done.is_empty() { "<none>".into() } else { done.into() });
+            }
+        }
+        "CronJob" => {
+            push("Labels", pairs(&m["labels"], "="));
+            push("Annotations", pairs(&m["annotations"], ": "));
+            let (spec, st) = (&o["spec"], &o["status"]);
+            push("Schedule", s(&spec["schedule"]));
+            push("Concurrency Policy", or(&spec["concurrencyPolicy"], "Allow"));
+            push("Suspend", spec["suspend"].as_bool().unwrap_or(false).to_string());
+            push("Last Schedule Time", or(&st["lastScheduleTime"], "<unset>"));
+            let active: Vec<&str> =
+                st["active"].as_array().into_iter().flatten().filter_map(|j| j["name"].as_str()).collect();
+            push("Active Jobs", if active.is_empty() { "<none>".into() } else { active.join(", ") });
         }
         _ => {
             push("Labels", pairs(&m["labels"], "="));

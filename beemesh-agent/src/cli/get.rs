@@ -77,6 +77,13 @@ pub enum GetCommand {
     /// STORAGECLASS AGE.
     #[command(alias = "persistentvolumeclaim", alias = "pvc")]
     Persistentvolumeclaims(Selector),
+    /// Jobs: NAME STATUS COMPLETIONS DURATION AGE (wide: CONTAINERS IMAGES).
+    #[command(alias = "job")]
+    Jobs(Selector),
+    /// CronJobs: NAME SCHEDULE TIMEZONE SUSPEND ACTIVE LAST SCHEDULE AGE (wide: CONTAINERS
+    /// IMAGES).
+    #[command(alias = "cronjob", alias = "cj")]
+    Cronjobs(Selector),
     /// ServiceAccounts (each the identity of the pods that name it): NAME AGE.
     #[command(alias = "serviceaccount", alias = "sa")]
     Serviceaccounts(Selector),
@@ -103,6 +110,8 @@ pub async fn get(socket: &Path, cmd: GetCommand) -> ExitCode {
         GetCommand::Daemonsets(s) => ("DaemonSet", s),
         GetCommand::Persistentvolumeclaims(s) => ("PersistentVolumeClaim", s),
         GetCommand::Serviceaccounts(s) => ("ServiceAccount", s),
+        GetCommand::Jobs(s) => ("Job", s),
+        GetCommand::Cronjobs(s) => ("CronJob", s),
         GetCommand::Nodes(args) => return super::nodes::get(socket, args).await,
         GetCommand::Events(s) if matches!(s.output, Output::Table | Output::Wide) && s.name.is_none() => {
             return super::events::events(socket, &s.namespace, s.all_namespaces, None).await
@@ -193,6 +202,18 @@ pub fn table(kind: &str, items: &[ObjectEntry], namespaces: bool, wide: bool) ->
         "ReplicaSet" => {
             (vec!["NAME", "DESIRED", "CURRENT", "READY", "AGE"], vec!["CONTAINERS", "IMAGES", "SELECTOR"])
         }
+        "DaemonSet" => (
+            vec!["NAME", "DESIRED", "CURRENT", "READY", "UP-TO-DATE", "AVAILABLE", "NODE SELECTOR", "AGE"],
+            vec!["CONTAINERS", "IMAGES", "SELECTOR"],
+        ),
+        "PersistentVolumeClaim" => {
+            (vec!["NAME", "STATUS", "VOLUME", "CAPACITY", "ACCESS MODES", "STORAGECLASS", "AGE"], vec![])
+        }
+        "Job" => (vec!["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"], vec!["CONTAINERS", "IMAGES"]),
+        "CronJob" => (
+            vec!["NAME", "SCHEDULE", "TIMEZONE", "SUSPEND", "ACTIVE", "LAST SCHEDULE", "AGE"],
+            vec!["CONTAINERS", "IMAGES"],
+        ),
         _ => (vec!["NAME", "AGE"], vec![]),
     };
     if wide {
@@ -218,7 +239,7 @@ fn wide_count(kind: &str, wide: bool) -> usize {
         (_, false) => 0,
         ("Service", true) => 1,
         ("Deployment" | "ReplicaSet" | "DaemonSet", true) => 3,
-        ("StatefulSet", true) => 2,
+        ("StatefulSet" | "Job" | "CronJob", true) => 2,
         _ => 0,
     }
 }
@@ -310,10 +331,25 @@ fn columns(kind: &str, o: &Value, wide: bool) -> Vec<String> {
             cells.push(sel.map(labels).unwrap_or_else(none));
             cells
         }
+        "Job" => job_cells(o, now_secs()),
+        "CronJob" => {
+            let last = o["status"]["lastScheduleTime"].as_str().and_then(secs_of);
+            vec![
+                spec["schedule"].as_str().unwrap_or_default().to_owned(),
+                spec["timeZone"].as_str().map_or_else(none, str::to_owned),
+                spec["suspend"].as_bool().unwrap_or(false).to_string(),
+                o["status"]["active"].as_array().map_or(0, Vec::len).to_string(),
+                last.map_or_else(none, |t| age(Some(now_secs().saturating_sub(t)))),
+            ]
+        }
         _ => Vec::new(),
     };
     if wide {
-        let containers = spec["template"]["spec"]["containers"].as_array().cloned().unwrap_or_default();
+        let template = match kind {
+            "CronJob" => &spec["jobTemplate"]["spec"]["template"],
+            _ => &spec["template"],
+        };
+        let containers = template["spec"]["containers"].as_array().cloned().unwrap_or_default();
         let join = |f: &str| containers.iter().filter_map(|c| c[f].as_str()).collect::<Vec<_>>().join(",");
         match kind {
             "Service" => cells.push(
@@ -322,11 +358,45 @@ fn columns(kind: &str, o: &Value, wide: bool) -> Vec<String> {
             "Deployment" | "ReplicaSet" | "DaemonSet" => {
                 cells.extend([join("name"), join("image"), selector(&spec["selector"]).unwrap_or_else(none)])
             }
-            "StatefulSet" => cells.extend([join("name"), join("image")]),
+            "StatefulSet" | "Job" | "CronJob" => cells.extend([join("name"), join("image")]),
             _ => {}
         }
     }
     cells
+}
+
+/// A Job's STATUS, COMPLETIONS and DURATION at `now` (seconds since the epoch), as kubectl
+/// prints them.
+fn job_cells(o: &Value, now: u64) -> Vec<String> {
+    let (spec, status) = (&o["spec"], &o["status"]);
+    let condition = |ty: &str| {
+        status["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == ty && c["status"] == "True")
+    };
+    let state = ["Complete", "Failed", "Suspended"].into_iter().find(|c| condition(c)).unwrap_or("Running");
+    let succeeded = status["succeeded"].as_i64().unwrap_or(0);
+    let parallelism = spec["parallelism"].as_i64().unwrap_or(1);
+    let completions = match spec["completions"].as_i64() {
+        Some(c) => format!("{succeeded}/{c}"),
+        None if parallelism > 1 => format!("{succeeded}/1 of {parallelism}"),
+        None => format!("{succeeded}/1"),
+    };
+    let start = status["startTime"].as_str().and_then(secs_of);
+    let end = status["completionTime"].as_str().and_then(secs_of).unwrap_or(now);
+    let duration = start.map_or_else(String::new, |s| age(Some(end.saturating_sub(s))));
+    vec![state.to_owned(), completions, duration]
+}
+
+fn secs_of(rfc3339: &str) -> Option<u64> {
+    let t: k8s_openapi::jiff::Timestamp = rfc3339.parse().ok()?;
+    u64::try_from(t.as_second()).ok()
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn labels(m: &serde_json::Map<String, Value>) -> String {

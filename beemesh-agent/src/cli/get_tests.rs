@@ -96,3 +96,35 @@ fn one_object_by_name_prints_itself_and_several_a_list() {
     let yaml: Value = serde_yaml::from_str(&render_value(&[a], false, Output::Yaml)).expect("yaml");
     assert_eq!(yaml["kind"], "List");
 }
+
+#[test]
+fn jobs_cron_jobs_and_daemon_sets_have_kubectls_columns() {
+    let done = serde_json::json!({"spec": {"completions": 3, "parallelism": 2}, "status": {
+        "succeeded": 3, "startTime": "2026-12-01T10:00:00Z", "completionTime": "2026-12-01T10:01:05Z",
+        "conditions": [{"type": "Complete", "status": "True"}]}});
+    assert_eq!(job_cells(&done, 0), ["Complete", "3/3", "65s"]);
+    let running = serde_json::json!({"spec": {"parallelism": 2}, "status": {"succeeded": 1,
+        "startTime": "2026-12-01T10:00:00Z"}});
+    let now = 1_796_119_230; // 2026-12-01T10:00:30Z
+    assert_eq!(job_cells(&running, now), ["Running", "1/1 of 2", "30s"]);
+    let cj = entry(
+        "default",
+        "tick",
+        Some(300),
+        serde_json::json!({"spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": {"spec": {
+            "containers": [{"name": "c", "image": "busybox"}]}}}}}, "status": {"active": [{"name": "tick-1"}]}}),
+    );
+    assert_eq!(
+        table("CronJob", &[cj], false, true),
+        "NAME   SCHEDULE    TIMEZONE   SUSPEND   ACTIVE   LAST SCHEDULE   AGE   CONTAINERS   IMAGES\n\
+         tick   * * * * *   <none>     false     1        <none>          5m    c            busybox\n"
+    );
+    let ds = entry(
+        "default",
+        "agent",
+        Some(60),
+        serde_json::json!({"spec": {}, "status": {"desiredNumberScheduled": 2}}),
+    );
+    assert!(table("DaemonSet", &[ds], false, false)
+        .starts_with("NAME    DESIRED   CURRENT   READY   UP-TO-DATE   AVAILABLE   NODE SELECTOR   AGE\n"));
+}

@@ -257,6 +257,31 @@ const DAEMON_SET: &[&str] = &[
     "spec.revisionHistoryLimit",
 ];
 
+/// What beemesh implements of a Job's spec (`app::controllers::job`), besides its template.
+const JOB: &[&str] = &[
+    "completions",
+    "parallelism",
+    "completionMode",
+    "backoffLimit",
+    "activeDeadlineSeconds",
+    "ttlSecondsAfterFinished",
+    "suspend",
+];
+
+/// What beemesh implements of a CronJob (`app::controllers::cron_job`), besides its Job
+/// template's spec.
+const CRON_JOB: &[&str] = &[
+    "spec.schedule",
+    "spec.timeZone",
+    "spec.concurrencyPolicy",
+    "spec.startingDeadlineSeconds",
+    "spec.successfulJobsHistoryLimit",
+    "spec.failedJobsHistoryLimit",
+    "spec.suspend",
+    "spec.jobTemplate.metadata.labels.*",
+    "spec.jobTemplate.metadata.annotations.*",
+];
+
 /// What the tunnels issue implements of a Service.
 const SERVICE: &[&str] = &[
     "spec.type",
@@ -322,20 +347,27 @@ fn pod_spec() -> Vec<String> {
     v
 }
 
-/// A workload's fields: its own, its selector, and its Pod template under `spec.template`
-/// (labels, annotations and the Pod's spec).
+/// A workload's fields: its own, its selector, and its Pod template under `spec.template`.
 fn workload(own: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = own.iter().chain(SELECTOR).map(|s| s.to_string()).collect();
-    // (A template's name is ignored by Kubernetes too.)
-    v.extend(
-        [
-            "spec.template.metadata.name",
-            "spec.template.metadata.labels.*",
-            "spec.template.metadata.annotations.*",
-        ]
-        .map(String::from),
-    );
-    v.extend(pod_spec().into_iter().map(|f| format!("spec.template.{f}")));
+    v.extend(template("spec.template"));
+    v
+}
+
+/// A Pod template's fields under `at`: labels, annotations and the Pod's spec (a template's
+/// name is ignored by Kubernetes too).
+fn template(at: &str) -> Vec<String> {
+    let mut v: Vec<String> =
+        ["metadata.name", "metadata.labels.*", "metadata.annotations.*"].map(|f| format!("{at}.{f}")).into();
+    v.extend(pod_spec().into_iter().map(|f| format!("{at}.{f}")));
+    v
+}
+
+/// A Job spec's fields under `at` (`spec`, or a CronJob's `spec.jobTemplate.spec`): no
+/// selector (the Job's own uid selects its pods, as Kubernetes generates it).
+fn job(at: &str) -> Vec<String> {
+    let mut v: Vec<String> = JOB.iter().map(|f| format!("{at}.{f}")).collect();
+    v.extend(template(&format!("{at}.template")));
     v
 }
 
@@ -373,6 +405,8 @@ fn allowed(kind: &str) -> Option<&'static Allowed> {
     static REPLICA_SET_FIELDS: OnceLock<Allowed> = OnceLock::new();
     static DAEMON_SET_FIELDS: OnceLock<Allowed> = OnceLock::new();
     static SERVICE_ACCOUNT_FIELDS: OnceLock<Allowed> = OnceLock::new();
+    static JOB_FIELDS: OnceLock<Allowed> = OnceLock::new();
+    static CRON_JOB_FIELDS: OnceLock<Allowed> = OnceLock::new();
     let with = |extra: Vec<String>| -> Allowed {
         let mut v: Vec<String> =
             ["apiVersion", "kind"].iter().chain(METADATA).map(|s| s.to_string()).collect();
@@ -392,6 +426,12 @@ fn allowed(kind: &str) -> Option<&'static Allowed> {
         "DaemonSet" => DAEMON_SET_FIELDS.get_or_init(|| with(workload(DAEMON_SET))),
         "ServiceAccount" => SERVICE_ACCOUNT_FIELDS.get_or_init(|| {
             with(strings(&["automountServiceAccountToken", "imagePullSecrets[].name", "secrets[].name"]))
+        }),
+        "Job" => JOB_FIELDS.get_or_init(|| with(job("spec"))),
+        "CronJob" => CRON_JOB_FIELDS.get_or_init(|| {
+            let mut v = strings(CRON_JOB);
+            v.extend(job("spec.jobTemplate.spec"));
+            with(v)
         }),
         _ => return None,
     })

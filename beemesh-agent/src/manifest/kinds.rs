@@ -55,6 +55,8 @@ pub const KINDS: &[KindInfo] = &[
     // Kept as written; the pods that name it run as its identity
     // (`spiffe://<td>/ns/<ns>/sa/<name>`), with an SVID rather than a token.
     kind("ServiceAccount", "v1", "serviceaccount", "serviceaccounts", true),
+    kind("Job", "batch/v1", "job.batch", "jobs.batch", true),
+    kind("CronJob", "batch/v1", "cronjob.batch", "cronjobs.batch", true),
 ];
 
 pub fn kind_info(kind: &str) -> Option<&'static KindInfo> {

@@ -1,10 +1,11 @@
-//! Checks of Deployments and StatefulSets that the k8s-openapi types cannot make: the selector
+//! Checks of Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs and CronJobs that the k8s-openapi types cannot make: the selector
 //! is valid and matches the template's labels, the template is a Pod beemesh runs (the Pod's
 //! rules, `fields::validate_pod`), and the rollout settings are in range.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job, JobSpec};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -214,21 +215,130 @@ fn template(
             "the selector does not match the template's labels (spec.template.metadata.labels)",
         ));
     }
+    template_pod(template, &at("spec.template"), claims, &["Always"], true)
+}
+
+/// The template at `at` is a Pod beemesh runs, with one of `restart` as its restart policy
+/// (`defaulted`: the policy may be left out, meaning the first).
+fn template_pod(
+    template: &PodTemplateSpec,
+    at: &str,
+    claims: &BTreeSet<String>,
+    restart: &[&str],
+    defaulted: bool,
+) -> Result<(), FieldError> {
     let pod = Pod {
         metadata: template.metadata.clone().unwrap_or_default(),
         spec: template.spec.clone(),
         status: None,
     };
-    if let Some(policy) = pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) {
-        if policy != "Always" {
+    let field = format!("{at}.spec.restartPolicy");
+    match pod.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) {
+        Some(policy) if !restart.contains(&policy) => {
             return Err(FieldError::new(
-                at("spec.template.spec.restartPolicy"),
-                format!("{policy:?}: only Always is allowed here"),
+                field,
+                format!("{policy:?}: only {} is allowed here", restart.join(" or ")),
+            )
+            .at(policy))
+        }
+        None if !defaulted => {
+            return Err(FieldError::new(field, format!("required here: {}", restart.join(" or "))))
+        }
+        _ => {}
+    }
+    fields::validate_pod(&pod, at, claims)
+}
+
+/// The longest Job name (it is a label value on its pods), and CronJob name (its Jobs' names
+/// add 11 characters).
+const JOB_NAME_MAX: usize = 63;
+const CRON_JOB_NAME_MAX: usize = 52;
+
+pub(super) fn validate_job(j: &Job, prefix: &str) -> Result<(), FieldError> {
+    name_at_most(j.metadata.name.as_deref(), JOB_NAME_MAX, "Job", prefix)?;
+    let Some(spec) = &j.spec else {
+        return Err(FieldError::new(join(prefix, "spec"), "a Job needs a spec with a pod template"));
+    };
+    job_spec(spec, &join(prefix, "spec"))
+}
+
+pub(super) fn validate_cron_job(c: &CronJob, prefix: &str) -> Result<(), FieldError> {
+    let at = |f: &str| join(prefix, f);
+    name_at_most(c.metadata.name.as_deref(), CRON_JOB_NAME_MAX, "CronJob", prefix)?;
+    let spec = &c.spec;
+    super::Schedule::parse(&spec.schedule, None)
+        .map_err(|e| FieldError::new(at("spec.schedule"), e).at(spec.schedule.clone()))?;
+    if let Some(tz) = &spec.time_zone {
+        super::Schedule::parse(&spec.schedule, Some(tz))
+            .map_err(|e| FieldError::new(at("spec.timeZone"), e).at(tz.clone()))?;
+    }
+    if let Some(policy) = spec.concurrency_policy.as_deref() {
+        if !matches!(policy, "Allow" | "Forbid" | "Replace") {
+            return Err(FieldError::new(
+                at("spec.concurrencyPolicy"),
+                format!("{policy:?}: expected Allow, Forbid or Replace"),
             )
             .at(policy));
         }
     }
-    fields::validate_pod(&pod, &at("spec.template"), claims)
+    if spec.starting_deadline_seconds.is_some_and(|s| s < 0) {
+        return Err(FieldError::new(at("spec.startingDeadlineSeconds"), "must not be negative"));
+    }
+    non_negative(at("spec.successfulJobsHistoryLimit"), spec.successful_jobs_history_limit)?;
+    non_negative(at("spec.failedJobsHistoryLimit"), spec.failed_jobs_history_limit)?;
+    let Some(job) = &spec.job_template.spec else {
+        return Err(FieldError::new(at("spec.jobTemplate.spec"), "a CronJob's job template needs a spec"));
+    };
+    job_spec(job, &at("spec.jobTemplate.spec"))
+}
+
+fn name_at_most(name: Option<&str>, max: usize, kind: &str, prefix: &str) -> Result<(), FieldError> {
+    match name {
+        Some(n) if n.len() > max => Err(FieldError::new(
+            join(prefix, "metadata.name"),
+            format!("a {kind}'s name is at most {max} characters ({n:?} has {})", n.len()),
+        )
+        .at("name:")),
+        _ => Ok(()),
+    }
+}
+
+/// The most completions (and parallel pods) an Indexed Job may have, as in Kubernetes.
+const MAX_INDEXED: i32 = 100_000;
+
+/// A Job's spec at `base` (`spec`, or a CronJob's `spec.jobTemplate.spec`).
+fn job_spec(spec: &JobSpec, base: &str) -> Result<(), FieldError> {
+    let at = |f: &str| format!("{base}.{f}");
+    non_negative(at("completions"), spec.completions)?;
+    non_negative(at("parallelism"), spec.parallelism)?;
+    non_negative(at("backoffLimit"), spec.backoff_limit)?;
+    non_negative(at("ttlSecondsAfterFinished"), spec.ttl_seconds_after_finished)?;
+    if let Some(d) = spec.active_deadline_seconds.filter(|d| *d <= 0) {
+        return Err(FieldError::new(at("activeDeadlineSeconds"), format!("{d}: must be greater than 0")));
+    }
+    match spec.completion_mode.as_deref() {
+        None | Some("NonIndexed") => {}
+        Some("Indexed") => match spec.completions {
+            None => {
+                return Err(FieldError::new(at("completions"), "an Indexed Job needs completions"));
+            }
+            Some(n) if n > MAX_INDEXED || spec.parallelism.unwrap_or(1) > MAX_INDEXED => {
+                return Err(FieldError::new(
+                    at("completions"),
+                    format!("an Indexed Job has at most {MAX_INDEXED} completions and parallel pods"),
+                ));
+            }
+            Some(_) => {}
+        },
+        Some(other) => {
+            return Err(FieldError::new(
+                at("completionMode"),
+                format!("{other:?}: expected NonIndexed or Indexed"),
+            )
+            .at(other))
+        }
+    }
+    template_pod(&spec.template, &at("template"), &BTreeSet::new(), &["Never", "OnFailure"], false)
 }
 
 /// Whether `selector` selects `labels` (matchLabels and every matchExpression), after checking

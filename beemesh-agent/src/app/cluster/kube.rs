@@ -144,7 +144,7 @@ pub(crate) fn implicit_namespace(name: &str) -> Object {
 }
 
 /// The kinds a namespace holds objects of (a Namespace with any of them is not deleted).
-pub(crate) const NAMESPACED_KINDS: [&str; 10] = [
+pub(crate) const NAMESPACED_KINDS: [&str; 13] = [
     "Pod",
     "ConfigMap",
     "Secret",
@@ -155,6 +155,9 @@ pub(crate) const NAMESPACED_KINDS: [&str; 10] = [
     "ReplicaSet",
     "DaemonSet",
     "PersistentVolumeClaim",
+    "ServiceAccount",
+    "Job",
+    "CronJob",
 ];
 
 /// A listed object as the API returns it; a body that is not JSON (written by a broken or

@@ -27,13 +27,19 @@ impl Write {
 }
 
 /// A pod of the state with what its host reported.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct PodState {
     pub pod: Pod,
     /// Every container ready (its host says so, and the host is not lost).
     pub ready: bool,
     /// How long this host has seen it ready (0 when not ready).
     pub ready_for_secs: u64,
+    /// The phase its host reported (`""` before any report).
+    pub phase: String,
+    /// Its containers' restarts, as its host reported them.
+    pub restarts: u32,
+    /// Placed on a host the failure detector holds dead.
+    pub lost: bool,
 }
 
 impl PodState {
@@ -48,6 +54,9 @@ impl PodState {
     pub fn label(&self, key: &str) -> Option<&str> {
         self.pod.metadata.labels.as_ref().and_then(|l| l.get(key)).map(String::as_str)
     }
+    pub fn uid(&self) -> &str {
+        self.pod.metadata.uid.as_deref().unwrap_or("")
+    }
 }
 
 /// The uid of the object controlling `meta` (its controller owner reference).
@@ -57,7 +66,7 @@ pub fn controller_uid(meta: &ObjectMeta) -> Option<&str> {
 
 pub fn owner_ref(kind: &str, meta: &ObjectMeta) -> OwnerReference {
     OwnerReference {
-        api_version: "apps/v1".into(),
+        api_version: if matches!(kind, "Job" | "CronJob") { "batch/v1" } else { "apps/v1" }.into(),
         kind: kind.into(),
         name: meta.name.clone().unwrap_or_default(),
         uid: meta.uid.clone().unwrap_or_default(),

@@ -154,7 +154,7 @@ mod tests {
             match (w.kind, &w.body) {
                 ("Pod", Some(b)) => {
                     let pod: Pod = serde_json::from_value(b.clone()).expect("pod");
-                    pods.insert(w.name.clone(), PodState { pod, ready: true, ready_for_secs: 0 });
+                    pods.insert(w.name.clone(), PodState { pod, ready: true, ..PodState::default() });
                 }
                 ("Pod", None) => {
                     pods.remove(&w.name);

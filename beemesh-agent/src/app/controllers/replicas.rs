@@ -326,7 +326,7 @@ mod tests {
                     pods.remove(i);
                 }
                 while pods.len() < n {
-                    pods.push(PodState { pod: Pod::default(), ready, ready_for_secs: 0 });
+                    pods.push(PodState { pod: Pod::default(), ready, ..PodState::default() });
                 }
             }
             writes
@@ -530,7 +530,7 @@ mod tests {
         let pod = |name: &str, ready: bool| {
             let mut p = Pod::default();
             p.metadata.name = Some(name.into());
-            PodState { pod: p, ready, ready_for_secs: 0 }
+            PodState { pod: p, ready, ..PodState::default() }
         };
         let split = |writes: &[Write]| -> (Vec<String>, Vec<String>) {
             let pods = writes.iter().filter(|w| w.kind == "Pod");

@@ -206,7 +206,7 @@ mod tests {
             match (w.kind, &w.body) {
                 ("Pod", Some(b)) => {
                     let pod: Pod = serde_json::from_value(b.clone()).expect("pod");
-                    pods.insert(w.name.clone(), PodState { pod, ready, ready_for_secs: 0 });
+                    pods.insert(w.name.clone(), PodState { pod, ready, ..PodState::default() });
                 }
                 ("Pod", None) => {
                     pods.remove(&w.name);
@@ -291,7 +291,7 @@ mod claim_tests {
         // Placed on h2: the claim is recorded there.
         let mut placed = pod.clone();
         placed.spec.as_mut().expect("spec").node_name = Some("h2".into());
-        let state = PodState { pod: placed, ready: true, ready_for_secs: 0 };
+        let state = PodState { pod: placed, ready: true, ..PodState::default() };
         let writes = stateful_set(&s, &[&state], &BTreeMap::new());
         let pvc = writes
             .iter()

@@ -212,13 +212,19 @@ pub fn group(pod: &Pod, slot: &str) -> String {
     }
 }
 
-/// The slot of `pod` (its state key's `namespace/name`).
 /// Whether the pod mounts a claim (a local volume on the host it was first placed on, which
 /// holds its data): it stays with that host and is not placed elsewhere when the host is lost.
 pub fn uses_claims(pod: &Pod) -> bool {
     pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()).any(|v| v.persistent_volume_claim.is_some())
 }
 
+/// Whether a Job controls the pod (`app::controllers::job` replaces it rather than the
+/// scheduler moving it).
+pub fn run_by_job(pod: &Pod) -> bool {
+    pod.metadata.owner_references.iter().flatten().any(|o| o.controller == Some(true) && o.kind == "Job")
+}
+
+/// The slot of `pod` (its state key's `namespace/name`).
 pub fn slot_of(namespace: &str, name: &str) -> String {
     format!("{namespace}/{name}")
 }
