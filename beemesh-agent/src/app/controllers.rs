@@ -237,13 +237,21 @@ async fn pass(
         .iter()
         .filter_map(|l| Some(((l.key.namespace.as_str(), l.key.name.as_str()), decode::<Value>(l)?)))
         .collect();
-    for (key, j) in jobs.iter().filter(|(k, _)| owns(k)) {
+    // Jobs and CronJobs act only where most of the mesh's hosts are heard from (neither
+    // suspected nor dead): a host cut off from the others (which soon owns every object by
+    // its own count) must not run a Job's pod or a CronJob's run that the larger side runs too.
+    let unheard = super::sched::unheard_nodes(of(super::nodes::KIND), liveness).len();
+    let known = of(super::nodes::KIND).len();
+    let majority = known.saturating_sub(unheard) * 2 > known;
+    for (key, j) in jobs.iter().filter(|(k, _)| majority && owns(k)) {
         let mine = controlled.get(j.metadata.uid.as_deref().unwrap_or("")).cloned().unwrap_or_default();
         let record = job_records.get(&(key.namespace.as_str(), key.name.as_str()));
         writes.extend(job::job(j, &mine, record, wall));
     }
+    let owns_cron = |k: &Key| majority && owns(k);
     writes.extend(
-        cron_jobs(cluster, &crons, &jobs, &job_records, of(cron_job::STATUS), &existing, wall, &owns).await?,
+        cron_jobs(cluster, &crons, &jobs, &job_records, of(cron_job::STATUS), &existing, wall, &owns_cron)
+            .await?,
     );
     writes.extend(moved_services(of("Service"), pools, |k| owns(k)));
 

@@ -215,14 +215,27 @@ impl core::View<String> for StateView {
 
 /// The node names of `nodes` (Node records) whose host the failure detector holds dead.
 pub fn dead_nodes(nodes: &[Listed], liveness: &Liveness) -> BTreeSet<String> {
+    nodes_where(nodes, liveness, |l| matches!(l, beemesh_state::liveness::Liveness::Dead { .. }))
+}
+
+/// The node names of the Node records whose hosts the failure detector suspects or holds
+/// dead: not heard from lately (within its suspicion time, 2.5 s).
+pub fn unheard_nodes(nodes: &[Listed], liveness: &Liveness) -> BTreeSet<String> {
+    nodes_where(nodes, liveness, |l| !matches!(l, beemesh_state::liveness::Liveness::Alive { .. }))
+}
+
+fn nodes_where(
+    nodes: &[Listed],
+    liveness: &Liveness,
+    pick: impl Fn(&beemesh_state::liveness::Liveness) -> bool,
+) -> BTreeSet<String> {
     nodes
         .iter()
         .filter_map(|l| {
             let v: Value = serde_json::from_slice(&l.body).ok()?;
             let peer: PeerId =
                 v.pointer("/metadata/annotations")?.get(PEER_ID_ANNOTATION)?.as_str()?.parse().ok()?;
-            matches!(liveness.status(&peer), Some(beemesh_state::liveness::Liveness::Dead { .. }))
-                .then(|| l.key.name.clone())
+            liveness.status(&peer).is_some_and(|s| pick(&s)).then(|| l.key.name.clone())
         })
         .collect()
 }

@@ -2,7 +2,10 @@
 //!
 //! Exactly one Job per scheduled time, whichever hosts come and go:
 //! - one host acts on a CronJob at a time: its owner by rendezvous over the alive hosts (the
-//!   driver's rule for every controller), and another takes over when it dies;
+//!   driver's rule for every controller), and another takes over when it dies; a host that
+//!   sees no strict majority of the mesh's hosts alive (cut off, it would own everything by
+//!   its own count) makes no runs, so a partition's smaller side never fires what the larger
+//!   side fires (with an even split, neither side fires until it heals);
 //! - the run at scheduled instant `T` is the Job `<cronjob>-<T in minutes since the epoch>`
 //!   (Kubernetes' own name), with a uid derived from the CronJob's uid and `T`: two hosts that
 //!   both believe they own the CronJob during a change of membership write the same object
