@@ -1,6 +1,7 @@
 //! Kubernetes manifests (`beemesh-agent apply -f`): a file of one or more YAML documents (or a
 //! `v1 List`) holding Pods, ConfigMaps, Secrets, Namespaces, Services, NetworkPolicies,
-//! Deployments, StatefulSets, ReplicaSets, DaemonSets, ServiceAccounts, Jobs and CronJobs, decoded into k8s-openapi types and checked strictly. A field
+//! Deployments, StatefulSets, ReplicaSets, DaemonSets, ServiceAccounts, Jobs, CronJobs,
+//! PersistentVolumeClaims and StorageClasses, decoded into k8s-openapi types and checked strictly. A field
 //! beemesh does not implement is rejected by name, never ignored (a Deployment's Pod template
 //! by the Pod's rules); a whole file is accepted or rejected. Sans-IO: the caller reads the
 //! file. The pod runtime and the cluster state (`app::cluster::kube`) consume the result.
@@ -15,8 +16,11 @@ mod workloads;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::storage::v1::StorageClass;
 use serde::de::DeserializeOwned;
 
 pub use fields::{env_field, EnvField};
@@ -45,6 +49,8 @@ pub enum Object {
     ServiceAccount(Box<ServiceAccount>),
     Job(Box<Job>),
     CronJob(Box<CronJob>),
+    PersistentVolumeClaim(Box<PersistentVolumeClaim>),
+    StorageClass(Box<StorageClass>),
 }
 
 impl Object {
@@ -63,6 +69,8 @@ impl Object {
             Object::ServiceAccount(_) => "ServiceAccount",
             Object::Job(_) => "Job",
             Object::CronJob(_) => "CronJob",
+            Object::PersistentVolumeClaim(_) => "PersistentVolumeClaim",
+            Object::StorageClass(_) => "StorageClass",
         }
     }
 
@@ -81,6 +89,8 @@ impl Object {
             Object::ServiceAccount(a) => &a.metadata,
             Object::Job(j) => &j.metadata,
             Object::CronJob(c) => &c.metadata,
+            Object::PersistentVolumeClaim(c) => &c.metadata,
+            Object::StorageClass(c) => &c.metadata,
         }
     }
 
@@ -238,6 +248,8 @@ fn object(value: &serde_yaml::Value, prefix: &str) -> Result<Object, ObjectError
             "ServiceAccount" => Object::ServiceAccount(Box::new(strict(v, prefix)?)),
             "Job" => Object::Job(Box::new(strict(v, prefix)?)),
             "CronJob" => Object::CronJob(Box::new(strict(v, prefix)?)),
+            "PersistentVolumeClaim" => Object::PersistentVolumeClaim(Box::new(strict(v, prefix)?)),
+            "StorageClass" => Object::StorageClass(Box::new(strict(v, prefix)?)),
             _ => Object::StatefulSet(Box::new(strict(v, prefix)?)),
         })
     };
@@ -369,6 +381,8 @@ fn validate(object: &Object, prefix: &str) -> Result<(), FieldError> {
         Object::DaemonSet(d) => workloads::validate_daemon_set(d, prefix)?,
         Object::Job(j) => workloads::validate_job(j, prefix)?,
         Object::CronJob(c) => workloads::validate_cron_job(c, prefix)?,
+        Object::PersistentVolumeClaim(c) => workloads::claim_spec(c.spec.as_ref(), &join(prefix, "spec"))?,
+        Object::StorageClass(c) => workloads::validate_storage_class(c, prefix)?,
         Object::ConfigMap(_) | Object::Secret(_) | Object::Namespace(_) | Object::ServiceAccount(_) => {}
     }
     Ok(())

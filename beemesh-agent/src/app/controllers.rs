@@ -11,6 +11,7 @@
 //! else once they have been orphans for [`ORPHAN_GRACE`] (the controller may not have reached
 //! this host yet): `delete` deletes only what it names, and this is the cascade.
 
+pub mod claims;
 pub mod common;
 pub mod cron_job;
 pub mod daemon;
@@ -50,7 +51,8 @@ const ORPHAN_GRACE: Duration = Duration::from_secs(5);
 /// A pass at least this often (readiness reported, hosts lost), and at most this often.
 const RESYNC: Duration = Duration::from_secs(1);
 const SETTLE: Duration = Duration::from_millis(20);
-/// Claims of StatefulSets' `volumeClaimTemplates` (local volumes, bound to a host).
+/// Claims (local volumes, bound to a host): StatefulSets' `volumeClaimTemplates` and
+/// stand-alone ones.
 const CLAIM: &str = "PersistentVolumeClaim";
 
 pub fn spawn(cluster: Cluster, liveness: Liveness, events: Recorder, pools: super::services::Pools) {
@@ -253,6 +255,14 @@ async fn pass(
         cron_jobs(cluster, &crons, &jobs, &job_records, of(cron_job::STATUS), &existing, wall, &owns_cron)
             .await?,
     );
+    let standalone: Vec<(&str, &str, Value)> = of(CLAIM)
+        .iter()
+        .filter(|l| owns(&l.key))
+        .filter_map(|l| Some((l.key.namespace.as_str(), l.key.name.as_str(), decode::<Value>(l)?)))
+        .collect();
+    let refs: Vec<(&str, &str, &Value)> = standalone.iter().map(|(ns, n, v)| (*ns, *n, v)).collect();
+    let all_pods: Vec<&PodState> = pods.iter().map(|(_, p)| p).collect();
+    writes.extend(claims::bind(&refs, &all_pods));
     writes.extend(moved_services(of("Service"), pools, |k| owns(k)));
 
     // Orphans: ReplicaSets of no Deployment, pods of no ReplicaSet, StatefulSet or DaemonSet,

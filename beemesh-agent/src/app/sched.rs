@@ -46,6 +46,8 @@ pub const REQUEST_KIND: &str = "sched";
 pub const SCHEDULED_ANNOTATION: &str = "beemesh.io/scheduled";
 /// On a pod no host can take now: why (`0/3 hosts are available: ...`).
 pub const UNSCHEDULABLE_ANNOTATION: &str = "beemesh.io/unschedulable";
+/// The kind of claims (a pod mounting one goes where it is bound).
+const CLAIM: &str = "PersistentVolumeClaim";
 /// How often the task looks at deadlines and back-offs.
 const TICK: Duration = Duration::from_millis(100);
 /// How often the view is read again without a change (the detector's verdicts change
@@ -66,6 +68,8 @@ pub enum Placement {
 #[derive(Clone, Debug, Default)]
 pub struct PodRef {
     pub uid: Option<String>,
+    /// The stand-alone claims it mounts (`needs::claims_of`): they decide its host.
+    pub claims: Vec<String>,
     /// Its `spec.schedulerName`, when it names one.
     pub scheduler_name: Option<String>,
 }
@@ -74,6 +78,7 @@ impl PodRef {
     pub fn of(pod: &Pod) -> PodRef {
         PodRef {
             uid: pod.metadata.uid.clone(),
+            claims: needs::claims_of(pod),
             scheduler_name: pod.spec.as_ref().and_then(|s| s.scheduler_name.clone()),
         }
     }
@@ -193,6 +198,21 @@ struct StateView {
     /// What each host runs, by slot.
     on: BTreeMap<String, BTreeMap<String, Placed>>,
     pods: BTreeMap<String, PodSlot>,
+    /// The state's claims (`namespace/name`) and where each is bound.
+    claims: BTreeMap<String, needs::ClaimState>,
+    /// The pods of each claim (`namespace/name`): `(slot, host or "")`.
+    claim_users: BTreeMap<String, Vec<(String, String)>>,
+}
+
+impl StateView {
+    /// Where the pod of `slot` may go for its claims (`needs::claim_host`).
+    fn claim_host(&self, slot: &str, claims: &[String]) -> Result<Option<String>, String> {
+        if claims.is_empty() {
+            return Ok(None);
+        }
+        let namespace = slot.split_once('/').map_or("default", |(ns, _)| ns);
+        needs::claim_host(namespace, slot, claims, &self.claims, &self.claim_users)
+    }
 }
 
 impl core::View<String> for StateView {
@@ -246,7 +266,13 @@ fn scheduled(pod: &Pod) -> bool {
 }
 
 impl StateView {
-    fn read(nodes: &[Listed], pods: &[Listed], statuses: &[Listed], liveness: &Liveness) -> StateView {
+    fn read(
+        nodes: &[Listed],
+        pods: &[Listed],
+        statuses: &[Listed],
+        claims: &[Listed],
+        liveness: &Liveness,
+    ) -> StateView {
         let mut v = StateView { dead: dead_nodes(nodes, liveness), ..StateView::default() };
         for l in nodes {
             let Ok(record) = serde_json::from_slice::<Value>(&l.body) else { continue };
@@ -285,7 +311,22 @@ impl StateView {
                 v.placed.insert(slot.clone(), node.clone());
             }
             let scheduled = scheduled(&pod);
+            let host = if v.dead.contains(&node) { String::new() } else { node.clone() };
+            for claim in needs::claims_of(&pod) {
+                let key = format!("{}/{claim}", l.key.namespace);
+                v.claim_users.entry(key).or_default().push((slot.clone(), host.clone()));
+            }
             v.pods.insert(slot, PodSlot { pod, node, scheduled });
+        }
+        for l in claims {
+            let Ok(record) = serde_json::from_slice::<Value>(&l.body) else { continue };
+            let bound =
+                record["metadata"]["annotations"][super::controllers::stateful::SELECTED_NODE].as_str();
+            let state = match bound {
+                Some(host) => needs::ClaimState::Bound(host.to_owned()),
+                None => needs::ClaimState::Unbound,
+            };
+            v.claims.insert(format!("{}/{}", l.key.namespace, l.key.name), state);
         }
         v
     }
@@ -318,6 +359,7 @@ impl Task {
     async fn run(mut self, mut rx: mpsc::Receiver<Input>) {
         let mut pods = self.cluster.kind_changes(POD);
         let mut nodes = self.cluster.kind_changes(super::nodes::KIND);
+        let mut claims = self.cluster.kind_changes(CLAIM);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut read_at: Option<Instant> = None;
@@ -327,10 +369,13 @@ impl Task {
                 input = rx.recv() => match input {
                     Some(input) => {
                         // A placement decides on the latest state (an apply's earlier pods).
-                        let changed = pods.has_changed().unwrap_or(false) || nodes.has_changed().unwrap_or(false);
+                        let changed = pods.has_changed().unwrap_or(false)
+                            || nodes.has_changed().unwrap_or(false)
+                            || claims.has_changed().unwrap_or(false);
                         if matches!(input, Input::Place { .. }) && (changed || read_at.is_none()) {
                             pods.mark_unchanged();
                             nodes.mark_unchanged();
+                            claims.mark_unchanged();
                             if self.read().await.is_ok() {
                                 read_at = Some(Instant::now());
                             }
@@ -341,6 +386,7 @@ impl Task {
                     None => break,
                 },
                 changed = pods.changed() => { if changed.is_err() { break } dirty = true; }
+                changed = claims.changed() => { if changed.is_err() { break } dirty = true; }
                 changed = nodes.changed() => {
                     if changed.is_err() { break }
                     dirty = true;
@@ -365,17 +411,22 @@ impl Task {
     }
 
     async fn read(&mut self) -> Result<(), String> {
-        let (_, items) =
-            self.cluster.snapshot(&[super::nodes::KIND, POD, POD_STATUS]).await.map_err(|e| e.to_string())?;
-        let (mut nodes, mut pods, mut statuses) = (Vec::new(), Vec::new(), Vec::new());
+        let (_, items) = self
+            .cluster
+            .snapshot(&[super::nodes::KIND, POD, POD_STATUS, CLAIM])
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut nodes, mut pods, mut statuses, mut claims) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for l in items {
             match l.key.kind.as_str() {
                 POD => pods.push(l),
                 POD_STATUS => statuses.push(l),
+                CLAIM => claims.push(l),
                 _ => nodes.push(l),
             }
         }
-        self.view = StateView::read(&nodes, &pods, &statuses, &self.liveness);
+        self.view = StateView::read(&nodes, &pods, &statuses, &claims, &self.liveness);
         let placed = &self.view.placed;
         self.bidder.release(|slot| placed.contains_key(slot));
         Ok(())
@@ -399,9 +450,20 @@ impl Task {
             if !(p.node.is_empty() || lost) {
                 continue;
             }
-            let req = needs::slot_req(&p.pod, slot);
+            let mut req = needs::slot_req(&p.pod, slot);
             if core::owner(&self.view, &req.group).as_deref() != Some(self.me.as_str()) {
                 continue;
+            }
+            match self.view.claim_host(slot, &needs::claims_of(&p.pod)) {
+                Ok(Some(host)) => needs::pin(&mut req, &host),
+                Ok(None) => {}
+                Err(message) => {
+                    // Not tendered until its claims allow; said once.
+                    if self.shown.get(slot) != Some(&message) {
+                        outs.push(Out::Pending { slot: slot.clone(), message });
+                    }
+                    continue;
+                }
             }
             if lost && !self.tracked.contains(slot) {
                 info!(pod = %slot, node = %p.node, "pod's host is lost; placing it again");
@@ -425,9 +487,15 @@ impl Task {
     fn on_input(&mut self, input: Input) -> Vec<Out<String>> {
         let now = self.now();
         match input {
-            Input::Place { req, pod, reply } => {
+            Input::Place { mut req, pod, reply } => {
                 let slot = req.slot.clone();
+                let host = self.view.claim_host(&slot, &pod.claims);
                 self.waiters.insert(slot.clone(), (reply, pod));
+                match host {
+                    Ok(Some(host)) => needs::pin(&mut req, &host),
+                    Ok(None) => {}
+                    Err(message) => return vec![Out::Pending { slot, message }],
+                }
                 // A slot placed in this apply's own earlier write is tendered afresh.
                 self.tenderer.forget(&slot);
                 self.tenderer.want(now, *req, &self.view)

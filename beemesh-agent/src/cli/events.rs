@@ -30,6 +30,7 @@ pub(super) fn kind_of(word: &str) -> Option<&'static str> {
         "job" | "jobs" | "job.batch" => "Job",
         "cronjob" | "cronjobs" | "cj" | "cronjob.batch" => "CronJob",
         "serviceaccount" | "serviceaccounts" | "sa" => "ServiceAccount",
+        "storageclass" | "storageclasses" | "sc" => "StorageClass",
         "node" | "nodes" | "no" => "Node",
         _ => return None,
     })

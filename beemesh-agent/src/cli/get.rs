@@ -72,11 +72,15 @@ pub enum GetCommand {
     /// CONTAINERS IMAGES SELECTOR).
     #[command(alias = "daemonset", alias = "ds")]
     Daemonsets(Selector),
-    /// PersistentVolumeClaims (a StatefulSet's claims: local volumes on the host named by
-    /// `volume.kubernetes.io/selected-node`): NAME STATUS VOLUME CAPACITY ACCESS MODES
-    /// STORAGECLASS AGE.
+    /// PersistentVolumeClaims (local volumes on the host named by
+    /// `volume.kubernetes.io/selected-node`, bound where their first pod is placed): NAME STATUS
+    /// VOLUME CAPACITY ACCESS MODES STORAGECLASS AGE.
     #[command(alias = "persistentvolumeclaim", alias = "pvc")]
     Persistentvolumeclaims(Selector),
+    /// StorageClasses (kept as written: a claim of any class is a local volume on one host):
+    /// NAME PROVISIONER RECLAIMPOLICY VOLUMEBINDINGMODE ALLOWVOLUMEEXPANSION AGE.
+    #[command(alias = "storageclass", alias = "sc")]
+    Storageclasses(Selector),
     /// Jobs: NAME STATUS COMPLETIONS DURATION AGE (wide: CONTAINERS IMAGES).
     #[command(alias = "job")]
     Jobs(Selector),
@@ -111,6 +115,7 @@ pub async fn get(socket: &Path, cmd: GetCommand) -> ExitCode {
         GetCommand::Persistentvolumeclaims(s) => ("PersistentVolumeClaim", s),
         GetCommand::Serviceaccounts(s) => ("ServiceAccount", s),
         GetCommand::Jobs(s) => ("Job", s),
+        GetCommand::Storageclasses(s) => ("StorageClass", s),
         GetCommand::Cronjobs(s) => ("CronJob", s),
         GetCommand::Nodes(args) => return super::nodes::get(socket, args).await,
         GetCommand::Events(s) if matches!(s.output, Output::Table | Output::Wide) && s.name.is_none() => {
@@ -210,6 +215,10 @@ pub fn table(kind: &str, items: &[ObjectEntry], namespaces: bool, wide: bool) ->
             (vec!["NAME", "STATUS", "VOLUME", "CAPACITY", "ACCESS MODES", "STORAGECLASS", "AGE"], vec![])
         }
         "Job" => (vec!["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"], vec!["CONTAINERS", "IMAGES"]),
+        "StorageClass" => (
+            vec!["NAME", "PROVISIONER", "RECLAIMPOLICY", "VOLUMEBINDINGMODE", "ALLOWVOLUMEEXPANSION", "AGE"],
+            vec![],
+        ),
         "CronJob" => (
             vec!["NAME", "SCHEDULE", "TIMEZONE", "SUSPEND", "ACTIVE", "LAST SCHEDULE", "AGE"],
             vec!["CONTAINERS", "IMAGES"],
@@ -332,6 +341,13 @@ fn columns(kind: &str, o: &Value, wide: bool) -> Vec<String> {
             cells
         }
         "Job" => job_cells(o, now_secs()),
+        // Whatever the provisioner, a claim of the class is a local volume on one host.
+        "StorageClass" => vec![
+            format!("{} (local volumes)", o["provisioner"].as_str().unwrap_or_default()),
+            o["reclaimPolicy"].as_str().unwrap_or("Delete").to_owned(),
+            o["volumeBindingMode"].as_str().unwrap_or("Immediate").to_owned(),
+            o["allowVolumeExpansion"].as_bool().unwrap_or(false).to_string(),
+        ],
         "CronJob" => {
             let last = o["status"]["lastScheduleTime"].as_str().and_then(secs_of);
             vec![

@@ -135,6 +135,9 @@ const POD_SPEC: &[&str] = &[
     "spec.volumes[].secret.optional",
     "spec.volumes[].hostPath.path",
     "spec.volumes[].hostPath.type",
+    // A claim's local volume on the host the claim is bound to (`app::controllers::claims`).
+    "spec.volumes[].persistentVolumeClaim.claimName",
+    "spec.volumes[].persistentVolumeClaim.readOnly",
     "spec.securityContext.runAsUser",
     "spec.securityContext.runAsGroup",
     "spec.securityContext.runAsNonRoot",
@@ -282,6 +285,26 @@ const CRON_JOB: &[&str] = &[
     "spec.jobTemplate.metadata.annotations.*",
 ];
 
+/// A PersistentVolumeClaim: a local volume on the host it binds to.
+const CLAIM: &[&str] = &[
+    "spec.accessModes[]",
+    "spec.resources.requests.storage",
+    "spec.resources.limits.storage",
+    "spec.storageClassName",
+    // `Filesystem` only (`workloads::claim_spec`).
+    "spec.volumeMode",
+];
+
+/// A StorageClass: kept as written; every class means a local volume on one host.
+const STORAGE_CLASS: &[&str] = &[
+    "provisioner",
+    "parameters.*",
+    "reclaimPolicy",
+    "volumeBindingMode",
+    "allowVolumeExpansion",
+    "mountOptions[]",
+];
+
 /// What the tunnels issue implements of a Service.
 const SERVICE: &[&str] = &[
     "spec.type",
@@ -406,6 +429,8 @@ fn allowed(kind: &str) -> Option<&'static Allowed> {
     static DAEMON_SET_FIELDS: OnceLock<Allowed> = OnceLock::new();
     static SERVICE_ACCOUNT_FIELDS: OnceLock<Allowed> = OnceLock::new();
     static JOB_FIELDS: OnceLock<Allowed> = OnceLock::new();
+    static CLAIM_FIELDS: OnceLock<Allowed> = OnceLock::new();
+    static STORAGE_CLASS_FIELDS: OnceLock<Allowed> = OnceLock::new();
     static CRON_JOB_FIELDS: OnceLock<Allowed> = OnceLock::new();
     let with = |extra: Vec<String>| -> Allowed {
         let mut v: Vec<String> =
@@ -428,6 +453,8 @@ fn allowed(kind: &str) -> Option<&'static Allowed> {
             with(strings(&["automountServiceAccountToken", "imagePullSecrets[].name", "secrets[].name"]))
         }),
         "Job" => JOB_FIELDS.get_or_init(|| with(job("spec"))),
+        "PersistentVolumeClaim" => CLAIM_FIELDS.get_or_init(|| with(strings(CLAIM))),
+        "StorageClass" => STORAGE_CLASS_FIELDS.get_or_init(|| with(strings(STORAGE_CLASS))),
         "CronJob" => CRON_JOB_FIELDS.get_or_init(|| {
             let mut v = strings(CRON_JOB);
             v.extend(job("spec.jobTemplate.spec"));
@@ -582,13 +609,23 @@ pub(super) fn validate_pod(pod: &Pod, prefix: &str, claims: &BTreeSet<String>) -
             v.host_path.is_some(),
             v.downward_api.is_some(),
             v.projected.is_some(),
+            v.persistent_volume_claim.is_some(),
         ];
         exactly_one(
             &sources,
             &field,
             "a volume",
-            "emptyDir, configMap, secret, hostPath, downwardAPI, projected",
+            "emptyDir, configMap, secret, hostPath, downwardAPI, projected, persistentVolumeClaim",
         )?;
+        if let Some(claim) = v.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str()) {
+            if !is_dns_subdomain(claim) {
+                return Err(FieldError::new(
+                    format!("{field}.persistentVolumeClaim.claimName"),
+                    format!("invalid claim name {claim:?}"),
+                )
+                .at(claim.to_owned()));
+            }
+        }
         let items = v.downward_api.as_ref().map(|d| d.items.as_deref().unwrap_or_default());
         validate_downward(items, spec, &field)?;
         for (j, source) in v.projected.iter().flat_map(|p| p.sources.iter().flatten()).enumerate() {

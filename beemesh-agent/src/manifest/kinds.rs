@@ -57,6 +57,16 @@ pub const KINDS: &[KindInfo] = &[
     kind("ServiceAccount", "v1", "serviceaccount", "serviceaccounts", true),
     kind("Job", "batch/v1", "job.batch", "jobs.batch", true),
     kind("CronJob", "batch/v1", "cronjob.batch", "cronjobs.batch", true),
+    // A local volume on the host it binds to (`app::controllers::claims`).
+    kind("PersistentVolumeClaim", "v1", "persistentvolumeclaim", "persistentvolumeclaims", true),
+    // Kept as written: whatever its provisioner, a claim of any class is a local volume.
+    kind(
+        "StorageClass",
+        "storage.k8s.io/v1",
+        "storageclass.storage.k8s.io",
+        "storageclasses.storage.k8s.io",
+        false,
+    ),
 ];
 
 pub fn kind_info(kind: &str) -> Option<&'static KindInfo> {

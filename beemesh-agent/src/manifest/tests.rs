@@ -487,7 +487,7 @@ fn downward_api_and_projected_volumes_are_accepted_and_checked() {
 /// prints every refusal. The floor only rises: a change that refuses more fails here.
 #[test]
 fn the_corpus_of_everyday_manifests_is_accepted() {
-    const FLOOR: usize = 15;
+    const FLOOR: usize = 18;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus");
     let mut files: Vec<_> =
         std::fs::read_dir(&dir).expect("tests/corpus").flatten().map(|e| e.path()).collect();
@@ -644,4 +644,46 @@ fn jobs_and_cron_jobs_parse_and_are_checked_as_kubernetes_does() {
         bad("restartPolicy: OnFailure", "restartPolicy: Always", CRON_JOB),
         r#"m.yaml:17: spec.jobTemplate.spec.template.spec.restartPolicy: "Always": only Never or OnFailure is allowed here"#
     );
+}
+
+#[test]
+fn claims_storage_classes_and_pods_that_mount_claims_parse_and_are_checked() {
+    let text = r#"apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: fast-ssd}
+provisioner: ebs.csi.aws.com
+parameters: {type: gp3}
+reclaimPolicy: Retain
+volumeBindingMode: WaitForFirstConsumer
+allowVolumeExpansion: true
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: uploads}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: fast-ssd
+  resources: {requests: {storage: 5Gi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  volumes: [{name: data, persistentVolumeClaim: {claimName: uploads, readOnly: true}}]
+  containers: [{name: c, image: busybox:1, volumeMounts: [{name: data, mountPath: /data}]}]
+"#;
+    let objects = parse("c.yaml", text).expect("valid");
+    assert_eq!(objects[0].namespace(), "", "a StorageClass is cluster-scoped");
+    assert_eq!(objects[1].shown(), "persistentvolumeclaim/uploads");
+    let bad = |from: &str, to: &str| err(&text.replace(from, to)).to_string();
+    assert_eq!(
+        bad("resources: {requests: {storage: 5Gi}}", "resources: {}"),
+        "m.yaml:16: spec.resources.requests.storage: a claim needs a storage request"
+    );
+    assert!(bad("[ReadWriteOnce]", "[ReadWriteSometimes]").contains("spec.accessModes[0]"));
+    assert!(bad("storageClassName: fast-ssd", "volumeMode: Block").contains("Filesystem only"));
+    assert!(bad("reclaimPolicy: Retain", "reclaimPolicy: Recycle").contains("expected Delete or Retain"));
+    assert!(bad("claimName: uploads", "claimName: Up_loads").contains("invalid claim name"));
+    assert!(bad("{name: data, persistentVolumeClaim", "{name: data, emptyDir: {}, persistentVolumeClaim")
+        .contains("exactly one"));
 }

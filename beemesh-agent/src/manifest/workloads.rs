@@ -139,25 +139,61 @@ pub(super) fn validate_stateful_set(s: &StatefulSet, prefix: &str) -> Result<(),
                 format!("invalid or repeated claim name {name:?}"),
             ));
         }
-        let storage =
-            claim.spec.as_ref().and_then(|s| s.resources.as_ref()).and_then(|r| r.requests.as_ref());
-        match storage.and_then(|r| r.get("storage")) {
-            Some(q) => super::parse_memory_bytes(&q.0).map(|_| ()).map_err(|reason| {
-                FieldError::new(
-                    at(&format!("spec.volumeClaimTemplates[{i}].spec.resources.requests.storage")),
-                    reason,
-                )
-                .at(q.0.clone())
-            })?,
-            None => {
-                return Err(FieldError::new(
-                    at(&format!("spec.volumeClaimTemplates[{i}].spec.resources.requests.storage")),
-                    "a claim needs a storage request",
-                ))
-            }
-        }
+        claim_spec(claim.spec.as_ref(), &at(&format!("spec.volumeClaimTemplates[{i}].spec")))?;
     }
     template(&spec.selector, &spec.template, prefix, &claims)
+}
+
+/// A claim's spec at `base`: a storage request, access modes Kubernetes knows, a filesystem.
+pub(super) fn claim_spec(
+    spec: Option<&k8s_openapi::api::core::v1::PersistentVolumeClaimSpec>,
+    base: &str,
+) -> Result<(), FieldError> {
+    let at = |f: &str| format!("{base}.{f}");
+    let storage = spec.and_then(|s| s.resources.as_ref()).and_then(|r| r.requests.as_ref());
+    match storage.and_then(|r| r.get("storage")) {
+        Some(q) => super::parse_memory_bytes(&q.0)
+            .map_err(|reason| FieldError::new(at("resources.requests.storage"), reason).at(q.0.clone()))?,
+        None => {
+            return Err(FieldError::new(at("resources.requests.storage"), "a claim needs a storage request"))
+        }
+    };
+    for (i, mode) in spec.and_then(|s| s.access_modes.as_ref()).into_iter().flatten().enumerate() {
+        if !matches!(mode.as_str(), "ReadWriteOnce" | "ReadOnlyMany" | "ReadWriteMany" | "ReadWriteOncePod") {
+            return Err(FieldError::new(
+                at(&format!("accessModes[{i}]")),
+                format!("{mode:?}: expected ReadWriteOnce, ReadOnlyMany, ReadWriteMany or ReadWriteOncePod"),
+            )
+            .at(mode.clone()));
+        }
+    }
+    if let Some(mode) = spec.and_then(|s| s.volume_mode.as_deref()).filter(|m| *m != "Filesystem") {
+        return Err(FieldError::new(
+            at("volumeMode"),
+            format!("{mode}: a claim is a directory on its host's filesystem (Filesystem only)"),
+        )
+        .at(mode));
+    }
+    Ok(())
+}
+
+pub(super) fn validate_storage_class(
+    c: &k8s_openapi::api::storage::v1::StorageClass,
+    prefix: &str,
+) -> Result<(), FieldError> {
+    let at = |f: &str| join(prefix, f);
+    if c.provisioner.is_empty() {
+        return Err(FieldError::new(at("provisioner"), "a StorageClass needs a provisioner"));
+    }
+    for (field, value, allowed) in [
+        ("reclaimPolicy", c.reclaim_policy.as_deref(), &["Delete", "Retain"][..]),
+        ("volumeBindingMode", c.volume_binding_mode.as_deref(), &["Immediate", "WaitForFirstConsumer"][..]),
+    ] {
+        if let Some(v) = value.filter(|v| !allowed.contains(v)) {
+            return Err(FieldError::new(at(field), format!("{v:?}: expected {}", allowed.join(" or "))).at(v));
+        }
+    }
+    Ok(())
 }
 
 /// A StatefulSet's or DaemonSet's `updateStrategy.type`.

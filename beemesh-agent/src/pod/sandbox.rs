@@ -364,7 +364,7 @@ impl Layout {
                         group_own(&dir, host_gid(ids, gid)?, false)?;
                     }
                 }
-                VolumePlan::Claim { claim } => {
+                VolumePlan::Claim { claim, .. } => {
                     let dir = self.claim(&plan.namespace, claim);
                     claim_for_pod(&dir, ids)?;
                     if let Some(gid) = plan.fs_group {
@@ -449,10 +449,10 @@ impl Layout {
                         from_fd: true,
                     });
                 }
-                Some(VolumePlan::Claim { claim }) => mounts.push(BindMount {
+                Some(VolumePlan::Claim { claim, read_only }) => mounts.push(BindMount {
                     source: self.claim(&pod.namespace, claim),
                     target: m.target.clone(),
-                    read_only: m.read_only,
+                    read_only: m.read_only || *read_only,
                     sub_path: m.sub_path.clone(),
                     from_fd: false,
                 }),

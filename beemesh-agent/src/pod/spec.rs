@@ -224,7 +224,8 @@ pub enum VolumePlan {
     Secret { name: String, items: Option<Vec<KeyToPath>>, default_mode: u32, optional: bool },
     /// A claim's local volume on this host (`<state-dir>/volumes/<namespace>/<claim>`): kept
     /// when the pod goes, found again by the next pod of the same claim here.
-    Claim { claim: String },
+    /// A claim's local volume (`readOnly`: every mount of it read-only).
+    Claim { claim: String, read_only: bool },
     /// Files from several sources in one directory (`projected`; a `downwardAPI` volume is
     /// one downward source): `projected_files`.
     Projected { sources: Vec<Projection>, default_mode: u32 },
@@ -451,7 +452,7 @@ fn volume(v: &Volume) -> Option<VolumePlan> {
         return Some(VolumePlan::HostPath { path: h.path.clone(), kind });
     }
     if let Some(c) = &v.persistent_volume_claim {
-        return Some(VolumePlan::Claim { claim: c.claim_name.clone() });
+        return Some(VolumePlan::Claim { claim: c.claim_name.clone(), read_only: c.read_only == Some(true) });
     }
     let downward = |items: &Option<Vec<DownwardAPIVolumeFile>>| {
         let file = |f: &DownwardAPIVolumeFile| {

@@ -71,6 +71,9 @@ pub(crate) fn prepare(
         new["status"] = json!({ "phase": "Active" });
     }
     let old: Option<Value> = existing.and_then(|b| serde_json::from_slice(b).ok());
+    if let (Object::PersistentVolumeClaim(_), Some(old)) = (o, &old) {
+        keep_binding(&mut new, old);
+    }
     let generation = match &old {
         Some(old) if user_part(old) == user_part(&new) => return (Change::Unchanged, None),
         Some(old) => {
@@ -90,6 +93,16 @@ pub(crate) fn prepare(
     new["metadata"]["generation"] = json!(generation);
     let change = if old.is_some() { Change::Configured } else { Change::Created };
     (change, Some(Bytes::from(new.to_string())))
+}
+
+/// A claim applied again keeps what the mesh wrote when it bound it: the host of its local
+/// volume (`volume.kubernetes.io/selected-node`) and its status.
+fn keep_binding(new: &mut Value, old: &Value) {
+    let node = crate::app::controllers::stateful::SELECTED_NODE;
+    if let Some(host) = old["metadata"]["annotations"].get(node).filter(|h| h.is_string()) {
+        new["metadata"]["annotations"][node] = host.clone();
+        new["status"] = old["status"].clone();
+    }
 }
 
 /// An object without what the mesh fills in: what decides whether an apply changed it.

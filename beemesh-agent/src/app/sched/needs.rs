@@ -218,6 +218,91 @@ pub fn uses_claims(pod: &Pod) -> bool {
     pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()).any(|v| v.persistent_volume_claim.is_some())
 }
 
+/// The stand-alone claims a pod mounts (a StatefulSet's own claims are its controller's to
+/// pin: they are made after its pod's first placement).
+pub fn claims_of(pod: &Pod) -> Vec<String> {
+    let by_stateful_set = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.kind == "StatefulSet");
+    if by_stateful_set {
+        return Vec::new();
+    }
+    let mut claims: Vec<String> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter_map(|v| Some(v.persistent_volume_claim.as_ref()?.claim_name.clone()))
+        .collect();
+    claims.sort();
+    claims.dedup();
+    claims
+}
+
+/// What the state says of one claim: absent, bound to a host, or waiting for its first pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimState {
+    Bound(String),
+    Unbound,
+}
+
+/// Where the pod of `slot` (in `namespace`, mounting `claims`) may go: `Ok(None)` anywhere
+/// (it is the first pod of its unbound claims), `Ok(Some(host))` only there (a claim bound
+/// there, or another pod of an unbound claim already placed there, first by slot), `Err(why)`
+/// nowhere yet: a claim that does not exist, claims on two hosts, or an unbound claim whose
+/// first pod (by slot) is not placed yet. `known` holds the state's claims (`namespace/name`),
+/// `users` the placed or unplaced pods of each claim: `(slot, host or "")`.
+pub fn claim_host(
+    namespace: &str,
+    slot: &str,
+    claims: &[String],
+    known: &BTreeMap<String, ClaimState>,
+    users: &BTreeMap<String, Vec<(String, String)>>,
+) -> Result<Option<String>, String> {
+    let mut host: Option<String> = None;
+    for claim in claims {
+        let key = format!("{namespace}/{claim}");
+        let here = match known.get(&key) {
+            None => return Err(format!("persistentvolumeclaim {claim:?} not found")),
+            Some(ClaimState::Bound(h)) => Some(h.clone()),
+            Some(ClaimState::Unbound) => {
+                let others: Vec<&(String, String)> =
+                    users.get(&key).into_iter().flatten().filter(|(s, _)| s != slot).collect();
+                match others.iter().filter(|(_, h)| !h.is_empty()).min() {
+                    Some((_, h)) => Some(h.clone()),
+                    None => match others.iter().map(|(s, _)| s).filter(|s| s.as_str() < slot).min() {
+                        Some(first) => {
+                            return Err(format!(
+                                "waiting for the first pod of persistentvolumeclaim {claim:?} ({first}) to be placed"
+                            ))
+                        }
+                        None => None,
+                    },
+                }
+            }
+        };
+        match (&host, here) {
+            (Some(a), Some(b)) if *a != b => {
+                return Err(format!("its persistentvolumeclaims are on two hosts ({a} and {b})"))
+            }
+            (None, Some(b)) => host = Some(b),
+            _ => {}
+        }
+    }
+    Ok(host)
+}
+
+/// Restricts `req` to `host` (a claim's local volume is there).
+pub fn pin(req: &mut SlotReq, host: &str) {
+    req.needs.node_selector.0.push(Requirement {
+        key: HOSTNAME.into(),
+        op: Op::In,
+        values: vec![host.to_owned()],
+    });
+}
+
 /// Whether a Job controls the pod (`app::controllers::job` replaces it rather than the
 /// scheduler moving it).
 pub fn run_by_job(pod: &Pod) -> bool {
@@ -364,5 +449,37 @@ spec:
         assert_eq!(f.taints, vec![t]);
         assert_eq!(f.labels["kubernetes.io/hostname"], "h1");
         assert!(host_facts(&serde_json::json!({"metadata": {}})).is_none());
+    }
+
+    #[test]
+    fn a_claims_pods_go_where_it_is_bound_or_where_its_first_pod_went() {
+        let known = BTreeMap::from([
+            ("shop/bound".to_owned(), ClaimState::Bound("h2".into())),
+            ("shop/fresh".to_owned(), ClaimState::Unbound),
+            ("shop/other".to_owned(), ClaimState::Bound("h3".into())),
+        ]);
+        let claims = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let none = BTreeMap::new();
+        let host = |slot: &str, c: &[&str], users: &BTreeMap<String, Vec<(String, String)>>| {
+            claim_host("shop", slot, &claims(c), &known, users)
+        };
+        assert_eq!(host("shop/a", &["bound"], &none), Ok(Some("h2".into())));
+        assert_eq!(host("shop/a", &["fresh"], &none), Ok(None), "the first pod goes anywhere");
+        assert_eq!(
+            host("shop/a", &["missing"], &none),
+            Err("persistentvolumeclaim \"missing\" not found".into())
+        );
+        assert!(host("shop/a", &["bound", "other"], &none).is_err_and(|e| e.contains("two hosts")));
+        // Another pod of the unbound claim: placed, it draws this one to its host; unplaced
+        // and first by slot, this one waits for it; later by slot, this one goes first.
+        let placed =
+            BTreeMap::from([("shop/fresh".to_owned(), vec![("shop/b".to_owned(), "h1".to_owned())])]);
+        assert_eq!(host("shop/c", &["fresh"], &placed), Ok(Some("h1".into())));
+        let waiting = BTreeMap::from([("shop/fresh".to_owned(), vec![("shop/b".to_owned(), String::new())])]);
+        assert!(host("shop/c", &["fresh"], &waiting).is_err_and(|e| e.contains("shop/b")));
+        assert_eq!(host("shop/a", &["fresh"], &waiting), Ok(None));
+        let mut req = slot_req(&Pod::default(), "shop/a");
+        pin(&mut req, "h2");
+        assert_eq!(req.needs.node_selector.0.last().map(|r| r.values.clone()), Some(vec!["h2".to_owned()]));
     }
 }
