@@ -79,6 +79,17 @@ pub enum Request {
         namespace: String,
         name: String,
     },
+    /// Deletes a pod as an eviction (`drain`): only if every PodDisruptionBudget covering it
+    /// allows a disruption now; else an error with Kubernetes' reason.
+    EvictPod {
+        namespace: String,
+        name: String,
+    },
+    /// Marks a node unschedulable (`cordon`) or schedulable again (`uncordon`).
+    CordonNode {
+        node: String,
+        unschedulable: bool,
+    },
     /// Objects of `kind` (`ConfigMap`, `Secret`, `Namespace`, `Service`, `NetworkPolicy`,
     /// `Deployment`, `StatefulSet`) in the replicated cluster state, of one namespace or
     /// (`None`) all (Namespaces: always all, `default` and `kube-system` among them).

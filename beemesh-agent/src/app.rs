@@ -145,6 +145,8 @@ impl AgentHandle {
                 }
             }
             Request::DeletePod { namespace, name } => return self.delete_pod(&namespace, &name).await,
+            Request::EvictPod { namespace, name } => return self.evict_pod(&namespace, &name).await,
+            Request::CordonNode { node, unschedulable } => return self.cordon(&node, unschedulable).await,
             req @ Request::PodContainer { .. } => return self.pod_container(req).await,
             req @ (Request::PodLogs { .. } | Request::ExecPod { .. }) => return self.pod_io(req).await,
             Request::ListPods { namespace } => return self.list_pods(namespace.as_deref()).await,
@@ -717,6 +719,8 @@ impl Agent {
             Request::Apply { .. }
             | Request::DeleteObjects { .. }
             | Request::DeletePod { .. }
+            | Request::EvictPod { .. }
+            | Request::CordonNode { .. }
             | Request::ListPods { .. }
             | Request::WaitPod { .. }
             | Request::PodLogs { .. }

@@ -26,6 +26,7 @@ macro_rules! out {
 }
 
 mod ca;
+mod drain;
 mod events;
 mod get;
 mod images;
@@ -203,6 +204,21 @@ pub enum Command {
         name: String,
         #[arg(short, long, default_value = "default")]
         namespace: String,
+    },
+    /// Mark a node unschedulable: no new pods go there (its pods stay).
+    Cordon { node: String },
+    /// Mark a node schedulable again.
+    Uncordon { node: String },
+    /// Cordon a node and evict its pods, one by one, as PodDisruptionBudgets allow (refused
+    /// evictions are retried every second); DaemonSet pods stay.
+    Drain {
+        node: String,
+        /// Evict pods that no controller keeps too (they are not made again).
+        #[arg(long)]
+        force: bool,
+        /// Give up after this many seconds (0: never).
+        #[arg(long, default_value_t = 0)]
+        timeout: u64,
     },
     /// A Deployment's revisions (`history`), or a rollback to one (`undo`).
     Rollout {
@@ -467,6 +483,9 @@ pub async fn execute(cli: Cli) -> ExitCode {
         Command::Exec { .. } => fail("exec needs a POD or --identity"),
         Command::Apply { file } => pods::apply(&socket, &file).await,
         Command::Get { what } => get::get(&socket, what).await,
+        Command::Cordon { node } => drain::cordon(&socket, &node, true).await,
+        Command::Uncordon { node } => drain::cordon(&socket, &node, false).await,
+        Command::Drain { node, force, timeout } => drain::drain(&socket, &node, force, timeout).await,
         Command::Rollout { what } => rollout::rollout(&socket, what).await,
         Command::Events { namespace, all_namespaces, about } => {
             events::events(&socket, &namespace, all_namespaces, about.as_deref()).await

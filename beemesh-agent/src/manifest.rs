@@ -1,7 +1,7 @@
 //! Kubernetes manifests (`beemesh-agent apply -f`): a file of one or more YAML documents (or a
 //! `v1 List`) holding Pods, ConfigMaps, Secrets, Namespaces, Services, NetworkPolicies,
 //! Deployments, StatefulSets, ReplicaSets, DaemonSets, ServiceAccounts, Jobs, CronJobs,
-//! PersistentVolumeClaims and StorageClasses, decoded into k8s-openapi types and checked strictly. A field
+//! PersistentVolumeClaims, StorageClasses and PodDisruptionBudgets, decoded into k8s-openapi types and checked strictly. A field
 //! beemesh does not implement is rejected by name, never ignored (a Deployment's Pod template
 //! by the Pod's rules); a whole file is accepted or rejected. Sans-IO: the caller reads the
 //! file. The pod runtime and the cluster state (`app::cluster::kube`) consume the result.
@@ -20,6 +20,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Namespace, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
 use serde::de::DeserializeOwned;
 
@@ -51,6 +52,7 @@ pub enum Object {
     CronJob(Box<CronJob>),
     PersistentVolumeClaim(Box<PersistentVolumeClaim>),
     StorageClass(Box<StorageClass>),
+    PodDisruptionBudget(Box<PodDisruptionBudget>),
 }
 
 impl Object {
@@ -71,6 +73,7 @@ impl Object {
             Object::CronJob(_) => "CronJob",
             Object::PersistentVolumeClaim(_) => "PersistentVolumeClaim",
             Object::StorageClass(_) => "StorageClass",
+            Object::PodDisruptionBudget(_) => "PodDisruptionBudget",
         }
     }
 
@@ -91,6 +94,7 @@ impl Object {
             Object::CronJob(c) => &c.metadata,
             Object::PersistentVolumeClaim(c) => &c.metadata,
             Object::StorageClass(c) => &c.metadata,
+            Object::PodDisruptionBudget(b) => &b.metadata,
         }
     }
 
@@ -250,6 +254,7 @@ fn object(value: &serde_yaml::Value, prefix: &str) -> Result<Object, ObjectError
             "CronJob" => Object::CronJob(Box::new(strict(v, prefix)?)),
             "PersistentVolumeClaim" => Object::PersistentVolumeClaim(Box::new(strict(v, prefix)?)),
             "StorageClass" => Object::StorageClass(Box::new(strict(v, prefix)?)),
+            "PodDisruptionBudget" => Object::PodDisruptionBudget(Box::new(strict(v, prefix)?)),
             _ => Object::StatefulSet(Box::new(strict(v, prefix)?)),
         })
     };
@@ -383,7 +388,17 @@ fn validate(object: &Object, prefix: &str) -> Result<(), FieldError> {
         Object::CronJob(c) => workloads::validate_cron_job(c, prefix)?,
         Object::PersistentVolumeClaim(c) => workloads::claim_spec(c.spec.as_ref(), &join(prefix, "spec"))?,
         Object::StorageClass(c) => workloads::validate_storage_class(c, prefix)?,
+        Object::PodDisruptionBudget(b) => workloads::validate_disruption_budget(b, prefix)?,
         Object::ConfigMap(_) | Object::Secret(_) | Object::Namespace(_) | Object::ServiceAccount(_) => {}
     }
     Ok(())
+}
+
+/// Whether `selector` selects `labels` (one with an operator Kubernetes does not have selects
+/// nothing; manifests are checked when applied).
+pub fn selector_matches(
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    workloads::selects(selector, labels, &|f: &str| f.to_owned()).unwrap_or(false)
 }

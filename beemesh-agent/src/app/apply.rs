@@ -264,6 +264,82 @@ impl AgentHandle {
         }
     }
 
+    /// An eviction: the pod is deleted only if every PodDisruptionBudget covering it allows
+    /// one more disruption, counted from the state now (`controllers::disruption`).
+    pub(super) async fn evict_pod(&self, namespace: &str, name: &str) -> Response {
+        use super::controllers::{disruption, pod_states};
+        let cluster = match self.cluster() {
+            Ok(c) => c,
+            Err(r) => return *r,
+        };
+        let kinds = [POD, POD_STATUS, "PodDisruptionBudget", super::nodes::KIND];
+        let items = match cluster.snapshot(&kinds).await {
+            Ok((_, items)) => items,
+            Err(e) => return Response::Error { message: e.to_string() },
+        };
+        let of = |kind: &str| items.iter().filter(|l| l.key.kind == kind).cloned().collect::<Vec<_>>();
+        let dead = match self.mesh.as_ref() {
+            Some(m) => sched::dead_nodes(&of(super::nodes::KIND), &m.liveness),
+            None => Default::default(),
+        };
+        let pods = pod_states(&of(POD), &of(POD_STATUS), &dead);
+        let Some((_, target)) = pods.iter().find(|(k, _)| k.namespace == namespace && k.name == name) else {
+            return Response::Error { message: format!("pods {name:?} not found") };
+        };
+        let budgets: Vec<k8s_openapi::api::policy::v1::PodDisruptionBudget> = of("PodDisruptionBudget")
+            .iter()
+            .filter(|l| l.key.namespace == namespace)
+            .filter_map(|l| serde_json::from_slice(&l.body).ok())
+            .collect();
+        let budgets: Vec<&_> = budgets.iter().collect();
+        let all: Vec<&_> = pods.iter().map(|(_, p)| p).collect();
+        if let Err(message) = disruption::may_evict(target, &budgets, &all) {
+            return Response::Error { message };
+        }
+        match self.delete_pod(namespace, name).await {
+            Response::Applied { .. } => Response::Applied { lines: vec![format!("pod/{name} evicted")] },
+            other => other,
+        }
+    }
+
+    /// `cordon` / `uncordon`: the node's record with `spec.unschedulable` set or removed (its
+    /// own host keeps the mark when it rewrites the record; the scheduler reads it as
+    /// Kubernetes' `node.kubernetes.io/unschedulable` taint).
+    pub(super) async fn cordon(&self, node: &str, unschedulable: bool) -> Response {
+        let cluster = match self.cluster() {
+            Ok(c) => c,
+            Err(r) => return *r,
+        };
+        let key = super::nodes::key(node);
+        let mut record: serde_json::Value = match cluster.get(key.clone()).await {
+            Ok(Some(body)) => match serde_json::from_slice(&body) {
+                Ok(v) => v,
+                Err(e) => {
+                    return Response::Error { message: format!("node {node:?}: its record is not JSON: {e}") }
+                }
+            },
+            Ok(None) => return Response::Error { message: format!("nodes {node:?} not found") },
+            Err(e) => return Response::Error { message: e.to_string() },
+        };
+        let word = if unschedulable { "cordoned" } else { "uncordoned" };
+        let marked = record.pointer("/spec/unschedulable") == Some(&serde_json::Value::Bool(true));
+        if marked == unschedulable {
+            return Response::Applied { lines: vec![format!("node/{node} already {word}")] };
+        }
+        match (unschedulable, record["spec"].as_object_mut()) {
+            (true, _) => record["spec"]["unschedulable"] = true.into(),
+            (false, Some(spec)) => {
+                spec.remove("unschedulable");
+            }
+            (false, None) => {}
+        }
+        let body = bytes::Bytes::from(record.to_string());
+        match cluster.write(key, Some(body)).await {
+            Ok(acked) => Response::Applied { lines: vec![format!("node/{node} {word}{}", held(&acked))] },
+            Err(e) => Response::Error { message: e.to_string() },
+        }
+    }
+
     /// `get pods`: the mesh's pods with the status their hosts published.
     pub(super) async fn list_pods(&self, namespace: Option<&str>) -> Response {
         let cluster = match self.cluster() {

@@ -15,6 +15,7 @@ pub mod claims;
 pub mod common;
 pub mod cron_job;
 pub mod daemon;
+pub mod disruption;
 pub mod job;
 pub mod replicas;
 pub mod stateful;
@@ -37,13 +38,14 @@ use super::liveness::Liveness;
 use common::{controller_uid, PodState, Write};
 
 /// The controlled kinds and their status records' kinds.
-pub const STATUS_KINDS: [(&str, &str); 6] = [
+pub const STATUS_KINDS: [(&str, &str); 7] = [
     ("Deployment", "DeploymentStatus"),
     ("ReplicaSet", "ReplicaSetStatus"),
     ("StatefulSet", "StatefulSetStatus"),
     ("DaemonSet", "DaemonSetStatus"),
     ("Job", job::STATUS),
     ("CronJob", cron_job::STATUS),
+    ("PodDisruptionBudget", disruption::STATUS),
 ];
 /// How long an object whose controller is gone waits before it is deleted (its controller
 /// may only not have reached this host yet).
@@ -72,6 +74,25 @@ pub fn spawn(cluster: Cluster, liveness: Liveness, events: Recorder, pools: supe
         }
         debug!("workload controllers ended");
     });
+}
+
+/// The state's pods with what their hosts reported (`ready_for_secs` left 0): ready, phase
+/// and restarts from the report of the host each is placed on, `lost` when `dead` holds that
+/// host.
+pub fn pod_states(pods: &[Listed], statuses: &[Listed], dead: &BTreeSet<String>) -> Vec<(Key, PodState)> {
+    let reports = cpods::reports(statuses);
+    pods.iter()
+        .filter_map(|l| {
+            let pod = cpods::decode(&l.body).ok()?;
+            let (node, uid) = cpods::placement(&pod);
+            let lost = dead.contains(node);
+            let report = reports.get(uid).filter(|r| r.node == node);
+            let ready = !lost && report.is_some_and(|r| r.all_ready);
+            let phase = report.and_then(|r| r.pod_status["phase"].as_str()).unwrap_or_default().to_owned();
+            let restarts = report.map_or(0, |r| r.restarts);
+            Some((l.key.clone(), PodState { pod, ready, ready_for_secs: 0, phase, restarts, lost }))
+        })
+        .collect()
 }
 
 /// The hosts with a Node record not in `dead` (`sched::dead_nodes`), with their
@@ -124,24 +145,11 @@ async fn pass(
     };
     let existing: BTreeMap<Key, &Listed> = by_kind.values().flatten().map(|l| (l.key.clone(), l)).collect();
 
-    let reports = cpods::reports(of(POD_STATUS));
-    let pods: Vec<(Key, PodState)> = of(POD)
-        .iter()
-        .filter_map(|l| {
-            let pod = cpods::decode(&l.body).ok()?;
-            let (node, uid) = cpods::placement(&pod);
-            let lost = dead.contains(node);
-            let report = reports.get(uid).filter(|r| r.node == node);
-            let ready = !lost && report.is_some_and(|r| r.all_ready);
-            let phase = report.and_then(|r| r.pod_status["phase"].as_str()).unwrap_or_default().to_owned();
-            let restarts = report.map_or(0, |r| r.restarts);
-            let ready_for_secs = match ready {
-                true => now.duration_since(*ready_since.entry(uid.to_owned()).or_insert(now)).as_secs(),
-                false => 0,
-            };
-            Some((l.key.clone(), PodState { pod, ready, ready_for_secs, phase, restarts, lost }))
-        })
-        .collect();
+    let mut pods = pod_states(of(POD), of(POD_STATUS), &dead);
+    for (_, p) in pods.iter_mut().filter(|(_, p)| p.ready) {
+        let since = *ready_since.entry(p.uid().to_owned()).or_insert(now);
+        p.ready_for_secs = now.duration_since(since).as_secs();
+    }
     // When this host first saw each pod ready (`minReadySeconds` counts from there: its own
     // clock, whatever the pod's host says).
     let ready_uids: BTreeSet<&str> =
@@ -263,6 +271,11 @@ async fn pass(
     let refs: Vec<(&str, &str, &Value)> = standalone.iter().map(|(ns, n, v)| (*ns, *n, v)).collect();
     let all_pods: Vec<&PodState> = pods.iter().map(|(_, p)| p).collect();
     writes.extend(claims::bind(&refs, &all_pods));
+    for l in of("PodDisruptionBudget").iter().filter(|l| owns(&l.key)) {
+        if let Some(pdb) = decode::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(l) {
+            writes.push(disruption::status(&pdb, disruption::budget(&pdb, &all_pods)));
+        }
+    }
     writes.extend(moved_services(of("Service"), pools, |k| owns(k)));
 
     // Orphans: ReplicaSets of no Deployment, pods of no ReplicaSet, StatefulSet or DaemonSet,

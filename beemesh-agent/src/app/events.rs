@@ -55,6 +55,7 @@ impl Involved {
         match self.kind.as_str() {
             "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => "apps/v1",
             "Job" | "CronJob" => "batch/v1",
+            "PodDisruptionBudget" => "policy/v1",
             _ => "v1",
         }
     }

@@ -222,7 +222,11 @@ pub async fn publish(cluster: &Cluster, facts: &NodeFacts) -> Result<bool, Clust
         .and_then(Value::as_str)
         .map(str::to_string)
         .unwrap_or_else(now_rfc3339);
-    let node = node_json(facts, &created);
+    let mut node = node_json(facts, &created);
+    // A cordon (`beemesh-agent cordon`, from any host) stays until an uncordon.
+    if held.as_ref().and_then(|h| h.pointer("/spec/unschedulable")) == Some(&Value::Bool(true)) {
+        node["spec"]["unschedulable"] = true.into();
+    }
     if held.as_ref() == Some(&node) {
         return Ok(false);
     }

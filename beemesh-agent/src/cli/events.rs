@@ -31,6 +31,7 @@ pub(super) fn kind_of(word: &str) -> Option<&'static str> {
         "cronjob" | "cronjobs" | "cj" | "cronjob.batch" => "CronJob",
         "serviceaccount" | "serviceaccounts" | "sa" => "ServiceAccount",
         "storageclass" | "storageclasses" | "sc" => "StorageClass",
+        "poddisruptionbudget" | "poddisruptionbudgets" | "pdb" => "PodDisruptionBudget",
         "node" | "nodes" | "no" => "Node",
         _ => return None,
     })

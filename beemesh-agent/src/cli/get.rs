@@ -77,6 +77,10 @@ pub enum GetCommand {
     /// VOLUME CAPACITY ACCESS MODES STORAGECLASS AGE.
     #[command(alias = "persistentvolumeclaim", alias = "pvc")]
     Persistentvolumeclaims(Selector),
+    /// PodDisruptionBudgets (honoured by `drain`'s evictions): NAME MIN AVAILABLE MAX
+    /// UNAVAILABLE ALLOWED DISRUPTIONS AGE.
+    #[command(alias = "poddisruptionbudget", alias = "pdb")]
+    Poddisruptionbudgets(Selector),
     /// StorageClasses (kept as written: a claim of any class is a local volume on one host):
     /// NAME PROVISIONER RECLAIMPOLICY VOLUMEBINDINGMODE ALLOWVOLUMEEXPANSION AGE.
     #[command(alias = "storageclass", alias = "sc")]
@@ -116,6 +120,7 @@ pub async fn get(socket: &Path, cmd: GetCommand) -> ExitCode {
         GetCommand::Serviceaccounts(s) => ("ServiceAccount", s),
         GetCommand::Jobs(s) => ("Job", s),
         GetCommand::Storageclasses(s) => ("StorageClass", s),
+        GetCommand::Poddisruptionbudgets(s) => ("PodDisruptionBudget", s),
         GetCommand::Cronjobs(s) => ("CronJob", s),
         GetCommand::Nodes(args) => return super::nodes::get(socket, args).await,
         GetCommand::Events(s) if matches!(s.output, Output::Table | Output::Wide) && s.name.is_none() => {
@@ -215,6 +220,9 @@ pub fn table(kind: &str, items: &[ObjectEntry], namespaces: bool, wide: bool) ->
             (vec!["NAME", "STATUS", "VOLUME", "CAPACITY", "ACCESS MODES", "STORAGECLASS", "AGE"], vec![])
         }
         "Job" => (vec!["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"], vec!["CONTAINERS", "IMAGES"]),
+        "PodDisruptionBudget" => {
+            (vec!["NAME", "MIN AVAILABLE", "MAX UNAVAILABLE", "ALLOWED DISRUPTIONS", "AGE"], vec![])
+        }
         "StorageClass" => (
             vec!["NAME", "PROVISIONER", "RECLAIMPOLICY", "VOLUMEBINDINGMODE", "ALLOWVOLUMEEXPANSION", "AGE"],
             vec![],
@@ -341,6 +349,18 @@ fn columns(kind: &str, o: &Value, wide: bool) -> Vec<String> {
             cells
         }
         "Job" => job_cells(o, now_secs()),
+        "PodDisruptionBudget" => {
+            let cell = |v: &Value| match v {
+                Value::Number(n) => n.to_string(),
+                Value::String(s) => s.clone(),
+                _ => "N/A".to_owned(),
+            };
+            vec![
+                cell(&spec["minAvailable"]),
+                cell(&spec["maxUnavailable"]),
+                o["status"]["disruptionsAllowed"].as_i64().unwrap_or(0).to_string(),
+            ]
+        }
         // Whatever the provisioner, a claim of the class is a local volume on one host.
         "StorageClass" => vec![
             format!("{} (local volumes)", o["provisioner"].as_str().unwrap_or_default()),

@@ -250,6 +250,8 @@ fn name_of(o: &Value) -> &str {
 pub struct Row {
     pub name: String,
     pub ready: bool,
+    /// Cordoned (`spec.unschedulable`): no new pods.
+    pub unschedulable: bool,
     pub roles: String,
     pub age: String,
     pub version: String,
@@ -284,6 +286,7 @@ impl Row {
         Row {
             name,
             ready,
+            unschedulable: o.pointer("/spec/unschedulable") == Some(&Value::Bool(true)),
             roles: if roles.is_empty() { "<none>".into() } else { roles.join(",") },
             age: age(Some(age_secs)),
             version: text("/status/nodeInfo/kubeletVersion"),
@@ -315,7 +318,12 @@ fn print_rows(rows: &[Row], wide: bool) {
         outln!("{}", head.trim_end());
     }
     for r in rows {
-        let status = if r.ready { "Ready" } else { "NotReady" };
+        let status = match (r.ready, r.unschedulable) {
+            (true, false) => "Ready",
+            (false, false) => "NotReady",
+            (true, true) => "Ready,SchedulingDisabled",
+            (false, true) => "NotReady,SchedulingDisabled",
+        };
         let line = format!("{:<24} {status:<9} {:<14} {:<6} {:<22}", r.name, r.roles, r.age, r.version);
         if wide {
             outln!("{line} {:<16} {:<32} {}", r.internal_ip, r.os_image, r.kernel);

@@ -285,6 +285,10 @@ const CRON_JOB: &[&str] = &[
     "spec.jobTemplate.metadata.annotations.*",
 ];
 
+/// A PodDisruptionBudget (its selector: [`SELECTOR`]).
+const DISRUPTION_BUDGET: &[&str] =
+    &["spec.minAvailable", "spec.maxUnavailable", "spec.unhealthyPodEvictionPolicy"];
+
 /// A PersistentVolumeClaim: a local volume on the host it binds to.
 const CLAIM: &[&str] = &[
     "spec.accessModes[]",
@@ -430,6 +434,7 @@ fn allowed(kind: &str) -> Option<&'static Allowed> {
     static SERVICE_ACCOUNT_FIELDS: OnceLock<Allowed> = OnceLock::new();
     static JOB_FIELDS: OnceLock<Allowed> = OnceLock::new();
     static CLAIM_FIELDS: OnceLock<Allowed> = OnceLock::new();
+    static BUDGET_FIELDS: OnceLock<Allowed> = OnceLock::new();
     static STORAGE_CLASS_FIELDS: OnceLock<Allowed> = OnceLock::new();
     static CRON_JOB_FIELDS: OnceLock<Allowed> = OnceLock::new();
     let with = |extra: Vec<String>| -> Allowed {
@@ -454,6 +459,11 @@ fn allowed(kind: &str) -> Option<&'static Allowed> {
         }),
         "Job" => JOB_FIELDS.get_or_init(|| with(job("spec"))),
         "PersistentVolumeClaim" => CLAIM_FIELDS.get_or_init(|| with(strings(CLAIM))),
+        "PodDisruptionBudget" => BUDGET_FIELDS.get_or_init(|| {
+            let mut v = strings(DISRUPTION_BUDGET);
+            v.extend(strings(SELECTOR));
+            with(v)
+        }),
         "StorageClass" => STORAGE_CLASS_FIELDS.get_or_init(|| with(strings(STORAGE_CLASS))),
         "CronJob" => CRON_JOB_FIELDS.get_or_init(|| {
             let mut v = strings(CRON_JOB);

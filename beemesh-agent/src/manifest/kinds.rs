@@ -57,6 +57,14 @@ pub const KINDS: &[KindInfo] = &[
     kind("ServiceAccount", "v1", "serviceaccount", "serviceaccounts", true),
     kind("Job", "batch/v1", "job.batch", "jobs.batch", true),
     kind("CronJob", "batch/v1", "cronjob.batch", "cronjobs.batch", true),
+    // Honoured by evictions (`drain`), `app::controllers::disruption`.
+    kind(
+        "PodDisruptionBudget",
+        "policy/v1",
+        "poddisruptionbudget.policy",
+        "poddisruptionbudgets.policy",
+        true,
+    ),
     // A local volume on the host it binds to (`app::controllers::claims`).
     kind("PersistentVolumeClaim", "v1", "persistentvolumeclaim", "persistentvolumeclaims", true),
     // Kept as written: whatever its provisioner, a claim of any class is a local volume.

@@ -165,8 +165,8 @@ fn a_bad_base64_value_is_named_by_its_line_and_key() {
 
 #[test]
 fn bad_kinds_names_images_and_yaml() {
-    let e = err("apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: x}\n");
-    assert!(e.to_string().contains("unsupported kind policy/v1/PodDisruptionBudget"), "{e}");
+    let e = err("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: x}\n");
+    assert!(e.to_string().contains("unsupported kind networking.k8s.io/v1/Ingress"), "{e}");
     assert!(e.to_string().contains("apps/v1 DaemonSet"), "{e}");
     let e = err("apiVersion: v1\nkind: Deployment\nmetadata: {name: x}\n");
     assert!(e.to_string().contains("m.yaml:1: apiVersion: Deployment is apps/v1 (not v1)"), "{e}");
@@ -487,7 +487,7 @@ fn downward_api_and_projected_volumes_are_accepted_and_checked() {
 /// prints every refusal. The floor only rises: a change that refuses more fails here.
 #[test]
 fn the_corpus_of_everyday_manifests_is_accepted() {
-    const FLOOR: usize = 18;
+    const FLOOR: usize = 19;
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/corpus");
     let mut files: Vec<_> =
         std::fs::read_dir(&dir).expect("tests/corpus").flatten().map(|e| e.path()).collect();
@@ -686,4 +686,17 @@ spec:
     assert!(bad("claimName: uploads", "claimName: Up_loads").contains("invalid claim name"));
     assert!(bad("{name: data, persistentVolumeClaim", "{name: data, emptyDir: {}, persistentVolumeClaim")
         .contains("exactly one"));
+}
+
+#[test]
+fn disruption_budgets_parse_and_are_checked() {
+    let text = "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {name: web}\nspec:\n  minAvailable: 50%\n  selector: {matchLabels: {app: web}}\n";
+    assert_eq!(parse("p.yaml", text).expect("valid")[0].shown(), "poddisruptionbudget.policy/web");
+    assert!(err(&text.replace("  minAvailable: 50%\n", "  minAvailable: 1\n  maxUnavailable: 1\n"))
+        .to_string()
+        .contains("cannot both be set"));
+    assert!(err(&text.replace("50%", "150%")).to_string().contains("spec.minAvailable"));
+    assert!(err(&text.replace("  minAvailable: 50%\n", ""))
+        .to_string()
+        .contains("needs minAvailable or maxUnavailable"));
 }

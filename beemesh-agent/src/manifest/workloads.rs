@@ -177,6 +177,41 @@ pub(super) fn claim_spec(
     Ok(())
 }
 
+pub(super) fn validate_disruption_budget(
+    b: &k8s_openapi::api::policy::v1::PodDisruptionBudget,
+    prefix: &str,
+) -> Result<(), FieldError> {
+    let at = |f: &str| join(prefix, f);
+    let spec = b.spec.clone().unwrap_or_default();
+    match (&spec.min_available, &spec.max_unavailable) {
+        (Some(_), Some(_)) => {
+            return Err(FieldError::new(at("spec"), "minAvailable and maxUnavailable cannot both be set"))
+        }
+        (None, None) => {
+            return Err(FieldError::new(
+                at("spec"),
+                "a PodDisruptionBudget needs minAvailable or maxUnavailable",
+            ))
+        }
+        _ => {}
+    }
+    int_or_percent(at("spec.minAvailable"), spec.min_available.as_ref())?;
+    int_or_percent(at("spec.maxUnavailable"), spec.max_unavailable.as_ref())?;
+    if let Some(p) = spec.unhealthy_pod_eviction_policy.as_deref() {
+        if p != "IfHealthyBudget" && p != "AlwaysAllow" {
+            return Err(FieldError::new(
+                at("spec.unhealthyPodEvictionPolicy"),
+                format!("{p:?}: expected IfHealthyBudget or AlwaysAllow"),
+            )
+            .at(p));
+        }
+    }
+    if let Some(selector) = &spec.selector {
+        selects(selector, &BTreeMap::new(), &at)?;
+    }
+    Ok(())
+}
+
 pub(super) fn validate_storage_class(
     c: &k8s_openapi::api::storage::v1::StorageClass,
     prefix: &str,

@@ -157,7 +157,7 @@ pub(crate) fn implicit_namespace(name: &str) -> Object {
 }
 
 /// The kinds a namespace holds objects of (a Namespace with any of them is not deleted).
-pub(crate) const NAMESPACED_KINDS: [&str; 13] = [
+pub(crate) const NAMESPACED_KINDS: [&str; 14] = [
     "Pod",
     "ConfigMap",
     "Secret",
@@ -171,6 +171,7 @@ pub(crate) const NAMESPACED_KINDS: [&str; 13] = [
     "ServiceAccount",
     "Job",
     "CronJob",
+    "PodDisruptionBudget",
 ];
 
 /// A listed object as the API returns it; a body that is not JSON (written by a broken or

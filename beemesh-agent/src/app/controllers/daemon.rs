@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use beemesh_state::sched::{fit, HostFacts};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, Pod};
+use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, Pod, Toleration};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
 
@@ -49,9 +49,22 @@ pub fn daemon_set(ds: &DaemonSet, hosts: &BTreeMap<String, HostFacts>, pods: &[&
     let uid = ds.metadata.uid.as_deref().unwrap_or("");
     let spec = &ds.spec;
     let revision = template_hash(&spec.template);
+    // A DaemonSet's pods tolerate a cordon, as Kubernetes' DaemonSet controller adds it.
+    let mut template = spec.template.clone();
+    if let Some(ps) = template.spec.as_mut() {
+        let t = ps.tolerations.get_or_insert_with(Vec::new);
+        if !t.iter().any(|t| t.key.as_deref() == Some(needs::UNSCHEDULABLE_TAINT)) {
+            t.push(Toleration {
+                key: Some(needs::UNSCHEDULABLE_TAINT.into()),
+                operator: Some("Exists".into()),
+                effect: Some("NoSchedule".into()),
+                ..Toleration::default()
+            });
+        }
+    }
     let probe = Pod {
-        metadata: spec.template.metadata.clone().unwrap_or_default(),
-        spec: spec.template.spec.clone(),
+        metadata: template.metadata.clone().unwrap_or_default(),
+        spec: template.spec.clone(),
         status: None,
     };
     let wants = needs::needs(&probe);
@@ -69,7 +82,7 @@ pub fn daemon_set(ds: &DaemonSet, hosts: &BTreeMap<String, HostFacts>, pods: &[&
         }
         let pod_name = format!("{name}-{}", suffix(&format!("{uid}/{host}"), 0));
         let mut pod = pod_from_template(
-            &spec.template,
+            &template,
             ns,
             &pod_name,
             owner_ref("DaemonSet", &ds.metadata),

@@ -22,6 +22,10 @@ use crate::manifest::{parse_cpu_millis, parse_memory_bytes};
 /// key's name part is not valid Kubernetes).
 pub const NAMESPACE_LABEL: &str = "beemesh.io/namespace/";
 
+/// The taint of a cordoned host (`spec.unschedulable`), as Kubernetes names it; DaemonSets'
+/// pods tolerate it.
+pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
+
 /// The one topology key pod (anti-)affinity and spreading honour.
 pub const HOSTNAME: &str = "kubernetes.io/hostname";
 
@@ -360,7 +364,16 @@ pub fn host_facts(node: &Value) -> Option<HostFacts> {
                 effect: effect(t.get("effect")?.as_str()?)?,
             })
         })
-        .collect();
+        .collect::<Vec<_>>();
+    // Cordoned: the taint Kubernetes' node controller gives an unschedulable node.
+    let mut taints = taints;
+    if node.pointer("/spec/unschedulable") == Some(&Value::Bool(true)) {
+        taints.push(Taint {
+            key: UNSCHEDULABLE_TAINT.into(),
+            value: String::new(),
+            effect: Effect::NoSchedule,
+        });
+    }
     Some(HostFacts { allocatable, labels, taints })
 }
 
