@@ -91,8 +91,8 @@ pub async fn drain(socket: &Path, node: &str, force: bool, timeout_secs: u64) ->
             match client::call(socket, &req).await {
                 Ok(Response::Applied { lines }) => lines.iter().for_each(|l| outln!("{l}")),
                 // Gone meanwhile: nothing left to evict.
-                Ok(Response::Error { message }) if message.ends_with("not found") => {}
-                Ok(Response::Error { message }) => {
+                Err(client::ClientError::Agent(message)) if message.ends_with("not found") => {}
+                Err(client::ClientError::Agent(message)) => {
                     eprintln!("error when evicting pods/{name:?} -n {ns:?} (will retry after 1s): {message}");
                     left.push((ns, name));
                 }
