@@ -423,7 +423,7 @@ fn unknown_image_is_errimagepull_not_a_crash() -> Result<()> {
 fn bad_manifests_are_rejected_whole_and_change_nothing() -> Result<()> {
     let agent = Agent::start("podbad", &[])?;
     let cases = [
-        ("apiVersion: batch/v1\nkind: Job\nmetadata: {name: s}\n", "unsupported kind batch/v1/Job"),
+        ("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: s}\n", "unsupported kind networking.k8s.io/v1/Ingress"),
         ("apiVersion: v1\nkind: Pod\nmetadata: {name: Bad_Name}\nspec:\n  containers:\n  - {name: c, image: x}\n", "invalid name"),
         ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - {name: c}\n", "image"),
         ("apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  hostNetwork: true\n  containers:\n  - {name: c, image: x}\n", "spec.hostNetwork"),
