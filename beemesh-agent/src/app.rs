@@ -258,6 +258,8 @@ struct Agent {
     mesh: MeshPolicy,
     /// This host's pods' mesh addresses (assigned by the forwarder), for their statuses.
     pod_addrs: forward::PodAddrs,
+    /// This host's InternalIPs (the Node record's publisher keeps them), for `status.hostIP`.
+    host_ips: nodes::HostIps,
     /// This host's `exec --identity` workloads as published in the cluster state, by name.
     exec_records: BTreeMap<String, cluster::execs::ExecRecord>,
 }
@@ -393,6 +395,7 @@ pub async fn run(cfg: Config) -> Result<(), AgentError> {
         local_pods: watch::channel(Arc::new(forward::PodView::default())).0,
         mesh: MeshPolicy::default(),
         pod_addrs: forward::PodAddrs::default(),
+        host_ips: mesh.host_ips.clone(),
         exec_records: BTreeMap::new(),
     };
     agent.recover()?;

@@ -49,6 +49,20 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: addressed}
+spec:
+  containers:
+  - name: c
+    image: busybox:1
+    command: [sh, -c, "echo pod=$POD_IP pods=$POD_IPS host=$HOST_IP hosts=$HOST_IPS; sleep 1000"]
+    env:
+    - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+    - {name: POD_IPS, valueFrom: {fieldRef: {fieldPath: status.podIPs}}}
+    - {name: HOST_IP, valueFrom: {fieldRef: {fieldPath: status.hostIP}}}
+    - {name: HOST_IPS, valueFrom: {fieldRef: {fieldPath: status.hostIPs}}}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: lonely}
 spec:
   volumes: [{name: data, persistentVolumeClaim: {claimName: nope}}]
@@ -178,6 +192,28 @@ fn a_claim_binds_where_its_first_pod_runs_and_keeps_its_pods_and_data_there() ->
         claim["metadata"]["annotations"]["volume.kubernetes.io/selected-node"] == host.as_str(),
         "{claim}"
     );
+
+    // The downward API's addresses: the pod's mesh address and its host's InternalIP.
+    let logs =
+        |agent: &Agent| agent.run_cli(&["logs", "addressed"], None).map(|(_, o, _)| o).unwrap_or_default();
+    ensure!(eventually(T, || logs(&agents[0]).starts_with("pod=")), "{}", logs(&agents[0]));
+    let pod = json(&agents[0], &["get", "pods", "addressed", "-o", "json"]);
+    let (ip, node) =
+        (pod["status"]["podIP"].as_str().unwrap_or("?"), pod["spec"]["nodeName"].as_str().unwrap_or("?"));
+    let internal = json(&agents[0], &["get", "nodes", node, "-o", "json"])["status"]["addresses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["type"] == "InternalIP")
+        .and_then(|a| a["address"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let want = format!("pod={ip} pods={ip} host={internal} hosts={internal}\n");
+    ensure!(
+        pod["status"]["hostIP"] == internal.as_str(),
+        "the pod's status says hostIP {}",
+        pod["status"]["hostIP"]
+    );
+    ensure!(!internal.is_empty() && logs(&agents[0]) == want, "{:?} vs {want:?}", logs(&agents[0]));
 
     // A pod of a claim that does not exist waits, saying so.
     let lonely = |agent: &Agent| {

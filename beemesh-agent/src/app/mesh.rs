@@ -52,6 +52,9 @@ pub struct Mesh {
     pub events: Recorder,
     /// What Services' addresses are assigned from.
     pub service_pools: super::services::Pools,
+    /// This host's InternalIP addresses (its Node record's; `status.hostIP` of its pods),
+    /// kept by the record's publisher.
+    pub host_ips: super::nodes::HostIps,
     /// This host's tunnel endpoint: it accepts workload tunnels as the host and opens them
     /// for this host's workloads (`app::forward`). It runs on the data path's runtime.
     pub tunnel: crate::tunnel::Endpoint,
@@ -121,7 +124,8 @@ pub(super) async fn start(
         cfg.mesh.taints().unwrap_or_default(),
     );
     let facts = super::nodes::NodeFacts { tunnel_port, ..facts };
-    super::nodes::spawn_publish(cluster.clone(), client.clone(), facts);
+    let host_ips = super::nodes::HostIps::default();
+    super::nodes::spawn_publish(cluster.clone(), client.clone(), facts, host_ips.clone());
     let liveness =
         Liveness::start(client.local_peer_id(), &cfg.mesh.failure_detector, cluster.clone(), client.clone())
             .await;
@@ -171,6 +175,7 @@ pub(super) async fn start(
         sched,
         events: recorder,
         service_pools,
+        host_ips,
     })
 }
 

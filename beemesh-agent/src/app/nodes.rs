@@ -246,7 +246,10 @@ const FIRST_ADDRESS_WAIT: Duration = Duration::from_secs(10);
 
 /// Keeps this host's record in the cluster state: written once the mesh listener's addresses
 /// are known, then rewritten only when the facts change. Failures are logged and retried.
-pub fn spawn_publish(cluster: Cluster, client: MeshClient, mut facts: NodeFacts) {
+/// This host's InternalIP addresses as its Node record last had them.
+pub type HostIps = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+pub fn spawn_publish(cluster: Cluster, client: MeshClient, mut facts: NodeFacts, ips: HostIps) {
     tokio::spawn(async move {
         let started = tokio::time::Instant::now();
         loop {
@@ -255,6 +258,14 @@ pub fn spawn_publish(cluster: Cluster, client: MeshClient, mut facts: NodeFacts)
             }
             let waiting = facts.addresses.is_empty() && started.elapsed() < FIRST_ADDRESS_WAIT;
             if !waiting {
+                // A host with no address but loopback says so, as its pods' status does.
+                if let Ok(mut held) = ips.lock() {
+                    *held = if facts.addresses.is_empty() {
+                        vec!["127.0.0.1".into()]
+                    } else {
+                        facts.addresses.clone()
+                    };
+                }
                 if let Err(e) = publish(&cluster, &facts).await {
                     warn!(node = %facts.name, error = %e, "node record not written; retrying");
                 }

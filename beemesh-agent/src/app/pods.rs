@@ -1390,7 +1390,30 @@ impl Agent {
                 None => return fail(self, "ErrImagePull", e.to_string()),
             },
         };
-        let plan = match spec::plan_container(&entry.record.manifest, name, &image.config, &self.pods) {
+        // The downward API's addresses: the pod's mesh address (the forwarder gives it one
+        // soon after the pod appears) and this host's InternalIPs; the container waits for them.
+        let addressed;
+        let manifest = if spec::reads_addresses(&entry.record.manifest) {
+            let pod_ip = self.pod_addrs.lock().ok().and_then(|a| a.get(entry.uid()).copied());
+            let host_ips = self.host_ips.lock().map(|h| h.clone()).unwrap_or_default();
+            match pod_ip {
+                Some(ip) if !host_ips.is_empty() => {
+                    addressed = spec::with_addresses(&entry.record.manifest, &ip.to_string(), &host_ips);
+                    &addressed
+                }
+                _ => {
+                    let Some(entry) = self.pods.entries.get_mut(key) else { return };
+                    entry.life.not_yet(name, "ContainerCreating", now + IMAGE_RECHECK_MS);
+                    let message =
+                        "waiting for the pod's mesh address and the host's (status.podIP, status.hostIP)";
+                    entry.runs.entry(name.to_owned()).or_default().message = Some(message.into());
+                    return;
+                }
+            }
+        } else {
+            &entry.record.manifest
+        };
+        let plan = match spec::plan_container(manifest, name, &image.config, &self.pods) {
             Ok(p) => p,
             Err(e) => return fail(self, "CreateContainerConfigError", e.to_string()),
         };
@@ -1588,6 +1611,12 @@ impl Agent {
                 if let Some(addr) = addr {
                     object["status"]["podIP"] = addr.to_string().into();
                     object["status"]["podIPs"] = serde_json::json!([{"ip": addr.to_string()}]);
+                }
+                let hosts = self.host_ips.lock().map(|h| h.clone()).unwrap_or_default();
+                if let Some(first) = hosts.first() {
+                    object["status"]["hostIP"] = first.clone().into();
+                    object["status"]["hostIPs"] =
+                        hosts.iter().map(|ip| serde_json::json!({"ip": ip})).collect();
                 }
                 object
             },

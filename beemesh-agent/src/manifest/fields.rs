@@ -531,10 +531,15 @@ pub enum EnvField<'a> {
     Annotation(&'a str),
     NodeName,
     ServiceAccountName,
+    /// The pod's mesh address (`status.podIP`; `status.podIPs`: the same, as beemesh gives a
+    /// pod one address).
+    PodIp,
+    /// Its host's InternalIP (`status.hostIP`; `status.hostIPs`: all of them, comma-separated).
+    HostIp,
+    HostIps,
 }
 
-/// `path` as an [`EnvField`]: the kubelet's list, less the pod and host addresses, which
-/// beemesh does not hand to containers yet.
+/// `path` as an [`EnvField`]: the kubelet's list.
 pub fn env_field(path: &str) -> Result<EnvField<'_>, String> {
     let keyed = |prefix: &str| path.strip_prefix(prefix)?.strip_suffix("']").filter(|k| !k.is_empty());
     Ok(match path {
@@ -543,14 +548,14 @@ pub fn env_field(path: &str) -> Result<EnvField<'_>, String> {
         "metadata.uid" => EnvField::Uid,
         "spec.nodeName" => EnvField::NodeName,
         "spec.serviceAccountName" => EnvField::ServiceAccountName,
-        "status.podIP" | "status.podIPs" | "status.hostIP" | "status.hostIPs" => {
-            return Err(format!("{path:?} is not supported by beemesh yet (it would be empty, so the object is refused)"))
-        }
+        "status.podIP" | "status.podIPs" => EnvField::PodIp,
+        "status.hostIP" => EnvField::HostIp,
+        "status.hostIPs" => EnvField::HostIps,
         _ => match (keyed("metadata.labels['"), keyed("metadata.annotations['")) {
             (Some(key), _) => EnvField::Label(key),
             (_, Some(key)) => EnvField::Annotation(key),
             _ => return Err(format!(
-                "{path:?} is not a field the downward API offers (metadata.name, metadata.namespace, metadata.uid, metadata.labels['KEY'], metadata.annotations['KEY'], spec.nodeName, spec.serviceAccountName)"
+                "{path:?} is not a field the downward API offers (metadata.name, metadata.namespace, metadata.uid, metadata.labels['KEY'], metadata.annotations['KEY'], spec.nodeName, spec.serviceAccountName, status.podIP, status.podIPs, status.hostIP, status.hostIPs)"
             )),
         },
     })

@@ -1040,6 +1040,7 @@ fn resource_value(
 /// A `fieldRef` path's value for `pod` (`None`: not one the downward API offers in env).
 fn field_value(pod: &Pod, path: &str) -> Option<String> {
     let m = &pod.metadata;
+    let status = pod.status.as_ref();
     let keyed = |map: &Option<BTreeMap<String, String>>, key: &str| {
         map.as_ref().and_then(|m| m.get(key)).cloned().unwrap_or_default()
     };
@@ -1051,7 +1052,45 @@ fn field_value(pod: &Pod, path: &str) -> Option<String> {
         EnvField::Annotation(key) => keyed(&m.annotations, key),
         EnvField::NodeName => pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default(),
         EnvField::ServiceAccountName => service_account(pod),
+        // Filled in by the runtime before it plans a container that reads them
+        // (`with_addresses`).
+        EnvField::PodIp => status.and_then(|s| s.pod_ip.clone()).unwrap_or_default(),
+        EnvField::HostIp => status.and_then(|s| s.host_ip.clone()).unwrap_or_default(),
+        EnvField::HostIps => status
+            .and_then(|s| s.host_ips.as_ref())
+            .map(|ips| ips.iter().map(|i| i.ip.as_str()).collect::<Vec<_>>().join(","))
+            .unwrap_or_default(),
     })
+}
+
+/// Whether a container of `pod` reads its pod's or host's address from the downward API.
+pub fn reads_addresses(pod: &Pod) -> bool {
+    let Some(spec) = &pod.spec else { return false };
+    spec.containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .flat_map(|c| c.env.iter().flatten())
+        .any(|e| {
+            let path =
+                e.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).map(|f| f.field_path.as_str());
+            matches!(
+                env_field(path.unwrap_or_default()),
+                Ok(EnvField::PodIp | EnvField::HostIp | EnvField::HostIps)
+            )
+        })
+}
+
+/// `pod` with its mesh address and its host's addresses in `status`, where the downward API
+/// reads them.
+pub fn with_addresses(pod: &Pod, pod_ip: &str, host_ips: &[String]) -> Pod {
+    use k8s_openapi::api::core::v1::{HostIP, PodIP, PodStatus};
+    let mut pod = pod.clone();
+    let status = pod.status.get_or_insert_with(PodStatus::default);
+    status.pod_ip = Some(pod_ip.to_owned());
+    status.pod_ips = Some(vec![PodIP { ip: pod_ip.to_owned() }]);
+    status.host_ip = host_ips.first().cloned();
+    status.host_ips = Some(host_ips.iter().map(|ip| HostIP { ip: ip.clone() }).collect());
+    pod
 }
 
 /// The value of a `configMapKeyRef` or `secretKeyRef`; none when it is optional and missing.
