@@ -24,7 +24,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
 use serde::de::DeserializeOwned;
 
-pub use fields::{env_field, EnvField};
+pub use fields::{env_field, extended_count, is_extended_resource, EnvField};
 pub use kinds::{kind_info, KindInfo, KINDS};
 
 pub use quantity::{parse_cpu_millis, parse_memory_bytes};

@@ -445,6 +445,7 @@ impl Bidder {
                     requests: tender.needs.requests,
                     labels: tender.needs.labels.clone(),
                     anti: tender.needs.pod_anti_affinity.clone(),
+                    extended: tender.needs.extended.clone(),
                 };
                 let until_ms = now + self.promise_ms;
                 self.next_lapse_ms = self.next_lapse_ms.min(until_ms);

@@ -123,7 +123,7 @@ pub(super) async fn start(
         // Checked with the rest of the config when it was loaded.
         cfg.mesh.taints().unwrap_or_default(),
     );
-    let facts = super::nodes::NodeFacts { tunnel_port, ..facts };
+    let facts = super::nodes::NodeFacts { tunnel_port, extended: cfg.mesh.node_resources.clone(), ..facts };
     let host_ips = super::nodes::HostIps::default();
     super::nodes::spawn_publish(cluster.clone(), client.clone(), facts, host_ips.clone());
     let liveness =

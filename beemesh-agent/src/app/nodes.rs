@@ -39,6 +39,8 @@ pub struct NodeFacts {
     pub failure_detector: String,
     /// `--node-taint`s: `spec.taints`.
     pub taints: Vec<beemesh_state::sched::fit::Taint>,
+    /// `--node-resource`s: extended resources in capacity and allocatable.
+    pub extended: BTreeMap<String, u64>,
     /// The workload tunnels' UDP port: the annotation [`TUNNEL_PORT_ANNOTATION`].
     pub tunnel_port: u16,
 }
@@ -81,6 +83,7 @@ impl NodeFacts {
             agent_version: format!("beemesh-agent {}", env!("CARGO_PKG_VERSION")),
             failure_detector,
             taints,
+            extended: BTreeMap::new(),
             tunnel_port: 0,
         }
     }
@@ -157,18 +160,22 @@ pub fn node_json(facts: &NodeFacts, created: &str) -> Value {
     labels.insert("kubernetes.io/os".into(), "linux".into());
     labels.insert("kubernetes.io/arch".into(), facts.arch.clone());
     let memory_ki = facts.memory_bytes / 1024;
-    let capacity = json!({
+    let mut capacity = json!({
         "cpu": facts.cpus.to_string(),
         "memory": format!("{memory_ki}Ki"),
         "pods": facts.capacity.max_pods.to_string(),
     });
     let (cpu_millis, memory) = facts.allocatable();
     let cpu = if cpu_millis % 1000 == 0 { (cpu_millis / 1000).to_string() } else { format!("{cpu_millis}m") };
-    let allocatable = json!({
+    let mut allocatable = json!({
         "cpu": cpu,
         "memory": format!("{}Ki", memory / 1024),
         "pods": facts.capacity.max_pods.to_string(),
     });
+    for (name, n) in &facts.extended {
+        capacity[name] = n.to_string().into();
+        allocatable[name] = n.to_string().into();
+    }
     let spec = if facts.taints.is_empty() {
         json!({})
     } else {
@@ -303,6 +310,7 @@ mod tests {
             failure_detector: "heartbeatMs=1000".into(),
             tunnel_port: 4002,
             taints: vec![crate::app::sched::needs::parse_taint("gpu=yes:NoSchedule").expect("taint")],
+            extended: BTreeMap::from([("example.com/dongle".to_string(), 2)]),
         }
     }
 
@@ -313,7 +321,12 @@ mod tests {
         assert_eq!(n["metadata"]["labels"]["kubernetes.io/hostname"], "h1");
         assert_eq!(n["metadata"]["labels"]["zone"], "a");
         assert_eq!(n["metadata"]["annotations"]["beemesh.io/peer-id"], "12D3KooW");
-        assert_eq!(n["status"]["capacity"], json!({"cpu": "4", "memory": "8388608Ki", "pods": "110"}));
+        assert_eq!(
+            n["status"]["capacity"],
+            json!({"cpu": "4", "memory": "8388608Ki", "pods": "110", "example.com/dongle": "2"})
+        );
+        let facts_back = crate::app::sched::needs::host_facts(&n).expect("facts");
+        assert_eq!(facts_back.extended.get("example.com/dongle"), Some(&2));
         assert_eq!(n["status"]["allocatable"], n["status"]["capacity"]);
         assert_eq!(n["status"]["addresses"][0], json!({"type": "InternalIP", "address": "10.200.43.2"}));
         assert_eq!(n["spec"]["taints"], json!([{"key": "gpu", "value": "yes", "effect": "NoSchedule"}]));
@@ -325,7 +338,10 @@ mod tests {
             allocatable_memory_bytes: Some(4 << 30),
         };
         let n = node_json(&f, "2026-01-01T00:00:00Z");
-        assert_eq!(n["status"]["allocatable"], json!({"cpu": "3500m", "memory": "4194304Ki", "pods": "20"}));
+        assert_eq!(
+            n["status"]["allocatable"],
+            json!({"cpu": "3500m", "memory": "4194304Ki", "pods": "20", "example.com/dongle": "2"})
+        );
     }
 
     #[test]

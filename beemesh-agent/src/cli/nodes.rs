@@ -356,6 +356,7 @@ mod tests {
             failure_detector: "heartbeatMs=1000".into(),
             tunnel_port: 4002,
             taints: Vec::new(),
+            extended: Default::default(),
         };
         node_json(&facts, "2026-01-01T00:00:00Z")
     }

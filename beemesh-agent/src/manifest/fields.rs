@@ -48,10 +48,9 @@ const CONTAINER: &[&str] = &[
     "ports[].hostPort",
     "ports[].hostIP",
     "ports[].protocol",
-    "resources.requests.cpu",
-    "resources.requests.memory",
-    "resources.limits.cpu",
-    "resources.limits.memory",
+    // cpu, memory and extended resources (`validate_container` names what else is refused).
+    "resources.requests.*",
+    "resources.limits.*",
     "volumeMounts[].name",
     "volumeMounts[].mountPath",
     "volumeMounts[].readOnly",
@@ -521,6 +520,23 @@ fn walk(value: &serde_yaml::Value, allowed: &Allowed, pattern: &str, shown: &str
     }
 }
 
+/// An extended resource's name: `DOMAIN/NAME`, outside Kubernetes' own domains.
+pub fn is_extended_resource(name: &str) -> bool {
+    match name.split_once('/') {
+        Some((domain, rest)) => {
+            !rest.is_empty()
+                && is_dns_subdomain(domain)
+                && !(domain == "kubernetes.io" || domain.ends_with(".kubernetes.io") || domain == "requests")
+        }
+        None => false,
+    }
+}
+
+/// An extended resource's quantity: a whole count.
+pub fn extended_count(q: &str) -> Result<u64, String> {
+    q.parse::<u64>().map_err(|_| format!("{q:?}: an extended resource is a whole count"))
+}
+
 /// A `fieldRef.fieldPath` an env var may read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EnvField<'a> {
@@ -696,8 +712,28 @@ fn validate_container(c: &Container, field: &str, volumes: &BTreeSet<&str>) -> R
     ] {
         for (name, q) in list.into_iter().flatten() {
             let f = format!("{field}.resources.{kind}.{name}");
-            let parsed = if name == "cpu" { parse_cpu_millis(&q.0) } else { parse_memory_bytes(&q.0) };
+            let parsed = match name.as_str() {
+                "cpu" => parse_cpu_millis(&q.0).map(|_| ()),
+                "memory" => parse_memory_bytes(&q.0).map(|_| ()),
+                _ if is_extended_resource(name) => extended_count(&q.0).map(|_| ()),
+                _ => Err(format!(
+                    "resource {name:?} is not supported by beemesh (cpu, memory, and extended resources such as example.com/device that hosts offer with --node-resource)"
+                )),
+            };
             parsed.map_err(|reason| FieldError::new(f, reason).at(q.0.clone()))?;
+        }
+    }
+    // As Kubernetes: an extended resource cannot be overcommitted (a request equals its limit).
+    let requests = c.resources.as_ref().and_then(|r| r.requests.as_ref());
+    for (name, limit) in c.resources.as_ref().and_then(|r| r.limits.as_ref()).into_iter().flatten() {
+        let request = requests.and_then(|r| r.get(name));
+        if is_extended_resource(name)
+            && request.is_some_and(|r| extended_count(&r.0) != extended_count(&limit.0))
+        {
+            return Err(FieldError::new(
+                format!("{field}.resources.requests.{name}"),
+                "must equal its limit (an extended resource is not overcommitted)",
+            ));
         }
     }
     for (i, p) in c.ports.iter().flatten().enumerate() {

@@ -703,3 +703,19 @@ fn disruption_budgets_parse_and_are_checked() {
         .to_string()
         .contains("needs minAvailable or maxUnavailable"));
 }
+
+#[test]
+fn extended_resources_are_counts_and_other_resources_are_refused_by_name() {
+    let with = |resources: &str| POD.replace("limits: {cpu: 500m, memory: 64Mi}", resources);
+    assert!(parse("m.yaml", &with("limits: {cpu: 500m, example.com/dongle: 2}")).is_ok());
+    assert!(parse("m.yaml", &with("{requests: {example.com/dongle: 1}, limits: {example.com/dongle: 1}}"))
+        .is_ok());
+    let e = err(&with("{requests: {example.com/dongle: 1}, limits: {example.com/dongle: 2}}")).to_string();
+    assert!(e.contains("must equal its limit"), "{e}");
+    let e = err(&with("limits: {example.com/dongle: 500m}")).to_string();
+    assert!(e.contains("a whole count"), "{e}");
+    let e = err(&with("limits: {hugepages-2Mi: 64Mi}")).to_string();
+    assert!(e.contains("resource \"hugepages-2Mi\" is not supported by beemesh"), "{e}");
+    let e = err(&with("limits: {kubernetes.io/gpu: 1}")).to_string();
+    assert!(e.contains("is not supported"), "{e}");
+}

@@ -159,6 +159,9 @@ pub struct Needs {
     pub preferred_anti: Vec<(u32, Selector)>,
     /// The pod's own labels (what other pods' (anti-)affinity sees).
     pub labels: BTreeMap<String, String>,
+    /// Extended resources (`example.com/dongle`) by name: counts.
+    #[serde(default)]
+    pub extended: BTreeMap<String, u64>,
 }
 
 /// A pod a host runs or has promised to run, as the bid pipeline sees it.
@@ -168,12 +171,16 @@ pub struct Placed {
     pub labels: BTreeMap<String, String>,
     /// Its required anti-affinity (a newcomer it matches does not fit beside it).
     pub anti: Vec<Selector>,
+    /// The extended resources it holds.
+    pub extended: BTreeMap<String, u64>,
 }
 
 /// What a host has.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostFacts {
     pub allocatable: Resources,
+    /// Extended resources the host offers (`--node-resource`), by name.
+    pub extended: BTreeMap<String, u64>,
     pub labels: BTreeMap<String, String>,
     pub taints: Vec<Taint>,
 }
@@ -184,6 +191,8 @@ pub enum Reason {
     InsufficientCpu,
     InsufficientMemory,
     TooManyPods,
+    /// Not enough of an extended resource.
+    Insufficient(String),
     NodeAffinity,
     Taint(String),
     PodAntiAffinity,
@@ -200,6 +209,7 @@ impl fmt::Display for Reason {
             Reason::InsufficientCpu => f.write_str("Insufficient cpu"),
             Reason::InsufficientMemory => f.write_str("Insufficient memory"),
             Reason::TooManyPods => f.write_str("Too many pods"),
+            Reason::Insufficient(name) => write!(f, "Insufficient {name}"),
             Reason::NodeAffinity => f.write_str("node(s) didn't match Pod's node affinity/selector"),
             Reason::Taint(t) => write!(f, "node(s) had untolerated taint {{{t}}}"),
             Reason::PodAntiAffinity => f.write_str("node(s) didn't match pod anti-affinity rules"),
@@ -214,6 +224,7 @@ impl fmt::Display for Reason {
 /// tenderer uses to choose candidates, and the first checks of a bid.
 pub fn static_fit(needs: &Needs, host: &HostFacts) -> Result<(), Reason> {
     needs.requests.fits_in(host.allocatable)?;
+    extended_fit(needs, host, &[])?;
     let affinity =
         needs.node_affinity.is_empty() || needs.node_affinity.iter().any(|t| t.matches(&host.labels));
     if !needs.node_selector.matches(&host.labels) || !affinity {
@@ -222,6 +233,19 @@ pub fn static_fit(needs: &Needs, host: &HostFacts) -> Result<(), Reason> {
     for t in host.taints.iter().filter(|t| t.effect != Effect::PreferNoSchedule) {
         if !needs.tolerations.iter().any(|tol| tol.tolerates(t)) {
             return Err(Reason::Taint(format!("{}: {}", t.key, t.value)));
+        }
+    }
+    Ok(())
+}
+
+/// Each extended resource the pod asks for, against what the host offers less what `placed`
+/// holds.
+fn extended_fit(needs: &Needs, host: &HostFacts, placed: &[&Placed]) -> Result<(), Reason> {
+    for (name, want) in &needs.extended {
+        let used: u64 = placed.iter().filter_map(|p| p.extended.get(name)).sum();
+        let offered = host.extended.get(name).copied().unwrap_or(0);
+        if used.saturating_add(*want) > offered {
+            return Err(Reason::Insufficient(name.clone()));
         }
     }
     Ok(())
@@ -244,6 +268,7 @@ pub fn fit(needs: &Needs, host: &HostFacts, placed: &[&Placed]) -> Result<u32, R
     let after = used.plus(needs.requests);
     let a = host.allocatable;
     after.fits_in(a)?;
+    extended_fit(needs, host, placed)?;
     if needs.pod_anti_affinity.iter().any(|s| placed.iter().any(|p| s.matches(&p.labels))) {
         return Err(Reason::PodAntiAffinity);
     }

@@ -57,7 +57,7 @@ fn the_pipeline_declines_with_kubernetes_reasons() {
     assert_eq!(fit::fit(&sel(req("cores", Op::Lt, &["4"])), &h, &[]), Err(Reason::NodeAffinity));
     assert_eq!(fit::fit(&sel(req("ssd", Op::Exists, &[])), &h, &[]), Err(Reason::NodeAffinity));
     // Anti-affinity both ways, affinity.
-    let web = Placed { requests: res(0, 0), labels: labels(&[("app", "web")]), anti: Vec::new() };
+    let web = Placed { requests: res(0, 0), labels: labels(&[("app", "web")]), ..Placed::default() };
     let not_beside_web =
         Needs { pod_anti_affinity: vec![Selector(vec![req("app", Op::In, &["web"])])], ..ok.clone() };
     assert_eq!(fit::fit(&not_beside_web, &h, &[&web]), Err(Reason::PodAntiAffinity));
@@ -339,4 +339,24 @@ fn max_skew_refuses_hosts_ahead_of_the_least_loaded() {
         Out::Bind { host, .. } => assert_eq!(host, "h2"),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn extended_resources_are_offered_per_host_and_counted_per_pod() {
+    let dongle = |n: u64| BTreeMap::from([("example.com/dongle".to_string(), n)]);
+    let wants = Needs { extended: dongle(1), ..needs(100, 1) };
+    let bare = host(4000, 8);
+    assert_eq!(fit::static_fit(&wants, &bare), Err(Reason::Insufficient("example.com/dongle".into())));
+    assert_eq!(
+        Reason::Insufficient("example.com/dongle".into()).to_string(),
+        "Insufficient example.com/dongle"
+    );
+    let offers = HostFacts { extended: dongle(2), ..host(4000, 8) };
+    assert!(fit::fit(&wants, &offers, &[]).is_ok());
+    let holding = Placed { extended: dongle(1), ..Placed::default() };
+    assert!(fit::fit(&wants, &offers, &[&holding]).is_ok());
+    assert_eq!(
+        fit::fit(&wants, &offers, &[&holding, &holding]),
+        Err(Reason::Insufficient("example.com/dongle".into()))
+    );
 }

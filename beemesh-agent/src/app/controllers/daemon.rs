@@ -146,6 +146,7 @@ mod tests {
             allocatable: Resources { cpu_millis: 2000, memory_bytes: 4 << 30, pods: 110 },
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             taints: taint.iter().map(|t| needs::parse_taint(t).expect("taint")).collect(),
+            ..HostFacts::default()
         }
     }
 

@@ -138,6 +138,39 @@ pub fn pod_labels(pod: &Pod) -> BTreeMap<String, String> {
     labels
 }
 
+/// The extended resources `pod` asks for: per name, the larger of its app containers' sum
+/// and its largest init container (a request, else the limit it equals).
+pub fn extended_requests(pod: &Pod) -> BTreeMap<String, u64> {
+    let Some(spec) = &pod.spec else { return BTreeMap::new() };
+    let of = |c: &k8s_openapi::api::core::v1::Container| -> BTreeMap<String, u64> {
+        let r = c.resources.as_ref();
+        let mut out = BTreeMap::new();
+        for list in [r.and_then(|r| r.limits.as_ref()), r.and_then(|r| r.requests.as_ref())] {
+            for (name, q) in list.into_iter().flatten() {
+                if let (true, Ok(n)) =
+                    (crate::manifest::is_extended_resource(name), crate::manifest::extended_count(&q.0))
+                {
+                    out.insert(name.clone(), n);
+                }
+            }
+        }
+        out
+    };
+    let mut total: BTreeMap<String, u64> = BTreeMap::new();
+    for c in &spec.containers {
+        for (k, n) in of(c) {
+            *total.entry(k).or_default() += n;
+        }
+    }
+    for c in spec.init_containers.iter().flatten() {
+        for (k, n) in of(c) {
+            let t = total.entry(k).or_default();
+            *t = (*t).max(n);
+        }
+    }
+    total
+}
+
 /// What `pod` asks of a host.
 pub fn needs(pod: &Pod) -> Needs {
     let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
@@ -145,6 +178,7 @@ pub fn needs(pod: &Pod) -> Needs {
     let mut n = Needs {
         requests: Resources { cpu_millis: cpu, memory_bytes: memory, pods: 1 },
         labels: pod_labels(pod),
+        extended: extended_requests(pod),
         ..Needs::default()
     };
     let Some(spec) = &pod.spec else { return n };
@@ -335,7 +369,7 @@ pub fn slot_req(pod: &Pod, slot: &str) -> SlotReq {
 /// A placed pod as bids see it.
 pub fn placed(pod: &Pod) -> Placed {
     let n = needs(pod);
-    Placed { requests: n.requests, labels: n.labels, anti: n.pod_anti_affinity }
+    Placed { requests: n.requests, labels: n.labels, anti: n.pod_anti_affinity, extended: n.extended }
 }
 
 /// A Node record's facts; `None` when it is not a Node JSON with allocatable resources.
@@ -374,7 +408,14 @@ pub fn host_facts(node: &Value) -> Option<HostFacts> {
             effect: Effect::NoSchedule,
         });
     }
-    Some(HostFacts { allocatable, labels, taints })
+    let extended = alloc
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| crate::manifest::is_extended_resource(k))
+        .filter_map(|(k, v)| Some((k.clone(), crate::manifest::extended_count(v.as_str()?).ok()?)))
+        .collect();
+    Some(HostFacts { allocatable, labels, taints, extended })
 }
 
 #[cfg(test)]
@@ -391,6 +432,7 @@ mod tests {
             allocatable: Resources { cpu_millis: 2000, memory_bytes: 4 << 30, pods: 110 },
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             taints: taints.iter().map(|t| parse_taint(t).expect("taint")).collect(),
+            ..HostFacts::default()
         }
     }
 

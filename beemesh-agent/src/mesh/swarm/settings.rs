@@ -35,6 +35,9 @@ pub struct MeshSettings {
     /// This host's taints, `KEY[=VALUE]:EFFECT` (pods without a matching toleration are not
     /// scheduled here).
     pub node_taints: Vec<String>,
+    /// Extended resources this host offers (`example.com/dongle: 2`): pods that request them
+    /// are placed only on hosts with enough left.
+    pub node_resources: BTreeMap<String, u64>,
     /// The issuer (`ca issue-issuer`) this member admits joining hosts with; default:
     /// `<state-dir>/issuer` when it exists.
     pub issuer_dir: Option<std::path::PathBuf>,
@@ -143,6 +146,7 @@ impl Default for MeshSettings {
             node_name: None,
             node_labels: BTreeMap::new(),
             node_taints: Vec::new(),
+            node_resources: BTreeMap::new(),
             issuer_dir: None,
             failure_detector: FailureDetector::default(),
             tunnel_port: DEFAULT_TUNNEL_PORT,
@@ -175,6 +179,10 @@ pub struct MeshOpts {
     /// dedicated=gpu:NoSchedule.
     #[arg(long = "node-taint", global = true, value_name = "KEY[=VALUE]:EFFECT")]
     pub node_taints: Vec<String>,
+    /// An extended resource this host offers, NAME=COUNT (repeatable; merged over the config
+    /// file's), e.g. example.com/dongle=2.
+    #[arg(long = "node-resource", global = true, value_name = "NAME=COUNT", value_parser = parse_node_resource)]
+    pub node_resources: Vec<(String, u64)>,
     /// The issuer directory (`ca issue-issuer --out DIR`) for `token create`; default
     /// STATE_DIR/issuer when it exists.
     #[arg(long, global = true, env = "BEEMESH_ISSUER_DIR", value_name = "DIR")]
@@ -182,6 +190,21 @@ pub struct MeshOpts {
     /// UDP port of the workload tunnels (QUIC); default 4002; 0 lets the kernel choose one.
     #[arg(long, global = true, env = "BEEMESH_TUNNEL_PORT")]
     pub tunnel_port: Option<u16>,
+}
+
+fn parse_node_resource(s: &str) -> Result<(String, u64), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("node resource {s:?}: expected NAME=COUNT"))?;
+    check_node_resource(k)?;
+    let n = crate::manifest::extended_count(v).map_err(|e| format!("node resource {s:?}: {e}"))?;
+    Ok((k.to_string(), n))
+}
+
+fn check_node_resource(name: &str) -> Result<(), String> {
+    if crate::manifest::is_extended_resource(name) {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not an extended resource name (DOMAIN/NAME, outside kubernetes.io)"))
+    }
 }
 
 fn parse_node_label(s: &str) -> Result<(String, String), String> {
@@ -223,6 +246,9 @@ impl MeshOpts {
         for (k, v) in &self.node_labels {
             settings.node_labels.insert(k.clone(), v.clone());
         }
+        for (k, n) in &self.node_resources {
+            settings.node_resources.insert(k.clone(), *n);
+        }
     }
 }
 
@@ -242,6 +268,9 @@ impl MeshSettings {
             }
         }
         self.taints().map_err(|e| format!("mesh.nodeTaints: {e}"))?;
+        for name in self.node_resources.keys() {
+            check_node_resource(name).map_err(|e| format!("mesh.nodeResources: {e}"))?;
+        }
         self.failure_detector.validate()
     }
 
