@@ -3,7 +3,8 @@
 //! (anti-affinity) under a budget of `minAvailable: 2`; draining one of those hosts cordons it
 //! (`SchedulingDisabled`) and is refused by the budget, with Kubernetes' reason, until the
 //! budget is relaxed; then the replica is evicted and made again on the third host (not on
-//! the cordoned one), and `uncordon` opens the host again.
+//! the cordoned one), and `uncordon` opens the host again. Extended resources: the one host
+//! offering a dongle runs the first pod asking for one; the second waits, saying why.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -87,6 +88,10 @@ fn node_status(agent: &Agent, node: &str) -> String {
 #[test]
 fn a_disruption_budget_holds_a_drain_back_until_it_allows_the_eviction() -> Result<()> {
     let (_lan, _root, mut agents) = joined_mesh("bdr", 65, 3)?;
+    // h3 offers one dongle, an extended resource.
+    let config = agents[2].dir.path().join("agent.yaml");
+    let text = std::fs::read_to_string(&config)?;
+    std::fs::write(&config, format!("{text}  nodeResources: {{example.com/dongle: 1}}\n"))?;
     for agent in agents.iter_mut() {
         agent.spawn()?;
         agent.import_busybox("busybox:1")?;
@@ -168,5 +173,32 @@ fn a_disruption_budget_holds_a_drain_back_until_it_allows_the_eviction() -> Resu
     for agent in &agents {
         ensure!(eventually(T, || node_status(agent, &host) == "Ready"), "{}", node_status(agent, &host));
     }
+
+    // Extended resources: the one host with a dongle takes the first pod that asks for one;
+    // the second waits, saying why.
+    let dongle = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  containers:\n  - name: c\n    image: busybox:1\n    command: [sleep, '1000']\n    resources: {{limits: {{example.com/dongle: 1}}}}\n"
+        )
+    };
+    agents[0].apply(&dongle("dongle-a"))?;
+    let pod = |agent: &Agent, name: &str| json(agent, &["get", "pods", name, "-o", "json"]);
+    ensure!(
+        eventually(T, || pod(&agents[1], "dongle-a")["spec"]["nodeName"] == "h3"
+            && pod(&agents[1], "dongle-a")["status"]["phase"] == "Running"),
+        "{}",
+        pod(&agents[1], "dongle-a")
+    );
+    agents[1].apply(&dongle("dongle-b"))?;
+    let waits = |agent: &Agent| {
+        let p = pod(agent, "dongle-b");
+        p["status"]["phase"] == "Pending"
+            && p["status"]["conditions"][0]["message"].as_str().is_some_and(|m| {
+                m.starts_with("0/3 hosts are available") && m.contains("Insufficient example.com/dongle")
+            })
+    };
+    ensure!(eventually(T, || waits(&agents[0])), "{}", pod(&agents[0], "dongle-b"));
+    let node = json(&agents[0], &["get", "nodes", "h3", "-o", "json"]);
+    ensure!(node["status"]["allocatable"]["example.com/dongle"] == "1", "{node}");
     Ok(())
 }
