@@ -123,6 +123,21 @@ pub fn joined_mesh_with(
     Ok((lan, offline, agents))
 }
 
+/// Starts the agents of a [`joined_mesh`] (each with busybox:1 imported) and waits until each
+/// sees every one of them (`h1`..) Ready.
+pub fn start_ready(agents: &mut [Agent], timeout: Duration) -> Result<()> {
+    for agent in agents.iter_mut() {
+        agent.spawn()?;
+        agent.import_busybox("busybox:1")?;
+    }
+    let names: Vec<String> = (1..=agents.len()).map(|i| format!("h{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    for agent in agents.iter() {
+        ensure!(eventually(timeout, || agent.sees_ready(&names)), "not every host Ready\n{}", agent.log());
+    }
+    Ok(())
+}
+
 /// `ca init` into `dir` (run by `agent`'s binary; no agent needed).
 pub fn ca_init(agent: &Agent, dir: &Path) -> Result<()> {
     let (ok, out, err) = agent.run_cli(&["ca", "init", "--dir", dir.to_str().context("utf-8")?], None)?;

@@ -364,6 +364,21 @@ impl Agent {
         ))
     }
 
+    /// What a CLI command printed as JSON (`get ... -o json`); `Null` when it failed.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        match self.run_cli(args, None) {
+            Ok((true, out, _)) => serde_json::from_str(&out).unwrap_or_default(),
+            _ => serde_json::Value::Null,
+        }
+    }
+
+    /// Whether `get nodes` here shows every one of `hosts` Ready.
+    pub fn sees_ready(&self, hosts: &[&str]) -> bool {
+        self.run_cli(&["get", "nodes"], None).is_ok_and(|(ok, out, _)| {
+            ok && hosts.iter().all(|h| out.lines().any(|l| l.starts_with(h) && l.contains(" Ready")))
+        })
+    }
+
     /// `apply -f -` with `yaml`; fails with the CLI's error otherwise.
     pub fn apply(&self, yaml: &str) -> Result<String> {
         let (ok, out, err) = self.run_cli(&["apply", "-f", "-"], Some(yaml))?;

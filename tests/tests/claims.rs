@@ -9,9 +9,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use beemesh_tests::lan::joined_mesh;
+use beemesh_tests::lan::{joined_mesh, start_ready};
 use beemesh_tests::{eventually, Agent};
-use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
 
@@ -69,16 +68,9 @@ spec:
   containers: [{name: c, image: busybox:1, command: [sleep, "1000"], volumeMounts: [{name: data, mountPath: /data}]}]
 "#;
 
-fn json(agent: &Agent, args: &[&str]) -> Value {
-    match agent.run_cli(args, None) {
-        Ok((true, out, _)) => serde_json::from_str(&out).unwrap_or_default(),
-        _ => Value::Null,
-    }
-}
-
 /// Running pods named `web-*` per `agent`: uid -> node.
 fn web_pods(agent: &Agent) -> BTreeMap<String, String> {
-    let list = json(agent, &["get", "pods", "-o", "json"]);
+    let list = agent.json(&["get", "pods", "-o", "json"]);
     list["items"]
         .as_array()
         .into_iter()
@@ -94,18 +86,7 @@ fn web_pods(agent: &Agent) -> BTreeMap<String, String> {
 #[test]
 fn a_claim_binds_where_its_first_pod_runs_and_keeps_its_pods_and_data_there() -> Result<()> {
     let (_lan, _root, mut agents) = joined_mesh("bcl", 64, 2)?;
-    for agent in agents.iter_mut() {
-        agent.spawn()?;
-        agent.import_busybox("busybox:1")?;
-    }
-    let ready = |agent: &Agent| {
-        agent.run_cli(&["get", "nodes"], None).is_ok_and(|(ok, out, _)| {
-            ok && ["h1", "h2"].iter().all(|h| out.lines().any(|l| l.starts_with(h) && l.contains(" Ready")))
-        })
-    };
-    for agent in &agents {
-        ensure!(eventually(T, || ready(agent)), "not every host Ready\n{}", agent.log());
-    }
+    start_ready(&mut agents, T)?;
     let out = agents[1].apply(FILE)?;
     ensure!(
         out.contains("storageclass.storage.k8s.io/fast-ssd created")
@@ -123,7 +104,7 @@ fn a_claim_binds_where_its_first_pod_runs_and_keeps_its_pods_and_data_there() ->
     let pods = web_pods(&agents[0]);
     let host = pods.values().next().cloned().unwrap_or_default();
     ensure!(pods.values().all(|n| *n == host), "the replicas are on two hosts: {pods:?}");
-    let claim = json(&agents[1], &["get", "pvc", "uploads", "-o", "json"]);
+    let claim = agents[1].json(&["get", "pvc", "uploads", "-o", "json"]);
     ensure!(
         claim["metadata"]["annotations"]["volume.kubernetes.io/selected-node"] == host.as_str()
             && claim["status"]["phase"] == "Bound"
@@ -162,7 +143,7 @@ fn a_claim_binds_where_its_first_pod_runs_and_keeps_its_pods_and_data_there() ->
     ensure!(eventually(T, || files() == uids), "{:?} in {} vs {uids:?}", files(), dir.display());
 
     // A replica deleted comes back on the claim's host and finds what the others left.
-    let name = json(&agents[0], &["get", "pods", "-o", "json"])["items"]
+    let name = agents[0].json(&["get", "pods", "-o", "json"])["items"]
         .as_array()
         .into_iter()
         .flatten()
@@ -187,7 +168,7 @@ fn a_claim_binds_where_its_first_pod_runs_and_keeps_its_pods_and_data_there() ->
     // A claim applied again keeps its binding.
     let again = agents[0].apply(FILE)?;
     ensure!(again.contains("persistentvolumeclaim/uploads unchanged"), "{again}");
-    let claim = json(&agents[1], &["get", "pvc", "uploads", "-o", "json"]);
+    let claim = agents[1].json(&["get", "pvc", "uploads", "-o", "json"]);
     ensure!(
         claim["metadata"]["annotations"]["volume.kubernetes.io/selected-node"] == host.as_str(),
         "{claim}"
@@ -197,10 +178,10 @@ fn a_claim_binds_where_its_first_pod_runs_and_keeps_its_pods_and_data_there() ->
     let logs =
         |agent: &Agent| agent.run_cli(&["logs", "addressed"], None).map(|(_, o, _)| o).unwrap_or_default();
     ensure!(eventually(T, || logs(&agents[0]).starts_with("pod=")), "{}", logs(&agents[0]));
-    let pod = json(&agents[0], &["get", "pods", "addressed", "-o", "json"]);
+    let pod = agents[0].json(&["get", "pods", "addressed", "-o", "json"]);
     let (ip, node) =
         (pod["status"]["podIP"].as_str().unwrap_or("?"), pod["spec"]["nodeName"].as_str().unwrap_or("?"));
-    let internal = json(&agents[0], &["get", "nodes", node, "-o", "json"])["status"]["addresses"]
+    let internal = agents[0].json(&["get", "nodes", node, "-o", "json"])["status"]["addresses"]
         .as_array()
         .into_iter()
         .flatten()
@@ -217,14 +198,14 @@ fn a_claim_binds_where_its_first_pod_runs_and_keeps_its_pods_and_data_there() ->
 
     // A pod of a claim that does not exist waits, saying so.
     let lonely = |agent: &Agent| {
-        let p = json(agent, &["get", "pods", "lonely", "-o", "json"]);
+        let p = agent.json(&["get", "pods", "lonely", "-o", "json"]);
         p["status"]["phase"] == "Pending"
             && p["status"]["conditions"][0]["message"] == "persistentvolumeclaim \"nope\" not found"
     };
     ensure!(
         eventually(T, || lonely(&agents[0])),
         "{}",
-        json(&agents[0], &["get", "pods", "lonely", "-o", "json"])
+        agents[0].json(&["get", "pods", "lonely", "-o", "json"])
     );
     Ok(())
 }

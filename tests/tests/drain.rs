@@ -10,9 +10,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use beemesh_tests::lan::joined_mesh;
+use beemesh_tests::lan::{joined_mesh, start_ready};
 use beemesh_tests::{eventually, Agent};
-use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
 
@@ -48,16 +47,9 @@ spec:
     )
 }
 
-fn json(agent: &Agent, args: &[&str]) -> Value {
-    match agent.run_cli(args, None) {
-        Ok((true, out, _)) => serde_json::from_str(&out).unwrap_or_default(),
-        _ => Value::Null,
-    }
-}
-
 /// Running, ready `web-*` pods: name -> node.
 fn web(agent: &Agent) -> BTreeMap<String, String> {
-    json(agent, &["get", "pods", "-o", "json"])["items"]
+    agent.json(&["get", "pods", "-o", "json"])["items"]
         .as_array()
         .into_iter()
         .flatten()
@@ -92,20 +84,10 @@ fn a_disruption_budget_holds_a_drain_back_until_it_allows_the_eviction() -> Resu
     let config = agents[2].dir.path().join("agent.yaml");
     let text = std::fs::read_to_string(&config)?;
     std::fs::write(&config, format!("{text}  nodeResources: {{example.com/dongle: 1}}\n"))?;
-    for agent in agents.iter_mut() {
-        agent.spawn()?;
-        agent.import_busybox("busybox:1")?;
-    }
-    for agent in &agents {
-        ensure!(
-            eventually(T, || ["h1", "h2", "h3"].iter().all(|h| node_status(agent, h) == "Ready")),
-            "not every host Ready\n{}",
-            agent.log()
-        );
-    }
+    start_ready(&mut agents, T)?;
     agents[0].apply(&manifest(2))?;
     ensure!(eventually(T, || web(&agents[1]).len() == 2), "web: {:?}", web(&agents[1]));
-    let pdb = |agent: &Agent| json(agent, &["get", "pdb", "web", "-o", "json"]);
+    let pdb = |agent: &Agent| agent.json(&["get", "pdb", "web", "-o", "json"]);
     ensure!(
         eventually(T, || pdb(&agents[2])["status"]["currentHealthy"] == 2
             && pdb(&agents[2])["status"]["disruptionsAllowed"] == 0),
@@ -182,7 +164,7 @@ fn a_disruption_budget_holds_a_drain_back_until_it_allows_the_eviction() -> Resu
         )
     };
     agents[0].apply(&dongle("dongle-a"))?;
-    let pod = |agent: &Agent, name: &str| json(agent, &["get", "pods", name, "-o", "json"]);
+    let pod = |agent: &Agent, name: &str| agent.json(&["get", "pods", name, "-o", "json"]);
     ensure!(
         eventually(T, || pod(&agents[1], "dongle-a")["spec"]["nodeName"] == "h3"
             && pod(&agents[1], "dongle-a")["status"]["phase"] == "Running"),
@@ -198,7 +180,7 @@ fn a_disruption_budget_holds_a_drain_back_until_it_allows_the_eviction() -> Resu
             })
     };
     ensure!(eventually(T, || waits(&agents[0])), "{}", pod(&agents[0], "dongle-b"));
-    let node = json(&agents[0], &["get", "nodes", "h3", "-o", "json"]);
+    let node = agents[0].json(&["get", "nodes", "h3", "-o", "json"]);
     ensure!(node["status"]["allocatable"]["example.com/dongle"] == "1", "{node}");
     Ok(())
 }

@@ -14,21 +14,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use beemesh_tests::lan::joined_mesh;
+use beemesh_tests::lan::{joined_mesh, start_ready};
 use beemesh_tests::{eventually, Agent};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(90);
 
-fn json(agent: &Agent, args: &[&str]) -> Value {
-    match agent.run_cli(args, None) {
-        Ok((true, out, _)) => serde_json::from_str(&out).unwrap_or_default(),
-        _ => Value::Null,
-    }
-}
-
 fn job(agent: &Agent, name: &str) -> Value {
-    json(agent, &["get", "jobs", name, "-o", "json"])
+    agent.json(&["get", "jobs", name, "-o", "json"])
 }
 
 fn condition(job: &Value) -> Option<(String, String)> {
@@ -38,7 +31,7 @@ fn condition(job: &Value) -> Option<(String, String)> {
 
 /// Pods of the Job `name` (label `job-name`) as `(pod, node, phase)`.
 fn pods_of(agent: &Agent, name: &str) -> Vec<(String, String, String)> {
-    let list = json(agent, &["get", "pods", "-o", "json"]);
+    let list = agent.json(&["get", "pods", "-o", "json"]);
     let s = |v: &Value| v.as_str().unwrap_or_default().to_owned();
     list["items"]
         .as_array()
@@ -163,7 +156,7 @@ spec:
 
 /// The tick CronJob's Jobs that completed, by the minute in their name.
 fn ticks_done(agent: &Agent) -> BTreeMap<i64, Value> {
-    let list = json(agent, &["get", "jobs", "-o", "json"]);
+    let list = agent.json(&["get", "jobs", "-o", "json"]);
     list["items"]
         .as_array()
         .into_iter()
@@ -183,20 +176,7 @@ fn seconds_into_minute() -> u64 {
 #[test]
 fn jobs_complete_once_and_a_cron_job_fires_once_a_minute_while_hosts_leave_and_return() -> Result<()> {
     let (lan, _root, mut agents) = joined_mesh("bjb", 63, 3)?;
-    for agent in agents.iter_mut() {
-        agent.spawn()?;
-        agent.import_busybox("busybox:1")?;
-    }
-    let ready = |agent: &Agent| {
-        agent.run_cli(&["get", "nodes"], None).is_ok_and(|(ok, out, _)| {
-            ok && ["h1", "h2", "h3"]
-                .iter()
-                .all(|h| out.lines().any(|l| l.starts_with(h) && l.contains(" Ready")))
-        })
-    };
-    for agent in &agents {
-        ensure!(eventually(T, || ready(agent)), "not every host Ready\n{}", agent.log());
-    }
+    start_ready(&mut agents, T)?;
     let out = agents[0].dir.path().join("runs");
     std::fs::create_dir_all(&out)?;
     std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o777))?;
@@ -277,7 +257,7 @@ fn jobs_complete_once_and_a_cron_job_fires_once_a_minute_while_hosts_leave_and_r
             }
         }),
         "no tick run completed early in a minute: {}",
-        json(&agents[0], &["get", "jobs", "-o", "json"])
+        agents[0].json(&["get", "jobs", "-o", "json"])
     );
     let first = first.unwrap_or_default();
     lan.cut(3)?;
@@ -316,7 +296,7 @@ fn jobs_complete_once_and_a_cron_job_fires_once_a_minute_while_hosts_leave_and_r
         ensure!(pods.len() == 1, "{name}: {pods:?}");
         ensure!(ticks.contains(&name), "{name} wrote no line: {ticks:?}");
     }
-    let cj = json(&agents[2], &["get", "cronjobs", "tick", "-o", "json"]);
+    let cj = agents[2].json(&["get", "cronjobs", "tick", "-o", "json"]);
     ensure!(
         cj["status"]["lastScheduleTime"].is_string() && cj["status"]["lastSuccessfulTime"].is_string(),
         "{cj}"

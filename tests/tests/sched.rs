@@ -93,15 +93,12 @@ fn pods_are_tendered_spread_constrained_and_placed_again_when_their_host_dies() 
         agent.spawn()?;
         agent.import_busybox("busybox:1")?;
     }
-    let ready = |agent: &Agent| {
-        agent.run_cli(&["get", "nodes"], None).is_ok_and(|(ok, out, _)| {
-            ok && ["h1", "h2", "h3"]
-                .iter()
-                .all(|h| out.lines().any(|l| l.starts_with(h) && l.contains(" Ready")))
-        })
-    };
     for agent in &agents {
-        ensure!(eventually(T, || ready(agent)), "not every host Ready\n{}", agent.log());
+        ensure!(
+            eventually(T, || agent.sees_ready(&["h1", "h2", "h3"])),
+            "not every host Ready\n{}",
+            agent.log()
+        );
     }
 
     // Six replicas of one app, applied on h2: h3's taint keeps them off it, and spreading
@@ -246,7 +243,11 @@ fn pods_are_tendered_spread_constrained_and_placed_again_when_their_host_dies() 
     agents[1].spawn()?;
     let empty = |agent: &Agent| agent.state_dir().join("pods").read_dir().map_or(0, |d| d.count()) == 0;
     ensure!(eventually(T, || empty(&agents[1])), "h2 kept its stale pods\n{}", agents[1].log());
-    ensure!(eventually(T, || ready(&agents[1])), "h2 not Ready again\n{}", agents[1].log());
+    ensure!(
+        eventually(T, || agents[1].sees_ready(&["h1", "h2", "h3"])),
+        "h2 not Ready again\n{}",
+        agents[1].log()
+    );
     ensure!(eventually(T, || replaced(&agents[1])), "after h2 returned: {:?}", rows(&agents[1]));
     Ok(())
 }
