@@ -82,6 +82,8 @@ const HANDLER: &[&str] = &[
 const PROBE: &[&str] = &[
     "tcpSocket.port",
     "tcpSocket.host",
+    "grpc.port",
+    "grpc.service",
     "initialDelaySeconds",
     "periodSeconds",
     "timeoutSeconds",
@@ -818,8 +820,11 @@ fn validate_container(c: &Container, field: &str, volumes: &BTreeSet<&str>) -> R
 }
 
 fn validate_probe(p: &Probe, c: &Container, field: &str) -> Result<(), FieldError> {
-    let handlers = [p.exec.is_some(), p.http_get.is_some(), p.tcp_socket.is_some()];
-    exactly_one(&handlers, field, "a probe", "exec, httpGet, tcpSocket")?;
+    let handlers = [p.exec.is_some(), p.http_get.is_some(), p.tcp_socket.is_some(), p.grpc.is_some()];
+    exactly_one(&handlers, field, "a probe", "exec, httpGet, tcpSocket, grpc")?;
+    if let Some(port) = p.grpc.as_ref().map(|g| g.port).filter(|n| !(1..=65535).contains(n)) {
+        return Err(FieldError::new(format!("{field}.grpc.port"), format!("port {port} is not 1-65535")));
+    }
     if !field.ends_with("readinessProbe") && p.success_threshold.is_some_and(|n| n != 1) {
         return Err(FieldError::new(
             format!("{field}.successThreshold"),

@@ -719,3 +719,14 @@ fn extended_resources_are_counts_and_other_resources_are_refused_by_name() {
     let e = err(&with("limits: {kubernetes.io/gpu: 1}")).to_string();
     assert!(e.contains("is not supported"), "{e}");
 }
+
+#[test]
+fn grpc_probes_are_accepted_and_checked() {
+    let with = |probe: &str| POD.replace("exec: {command: [\"true\"]}", probe);
+    assert!(parse("m.yaml", &with("grpc: {port: 9090, service: web}")).is_ok());
+    assert!(parse("m.yaml", &with("grpc: {port: 9090}")).is_ok());
+    let e = err(&with("grpc: {port: 0}")).to_string();
+    assert!(e.contains("livenessProbe.grpc.port: port 0 is not 1-65535"), "{e}");
+    let e = err(&with("grpc: {port: 9090}\n        exec: {command: [\"true\"]}")).to_string();
+    assert!(e.contains("needs exactly one of exec, httpGet, tcpSocket, grpc"), "{e}");
+}

@@ -164,6 +164,10 @@ async fn check(action: &ProbeAction, target: &Target) -> bool {
             cmd.status().await.is_ok_and(|s| s.success())
         }
         ProbeAction::Tcp { port, host } => connect(target.init_pid, host.as_deref(), *port).await.is_some(),
+        ProbeAction::Grpc { port, service } => match connect(target.init_pid, None, *port).await {
+            Some(stream) => grpc_serving(stream, service).await,
+            None => false,
+        },
         ProbeAction::Http { port, path, host, headers, .. } => {
             let Some(mut stream) = connect(target.init_pid, host.as_deref(), *port).await else {
                 return false;
@@ -190,6 +194,117 @@ async fn check(action: &ProbeAction, target: &Target) -> bool {
             http_status_ok(&head[..n])
         }
     }
+}
+
+/// The most of a health answer's body read.
+const GRPC_BODY_MAX: usize = 1024;
+
+/// `grpc.health.v1.Health/Check` for `service` over HTTP/2 without TLS, as the kubelet calls
+/// it: success is a `SERVING` answer (status 1) with `grpc-status: 0`.
+pub(crate) async fn grpc_serving<S>(io: S, service: &str) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok((client, connection)) = h2::client::handshake(io).await else { return false };
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let serving = grpc_check(client, service).await == Some(1);
+    driver.abort();
+    serving
+}
+
+/// The health status the server answered, if it answered well.
+async fn grpc_check(client: h2::client::SendRequest<bytes::Bytes>, service: &str) -> Option<u64> {
+    let mut client = client.ready().await.ok()?;
+    let request = http::Request::builder()
+        .method("POST")
+        .uri("http://localhost/grpc.health.v1.Health/Check")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("user-agent", "beemesh-probe")
+        .body(())
+        .ok()?;
+    let (response, mut send) = client.send_request(request, false).ok()?;
+    // HealthCheckRequest { service = 1 }, in a gRPC frame (uncompressed, length-prefixed).
+    let mut message = Vec::new();
+    if !service.is_empty() {
+        message.push(0x0a);
+        put_varint(&mut message, service.len() as u64);
+        message.extend_from_slice(service.as_bytes());
+    }
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(message.len()).ok()?.to_be_bytes());
+    frame.extend_from_slice(&message);
+    send.send_data(bytes::Bytes::from(frame), true).ok()?;
+    let response = response.await.ok()?;
+    if response.status() != http::StatusCode::OK {
+        return None;
+    }
+    let mut body = response.into_body();
+    let mut data = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.ok()?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+        if data.len() > GRPC_BODY_MAX {
+            return None;
+        }
+    }
+    let trailers = body.trailers().await.ok()??;
+    if trailers.get("grpc-status").map(|v| v.as_bytes()) != Some(b"0") {
+        return None;
+    }
+    health_status(&data)
+}
+
+fn put_varint(out: &mut Vec<u8>, mut n: u64) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+fn get_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    let mut n = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *bytes.get(*at)?;
+        *at += 1;
+        n |= u64::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some(n);
+        }
+    }
+    None
+}
+
+/// `HealthCheckResponse.status` (field 1) of one gRPC frame; absent means 0 (UNKNOWN).
+fn health_status(frame: &[u8]) -> Option<u64> {
+    let (&compressed, rest) = frame.split_first()?;
+    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let message = rest.get(4..4 + len)?;
+    if compressed != 0 {
+        return None;
+    }
+    let (mut at, mut status) = (0, 0);
+    while at < message.len() {
+        let tag = get_varint(message, &mut at)?;
+        match tag & 7 {
+            0 => {
+                let v = get_varint(message, &mut at)?;
+                if tag >> 3 == 1 {
+                    status = v;
+                }
+            }
+            2 => {
+                let n = get_varint(message, &mut at)? as usize;
+                at = at.checked_add(n).filter(|e| *e <= message.len())?;
+            }
+            _ => return None,
+        }
+    }
+    Some(status)
 }
 
 /// "HTTP/1.x NNN": success is 200-399, as the kubelet counts it.
@@ -239,6 +354,79 @@ pub fn enter_command(target: &Target, argv: &[String]) -> std::io::Result<std::p
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A gRPC health server on loopback (h2): `web` is SERVING, `db` NOT_SERVING, the
+    /// server itself ("") SERVING; any other service NOT_FOUND (grpc-status 5).
+    async fn health_server() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(socket).await else { return };
+                    while let Some(Ok((request, mut respond))) = conn.accept().await {
+                        let mut body = request.into_body();
+                        let mut data = Vec::new();
+                        while let Some(Ok(chunk)) = body.data().await {
+                            data.extend_from_slice(&chunk);
+                        }
+                        let service = String::from_utf8_lossy(data.get(7..).unwrap_or_default()).into_owned();
+                        let status = match service.as_str() {
+                            "" | "web" => Some(1u8),
+                            "db" => Some(2),
+                            _ => None,
+                        };
+                        let response = http::Response::builder()
+                            .status(200)
+                            .header("content-type", "application/grpc")
+                            .body(())
+                            .expect("response");
+                        let Ok(mut send) = respond.send_response(response, false) else { return };
+                        let mut trailers = http::HeaderMap::new();
+                        match status {
+                            Some(s) => {
+                                let frame = vec![0, 0, 0, 0, 2, 0x08, s];
+                                let _ = send.send_data(bytes::Bytes::from(frame), false);
+                                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                            }
+                            None => {
+                                trailers.insert("grpc-status", http::HeaderValue::from_static("5"));
+                            }
+                        }
+                        let _ = send.send_trailers(trailers);
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn grpc_health_checks_pass_only_when_serving() {
+        let addr = health_server().await;
+        let call = |service: &'static str| async move {
+            let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            grpc_serving(stream, service).await
+        };
+        assert!(call("").await, "the server as a whole");
+        assert!(call("web").await);
+        assert!(!call("db").await, "NOT_SERVING");
+        assert!(!call("nope").await, "NOT_FOUND");
+        // Not HTTP/2 at all: a plain TCP listener that closes.
+        let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let plain_addr = plain.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((s, _)) = plain.accept().await {
+                drop(s);
+            }
+        });
+        let stream = tokio::net::TcpStream::connect(plain_addr).await.expect("connect");
+        assert!(!grpc_serving(stream, "").await);
+        assert_eq!(health_status(&[0, 0, 0, 0, 0]), Some(0), "an empty answer is UNKNOWN");
+        let mut v = Vec::new();
+        put_varint(&mut v, 300);
+        assert_eq!(get_varint(&v, &mut 0), Some(300));
+    }
 
     #[test]
     fn http_status_codes_count_as_kubelet_does() {

@@ -366,6 +366,9 @@ pub enum ProbeAction {
     Http { port: u16, path: String, host: Option<String>, https: bool, headers: Vec<(String, String)> },
     /// A connection that opens is success.
     Tcp { port: u16, host: Option<String> },
+    /// grpc.health.v1.Health/Check on the pod's address for `service` ("": the server as a
+    /// whole); SERVING is success.
+    Grpc { port: u16, service: String },
 }
 
 /// The pod-wide plan. Infallible: `crate::manifest` has checked what could fail; a volume
@@ -1244,11 +1247,21 @@ fn plan_probe(c: &Container, field: &str, p: &Probe, env: &Env) -> Result<ProbeP
         field: format!("{field}.{sub}"),
         reason,
     };
-    let action =
-        match plan_action(c, field, p.exec.as_ref(), p.http_get.as_ref(), p.tcp_socket.as_ref(), env)? {
-            Some(action) => action,
-            None => return Err(invalid("exec", "a probe needs one of exec, httpGet, tcpSocket".into())),
-        };
+    let grpc = p.grpc.as_ref().map(|g| {
+        let port = u16::try_from(g.port).ok().filter(|n| *n != 0);
+        (port, g.service.clone().unwrap_or_default())
+    });
+    let action = match (
+        grpc,
+        plan_action(c, field, p.exec.as_ref(), p.http_get.as_ref(), p.tcp_socket.as_ref(), env)?,
+    ) {
+        (Some((Some(port), service)), _) => ProbeAction::Grpc { port, service },
+        (Some((None, _)), _) => return Err(invalid("grpc.port", "not 1-65535".into())),
+        (None, Some(action)) => action,
+        (None, None) => {
+            return Err(invalid("exec", "a probe needs one of exec, httpGet, tcpSocket, grpc".into()))
+        }
+    };
     let positive = |v: Option<i32>, default: u32| {
         v.and_then(|v| u32::try_from(v).ok()).filter(|v| *v > 0).unwrap_or(default)
     };
