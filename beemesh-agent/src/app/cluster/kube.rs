@@ -120,7 +120,7 @@ fn user_part(v: &Value) -> Value {
 }
 
 /// RFC 3339 at second precision, as Kubernetes writes `creationTimestamp`.
-fn timestamp(now_ms: u64) -> String {
+pub(crate) fn timestamp(now_ms: u64) -> String {
     let secs = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
     k8s_openapi::jiff::Timestamp::from_second(secs).map(|t| t.to_string()).unwrap_or_default()
 }

@@ -58,8 +58,9 @@ fn ms_of(rfc3339: &str) -> Option<i64> {
     Some(rfc3339.parse::<k8s_openapi::jiff::Timestamp>().ok()?.as_millisecond())
 }
 
+/// RFC 3339 at second precision (`kube::timestamp`), of a time that may precede the epoch.
 fn rfc3339(ms: i64) -> String {
-    k8s_openapi::jiff::Timestamp::from_second(ms.div_euclid(1000)).map(|t| t.to_string()).unwrap_or_default()
+    crate::app::cluster::kube::timestamp(u64::try_from(ms).unwrap_or(0))
 }
 
 /// The run due at wall time `now_ms`, if any: its scheduled instant and its Job's name. The

@@ -105,11 +105,6 @@ pub fn ranges(indexes: &BTreeSet<i32>) -> String {
     parts.join(",")
 }
 
-fn rfc3339(ms: u64) -> String {
-    let secs = i64::try_from(ms / 1000).unwrap_or(i64::MAX);
-    k8s_openapi::jiff::Timestamp::from_second(secs).map(|t| t.to_string()).unwrap_or_default()
-}
-
 /// A Job's writes (pods to create and delete, its status record, the Job itself once its
 /// time to live is over) at wall time `now_ms`, given the pods it controls and its record.
 pub fn job(j: &Job, pods: &[&PodState], record: Option<&Value>, now_ms: u64) -> Vec<Write> {
@@ -319,7 +314,7 @@ fn status(j: &Job, tally: &Tally, active: &[&PodState], indexed: bool, suspended
         "failed": tally.failed,
     });
     if let Some(start) = tally.start_ms {
-        status["startTime"] = rfc3339(start).into();
+        status["startTime"] = crate::app::cluster::kube::timestamp(start).into();
     }
     if indexed {
         status["completedIndexes"] = ranges(&tally.completed).into();
@@ -330,7 +325,7 @@ fn status(j: &Job, tally: &Tally, active: &[&PodState], indexed: bool, suspended
             "message": "Job suspended"}));
     }
     if let Some(o) = &tally.outcome {
-        let at = rfc3339(o.at_ms);
+        let at = crate::app::cluster::kube::timestamp(o.at_ms);
         if o.kind == "Complete" {
             status["completionTime"] = at.clone().into();
         }
