@@ -20,6 +20,7 @@ use quinn::{IdleTimeout, TransportConfig, VarInt};
 
 use crate::identity::svid::SvidError;
 
+pub mod datagrams;
 pub mod frame;
 pub mod splice;
 pub mod tls;

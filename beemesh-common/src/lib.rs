@@ -275,7 +275,79 @@ pub struct Capture {
 pub struct Redirect {
     pub capture_port: u16,
     pub dns_port: u16,
+    /// The agent's UDP capture socket: datagrams to a Service's UDP port go to
+    /// `udp_capture_addr(id)` on this port.
+    pub udp_port: u16,
+    pub _pad: u16,
 }
+
+/// A UDP flow to a Service port (or a pod's mesh address) the kernel captured, in
+/// `UDP_CAPTURES` under its id: one per (workload socket, destination), so one socket may
+/// talk to several Services. The datagrams go to the agent at `udp_capture_addr(id)`, which
+/// is how the agent names the flow; its replies come from there, and `recvmsg4` makes them
+/// read as from the destination asked.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UdpCapture {
+    /// The sending socket's cookie.
+    pub cookie: u64,
+    /// The sending workload's numeric identity.
+    pub subject: u32,
+    /// The Service port's id and the backend's index in `BACKENDS`, and the backend picked
+    /// ([`BackendValue::backend`]): the flow keeps its backend while that slot holds it.
+    pub service: u32,
+    pub index: u32,
+    pub backend: u32,
+    /// The backend's numeric identity, as policy saw it.
+    pub peer: u32,
+    /// The sending socket's own port (host order): the agent takes datagrams of this flow
+    /// only from it.
+    pub src_port: u16,
+    /// The destination asked for (host order port; network order address, as `user_ip4`).
+    pub port: u16,
+    pub addr: u32,
+    pub _pad: u32,
+}
+
+/// The first and last UDP capture ids: an id is the low 24 bits of a 127.0.0.0/8 address,
+/// leaving out 127.0.0.0, 127.0.0.1 and 127.255.255.255.
+pub const UDP_CAPTURE_FIRST: u32 = 2;
+pub const UDP_CAPTURE_LAST: u32 = 0x00ff_fffe;
+
+/// The loopback address (host order) a captured UDP flow's datagrams are sent to.
+#[inline(always)]
+pub const fn udp_capture_addr(id: u32) -> u32 {
+    (127 << 24) | (id & 0x00ff_ffff)
+}
+
+/// The capture id of a loopback address (host order), if it can be one.
+#[inline(always)]
+pub const fn udp_capture_id(addr: u32) -> Option<u32> {
+    let id = addr & 0x00ff_ffff;
+    if addr >> 24 == 127 && id >= UDP_CAPTURE_FIRST && id <= UDP_CAPTURE_LAST {
+        Some(id)
+    } else {
+        None
+    }
+}
+
+/// The ids a UDP flow may take, in probe order: a hash of (socket cookie, destination)
+/// spread over the id range, then the next few.
+pub const UDP_CAPTURE_PROBES: u32 = 4;
+
+#[inline(always)]
+pub const fn udp_capture_slot(cookie: u64, addr: u32, port: u16, probe: u32) -> u32 {
+    // splitmix64's finalizer.
+    let mut h = cookie ^ ((addr as u64) << 16) ^ (port as u64) ^ 0x9e37_79b9_7f4a_7c15;
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^= h >> 31;
+    let span = (UDP_CAPTURE_LAST - UDP_CAPTURE_FIRST + 1) as u64;
+    UDP_CAPTURE_FIRST + (h.wrapping_add(probe as u64) % span) as u32
+}
+
+/// Capacity of the captured UDP flows.
+pub const UDP_CAPTURE_MAP_SIZE: u32 = 65_536;
 
 /// Where a redirected DNS query was going (`DNS_ORIG`, by socket cookie): its replies are
 /// made to come from there.
@@ -405,4 +477,5 @@ mod user {
     unsafe impl aya::Pod for Capture {}
     unsafe impl aya::Pod for Redirect {}
     unsafe impl aya::Pod for DnsOrigin {}
+    unsafe impl aya::Pod for UdpCapture {}
 }

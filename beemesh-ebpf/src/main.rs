@@ -24,11 +24,15 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use beemesh_common::{
-    Addr, BackendKey, Capture, DnsOrigin, EndpointKey, LocalPortKey, LocalPortValue, PeerSet, DIR_EGRESS, DIR_INGRESS,
-    HOOK_CONNECT, HOOK_INGRESS, HOOK_SENDMSG, ID_NONE, NET_LEAF_OWN_DNS, PROTO_TCP, PROTO_UDP,
+    udp_capture_addr, udp_capture_id, udp_capture_slot, Addr, BackendKey, Capture, DnsOrigin, EndpointKey,
+    LocalPortKey, LocalPortValue, PeerSet, UdpCapture, DIR_EGRESS, DIR_INGRESS, HOOK_CONNECT, HOOK_INGRESS,
+    HOOK_SENDMSG, ID_NONE, NET_LEAF_OWN_DNS, PROTO_TCP, PROTO_UDP, UDP_CAPTURE_PROBES,
 };
 use enforce::{active_slot, identity_of_cgroup, is_workload, Flow, Slot};
-use maps::{BACKENDS, CAPTURED, CAPTURES, COOKIE_PORTS, DNS_ORIG, LOCAL_PORTS, REDIRECT, REFUSE_CGROUPS, SERVICES};
+use maps::{
+    BACKENDS, CAPTURED, CAPTURES, COOKIE_PORTS, DNS_ORIG, LOCAL_PORTS, REDIRECT, REFUSE_CGROUPS, SERVICES,
+    UDP_CAPTURES,
+};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -105,11 +109,7 @@ fn sock_addr(ctx: &SockAddrContext, v6: bool, hook: u8) -> i32 {
             return verdict;
         }
     }
-    if hook == HOOK_SENDMSG && !v6 && proto == PROTO_UDP && flow.port == 53 && redirect_dns(ctx, &slot) {
-        return ALLOW;
-    }
-    // A datagram of a UDP exchange allowed recently (a reply, or more of the same) passes;
-    // the workload's port is known here because sendmsg autobinds before this hook.
+    // The workload's port is known here because sendmsg autobinds before this hook.
     let udp_port = if hook == HOOK_SENDMSG {
         // SAFETY: `sk` is always set for sock_addr programs.
         let sk = unsafe { sa.__bindgen_anon_1.sk };
@@ -122,6 +122,15 @@ fn sock_addr(ctx: &SockAddrContext, v6: bool, hook: u8) -> i32 {
     } else {
         0
     };
+    if hook == HOOK_SENDMSG && !v6 && proto == PROTO_UDP {
+        if let Some(verdict) = capture_udp(ctx, &slot, &flow, udp_port) {
+            return verdict;
+        }
+        if flow.port == 53 && redirect_dns(ctx, &slot) {
+            return ALLOW;
+        }
+    }
+    // A datagram of a UDP exchange allowed recently (a reply, or more of the same) passes.
     if udp_port != 0 && enforce::udp_flow_known(&slot, &addr, flow.port, udp_port) {
         return ALLOW;
     }
@@ -210,6 +219,126 @@ fn capture(ctx: &SockAddrContext, slot: &Slot, flow: &Flow) -> Option<i32> {
     Some(ALLOW)
 }
 
+/// A UDP datagram to a Service's UDP port (or a pod's mesh address), sent unconnected (as
+/// slirp4netns sends every pod datagram): the flow (socket, destination) keeps the backend
+/// it was given while that backend stays in its slot; every datagram is decided against the
+/// backend (egress and the backend's ingress), and goes to the agent's UDP capture socket at
+/// the flow's own loopback address, which names the flow to the agent. `None`: not a
+/// Service address, decide as usual.
+#[inline(always)]
+fn capture_udp(ctx: &SockAddrContext, slot: &Slot, flow: &Flow, own_port: u16) -> Option<i32> {
+    let key = EndpointKey { addr: flow.addr, port: flow.port, proto: PROTO_UDP, _pad: 0 };
+    let found = match SERVICES.get_ptr(&key) {
+        Some(p) => p,
+        None => SERVICES.get_ptr(&EndpointKey { port: 0, ..key })?,
+    };
+    // SAFETY: pointer from a successful lookup, copied at once.
+    let service = unsafe { *found };
+    // SAFETY: array index 0 exists; copied at once.
+    let redirect = unsafe { *REDIRECT.get_ptr(0)? };
+    if redirect.udp_port == 0 || own_port == 0 {
+        return None;
+    }
+    if service.backends == 0 {
+        // No ready endpoint: dropped (slirp4netns answers the pod with an ICMP error).
+        return Some(DENY);
+    }
+    // SAFETY: the context pointer is valid for the helper.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the kernel hands a valid bpf_sock_addr context.
+    let ip4 = unsafe { (*ctx.sock_addr).user_ip4 };
+    // The flow's id: the probe that holds it already, else the first free one.
+    let mut id = 0u32;
+    let mut held: Option<UdpCapture> = None;
+    for probe in 0..UDP_CAPTURE_PROBES {
+        let candidate = udp_capture_slot(cookie, ip4, flow.port, probe);
+        match UDP_CAPTURES.get_ptr(&candidate) {
+            Some(p) => {
+                // SAFETY: pointer from a successful lookup, copied at once.
+                let c = unsafe { *p };
+                if c.cookie == cookie && c.addr == ip4 && c.port == flow.port {
+                    id = candidate;
+                    held = Some(c);
+                    break;
+                }
+            }
+            None => {
+                if id == 0 {
+                    id = candidate;
+                }
+            }
+        }
+    }
+    if id == 0 {
+        return Some(DENY);
+    }
+    // The backend the flow holds, if its slot still holds it; else a new pick.
+    let kept = held.and_then(|c| {
+        if c.service != service.id || c.index >= service.backends {
+            return None;
+        }
+        let b = BACKENDS.get_ptr(&BackendKey { service: service.id, index: c.index })?;
+        // SAFETY: pointer from a successful lookup, copied at once.
+        let b = unsafe { *b };
+        (b.backend == c.backend).then_some((c.index, b))
+    });
+    let (index, backend) = match kept {
+        Some(k) => k,
+        None => {
+            // SAFETY: helper without arguments.
+            let index = unsafe { bpf_get_prandom_u32() } % service.backends;
+            let b = BACKENDS.get_ptr(&BackendKey { service: service.id, index })?;
+            // SAFETY: pointer from a successful lookup, copied at once.
+            (index, unsafe { *b })
+        }
+    };
+    let port = if backend.port == 0 { flow.port } else { backend.port };
+    let to_backend = Flow { port, ..*flow };
+    let peers = PeerSet { primary: backend.identity, cidr: ID_NONE };
+    let fresh = kept.is_none();
+    if !enforce::egress_to(slot, &to_backend, peers, fresh) {
+        return Some(DENY);
+    }
+    if fresh || held.is_some_and(|c| c.peer != backend.identity) {
+        let record = UdpCapture {
+            cookie,
+            subject: flow.subject,
+            service: service.id,
+            index,
+            backend: backend.backend,
+            peer: backend.identity,
+            src_port: own_port,
+            port: flow.port,
+            addr: ip4,
+            _pad: 0,
+        };
+        if UDP_CAPTURES.insert(&id, &record, 0).is_err() {
+            return Some(DENY);
+        }
+    }
+    // SAFETY: sendmsg4 may rewrite the destination of its own context.
+    unsafe {
+        (*ctx.sock_addr).user_ip4 = udp_capture_addr(id).to_be();
+        (*ctx.sock_addr).user_port = u32::from(redirect.udp_port.to_be());
+    }
+    Some(ALLOW)
+}
+
+/// Whether a datagram from 127.x.y.z:`sport` to the socket `cookie` is the agent's reply
+/// on a UDP flow the kernel captured for that socket.
+#[inline(always)]
+fn udp_capture_reply(src_be: u32, sport: u16, cookie: u64) -> Option<UdpCapture> {
+    // SAFETY: array index 0 exists; copied at once.
+    let redirect = unsafe { *REDIRECT.get_ptr(0)? };
+    if redirect.udp_port == 0 || sport != redirect.udp_port {
+        return None;
+    }
+    let id = udp_capture_id(u32::from_be(src_be))?;
+    // SAFETY: pointer from a successful lookup, copied at once.
+    let record = unsafe { *UDP_CAPTURES.get_ptr(&id)? };
+    (record.cookie == cookie).then_some(record)
+}
+
 /// A pod's DNS query (slirp4netns forwarding it from 10.0.2.3) goes to the agent's
 /// resolver on 127.0.0.1; the original destination is kept by socket cookie for
 /// `recvmsg4`, and the answer is let in as the reply it is.
@@ -254,6 +383,16 @@ fn redirect_dns(ctx: &SockAddrContext, slot: &Slot) -> bool {
 pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
     // SAFETY: the context pointer is valid for the helper.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the kernel hands a valid bpf_sock_addr context.
+    let (from_ip, from_port) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port) };
+    if let Some(record) = udp_capture_reply(from_ip, u16::from_be(from_port as u16), cookie) {
+        // SAFETY: recvmsg4 may rewrite the source address it reports.
+        unsafe {
+            (*ctx.sock_addr).user_ip4 = record.addr;
+            (*ctx.sock_addr).user_port = u32::from(record.port.to_be());
+        }
+        return ALLOW;
+    }
     let Some(origin) = DNS_ORIG.get_ptr(&cookie) else { return ALLOW };
     // SAFETY: pointer from a successful lookup, copied at once.
     let origin = unsafe { *origin };
@@ -404,6 +543,15 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<i32, i32> {
         && (udp_receiver_connected(ctx) || enforce::udp_flow_known(&slot, &src, sport, dport))
     {
         return Ok(ALLOW);
+    }
+    // The agent's reply on a UDP flow captured for this socket: each of the flow's datagrams
+    // was decided at sendmsg, and the agent cuts the flows a new policy forbids.
+    if proto == PROTO_UDP && v4 && src.is_loopback() {
+        // SAFETY: the skb pointer is the program's own context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
+        if udp_capture_reply(src.words[3], sport, cookie).is_some() {
+            return Ok(ALLOW);
+        }
     }
     let peers = if enforce::is_local(&src) {
         let sender = local_sender(ctx, v4, proto, sport, dport, slot.settings.workload_level)?;

@@ -9,9 +9,9 @@ use aya_ebpf::{
 use beemesh_common::{
     Addr, BackendKey, BackendValue, Capture, CidrKey, DnsOrigin, EndpointKey, IsolationKey, IsolationValue,
     LocalPortKey, LocalPortValue, PolicyKey, PolicyValue, Redirect, RuleCounter, ServiceValue, Settings,
-    UdpFlowKey, UdpFlowValue, BACKEND_MAP_SIZE, CAPTURE_MAP_SIZE, CGROUP_MAP_SIZE, CIDR_MAP_SIZE,
+    UdpCapture, UdpFlowKey, UdpFlowValue, BACKEND_MAP_SIZE, CAPTURE_MAP_SIZE, CGROUP_MAP_SIZE, CIDR_MAP_SIZE,
     ENDPOINT_MAP_SIZE, FLOW_RING_BYTES, ISOLATION_MAP_SIZE, LOCAL_ADDR_MAP_SIZE, LOCAL_PORT_MAP_SIZE,
-    MAX_RULES, POLICY_MAP_SIZE, SERVICE_MAP_SIZE, UDP_FLOW_MAP_SIZE,
+    MAX_RULES, POLICY_MAP_SIZE, SERVICE_MAP_SIZE, UDP_CAPTURE_MAP_SIZE, UDP_FLOW_MAP_SIZE,
 };
 
 /// Index (0 or 1) of the policy slot in force. The agent fills the other slot completely,
@@ -116,3 +116,8 @@ pub static REDIRECT: Array<Redirect> = Array::with_max_entries(1, 0);
 /// that the agent's answers read as from there.
 #[map]
 pub static DNS_ORIG: LruHashMap<u64, DnsOrigin> = LruHashMap::with_max_entries(CAPTURE_MAP_SIZE, 0);
+
+/// Captured UDP flows by id (the low 24 bits of the loopback address their datagrams are sent
+/// to; see `beemesh_common::UdpCapture`). LRU: a flow whose socket is gone ages out.
+#[map]
+pub static UDP_CAPTURES: LruHashMap<u32, UdpCapture> = LruHashMap::with_max_entries(UDP_CAPTURE_MAP_SIZE, 0);

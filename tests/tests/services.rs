@@ -619,3 +619,80 @@ fn traffic_recovers_after_the_link_drops_and_after_the_destination_changes_addre
     ensure!(ok && out.contains("10.200.58.12"), "h2's Node record kept its old address: {out}");
     Ok(())
 }
+
+/// Volumes and mounts giving a busybox pod the host's `/usr/bin/socat` and the libraries it
+/// links (the test images hold only busybox, whose applets have no UDP server).
+const SOCAT: &str = "    volumeMounts: [{name: usr, mountPath: /usr, readOnly: true}, {name: lib, mountPath: /lib, readOnly: true}, {name: lib64, mountPath: /lib64, readOnly: true}]\n  volumes: [{name: usr, hostPath: {path: /usr}}, {name: lib, hostPath: {path: /usr/lib}}, {name: lib64, hostPath: {path: /usr/lib64}}]\n";
+
+/// A UDP server pod on `node`: each datagram on port 5353 (named `dns`) is answered with its
+/// first line and ` from NAME`; ready once its socket is bound (port 0x14E9 in
+/// /proc/net/udp).
+fn udp_server(name: &str, node: &str, app: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: {app}}}}}\nspec:\n  nodeName: {node}\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox:1\n    command: [/usr/bin/socat, 'UDP4-RECVFROM:5353,fork', 'SYSTEM:read l; echo \"$l from {name}\"']\n    ports: [{{name: dns, containerPort: 5353, protocol: UDP}}]\n    readinessProbe: {{exec: {{command: [sh, -c, 'grep -q \":14E9 \" /proc/net/udp']}}, periodSeconds: 1}}\n{SOCAT}"
+    )
+}
+
+/// A UDP Service: port 53 to the pods' port named `dns`.
+fn udp_service(name: &str, app: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{app: {app}}}\n  ports: [{{port: 53, protocol: UDP, targetPort: dns}}]\n"
+    )
+}
+
+/// One datagram `line` from `pod` to `to` (host:port) with socat; what came back.
+fn ask_udp(agent: &Agent, pod: &str, to: &str, line: &str) -> String {
+    in_pod(agent, pod, &format!("echo {line} | /usr/bin/socat -t 2 - UDP4:{to} 2>&1; echo rc=$?"))
+}
+
+#[test]
+fn udp_services_reach_pods_on_another_host_through_the_tunnel_and_on_their_own_host() -> Result<()> {
+    let (_lan, _offline, mut agents) = lan::joined_mesh("svu", 66, 2)?;
+    lan::start_all(&mut agents, T)?;
+    for a in &agents {
+        a.import_busybox("busybox:1")?;
+    }
+    let (h1, h2) = (&agents[0], &agents[1]);
+    h1.apply(&format!(
+        "{}---\n{}---\n{}---\n{}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: client}}\nspec:\n  nodeName: h1\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox:1\n    command: [sleep, '1000']\n{SOCAT}",
+        udp_server("echo-far", "h2", "far"),
+        udp_service("far", "far"),
+        udp_server("echo-near", "h1", "near"),
+        udp_service("near", "near"),
+    ))?;
+    for pod in ["client", "echo-near"] {
+        h1.wait_ready(pod, T)?;
+    }
+    h2.wait_ready("echo-far", T)?;
+
+    // By name, port 53: the Service's, not the pod resolver's (both are UDP port 53).
+    ensure!(
+        eventually(T, || ask_udp(h1, "client", "far:53", "ping").contains("ping from echo-far")),
+        "client on h1 never heard from echo-far: {}\nh1:\n{}\nh2:\n{}",
+        ask_udp(h1, "client", "far:53", "ping"),
+        h1.log(),
+        h2.log()
+    );
+    ensure!(
+        eventually(T, || h2.log().contains("UDP tunnel stream opened")),
+        "h2 logged no UDP tunnel stream:\n{}",
+        h2.log()
+    );
+    let near = ask_udp(h1, "client", "near.default.svc.cluster.local:53", "hello");
+    ensure!(near.contains("hello from echo-near"), "same host: {near}\n{}", h1.log());
+    let far = cluster_ip(h1, "far")?;
+    let by_addr = ask_udp(h1, "client", &format!("{far}:53"), "again");
+    ensure!(by_addr.contains("again from echo-far"), "by cluster IP: {by_addr}");
+
+    // A pod's mesh address, on the pod's own port.
+    let pod_ip = h1.pod("echo-far")?["status"]["podIP"].as_str().unwrap_or_default().to_owned();
+    ensure!(pod_ip.starts_with("10.244."), "no mesh address: {pod_ip}");
+    let direct = ask_udp(h1, "client", &format!("{pod_ip}:5353"), "direct");
+    ensure!(direct.contains("direct from echo-far"), "by pod address: {direct}");
+
+    // The pod's own DNS still works beside a UDP Service on port 53.
+    let (ok, out, err) =
+        h1.run_cli(&["exec", "client", "--", "nslookup", "far.default.svc.cluster.local"], None)?;
+    ensure!(ok && out.contains(&far), "nslookup: {out}{err}");
+    Ok(())
+}

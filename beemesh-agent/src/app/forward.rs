@@ -13,6 +13,8 @@
 //!   whose issuer vouches for it (the cluster state says so), and its target is a pod of
 //!   this host, dialled inside the pod's network namespace.
 
+mod udp;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use beemesh_common::{
     BackendValue, EndpointKey, FlowEvent, PeerSet, Query, DIR_EGRESS, DIR_INGRESS, HOOK_TUNNEL, ID_NONE,
-    ID_WORLD, PROTO_TCP, VERDICT_ALLOW, VERDICT_DENY,
+    ID_WORLD, PROTO_TCP, PROTO_UDP, VERDICT_ALLOW, VERDICT_DENY,
 };
 use k8s_openapi::api::core::v1::{Pod, Service};
 use serde_json::Value;
@@ -112,29 +114,31 @@ struct Table {
 /// What a live flow was allowed by, decided again whenever the policy changes.
 #[derive(Clone, Copy, Debug)]
 enum Check {
-    /// A captured connection (the source host): `subject`'s egress to `peer`, and `peer`'s
-    /// ingress from `subject`, on `port`.
-    Egress { subject: u32, peer: u32, port: u16 },
-    /// A tunnel stream (the destination host): `subject`'s ingress from `peer` on `port`.
-    Ingress { subject: u32, peer: u32, port: u16 },
+    /// A captured connection or UDP flow (the source host): `subject`'s egress to `peer`, and
+    /// `peer`'s ingress from `subject`, on `port`/`proto`.
+    Egress { subject: u32, peer: u32, port: u16, proto: u8 },
+    /// A tunnel stream (the destination host): `subject`'s ingress from `peer` on
+    /// `port`/`proto`.
+    Ingress { subject: u32, peer: u32, port: u16, proto: u8 },
 }
 
 impl Check {
     fn allowed(&self, policy: &crate::policy::CompiledPolicy) -> bool {
-        let q = |subject, direction, peer, port| Query {
+        let q = |subject, direction, peer, port, proto| Query {
             subject,
             direction,
             peers: PeerSet { primary: peer, cidr: ID_NONE },
-            proto: PROTO_TCP,
+            proto,
             port,
         };
         match *self {
-            Check::Egress { subject, peer, port } => {
-                policy.decide(&q(subject, DIR_EGRESS, peer, port)).allowed
-                    && (!is_workload(peer) || policy.decide(&q(peer, DIR_INGRESS, subject, port)).allowed)
+            Check::Egress { subject, peer, port, proto } => {
+                policy.decide(&q(subject, DIR_EGRESS, peer, port, proto)).allowed
+                    && (!is_workload(peer)
+                        || policy.decide(&q(peer, DIR_INGRESS, subject, port, proto)).allowed)
             }
-            Check::Ingress { subject, peer, port } => {
-                policy.decide(&q(subject, DIR_INGRESS, peer, port)).allowed
+            Check::Ingress { subject, peer, port, proto } => {
+                policy.decide(&q(subject, DIR_INGRESS, peer, port, proto)).allowed
             }
         }
     }
@@ -239,8 +243,10 @@ pub(crate) async fn start(setup: Setup) -> std::io::Result<()> {
     let capture_port = listener.local_addr()?.port();
     let resolver = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
     let dns_port = resolver.local_addr()?.port();
+    let udp_capture = udp::bind()?;
+    let udp_port = udp_capture.local_addr()?.port();
     let mut maps = setup.maps;
-    maps.set_redirect(capture_port, dns_port).map_err(std::io::Error::other)?;
+    maps.set_redirect(capture_port, dns_port, udp_port).map_err(std::io::Error::other)?;
     crate::authz::set_capture_port(capture_port);
     let (table_tx, table) = watch::channel(Arc::new(Table::default()));
     let shared = Arc::new(Shared {
@@ -268,6 +274,7 @@ pub(crate) async fn start(setup: Setup) -> std::io::Result<()> {
     info!(
         capture = %listener.local_addr()?,
         dns = %resolver.local_addr()?,
+        udp = udp_port,
         upstreams = ?upstreams,
         tunnel = ?shared.tunnel.local_addr().ok(),
         "forwarder listening"
@@ -277,6 +284,7 @@ pub(crate) async fn start(setup: Setup) -> std::io::Result<()> {
     tokio::spawn(follow_state(shared.clone(), setup.cluster, setup.liveness, table_tx));
     tokio::spawn(node_port_loop(shared.clone()));
     tokio::spawn(capture_loop(shared.clone(), listener));
+    tokio::spawn(udp::capture_loop(shared.clone(), udp_capture));
     // Tunnel streams in are relayed on the data path's thread, with the endpoint.
     shared.data.clone().spawn(tunnel_loop(shared));
     Ok(())
@@ -360,7 +368,7 @@ const DEAD_CHECK: Duration = Duration::from_secs(1);
 #[derive(Default)]
 struct Ids {
     next: u32,
-    services: HashMap<(String, String, u16), u32>,
+    services: HashMap<(String, String, u16, u8), u32>,
     backends: HashMap<Backend, u32>,
 }
 
@@ -435,24 +443,26 @@ fn build(
             port: 0,
         };
         let service = format!("pod/{}", b.pod);
-        Some(endpoints::ServicePort {
+        let port = |proto| endpoints::ServicePort {
             namespace: b.namespace.clone(),
-            service,
+            service: service.clone(),
             ip: addr,
             port: 0,
+            proto,
             node_port: None,
-            backends: vec![b],
-        })
+            backends: vec![b.clone()],
+        };
+        Some([port(PROTO_TCP), port(PROTO_UDP)])
     });
-    let pod_ports: Vec<_> = pod_ports.collect();
+    let pod_ports: Vec<_> = pod_ports.flatten().collect();
     let mut node_ports = HashMap::new();
     for sp in ports.iter().filter(|sp| !sp.backends.is_empty()) {
-        if let Some(np) = sp.node_port {
+        if let Some(np) = sp.node_port.filter(|_| sp.proto == PROTO_TCP) {
             node_ports.insert(np, sp.backends.clone());
         }
     }
     for sp in ports.into_iter().chain(pod_ports) {
-        let skey = (sp.namespace.clone(), sp.service.clone(), sp.port);
+        let skey = (sp.namespace.clone(), sp.service.clone(), sp.port, sp.proto);
         let id = Ids::id(&mut ids.next, &mut ids.services, skey.clone());
         used_services.insert(skey);
         let mut values = Vec::with_capacity(sp.backends.len());
@@ -473,7 +483,7 @@ fn build(
         let key = EndpointKey {
             addr: beemesh_common::Addr::from_v4_be(u32::from(sp.ip).to_be()),
             port: sp.port,
-            proto: PROTO_TCP,
+            proto: sp.proto,
             _pad: 0,
         };
         wanted.insert(key, Captured { id, backends: values });
@@ -626,21 +636,17 @@ async fn captured(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     if backend.port == 0 {
         backend.port = capture.port;
     }
-    let source = shared.names.borrow().identities.get(&capture.subject).cloned();
-    // The source pod (for the destination's label-based policy): the local pod with the
-    // captured workload's identity, else the `exec --identity` workload with it. Replicas
-    // sharing an identity share its labels.
-    let source_pod = {
-        let view = shared.local.borrow();
-        let pod = view.local.iter().find(|(_, p)| p.identity == capture.subject).map(|(k, _)| k.clone());
-        pod.or_else(|| view.exec.get(&capture.subject).cloned())
-    };
-    let Some(source) = source.filter(|s| s.starts_with("spiffe://")) else {
+    let Some((source, source_pod)) = shared.source_of(capture.subject) else {
         warn!(subject = capture.subject, "captured connection from an unknown workload: closed");
         return;
     };
     let flow = Relay {
-        check: Check::Egress { subject: capture.subject, peer: capture.peer, port: backend.port },
+        check: Check::Egress {
+            subject: capture.subject,
+            peer: capture.peer,
+            port: backend.port,
+            proto: PROTO_TCP,
+        },
         source,
         source_pod,
         backend,
@@ -781,6 +787,17 @@ async fn forward_remote(
 }
 
 impl Shared {
+    /// The SPIFFE id of the workload with numeric identity `subject`, and its pod (for the
+    /// destination's label-based policy): the local pod with that identity, else the `exec
+    /// --identity` workload with it. Replicas sharing an identity share its labels.
+    fn source_of(&self, subject: u32) -> Option<(String, Option<String>)> {
+        let source = self.names.borrow().identities.get(&subject).cloned();
+        let source = source.filter(|s| s.starts_with("spiffe://"))?;
+        let view = self.local.borrow();
+        let pod = view.local.iter().find(|(_, p)| p.identity == subject).map(|(k, _)| k.clone());
+        Some((source, pod.or_else(|| view.exec.get(&subject).cloned())))
+    }
+
     /// The identity under which an agent carries NodePort traffic (from outside the mesh:
     /// policy sees `world`) to other hosts.
     fn node_port_identity(&self) -> String {
@@ -801,13 +818,14 @@ impl Shared {
 
     /// The destination's ingress verdict for a stream from `source` (a numeric identity) to
     /// `pod`'s `port`, recorded in `flows` with the tunnel peer's address.
-    fn decide_ingress(&self, pod: &LocalPod, source: u32, port: u16, from: SocketAddr) -> bool {
+    fn decide_ingress(&self, pod: &LocalPod, source: u32, target: &Target, from: SocketAddr) -> bool {
         let names = self.names.borrow().clone();
+        let (port, proto) = (target.port, proto_number(target.proto));
         let decision = names.policy.decide(&Query {
             subject: pod.identity,
             direction: DIR_INGRESS,
             peers: PeerSet { primary: source, cidr: ID_NONE },
-            proto: PROTO_TCP,
+            proto,
             port,
         });
         let ip = match from.ip() {
@@ -823,7 +841,7 @@ impl Shared {
             rule: decision.rule,
             addr: beemesh_common::Addr { words: [words[0], words[1], words[2], words[3]] },
             port,
-            proto: PROTO_TCP,
+            proto,
             direction: DIR_INGRESS,
             verdict: if decision.allowed { VERDICT_ALLOW } else { VERDICT_DENY },
             hook: HOOK_TUNNEL,
@@ -975,11 +993,20 @@ async fn serve_stream(
     };
     // This host decides again, on its own policy, with the proven peer.
     let source_id = source_id.unwrap_or(ID_WORLD);
-    let allowed = shared.decide_ingress(&pod, source_id, header.target.port, conn.remote_address());
+    let allowed = shared.decide_ingress(&pod, source_id, &header.target, conn.remote_address());
     if !allowed {
         info!(peer = conn.peer_id(), pod = %source_pod, target = %header.target.host, port = header.target.port, "tunnel stream denied by policy");
         refuse(&mut send, &mut recv);
         return;
+    }
+    if header.target.proto == Proto::Udp {
+        let check = Check::Ingress {
+            subject: pod.identity,
+            peer: source_id,
+            port: header.target.port,
+            proto: PROTO_UDP,
+        };
+        return udp::serve_stream(&shared, &conn, &pod, &header, check, send, recv).await;
     }
     let mut upstream = match dial_pod(&pod, header.target.port).await {
         Ok(s) => s,
@@ -993,6 +1020,7 @@ async fn serve_stream(
         subject: pod.identity,
         peer: source_id,
         port: header.target.port,
+        proto: PROTO_TCP,
     });
     match splice::tcp_stream(&mut upstream, &mut send, &mut recv, shared.idle, &live.cut).await {
         Ok(Ended::Closed { up, down }) => {
@@ -1097,6 +1125,14 @@ async fn ask_upstream(query: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>>
     None
 }
 
+/// The IP protocol number of a tunnel stream's protocol.
+fn proto_number(proto: Proto) -> u8 {
+    match proto {
+        Proto::Tcp => PROTO_TCP,
+        Proto::Udp => PROTO_UDP,
+    }
+}
+
 /// CLOCK_MONOTONIC in nanoseconds, the kernel's flow event clock.
 fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
@@ -1164,7 +1200,12 @@ async fn node_port_connection(shared: Arc<Shared>, stream: TcpStream, peer: Sock
     let backend = backends[turn % backends.len()].clone();
     let local_peer = peer.ip().is_loopback() || crate::authz::LocalAddrs::read().contains(peer.ip());
     let source = if local_peer { beemesh_common::ID_HOST } else { ID_WORLD };
-    let check = Check::Ingress { subject: shared.identity_of(&backend), peer: source, port: backend.port };
+    let check = Check::Ingress {
+        subject: shared.identity_of(&backend),
+        peer: source,
+        port: backend.port,
+        proto: PROTO_TCP,
+    };
     if !check.allowed(&shared.names.borrow().policy) {
         info!(port, %peer, pod = %backend.pod, "node port connection denied by policy");
         reset_tcp(stream);

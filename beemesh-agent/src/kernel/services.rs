@@ -1,13 +1,14 @@
 //! The capture maps: which Service addresses the kernel sends to the agent (`SERVICES`,
 //! `BACKENDS`), where to (`REDIRECT`), and what `connect4` recorded for each captured
-//! connection (`CAPTURED`, by client port). Owned by the forwarder (`app::forward`), apart
+//! connection (`CAPTURED`, by client port) and for each captured UDP flow (`UDP_CAPTURES`, by
+//! flow id). Owned by the forwarder (`app::forward`), apart
 //! from the actor's maps: the data path reads a capture per accepted connection without
 //! waiting for the actor.
 
 use std::collections::BTreeMap;
 
 use aya::maps::{Array, HashMap, MapData};
-use beemesh_common::{BackendKey, BackendValue, Capture, EndpointKey, Redirect, ServiceValue};
+use beemesh_common::{BackendKey, BackendValue, Capture, EndpointKey, Redirect, ServiceValue, UdpCapture};
 
 use super::KernelError;
 
@@ -23,6 +24,7 @@ pub struct ServiceMaps {
     services: HashMap<MapData, EndpointKey, ServiceValue>,
     backends: HashMap<MapData, BackendKey, BackendValue>,
     captured: HashMap<MapData, u16, Capture>,
+    udp_captures: HashMap<MapData, u32, UdpCapture>,
     redirect: Array<MapData, Redirect>,
     installed: BTreeMap<EndpointKey, Captured>,
 }
@@ -40,14 +42,28 @@ impl ServiceMaps {
             services: super::loader::take_hash(ebpf, "SERVICES")?,
             backends: super::loader::take_hash(ebpf, "BACKENDS")?,
             captured: super::loader::take_hash(ebpf, "CAPTURED")?,
+            udp_captures: super::loader::take_hash(ebpf, "UDP_CAPTURES")?,
             redirect: Array::try_from(redirect).map_err(KernelError::map("REDIRECT"))?,
             installed: BTreeMap::new(),
         })
     }
 
-    /// Where captured connections and DNS queries go (ports on 127.0.0.1; 0: not captured).
-    pub fn set_redirect(&mut self, capture_port: u16, dns_port: u16) -> Result<(), KernelError> {
-        self.redirect.set(0, Redirect { capture_port, dns_port }, 0).map_err(KernelError::map("REDIRECT"))
+    /// Where captured connections, DNS queries and UDP datagrams go (ports on 127.0.0.1, the
+    /// UDP flows' on 127.0.0.0/8; 0: not captured).
+    pub fn set_redirect(
+        &mut self,
+        capture_port: u16,
+        dns_port: u16,
+        udp_port: u16,
+    ) -> Result<(), KernelError> {
+        let redirect = Redirect { capture_port, dns_port, udp_port, _pad: 0 };
+        self.redirect.set(0, redirect, 0).map_err(KernelError::map("REDIRECT"))
+    }
+
+    /// What `sendmsg4` recorded for the captured UDP flow `id` (left in place: the flow's
+    /// later datagrams use it too).
+    pub fn udp_capture(&self, id: u32) -> Option<UdpCapture> {
+        self.udp_captures.get(&id, 0).ok()
     }
 
     /// Makes the maps hold exactly `wanted`, writing only what changed. A Service's new

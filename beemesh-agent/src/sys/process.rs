@@ -113,6 +113,20 @@ pub fn netns_cookie() -> io::Result<u64> {
 /// made on a short-lived thread that enters that namespace and then ends, so no thread of
 /// the agent ever stays in a pod's namespace.
 pub fn tcp_socket_in_netns_of(pid: u32, v6: bool) -> io::Result<std::os::fd::OwnedFd> {
+    socket_in_netns_of(pid, v6, nix::sys::socket::SockType::Stream)
+}
+
+/// A UDP socket (unbound, non-blocking) in the network namespace of process `pid`, made as
+/// [`tcp_socket_in_netns_of`] makes its socket.
+pub fn udp_socket_in_netns_of(pid: u32, v6: bool) -> io::Result<std::os::fd::OwnedFd> {
+    socket_in_netns_of(pid, v6, nix::sys::socket::SockType::Datagram)
+}
+
+fn socket_in_netns_of(
+    pid: u32,
+    v6: bool,
+    kind: nix::sys::socket::SockType,
+) -> io::Result<std::os::fd::OwnedFd> {
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
     std::thread::spawn(move || {
         nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)?;
@@ -120,7 +134,7 @@ pub fn tcp_socket_in_netns_of(pid: u32, v6: bool) -> io::Result<std::os::fd::Own
             if v6 { nix::sys::socket::AddressFamily::Inet6 } else { nix::sys::socket::AddressFamily::Inet };
         nix::sys::socket::socket(
             family,
-            nix::sys::socket::SockType::Stream,
+            kind,
             nix::sys::socket::SockFlag::SOCK_CLOEXEC | nix::sys::socket::SockFlag::SOCK_NONBLOCK,
             None,
         )

@@ -68,6 +68,9 @@ pub struct Target {
 pub enum Proto {
     /// A TCP connection, its bytes relayed as they are.
     Tcp,
+    /// A UDP flow: each datagram a frame of a 2-byte big-endian length and its bytes
+    /// ([`crate::tunnel::datagrams`]).
+    Udp,
 }
 
 /// The frame for `header`; refuses headers that would exceed [`MAX_FRAME`].

@@ -9,6 +9,8 @@ use std::net::Ipv4Addr;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use beemesh_common::{PROTO_TCP, PROTO_UDP};
+
 use crate::app::cluster::pods::{placement, PodReport};
 
 /// A pod serving a Service port: where it runs and the port it listens on.
@@ -23,13 +25,16 @@ pub struct Backend {
     pub port: u16,
 }
 
-/// One TCP port of a Service with a cluster IP, and its ready backends in a stable order.
+/// One TCP or UDP port of a Service with a cluster IP, and its ready backends in a stable
+/// order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServicePort {
     pub namespace: String,
     pub service: String,
     pub ip: Ipv4Addr,
     pub port: u16,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u8,
     /// A NodePort Service's port on every host's addresses.
     pub node_port: Option<u16>,
     pub backends: Vec<Backend>,
@@ -39,8 +44,8 @@ pub struct ServicePort {
 /// Service), from the stored `pods` and their hosts' `reports` (by uid). A pod is an
 /// endpoint when its labels match the Service's selector in its namespace, the host it is
 /// placed on reports it with every container ready, and it is not being deleted. Services
-/// without a selector, headless and ExternalName Services, and ports other than TCP capture
-/// nothing.
+/// without a selector, headless and ExternalName Services, and ports other than TCP and UDP
+/// capture nothing.
 pub fn compute(
     services: &[(String, String, Service)],
     pods: &[Pod],
@@ -56,14 +61,17 @@ pub fn compute(
         }
         let selected = selected(svc, namespace, if publishes_not_ready(svc) { &running } else { &ready });
         for port in spec.ports.iter().flatten() {
-            if port.protocol.as_deref().is_some_and(|p| p != "TCP") {
-                continue;
-            }
+            let protocol = port.protocol.as_deref().unwrap_or("TCP");
+            let proto = match protocol {
+                "TCP" => PROTO_TCP,
+                "UDP" => PROTO_UDP,
+                _ => continue,
+            };
             let Ok(service_port) = u16::try_from(port.port) else { continue };
             let mut backends: Vec<Backend> = selected
                 .iter()
                 .filter_map(|pod| {
-                    let target = target_port(pod, port.target_port.as_ref(), service_port)?;
+                    let target = target_port(pod, port.target_port.as_ref(), service_port, protocol)?;
                     Some(backend(pod, target))
                 })
                 .collect();
@@ -74,6 +82,7 @@ pub fn compute(
                 service: name.clone(),
                 ip,
                 port: service_port,
+                proto,
                 node_port: node_port.filter(|_| spec.type_.as_deref() == Some("NodePort")),
                 backends,
             });
@@ -141,9 +150,9 @@ fn backend(pod: &Pod, port: u16) -> Backend {
 }
 
 /// The port `target` names on `pod`: a number as it is, a name looked up among its
-/// containers' ports (a pod without that name is no endpoint of the port, as in
-/// Kubernetes); none means the Service port itself.
-fn target_port(pod: &Pod, target: Option<&IntOrString>, service_port: u16) -> Option<u16> {
+/// containers' ports of the Service port's `protocol` (a pod without that name is no
+/// endpoint of the port, as in Kubernetes); none means the Service port itself.
+fn target_port(pod: &Pod, target: Option<&IntOrString>, service_port: u16, protocol: &str) -> Option<u16> {
     match target {
         None => Some(service_port),
         Some(IntOrString::Int(n)) => u16::try_from(*n).ok().filter(|p| *p != 0),
@@ -155,7 +164,10 @@ fn target_port(pod: &Pod, target: Option<&IntOrString>, service_port: u16) -> Op
             containers
                 .iter()
                 .flat_map(|c| c.ports.iter().flatten())
-                .find(|p| p.name.as_deref() == Some(name.as_str()))
+                .find(|p| {
+                    p.name.as_deref() == Some(name.as_str())
+                        && p.protocol.as_deref().unwrap_or("TCP") == protocol
+                })
                 .and_then(|p| u16::try_from(p.container_port).ok())
         }
     }
@@ -218,7 +230,7 @@ mod tests {
             "metadata: {name: web}\nspec: {clusterIP: 10.96.0.10, selector: {app: web}, ports: [{port: 80, targetPort: http}, {port: 81, targetPort: 8081}, {port: 53, protocol: UDP}]}",
         )];
         let table = compute(&services, &pods, &reports);
-        assert_eq!(table.len(), 2, "{table:?}");
+        assert_eq!(table.len(), 3, "{table:?}");
         let http: Vec<(&str, u16)> = table[0].backends.iter().map(|b| (b.pod.as_str(), b.port)).collect();
         assert_eq!(table[0].ip, Ipv4Addr::new(10, 96, 0, 10));
         assert_eq!(
@@ -229,6 +241,32 @@ mod tests {
         let numbered: Vec<(&str, u16)> = table[1].backends.iter().map(|b| (b.pod.as_str(), b.port)).collect();
         assert_eq!(numbered, [("a", 8081), ("b", 8081), ("c", 8081)]);
         assert_eq!(table[0].backends[1].node, "h2");
+        assert_eq!((table[2].port, table[2].proto), (53, PROTO_UDP));
+        assert_eq!(table[2].backends.len(), 3);
+        assert!(table[..2].iter().all(|sp| sp.proto == PROTO_TCP));
+    }
+
+    #[test]
+    fn a_named_target_port_matches_a_container_port_of_the_same_protocol() {
+        let pods = vec![
+            pod(
+                "a",
+                "h1",
+                "{app: dns}",
+                "[{name: dns, containerPort: 5353, protocol: UDP}, {name: dns-tcp, containerPort: 5353}]",
+            ),
+            pod("b", "h1", "{app: dns}", "[{name: dns, containerPort: 53}]"),
+        ];
+        let reports: BTreeMap<_, _> =
+            [report("u-a", "h1", true), report("u-b", "h1", true)].into_iter().collect();
+        let services = [service(
+            "metadata: {name: dns}\nspec: {clusterIP: 10.96.0.10, selector: {app: dns}, ports: [{port: 53, protocol: UDP, targetPort: dns}, {port: 53, targetPort: dns-tcp}]}",
+        )];
+        let table = compute(&services, &pods, &reports);
+        let udp: Vec<(&str, u16)> = table[0].backends.iter().map(|b| (b.pod.as_str(), b.port)).collect();
+        assert_eq!(udp, [("a", 5353)], "b's port named dns is TCP");
+        let tcp: Vec<(&str, u16)> = table[1].backends.iter().map(|b| (b.pod.as_str(), b.port)).collect();
+        assert_eq!(tcp, [("a", 5353)]);
     }
 
     #[test]
