@@ -694,5 +694,59 @@ fn udp_services_reach_pods_on_another_host_through_the_tunnel_and_on_their_own_h
     let (ok, out, err) =
         h1.run_cli(&["exec", "client", "--", "nslookup", "far.default.svc.cluster.local"], None)?;
     ensure!(ok && out.contains(&far), "nslookup: {out}{err}");
+
+    // Policy at the destination alone (a file of h2's policy.d): h1 lets the datagrams go, h2
+    // refuses the stream and says so.
+    let udp_flows = |a: &Agent, verdict: &str, hook: &str| -> usize {
+        let flows = a.flows().unwrap_or_default();
+        flows.iter().filter(|f| f["verdict"] == verdict && f["hook"] == hook && f["port"] == 5353).count()
+    };
+    h2.write_policy("far.yaml", FAR_FROM_GOOD)?;
+    ensure!(
+        eventually(T, || !ask_udp(h1, "client", "far:53", "denied").contains("from echo-far")
+            && udp_flows(h2, "deny", "tunnel") > 0),
+        "h2 never refused the UDP stream: {}\n{}",
+        ask_udp(h1, "client", "far:53", "denied"),
+        h2.log()
+    );
+    h2.remove_policy("far.yaml")?;
+    ensure!(
+        eventually(T, || ask_udp(h1, "client", "far:53", "back").contains("back from echo-far")),
+        "not answered after the policy file went: {}",
+        ask_udp(h1, "client", "far:53", "back")
+    );
+
+    // A live flow (one socket sending every 0.2 s), then the same policy through the mesh:
+    // h1's kernel drops the next datagram and h1's agent cuts the flow.
+    h1.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: holder}}\nspec:\n  nodeName: h1\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox:1\n    command: [sh, -c, 'while true; do echo tick; sleep 0.2; done | /usr/bin/socat - UDP4:far:53; echo CUT; sleep 1000']\n{SOCAT}"
+    ))?;
+    let log = |a: &Agent| a.run_cli(&["logs", "holder"], None).map(|(_, o, _)| o).unwrap_or_default();
+    ensure!(
+        eventually(T, || log(h1).matches("tick from echo-far").count() >= 3),
+        "no replies on the live flow: {}",
+        log(h1)
+    );
+    h1.apply(FAR_FROM_GOOD)?;
+    ensure!(
+        eventually(T, || h1.log().contains("revoked: the policy no longer allows it")
+            && udp_flows(h1, "deny", "sendmsg") > 0),
+        "h1 never cut the live UDP flow: {}\n{}",
+        log(h1),
+        h1.log()
+    );
+    let replies = log(h1).matches("tick from echo-far").count();
+    ensure!(
+        !ask_udp(h1, "client", "far:53", "late").contains("from echo-far"),
+        "answered under the mesh policy"
+    );
+    ensure!(
+        log(h1).matches("tick from echo-far").count() == replies,
+        "the live flow is still answered: {}",
+        log(h1)
+    );
     Ok(())
 }
+
+/// A NetworkPolicy admitting to `app: far` on UDP 5353 only pods labelled `role: good`.
+const FAR_FROM_GOOD: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: far-from-good}\nspec:\n  podSelector: {matchLabels: {app: far}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {role: good}}}]\n    ports: [{port: 5353, protocol: UDP}]\n";
