@@ -342,6 +342,30 @@ fn an_exec_workload_reaches_a_pod_on_another_host_and_that_host_decides_on_its_l
         denied.iter().any(|f| f["peer"].as_str().is_some_and(|p| p.contains("ns/default/sa/client"))),
         "h2 shows no tunnel denial with the workload's identity: {denied:?}"
     );
+
+    // A workload that ends while its host's agent is down leaves its record behind; the agent
+    // deletes it when it comes back.
+    let listed =
+        |a: &Agent| a.run_cli(&["get", "execworkloads"], None).map(|(_, o, _)| o).unwrap_or_default();
+    let lingering =
+        h1.workload("lingers", "default/client", &["role=good"], &["udp-listen", "127.0.0.1:0"])?;
+    ensure!(lingering.line(Duration::from_secs(15))? == "listening", "the workload did not start");
+    ensure!(
+        eventually(T, || listed(h2).contains("h1.lingers")),
+        "h2 never listed h1's workload: {}",
+        listed(h2)
+    );
+    ensure!(listed(h2).contains("role=good"), "no labels: {}", listed(h2));
+    agents[0].crash()?;
+    drop(lingering);
+    ensure!(listed(&agents[1]).contains("h1.lingers"), "the record went with the agent");
+    agents[0].spawn()?;
+    ensure!(
+        eventually(T, || !listed(&agents[1]).contains("h1.lingers")),
+        "the stale record stayed: {}\n{}",
+        listed(&agents[1]),
+        agents[0].log()
+    );
     Ok(())
 }
 

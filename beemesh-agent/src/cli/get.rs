@@ -102,6 +102,10 @@ pub enum GetCommand {
     /// OBJECT MESSAGE, as `events` prints them.
     #[command(alias = "event", alias = "ev")]
     Events(Selector),
+    /// `exec --identity` workloads of every host (as each host publishes them): NAME
+    /// (`<node>.<workload>`) NODE IDENTITY LABELS AGE.
+    #[command(alias = "execworkload", alias = "ew")]
+    Execworkloads(Selector),
 }
 
 pub async fn get(socket: &Path, cmd: GetCommand) -> ExitCode {
@@ -127,6 +131,7 @@ pub async fn get(socket: &Path, cmd: GetCommand) -> ExitCode {
             return super::events::events(socket, &s.namespace, s.all_namespaces, None).await
         }
         GetCommand::Events(s) => ("Event", s),
+        GetCommand::Execworkloads(s) => (crate::app::cluster::execs::KIND, s),
     };
     get_objects(socket, kind, selector).await
 }
@@ -135,7 +140,8 @@ pub async fn get(socket: &Path, cmd: GetCommand) -> ExitCode {
 async fn get_objects(socket: &Path, kind: &str, selector: Selector) -> ExitCode {
     let Selector { name, namespace, all_namespaces, output } = selector;
     // A cluster-scoped kind has no namespace to filter on, as with kubectl.
-    let cluster_scoped = kind_info(kind).is_some_and(|k| !k.namespaced);
+    let cluster_scoped =
+        kind_info(kind).is_some_and(|k| !k.namespaced) || kind == crate::app::cluster::execs::KIND;
     let all = all_namespaces || cluster_scoped;
     let req = Request::ListObjects { kind: kind.to_owned(), namespace: (!all).then_some(namespace.clone()) };
     let mut items = match client::call(socket, &req).await {
@@ -231,6 +237,7 @@ pub fn table(kind: &str, items: &[ObjectEntry], namespaces: bool, wide: bool) ->
             vec!["NAME", "SCHEDULE", "TIMEZONE", "SUSPEND", "ACTIVE", "LAST SCHEDULE", "AGE"],
             vec!["CONTAINERS", "IMAGES"],
         ),
+        crate::app::cluster::execs::KIND => (vec!["NAME", "NODE", "IDENTITY", "LABELS", "AGE"], vec![]),
         _ => (vec!["NAME", "AGE"], vec![]),
     };
     if wide {
@@ -297,6 +304,17 @@ fn columns(kind: &str, o: &Value, wide: bool) -> Vec<String> {
             vec![ty.to_owned(), ip, none(), ports]
         }
         "NetworkPolicy" => vec![selector(&spec["podSelector"]).unwrap_or_else(none)],
+        crate::app::cluster::execs::KIND => {
+            let text = |f: &str| o[f].as_str().filter(|s| !s.is_empty()).map_or_else(none, str::to_owned);
+            let labels: Vec<String> = o["labels"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
+            let labels = if labels.is_empty() { none() } else { labels.join(",") };
+            vec![text("node"), text("identity"), labels]
+        }
         "Deployment" => vec![
             format!("{}/{}", status("readyReplicas"), replicas()),
             status("updatedReplicas").to_string(),
