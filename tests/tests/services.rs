@@ -671,7 +671,7 @@ fn ask_udp(agent: &Agent, pod: &str, to: &str, line: &str) -> String {
 
 #[test]
 fn udp_services_reach_pods_on_another_host_through_the_tunnel_and_on_their_own_host() -> Result<()> {
-    let (_lan, _offline, mut agents) = lan::joined_mesh("svu", 66, 2)?;
+    let (lan, _offline, mut agents) = lan::joined_mesh("svu", 66, 2)?;
     lan::start_all(&mut agents, T)?;
     for a in &agents {
         a.import_busybox("busybox:1")?;
@@ -718,6 +718,37 @@ fn udp_services_reach_pods_on_another_host_through_the_tunnel_and_on_their_own_h
     let (ok, out, err) =
         h1.run_cli(&["exec", "client", "--", "nslookup", "far.default.svc.cluster.local"], None)?;
     ensure!(ok && out.contains(&far), "nslookup: {out}{err}");
+
+    // A UDP NodePort on both hosts' addresses, from h1's host (outside any pod): on h1 through
+    // the tunnel, on h2 to its own pod.
+    h1.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: far-np}\nspec:\n  type: NodePort\n  selector: {app: far}\n  ports: [{port: 53, protocol: UDP, targetPort: dns}]\n",
+    )?;
+    let (ok, out, err) = h1.run_cli(&["get", "services", "far-np", "-o", "json"], None)?;
+    ensure!(ok, "get services far-np: {err}");
+    let svc: serde_json::Value = serde_json::from_str(&out)?;
+    let node_port = svc["spec"]["ports"][0]["nodePort"].as_u64().context("nodePort")?;
+    for host in [1, 2] {
+        let to = format!("UDP4:{}:{node_port}", lan.addr(host));
+        let from_h1 = || {
+            let script = format!("echo node{host} | socat -t 2 - {to}");
+            std::process::Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", lan.netns(1)))
+                .args(["sh", "-c", &script])
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+                })
+                .unwrap_or_else(|e| e.to_string())
+        };
+        let want = format!("node{host} from echo-far");
+        ensure!(
+            eventually(T, || from_h1().contains(&want)),
+            "UDP node port on h{host}: {}\n{}",
+            from_h1(),
+            agents[usize::from(host) - 1].log()
+        );
+    }
 
     // Policy at the destination alone (a file of h2's policy.d): h1 lets the datagrams go, h2
     // refuses the stream and says so.

@@ -108,7 +108,7 @@ struct Table {
     /// The mesh's DNS names.
     records: dns::Records,
     /// NodePort -> the ready backends of its Service port.
-    node_ports: HashMap<u16, Vec<Backend>>,
+    node_ports: HashMap<(u16, u8), Vec<Backend>>,
 }
 
 /// What a live flow was allowed by, decided again whenever the policy changes.
@@ -457,8 +457,8 @@ fn build(
     let pod_ports: Vec<_> = pod_ports.flatten().collect();
     let mut node_ports = HashMap::new();
     for sp in ports.iter().filter(|sp| !sp.backends.is_empty()) {
-        if let Some(np) = sp.node_port.filter(|_| sp.proto == PROTO_TCP) {
-            node_ports.insert(np, sp.backends.clone());
+        if let Some(np) = sp.node_port {
+            node_ports.insert((np, sp.proto), sp.backends.clone());
         }
     }
     for sp in ports.into_iter().chain(pod_ports) {
@@ -804,6 +804,25 @@ impl Shared {
         format!("spiffe://{}/ns/kube-system/sa/beemesh-node-port", self.trust_domain)
     }
 
+    /// The next backend of NodePort `port`/`proto` (in turn) for a client at `peer`, and the
+    /// check of its ingress from `world` (`host` when the client is this host).
+    fn node_port_backend(
+        &self,
+        table: &Table,
+        port: u16,
+        proto: u8,
+        peer: SocketAddr,
+    ) -> Option<(Backend, Check)> {
+        let backends = table.node_ports.get(&(port, proto)).filter(|b| !b.is_empty())?;
+        let turn = self.next_backend.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let backend = backends[turn % backends.len()].clone();
+        let local_peer = peer.ip().is_loopback() || crate::authz::LocalAddrs::read().contains(peer.ip());
+        let source = if local_peer { beemesh_common::ID_HOST } else { ID_WORLD };
+        let check =
+            Check::Ingress { subject: self.identity_of(&backend), peer: source, port: backend.port, proto };
+        Some((backend, check))
+    }
+
     /// The numeric identity of a backend's pod, as this host numbers it.
     fn identity_of(&self, backend: &Backend) -> u32 {
         let key = format!("{}/{}", backend.namespace, backend.pod);
@@ -1144,14 +1163,14 @@ fn monotonic_ns() -> u64 {
 /// stops listening on the ones it no longer names.
 async fn node_port_loop(shared: Arc<Shared>) {
     let mut table = shared.table.clone();
-    let mut listening: HashMap<u16, tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut listening: HashMap<(u16, u8), tokio::task::JoinHandle<()>> = HashMap::new();
     loop {
-        let wanted: HashSet<u16> = table.borrow_and_update().node_ports.keys().copied().collect();
+        let wanted: HashSet<(u16, u8)> = table.borrow_and_update().node_ports.keys().copied().collect();
         listening.retain(|port, task| {
             let keep = wanted.contains(port);
             if !keep {
                 task.abort();
-                info!(port, "node port closed");
+                info!(port = port.0, udp = port.1 == PROTO_UDP, "node port closed");
             }
             keep
         });
@@ -1159,13 +1178,24 @@ async fn node_port_loop(shared: Arc<Shared>) {
             if listening.contains_key(&port) {
                 continue;
             }
-            match TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).await {
-                Ok(listener) => {
-                    info!(port, "node port listening");
-                    listening.insert(port, tokio::spawn(node_port_accept(shared.clone(), listener, port)));
+            let (number, proto) = port;
+            let task = if proto == PROTO_UDP {
+                udp::bind_node_port(number)
+                    .map(|socket| tokio::spawn(udp::node_port_loop(shared.clone(), socket, number)))
+            } else {
+                TcpListener::bind((Ipv4Addr::UNSPECIFIED, number))
+                    .await
+                    .map(|listener| tokio::spawn(node_port_accept(shared.clone(), listener, number)))
+            };
+            match task {
+                Ok(task) => {
+                    info!(port = number, udp = proto == PROTO_UDP, "node port listening");
+                    listening.insert(port, task);
                 }
                 // Tried again on the next change of the endpoints.
-                Err(e) => warn!(port, error = %e, "cannot listen on a node port"),
+                Err(e) => {
+                    warn!(port = number, udp = proto == PROTO_UDP, error = %e, "cannot listen on a node port")
+                }
             }
         }
         if table.changed().await.is_err() {
@@ -1192,19 +1222,9 @@ async fn node_port_accept(shared: Arc<Shared>, listener: TcpListener, port: u16)
 /// tunnel, decided as coming from `world` (`host` from this host itself).
 async fn node_port_connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, port: u16) {
     let table = shared.table.borrow().clone();
-    let Some(backends) = table.node_ports.get(&port).filter(|b| !b.is_empty()) else {
+    let Some((backend, check)) = shared.node_port_backend(&table, port, PROTO_TCP, peer) else {
         reset_tcp(stream);
         return;
-    };
-    let turn = shared.next_backend.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let backend = backends[turn % backends.len()].clone();
-    let local_peer = peer.ip().is_loopback() || crate::authz::LocalAddrs::read().contains(peer.ip());
-    let source = if local_peer { beemesh_common::ID_HOST } else { ID_WORLD };
-    let check = Check::Ingress {
-        subject: shared.identity_of(&backend),
-        peer: source,
-        port: backend.port,
-        proto: PROTO_TCP,
     };
     if !check.allowed(&shared.names.borrow().policy) {
         info!(port, %peer, pod = %backend.pod, "node port connection denied by policy");

@@ -32,7 +32,8 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::{Check, LocalPod, Shared, REVOKED};
+use super::endpoints::Backend;
+use super::{Check, LocalPod, Shared, Table, REVOKED};
 use crate::tunnel::{self, datagrams, Connection, Proto, StreamHeader, Target};
 
 /// A UDP flow that moves no datagram either way this long ends (conntrack's timeout for a UDP
@@ -175,6 +176,22 @@ async fn flow(shared: Arc<Shared>, record: UdpCapture, rx: mpsc::Receiver<Bytes>
     };
     let check =
         Check::Egress { subject: record.subject, peer: record.peer, port: backend.port, proto: PROTO_UDP };
+    relay(&shared, &table, backend, source, source_pod, check, rx, replies).await;
+}
+
+/// Relays a flow to `backend`, here or through a tunnel under `source`, registered for
+/// revocation with `check`; logs how it ended.
+#[allow(clippy::too_many_arguments)]
+async fn relay(
+    shared: &Shared,
+    table: &Table,
+    backend: Backend,
+    source: String,
+    source_pod: Option<String>,
+    check: Check,
+    rx: mpsc::Receiver<Bytes>,
+    replies: Replies,
+) {
     let live = shared.live.register(check);
     let result = if backend.node == shared.node {
         let key = format!("{}/{}", backend.namespace, backend.pod);
@@ -208,6 +225,68 @@ async fn flow(shared: Arc<Shared>, record: UdpCapture, rx: mpsc::Receiver<Bytes>
         Err(e) => {
             info!(source = %source, pod = %backend.pod, node = %backend.node, error = %e, "UDP flow ended")
         }
+    }
+}
+
+/// A NodePort's UDP socket: all IPv4 addresses, as kube-proxy listens, with each datagram's
+/// destination reported so that replies leave from the address the client sent to.
+pub(super) fn bind_node_port(port: u16) -> io::Result<UdpSocket> {
+    let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))?;
+    socket.set_nonblocking(true)?;
+    sock::setsockopt(&socket, sock::sockopt::Ipv4PacketInfo, &true)?;
+    UdpSocket::from_std(socket)
+}
+
+/// A UDP NodePort: each client (address and port) is a flow to one of the Service port's
+/// backends in turn, decided as from `world` (`host` from this host), to another host under
+/// the agent's node-port identity.
+pub(super) async fn node_port_loop(shared: Arc<Shared>, socket: UdpSocket, port: u16) {
+    let socket = Arc::new(socket);
+    let mut flows: HashMap<SocketAddrV4, mpsc::Sender<Bytes>> = HashMap::new();
+    let mut started = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        if let Err(e) = socket.readable().await {
+            warn!(port, error = %e, "UDP node port");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let (n, from, to) = match recv_from_to(&socket, &mut buf) {
+            Ok(got) => got,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                debug!(port, error = %e, "UDP node port: read failed");
+                continue;
+            }
+        };
+        let datagram = Bytes::copy_from_slice(&buf[..n]);
+        if let Some(tx) = flows.get(&from).filter(|tx| !tx.is_closed()) {
+            if tx.try_send(datagram).is_err() {
+                debug!(port, %from, "UDP flow queue full: datagram dropped");
+            }
+            continue;
+        }
+        let table = shared.table.borrow().clone();
+        let Some((backend, check)) = shared.node_port_backend(&table, port, PROTO_UDP, from.into()) else {
+            continue;
+        };
+        if !check.allowed(&shared.names.borrow().policy) {
+            info!(port, %from, pod = %backend.pod, "node port datagram denied by policy");
+            continue;
+        }
+        started += 1;
+        if started.is_multiple_of(SWEEP_EVERY) {
+            flows.retain(|_, tx| !tx.is_closed());
+        }
+        let (tx, rx) = mpsc::channel(FLOW_QUEUE);
+        let _ = tx.try_send(datagram);
+        flows.insert(from, tx);
+        let replies = Replies { socket: socket.clone(), from: to.unwrap_or(Ipv4Addr::UNSPECIFIED), to: from };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let source = shared.node_port_identity();
+            relay(&shared, &table, backend, source, None, check, rx, replies).await;
+        });
     }
 }
 
