@@ -25,7 +25,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use serde::de::DeserializeOwned;
 
 pub use fields::{env_field, extended_count, is_extended_resource, EnvField};
-pub use kinds::{kind_info, KindInfo, KINDS};
+pub use kinds::{is_port_name, kind_info, KindInfo, KINDS};
 
 pub use quantity::{parse_cpu_millis, parse_memory_bytes};
 pub use schedule::Schedule;

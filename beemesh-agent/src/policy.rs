@@ -25,8 +25,8 @@ use crate::identity::SpiffeId;
 
 pub use compile::{compile, CompileError, CompileOptions, CompiledPolicy, RuleInfo};
 pub use model::{
-    IdentityGlob, LabelRequirement, LabelSelector, NamespaceMatch, Peer, Policy, PolicyKind, PortRange, Rule,
-    WorkloadSelector, NAMESPACE_NAME_LABEL,
+    IdentityGlob, LabelRequirement, LabelSelector, NamedPort, NamespaceMatch, Peer, Policy, PolicyKind,
+    PortRange, Rule, WorkloadPort, WorkloadSelector, NAMESPACE_NAME_LABEL,
 };
 pub use parse::{check, parse_file, PolicyError};
 
@@ -54,6 +54,9 @@ pub struct Workload {
     pub identity: SpiffeId,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Its named container ports (every pod of the identity's), for rules' named ports.
+    #[serde(default)]
+    pub ports: Vec<WorkloadPort>,
 }
 
 /// The policies parsed from one file of policy.d.

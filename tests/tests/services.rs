@@ -684,7 +684,10 @@ fn udp_services_reach_pods_on_another_host_through_the_tunnel_and_on_their_own_h
         udp_server("echo-near", "h1", "near"),
         udp_service("near", "near"),
     ))?;
-    for pod in ["client", "echo-near"] {
+    h1.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: good, labels: {{role: good}}}}\nspec:\n  nodeName: h1\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox:1\n    command: [sleep, '1000']\n{SOCAT}"
+    ))?;
+    for pod in ["client", "echo-near", "good"] {
         h1.wait_ready(pod, T)?;
     }
     h2.wait_ready("echo-far", T)?;
@@ -764,6 +767,8 @@ fn udp_services_reach_pods_on_another_host_through_the_tunnel_and_on_their_own_h
         ask_udp(h1, "client", "far:53", "denied"),
         h2.log()
     );
+    let good = ask_udp(h1, "good", "far:53", "fine");
+    ensure!(good.contains("fine from echo-far"), "role good refused by h2: {good}\n{}", h2.log());
     h2.remove_policy("far.yaml")?;
     ensure!(
         eventually(T, || ask_udp(h1, "client", "far:53", "back").contains("back from echo-far")),
@@ -795,6 +800,12 @@ fn udp_services_reach_pods_on_another_host_through_the_tunnel_and_on_their_own_h
         !ask_udp(h1, "client", "far:53", "late").contains("from echo-far"),
         "answered under the mesh policy"
     );
+    let good = ask_udp(h1, "good", "far:53", "still");
+    ensure!(
+        good.contains("still from echo-far"),
+        "role good refused under the mesh policy: {good}\n{}",
+        h1.log()
+    );
     ensure!(
         log(h1).matches("tick from echo-far").count() == replies,
         "the live flow is still answered: {}",
@@ -803,5 +814,7 @@ fn udp_services_reach_pods_on_another_host_through_the_tunnel_and_on_their_own_h
     Ok(())
 }
 
-/// A NetworkPolicy admitting to `app: far` on UDP 5353 only pods labelled `role: good`.
-const FAR_FROM_GOOD: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: far-from-good}\nspec:\n  podSelector: {matchLabels: {app: far}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {role: good}}}]\n    ports: [{port: 5353, protocol: UDP}]\n";
+/// A NetworkPolicy admitting to `app: far` on its UDP port named `dns` (5353) only pods
+/// labelled `role: good`: the name is resolved on echo-far's own ports, by h2 for its pod and
+/// by h1 for a pod of another host.
+const FAR_FROM_GOOD: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: far-from-good}\nspec:\n  podSelector: {matchLabels: {app: far}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {role: good}}}]\n    ports: [{port: dns, protocol: UDP}]\n";

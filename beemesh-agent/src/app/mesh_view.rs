@@ -17,7 +17,9 @@ use super::cluster::pods::{self as cluster_pods, POD};
 use super::cluster::Cluster;
 use super::{Call, Command};
 use crate::identity::SpiffeId;
-use crate::policy::Policy;
+use beemesh_common::{PROTO_TCP, PROTO_UDP};
+
+use crate::policy::{Policy, WorkloadPort};
 
 /// The kind NetworkPolicies are stored under.
 const NETWORK_POLICY: &str = "NetworkPolicy";
@@ -27,7 +29,7 @@ const NETWORK_POLICY: &str = "NetworkPolicy";
 pub(crate) struct MeshView {
     /// `namespace/name` -> (identity, labels) of every pod placed on another host, and
     /// `exec:<node>/<name>` -> the same of every `exec --identity` workload another host runs.
-    pub remote: BTreeMap<String, (SpiffeId, BTreeMap<String, String>)>,
+    pub remote: BTreeMap<String, (SpiffeId, BTreeMap<String, String>, Vec<WorkloadPort>)>,
     /// The mesh's NetworkPolicies, converted (one that does not convert is left out, logged).
     pub policies: Vec<Policy>,
     /// This host's own `exec --identity` records in the store, by workload name (the actor
@@ -62,6 +64,23 @@ pub(crate) async fn run(cluster: Cluster, trust_domain: String, calls: mpsc::Sen
     }
 }
 
+/// A pod's named container ports (its app containers', as Kubernetes resolves a
+/// NetworkPolicy's named port).
+fn named_ports(pod: &k8s_openapi::api::core::v1::Pod) -> Vec<WorkloadPort> {
+    let containers = pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
+    let mut ports: Vec<WorkloadPort> = containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let proto = if p.protocol.as_deref() == Some("UDP") { PROTO_UDP } else { PROTO_TCP };
+            let port = u16::try_from(p.container_port).ok()?;
+            Some(WorkloadPort { name: p.name.clone()?, proto, port })
+        })
+        .collect();
+    ports.sort();
+    ports
+}
+
 fn build(node: &str, trust_domain: &str, listed: &[super::cluster::Listed]) -> MeshView {
     let mut view = MeshView::default();
     for l in listed {
@@ -75,14 +94,15 @@ fn build(node: &str, trust_domain: &str, listed: &[super::cluster::Listed]) -> M
                 let sa = cluster_pods::service_account(&pod);
                 let Ok(id) = SpiffeId::new(trust_domain, &l.key.namespace, &sa) else { continue };
                 let labels = pod.metadata.labels.clone().unwrap_or_default();
-                view.remote.insert(format!("{}/{}", l.key.namespace, l.key.name), (id, labels));
+                let ports = named_ports(&pod);
+                view.remote.insert(format!("{}/{}", l.key.namespace, l.key.name), (id, labels, ports));
             }
             EXEC => {
                 let Some(r) = ExecRecord::decode(&l.key, &l.body) else { continue };
                 if r.node == node {
                     view.own_execs.insert(r.name.clone(), r);
                 } else {
-                    view.remote.insert(r.view_key(), (r.identity, r.labels));
+                    view.remote.insert(r.view_key(), (r.identity, r.labels, Vec::new()));
                 }
             }
             NETWORK_POLICY => {

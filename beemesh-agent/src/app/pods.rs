@@ -226,6 +226,21 @@ pub(super) struct FailedPod {
 }
 
 impl Pods {
+    /// Each pod's workload and its named container ports, for NetworkPolicies' named ports.
+    pub fn named_ports(&self) -> BTreeMap<String, Vec<crate::policy::WorkloadPort>> {
+        self.entries
+            .values()
+            .map(|e| {
+                let ports = e.plan.ports.iter().filter_map(|p| {
+                    let udp = p.protocol.eq_ignore_ascii_case("udp");
+                    let proto = if udp { beemesh_common::PROTO_UDP } else { beemesh_common::PROTO_TCP };
+                    Some(crate::policy::WorkloadPort { name: p.name.clone()?, proto, port: p.container_port })
+                });
+                (e.record.workload.clone(), ports.collect())
+            })
+            .collect()
+    }
+
     pub fn new(
         cfg: &Config,
         tx: mpsc::Sender<PodMsg>,

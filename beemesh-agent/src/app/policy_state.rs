@@ -333,14 +333,21 @@ impl PolicyEngine {
                 policies: self.snapshot.mesh_policies.to_vec(),
             });
         }
-        // Replicas share a security identity (SPIFFE id + labels): one entry per id.
-        let workloads: Vec<policy::Workload> = self
-            .snapshot
-            .workloads
-            .iter()
-            .map(|(_, _, w)| (w.id, w.clone()))
-            .collect::<BTreeMap<_, _>>()
+        // Replicas share a security identity (SPIFFE id + labels): one entry per id, with the
+        // named ports of all of them.
+        let mut by_id: BTreeMap<u32, policy::Workload> = BTreeMap::new();
+        for (_, _, w) in &self.snapshot.workloads {
+            let entry =
+                by_id.entry(w.id).or_insert_with(|| policy::Workload { ports: Vec::new(), ..w.clone() });
+            entry.ports.extend(w.ports.iter().cloned());
+        }
+        let workloads: Vec<policy::Workload> = by_id
             .into_values()
+            .map(|mut w| {
+                w.ports.sort();
+                w.ports.dedup();
+                w
+            })
             .collect();
         let opts = CompileOptions {
             default_allow_egress: self.default_egress == DefaultAction::Allow,
@@ -555,14 +562,19 @@ const POLICY_NICE: i32 = -10;
 impl Agent {
     /// The workloads as the engine needs them.
     pub(super) fn snapshot(&self) -> Arc<Snapshot> {
+        let mut named_ports = self.pods.named_ports();
         Arc::new(Snapshot {
             ticket: self.ticket,
             workloads: self
                 .workloads
                 .iter()
                 .map(|w| {
-                    let entry =
-                        policy::Workload { id: w.id, identity: w.identity.clone(), labels: w.labels.clone() };
+                    let entry = policy::Workload {
+                        id: w.id,
+                        identity: w.identity.clone(),
+                        labels: w.labels.clone(),
+                        ports: named_ports.remove(&w.name).unwrap_or_default(),
+                    };
                     (w.name.clone(), w.cgroup_id, entry)
                 })
                 // Other hosts' pods: no cgroup here, named for policy only.

@@ -152,10 +152,10 @@ impl Agent {
     /// and the mesh's NetworkPolicies; the policy follows at the end of the turn.
     pub(super) fn set_mesh_view(&mut self, view: super::mesh_view::MeshView) {
         let mut remote = BTreeMap::new();
-        for (key, (identity, labels)) in view.remote {
+        for (key, (identity, labels, ports)) in view.remote {
             match self.identities.allocate_labeled(&identity, &labels) {
                 Ok(id) => {
-                    remote.insert(key, crate::policy::Workload { id, identity, labels });
+                    remote.insert(key, crate::policy::Workload { id, identity, labels, ports });
                 }
                 Err(e) => warn!(pod = %key, error = %e, "no identity for a pod of another host"),
             }
@@ -170,6 +170,9 @@ impl Agent {
         if ids_changed {
             self.policy_dirty = true;
             self.persist();
+        } else if remote != self.mesh.remote {
+            // The same identities with other named ports.
+            self.policy_dirty = true;
         }
         self.mesh.remote = remote;
         if super::cluster::execs::adopt(&mut self.exec_records, &view.own_execs) {

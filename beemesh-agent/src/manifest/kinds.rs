@@ -93,7 +93,7 @@ pub(super) fn is_dns1035_label(s: &str) -> bool {
 
 /// IANA service name (named ports): at most 15 lowercase letters, digits and '-', at least one
 /// letter, no leading, trailing or doubled '-'.
-pub(super) fn is_port_name(s: &str) -> bool {
+pub fn is_port_name(s: &str) -> bool {
     s.len() <= 15 && is_dns_label(s) && !s.contains("--") && s.bytes().any(|b| b.is_ascii_lowercase())
 }
 

@@ -208,16 +208,20 @@ pub fn compile(
                 let rule = add_rule(&mut out, format!("{name}[{i}]"))?;
                 let peers = peer_ids(r, &by_id, &index);
                 let ports = port_keys(r);
+                let mut keys = Vec::new();
                 for &subject in &subjects {
                     for &peer in &peers {
                         for &(proto, port) in &ports {
-                            let key = PolicyKey { subject, peer, port, proto, direction };
-                            // The first (lowest) rule id wins, so counters are stable.
-                            out.allow.entry(key).or_insert(PolicyValue { rule });
-                            if out.allow.len() > POLICY_MAP_SIZE as usize {
-                                return Err(CompileError::TooManyAllowEntries { max: POLICY_MAP_SIZE });
-                            }
+                            keys.push(PolicyKey { subject, peer, port, proto, direction });
                         }
+                    }
+                }
+                keys.extend(named_keys(r, direction, &subjects, &peers, &by_id));
+                for key in keys {
+                    // The first (lowest) rule id wins, so counters are stable.
+                    out.allow.entry(key).or_insert(PolicyValue { rule });
+                    if out.allow.len() > POLICY_MAP_SIZE as usize {
+                        return Err(CompileError::TooManyAllowEntries { max: POLICY_MAP_SIZE });
                     }
                 }
             }
@@ -308,9 +312,51 @@ impl<'a> CidrIndex<'a> {
     }
 }
 
-/// `(proto, port)` pairs of a rule, ranges expanded; port 0 is any port.
+/// The allow keys of a rule's named ports: an ingress rule's resolved on each subject (the
+/// port its own containers give that name), an egress rule's on each peer workload (every
+/// workload when the rule names no peer); a peer that is no workload has no named ports.
+fn named_keys(
+    rule: &Rule,
+    direction: u8,
+    subjects: &[u32],
+    peers: &BTreeSet<u32>,
+    workloads: &BTreeMap<u32, &Workload>,
+) -> Vec<PolicyKey> {
+    let mut keys = Vec::new();
+    for named in &rule.named {
+        for &subject in subjects {
+            if direction == DIR_INGRESS {
+                let Some(w) = workloads.get(&subject) else { continue };
+                for (proto, port) in named.resolve(&w.ports) {
+                    keys.extend(peers.iter().map(|&peer| PolicyKey {
+                        subject,
+                        peer,
+                        port,
+                        proto,
+                        direction,
+                    }));
+                }
+            } else {
+                let targets: Vec<&Workload> = if peers.contains(&ID_ANY) {
+                    workloads.values().copied().collect()
+                } else {
+                    peers.iter().filter_map(|p| workloads.get(p).copied()).collect()
+                };
+                for w in targets {
+                    for (proto, port) in named.resolve(&w.ports) {
+                        keys.push(PolicyKey { subject, peer: w.id, port, proto, direction });
+                    }
+                }
+            }
+        }
+    }
+    keys
+}
+
+/// `(proto, port)` pairs of a rule, ranges expanded; port 0 is any port. A rule with only
+/// named ports has none here (`named_keys`).
 fn port_keys(rule: &Rule) -> BTreeSet<(u8, u16)> {
-    if rule.ports.is_empty() {
+    if rule.ports.is_empty() && rule.named.is_empty() {
         return BTreeSet::from([(PROTO_ANY, 0)]);
     }
     let mut keys = BTreeSet::new();

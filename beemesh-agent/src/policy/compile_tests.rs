@@ -16,7 +16,37 @@ fn workload(id: u32, identity: &str, labels: &[(&str, &str)]) -> Workload {
         id,
         identity: identity.parse().expect("valid spiffe id"),
         labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ports: Vec::new(),
     }
+}
+
+#[test]
+fn named_ports_resolve_on_the_subject_for_ingress_and_on_the_peer_for_egress() {
+    let port = |name: &str, proto, port| WorkloadPort { name: name.into(), proto, port };
+    let mut w = workloads();
+    // The db listens on 5432 named "sql" (and "metrics" on UDP); the api on 8080 named "sql".
+    w[2].ports = vec![port("sql", PROTO_TCP, 5432), port("metrics", PROTO_UDP, 9125)];
+    w[1].ports = vec![port("sql", PROTO_TCP, 8080)];
+    let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: db}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: api}}}]\n    ports: [{port: sql}, {port: metrics, protocol: UDP}]\n";
+    let c = compile(&[file("p.yaml", np)], &w, &CompileOptions::default()).expect("compiles");
+    assert!(allowed(&c, 258, DIR_INGRESS, peer(257), PROTO_TCP, 5432), "the db's own sql port");
+    assert!(!allowed(&c, 258, DIR_INGRESS, peer(257), PROTO_TCP, 8080), "the api's sql port is not the db's");
+    assert!(allowed(&c, 258, DIR_INGRESS, peer(257), PROTO_UDP, 9125));
+    assert!(!allowed(&c, 258, DIR_INGRESS, peer(257), PROTO_TCP, 9125), "metrics is a UDP port");
+    assert!(!allowed(&c, 258, DIR_INGRESS, peer(256), PROTO_TCP, 5432), "the frontend is not admitted");
+
+    // Egress: the name is looked up on each peer, so one rule opens a different port per peer.
+    let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: web}}\n  egress:\n  - ports: [{port: sql}]\n";
+    let c = compile(&[file("p.yaml", np)], &w, &CompileOptions::default()).expect("compiles");
+    assert!(allowed(&c, 256, DIR_EGRESS, peer(258), PROTO_TCP, 5432));
+    assert!(allowed(&c, 256, DIR_EGRESS, peer(257), PROTO_TCP, 8080));
+    assert!(!allowed(&c, 256, DIR_EGRESS, peer(258), PROTO_TCP, 8080), "8080 is not the db's sql port");
+    assert!(!allowed(&c, 256, DIR_EGRESS, peer(ID_WORLD), PROTO_TCP, 5432), "the world has no named ports");
+    // A name no workload gives opens nothing, and isolates still.
+    let np = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  podSelector: {matchLabels: {app: db}}\n  ingress:\n  - ports: [{port: nothing}]\n";
+    let c = compile(&[file("p.yaml", np)], &w, &CompileOptions::default()).expect("compiles");
+    assert!(c.allow.is_empty());
+    assert!(!allowed(&c, 258, DIR_INGRESS, peer(257), PROTO_TCP, 5432));
 }
 
 fn workloads() -> Vec<Workload> {

@@ -159,19 +159,16 @@ fn rule(
         .enumerate()
         .map(|(i, p)| peer(&format!("{field}.{peers_key}[{i}]"), p))
         .collect::<Result<Vec<_>, _>>()?;
-    let ports = ports
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-        .map(|(i, p)| {
-            let port = p.port.map(|v| match v {
-                PortField::Number(n) => PortValue::Number(n),
-                PortField::Name(s) => PortValue::Name(s),
-            });
-            port_range(&format!("{field}.ports[{i}]"), p.protocol.as_deref(), port.as_ref(), p.end_port, true)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Rule { peers, ports })
+    let mut out = Rule { peers, ports: Vec::new(), named: Vec::new() };
+    for (i, p) in ports.unwrap_or_default().into_iter().enumerate() {
+        let port = p.port.map(|v| match v {
+            PortField::Number(n) => PortValue::Number(n),
+            PortField::Name(s) => PortValue::Name(s),
+        });
+        port_range(&format!("{field}.ports[{i}]"), p.protocol.as_deref(), port.as_ref(), p.end_port, true)?
+            .add_to(&mut out);
+    }
+    Ok(out)
 }
 
 fn peer(field: &str, p: PeerDoc) -> Result<Peer, FieldError> {

@@ -46,13 +46,43 @@ impl Policy {
     }
 }
 
-/// One ingress or egress rule: traffic with any of `peers` on any of `ports` is allowed.
+/// One ingress or egress rule: traffic with any of `peers` on any of `ports` or `named` is
+/// allowed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     /// Empty means every peer.
     pub peers: Vec<Peer>,
-    /// Empty means every port and protocol.
+    /// Empty (with `named` empty too) means every port and protocol.
     pub ports: Vec<PortRange>,
+    /// Ports by the name a container gives them: an ingress rule's on the selected workload,
+    /// an egress rule's on the peer, as Kubernetes resolves a NetworkPolicy's named port.
+    pub named: Vec<NamedPort>,
+}
+
+/// A port named in a rule (`port: http`), with its protocol (`PROTO_ANY` matches either).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedPort {
+    pub proto: u8,
+    pub name: String,
+}
+
+/// A workload's named port (a container's `ports[].name`), as rules resolve them.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct WorkloadPort {
+    pub name: String,
+    pub proto: u8,
+    pub port: u16,
+}
+
+impl NamedPort {
+    /// The port numbers (and protocols) it names among `ports`.
+    pub fn resolve<'a>(&'a self, ports: &'a [WorkloadPort]) -> impl Iterator<Item = (u8, u16)> + 'a {
+        use beemesh_common::PROTO_ANY;
+        ports
+            .iter()
+            .filter(move |p| p.name == self.name && (self.proto == PROTO_ANY || p.proto == self.proto))
+            .map(|p| (p.proto, p.port))
+    }
 }
 
 /// The other side of a rule.

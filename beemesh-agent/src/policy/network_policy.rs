@@ -98,7 +98,7 @@ fn rule(
     peers: Option<Vec<NetworkPolicyPeer>>,
     ports: Option<Vec<NetworkPolicyPort>>,
 ) -> Result<Rule, FieldError> {
-    let mut out = Rule { peers: Vec::new(), ports: Vec::new() };
+    let mut out = Rule { peers: Vec::new(), ports: Vec::new(), named: Vec::new() };
     for (i, p) in peers.unwrap_or_default().into_iter().enumerate() {
         out.peers.push(peer(&format!("{field}.{peers_key}[{i}]"), namespace, p)?);
     }
@@ -107,13 +107,14 @@ fn rule(
             IntOrString::Int(n) => PortValue::Number(n.into()),
             IntOrString::String(s) => PortValue::Name(s),
         });
-        out.ports.push(port_range(
+        port_range(
             &format!("{field}.ports[{i}]"),
             p.protocol.as_deref(),
             port.as_ref(),
             p.end_port.map(i64::from),
             false,
-        )?);
+        )?
+        .add_to(&mut out);
     }
     Ok(out)
 }

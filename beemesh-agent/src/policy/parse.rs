@@ -8,7 +8,7 @@ use std::str::FromStr;
 use beemesh_common::{PROTO_ANY, PROTO_TCP, PROTO_UDP};
 use ipnet::{IpNet, Ipv4Net};
 
-use super::model::{Policy, PortRange};
+use super::model::{NamedPort, Policy, PortRange};
 use super::{identity_policy, network_policy};
 pub(super) use crate::yamldoc::FieldError;
 use crate::yamldoc::{find_line, split_documents, strip_location, Document};
@@ -162,15 +162,33 @@ pub(super) enum PortValue {
     Name(String),
 }
 
+/// A rule's port entry: numbers, or a name resolved per workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum RulePort {
+    Range(PortRange),
+    Named(NamedPort),
+}
+
+impl RulePort {
+    /// Adds it to `rule`.
+    pub(super) fn add_to(self, rule: &mut super::model::Rule) {
+        match self {
+            RulePort::Range(r) => rule.ports.push(r),
+            RulePort::Named(n) => rule.named.push(n),
+        }
+    }
+}
+
 /// Validates one port entry shared by both kinds. `protocol` defaults to TCP; `ANY` is only
-/// accepted when `allow_any` (beemesh's own kind).
+/// accepted when `allow_any` (beemesh's own kind). A named port is an IANA service name
+/// (a container port's `name`), without `endPort`.
 pub(super) fn port_range(
     field: &str,
     protocol: Option<&str>,
     port: Option<&PortValue>,
     end_port: Option<i64>,
     allow_any: bool,
-) -> Result<PortRange, FieldError> {
+) -> Result<RulePort, FieldError> {
     let proto = match protocol.unwrap_or("TCP") {
         "TCP" => PROTO_TCP,
         "UDP" => PROTO_UDP,
@@ -199,11 +217,17 @@ pub(super) fn port_range(
         None => 0,
         Some(PortValue::Number(n)) => check(format!("{field}.port"), *n)?,
         Some(PortValue::Name(name)) => {
-            return Err(FieldError::new(
-                format!("{field}.port"),
-                format!("named ports are not supported (got {name:?}, use a number)"),
-            )
-            .at(name.clone()))
+            if !crate::manifest::is_port_name(name) {
+                return Err(FieldError::new(
+                    format!("{field}.port"),
+                    format!("{name:?} is neither a port number nor a port name (at most 15 lowercase letters, digits and '-', with a letter)"),
+                )
+                .at(name.clone()));
+            }
+            if end_port.is_some() {
+                return Err(FieldError::new(format!("{field}.endPort"), "endPort requires a numeric port"));
+            }
+            return Ok(RulePort::Named(NamedPort { proto, name: name.clone() }));
         }
     };
     let last = match end_port {
@@ -223,5 +247,5 @@ pub(super) fn port_range(
             last
         }
     };
-    Ok(PortRange { proto, first, last })
+    Ok(RulePort::Range(PortRange { proto, first, last }))
 }

@@ -225,13 +225,28 @@ fn bad_glob() {
 }
 
 #[test]
-fn named_port() {
-    let e = error("apiVersion: beemesh.io/v1alpha1\nkind: IdentityPolicy\nmetadata: {name: a}\nspec:\n  ingress:\n    - ports:\n        - port: http\n");
+fn named_ports_are_kept_by_name_and_bad_names_refused() {
+    let p = parse("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  egress:\n    - ports:\n        - port: 53\n        - port: dns\n          protocol: UDP\n");
+    let rule = &p[0].egress.as_ref().expect("egress")[0];
+    assert_eq!(rule.ports, [PortRange { proto: PROTO_TCP, first: 53, last: 53 }]);
+    assert_eq!(rule.named, [NamedPort { proto: PROTO_UDP, name: "dns".into() }]);
+    let p = parse("apiVersion: beemesh.io/v1alpha1\nkind: IdentityPolicy\nmetadata: {name: a}\nspec:\n  ingress:\n    - ports:\n        - port: http\n          protocol: ANY\n");
+    let rule = &p[0].ingress.as_ref().expect("ingress")[0];
+    assert!(rule.ports.is_empty());
+    assert_eq!(rule.named, [NamedPort { proto: PROTO_ANY, name: "http".into() }]);
+    let e = error("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  ingress:\n    - ports:\n        - port: Not_A_Name\n");
     assert_eq!(e.line(), 7);
-    assert!(e.to_string().contains("spec.ingress[0].ports[0].port: named ports are not supported"), "{e}");
-    let e = error("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  egress:\n    - ports:\n        - port: 53\n        - port: dns\n          protocol: UDP\n");
-    assert_eq!(e.line(), 8);
-    assert!(e.to_string().contains("spec.egress[0].ports[1].port: named ports are not supported"), "{e}");
+    assert!(
+        e.to_string().contains(
+            "spec.ingress[0].ports[0].port: \"Not_A_Name\" is neither a port number nor a port name"
+        ),
+        "{e}"
+    );
+    let e = error("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec:\n  ingress:\n    - ports:\n        - port: http\n          endPort: 90\n");
+    assert!(
+        e.to_string().contains("spec.ingress[0].ports[0].endPort: endPort requires a numeric port"),
+        "{e}"
+    );
 }
 
 #[test]
