@@ -24,12 +24,21 @@ use crate::policy::{Policy, WorkloadPort};
 /// The kind NetworkPolicies are stored under.
 const NETWORK_POLICY: &str = "NetworkPolicy";
 
+/// A pod or `exec --identity` workload of another host, as the policy sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Remote {
+    pub identity: SpiffeId,
+    pub labels: BTreeMap<String, String>,
+    /// Its named container ports (none for an `exec --identity` workload).
+    pub ports: Vec<WorkloadPort>,
+}
+
 /// Other hosts' pods and the mesh's NetworkPolicies.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct MeshView {
     /// `namespace/name` -> (identity, labels) of every pod placed on another host, and
     /// `exec:<node>/<name>` -> the same of every `exec --identity` workload another host runs.
-    pub remote: BTreeMap<String, (SpiffeId, BTreeMap<String, String>, Vec<WorkloadPort>)>,
+    pub remote: BTreeMap<String, Remote>,
     /// The mesh's NetworkPolicies, converted (one that does not convert is left out, logged).
     pub policies: Vec<Policy>,
     /// This host's own `exec --identity` records in the store, by workload name (the actor
@@ -95,14 +104,17 @@ fn build(node: &str, trust_domain: &str, listed: &[super::cluster::Listed]) -> M
                 let Ok(id) = SpiffeId::new(trust_domain, &l.key.namespace, &sa) else { continue };
                 let labels = pod.metadata.labels.clone().unwrap_or_default();
                 let ports = named_ports(&pod);
-                view.remote.insert(format!("{}/{}", l.key.namespace, l.key.name), (id, labels, ports));
+                let remote = Remote { identity: id, labels, ports };
+                view.remote.insert(format!("{}/{}", l.key.namespace, l.key.name), remote);
             }
             EXEC => {
                 let Some(r) = ExecRecord::decode(&l.key, &l.body) else { continue };
                 if r.node == node {
                     view.own_execs.insert(r.name.clone(), r);
                 } else {
-                    view.remote.insert(r.view_key(), (r.identity, r.labels, Vec::new()));
+                    let key = r.view_key();
+                    view.remote
+                        .insert(key, Remote { identity: r.identity, labels: r.labels, ports: Vec::new() });
                 }
             }
             NETWORK_POLICY => {

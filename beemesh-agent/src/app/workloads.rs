@@ -152,7 +152,7 @@ impl Agent {
     /// and the mesh's NetworkPolicies; the policy follows at the end of the turn.
     pub(super) fn set_mesh_view(&mut self, view: super::mesh_view::MeshView) {
         let mut remote = BTreeMap::new();
-        for (key, (identity, labels, ports)) in view.remote {
+        for (key, super::mesh_view::Remote { identity, labels, ports }) in view.remote {
             match self.identities.allocate_labeled(&identity, &labels) {
                 Ok(id) => {
                     remote.insert(key, crate::policy::Workload { id, identity, labels, ports });
