@@ -1852,3 +1852,28 @@ fn termination_messages_come_from_the_file_or_the_logs_tail() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_grpc_readiness_probe_follows_the_health_service() -> Result<()> {
+    let agent = Agent::start("podgrpc", &[])?;
+    agent.import_busybox("busybox:1")?;
+    // The test probe's gRPC health server, from the host (its directory and the libraries it
+    // links, read-only): SERVING while /tmp/ok exists.
+    let probe = beemesh_tests::probe_bin();
+    let dir = probe.parent().expect("the probe's directory").display().to_string();
+    agent.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: health}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: c\n    image: busybox:1\n    command: [sh, -c, 'touch /tmp/ok; exec /probe/probe grpc-health 0.0.0.0:9000 /tmp/ok']\n    readinessProbe: {{grpc: {{port: 9000}}, periodSeconds: 1, failureThreshold: 1}}\n    volumeMounts: [{{name: probe, mountPath: /probe, readOnly: true}}, {{name: lib, mountPath: /lib, readOnly: true}}, {{name: lib64, mountPath: /lib64, readOnly: true}}]\n  volumes: [{{name: probe, hostPath: {{path: {dir}}}}}, {{name: lib, hostPath: {{path: /usr/lib}}}}, {{name: lib64, hostPath: {{path: /usr/lib64}}}}]\n"
+    ))?;
+    agent.wait_ready("health", T)?;
+    let ready = |agent: &Agent| {
+        let pod = agent.pod("health").unwrap_or_default();
+        pod["status"]["containerStatuses"][0]["ready"].as_bool()
+    };
+    let (ok, _, err) = agent.run_cli(&["exec", "health", "--", "rm", "/tmp/ok"], None)?;
+    assert!(ok, "{err}");
+    assert!(eventually(T, || ready(&agent) == Some(false)), "still ready after NOT_SERVING: {}", agent.log());
+    let (ok, _, err) = agent.run_cli(&["exec", "health", "--", "touch", "/tmp/ok"], None)?;
+    assert!(ok, "{err}");
+    assert!(eventually(T, || ready(&agent) == Some(true)), "not ready again after SERVING: {}", agent.log());
+    Ok(())
+}

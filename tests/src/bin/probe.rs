@@ -14,6 +14,8 @@
 //! probe rate ADDR MS        connect, await the server's close, close; for MS: `count N`
 //! probe watch-deny ADDR     connect+close in a tight loop until refused: `denied <unix ns>`
 //! probe hold-ts ADDR        as hold, but the close line is `closed <unix ns>`
+//! probe grpc-health ADDR F  a gRPC health server (grpc.health.v1.Health/Check over HTTP/2):
+//!                           SERVING while file F exists, else NOT_SERVING
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -226,6 +228,12 @@ fn main() {
             }
             Err(e) => fail(&e, 2),
         },
+        "grpc-health" => {
+            let flag = std::path::PathBuf::from(args.get(3).cloned().unwrap_or_else(|| usage()));
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let runtime = runtime.unwrap_or_else(|e| fail(&e, 1));
+            runtime.block_on(grpc_health(addr, flag));
+        }
         _ => usage(),
     }
 }
@@ -239,4 +247,33 @@ fn abort(c: TcpStream) {
 
 fn unix_ns() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+/// Serves `grpc.health.v1.Health/Check` on `addr`: `SERVING` (1) while `flag` exists, else
+/// `NOT_SERVING` (2), whatever service is asked.
+async fn grpc_health(addr: SocketAddr, flag: std::path::PathBuf) {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap_or_else(|e| fail(&e, 1));
+    say("listening");
+    while let Ok((socket, _)) = listener.accept().await {
+        let flag = flag.clone();
+        tokio::spawn(async move {
+            let Ok(mut conn) = h2::server::handshake(socket).await else { return };
+            while let Some(Ok((request, mut respond))) = conn.accept().await {
+                let mut body = request.into_body();
+                while let Some(Ok(_)) = body.data().await {}
+                let status: u8 = if flag.exists() { 1 } else { 2 };
+                let response = http::Response::builder()
+                    .status(200)
+                    .header("content-type", "application/grpc")
+                    .body(())
+                    .expect("a static response");
+                let Ok(mut send) = respond.send_response(response, false) else { return };
+                // One length-prefixed HealthCheckResponse: field 1 (status), varint.
+                let _ = send.send_data(bytes::Bytes::from(vec![0, 0, 0, 0, 2, 0x08, status]), false);
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                let _ = send.send_trailers(trailers);
+            }
+        });
+    }
 }
