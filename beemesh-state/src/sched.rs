@@ -56,6 +56,22 @@ pub struct SlotReq {
     pub needs: Needs,
     /// `topologySpreadConstraints` over hostnames with `DoNotSchedule`: the largest skew.
     pub max_skew: Option<u64>,
+    /// `topologySpreadConstraints` over other node labels (zones, racks).
+    #[serde(default)]
+    pub spread: Vec<Spread>,
+}
+
+/// Spreading a workload's pods over the values of a node label (a topology domain per value,
+/// as `topology.kubernetes.io/zone`): the award rule counts the workload's pods per domain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spread {
+    /// The node label.
+    pub key: String,
+    pub max_skew: u64,
+    /// `DoNotSchedule`: a host whose domain would go more than `max_skew` above the least
+    /// loaded eligible domain is refused, and so is a host without the label. Else
+    /// (`ScheduleAnyway`) the domain's count only lowers the host's score.
+    pub hard: bool,
 }
 
 /// The request a candidate answers.
@@ -336,6 +352,21 @@ impl<H: Clone + Ord + std::fmt::Debug> Tenderer<H> {
                 .min()
                 .unwrap_or(0)
         });
+        let domains: Vec<Domains> =
+            o.req.spread.iter().map(|s| Domains::count(s, &o.req.needs, view, count)).collect();
+        // The score a host loses to spreading: its own pods of the workload, and for each
+        // soft constraint the pods of its domain.
+        let penalty = |h: &H| -> i64 {
+            let soft: u64 = o
+                .req
+                .spread
+                .iter()
+                .zip(&domains)
+                .filter(|(s, _)| !s.hard)
+                .map(|(s, d)| d.of(s, view, h).map_or(0, |(n, _)| n))
+                .sum();
+            i64::from(self.cfg.spread_weight) * (count(h) + soft) as i64
+        };
         let mut best: Option<(i64, &H)> = None;
         for (h, score) in o.ranked.iter().filter_map(|h| Some((h, o.bids.get(h)?))) {
             let n = count(h);
@@ -345,7 +376,17 @@ impl<H: Clone + Ord + std::fmt::Debug> Tenderer<H> {
                     continue;
                 }
             }
-            let total = i64::from(*score) - i64::from(self.cfg.spread_weight) * n as i64;
+            let too_far = o.req.spread.iter().zip(&domains).filter(|(s, _)| s.hard).any(|(s, d)| {
+                match d.of(s, view, h) {
+                    Some((n, floor)) => n + 1 > floor + s.max_skew,
+                    None => true,
+                }
+            });
+            if too_far {
+                *unfit.entry(Reason::TopologySpread).or_default() += 1;
+                continue;
+            }
+            let total = i64::from(*score) - penalty(h);
             // Ties to the better ranked: strictly greater replaces.
             if best.is_none_or(|(b, _)| total > b) {
                 best = Some((total, h));
@@ -355,7 +396,7 @@ impl<H: Clone + Ord + std::fmt::Debug> Tenderer<H> {
         // score, less its spreading) is waited for a little longer.
         let silent_could_win =
             o.asked.iter().filter(|h| !o.bids.contains_key(*h) && !o.declines.contains_key(*h)).any(|h| {
-                let could = 100 - i64::from(self.cfg.spread_weight) * count(h) as i64;
+                let could = 100 - penalty(h);
                 best.is_none_or(|(b, _)| could > b)
             });
         if silent_could_win && o.extended < EXTENSIONS && best.is_some() {
@@ -475,5 +516,35 @@ impl Bidder {
     /// What promises hold now.
     pub fn promised(&self) -> Resources {
         self.promises.values().fold(Resources::default(), |a, p| a.plus(p.placed.requests))
+    }
+}
+
+/// A spread constraint's pods per domain (a value of its node label), and the least loaded
+/// domain among those with a host the pod could run on.
+struct Domains {
+    counts: BTreeMap<String, u64>,
+    floor: u64,
+}
+
+impl Domains {
+    fn count<H, V: View<H>>(s: &Spread, needs: &fit::Needs, view: &V, count: impl Fn(&H) -> u64) -> Self {
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        let mut eligible = BTreeSet::new();
+        for (h, _) in view.hosts() {
+            let Some(facts) = view.facts(&h) else { continue };
+            let Some(domain) = facts.labels.get(&s.key) else { continue };
+            *counts.entry(domain.clone()).or_default() += count(&h);
+            if fit::static_fit(needs, facts).is_ok() {
+                eligible.insert(domain.clone());
+            }
+        }
+        let floor = eligible.iter().filter_map(|d| counts.get(d)).copied().min().unwrap_or(0);
+        Domains { counts, floor }
+    }
+
+    /// The pods of `host`'s domain and the floor; `None` for a host without the label.
+    fn of<H, V: View<H>>(&self, s: &Spread, view: &V, host: &H) -> Option<(u64, u64)> {
+        let domain = view.facts(host)?.labels.get(&s.key)?;
+        Some((self.counts.get(domain).copied().unwrap_or(0), self.floor))
     }
 }

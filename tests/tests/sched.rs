@@ -83,12 +83,20 @@ fn add_mesh_config(agent: &Agent, lines: &str) -> Result<()> {
     Ok(())
 }
 
+/// A Deployment of four spread over zones, tolerating h3's taint.
+const ZONED: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: zoned}\nspec:\n  replicas: 4\n  selector: {matchLabels: {app: zoned}}\n  template:\n    metadata: {labels: {app: zoned}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      tolerations: [{key: dedicated, operator: Exists}]\n      topologySpreadConstraints:\n      - {maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: zoned}}}\n      containers:\n      - name: c\n        image: busybox:1\n        resources: {requests: {cpu: 100m, memory: 16Mi}}\n        command: [sh, -c, \"trap 'exit 0' TERM; sleep 1000 & wait\"]\n";
+
 #[test]
 fn pods_are_tendered_spread_constrained_and_placed_again_when_their_host_dies() -> Result<()> {
     let _serial = serial();
     let (_lan, _root, mut agents) = joined_mesh("bms", 52, 3)?;
-    add_mesh_config(&agents[0], "  nodeLabels: {disk: ssd}\n")?;
-    add_mesh_config(&agents[2], "  nodeTaints: [\"dedicated=batch:NoSchedule\"]\n")?;
+    // Zones: h1 and h2 in a, h3 in b.
+    add_mesh_config(&agents[0], "  nodeLabels: {disk: ssd, topology.kubernetes.io/zone: a}\n")?;
+    add_mesh_config(&agents[1], "  nodeLabels: {topology.kubernetes.io/zone: a}\n")?;
+    add_mesh_config(
+        &agents[2],
+        "  nodeTaints: [\"dedicated=batch:NoSchedule\"]\n  nodeLabels: {topology.kubernetes.io/zone: b}\n",
+    )?;
     for agent in agents.iter_mut() {
         agent.spawn()?;
         agent.import_busybox("busybox:1")?;
@@ -137,6 +145,20 @@ fn pods_are_tendered_spread_constrained_and_placed_again_when_their_host_dies() 
             .is_some_and(|r| r.node == "h3" && r.phase == "Running")),
         "batch: {:?}",
         rows(&agents[2])
+    );
+    // Spread over zones (DoNotSchedule, maxSkew 1): of four replicas, two go to zone b (h3,
+    // whose taint they tolerate), though zone a has two hosts and spreading over hosts alone
+    // would give h3 one.
+    agents[1].apply(ZONED)?;
+    let zoned = |agent: &Agent| running_on(agent, "zoned-");
+    ensure!(
+        eventually(T, || {
+            let by_node = zoned(&agents[0]);
+            by_node.values().sum::<usize>() == 4 && by_node.get("h3") == Some(&2)
+        }),
+        "zoned: {:?}\n{}",
+        zoned(&agents[0]),
+        agents[1].log()
     );
     let huge_row = Row {
         node: String::new(),

@@ -185,8 +185,13 @@ fn six_replicas_on_five_hosts_put_at_most_two_on_any() {
     let mut bidders = BTreeMap::new();
     for i in 0..6 {
         let slot = format!("default/web-{i}");
-        let r =
-            SlotReq { slot: slot.clone(), group: "default/web".into(), needs: needs(100, 1), max_skew: None };
+        let r = SlotReq {
+            slot: slot.clone(),
+            group: "default/web".into(),
+            needs: needs(100, 1),
+            max_skew: None,
+            spread: Vec::new(),
+        };
         match place(&mut t, &view, &mut bidders, r) {
             Out::Bind { host, bids, .. } => {
                 assert_eq!(bids, 5);
@@ -221,6 +226,7 @@ fn nobody_fits_gives_pending_with_counted_reasons_then_backs_off() {
         group: "default/big".into(),
         needs: needs(100, 4),
         max_skew: None,
+        spread: Vec::new(),
     };
     let mut bidders = BTreeMap::new();
     match place(&mut t, &view, &mut bidders, r.clone()) {
@@ -258,7 +264,13 @@ fn silent_candidates_count_as_no_answer_and_bids_decide_at_the_deadline() {
     let view = TestView::new(3, host(4000, 16));
     let cfg = SchedConfig::default();
     let mut t = Tenderer::new(cfg.clone());
-    let r = SlotReq { slot: "s".into(), group: "g".into(), needs: needs(100, 1), max_skew: None };
+    let r = SlotReq {
+        slot: "s".into(),
+        group: "g".into(),
+        needs: needs(100, 1),
+        max_skew: None,
+        spread: Vec::new(),
+    };
     let out = t.want(0, r, &view);
     assert_eq!(out.len(), 3);
     let Out::Tender { tender, .. } = &out[0] else { panic!() };
@@ -285,7 +297,13 @@ fn a_late_answer_from_a_candidate_that_could_win_is_waited_for() {
     let view = TestView::new(2, host(4000, 16));
     let cfg = SchedConfig::default();
     let mut t = Tenderer::new(cfg.clone());
-    let r = SlotReq { slot: "s".into(), group: "g".into(), needs: needs(100, 1), max_skew: None };
+    let r = SlotReq {
+        slot: "s".into(),
+        group: "g".into(),
+        needs: needs(100, 1),
+        max_skew: None,
+        spread: Vec::new(),
+    };
     let out = t.want(0, r, &view);
     let Out::Tender { tender, .. } = &out[0] else { panic!() };
     assert!(t.answered(5, &"h0".into(), "s", tender.attempt, Answer::Bid { score: 50 }, &view).is_empty());
@@ -308,7 +326,13 @@ fn the_award_is_the_same_whatever_order_the_bids_come_in() {
     let mut winners = std::collections::BTreeSet::new();
     for rot in 0..4 {
         let mut t = Tenderer::new(SchedConfig::default());
-        let r = SlotReq { slot: "s".into(), group: "g".into(), needs: needs(100, 1), max_skew: None };
+        let r = SlotReq {
+            slot: "s".into(),
+            group: "g".into(),
+            needs: needs(100, 1),
+            max_skew: None,
+            spread: Vec::new(),
+        };
         let Out::Tender { tender, .. } = t.want(0, r, &view).remove(0) else { panic!() };
         let mut got = Vec::new();
         for i in 0..4 {
@@ -332,11 +356,85 @@ fn max_skew_refuses_hosts_ahead_of_the_least_loaded() {
     }
     view.placed.insert("w2".into(), ("h1".into(), "g".into(), res(1, 0)));
     let mut t = Tenderer::new(SchedConfig { spread_weight: 0, ..SchedConfig::default() });
-    let r = SlotReq { slot: "s".into(), group: "g".into(), needs: needs(100, 1), max_skew: Some(1) };
+    let r = SlotReq {
+        slot: "s".into(),
+        group: "g".into(),
+        needs: needs(100, 1),
+        max_skew: Some(1),
+        spread: Vec::new(),
+    };
     let mut bidders = BTreeMap::new();
     // h0 has 2, h1 1, h2 0: only h2 keeps the skew within 1 (h1 would be 2 vs 0).
     match place(&mut t, &view, &mut bidders, r) {
         Out::Bind { host, .. } => assert_eq!(host, "h2"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Five hosts, zones a (h0, h1, h2) and b (h3) and one without a zone (h4).
+fn zoned_view() -> TestView {
+    let mut view = TestView::new(5, host(4000, 16));
+    for (h, zone) in [("h0", "a"), ("h1", "a"), ("h2", "a"), ("h3", "b")] {
+        view.facts.get_mut(h).expect("host").labels.insert("topology.kubernetes.io/zone".into(), zone.into());
+    }
+    view
+}
+
+fn zone_spread(hard: bool) -> SlotReq {
+    let spread = vec![Spread { key: "topology.kubernetes.io/zone".into(), max_skew: 1, hard }];
+    SlotReq { slot: "s".into(), group: "g".into(), needs: needs(100, 1), max_skew: None, spread }
+}
+
+#[test]
+fn a_hard_zone_spread_counts_pods_per_zone_and_refuses_hosts_without_the_zone() {
+    let mut view = zoned_view();
+    // Zone a holds one pod (on h0), zone b none: only h3 keeps the skew within 1, though h1
+    // and h2 hold nothing themselves, and h4 has no zone at all.
+    view.placed.insert("w0".into(), ("h0".into(), "g".into(), res(1, 0)));
+    let mut t = Tenderer::new(SchedConfig { spread_weight: 0, ..SchedConfig::default() });
+    match place(&mut t, &view, &mut BTreeMap::new(), zone_spread(true)) {
+        Out::Bind { host, .. } => assert_eq!(host, "h3"),
+        other => panic!("{other:?}"),
+    }
+    // Balanced (one each): any zoned host may take the next; h4 still may not.
+    view.placed.insert("w1".into(), ("h3".into(), "g".into(), res(1, 0)));
+    let mut t = Tenderer::new(SchedConfig { spread_weight: 0, ..SchedConfig::default() });
+    match place(&mut t, &view, &mut BTreeMap::new(), zone_spread(true)) {
+        Out::Bind { host, .. } => assert_ne!(host, "h4"),
+        other => panic!("{other:?}"),
+    }
+    // Only the zoneless host can take it: refused, with Kubernetes' reason.
+    let mut view = zoned_view();
+    view.facts.get_mut("h4").expect("host").allocatable.cpu_millis = 4000;
+    for h in ["h0", "h1", "h2", "h3"] {
+        view.facts.get_mut(h).expect("host").allocatable.cpu_millis = 10;
+    }
+    let mut t = Tenderer::new(SchedConfig::default());
+    match place(&mut t, &view, &mut BTreeMap::new(), zone_spread(true)) {
+        Out::Pending { message, .. } => {
+            assert!(message.contains("node(s) didn't match pod topology spread constraints"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_soft_zone_spread_prefers_the_emptier_zone_but_never_refuses() {
+    let mut view = zoned_view();
+    view.placed.insert("w0".into(), ("h0".into(), "g".into(), res(1, 0)));
+    view.placed.insert("w1".into(), ("h1".into(), "g".into(), res(1, 0)));
+    let mut t = Tenderer::new(SchedConfig::default());
+    // h2 holds nothing but its zone holds 2; h3's zone none; h4 (no zone) none.
+    match place(&mut t, &view, &mut BTreeMap::new(), zone_spread(false)) {
+        Out::Bind { host, .. } => assert!(host == "h3" || host == "h4", "{host}"),
+        other => panic!("{other:?}"),
+    }
+    // With only zone a's hosts left, it still places.
+    view.facts.retain(|h, _| h != "h3" && h != "h4");
+    view.hosts.retain(|(h, _)| h != "h3" && h != "h4");
+    let mut t = Tenderer::new(SchedConfig::default());
+    match place(&mut t, &view, &mut BTreeMap::new(), zone_spread(false)) {
+        Out::Bind { host, .. } => assert_eq!(host, "h2", "the host with none of its own"),
         other => panic!("{other:?}"),
     }
 }

@@ -400,7 +400,13 @@ impl<'a> Run<'a> {
             for r in 0..cfg.replicas {
                 let needs = Needs { requests: cfg.request, ..Needs::default() };
                 let slot = format!("w{w}-{r}");
-                slots.push(SlotReq { slot, group: format!("w{w}"), needs, max_skew: None });
+                slots.push(SlotReq {
+                    slot,
+                    group: format!("w{w}"),
+                    needs,
+                    max_skew: None,
+                    spread: Vec::new(),
+                });
                 group.push(w);
                 ordinal.push((w >= first_stateful).then_some(r));
             }

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use beemesh_state::sched::fit::{Effect, Op, Requirement, Selector, Taint, Toleration};
-use beemesh_state::sched::{HostFacts, Needs, Placed, Resources, SlotReq};
+use beemesh_state::sched::{HostFacts, Needs, Placed, Resources, SlotReq, Spread};
 use k8s_openapi::api::core::v1::{NodeSelectorTerm, Pod, PodAffinityTerm, WeightedPodAffinityTerm};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::Value;
@@ -363,7 +363,21 @@ pub fn slot_req(pod: &Pod, slot: &str) -> SlotReq {
         .filter(|c| c.when_unsatisfiable == "DoNotSchedule" && c.topology_key == HOSTNAME)
         .map(|c| c.max_skew.max(1) as u64)
         .min();
-    SlotReq { slot: slot.to_owned(), group: group(pod, slot), needs: needs(pod), max_skew }
+    // Over other node labels (zones): counted per domain by the award rule.
+    let spread = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.topology_spread_constraints.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|c| c.topology_key != HOSTNAME)
+        .map(|c| Spread {
+            key: c.topology_key.clone(),
+            max_skew: c.max_skew.max(1) as u64,
+            hard: c.when_unsatisfiable == "DoNotSchedule",
+        })
+        .collect();
+    SlotReq { slot: slot.to_owned(), group: group(pod, slot), needs: needs(pod), max_skew, spread }
 }
 
 /// A placed pod as bids see it.
@@ -455,9 +469,18 @@ spec:
       - {labelSelector: {matchLabels: {app: web}}, topologyKey: kubernetes.io/hostname}
   topologySpreadConstraints:
   - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: web}}}
+  - {maxSkew: 2, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: ScheduleAnyway, labelSelector: {matchLabels: {app: web}}}
+  - {maxSkew: 1, topologyKey: rack, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: web}}}
 "#);
         let req = slot_req(&p, "shop/w");
         assert_eq!(req.max_skew, Some(1));
+        assert_eq!(
+            req.spread,
+            [
+                Spread { key: "topology.kubernetes.io/zone".into(), max_skew: 2, hard: false },
+                Spread { key: "rack".into(), max_skew: 1, hard: true },
+            ]
+        );
         assert_eq!(req.group, "labels:shop:app=web");
         let n = &req.needs;
         assert_eq!(n.requests, Resources { cpu_millis: 250, memory_bytes: 64 << 20, pods: 1 });
