@@ -111,6 +111,8 @@ pub trait View<H> {
     fn requested(&self, host: &H) -> Resources;
     /// How many pods of workload `group` the state places on `host`.
     fn group_on(&self, group: &str, host: &H) -> u64;
+    /// How many pods the state places on `host` whose labels `selector` matches.
+    fn matching(&self, selector: &fit::Selector, host: &H) -> u64;
     /// Where the state places `slot`, if anywhere.
     fn placed(&self, slot: &str) -> Option<H>;
 }
@@ -172,7 +174,7 @@ pub struct Tenderer<H> {
     waiting: BTreeMap<String, Waiting>,
     /// This host's awards the state does not show yet: slot -> (group, host, until), counted
     /// for spreading and not tendered again until the state shows them or `promise_ms` passes.
-    awarded: BTreeMap<String, (String, H, u64)>,
+    awarded: BTreeMap<String, (String, H, u64, BTreeMap<String, String>)>,
 }
 
 impl<H: Clone + Ord + std::fmt::Debug> Tenderer<H> {
@@ -195,7 +197,7 @@ impl<H: Clone + Ord + std::fmt::Debug> Tenderer<H> {
     /// only its needs are updated).
     pub fn want<V: View<H>>(&mut self, now: u64, req: SlotReq, view: &V) -> Vec<Out<H>> {
         // Awarded and not yet visible: wait for the state, unless the winner is gone.
-        if let Some((_, host, until)) = self.awarded.get(&req.slot) {
+        if let Some((_, host, until, _)) = self.awarded.get(&req.slot) {
             if now < *until && view.hosts().iter().any(|(h, _)| h == host) {
                 return Vec::new();
             }
@@ -275,7 +277,7 @@ impl<H: Clone + Ord + std::fmt::Debug> Tenderer<H> {
         }
         // Awards the state shows need no more counting.
         self.awarded
-            .retain(|slot, (_, host, until)| now < *until && view.placed(slot).as_ref() != Some(host));
+            .retain(|slot, (_, host, until, _)| now < *until && view.placed(slot).as_ref() != Some(host));
         out
     }
 
@@ -339,7 +341,8 @@ impl<H: Clone + Ord + std::fmt::Debug> Tenderer<H> {
             }
         }
         let count = |h: &H| -> u64 {
-            let own = self.awarded.values().filter(|(g, at, _)| *g == o.req.group && at == h).count() as u64;
+            let own =
+                self.awarded.values().filter(|(g, at, _, _)| *g == o.req.group && at == h).count() as u64;
             view.group_on(&o.req.group, h) + own
         };
         // DoNotSchedule spreading: no host may get more than max_skew above the least loaded
@@ -354,9 +357,48 @@ impl<H: Clone + Ord + std::fmt::Debug> Tenderer<H> {
         });
         let domains: Vec<Domains> =
             o.req.spread.iter().map(|s| Domains::count(s, &o.req.needs, view, count)).collect();
+        // Pods a selector matches on `h`: the state's and this tenderer's awards not yet in it.
+        let matching = |sel: &fit::Selector, h: &H| -> u64 {
+            let own = self.awarded.values().filter(|(_, at, _, l)| at == h && sel.matches(l)).count() as u64;
+            view.matching(sel, h) + own
+        };
+        // A domain term's matching pods over the candidate's domain; `None` without the label.
+        let in_domain = |t: &fit::DomainTerm, h: &H| -> Option<u64> {
+            let domain = view.facts(h)?.labels.get(&t.key)?;
+            let hosts = view.hosts();
+            let same = hosts
+                .iter()
+                .filter(|(x, _)| view.facts(x).and_then(|f| f.labels.get(&t.key)) == Some(domain));
+            Some(same.map(|(x, _)| matching(&t.selector, x)).sum())
+        };
+        let terms = &o.req.needs.domain_terms;
+        // Required affinity to a group with no pod yet is met by its first pod, when the pod
+        // matches its own term (as in Kubernetes).
+        let first_of = |t: &fit::DomainTerm| {
+            t.selector.matches(&o.req.needs.labels)
+                && view.hosts().iter().all(|(x, _)| matching(&t.selector, x) == 0)
+        };
+        let refused_by_terms = |h: &H| -> Option<Reason> {
+            for t in terms.iter().filter(|t| t.weight.is_none()) {
+                let n = in_domain(t, h);
+                if t.anti && n.is_some_and(|n| n > 0) {
+                    return Some(Reason::PodAntiAffinity);
+                }
+                if !t.anti && n.is_none_or(|n| n == 0) && !first_of(t) {
+                    return Some(Reason::PodAffinity);
+                }
+            }
+            None
+        };
         // The score a host loses to spreading: its own pods of the workload, and for each
-        // soft constraint the pods of its domain.
+        // soft constraint the pods of its domain; and what preferred domain terms add or take.
         let penalty = |h: &H| -> i64 {
+            let preferred: i64 = terms
+                .iter()
+                .filter_map(|t| Some((t, t.weight?)))
+                .filter(|(t, _)| in_domain(t, h).is_some_and(|n| n > 0))
+                .map(|(t, w)| if t.anti { i64::from(w) } else { -i64::from(w) })
+                .sum();
             let soft: u64 = o
                 .req
                 .spread
@@ -365,7 +407,7 @@ impl<H: Clone + Ord + std::fmt::Debug> Tenderer<H> {
                 .filter(|(s, _)| !s.hard)
                 .map(|(s, d)| d.of(s, view, h).map_or(0, |(n, _)| n))
                 .sum();
-            i64::from(self.cfg.spread_weight) * (count(h) + soft) as i64
+            i64::from(self.cfg.spread_weight) * (count(h) + soft) as i64 + preferred
         };
         let mut best: Option<(i64, &H)> = None;
         for (h, score) in o.ranked.iter().filter_map(|h| Some((h, o.bids.get(h)?))) {
@@ -384,6 +426,10 @@ impl<H: Clone + Ord + std::fmt::Debug> Tenderer<H> {
             });
             if too_far {
                 *unfit.entry(Reason::TopologySpread).or_default() += 1;
+                continue;
+            }
+            if let Some(reason) = refused_by_terms(h) {
+                *unfit.entry(reason).or_default() += 1;
                 continue;
             }
             let total = i64::from(*score) - penalty(h);
@@ -410,7 +456,8 @@ impl<H: Clone + Ord + std::fmt::Debug> Tenderer<H> {
             Some((_, h)) => {
                 let host = h.clone();
                 let until = now + self.cfg.promise_ms;
-                self.awarded.insert(slot.to_owned(), (o.req.group.clone(), host.clone(), until));
+                let labels = o.req.needs.labels.clone();
+                self.awarded.insert(slot.to_owned(), (o.req.group.clone(), host.clone(), until, labels));
                 vec![Out::Bind { slot: slot.to_owned(), host, asked: o.asked.len(), bids: o.bids.len() }]
             }
             None => {

@@ -160,6 +160,28 @@ fn pods_are_tendered_spread_constrained_and_placed_again_when_their_host_dies() 
         zoned(&agents[0]),
         agents[1].log()
     );
+    // Required anti-affinity per zone: of three replicas, one per zone runs and the third
+    // waits, with Kubernetes' reason, though h1 and h2 each have room.
+    agents[1].apply(&ZONED.replace("zoned", "solo").replace("replicas: 4", "replicas: 3").replace(
+        "topologySpreadConstraints:\n      - {maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: solo}}}",
+        "affinity:\n        podAntiAffinity:\n          requiredDuringSchedulingIgnoredDuringExecution:\n          - {topologyKey: topology.kubernetes.io/zone, labelSelector: {matchLabels: {app: solo}}}",
+    ))?;
+    let solo_pending = |agent: &Agent| {
+        rows(agent).iter().any(|(name, r)| {
+            name.starts_with("solo-")
+                && r.phase == "Pending"
+                && r.why.contains("didn't match pod anti-affinity rules")
+        })
+    };
+    ensure!(
+        eventually(T, || {
+            let by_node = running_on(&agents[0], "solo-");
+            by_node.values().sum::<usize>() == 2 && by_node.get("h3") == Some(&1) && solo_pending(&agents[0])
+        }),
+        "solo: {:?}\n{:?}",
+        running_on(&agents[0], "solo-"),
+        rows(&agents[0])
+    );
     let huge_row = Row {
         node: String::new(),
         phase: "Pending".into(),

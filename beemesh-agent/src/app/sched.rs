@@ -228,6 +228,11 @@ impl core::View<String> for StateView {
     fn group_on(&self, group: &str, host: &String) -> u64 {
         self.groups.get(&(group.to_owned(), host.clone())).copied().unwrap_or(0)
     }
+    fn matching(&self, selector: &beemesh_state::sched::fit::Selector, host: &String) -> u64 {
+        self.on
+            .get(host)
+            .map_or(0, |pods| pods.values().filter(|p| selector.matches(&p.labels)).count() as u64)
+    }
     fn placed(&self, slot: &str) -> Option<String> {
         self.placed.get(slot).cloned()
     }

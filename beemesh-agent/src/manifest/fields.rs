@@ -978,19 +978,15 @@ fn check_named_port(port: Option<&IntOrString>, c: &Container, field: &str) -> R
     Ok(())
 }
 
-/// Pod (anti-)affinity counts pods per host (each host decides it about itself): its topology
-/// key must be the hostname. Spreading may use any node label (zones): the award rule counts
-/// per domain. `DoNotSchedule` and `ScheduleAnyway` are the two ways to be unsatisfiable.
+/// Pod (anti-)affinity and spreading take any node label as their topology key: by hostname
+/// a host decides them about itself, over other labels (zones) the award rule counts pods per
+/// domain. `DoNotSchedule` and `ScheduleAnyway` are the two ways to be unsatisfiable.
 fn check_topology_keys(spec: &k8s_openapi::api::core::v1::PodSpec) -> Result<(), (String, String)> {
-    const HOSTNAME: &str = "kubernetes.io/hostname";
     let key = |field: String, k: &str| {
-        if k == HOSTNAME {
-            Ok(())
+        if k.is_empty() {
+            Err((field, "a node label is required".to_owned()))
         } else {
-            Err((
-                field,
-                format!("topologyKey {k:?}: beemesh places pods per host; only {HOSTNAME} is supported"),
-            ))
+            Ok(())
         }
     };
     if let Some(a) = &spec.affinity {
@@ -1028,14 +1024,7 @@ fn check_topology_keys(spec: &k8s_openapi::api::core::v1::PodSpec) -> Result<(),
         }
     }
     for (i, c) in spec.topology_spread_constraints.iter().flatten().enumerate() {
-        // Spreading counts pods per value of any node label (the award rule sees every
-        // host's labels); only (anti-)affinity is decided by one host about itself.
-        if c.topology_key.is_empty() {
-            return Err((
-                format!("spec.topologySpreadConstraints[{i}].topologyKey"),
-                "a node label is required".to_owned(),
-            ));
-        }
+        key(format!("spec.topologySpreadConstraints[{i}].topologyKey"), &c.topology_key)?;
         if !matches!(c.when_unsatisfiable.as_str(), "DoNotSchedule" | "ScheduleAnyway") {
             return Err((
                 format!("spec.topologySpreadConstraints[{i}].whenUnsatisfiable"),

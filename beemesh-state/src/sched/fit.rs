@@ -162,6 +162,22 @@ pub struct Needs {
     /// Extended resources (`example.com/dongle`) by name: counts.
     #[serde(default)]
     pub extended: BTreeMap<String, u64>,
+    /// Pod (anti-)affinity over other node labels (zones): decided by the award rule.
+    #[serde(default)]
+    pub domain_terms: Vec<DomainTerm>,
+}
+
+/// A pod (anti-)affinity term over a node label other than the hostname (a zone): the award
+/// rule counts the pods `selector` matches on every host of the candidate's domain (the hosts
+/// with the same value of `key`), as no single host can.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainTerm {
+    pub key: String,
+    pub selector: Selector,
+    /// Anti-affinity (no matching pod in the domain) rather than affinity (one at least).
+    pub anti: bool,
+    /// Preferred, with this weight (1..=100); `None`: required.
+    pub weight: Option<u32>,
 }
 
 /// A pod a host runs or has promised to run, as the bid pipeline sees it.

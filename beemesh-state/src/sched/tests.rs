@@ -145,6 +145,11 @@ impl View<String> for TestView {
     fn group_on(&self, group: &str, host: &String) -> u64 {
         self.placed.values().filter(|(h, g, _)| h == host && g == group).count() as u64
     }
+    fn matching(&self, selector: &fit::Selector, host: &String) -> u64 {
+        // A test pod's labels are `app: <group>`.
+        let labels = |g: &str| BTreeMap::from([("app".to_string(), g.to_string())]);
+        self.placed.values().filter(|(h, g, _)| h == host && selector.matches(&labels(g))).count() as u64
+    }
     fn placed(&self, slot: &str) -> Option<String> {
         self.placed.get(slot).map(|(h, _, _)| h.clone())
     }
@@ -437,6 +442,80 @@ fn a_soft_zone_spread_prefers_the_emptier_zone_but_never_refuses() {
         Out::Bind { host, .. } => assert_eq!(host, "h2", "the host with none of its own"),
         other => panic!("{other:?}"),
     }
+}
+
+/// A slot of group `g` (labels `app: g`) with one zone term over `app: other`.
+fn zone_term(anti: bool, weight: Option<u32>) -> SlotReq {
+    let selector = Selector(vec![req("app", Op::In, &["other"])]);
+    let term = fit::DomainTerm { key: "topology.kubernetes.io/zone".into(), selector, anti, weight };
+    let needs = Needs { domain_terms: vec![term], labels: labels(&[("app", "g")]), ..needs(100, 1) };
+    SlotReq { slot: "s".into(), group: "g".into(), needs, max_skew: None, spread: Vec::new() }
+}
+
+#[test]
+fn zone_affinity_terms_count_matching_pods_over_the_whole_zone() {
+    let mut view = zoned_view();
+    // A pod of `other` on h0 (zone a): h1 and h2 share its zone though they run nothing.
+    view.placed.insert("o".into(), ("h0".into(), "other".into(), res(1, 0)));
+    let cfg = || SchedConfig { spread_weight: 0, ..SchedConfig::default() };
+    // Required anti-affinity: zone a is out; h3 (zone b) and h4 (no zone) remain.
+    for _ in 0..3 {
+        match place(&mut Tenderer::new(cfg()), &view, &mut BTreeMap::new(), zone_term(true, None)) {
+            Out::Bind { host, .. } => assert!(host == "h3" || host == "h4", "{host}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Required affinity: only zone a's hosts.
+    match place(&mut Tenderer::new(cfg()), &view, &mut BTreeMap::new(), zone_term(false, None)) {
+        Out::Bind { host, .. } => assert!(["h0", "h1", "h2"].contains(&host.as_str()), "{host}"),
+        other => panic!("{other:?}"),
+    }
+    // Preferred anti-affinity: zone a loses its weight, so another zone wins.
+    match place(&mut Tenderer::new(cfg()), &view, &mut BTreeMap::new(), zone_term(true, Some(100))) {
+        Out::Bind { host, .. } => assert!(host == "h3" || host == "h4", "{host}"),
+        other => panic!("{other:?}"),
+    }
+    // Required affinity to pods that run nowhere: Pending, with Kubernetes' reason.
+    view.placed.clear();
+    match place(&mut Tenderer::new(cfg()), &view, &mut BTreeMap::new(), zone_term(false, None)) {
+        Out::Pending { message, .. } => {
+            assert!(message.contains("didn't match pod affinity rules"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn zone_anti_affinity_among_replicas_counts_awards_not_yet_in_the_state() {
+    // Replicas of `g` avoid each other per zone: the second is awarded before the state shows
+    // the first, and still goes to the other zone.
+    let mut view = zoned_view();
+    view.facts.remove("h4");
+    view.hosts.retain(|(h, _)| h != "h4");
+    let selector = Selector(vec![req("app", Op::In, &["g"])]);
+    let term =
+        fit::DomainTerm { key: "topology.kubernetes.io/zone".into(), selector, anti: true, weight: None };
+    let slot = |name: &str| SlotReq {
+        slot: name.into(),
+        group: "g".into(),
+        needs: Needs { domain_terms: vec![term.clone()], labels: labels(&[("app", "g")]), ..needs(100, 1) },
+        max_skew: None,
+        spread: Vec::new(),
+    };
+    let mut t = Tenderer::new(SchedConfig::default());
+    let zone = |h: &str| match h {
+        "h0" | "h1" | "h2" => "a",
+        "h3" => "b",
+        _ => "",
+    };
+    let mut zones = Vec::new();
+    for name in ["r0", "r1"] {
+        match place(&mut t, &view, &mut BTreeMap::new(), slot(name)) {
+            Out::Bind { host, .. } => zones.push(zone(&host)),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_ne!(zones[0], zones[1]);
 }
 
 #[test]

@@ -313,6 +313,10 @@ impl View<usize> for SimView<'_> {
         let on = &self.w.states[self.side].on[*host];
         on.iter().filter(|s| self.w.slots[**s].group == group).count() as u64
     }
+    fn matching(&self, selector: &crate::sched::fit::Selector, host: &usize) -> u64 {
+        let on = &self.w.states[self.side].on[*host];
+        on.iter().filter(|s| selector.matches(&self.w.slots[**s].needs.labels)).count() as u64
+    }
     fn placed(&self, slot: &str) -> Option<usize> {
         let i = *self.w.index.get(slot)?;
         self.w.states[self.side].placed[i].map(|(h, _)| h)

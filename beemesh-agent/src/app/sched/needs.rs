@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use beemesh_state::sched::fit::{Effect, Op, Requirement, Selector, Taint, Toleration};
+use beemesh_state::sched::fit::{DomainTerm, Effect, Op, Requirement, Selector, Taint, Toleration};
 use beemesh_state::sched::{HostFacts, Needs, Placed, Resources, SlotReq, Spread};
 use k8s_openapi::api::core::v1::{NodeSelectorTerm, Pod, PodAffinityTerm, WeightedPodAffinityTerm};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -212,23 +212,53 @@ pub fn needs(pod: &Pod) -> Needs {
             .map(|p| (p.weight.clamp(0, 100) as u32, node_term(&p.preference)))
             .collect();
     }
+    // Terms by hostname go to the bidder (a host decides them about itself); terms over other
+    // node labels to the award rule (`DomainTerm`), which sees every host of a domain.
+    let by_host = |t: &&PodAffinityTerm| t.topology_key == HOSTNAME;
     let required = |terms: Option<&Vec<PodAffinityTerm>>| -> Vec<Selector> {
-        terms.into_iter().flatten().map(|t| pod_term(t, &namespace)).collect()
+        terms.into_iter().flatten().filter(by_host).map(|t| pod_term(t, &namespace)).collect()
     };
     let preferred = |terms: Option<&Vec<WeightedPodAffinityTerm>>| -> Vec<(u32, Selector)> {
         terms
             .into_iter()
             .flatten()
+            .filter(|w| by_host(&&w.pod_affinity_term))
             .map(|w| (w.weight.clamp(0, 100) as u32, pod_term(&w.pod_affinity_term, &namespace)))
             .collect()
     };
+    let mut domain_terms =
+        |anti: bool, req: Option<&Vec<PodAffinityTerm>>, pref: Option<&Vec<WeightedPodAffinityTerm>>| {
+            let term = |t: &PodAffinityTerm, weight| DomainTerm {
+                key: t.topology_key.clone(),
+                selector: pod_term(t, &namespace),
+                anti,
+                weight,
+            };
+            n.domain_terms.extend(req.into_iter().flatten().filter(|t| !by_host(t)).map(|t| term(t, None)));
+            n.domain_terms.extend(
+                pref.into_iter()
+                    .flatten()
+                    .filter(|w| !by_host(&&w.pod_affinity_term))
+                    .map(|w| term(&w.pod_affinity_term, Some(w.weight.clamp(1, 100) as u32))),
+            );
+        };
     if let Some(pa) = &affinity.pod_affinity {
-        n.pod_affinity = required(pa.required_during_scheduling_ignored_during_execution.as_ref());
-        n.preferred_affinity = preferred(pa.preferred_during_scheduling_ignored_during_execution.as_ref());
+        let (req, pref) = (
+            pa.required_during_scheduling_ignored_during_execution.as_ref(),
+            pa.preferred_during_scheduling_ignored_during_execution.as_ref(),
+        );
+        domain_terms(false, req, pref);
+        n.pod_affinity = required(req);
+        n.preferred_affinity = preferred(pref);
     }
     if let Some(pa) = &affinity.pod_anti_affinity {
-        n.pod_anti_affinity = required(pa.required_during_scheduling_ignored_during_execution.as_ref());
-        n.preferred_anti = preferred(pa.preferred_during_scheduling_ignored_during_execution.as_ref());
+        let (req, pref) = (
+            pa.required_during_scheduling_ignored_during_execution.as_ref(),
+            pa.preferred_during_scheduling_ignored_during_execution.as_ref(),
+        );
+        domain_terms(true, req, pref);
+        n.pod_anti_affinity = required(req);
+        n.preferred_anti = preferred(pref);
     }
     n
 }
@@ -448,6 +478,43 @@ mod tests {
             taints: taints.iter().map(|t| parse_taint(t).expect("taint")).collect(),
             ..HostFacts::default()
         }
+    }
+
+    #[test]
+    fn affinity_by_zone_goes_to_the_award_rule_and_by_hostname_to_the_bidder() {
+        let p = pod(r#"
+metadata: {name: w, namespace: shop, labels: {app: web}}
+spec:
+  containers: [{name: c, image: i}]
+  affinity:
+    podAntiAffinity:
+      requiredDuringSchedulingIgnoredDuringExecution:
+      - {labelSelector: {matchLabels: {app: web}}, topologyKey: kubernetes.io/hostname}
+      - {labelSelector: {matchLabels: {app: web}}, topologyKey: topology.kubernetes.io/zone}
+      preferredDuringSchedulingIgnoredDuringExecution:
+      - {weight: 30, podAffinityTerm: {labelSelector: {matchLabels: {app: db}}, topologyKey: rack}}
+    podAffinity:
+      requiredDuringSchedulingIgnoredDuringExecution:
+      - {labelSelector: {matchLabels: {app: cache}}, topologyKey: topology.kubernetes.io/zone}
+"#);
+        let n = needs(&p);
+        assert_eq!(n.pod_anti_affinity.len(), 1, "the hostname term stays with the bidder");
+        assert!(n.preferred_anti.is_empty() && n.pod_affinity.is_empty());
+        let terms: Vec<(&str, bool, Option<u32>)> =
+            n.domain_terms.iter().map(|t| (t.key.as_str(), t.anti, t.weight)).collect();
+        assert_eq!(
+            terms,
+            [
+                ("topology.kubernetes.io/zone", false, None),
+                ("topology.kubernetes.io/zone", true, None),
+                ("rack", true, Some(30)),
+            ]
+        );
+        let web = BTreeMap::from([
+            ("app".to_string(), "web".to_string()),
+            (NAMESPACE_LABEL.to_string(), "shop".to_string()),
+        ]);
+        assert!(n.domain_terms[1].selector.matches(&web));
     }
 
     #[test]
