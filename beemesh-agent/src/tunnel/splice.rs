@@ -38,25 +38,43 @@ pub enum Ended {
 }
 
 /// When a flow last moved a byte (shared by its two directions; the task may move between
-/// threads, so an atomic rather than a `Cell`).
-struct Activity {
+/// threads, so an atomic rather than a `Cell`). UDP flows (`app::forward::udp`) use it too.
+#[derive(Debug)]
+pub struct Activity {
     start: Instant,
     /// Milliseconds from `start` to the last byte.
     last_ms: AtomicU64,
 }
 
 impl Activity {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Self { start: Instant::now(), last_ms: AtomicU64::new(0) }
     }
 
-    fn touch(&self) {
+    pub fn touch(&self) {
         let ms = self.start.elapsed().as_millis() as u64;
         self.last_ms.store(ms, Ordering::Relaxed);
     }
 
     fn get(&self) -> Instant {
         self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
+    /// Returns once nothing has moved for `idle`.
+    pub async fn idle(&self, idle: Duration) {
+        loop {
+            let last = self.get();
+            if last.elapsed() >= idle {
+                return;
+            }
+            tokio::time::sleep_until(last + idle).await;
+        }
+    }
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

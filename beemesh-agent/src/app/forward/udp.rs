@@ -19,7 +19,6 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,11 +28,11 @@ use nix::sys::socket::{self as sock, ControlMessage, ControlMessageOwned, MsgFla
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, Notify};
-use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::endpoints::Backend;
 use super::{Check, LocalPod, Shared, Table, REVOKED};
+use crate::tunnel::splice::Activity;
 use crate::tunnel::{self, datagrams, Connection, Proto, StreamHeader, Target};
 
 /// A UDP flow that moves no datagram either way this long ends (conntrack's timeout for a UDP
@@ -287,33 +286,6 @@ pub(super) async fn node_port_loop(shared: Arc<Shared>, socket: UdpSocket, port:
             let source = shared.node_port_identity();
             relay(&shared, &table, backend, source, None, check, rx, replies).await;
         });
-    }
-}
-
-/// When a flow last moved a datagram, for its idle timeout.
-struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Self { start: Instant::now(), last_ms: AtomicU64::new(0) }
-    }
-
-    fn touch(&self) {
-        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    /// Returns once nothing has moved for `idle`.
-    async fn idle(&self, idle: Duration) {
-        loop {
-            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            if last.elapsed() >= idle {
-                return;
-            }
-            tokio::time::sleep_until(last + idle).await;
-        }
     }
 }
 
