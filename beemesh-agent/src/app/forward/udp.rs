@@ -53,23 +53,51 @@ pub(super) fn bind() -> io::Result<UdpSocket> {
     UdpSocket::from_std(socket)
 }
 
-/// One datagram read from the capture socket: its length, sender and destination address.
-fn recv_from_to(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddrV4, Option<Ipv4Addr>)> {
-    socket.try_io(Interest::READABLE, || {
-        let mut iov = [io::IoSliceMut::new(buf)];
-        let mut space = nix::cmsg_space!(libc::in_pktinfo);
-        let msg =
-            sock::recvmsg::<SockaddrIn>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty())?;
-        let from =
-            msg.address.map(SocketAddrV4::from).ok_or_else(|| io::Error::other("no sender address"))?;
-        let mut to = None;
-        for cmsg in msg.cmsgs()? {
-            if let ControlMessageOwned::Ipv4PacketInfo(info) = cmsg {
-                to = Some(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)));
+/// The next datagram of `socket` (`what`, for the log): its length, sender and destination
+/// address. A failed read is logged and skipped (after 100 ms, so that a socket in error
+/// does not spin).
+async fn next_datagram(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    what: &str,
+) -> (usize, SocketAddrV4, Option<Ipv4Addr>) {
+    loop {
+        match recv_from_to(socket, buf).await {
+            Ok(got) => return got,
+            Err(e) => {
+                debug!(socket = what, error = %e, "UDP read failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        Ok((msg.bytes, from, to))
-    })
+    }
+}
+
+/// One datagram: its length, sender and destination address (`IP_PKTINFO`).
+async fn recv_from_to(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddrV4, Option<Ipv4Addr>)> {
+    socket
+        .async_io(Interest::READABLE, || {
+            let mut iov = [io::IoSliceMut::new(buf)];
+            let mut space = nix::cmsg_space!(libc::in_pktinfo);
+            let msg = sock::recvmsg::<SockaddrIn>(
+                socket.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                MsgFlags::empty(),
+            )?;
+            let from =
+                msg.address.map(SocketAddrV4::from).ok_or_else(|| io::Error::other("no sender address"))?;
+            let mut to = None;
+            for cmsg in msg.cmsgs()? {
+                if let ControlMessageOwned::Ipv4PacketInfo(info) = cmsg {
+                    to = Some(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)));
+                }
+            }
+            Ok((msg.bytes, from, to))
+        })
+        .await
 }
 
 /// Where a flow's replies go: to the workload's socket, from the flow's loopback address.
@@ -113,19 +141,7 @@ pub(super) async fn capture_loop(shared: Arc<Shared>, socket: UdpSocket) {
     let mut started = 0u64;
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        if let Err(e) = socket.readable().await {
-            warn!(error = %e, "UDP capture socket");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        }
-        let (n, from, to) = match recv_from_to(&socket, &mut buf) {
-            Ok(got) => got,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => {
-                debug!(error = %e, "UDP capture socket: read failed");
-                continue;
-            }
-        };
+        let (n, from, to) = next_datagram(&socket, &mut buf, "capture").await;
         // Only the kernel's rewrite leads here: a flow's loopback address, from this host.
         let Some(id) = to.and_then(|to| udp_capture_id(u32::from(to))).filter(|_| from.ip().is_loopback())
         else {
@@ -245,19 +261,7 @@ pub(super) async fn node_port_loop(shared: Arc<Shared>, socket: UdpSocket, port:
     let mut started = 0u64;
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        if let Err(e) = socket.readable().await {
-            warn!(port, error = %e, "UDP node port");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        }
-        let (n, from, to) = match recv_from_to(&socket, &mut buf) {
-            Ok(got) => got,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => {
-                debug!(port, error = %e, "UDP node port: read failed");
-                continue;
-            }
-        };
+        let (n, from, to) = next_datagram(&socket, &mut buf, "node port").await;
         let datagram = Bytes::copy_from_slice(&buf[..n]);
         if let Some(tx) = flows.get(&from).filter(|tx| !tx.is_closed()) {
             if tx.try_send(datagram).is_err() {
