@@ -121,6 +121,9 @@ pub enum Request {
         previous: bool,
         #[serde(default)]
         offset: u64,
+        /// No data, only where the log ends now (`attach` shows what comes after).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        from_end: bool,
     },
     /// Runs a command in a container to completion with its output captured (`exec` of a pod
     /// on another host; forwarded to the pod's host).
@@ -130,6 +133,21 @@ pub enum Request {
         #[serde(default)]
         container: Option<String>,
         command: Vec<String>,
+    },
+    /// Writes to a container's input (`attach -i`; forwarded to the pod's host): `data`
+    /// (base64), then, with `eof`, the client has no more (a `stdinOnce` container's input
+    /// ends); `size` (rows, columns) resizes its terminal first.
+    PodInput {
+        namespace: String,
+        name: String,
+        #[serde(default)]
+        container: Option<String>,
+        #[serde(default)]
+        data: String,
+        #[serde(default)]
+        eof: bool,
+        #[serde(default)]
+        size: Option<(u16, u16)>,
     },
     /// Answers once the pod is ready (or gone, for `deleted`), or with an error at the timeout.
     WaitPod {
@@ -354,6 +372,29 @@ pub struct ContainerInfo {
     /// What a process entering the container is confined with (as the container).
     #[serde(default)]
     pub security: crate::pod::proto::SecuritySpec,
+    /// Its standard streams (`attach`).
+    #[serde(default)]
+    pub io: ContainerIo,
+}
+
+/// A container's standard streams as `attach` sees them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerIo {
+    pub stdin: bool,
+    pub stdin_once: bool,
+    pub tty: bool,
+    /// Where the running container's input is, while it takes any.
+    #[serde(default)]
+    pub input: Option<InputFd>,
+}
+
+/// Descriptor `fd` of the pod's init (host pid `init_pid`): a container's input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InputFd {
+    pub init_pid: u32,
+    pub fd: i32,
 }
 
 impl ContainerInfo {

@@ -148,7 +148,9 @@ impl AgentHandle {
             Request::EvictPod { namespace, name } => return self.evict_pod(&namespace, &name).await,
             Request::CordonNode { node, unschedulable } => return self.cordon(&node, unschedulable).await,
             req @ Request::PodContainer { .. } => return self.pod_container(req).await,
-            req @ (Request::PodLogs { .. } | Request::ExecPod { .. }) => return self.pod_io(req).await,
+            req @ (Request::PodLogs { .. } | Request::ExecPod { .. } | Request::PodInput { .. }) => {
+                return self.pod_io(req).await
+            }
             Request::ListPods { namespace } => return self.list_pods(namespace.as_deref()).await,
             Request::WaitPod { namespace, name, condition, timeout_ms, uid } => {
                 return self.wait_pod(&namespace, &name, condition, timeout_ms, uid.as_deref()).await
@@ -733,6 +735,10 @@ impl Agent {
             Request::ListObjects { .. } => Err("objects are listed by the cluster state".to_string()),
             Request::PodContainer { namespace, name, container } => {
                 self.pod_container(&namespace, &name, container.as_deref())
+            }
+            // Written by the pod I/O path; the actor only closes a stdinOnce input.
+            Request::PodInput { namespace, name, container, .. } => {
+                self.close_input(&namespace, &name, container.as_deref())
             }
             Request::ImportImage { .. } => Err("imports are answered by the actor loop".to_string()),
             Request::ListImages { state_dir } => self.list_images(state_dir.as_deref()),

@@ -25,6 +25,7 @@ macro_rules! out {
     ($($arg:tt)*) => { $crate::cli::write_stdout(format_args!($($arg)*), false) };
 }
 
+mod attach;
 mod ca;
 mod drain;
 mod events;
@@ -247,6 +248,24 @@ pub enum Command {
         /// The previous run's output (after a restart).
         #[arg(short, long)]
         previous: bool,
+    },
+    /// Attach to a running container: its output from now on and, with -i, its input, until it
+    /// ends (the container needs `stdin: true` for -i and `tty: true` for -t).
+    Attach {
+        pod: String,
+        #[arg(short, long)]
+        container: Option<String>,
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        /// Send this process's stdin to the container's.
+        #[arg(short = 'i', long)]
+        stdin: bool,
+        /// The container's streams are a terminal: make this one raw while attached.
+        #[arg(short, long)]
+        tty: bool,
+        /// No hint about the prompt.
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Wait for a pod to be ready (or deleted).
     Wait {
@@ -499,6 +518,9 @@ pub async fn execute(cli: Cli) -> ExitCode {
         }
         Command::Logs { pod, container, namespace, follow, previous } => {
             pods::logs(&socket, &namespace, &pod, container, follow, previous).await
+        }
+        Command::Attach { pod, container, namespace, stdin, tty, quiet } => {
+            attach::attach(&socket, attach::Session { namespace, pod, container, stdin, tty, quiet }).await
         }
         Command::Wait { pod, namespace, condition, timeout } => {
             let condition = match condition {

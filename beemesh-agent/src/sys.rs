@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod diag;
 pub mod mount;
 pub mod process;
+pub mod pty;
 pub mod tree;
 
 use std::os::fd::{AsFd, AsRawFd};

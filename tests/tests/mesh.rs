@@ -329,6 +329,19 @@ fn pods_run_where_the_state_places_them_and_every_host_lists_logs_and_execs_them
             && String::from_utf8_lossy(&status.stderr).contains("err")
     );
 
+    // attach from a host that does not run the pod: input and output go through h2's agent.
+    agents[0].apply(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: asked\nspec:\n  nodeName: h2\n  restartPolicy: Never\n  \
+         containers:\n  - name: c\n    image: busybox:1\n    stdin: true\n    stdinOnce: true\n    \
+         command: [sh, -c, 'read q; echo \"answer to $q\"']\n",
+    )?;
+    let (ok, _, err) = agents[2].run_cli(&["wait", "asked", "--for", "ready", "--timeout", "60"], None)?;
+    ensure!(ok, "wait asked on h3: {err}");
+    let (ok, out, err) = agents[2].run_cli(&["attach", "asked", "-i"], Some("question\n"))?;
+    ensure!(ok && out.contains("answer to question"), "attach from h3: {out}{err}");
+    let (ok, _, err) = agents[2].run_cli(&["delete", "pod", "asked"], None)?;
+    ensure!(ok, "delete asked: {err}");
+
     // The host that took an apply dies right after acknowledging it: nothing is lost.
     let out = agents[0].apply(&pod_on("survivor", Some("h3")))?;
     ensure!(out.contains("pod/survivor created (held by h"), "{out}");

@@ -580,6 +580,107 @@ fn pods_survive_an_agent_crash_and_a_clean_stop_leaves_nothing() -> Result<()> {
 }
 
 #[test]
+fn attach_writes_a_containers_input_and_follows_its_terminal_across_an_agent_crash() -> Result<()> {
+    let mut agent = Agent::start("podattach", &[])?;
+    agent.import_busybox("busybox:1")?;
+    agent.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: chat}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox:1
+    stdin: true
+    stdinOnce: true
+    command: [sh, -c, 'while read line; do echo "heard $line"; done; echo "input ended"']
+  - name: plain
+    image: busybox:1
+    command: [sleep, "1000"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: term}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox:1
+    stdin: true
+    tty: true
+    command: [sh, -c, '[ -t 0 ] && [ -t 1 ] && echo "a terminal of $(stty size)"; read x; echo "got:$x"; read y; echo "then:$y"; sleep 1000']
+"#,
+    )?;
+    agent.wait_ready("chat", T)?;
+    agent.wait_ready("term", T)?;
+    // A container without `stdin: true` takes no input.
+    let (ok, _, err) = agent.run_cli(&["attach", "chat", "-c", "plain", "-i"], Some("x\n"))?;
+    assert!(!ok && err.contains("stdin: true"), "{err}");
+    // stdinOnce: what the attach sends is read, and its end ends the container's input.
+    let (ok, out, err) = agent.run_cli(&["attach", "chat", "-i"], Some("one\ntwo\n"))?;
+    assert!(ok, "{err}");
+    assert!(out.contains("heard one\nheard two\ninput ended\n"), "{out}");
+    assert!(
+        eventually(T, || agent
+            .pod("chat")
+            .is_ok_and(|p| p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0)),
+        "{:?}",
+        agent.pod("chat")
+    );
+    let (ok, _, err) = agent.run_cli(&["attach", "chat", "-i"], Some("three\n"))?;
+    assert!(!ok && err.contains("not running"), "{err}");
+
+    // A terminal: the container's streams are one (24x80 until an attach says otherwise), its
+    // output reaches the log, and what an attach types is its input (echoed, as terminals do).
+    assert!(
+        eventually(T, || logs(&agent, "term", "c").contains("a terminal of 24 80")),
+        "{}",
+        logs(&agent, "term", "c")
+    );
+    // The agent restarts: the terminal and its input stay with the pod's init.
+    agent.crash()?;
+    agent.spawn()?;
+    agent.wait_ready("term", T)?;
+    // Each attach sends its input and ends it; not stdinOnce, so the container's input stays
+    // open for the next, and each attach follows the terminal until the container ends.
+    let attach = |input: &[u8]| -> Result<std::process::Child> {
+        use std::io::Write;
+        let mut child = agent
+            .cli()
+            .args(["attach", "term", "-i", "-t", "-q"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        child.stdin.take().expect("piped").write_all(input)?;
+        Ok(child)
+    };
+    let first = attach(b"abc\n")?;
+    assert!(eventually(T, || logs(&agent, "term", "c").contains("got:abc")), "{}", logs(&agent, "term", "c"));
+    let second = attach(b"def\n")?;
+    assert!(
+        eventually(T, || logs(&agent, "term", "c").contains("then:def")),
+        "{}",
+        logs(&agent, "term", "c")
+    );
+    agent.run_cli(&["delete", "pod", "term"], None)?;
+    let (first, second) = (first.wait_with_output()?, second.wait_with_output()?);
+    let shown = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success() && shown.contains("abc\r\ngot:abc\r\n") && shown.contains("then:def"),
+        "{first:?}"
+    );
+    assert!(
+        second.status.success() && String::from_utf8_lossy(&second.stdout).contains("def\r\nthen:def"),
+        "{second:?}"
+    );
+    Ok(())
+}
+
+#[test]
 fn a_pod_waiting_for_its_image_survives_an_agent_crash() -> Result<()> {
     let mut agent = Agent::start("podwaitimg", &[])?;
     agent.apply(

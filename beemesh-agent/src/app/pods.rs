@@ -138,6 +138,8 @@ struct Run {
     /// whose confinement cannot be rebuilt from the manifest.
     sealed: Option<String>,
     probes: Vec<AbortHandle>,
+    /// Init's descriptor of the run's input while it takes any (`attach`).
+    input_fd: Option<i32>,
 }
 
 /// A running container of an earlier agent, as the manifest says it runs (`adopted_run`).
@@ -1054,7 +1056,9 @@ impl Agent {
         let name = event.container().to_owned();
         let r = entry.runs.entry(name.clone()).or_default();
         match event {
-            proto::Event::Started { run, host_pid, uid: run_uid, gid: run_gid, .. } if run >= r.run => {
+            proto::Event::Started { run, host_pid, uid: run_uid, gid: run_gid, input_fd, .. }
+                if run >= r.run =>
+            {
                 if let (true, Some(adopted)) = (run > r.run, adopted) {
                     // A run this agent did not start (it restarted): adopt it as it runs.
                     // Init is a process of the pod: its user (ids inside the pod) is taken,
@@ -1082,6 +1086,7 @@ impl Agent {
                     }
                 }
                 r.host_pid = Some(host_pid);
+                r.input_fd = input_fd;
                 (r.ready, r.started) = (false, false);
                 let init_pid = entry.record.init_pid.unwrap_or_default();
                 // Hooks and probes enter the container as the host's root: only a process
@@ -1122,6 +1127,7 @@ impl Agent {
                 let fresh = run > r.run || r.host_pid.is_some();
                 r.run = run;
                 r.host_pid = None;
+                r.input_fd = None;
                 r.ready = false;
                 for p in r.probes.drain(..) {
                     p.abort();
@@ -1672,8 +1678,35 @@ impl Agent {
             gid: run.map_or(0, |r| r.gid),
             security: run.map(|r| r.security.clone()).unwrap_or_default(),
             cgroups,
+            io: io_info(e, run, &container),
             container,
         }))
+    }
+
+    /// The actor's part of `PodInput`: a `stdinOnce` container's input ends with the first
+    /// attach that wrote to it (init closes it; no later attach may write).
+    pub(super) fn close_input(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        container: Option<&str>,
+    ) -> Result<Response, String> {
+        let key = workload_name(namespace, name);
+        let e = self.pods.entries.get_mut(&key).ok_or_else(|| format!("pod {namespace}/{name} not found"))?;
+        let container = match container {
+            Some(c) => c.to_owned(),
+            None => e.plan.containers.first().cloned().ok_or("the pod has no containers")?,
+        };
+        let once = e.runs.get(&container).and_then(|r| r.plan.as_ref()).is_some_and(|p| p.io.stdin_once);
+        if let (true, Some(r)) = (once, e.runs.get_mut(&container)) {
+            if r.input_fd.take().is_some() {
+                info!(pod = %key, container = %container, "input closed after the first attach (stdinOnce)");
+                if let Some(cmds) = &e.cmds {
+                    let _ = cmds.try_send(proto::Command::CloseInput { name: container }.into());
+                }
+            }
+        }
+        Ok(Response::Done)
     }
 }
 
@@ -1682,6 +1715,22 @@ impl PodEntry {
     pub(super) fn uid(&self) -> &str {
         &self.record.uid
     }
+}
+
+/// What `attach` may do with container `name` of `e`: its manifest's streams and, while its
+/// run takes input, where that input is (init's descriptor).
+fn io_info(e: &PodEntry, run: Option<&Run>, name: &str) -> crate::api::ContainerIo {
+    let io = run
+        .and_then(|r| r.plan.as_ref())
+        .map(|p| p.io)
+        .or_else(|| find_container(&e.record.manifest, name).map(crate::pod::spec::Io::of))
+        .unwrap_or_default();
+    let input = run
+        .filter(|r| r.host_pid.is_some())
+        .and_then(|r| r.input_fd)
+        .zip(e.record.init_pid)
+        .map(|(fd, init_pid)| crate::api::InputFd { init_pid, fd });
+    crate::api::ContainerIo { stdin: io.stdin, stdin_once: io.stdin_once, tty: io.tty, input }
 }
 
 /// Whether container `name`'s current run has a preStop hook.

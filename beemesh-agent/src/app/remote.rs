@@ -14,7 +14,7 @@ use libp2p::PeerId;
 
 use super::cluster::pods as cpods;
 use super::{mesh, AgentHandle, Command};
-use crate::api::{ContainerInfo, Request, Response};
+use crate::api::{ContainerInfo, InputFd, Request, Response};
 use crate::mesh::swarm::{AttestedHost, MeshResponse};
 
 /// The mesh request kind of forwarded `PodLogs` / `ExecPod`.
@@ -23,15 +23,17 @@ pub const REQUEST_KIND: &str = "pod";
 const LOG_CHUNK: u64 = 2 * 1024 * 1024;
 /// The most of each output stream a forwarded exec returns.
 const EXEC_OUTPUT: usize = 2 * 1024 * 1024;
+/// How long writing an attach's input may wait for the container to read.
+const INPUT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a forwarded exec may run (the mesh request gives up at 30 s).
 const EXEC_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// The pod a `PodLogs` / `ExecPod` is for; `None` for any other request.
 fn io_pod(req: &Request) -> Option<(String, String)> {
     match req {
-        Request::PodLogs { namespace, name, .. } | Request::ExecPod { namespace, name, .. } => {
-            Some((namespace.clone(), name.clone()))
-        }
+        Request::PodLogs { namespace, name, .. }
+        | Request::ExecPod { namespace, name, .. }
+        | Request::PodInput { namespace, name, .. } => Some((namespace.clone(), name.clone())),
         _ => None,
     }
 }
@@ -127,14 +129,21 @@ impl AgentHandle {
 
     async fn local_pod_io(&self, req: Request) -> Response {
         match req {
-            Request::PodLogs { namespace, name, container, previous, offset } => {
+            Request::PodLogs { namespace, name, container, previous, offset, from_end } => {
                 let info = match self.local_container(&namespace, &name, container).await {
                     Ok(i) => i,
                     Err(r) => return r,
                 };
                 let path = if previous { info.previous_log.clone() } else { info.log.clone() };
                 let running = !previous && info.host_pid.is_some();
-                let read = tokio::task::spawn_blocking(move || read_chunk(&path, offset)).await;
+                let read = tokio::task::spawn_blocking(move || {
+                    if from_end {
+                        Ok((Vec::new(), std::fs::metadata(&path).map_or(0, |m| m.len())))
+                    } else {
+                        read_chunk(&path, offset)
+                    }
+                })
+                .await;
                 match read {
                     Ok(Ok((data, next))) => Response::Log { data: b64(&data), next, running },
                     Ok(Err(e)) => Response::Error { message: e },
@@ -147,6 +156,41 @@ impl AgentHandle {
                     Err(r) => return r,
                 };
                 exec(&info, &command).await.unwrap_or_else(|message| Response::Error { message })
+            }
+            Request::PodInput { namespace, name, container, data, eof, size } => {
+                let info = match self.local_container(&namespace, &name, container.clone()).await {
+                    Ok(i) => i,
+                    Err(r) => return r,
+                };
+                let data = match base64::engine::general_purpose::STANDARD.decode(&data) {
+                    Ok(d) => d,
+                    Err(e) => return Response::Error { message: format!("input is not base64: {e}") },
+                };
+                let input = match input_of(&info, &namespace, &name) {
+                    Ok(i) => i,
+                    Err(message) => return Response::Error { message },
+                };
+                // The end alone needs no descriptor: the container may have ended already.
+                if !data.is_empty() || size.is_some() {
+                    let tty = info.io.tty;
+                    let wrote =
+                        tokio::task::spawn_blocking(move || write_input(input, tty, size, &data)).await;
+                    if let Err(message) = wrote.unwrap_or_else(|e| Err(format!("input writer failed: {e}"))) {
+                        return Response::Error { message };
+                    }
+                }
+                if eof && info.io.stdin_once {
+                    let close = Request::PodInput {
+                        namespace,
+                        name,
+                        container,
+                        data: String::new(),
+                        eof,
+                        size: None,
+                    };
+                    return self.actor(Command::Api(close)).await;
+                }
+                Response::Done
             }
             _ => Response::Error { message: "not a pod I/O request".into() },
         }
@@ -165,6 +209,66 @@ impl AgentHandle {
             other => Err(Response::Error { message: format!("unexpected {other:?}") }),
         }
     }
+}
+
+/// Where the input of the container `info` is, or why it takes none.
+fn input_of(info: &ContainerInfo, namespace: &str, name: &str) -> Result<InputFd, String> {
+    let c = &info.container;
+    if !info.io.stdin {
+        return Err(format!("container {c:?} of pod {namespace}/{name} takes no input: its manifest does not set `stdin: true`"));
+    }
+    match info.io.input {
+        Some(input) => Ok(input),
+        None if info.host_pid.is_some() && info.io.stdin_once => Err(format!(
+            "the input of container {c:?} of pod {namespace}/{name} was closed when its first attach ended (stdinOnce)"
+        )),
+        None => Err(format!("container {c:?} of pod {namespace}/{name} is not running")),
+    }
+}
+
+/// Writes `data` into a container's input: a copy of init's descriptor, checked to be a pipe
+/// (or, for a terminal, a character device), resized first if asked. Waits at most
+/// [`INPUT_TIMEOUT`] for a container that does not read.
+fn write_input(input: InputFd, tty: bool, size: Option<(u16, u16)>, data: &[u8]) -> Result<(), String> {
+    use nix::sys::stat::SFlag;
+    let fd =
+        crate::sys::process::copy_fd_of(input.init_pid, input.fd).map_err(|e| match e.raw_os_error() {
+            // Init closed it: the run ended a moment ago.
+            Some(libc::EBADF) | Some(libc::ESRCH) => "the container is not running".to_owned(),
+            _ => format!("cannot reach the container's input: {e}"),
+        })?;
+    let kind = nix::sys::stat::fstat(&fd).map_err(|e| format!("the container's input: {e}"))?.st_mode;
+    let want = if tty { SFlag::S_IFCHR } else { SFlag::S_IFIFO };
+    if SFlag::from_bits_truncate(kind) & SFlag::S_IFMT != want {
+        return Err("the pod's init holds no input for the container there any more".into());
+    }
+    if let (true, Some((rows, cols))) = (tty, size) {
+        crate::sys::pty::set_size(&fd, rows, cols).map_err(|e| format!("resize the terminal: {e}"))?;
+    }
+    let deadline = std::time::Instant::now() + INPUT_TIMEOUT;
+    let mut rest = data;
+    while !rest.is_empty() {
+        match nix::unistd::write(&fd, rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(nix::errno::Errno::EAGAIN) => {
+                use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(format!(
+                        "the container did not read its input for {}s",
+                        INPUT_TIMEOUT.as_secs()
+                    ));
+                }
+                let ms =
+                    PollTimeout::try_from(left.as_millis().min(10_000) as i32).unwrap_or(PollTimeout::NONE);
+                let _ = poll(&mut [PollFd::new(std::os::fd::AsFd::as_fd(&fd), PollFlags::POLLOUT)], ms);
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::EPIPE) => return Err("the container closed its input".into()),
+            Err(e) => return Err(format!("write to the container's input: {e}")),
+        }
+    }
+    Ok(())
 }
 
 /// Up to [`LOG_CHUNK`] bytes of `path` from `offset`; a log shorter than `offset` was rotated

@@ -191,12 +191,12 @@ fn print_pods(items: &[PodInfo], namespaces: bool, wide: bool) {
 }
 
 /// Where a container is: on this host (how to read and enter it), or on another host.
-enum Place {
+pub(super) enum Place {
     Here(Box<crate::api::ContainerInfo>),
     Remote,
 }
 
-async fn container(
+pub(super) async fn container(
     socket: &Path,
     namespace: &str,
     pod: &str,
@@ -234,6 +234,7 @@ async fn remote_logs(
             container: container.clone(),
             previous,
             offset,
+            from_end: false,
         };
         let (data, next, running) = match client::call(socket, &req).await {
             Ok(Response::Log { data, next, running }) => (unbase64(&data), next, running),

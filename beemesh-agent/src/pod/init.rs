@@ -176,7 +176,27 @@ struct Known {
     last: Event,
     /// The container's cgroup2 directory, killed whole when its main process ends.
     cgroup2: Option<PathBuf>,
+    /// The container's input while it takes any: the stdin pipe's write end (held so the
+    /// container never reads end of input unless told), or the terminal's master side.
+    input: Option<OwnedFd>,
+    /// With a terminal: the log the master side's output is copied into, until the terminal
+    /// hangs up.
+    tty_log: Option<std::fs::File>,
 }
+
+/// What a container's standard streams are, as its child process sets them up.
+enum Streams {
+    /// stdin /dev/null, stdout and stderr the log.
+    Log,
+    /// stdin the read end of a pipe (the agent writes through init's end), stdout and stderr
+    /// the log.
+    Pipe(OwnedFd),
+    /// All three the slave side of a terminal, also the controlling terminal.
+    Tty(OwnedFd),
+}
+
+/// A new terminal's size, until `attach` sets the client's.
+const TTY_SIZE: (u16, u16) = (24, 80);
 
 struct Init {
     listener: UnixListener,
@@ -195,7 +215,7 @@ impl Init {
     fn run(mut self) -> i32 {
         loop {
             use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-            let (accept, signal, client) = {
+            let (accept, signal, client, terminals) = {
                 let mut fds = vec![
                     PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
@@ -203,14 +223,33 @@ impl Init {
                 if let Some(c) = &self.client {
                     fds.push(PollFd::new(c.as_fd(), PollFlags::POLLIN));
                 }
+                let first_tty = fds.len();
+                let mut names = Vec::new();
+                for (name, k) in &self.containers {
+                    if let (Some(master), Some(_)) = (&k.input, &k.tty_log) {
+                        fds.push(PollFd::new(master.as_fd(), PollFlags::POLLIN));
+                        names.push(name.clone());
+                    }
+                }
                 match poll(&mut fds, PollTimeout::NONE) {
                     Ok(_) => {}
                     Err(nix::errno::Errno::EINTR) => continue,
                     Err(_) => return 1,
                 }
                 let ready = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-                (ready(&fds[0]), ready(&fds[1]), fds.get(2).is_some_and(ready))
+                let terminals: Vec<String> = names
+                    .into_iter()
+                    .zip(&fds[first_tty..])
+                    .filter(|(_, f)| ready(f))
+                    .map(|(n, _)| n)
+                    .collect();
+                (ready(&fds[0]), ready(&fds[1]), first_tty > 2 && ready(&fds[2]), terminals)
             };
+            for name in terminals {
+                if let Some(k) = self.containers.get_mut(&name) {
+                    k.copy_terminal(false);
+                }
+            }
             if signal && self.on_signals() {
                 return 0;
             }
@@ -249,6 +288,10 @@ impl Init {
             let Some(name) = self.pids.remove(&pid) else { continue };
             if let Some(k) = self.containers.get_mut(&name) {
                 k.pid = None;
+                // What the container wrote last is still in the terminal; its input ends.
+                k.copy_terminal(true);
+                k.tty_log = None;
+                k.input = None;
                 // Whatever the container started goes with it (Kubernetes semantics).
                 if let Some(cg) = &k.cgroup2 {
                     let _ = std::fs::write(cg.join("cgroup.kill"), "1");
@@ -314,6 +357,11 @@ impl Init {
                         }
                     }
                 }
+                Ok(super::proto::Command::CloseInput { name }) => {
+                    if let Some(k) = self.containers.get_mut(&name) {
+                        k.close_input();
+                    }
+                }
                 Ok(super::proto::Command::Shutdown) => {
                     self.shutdown();
                     return true;
@@ -360,7 +408,16 @@ impl Init {
             self.send(&event);
             return;
         }
-        let event = match spawn(&spec, trees, &self.pid_ns) {
+        let (streams, input, tty_log) = match streams(&spec) {
+            Ok(v) => v,
+            Err(e) => {
+                let event = Event::StartFailed { name, run, message: format!("standard streams: {e}") };
+                self.send(&event);
+                return;
+            }
+        };
+        let input_fd = input.as_ref().map(|fd| fd.as_raw_fd());
+        let event = match spawn(&spec, trees, &self.pid_ns, streams) {
             Ok((pid, host_pid)) => {
                 self.pids.insert(pid, name.clone());
                 Event::Started {
@@ -372,17 +429,80 @@ impl Init {
                     gid: spec.gid,
                     cgroups: spec.cgroups.iter().chain(&spec.cgroup2).cloned().collect(),
                     security: Some(spec.security.clone()),
+                    input_fd,
                 }
             }
             Err(message) => Event::StartFailed { name: name.clone(), run, message },
         };
+        let started = matches!(event, Event::Started { .. });
         let pid = match &event {
             Event::Started { pid, .. } => Some(Pid::from_raw(*pid as i32)),
             _ => None,
         };
-        self.containers.insert(name, Known { run, pid, last: event.clone(), cgroup2: spec.cgroup2.clone() });
+        let (input, tty_log) = if started { (input, tty_log) } else { (None, None) };
+        let known = Known { run, pid, last: event.clone(), cgroup2: spec.cgroup2.clone(), input, tty_log };
+        self.containers.insert(name, known);
         self.send(&event);
     }
+}
+
+impl Known {
+    /// Copies what the container wrote to its terminal into its log: one read, or with
+    /// `all` until nothing is left. A terminal nobody holds any more (the container closed
+    /// it or ended) is not read again.
+    fn copy_terminal(&mut self, all: bool) {
+        let (Some(master), Some(log)) = (&self.input, &mut self.tty_log) else { return };
+        let mut buf = [0u8; 64 * 1024];
+        loop {
+            match nix::unistd::read(master, &mut buf) {
+                Ok(0) | Err(nix::errno::Errno::EIO) => {
+                    self.tty_log = None;
+                    return;
+                }
+                Ok(n) => {
+                    // A log that cannot be written loses the output, never stalls init.
+                    let _ = log.write_all(&buf[..n]);
+                    if !all {
+                        return;
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// `CloseInput`: the pipe's last end init holds goes; a terminal gets ^D (its end of
+    /// file) instead, as a user would type it, and stays for the output.
+    /// Either way no later attach is offered the input (the replay says it has none).
+    fn close_input(&mut self) {
+        if let Event::Started { input_fd, .. } = &mut self.last {
+            *input_fd = None;
+        }
+        match (&self.input, &self.tty_log) {
+            (Some(master), Some(_)) => {
+                let _ = nix::unistd::write(master, b"\x04");
+            }
+            _ => self.input = None,
+        }
+    }
+}
+
+/// The standard streams a container asks for: what its child sets up, the end init keeps
+/// (the container's input) and, for a terminal, the log init copies its output into.
+fn streams(spec: &ContainerSpec) -> io::Result<(Streams, Option<OwnedFd>, Option<std::fs::File>)> {
+    if spec.tty {
+        let pty = crate::sys::pty::open(TTY_SIZE.0, TTY_SIZE.1)?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&spec.log)?;
+        return Ok((Streams::Tty(pty.slave), Some(pty.master), Some(log)));
+    }
+    if spec.stdin {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        // The agent's copies share this: its writes must never block it.
+        nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))?;
+        return Ok((Streams::Pipe(read), Some(write), None));
+    }
+    Ok((Streams::Log, None, None))
 }
 
 /// Whether a SIGTERM, SIGINT or SIGHUP sent by `sender_pid` (as init sees it) stops the pod.
@@ -397,7 +517,12 @@ fn stop_signal_from_outside(sender_pid: u32) -> bool {
 /// executed, or the reason it could not be. Unless the pod shares one pid namespace, the
 /// container gets its own, its main process as PID 1 (`pod_ns` is init's own, restored for
 /// init's later children).
-fn spawn(spec: &ContainerSpec, trees: Vec<OwnedFd>, pod_ns: &std::fs::File) -> Result<(Pid, u32), String> {
+fn spawn(
+    spec: &ContainerSpec,
+    trees: Vec<OwnedFd>,
+    pod_ns: &std::fs::File,
+    streams: Streams,
+) -> Result<(Pid, u32), String> {
     let (report_r, report_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     if !spec.share_process_namespace {
@@ -417,12 +542,14 @@ fn spawn(spec: &ContainerSpec, trees: Vec<OwnedFd>, pod_ns: &std::fs::File) -> R
         Forked::Child => {
             drop(report_r);
             let mut report = std::fs::File::from(report_w);
-            let e = exec_container(spec, trees, &mut report);
+            let e = exec_container(spec, trees, streams, &mut report);
             let _ = write!(report, "E{e}");
             process::exit_now(127)
         }
         Forked::Parent(pid) => {
             drop(report_w);
+            // The container's ends are its own now.
+            drop(streams);
             let mut answer = String::new();
             let _ = std::fs::File::from(report_r).read_to_string(&mut answer);
             // "P<host pid>" first, then "E<error>" if setting up failed; EOF alone means the
@@ -443,7 +570,12 @@ fn spawn(spec: &ContainerSpec, trees: Vec<OwnedFd>, pod_ns: &std::fs::File) -> R
 }
 
 /// In the forked child: sets the container up and execs its program. Returns only on error.
-fn exec_container(spec: &ContainerSpec, trees: Vec<OwnedFd>, report: &mut std::fs::File) -> String {
+fn exec_container(
+    spec: &ContainerSpec,
+    trees: Vec<OwnedFd>,
+    streams: Streams,
+    report: &mut std::fs::File,
+) -> String {
     let step = |what: &str| {
         let what = what.to_owned();
         move |e: io::Error| format!("{what}: {e}")
@@ -460,7 +592,7 @@ fn exec_container(spec: &ContainerSpec, trees: Vec<OwnedFd>, report: &mut std::f
         let last_cap = process::last_capability();
         // Compiled while the host's /proc (kernel version) is still visible.
         let filters = security::compile_seccomp(&spec.security, last_cap).map_err(|e| e.to_string())?;
-        stdio(&spec.log).map_err(step(&format!("log file {}", spec.log.display())))?;
+        stdio(&spec.log, streams).map_err(step(&format!("standard streams (log {})", spec.log.display())))?;
         nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("mount namespace: {e}"))?;
         // The bounding set first (it needs CAP_SETPCAP, gone once a non-root user is set at
         // the end); the capabilities in effect for the mounts stay until exec.
@@ -485,14 +617,26 @@ fn exec_container(spec: &ContainerSpec, trees: Vec<OwnedFd>, report: &mut std::f
     }
 }
 
-fn stdio(log: &Path) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
-    let null = std::fs::File::open("/dev/null")?;
-    nix::unistd::dup2_stdin(&null)?;
-    nix::unistd::dup2_stdout(&out)?;
-    nix::unistd::dup2_stderr(&out)?;
-    debug_assert!(out.as_raw_fd() > 2);
+/// Sets stdin, stdout and stderr (after `setsid`: a terminal becomes the controlling one).
+fn stdio(log: &Path, streams: Streams) -> io::Result<()> {
+    let (input, output): (OwnedFd, OwnedFd) = match streams {
+        Streams::Tty(slave) => {
+            crate::sys::pty::make_controlling(&slave)?;
+            (slave.try_clone()?, slave)
+        }
+        Streams::Pipe(read) => {
+            (read, std::fs::OpenOptions::new().create(true).append(true).open(log)?.into())
+        }
+        Streams::Log => (
+            std::fs::File::open("/dev/null")?.into(),
+            std::fs::OpenOptions::new().create(true).append(true).open(log)?.into(),
+        ),
+    };
+    // Descriptors 0-2 are taken (init's are /dev/null), so neither end is one of them.
+    debug_assert!(input.as_raw_fd() > 2 && output.as_raw_fd() > 2);
+    nix::unistd::dup2_stdin(&input)?;
+    nix::unistd::dup2_stdout(&output)?;
+    nix::unistd::dup2_stderr(&output)?;
     Ok(())
 }
 

@@ -41,6 +41,14 @@ pub struct ContainerSpec {
     /// one of its own.
     #[serde(default)]
     pub share_process_namespace: bool,
+    /// `stdin: true`: the container reads a pipe that init holds open (no end of input until
+    /// the agent closes it), written through by `attach`. Without it stdin is /dev/null.
+    #[serde(default)]
+    pub stdin: bool,
+    /// `tty: true`: stdin, stdout and stderr are a terminal (its controlling one); init copies
+    /// what the container writes to it into `log` and holds the other end for `attach`.
+    #[serde(default)]
+    pub tty: bool,
     pub uid: u32,
     pub gid: u32,
     /// Supplementary groups, capabilities, no_new_privs, seccomp (`pod::security`).
@@ -129,12 +137,20 @@ pub enum Command {
         name: String,
         signal: i32,
     },
+    /// Ends the container's input (`stdinOnce: true` after the first attach): init closes its
+    /// end of the stdin pipe (the container reads end of input once no copy is left), or, for
+    /// a terminal, types the end-of-file character (^D) into it.
+    CloseInput {
+        name: String,
+    },
     /// Kills every container and exits; the kernel then tears the pod's namespaces down.
     Shutdown,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "camelCase")]
+// A few events per container start and exit: their size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Event {
     /// The container's program was executed (`pid` as seen from the host), as `uid`/`gid`,
     /// in `cgroups` (v1 groups and its cgroup2 leaf): what an agent adopting it needs.
@@ -152,6 +168,11 @@ pub enum Event {
         /// What it was confined with; `pod-exec` applies the same to processes entering it.
         #[serde(default)]
         security: Option<SecuritySpec>,
+        /// Init's descriptor of the container's input (the stdin pipe's write end, or the
+        /// terminal's master side) while it takes input: the agent copies it out of init
+        /// (`pidfd_getfd`) to write what `attach` sends.
+        #[serde(default)]
+        input_fd: Option<i32>,
     },
     /// It ended: `code` is the exit status, or 128 + the signal number (`signal` set).
     Exited { name: String, run: u64, code: i32, signal: Option<i32> },

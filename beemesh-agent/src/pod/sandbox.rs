@@ -513,6 +513,8 @@ impl Layout {
             cgroup2: Some(cgroup2),
             log: self.log(&plan.name),
             share_process_namespace: pod.share_process_namespace,
+            stdin: plan.io.stdin,
+            tty: plan.io.tty,
             uid,
             gid,
             security,

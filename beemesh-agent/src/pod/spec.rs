@@ -322,6 +322,29 @@ pub struct ContainerPlan {
     /// User, groups, capabilities, seccomp... from the pod's and the container's
     /// `securityContext`.
     pub security: SecurityPlan,
+    /// `stdin`, `stdinOnce` and `tty`: what `attach` may do with the container.
+    pub io: Io,
+}
+
+/// A container's standard streams as its manifest asks for them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Io {
+    /// `stdin: true`: input is kept open for `attach` (else it is /dev/null).
+    pub stdin: bool,
+    /// `stdinOnce: true`: input ends when the first attach that wrote to it detaches.
+    pub stdin_once: bool,
+    /// `tty: true`: the streams are a terminal.
+    pub tty: bool,
+}
+
+impl Io {
+    pub fn of(c: &Container) -> Self {
+        Self {
+            stdin: c.stdin == Some(true),
+            stdin_once: c.stdin == Some(true) && c.stdin_once == Some(true),
+            tty: c.tty == Some(true),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -799,6 +822,7 @@ pub fn plan_container(
         termination_message_from_logs: c.termination_message_policy.as_deref()
             == Some("FallbackToLogsOnError"),
         security: super::security::plan(spec.security_context.as_ref(), c),
+        io: Io::of(c),
     })
 }
 
@@ -1447,6 +1471,29 @@ data: {raw: /w==}
 
     fn strings(l: &[&str]) -> Vec<String> {
         l.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn stdin_stdin_once_and_tty_plan_the_containers_streams() {
+        assert_eq!(plan("").expect("plans").io, Io::default(), "no input, no terminal");
+        let io = plan(
+            "    stdin: true
+    stdinOnce: true
+    tty: true
+",
+        )
+        .expect("plans")
+        .io;
+        assert_eq!(io, Io { stdin: true, stdin_once: true, tty: true });
+        // stdinOnce means nothing without stdin; a terminal without input is an output one.
+        let io = plan(
+            "    stdinOnce: true
+    tty: true
+",
+        )
+        .expect("plans")
+        .io;
+        assert_eq!(io, Io { stdin: false, stdin_once: false, tty: true });
     }
 
     #[test]

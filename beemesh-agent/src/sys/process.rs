@@ -238,6 +238,34 @@ pub fn reap(pid: u32, timeout: std::time::Duration) -> bool {
     }
 }
 
+/// A pidfd of process `pid` (close-on-exec): it turns readable when the process exits.
+pub fn pidfd(pid: u32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor, owned here once.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor from the kernel, owned by nothing else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// A copy of descriptor `fd` of process `pid` (`pidfd_getfd`: needs the right to ptrace it,
+/// which the host's root has over every pod process), close-on-exec. It shares the open file
+/// with the original (offset, status flags).
+pub fn copy_fd_of(pid: u32, fd: i32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let pidfd = pidfd(pid)?;
+    // SAFETY: pidfd_getfd takes a live pidfd, a descriptor number and flags (0); it returns a
+    // new descriptor of this process, owned here once.
+    let copy = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+    if copy < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor from the kernel, owned by nothing else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(copy as i32) })
+}
+
 /// The command line of process `pid`, one entry per argument (`None` if it is gone).
 pub fn cmdline(pid: u32) -> Option<Vec<std::ffi::OsString>> {
     use std::os::unix::ffi::OsStrExt;
