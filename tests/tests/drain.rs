@@ -3,7 +3,8 @@
 //! (anti-affinity) under a budget of `minAvailable: 2`; draining one of those hosts cordons it
 //! (`SchedulingDisabled`) and is refused by the budget, with Kubernetes' reason, until the
 //! budget is relaxed; then the replica is evicted and made again on the third host (not on
-//! the cordoned one), and `uncordon` opens the host again. Extended resources: the one host
+//! the cordoned one), and `uncordon` opens the host again. A scale-down to 0 holds at the
+//! budget's `minAvailable` until the budget is relaxed. Extended resources: the one host
 //! offering a dongle runs the first pod asking for one; the second waits, saying why.
 
 use std::collections::BTreeMap;
@@ -15,13 +16,13 @@ use beemesh_tests::{eventually, Agent};
 
 const T: Duration = Duration::from_secs(60);
 
-fn manifest(min_available: u32) -> String {
+fn manifest(min_available: u32, replicas: u32) -> String {
     format!(
         r#"apiVersion: apps/v1
 kind: Deployment
 metadata: {{name: web}}
 spec:
-  replicas: 2
+  replicas: {replicas}
   selector: {{matchLabels: {{app: web}}}}
   template:
     metadata: {{labels: {{app: web}}}}
@@ -85,7 +86,7 @@ fn a_disruption_budget_holds_a_drain_back_until_it_allows_the_eviction() -> Resu
     let text = std::fs::read_to_string(&config)?;
     std::fs::write(&config, format!("{text}  nodeResources: {{example.com/dongle: 1}}\n"))?;
     start_ready(&mut agents, T)?;
-    agents[0].apply(&manifest(2))?;
+    agents[0].apply(&manifest(2, 2))?;
     ensure!(eventually(T, || web(&agents[1]).len() == 2), "web: {:?}", web(&agents[1]));
     let pdb = |agent: &Agent| agent.json(&["get", "pdb", "web", "-o", "json"]);
     ensure!(
@@ -127,7 +128,7 @@ fn a_disruption_budget_holds_a_drain_back_until_it_allows_the_eviction() -> Resu
     }
 
     // Relaxed to 1, the drain evicts the replica; it is made again on the third host.
-    agents[2].apply(&manifest(1))?;
+    agents[2].apply(&manifest(1, 2))?;
     ensure!(eventually(T, || pdb(&agents[1])["status"]["disruptionsAllowed"] == 1), "{}", pdb(&agents[1]));
     let (ok, out, err) = agents[1].run_cli(&["drain", &host, "--timeout", "60"], None)?;
     ensure!(ok, "{out}{err}");
@@ -155,6 +156,21 @@ fn a_disruption_budget_holds_a_drain_back_until_it_allows_the_eviction() -> Resu
     for agent in &agents {
         ensure!(eventually(T, || node_status(agent, &host) == "Ready"), "{}", node_status(agent, &host));
     }
+
+    // Scaled to 0 under `minAvailable: 1`: one replica goes, the last is held by the budget
+    // (the Deployment keeps it and says so in its status); relaxed to 0, it goes too.
+    agents[1].apply(&manifest(1, 0))?;
+    let deployment = |agent: &Agent| agent.json(&["get", "deployment", "web", "-o", "json"]);
+    ensure!(
+        eventually(T, || web(&agents[0]).len() == 1
+            && deployment(&agents[2])["status"]["replicas"] == 1
+            && pdb(&agents[2])["status"]["disruptionsAllowed"] == 0),
+        "{:?}\n{}",
+        web(&agents[0]),
+        pdb(&agents[2])
+    );
+    agents[1].apply(&manifest(0, 0))?;
+    ensure!(eventually(T, || web(&agents[0]).is_empty()), "{:?}", web(&agents[0]));
 
     // Extended resources: the one host with a dongle takes the first pod that asks for one;
     // the second waits, saying why.

@@ -221,9 +221,24 @@ async fn pass(
     // A ReplicaSet whose Deployment is not here (deleted, or not arrived yet) is left alone:
     // it is collected below, or its Deployment comes.
     let orphaned = |rs: &ReplicaSet| controller_uid(&rs.metadata).is_some_and(|u| !d_uids.contains(u));
+    // Scale-downs honour the disruption budgets; a rollout's (an old revision's) does not.
+    let all_pods: Vec<&PodState> = pods.iter().map(|(_, p)| p).collect();
+    let pdbs: Vec<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+        of("PodDisruptionBudget").iter().filter_map(|l| decode(l)).collect();
+    let pdb_refs: Vec<&k8s_openapi::api::policy::v1::PodDisruptionBudget> = pdbs.iter().collect();
+    let budgets = disruption::Budgets { pdbs: &pdb_refs, pods: &all_pods };
+    let newest: BTreeMap<&str, i64> = rses.iter().fold(BTreeMap::new(), |mut m, (_, r)| {
+        if let Some(owner) = controller_uid(&r.metadata) {
+            let rev = m.entry(owner).or_insert(i64::MIN);
+            *rev = (*rev).max(replicas::revision_of(r));
+        }
+        m
+    });
     for (_, rs) in rses.iter().filter(|(k, rs)| owns(k) && !orphaned(rs)) {
         let mine = controlled.get(rs.metadata.uid.as_deref().unwrap_or("")).cloned().unwrap_or_default();
-        writes.extend(replicas::replica_set(rs, &mine));
+        let current = controller_uid(&rs.metadata)
+            .is_none_or(|owner| newest.get(owner).is_some_and(|rev| replicas::revision_of(rs) >= *rev));
+        writes.extend(replicas::replica_set(rs, &mine, current.then_some(budgets)));
     }
     for (_, s) in sets.iter().filter(|(k, _)| owns(k)) {
         let mine = controlled.get(s.metadata.uid.as_deref().unwrap_or("")).cloned().unwrap_or_default();
@@ -237,7 +252,7 @@ async fn pass(
                 Some((l.key.name.clone(), node))
             })
             .collect();
-        writes.extend(stateful::stateful_set(s, &mine, &claims));
+        writes.extend(stateful::stateful_set(s, &mine, &claims, budgets));
     }
     for (_, d) in daemons.iter().filter(|(k, _)| owns(k)) {
         let mine = controlled.get(d.metadata.uid.as_deref().unwrap_or("")).cloned().unwrap_or_default();
@@ -269,7 +284,6 @@ async fn pass(
         .filter_map(|l| Some((l.key.namespace.as_str(), l.key.name.as_str(), decode::<Value>(l)?)))
         .collect();
     let refs: Vec<(&str, &str, &Value)> = standalone.iter().map(|(ns, n, v)| (*ns, *n, v)).collect();
-    let all_pods: Vec<&PodState> = pods.iter().map(|(_, p)| p).collect();
     writes.extend(claims::bind(&refs, &all_pods));
     for l in of("PodDisruptionBudget").iter().filter(|l| owns(&l.key)) {
         if let Some(pdb) = decode::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(l) {

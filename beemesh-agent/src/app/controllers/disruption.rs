@@ -3,7 +3,8 @@
 //! them are healthy (every container ready, on a host not lost), how many must stay healthy
 //! (`minAvailable`, or the covered pods less `maxUnavailable`; percentages of the covered
 //! pods, rounded up), and so how many may be disrupted now. An eviction (`drain`) asks
-//! [`may_evict`] of every budget covering the pod; the controllers' driver writes each
+//! [`may_evict`] of every budget covering the pod; a scale-down asks [`Budgets::removable`]
+//! how many of the healthy pods it would remove may go; the controllers' driver writes each
 //! budget's status record (`PodDisruptionBudgetStatus`) for `get pdb`.
 
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -92,6 +93,33 @@ pub fn may_evict(pod: &PodState, pdbs: &[&PodDisruptionBudget], pods: &[&PodStat
     Ok(())
 }
 
+/// The budgets of the mesh and the pods they count, as a scale-down consults them.
+#[derive(Clone, Copy)]
+pub struct Budgets<'a> {
+    pub pdbs: &'a [&'a PodDisruptionBudget],
+    pub pods: &'a [&'a PodState],
+}
+
+impl Budgets<'_> {
+    /// How many of `doomed` (in the order a scale-down removes them) may go, one after the
+    /// other, each leaving every budget covering it met: a pod not healthy always may (it
+    /// gives no availability), a healthy one while its budgets allow a disruption once the
+    /// pods before it are gone. The first that may not stops the count: the rest wait (a
+    /// scale-down below `minAvailable` holds at it until the budget or the scale changes).
+    pub fn removable(&self, doomed: &[&PodState]) -> usize {
+        let mut left: Vec<&PodState> = self.pods.to_vec();
+        for (n, pod) in doomed.iter().enumerate() {
+            let held = healthy(pod)
+                && self.pdbs.iter().filter(|b| covers(b, pod)).any(|b| budget(b, &left).allowed < 1);
+            if held {
+                return n;
+            }
+            left.retain(|p| p.name() != pod.name() || p.pod.metadata.namespace != pod.pod.metadata.namespace);
+        }
+        doomed.len()
+    }
+}
+
 /// The status record of `pdb` with its counts.
 pub fn status(pdb: &PodDisruptionBudget, b: Budget) -> Write {
     let ns = pdb.metadata.namespace.as_deref().unwrap_or("default");
@@ -130,6 +158,31 @@ mod tests {
             "metadata": {"name": name, "namespace": "default", "labels": {"app": app}}}))
         .expect("pod");
         PodState { pod, ready, phase: "Running".into(), ..PodState::default() }
+    }
+
+    #[test]
+    fn a_scale_down_removes_healthy_pods_only_while_every_budget_allows() {
+        let pods =
+            [pod("a", "web", true), pod("b", "web", false), pod("c", "web", true), pod("d", "web", true)];
+        let refs: Vec<&PodState> = pods.iter().collect();
+        let doomed = |names: &[&str]| -> Vec<&PodState> {
+            names.iter().filter_map(|n| pods.iter().find(|p| p.name() == *n)).collect()
+        };
+        let (min2, max1, half) = (pdb("minAvailable: 2"), pdb("maxUnavailable: 1"), pdb("minAvailable: 50%"));
+        let with = |pdbs: &[&PodDisruptionBudget], names: &[&str]| {
+            Budgets { pdbs, pods: &refs }.removable(&doomed(names))
+        };
+        // 3 healthy of 4, 2 needed: the unready pod and one healthy go, the next is held.
+        assert_eq!(with(&[&min2], &["b", "d", "c", "a"]), 2);
+        // Held at the first that may not go, even if an unready one comes after it.
+        assert_eq!(with(&[&min2], &["d", "c", "b"]), 1);
+        // maxUnavailable counts against the pods left: a scale-down never breaks it.
+        assert_eq!(with(&[&max1], &["b", "d", "c", "a"]), 4);
+        // ...but a healthy pod may not go first while another is unavailable.
+        assert_eq!(with(&[&max1], &["d", "b"]), 0);
+        // 50% of the pods left, rounded up: down to one.
+        assert_eq!(with(&[&half], &["b", "d", "c", "a"]), 3);
+        assert_eq!(with(&[], &["a", "b", "c", "d"]), 4, "no budget");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{json, Value};
 
 use super::common::{condition, owner_ref, pod_from_template, suffix, template_hash, PodState, Write};
+use super::disruption::Budgets;
 
 pub const REVISION: &str = "deployment.kubernetes.io/revision";
 pub const HASH_LABEL: &str = "pod-template-hash";
@@ -26,7 +27,7 @@ fn replicas_of(rs: &ReplicaSet) -> i64 {
     rs.spec.replicas.map_or(1, i64::from)
 }
 
-fn revision_of(rs: &ReplicaSet) -> i64 {
+pub fn revision_of(rs: &ReplicaSet) -> i64 {
     rs.metadata.annotations.as_ref().and_then(|a| a.get(REVISION)).and_then(|r| r.parse().ok()).unwrap_or(0)
 }
 
@@ -47,7 +48,9 @@ pub fn replica_names(name: &str, uid: &str, n: usize) -> Vec<String> {
 
 /// A ReplicaSet's writes (pods to create and delete) and its status, given the pods it
 /// controls.
-pub fn replica_set(rs: &ReplicaSet, pods: &[&PodState]) -> Vec<Write> {
+/// `budgets`: the disruption budgets a scale-down honours (`None` for an old revision of a
+/// Deployment, which a rollout scales down: the owner's own change, as in Kubernetes).
+pub fn replica_set(rs: &ReplicaSet, pods: &[&PodState], budgets: Option<Budgets<'_>>) -> Vec<Write> {
     let ns = rs.metadata.namespace.as_deref().unwrap_or("default");
     let name = rs.metadata.name.as_deref().unwrap_or("");
     let uid = rs.metadata.uid.as_deref().unwrap_or("");
@@ -67,10 +70,12 @@ pub fn replica_set(rs: &ReplicaSet, pods: &[&PodState]) -> Vec<Write> {
         // Kubernetes ranks the pods it deletes.
         let rank: BTreeMap<String, usize> =
             replica_names(name, uid, pods.len() * 2).into_iter().enumerate().map(|(i, n)| (n, i)).collect();
-        let mut doomed: Vec<&&PodState> = pods.iter().collect();
+        let mut doomed: Vec<&PodState> = pods.to_vec();
         doomed
             .sort_by_key(|p| (p.ready, std::cmp::Reverse(rank.get(p.name()).copied().unwrap_or(usize::MAX))));
-        for p in doomed.into_iter().take(pods.len() - want) {
+        doomed.truncate(pods.len() - want);
+        let go = budgets.map_or(doomed.len(), |b| b.removable(&doomed));
+        for p in &doomed[..go] {
             writes.push(Write::delete("Pod", ns, p.name()));
         }
     }
@@ -540,17 +545,50 @@ mod tests {
         // Pods are counted, not names: two of two is enough, whichever names they have.
         let have = [pod(&names[0], true), pod(&names[2], true)];
         let refs: Vec<&PodState> = have.iter().collect();
-        assert_eq!(split(&replica_set(&rs(2), &refs)), (vec![], vec![]));
+        assert_eq!(split(&replica_set(&rs(2), &refs, None)), (vec![], vec![]));
         // A missing one gets the first name not in use.
-        let writes = replica_set(&rs(3), &refs);
+        let writes = replica_set(&rs(3), &refs, None);
         assert_eq!(split(&writes), (vec![names[1].clone()], vec![]));
         // Past the count: the latest name goes, unless a pod is not ready: that one goes first.
-        assert_eq!(split(&replica_set(&rs(1), &refs)), (vec![], vec![names[2].clone()]));
+        assert_eq!(split(&replica_set(&rs(1), &refs, None)), (vec![], vec![names[2].clone()]));
         let have = [pod(&names[0], false), pod(&names[2], true)];
         let refs: Vec<&PodState> = have.iter().collect();
-        assert_eq!(split(&replica_set(&rs(1), &refs)), (vec![], vec![names[0].clone()]));
+        assert_eq!(split(&replica_set(&rs(1), &refs, None)), (vec![], vec![names[0].clone()]));
         let body = writes.iter().find(|w| w.name == names[1]).and_then(|w| w.body.clone()).expect("pod");
         assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "r-1");
         assert_eq!(body["metadata"]["labels"]["app"], "web");
+    }
+    #[test]
+    fn a_scale_down_holds_at_what_a_disruption_budget_needs() {
+        let rs: ReplicaSet = serde_yaml::from_str(
+            "metadata: {name: web-abc, namespace: default, uid: r-1}\nspec:\n  replicas: 0\n  selector: {matchLabels: {app: web}}\n  template: {metadata: {labels: {app: web}}, spec: {containers: [{name: c, image: i}]}}\n",
+        )
+        .expect("rs");
+        let names = replica_names("web-abc", "r-1", 3);
+        let pod = |name: &str, ready: bool| {
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}}}))
+            .expect("pod");
+            PodState { pod, ready, phase: "Running".into(), ..PodState::default() }
+        };
+        let have = [pod(&names[0], true), pod(&names[1], false), pod(&names[2], true)];
+        let refs: Vec<&PodState> = have.iter().collect();
+        let min1: k8s_openapi::api::policy::v1::PodDisruptionBudget = serde_yaml::from_str(
+            "metadata: {name: web, namespace: default}\nspec: {minAvailable: 1, selector: {matchLabels: {app: web}}}",
+        )
+        .expect("pdb");
+        let gone = |budgets: Option<Budgets<'_>>| -> Vec<String> {
+            replica_set(&rs, &refs, budgets)
+                .into_iter()
+                .filter(|w| w.kind == "Pod" && w.body.is_none())
+                .map(|w| w.name)
+                .collect()
+        };
+        // The unready pod and one ready one go; the last ready one is what the budget needs.
+        let pdbs = [&min1];
+        let budgets = Budgets { pdbs: &pdbs, pods: &refs };
+        assert_eq!(gone(Some(budgets)), [names[1].clone(), names[2].clone()]);
+        // A rollout's scale-down (no budgets) takes them all, as in Kubernetes.
+        assert_eq!(gone(None).len(), 3);
     }
 }

@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Volume};
 use serde_json::json;
 
 use super::common::{owner_ref, pod_from_template, template_hash, PodState, Write};
+use super::disruption::Budgets;
 use super::replicas::status_write;
 
 pub const REVISION_LABEL: &str = "controller-revision-hash";
@@ -39,7 +40,14 @@ pub fn claim_name(template: &str, pod: &str) -> String {
 /// `volumeClaimTemplates` become local volumes: each pod mounts `<template>-<pod>`, recorded
 /// as a PersistentVolumeClaim bound to the host the pod was first placed on; a pod whose claims
 /// are bound is pinned to that host (its data is there): never moved, it waits for the host.
-pub fn stateful_set(s: &StatefulSet, pods: &[&PodState], claims: &BTreeMap<String, String>) -> Vec<Write> {
+/// A scale-down honours `budgets` (the disruption budgets covering its pods); replacing pods
+/// for a new template does not (the owner's own change, as in Kubernetes).
+pub fn stateful_set(
+    s: &StatefulSet,
+    pods: &[&PodState],
+    claims: &BTreeMap<String, String>,
+    budgets: Budgets<'_>,
+) -> Vec<Write> {
     let ns = s.metadata.namespace.as_deref().unwrap_or("default");
     let name = s.metadata.name.as_deref().unwrap_or("");
     let spec = s.spec.clone();
@@ -103,12 +111,16 @@ pub fn stateful_set(s: &StatefulSet, pods: &[&PodState], claims: &BTreeMap<Strin
     let all_ready = (0..n).all(|i| by_ordinal.get(&i).is_some_and(|p| p.ready));
     // Scale down from the highest ordinal: one at a time with the rest Ready, or all at once.
     let extra: Vec<usize> = by_ordinal.keys().copied().filter(|o| *o >= n).collect();
-    if parallel {
-        for o in &extra {
-            writes.push(Write::delete("Pod", ns, &format!("{name}-{o}")));
-        }
-    } else if let Some(o) = extra.last().filter(|_| all_ready) {
-        writes.push(Write::delete("Pod", ns, &format!("{name}-{o}")));
+    let doomed: Vec<&PodState> = extra.iter().rev().filter_map(|o| by_ordinal.get(o).copied()).collect();
+    let go = if parallel {
+        doomed.len()
+    } else if all_ready {
+        doomed.len().min(1)
+    } else {
+        0
+    };
+    for p in &doomed[..budgets.removable(&doomed[..go])] {
+        writes.push(Write::delete("Pod", ns, p.name()));
     }
     // A new template replaces pods from the highest ordinal down to the partition, one at a
     // time, each once every pod is Ready (recreated with the new template at the next pass).
@@ -191,6 +203,8 @@ mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::Pod;
 
+    const NO_BUDGETS: Budgets<'static> = Budgets { pdbs: &[], pods: &[] };
+
     fn set(replicas: i32, image: &str, extra: &str) -> StatefulSet {
         serde_yaml::from_str(&format!(
             "metadata: {{name: db, namespace: default, uid: s-1}}\nspec:\n  replicas: {replicas}\n  serviceName: db\n  selector: {{matchLabels: {{app: db}}}}\n{extra}  template:\n    metadata: {{labels: {{app: db}}}}\n    spec: {{containers: [{{name: c, image: {image}}}]}}\n"
@@ -201,7 +215,7 @@ mod tests {
     /// Runs the controller against its own writes: created pods become ready when `ready`.
     fn step(s: &StatefulSet, pods: &mut BTreeMap<String, PodState>, ready: bool) -> Vec<Write> {
         let listed: Vec<&PodState> = pods.values().collect();
-        let writes = stateful_set(s, &listed, &BTreeMap::new());
+        let writes = stateful_set(s, &listed, &BTreeMap::new(), NO_BUDGETS);
         for w in &writes {
             match (w.kind, &w.body) {
                 ("Pod", Some(b)) => {
@@ -274,13 +288,15 @@ mod claim_tests {
     use super::*;
     use k8s_openapi::api::core::v1::Pod;
 
+    const NO_BUDGETS: Budgets<'static> = Budgets { pdbs: &[], pods: &[] };
+
     #[test]
     fn claims_become_local_volumes_bound_to_the_first_host_and_pin_the_pod_there() {
         let s: StatefulSet = serde_yaml::from_str(
             "metadata: {name: db, namespace: default, uid: s-1}\nspec:\n  replicas: 1\n  serviceName: db\n  selector: {matchLabels: {app: db}}\n  volumeClaimTemplates: [{metadata: {name: data}, spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}}]\n  template:\n    metadata: {labels: {app: db}}\n    spec: {containers: [{name: c, image: i, volumeMounts: [{name: data, mountPath: /data}]}]}\n",
         )
         .expect("statefulset");
-        let writes = stateful_set(&s, &[], &BTreeMap::new());
+        let writes = stateful_set(&s, &[], &BTreeMap::new(), NO_BUDGETS);
         let pod: Pod = serde_json::from_value(writes[0].body.clone().expect("pod")).expect("pod");
         let v = &pod.spec.as_ref().and_then(|s| s.volumes.clone()).expect("volumes")[0];
         assert_eq!(v.persistent_volume_claim.as_ref().map(|c| c.claim_name.as_str()), Some("data-db-0"));
@@ -292,7 +308,7 @@ mod claim_tests {
         let mut placed = pod.clone();
         placed.spec.as_mut().expect("spec").node_name = Some("h2".into());
         let state = PodState { pod: placed, ready: true, ..PodState::default() };
-        let writes = stateful_set(&s, &[&state], &BTreeMap::new());
+        let writes = stateful_set(&s, &[&state], &BTreeMap::new(), NO_BUDGETS);
         let pvc = writes
             .iter()
             .find(|w| w.kind == "PersistentVolumeClaim")
@@ -302,7 +318,7 @@ mod claim_tests {
         assert_eq!(pvc["status"]["capacity"]["storage"], "1Gi");
         // Replaced: the new db-0 is pinned to h2.
         let claims = BTreeMap::from([("data-db-0".to_string(), "h2".to_string())]);
-        let writes = stateful_set(&s, &[], &claims);
+        let writes = stateful_set(&s, &[], &claims, NO_BUDGETS);
         let pod: Pod = serde_json::from_value(writes[0].body.clone().expect("pod")).expect("pod");
         assert_eq!(pod.spec.and_then(|s| s.node_name), Some("h2".into()));
     }
