@@ -224,7 +224,7 @@ async fn pass(
     // Scale-downs honour the disruption budgets; a rollout's (an old revision's) does not.
     let all_pods: Vec<&PodState> = pods.iter().map(|(_, p)| p).collect();
     let pdbs: Vec<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
-        of("PodDisruptionBudget").iter().filter_map(|l| decode(l)).collect();
+        of("PodDisruptionBudget").iter().filter_map(decode).collect();
     let pdb_refs: Vec<&k8s_openapi::api::policy::v1::PodDisruptionBudget> = pdbs.iter().collect();
     let budgets = disruption::Budgets { pdbs: &pdb_refs, pods: &all_pods };
     let newest: BTreeMap<&str, i64> = rses.iter().fold(BTreeMap::new(), |mut m, (_, r)| {
