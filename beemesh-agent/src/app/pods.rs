@@ -1644,18 +1644,31 @@ impl Agent {
         }
     }
 
-    pub(super) fn pod_container(
+    /// The key of pod `namespace/name` of this host and its container `container` (the
+    /// first app container when not named).
+    fn container_of(
         &self,
         namespace: &str,
         name: &str,
         container: Option<&str>,
-    ) -> Result<Response, String> {
+    ) -> Result<(String, String), String> {
         let key = workload_name(namespace, name);
         let e = self.pods.entries.get(&key).ok_or_else(|| format!("pod {namespace}/{name} not found"))?;
         let container = match container {
             Some(c) => c.to_owned(),
             None => e.plan.containers.first().cloned().ok_or("the pod has no containers")?,
         };
+        Ok((key, container))
+    }
+
+    pub(super) fn pod_container(
+        &self,
+        namespace: &str,
+        name: &str,
+        container: Option<&str>,
+    ) -> Result<Response, String> {
+        let (key, container) = self.container_of(namespace, name, container)?;
+        let e = &self.pods.entries[&key];
         if !e.life.containers.iter().any(|c| c.name == container) {
             return Err(format!("container {container:?} is not in pod {namespace}/{name}"));
         }
@@ -1691,12 +1704,8 @@ impl Agent {
         name: &str,
         container: Option<&str>,
     ) -> Result<Response, String> {
-        let key = workload_name(namespace, name);
-        let e = self.pods.entries.get_mut(&key).ok_or_else(|| format!("pod {namespace}/{name} not found"))?;
-        let container = match container {
-            Some(c) => c.to_owned(),
-            None => e.plan.containers.first().cloned().ok_or("the pod has no containers")?,
-        };
+        let (key, container) = self.container_of(namespace, name, container)?;
+        let Some(e) = self.pods.entries.get_mut(&key) else { return Ok(Response::Done) };
         let once = e.runs.get(&container).and_then(|r| r.plan.as_ref()).is_some_and(|p| p.io.stdin_once);
         if let (true, Some(r)) = (once, e.runs.get_mut(&container)) {
             if r.input_fd.take().is_some() {
