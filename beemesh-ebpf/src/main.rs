@@ -1,6 +1,8 @@
 //! beemesh kernel programs, attached by the agent to the root of its cgroup2 subtree so
 //! that they run for every workload below it:
-//! - `connect4/6`, `sendmsg4/6`: egress policy before any packet leaves (EPERM on deny);
+//! - `connect4/6`, `sendmsg4/6`: egress policy before any packet leaves (EPERM on deny), and
+//!   capture of Service traffic (IPv4, or IPv4-mapped on an IPv6 socket) to the agent;
+//!   `recvmsg4/6` make a captured UDP flow's replies read as from the Service;
 //! - `post_bind4/6`: tag the ports a workload binds (its servers) with its identity, so a
 //!   connect to them knows whom it reaches; `sock_release` drops the tag;
 //! - `ingress` (cgroup_skb): ingress policy on inbound SYNs and datagrams; a sender on this
@@ -104,8 +106,12 @@ fn sock_addr(ctx: &SockAddrContext, v6: bool, hook: u8) -> i32 {
     };
     let flow =
         Flow { subject, addr, port: u16::from_be(sa.user_port as u16), proto, direction: DIR_EGRESS, hook };
-    if hook == HOOK_CONNECT && !v6 && proto == PROTO_TCP {
-        if let Some(verdict) = capture(ctx, &slot, &flow) {
+    // An IPv6 socket reaches an IPv4 Service through its IPv4-mapped address (as Java and
+    // dual-stack servers' clients do): captured alike, so it can neither miss the Service
+    // nor step around its policy.
+    let v4 = !v6 || addr.is_v4_mapped();
+    if hook == HOOK_CONNECT && v4 && proto == PROTO_TCP {
+        if let Some(verdict) = capture(ctx, &slot, &flow, v6) {
             return verdict;
         }
     }
@@ -122,11 +128,11 @@ fn sock_addr(ctx: &SockAddrContext, v6: bool, hook: u8) -> i32 {
     } else {
         0
     };
-    if hook == HOOK_SENDMSG && !v6 && proto == PROTO_UDP {
-        if let Some(verdict) = capture_udp(ctx, &slot, &flow, udp_port) {
+    if hook == HOOK_SENDMSG && v4 && proto == PROTO_UDP {
+        if let Some(verdict) = capture_udp(ctx, &slot, &flow, udp_port, v6) {
             return verdict;
         }
-        if flow.port == 53 && redirect_dns(ctx, &slot) {
+        if !v6 && flow.port == 53 && redirect_dns(ctx, &slot) {
             return ALLOW;
         }
     }
@@ -162,7 +168,7 @@ fn refuse_connect() {
 /// and sends the connection to the agent's capture listener (127.0.0.1). `None`: not a
 /// Service address (or nothing is captured), decide as usual.
 #[inline(always)]
-fn capture(ctx: &SockAddrContext, slot: &Slot, flow: &Flow) -> Option<i32> {
+fn capture(ctx: &SockAddrContext, slot: &Slot, flow: &Flow, v6: bool) -> Option<i32> {
     let key = EndpointKey { addr: flow.addr, port: flow.port, proto: PROTO_TCP, _pad: 0 };
     // A Service port, else a pod's mesh address (port 0: any port).
     let found = match SERVICES.get_ptr(&key) {
@@ -211,11 +217,7 @@ fn capture(ctx: &SockAddrContext, slot: &Slot, flow: &Flow) -> Option<i32> {
         refuse_connect();
         return Some(DENY);
     }
-    // SAFETY: connect4 may rewrite the destination of its own context.
-    unsafe {
-        (*ctx.sock_addr).user_ip4 = u32::from_be_bytes([127, 0, 0, 1]).to_be();
-        (*ctx.sock_addr).user_port = u32::from(redirect.capture_port.to_be());
-    }
+    redirect_to(ctx, v6, u32::from_be_bytes([127, 0, 0, 1]).to_be(), redirect.capture_port);
     Some(ALLOW)
 }
 
@@ -226,7 +228,7 @@ fn capture(ctx: &SockAddrContext, slot: &Slot, flow: &Flow) -> Option<i32> {
 /// the flow's own loopback address, which names the flow to the agent. `None`: not a
 /// Service address, decide as usual.
 #[inline(always)]
-fn capture_udp(ctx: &SockAddrContext, slot: &Slot, flow: &Flow, own_port: u16) -> Option<i32> {
+fn capture_udp(ctx: &SockAddrContext, slot: &Slot, flow: &Flow, own_port: u16, v6: bool) -> Option<i32> {
     let key = EndpointKey { addr: flow.addr, port: flow.port, proto: PROTO_UDP, _pad: 0 };
     let found = match SERVICES.get_ptr(&key) {
         Some(p) => p,
@@ -245,8 +247,8 @@ fn capture_udp(ctx: &SockAddrContext, slot: &Slot, flow: &Flow, own_port: u16) -
     }
     // SAFETY: the context pointer is valid for the helper.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: the kernel hands a valid bpf_sock_addr context.
-    let ip4 = unsafe { (*ctx.sock_addr).user_ip4 };
+    // The destination's IPv4 word (of the IPv4-mapped address on an IPv6 socket).
+    let ip4 = flow.addr.words[3];
     // The flow's id: the probe that holds it already, else the first free one.
     let mut id = 0u32;
     let mut held: Option<UdpCapture> = None;
@@ -316,12 +318,28 @@ fn capture_udp(ctx: &SockAddrContext, slot: &Slot, flow: &Flow, own_port: u16) -
             return Some(DENY);
         }
     }
-    // SAFETY: sendmsg4 may rewrite the destination of its own context.
-    unsafe {
-        (*ctx.sock_addr).user_ip4 = udp_capture_addr(id).to_be();
-        (*ctx.sock_addr).user_port = u32::from(redirect.udp_port.to_be());
-    }
+    redirect_to(ctx, v6, udp_capture_addr(id).to_be(), redirect.udp_port);
     Some(ALLOW)
+}
+
+/// Rewrites a connect's or sendmsg's destination to the IPv4 address `ip4_be` (network
+/// order), as the IPv4-mapped IPv6 address on an IPv6 socket, and `port`.
+#[inline(always)]
+fn redirect_to(ctx: &SockAddrContext, v6: bool, ip4_be: u32, port: u16) {
+    let sa = ctx.sock_addr;
+    // SAFETY: connect and sendmsg programs may rewrite the destination of their own context;
+    // the writes are to the context's fields at constant offsets, as the verifier requires.
+    unsafe {
+        if v6 {
+            core::ptr::write_volatile(&mut (*sa).user_ip6[0], 0);
+            core::ptr::write_volatile(&mut (*sa).user_ip6[1], 0);
+            core::ptr::write_volatile(&mut (*sa).user_ip6[2], 0x0000_ffff_u32.to_be());
+            core::ptr::write_volatile(&mut (*sa).user_ip6[3], ip4_be);
+        } else {
+            (*sa).user_ip4 = ip4_be;
+        }
+        (*sa).user_port = u32::from(port.to_be());
+    }
 }
 
 /// Whether a datagram from 127.x.y.z:`sport` to the socket `cookie` is the agent's reply
@@ -407,6 +425,40 @@ pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
         unsafe {
             (*ctx.sock_addr).user_ip4 = origin.addr;
             (*ctx.sock_addr).user_port = origin.port;
+        }
+    }
+    ALLOW
+}
+
+/// A reply of a captured UDP flow to an IPv6 socket (from `::ffff:127.x.y.z`) reads as from
+/// the IPv4-mapped Service address the datagram was sent to.
+#[cgroup_sock_addr(recvmsg6)]
+pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the context pointer is valid for the helper.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let sa = ctx.sock_addr;
+    // SAFETY: reads of the valid context's fields at constant offsets.
+    let (words, from_port) = unsafe {
+        (
+            [
+                core::ptr::read_volatile(&(*sa).user_ip6[0]),
+                core::ptr::read_volatile(&(*sa).user_ip6[1]),
+                core::ptr::read_volatile(&(*sa).user_ip6[2]),
+            ],
+            (*sa).user_port,
+        )
+    };
+    let mapped = words[0] == 0 && words[1] == 0 && words[2] == 0x0000_ffff_u32.to_be();
+    if !mapped {
+        return ALLOW;
+    }
+    // SAFETY: read of the valid context's field at a constant offset.
+    let from_ip = unsafe { core::ptr::read_volatile(&(*sa).user_ip6[3]) };
+    if let Some(record) = udp_capture_reply(from_ip, u16::from_be(from_port as u16), cookie) {
+        // SAFETY: recvmsg6 may rewrite the source address it reports (constant offset).
+        unsafe {
+            core::ptr::write_volatile(&mut (*sa).user_ip6[3], record.addr);
+            (*sa).user_port = u32::from(record.port.to_be());
         }
     }
     ALLOW

@@ -370,7 +370,8 @@ fn udp_replies_pass_an_ingress_policy_and_revocation_stops_them() -> Result<()> 
     assert!(eventually(T, || agent.generation().unwrap_or(0) >= 2));
     for mode in ["u", "c"] {
         let ask = agent.workload(&format!("ask-{mode}"), FRONTEND, &[], &["udp-ask", &addr, mode])?;
-        assert_eq!(ask.line(T)?, "reply 4", "reply dropped ({mode})");
+        let line = ask.line(T)?;
+        assert!(line.starts_with("reply 4 from"), "reply dropped ({mode}): {line}");
     }
     // Revoked: the send itself is refused.
     agent.write_policy("client.yaml", &policy(false))?;

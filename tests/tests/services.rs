@@ -331,12 +331,28 @@ fn an_exec_workload_reaches_a_pod_on_another_host_and_that_host_decides_on_its_l
     };
     ensure!(eventually(T, || ask("good") == "reply hi"), "good: {}\n{}", ask("good"), h2.log());
     ensure!(ask("bad") == "reply hi", "bad, no policy: {}", ask("bad"));
+    // From an IPv6 socket, to the IPv4-mapped cluster IP: captured as an IPv4 socket is.
+    let ask6 = |role: &str| -> String {
+        runs.set(runs.get() + 1);
+        let label = format!("role={role}");
+        h1.workload(
+            &format!("{role}6-{}", runs.get()),
+            "default/client",
+            &[&label],
+            &["ask", &format!("[::ffff:{ip}]:80")],
+        )
+        .and_then(|p| p.line(Duration::from_secs(15)))
+        .unwrap_or_else(|e| e.to_string())
+    };
+    ensure!(ask6("good") == "reply hi", "good, IPv4-mapped: {}", ask6("good"));
 
     // h2 alone holds the policy: it admits role good, by the labels h1 published for its
     // workload, and refuses bad's stream with the identity the tunnel proved.
     h2.write_policy("db.yaml", ONLY_GOOD)?;
     ensure!(eventually(T, || ask("bad") != "reply hi"), "bad still answered by h2: {}", h2.log());
     ensure!(ask("good") == "reply hi", "good refused: {}", ask("good"));
+    ensure!(ask6("bad") != "reply hi", "bad, IPv4-mapped, answered by h2");
+    ensure!(ask6("good") == "reply hi", "good, IPv4-mapped, refused: {}", ask6("good"));
     let denied = flows_with(h2, "deny", "tunnel");
     ensure!(
         denied.iter().any(|f| f["peer"].as_str().is_some_and(|p| p.contains("ns/default/sa/client"))),
@@ -710,6 +726,13 @@ fn udp_services_reach_pods_on_another_host_through_the_tunnel_and_on_their_own_h
     let far = cluster_ip(h1, "far")?;
     let by_addr = ask_udp(h1, "client", &format!("{far}:53"), "again");
     ensure!(by_addr.contains("again from echo-far"), "by cluster IP: {by_addr}");
+    // From an IPv6 socket of a host workload, to the IPv4-mapped cluster IP: captured alike,
+    // and the reply reads as from the address asked.
+    let mapped = format!("[::ffff:{far}]:53");
+    let asked = h1
+        .workload("ask6", "default/client", &[], &["udp-ask", &mapped])
+        .and_then(|p| p.line(Duration::from_secs(15)))?;
+    ensure!(asked.starts_with("reply") && asked.ends_with(&format!("from {mapped}")), "{mapped}: {asked}");
 
     // A pod's mesh address, on the pod's own port.
     let pod_ip = h1.pod("echo-far")?["status"]["podIP"].as_str().unwrap_or_default().to_owned();

@@ -24,7 +24,7 @@ use super::KernelError;
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/beemesh-ebpf.o"));
 
 /// Every program in the object, in attach order (taggers before enforcers).
-const PROGRAMS: [&str; 10] = [
+const PROGRAMS: [&str; 11] = [
     "post_bind4",
     "post_bind6",
     "sock_release",
@@ -34,6 +34,7 @@ const PROGRAMS: [&str; 10] = [
     "sendmsg4",
     "sendmsg6",
     "recvmsg4",
+    "recvmsg6",
     "ingress",
 ];
 

@@ -9,7 +9,8 @@
 //! probe udp-send ADDR       one datagram with sendto()
 //! probe udp-listen ADDR     print `datagram <len>` for each datagram received
 //! probe udp-echo ADDR       send every datagram back to its sender
-//! probe udp-ask ADDR [c]    send one datagram, print `reply <len>` or `timeout` (c: connect first)
+//! probe udp-ask ADDR [c]    send one datagram, print `reply <len> from <addr>` or `timeout`
+//!                           (c: connect first)
 //! probe loop ADDR           connect every 20 ms forever, print each outcome change
 //! probe rate ADDR MS        connect, await the server's close, close; for MS: `count N`
 //! probe watch-deny ADDR     connect+close in a tight loop until refused: `denied <unix ns>`
@@ -157,7 +158,7 @@ fn main() {
             }
             let mut buf = [0u8; 64];
             match s.recv_from(&mut buf) {
-                Ok((n, _)) => say(&format!("reply {n}")),
+                Ok((n, from)) => say(&format!("reply {n} from {from}")),
                 Err(_) => say("timeout"),
             }
         }
