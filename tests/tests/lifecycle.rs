@@ -9,6 +9,8 @@ use anyhow::Result;
 use beemesh_tests::{connect_in_cgroup, eventually, port, try_connect, Agent, EPERM_LINE};
 
 const T: Duration = Duration::from_secs(10);
+/// The agent pins one link per kernel program (`PROGRAMS` in beemesh-agent/src/kernel/loader.rs).
+const PROGRAMS: usize = 11;
 const WEB: &str = "spiffe://beemesh.local/ns/shop/sa/web";
 const INTRUDER: &str = "spiffe://beemesh.local/ns/other/sa/intruder";
 
@@ -34,7 +36,7 @@ fn clean_shutdown_detaches_and_removes_everything() -> Result<()> {
     let web = agent.workload("web", WEB, &[], &["listen", &format!("127.0.0.1:{p}")])?;
     assert_eq!(web.line(T)?, "listening");
     assert!(agent.cgroup_root().join("web").is_dir());
-    assert_eq!(link_pins(&agent.pin_dir()), 10, "one pinned link per program");
+    assert_eq!(link_pins(&agent.pin_dir()), PROGRAMS, "one pinned link per program");
 
     assert!(agent.stop()?, "agent exit status:\n{}", agent.log());
     assert!(!agent.cgroup_root().exists(), "cgroup subtree left behind");
@@ -73,7 +75,7 @@ fn crash_keeps_enforcing_and_restart_recovers() -> Result<()> {
     let names: Vec<&str> = list.as_array().expect("list").iter().filter_map(|w| w["name"].as_str()).collect();
     assert!(names.contains(&"web") && names.contains(&"watcher"), "{list}");
     assert!(
-        eventually(T, || link_pins(&agent.pin_dir()) == 10),
+        eventually(T, || link_pins(&agent.pin_dir()) == PROGRAMS),
         "old generation not retired: {} pins",
         link_pins(&agent.pin_dir())
     );
