@@ -301,7 +301,8 @@ pub struct UdpCapture {
     /// The backend's numeric identity, as policy saw it.
     pub peer: u32,
     /// The sending socket's own port (host order): the agent takes datagrams of this flow
-    /// only from it.
+    /// only from it. 0: a socket that connected before it was bound (the kernel chose its
+    /// port after this record); the agent then checks the sender's cookie (sock_diag).
     pub src_port: u16,
     /// The destination asked for (host order port; network order address, as `user_ip4`).
     pub port: u16,

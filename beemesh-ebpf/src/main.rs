@@ -115,8 +115,9 @@ fn sock_addr(ctx: &SockAddrContext, v6: bool, hook: u8) -> i32 {
             return verdict;
         }
     }
-    // The workload's port is known here because sendmsg autobinds before this hook.
-    let udp_port = if hook == HOOK_SENDMSG {
+    // The workload's port is known here because sendmsg autobinds before this hook (a
+    // connect does not: 0 for a socket not bound yet).
+    let udp_port = if proto == PROTO_UDP {
         // SAFETY: `sk` is always set for sock_addr programs.
         let sk = unsafe { sa.__bindgen_anon_1.sk };
         // SAFETY: non-null kernel socket pointer checked by the verifier.
@@ -128,11 +129,12 @@ fn sock_addr(ctx: &SockAddrContext, v6: bool, hook: u8) -> i32 {
     } else {
         0
     };
-    if hook == HOOK_SENDMSG && v4 && proto == PROTO_UDP {
+    // A connected UDP socket is captured at its connect: its sends never pass `sendmsg`.
+    if v4 && proto == PROTO_UDP {
         if let Some(verdict) = capture_udp(ctx, &slot, &flow, udp_port, v6) {
             return verdict;
         }
-        if !v6 && flow.port == 53 && redirect_dns(ctx, &slot) {
+        if hook == HOOK_SENDMSG && !v6 && flow.port == 53 && redirect_dns(ctx, &slot) {
             return ALLOW;
         }
     }
@@ -222,7 +224,7 @@ fn capture(ctx: &SockAddrContext, slot: &Slot, flow: &Flow, v6: bool) -> Option<
 }
 
 /// A UDP datagram to a Service's UDP port (or a pod's mesh address), sent unconnected (as
-/// slirp4netns sends every pod datagram): the flow (socket, destination) keeps the backend
+/// slirp4netns sends every pod datagram), or a UDP socket's connect there: the flow (socket, destination) keeps the backend
 /// it was given while that backend stays in its slot; every datagram is decided against the
 /// backend (egress and the backend's ingress), and goes to the agent's UDP capture socket at
 /// the flow's own loopback address, which names the flow to the agent. `None`: not a
@@ -238,7 +240,7 @@ fn capture_udp(ctx: &SockAddrContext, slot: &Slot, flow: &Flow, own_port: u16, v
     let service = unsafe { *found };
     // SAFETY: array index 0 exists; copied at once.
     let redirect = unsafe { *REDIRECT.get_ptr(0)? };
-    if redirect.udp_port == 0 || own_port == 0 {
+    if redirect.udp_port == 0 {
         return None;
     }
     if service.backends == 0 {

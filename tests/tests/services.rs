@@ -728,11 +728,18 @@ fn udp_services_reach_pods_on_another_host_through_the_tunnel_and_on_their_own_h
     ensure!(by_addr.contains("again from echo-far"), "by cluster IP: {by_addr}");
     // From an IPv6 socket of a host workload, to the IPv4-mapped cluster IP: captured alike,
     // and the reply reads as from the address asked.
-    let mapped = format!("[::ffff:{far}]:53");
-    let asked = h1
-        .workload("ask6", "default/client", &[], &["udp-ask", &mapped])
-        .and_then(|p| p.line(Duration::from_secs(15)))?;
-    ensure!(asked.starts_with("reply") && asked.ends_with(&format!("from {mapped}")), "{mapped}: {asked}");
+    // Connected sockets too (`c`: connect, then send): captured at their connect, the sender
+    // proved by its cookie as the kernel chose its port after.
+    for (name, to, how) in [
+        ("ask6", format!("[::ffff:{far}]:53"), "u"),
+        ("ask4c", format!("{far}:53"), "c"),
+        ("ask6c", format!("[::ffff:{far}]:53"), "c"),
+    ] {
+        let asked = h1
+            .workload(name, "default/client", &[], &["udp-ask", &to, how])
+            .and_then(|p| p.line(Duration::from_secs(15)))?;
+        ensure!(asked.starts_with("reply") && asked.ends_with(&format!("from {to}")), "{name} {to}: {asked}");
+    }
 
     // A pod's mesh address, on the pod's own port.
     let pod_ip = h1.pod("echo-far")?["status"]["podIP"].as_str().unwrap_or_default().to_owned();

@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
@@ -156,7 +156,10 @@ pub(super) async fn capture_loop(shared: Arc<Shared>, socket: UdpSocket) {
             continue;
         }
         let record = shared.maps.lock().ok().and_then(|m| m.udp_capture(id));
-        let Some(record) = record.filter(|r| r.src_port == from.port()) else {
+        let flow_addr = Ipv4Addr::from(udp_capture_addr(id));
+        let Some(record) = record
+            .filter(|r| r.src_port == from.port() || (r.src_port == 0 && sent_by(r.cookie, from, flow_addr)))
+        else {
             debug!(id, %from, "datagram of a UDP flow the kernel has no record of from that socket: dropped");
             continue;
         };
@@ -167,9 +170,31 @@ pub(super) async fn capture_loop(shared: Arc<Shared>, socket: UdpSocket) {
         let (tx, rx) = mpsc::channel(FLOW_QUEUE);
         let _ = tx.try_send(datagram);
         flows.insert(id, Inbound { tx, from });
-        let replies =
-            Replies { socket: socket.clone(), from: Ipv4Addr::from(udp_capture_addr(id)), to: from };
+        let replies = Replies { socket: socket.clone(), from: flow_addr, to: from };
         tokio::spawn(flow(shared.clone(), record, rx, replies));
+    }
+}
+
+/// Whether the socket that sent from `from` to the flow's address `to` is the one whose cookie
+/// the kernel recorded: for a flow captured at a UDP socket's `connect()` before the socket had
+/// a port (the record's `src_port` is 0). One socket dump per such flow, when its first
+/// datagram arrives; the cookie, not the port, proves the sender.
+fn sent_by(cookie: u64, from: SocketAddrV4, to: Ipv4Addr) -> bool {
+    let v4 = |a: SocketAddr| match a {
+        SocketAddr::V4(a) => Some(*a.ip()),
+        SocketAddr::V6(a) => a.ip().to_ipv4_mapped(),
+    };
+    match crate::sys::diag::dump_udp() {
+        Ok(sockets) => sockets.iter().any(|s| {
+            s.cookie == cookie
+                && s.local.port() == from.port()
+                && v4(s.local) == Some(*from.ip())
+                && v4(s.remote) == Some(to)
+        }),
+        Err(e) => {
+            warn!(error = %e, "cannot list UDP sockets to check a connected flow's sender: dropped");
+            false
+        }
     }
 }
 
