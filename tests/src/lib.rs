@@ -259,6 +259,16 @@ impl Agent {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// The log of the agent's last start without its DEBUG and TRACE lines: short enough to
+    /// survive a CI log's truncation of a failure's output.
+    pub fn last_run_log(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        let start = lines.iter().rposition(|l| l.contains("host identity")).unwrap_or(0);
+        let quiet = |l: &&&str| !(l.contains("DEBUG") || l.contains("TRACE"));
+        lines[start..].iter().filter(quiet).copied().collect::<Vec<_>>().join("\n")
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
