@@ -115,6 +115,13 @@ pub trait View<H> {
     fn matching(&self, selector: &fit::Selector, host: &H) -> u64;
     /// Where the state places `slot`, if anywhere.
     fn placed(&self, slot: &str) -> Option<H>;
+    /// Hosts with a Node record that the failure detector holds dead. Their pods keep their
+    /// topology domains for pod (anti-)affinity until placed again (Kubernetes counts a lost
+    /// node's pods until they are deleted): else a pending pod could take the zone a lost
+    /// pod holds, and the two would run side by side once the host returns.
+    fn lost_hosts(&self) -> Vec<H> {
+        Vec::new()
+    }
 }
 
 /// The owner of a workload (its key hashed with `rank::hash_str`) in `view`.
@@ -362,21 +369,27 @@ impl<H: Clone + Ord + std::fmt::Debug> Tenderer<H> {
             let own = self.awarded.values().filter(|(_, at, _, l)| at == h && sel.matches(l)).count() as u64;
             view.matching(sel, h) + own
         };
+        // Every host whose pods hold their domains: the alive ones and the lost ones. A pod
+        // tendered again off a lost host does not count against itself there.
+        let mut holders: Vec<H> = view.hosts().into_iter().map(|(h, _)| h).collect();
+        holders.extend(view.lost_hosts());
+        let was_on = view.placed(slot);
+        let held = |sel: &fit::Selector, x: &H| -> u64 {
+            let itself = was_on.as_ref() == Some(x) && sel.matches(&o.req.needs.labels);
+            matching(sel, x).saturating_sub(u64::from(itself))
+        };
         // A domain term's matching pods over the candidate's domain; `None` without the label.
         let in_domain = |t: &fit::DomainTerm, h: &H| -> Option<u64> {
             let domain = view.facts(h)?.labels.get(&t.key)?;
-            let hosts = view.hosts();
-            let same = hosts
-                .iter()
-                .filter(|(x, _)| view.facts(x).and_then(|f| f.labels.get(&t.key)) == Some(domain));
-            Some(same.map(|(x, _)| matching(&t.selector, x)).sum())
+            let same =
+                holders.iter().filter(|x| view.facts(x).and_then(|f| f.labels.get(&t.key)) == Some(domain));
+            Some(same.map(|x| held(&t.selector, x)).sum())
         };
         let terms = &o.req.needs.domain_terms;
         // Required affinity to a group with no pod yet is met by its first pod, when the pod
         // matches its own term (as in Kubernetes).
         let first_of = |t: &fit::DomainTerm| {
-            t.selector.matches(&o.req.needs.labels)
-                && view.hosts().iter().all(|(x, _)| matching(&t.selector, x) == 0)
+            t.selector.matches(&o.req.needs.labels) && holders.iter().all(|x| held(&t.selector, x) == 0)
         };
         let refused_by_terms = |h: &H| -> Option<Reason> {
             for t in terms.iter().filter(|t| t.weight.is_none()) {

@@ -236,6 +236,9 @@ impl core::View<String> for StateView {
     fn placed(&self, slot: &str) -> Option<String> {
         self.placed.get(slot).cloned()
     }
+    fn lost_hosts(&self) -> Vec<String> {
+        self.dead.iter().filter(|n| self.facts.contains_key(*n)).cloned().collect()
+    }
 }
 
 /// The node names of `nodes` (Node records) whose host the failure detector holds dead.

@@ -115,6 +115,8 @@ struct TestView {
     facts: BTreeMap<String, HostFacts>,
     /// slot -> (host, group, requests)
     placed: BTreeMap<String, (String, String, Resources)>,
+    /// Hosts held dead (not in `hosts`, still in `facts`).
+    lost: Vec<String>,
 }
 
 impl TestView {
@@ -152,6 +154,9 @@ impl View<String> for TestView {
     }
     fn placed(&self, slot: &str) -> Option<String> {
         self.placed.get(slot).map(|(h, _, _)| h.clone())
+    }
+    fn lost_hosts(&self) -> Vec<String> {
+        self.lost.clone()
     }
 }
 
@@ -516,6 +521,41 @@ fn zone_anti_affinity_among_replicas_counts_awards_not_yet_in_the_state() {
         }
     }
     assert_ne!(zones[0], zones[1]);
+}
+
+#[test]
+fn a_lost_hosts_pod_keeps_its_zone_from_others_but_not_from_itself() {
+    // Replicas of `g` avoid each other per zone; h2 (zone a) is lost with one, h3 (zone b)
+    // runs another. A third replica waits: zone a is still the lost one's. The lost one,
+    // tendered again, may go back to zone a.
+    let mut view = zoned_view();
+    for gone in ["h4", "h2"] {
+        view.hosts.retain(|(h, _)| h != gone);
+    }
+    view.facts.remove("h4");
+    view.lost.push("h2".into());
+    view.placed.insert("lost".into(), ("h2".into(), "g".into(), res(100, 1)));
+    view.placed.insert("b".into(), ("h3".into(), "g".into(), res(100, 1)));
+    let selector = Selector(vec![req("app", Op::In, &["g"])]);
+    let term =
+        fit::DomainTerm { key: "topology.kubernetes.io/zone".into(), selector, anti: true, weight: None };
+    let slot = |name: &str| SlotReq {
+        slot: name.into(),
+        group: "g".into(),
+        needs: Needs { domain_terms: vec![term.clone()], labels: labels(&[("app", "g")]), ..needs(100, 1) },
+        max_skew: None,
+        spread: Vec::new(),
+    };
+    match place(&mut Tenderer::new(SchedConfig::default()), &view, &mut BTreeMap::new(), slot("new")) {
+        Out::Pending { message, .. } => {
+            assert!(message.contains("didn't match pod anti-affinity rules"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    match place(&mut Tenderer::new(SchedConfig::default()), &view, &mut BTreeMap::new(), slot("lost")) {
+        Out::Bind { host, .. } => assert!(host == "h0" || host == "h1", "{host}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
