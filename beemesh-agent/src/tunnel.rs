@@ -134,10 +134,65 @@ pub struct Endpoint {
     header_deadline: Duration,
 }
 
+/// Keys an endpoint keeps across restarts of its agent, derived from the host's key: QUIC's
+/// stateless reset key and the key its connection ids are made with. A restarted agent then
+/// recognises the connections of its previous instance and answers their packets with a
+/// stateless reset (RFC 9000 §10.3), and peers drop them at once: else a peer's pooled
+/// connection to the dead instance looked open until its idle timeout (30 s), and the streams
+/// opened on it went nowhere.
+#[derive(Clone, Copy)]
+pub struct RestartKeys {
+    reset: [u8; 32],
+    connection_ids: u64,
+}
+
+impl std::fmt::Debug for RestartKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RestartKeys(..)")
+    }
+}
+
+impl RestartKeys {
+    /// From the host's libp2p keypair; `None` for a key type that derives no secrets.
+    pub fn of(keypair: &libp2p_identity::Keypair) -> Option<Self> {
+        let reset = keypair.derive_secret(b"beemesh tunnel stateless reset key")?;
+        let ids = keypair.derive_secret(b"beemesh tunnel connection id key")?;
+        let connection_ids = u64::from_le_bytes(ids[..8].try_into().ok()?);
+        Some(Self { reset, connection_ids })
+    }
+
+    fn endpoint_config(self) -> quinn::EndpointConfig {
+        let reset = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.reset);
+        let mut config = quinn::EndpointConfig::new(Arc::new(reset));
+        let key = self.connection_ids;
+        config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(key)));
+        config
+    }
+}
+
 impl Endpoint {
     /// Binds `addr` (UDP) and accepts tunnels as `identity` (a [`TlsIdentity::host`]), from
-    /// workloads whose SVIDs chain to its trust domain's roots. Needs a tokio runtime.
+    /// workloads whose SVIDs chain to its trust domain's roots. Needs a tokio runtime. Its
+    /// reset and connection id keys are this process's own (tests and benches);
+    /// [`Self::bind_keyed`] gives an agent's.
     pub fn bind(addr: SocketAddr, identity: TlsIdentity) -> Result<Self, TunnelError> {
+        Self::bind_with(addr, identity, quinn::EndpointConfig::default())
+    }
+
+    /// [`Self::bind`] with keys that outlive the process ([`RestartKeys`]).
+    pub fn bind_keyed(
+        addr: SocketAddr,
+        identity: TlsIdentity,
+        keys: RestartKeys,
+    ) -> Result<Self, TunnelError> {
+        Self::bind_with(addr, identity, keys.endpoint_config())
+    }
+
+    fn bind_with(
+        addr: SocketAddr,
+        identity: TlsIdentity,
+        endpoint_config: quinn::EndpointConfig,
+    ) -> Result<Self, TunnelError> {
         let transport = Arc::new(transport_config());
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(identity.server_config()?)?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -152,12 +207,8 @@ impl Endpoint {
                 tracing::warn!(option = what, %error, "cannot size the tunnel socket buffer");
             }
         }
-        let inner = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some(server),
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )?;
+        let inner =
+            quinn::Endpoint::new(endpoint_config, Some(server), socket, Arc::new(quinn::TokioRuntime))?;
         tracing::debug!(addr = %inner.local_addr()?, id = identity.spiffe_uri(), "tunnel endpoint bound");
         let mut client = transport_config();
         client.max_concurrent_bidi_streams(VarInt::from_u32(0));

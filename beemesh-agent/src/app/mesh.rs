@@ -90,8 +90,11 @@ pub(super) async fn start(
     let tunnel = {
         // The endpoint's socket and driver belong to the runtime it is made in.
         let _on_data_path = data.enter();
-        crate::tunnel::Endpoint::bind(tunnel_addr, host_tls)
-            .map_err(|e| AgentError::Config(format!("tunnel port {}: {e}", cfg.mesh.tunnel_port)))?
+        let bound = match crate::tunnel::RestartKeys::of(identity.keypair()) {
+            Some(keys) => crate::tunnel::Endpoint::bind_keyed(tunnel_addr, host_tls, keys),
+            None => crate::tunnel::Endpoint::bind(tunnel_addr, host_tls),
+        };
+        bound.map_err(|e| AgentError::Config(format!("tunnel port {}: {e}", cfg.mesh.tunnel_port)))?
     };
     let tunnel_port = tunnel.local_addr().map(|a| a.port()).unwrap_or(cfg.mesh.tunnel_port);
     let trust = Arc::new(trust);

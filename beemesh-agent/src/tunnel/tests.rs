@@ -323,6 +323,64 @@ async fn the_host_behind_a_workload_is_read_from_the_verified_path_only() {
     assert_eq!((server.peer_id(), server.peer_host()), (WEB, Some("h1")));
 }
 
+/// h2's agent "restarts": its endpoint moves off its port without a word (as a process that
+/// died sends nothing), and a new endpoint of the same host binds the port. The client's
+/// next packet on the old connection draws a stateless reset from the new instance when both
+/// have h2's [`RestartKeys`]; with per-process keys the packet is dropped, and the client's
+/// connection looks open until its idle timeout.
+async fn restarted_host_resets_the_old_connection(keyed: bool) -> bool {
+    let ca = root(TD);
+    let (chain, keypair) = host_cert(&ca, "h2");
+    let instance = |addr: SocketAddr| {
+        let id = TlsIdentity::host(chain.clone(), &keypair, vec![ca.cert_der()], TD).expect("host");
+        match (keyed, RestartKeys::of(&keypair)) {
+            (true, Some(keys)) => Endpoint::bind_keyed(addr, id, keys),
+            (true, None) => panic!("an ed25519 key derives its restart keys"),
+            (false, _) => Endpoint::bind(addr, id),
+        }
+    };
+    let old = instance(localhost()).expect("binds");
+    let port = old.local_addr().expect("bound");
+    let h1 = host(&ca, "h1");
+    let web = workload(&ca, "h1", WEB);
+    let (client, _server) = connected(&h1, &old, &web).await;
+    // The old instance leaves the port silently: quinn keeps the socket it moved off until
+    // traffic arrives on the new one, so it moves twice; the port is free once its
+    // connection has moved too.
+    for _ in 0..2 {
+        old.inner.rebind(std::net::UdpSocket::bind(localhost()).expect("binds")).expect("moves");
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let _new = loop {
+        match instance(port) {
+            Ok(e) => break e,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                assert!(
+                    matches!(&e, TunnelError::Socket(s) if s.kind() == std::io::ErrorKind::AddrInUse),
+                    "{e}"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("the old instance kept its port: {e}"),
+        }
+    };
+    // The client sends on its old connection: a stream and its header.
+    let _opened = client.open(&header()).await;
+    match timeout(Duration::from_secs(2), client.closed()).await {
+        Ok(why) => {
+            assert!(matches!(why, quinn::ConnectionError::Reset), "{why}");
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_host_resets_its_previous_instances_connections() {
+    assert!(restarted_host_resets_the_old_connection(true).await, "no stateless reset");
+    assert!(!restarted_host_resets_the_old_connection(false).await, "reset without the host's keys");
+}
+
 /// A connected pair of loopback TCP sockets.
 async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
     let listener = tokio::net::TcpListener::bind(localhost()).await.expect("listens");
