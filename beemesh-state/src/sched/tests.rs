@@ -490,6 +490,20 @@ fn zone_affinity_terms_count_matching_pods_over_the_whole_zone() {
     }
 }
 
+/// A replica `name` of group `g` (labels `app: g`) that avoids the others per zone.
+fn zone_replica(name: &str) -> SlotReq {
+    let selector = Selector(vec![req("app", Op::In, &["g"])]);
+    let term =
+        fit::DomainTerm { key: "topology.kubernetes.io/zone".into(), selector, anti: true, weight: None };
+    SlotReq {
+        slot: name.into(),
+        group: "g".into(),
+        needs: Needs { domain_terms: vec![term], labels: labels(&[("app", "g")]), ..needs(100, 1) },
+        max_skew: None,
+        spread: Vec::new(),
+    }
+}
+
 #[test]
 fn zone_anti_affinity_among_replicas_counts_awards_not_yet_in_the_state() {
     // Replicas of `g` avoid each other per zone: the second is awarded before the state shows
@@ -497,16 +511,6 @@ fn zone_anti_affinity_among_replicas_counts_awards_not_yet_in_the_state() {
     let mut view = zoned_view();
     view.facts.remove("h4");
     view.hosts.retain(|(h, _)| h != "h4");
-    let selector = Selector(vec![req("app", Op::In, &["g"])]);
-    let term =
-        fit::DomainTerm { key: "topology.kubernetes.io/zone".into(), selector, anti: true, weight: None };
-    let slot = |name: &str| SlotReq {
-        slot: name.into(),
-        group: "g".into(),
-        needs: Needs { domain_terms: vec![term.clone()], labels: labels(&[("app", "g")]), ..needs(100, 1) },
-        max_skew: None,
-        spread: Vec::new(),
-    };
     let mut t = Tenderer::new(SchedConfig::default());
     let zone = |h: &str| match h {
         "h0" | "h1" | "h2" => "a",
@@ -515,7 +519,7 @@ fn zone_anti_affinity_among_replicas_counts_awards_not_yet_in_the_state() {
     };
     let mut zones = Vec::new();
     for name in ["r0", "r1"] {
-        match place(&mut t, &view, &mut BTreeMap::new(), slot(name)) {
+        match place(&mut t, &view, &mut BTreeMap::new(), zone_replica(name)) {
             Out::Bind { host, .. } => zones.push(zone(&host)),
             other => panic!("{other:?}"),
         }
@@ -536,23 +540,15 @@ fn a_lost_hosts_pod_keeps_its_zone_from_others_but_not_from_itself() {
     view.lost.push("h2".into());
     view.placed.insert("lost".into(), ("h2".into(), "g".into(), res(100, 1)));
     view.placed.insert("b".into(), ("h3".into(), "g".into(), res(100, 1)));
-    let selector = Selector(vec![req("app", Op::In, &["g"])]);
-    let term =
-        fit::DomainTerm { key: "topology.kubernetes.io/zone".into(), selector, anti: true, weight: None };
-    let slot = |name: &str| SlotReq {
-        slot: name.into(),
-        group: "g".into(),
-        needs: Needs { domain_terms: vec![term.clone()], labels: labels(&[("app", "g")]), ..needs(100, 1) },
-        max_skew: None,
-        spread: Vec::new(),
-    };
-    match place(&mut Tenderer::new(SchedConfig::default()), &view, &mut BTreeMap::new(), slot("new")) {
+    match place(&mut Tenderer::new(SchedConfig::default()), &view, &mut BTreeMap::new(), zone_replica("new"))
+    {
         Out::Pending { message, .. } => {
             assert!(message.contains("didn't match pod anti-affinity rules"), "{message}")
         }
         other => panic!("{other:?}"),
     }
-    match place(&mut Tenderer::new(SchedConfig::default()), &view, &mut BTreeMap::new(), slot("lost")) {
+    match place(&mut Tenderer::new(SchedConfig::default()), &view, &mut BTreeMap::new(), zone_replica("lost"))
+    {
         Out::Bind { host, .. } => assert!(host == "h0" || host == "h1", "{host}"),
         other => panic!("{other:?}"),
     }
