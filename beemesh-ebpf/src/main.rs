@@ -224,11 +224,11 @@ fn capture(ctx: &SockAddrContext, slot: &Slot, flow: &Flow, v6: bool) -> Option<
 }
 
 /// A UDP datagram to a Service's UDP port (or a pod's mesh address), sent unconnected (as
-/// slirp4netns sends every pod datagram), or a UDP socket's connect there: the flow (socket, destination) keeps the backend
-/// it was given while that backend stays in its slot; every datagram is decided against the
-/// backend (egress and the backend's ingress), and goes to the agent's UDP capture socket at
-/// the flow's own loopback address, which names the flow to the agent. `None`: not a
-/// Service address, decide as usual.
+/// slirp4netns sends every pod datagram), or a UDP socket's connect there: the flow (socket,
+/// destination) keeps the backend it was given while that backend stays in its slot; every
+/// datagram is decided against the backend (egress and the backend's ingress), and goes to
+/// the agent's UDP capture socket at the flow's own loopback address, which names the flow to
+/// the agent. `None`: not a Service address, decide as usual.
 #[inline(always)]
 fn capture_udp(ctx: &SockAddrContext, slot: &Slot, flow: &Flow, own_port: u16, v6: bool) -> Option<i32> {
     let key = EndpointKey { addr: flow.addr, port: flow.port, proto: PROTO_UDP, _pad: 0 };
