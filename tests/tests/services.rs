@@ -149,20 +149,25 @@ fn a_pod_reaches_services_on_another_host_through_the_tunnel_and_on_its_own_host
     ensure!(ok, "get services np: {err}");
     let svc: serde_json::Value = serde_json::from_str(&out)?;
     let node_port = svc["spec"]["ports"][0]["nodePort"].as_u64().context("nodePort")?;
-    for host in [1, 2] {
-        let url = format!("http://{}:{node_port}/", lan.addr(host));
-        let from_h1 = || {
-            std::process::Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{}", lan.netns(1)))
-                .args(["timeout", "5", "busybox", "wget", "-q", "-O", "-", &url])
-                .output()
-                .map(|o| {
-                    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
-                })
-                .unwrap_or_else(|e| e.to_string())
-        };
-        ensure!(eventually(T, || from_h1().contains("hello-from-h2")), "{url}: {}", from_h1());
+    let from_h1 = |url: &str| {
+        std::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", lan.netns(1)))
+            .args(["timeout", "5", "busybox", "wget", "-q", "-O", "-", url])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
+            .unwrap_or_else(|e| e.to_string())
+    };
+    let urls = [1, 2].map(|host| format!("http://{}:{node_port}/", lan.addr(host)));
+    for url in &urls {
+        ensure!(eventually(T, || from_h1(url).contains("hello-from-h2")), "{url}: {}", from_h1(url));
     }
+    // `externalTrafficPolicy: Local`: h1 has no endpoint of its own, so its node port
+    // refuses from then on; h2's still answers.
+    h1.apply(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: np}}\nspec:\n  type: NodePort\n  externalTrafficPolicy: Local\n  selector: {{app: far}}\n  ports: [{{port: 80, targetPort: http, nodePort: {node_port}}}]\n"
+    ))?;
+    ensure!(eventually(T, || from_h1(&urls[0]).contains("refused")), "{}: {}", urls[0], from_h1(&urls[0]));
+    ensure!(from_h1(&urls[1]).contains("hello-from-h2"), "{}: {}", urls[1], from_h1(&urls[1]));
 
     // One Service, a pod on each host: connections spread over both (each picks at random;
     // 200 tries all to one side would be a 2^-199 chance).
@@ -187,6 +192,15 @@ fn a_pod_reaches_services_on_another_host_through_the_tunnel_and_on_its_own_host
         }
     }
     ensure!(seen.len() == 2, "connections went only to {seen:?}");
+    // The same pods behind `internalTrafficPolicy: Local`: h1's client reaches only h1's pod
+    // (if the policy were ignored, 20 of 20 to h1 would be a 2^-20 chance).
+    h1.apply(&service("local-only", "both").replace("spec:\n", "spec:\n  internalTrafficPolicy: Local\n"))?;
+    ensure!(
+        eventually(T, || fetch(h1, "client", "http://local-only/").contains("both-h1")),
+        "local-only never answered"
+    );
+    let answers: Vec<String> = (0..20).map(|_| fetch(h1, "client", "http://local-only/")).collect();
+    ensure!(answers.iter().all(|a| a.contains("both-h1")), "Local went elsewhere: {answers:?}");
 
     // h2's agent dies (its pods linger, unreachable): once h1's failure detector holds h2
     // dead, its pod is no endpoint, and every connection goes to h1's.

@@ -451,17 +451,21 @@ fn build(
             proto,
             node_port: None,
             backends: vec![b.clone()],
+            internal_local: false,
+            external_local: false,
         };
         Some([port(PROTO_TCP), port(PROTO_UDP)])
     });
     let pod_ports: Vec<_> = pod_ports.flatten().collect();
     let mut node_ports = HashMap::new();
-    for sp in ports.iter().filter(|sp| !sp.backends.is_empty()) {
-        if let Some(np) = sp.node_port {
-            node_ports.insert((np, sp.proto), sp.backends.clone());
+    for sp in &ports {
+        let serving = sp.serving_node_port(node);
+        if let Some(np) = sp.node_port.filter(|_| !serving.is_empty()) {
+            node_ports.insert((np, sp.proto), serving);
         }
     }
-    for sp in ports.into_iter().chain(pod_ports) {
+    let ports = ports.into_iter().map(|sp| endpoints::ServicePort { backends: sp.serving(node), ..sp });
+    for sp in ports.chain(pod_ports) {
         let skey = (sp.namespace.clone(), sp.service.clone(), sp.port, sp.proto);
         let id = Ids::id(&mut ids.next, &mut ids.services, skey.clone());
         used_services.insert(skey);

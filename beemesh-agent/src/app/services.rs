@@ -139,6 +139,10 @@ pub fn assign(
     let held_ip = held.and_then(cluster_ip);
     let spec = svc.spec.get_or_insert_with(Default::default);
     // An ExternalName Service is a DNS alias: no address.
+    // `clusterIPs` alone asks as `clusterIP` does (`manifest` checked that they agree).
+    if spec.cluster_ip.as_deref().is_none_or(str::is_empty) {
+        spec.cluster_ip = spec.cluster_ips.as_ref().and_then(|ips| ips.first()).cloned();
+    }
     if spec.cluster_ip.as_deref() != Some("None") && spec.type_.as_deref() != Some("ExternalName") {
         let asked = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty());
         let ip = match (asked, held_ip) {
@@ -172,6 +176,10 @@ pub fn assign(
         let text = Ipv4Addr::from(ip).to_string();
         spec.cluster_ip = Some(text.clone());
         spec.cluster_ips = Some(vec![text]);
+        // What a single-stack IPv4 Kubernetes cluster records: PreferDualStack stays as
+        // asked, with the one family there is.
+        spec.ip_families = Some(vec!["IPv4".into()]);
+        spec.ip_family_policy.get_or_insert_with(|| "SingleStack".into());
     }
     if spec.type_.as_deref() == Some("NodePort") {
         let held_ports: BTreeMap<(i32, String), i32> = held

@@ -317,6 +317,14 @@ const STORAGE_CLASS: &[&str] = &[
 const SERVICE: &[&str] = &[
     "spec.type",
     "spec.clusterIP",
+    // Single-stack IPv4: one address, IPv4, SingleStack or PreferDualStack
+    // (`kinds::validate_service`).
+    "spec.clusterIPs[]",
+    "spec.ipFamilies[]",
+    "spec.ipFamilyPolicy",
+    // Cluster or Local (`services::endpoints::ServicePort::serving`).
+    "spec.internalTrafficPolicy",
+    "spec.externalTrafficPolicy",
     "spec.selector.*",
     "spec.ports[].name",
     "spec.ports[].protocol",

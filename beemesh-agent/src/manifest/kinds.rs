@@ -117,16 +117,27 @@ pub(super) fn validate_service(svc: &Service, prefix: &str) -> Result<(), FieldE
         )
         .at(affinity));
     }
-    let headless = spec.cluster_ip.as_deref() == Some("None");
-    if let Some(ip) = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty() && *ip != "None") {
-        if ip.parse::<std::net::IpAddr>().is_err() {
-            return Err(FieldError::new(
-                at("spec.clusterIP"),
-                format!("{ip:?} is not an IP address (or None for a headless Service)"),
-            )
-            .at(ip));
+    let headless = spec.cluster_ip.as_deref() == Some("None")
+        || spec.cluster_ips.as_ref().and_then(|ips| ips.first()).map(String::as_str) == Some("None");
+    let ips = spec.cluster_ip.iter().map(|ip| ("spec.clusterIP".to_owned(), ip));
+    let listed = spec.cluster_ips.iter().flatten().enumerate();
+    for (field, ip) in ips.chain(listed.map(|(i, ip)| (format!("spec.clusterIPs[{i}]"), ip))) {
+        match ip.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V6(_)) => {
+                return Err(FieldError::new(at(&field), format!("{ip:?}: {NOT_IPV6}")).at(ip.clone()))
+            }
+            Err(_) if !ip.is_empty() && ip != "None" => {
+                return Err(FieldError::new(
+                    at(&field),
+                    format!("{ip:?} is not an IP address (or None for a headless Service)"),
+                )
+                .at(ip.clone()))
+            }
+            _ => {}
         }
     }
+    validate_families(&spec, &at)?;
+    validate_traffic_policies(&spec, ty, &at)?;
     if headless && ty == "NodePort" {
         return Err(FieldError::new(
             at("spec.clusterIP"),
@@ -196,6 +207,105 @@ pub(super) fn validate_service(svc: &Service, prefix: &str) -> Result<(), FieldE
                 return Err(FieldError::new(format!("{f}.nodePort"), format!("{n}: ports are 1-65535")));
             }
         }
+    }
+    Ok(())
+}
+
+/// Why an IPv6 cluster IP or family is refused, as Kubernetes refuses a family its cluster
+/// is not configured for.
+const NOT_IPV6: &str = "not configured on this mesh: its cluster IPs are IPv4 (single-stack; \
+     IPv6 sockets reach Services by their IPv4-mapped addresses)";
+
+/// `spec.clusterIPs`, `spec.ipFamilies` and `spec.ipFamilyPolicy` on a single-stack IPv4 mesh,
+/// checked as a single-stack Kubernetes cluster checks them: `SingleStack` and
+/// `PreferDualStack` (which falls back to one family) are accepted with IPv4, and whatever
+/// needs a second family or IPv6 is refused.
+fn validate_families(
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    at: &impl Fn(&str) -> String,
+) -> Result<(), FieldError> {
+    let policy = spec.ip_family_policy.as_deref();
+    match policy {
+        None | Some("SingleStack" | "PreferDualStack") => {}
+        Some("RequireDualStack") => {
+            return Err(FieldError::new(
+                at("spec.ipFamilyPolicy"),
+                "RequireDualStack: this mesh is not configured for dual-stack Services (its cluster IPs are IPv4; SingleStack or PreferDualStack)",
+            )
+            .at("RequireDualStack"))
+        }
+        Some(other) => {
+            return Err(FieldError::new(
+                at("spec.ipFamilyPolicy"),
+                format!("{other:?}: supported values: SingleStack, PreferDualStack, RequireDualStack"),
+            )
+            .at(other))
+        }
+    }
+    let families = spec.ip_families.as_deref().unwrap_or_default();
+    for (i, family) in families.iter().enumerate() {
+        let field = at(&format!("spec.ipFamilies[{i}]"));
+        match family.as_str() {
+            "IPv4" if i == 0 => {}
+            "IPv4" => return Err(FieldError::new(field, "IPv4 is listed twice").at(family.clone())),
+            "IPv6" => return Err(FieldError::new(field, format!("IPv6: {NOT_IPV6}")).at(family.clone())),
+            other => {
+                return Err(
+                    FieldError::new(field, format!("{other:?}: supported values: IPv4, IPv6")).at(other)
+                )
+            }
+        }
+    }
+    let ips = spec.cluster_ips.as_deref().unwrap_or_default();
+    if ips.len() > 1 {
+        return Err(FieldError::new(
+            at("spec.clusterIPs"),
+            "a second cluster IP needs dual-stack, which this mesh is not configured for (one IPv4 address, \"\" or None)",
+        ));
+    }
+    if let (Some(first), Some(ip)) = (ips.first(), spec.cluster_ip.as_deref()) {
+        if first != ip && !first.is_empty() && !ip.is_empty() {
+            return Err(FieldError::new(
+                at("spec.clusterIPs[0]"),
+                format!("{first:?} must be the same as spec.clusterIP ({ip:?})"),
+            )
+            .at(first.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// `spec.internalTrafficPolicy` (any Service with a cluster IP) and
+/// `spec.externalTrafficPolicy` (a NodePort Service's): `Cluster` spreads connections over
+/// every endpoint of the mesh, `Local` only over the endpoints on the host the connection
+/// enters (`services::endpoints::ServicePort::serving`).
+fn validate_traffic_policies(
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    ty: &str,
+    at: &impl Fn(&str) -> String,
+) -> Result<(), FieldError> {
+    for (field, value) in [
+        ("spec.internalTrafficPolicy", spec.internal_traffic_policy.as_deref()),
+        ("spec.externalTrafficPolicy", spec.external_traffic_policy.as_deref()),
+    ] {
+        match value {
+            None | Some("Cluster" | "Local") => {}
+            Some(other) => {
+                return Err(FieldError::new(
+                    at(field),
+                    format!("{other:?}: supported values: Cluster, Local"),
+                )
+                .at(other))
+            }
+        }
+    }
+    if spec.external_traffic_policy.is_some() && ty != "NodePort" {
+        return Err(FieldError::new(
+            at("spec.externalTrafficPolicy"),
+            format!(
+                "may only be set for a Service reachable from outside the mesh (type NodePort), not {ty}"
+            ),
+        ));
     }
     Ok(())
 }

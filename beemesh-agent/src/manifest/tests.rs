@@ -331,6 +331,71 @@ fn the_new_kinds_refuse_unknown_fields_by_name_with_their_line() {
 }
 
 #[test]
+fn a_service_exported_from_a_single_stack_cluster_applies_and_dual_stack_is_refused_by_name() {
+    // What `kubectl get svc -o yaml` prints on an IPv4 cluster.
+    let exported = "  type: NodePort
+  clusterIP: 10.96.0.20
+  clusterIPs: [10.96.0.20]
+  ipFamilies: [IPv4]
+  ipFamilyPolicy: SingleStack
+  internalTrafficPolicy: Cluster
+  externalTrafficPolicy: Local
+";
+    let text = KINDS.replacen("  type: NodePort\n", exported, 1);
+    parse("m.yaml", &text).expect("accepted");
+    let preferred = exported.replace("SingleStack", "PreferDualStack");
+    parse("m.yaml", &KINDS.replacen("  type: NodePort\n", &preferred, 1)).expect("falls back to IPv4");
+    let cases = [
+        (
+            "ipFamilyPolicy: SingleStack",
+            "ipFamilyPolicy: RequireDualStack",
+            "m.yaml:15: spec.ipFamilyPolicy: RequireDualStack: this mesh is not configured for dual-stack",
+        ),
+        (
+            "ipFamilyPolicy: SingleStack",
+            "ipFamilyPolicy: Both",
+            "spec.ipFamilyPolicy: \"Both\": supported values",
+        ),
+        (
+            "ipFamilies: [IPv4]",
+            "ipFamilies: [IPv6]",
+            "m.yaml:14: spec.ipFamilies[0]: IPv6: not configured on this mesh",
+        ),
+        ("ipFamilies: [IPv4]", "ipFamilies: [IPv4, IPv6]", "spec.ipFamilies[1]: IPv6: not configured"),
+        (
+            "clusterIPs: [10.96.0.20]",
+            "clusterIPs: [10.96.0.20, \"fd00::20\"]",
+            "spec.clusterIPs[1]: \"fd00::20\": not configured",
+        ),
+        (
+            "clusterIPs: [10.96.0.20]",
+            "clusterIPs: [10.96.0.21]",
+            "spec.clusterIPs[0]: \"10.96.0.21\" must be the same as spec.clusterIP",
+        ),
+        (
+            "clusterIP: 10.96.0.20",
+            "clusterIP: \"fd00::20\"",
+            "spec.clusterIP: \"fd00::20\": not configured on this mesh: its cluster IPs are IPv4",
+        ),
+        (
+            "internalTrafficPolicy: Cluster",
+            "internalTrafficPolicy: Node",
+            "spec.internalTrafficPolicy: \"Node\": supported values: Cluster, Local",
+        ),
+        (
+            "type: NodePort",
+            "type: ClusterIP",
+            "spec.externalTrafficPolicy: may only be set for a Service reachable from outside the mesh",
+        ),
+    ];
+    for (from, to, expect) in cases {
+        assert!(text.contains(from), "{from}");
+        let e = err(&text.replacen(from, to, 1)).to_string();
+        assert!(e.contains(expect), "{from:?} -> {to:?}: {e}");
+    }
+}
+
+#[test]
 fn the_new_kinds_are_validated_as_kubernetes_does() {
     let cases = [
         (

@@ -38,6 +38,28 @@ pub struct ServicePort {
     /// A NodePort Service's port on every host's addresses.
     pub node_port: Option<u16>,
     pub backends: Vec<Backend>,
+    /// `internalTrafficPolicy: Local`: a connection to the cluster IP goes only to the
+    /// backends on the host it starts on (none there: refused).
+    pub internal_local: bool,
+    /// `externalTrafficPolicy: Local`: a connection to the node port goes only to the
+    /// backends on the host it enters.
+    pub external_local: bool,
+}
+
+impl ServicePort {
+    /// The backends a connection to the cluster IP from a workload of `node` may go to.
+    pub fn serving(&self, node: &str) -> Vec<Backend> {
+        local_if(&self.backends, self.internal_local, node)
+    }
+
+    /// The backends a connection entering `node` by the node port may go to.
+    pub fn serving_node_port(&self, node: &str) -> Vec<Backend> {
+        local_if(&self.backends, self.external_local, node)
+    }
+}
+
+fn local_if(backends: &[Backend], local: bool, node: &str) -> Vec<Backend> {
+    backends.iter().filter(|b| !local || b.node == node).cloned().collect()
 }
 
 /// The endpoints of every Service port with a cluster IP (`services`: namespace, name,
@@ -85,6 +107,8 @@ pub fn compute(
                 proto,
                 node_port: node_port.filter(|_| spec.type_.as_deref() == Some("NodePort")),
                 backends,
+                internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+                external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
             });
         }
     }
@@ -303,5 +327,28 @@ mod tests {
         let uids = |i: usize| table[i].backends.iter().map(|b| b.uid.clone()).collect::<Vec<_>>();
         assert_eq!(uids(0), ["u-a"]);
         assert_eq!(uids(1), ["u-a", "u-b"]);
+    }
+
+    #[test]
+    fn local_traffic_policies_keep_connections_on_the_host_they_enter() {
+        let pods = vec![pod("a", "h1", "{app: web}", "[]"), pod("b", "h2", "{app: web}", "[]")];
+        let reports: BTreeMap<_, _> =
+            [report("u-a", "h1", true), report("u-b", "h2", true)].into_iter().collect();
+        let spec = "selector: {app: web}, ports: [{port: 80, nodePort: 30080}]";
+        let services = [
+            service(&format!("metadata: {{name: spread}}\nspec: {{clusterIP: 10.96.0.9, type: NodePort, {spec}}}")),
+            service(&format!(
+                "metadata: {{name: local}}\nspec: {{clusterIP: 10.96.0.10, type: NodePort, internalTrafficPolicy: Local, externalTrafficPolicy: Local, {spec}}}"
+            )),
+        ];
+        let table = compute(&services, &pods, &reports);
+        let pods_of = |b: Vec<Backend>| b.into_iter().map(|b| b.pod).collect::<Vec<_>>();
+        // Cluster (the default): every endpoint of the mesh, from any host.
+        assert_eq!(pods_of(table[0].serving("h1")), ["a", "b"]);
+        assert_eq!(pods_of(table[0].serving_node_port("h3")), ["a", "b"]);
+        // Local: only the entering host's; a host without one refuses.
+        assert_eq!(pods_of(table[1].serving("h1")), ["a"]);
+        assert_eq!(pods_of(table[1].serving_node_port("h2")), ["b"]);
+        assert!(table[1].serving("h3").is_empty() && table[1].serving_node_port("h3").is_empty());
     }
 }

@@ -84,6 +84,25 @@ fn asked_addresses_and_ports_are_checked_like_kubernetes() {
 }
 
 #[test]
+fn cluster_ips_alone_ask_like_cluster_ip_and_the_single_family_is_recorded() {
+    let asked =
+        WEB.replace("{selector", "{clusterIPs: [10.96.7.9], ipFamilyPolicy: PreferDualStack, selector");
+    let mut web = svc(&asked);
+    assign(&mut web, "default/web", None, &Taken::default(), &pools()).expect("assigned");
+    let spec = web.spec.as_ref().expect("spec");
+    assert_eq!(ip(&web), "10.96.7.9");
+    assert_eq!(spec.cluster_ips, Some(vec!["10.96.7.9".to_owned()]));
+    assert_eq!(spec.ip_families, Some(vec!["IPv4".to_owned()]));
+    assert_eq!(spec.ip_family_policy.as_deref(), Some("PreferDualStack"), "kept as asked");
+    let mut plain = svc(WEB);
+    assign(&mut plain, "default/plain", None, &Taken::default(), &pools()).expect("assigned");
+    assert_eq!(plain.spec.as_ref().and_then(|s| s.ip_family_policy.as_deref()), Some("SingleStack"));
+    let mut headless = svc(&WEB.replace("{selector", "{clusterIPs: [None], selector"));
+    assign(&mut headless, "default/h", None, &Taken::default(), &pools()).expect("headless");
+    assert_eq!(ip(&headless), "None");
+}
+
+#[test]
 fn node_ports_are_allocated_kept_and_checked() {
     let np = "metadata: {name: web}\nspec: {type: NodePort, selector: {app: web}, ports: [{name: http, port: 80}, {name: dns, port: 53, protocol: UDP, nodePort: 30053}]}\n";
     let mut web = svc(np);
