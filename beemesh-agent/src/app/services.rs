@@ -138,11 +138,11 @@ pub fn assign(
 ) -> Result<(), String> {
     let held_ip = held.and_then(cluster_ip);
     let spec = svc.spec.get_or_insert_with(Default::default);
-    // An ExternalName Service is a DNS alias: no address.
     // `clusterIPs` alone asks as `clusterIP` does (`manifest` checked that they agree).
     if spec.cluster_ip.as_deref().is_none_or(str::is_empty) {
         spec.cluster_ip = spec.cluster_ips.as_ref().and_then(|ips| ips.first()).cloned();
     }
+    // An ExternalName Service is a DNS alias: no address.
     if spec.cluster_ip.as_deref() != Some("None") && spec.type_.as_deref() != Some("ExternalName") {
         let asked = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty());
         let ip = match (asked, held_ip) {
