@@ -11,7 +11,8 @@
 //! `--quick` runs one short round (CI proves it runs; not a measurement); `--profile` only the
 //! tunnel throughput, for 10 s, and `--profile forwarded` only the forwarded throughput (to run
 //! under `perf record`; the forwarded phase's threads are named `client`, `agent-h1`,
-//! `agent-h2` and `server`, for `perf report --sort comm`).
+//! `agent-h2` and `server`, for `perf report --sort comm`, and it prints each one's CPU
+//! seconds per GB: the agent threads' figures are steadier than the throughput between runs).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
@@ -75,10 +76,18 @@ fn named_in_netns<T: Send + 'static>(
         .spawn(move || {
             let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
             nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
-            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f())
+            let out = tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(f());
+            let cpu = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)?;
+            let name = std::thread::current().name().unwrap_or("?").to_owned();
+            THREAD_CPU.lock().expect("thread cpu").push((name, Duration::from(cpu).as_secs_f64()));
+            out
         })
         .expect("spawn a bench thread")
 }
+
+/// Each bench thread's CPU time when it ended (user and system, not softirq work accounted
+/// apart), for `--profile`.
+static THREAD_CPU: std::sync::Mutex<Vec<(String, f64)>> = std::sync::Mutex::new(Vec::new());
 
 fn joined_as<T>(what: &str, h: std::thread::JoinHandle<Result<T>>) -> Result<T> {
     h.join().map_err(|_| anyhow::anyhow!("{what}: bench thread panicked"))?.with_context(|| what.to_owned())
@@ -506,6 +515,10 @@ fn profile(what: &str) -> Result<()> {
     lan.host(2)?;
     if what == "forwarded" {
         let bps = forwarded(&lan, 10.0)?;
+        let gb = bps * 10.0 / 8e9;
+        let threads = THREAD_CPU.lock().expect("thread cpu");
+        let per_gb: Vec<String> = threads.iter().map(|(name, s)| format!("{name} {:.3}", s / gb)).collect();
+        println!("threads' CPU s/GB: {}", per_gb.join(", "));
         println!("forwarded throughput {:.2} Gbit/s", bps / 1e9);
         return Ok(());
     }
