@@ -741,13 +741,7 @@ impl std::ops::Deref for EndpointRef {
 struct RecvState {
     incoming: VecDeque<proto::Incoming>,
     connections: ConnectionSet,
-    /// beemesh: one buffer per message of a receive batch, received into directly and split
-    /// into the datagrams handed to quinn-proto (upstream received into one shared buffer and
-    /// copied every message out of it). Each message's datagrams share one allocation either
-    /// way, so a datagram held by a slow stream pins what it pinned before.
-    recv_bufs: Vec<BytesMut>,
-    /// Capacity each of `recv_bufs` offers to a receive
-    recv_slot: usize,
+    recv_buf: Box<[u8]>,
     recv_limiter: WorkLimiter,
 }
 
@@ -757,10 +751,12 @@ impl RecvState {
         max_receive_segments: usize,
         endpoint: &proto::Endpoint,
     ) -> Self {
-        // A message is at most one datagram, or 64 KiB of them coalesced by GRO.
-        let recv_slot = (endpoint.config().get_max_udp_payload_size().min(64 * 1024) as usize
-            * max_receive_segments)
-            .min(64 * 1024);
+        let recv_buf = vec![
+            0;
+            endpoint.config().get_max_udp_payload_size().min(64 * 1024) as usize
+                * max_receive_segments
+                * BATCH_SIZE
+        ];
         Self {
             connections: ConnectionSet {
                 senders: FxHashMap::default(),
@@ -768,8 +764,7 @@ impl RecvState {
                 close: None,
             },
             incoming: VecDeque::new(),
-            recv_bufs: (0..BATCH_SIZE).map(|_| BytesMut::new()).collect(),
-            recv_slot,
+            recv_buf: recv_buf.into(),
             recv_limiter: WorkLimiter::new(RECV_TIME_BOUND),
         }
     }
@@ -784,38 +779,23 @@ impl RecvState {
     ) -> Result<PollProgress, io::Error> {
         let mut received_connection_packet = false;
         let mut metas = [RecvMeta::default(); BATCH_SIZE];
+        let mut iovs: [IoSliceMut; BATCH_SIZE] = {
+            let mut bufs = self
+                .recv_buf
+                .chunks_mut(self.recv_buf.len() / BATCH_SIZE)
+                .map(IoSliceMut::new);
+
+            // expect() safe as self.recv_buf is chunked into BATCH_SIZE items
+            // and iovs will be of size BATCH_SIZE, thus from_fn is called
+            // exactly BATCH_SIZE times.
+            std::array::from_fn(|_| bufs.next().expect("BATCH_SIZE elements"))
+        };
         loop {
-            let slot = self.recv_slot;
-            for buf in self.recv_bufs.iter_mut() {
-                if buf.capacity() < slot {
-                    // A fresh allocation unless every datagram of the last one was dropped
-                    buf.reserve(slot);
-                }
-            }
-            let received = {
-                let mut iovs: [IoSliceMut; BATCH_SIZE] = {
-                    let mut bufs = self.recv_bufs.iter_mut().map(|buf| {
-                        let spare = &mut buf.spare_capacity_mut()[..slot];
-                        // SAFETY: the kernel only writes into the slice, and only the bytes
-                        // it reports written (`meta.len`) are ever read (`set_len` below).
-                        IoSliceMut::new(unsafe {
-                            std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), slot)
-                        })
-                    });
-                    // expect() safe: recv_bufs has BATCH_SIZE elements
-                    std::array::from_fn(|_| bufs.next().expect("BATCH_SIZE elements"))
-                };
-                socket.poll_recv(cx, &mut iovs, &mut metas)
-            };
-            match received {
+            match socket.poll_recv(cx, &mut iovs, &mut metas) {
                 Poll::Ready(Ok(msgs)) => {
                     self.recv_limiter.record_work(msgs);
-                    for (meta, buf) in metas.iter().zip(self.recv_bufs.iter_mut()).take(msgs) {
-                        debug_assert!(meta.len <= slot);
-                        // SAFETY: the kernel wrote `meta.len` bytes at the start of the spare
-                        // capacity (the buffer was empty: everything received was split off).
-                        unsafe { buf.set_len(meta.len.min(slot)) };
-                        let mut data = buf.split();
+                    for (meta, buf) in metas.iter().zip(iovs.iter()).take(msgs) {
+                        let mut data: BytesMut = buf[0..meta.len].into();
                         while !data.is_empty() {
                             let buf = data.split_to(meta.stride.min(data.len()));
                             let mut response_buffer = Vec::new();
@@ -884,7 +864,7 @@ impl fmt::Debug for RecvState {
         f.debug_struct("RecvState")
             .field("incoming", &self.incoming)
             .field("connections", &self.connections)
-            // recv_bufs too large
+            // recv_buf too large
             .field("recv_limiter", &self.recv_limiter)
             .finish_non_exhaustive()
     }
