@@ -514,8 +514,9 @@ fn profile(what: &str) -> Result<()> {
     lan.host(1)?;
     lan.host(2)?;
     if what == "forwarded" {
-        let bps = forwarded(&lan, 10.0)?;
-        let gb = bps * 10.0 / 8e9;
+        let seconds = 10.0;
+        let bps = forwarded(&lan, seconds)?;
+        let gb = bps * seconds / 8e9;
         let threads = THREAD_CPU.lock().expect("thread cpu");
         let per_gb: Vec<String> = threads.iter().map(|(name, s)| format!("{name} {:.3}", s / gb)).collect();
         println!("threads' CPU s/GB: {}", per_gb.join(", "));

@@ -1125,8 +1125,6 @@ pub(super) struct SentPackets {
     first: u64,
     /// `None` for a number acknowledged, lost, forgotten or never used; never `None` at either end
     slots: VecDeque<Option<SentPacket>>,
-    /// Packets held
-    len: usize,
 }
 
 impl SentPackets {
@@ -1143,18 +1141,13 @@ impl SentPackets {
         while self.slots.len() <= index {
             self.slots.push_back(None);
         }
-        let old = self.slots[index].replace(packet);
-        if old.is_none() {
-            self.len += 1;
-        }
-        old
+        self.slots[index].replace(packet)
     }
 
     /// Stops tracking packet `number`
     pub(super) fn remove(&mut self, number: &u64) -> Option<SentPacket> {
         let index = usize::try_from(number.checked_sub(self.first)?).ok()?;
         let packet = self.slots.get_mut(index)?.take()?;
-        self.len -= 1;
         while let Some(None) = self.slots.front() {
             self.slots.pop_front();
             self.first += 1;
@@ -1215,10 +1208,6 @@ impl SentPackets {
         self.slots.into_iter().flatten()
     }
 
-    #[cfg(test)]
-    pub(super) fn len(&self) -> usize {
-        self.len
-    }
 }
 
 impl Index<&u64> for SentPackets {
@@ -1268,14 +1257,13 @@ mod sent_packets_tests {
         assert_eq!(sent.remove(&5).map(|p| p.size), Some(5));
         assert_eq!(sent.remove(&10).map(|p| p.size), Some(10));
         assert_eq!(numbers(&sent), [6, 8]);
-        assert_eq!(sent.len(), 2);
+        assert_eq!(sent.values().count(), 2);
         assert_eq!(sent[&6].size, 6);
         sent.insert(12, packet(12));
         assert_eq!(numbers(&sent), [6, 8, 12]);
         sent.remove(&6);
         sent.remove(&8);
         sent.remove(&12);
-        assert_eq!(sent.len(), 0);
         assert_eq!(sent.values().count(), 0);
         sent.insert(100, packet(100));
         assert_eq!(numbers(&sent), [100]);
